@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs and configures what ContainerPub needs on a Debian 12 host:
+# Podman (with runc, see PITFALLS), cmake for pingora, busybox-static for test
+# images, the Podman REST socket, and the `cpub` Podman network.
+# Idempotent: safe to run on every start.
+set -euo pipefail
+
+need=()
+for bin in podman:podman runc:runc cmake:cmake busybox:busybox-static nft:nftables curl:curl; do
+  command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup-host: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# crun fails on this kernel's cgroup v1 hybrid layout; runc with explicit
+# ulimits works (PITFALLS.md).
+mkdir -p /etc/containers
+conf=/etc/containers/containers.conf
+if ! grep -q '# containerpub' "$conf" 2>/dev/null; then
+  cat > "$conf" <<'CONF'
+# containerpub: written by scripts/setup-host.sh
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+CONF
+fi
+
+sock=${CPUB_PODMAN_SOCKET:-/run/podman/podman.sock}
+if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$sock")" /var/log/containerpub
+  nohup podman system service --time=0 "unix://$sock" >/var/log/containerpub/podman-service.log 2>&1 &
+  for _ in $(seq 1 100); do
+    curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null || { echo "setup-host: podman API socket did not come up" >&2; exit 1; }
+fi
+echo "setup-host: podman $(podman --version | awk '{print $3}') API on $sock"

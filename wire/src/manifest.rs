@@ -1,0 +1,343 @@
+//! The bundle manifest `cpub.toml`: parsing with unknown keys rejected,
+//! defaults, and validation whose errors name the offending field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A manifest problem. `field` is the dotted path of the key at fault
+/// (`scaling.max_instances`), or `""` when the file as a whole is unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cpub.toml: {field}: {message}")]
+pub struct ManifestError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ManifestError {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Self { field: field.to_owned(), message: message.into() }
+    }
+}
+
+/// How the function's image is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// The bundle's `Containerfile` is built as it is.
+    Container,
+    /// `entrypoint` is a Linux x86-64 static executable; the platform writes
+    /// a `FROM scratch` Containerfile for it.
+    Binary,
+}
+
+/// Who may call the function through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    Public,
+    #[default]
+    Private,
+}
+
+/// `cpub.toml`, the manifest at the root of every bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Function name; must equal the name the bundle is deployed under.
+    pub name: String,
+    /// How the image is built.
+    pub runtime: Runtime,
+    /// Path of the executable inside the bundle (`runtime = "binary"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    /// TCP port the function serves HTTP/1.1 on; passed as `$PORT`.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Readiness probe path: ready at the first response below 500. When
+    /// unset, ready when the port accepts a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    /// `public` needs no key; `private` needs a function key.
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Plain environment defaults.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Per-instance limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Instance counts and idle timers.
+    #[serde(default)]
+    pub scaling: Scaling,
+}
+
+/// `[resources]`: limits applied to every instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory limit in MiB (swap is set equal: no swap use).
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// CPU quota in cores (0.5 = half a core).
+    #[serde(default = "default_cpu")]
+    pub cpu: f64,
+    /// Maximum number of processes and threads.
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    /// Upstream response timeout in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest request body the proxy forwards, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+/// `[scaling]`: how many instances and when idle ones are paused or removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// Instances kept running at all times.
+    #[serde(default)]
+    pub min_instances: u32,
+    /// Upper bound on instances.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// In-flight requests per instance.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Seconds idle before an instance is paused.
+    #[serde(default = "default_idle_pause_s")]
+    pub idle_pause_s: u64,
+    /// Seconds idle before a paused instance is removed.
+    #[serde(default = "default_idle_stop_s")]
+    pub idle_stop_s: u64,
+}
+
+const fn default_port() -> u16 {
+    8080
+}
+const fn default_memory_mb() -> u32 {
+    128
+}
+const fn default_cpu() -> f64 {
+    0.5
+}
+const fn default_pids() -> u32 {
+    64
+}
+const fn default_timeout_ms() -> u64 {
+    30_000
+}
+const fn default_max_body_bytes() -> u64 {
+    6 * 1024 * 1024
+}
+const fn default_max_instances() -> u32 {
+    10
+}
+const fn default_concurrency() -> u32 {
+    16
+}
+const fn default_idle_pause_s() -> u64 {
+    30
+}
+const fn default_idle_stop_s() -> u64 {
+    600
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            memory_mb: default_memory_mb(),
+            cpu: default_cpu(),
+            pids: default_pids(),
+            timeout_ms: default_timeout_ms(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            min_instances: 0,
+            max_instances: default_max_instances(),
+            concurrency: default_concurrency(),
+            idle_pause_s: default_idle_pause_s(),
+            idle_stop_s: default_idle_stop_s(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Parses and validates `cpub.toml` text.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(toml_error)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks every value; the error names the first field at fault.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        crate::validate_function_name(&self.name).map_err(|m| ManifestError::new("name", m))?;
+        match (self.runtime, &self.entrypoint) {
+            (Runtime::Binary, None) => {
+                return Err(ManifestError::new("entrypoint", "required when runtime = \"binary\""));
+            }
+            (Runtime::Binary, Some(path)) => validate_bundle_path(path)
+                .map_err(|m| ManifestError::new("entrypoint", m))?,
+            (Runtime::Container, Some(_)) => {
+                return Err(ManifestError::new(
+                    "entrypoint",
+                    "only allowed with runtime = \"binary\" (a container sets its own ENTRYPOINT)",
+                ));
+            }
+            (Runtime::Container, None) => {}
+        }
+        if self.port == 0 {
+            return Err(ManifestError::new("port", "must be between 1 and 65535"));
+        }
+        if let Some(path) = &self.health_path {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ManifestError::new(
+                    "health_path",
+                    format!("must be an absolute URL path like \"/health\", got {path:?}"),
+                ));
+            }
+        }
+        for (key, value) in &self.env {
+            let valid_key = !key.is_empty()
+                && !key.as_bytes()[0].is_ascii_digit()
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid_key {
+                return Err(ManifestError::new(
+                    &format!("env.{key}"),
+                    "names must use A-Z, a-z, 0-9 and '_' and not start with a digit",
+                ));
+            }
+            if key == "PORT" {
+                return Err(ManifestError::new("env.PORT", "is set by the platform from `port`"));
+            }
+            if value.contains('\0') {
+                return Err(ManifestError::new(&format!("env.{key}"), "must not contain NUL"));
+            }
+        }
+        let r = &self.resources;
+        check_range("resources.memory_mb", r.memory_mb.into(), 16, 65_536)?;
+        if !(r.cpu.is_finite() && (0.01..=64.0).contains(&r.cpu)) {
+            return Err(ManifestError::new(
+                "resources.cpu",
+                format!("must be between 0.01 and 64 cores, got {}", r.cpu),
+            ));
+        }
+        check_range("resources.pids", r.pids.into(), 8, 32_768)?;
+        check_range("resources.timeout_ms", r.timeout_ms, 100, 900_000)?;
+        check_range("resources.max_body_bytes", r.max_body_bytes, 0, 1 << 30)?;
+        let s = &self.scaling;
+        check_range("scaling.max_instances", s.max_instances.into(), 1, 1_000)?;
+        check_range("scaling.min_instances", s.min_instances.into(), 0, s.max_instances.into())?;
+        check_range("scaling.concurrency", s.concurrency.into(), 1, 10_000)?;
+        check_range("scaling.idle_pause_s", s.idle_pause_s, 1, 86_400)?;
+        check_range("scaling.idle_stop_s", s.idle_stop_s, s.idle_pause_s, 604_800)?;
+        Ok(())
+    }
+}
+
+fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ManifestError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ManifestError::new(field, format!("must be between {min} and {max}, got {value}")))
+    }
+}
+
+/// A relative path that stays inside the bundle: no leading `/`, no `..`.
+pub fn validate_bundle_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.starts_with('/') {
+        return Err(format!("must be a relative path inside the bundle, got {path:?}"));
+    }
+    if path.split('/').any(|part| part == "..") || path.contains('\0') {
+        return Err(format!("must not leave the bundle, got {path:?}"));
+    }
+    Ok(())
+}
+
+/// Turns a TOML error into a field-naming manifest error. `toml` reports
+/// unknown keys as "unknown field `x`" and type errors with the key's path.
+fn toml_error(err: toml::de::Error) -> ManifestError {
+    let message = err.message().to_owned();
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+        .unwrap_or("")
+        .to_owned();
+    let message = match err.span() {
+        Some(span) => format!("{message} (at byte {})", span.start),
+        None => message,
+    };
+    ManifestError { field, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name = \"hello\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n";
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        assert_eq!(m.port, 8080);
+        assert_eq!(m.visibility, Visibility::Private);
+        assert_eq!(m.resources.memory_mb, 128);
+        assert_eq!(m.scaling.concurrency, 16);
+    }
+
+    #[test]
+    fn unknown_key_names_the_field() {
+        let err = Manifest::parse(&format!("{MINIMAL}colour = \"red\"\n")).unwrap_err();
+        assert_eq!(err.field, "colour", "{err}");
+        let err = Manifest::parse(&format!("{MINIMAL}[scaling]\nmax_instance = 3\n")).unwrap_err();
+        assert_eq!(err.field, "max_instance", "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            ("[resources]\nmemory_mb = 1\n", "resources.memory_mb"),
+            ("[resources]\ncpu = 0.0\n", "resources.cpu"),
+            ("[scaling]\nmin_instances = 5\nmax_instances = 2\n", "scaling.min_instances"),
+            ("[scaling]\nconcurrency = 0\n", "scaling.concurrency"),
+            ("health_path = \"health\"\n", "health_path"),
+            ("port = 0\n", "port"),
+            ("[env]\nPORT = \"1\"\n", "env.PORT"),
+            ("[env]\n\"1X\" = \"1\"\n", "env.1X"),
+        ];
+        for (extra, field) in cases {
+            let err = Manifest::parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+            assert_eq!(err.field, field, "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn runtime_and_entrypoint_must_agree() {
+        let err = Manifest::parse("name = \"a\"\nruntime = \"binary\"\n").unwrap_err();
+        assert_eq!(err.field, "entrypoint");
+        let err = Manifest::parse("name = \"a\"\nruntime = \"container\"\nentrypoint = \"x\"\n")
+            .unwrap_err();
+        assert_eq!(err.field, "entrypoint");
+        let err = Manifest::parse("name = \"a\"\nruntime = \"binary\"\nentrypoint = \"../x\"\n")
+            .unwrap_err();
+        assert_eq!(err.field, "entrypoint");
+        let err = Manifest::parse("name = \"a\"\nruntime = \"java\"\n").unwrap_err();
+        assert!(err.message.contains("java"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = Manifest::parse(MINIMAL).unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+    }
+}
