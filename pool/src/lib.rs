@@ -1,1 +1,24 @@
-//! placeholder
+//! The instance pool: the only code in ContainerPub that talks to Podman.
+//!
+//! `podman` is the REST client (also used by the control plane to build and
+//! remove images); `pool` owns instance life cycles and leases instances to
+//! the proxy.
+
+pub mod podman;
+
+pub use podman::{BuildOutput, Podman, PodmanError};
+
+/// Podman network every function instance joins.
+pub const NETWORK: &str = "cpub";
+
+/// Container labels (DESIGN.md, "Restart safety").
+pub mod labels {
+    /// `"true"` on every container the pool creates.
+    pub const MANAGED: &str = "cpub.managed";
+    /// Node (proxy) that owns the container.
+    pub const NODE: &str = "cpub.node";
+    /// Function name.
+    pub const FUNCTION: &str = "cpub.function";
+    /// Deployment id.
+    pub const DEPLOYMENT: &str = "cpub.deployment";
+}

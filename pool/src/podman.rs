@@ -1,0 +1,346 @@
+//! A thin client for the Podman REST API (libpod v4) on its Unix socket.
+//!
+//! We speak the API directly over hyper 1 instead of through the
+//! `podman-api` crate; see ARCHITECTURE.md ("Why not podman-api") for why.
+//! Every call opens its own connection: a Unix-socket connect costs tens of
+//! microseconds, and per-call connections keep the client free of shared
+//! state across tokio runtimes (pingora runs several).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// API version prefix; Podman 4.3 serves v4.
+const API: &str = "/v4.0.0/libpod";
+
+/// Errors from the Podman API.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanError {
+    #[error("podman socket {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("podman api transport: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("podman api {method} {path}: {status}: {message}")]
+    Api { method: Method, path: String, status: StatusCode, message: String },
+    #[error("podman api: unexpected answer: {0}")]
+    Decode(String),
+    #[error("reading build context {path}: {source}")]
+    Context { path: PathBuf, source: std::io::Error },
+}
+
+impl PodmanError {
+    /// The HTTP status Podman answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Outcome of an image build: Podman's output, and whether it succeeded.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    pub ok: bool,
+    pub log: String,
+}
+
+/// What `inspect` tells the pool about one container.
+#[derive(Debug, Clone)]
+pub struct ContainerState {
+    pub id: String,
+    pub name: String,
+    /// `created`, `running`, `paused`, `exited`, …
+    pub status: String,
+    /// Host pid of the container's process (0 when not running).
+    pub pid: u32,
+    /// Address on the given network, if attached and running.
+    pub ip: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    /// The raw inspect document, for checks that need more.
+    pub raw: Value,
+}
+
+/// One row of a container listing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContainerSummary {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Names", default)]
+    pub names: Vec<String>,
+    #[serde(rename = "State", default)]
+    pub state: String,
+    #[serde(rename = "Labels", default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Client for one Podman API socket. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Podman {
+    socket: PathBuf,
+}
+
+/// Default location of the rootful Podman API socket.
+pub const DEFAULT_SOCKET: &str = "/run/podman/podman.sock";
+
+impl Podman {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into() }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<http::Response<hyper::body::Incoming>, PodmanError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| PodmanError::Connect { path: self.socket.clone(), source })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, "podman connection ended");
+            }
+        });
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// Sends a request and reads the whole answer. Statuses in `ok_extra`
+    /// (such as 304 "already started") count as success.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        ok_extra: &[StatusCode],
+    ) -> Result<(StatusCode, Bytes), PodmanError> {
+        let uri = format!("http://podman{API}{path}");
+        let mut builder = Request::builder().method(method.clone()).uri(uri).header("host", "podman");
+        let body: Body = match body {
+            Some(v) => {
+                builder = builder.header("content-type", "application/json");
+                Full::new(Bytes::from(v.to_string())).map_err(|never| match never {}).boxed()
+            }
+            None => Full::new(Bytes::new()).map_err(|never| match never {}).boxed(),
+        };
+        let req = builder.body(body).map_err(|e| PodmanError::Decode(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if status.is_success() || ok_extra.contains(&status) {
+            Ok((status, bytes))
+        } else {
+            Err(api_error(method, path, status, &bytes))
+        }
+    }
+
+    async fn call_json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, PodmanError> {
+        let (_, bytes) = self.call(method, path, body, &[]).await?;
+        serde_json::from_slice(&bytes).map_err(|e| PodmanError::Decode(format!("{path}: {e}")))
+    }
+
+    /// `GET /_ping`-like liveness check of the API.
+    pub async fn ping(&self) -> Result<(), PodmanError> {
+        self.call(Method::GET, "/info", None, &[]).await.map(drop)
+    }
+
+    /// Builds `tag` from an uncompressed tar of the build context, with the
+    /// Containerfile at `containerfile` (a path inside the context). Podman's
+    /// output is collected into the log; a failed build is `ok: false`, not
+    /// an error (the error is in the log).
+    pub async fn build_image(&self, context_tar: &Path, containerfile: &str, tag: &str) -> Result<BuildOutput, PodmanError> {
+        let file = tokio::fs::File::open(context_tar)
+            .await
+            .map_err(|source| PodmanError::Context { path: context_tar.to_owned(), source })?;
+        let stream = tokio_util::io::ReaderStream::new(file).map_ok(Frame::data);
+        let body: Body = StreamBody::new(stream).boxed();
+        let path = format!(
+            "/build?t={}&dockerfile={}&rm=true&layers=false&pull=never&networkmode=none",
+            encode(tag),
+            encode(containerfile)
+        );
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://podman{API}{path}"))
+            .header("host", "podman")
+            .header("content-type", "application/x-tar")
+            .body(body)
+            .map_err(|e| PodmanError::Decode(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            // Podman answers 500 with a JSON message for bad Containerfiles.
+            let message = error_message(&bytes);
+            return Ok(BuildOutput { ok: false, log: message });
+        }
+        let mut log = String::new();
+        let mut ok = true;
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match serde_json::from_slice::<Value>(line) {
+                Ok(v) => {
+                    if let Some(s) = v.get("stream").and_then(Value::as_str) {
+                        log.push_str(s);
+                    }
+                    if let Some(s) = v.get("error").and_then(Value::as_str) {
+                        ok = false;
+                        log.push_str("error: ");
+                        log.push_str(s);
+                        log.push('\n');
+                    }
+                }
+                Err(_) => log.push_str(&String::from_utf8_lossy(line)),
+            }
+        }
+        if ok && !self.image_exists(tag).await? {
+            ok = false;
+            log.push_str("error: build reported success but the image is missing\n");
+        }
+        Ok(BuildOutput { ok, log })
+    }
+
+    pub async fn image_exists(&self, name: &str) -> Result<bool, PodmanError> {
+        let path = format!("/images/{}/exists", encode(name));
+        match self.call(Method::GET, &path, None, &[]).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes an image and any container still using it. A missing image is fine.
+    pub async fn remove_image(&self, name: &str) -> Result<(), PodmanError> {
+        let path = format!("/images/{}?force=true", encode(name));
+        match self.call(Method::DELETE, &path, None, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the bridge network if it does not exist.
+    pub async fn ensure_network(&self, name: &str) -> Result<(), PodmanError> {
+        let path = format!("/networks/{}/exists", encode(name));
+        match self.call(Method::GET, &path, None, &[]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {}
+            Err(e) => return Err(e),
+        }
+        let body = json!({ "name": name, "driver": "bridge" });
+        match self.call(Method::POST, "/networks/create", Some(body), &[StatusCode::CONFLICT]).await {
+            Ok(_) => Ok(()),
+            // Another process created it between our check and create.
+            Err(e) if e.status() == Some(StatusCode::INTERNAL_SERVER_ERROR) && e.to_string().contains("already") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a container from a libpod SpecGenerator document; returns its id.
+    pub async fn create_container(&self, spec: &Value) -> Result<String, PodmanError> {
+        let v = self.call_json(Method::POST, "/containers/create", Some(spec.clone())).await?;
+        v.get("Id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| PodmanError::Decode(format!("create answered without Id: {v}")))
+    }
+
+    /// Starts a container; already running (304) counts as success.
+    pub async fn start_container(&self, id: &str) -> Result<(), PodmanError> {
+        let path = format!("/containers/{}/start", encode(id));
+        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED]).await.map(drop)
+    }
+
+    pub async fn pause_container(&self, id: &str) -> Result<(), PodmanError> {
+        let path = format!("/containers/{}/pause", encode(id));
+        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED]).await.map(drop)
+    }
+
+    pub async fn unpause_container(&self, id: &str) -> Result<(), PodmanError> {
+        let path = format!("/containers/{}/unpause", encode(id));
+        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED]).await.map(drop)
+    }
+
+    /// Kills and removes a container at once. A missing one is fine.
+    pub async fn remove_container(&self, id: &str) -> Result<(), PodmanError> {
+        let path = format!("/containers/{}?force=true&v=true&timeout=0", encode(id));
+        match self.call(Method::DELETE, &path, None, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Inspects a container; `network` selects which address is reported.
+    pub async fn inspect_container(&self, id: &str, network: &str) -> Result<ContainerState, PodmanError> {
+        let raw = self.call_json(Method::GET, &format!("/containers/{}/json", encode(id)), None).await?;
+        let ip = raw
+            .pointer(&format!("/NetworkSettings/Networks/{network}/IPAddress"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
+        let labels = raw
+            .pointer("/Config/Labels")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        Ok(ContainerState {
+            id: raw.get("Id").and_then(Value::as_str).unwrap_or(id).to_owned(),
+            name: raw.get("Name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            status: raw.pointer("/State/Status").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            pid: raw.pointer("/State/Pid").and_then(Value::as_u64).unwrap_or(0) as u32,
+            ip,
+            labels,
+            raw,
+        })
+    }
+
+    /// Lists all containers (running or not) that carry every `key=value` label given.
+    pub async fn list_containers(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerSummary>, PodmanError> {
+        let filter: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let filters = json!({ "label": filter }).to_string();
+        let path = format!("/containers/json?all=true&filters={}", encode(&filters));
+        let v = self.call_json(Method::GET, &path, None).await?;
+        serde_json::from_value(v).map_err(|e| PodmanError::Decode(format!("container list: {e}")))
+    }
+}
+
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
+}
+
+fn api_error(method: Method, path: &str, status: StatusCode, body: &[u8]) -> PodmanError {
+    PodmanError::Api { method, path: path.to_owned(), status, message: error_message(body) }
+}
+
+/// Percent-encodes a query or path component.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_components() {
+        assert_eq!(super::encode("localhost/a:v1"), "localhost%2Fa%3Av1");
+        assert_eq!(super::encode(r#"{"label":["a=b"]}"#), "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D");
+    }
+}
