@@ -22,3 +22,25 @@ pub mod labels {
     /// Deployment id.
     pub const DEPLOYMENT: &str = "cpub.deployment";
 }
+
+pub mod health;
+pub mod pool;
+pub mod runtime;
+pub mod spec;
+
+pub use pool::{InstanceInfo, Lease, Pool, PoolConfig, StartKind};
+pub use runtime::{ContainerRuntime, Owned, PodmanRuntime, Started};
+
+/// Errors of the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Podman(#[from] PodmanError),
+    #[error("function {function}: all {max_instances} instances are busy")]
+    AtCapacity {
+        function: String,
+        max_instances: usize,
+    },
+    #[error("function {function}: instance failed to start: {reason}")]
+    StartFailed { function: String, reason: String },
+}

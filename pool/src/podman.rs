@@ -26,15 +26,26 @@ const API: &str = "/v4.0.0/libpod";
 #[derive(Debug, thiserror::Error)]
 pub enum PodmanError {
     #[error("podman socket {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("podman api transport: {0}")]
     Http(#[from] hyper::Error),
     #[error("podman api {method} {path}: {status}: {message}")]
-    Api { method: Method, path: String, status: StatusCode, message: String },
+    Api {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        message: String,
+    },
     #[error("podman api: unexpected answer: {0}")]
     Decode(String),
     #[error("reading build context {path}: {source}")]
-    Context { path: PathBuf, source: std::io::Error },
+    Context {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl PodmanError {
@@ -96,18 +107,27 @@ pub const DEFAULT_SOCKET: &str = "/run/podman/podman.sock";
 
 impl Podman {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<http::Response<hyper::body::Incoming>, PodmanError> {
+    async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, PodmanError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| PodmanError::Connect { path: self.socket.clone(), source })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            .map_err(|source| PodmanError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(err) = conn.await {
                 tracing::debug!(%err, "podman connection ended");
@@ -126,15 +146,24 @@ impl Podman {
         ok_extra: &[StatusCode],
     ) -> Result<(StatusCode, Bytes), PodmanError> {
         let uri = format!("http://podman{API}{path}");
-        let mut builder = Request::builder().method(method.clone()).uri(uri).header("host", "podman");
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header("host", "podman");
         let body: Body = match body {
             Some(v) => {
                 builder = builder.header("content-type", "application/json");
-                Full::new(Bytes::from(v.to_string())).map_err(|never| match never {}).boxed()
+                Full::new(Bytes::from(v.to_string()))
+                    .map_err(|never| match never {})
+                    .boxed()
             }
-            None => Full::new(Bytes::new()).map_err(|never| match never {}).boxed(),
+            None => Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
         };
-        let req = builder.body(body).map_err(|e| PodmanError::Decode(e.to_string()))?;
+        let req = builder
+            .body(body)
+            .map_err(|e| PodmanError::Decode(e.to_string()))?;
         let resp = self.send(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
@@ -145,7 +174,12 @@ impl Podman {
         }
     }
 
-    async fn call_json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, PodmanError> {
+    async fn call_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, PodmanError> {
         let (_, bytes) = self.call(method, path, body, &[]).await?;
         serde_json::from_slice(&bytes).map_err(|e| PodmanError::Decode(format!("{path}: {e}")))
     }
@@ -159,14 +193,23 @@ impl Podman {
     /// Containerfile at `containerfile` (a path inside the context). Podman's
     /// output is collected into the log; a failed build is `ok: false`, not
     /// an error (the error is in the log).
-    pub async fn build_image(&self, context_tar: &Path, containerfile: &str, tag: &str) -> Result<BuildOutput, PodmanError> {
-        let file = tokio::fs::File::open(context_tar)
-            .await
-            .map_err(|source| PodmanError::Context { path: context_tar.to_owned(), source })?;
+    pub async fn build_image(
+        &self,
+        context_tar: &Path,
+        containerfile: &str,
+        tag: &str,
+    ) -> Result<BuildOutput, PodmanError> {
+        let file =
+            tokio::fs::File::open(context_tar)
+                .await
+                .map_err(|source| PodmanError::Context {
+                    path: context_tar.to_owned(),
+                    source,
+                })?;
         let stream = tokio_util::io::ReaderStream::new(file).map_ok(Frame::data);
         let body: Body = StreamBody::new(stream).boxed();
         let path = format!(
-            "/build?t={}&dockerfile={}&rm=true&layers=false&pull=never&networkmode=none",
+            "/build?t={}&dockerfile={}&rm=true&layers=false&pull=false&networkmode=none",
             encode(tag),
             encode(containerfile)
         );
@@ -183,7 +226,10 @@ impl Podman {
         if !status.is_success() {
             // Podman answers 500 with a JSON message for bad Containerfiles.
             let message = error_message(&bytes);
-            return Ok(BuildOutput { ok: false, log: message });
+            return Ok(BuildOutput {
+                ok: false,
+                log: message,
+            });
         }
         let mut log = String::new();
         let mut ok = true;
@@ -238,17 +284,32 @@ impl Podman {
             Err(e) => return Err(e),
         }
         let body = json!({ "name": name, "driver": "bridge" });
-        match self.call(Method::POST, "/networks/create", Some(body), &[StatusCode::CONFLICT]).await {
+        match self
+            .call(
+                Method::POST,
+                "/networks/create",
+                Some(body),
+                &[StatusCode::CONFLICT],
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             // Another process created it between our check and create.
-            Err(e) if e.status() == Some(StatusCode::INTERNAL_SERVER_ERROR) && e.to_string().contains("already") => Ok(()),
+            Err(e)
+                if e.status() == Some(StatusCode::INTERNAL_SERVER_ERROR)
+                    && e.to_string().contains("already") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
 
     /// Creates a container from a libpod SpecGenerator document; returns its id.
     pub async fn create_container(&self, spec: &Value) -> Result<String, PodmanError> {
-        let v = self.call_json(Method::POST, "/containers/create", Some(spec.clone())).await?;
+        let v = self
+            .call_json(Method::POST, "/containers/create", Some(spec.clone()))
+            .await?;
         v.get("Id")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -258,17 +319,23 @@ impl Podman {
     /// Starts a container; already running (304) counts as success.
     pub async fn start_container(&self, id: &str) -> Result<(), PodmanError> {
         let path = format!("/containers/{}/start", encode(id));
-        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED]).await.map(drop)
+        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED])
+            .await
+            .map(drop)
     }
 
     pub async fn pause_container(&self, id: &str) -> Result<(), PodmanError> {
         let path = format!("/containers/{}/pause", encode(id));
-        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED]).await.map(drop)
+        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED])
+            .await
+            .map(drop)
     }
 
     pub async fn unpause_container(&self, id: &str) -> Result<(), PodmanError> {
         let path = format!("/containers/{}/unpause", encode(id));
-        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED]).await.map(drop)
+        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED])
+            .await
+            .map(drop)
     }
 
     /// Kills and removes a container at once. A missing one is fine.
@@ -282,8 +349,18 @@ impl Podman {
     }
 
     /// Inspects a container; `network` selects which address is reported.
-    pub async fn inspect_container(&self, id: &str, network: &str) -> Result<ContainerState, PodmanError> {
-        let raw = self.call_json(Method::GET, &format!("/containers/{}/json", encode(id)), None).await?;
+    pub async fn inspect_container(
+        &self,
+        id: &str,
+        network: &str,
+    ) -> Result<ContainerState, PodmanError> {
+        let raw = self
+            .call_json(
+                Method::GET,
+                &format!("/containers/{}/json", encode(id)),
+                None,
+            )
+            .await?;
         let ip = raw
             .pointer(&format!("/NetworkSettings/Networks/{network}/IPAddress"))
             .and_then(Value::as_str)
@@ -293,10 +370,25 @@ impl Podman {
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or_default();
         Ok(ContainerState {
-            id: raw.get("Id").and_then(Value::as_str).unwrap_or(id).to_owned(),
-            name: raw.get("Name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            status: raw.pointer("/State/Status").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            pid: raw.pointer("/State/Pid").and_then(Value::as_u64).unwrap_or(0) as u32,
+            id: raw
+                .get("Id")
+                .and_then(Value::as_str)
+                .unwrap_or(id)
+                .to_owned(),
+            name: raw
+                .get("Name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            status: raw
+                .pointer("/State/Status")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            pid: raw
+                .pointer("/State/Pid")
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as u32,
             ip,
             labels,
             raw,
@@ -304,7 +396,10 @@ impl Podman {
     }
 
     /// Lists all containers (running or not) that carry every `key=value` label given.
-    pub async fn list_containers(&self, labels: &[(&str, &str)]) -> Result<Vec<ContainerSummary>, PodmanError> {
+    pub async fn list_containers(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> Result<Vec<ContainerSummary>, PodmanError> {
         let filter: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let filters = json!({ "label": filter }).to_string();
         let path = format!("/containers/json?all=true&filters={}", encode(&filters));
@@ -321,7 +416,12 @@ fn error_message(body: &[u8]) -> String {
 }
 
 fn api_error(method: Method, path: &str, status: StatusCode, body: &[u8]) -> PodmanError {
-    PodmanError::Api { method, path: path.to_owned(), status, message: error_message(body) }
+    PodmanError::Api {
+        method,
+        path: path.to_owned(),
+        status,
+        message: error_message(body),
+    }
 }
 
 /// Percent-encodes a query or path component.
@@ -329,7 +429,9 @@ fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -341,6 +443,9 @@ mod tests {
     #[test]
     fn encodes_components() {
         assert_eq!(super::encode("localhost/a:v1"), "localhost%2Fa%3Av1");
-        assert_eq!(super::encode(r#"{"label":["a=b"]}"#), "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D");
+        assert_eq!(
+            super::encode(r#"{"label":["a=b"]}"#),
+            "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D"
+        );
     }
 }

@@ -25,7 +25,10 @@ pub fn validate_function_name(name: &str) -> Result<(), String> {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if name.is_empty() || name.len() > 63 {
-        return Err(format!("function name must be 1 to 63 characters, got {}", name.len()));
+        return Err(format!(
+            "function name must be 1 to 63 characters, got {}",
+            name.len()
+        ));
     }
     if !ok_chars || !name.as_bytes()[0].is_ascii_lowercase() || name.ends_with('-') {
         return Err(format!(

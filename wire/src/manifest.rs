@@ -16,7 +16,10 @@ pub struct ManifestError {
 
 impl ManifestError {
     fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), message: message.into() }
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -182,10 +185,14 @@ impl Manifest {
         crate::validate_function_name(&self.name).map_err(|m| ManifestError::new("name", m))?;
         match (self.runtime, &self.entrypoint) {
             (Runtime::Binary, None) => {
-                return Err(ManifestError::new("entrypoint", "required when runtime = \"binary\""));
+                return Err(ManifestError::new(
+                    "entrypoint",
+                    "required when runtime = \"binary\"",
+                ));
             }
-            (Runtime::Binary, Some(path)) => validate_bundle_path(path)
-                .map_err(|m| ManifestError::new("entrypoint", m))?,
+            (Runtime::Binary, Some(path)) => {
+                validate_bundle_path(path).map_err(|m| ManifestError::new("entrypoint", m))?
+            }
             (Runtime::Container, Some(_)) => {
                 return Err(ManifestError::new(
                     "entrypoint",
@@ -197,13 +204,13 @@ impl Manifest {
         if self.port == 0 {
             return Err(ManifestError::new("port", "must be between 1 and 65535"));
         }
-        if let Some(path) = &self.health_path {
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(ManifestError::new(
-                    "health_path",
-                    format!("must be an absolute URL path like \"/health\", got {path:?}"),
-                ));
-            }
+        if let Some(path) = &self.health_path
+            && (!path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ManifestError::new(
+                "health_path",
+                format!("must be an absolute URL path like \"/health\", got {path:?}"),
+            ));
         }
         for (key, value) in &self.env {
             let valid_key = !key.is_empty()
@@ -216,10 +223,16 @@ impl Manifest {
                 ));
             }
             if key == "PORT" {
-                return Err(ManifestError::new("env.PORT", "is set by the platform from `port`"));
+                return Err(ManifestError::new(
+                    "env.PORT",
+                    "is set by the platform from `port`",
+                ));
             }
             if value.contains('\0') {
-                return Err(ManifestError::new(&format!("env.{key}"), "must not contain NUL"));
+                return Err(ManifestError::new(
+                    &format!("env.{key}"),
+                    "must not contain NUL",
+                ));
             }
         }
         let r = &self.resources;
@@ -235,10 +248,20 @@ impl Manifest {
         check_range("resources.max_body_bytes", r.max_body_bytes, 0, 1 << 30)?;
         let s = &self.scaling;
         check_range("scaling.max_instances", s.max_instances.into(), 1, 1_000)?;
-        check_range("scaling.min_instances", s.min_instances.into(), 0, s.max_instances.into())?;
+        check_range(
+            "scaling.min_instances",
+            s.min_instances.into(),
+            0,
+            s.max_instances.into(),
+        )?;
         check_range("scaling.concurrency", s.concurrency.into(), 1, 10_000)?;
         check_range("scaling.idle_pause_s", s.idle_pause_s, 1, 86_400)?;
-        check_range("scaling.idle_stop_s", s.idle_stop_s, s.idle_pause_s, 604_800)?;
+        check_range(
+            "scaling.idle_stop_s",
+            s.idle_stop_s,
+            s.idle_pause_s,
+            604_800,
+        )?;
         Ok(())
     }
 }
@@ -247,14 +270,19 @@ fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), Manife
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ManifestError::new(field, format!("must be between {min} and {max}, got {value}")))
+        Err(ManifestError::new(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ))
     }
 }
 
 /// A relative path that stays inside the bundle: no leading `/`, no `..`.
 pub fn validate_bundle_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.starts_with('/') {
-        return Err(format!("must be a relative path inside the bundle, got {path:?}"));
+        return Err(format!(
+            "must be a relative path inside the bundle, got {path:?}"
+        ));
     }
     if path.split('/').any(|part| part == "..") || path.contains('\0') {
         return Err(format!("must not leave the bundle, got {path:?}"));
@@ -307,7 +335,10 @@ mod tests {
         let cases = [
             ("[resources]\nmemory_mb = 1\n", "resources.memory_mb"),
             ("[resources]\ncpu = 0.0\n", "resources.cpu"),
-            ("[scaling]\nmin_instances = 5\nmax_instances = 2\n", "scaling.min_instances"),
+            (
+                "[scaling]\nmin_instances = 5\nmax_instances = 2\n",
+                "scaling.min_instances",
+            ),
             ("[scaling]\nconcurrency = 0\n", "scaling.concurrency"),
             ("health_path = \"health\"\n", "health_path"),
             ("port = 0\n", "port"),
