@@ -1,0 +1,320 @@
+//! HTTP client for the control plane's `/api/v1` API, and the errors (with a
+//! hint for the user) that its answers turn into.
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use containerpub_wire::api::{ApiError, DeploymentInfo, FunctionInfo, LoginRequest, LoginResponse};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+/// `User-Agent` of every request the CLI sends.
+pub const USER_AGENT: &str = concat!("cpub/", env!("CARGO_PKG_VERSION"));
+
+/// The server answered with an error status; `error`/`field` come from its
+/// `ApiError` body (or the raw body when it was not one).
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: StatusCode,
+    pub error: String,
+    pub field: Option<String>,
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server answered {}: {}", self.status, self.error)?;
+        if let Some(field) = &self.field {
+            write!(f, " (field `{field}`)")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl ApiFailure {
+    /// Reads an error response's body.
+    pub async fn from_response(response: Response) -> Self {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ApiError>(&body) {
+            Ok(api) => Self {
+                status,
+                error: api.error,
+                field: api.field,
+            },
+            Err(_) => {
+                let text = body.trim();
+                let error = if text.is_empty() {
+                    status.canonical_reason().unwrap_or("no message").to_owned()
+                } else {
+                    text.chars().take(500).collect()
+                };
+                Self {
+                    status,
+                    error,
+                    field: None,
+                }
+            }
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(
+            match self.status {
+                StatusCode::UNAUTHORIZED => "log in again with `cpub login` (or set CPUB_TOKEN)",
+                StatusCode::FORBIDDEN => "this token's user may not do that",
+                StatusCode::NOT_FOUND => "check the name with `cpub list`",
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    "the bundle is too large; leave out files with a .cpubignore"
+                }
+                StatusCode::BAD_REQUEST if self.field.is_some() => {
+                    "fix the named field or file in the bundle and deploy again"
+                }
+                s if s.is_server_error() => "the control plane failed; check its logs",
+                _ => return None,
+            }
+            .to_owned(),
+        )
+    }
+}
+
+/// The control plane could not be reached at all.
+#[derive(Debug)]
+pub struct Unreachable {
+    pub url: String,
+    pub source: reqwest::Error,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot reach {}: {}",
+            self.url,
+            error_chain(&self.source)
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Renders an error and its sources on one line (reqwest hides the cause,
+/// such as "connection refused", in `source()`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A hint for the user about `err`, if one of its causes is known.
+pub fn hint_for(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(|cause| {
+        if let Some(failure) = cause.downcast_ref::<ApiFailure>() {
+            failure.hint()
+        } else if cause.downcast_ref::<Unreachable>().is_some() {
+            Some("is cpub-control running there? set the URL with `cpub login --url URL` or CPUB_URL".into())
+        } else {
+            None
+        }
+    })
+}
+
+/// The answer to a deploy: the build either produced the new active version
+/// or failed with a log.
+pub enum DeployAnswer {
+    Active(DeploymentInfo),
+    Failed(DeploymentInfo),
+}
+
+/// A JSON answer both as the server sent it (for `--output json`) and typed.
+pub struct Json<T> {
+    pub raw: serde_json::Value,
+    pub typed: T,
+}
+
+/// Client for one control plane.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for `base` (`http://host:port`, any trailing `/` ignored).
+    pub fn new(base: &str, token: Option<&str>) -> Result<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        reqwest::Url::parse(&base)
+            .with_context(|| format!("invalid control-plane URL {base:?}"))?;
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            http,
+            base,
+            token: token.map(str::to_owned),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    fn authed(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends, mapping transport errors to `Unreachable`; the status is not checked.
+    async fn send_raw(&self, request: RequestBuilder) -> Result<Response> {
+        self.authed(request).send().await.map_err(|source| {
+            Unreachable {
+                url: self.base.clone(),
+                source,
+            }
+            .into()
+        })
+    }
+
+    /// Sends and turns any non-2xx answer into an `ApiFailure`.
+    async fn send(&self, request: RequestBuilder) -> Result<Response> {
+        let response = self.send_raw(request).await?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(ApiFailure::from_response(response).await.into())
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<Json<T>> {
+        let response = self.send(self.http.get(self.url(path))).await?;
+        let raw: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("invalid JSON from GET {path}"))?;
+        let typed = serde_json::from_value(raw.clone())
+            .with_context(|| format!("unexpected answer to GET {path}"))?;
+        Ok(Json { raw, typed })
+    }
+
+    /// `POST /auth/login`.
+    pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse> {
+        let body = LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
+        let response = self
+            .send(self.http.post(self.url("/auth/login")).json(&body))
+            .await?;
+        response.json().await.context("invalid login answer")
+    }
+
+    /// `GET /functions`.
+    pub async fn functions(&self) -> Result<Json<Vec<FunctionInfo>>> {
+        self.get_json("/functions").await
+    }
+
+    /// `GET /functions/{name}`.
+    pub async fn function(&self, name: &str) -> Result<Json<FunctionInfo>> {
+        self.get_json(&format!("/functions/{name}")).await
+    }
+
+    /// `GET /functions/{name}/deployments`.
+    pub async fn deployments(&self, name: &str) -> Result<Json<Vec<DeploymentInfo>>> {
+        self.get_json(&format!("/functions/{name}/deployments"))
+            .await
+    }
+
+    /// `DELETE /functions/{name}`.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/functions/{name}"))))
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /functions/{name}/deployments` with a `.tar.gz` body of `len`
+    /// bytes. Returns once the server has built (or failed to build) it.
+    pub async fn deploy(&self, name: &str, body: reqwest::Body, len: u64) -> Result<DeployAnswer> {
+        let request = self
+            .http
+            .post(self.url(&format!("/functions/{name}/deployments")))
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        let response = self.send_raw(request).await?;
+        let status = response.status();
+        if status.is_success() || status == StatusCode::UNPROCESSABLE_ENTITY {
+            let text = response
+                .text()
+                .await
+                .context("cannot read the deploy answer")?;
+            if let Ok(info) = serde_json::from_str::<DeploymentInfo>(&text) {
+                return Ok(if status.is_success() {
+                    DeployAnswer::Active(info)
+                } else {
+                    DeployAnswer::Failed(info)
+                });
+            }
+            let failure = match serde_json::from_str::<ApiError>(&text) {
+                Ok(api) => ApiFailure {
+                    status,
+                    error: api.error,
+                    field: api.field,
+                },
+                Err(err) => ApiFailure {
+                    status,
+                    error: format!("unexpected deploy answer ({err}): {}", text.trim()),
+                    field: None,
+                },
+            };
+            return Err(failure.into());
+        }
+        Err(ApiFailure::from_response(response).await.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_message_names_the_field() {
+        let failure = ApiFailure {
+            status: StatusCode::BAD_REQUEST,
+            error: "must be between 1 and 1000, got 0".into(),
+            field: Some("scaling.max_instances".into()),
+        };
+        assert_eq!(
+            failure.to_string(),
+            "server answered 400 Bad Request: must be between 1 and 1000, got 0 \
+             (field `scaling.max_instances`)"
+        );
+        let err = anyhow::Error::new(failure).context("deploying hello");
+        assert!(hint_for(&err).unwrap().contains("field"));
+    }
+
+    #[test]
+    fn unauthorized_hints_at_login() {
+        let err = anyhow::Error::new(ApiFailure {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid token".into(),
+            field: None,
+        })
+        .context("listing functions");
+        assert!(hint_for(&err).unwrap().contains("cpub login"));
+        assert!(hint_for(&anyhow::anyhow!("other")).is_none());
+    }
+}
