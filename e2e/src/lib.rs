@@ -1,1 +1,344 @@
-//! End-to-end tests of the real stack live in `tests/`; this library holds nothing.
+//! Test harness for end-to-end tests of the real stack: a fresh PostgreSQL
+//! database, `cpub-control` and `cpub-proxy` as real processes on free
+//! loopback ports, the `cpub` CLI, and Podman. Tests in `tests/` use it.
+//!
+//! Needs: PostgreSQL reachable at `CPUB_TEST_DATABASE_URL` (role with
+//! CREATEDB; `scripts/pg.sh start` gives one), the Podman API socket
+//! (`scripts/setup-host.sh`), the workspace binaries built
+//! (`cargo build --workspace --bins`) and the examples built
+//! (`examples/build.sh`). `scripts/test.sh` does all of that.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sqlx::Connection;
+
+/// Default base database, as `scripts/pg.sh` creates it.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://cpub:cpub@127.0.0.1:54329/cpub";
+
+static STACKS: AtomicU32 = AtomicU32::new(0);
+
+/// Polls `check` every 50 ms until it returns `Some` or `within` passes.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Directory holding the workspace binaries (next to this test's `deps/`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    if dir.ends_with("deps") { dir.parent().expect("profile dir").to_owned() } else { dir.to_owned() }
+}
+
+/// Path of a workspace binary; panics with the fix when it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A running process that is killed when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One whole ContainerPub stack with its own database, ports, data
+/// directories and node name (so stacks of parallel tests never touch each
+/// other's containers).
+pub struct Stack {
+    pub control_addr: SocketAddr,
+    pub proxy_addr: SocketAddr,
+    pub token: String,
+    pub node: String,
+    pub dir: tempfile::TempDir,
+    base_url: String,
+    database: String,
+    control: Option<Proc>,
+    proxy: Option<Proc>,
+    /// Extra environment for cpub-control (limits under test).
+    control_env: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// Starts a stack; `control_env` adds settings to cpub-control.
+    pub async fn start(control_env: &[(&str, &str)]) -> Result<Stack> {
+        let n = STACKS.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let base_url = std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+        let database = format!("cpub_e2e_{pid}_{n}");
+        let mut conn = sqlx::PgConnection::connect(&base_url)
+            .await
+            .with_context(|| format!("connecting to {base_url} (run scripts/pg.sh start)"))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {database}")).execute(&mut conn).await?;
+        conn.close().await?;
+        let mut stack = Stack {
+            control_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            proxy_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            token: format!("cpub_e2e_{pid}_{n}_{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()),
+            node: format!("e2e-{pid}-{n}"),
+            dir: tempfile::tempdir()?,
+            base_url,
+            database,
+            control: None,
+            proxy: None,
+            control_env: control_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        stack.start_control().await?;
+        stack.start_proxy().await?;
+        Ok(stack)
+    }
+
+    fn database_url(&self) -> String {
+        match self.base_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{}", self.database),
+            None => panic!("database url without a path: {}", self.base_url),
+        }
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.control_addr)
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy_addr)
+    }
+
+    fn spawn(&self, name: &'static str, envs: Vec<(String, String)>) -> Result<Proc> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(bin(name))
+            .envs(envs)
+            .env("CPUB_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc { name, child, log })
+    }
+
+    async fn wait_healthy(&mut self, which: &'static str, addr: SocketAddr) -> Result<()> {
+        let url = format!("http://{addr}/healthz");
+        let until = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            let proc = if which == "control" { self.control.as_mut() } else { self.proxy.as_mut() };
+            if let Some(p) = proc
+                && let Ok(Some(status)) = p.child.try_wait()
+            {
+                bail!("{} exited with {status}:\n{}", p.name, std::fs::read_to_string(&p.log).unwrap_or_default());
+            }
+            if Instant::now() > until {
+                bail!("{which} not healthy at {url} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts (or restarts) cpub-control.
+    pub async fn start_control(&mut self) -> Result<()> {
+        let mut env = vec![
+            ("CPUB_DATABASE_URL".into(), self.database_url()),
+            ("CPUB_CONTROL_LISTEN".into(), self.control_addr.to_string()),
+            ("CPUB_DATA_DIR".into(), self.dir.path().join("control").display().to_string()),
+            ("CPUB_PUBLIC_URL".into(), self.proxy_url()),
+            ("CPUB_BOOTSTRAP_TOKEN".into(), self.token.clone()),
+            ("CPUB_ADMIN_PASSWORD".into(), "e2e-admin-password".into()),
+        ];
+        env.extend(self.control_env.iter().cloned());
+        self.control = Some(self.spawn("cpub-control", env)?);
+        self.wait_healthy("control", self.control_addr).await
+    }
+
+    /// Kills cpub-control (SIGKILL).
+    pub fn stop_control(&mut self) {
+        self.control.take();
+    }
+
+    /// Starts (or restarts) cpub-proxy.
+    pub async fn start_proxy(&mut self) -> Result<()> {
+        let env = vec![
+            ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
+            ("CPUB_URL".into(), self.control_url()),
+            ("CPUB_TOKEN".into(), self.token.clone()),
+            ("CPUB_STATE_DIR".into(), self.dir.path().join("proxy").display().to_string()),
+            ("CPUB_NODE".into(), self.node.clone()),
+            ("CPUB_PROXY_THREADS".into(), "2".into()),
+        ];
+        self.proxy = Some(self.spawn("cpub-proxy", env)?);
+        self.wait_healthy("proxy", self.proxy_addr).await
+    }
+
+    /// Kills cpub-proxy (SIGKILL).
+    pub fn stop_proxy(&mut self) {
+        self.proxy.take();
+    }
+
+    /// Runs the `cpub` CLI against this stack.
+    pub fn cpub(&self, args: &[&str]) -> Output {
+        Command::new(bin("cpub"))
+            .args(args)
+            .env("CPUB_URL", self.control_url())
+            .env("CPUB_TOKEN", &self.token)
+            .env("CPUB_CONFIG", self.dir.path().join("cli-config.toml"))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running cpub")
+    }
+
+    /// Runs `cpub` and panics with its output unless it succeeds.
+    pub fn cpub_ok(&self, args: &[&str]) -> String {
+        let out = self.cpub(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "cpub {args:?} failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// An HTTP client with the API token set.
+    pub fn api(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {}", self.token).parse().expect("token header"));
+        reqwest::Client::builder().default_headers(headers).build().expect("client")
+    }
+
+    /// Ids of the containers of this stack's node, optionally of one function.
+    pub fn containers(&self, function: Option<&str>) -> Vec<String> {
+        let mut args = vec![
+            "ps".to_owned(),
+            "-aq".into(),
+            "--no-trunc".into(),
+            "--filter".into(),
+            format!("label=cpub.node={}", self.node),
+        ];
+        if let Some(f) = function {
+            args.extend(["--filter".into(), format!("label=cpub.function={f}")]);
+        }
+        let out = Command::new("podman").args(&args).output().expect("podman ps");
+        assert!(out.status.success(), "podman ps: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    }
+
+    /// The logs of both processes, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        format!("--- cpub-control ---\n{}\n--- cpub-proxy ---\n{}", read("cpub-control"), read("cpub-proxy"))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.proxy.take();
+        self.control.take();
+        // Leave nothing behind, whatever the test did.
+        let ids = self.containers(None);
+        if !ids.is_empty() {
+            let _ = Command::new("podman").args(["rm", "-f", "-t", "0"]).args(&ids).output();
+        }
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
+        let _ = Command::new("psql").arg(&self.base_url).arg("-qc").arg(sql).output();
+    }
+}
+
+/// Copies an example bundle into a temp dir under a new function name, with
+/// extra manifest lines appended (e.g. `[env]` overrides).
+pub fn bundle(example: &str, name: &str, extra_manifest: &str) -> tempfile::TempDir {
+    let src = repo_root().join("examples").join(example);
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&src, dir.path());
+    let manifest_path = dir.path().join("cpub.toml");
+    let manifest = std::fs::read_to_string(&manifest_path).expect("example manifest");
+    let mut out = String::new();
+    for line in manifest.lines() {
+        if line.trim_start().starts_with("name") && line.contains('=') && !line.trim_start().starts_with("name_") {
+            out.push_str(&format!("name = \"{name}\"\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra_manifest);
+    std::fs::write(&manifest_path, out).expect("write manifest");
+    dir
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    for entry in std::fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
+        let entry = entry.expect("dir entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&to).expect("mkdir");
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy");
+        }
+    }
+}
+
+/// Makes a `.tar.gz` from `(path, contents, mode)` entries, exactly as given
+/// (no normalisation), for tests of what the server must refuse.
+pub fn targz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (path, data, mode) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses `..`; write the name bytes directly for hostile archives.
+        let name = path.as_bytes();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_cksum();
+        builder.append(&header, *data).expect("append");
+    }
+    builder.into_inner().expect("tar").finish().expect("gzip")
+}

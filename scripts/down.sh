@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Stops what scripts/up.sh started: cpub-proxy, cpub-control, every function
+# container, the PostgreSQL cluster and the Podman API service. Data stays in
+# CPUB_HOME (default /var/lib/containerpub) for the next start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+home=${CPUB_HOME:-/var/lib/containerpub}
+
+stop_pid() { # pidfile name
+  [ -f "$1" ] || return 0
+  local pid; pid=$(cat "$1")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    echo "stopped $2"
+  fi
+  rm -f "$1"
+}
+stop_pid "$home/run/proxy.pid" cpub-proxy
+stop_pid "$home/run/control.pid" cpub-control
+
+if command -v podman >/dev/null; then
+  ids=$(podman ps -aq --filter label=cpub.managed=true)
+  if [ -n "$ids" ]; then
+    podman rm -f -t 0 $ids >/dev/null
+    echo "removed $(echo "$ids" | wc -l) function container(s)"
+  fi
+  left=$(podman ps -q --filter label=cpub.managed=true | wc -l)
+  echo "function containers running: $left"
+fi
+
+if [ -f "$home/run/pg-dir" ]; then
+  CPUB_PG_DIR=$(cat "$home/run/pg-dir") bash scripts/pg.sh stop && echo "stopped PostgreSQL"
+fi
+pkill -f '^podman system service' 2>/dev/null && echo "stopped the Podman API service" || true

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every check and test of ContainerPub on the real stack: installs and
+# starts what the tests need (Podman + its API socket, a PostgreSQL cluster),
+# builds the example functions, then fmt, clippy and all tests.
+# This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/containerpub-target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "host setup (podman, runc, API socket)"
+bash scripts/setup-host.sh
+step "PostgreSQL"
+CPUB_TEST_DATABASE_URL=$(bash scripts/pg.sh start)
+export CPUB_TEST_DATABASE_URL
+echo "$CPUB_TEST_DATABASE_URL"
+
+step "example functions (static binaries)"
+bash examples/build.sh
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build binaries used by the end-to-end tests"
+cargo build --workspace --bins --locked
+
+step "tests"
+cargo test --workspace --locked
+cargo test --manifest-path examples/Cargo.toml --locked
+
+step "no container left behind by the tests"
+left=$(podman ps -a --filter label=cpub.managed=true --format '{{.ID}} {{index .Labels "cpub.node"}}' | awk '$2 ~ /^(e2e|test)-/')
+if [ -n "$left" ]; then
+  echo "containers leaked by tests:"; echo "$left"; exit 1
+fi
+echo "none"

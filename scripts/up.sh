@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# One command to run the whole ContainerPub stack on this machine with
+# embedded defaults: installs what is missing (podman, runc, cmake, ...),
+# starts the Podman API socket and a local PostgreSQL cluster, builds and
+# starts cpub-control and cpub-proxy, deploys examples/hello with `cpub` and
+# calls it through the proxy. Stop everything with scripts/down.sh.
+#
+#   CPUB_HOME            state, logs and pid files (default /var/lib/containerpub)
+#   CPUB_CONTROL_LISTEN  control plane address (default 127.0.0.1:7070)
+#   CPUB_PROXY_LISTEN    proxy address (default 127.0.0.1:8080)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+home=${CPUB_HOME:-/var/lib/containerpub}
+control_listen=${CPUB_CONTROL_LISTEN:-127.0.0.1:7070}
+proxy_listen=${CPUB_PROXY_LISTEN:-127.0.0.1:8080}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/containerpub-target}
+mkdir -p "$home/logs" "$home/run"
+
+step() { printf '==> %s\n' "$*"; }
+wait_http() { # url what pidfile
+  for _ in $(seq 1 300); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    kill -0 "$(cat "$3")" 2>/dev/null || { echo "$2 exited; last log lines:" >&2; tail -n 30 "$home/logs/$2.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "$2 did not answer at $1" >&2; exit 1
+}
+running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+step "host setup"
+bash scripts/setup-host.sh
+step "PostgreSQL"
+CPUB_PG_DIR=${CPUB_PG_DIR:-$home/postgres} bash scripts/pg.sh start >"$home/run/database-url"
+echo "${CPUB_PG_DIR:-$home/postgres}" >"$home/run/pg-dir"
+
+step "build (release)"
+cargo build --release --locked -p containerpub-control -p containerpub-proxy -p containerpub-cli
+bash examples/build.sh >/dev/null
+bin=$CARGO_TARGET_DIR/release
+
+# One API token for this installation, created once and kept private.
+if [ ! -s "$home/token" ]; then
+  (umask 077; echo "cpub_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$home/token")
+fi
+token=$(cat "$home/token")
+
+step "cpub-control on http://$control_listen"
+if ! running "$home/run/control.pid"; then
+  CPUB_DATABASE_URL=$(cat "$home/run/database-url") CPUB_CONTROL_LISTEN=$control_listen \
+  CPUB_DATA_DIR=$home/control CPUB_PUBLIC_URL=http://$proxy_listen CPUB_BOOTSTRAP_TOKEN=$token \
+    nohup "$bin/cpub-control" >>"$home/logs/cpub-control.log" 2>&1 &
+  echo $! >"$home/run/control.pid"
+fi
+wait_http "http://$control_listen/healthz" cpub-control "$home/run/control.pid"
+
+step "cpub-proxy on http://$proxy_listen"
+if ! running "$home/run/proxy.pid"; then
+  CPUB_PROXY_LISTEN=$proxy_listen CPUB_URL=http://$control_listen CPUB_TOKEN=$token \
+  CPUB_STATE_DIR=$home/proxy \
+    nohup "$bin/cpub-proxy" >>"$home/logs/cpub-proxy.log" 2>&1 &
+  echo $! >"$home/run/proxy.pid"
+fi
+wait_http "http://$proxy_listen/healthz" cpub-proxy "$home/run/proxy.pid"
+
+step "deploy examples/hello with cpub"
+export CPUB_URL=http://$control_listen
+"$bin/cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
+"$bin/cpub" deploy "$root/examples/hello"
+
+step "call hello through the proxy"
+curl -sS -D "$home/run/last-headers" "http://$proxy_listen/fn/hello/"
+grep -i '^server-timing' "$home/run/last-headers" || true
+
+cat <<MSG
+
+ContainerPub is running.
+  control plane  http://$control_listen   (API under /api/v1; token in $home/token)
+  proxy          http://$proxy_listen/fn/<name>/
+  hello          http://$proxy_listen/fn/hello/
+  CLI            $bin/cpub   (logged in: ~/.config/cpub/config.toml)
+  logs           $home/logs/
+Stop everything: bash scripts/down.sh
+MSG
