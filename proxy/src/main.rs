@@ -1,2 +1,149 @@
-//! placeholder
-fn main() {}
+//! `cpub-proxy`: the ContainerPub edge proxy. Parses configuration, loads the
+//! route snapshot, connects the pool to Podman, starts the route watcher and
+//! runs the pingora server until SIGTERM/SIGINT, then removes the instances.
+//!
+//! Threads: pingora builds its own runtimes for the proxy service; the pool
+//! is created on, and the route watcher runs on, a separate small tokio
+//! runtime (`cpub-bg`) that outlives pingora's, so the pool's background
+//! tasks survive and `Pool::shutdown` can run after pingora has stopped.
+
+mod config;
+mod path;
+mod request_id;
+mod routes;
+mod service;
+
+use std::process::exit;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use containerpub_pool::{Podman, Pool, PoolConfig};
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, EXIT_CONFIG, LogFormat};
+use crate::routes::{Routes, Watcher};
+use crate::service::Proxy;
+
+/// Longest wait for the pool to remove its instances on the way out.
+const POOL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Seconds pingora gives its runtimes to finish after the grace period.
+const RUNTIME_SHUTDOWN_TIMEOUT_S: u64 = 5;
+
+fn main() {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let _ = e.print();
+            exit(EXIT_CONFIG);
+        }
+    };
+    let config = config.validate().unwrap_or_else(|e| {
+        eprintln!("cpub-proxy: bad configuration: {e}");
+        exit(EXIT_CONFIG);
+    });
+    if let Err(message) = init_logging() {
+        eprintln!("cpub-proxy: bad configuration: {message}");
+        exit(EXIT_CONFIG);
+    }
+    exit(run(config));
+}
+
+/// Sets up `tracing` from `CPUB_LOG` and `CPUB_LOG_FORMAT`; pingora's `log`
+/// records arrive through the subscriber's `log` bridge.
+fn init_logging() -> Result<(), String> {
+    let format = LogFormat::from_env().map_err(|e| e.to_string())?;
+    let filter = match std::env::var(config::ENV_LOG) {
+        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| format!("{}: {spec:?}: {e}", config::ENV_LOG))?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+    installed.map_err(|e| format!("logging: {e}"))
+}
+
+/// Runs the proxy; returns the process exit code.
+fn run(config: Config) -> i32 {
+    let background = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("cpub-bg")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the background runtime");
+            return 1;
+        }
+    };
+
+    let snapshot_path = config.snapshot_path();
+    let snapshot = routes::load_snapshot_or_empty(&snapshot_path);
+    let routes = Arc::new(Routes::new(&snapshot));
+
+    let pool_config = PoolConfig { node: config.node().to_owned(), start_timeout: config.start_timeout() };
+    let podman = Podman::new(config.podman_socket.clone());
+    let pool = match background.block_on(Pool::podman(podman, pool_config)) {
+        Ok(pool) => pool,
+        Err(e) => {
+            error!(socket = %config.podman_socket.display(), error = %e, "cannot start the pool");
+            return 1;
+        }
+    };
+    background.block_on(async { pool.sync(&snapshot.routes) });
+
+    let watcher = match Watcher::new(
+        routes.clone(),
+        pool.clone(),
+        &config.control_url,
+        config.token.clone(),
+        snapshot_path,
+    ) {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            error!(error = %e, "cannot build the control-plane client");
+            return 1;
+        }
+    };
+    background.spawn(watcher.run());
+
+    let conf = ServerConf {
+        threads: config.threads(),
+        grace_period_seconds: Some(config.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_TIMEOUT_S),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(&server.configuration, Proxy::new(routes.clone(), pool.clone()));
+    proxy.add_tcp(&config.listen.to_string());
+    server.add_service(proxy);
+
+    info!(
+        listen = %config.listen,
+        node = config.node(),
+        threads = config.threads(),
+        control = %config.control_url,
+        revision = routes.revision(),
+        routes = snapshot.routes.len(),
+        "cpub-proxy starting"
+    );
+    server.run(RunArgs::default());
+
+    info!("proxy stopped, removing instances");
+    let removed = background.block_on(tokio::time::timeout(POOL_SHUTDOWN_TIMEOUT, pool.shutdown()));
+    if removed.is_err() {
+        warn!(timeout_s = POOL_SHUTDOWN_TIMEOUT.as_secs(), "pool shutdown timed out");
+    }
+    background.shutdown_timeout(Duration::from_secs(1));
+    info!("cpub-proxy exited");
+    0
+}
