@@ -59,10 +59,14 @@ fn main() {
 fn init_logging() -> Result<(), String> {
     let format = LogFormat::from_env().map_err(|e| e.to_string())?;
     let filter = match std::env::var(config::ENV_LOG) {
-        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| format!("{}: {spec:?}: {e}", config::ENV_LOG))?,
+        Ok(spec) => {
+            EnvFilter::try_new(&spec).map_err(|e| format!("{}: {spec:?}: {e}", config::ENV_LOG))?
+        }
         Err(_) => EnvFilter::new("info"),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Plain => builder.try_init(),
@@ -89,7 +93,10 @@ fn run(config: Config) -> i32 {
     let snapshot = routes::load_snapshot_or_empty(&snapshot_path);
     let routes = Arc::new(Routes::new(&snapshot));
 
-    let pool_config = PoolConfig { node: config.node().to_owned(), start_timeout: config.start_timeout() };
+    let pool_config = PoolConfig {
+        node: config.node().to_owned(),
+        start_timeout: config.start_timeout(),
+    };
     let podman = Podman::new(config.podman_socket.clone());
     let pool = match background.block_on(Pool::podman(podman, pool_config)) {
         Ok(pool) => pool,
@@ -123,7 +130,10 @@ fn run(config: Config) -> i32 {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Proxy::new(routes.clone(), pool.clone()));
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Proxy::new(routes.clone(), pool.clone()),
+    );
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 
@@ -141,7 +151,10 @@ fn run(config: Config) -> i32 {
     info!("proxy stopped, removing instances");
     let removed = background.block_on(tokio::time::timeout(POOL_SHUTDOWN_TIMEOUT, pool.shutdown()));
     if removed.is_err() {
-        warn!(timeout_s = POOL_SHUTDOWN_TIMEOUT.as_secs(), "pool shutdown timed out");
+        warn!(
+            timeout_s = POOL_SHUTDOWN_TIMEOUT.as_secs(),
+            "pool shutdown timed out"
+        );
     }
     background.shutdown_timeout(Duration::from_secs(1));
     info!("cpub-proxy exited");

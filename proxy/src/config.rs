@@ -1,0 +1,316 @@
+//! Command-line and environment configuration of `cpub-proxy`, with
+//! validation whose messages name the flag and variable at fault.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Environment variable: listen address of the proxy.
+pub const ENV_LISTEN: &str = "CPUB_PROXY_LISTEN";
+/// Environment variable: directory of the route snapshot.
+pub const ENV_STATE_DIR: &str = "CPUB_STATE_DIR";
+/// Environment variable: Podman REST socket.
+pub const ENV_PODMAN_SOCKET: &str = "CPUB_PODMAN_SOCKET";
+/// Environment variable: node name written on every container this proxy owns.
+pub const ENV_NODE: &str = "CPUB_NODE";
+/// Environment variable: worker threads of the proxy service.
+pub const ENV_THREADS: &str = "CPUB_PROXY_THREADS";
+/// Environment variable: seconds to keep serving after SIGTERM.
+pub const ENV_GRACE_PERIOD_S: &str = "CPUB_PROXY_GRACE_PERIOD_S";
+/// Environment variable: seconds a new instance may take to become ready.
+pub const ENV_START_TIMEOUT_S: &str = "CPUB_START_TIMEOUT_S";
+/// Environment variable: `tracing` filter (`info`, `cpub_proxy=debug,info`).
+pub const ENV_LOG: &str = "CPUB_LOG";
+/// Environment variable: log format, `plain` or `json`.
+pub const ENV_LOG_FORMAT: &str = "CPUB_LOG_FORMAT";
+
+/// Exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// File name of the route snapshot inside the state directory.
+pub const SNAPSHOT_FILE: &str = "routes.json";
+
+/// `cpub-proxy`: the ContainerPub edge proxy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cpub-proxy", version, about)]
+pub struct Config {
+    /// Address the proxy listens on for function calls.
+    #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Base URL of the control plane; routes are watched at `/api/v1/routes`.
+    #[arg(long, env = containerpub_wire::ENV_URL, default_value = "http://127.0.0.1:7070", value_name = "URL")]
+    pub control_url: String,
+
+    /// API token used for the route watch.
+    #[arg(long, env = containerpub_wire::ENV_TOKEN, hide_env_values = true, value_name = "TOKEN")]
+    pub token: String,
+
+    /// Directory of the local route snapshot (`routes.json`).
+    #[arg(long, env = ENV_STATE_DIR, default_value = "/var/lib/containerpub/proxy", value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    /// Podman REST socket (`podman system service`).
+    #[arg(long, env = ENV_PODMAN_SOCKET, default_value = "/run/podman/podman.sock", value_name = "PATH")]
+    pub podman_socket: PathBuf,
+
+    /// Node name written on every container this proxy owns (default: the host name).
+    #[arg(long, env = ENV_NODE, value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// Worker threads of the proxy service (default: the number of cores).
+    #[arg(long, env = ENV_THREADS, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Seconds to keep serving after SIGTERM before shutting down.
+    #[arg(long, env = ENV_GRACE_PERIOD_S, default_value_t = 5, value_name = "S")]
+    pub grace_period_s: u64,
+
+    /// Seconds a new instance may take to become ready.
+    #[arg(long, env = ENV_START_TIMEOUT_S, default_value_t = 30, value_name = "S")]
+    pub start_timeout_s: u64,
+}
+
+/// A setting with an unusable value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Flag and environment variable, e.g. `--token / CPUB_TOKEN`.
+    pub setting: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(flag: &str, env: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: format!("--{flag} / {env}"),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks every value and fills in the defaults that depend on the host.
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        let url = reqwest::Url::parse(&self.control_url).map_err(|e| {
+            bad(
+                "control-url",
+                containerpub_wire::ENV_URL,
+                format!("{:?} is not a URL: {e}", self.control_url),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad(
+                "control-url",
+                containerpub_wire::ENV_URL,
+                format!(
+                    "must be an http:// or https:// URL with a host, got {:?}",
+                    self.control_url
+                ),
+            ));
+        }
+        self.control_url = self.control_url.trim_end_matches('/').to_owned();
+
+        if self.token.trim().is_empty() {
+            return Err(bad(
+                "token",
+                containerpub_wire::ENV_TOKEN,
+                "must not be empty",
+            ));
+        }
+        if self
+            .token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                "token",
+                containerpub_wire::ENV_TOKEN,
+                "must not contain spaces or control characters",
+            ));
+        }
+
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(bad("state-dir", ENV_STATE_DIR, "must not be empty"));
+        }
+        if self.podman_socket.as_os_str().is_empty() {
+            return Err(bad("podman-socket", ENV_PODMAN_SOCKET, "must not be empty"));
+        }
+
+        let node = match self.node.take() {
+            Some(node) => node,
+            None => host_name().ok_or_else(|| {
+                bad(
+                    "node",
+                    ENV_NODE,
+                    "the host name could not be read; set a node name",
+                )
+            })?,
+        };
+        validate_node(&node).map_err(|m| bad("node", ENV_NODE, m))?;
+        self.node = Some(node);
+
+        let threads = match self.threads {
+            Some(0) => return Err(bad("threads", ENV_THREADS, "must be at least 1")),
+            Some(n) if n > 1024 => {
+                return Err(bad(
+                    "threads",
+                    ENV_THREADS,
+                    format!("must be at most 1024, got {n}"),
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        self.threads = Some(threads);
+
+        if self.grace_period_s > 3600 {
+            return Err(bad(
+                "grace-period-s",
+                ENV_GRACE_PERIOD_S,
+                format!("must be at most 3600, got {}", self.grace_period_s),
+            ));
+        }
+        if !(1..=3600).contains(&self.start_timeout_s) {
+            return Err(bad(
+                "start-timeout-s",
+                ENV_START_TIMEOUT_S,
+                format!("must be between 1 and 3600, got {}", self.start_timeout_s),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Node name (after `validate`).
+    pub fn node(&self) -> &str {
+        self.node.as_deref().unwrap_or_default()
+    }
+
+    /// Worker threads (after `validate`).
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or(1)
+    }
+
+    /// How long a new instance may take to become ready.
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.start_timeout_s)
+    }
+
+    /// Path of the route snapshot.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.state_dir.join(SNAPSHOT_FILE)
+    }
+}
+
+/// A node name becomes a container label value and part of container names.
+fn validate_node(node: &str) -> Result<(), String> {
+    let ok = !node.is_empty()
+        && node.len() <= 63
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1 to 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', got {node:?}"
+        ))
+    }
+}
+
+/// The kernel's host name.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Log output format (`CPUB_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+impl LogFormat {
+    /// Reads `CPUB_LOG_FORMAT`; unset means plain.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match std::env::var(ENV_LOG_FORMAT) {
+            Err(_) => Ok(Self::Plain),
+            Ok(v) => Self::parse(&v).ok_or_else(|| ConfigError {
+                setting: ENV_LOG_FORMAT.to_owned(),
+                message: format!("must be \"plain\" or \"json\", got {v:?}"),
+            }),
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "plain" | "" => Some(Self::Plain),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["cpub-proxy"];
+        if !args.contains(&"--node") {
+            argv.extend_from_slice(&["--node", "n1"]);
+        }
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).expect("clap parse").validate()
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = parse(&["--token", "t"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.grace_period_s, 5);
+        assert!(c.threads() >= 1);
+        assert_eq!(c.node(), "n1");
+        assert_eq!(
+            c.snapshot_path(),
+            PathBuf::from("/var/lib/containerpub/proxy/routes.json")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = parse(&["--token", "t", "--control-url", "ftp://x"]).unwrap_err();
+        assert!(
+            err.setting.contains("--control-url") && err.setting.contains("CPUB_URL"),
+            "{err}"
+        );
+        let err = parse(&["--token", " "]).unwrap_err();
+        assert!(err.setting.contains("CPUB_TOKEN"), "{err}");
+        let err = parse(&["--token", "t", "--threads", "0"]).unwrap_err();
+        assert!(err.setting.contains("--threads"), "{err}");
+        let err = parse(&["--token", "t", "--node", "a b"]).unwrap_err();
+        assert!(err.setting.contains("--node"), "{err}");
+    }
+
+    #[test]
+    fn trailing_slash_is_dropped_from_the_control_url() {
+        let c = parse(&["--token", "t", "--control-url", "http://h:7070/"]).unwrap();
+        assert_eq!(c.control_url, "http://h:7070");
+    }
+
+    #[test]
+    fn log_format_values() {
+        assert_eq!(LogFormat::parse("json"), Some(LogFormat::Json));
+        assert_eq!(LogFormat::parse("plain"), Some(LogFormat::Plain));
+        assert_eq!(LogFormat::parse("xml"), None);
+    }
+}

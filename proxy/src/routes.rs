@@ -1,0 +1,387 @@
+//! The proxy's route table: an atomically swapped map from function name to
+//! route, the local snapshot that keeps it across restarts, and the watcher
+//! that follows the control plane's `GET /api/v1/routes` long poll.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use containerpub_pool::Pool;
+use containerpub_wire::api::{Route, RouteTable};
+use tracing::{debug, info, warn};
+
+/// How long the control plane may hold one long poll.
+pub const WATCH_WAIT_S: u64 = 25;
+/// First retry delay after a failed poll.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One consistent view of the routes: readers get the map and its revision
+/// from the same swap.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub routes: HashMap<String, Arc<Route>>,
+}
+
+impl Snapshot {
+    fn from_table(table: &RouteTable) -> Self {
+        let routes = table
+            .routes
+            .iter()
+            .map(|route| (route.function.clone(), Arc::new(route.clone())))
+            .collect();
+        Self {
+            revision: table.revision,
+            routes,
+        }
+    }
+}
+
+/// The live route table, read on every request without locks.
+#[derive(Debug, Default)]
+pub struct Routes {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Routes {
+    /// A table holding `table`.
+    pub fn new(table: &RouteTable) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::from_table(table)),
+        }
+    }
+
+    /// Route of the function `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Route>> {
+        self.current.load().routes.get(name).cloned()
+    }
+
+    /// The whole current view.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Current revision.
+    pub fn revision(&self) -> i64 {
+        self.current.load().revision
+    }
+
+    /// Replaces the table with `table`.
+    pub fn replace(&self, table: &RouteTable) {
+        self.current.store(Arc::new(Snapshot::from_table(table)));
+    }
+}
+
+/// A snapshot file that exists but cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("route snapshot {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("route snapshot {path} is not a route table: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Reads a snapshot; `Ok(None)` when there is none yet.
+pub fn load_snapshot(path: &Path) -> Result<Option<RouteTable>, SnapshotError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| SnapshotError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Reads a snapshot for start-up: a missing or unusable one gives an empty
+/// table (an unusable one is logged), never an error.
+pub fn load_snapshot_or_empty(path: &Path) -> RouteTable {
+    match load_snapshot(path) {
+        Ok(Some(table)) => {
+            info!(path = %path.display(), revision = table.revision, routes = table.routes.len(), "route snapshot loaded");
+            table
+        }
+        Ok(None) => {
+            info!(path = %path.display(), "no route snapshot yet");
+            RouteTable::default()
+        }
+        Err(e) => {
+            warn!(error = %e, "route snapshot ignored");
+            RouteTable::default()
+        }
+    }
+}
+
+/// Writes a snapshot atomically: a temporary file in the same directory,
+/// flushed to disk, then renamed over the old one.
+pub fn save_snapshot(path: &Path, table: &RouteTable) -> Result<(), SnapshotError> {
+    use std::io::Write;
+
+    let io = |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let json = serde_json::to_vec_pretty(table).expect("a route table always serializes");
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(&json).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+/// Follows the control plane's route table.
+pub struct Watcher {
+    routes: Arc<Routes>,
+    pool: Pool,
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    snapshot_path: PathBuf,
+}
+
+/// Why one poll did not give a table.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    #[error("control plane unreachable: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("control plane answered {status}: {body}")]
+    Status {
+        status: reqwest::StatusCode,
+        body: String,
+    },
+}
+
+impl Watcher {
+    pub fn new(
+        routes: Arc<Routes>,
+        pool: Pool,
+        control_url: &str,
+        token: String,
+        snapshot_path: PathBuf,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(WATCH_WAIT_S + 15))
+            .build()?;
+        Ok(Self {
+            routes,
+            pool,
+            client,
+            url: format!("{control_url}/api/v1/routes"),
+            token,
+            snapshot_path,
+        })
+    }
+
+    /// Polls forever. Keeps serving the last table while the control plane
+    /// is away; logs a warning when it goes away and an info line when it
+    /// is back.
+    pub async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut failing = false;
+        loop {
+            match self.poll_once().await {
+                Ok(table) => {
+                    if failing {
+                        info!(url = %self.url, "control plane reachable again");
+                        failing = false;
+                    }
+                    backoff = BACKOFF_MIN;
+                    self.apply(table).await;
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(url = %self.url, error = %e, revision = self.routes.revision(), "route watch failing, serving the last known routes");
+                        failing = true;
+                    } else {
+                        debug!(error = %e, "route watch still failing");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    async fn poll_once(&self) -> Result<RouteTable, PollError> {
+        let since = self.routes.revision();
+        let response = self
+            .client
+            .get(&self.url)
+            .query(&[
+                ("since", since.to_string()),
+                ("wait_s", WATCH_WAIT_S.to_string()),
+            ])
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.chars().take(200).collect();
+            return Err(PollError::Status { status, body });
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Installs a table whose revision differs from the current one (a
+    /// lower one too: the control plane's database may have been reset).
+    async fn apply(&self, table: RouteTable) {
+        let old = self.routes.revision();
+        if table.revision == old {
+            return;
+        }
+        self.routes.replace(&table);
+        self.pool.sync(&table.routes);
+        info!(
+            from = old,
+            to = table.revision,
+            routes = table.routes.len(),
+            "routes updated"
+        );
+        let path = self.snapshot_path.clone();
+        let saved = tokio::task::spawn_blocking(move || save_snapshot(&path, &table)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "route snapshot not saved"),
+            Err(e) => warn!(error = %e, "route snapshot task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerpub_wire::Manifest;
+
+    fn route(name: &str, deployment_id: i64) -> Route {
+        let manifest =
+            Manifest::parse(&format!("name = \"{name}\"\nruntime = \"container\"\n")).unwrap();
+        Route {
+            function: name.to_owned(),
+            deployment_id,
+            version: 1,
+            image: format!("localhost/cpub-{name}:1"),
+            config: manifest,
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("cpub-proxy-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let dir = temp_dir("roundtrip");
+        let path = dir.join("nested").join("routes.json");
+        let table = RouteTable {
+            revision: 7,
+            routes: vec![route("a", 1), route("b", 2)],
+        };
+        save_snapshot(&path, &table).unwrap();
+        assert_eq!(load_snapshot(&path).unwrap(), Some(table.clone()));
+        assert!(
+            !path.with_file_name("routes.json.tmp").exists(),
+            "temporary file left behind"
+        );
+
+        // Overwriting replaces the content as a whole.
+        let newer = RouteTable {
+            revision: 8,
+            routes: vec![route("b", 3)],
+        };
+        save_snapshot(&path, &newer).unwrap();
+        assert_eq!(load_snapshot(&path).unwrap(), Some(newer));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_snapshot_is_none() {
+        let dir = temp_dir("missing");
+        assert_eq!(load_snapshot(&dir.join("routes.json")).unwrap(), None);
+        assert_eq!(
+            load_snapshot_or_empty(&dir.join("routes.json")),
+            RouteTable::default()
+        );
+    }
+
+    #[test]
+    fn corrupt_snapshot_is_reported_and_ignored() {
+        let dir = temp_dir("corrupt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("routes.json");
+        for garbage in [
+            &b"{\"revision\": 3, \"routes\": [{\"function\""[..],
+            b"not json",
+            b"",
+            b"[]",
+        ] {
+            std::fs::write(&path, garbage).unwrap();
+            let err = load_snapshot(&path).unwrap_err();
+            assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
+            assert!(err.to_string().contains("routes.json"), "{err}");
+            assert_eq!(load_snapshot_or_empty(&path), RouteTable::default());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn table_replacement() {
+        let routes = Routes::new(&RouteTable {
+            revision: 1,
+            routes: vec![route("a", 1), route("b", 1)],
+        });
+        assert_eq!(routes.revision(), 1);
+        assert_eq!(routes.get("a").unwrap().deployment_id, 1);
+        let held = routes.get("b").unwrap();
+
+        routes.replace(&RouteTable {
+            revision: 2,
+            routes: vec![route("b", 5), route("c", 1)],
+        });
+        assert_eq!(routes.revision(), 2);
+        assert!(routes.get("a").is_none(), "removed function still routed");
+        assert_eq!(routes.get("b").unwrap().deployment_id, 5);
+        assert!(routes.get("c").is_some());
+        // A request that looked its route up before the swap keeps it.
+        assert_eq!(held.deployment_id, 1);
+
+        let snap = routes.snapshot();
+        assert_eq!((snap.revision, snap.routes.len()), (2, 2));
+        routes.replace(&RouteTable::default());
+        assert_eq!(
+            (snap.revision, snap.routes.len()),
+            (2, 2),
+            "a taken snapshot never changes"
+        );
+        assert_eq!(routes.snapshot().routes.len(), 0);
+    }
+}

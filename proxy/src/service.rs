@@ -1,0 +1,619 @@
+//! The pingora `ProxyHttp` implementation: routes `/fn/{name}/…` to an
+//! instance leased from the pool, enforces the body limit and timeout, adds
+//! the forwarding and timing headers, and answers its own errors as JSON.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use containerpub_pool::{Lease, Pool, PoolError};
+use containerpub_wire::api::{ApiError, Route};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, RetryType};
+use tracing::{debug, warn};
+
+use crate::path::{self, PathError};
+use crate::request_id;
+use crate::routes::Routes;
+
+/// How long an idle upstream connection stays pooled.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+/// Longest wait for a TCP connection to an instance (it is on this host).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The proxy service.
+pub struct Proxy {
+    routes: Arc<Routes>,
+    pool: Pool,
+}
+
+impl Proxy {
+    pub fn new(routes: Arc<Routes>, pool: Pool) -> Self {
+        Self { routes, pool }
+    }
+}
+
+/// An error answer the proxy writes itself.
+#[derive(Debug, Clone)]
+struct Reply {
+    status: u16,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl Reply {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// Per-request state. Holding the `Lease` here ties its release to the end
+/// of the request on every path: pingora drops the context after `logging`,
+/// whether the call succeeded, failed or the client went away.
+pub struct Ctx {
+    request_id: String,
+    route: Option<Arc<Route>>,
+    upstream_path: String,
+    lease: Option<Lease>,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
+    /// Set when the proxy decided the answer (404, 413, 503…).
+    reply: Option<Reply>,
+    /// When the lease was taken.
+    leased_at: Option<Instant>,
+    /// When the peer was handed to pingora (start of upstream time).
+    upstream_started: Option<Instant>,
+    /// Time to the upstream response header.
+    upstream_time: Option<Duration>,
+    /// Retries spent on connections that failed to open.
+    connect_retries: u8,
+    /// Retries spent on reused connections that failed.
+    reuse_retries: u8,
+}
+
+fn json_body(message: &str) -> Bytes {
+    let body = ApiError {
+        error: message.to_owned(),
+        field: None,
+    };
+    Bytes::from(serde_json::to_vec(&body).expect("an ApiError always serializes"))
+}
+
+/// Writes a complete JSON answer.
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    request_id: &str,
+    retry_after: Option<u32>,
+) -> pingora::Result<()> {
+    let mut header = ResponseHeader::build(status, Some(5))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    header.insert_header(request_id::HEADER, request_id)?;
+    if let Some(s) = retry_after {
+        header.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// Maps a pool failure to an answer.
+fn pool_reply(err: &PoolError) -> Reply {
+    match err {
+        PoolError::AtCapacity { .. } => Reply {
+            retry_after: Some(1),
+            ..Reply::new(503, err.to_string())
+        },
+        PoolError::StartFailed { .. } => Reply::new(502, err.to_string()),
+        PoolError::Podman(_) => Reply {
+            retry_after: Some(1),
+            ..Reply::new(
+                503,
+                "function temporarily unavailable: the container runtime failed",
+            )
+        },
+    }
+}
+
+/// `server-timing` value: how the instance was obtained and how long the
+/// upstream took to answer, in milliseconds with decimals.
+fn server_timing(kind: &str, start: Duration, upstream: Duration) -> String {
+    format!(
+        "start;desc=\"{kind}\";dur={:.3}, upstream;dur={:.3}",
+        start.as_secs_f64() * 1e3,
+        upstream.as_secs_f64() * 1e3
+    )
+}
+
+/// Connection-pool key of an instance: upstream connections are only ever
+/// reused for the same container, never for a new container that got the
+/// same address. `attempt` > 0 forces a fresh connection on a retry.
+fn group_key(instance_id: &str, attempt: u8) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    instance_id.hash(&mut h);
+    attempt.hash(&mut h);
+    h.finish()
+}
+
+/// Upstream failures that say the instance itself is gone or broken.
+fn is_connection_failure(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed
+            | ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectError
+            | ErrorType::ConnectNoRoute
+            | ErrorType::SocketError
+    )
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+    )
+}
+
+impl Ctx {
+    /// Remaining time budget of the call.
+    fn deadline_passed(&self) -> bool {
+        match (&self.route, self.upstream_started) {
+            (Some(route), Some(t)) => {
+                t.elapsed() > Duration::from_millis(route.config.resources.timeout_ms)
+            }
+            _ => false,
+        }
+    }
+
+    fn function(&self) -> &str {
+        self.route.as_deref().map_or("-", |r| r.function.as_str())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: String::new(),
+            route: None,
+            upstream_path: String::new(),
+            lease: None,
+            body_bytes: 0,
+            reply: None,
+            leased_at: None,
+            upstream_started: None,
+            upstream_time: None,
+            connect_retries: 0,
+            reuse_retries: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let req = session.req_header();
+        ctx.request_id =
+            request_id::pick(req.headers.get(request_id::HEADER).map(|v| v.as_bytes()));
+
+        let parsed = path::parse(req.uri.path(), req.uri.query());
+        let invocation = match parsed {
+            Ok(invocation) => invocation,
+            Err(PathError::NotInvocation) => {
+                let is_get = matches!(req.method, http::Method::GET | http::Method::HEAD);
+                if req.uri.path() == "/healthz" && is_get {
+                    let snap = self.routes.snapshot();
+                    let body =
+                        serde_json::json!({"revision": snap.revision, "routes": snap.routes.len()});
+                    let body = Bytes::from(body.to_string());
+                    respond_json(session, 200, body, &ctx.request_id, None).await?;
+                    return Ok(true);
+                }
+                let message = "not found: functions are called at /fn/{name}/";
+                return self.reject(session, ctx, Reply::new(404, message)).await;
+            }
+            Err(PathError::BadName(raw)) => {
+                let shown: String = raw.chars().take(80).collect();
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        Reply::new(404, format!("no function named \"{shown}\"")),
+                    )
+                    .await;
+            }
+        };
+
+        let Some(route) = self.routes.get(&invocation.name) else {
+            let message = format!("no function named \"{}\"", invocation.name);
+            return self.reject(session, ctx, Reply::new(404, message)).await;
+        };
+
+        let limit = route.config.resources.max_body_bytes;
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if let Some(len) = declared
+            && len > limit
+        {
+            let message = format!("request body of {len} bytes is over the limit of {limit} bytes");
+            return self.reject(session, ctx, Reply::new(413, message)).await;
+        }
+
+        ctx.upstream_path = invocation.upstream;
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        if ctx.lease.is_none() {
+            match self.pool.lease(&route).await {
+                Ok(lease) => {
+                    ctx.leased_at = Some(Instant::now());
+                    ctx.lease = Some(lease);
+                }
+                Err(e) => {
+                    let reply = pool_reply(&e);
+                    if matches!(e, PoolError::AtCapacity { .. }) {
+                        debug!(function = %route.function, error = %e, "no free instance");
+                    } else {
+                        warn!(function = %route.function, request_id = %ctx.request_id, error = %e, "no instance for call");
+                    }
+                    let status = reply.status;
+                    ctx.reply = Some(reply);
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "pool could not lease an instance",
+                    ));
+                }
+            }
+        }
+        let lease = ctx.lease.as_ref().expect("lease taken above");
+        let timeout = Duration::from_millis(route.config.resources.timeout_ms);
+        let mut peer = HttpPeer::new(lease.addr(), false, String::new());
+        peer.group_key = group_key(lease.instance_id(), ctx.reuse_retries);
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT.min(timeout));
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        if ctx.upstream_started.is_none() {
+            ctx.upstream_started = Some(Instant::now());
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let Some(chunk) = body else { return Ok(()) };
+        ctx.body_bytes += chunk.len() as u64;
+        let limit = ctx
+            .route
+            .as_ref()
+            .map_or(u64::MAX, |r| r.config.resources.max_body_bytes);
+        if ctx.body_bytes > limit {
+            ctx.reply = Some(Reply::new(
+                413,
+                format!("request body is over the limit of {limit} bytes"),
+            ));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over the limit",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        let uri = http::Uri::try_from(ctx.upstream_path.as_str())
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
+        upstream.set_uri(uri);
+        upstream.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if response.status.is_informational() {
+            return Ok(());
+        }
+        let upstream = ctx.upstream_started.map_or(Duration::ZERO, |t| t.elapsed());
+        ctx.upstream_time = Some(upstream);
+        if ctx.deadline_passed() {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "function answered after its timeout",
+            ));
+        }
+        let (kind, start) = ctx.lease.as_ref().map_or(("warm", Duration::ZERO), |l| {
+            (l.start_kind().as_str(), l.start_duration())
+        });
+        response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+        response.append_header("server-timing", server_timing(kind, start, upstream))?;
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Option<Duration>> {
+        if !end_of_stream && ctx.deadline_passed() {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "function response ran past its timeout",
+            ));
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent: the instance is unreachable. Take it out of the
+        // pool and try once more with another (or a new) instance.
+        if let Some(lease) = ctx.lease.take() {
+            debug!(function = %ctx.function(), instance = %lease.instance_id(), %peer, error = %e, "instance unreachable");
+            lease.mark_failed();
+        }
+        if ctx.connect_retries == 0 && ctx.reply.is_none() {
+            ctx.connect_retries += 1;
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if ctx.reply.is_some() {
+            e.set_retry(false);
+            return e;
+        }
+        // A pooled connection that the instance closed while we reused it:
+        // retry once on a fresh connection, when the method is idempotent and
+        // the request body is still buffered (pingora's default policy, but
+        // bounded to one retry and forced onto a new connection).
+        let retry = client_reused
+            && matches!(e.retry, RetryType::ReusedOnly)
+            && ctx.reuse_retries == 0
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if retry {
+            ctx.reuse_retries += 1;
+            e.set_retry(true);
+            return e;
+        }
+        e.set_retry(false);
+        // A fresh connection that broke before the response header: the
+        // instance is broken, keep it from further calls.
+        if !client_reused
+            && ctx.upstream_time.is_none()
+            && *e.esource() == ErrorSource::Upstream
+            && is_connection_failure(&e)
+            && let Some(lease) = &ctx.lease
+        {
+            debug!(function = %ctx.function(), instance = %lease.instance_id(), error = %e, "instance failed mid-call");
+            lease.mark_failed();
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let reply = match ctx.reply.clone() {
+            Some(reply) => Some(reply),
+            None if is_timeout(e) => {
+                let ms = ctx
+                    .route
+                    .as_ref()
+                    .map_or(0, |r| r.config.resources.timeout_ms);
+                Some(Reply::new(
+                    504,
+                    format!("function did not answer within {ms} ms"),
+                ))
+            }
+            None => match (e.etype(), e.esource()) {
+                (ErrorType::HTTPStatus(code), _) => Some(Reply::new(*code, "request failed")),
+                (_, ErrorSource::Upstream) => Some(Reply::new(502, "function connection failed")),
+                (
+                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                    ErrorSource::Downstream,
+                ) => {
+                    None // the client is gone
+                }
+                (_, ErrorSource::Downstream) => Some(Reply::new(400, "bad request")),
+                _ => Some(Reply::new(500, "internal proxy error")),
+            },
+        };
+        let Some(reply) = reply else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if session.response_written().is_none() {
+            let body = json_body(&reply.message);
+            if let Err(write_err) = respond_json(
+                session,
+                reply.status,
+                body,
+                &ctx.request_id,
+                reply.retry_after,
+            )
+            .await
+            {
+                debug!(error = %write_err, "error answer not delivered");
+            }
+        }
+        FailToProxy {
+            error_code: reply.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        // Answers the proxy chose (404, 413, 503 at capacity) and clients that
+        // went away are normal traffic, not errors; they are logged at debug.
+        ctx.reply.is_some() || *e.esource() == ErrorSource::Downstream
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let total_ms = ctx
+            .leased_at
+            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+        let kind = ctx.lease.as_ref().map_or("-", |l| l.start_kind().as_str());
+        match e {
+            None => {
+                debug!(request_id = %ctx.request_id, function = %ctx.function(), status, kind, total_ms, body_bytes = ctx.body_bytes, "call")
+            }
+            Some(e) => {
+                debug!(request_id = %ctx.request_id, function = %ctx.function(), status, kind, total_ms, error = %e, "call failed")
+            }
+        }
+        // The lease goes with the context right after this hook.
+    }
+}
+
+impl Proxy {
+    /// Answers a request the proxy refuses before any upstream is chosen.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reply: Reply,
+    ) -> pingora::Result<bool> {
+        // An unread request body would desynchronise a kept-alive connection.
+        if !session.is_body_empty() {
+            session.set_keepalive(None);
+        }
+        let body = json_body(&reply.message);
+        respond_json(
+            session,
+            reply.status,
+            body,
+            &ctx.request_id,
+            reply.retry_after,
+        )
+        .await?;
+        ctx.reply = Some(reply);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_format() {
+        let v = server_timing(
+            "cold",
+            Duration::from_micros(231_456),
+            Duration::from_micros(1_500),
+        );
+        assert_eq!(v, "start;desc=\"cold\";dur=231.456, upstream;dur=1.500");
+        let v = server_timing("warm", Duration::ZERO, Duration::from_micros(250));
+        assert_eq!(v, "start;desc=\"warm\";dur=0.000, upstream;dur=0.250");
+    }
+
+    #[test]
+    fn error_bodies_are_api_errors() {
+        let body = json_body("no function named \"x\"");
+        assert_eq!(&body[..], br#"{"error":"no function named \"x\""}"#);
+    }
+
+    #[test]
+    fn pool_errors_map_to_statuses() {
+        let busy = PoolError::AtCapacity {
+            function: "a".into(),
+            max_instances: 2,
+        };
+        let r = pool_reply(&busy);
+        assert_eq!((r.status, r.retry_after), (503, Some(1)));
+        assert!(r.message.contains("busy"), "{}", r.message);
+        let failed = PoolError::StartFailed {
+            function: "a".into(),
+            reason: "exited with 1".into(),
+        };
+        let r = pool_reply(&failed);
+        assert_eq!(r.status, 502);
+        assert!(r.message.contains("exited with 1"), "{}", r.message);
+    }
+
+    #[test]
+    fn group_keys_separate_instances_and_attempts() {
+        assert_eq!(group_key("abc", 0), group_key("abc", 0));
+        assert_ne!(group_key("abc", 0), group_key("abd", 0));
+        assert_ne!(group_key("abc", 0), group_key("abc", 1));
+    }
+}
