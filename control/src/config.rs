@@ -1,0 +1,255 @@
+//! Command-line flags and `CPUB_*` environment variables of `cpub-control`,
+//! with validation whose messages name the setting at fault.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+pub const ENV_LISTEN: &str = "CPUB_CONTROL_LISTEN";
+pub const ENV_DATABASE_URL: &str = "CPUB_DATABASE_URL";
+pub const ENV_DATA_DIR: &str = "CPUB_DATA_DIR";
+pub const ENV_PODMAN_SOCKET: &str = "CPUB_PODMAN_SOCKET";
+pub const ENV_PUBLIC_URL: &str = "CPUB_PUBLIC_URL";
+pub const ENV_MAX_UPLOAD_BYTES: &str = "CPUB_MAX_UPLOAD_BYTES";
+pub const ENV_MAX_BUNDLE_BYTES: &str = "CPUB_MAX_BUNDLE_BYTES";
+pub const ENV_MAX_BUNDLE_FILES: &str = "CPUB_MAX_BUNDLE_FILES";
+pub const ENV_BUILD_TIMEOUT_S: &str = "CPUB_BUILD_TIMEOUT_S";
+pub const ENV_BOOTSTRAP_TOKEN: &str = "CPUB_BOOTSTRAP_TOKEN";
+pub const ENV_ADMIN_PASSWORD: &str = "CPUB_ADMIN_PASSWORD";
+/// Log filter (`tracing_subscriber::EnvFilter` syntax), default `info`.
+pub const ENV_LOG: &str = "CPUB_LOG";
+/// Log format: `plain` (default) or `json`.
+pub const ENV_LOG_FORMAT: &str = "CPUB_LOG_FORMAT";
+
+/// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Shortest accepted `CPUB_BOOTSTRAP_TOKEN`.
+pub const MIN_BOOTSTRAP_TOKEN_LEN: usize = 16;
+
+/// The control plane's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cpub-control", version, about = "ContainerPub control plane")]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL (required), e.g. postgres://cpub:cpub@127.0.0.1:5432/cpub.
+    #[arg(long, env = ENV_DATABASE_URL, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for stored artifacts (`artifacts/sha256/`) and temp files (`tmp/`).
+    #[arg(long, env = ENV_DATA_DIR, default_value = "/var/lib/containerpub/control")]
+    pub data_dir: PathBuf,
+    /// Podman REST API socket used to build and remove images.
+    #[arg(long, env = ENV_PODMAN_SOCKET, default_value = containerpub_pool::podman::DEFAULT_SOCKET)]
+    pub podman_socket: PathBuf,
+    /// Base URL of the proxy; a function's URL is `{public_url}/fn/{name}/`.
+    #[arg(long, env = ENV_PUBLIC_URL, default_value = "http://127.0.0.1:8080")]
+    pub public_url: String,
+    /// Largest accepted upload (compressed bundle), in bytes.
+    #[arg(long, env = ENV_MAX_UPLOAD_BYTES, default_value_t = 64 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Largest accepted bundle once decompressed, in bytes.
+    #[arg(long, env = ENV_MAX_BUNDLE_BYTES, default_value_t = 512 * 1024 * 1024)]
+    pub max_bundle_bytes: u64,
+    /// Most entries (files, directories, links) a bundle may hold.
+    #[arg(long, env = ENV_MAX_BUNDLE_FILES, default_value_t = 10_000)]
+    pub max_bundle_files: u64,
+    /// Longest an image build may take, in seconds.
+    #[arg(long, env = ENV_BUILD_TIMEOUT_S, default_value_t = 600)]
+    pub build_timeout_s: u64,
+    /// API token created for `admin` (stored hashed). Random when unset on first start.
+    #[arg(long, env = ENV_BOOTSTRAP_TOKEN, hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// Password of `admin` on first start. Random when unset.
+    #[arg(long, env = ENV_ADMIN_PASSWORD, hide_env_values = true)]
+    pub admin_password: Option<String>,
+}
+
+/// A configuration problem; `setting` names the flag and its variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+fn err(flag: &str, env: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: format!("--{flag} / {env}"),
+        message: message.into(),
+    }
+}
+
+/// Settings after validation: what the server actually runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub podman_socket: PathBuf,
+    /// Without trailing `/`.
+    pub public_url: String,
+    pub limits: Limits,
+    pub build_timeout: Duration,
+    pub bootstrap_token: Option<String>,
+    pub admin_password: Option<String>,
+}
+
+/// Upload and bundle limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_upload_bytes: u64,
+    pub max_bundle_bytes: u64,
+    pub max_bundle_files: u64,
+}
+
+impl Config {
+    /// Checks every setting; the error names the first one at fault.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let database_url = match self.database_url.as_deref().map(str::trim) {
+            None | Some("") => {
+                return Err(err("database-url", ENV_DATABASE_URL, "is required"));
+            }
+            Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+                return Err(err(
+                    "database-url",
+                    ENV_DATABASE_URL,
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+            Some(url) => url.to_owned(),
+        };
+        if self.data_dir.as_os_str().is_empty() || !self.data_dir.is_absolute() {
+            return Err(err(
+                "data-dir",
+                ENV_DATA_DIR,
+                format!("must be an absolute path, got {:?}", self.data_dir),
+            ));
+        }
+        let public_url = self.public_url.trim_end_matches('/').to_owned();
+        let rest = public_url
+            .strip_prefix("http://")
+            .or_else(|| public_url.strip_prefix("https://"));
+        if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
+            return Err(err(
+                "public-url",
+                ENV_PUBLIC_URL,
+                format!(
+                    "must be an http:// or https:// URL, got {:?}",
+                    self.public_url
+                ),
+            ));
+        }
+        let positive = [
+            (
+                "max-upload-bytes",
+                ENV_MAX_UPLOAD_BYTES,
+                self.max_upload_bytes,
+            ),
+            (
+                "max-bundle-bytes",
+                ENV_MAX_BUNDLE_BYTES,
+                self.max_bundle_bytes,
+            ),
+            (
+                "max-bundle-files",
+                ENV_MAX_BUNDLE_FILES,
+                self.max_bundle_files,
+            ),
+            ("build-timeout-s", ENV_BUILD_TIMEOUT_S, self.build_timeout_s),
+        ];
+        for (flag, env, value) in positive {
+            if value == 0 {
+                return Err(err(flag, env, "must be greater than 0"));
+            }
+        }
+        if let Some(token) = &self.bootstrap_token
+            && (token.len() < MIN_BOOTSTRAP_TOKEN_LEN || token.chars().any(char::is_whitespace))
+        {
+            return Err(err(
+                "bootstrap-token",
+                ENV_BOOTSTRAP_TOKEN,
+                format!("must be at least {MIN_BOOTSTRAP_TOKEN_LEN} characters without whitespace"),
+            ));
+        }
+        if self.admin_password.as_deref().is_some_and(str::is_empty) {
+            return Err(err(
+                "admin-password",
+                ENV_ADMIN_PASSWORD,
+                "must not be empty",
+            ));
+        }
+        Ok(Settings {
+            listen: self.listen,
+            database_url,
+            data_dir: self.data_dir,
+            podman_socket: self.podman_socket,
+            public_url,
+            limits: Limits {
+                max_upload_bytes: self.max_upload_bytes,
+                max_bundle_bytes: self.max_bundle_bytes,
+                max_bundle_files: self.max_bundle_files,
+            },
+            build_timeout: Duration::from_secs(self.build_timeout_s),
+            bootstrap_token: self.bootstrap_token,
+            admin_password: self.admin_password,
+        })
+    }
+}
+
+impl Settings {
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.data_dir.join("artifacts").join("sha256")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["cpub-control"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).expect("clap parse").validate()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let s = parse(&["--database-url", "postgres://a@b/c"]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(s.limits.max_upload_bytes, 64 << 20);
+        assert_eq!(s.limits.max_bundle_bytes, 512 << 20);
+        assert_eq!(s.limits.max_bundle_files, 10_000);
+        assert_eq!(s.build_timeout, Duration::from_secs(600));
+        assert_eq!(s.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        // CPUB_DATABASE_URL may be set in the test environment; only assert
+        // on settings given explicitly.
+        let e = parse(&["--database-url", "mysql://x"]).unwrap_err();
+        assert!(e.setting.contains("CPUB_DATABASE_URL"), "{e}");
+        let e = parse(&["--database-url", "postgres://x", "--public-url", "ftp://x"]).unwrap_err();
+        assert!(e.setting.contains("public-url"), "{e}");
+        let e = parse(&["--database-url", "postgres://x", "--max-bundle-files", "0"]).unwrap_err();
+        assert!(e.setting.contains("CPUB_MAX_BUNDLE_FILES"), "{e}");
+        let e = parse(&[
+            "--database-url",
+            "postgres://x",
+            "--bootstrap-token",
+            "short",
+        ])
+        .unwrap_err();
+        assert!(e.setting.contains("CPUB_BOOTSTRAP_TOKEN"), "{e}");
+        let e = parse(&["--database-url", "postgres://x", "--data-dir", "rel"]).unwrap_err();
+        assert!(e.setting.contains("data-dir"), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! `cpub-control`, the ContainerPub control plane: the `/api/v1` REST API,
+//! authentication, the deploy pipeline (upload → validate → store → build →
+//! activate) and the route watch proxies follow. The only crate that opens a
+//! PostgreSQL connection.
+
+pub mod archive;
+pub mod auth;
+pub mod build;
+pub mod config;
+pub mod db;
+pub mod deploy;
+pub mod elf;
+pub mod error;
+pub mod logging;
+pub mod revision;
+pub mod routes;
+pub mod server;
+pub mod state;

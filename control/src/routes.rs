@@ -1,0 +1,114 @@
+//! The HTTP API: `/healthz` and `/api/v1/*`. Every `/api/v1` route but
+//! login sits behind the bearer-token middleware.
+
+pub mod auth;
+pub mod deployments;
+pub mod functions;
+pub mod watch;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::RngCore;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/functions", get(functions::list))
+        .route(
+            "/functions/{name}",
+            get(functions::get).delete(functions::delete),
+        )
+        .route(
+            "/functions/{name}/deployments",
+            get(deployments::list)
+                .post(deployments::create)
+                // The upload is streamed and limited by the handler.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/routes", get(watch::routes))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ));
+    let api = Router::new()
+        .route("/auth/login", post(auth::login))
+        .merge(protected);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_span))
+        .with_state(state)
+}
+
+/// `GET /healthz`: 200 once the database answers.
+async fn healthz(State(state): State<AppState>) -> Result<&'static str> {
+    sqlx::query("SELECT 1")
+        .execute(&state.db)
+        .await
+        .map_err(|_| Error::Unavailable("database unreachable".into()))?;
+    Ok("ok\n")
+}
+
+async fn not_found(request: Request) -> Error {
+    Error::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+/// Gives every request a span with an id (taken from `x-request-id` when
+/// the caller sent a sane one) and logs its outcome.
+async fn request_span(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            rand::thread_rng().fill_bytes(&mut b);
+            hex::encode(b)
+        });
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert("x-request-id", value);
+    }
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    let ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), ms, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), ms, "request done");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// 400 naming `name` when it is not a valid function name.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    containerpub_wire::validate_function_name(name).map_err(|m| Error::bad_request("name", m))
+}
+
+/// `(status, json)` as a response.
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,65 @@
+//! `POST /api/v1/functions/{name}/deployments` (deploy a `.tar.gz` bundle,
+//! streamed) and `GET` (the function's deployments, newest first).
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use containerpub_wire::api::DeploymentInfo;
+
+use crate::auth::Caller;
+use crate::db;
+use crate::deploy::{self, Deployed};
+use crate::error::{Error, Result};
+use crate::routes::{check_name, json};
+use crate::state::AppState;
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<DeploymentInfo>>> {
+    check_name(&name)?;
+    if db::get_function(&state.db, &name).await?.is_none() {
+        return Err(Error::NotFound(format!("function {name:?} not found")));
+    }
+    Ok(Json(db::list_deployments(&state.db, &name).await?))
+}
+
+/// 201 + `DeploymentInfo` when built and active; 422 + `DeploymentInfo`
+/// (status `failed`, `build_log`) when the build failed.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    check_name(&name)?;
+    let limit = state.settings.limits.max_upload_bytes;
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::bad_request("Content-Length", "not a number"))?;
+        if length > limit {
+            return Err(Error::too_large(
+                "Content-Length",
+                format!("the upload is {length} bytes; the limit is {limit} bytes"),
+            ));
+        }
+    }
+    let upload = deploy::receive(body, &state.settings.tmp_dir(), limit).await?;
+    tracing::debug!(function = %name, bytes = upload.bytes, "upload received");
+    // From here on the work must finish even if the client goes away.
+    let task = tokio::spawn(deploy::deploy(state, caller, name, upload));
+    let deployed = task
+        .await
+        .map_err(|e| anyhow::anyhow!("deploy task: {e}"))??;
+    Ok(match deployed {
+        Deployed::Built(info) => json(StatusCode::CREATED, info),
+        Deployed::Failed(info) => json(StatusCode::UNPROCESSABLE_ENTITY, info),
+    })
+}

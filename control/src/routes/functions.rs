@@ -1,0 +1,58 @@
+//! `GET /api/v1/functions`, `GET` and `DELETE /api/v1/functions/{name}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use containerpub_wire::api::FunctionInfo;
+
+use crate::build;
+use crate::db::{self, FunctionRow};
+use crate::error::{Error, Result};
+use crate::routes::check_name;
+use crate::state::AppState;
+
+fn info(row: FunctionRow, public_url: &str) -> FunctionInfo {
+    FunctionInfo {
+        url: format!("{public_url}/fn/{}/", row.name),
+        name: row.name,
+        owner: row.owner,
+        active_version: row.active_version,
+        config: row.config.map(|c| c.0),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FunctionInfo>>> {
+    let rows = db::list_functions(&state.db).await?;
+    let url = &state.settings.public_url;
+    Ok(Json(rows.into_iter().map(|r| info(r, url)).collect()))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionInfo>> {
+    check_name(&name)?;
+    let row = db::get_function(&state.db, &name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
+    Ok(Json(info(row, &state.settings.public_url)))
+}
+
+/// Deletes the rows (deployments cascade), tells proxies, then removes the
+/// images; an image that cannot be removed is logged, not fatal.
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+    check_name(&name)?;
+    let versions = db::delete_function(&state.db, &name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
+    tracing::info!(function = %name, versions = versions.len(), "function deleted");
+    for version in versions {
+        let image = build::image_tag(&name, version);
+        if let Err(err) = state.podman.remove_image(&image).await {
+            tracing::warn!(%err, %image, "could not remove the image of a deleted function");
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,100 @@
+//! Start-up and serving: directories, database and migrations, first-start
+//! bootstrap, the revision follower, the listener, graceful shutdown.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use containerpub_pool::Podman;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::state::AppState;
+use crate::{auth, db, revision, routes};
+
+/// Runs the control plane until SIGTERM or SIGINT.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    for dir in [settings.artifacts_dir(), settings.tmp_dir()] {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let pool = db::connect(&settings.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    let secrets = auth::bootstrap(
+        &pool,
+        settings.admin_password.as_deref(),
+        settings.bootstrap_token.as_deref(),
+    )
+    .await
+    .context("bootstrapping the admin user")?;
+    let stale = db::fail_stale_builds(&pool, settings.build_timeout * 2).await?;
+    if stale > 0 {
+        tracing::warn!(count = stale, "marked abandoned builds as failed");
+    }
+
+    let shutdown = CancellationToken::new();
+    let (revision_tx, revision_rx) = watch::channel(db::current_revision(&pool).await?);
+    let follower = tokio::spawn(revision::follow(
+        pool.clone(),
+        revision_tx,
+        shutdown.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        db: pool.clone(),
+        podman: Podman::new(&settings.podman_socket),
+        settings: Arc::new(settings),
+        revision: revision_rx,
+        shutdown: shutdown.clone(),
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        if let Some(password) = &secrets.admin_password {
+            writeln!(out, "admin password: {password}")?;
+        }
+        if let Some(token) = &secrets.token {
+            writeln!(out, "bootstrap token: {token}")?;
+        }
+        writeln!(out, "cpub-control listening on http://{addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, "listening");
+    let app = routes::router(state);
+    let signal = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            signal.cancel();
+        })
+        .await
+        .context("serving")?;
+    shutdown.cancel();
+    let _ = follower.await;
+    pool.close().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(%err, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,22 @@
+//! Shared state handed to every handler.
+
+use std::sync::Arc;
+
+use containerpub_pool::Podman;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// Cheap to clone: every field is a handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub settings: Arc<Settings>,
+    pub podman: Podman,
+    /// Latest known route revision, fed by [`crate::revision::follow`].
+    pub revision: watch::Receiver<i64>,
+    /// Cancelled on shutdown: long polls answer at once.
+    pub shutdown: CancellationToken,
+}
