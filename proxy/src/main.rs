@@ -13,6 +13,7 @@ mod request_id;
 mod routes;
 mod service;
 
+use std::io::IsTerminal;
 use std::process::exit;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,7 @@ fn init_logging() -> Result<(), String> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -149,7 +151,9 @@ fn run(config: Config) -> i32 {
     server.run(RunArgs::default());
 
     info!("proxy stopped, removing instances");
-    let removed = background.block_on(tokio::time::timeout(POOL_SHUTDOWN_TIMEOUT, pool.shutdown()));
+    // The timer must be created inside the runtime, hence the async block.
+    let removed = background
+        .block_on(async { tokio::time::timeout(POOL_SHUTDOWN_TIMEOUT, pool.shutdown()).await });
     if removed.is_err() {
         warn!(
             timeout_s = POOL_SHUTDOWN_TIMEOUT.as_secs(),

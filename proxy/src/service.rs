@@ -247,6 +247,7 @@ impl ProxyHttp for Proxy {
         };
 
         let limit = route.config.resources.max_body_bytes;
+        ctx.route = Some(route);
         let declared = req
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -259,7 +260,6 @@ impl ProxyHttp for Proxy {
         }
 
         ctx.upstream_path = invocation.upstream;
-        ctx.route = Some(route);
         Ok(false)
     }
 
