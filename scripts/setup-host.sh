@@ -41,3 +41,36 @@ if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null || { echo "setup-host: podman API socket did not come up" >&2; exit 1; }
 fi
 echo "setup-host: podman $(podman --version | awk '{print $3}') API on $sock"
+
+# The function network, and the firewall that keeps functions away from the
+# host's services and from each other (PITFALLS: a bridge, even --internal,
+# reaches every host service bound to 0.0.0.0 through its gateway). The host
+# may still open connections to containers (the proxy does); replies pass.
+podman network exists cpub || podman network create cpub >/dev/null
+bridge=$(podman network inspect cpub --format '{{.NetworkInterface}}')
+subnet=$(podman network inspect cpub --format '{{range .Subnets}}{{.Subnet}}{{end}}')
+nft -f - <<NFT
+table inet cpub_isolation
+delete table inet cpub_isolation
+table inet cpub_isolation {
+  chain input {
+    type filter hook input priority -10; policy accept;
+    iifname "$bridge" ct state established,related accept
+    iifname "$bridge" drop
+  }
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    iifname "$bridge" ct state established,related accept
+    iifname "$bridge" drop
+  }
+}
+table bridge cpub_isolation
+delete table bridge cpub_isolation
+table bridge cpub_isolation {
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    ip saddr $subnet ip daddr $subnet drop
+  }
+}
+NFT
+echo "setup-host: network cpub ($subnet on $bridge) isolated by nftables table cpub_isolation"

@@ -42,23 +42,37 @@ where
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("deps dir");
-    if dir.ends_with("deps") { dir.parent().expect("profile dir").to_owned() } else { dir.to_owned() }
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// Path of a workspace binary; panics with the fix when it is not built.
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_owned()
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// A running process that is killed when dropped.
@@ -103,24 +117,35 @@ impl Stack {
     pub async fn start(control_env: &[(&str, &str)]) -> Result<Stack> {
         let n = STACKS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let base_url = std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+        let base_url =
+            std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
         let database = format!("cpub_e2e_{pid}_{n}");
         let mut conn = sqlx::PgConnection::connect(&base_url)
             .await
             .with_context(|| format!("connecting to {base_url} (run scripts/pg.sh start)"))?;
-        sqlx::raw_sql(&format!("CREATE DATABASE {database}")).execute(&mut conn).await?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {database}"))
+            .execute(&mut conn)
+            .await?;
         conn.close().await?;
         let mut stack = Stack {
             control_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             proxy_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            token: format!("cpub_e2e_{pid}_{n}_{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()),
+            token: format!(
+                "cpub_e2e_{pid}_{n}_{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_nanos()
+            ),
             node: format!("e2e-{pid}-{n}"),
             dir: tempfile::tempdir()?,
             base_url,
             database,
             control: None,
             proxy: None,
-            control_env: control_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            control_env: control_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         stack.start_control().await?;
         stack.start_proxy().await?;
@@ -144,7 +169,10 @@ impl Stack {
 
     fn spawn(&self, name: &'static str, envs: Vec<(String, String)>) -> Result<Proc> {
         let log = self.dir.path().join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(bin(name))
             .envs(envs)
             .env("CPUB_LOG", "info")
@@ -166,11 +194,19 @@ impl Stack {
             {
                 return Ok(());
             }
-            let proc = if which == "control" { self.control.as_mut() } else { self.proxy.as_mut() };
+            let proc = if which == "control" {
+                self.control.as_mut()
+            } else {
+                self.proxy.as_mut()
+            };
             if let Some(p) = proc
                 && let Ok(Some(status)) = p.child.try_wait()
             {
-                bail!("{} exited with {status}:\n{}", p.name, std::fs::read_to_string(&p.log).unwrap_or_default());
+                bail!(
+                    "{} exited with {status}:\n{}",
+                    p.name,
+                    std::fs::read_to_string(&p.log).unwrap_or_default()
+                );
             }
             if Instant::now() > until {
                 bail!("{which} not healthy at {url} within 30 s");
@@ -184,7 +220,10 @@ impl Stack {
         let mut env = vec![
             ("CPUB_DATABASE_URL".into(), self.database_url()),
             ("CPUB_CONTROL_LISTEN".into(), self.control_addr.to_string()),
-            ("CPUB_DATA_DIR".into(), self.dir.path().join("control").display().to_string()),
+            (
+                "CPUB_DATA_DIR".into(),
+                self.dir.path().join("control").display().to_string(),
+            ),
             ("CPUB_PUBLIC_URL".into(), self.proxy_url()),
             ("CPUB_BOOTSTRAP_TOKEN".into(), self.token.clone()),
             ("CPUB_ADMIN_PASSWORD".into(), "e2e-admin-password".into()),
@@ -205,7 +244,10 @@ impl Stack {
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             ("CPUB_URL".into(), self.control_url()),
             ("CPUB_TOKEN".into(), self.token.clone()),
-            ("CPUB_STATE_DIR".into(), self.dir.path().join("proxy").display().to_string()),
+            (
+                "CPUB_STATE_DIR".into(),
+                self.dir.path().join("proxy").display().to_string(),
+            ),
             ("CPUB_NODE".into(), self.node.clone()),
             ("CPUB_PROXY_THREADS".into(), "2".into()),
         ];
@@ -247,8 +289,16 @@ impl Stack {
     /// An HTTP client with the API token set.
     pub fn api(&self) -> reqwest::Client {
         let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert("authorization", format!("Bearer {}", self.token).parse().expect("token header"));
-        reqwest::Client::builder().default_headers(headers).build().expect("client")
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .expect("token header"),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client")
     }
 
     /// Ids of the containers of this stack's node, optionally of one function.
@@ -263,15 +313,31 @@ impl Stack {
         if let Some(f) = function {
             args.extend(["--filter".into(), format!("label=cpub.function={f}")]);
         }
-        let out = Command::new("podman").args(&args).output().expect("podman ps");
-        assert!(out.status.success(), "podman ps: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+        let out = Command::new("podman")
+            .args(&args)
+            .output()
+            .expect("podman ps");
+        assert!(
+            out.status.success(),
+            "podman ps: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The logs of both processes, for failure messages.
     pub fn logs(&self) -> String {
-        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
-        format!("--- cpub-control ---\n{}\n--- cpub-proxy ---\n{}", read("cpub-control"), read("cpub-proxy"))
+        let read = |name: &str| {
+            std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+        };
+        format!(
+            "--- cpub-control ---\n{}\n--- cpub-proxy ---\n{}",
+            read("cpub-control"),
+            read("cpub-proxy")
+        )
     }
 }
 
@@ -282,10 +348,17 @@ impl Drop for Stack {
         // Leave nothing behind, whatever the test did.
         let ids = self.containers(None);
         if !ids.is_empty() {
-            let _ = Command::new("podman").args(["rm", "-f", "-t", "0"]).args(&ids).output();
+            let _ = Command::new("podman")
+                .args(["rm", "-f", "-t", "0"])
+                .args(&ids)
+                .output();
         }
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-        let _ = Command::new("psql").arg(&self.base_url).arg("-qc").arg(sql).output();
+        let _ = Command::new("psql")
+            .arg(&self.base_url)
+            .arg("-qc")
+            .arg(sql)
+            .output();
     }
 }
 
@@ -299,7 +372,10 @@ pub fn bundle(example: &str, name: &str, extra_manifest: &str) -> tempfile::Temp
     let manifest = std::fs::read_to_string(&manifest_path).expect("example manifest");
     let mut out = String::new();
     for line in manifest.lines() {
-        if line.trim_start().starts_with("name") && line.contains('=') && !line.trim_start().starts_with("name_") {
+        if line.trim_start().starts_with("name")
+            && line.contains('=')
+            && !line.trim_start().starts_with("name_")
+        {
             out.push_str(&format!("name = \"{name}\"\n"));
         } else {
             out.push_str(line);

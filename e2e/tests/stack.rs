@@ -11,17 +11,27 @@ use serde_json::Value;
 const BUILD: Duration = Duration::from_secs(60);
 
 async fn get(url: &str) -> (u16, String, reqwest::header::HeaderMap) {
-    let r = reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let r = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, r.text().await.unwrap(), headers)
 }
 
 fn start_kind(headers: &reqwest::header::HeaderMap) -> String {
-    let timing = headers.get("server-timing").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let timing = headers
+        .get("server-timing")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     timing
         .split(',')
-        .find_map(|part| part.trim().strip_prefix("start;desc=\"").and_then(|r| r.split('"').next()).map(str::to_owned))
+        .find_map(|part| {
+            part.trim()
+                .strip_prefix("start;desc=\"")
+                .and_then(|r| r.split('"').next())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| panic!("no start entry in server-timing {timing:?}"))
 }
 
@@ -32,7 +42,10 @@ async fn deploy_call_redeploy_delete() {
     let dir = bundle("hello", name, "");
     let out = stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
     let url = format!("{}/fn/{name}/", stack.proxy_url());
-    assert!(out.contains(&url), "deploy prints the function URL {url}:\n{out}");
+    assert!(
+        out.contains(&url),
+        "deploy prints the function URL {url}:\n{out}"
+    );
 
     // First call starts the container; the second reuses it.
     let (status, body, headers) = get(&url).await;
@@ -42,11 +55,20 @@ async fn deploy_call_redeploy_delete() {
     let (status, _, headers) = get(&format!("{url}again")).await;
     assert_eq!(status, 200);
     assert_eq!(start_kind(&headers), "warm");
-    assert_eq!(stack.containers(Some(name)).len(), 1, "one container serves both calls");
+    assert_eq!(
+        stack.containers(Some(name)).len(),
+        1,
+        "one container serves both calls"
+    );
 
     // Listing and describing through the CLI.
     let list: Value = serde_json::from_str(&stack.cpub_ok(&["list", "--output", "json"])).unwrap();
-    let row = list.as_array().unwrap().iter().find(|f| f["name"] == name).expect("listed");
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .expect("listed");
     assert_eq!(row["active_version"], 1);
 
     // A changed version replaces the old one.
@@ -62,10 +84,26 @@ async fn deploy_call_redeploy_delete() {
     })
     .await;
     let deployments: Value = serde_json::from_slice(
-        &stack.api().get(format!("{}/api/v1/functions/{name}/deployments", stack.control_url())).send().await.unwrap().bytes().await.unwrap(),
+        &stack
+            .api()
+            .get(format!(
+                "{}/api/v1/functions/{name}/deployments",
+                stack.control_url()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
     )
     .unwrap();
-    let statuses: Vec<&str> = deployments.as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = deployments
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["active", "superseded"], "newest first");
 
     // `cpub invoke` goes through the proxy too.
@@ -74,14 +112,20 @@ async fn deploy_call_redeploy_delete() {
 
     // Delete: 404 through the proxy, and no container left.
     stack.cpub_ok(&["delete", name]);
-    eventually(Duration::from_secs(15), "deleted function answers 404", || async {
-        let (status, body, _) = get(&url).await;
-        (status == 404 && body.contains(name)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "deleted function answers 404",
+        || async {
+            let (status, body, _) = get(&url).await;
+            (status == 404 && body.contains(name)).then_some(())
+        },
+    )
     .await;
-    eventually(Duration::from_secs(15), "containers of a deleted function removed", || async {
-        stack.containers(Some(name)).is_empty().then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "containers of a deleted function removed",
+        || async { stack.containers(Some(name)).is_empty().then_some(()) },
+    )
     .await;
     let (status, _, _) = get(&format!("{}/fn/never-deployed/", stack.proxy_url())).await;
     assert_eq!(status, 404, "unknown function");
@@ -112,18 +156,29 @@ async fn echo_proves_the_function_contract() {
     assert_eq!(headers["x-custom"], "value");
     assert_eq!(headers["x-request-id"], "e2e-request-1");
     assert_eq!(headers["x-forwarded-proto"], "http");
-    assert!(headers["x-forwarded-for"].as_str().unwrap().contains("127.0.0.1"), "{headers}");
+    assert!(
+        headers["x-forwarded-for"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "{headers}"
+    );
 }
 
 #[tokio::test]
 async fn refused_uploads_name_what_was_wrong() {
-    let stack = Stack::start(&[("CPUB_MAX_UPLOAD_BYTES", "1048576")]).await.unwrap();
+    let stack = Stack::start(&[("CPUB_MAX_UPLOAD_BYTES", "1048576")])
+        .await
+        .unwrap();
     let api = stack.api();
     let deploy = |name: &str, body: Vec<u8>| {
-        api.post(format!("{}/api/v1/functions/{name}/deployments", stack.control_url()))
-            .header("content-type", "application/gzip")
-            .body(body)
-            .send()
+        api.post(format!(
+            "{}/api/v1/functions/{name}/deployments",
+            stack.control_url()
+        ))
+        .header("content-type", "application/gzip")
+        .body(body)
+        .send()
     };
 
     let bad_manifest = targz(&[(
@@ -136,12 +191,25 @@ async fn refused_uploads_name_what_was_wrong() {
     let err: Value = r.json().await.unwrap();
     assert_eq!(err["field"], "scaling.max_instances", "{err}");
 
-    let unknown_key = targz(&[("cpub.toml", b"name = \"bad\"\nruntime = \"container\"\ncolour = 1\n", 0o644)]);
-    let err: Value = deploy("bad", unknown_key).await.unwrap().json().await.unwrap();
+    let unknown_key = targz(&[(
+        "cpub.toml",
+        b"name = \"bad\"\nruntime = \"container\"\ncolour = 1\n",
+        0o644,
+    )]);
+    let err: Value = deploy("bad", unknown_key)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(err["field"], "colour", "{err}");
 
     let traversal = targz(&[
-        ("cpub.toml", b"name = \"bad\"\nruntime = \"container\"\n", 0o644),
+        (
+            "cpub.toml",
+            b"name = \"bad\"\nruntime = \"container\"\n",
+            0o644,
+        ),
         ("../../etc/evil", b"x", 0o644),
     ]);
     let r = deploy("bad", traversal).await.unwrap();
@@ -164,13 +232,30 @@ async fn refused_uploads_name_what_was_wrong() {
     let r = deploy("Bad_Name", targz(&[])).await.unwrap();
     assert_eq!(r.status(), 400);
 
-    let r = reqwest::Client::new().get(format!("{}/api/v1/functions", stack.control_url())).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/functions", stack.control_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "no token");
-    let r = stack.api().get(format!("{}/api/v1/functions/nope", stack.control_url())).send().await.unwrap();
+    let r = stack
+        .api()
+        .get(format!("{}/api/v1/functions/nope", stack.control_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // Nothing was recorded or left running by the refused uploads.
-    let list: Value = stack.api().get(format!("{}/api/v1/functions", stack.control_url())).send().await.unwrap().json().await.unwrap();
+    let list: Value = stack
+        .api()
+        .get(format!("{}/api/v1/functions", stack.control_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list, serde_json::json!([]));
     assert!(stack.containers(None).is_empty());
 }
@@ -182,23 +267,37 @@ async fn functions_keep_answering_without_the_control_plane() {
     let dir = bundle("hello", name, "");
     stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
     let url = format!("{}/fn/{name}/", stack.proxy_url());
-    eventually(Duration::from_secs(15), "function routed", || async { (get(&url).await.0 == 200).then_some(()) }).await;
+    eventually(Duration::from_secs(15), "function routed", || async {
+        (get(&url).await.0 == 200).then_some(())
+    })
+    .await;
 
     stack.stop_control();
     let (status, body, _) = get(&url).await;
-    assert_eq!((status, body.as_str()), (200, "hello from ContainerPub\n"), "control plane down");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from ContainerPub\n"),
+        "control plane down"
+    );
 
     // A proxy restarted while the control plane is down serves from its snapshot.
     stack.stop_proxy();
     stack.start_proxy().await.unwrap();
     let (status, body, _) = get(&url).await;
-    assert_eq!((status, body.as_str()), (200, "hello from ContainerPub\n"), "restarted proxy, control down:\n{}", stack.logs());
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from ContainerPub\n"),
+        "restarted proxy, control down:\n{}",
+        stack.logs()
+    );
 
     // And it catches up when the control plane is back.
     stack.start_control().await.unwrap();
     stack.cpub_ok(&["delete", name]);
-    eventually(BUILD, "delete seen after the control plane came back", || async {
-        (get(&url).await.0 == 404).then_some(())
-    })
+    eventually(
+        BUILD,
+        "delete seen after the control plane came back",
+        || async { (get(&url).await.0 == 404).then_some(()) },
+    )
     .await;
 }

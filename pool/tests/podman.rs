@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use containerpub_pool::health::wait_ready;
 use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
 use containerpub_pool::{
     ContainerRuntime, NETWORK, PodmanRuntime, Pool, PoolConfig, StartKind, labels,
@@ -83,6 +84,9 @@ async fn instance_runs_with_isolation_defaults() {
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let node = node("isolation");
     let started = runtime.start(&route("iso"), &node).await.unwrap();
+    wait_ready(started.addr, None, Duration::from_secs(10))
+        .await
+        .unwrap();
     let state = podman
         .inspect_container(&started.id, NETWORK)
         .await
@@ -172,5 +176,82 @@ async fn pool_starts_cold_reuses_warm_and_leaves_nothing() {
     assert!(
         runtime.list_owned(&node).await.unwrap().is_empty(),
         "no orphan containers"
+    );
+}
+
+/// Runs `nc` inside a container and returns what came back (empty when the
+/// connection was refused, dropped or timed out).
+fn nc_from(container: &str, host: &str, port: u16) -> String {
+    let script = format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {host} {port} | /bin/busybox head -c 64"
+    );
+    let out = std::process::Command::new("podman")
+        .args(["exec", container, "/bin/busybox", "sh", "-c", &script])
+        .output()
+        .expect("podman exec");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn functions_reach_neither_host_services_nor_each_other() {
+    let podman = podman();
+    build_image(&podman).await;
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let node = node("network");
+    let a = runtime.start(&route("neta"), &node).await.unwrap();
+    let b = runtime.start(&route("netb"), &node).await.unwrap();
+    wait_ready(a.addr, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    wait_ready(b.addr, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A host service bound to every address, as a careless one would be.
+    let host_service = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = host_service.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost secret").await;
+        }
+    });
+    let state = podman.inspect_container(&a.id, NETWORK).await.unwrap();
+    let gateway = state.raw["NetworkSettings"]["Networks"][NETWORK]["Gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (a_id, b_ip) = (a.id.clone(), b.addr.ip().to_string());
+    let seen = tokio::task::spawn_blocking(move || {
+        (
+            nc_from(&a_id, "127.0.0.1", 8080),
+            nc_from(&a_id, &gateway, host_port),
+            nc_from(&a_id, &b_ip, 8080),
+        )
+    })
+    .await
+    .unwrap();
+    let host_to_b = http_get(b.addr).await;
+    runtime.remove(&a.id).await.unwrap();
+    runtime.remove(&b.id).await.unwrap();
+    assert!(
+        seen.0.starts_with("HTTP/1."),
+        "the probe works: a container reaches itself, got {:?}",
+        seen.0
+    );
+    assert_eq!(
+        seen.1, "",
+        "a function reached a host service through its gateway"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "host service accepted a connection"
+    );
+    assert_eq!(seen.2, "", "a function reached another function's instance");
+    assert!(
+        host_to_b.starts_with("HTTP/1."),
+        "the host (proxy) still reaches instances"
     );
 }
