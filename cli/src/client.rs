@@ -63,7 +63,9 @@ impl ApiFailure {
     fn hint(&self) -> Option<String> {
         Some(
             match self.status {
-                StatusCode::UNAUTHORIZED => "log in again with `cpub login` (or set CPUB_TOKEN)",
+                StatusCode::UNAUTHORIZED => {
+                    "check the credentials, or log in again with `cpub login` (or set CPUB_TOKEN)"
+                }
                 StatusCode::FORBIDDEN => "this token's user may not do that",
                 StatusCode::NOT_FOUND => "check the name with `cpub list`",
                 StatusCode::PAYLOAD_TOO_LARGE => {

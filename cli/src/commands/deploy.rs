@@ -108,9 +108,10 @@ fn check_bundle(manifest: &Manifest, packed: &bundle::Packed) -> Result<()> {
     }
 }
 
-/// The request body: the file in chunks, advancing `progress`; at the end of
-/// the file the bar turns into a "building" spinner, since the server
-/// answers only once the image is built.
+/// The request body: the file in chunks, advancing `progress`; once every
+/// byte is sent the bar turns into a "building" spinner, since the server
+/// answers only when the image is built. (With a `Content-Length` the HTTP
+/// client stops polling at the last byte, so the switch cannot wait for EOF.)
 async fn upload_body(path: &Path, progress: ProgressBar) -> Result<reqwest::Body> {
     let file = tokio::fs::File::open(path)
         .await
@@ -119,20 +120,35 @@ async fn upload_body(path: &Path, progress: ProgressBar) -> Result<reqwest::Body
         let mut buf = vec![0u8; CHUNK];
         let n = file.read(&mut buf).await?;
         if n == 0 {
-            progress.set_style(
-                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            progress.set_message("uploaded; building image");
-            progress.reset_elapsed();
-            progress.enable_steady_tick(Duration::from_millis(120));
+            show_building(&progress);
             return Ok::<_, std::io::Error>(None);
         }
         buf.truncate(n);
         progress.inc(n as u64);
+        if progress
+            .length()
+            .is_some_and(|len| progress.position() >= len)
+        {
+            show_building(&progress);
+        }
         Ok(Some((Bytes::from(buf), (file, progress))))
     });
     Ok(reqwest::Body::wrap_stream(stream))
+}
+
+/// Turns the upload bar into the "building" spinner (once).
+fn show_building(progress: &ProgressBar) {
+    if progress.length().is_none() {
+        return;
+    }
+    progress.unset_length();
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    progress.set_message("uploaded; building image");
+    progress.reset_elapsed();
+    progress.enable_steady_tick(Duration::from_millis(120));
 }
 
 /// A private temporary file, removed on drop.
