@@ -22,8 +22,10 @@ use crate::routes::Routes;
 
 /// How long an idle upstream connection stays pooled.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
-/// Longest wait for a TCP connection to an instance (it is on this host).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a TCP connection to an instance. Instances are on this
+/// host's bridge, so a handshake takes well under a millisecond; a dead
+/// instance's address never answers at all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The proxy service.
 pub struct Proxy {
@@ -59,6 +61,8 @@ impl Reply {
 /// of the request on every path: pingora drops the context after `logging`,
 /// whether the call succeeded, failed or the client went away.
 pub struct Ctx {
+    /// When the request header was read.
+    received_at: Instant,
     request_id: String,
     route: Option<Arc<Route>>,
     upstream_path: String,
@@ -67,9 +71,8 @@ pub struct Ctx {
     body_bytes: u64,
     /// Set when the proxy decided the answer (404, 413, 503…).
     reply: Option<Reply>,
-    /// When the lease was taken.
-    leased_at: Option<Instant>,
-    /// When the peer was handed to pingora (start of upstream time).
+    /// When the current attempt's peer was handed to pingora (start of
+    /// upstream time and of the timeout budget).
     upstream_started: Option<Instant>,
     /// Time to the upstream response header.
     upstream_time: Option<Duration>,
@@ -194,13 +197,13 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            received_at: Instant::now(),
             request_id: String::new(),
             route: None,
             upstream_path: String::new(),
             lease: None,
             body_bytes: 0,
             reply: None,
-            leased_at: None,
             upstream_started: None,
             upstream_time: None,
             connect_retries: 0,
@@ -275,7 +278,6 @@ impl ProxyHttp for Proxy {
         if ctx.lease.is_none() {
             match self.pool.lease(&route).await {
                 Ok(lease) => {
-                    ctx.leased_at = Some(Instant::now());
                     ctx.lease = Some(lease);
                 }
                 Err(e) => {
@@ -302,9 +304,7 @@ impl ProxyHttp for Proxy {
         peer.options.read_timeout = Some(timeout);
         peer.options.write_timeout = Some(timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
-        if ctx.upstream_started.is_none() {
-            ctx.upstream_started = Some(Instant::now());
-        }
+        ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }
 
@@ -528,9 +528,7 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let total_ms = ctx
-            .leased_at
-            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
+        let total_ms = ctx.received_at.elapsed().as_secs_f64() * 1e3;
         let kind = ctx.lease.as_ref().map_or("-", |l| l.start_kind().as_str());
         match e {
             None => {
