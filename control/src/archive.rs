@@ -529,16 +529,10 @@ fn binary_context(
         (&mut entry).take(ELF_HEAD_BYTES).read_to_end(&mut head)?;
         elf::check_static_x86_64(&head)
             .map_err(|m| bad("entrypoint", format!("entrypoint {entrypoint:?}: {m}")))?;
-        let mut header = Header::new_gnu();
-        header.set_entry_type(EntryType::Regular);
-        header.set_mode(0o755);
-        header.set_size(size);
+        let mut header = plain_header(0o755, size);
         out.append_data(&mut header, BINARY_IN_CONTEXT, head.as_slice().chain(entry))?;
         let containerfile = generated_containerfile(manifest.port);
-        let mut header = Header::new_gnu();
-        header.set_entry_type(EntryType::Regular);
-        header.set_mode(0o644);
-        header.set_size(containerfile.len() as u64);
+        let mut header = plain_header(0o644, containerfile.len() as u64);
         out.append_data(&mut header, CONTAINERFILE, containerfile.as_bytes())?;
         out.into_inner()?.flush()?;
         return Ok(());
@@ -547,6 +541,18 @@ fn binary_context(
         "entrypoint",
         format!("entrypoint {entrypoint:?} is not in the bundle"),
     ))
+}
+
+/// A regular file owned by root.
+fn plain_header(mode: u32, size: u64) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(EntryType::Regular);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header
 }
 
 /// The Containerfile of a static binary: nothing but the executable.
@@ -559,4 +565,395 @@ pub fn generated_containerfile(port: u16) -> String {
          EXPOSE {port}\n\
          ENTRYPOINT [\"/function\"]\n"
     )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::io::Cursor;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+
+    /// One entry of a test bundle, written with raw header bytes so unsafe
+    /// paths (which `tar::Builder` refuses) can be expressed.
+    pub(crate) enum T<'a> {
+        File(&'a str, &'a [u8]),
+        Exec(&'a str, &'a [u8]),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        Hardlink(&'a str, &'a str),
+        Special(&'a str, EntryType),
+        LongName(usize),
+    }
+
+    fn raw(path: &[u8], entry_type: EntryType, size: u64, mode: u32, link: &[u8]) -> Header {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(entry_type);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..path.len()].copy_from_slice(path);
+        gnu.linkname[..link.len()].copy_from_slice(link);
+        h.set_cksum();
+        h
+    }
+
+    pub(crate) fn tar_gz(entries: &[T<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        for e in entries {
+            match e {
+                T::File(p, data) | T::Exec(p, data) => {
+                    let mode = if matches!(e, T::Exec(..)) {
+                        0o700
+                    } else {
+                        0o600
+                    };
+                    let h = raw(
+                        p.as_bytes(),
+                        EntryType::Regular,
+                        data.len() as u64,
+                        mode,
+                        b"",
+                    );
+                    b.append(&h, *data).unwrap();
+                }
+                T::Dir(p) => b
+                    .append(
+                        &raw(p.as_bytes(), EntryType::Directory, 0, 0o700, b""),
+                        io::empty(),
+                    )
+                    .unwrap(),
+                T::Symlink(p, t) => b
+                    .append(
+                        &raw(p.as_bytes(), EntryType::Symlink, 0, 0o777, t.as_bytes()),
+                        io::empty(),
+                    )
+                    .unwrap(),
+                T::Hardlink(p, t) => b
+                    .append(
+                        &raw(p.as_bytes(), EntryType::Link, 0, 0o644, t.as_bytes()),
+                        io::empty(),
+                    )
+                    .unwrap(),
+                T::Special(p, t) => b
+                    .append(&raw(p.as_bytes(), *t, 0, 0o644, b""), io::empty())
+                    .unwrap(),
+                T::LongName(n) => {
+                    let h = raw(
+                        b"././@LongLink",
+                        EntryType::GNULongName,
+                        *n as u64,
+                        0o644,
+                        b"",
+                    );
+                    b.append(&h, io::repeat(b'a').take(*n as u64)).unwrap();
+                    b.append(&raw(b"x", EntryType::Regular, 0, 0o644, b""), io::empty())
+                        .unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    const LIMITS: Limits = Limits {
+        max_upload_bytes: 1 << 20,
+        max_bundle_bytes: 1 << 20,
+        max_bundle_files: 20,
+    };
+    pub(crate) const CONTAINER_TOML: &[u8] = b"name = \"hello\"\nruntime = \"container\"\n";
+    const BINARY_TOML: &[u8] =
+        b"name = \"hello\"\nruntime = \"binary\"\nentrypoint = \"./bin/hello\"\nport = 9000\n";
+
+    fn run(entries: &[T<'_>]) -> (Result<Bundle, Error>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let result = prepare_from(Cursor::new(tar_gz(entries)), dir.path(), "hello", &LIMITS);
+        (result, dir)
+    }
+
+    /// The (field, message) of a 400, or a panic.
+    fn rejected(entries: &[T<'_>]) -> (String, String) {
+        match run(entries).0 {
+            Err(err @ Error::BadRequest { .. }) => {
+                assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST);
+                let Error::BadRequest { field, message } = err else {
+                    unreachable!()
+                };
+                (field.expect("a 400 names its field"), message)
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    fn listing(tar_path: &Path) -> Vec<(String, EntryType, u32, u64)> {
+        let mut a = tar::Archive::new(File::open(tar_path).unwrap());
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.entry_type(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn good_container_bundle() {
+        let (result, _dir) = run(&[
+            T::Dir("./"),
+            T::File("./cpub.toml", CONTAINER_TOML),
+            T::File("Containerfile", b"FROM scratch\nCOPY app.txt /app.txt\n"),
+            T::Dir("src/"),
+            T::Exec("src//./run.sh", b"#!/bin/sh\n"),
+            T::Symlink("src/link", "../Containerfile"),
+            T::Hardlink("src/again", "src/run.sh"),
+        ]);
+        let bundle = result.unwrap();
+        assert_eq!(bundle.containerfile, "Containerfile");
+        assert_eq!(bundle.manifest.name, "hello");
+        let entries = listing(&bundle.context_tar);
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "cpub.toml",
+                "Containerfile",
+                "src",
+                "src/run.sh",
+                "src/link",
+                "src/again"
+            ]
+        );
+        // Normalised: owned by root, modes 0644 / 0755.
+        assert!(entries.iter().all(|e| e.3 == 0));
+        assert_eq!(entries[0].2, 0o644);
+        assert_eq!(entries[3].2, 0o755);
+        assert_eq!(entries[4].1, EntryType::Symlink);
+        assert_eq!(entries[5].1, EntryType::Link);
+    }
+
+    #[test]
+    fn good_binary_bundle_gets_a_generated_containerfile() {
+        let elf = crate::elf::tests::fake_elf(62, &[1, 1]);
+        let (result, _dir) = run(&[
+            T::File("cpub.toml", BINARY_TOML),
+            T::File("bin/hello", &elf),
+        ]);
+        let bundle = result.unwrap();
+        let entries = listing(&bundle.context_tar);
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].0.as_str(), entries[0].2), ("function", 0o755));
+        assert_eq!(entries[1].0, "Containerfile");
+        let mut a = tar::Archive::new(File::open(&bundle.context_tar).unwrap());
+        let mut files = a.entries().unwrap();
+        let mut binary = Vec::new();
+        files
+            .next()
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut binary)
+            .unwrap();
+        assert_eq!(binary, elf);
+        let mut containerfile = String::new();
+        files
+            .next()
+            .unwrap()
+            .unwrap()
+            .read_to_string(&mut containerfile)
+            .unwrap();
+        assert_eq!(containerfile, generated_containerfile(9000));
+        assert!(
+            containerfile.contains("FROM scratch") && containerfile.contains("USER 65534:65534")
+        );
+        assert!(containerfile.contains("ENV PORT=9000") && containerfile.contains("EXPOSE 9000"));
+    }
+
+    #[test]
+    fn dynamic_binary_is_refused() {
+        let elf = crate::elf::tests::fake_elf(62, &[6, 3, 1]);
+        let (field, msg) = rejected(&[
+            T::File("cpub.toml", BINARY_TOML),
+            T::File("bin/hello", &elf),
+        ]);
+        assert_eq!(field, "entrypoint");
+        assert!(
+            msg.contains("only static executables are supported"),
+            "{msg}"
+        );
+        let (field, msg) = rejected(&[
+            T::File("cpub.toml", BINARY_TOML),
+            T::File("bin/hello", b"#!/bin/sh\n"),
+        ]);
+        assert_eq!(field, "entrypoint");
+        assert!(msg.contains("not an ELF"), "{msg}");
+        let (field, msg) = rejected(&[T::File("cpub.toml", BINARY_TOML)]);
+        assert_eq!(field, "entrypoint");
+        assert!(msg.contains("not in the bundle"), "{msg}");
+    }
+
+    #[test]
+    fn absolute_path_is_refused() {
+        let (field, msg) = rejected(&[
+            T::File("cpub.toml", CONTAINER_TOML),
+            T::File("/etc/passwd", b"x"),
+        ]);
+        assert_eq!(field, "/etc/passwd");
+        assert!(msg.contains("absolute"), "{msg}");
+    }
+
+    #[test]
+    fn dotdot_is_refused() {
+        let (field, msg) = rejected(&[
+            T::File("cpub.toml", CONTAINER_TOML),
+            T::File("a/../../x", b"x"),
+        ]);
+        assert_eq!(field, "a/../../x");
+        assert!(msg.contains(".."), "{msg}");
+    }
+
+    #[test]
+    fn escaping_symlinks_are_refused() {
+        let (field, msg) = rejected(&[T::Symlink("src/link", "../../etc/shadow")]);
+        assert_eq!(field, "src/link");
+        assert!(msg.contains("leaves the bundle"), "{msg}");
+        let (field, msg) = rejected(&[T::Symlink("link", "/etc/shadow")]);
+        assert_eq!(field, "link");
+        assert!(msg.contains("absolute"), "{msg}");
+        // `d -> .` looks harmless, but `d/x -> ../y` then points outside.
+        let (field, msg) = rejected(&[
+            T::File("cpub.toml", CONTAINER_TOML),
+            T::Symlink("d", "."),
+            T::Symlink("d/x", "../y"),
+        ]);
+        assert_eq!(field, "d/x");
+        assert!(msg.contains("through the symlink"), "{msg}");
+        let (field, _) = rejected(&[T::Hardlink("h", "../outside")]);
+        assert_eq!(field, "h");
+        let (field, msg) = rejected(&[T::Hardlink("h", "not-there")]);
+        assert_eq!(field, "h");
+        assert!(msg.contains("earlier regular file"), "{msg}");
+    }
+
+    #[test]
+    fn device_and_fifo_entries_are_refused() {
+        let (field, msg) = rejected(&[T::Special("dev/null", EntryType::Char)]);
+        assert_eq!(field, "dev/null");
+        assert!(msg.contains("character device"), "{msg}");
+        let (field, msg) = rejected(&[T::Special("sda", EntryType::Block)]);
+        assert_eq!(
+            (field.as_str(), msg.contains("block device")),
+            ("sda", true)
+        );
+        let (field, msg) = rejected(&[T::Special("pipe", EntryType::Fifo)]);
+        assert_eq!((field.as_str(), msg.contains("fifo")), ("pipe", true));
+    }
+
+    #[test]
+    fn too_many_files_are_refused() {
+        let names: Vec<String> = (0..21).map(|i| format!("f{i}")).collect();
+        let entries: Vec<T<'_>> = names.iter().map(|n| T::File(n, b"x")).collect();
+        let (field, msg) = rejected(&entries);
+        assert_eq!(field, "bundle");
+        assert!(msg.contains("more than 20 entries"), "{msg}");
+    }
+
+    #[test]
+    fn size_bombs_are_refused() {
+        // Declared file sizes over the limit: refused at the header.
+        let zeros = vec![0u8; (1 << 20) + 1];
+        let (field, msg) =
+            rejected(&[T::File("cpub.toml", CONTAINER_TOML), T::File("big", &zeros)]);
+        assert_eq!(field, "bundle");
+        assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+        // Bytes that are no file (a 3 MiB GNU long name, which tar would
+        // read into memory): stopped by the decompressed-byte counter.
+        let (field, msg) = rejected(&[T::LongName(3 << 20)]);
+        assert_eq!(field, "bundle");
+        assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn manifest_problems_name_the_field() {
+        let (field, msg) = rejected(&[T::File("Containerfile", b"FROM scratch\n")]);
+        assert_eq!(field, "cpub.toml");
+        assert!(msg.contains("no cpub.toml"), "{msg}");
+        let (field, _) = rejected(&[T::File(
+            "cpub.toml",
+            b"name = \"hello\"\nruntime = \"container\"\n[resources]\nmemory_mb = 1\n",
+        )]);
+        assert_eq!(field, "resources.memory_mb");
+        let (field, _) = rejected(&[T::File(
+            "cpub.toml",
+            b"name = \"other\"\nruntime = \"container\"\n",
+        )]);
+        assert_eq!(field, "name");
+        let (field, msg) = rejected(&[T::File("cpub.toml", CONTAINER_TOML)]);
+        assert_eq!(field, "Containerfile");
+        assert!(msg.contains("needs a Containerfile"), "{msg}");
+        let (field, _) = rejected(&[T::File("cpub.toml", b"name = \"hello\"\nruntime = [\n")]);
+        assert_eq!(field, "cpub.toml");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let (field, msg) = rejected(&[T::File("a", b"1"), T::File("./a", b"2")]);
+        assert_eq!(field, "./a");
+        assert!(msg.contains("twice"), "{msg}");
+    }
+
+    #[test]
+    fn not_gzip_or_not_tar_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = prepare_from(
+            Cursor::new(b"PK\x03\x04 a zip".to_vec()),
+            dir.path(),
+            "hello",
+            &LIMITS,
+        )
+        .unwrap_err();
+        let Error::BadRequest { field, message } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(field.as_deref(), Some("bundle"));
+        assert!(message.contains("not gzip"), "{message}");
+
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(&[b'z'; 2000]).unwrap();
+        let err = prepare_from(
+            Cursor::new(gz.finish().unwrap()),
+            dir.path(),
+            "hello",
+            &LIMITS,
+        )
+        .unwrap_err();
+        let Error::BadRequest { field, message } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(field.as_deref(), Some("bundle"));
+        assert!(message.contains("not a valid .tar.gz"), "{message}");
+
+        // Truncated gzip.
+        let good = tar_gz(&[
+            T::File("cpub.toml", CONTAINER_TOML),
+            T::File("big", &[7u8; 100_000]),
+        ]);
+        let err = prepare_from(
+            Cursor::new(good[..good.len() / 2].to_vec()),
+            dir.path(),
+            "hello",
+            &LIMITS,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::BadRequest { field: Some(ref f), .. } if f == "bundle"),
+            "{err:?}"
+        );
+    }
 }

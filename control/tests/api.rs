@@ -1,0 +1,746 @@
+//! Handler tests: the real router (`Router::oneshot`, no socket) against a
+//! fresh PostgreSQL database per test, and, when the Podman socket answers,
+//! real image builds.
+//!
+//! Database: `CPUB_TEST_DATABASE_URL` (default the local cluster of
+//! `scripts/pg.sh`); each test creates `cpub_test_<random>` and drops it,
+//! also when the test fails.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use containerpub_control::config::{Limits, Settings};
+use containerpub_control::state::AppState;
+use containerpub_control::{auth, db, revision, routes};
+use containerpub_pool::Podman;
+use containerpub_wire::api::{
+    ApiError, DeploymentInfo, DeploymentStatus, FunctionInfo, LoginResponse, RouteTable,
+};
+use http_body_util::BodyExt;
+use rand::RngCore;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const DEFAULT_TEST_DB: &str = "postgres://cpub:cpub@127.0.0.1:54329/cpub";
+const TOKEN: &str = "test-bootstrap-token-0123456789";
+const PASSWORD: &str = "correct horse battery staple";
+const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A database that exists for one test.
+struct TestDb {
+    base: PgConnectOptions,
+    name: String,
+    pool: PgPool,
+}
+
+impl TestDb {
+    async fn create() -> Self {
+        let url =
+            std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DB.into());
+        let base: PgConnectOptions = url.parse().expect("CPUB_TEST_DATABASE_URL");
+        let name = format!("cpub_test_{}", random_hex(6));
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone())
+            .await
+            .expect("connect to the test cluster");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("CREATE DATABASE (role needs CREATEDB)");
+        admin.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(base.clone().database(&name))
+            .await
+            .expect("connect to the test database");
+        Self { base, name, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(base)
+                    .await
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    if let Err(err) = sqlx::query(&sql).execute(&admin).await {
+                        eprintln!("dropping {name}: {err}");
+                    }
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The application over a fresh database.
+struct TestApp {
+    router: Router,
+    state: AppState,
+    _data: tempfile::TempDir,
+    db: TestDb,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.state.shutdown.cancel();
+    }
+}
+
+async fn app() -> TestApp {
+    app_with(64 * 1024).await
+}
+
+async fn app_with(max_upload_bytes: u64) -> TestApp {
+    let db = TestDb::create().await;
+    db::migrate(&db.pool).await.expect("migrations");
+    auth::bootstrap(&db.pool, Some(PASSWORD), Some(TOKEN))
+        .await
+        .expect("bootstrap");
+    let data = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: String::new(),
+        data_dir: data.path().to_path_buf(),
+        podman_socket: PathBuf::from(PODMAN_SOCKET),
+        public_url: "http://proxy.test".into(),
+        limits: Limits {
+            max_upload_bytes,
+            max_bundle_bytes: 8 << 20,
+            max_bundle_files: 100,
+        },
+        build_timeout: Duration::from_secs(120),
+        bootstrap_token: None,
+        admin_password: None,
+    };
+    std::fs::create_dir_all(settings.artifacts_dir()).unwrap();
+    std::fs::create_dir_all(settings.tmp_dir()).unwrap();
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = watch::channel(db::current_revision(&db.pool).await.unwrap());
+    tokio::spawn(revision::follow(db.pool.clone(), tx, shutdown.clone()));
+    let state = AppState {
+        db: db.pool.clone(),
+        settings: Arc::new(settings),
+        podman: Podman::new(PODMAN_SOCKET),
+        revision: rx,
+        shutdown,
+    };
+    TestApp {
+        router: routes::router(state.clone()),
+        state,
+        _data: data,
+        db,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn error(&self) -> ApiError {
+        self.json()
+    }
+}
+
+impl TestApp {
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Reply { status, body }
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(authed(Request::get(uri)).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn deploy(&self, name: &str, bundle: Vec<u8>) -> Reply {
+        let request = authed(Request::post(format!(
+            "/api/v1/functions/{name}/deployments"
+        )))
+        .header(header::CONTENT_LENGTH, bundle.len())
+        .header(header::CONTENT_TYPE, "application/gzip")
+        .body(Body::from(bundle))
+        .unwrap();
+        self.send(request).await
+    }
+}
+
+fn authed(builder: axum::http::request::Builder) -> axum::http::request::Builder {
+    builder.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+}
+
+/// A `.tar.gz` from (path, contents); paths are written raw so unsafe ones
+/// (which `tar::Builder` refuses) can be tested.
+fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn container_toml(name: &str) -> String {
+    format!("name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n")
+}
+
+#[tokio::test]
+async fn every_migration_applies_to_a_fresh_database() {
+    let db = TestDb::create().await;
+    db::migrate(&db.pool).await.expect("migrations apply");
+    db::migrate(&db.pool)
+        .await
+        .expect("applying again is a no-op");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, db::MIGRATOR.iter().count());
+    for table in [
+        "users",
+        "api_tokens",
+        "functions",
+        "deployments",
+        "route_revision",
+    ] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert!(exists, "table {table} missing");
+    }
+    assert_eq!(db::current_revision(&db.pool).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn bootstrap_creates_admin_once_and_adds_a_fixed_token_later() {
+    let db = TestDb::create().await;
+    db::migrate(&db.pool).await.unwrap();
+    let first = auth::bootstrap(&db.pool, None, None).await.unwrap();
+    let password = first
+        .admin_password
+        .expect("random password printed on first start");
+    let token = first.token.expect("random token printed on first start");
+    assert!(token.starts_with("cpub_"));
+    assert!(
+        auth::check_login(&db.pool, "admin", &password)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        auth::caller_for_token(&db.pool, &token)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Later start with a fixed token: stored once, nothing printed.
+    let again = auth::bootstrap(&db.pool, None, Some(TOKEN)).await.unwrap();
+    assert!(again.admin_password.is_none() && again.token.is_none());
+    auth::bootstrap(&db.pool, None, Some(TOKEN)).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE token_hash = $1")
+        .bind(auth::token_hash(TOKEN))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
+    // Only hashes are stored.
+    let plain: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens WHERE token_hash = $1 OR token_hash = $2",
+    )
+    .bind(TOKEN)
+    .bind(&token)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(plain, 0);
+}
+
+#[tokio::test]
+async fn login_gives_a_working_token_and_wrong_credentials_get_401() {
+    let app = app().await;
+    let login = |body: String| {
+        Request::post("/api/v1/auth/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+
+    let ok = app
+        .send(login(format!(
+            r#"{{"username":"admin","password":"{PASSWORD}"}}"#
+        )))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let LoginResponse { token, username } = ok.json();
+    assert_eq!(username, "admin");
+    let request = Request::get("/api/v1/functions")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let listed = app.send(request).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(listed.json::<Vec<FunctionInfo>>().is_empty());
+
+    let wrong = app
+        .send(login(r#"{"username":"admin","password":"nope"}"#.into()))
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let unknown = app
+        .send(login(format!(
+            r#"{{"username":"root","password":"{PASSWORD}"}}"#
+        )))
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        wrong.error().error,
+        unknown.error().error,
+        "same message for both"
+    );
+
+    let malformed = app.send(login(r#"{"user":"admin"}"#.into())).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.error().field.as_deref(), Some("body"));
+}
+
+#[tokio::test]
+async fn api_routes_need_a_valid_bearer_token() {
+    let app = app().await;
+    let no_header = app
+        .send(
+            Request::get("/api/v1/functions")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(no_header.status, StatusCode::UNAUTHORIZED);
+    assert!(no_header.error().error.contains("Authorization"));
+    for value in ["Bearer cpub_0000", "Basic YWRtaW46eA==", "Bearer "] {
+        let request = Request::get("/api/v1/routes")
+            .header(header::AUTHORIZATION, value)
+            .body(Body::empty())
+            .unwrap();
+        let reply = app.send(request).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{value}");
+        let _: ApiError = reply.json();
+    }
+    let deploy = app
+        .send(
+            Request::post("/api/v1/functions/hello/deployments")
+                .body(Body::from(vec![1u8; 10]))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(deploy.status, StatusCode::UNAUTHORIZED);
+    let health = app
+        .send(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_bundles_get_400_naming_the_field() {
+    let app = app().await;
+    let bad_manifest = tar_gz(&[
+        (
+            "cpub.toml",
+            b"name = \"hello\"\nruntime = \"container\"\n[scaling]\nconcurrency = 0\n",
+        ),
+        ("Containerfile", b"FROM scratch\n"),
+    ]);
+    let reply = app.deploy("hello", bad_manifest).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.error().field.as_deref(), Some("scaling.concurrency"));
+
+    let unknown_key = tar_gz(&[(
+        "cpub.toml",
+        b"name = \"hello\"\nruntime = \"container\"\ncolour = 1\n",
+    )]);
+    let reply = app.deploy("hello", unknown_key).await;
+    assert_eq!(reply.error().field.as_deref(), Some("colour"));
+
+    let traversal = tar_gz(&[
+        ("cpub.toml", container_toml("hello").as_bytes()),
+        ("../evil", b"x"),
+    ]);
+    let reply = app.deploy("hello", traversal).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let err = reply.error();
+    assert_eq!(err.field.as_deref(), Some("../evil"));
+    assert!(err.error.contains(".."), "{}", err.error);
+
+    let other_name = tar_gz(&[
+        ("cpub.toml", container_toml("other").as_bytes()),
+        ("Containerfile", b"FROM scratch\n"),
+    ]);
+    let reply = app.deploy("hello", other_name).await;
+    assert_eq!(
+        (reply.status, reply.error().field.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("name"))
+    );
+
+    let reply = app.deploy("Bad_Name", tar_gz(&[])).await;
+    assert_eq!(
+        (reply.status, reply.error().field.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("name"))
+    );
+
+    let reply = app.deploy("hello", b"plain text, not gzip".to_vec()).await;
+    assert_eq!(
+        (reply.status, reply.error().field.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("bundle"))
+    );
+
+    // Nothing was recorded, and no temp file was left behind.
+    assert!(
+        app.get("/api/v1/functions")
+            .await
+            .json::<Vec<FunctionInfo>>()
+            .is_empty()
+    );
+    let leftovers = std::fs::read_dir(app.state.settings.tmp_dir())
+        .unwrap()
+        .count();
+    assert_eq!(
+        leftovers,
+        0,
+        "temp files left in {}",
+        app.state.settings.tmp_dir().display()
+    );
+    let stored = std::fs::read_dir(app.state.settings.artifacts_dir())
+        .unwrap()
+        .count();
+    assert_eq!(stored, 0, "rejected bundles must not be stored");
+}
+
+#[tokio::test]
+async fn oversized_uploads_get_413() {
+    let app = app_with(1000).await;
+    let big = vec![0u8; 5000];
+    // Declared too large: refused before reading.
+    let reply = app.deploy("hello", big.clone()).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let err = reply.error();
+    assert_eq!(err.field.as_deref(), Some("Content-Length"));
+    assert!(err.error.contains("1000"), "{}", err.error);
+    // Streamed without a length: counted.
+    let chunks = futures_util::stream::iter(
+        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 500]))),
+    );
+    let request = authed(Request::post("/api/v1/functions/hello/deployments"))
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let reply = app.send(request).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.error().field.as_deref(), Some("body"));
+    assert_eq!(
+        std::fs::read_dir(app.state.settings.tmp_dir())
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn unknown_functions_get_404() {
+    let app = app().await;
+    let reply = app.get("/api/v1/functions/nope").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.error().error.contains("nope"));
+    let reply = app.get("/api/v1/functions/nope/deployments").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = app
+        .send(
+            authed(Request::delete("/api/v1/functions/nope"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = app.get("/api/v1/nothing-here").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let _: ApiError = reply.json();
+}
+
+#[tokio::test]
+async fn routes_long_poll() {
+    let app = app().await;
+    // Behind: answered at once.
+    let started = Instant::now();
+    let reply = app.get("/api/v1/routes?since=-1&wait_s=30").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let table: RouteTable = reply.json();
+    assert_eq!(table.revision, 0);
+    assert!(table.routes.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Up to date: waits for wait_s.
+    let started = Instant::now();
+    let reply = app.get("/api/v1/routes?since=0&wait_s=1").await;
+    assert_eq!(reply.json::<RouteTable>().revision, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Up to date, then a change: woken by NOTIFY, long before wait_s.
+    let router = app.router.clone();
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let request = authed(Request::get("/api/v1/routes?since=0&wait_s=30"))
+            .body(Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            started.elapsed(),
+            serde_json::from_slice::<RouteTable>(&body).unwrap(),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tx = app.db.pool.begin().await.unwrap();
+    assert_eq!(db::bump_revision(&mut tx).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    let (elapsed, table) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(table.revision, 1);
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+
+    let reply = app.get("/api/v1/routes?since=abc").await;
+    assert_eq!(
+        (reply.status, reply.error().field.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("since"))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_deploys_get_distinct_versions() {
+    let app = app().await;
+    let manifest = containerpub_wire::Manifest::parse(&container_toml("race")).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let pool = app.db.pool.clone();
+        let manifest = manifest.clone();
+        tasks.push(tokio::spawn(async move {
+            db::create_deployment(&pool, "race", 1, &manifest, "sha256:00", "/x")
+                .await
+                .unwrap()
+                .version
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap());
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=8).collect::<Vec<_>>());
+}
+
+/// Builds real images when the Podman socket answers; skipped otherwise.
+#[tokio::test]
+async fn deploy_build_fail_and_delete_with_podman() {
+    let podman = Podman::new(PODMAN_SOCKET);
+    if podman.ping().await.is_err() {
+        eprintln!("skipping: no Podman API at {PODMAN_SOCKET}");
+        return;
+    }
+    let app = app().await;
+    let name = format!("t{}", random_hex(4));
+    let bundle = tar_gz(&[
+        ("cpub.toml", container_toml(&name).as_bytes()),
+        (
+            "Containerfile",
+            b"FROM scratch\nCOPY hello.txt /hello.txt\n",
+        ),
+        ("hello.txt", b"hello\n"),
+    ]);
+    let reply = app.deploy(&name, bundle.clone()).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let v1: DeploymentInfo = reply.json();
+    assert_eq!((v1.version, v1.status), (1, DeploymentStatus::Active));
+    let image = v1.image.clone().unwrap();
+    assert_eq!(image, format!("localhost/cpub-fn-{name}:v1"));
+    assert!(podman.image_exists(&image).await.unwrap());
+    let digest = v1.digest.strip_prefix("sha256:").unwrap();
+    assert!(
+        app.state
+            .settings
+            .artifacts_dir()
+            .join(format!("{digest}.tar.gz"))
+            .is_file()
+    );
+
+    // A failing build: 422 with the log; v1 stays active.
+    let broken = tar_gz(&[
+        ("cpub.toml", container_toml(&name).as_bytes()),
+        ("Containerfile", b"FROM scratch\nCOPY missing.txt /x\n"),
+    ]);
+    let reply = app.deploy(&name, broken).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let v2: DeploymentInfo = reply.json();
+    assert_eq!((v2.version, v2.status), (2, DeploymentStatus::Failed));
+    assert!(v2.build_log.contains("missing.txt"), "{}", v2.build_log);
+
+    // A static-binary bundle (an ELF header is enough to build the image).
+    let elf = fake_static_elf();
+    let binary_toml =
+        format!("name = \"{name}\"\nruntime = \"binary\"\nentrypoint = \"bin/fn\"\nport = 9090\n");
+    let reply = app
+        .deploy(
+            &name,
+            tar_gz(&[("cpub.toml", binary_toml.as_bytes()), ("bin/fn", &elf)]),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let v3: DeploymentInfo = reply.json();
+    assert_eq!((v3.version, v3.status), (3, DeploymentStatus::Active));
+
+    let function: FunctionInfo = app.get(&format!("/api/v1/functions/{name}")).await.json();
+    assert_eq!(function.active_version, Some(3));
+    assert_eq!(function.url, format!("http://proxy.test/fn/{name}/"));
+    assert_eq!(function.config.unwrap().port, 9090);
+    let history: Vec<DeploymentInfo> = app
+        .get(&format!("/api/v1/functions/{name}/deployments"))
+        .await
+        .json();
+    let statuses: Vec<_> = history.iter().map(|d| (d.version, d.status)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (3, DeploymentStatus::Active),
+            (2, DeploymentStatus::Failed),
+            (1, DeploymentStatus::Superseded)
+        ]
+    );
+    let table: RouteTable = app.get("/api/v1/routes?since=0").await.json();
+    assert_eq!(table.revision, 2, "two activations");
+    assert_eq!(table.routes.len(), 1);
+    assert_eq!(
+        (table.routes[0].version, table.routes[0].image.as_str()),
+        (3, format!("localhost/cpub-fn-{name}:v3").as_str())
+    );
+
+    let reply = app
+        .send(
+            authed(Request::delete(format!("/api/v1/functions/{name}")))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(
+        !podman.image_exists(&image).await.unwrap(),
+        "v1 image removed"
+    );
+    assert!(
+        !podman
+            .image_exists(&format!("localhost/cpub-fn-{name}:v3"))
+            .await
+            .unwrap(),
+        "v3 image removed"
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/functions/{name}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let table: RouteTable = app.get("/api/v1/routes?since=0").await.json();
+    assert_eq!((table.revision, table.routes.len()), (3, 0));
+    assert_eq!(
+        std::fs::read_dir(app.state.settings.tmp_dir())
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// 64-bit x86-64 ELF header with one PT_LOAD and no PT_INTERP.
+fn fake_static_elf() -> Vec<u8> {
+    let mut b = vec![0u8; 64 + 56];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2;
+    b[5] = 1;
+    b[6] = 1;
+    b[16..18].copy_from_slice(&2u16.to_le_bytes());
+    b[18..20].copy_from_slice(&62u16.to_le_bytes());
+    b[32..40].copy_from_slice(&64u64.to_le_bytes());
+    b[54..56].copy_from_slice(&56u16.to_le_bytes());
+    b[56..58].copy_from_slice(&1u16.to_le_bytes());
+    b[64..68].copy_from_slice(&1u32.to_le_bytes());
+    b
+}
