@@ -41,6 +41,7 @@ fn main() {
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             let _ = e.print();
+            eprintln!("(every flag can also be set through its environment variable, see --help)");
             exit(EXIT_CONFIG);
         }
     };

@@ -18,6 +18,8 @@ pub const WATCH_WAIT_S: u64 = 25;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Shortest time between two polls that brought no change.
+const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One consistent view of the routes: readers get the map and its revision
 /// from the same swap.
@@ -205,6 +207,7 @@ impl Watcher {
         let mut backoff = BACKOFF_MIN;
         let mut failing = false;
         loop {
+            let began = tokio::time::Instant::now();
             match self.poll_once().await {
                 Ok(table) => {
                     if failing {
@@ -212,7 +215,13 @@ impl Watcher {
                         failing = false;
                     }
                     backoff = BACKOFF_MIN;
+                    let unchanged = table.revision == self.routes.revision();
                     self.apply(table).await;
+                    // A control plane that answers at once without news
+                    // (no long poll) must not make this a busy loop.
+                    if unchanged && began.elapsed() < MIN_POLL_INTERVAL {
+                        tokio::time::sleep_until(began + MIN_POLL_INTERVAL).await;
+                    }
                 }
                 Err(e) => {
                     if !failing {
