@@ -2,6 +2,8 @@
 //! `CPUB_LOG_FORMAT=plain|json`, written to stderr (stdout carries only the
 //! ready line and first-start secrets).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, ENV_LOG, ENV_LOG_FORMAT};
@@ -16,7 +18,8 @@ pub fn init() -> Result<(), ConfigError> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match std::env::var(ENV_LOG_FORMAT).as_deref() {
         Ok("json") => builder.json().init(),
         Ok("plain") | Err(_) => builder.init(),

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_span))
         .with_state(state)
 }
@@ -66,6 +67,18 @@ async fn not_found(request: Request) -> Error {
         request.method(),
         request.uri().path()
     ))
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let body = containerpub_wire::api::ApiError {
+        error: format!(
+            "method {} not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+        field: None,
+    };
+    json(StatusCode::METHOD_NOT_ALLOWED, body)
 }
 
 /// Gives every request a span with an id (taken from `x-request-id` when
