@@ -63,6 +63,12 @@ table inet cpub_isolation {
     iifname "$bridge" ct state established,related accept
     iifname "$bridge" drop
   }
+  # netavark removes the bridge with its last container; a stale instance
+  # address must then fail here, never leave through the default route.
+  chain output {
+    type filter hook output priority -10; policy accept;
+    ip daddr $subnet oifname != "$bridge" reject with icmpx type admin-prohibited
+  }
 }
 table bridge cpub_isolation
 delete table bridge cpub_isolation
