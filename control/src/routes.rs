@@ -99,6 +99,12 @@ async fn request_span(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         request.headers_mut().insert("x-request-id", value);
     }
+    // A request body that an error answer may have left unread.
+    let has_body = request.headers().contains_key("transfer-encoding")
+        || request
+            .headers()
+            .get("content-length")
+            .is_some_and(|v| v.as_bytes() != b"0");
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
@@ -112,6 +118,13 @@ async fn request_span(mut request: Request, next: Next) -> Response {
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        // The body may be unread (a 413 stops reading): say the connection
+        // ends so a client does not reuse it and fail its next request.
+        response
+            .headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
     }
     response
 }
