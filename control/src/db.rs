@@ -282,7 +282,11 @@ pub async fn mark_failed(
 
 /// Deletes a function and its deployments; returns the versions it had
 /// (so their images can be removed), or `None` if there was no such function.
-pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Vec<i32>>, sqlx::Error> {
+/// Deletes a function; returns its versions and the new route revision.
+pub async fn delete_function(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<(Vec<i32>, i64)>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let id: Option<i64> = sqlx::query_scalar("SELECT id FROM functions WHERE name = $1 FOR UPDATE")
         .bind(name)
@@ -301,9 +305,9 @@ pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Vec<i32
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    bump_revision(&mut tx).await?;
+    let revision = bump_revision(&mut tx).await?;
     tx.commit().await?;
-    Ok(Some(versions))
+    Ok(Some((versions, revision)))
 }
 
 /// Increments the route revision and queues `NOTIFY cpub_routes` (sent at

@@ -124,6 +124,7 @@ pub async fn deploy(
             match db::activate(&state.db, new, &bundle.manifest, &tag, &log).await? {
                 Activation::Activated { revision } => {
                     tracing::info!(function = %name, version = new.version, revision, ms, "deployment active");
+                    crate::watchers::await_proxies(&state, revision).await;
                 }
                 Activation::Outdated => {
                     tracing::info!(function = %name, version = new.version, ms, "built, but a newer version is already active");

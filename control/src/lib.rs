@@ -16,3 +16,4 @@ pub mod revision;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod watchers;

@@ -53,6 +53,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         podman: Podman::new(&settings.podman_socket),
         settings: Arc::new(settings),
         revision: revision_rx,
+        watchers: Arc::default(),
         shutdown: shutdown.clone(),
     };
     {

@@ -17,6 +17,8 @@ pub struct AppState {
     pub podman: Podman,
     /// Latest known route revision, fed by [`crate::revision::follow`].
     pub revision: watch::Receiver<i64>,
+    /// Proxies following the routes, and the revision each has applied.
+    pub watchers: Arc<crate::watchers::Watchers>,
     /// Cancelled on shutdown: long polls answer at once.
     pub shutdown: CancellationToken,
 }

@@ -149,6 +149,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         settings: Arc::new(settings),
         podman: Podman::new(PODMAN_SOCKET),
         revision: rx,
+        watchers: Arc::default(),
         shutdown,
     };
     TestApp {

@@ -115,6 +115,7 @@ fn run(config: Config) -> i32 {
         pool.clone(),
         &config.control_url,
         config.token.clone(),
+        config.node().to_owned(),
         snapshot_path,
     ) {
         Ok(watcher) => watcher,

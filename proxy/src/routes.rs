@@ -163,6 +163,8 @@ pub struct Watcher {
     client: reqwest::Client,
     url: String,
     token: String,
+    /// This proxy's node name, sent so the control plane knows what it serves.
+    node: String,
     snapshot_path: PathBuf,
 }
 
@@ -184,6 +186,7 @@ impl Watcher {
         pool: Pool,
         control_url: &str,
         token: String,
+        node: String,
         snapshot_path: PathBuf,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -196,6 +199,7 @@ impl Watcher {
             client,
             url: format!("{control_url}/api/v1/routes"),
             token,
+            node,
             snapshot_path,
         })
     }
@@ -245,6 +249,7 @@ impl Watcher {
             .query(&[
                 ("since", since.to_string()),
                 ("wait_s", WATCH_WAIT_S.to_string()),
+                ("node", self.node.clone()),
             ])
             .bearer_auth(&self.token)
             .send()

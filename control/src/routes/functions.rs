@@ -44,10 +44,11 @@ pub async fn get(
 /// images; an image that cannot be removed is logged, not fatal.
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
     check_name(&name)?;
-    let versions = db::delete_function(&state.db, &name)
+    let (versions, revision) = db::delete_function(&state.db, &name)
         .await?
         .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
     tracing::info!(function = %name, versions = versions.len(), "function deleted");
+    crate::watchers::await_proxies(&state, revision).await;
     for version in versions {
         let image = build::image_tag(&name, version);
         if let Err(err) = state.podman.remove_image(&image).await {

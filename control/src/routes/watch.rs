@@ -22,12 +22,15 @@ pub struct WatchQuery {
     pub since: Option<i64>,
     /// Seconds to wait for a newer revision (clamped to [`MAX_WAIT_S`]).
     pub wait_s: u64,
+    /// The calling proxy's node name; with `since`, records what it serves.
+    pub node: Option<String>,
 }
 
 pub fn parse_query(query: Option<&str>) -> Result<WatchQuery> {
     let mut out = WatchQuery {
         since: None,
         wait_s: DEFAULT_WAIT_S,
+        node: None,
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -49,10 +52,14 @@ pub fn parse_query(query: Option<&str>) -> Result<WatchQuery> {
                 })?;
                 out.wait_s = wait.min(MAX_WAIT_S);
             }
+            "node" if !value.is_empty() && value.len() <= 253 => out.node = Some(value.to_owned()),
+            "node" => {
+                return Err(Error::bad_request("node", "must be 1 to 253 characters"));
+            }
             other => {
                 return Err(Error::bad_request(
                     other,
-                    "unknown query parameter (use since, wait_s)",
+                    "unknown query parameter (use since, wait_s, node)",
                 ));
             }
         }
@@ -68,6 +75,9 @@ pub async fn routes(
     RawQuery(query): RawQuery,
 ) -> Result<Json<RouteTable>> {
     let query = parse_query(query.as_deref())?;
+    if let (Some(since), Some(node)) = (query.since, &query.node) {
+        state.watchers.saw(node, since);
+    }
     if let Some(since) = query.since {
         let mut revision = state.revision.clone();
         let wait = Duration::from_secs(query.wait_s);
@@ -91,14 +101,16 @@ mod tests {
             parse_query(None).unwrap(),
             WatchQuery {
                 since: None,
-                wait_s: 25
+                wait_s: 25,
+                node: None
             }
         );
         assert_eq!(
-            parse_query(Some("since=4&wait_s=600")).unwrap(),
+            parse_query(Some("since=4&wait_s=600&node=edge-1")).unwrap(),
             WatchQuery {
                 since: Some(4),
-                wait_s: 60
+                wait_s: 60,
+                node: Some("edge-1".into())
             }
         );
         let err = parse_query(Some("since=x")).unwrap_err();
