@@ -115,6 +115,12 @@ pub struct Scaling {
     /// Seconds idle before a paused instance is removed.
     #[serde(default = "default_idle_stop_s")]
     pub idle_stop_s: u64,
+    /// Calls that may wait for a free slot at once; one more gets 429.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: u32,
+    /// Longest wait for a slot in milliseconds; then 503 with `retry-after`.
+    #[serde(default = "default_queue_timeout_ms")]
+    pub queue_timeout_ms: u64,
 }
 
 const fn default_port() -> u16 {
@@ -147,6 +153,12 @@ const fn default_idle_pause_s() -> u64 {
 const fn default_idle_stop_s() -> u64 {
     600
 }
+const fn default_queue_size() -> u32 {
+    1_000
+}
+const fn default_queue_timeout_ms() -> u64 {
+    10_000
+}
 
 impl Default for Resources {
     fn default() -> Self {
@@ -168,6 +180,8 @@ impl Default for Scaling {
             concurrency: default_concurrency(),
             idle_pause_s: default_idle_pause_s(),
             idle_stop_s: default_idle_stop_s(),
+            queue_size: default_queue_size(),
+            queue_timeout_ms: default_queue_timeout_ms(),
         }
     }
 }
@@ -262,6 +276,8 @@ impl Manifest {
             s.idle_pause_s,
             604_800,
         )?;
+        check_range("scaling.queue_size", s.queue_size.into(), 0, 100_000)?;
+        check_range("scaling.queue_timeout_ms", s.queue_timeout_ms, 1, 600_000)?;
         Ok(())
     }
 }
@@ -342,6 +358,7 @@ mod tests {
             ("[scaling]\nconcurrency = 0\n", "scaling.concurrency"),
             ("health_path = \"health\"\n", "health_path"),
             ("port = 0\n", "port"),
+            ("[scaling]\nqueue_timeout_ms = 0\n", "scaling.queue_timeout_ms"),
             ("[env]\nPORT = \"1\"\n", "env.PORT"),
             ("[env]\n\"1X\" = \"1\"\n", "env.1X"),
         ];
