@@ -43,4 +43,11 @@ pub enum PoolError {
     },
     #[error("function {function}: instance failed to start: {reason}")]
     StartFailed { function: String, reason: String },
+    #[error("function {function}: {queue_size} calls already wait for an instance")]
+    QueueFull { function: String, queue_size: usize },
+    #[error("function {function}: no instance free after waiting {} ms", waited.as_millis())]
+    QueueTimeout {
+        function: String,
+        waited: std::time::Duration,
+    },
 }
