@@ -33,7 +33,9 @@ fi
 sock=${CPUB_PODMAN_SOCKET:-/run/podman/podman.sock}
 if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   mkdir -p "$(dirname "$sock")" /var/log/containerpub
-  nohup podman system service --time=0 "unix://$sock" >/var/log/containerpub/podman-service.log 2>&1 &
+  # From /: conmon inherits the service's working directory and fails every
+  # container start once that directory is deleted (a removed clone, say).
+  (cd / && exec nohup podman system service --time=0 "unix://$sock" >/var/log/containerpub/podman-service.log 2>&1) &
   for _ in $(seq 1 100); do
     curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.1
