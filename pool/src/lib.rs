@@ -24,23 +24,20 @@ pub mod labels {
 }
 
 pub mod health;
+mod idle;
+pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod spec;
 
-pub use pool::{InstanceInfo, Lease, Pool, PoolConfig, StartKind};
-pub use runtime::{ContainerRuntime, Owned, PodmanRuntime, Started};
+pub use pool::{InstanceInfo, InstanceState, Lease, Pool, PoolConfig, StartKind};
+pub use runtime::{ContainerRuntime, Owned, PodmanRuntime, RuntimeEvent, Started};
 
 /// Errors of the pool.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error(transparent)]
     Podman(#[from] PodmanError),
-    #[error("function {function}: all {max_instances} instances are busy")]
-    AtCapacity {
-        function: String,
-        max_instances: usize,
-    },
     #[error("function {function}: instance failed to start: {reason}")]
     StartFailed { function: String, reason: String },
     #[error("function {function}: {queue_size} calls already wait for an instance")]

@@ -408,6 +408,78 @@ impl Podman {
     }
 }
 
+/// One container event from Podman's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    /// `died`, `start`, `pause`, `remove`, …
+    pub action: String,
+}
+
+impl Podman {
+    /// Follows container events of containers carrying every given label,
+    /// sending each into `tx` until the stream or the receiver ends.
+    pub async fn container_events(
+        &self,
+        labels: &[(&str, &str)],
+        tx: &tokio::sync::mpsc::UnboundedSender<ContainerEvent>,
+    ) -> Result<(), PodmanError> {
+        let label: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let filters = json!({ "type": ["container"], "label": label }).to_string();
+        let path = format!("/events?stream=true&filters={}", encode(&filters));
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://podman{API}{path}"))
+            .header("host", "podman")
+            .body(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|e| PodmanError::Decode(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(api_error(Method::GET, "/events", status, &bytes));
+        }
+        let mut body = resp.into_body();
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Some(event) = parse_event(&line)
+                    && tx.send(event).is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads one event line; Podman 4 writes both `Action` and `status`.
+fn parse_event(line: &[u8]) -> Option<ContainerEvent> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    let action = v
+        .get("Action")
+        .or_else(|| v.get("status"))
+        .and_then(Value::as_str)?;
+    let id = v
+        .pointer("/Actor/ID")
+        .or_else(|| v.get("id"))
+        .and_then(Value::as_str)?;
+    Some(ContainerEvent {
+        id: id.to_owned(),
+        action: action.to_owned(),
+    })
+}
+
 fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body)
         .ok()
@@ -440,6 +512,20 @@ fn encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_events() {
+        let line = br#"{"status":"died","id":"abc","Type":"container","Action":"died","Actor":{"ID":"abc","Attributes":{}}}"#;
+        let event = super::parse_event(line).unwrap();
+        assert_eq!(
+            event,
+            super::ContainerEvent {
+                id: "abc".into(),
+                action: "died".into()
+            }
+        );
+        assert!(super::parse_event(b"not json").is_none());
+    }
+
     #[test]
     fn encodes_components() {
         assert_eq!(super::encode("localhost/a:v1"), "localhost%2Fa%3Av1");

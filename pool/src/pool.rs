@@ -1,21 +1,36 @@
-//! Pool policy: which instance serves a call, when instances start, and when
-//! they drain and go. Talks to containers only through `ContainerRuntime`.
+//! Pool policy: which instance serves a call, when instances start, pause,
+//! resume and go. Talks to containers only through `ContainerRuntime`.
+//!
+//! Per function there is one *active* set of instances (the deployment that
+//! serves) and, during a deploy, a *pending* set warming up; the pending set
+//! becomes active once its instances are ready, and the old set drains.
+//! Calls without a free slot wait in a bounded queue (`Notify`) for a freed
+//! slot, a started instance or a resumed one; scale-up starts only as many
+//! instances as the waiting calls need.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use containerpub_wire::api::Route;
+use prometheus::IntGauge;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use crate::idle::IdleTracker;
+use crate::metrics::METRICS;
 use crate::podman::Podman;
-use crate::runtime::{ContainerRuntime, PodmanRuntime, short};
+use crate::runtime::{ContainerRuntime, Owned, PodmanRuntime, RuntimeEvent, short};
 use crate::{NETWORK, PoolError, health};
 
 /// How often a draining instance is checked for in-flight requests.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Readiness budget for an adopted container at start-up.
+const ADOPT_PROBE: Duration = Duration::from_secs(2);
+/// Pause before following runtime events again after the stream broke.
+const EVENTS_RETRY: Duration = Duration::from_millis(500);
 
 /// Pool settings.
 #[derive(Debug, Clone)]
@@ -29,11 +44,11 @@ pub struct PoolConfig {
 /// How the instance behind a lease came to serve it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartKind {
-    /// A new container was started for this call.
+    /// An instance was started while this call waited.
     Cold,
     /// A running instance had a free slot.
     Warm,
-    /// A paused instance was resumed.
+    /// A paused instance was resumed while this call waited.
     Paused,
 }
 
@@ -47,43 +62,127 @@ impl StartKind {
     }
 }
 
-/// One running container.
-#[derive(Debug)]
-struct Instance {
-    id: String,
-    addr: SocketAddr,
-    in_flight: AtomicU32,
-    /// Set when the instance must take no more calls (failed or draining).
-    gone: AtomicBool,
+/// Life-cycle state of an instance (`starting` instances are only counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum InstanceState {
+    Ready = 0,
+    Paused = 1,
+    Resuming = 2,
+    /// Failed, exited, draining or removed: takes no calls.
+    Gone = 3,
 }
 
-/// The instances of one function's active deployment.
-struct FunctionPool {
-    route: Route,
-    instances: Mutex<Vec<Arc<Instance>>>,
-    /// Single-flight guard: one start at a time per function.
-    starting: tokio::sync::Mutex<()>,
+impl InstanceState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Ready,
+            1 => Self::Paused,
+            2 => Self::Resuming,
+            _ => Self::Gone,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Paused => "paused",
+            Self::Resuming => "resuming",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+/// One container.
+#[derive(Debug)]
+pub(crate) struct Instance {
+    pub(crate) id: String,
+    addr: SocketAddr,
+    in_flight: AtomicU32,
+    state: AtomicU8,
+    /// When it last became ready (start or resume), and what that took.
+    ready_at: Mutex<(Instant, Duration, StartKind)>,
+}
+
+impl Instance {
+    fn new(
+        id: String,
+        addr: SocketAddr,
+        state: InstanceState,
+        took: Duration,
+        kind: StartKind,
+    ) -> Self {
+        Instance {
+            id,
+            addr,
+            in_flight: AtomicU32::new(0),
+            state: AtomicU8::new(state as u8),
+            ready_at: Mutex::new((Instant::now(), took, kind)),
+        }
+    }
+
+    pub(crate) fn state(&self) -> InstanceState {
+        InstanceState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, s: InstanceState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// The instances of one deployment of one function.
+pub(crate) struct FunctionPool {
+    pub(crate) route: Route,
+    pub(crate) instances: Mutex<Vec<Arc<Instance>>>,
+    /// Starts under way.
+    starting: AtomicU32,
+    /// Calls waiting for a slot.
+    waiting: AtomicU32,
+    /// Woken on a freed slot, a ready instance, a failed start, retirement.
+    changed: Notify,
+    /// Bumped on every failed start; waiters that saw an older value fail.
+    failures: AtomicU64,
+    last_failure: Mutex<String>,
+    retired: AtomicBool,
+    in_flight_gauge: IntGauge,
 }
 
 impl FunctionPool {
     fn new(route: Route) -> Self {
+        let in_flight_gauge = METRICS
+            .in_flight
+            .with_label_values(&[route.function.as_str()]);
         Self {
             route,
             instances: Mutex::new(Vec::new()),
-            starting: tokio::sync::Mutex::new(()),
+            starting: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            changed: Notify::new(),
+            failures: AtomicU64::new(0),
+            last_failure: Mutex::new(String::new()),
+            retired: AtomicBool::new(false),
+            in_flight_gauge,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Instance>>> {
+        self.instances.lock().expect("instances lock")
     }
 
     /// Takes a slot on the ready instance with the fewest in-flight calls
     /// below the function's concurrency.
     fn try_acquire(&self) -> Option<Arc<Instance>> {
         let limit = self.route.config.scaling.concurrency;
-        let instances = self.instances.lock().expect("instances lock");
+        let instances = self.lock();
         let best = instances
             .iter()
-            .filter(|i| !i.gone.load(Ordering::Acquire))
-            .min_by_key(|i| i.in_flight.load(Ordering::Acquire))?;
-        // Increment under the lock so two callers cannot both take the last slot.
+            .filter(|i| i.state() == InstanceState::Ready)
+            .min_by_key(|i| i.in_flight())?;
+        // Under the lock, so two callers cannot both take the last slot.
         let taken = best
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -93,8 +192,40 @@ impl FunctionPool {
         taken.then(|| Arc::clone(best))
     }
 
-    fn len(&self) -> usize {
-        self.instances.lock().expect("instances lock").len()
+    fn count(&self, state: InstanceState) -> usize {
+        self.lock().iter().filter(|i| i.state() == state).count()
+    }
+
+    /// Publishes `cpub_instances{function,state}`.
+    fn publish(&self) {
+        let (mut ready, mut paused) = (0i64, 0i64);
+        for i in self.lock().iter() {
+            match i.state() {
+                InstanceState::Ready | InstanceState::Resuming => ready += 1,
+                InstanceState::Paused => paused += 1,
+                InstanceState::Gone => {}
+            }
+        }
+        let f = self.route.function.as_str();
+        METRICS
+            .instances
+            .with_label_values(&[f, "ready"])
+            .set(ready);
+        METRICS
+            .instances
+            .with_label_values(&[f, "paused"])
+            .set(paused);
+        METRICS
+            .instances
+            .with_label_values(&[f, "starting"])
+            .set(i64::from(self.starting.load(Ordering::Acquire)));
+    }
+
+    fn remove_instance(&self, instance: &Arc<Instance>) -> bool {
+        let mut instances = self.lock();
+        let before = instances.len();
+        instances.retain(|i| !Arc::ptr_eq(i, instance));
+        before != instances.len()
     }
 }
 
@@ -102,10 +233,20 @@ impl FunctionPool {
 #[derive(Debug)]
 pub struct Lease {
     instance: Arc<Instance>,
+    function: Arc<FunctionPool>,
     kind: StartKind,
     start: Duration,
-    pool: Pool,
-    function: String,
+    queued: Duration,
+    pool: Weak<Inner>,
+}
+
+impl std::fmt::Debug for FunctionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionPool")
+            .field("function", &self.route.function)
+            .field("deployment", &self.route.deployment_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {
@@ -119,22 +260,19 @@ impl Lease {
     pub fn start_duration(&self) -> Duration {
         self.start
     }
+    /// Time the call waited for a slot (zero when one was free at once).
+    pub fn queue_duration(&self) -> Duration {
+        self.queued
+    }
     pub fn instance_id(&self) -> &str {
         &self.instance.id
     }
     /// The upstream failed at the connection level: the instance leaves the
     /// pool and its container is removed; demand starts a replacement.
     pub fn mark_failed(&self) {
-        if !self.instance.gone.swap(true, Ordering::AcqRel) {
-            tracing::warn!(function = %self.function, container = short(&self.instance.id), "instance failed, removing it");
-            self.pool.forget(&self.function, &self.instance);
-            let runtime = Arc::clone(&self.pool.inner.runtime);
-            let id = self.instance.id.clone();
-            tokio::spawn(async move {
-                if let Err(err) = runtime.remove(&id).await {
-                    tracing::warn!(container = short(&id), %err, "removing a failed instance");
-                }
-            });
+        if let Some(inner) = self.pool.upgrade() {
+            tracing::warn!(function = %self.function.route.function, container = short(&self.instance.id), "instance failed, removing it");
+            inner.drop_instance(&self.function, &self.instance);
         }
     }
 }
@@ -142,6 +280,11 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.function.in_flight_gauge.dec();
+        if let Some(inner) = self.pool.upgrade() {
+            inner.idle.touch(&self.instance.id);
+        }
+        self.function.changed.notify_waiters();
     }
 }
 
@@ -153,193 +296,593 @@ pub struct InstanceInfo {
     pub id: String,
     pub addr: SocketAddr,
     pub in_flight: u32,
+    pub state: InstanceState,
 }
 
-struct Inner {
+/// Per function: the serving set and, during a deploy, the warming one.
+#[derive(Default)]
+struct Slot {
+    active: Option<Arc<FunctionPool>>,
+    pending: Option<Arc<FunctionPool>>,
+}
+
+pub(crate) struct Inner {
     runtime: Arc<dyn ContainerRuntime>,
     config: PoolConfig,
-    functions: Mutex<HashMap<String, Arc<FunctionPool>>>,
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("node", &self.config.node)
-            .finish_non_exhaustive()
-    }
+    functions: Mutex<HashMap<String, Slot>>,
+    idle: IdleTracker,
+    stopped: tokio_util::sync::CancellationToken,
 }
 
 /// The instance pool. Cheap to clone; usable from any tokio runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("node", &self.inner.config.node)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pool {
-    /// A pool on Podman: ensures the `cpub` network and removes containers
-    /// this node owns from an earlier run.
-    pub async fn podman(podman: Podman, config: PoolConfig) -> Result<Pool, PoolError> {
+    /// A pool on Podman: ensures the `cpub` network, adopts the healthy
+    /// containers this node owns for `routes` and removes the rest.
+    pub async fn podman(
+        podman: Podman,
+        config: PoolConfig,
+        routes: &[Route],
+    ) -> Result<Pool, PoolError> {
         let runtime = PodmanRuntime::new(podman, NETWORK).await?;
-        Self::with_runtime(Arc::new(runtime), config).await
+        Self::with_runtime(Arc::new(runtime), config, routes).await
     }
 
-    /// A pool on any runtime (tests use a fake).
+    /// A pool on any runtime (tests use a fake). Spawns the pool's
+    /// background tasks (idle timer, runtime events) on the current runtime.
     pub async fn with_runtime(
         runtime: Arc<dyn ContainerRuntime>,
         config: PoolConfig,
+        routes: &[Route],
     ) -> Result<Pool, PoolError> {
-        let stale = runtime.list_owned(&config.node).await?;
-        for c in &stale {
-            tracing::info!(container = short(&c.id), function = %c.function, "removing a container left from an earlier run");
-            runtime.remove(&c.id).await?;
-        }
-        let inner = Inner {
+        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
             runtime,
             config,
             functions: Mutex::new(HashMap::new()),
-        };
-        Ok(Pool {
-            inner: Arc::new(inner),
-        })
+            idle: IdleTracker::new(idle_tx),
+            stopped: tokio_util::sync::CancellationToken::new(),
+        });
+        let pool = Pool { inner };
+        pool.adopt(routes).await?;
+        pool.spawn_background(idle_rx);
+        pool.sync(routes);
+        Ok(pool)
     }
 
-    /// Applies a route table: functions no longer routed, or routed to
-    /// another deployment, drain (finish in-flight calls) and are removed.
-    /// Must be called inside a tokio runtime (removal runs in the background).
+    /// Applies a route table: functions no longer routed drain and go; a
+    /// new deployment warms up (`min_instances`, or as many as the old one
+    /// had ready) before it takes calls and the old one drains; missing
+    /// `min_instances` are started.
     pub fn sync(&self, routes: &[Route]) {
-        let wanted: HashMap<&str, i64> = routes
-            .iter()
-            .map(|r| (r.function.as_str(), r.deployment_id))
-            .collect();
-        let mut functions = self.inner.functions.lock().expect("functions lock");
-        let retired: Vec<Arc<FunctionPool>> = functions
-            .extract_if(|name, fp| wanted.get(name.as_str()) != Some(&fp.route.deployment_id))
-            .map(|(_, fp)| fp)
-            .collect();
-        drop(functions);
-        for fp in retired {
-            self.retire(fp);
-        }
-    }
-
-    /// Leases an instance of `route`'s deployment, starting one (cold) when
-    /// none has a free slot.
-    pub async fn lease(&self, route: &Route) -> Result<Lease, PoolError> {
-        let fp = self.function_pool(route);
-        if let Some(instance) = fp.try_acquire() {
-            return Ok(self.lease_of(instance, StartKind::Warm, Duration::ZERO, route));
-        }
-        let began = Instant::now();
-        let _single_flight = fp.starting.lock().await;
-        // Whoever held the guard may have started an instance with room for us.
-        if let Some(instance) = fp.try_acquire() {
-            return Ok(self.lease_of(instance, StartKind::Warm, began.elapsed(), route));
-        }
-        let max = route.config.scaling.max_instances as usize;
-        if fp.len() >= max {
-            return Err(PoolError::AtCapacity {
-                function: route.function.clone(),
-                max_instances: max,
+        let wanted: HashMap<&str, &Route> =
+            routes.iter().map(|r| (r.function.as_str(), r)).collect();
+        let mut retired = Vec::new();
+        {
+            let mut functions = self.inner.functions.lock().expect("functions lock");
+            functions.retain(|name, slot| {
+                if wanted.contains_key(name.as_str()) {
+                    return true;
+                }
+                retired.extend(slot.active.take());
+                retired.extend(slot.pending.take());
+                false
             });
         }
-        let instance = self.start_instance(route).await?;
-        instance.in_flight.store(1, Ordering::Release);
-        fp.instances
-            .lock()
-            .expect("instances lock")
-            .push(Arc::clone(&instance));
-        Ok(self.lease_of(instance, StartKind::Cold, began.elapsed(), route))
+        for fp in retired {
+            self.inner.retire(fp);
+        }
+        for route in routes {
+            self.inner.route_to(route);
+        }
     }
 
-    /// Every live instance.
+    /// Leases an instance of `route`'s function: a free slot at once, or a
+    /// place in the function's queue until a slot frees, an instance starts
+    /// or a paused one resumes.
+    pub async fn lease(&self, route: &Route) -> Result<Lease, PoolError> {
+        let fp = self.inner.route_to(route);
+        if let Some(instance) = fp.try_acquire() {
+            return Ok(self.inner.lease_of(&fp, instance, Instant::now()));
+        }
+        self.inner.wait_for_slot(&fp).await
+    }
+
+    /// Every instance the pool knows.
     pub fn instances(&self) -> Vec<InstanceInfo> {
         let functions = self.inner.functions.lock().expect("functions lock");
         let mut out = Vec::new();
-        for fp in functions.values() {
-            for i in fp.instances.lock().expect("instances lock").iter() {
+        for fp in functions
+            .values()
+            .flat_map(|s| s.active.iter().chain(s.pending.iter()))
+        {
+            for i in fp.lock().iter() {
                 out.push(InstanceInfo {
                     function: fp.route.function.clone(),
                     deployment_id: fp.route.deployment_id,
                     id: i.id.clone(),
                     addr: i.addr,
-                    in_flight: i.in_flight.load(Ordering::Acquire),
+                    in_flight: i.in_flight(),
+                    state: i.state(),
                 });
             }
         }
         out
     }
 
-    /// Removes every instance at once (shutdown).
+    /// Stops the background tasks. Instances keep running: a pool started
+    /// later for the same node adopts them.
     pub async fn shutdown(&self) {
-        let all: Vec<Arc<FunctionPool>> = self
-            .inner
-            .functions
-            .lock()
-            .expect("functions lock")
-            .drain()
-            .map(|(_, fp)| fp)
-            .collect();
+        self.inner.stopped.cancel();
+    }
+
+    /// Removes every instance now (tests, and callers that want a clean stop).
+    pub async fn remove_all(&self) {
+        let all: Vec<Arc<FunctionPool>> = {
+            let mut functions = self.inner.functions.lock().expect("functions lock");
+            functions
+                .drain()
+                .flat_map(|(_, s)| s.active.into_iter().chain(s.pending))
+                .collect()
+        };
         for fp in all {
-            let instances: Vec<_> = fp
-                .instances
-                .lock()
-                .expect("instances lock")
-                .drain(..)
-                .collect();
+            fp.retired.store(true, Ordering::Release);
+            let instances: Vec<_> = fp.lock().drain(..).collect();
             for i in instances {
-                i.gone.store(true, Ordering::Release);
+                i.set_state(InstanceState::Gone);
+                self.inner.idle.forget(&i.id);
                 if let Err(err) = self.inner.runtime.remove(&i.id).await {
-                    tracing::warn!(container = short(&i.id), %err, "removing an instance at shutdown");
+                    tracing::warn!(container = short(&i.id), %err, "removing an instance");
                 }
             }
+            fp.publish();
+        }
+    }
+
+    /// Adopts running or paused containers of known deployments; removes
+    /// every other container this node owns.
+    async fn adopt(&self, routes: &[Route]) -> Result<(), PoolError> {
+        let owned = self
+            .inner
+            .runtime
+            .list_owned(&self.inner.config.node)
+            .await?;
+        for c in owned {
+            let route = routes
+                .iter()
+                .find(|r| r.function == c.function && r.deployment_id.to_string() == c.deployment);
+            match self.try_adopt(&c, route).await {
+                Some(state) => {
+                    tracing::info!(container = short(&c.id), function = %c.function, state = state.as_str(), "adopted a running instance");
+                }
+                None => {
+                    tracing::info!(container = short(&c.id), function = %c.function, state = %c.state, "removing a container this node does not serve");
+                    self.inner.runtime.remove(&c.id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_adopt(&self, c: &Owned, route: Option<&Route>) -> Option<InstanceState> {
+        let route = route?;
+        let addr = SocketAddr::new(c.ip?, route.config.port);
+        let state = match c.state.as_str() {
+            "running" => {
+                health::wait_ready(addr, route.config.health_path.as_deref(), ADOPT_PROBE)
+                    .await
+                    .ok()?;
+                InstanceState::Ready
+            }
+            "paused" => InstanceState::Paused,
+            _ => return None,
+        };
+        let fp = self.inner.route_to(route);
+        let instance = Arc::new(Instance::new(
+            c.id.clone(),
+            addr,
+            state,
+            Duration::ZERO,
+            StartKind::Warm,
+        ));
+        fp.lock().push(Arc::clone(&instance));
+        self.inner.idle.track(&fp, &instance);
+        fp.publish();
+        Some(state)
+    }
+
+    fn spawn_background(&self, mut idle_rx: mpsc::UnboundedReceiver<String>) {
+        let stopped = self.inner.stopped.clone();
+        // moka evicts only during cache activity or run_pending_tasks: drive it.
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::idle::TICK);
+            loop {
+                tokio::select! {
+                    () = stopped.cancelled() => return,
+                    _ = tick.tick() => {}
+                    Some(id) = idle_rx.recv() => {
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.idle_expired(&id).await;
+                        continue;
+                    }
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                inner.idle.run_pending();
+            }
+        });
+        let stopped = self.inner.stopped.clone();
+        let weak = Arc::downgrade(&self.inner);
+        let runtime = Arc::clone(&self.inner.runtime);
+        let node = self.inner.config.node.clone();
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let follow = async {
+                loop {
+                    if let Err(err) = runtime.events(&node, &tx).await {
+                        tracing::warn!(%err, "following container events failed; retrying");
+                    }
+                    tokio::time::sleep(EVENTS_RETRY).await;
+                }
+            };
+            let handle = async {
+                while let Some(RuntimeEvent::Died { id }) = rx.recv().await {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.container_died(&id);
+                }
+            };
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = follow => {}
+                () = handle => {}
+            }
+        });
+    }
+}
+
+impl Inner {
+    /// The set that serves `route`'s function, creating it or starting a
+    /// deploy's warm-up as needed.
+    fn route_to(self: &Arc<Self>, route: &Route) -> Arc<FunctionPool> {
+        let mut functions = self.functions.lock().expect("functions lock");
+        let slot = functions.entry(route.function.clone()).or_default();
+        let Some(active) = slot.active.clone() else {
+            let fp = Arc::new(FunctionPool::new(route.clone()));
+            slot.active = Some(Arc::clone(&fp));
+            drop(functions);
+            self.ensure_min(&fp);
+            return fp;
+        };
+        if active.route.deployment_id == route.deployment_id {
+            drop(functions);
+            self.ensure_min(&active);
+            return active;
+        }
+        if slot
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.route.deployment_id == route.deployment_id)
+        {
+            return active;
+        }
+        // A new deployment: warm it up, keep serving the old one meanwhile.
+        let fresh = Arc::new(FunctionPool::new(route.clone()));
+        let old_ready = active.count(InstanceState::Ready) as u32;
+        let target = route
+            .config
+            .scaling
+            .min_instances
+            .max(old_ready.min(1))
+            .min(route.config.scaling.max_instances);
+        let replaced = slot.pending.replace(Arc::clone(&fresh));
+        if target == 0 {
+            slot.pending = None;
+            slot.active = Some(Arc::clone(&fresh));
+            drop(functions);
+            self.retire(active);
+            if let Some(p) = replaced {
+                self.retire(p);
+            }
+            return fresh;
+        }
+        drop(functions);
+        if let Some(p) = replaced {
+            self.retire(p);
+        }
+        tracing::info!(function = %route.function, deployment = route.deployment_id, instances = target, "warming up a new deployment");
+        let me = Arc::clone(self);
+        let warming = Arc::clone(&fresh);
+        tokio::spawn(async move {
+            let starts: Vec<_> = (0..target).map(|_| me.start_into(&warming)).collect();
+            for s in starts {
+                let _ = s.await;
+            }
+            me.promote(&warming);
+        });
+        active
+    }
+
+    /// Makes a warmed-up pending set the active one; the old one drains.
+    fn promote(self: &Arc<Self>, fp: &Arc<FunctionPool>) {
+        let old = {
+            let mut functions = self.functions.lock().expect("functions lock");
+            let Some(slot) = functions.get_mut(&fp.route.function) else {
+                return;
+            };
+            if !slot.pending.as_ref().is_some_and(|p| Arc::ptr_eq(p, fp)) {
+                return;
+            }
+            slot.pending = None;
+            slot.active.replace(Arc::clone(fp))
+        };
+        tracing::info!(function = %fp.route.function, deployment = fp.route.deployment_id, "new deployment serving");
+        if let Some(old) = old {
+            // Calls queued on the old set move to the new one.
+            self.retire(old);
+        }
+        self.ensure_min(fp);
+    }
+
+    /// Starts instances until `min_instances` are up or starting.
+    fn ensure_min(self: &Arc<Self>, fp: &Arc<FunctionPool>) {
+        let min = fp.route.config.scaling.min_instances;
+        if min == 0 || fp.retired.load(Ordering::Acquire) {
+            return;
+        }
+        let missing = {
+            let instances = fp.lock();
+            let have = instances
+                .iter()
+                .filter(|i| i.state() != InstanceState::Gone)
+                .count() as u32
+                + fp.starting.load(Ordering::Acquire);
+            let missing = min.saturating_sub(have);
+            fp.starting.fetch_add(missing, Ordering::AcqRel);
+            missing
+        };
+        for _ in 0..missing {
+            let (me, fp) = (Arc::clone(self), Arc::clone(fp));
+            tokio::spawn(async move { me.run_start(&fp).await });
         }
     }
 
     fn lease_of(
-        &self,
+        self: &Arc<Self>,
+        fp: &Arc<FunctionPool>,
         instance: Arc<Instance>,
-        kind: StartKind,
-        start: Duration,
-        route: &Route,
+        began: Instant,
     ) -> Lease {
+        let (ready_at, took, how) = *instance.ready_at.lock().expect("ready_at lock");
+        // Became ready after this call arrived: the call waited for that start.
+        let (kind, start) = if ready_at >= began && how != StartKind::Warm {
+            (how, took)
+        } else {
+            (StartKind::Warm, Duration::ZERO)
+        };
+        let queued = began.elapsed();
+        METRICS.queue_wait.observe(queued.as_secs_f64());
+        fp.in_flight_gauge.inc();
+        self.idle.touch(&instance.id);
         Lease {
             instance,
+            function: Arc::clone(fp),
             kind,
             start,
-            pool: self.clone(),
-            function: route.function.clone(),
+            queued,
+            pool: Arc::downgrade(self),
         }
     }
 
-    /// The function's pool for this deployment; a route for another
-    /// deployment than the pool holds means a deploy: the old one retires.
-    fn function_pool(&self, route: &Route) -> Arc<FunctionPool> {
-        let mut functions = self.inner.functions.lock().expect("functions lock");
-        match functions.get(&route.function) {
-            Some(fp) if fp.route.deployment_id == route.deployment_id => return Arc::clone(fp),
-            _ => {}
-        }
-        let fresh = Arc::new(FunctionPool::new(route.clone()));
-        let old = functions.insert(route.function.clone(), Arc::clone(&fresh));
-        drop(functions);
-        if let Some(old) = old {
-            self.retire(old);
-        }
-        fresh
-    }
-
-    async fn start_instance(&self, route: &Route) -> Result<Arc<Instance>, PoolError> {
+    async fn wait_for_slot(self: &Arc<Self>, fp: &Arc<FunctionPool>) -> Result<Lease, PoolError> {
         let began = Instant::now();
-        let started = self
-            .inner
-            .runtime
-            .start(route, &self.inner.config.node)
-            .await?;
+        let scaling = &fp.route.config.scaling;
+        let function = fp.route.function.clone();
+        let queue_size = scaling.queue_size;
+        if fp.waiting.fetch_add(1, Ordering::AcqRel) >= queue_size {
+            fp.waiting.fetch_sub(1, Ordering::AcqRel);
+            METRICS
+                .rejections
+                .with_label_values(&[function.as_str(), "queue_full"])
+                .inc();
+            return Err(PoolError::QueueFull {
+                function,
+                queue_size: queue_size as usize,
+            });
+        }
+        struct Waiting<'a>(&'a FunctionPool);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiting = Waiting(fp);
+        let deadline = began + Duration::from_millis(scaling.queue_timeout_ms);
+        let failures_seen = fp.failures.load(Ordering::Acquire);
+        let mut fp = Arc::clone(fp);
+        loop {
+            if fp.retired.load(Ordering::Acquire) {
+                // A deploy switched sets while we waited: queue on the new one.
+                let Some(route) = self.current_route(&fp) else {
+                    return Err(PoolError::StartFailed {
+                        function,
+                        reason: "the function was removed".into(),
+                    });
+                };
+                fp = self.route_to(&route);
+                if fp.retired.load(Ordering::Acquire) {
+                    return Err(PoolError::StartFailed {
+                        function,
+                        reason: "the function was removed".into(),
+                    });
+                }
+            }
+            let changed = fp.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(instance) = fp.try_acquire() {
+                return Ok(self.lease_of(&fp, instance, began));
+            }
+            if fp.retired.load(Ordering::Acquire) {
+                continue;
+            }
+            if fp.failures.load(Ordering::Acquire) != failures_seen
+                && fp.count(InstanceState::Ready) == 0
+            {
+                let reason = fp.last_failure.lock().expect("failure lock").clone();
+                METRICS
+                    .rejections
+                    .with_label_values(&[function.as_str(), "start_failed"])
+                    .inc();
+                return Err(PoolError::StartFailed { function, reason });
+            }
+            self.scale(&fp);
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                METRICS
+                    .rejections
+                    .with_label_values(&[function.as_str(), "queue_timeout"])
+                    .inc();
+                return Err(PoolError::QueueTimeout {
+                    function,
+                    waited: began.elapsed(),
+                });
+            }
+        }
+    }
+
+    /// The route of the set now serving `fp`'s function.
+    fn current_route(&self, fp: &FunctionPool) -> Option<Route> {
+        let functions = self.functions.lock().expect("functions lock");
+        let slot = functions.get(&fp.route.function)?;
+        slot.pending
+            .as_ref()
+            .or(slot.active.as_ref())
+            .map(|p| p.route.clone())
+    }
+
+    /// Adds capacity when the waiting calls need more than is coming:
+    /// resumes a paused instance first, else starts one (up to max_instances).
+    /// A burst of N calls so starts at most ceil(N / concurrency) instances.
+    fn scale(self: &Arc<Self>, fp: &Arc<FunctionPool>) {
+        let concurrency = fp.route.config.scaling.concurrency;
+        let max = fp.route.config.scaling.max_instances as usize;
+        let action = {
+            let instances = fp.lock();
+            let waiting = fp.waiting.load(Ordering::Acquire);
+            let starting = fp.starting.load(Ordering::Acquire);
+            let resuming = instances
+                .iter()
+                .filter(|i| i.state() == InstanceState::Resuming)
+                .count() as u32;
+            if waiting <= (starting + resuming).saturating_mul(concurrency) {
+                None
+            } else if let Some(paused) = instances
+                .iter()
+                .find(|i| i.state() == InstanceState::Paused)
+            {
+                paused.set_state(InstanceState::Resuming);
+                Some(Some(Arc::clone(paused)))
+            } else if instances
+                .iter()
+                .filter(|i| i.state() != InstanceState::Gone)
+                .count()
+                + (starting as usize)
+                < max
+            {
+                fp.starting.fetch_add(1, Ordering::AcqRel);
+                Some(None)
+            } else {
+                None
+            }
+        };
+        match action {
+            Some(Some(paused)) => {
+                let (me, fp) = (Arc::clone(self), Arc::clone(fp));
+                tokio::spawn(async move { me.run_resume(&fp, paused).await });
+            }
+            Some(None) => {
+                let (me, fp) = (Arc::clone(self), Arc::clone(fp));
+                tokio::spawn(async move { me.run_start(&fp).await });
+            }
+            None => {}
+        }
+    }
+
+    /// Counts a start as under way, then runs it.
+    fn start_into(self: &Arc<Self>, fp: &Arc<FunctionPool>) -> tokio::task::JoinHandle<()> {
+        fp.starting.fetch_add(1, Ordering::AcqRel);
+        let (me, fp) = (Arc::clone(self), Arc::clone(fp));
+        tokio::spawn(async move { me.run_start(&fp).await })
+    }
+
+    /// One start (already counted in `starting`), in its own task so a
+    /// caller that goes away cannot leave a container behind.
+    async fn run_start(self: &Arc<Self>, fp: &Arc<FunctionPool>) {
+        fp.publish();
+        let route = &fp.route;
+        let function = route.function.as_str();
+        let began = Instant::now();
+        let result = self.start_instance(route).await;
+        let took = began.elapsed();
+        fp.starting.fetch_sub(1, Ordering::AcqRel);
+        match result {
+            Ok((id, addr)) => {
+                METRICS
+                    .starts
+                    .with_label_values(&[function, "cold", "ok"])
+                    .inc();
+                METRICS
+                    .start_seconds
+                    .with_label_values(&["cold"])
+                    .observe(took.as_secs_f64());
+                let instance = Arc::new(Instance::new(
+                    id,
+                    addr,
+                    InstanceState::Ready,
+                    took,
+                    StartKind::Cold,
+                ));
+                if fp.retired.load(Ordering::Acquire) {
+                    // Retired while starting: nobody will call it.
+                    self.remove_later(instance.id.clone());
+                } else {
+                    fp.lock().push(Arc::clone(&instance));
+                    self.idle.track(fp, &instance);
+                    tracing::info!(function, deployment = route.deployment_id, container = short(&instance.id), addr = %addr, ms = took.as_millis() as u64, "instance ready");
+                }
+            }
+            Err(err) => {
+                METRICS
+                    .starts
+                    .with_label_values(&[function, "cold", "error"])
+                    .inc();
+                tracing::warn!(function, deployment = route.deployment_id, %err, "instance start failed");
+                *fp.last_failure.lock().expect("failure lock") = err.to_string();
+                fp.failures.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        fp.publish();
+        fp.changed.notify_waiters();
+    }
+
+    async fn start_instance(&self, route: &Route) -> Result<(String, SocketAddr), PoolError> {
+        let started = self.runtime.start(route, &self.config.node).await?;
         let health = route.config.health_path.as_deref();
         if let Err(reason) =
-            health::wait_ready(started.addr, health, self.inner.config.start_timeout).await
+            health::wait_ready(started.addr, health, self.config.start_timeout).await
         {
-            if let Err(err) = self.inner.runtime.remove(&started.id).await {
+            if let Err(err) = self.runtime.remove(&started.id).await {
                 tracing::warn!(container = short(&started.id), %err, "removing an instance that never became ready");
             }
             return Err(PoolError::StartFailed {
@@ -347,51 +890,173 @@ impl Pool {
                 reason,
             });
         }
-        tracing::info!(
-            function = %route.function,
-            deployment = route.deployment_id,
-            container = short(&started.id),
-            addr = %started.addr,
-            ms = began.elapsed().as_millis() as u64,
-            "instance ready"
-        );
-        Ok(Arc::new(Instance {
-            id: started.id,
-            addr: started.addr,
-            in_flight: AtomicU32::new(0),
-            gone: AtomicBool::new(false),
-        }))
+        Ok((started.id, started.addr))
     }
 
-    fn forget(&self, function: &str, instance: &Arc<Instance>) {
-        let functions = self.inner.functions.lock().expect("functions lock");
-        if let Some(fp) = functions.get(function) {
-            fp.instances
-                .lock()
-                .expect("instances lock")
-                .retain(|i| !Arc::ptr_eq(i, instance));
+    async fn run_resume(self: &Arc<Self>, fp: &Arc<FunctionPool>, instance: Arc<Instance>) {
+        let function = fp.route.function.as_str();
+        let began = Instant::now();
+        match self.runtime.resume(&instance.id).await {
+            Ok(()) => {
+                let took = began.elapsed();
+                METRICS
+                    .starts
+                    .with_label_values(&[function, "paused", "ok"])
+                    .inc();
+                METRICS
+                    .start_seconds
+                    .with_label_values(&["paused"])
+                    .observe(took.as_secs_f64());
+                *instance.ready_at.lock().expect("ready_at lock") =
+                    (Instant::now(), took, StartKind::Paused);
+                instance.set_state(InstanceState::Ready);
+                self.idle.track(fp, &instance);
+                tracing::debug!(
+                    function,
+                    container = short(&instance.id),
+                    us = took.as_micros() as u64,
+                    "instance resumed"
+                );
+            }
+            Err(err) => {
+                METRICS
+                    .starts
+                    .with_label_values(&[function, "paused", "error"])
+                    .inc();
+                tracing::warn!(function, container = short(&instance.id), %err, "resume failed; removing the instance");
+                self.drop_instance(fp, &instance);
+            }
+        }
+        fp.publish();
+        fp.changed.notify_waiters();
+    }
+
+    /// An idle timer fired for instance `id`: pause a ready instance, remove
+    /// a paused one; busy instances and `min_instances` are kept.
+    async fn idle_expired(self: &Arc<Self>, id: &str) {
+        let Some((fp, instance)) = self.find(id) else {
+            return;
+        };
+        let min = fp.route.config.scaling.min_instances as usize;
+        match instance.state() {
+            InstanceState::Ready => {
+                let live = fp
+                    .lock()
+                    .iter()
+                    .filter(|i| i.state() != InstanceState::Gone)
+                    .count();
+                if instance.in_flight() > 0 || live <= min {
+                    self.idle.track(&fp, &instance);
+                    return;
+                }
+                // Pause only if nobody takes a slot meanwhile: claim it first.
+                if instance
+                    .state
+                    .compare_exchange(
+                        InstanceState::Ready as u8,
+                        InstanceState::Paused as u8,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+                {
+                    return;
+                }
+                if instance.in_flight() > 0 {
+                    instance.set_state(InstanceState::Ready);
+                    self.idle.track(&fp, &instance);
+                    return;
+                }
+                match self.runtime.pause(&instance.id).await {
+                    Ok(()) => {
+                        tracing::debug!(function = %fp.route.function, container = short(&instance.id), "instance paused");
+                        self.idle.track(&fp, &instance);
+                    }
+                    Err(err) => {
+                        tracing::warn!(container = short(&instance.id), %err, "pause failed; removing the instance");
+                        self.drop_instance(&fp, &instance);
+                    }
+                }
+                fp.publish();
+                fp.changed.notify_waiters();
+            }
+            InstanceState::Paused => {
+                let live = fp
+                    .lock()
+                    .iter()
+                    .filter(|i| i.state() != InstanceState::Gone)
+                    .count();
+                if live <= min {
+                    self.idle.track(&fp, &instance);
+                    return;
+                }
+                tracing::info!(function = %fp.route.function, container = short(&instance.id), "idle instance removed");
+                self.drop_instance(&fp, &instance);
+            }
+            InstanceState::Resuming | InstanceState::Gone => {}
         }
     }
 
-    /// Drains a function pool in the background: no new calls; each
-    /// instance is removed once its in-flight calls finish or the
-    /// function's timeout passes.
+    fn find(&self, id: &str) -> Option<(Arc<FunctionPool>, Arc<Instance>)> {
+        let functions = self.functions.lock().expect("functions lock");
+        for fp in functions
+            .values()
+            .flat_map(|s| s.active.iter().chain(s.pending.iter()))
+        {
+            if let Some(i) = fp.lock().iter().find(|i| i.id == id) {
+                return Some((Arc::clone(fp), Arc::clone(i)));
+            }
+        }
+        None
+    }
+
+    /// The runtime says a container died: it leaves the pool at once.
+    fn container_died(self: &Arc<Self>, id: &str) {
+        if let Some((fp, instance)) = self.find(id) {
+            tracing::warn!(function = %fp.route.function, container = short(id), "instance exited");
+            self.drop_instance(&fp, &instance);
+        }
+    }
+
+    /// Takes an instance out of the pool and removes its container.
+    fn drop_instance(self: &Arc<Self>, fp: &Arc<FunctionPool>, instance: &Arc<Instance>) {
+        instance.set_state(InstanceState::Gone);
+        self.idle.forget(&instance.id);
+        if fp.remove_instance(instance) {
+            self.remove_later(instance.id.clone());
+        }
+        fp.publish();
+        fp.changed.notify_waiters();
+        self.ensure_min(fp);
+    }
+
+    fn remove_later(&self, id: String) {
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move {
+            if let Err(err) = runtime.remove(&id).await {
+                tracing::warn!(container = short(&id), %err, "removing an instance");
+            }
+        });
+    }
+
+    /// Drains a set in the background: no new calls; each instance is
+    /// removed once its in-flight calls finish or the function's timeout
+    /// passes. Calls queued on it move to the set that replaced it.
     fn retire(&self, fp: Arc<FunctionPool>) {
-        let runtime = Arc::clone(&self.inner.runtime);
-        let grace = Duration::from_millis(fp.route.config.resources.timeout_ms);
-        let instances: Vec<_> = fp
-            .instances
-            .lock()
-            .expect("instances lock")
-            .drain(..)
-            .collect();
+        fp.retired.store(true, Ordering::Release);
+        let instances: Vec<_> = fp.lock().drain(..).collect();
         for i in &instances {
-            i.gone.store(true, Ordering::Release);
+            i.set_state(InstanceState::Gone);
+            self.idle.forget(&i.id);
         }
+        fp.publish();
+        fp.changed.notify_waiters();
+        let runtime = Arc::clone(&self.runtime);
+        let grace = Duration::from_millis(fp.route.config.resources.timeout_ms);
         tokio::spawn(async move {
             let until = Instant::now() + grace;
             for i in instances {
-                while i.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                while i.in_flight() > 0 && Instant::now() < until {
                     tokio::time::sleep(DRAIN_POLL).await;
                 }
                 match runtime.remove(&i.id).await {
@@ -414,6 +1079,7 @@ mod tests {
     use async_trait::async_trait;
     use containerpub_wire::Manifest;
     use tokio::net::TcpListener;
+    use tokio::sync::broadcast;
 
     use super::*;
     use crate::runtime::{Owned, Started};
@@ -421,9 +1087,14 @@ mod tests {
     /// A runtime whose "containers" all share one local listener.
     struct Fake {
         addr: SocketAddr,
+        start_delay: Duration,
+        fail_starts: AtomicBool,
         starts: AtomicUsize,
         removed: Mutex<Vec<String>>,
+        paused: Mutex<Vec<String>>,
+        resumed: Mutex<Vec<String>>,
         leftovers: Vec<Owned>,
+        events: broadcast::Sender<RuntimeEvent>,
     }
 
     impl Fake {
@@ -437,10 +1108,18 @@ mod tests {
             });
             Arc::new(Fake {
                 addr,
+                start_delay: Duration::from_millis(30),
+                fail_starts: AtomicBool::new(false),
                 starts: AtomicUsize::new(0),
-                removed: Mutex::new(Vec::new()),
+                removed: Mutex::default(),
+                paused: Mutex::default(),
+                resumed: Mutex::default(),
                 leftovers,
+                events: broadcast::channel(16).0,
             })
+        }
+        fn starts(&self) -> usize {
+            self.starts.load(Ordering::SeqCst)
         }
         fn removed(&self) -> Vec<String> {
             self.removed.lock().unwrap().clone()
@@ -450,7 +1129,13 @@ mod tests {
     #[async_trait]
     impl ContainerRuntime for Fake {
         async fn start(&self, route: &Route, _node: &str) -> Result<Started, PoolError> {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(self.start_delay).await;
+            if self.fail_starts.load(Ordering::SeqCst) {
+                return Err(PoolError::StartFailed {
+                    function: route.function.clone(),
+                    reason: "image missing".into(),
+                });
+            }
             let n = self.starts.fetch_add(1, Ordering::SeqCst);
             Ok(Started {
                 id: format!("{}-{}-{n}", route.function, route.deployment_id),
@@ -464,11 +1149,32 @@ mod tests {
         async fn list_owned(&self, _node: &str) -> Result<Vec<Owned>, PoolError> {
             Ok(self.leftovers.clone())
         }
+        async fn pause(&self, id: &str) -> Result<(), PoolError> {
+            self.paused.lock().unwrap().push(id.to_owned());
+            Ok(())
+        }
+        async fn resume(&self, id: &str) -> Result<(), PoolError> {
+            self.resumed.lock().unwrap().push(id.to_owned());
+            Ok(())
+        }
+        async fn events(
+            &self,
+            _node: &str,
+            tx: &mpsc::UnboundedSender<RuntimeEvent>,
+        ) -> Result<(), PoolError> {
+            let mut rx = self.events.subscribe();
+            while let Ok(e) = rx.recv().await {
+                if tx.send(e).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
     }
 
-    fn route(name: &str, deployment_id: i64, concurrency: u32, max: u32) -> Route {
+    fn route_with(name: &str, deployment_id: i64, scaling: &str) -> Route {
         let text = format!(
-            "name = \"{name}\"\nruntime = \"container\"\n[scaling]\nconcurrency = {concurrency}\nmax_instances = {max}\n[resources]\ntimeout_ms = 1000\n"
+            "name = \"{name}\"\nruntime = \"container\"\n[resources]\ntimeout_ms = 1000\n[scaling]\n{scaling}\n"
         );
         Route {
             function: name.into(),
@@ -479,26 +1185,64 @@ mod tests {
         }
     }
 
-    async fn pool(fake: &Arc<Fake>) -> Pool {
+    fn route(name: &str, deployment_id: i64, concurrency: u32, max: u32) -> Route {
+        route_with(
+            name,
+            deployment_id,
+            &format!("concurrency = {concurrency}\nmax_instances = {max}"),
+        )
+    }
+
+    async fn pool_on(fake: &Arc<Fake>, routes: &[Route]) -> Pool {
         let config = PoolConfig {
             node: "test".into(),
             start_timeout: Duration::from_secs(2),
         };
-        Pool::with_runtime(Arc::clone(fake) as Arc<dyn ContainerRuntime>, config)
-            .await
-            .unwrap()
+        Pool::with_runtime(
+            Arc::clone(fake) as Arc<dyn ContainerRuntime>,
+            config,
+            routes,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn pool(fake: &Arc<Fake>) -> Pool {
+        pool_on(fake, &[]).await
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(80)).await;
     }
 
     #[tokio::test]
-    async fn removes_leftover_containers_at_start() {
-        let left = Owned {
-            id: "old".into(),
-            function: "f".into(),
-            deployment: "1".into(),
+    async fn removes_unknown_leftovers_and_adopts_known_ones() {
+        let known = route("f", 1, 4, 3);
+        let owned = |id: &str, function: &str, deployment: &str, state: &str| Owned {
+            id: id.into(),
+            function: function.into(),
+            deployment: deployment.into(),
+            state: state.into(),
+            ip: Some([127, 0, 0, 1].into()),
         };
-        let fake = Fake::new(vec![left]).await;
-        let _pool = pool(&fake).await;
-        assert_eq!(fake.removed(), vec!["old".to_owned()]);
+        let fake = Fake::new(vec![
+            owned("ghost", "gone-fn", "1", "running"),
+            owned("old-version", "f", "0", "running"),
+            owned("exited", "f", "1", "exited"),
+            owned("keep", "f", "1", "running"),
+        ])
+        .await;
+        // The adopted instance must answer on its port: point the route at the fake's listener.
+        let mut known = known;
+        known.config.port = fake.addr.port();
+        let pool = pool_on(&fake, std::slice::from_ref(&known)).await;
+        let mut removed = fake.removed();
+        removed.sort();
+        assert_eq!(removed, ["exited", "ghost", "old-version"]);
+        let lease = pool.lease(&known).await.unwrap();
+        assert_eq!(lease.instance_id(), "keep");
+        assert_eq!(lease.start_kind(), StartKind::Warm);
+        assert_eq!(fake.starts(), 0, "adopted, not started");
     }
 
     #[tokio::test]
@@ -508,17 +1252,18 @@ mod tests {
         let r = route("f", 1, 4, 3);
         let first = pool.lease(&r).await.unwrap();
         assert_eq!(first.start_kind(), StartKind::Cold);
+        assert!(first.start_duration() >= fake.start_delay);
         let id = first.instance_id().to_owned();
         drop(first);
         let second = pool.lease(&r).await.unwrap();
         assert_eq!(second.start_kind(), StartKind::Warm);
         assert_eq!(second.instance_id(), id);
         assert_eq!(second.start_duration(), Duration::ZERO);
-        assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.starts(), 1);
     }
 
     #[tokio::test]
-    async fn leases_are_released_on_drop_and_spread_by_load() {
+    async fn lease_goes_to_the_least_loaded_instance_with_room() {
         let fake = Fake::new(vec![]).await;
         let pool = pool(&fake).await;
         let r = route("f", 1, 2, 2);
@@ -535,20 +1280,11 @@ mod tests {
             a.instance_id(),
             "full instance: a second one starts"
         );
-        let d = pool.lease(&r).await.unwrap();
-        assert_eq!(d.instance_id(), c.instance_id());
-        assert!(matches!(
-            pool.lease(&r).await,
-            Err(PoolError::AtCapacity {
-                max_instances: 2,
-                ..
-            })
-        ));
         drop(a);
-        // The freed slot is on the first instance.
-        let e = pool.lease(&r).await.unwrap();
-        assert_eq!(e.instance_id(), b.instance_id());
-        drop((b, c, d, e));
+        let d = pool.lease(&r).await.unwrap();
+        // c's instance has one call, b's has one: either is least loaded; both have room.
+        assert!(d.instance_id() == b.instance_id() || d.instance_id() == c.instance_id());
+        drop((b, c, d));
         assert!(
             pool.instances().iter().all(|i| i.in_flight == 0),
             "{:?}",
@@ -557,38 +1293,285 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_cold_calls_start_one_instance() {
+    async fn burst_starts_at_most_ceil_n_over_concurrency() {
         let fake = Fake::new(vec![]).await;
         let pool = pool(&fake).await;
-        let r = route("f", 1, 10, 5);
-        let calls = (0..10).map(|_| {
-            let (pool, r) = (pool.clone(), r.clone());
-            tokio::spawn(async move { pool.lease(&r).await.map(|l| l.instance_id().to_owned()) })
-        });
-        let mut ids = Vec::new();
+        let r = route("f", 1, 10, 20);
+        let calls: Vec<_> = (0..95)
+            .map(|_| {
+                let (pool, r) = (pool.clone(), r.clone());
+                tokio::spawn(async move {
+                    let lease = pool.lease(&r).await?;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, PoolError>(lease.instance_id().to_owned())
+                })
+            })
+            .collect();
         for c in calls {
-            ids.push(c.await.unwrap().unwrap());
+            c.await.unwrap().unwrap();
         }
-        assert_eq!(fake.starts.load(Ordering::SeqCst), 1, "single-flight start");
-        assert!(ids.iter().all(|i| i == &ids[0]));
+        assert!(
+            fake.starts() <= 10,
+            "started {} instances for 95 calls at concurrency 10",
+            fake.starts()
+        );
+        assert!(
+            fake.starts() >= 2,
+            "one instance cannot take 95 calls at once"
+        );
     }
 
     #[tokio::test]
-    async fn new_deployment_drains_and_removes_old_instances() {
+    async fn burst_never_exceeds_max_instances_and_queues_the_rest() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route("f", 1, 2, 3);
+        let calls: Vec<_> = (0..30)
+            .map(|_| {
+                let (pool, r) = (pool.clone(), r.clone());
+                tokio::spawn(async move {
+                    let lease = pool.lease(&r).await?;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    drop(lease);
+                    Ok::<_, PoolError>(())
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        assert_eq!(fake.starts(), 3);
+    }
+
+    #[tokio::test]
+    async fn full_queue_answers_queue_full_and_slow_queue_times_out() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route_with(
+            "f",
+            1,
+            "concurrency = 1\nmax_instances = 1\nqueue_size = 2\nqueue_timeout_ms = 300",
+        );
+        let held = pool.lease(&r).await.unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let (pool, r) = (pool.clone(), r.clone());
+                tokio::spawn(async move { pool.lease(&r).await.map(drop) })
+            })
+            .collect();
+        settle().await;
+        match pool.lease(&r).await {
+            Err(PoolError::QueueFull { queue_size: 2, .. }) => {}
+            other => panic!("expected QueueFull, got {other:?}"),
+        }
+        for w in waiters {
+            match w.await.unwrap() {
+                Err(PoolError::QueueTimeout { waited, .. }) => {
+                    assert!(waited >= Duration::from_millis(300))
+                }
+                other => panic!("expected QueueTimeout, got {other:?}"),
+            }
+        }
+        drop(held);
+        pool.lease(&r).await.expect("a free slot again");
+    }
+
+    #[tokio::test]
+    async fn queued_call_gets_the_freed_slot() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route("f", 1, 1, 1);
+        let held = pool.lease(&r).await.unwrap();
+        let waiter = tokio::spawn({
+            let (pool, r) = (pool.clone(), r.clone());
+            async move {
+                pool.lease(&r)
+                    .await
+                    .map(|l| (l.instance_id().to_owned(), l.queue_duration()))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let id = held.instance_id().to_owned();
+        drop(held);
+        let (got, queued) = waiter.await.unwrap().unwrap();
+        assert_eq!(got, id);
+        assert!(queued >= Duration::from_millis(50), "{queued:?}");
+    }
+
+    #[tokio::test]
+    async fn aborted_calls_release_their_slots_and_cannot_leak_containers() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route("f", 1, 1, 2);
+        // A call aborted while its instance starts: the start finishes in its own task.
+        let call = tokio::spawn({
+            let (pool, r) = (pool.clone(), r.clone());
+            async move { pool.lease(&r).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        call.abort();
+        // A call aborted while it holds a lease.
+        let holder = tokio::spawn({
+            let (pool, r) = (pool.clone(), r.clone());
+            async move {
+                let _lease = pool.lease(&r).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+        settle().await;
+        holder.abort();
+        settle().await;
+        let instances = pool.instances();
+        assert!(
+            !instances.is_empty(),
+            "the started instance is kept, not leaked"
+        );
+        assert!(instances.iter().all(|i| i.in_flight == 0), "{instances:?}");
+    }
+
+    #[tokio::test]
+    async fn failed_start_fails_waiting_calls_and_the_next_call_tries_again() {
+        let fake = Fake::new(vec![]).await;
+        fake.fail_starts.store(true, Ordering::SeqCst);
+        let pool = pool(&fake).await;
+        let r = route("f", 1, 4, 2);
+        match pool.lease(&r).await {
+            Err(PoolError::StartFailed { reason, .. }) => {
+                assert!(reason.contains("image missing"), "{reason}")
+            }
+            other => panic!("expected StartFailed, got {other:?}"),
+        }
+        fake.fail_starts.store(false, Ordering::SeqCst);
+        assert_eq!(pool.lease(&r).await.unwrap().start_kind(), StartKind::Cold);
+    }
+
+    #[tokio::test]
+    async fn min_instances_are_prewarmed_and_replaced() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route_with("f", 1, "min_instances = 2\nmax_instances = 4");
+        pool.sync(std::slice::from_ref(&r));
+        settle().await;
+        assert_eq!(fake.starts(), 2, "started at deploy time");
+        let lease = pool.lease(&r).await.unwrap();
+        assert_eq!(
+            lease.start_kind(),
+            StartKind::Warm,
+            "first call after a pre-warming deploy"
+        );
+        let id = lease.instance_id().to_owned();
+        drop(lease);
+        let _ = fake.events.send(RuntimeEvent::Died { id: id.clone() });
+        settle().await;
+        assert!(fake.removed().contains(&id), "dead instance leaves");
+        assert_eq!(fake.starts(), 3, "min_instances restored");
+        assert_eq!(pool.instances().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn dead_instance_leaves_at_once_and_demand_starts_another() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route("f", 1, 4, 3);
+        let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
+        let _ = fake.events.send(RuntimeEvent::Died { id: id.clone() });
+        settle().await;
+        assert!(pool.instances().is_empty());
+        let next = pool.lease(&r).await.unwrap();
+        assert_eq!(next.start_kind(), StartKind::Cold);
+        assert_ne!(next.instance_id(), id);
+    }
+
+    #[tokio::test]
+    async fn idle_instances_pause_then_resume_on_a_call_then_stop() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route_with("f", 1, "idle_pause_s = 1\nidle_stop_s = 2");
+        let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
+        let until = Instant::now() + Duration::from_secs(4);
+        while fake.paused.lock().unwrap().is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            fake.paused.lock().unwrap().as_slice(),
+            std::slice::from_ref(&id),
+            "paused after idle_pause_s"
+        );
+        assert_eq!(pool.instances()[0].state, InstanceState::Paused);
+        let resumed = pool.lease(&r).await.unwrap();
+        assert_eq!(resumed.instance_id(), id);
+        assert_eq!(resumed.start_kind(), StartKind::Paused);
+        assert_eq!(fake.starts(), 1, "resumed, not started");
+        drop(resumed);
+        // Paused again after 1 s, removed 1 s after that (moka's timer wheel
+        // rounds expiries up to about a second).
+        let until = Instant::now() + Duration::from_secs(6);
+        while fake.removed().is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            fake.paused.lock().unwrap().len(),
+            2,
+            "paused again before removal"
+        );
+        assert_eq!(fake.removed(), [id]);
+        assert!(pool.instances().is_empty(), "scaled to zero");
+    }
+
+    #[tokio::test]
+    async fn busy_and_minimum_instances_are_not_paused() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let busy = route_with("busy", 1, "idle_pause_s = 1\nidle_stop_s = 1");
+        let kept = route_with(
+            "kept",
+            1,
+            "idle_pause_s = 1\nidle_stop_s = 1\nmin_instances = 1",
+        );
+        pool.sync(&[busy.clone(), kept.clone()]);
+        let held = pool.lease(&busy).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        assert!(
+            fake.paused.lock().unwrap().is_empty(),
+            "{:?}",
+            fake.paused.lock().unwrap()
+        );
+        assert!(fake.removed().is_empty());
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn redeploy_warms_the_new_version_before_draining_the_old() {
         let fake = Fake::new(vec![]).await;
         let pool = pool(&fake).await;
         let v1 = route("f", 1, 4, 3);
         let held = pool.lease(&v1).await.unwrap();
         let old_id = held.instance_id().to_owned();
-        pool.sync(&[route("f", 2, 4, 3)]);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(fake.removed().is_empty(), "in-flight call is not cut off");
+        let v2 = route("f", 2, 4, 3);
+        pool.sync(std::slice::from_ref(&v2));
+        // While v2 warms up, calls still go to v1.
+        let during = pool.lease(&v2).await.unwrap();
+        assert_eq!(during.instance_id(), old_id);
+        drop(during);
+        settle().await;
+        assert!(
+            fake.removed().is_empty(),
+            "the in-flight call on v1 is not cut off"
+        );
+        let after = pool.lease(&v2).await.unwrap();
+        assert!(
+            after.instance_id().starts_with("f-2-"),
+            "{}",
+            after.instance_id()
+        );
+        assert_eq!(
+            after.start_kind(),
+            StartKind::Warm,
+            "v2 was warmed before it took calls"
+        );
         drop(held);
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert_eq!(fake.removed(), vec![old_id]);
-        let fresh = pool.lease(&route("f", 2, 4, 3)).await.unwrap();
-        assert_eq!(fresh.start_kind(), StartKind::Cold);
-        assert!(fresh.instance_id().starts_with("f-2-"));
+        settle().await;
+        assert_eq!(fake.removed(), [old_id]);
     }
 
     #[tokio::test]
@@ -600,8 +1583,8 @@ mod tests {
         lease.mark_failed();
         let id = lease.instance_id().to_owned();
         drop(lease);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(fake.removed(), vec![id]);
+        settle().await;
+        assert_eq!(fake.removed(), [id]);
         assert!(pool.instances().is_empty());
         let again = pool.lease(&f).await.unwrap();
         assert_eq!(
@@ -611,7 +1594,7 @@ mod tests {
         );
         drop(again);
         pool.sync(&[]);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        settle().await;
         assert_eq!(fake.removed().len(), 2);
         assert!(pool.instances().is_empty());
     }

@@ -23,6 +23,17 @@ pub struct Owned {
     pub id: String,
     pub function: String,
     pub deployment: String,
+    /// Podman's state: `running`, `paused`, `exited`, …
+    pub state: String,
+    /// Address on the function network, when attached.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// Something that happened to a container outside the pool's own calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEvent {
+    /// The container's process ended (exit, kill, OOM).
+    Died { id: String },
 }
 
 /// What the pool needs from a container engine.
@@ -35,6 +46,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<(), PoolError>;
     /// Lists every container labelled as owned by `node`.
     async fn list_owned(&self, node: &str) -> Result<Vec<Owned>, PoolError>;
+    /// Freezes an instance (cgroup freezer); memory is kept.
+    async fn pause(&self, id: &str) -> Result<(), PoolError>;
+    /// Thaws a paused instance.
+    async fn resume(&self, id: &str) -> Result<(), PoolError>;
+    /// Follows events of `node`'s containers until the stream ends or the
+    /// receiver is dropped; the caller reconnects.
+    async fn events(
+        &self,
+        node: &str,
+        tx: &tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Result<(), PoolError>;
 }
 
 /// The real runtime: Podman through its REST API.
@@ -100,17 +122,52 @@ impl ContainerRuntime for PodmanRuntime {
             .podman
             .list_containers(&[(labels::MANAGED, "true"), (labels::NODE, node)])
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                Owned {
-                    id: c.id,
-                    function: labels.get(labels::FUNCTION).cloned().unwrap_or_default(),
-                    deployment: labels.get(labels::DEPLOYMENT).cloned().unwrap_or_default(),
+        let mut owned = Vec::with_capacity(rows.len());
+        for c in rows {
+            let labels = c.labels.unwrap_or_default();
+            let ip = match self.podman.inspect_container(&c.id, &self.network).await {
+                Ok(state) => state.ip,
+                Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            owned.push(Owned {
+                id: c.id,
+                function: labels.get(labels::FUNCTION).cloned().unwrap_or_default(),
+                deployment: labels.get(labels::DEPLOYMENT).cloned().unwrap_or_default(),
+                state: c.state,
+                ip,
+            });
+        }
+        Ok(owned)
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), PoolError> {
+        Ok(self.podman.pause_container(id).await?)
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), PoolError> {
+        Ok(self.podman.unpause_container(id).await?)
+    }
+
+    async fn events(
+        &self,
+        node: &str,
+        tx: &tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Result<(), PoolError> {
+        let (raw_tx, mut raw_rx) = tokio::sync::mpsc::unbounded_channel();
+        let filter = [(labels::MANAGED, "true"), (labels::NODE, node)];
+        let follow = self.podman.container_events(&filter, &raw_tx);
+        let forward = async {
+            while let Some(event) = raw_rx.recv().await {
+                if event.action == "died" && tx.send(RuntimeEvent::Died { id: event.id }).is_err() {
+                    return;
                 }
-            })
-            .collect())
+            }
+        };
+        tokio::select! {
+            result = follow => result.map_err(PoolError::from),
+            () = forward => Ok(()),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use containerpub_pool::health::wait_ready;
 use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
 use containerpub_pool::{
-    ContainerRuntime, NETWORK, PodmanRuntime, Pool, PoolConfig, StartKind, labels,
+    ContainerRuntime, InstanceState, NETWORK, PodmanRuntime, Pool, PoolConfig, StartKind, labels,
 };
 use containerpub_wire::Manifest;
 use containerpub_wire::api::Route;
@@ -149,8 +149,16 @@ async fn instance_runs_with_isolation_defaults() {
     );
 }
 
+async fn wait_until<F: FnMut() -> bool>(what: &str, mut done: F) {
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "not within 15 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
-async fn pool_starts_cold_reuses_warm_and_leaves_nothing() {
+async fn pool_life_cycle_on_podman() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("pool");
@@ -158,8 +166,15 @@ async fn pool_starts_cold_reuses_warm_and_leaves_nothing() {
         node: node.clone(),
         start_timeout: Duration::from_secs(10),
     };
-    let pool = Pool::podman(podman.clone(), config).await.unwrap();
-    let r = route("warm");
+    let mut r = route("cycle");
+    r.config.scaling.idle_pause_s = 1;
+    let routes = [r.clone()];
+    let pool = Pool::podman(podman.clone(), config.clone(), &routes)
+        .await
+        .unwrap();
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+
+    // Cold, then warm on the same container.
     let first = pool.lease(&r).await.unwrap();
     assert_eq!(first.start_kind(), StartKind::Cold);
     assert!(http_get(first.addr()).await.starts_with("HTTP/1."));
@@ -169,14 +184,54 @@ async fn pool_starts_cold_reuses_warm_and_leaves_nothing() {
     assert_eq!(second.start_kind(), StartKind::Warm);
     assert_eq!(second.instance_id(), id);
     drop(second);
-    let runtime: Arc<dyn ContainerRuntime> =
-        Arc::new(PodmanRuntime::new(podman, NETWORK).await.unwrap());
-    assert_eq!(runtime.list_owned(&node).await.unwrap().len(), 1);
-    pool.shutdown().await;
-    assert!(
-        runtime.list_owned(&node).await.unwrap().is_empty(),
-        "no orphan containers"
+
+    // Idle: Podman really pauses it; a call resumes it.
+    wait_until("instance paused", || {
+        pool.instances()
+            .iter()
+            .any(|i| i.state == InstanceState::Paused)
+    })
+    .await;
+    assert_eq!(
+        podman.inspect_container(&id, NETWORK).await.unwrap().status,
+        "paused"
     );
+    let resumed = pool.lease(&r).await.unwrap();
+    assert_eq!(resumed.start_kind(), StartKind::Paused);
+    assert_eq!(resumed.instance_id(), id);
+    assert!(
+        http_get(resumed.addr()).await.starts_with("HTTP/1."),
+        "answers after resume"
+    );
+    drop(resumed);
+
+    // A new pool for the same node (a restarted proxy) adopts it.
+    pool.shutdown().await;
+    let pool = Pool::podman(podman.clone(), config, &routes).await.unwrap();
+    let adopted = pool.lease(&r).await.unwrap();
+    assert_eq!(adopted.instance_id(), id, "adopted, not replaced");
+    drop(adopted);
+
+    // A killed container leaves the pool at once (Podman events).
+    let killed = std::process::Command::new("podman")
+        .args(["kill", "-s", "KILL", &id])
+        .output()
+        .unwrap();
+    assert!(
+        killed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    wait_until("dead instance gone", || pool.instances().is_empty()).await;
+    let replacement = pool.lease(&r).await.unwrap();
+    assert_eq!(replacement.start_kind(), StartKind::Cold);
+    assert_ne!(replacement.instance_id(), id);
+    drop(replacement);
+
+    pool.remove_all().await;
+    pool.shutdown().await;
+    let left = runtime.list_owned(&node).await.unwrap();
+    assert!(left.is_empty(), "no orphan containers: {left:?}");
 }
 
 /// Runs `nc` inside a container and returns what came back (empty when the

@@ -1,0 +1,96 @@
+//! Idle tracking with moka: one entry per instance whose time-to-idle is
+//! the function's `idle_pause_s` while it runs and the rest of
+//! `idle_stop_s` while it is paused. Every lease reads the entry (resetting
+//! its timer); expiry sends the instance id to the pool, which pauses or
+//! removes the instance. moka has no threads of its own: the pool's timer
+//! calls `run_pending` every `TICK`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::pool::{FunctionPool, Instance, InstanceState};
+
+/// How often expiries are processed; idle times are whole seconds.
+pub(crate) const TICK: Duration = Duration::from_millis(200);
+
+/// The idle time of one instance in its current state.
+#[derive(Debug, Clone, Copy)]
+struct IdleFor(Duration);
+
+struct PerEntry;
+
+impl Expiry<String, IdleFor> for PerEntry {
+    fn expire_after_create(&self, _: &String, v: &IdleFor, _: Instant) -> Option<Duration> {
+        Some(v.0)
+    }
+    fn expire_after_read(
+        &self,
+        _: &String,
+        v: &IdleFor,
+        _: Instant,
+        _: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(v.0)
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        v: &IdleFor,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.0)
+    }
+}
+
+pub(crate) struct IdleTracker {
+    cache: Cache<String, IdleFor>,
+}
+
+impl IdleTracker {
+    /// Expired instance ids go to `expired`; explicit removals and
+    /// replacements do not.
+    pub(crate) fn new(expired: UnboundedSender<String>) -> Self {
+        let cache = Cache::builder()
+            .expire_after(PerEntry)
+            .eviction_listener(move |id: Arc<String>, _, cause| {
+                if cause == RemovalCause::Expired {
+                    // Cheap and infallible: a closed channel means the pool is gone.
+                    let _ = expired.send(id.as_ref().clone());
+                }
+            })
+            .build();
+        Self { cache }
+    }
+
+    /// (Re)starts the idle timer of an instance for its current state.
+    pub(crate) fn track(&self, fp: &FunctionPool, instance: &Instance) {
+        let s = &fp.route.config.scaling;
+        let idle = match instance.state() {
+            InstanceState::Paused => s.idle_stop_s.saturating_sub(s.idle_pause_s).max(1),
+            _ => s.idle_pause_s,
+        };
+        self.cache
+            .insert(instance.id.clone(), IdleFor(Duration::from_secs(idle)));
+    }
+
+    /// The instance was used: its idle timer starts over.
+    pub(crate) fn touch(&self, id: &str) {
+        let _ = self.cache.get(id);
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        self.cache.invalidate(id);
+    }
+
+    /// Processes expiries (calls the eviction listener).
+    pub(crate) fn run_pending(&self) {
+        self.cache.run_pending_tasks();
+    }
+}

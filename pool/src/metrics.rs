@@ -1,0 +1,80 @@
+//! The pool's Prometheus metrics, registered once in the default registry.
+//! Label values are bounded: function names, kinds, states and reasons —
+//! never an instance id or a path.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+};
+
+/// Every pool metric.
+pub struct PoolMetrics {
+    /// `cpub_cold_starts_total{function,kind,result}`: starts (`cold`) and
+    /// resumes (`paused`), `ok` or `error`.
+    pub starts: IntCounterVec,
+    /// `cpub_cold_start_duration_seconds{kind}`: start → ready, or resume.
+    pub start_seconds: HistogramVec,
+    /// `cpub_instances{function,state}`: `starting`, `ready`, `paused`.
+    pub instances: IntGaugeVec,
+    /// `cpub_queue_wait_seconds`: how long calls waited for a slot.
+    pub queue_wait: Histogram,
+    /// `cpub_in_flight_requests{function}`: leases held.
+    pub in_flight: IntGaugeVec,
+    /// `cpub_pool_rejections_total{function,reason}`: `queue_full`,
+    /// `queue_timeout`, `start_failed`.
+    pub rejections: IntCounterVec,
+}
+
+/// Buckets from 1 ms to ~30 s for start and queue times.
+const TIME_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0,
+    30.0,
+];
+
+pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
+    starts: register_int_counter_vec!(
+        Opts::new(
+            "cpub_cold_starts_total",
+            "Instance starts (cold) and resumes (paused) by result"
+        ),
+        &["function", "kind", "result"]
+    )
+    .expect("register cpub_cold_starts_total"),
+    start_seconds: register_histogram_vec!(
+        HistogramOpts::new(
+            "cpub_cold_start_duration_seconds",
+            "Time from start (or resume) request to a ready instance"
+        )
+        .buckets(TIME_BUCKETS.to_vec()),
+        &["kind"]
+    )
+    .expect("register cpub_cold_start_duration_seconds"),
+    instances: register_int_gauge_vec!(
+        Opts::new("cpub_instances", "Function instances by state"),
+        &["function", "state"]
+    )
+    .expect("register cpub_instances"),
+    queue_wait: register_histogram!(
+        HistogramOpts::new(
+            "cpub_queue_wait_seconds",
+            "Time calls waited for a free instance slot"
+        )
+        .buckets(TIME_BUCKETS.to_vec())
+    )
+    .expect("register cpub_queue_wait_seconds"),
+    in_flight: register_int_gauge_vec!(
+        Opts::new("cpub_in_flight_requests", "Calls holding an instance slot"),
+        &["function"]
+    )
+    .expect("register cpub_in_flight_requests"),
+    rejections: register_int_counter_vec!(
+        Opts::new(
+            "cpub_pool_rejections_total",
+            "Calls the pool refused, by reason"
+        ),
+        &["function", "reason"]
+    )
+    .expect("register cpub_pool_rejections_total"),
+});
