@@ -38,8 +38,13 @@ where
     }
 }
 
-/// Directory holding the workspace binaries (next to this test's `deps/`).
+/// Directory holding the workspace binaries: `CPUB_BIN_DIR` when set, else
+/// the profile directory of the running executable (a test runs from
+/// `<profile>/deps/`, a binary such as `pool-bench` from `<profile>/`).
 fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CPUB_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("deps dir");
     if dir.ends_with("deps") {
@@ -260,6 +265,45 @@ impl Stack {
         self.proxy.take();
     }
 
+    /// Stops cpub-proxy with SIGTERM and waits (up to `within`) for it to
+    /// exit; returns whether it exited in time (it is killed otherwise).
+    pub fn terminate_proxy(&mut self, within: Duration) -> bool {
+        let Some(mut p) = self.proxy.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status();
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The proxy's `/metrics` text, or `None` when it does not answer 200.
+    pub async fn metrics(&self) -> Option<String> {
+        let r = reqwest::get(format!("{}/metrics", self.proxy_url()))
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.text().await.ok()
+    }
+
+    /// Deploys the example `example` as function `name` with extra manifest
+    /// lines, panicking with the CLI output on failure; returns the
+    /// function's URL through the proxy (ending in `/`).
+    pub fn deploy(&self, example: &str, name: &str, extra_manifest: &str) -> String {
+        let dir = bundle(example, name, extra_manifest);
+        self.cpub_ok(&["deploy", dir.path().to_str().expect("utf-8 path")]);
+        format!("{}/fn/{name}/", self.proxy_url())
+    }
+
     /// Runs the `cpub` CLI against this stack.
     pub fn cpub(&self, args: &[&str]) -> Output {
         Command::new(bin("cpub"))
@@ -360,6 +404,113 @@ impl Drop for Stack {
             .arg(sql)
             .output();
     }
+}
+
+/// `podman inspect` of one container as JSON, or `None` when it is gone.
+pub fn inspect(id: &str) -> Option<serde_json::Value> {
+    let out = Command::new("podman")
+        .args(["container", "inspect", id])
+        .output()
+        .expect("podman inspect");
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// `State.Status` of a container (`running`, `paused`, `exited`, …), or
+/// `None` when it is gone.
+pub fn container_state(id: &str) -> Option<String> {
+    inspect(id)?["State"]["Status"].as_str().map(str::to_owned)
+}
+
+/// The container's address on the `cpub` network (else on any network).
+pub fn container_ip(id: &str) -> Option<std::net::IpAddr> {
+    let v = inspect(id)?;
+    let nets = v["NetworkSettings"]["Networks"].as_object()?;
+    let pick = |n: &serde_json::Value| {
+        n["IPAddress"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .and_then(|s| s.parse().ok())
+    };
+    nets.get("cpub")
+        .and_then(pick)
+        .or_else(|| nets.values().find_map(pick))
+}
+
+/// The image name a container runs (`localhost/cpub-fn-NAME:vN`).
+pub fn container_image(id: &str) -> Option<String> {
+    let v = inspect(id)?;
+    v["ImageName"]
+        .as_str()
+        .or_else(|| v["Config"]["Image"].as_str())
+        .map(str::to_owned)
+}
+
+/// The `desc` of the `start` entry of a `server-timing` header
+/// (`cold`, `paused`, `warm`), or `None` when there is none.
+pub fn start_kind_of(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    let timing = headers.get("server-timing")?.to_str().ok()?;
+    timing.split(',').find_map(|part| {
+        part.trim()
+            .strip_prefix("start;desc=\"")
+            .and_then(|r| r.split('"').next())
+            .map(str::to_owned)
+    })
+}
+
+/// The `dur` (ms) of entry `name` of a `server-timing` header.
+pub fn timing_dur(headers: &reqwest::header::HeaderMap, name: &str) -> Option<f64> {
+    let timing = headers.get("server-timing")?.to_str().ok()?;
+    timing.split(',').find_map(|part| {
+        let mut fields = part.trim().split(';');
+        if fields.next()? != name {
+            return None;
+        }
+        fields.find_map(|f| f.trim().strip_prefix("dur=")?.parse().ok())
+    })
+}
+
+/// Sum of the samples of Prometheus metric `name` (exact name, e.g.
+/// `cpub_cold_starts_total`) whose labels contain every `key="value"` of
+/// `labels`; `None` when no sample matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = if let Some(r) = rest.strip_prefix('{') {
+            let Some((l, v)) = r.split_once('}') else {
+                continue;
+            };
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue; // another metric with this prefix
+        };
+        let pairs: Vec<&str> = label_text.split(',').map(str::trim).collect();
+        if !labels
+            .iter()
+            .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
+        {
+            continue;
+        }
+        if let Some(v) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
 }
 
 /// Copies an example bundle into a temp dir under a new function name, with
