@@ -14,7 +14,11 @@
 //!   a function that has never run (one function per round, deployed up
 //!   front);
 //! - raw: `podman run -d` of the same image on the `cpub` network, then
-//!   polling its address until the first HTTP 200, then `podman rm -f`;
+//!   polling its address until the first HTTP 200, then `podman rm -f`
+//!   (this pays for the CLI's own process start);
+//! - raw API: the same through the libpod REST API (create, start, inspect
+//!   with `curl --unix-socket`, the pool's isolation flags), measured after
+//!   cold and raw in every round;
 //! - resume: a call to a function whose only instance podman reports
 //!   paused;
 //! - warm: median of warm calls through the proxy vs straight to the
@@ -158,6 +162,83 @@ async fn raw_start(
     result
 }
 
+const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+/// One libpod REST call through `curl --unix-socket`; returns the body.
+fn podman_api(method: &str, path: &str, body: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail-with-body", "--unix-socket", PODMAN_SOCKET])
+        .args(["-X", method]);
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = cmd
+        .arg(format!("http://d/v4.0.0/libpod{path}"))
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("podman API {method} {path}: {text}");
+    }
+    Ok(text)
+}
+
+/// Like [`raw_start`] but through the REST API (create, start, inspect)
+/// with the pool's spec flags: what the pool itself pays, minus the pool.
+async fn raw_api_start(
+    probe: &reqwest::Client,
+    image: &str,
+    node: &str,
+    port: u16,
+) -> Result<Duration> {
+    let spec = serde_json::json!({
+        "image": image,
+        "labels": { "cpub.bench": node },
+        "env": { "PORT": port.to_string() },
+        "user": "65534:65534",
+        "cap_drop": ["ALL"],
+        "no_new_privileges": true,
+        "read_only_filesystem": true,
+        "resource_limits": { "memory": { "limit": 33554432_i64, "swap": 33554432_i64 } },
+        "netns": { "nsmode": "bridge" },
+        "Networks": { "cpub": {} },
+    })
+    .to_string();
+    let t0 = Instant::now();
+    let created: serde_json::Value =
+        serde_json::from_str(&podman_api("POST", "/containers/create", Some(&spec))?)?;
+    let id = created["Id"]
+        .as_str()
+        .context("create answered no Id")?
+        .to_owned();
+    let result = async {
+        podman_api("POST", &format!("/containers/{id}/start"), None)?;
+        let info: serde_json::Value =
+            serde_json::from_str(&podman_api("GET", &format!("/containers/{id}/json"), None)?)?;
+        let ip: IpAddr = info["NetworkSettings"]["Networks"]["cpub"]["IPAddress"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .context("API container has no address")?;
+        let url = format!("http://{ip}:{port}/");
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = probe.get(&url).send().await
+                && r.status() == 200
+                && r.text().await.is_ok()
+            {
+                return Ok(t0.elapsed());
+            }
+            if Instant::now() > end {
+                bail!("API container {id} never answered at {url}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    .await;
+    let _ = podman(&["rm", "-f", "-t", "0", &id]);
+    result
+}
+
 struct Stats {
     name: &'static str,
     values: Vec<f64>,
@@ -201,6 +282,10 @@ impl Stats {
             v[v.len() - 1]
         )
     }
+}
+
+fn c_of(c: &Option<(Duration, Option<f64>)>) -> Duration {
+    c.as_ref().map_or(Duration::ZERO, |c| c.0)
 }
 
 fn median_of(mut v: Vec<f64>) -> f64 {
@@ -278,6 +363,8 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
     let mut cold_start = Stats::new("  proxy start dur (ms)");
     let mut raw = Stats::new("raw podman run→200 (ms)");
     let mut ratio = Stats::new("cold/raw (per round)");
+    let mut raw_api = Stats::new("raw API create→200 (ms)");
+    let mut ratio_api = Stats::new("cold/raw API (per round)");
     let mut resume = Stats::new("resume via proxy (ms)");
     let mut resume_start = Stats::new("  proxy start dur (ms)");
     let mut warm_proxy = Stats::new("warm via proxy (µs, med)");
@@ -285,7 +372,7 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
     let mut overhead = Stats::new("proxy overhead (µs, med)");
 
     println!(
-        "round  order     cold_ms  start_ms   raw_ms  cold/raw  resume_ms  warm_proxy_us  warm_direct_us"
+        "round  order     cold_ms  start_ms   raw_ms  rawapi_ms  cold/raw  resume_ms  warm_proxy_us  warm_direct_us"
     );
     let mut image: Option<String> = None;
     let mut pausing = true;
@@ -320,6 +407,9 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
             Some(r) => r,
             None => raw_start(&probe, image.as_ref().unwrap(), &label, port).await?,
         };
+        let ra = raw_api_start(&probe, image.as_ref().unwrap(), &stack.node, port).await?;
+        raw_api.values.push(ms(ra));
+        ratio_api.values.push(ms(c_of(&c)) / ms(ra));
         let (c, c_start) = c.unwrap();
         cold.values.push(ms(c));
         if let Some(s) = c_start {
@@ -381,11 +471,12 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
         overhead.values.push(mp - md);
 
         println!(
-            "{round:>5}  {:<8} {:>8.1}  {:>8.1} {:>8.1}  {:>8.2}  {:>9.1}  {:>13.0}  {:>14.0}",
+            "{round:>5}  {:<8} {:>8.1}  {:>8.1} {:>8.1}  {:>9.1}  {:>8.2}  {:>9.1}  {:>13.0}  {:>14.0}",
             if raw_first { "raw,cold" } else { "cold,raw" },
             ms(c),
             c_start.unwrap_or(f64::NAN),
             ms(r),
+            ms(ra),
             ms(c) / ms(r),
             d.map_or(f64::NAN, ms),
             mp,
@@ -402,6 +493,8 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
         &cold_start,
         &raw,
         &ratio,
+        &raw_api,
+        &ratio_api,
         &resume,
         &resume_start,
         &warm_proxy,
@@ -411,8 +504,9 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
         println!("{}", s.line());
     }
     println!(
-        "cold/raw of medians: {:.2}; warm proxy/direct of medians: {:.2}",
+        "cold/raw of medians: {:.2}; cold/raw API of medians: {:.2}; warm proxy/direct of medians: {:.2}",
         cold.median() / raw.median(),
+        cold.median() / raw_api.median(),
         warm_proxy.median() / warm_direct.median()
     );
     Ok(())
