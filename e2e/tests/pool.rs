@@ -145,7 +145,11 @@ async fn burst_on_a_cold_function_all_succeed_with_bounded_starts() {
     );
     eprintln!("burst of 100: {started} containers");
     if let Some(text) = stack.metrics().await {
-        match metric_sum(&text, "cpub_cold_starts_total", &[("function", name)]) {
+        match metric_sum(
+            &text,
+            "cpub_cold_starts_total",
+            &[("function", name), ("kind", "cold")],
+        ) {
             Some(cold) => {
                 eprintln!("cpub_cold_starts_total{{function={name}}} = {cold}");
                 assert!(cold <= 10.0, "{cold} cold starts recorded for the burst");
@@ -307,10 +311,11 @@ async fn a_full_queue_answers_429_and_a_long_wait_503() {
     let (status, _, _) = get(&client, &url).await;
     assert_eq!(status, 200, "the function serves again");
     if let Some(text) = stack.metrics().await {
-        eprintln!(
-            "rejections for {name}: {:?}",
-            metric_sum(&text, "cpub_rejections_total", &[("function", name)])
-        );
+        let rejected = metric_sum(&text, "cpub_pool_rejections_total", &[("function", name)]);
+        eprintln!("cpub_pool_rejections_total for {name}: {rejected:?}");
+        if let Some(r) = rejected {
+            assert!(r >= 5.0, "the 5 refused calls are counted: {r}");
+        }
     }
 }
 
