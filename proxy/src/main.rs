@@ -1,6 +1,10 @@
 //! `cpub-proxy`: the ContainerPub edge proxy. Parses configuration, loads the
-//! route snapshot, connects the pool to Podman, starts the route watcher and
-//! runs the pingora server until SIGTERM/SIGINT, then removes the instances.
+//! route snapshot, connects the pool to Podman (which adopts this node's
+//! healthy instances of the snapshot's routes), starts the route watcher and
+//! runs the pingora server until SIGTERM/SIGINT, then stops the pool's
+//! background tasks. Instances are left running on the way out: the next
+//! proxy on this node adopts them (`scripts/down.sh` removes them when the
+//! whole stack stops).
 //!
 //! Threads: pingora builds its own runtimes for the proxy service; the pool
 //! is created on, and the route watcher runs on, a separate small tokio
@@ -8,6 +12,7 @@
 //! tasks survive and `Pool::shutdown` can run after pingora has stopped.
 
 mod config;
+mod metrics;
 mod path;
 mod request_id;
 mod routes;
@@ -30,7 +35,7 @@ use crate::config::{Config, EXIT_CONFIG, LogFormat};
 use crate::routes::{Routes, Watcher};
 use crate::service::Proxy;
 
-/// Longest wait for the pool to remove its instances on the way out.
+/// Longest wait for the pool to stop its background tasks on the way out.
 const POOL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seconds pingora gives its runtimes to finish after the grace period.
 const RUNTIME_SHUTDOWN_TIMEOUT_S: u64 = 5;
@@ -101,7 +106,8 @@ fn run(config: Config) -> i32 {
         start_timeout: config.start_timeout(),
     };
     let podman = Podman::new(config.podman_socket.clone());
-    let pool = match background.block_on(Pool::podman(podman, pool_config)) {
+    metrics::init();
+    let pool = match background.block_on(Pool::podman(podman, pool_config, &snapshot.routes)) {
         Ok(pool) => pool,
         Err(e) => {
             error!(socket = %config.podman_socket.display(), error = %e, "cannot start the pool");
@@ -152,11 +158,11 @@ fn run(config: Config) -> i32 {
     );
     server.run(RunArgs::default());
 
-    info!("proxy stopped, removing instances");
+    info!("proxy stopped, stopping the pool (instances stay for the next proxy)");
     // The timer must be created inside the runtime, hence the async block.
-    let removed = background
+    let stopped = background
         .block_on(async { tokio::time::timeout(POOL_SHUTDOWN_TIMEOUT, pool.shutdown()).await });
-    if removed.is_err() {
+    if stopped.is_err() {
         warn!(
             timeout_s = POOL_SHUTDOWN_TIMEOUT.as_secs(),
             "pool shutdown timed out"

@@ -1,6 +1,7 @@
 //! The proxy's route table: an atomically swapped map from function name to
-//! route, the local snapshot that keeps it across restarts, and the watcher
-//! that follows the control plane's `GET /api/v1/routes` long poll.
+//! route (with the function's metric handles), the local snapshot that keeps
+//! it across restarts, and the watcher that follows the control plane's
+//! `GET /api/v1/routes` long poll.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use containerpub_pool::Pool;
 use containerpub_wire::api::{Route, RouteTable};
 use tracing::{debug, info, warn};
 
+use crate::metrics::{self, FunctionMetrics};
+
 /// How long the control plane may hold one long poll.
 pub const WATCH_WAIT_S: u64 = 25;
 /// First retry delay after a failed poll.
@@ -21,20 +24,41 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Shortest time between two polls that brought no change.
 const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A routed function: its route and its metric handles, resolved once per
+/// function (kept across table updates) rather than once per call.
+#[derive(Debug)]
+pub struct Entry {
+    pub route: Route,
+    pub metrics: FunctionMetrics,
+}
+
 /// One consistent view of the routes: readers get the map and its revision
 /// from the same swap.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub revision: i64,
-    pub routes: HashMap<String, Arc<Route>>,
+    pub routes: HashMap<String, Arc<Entry>>,
 }
 
 impl Snapshot {
-    fn from_table(table: &RouteTable) -> Self {
+    /// The view of `table`, reusing the metric handles of `previous`.
+    fn from_table(table: &RouteTable, previous: Option<&Snapshot>) -> Self {
         let routes = table
             .routes
             .iter()
-            .map(|route| (route.function.clone(), Arc::new(route.clone())))
+            .map(|route| {
+                let metrics = previous
+                    .and_then(|p| p.routes.get(&route.function))
+                    .map_or_else(
+                        || FunctionMetrics::new(&route.function),
+                        |e| e.metrics.clone(),
+                    );
+                let entry = Entry {
+                    route: route.clone(),
+                    metrics,
+                };
+                (route.function.clone(), Arc::new(entry))
+            })
             .collect();
         Self {
             revision: table.revision,
@@ -53,12 +77,12 @@ impl Routes {
     /// A table holding `table`.
     pub fn new(table: &RouteTable) -> Self {
         Self {
-            current: ArcSwap::from_pointee(Snapshot::from_table(table)),
+            current: ArcSwap::from_pointee(Snapshot::from_table(table, None)),
         }
     }
 
     /// Route of the function `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<Route>> {
+    pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
         self.current.load().routes.get(name).cloned()
     }
 
@@ -72,9 +96,20 @@ impl Routes {
         self.current.load().revision
     }
 
-    /// Replaces the table with `table`.
+    /// Replaces the table with `table`; the metric series of functions no
+    /// longer routed are dropped. One writer at a time (the watcher).
     pub fn replace(&self, table: &RouteTable) {
-        self.current.store(Arc::new(Snapshot::from_table(table)));
+        let previous = self.current.load_full();
+        let next = Snapshot::from_table(table, Some(&previous));
+        let gone: Vec<&String> = previous
+            .routes
+            .keys()
+            .filter(|name| !next.routes.contains_key(*name))
+            .collect();
+        self.current.store(Arc::new(next));
+        for name in gone {
+            metrics::forget_function(name);
+        }
     }
 }
 
@@ -374,7 +409,7 @@ mod tests {
             routes: vec![route("a", 1), route("b", 1)],
         });
         assert_eq!(routes.revision(), 1);
-        assert_eq!(routes.get("a").unwrap().deployment_id, 1);
+        assert_eq!(routes.get("a").unwrap().route.deployment_id, 1);
         let held = routes.get("b").unwrap();
 
         routes.replace(&RouteTable {
@@ -383,10 +418,10 @@ mod tests {
         });
         assert_eq!(routes.revision(), 2);
         assert!(routes.get("a").is_none(), "removed function still routed");
-        assert_eq!(routes.get("b").unwrap().deployment_id, 5);
+        assert_eq!(routes.get("b").unwrap().route.deployment_id, 5);
         assert!(routes.get("c").is_some());
         // A request that looked its route up before the swap keeps it.
-        assert_eq!(held.deployment_id, 1);
+        assert_eq!(held.route.deployment_id, 1);
 
         let snap = routes.snapshot();
         assert_eq!((snap.revision, snap.routes.len()), (2, 2));
@@ -397,5 +432,38 @@ mod tests {
             "a taken snapshot never changes"
         );
         assert_eq!(routes.snapshot().routes.len(), 0);
+    }
+
+    #[test]
+    fn metric_handles_survive_redeploys_and_go_with_the_function() {
+        let count = |function: &str| {
+            let text = String::from_utf8(metrics::render()).unwrap();
+            let prefix =
+                format!("cpub_invocations_total{{function=\"{function}\",status_class=\"2xx\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+        };
+        let routes = Routes::new(&RouteTable {
+            revision: 1,
+            routes: vec![route("routes-m1", 1), route("routes-m2", 1)],
+        });
+        let before = routes.get("routes-m1").unwrap();
+        routes.replace(&RouteTable {
+            revision: 2,
+            routes: vec![route("routes-m1", 2), route("routes-m2", 1)],
+        });
+        let after = routes.get("routes-m1").unwrap();
+        assert_eq!(after.route.deployment_id, 2);
+        before.metrics.record_call(200, Duration::from_millis(1));
+        after.metrics.record_call(200, Duration::from_millis(1));
+        assert_eq!(count("routes-m1"), Some(2), "one series across the deploy");
+        assert_eq!(count("routes-m2"), Some(0));
+
+        routes.replace(&RouteTable {
+            revision: 3,
+            routes: vec![route("routes-m1", 2)],
+        });
+        assert_eq!(count("routes-m2"), None, "deleted function left the scrape");
+        assert_eq!(count("routes-m1"), Some(2));
     }
 }

@@ -1,6 +1,7 @@
 //! The pingora `ProxyHttp` implementation: routes `/fn/{name}/…` to an
 //! instance leased from the pool, enforces the body limit and timeout, adds
-//! the forwarding and timing headers, and answers its own errors as JSON.
+//! the forwarding and timing headers, answers its own errors as JSON, serves
+//! `/healthz` and `/metrics`, and records the call metrics in `logging`.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -9,16 +10,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use containerpub_pool::{Lease, Pool, PoolError};
-use containerpub_wire::api::{ApiError, Route};
+use containerpub_wire::api::ApiError;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, RetryType};
 use tracing::{debug, warn};
 
+use crate::metrics::{self, Rejection, UpstreamError};
 use crate::path::{self, PathError};
 use crate::request_id;
-use crate::routes::Routes;
+use crate::routes::{Entry, Routes};
 
 /// How long an idle upstream connection stays pooled.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -45,6 +47,10 @@ struct Reply {
     status: u16,
     message: String,
     retry_after: Option<u32>,
+    /// Set when the proxy refused the call itself (counted in
+    /// `cpub_proxy_rejections_total`), as opposed to reporting an upstream
+    /// failure.
+    rejection: Option<Rejection>,
 }
 
 impl Reply {
@@ -53,6 +59,21 @@ impl Reply {
             status,
             message: message.into(),
             retry_after: None,
+            rejection: None,
+        }
+    }
+
+    fn rejected(reason: Rejection, status: u16, message: impl Into<String>) -> Self {
+        Self {
+            rejection: Some(reason),
+            ..Self::new(status, message)
+        }
+    }
+
+    fn retry_after(self, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..self
         }
     }
 }
@@ -64,7 +85,7 @@ pub struct Ctx {
     /// When the request header was read.
     received_at: Instant,
     request_id: String,
-    route: Option<Arc<Route>>,
+    route: Option<Arc<Entry>>,
     upstream_path: String,
     lease: Option<Lease>,
     /// Request body bytes seen so far.
@@ -80,6 +101,9 @@ pub struct Ctx {
     connect_retries: u8,
     /// Retries spent on reused connections that failed.
     reuse_retries: u8,
+    /// Upstream failures of this call by kind (`UpstreamError as usize`),
+    /// counted where they happen and recorded in `logging`.
+    upstream_errors: [u8; UpstreamError::ALL.len()],
 }
 
 fn json_body(message: &str) -> Bytes {
@@ -90,6 +114,24 @@ fn json_body(message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).expect("an ApiError always serializes"))
 }
 
+/// Header of a JSON answer of `len` bytes.
+fn json_header(
+    status: u16,
+    len: usize,
+    request_id: &str,
+    retry_after: Option<u32>,
+) -> pingora::Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(status, Some(5))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    header.insert_header(request_id::HEADER, request_id)?;
+    if let Some(s) = retry_after {
+        header.insert_header(http::header::RETRY_AFTER, s.to_string())?;
+    }
+    Ok(header)
+}
+
 /// Writes a complete JSON answer.
 async fn respond_json(
     session: &mut Session,
@@ -98,14 +140,7 @@ async fn respond_json(
     request_id: &str,
     retry_after: Option<u32>,
 ) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(status, Some(5))?;
-    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    header.insert_header(request_id::HEADER, request_id)?;
-    if let Some(s) = retry_after {
-        header.insert_header(http::header::RETRY_AFTER, s.to_string())?;
-    }
+    let header = json_header(status, body.len(), request_id, retry_after)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(header), head_only)
@@ -116,32 +151,56 @@ async fn respond_json(
     Ok(())
 }
 
-/// Maps a pool failure to an answer.
-fn pool_reply(err: &PoolError) -> Reply {
+/// Maps a pool failure for `function` to an answer. The pool's messages
+/// name the function; a runtime failure's details stay in the log.
+fn pool_reply(function: &str, err: &PoolError) -> Reply {
     match err {
-        PoolError::AtCapacity { .. } => Reply {
-            retry_after: Some(1),
-            ..Reply::new(503, err.to_string())
-        },
-        PoolError::StartFailed { .. } => Reply::new(502, err.to_string()),
-        PoolError::Podman(_) => Reply {
-            retry_after: Some(1),
-            ..Reply::new(
-                503,
-                "function temporarily unavailable: the container runtime failed",
-            )
-        },
+        PoolError::QueueFull { .. } => {
+            Reply::rejected(Rejection::QueueFull, 429, err.to_string()).retry_after(1)
+        }
+        PoolError::QueueTimeout { .. } => {
+            Reply::rejected(Rejection::QueueTimeout, 503, err.to_string()).retry_after(1)
+        }
+        PoolError::StartFailed { .. } => {
+            Reply::rejected(Rejection::StartFailed, 502, err.to_string())
+        }
+        PoolError::Podman(_) => Reply::rejected(
+            Rejection::RuntimeUnavailable,
+            503,
+            format!("function {function} temporarily unavailable: the container runtime failed"),
+        )
+        .retry_after(1),
     }
 }
 
-/// `server-timing` value: how the instance was obtained and how long the
-/// upstream took to answer, in milliseconds with decimals.
-fn server_timing(kind: &str, start: Duration, upstream: Duration) -> String {
+/// `server-timing` value: how long the call waited for a slot, how the
+/// instance was obtained and how long starting it took, and how long the
+/// upstream took to answer; milliseconds with decimals.
+fn server_timing(queue: Duration, kind: &str, start: Duration, upstream: Duration) -> String {
     format!(
-        "start;desc=\"{kind}\";dur={:.3}, upstream;dur={:.3}",
+        "queue;dur={:.3}, start;desc=\"{kind}\";dur={:.3}, upstream;dur={:.3}",
+        queue.as_secs_f64() * 1e3,
         start.as_secs_f64() * 1e3,
         upstream.as_secs_f64() * 1e3
     )
+}
+
+/// Writes the metrics page (`GET`/`HEAD /metrics`).
+async fn respond_metrics(session: &mut Session, request_id: &str) -> pingora::Result<()> {
+    let body = Bytes::from(metrics::render());
+    let mut header = ResponseHeader::build(200, Some(4))?;
+    header.insert_header(http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    header.insert_header(request_id::HEADER, request_id)?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }
 
 /// Connection-pool key of an instance: upstream connections are only ever
@@ -179,15 +238,22 @@ impl Ctx {
     /// Remaining time budget of the call.
     fn deadline_passed(&self) -> bool {
         match (&self.route, self.upstream_started) {
-            (Some(route), Some(t)) => {
-                t.elapsed() > Duration::from_millis(route.config.resources.timeout_ms)
+            (Some(entry), Some(t)) => {
+                t.elapsed() > Duration::from_millis(entry.route.config.resources.timeout_ms)
             }
             _ => false,
         }
     }
 
     fn function(&self) -> &str {
-        self.route.as_deref().map_or("-", |r| r.function.as_str())
+        self.route
+            .as_deref()
+            .map_or("-", |e| e.route.function.as_str())
+    }
+
+    fn count_upstream_error(&mut self, kind: UpstreamError) {
+        let n = &mut self.upstream_errors[kind as usize];
+        *n = n.saturating_add(1);
     }
 }
 
@@ -208,6 +274,7 @@ impl ProxyHttp for Proxy {
             upstream_time: None,
             connect_retries: 0,
             reuse_retries: 0,
+            upstream_errors: [0; UpstreamError::ALL.len()],
         }
     }
 
@@ -229,28 +296,30 @@ impl ProxyHttp for Proxy {
                     respond_json(session, 200, body, &ctx.request_id, None).await?;
                     return Ok(true);
                 }
+                if req.uri.path() == "/metrics" && is_get {
+                    respond_metrics(session, &ctx.request_id).await?;
+                    return Ok(true);
+                }
                 let message = "not found: functions are called at /fn/{name}/";
-                return self.reject(session, ctx, Reply::new(404, message)).await;
+                let reply = Reply::rejected(Rejection::NotFound, 404, message);
+                return self.reject(session, ctx, reply).await;
             }
             Err(PathError::BadName(raw)) => {
                 let shown: String = raw.chars().take(80).collect();
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        Reply::new(404, format!("no function named \"{shown}\"")),
-                    )
-                    .await;
+                let message = format!("no function named \"{shown}\"");
+                let reply = Reply::rejected(Rejection::UnknownFunction, 404, message);
+                return self.reject(session, ctx, reply).await;
             }
         };
 
-        let Some(route) = self.routes.get(&invocation.name) else {
+        let Some(entry) = self.routes.get(&invocation.name) else {
             let message = format!("no function named \"{}\"", invocation.name);
-            return self.reject(session, ctx, Reply::new(404, message)).await;
+            let reply = Reply::rejected(Rejection::UnknownFunction, 404, message);
+            return self.reject(session, ctx, reply).await;
         };
 
-        let limit = route.config.resources.max_body_bytes;
-        ctx.route = Some(route);
+        let limit = entry.route.config.resources.max_body_bytes;
+        ctx.route = Some(entry);
         let declared = req
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -259,7 +328,8 @@ impl ProxyHttp for Proxy {
             && len > limit
         {
             let message = format!("request body of {len} bytes is over the limit of {limit} bytes");
-            return self.reject(session, ctx, Reply::new(413, message)).await;
+            let reply = Reply::rejected(Rejection::BodyTooLarge, 413, message);
+            return self.reject(session, ctx, reply).await;
         }
 
         ctx.upstream_path = invocation.upstream;
@@ -271,18 +341,22 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut Ctx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let route = ctx
+        let entry = ctx
             .route
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
+        let route = &entry.route;
         if ctx.lease.is_none() {
-            match self.pool.lease(&route).await {
+            match self.pool.lease(route).await {
                 Ok(lease) => {
                     ctx.lease = Some(lease);
                 }
                 Err(e) => {
-                    let reply = pool_reply(&e);
-                    if matches!(e, PoolError::AtCapacity { .. }) {
+                    let reply = pool_reply(&route.function, &e);
+                    if matches!(
+                        e,
+                        PoolError::QueueFull { .. } | PoolError::QueueTimeout { .. }
+                    ) {
                         debug!(function = %route.function, error = %e, "no free instance");
                     } else {
                         warn!(function = %route.function, request_id = %ctx.request_id, error = %e, "no instance for call");
@@ -320,9 +394,10 @@ impl ProxyHttp for Proxy {
         let limit = ctx
             .route
             .as_ref()
-            .map_or(u64::MAX, |r| r.config.resources.max_body_bytes);
+            .map_or(u64::MAX, |e| e.route.config.resources.max_body_bytes);
         if ctx.body_bytes > limit {
-            ctx.reply = Some(Reply::new(
+            ctx.reply = Some(Reply::rejected(
+                Rejection::BodyTooLarge,
                 413,
                 format!("request body is over the limit of {limit} bytes"),
             ));
@@ -380,11 +455,18 @@ impl ProxyHttp for Proxy {
                 "function answered after its timeout",
             ));
         }
-        let (kind, start) = ctx.lease.as_ref().map_or(("warm", Duration::ZERO), |l| {
-            (l.start_kind().as_str(), l.start_duration())
-        });
+        let (queue, kind, start) =
+            ctx.lease
+                .as_ref()
+                .map_or((Duration::ZERO, "warm", Duration::ZERO), |l| {
+                    (
+                        l.queue_duration(),
+                        l.start_kind().as_str(),
+                        l.start_duration(),
+                    )
+                });
         response.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
-        response.append_header("server-timing", server_timing(kind, start, upstream))?;
+        response.append_header("server-timing", server_timing(queue, kind, start, upstream))?;
         Ok(())
     }
 
@@ -413,6 +495,7 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         // Nothing was sent: the instance is unreachable. Take it out of the
         // pool and try once more with another (or a new) instance.
+        ctx.count_upstream_error(UpstreamError::Connect);
         if let Some(lease) = ctx.lease.take() {
             debug!(function = %ctx.function(), instance = %lease.instance_id(), %peer, error = %e, "instance unreachable");
             lease.mark_failed();
@@ -449,11 +532,20 @@ impl ProxyHttp for Proxy {
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
         if retry {
+            // The usual keep-alive race (the instance closed an idle
+            // connection): not counted as an upstream error.
             ctx.reuse_retries += 1;
             e.set_retry(true);
             return e;
         }
         e.set_retry(false);
+        if *e.esource() != ErrorSource::Downstream {
+            if is_timeout(&e) {
+                ctx.count_upstream_error(UpstreamError::Timeout);
+            } else if *e.esource() == ErrorSource::Upstream && is_connection_failure(&e) {
+                ctx.count_upstream_error(UpstreamError::Reset);
+            }
+        }
         // A fresh connection that broke before the response header: the
         // instance is broken, keep it from further calls.
         if !client_reused
@@ -475,7 +567,7 @@ impl ProxyHttp for Proxy {
                 let ms = ctx
                     .route
                     .as_ref()
-                    .map_or(0, |r| r.config.resources.timeout_ms);
+                    .map_or(0, |e| e.route.config.resources.timeout_ms);
                 Some(Reply::new(
                     504,
                     format!("function did not answer within {ms} ms"),
@@ -521,14 +613,17 @@ impl ProxyHttp for Proxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
-        // Answers the proxy chose (404, 413, 503 at capacity) and clients that
-        // went away are normal traffic, not errors; they are logged at debug.
+        // Answers the proxy chose (404, 413, 429 queue full, 503 queue
+        // timeout) and clients that went away are normal traffic, not
+        // errors; they are logged at debug.
         ctx.reply.is_some() || *e.esource() == ErrorSource::Downstream
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let total_ms = ctx.received_at.elapsed().as_secs_f64() * 1e3;
+        let elapsed = ctx.received_at.elapsed();
+        record(ctx, status, elapsed);
+        let total_ms = elapsed.as_secs_f64() * 1e3;
         let kind = ctx.lease.as_ref().map_or("-", |l| l.start_kind().as_str());
         match e {
             None => {
@@ -539,6 +634,23 @@ impl ProxyHttp for Proxy {
             }
         }
         // The lease goes with the context right after this hook.
+    }
+}
+
+/// Records one finished request in the metrics: a call of a routed function
+/// (status class, duration, upstream errors) and/or a rejection. `/healthz`
+/// and `/metrics` record nothing.
+fn record(ctx: &Ctx, status: u16, elapsed: Duration) {
+    if let Some(entry) = &ctx.route {
+        entry.metrics.record_call(status, elapsed);
+        for kind in UpstreamError::ALL {
+            entry
+                .metrics
+                .record_upstream_errors(kind, ctx.upstream_errors[kind as usize].into());
+        }
+    }
+    if let Some(reason) = ctx.reply.as_ref().and_then(|r| r.rejection) {
+        metrics::record_rejection(reason);
     }
 }
 
@@ -575,13 +687,37 @@ mod tests {
     #[test]
     fn server_timing_format() {
         let v = server_timing(
+            Duration::from_micros(12),
             "cold",
-            Duration::from_micros(231_456),
-            Duration::from_micros(1_500),
+            Duration::from_micros(180_300),
+            Duration::from_micros(900),
         );
-        assert_eq!(v, "start;desc=\"cold\";dur=231.456, upstream;dur=1.500");
-        let v = server_timing("warm", Duration::ZERO, Duration::from_micros(250));
-        assert_eq!(v, "start;desc=\"warm\";dur=0.000, upstream;dur=0.250");
+        assert_eq!(
+            v,
+            "queue;dur=0.012, start;desc=\"cold\";dur=180.300, upstream;dur=0.900"
+        );
+        let v = server_timing(
+            Duration::ZERO,
+            "warm",
+            Duration::ZERO,
+            Duration::from_micros(250),
+        );
+        assert_eq!(
+            v,
+            "queue;dur=0.000, start;desc=\"warm\";dur=0.000, upstream;dur=0.250"
+        );
+        let v = server_timing(
+            Duration::from_millis(1_500),
+            "paused",
+            Duration::from_micros(4_250),
+            Duration::from_millis(20),
+        );
+        assert_eq!(
+            v,
+            "queue;dur=1500.000, start;desc=\"paused\";dur=4.250, upstream;dur=20.000"
+        );
+        // A valid header value.
+        http::HeaderValue::try_from(v).unwrap();
     }
 
     #[test]
@@ -590,28 +726,182 @@ mod tests {
         assert_eq!(&body[..], br#"{"error":"no function named \"x\""}"#);
     }
 
+    /// The answer the proxy writes for a pool error: header and body.
+    fn answer(err: &PoolError) -> (ResponseHeader, serde_json::Value, Option<Rejection>) {
+        let reply = pool_reply("hello", err);
+        let body = json_body(&reply.message);
+        let header = json_header(reply.status, body.len(), "rid-1", reply.retry_after).unwrap();
+        let json = serde_json::from_slice(&body).unwrap();
+        (header, json, reply.rejection)
+    }
+
+    fn header<'a>(h: &'a ResponseHeader, name: &str) -> Option<&'a str> {
+        h.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
     #[test]
-    fn pool_errors_map_to_statuses() {
-        let busy = PoolError::AtCapacity {
-            function: "a".into(),
-            max_instances: 2,
-        };
-        let r = pool_reply(&busy);
-        assert_eq!((r.status, r.retry_after), (503, Some(1)));
-        assert!(r.message.contains("busy"), "{}", r.message);
-        let failed = PoolError::StartFailed {
-            function: "a".into(),
+    fn pool_errors_map_to_statuses_headers_and_bodies() {
+        let cases = [
+            (
+                PoolError::QueueFull {
+                    function: "hello".into(),
+                    queue_size: 10,
+                },
+                429,
+                Some("1"),
+                Rejection::QueueFull,
+            ),
+            (
+                PoolError::QueueTimeout {
+                    function: "hello".into(),
+                    waited: Duration::from_millis(2_000),
+                },
+                503,
+                Some("1"),
+                Rejection::QueueTimeout,
+            ),
+            (
+                PoolError::StartFailed {
+                    function: "hello".into(),
+                    reason: "exited with 1".into(),
+                },
+                502,
+                None,
+                Rejection::StartFailed,
+            ),
+            (
+                PoolError::Podman(containerpub_pool::PodmanError::Decode(
+                    "secret internal detail".into(),
+                )),
+                503,
+                Some("1"),
+                Rejection::RuntimeUnavailable,
+            ),
+        ];
+        for (err, status, retry_after, reason) in cases {
+            let (h, body, rejection) = answer(&err);
+            assert_eq!(h.status.as_u16(), status, "{err}");
+            assert_eq!(header(&h, "retry-after"), retry_after, "{err}");
+            assert_eq!(header(&h, "content-type"), Some("application/json"));
+            assert_eq!(header(&h, "x-request-id"), Some("rid-1"));
+            assert_eq!(header(&h, "cache-control"), Some("no-store"));
+            let message = body["error"].as_str().unwrap();
+            assert!(message.contains("hello"), "names the function: {message}");
+            assert!(!message.contains("secret"), "no runtime details: {message}");
+            assert_eq!(rejection, Some(reason), "{err}");
+        }
+        let (_, body, _) = answer(&PoolError::StartFailed {
+            function: "hello".into(),
             reason: "exited with 1".into(),
+        });
+        assert!(body["error"].as_str().unwrap().contains("exited with 1"));
+        let (_, body, _) = answer(&PoolError::QueueFull {
+            function: "hello".into(),
+            queue_size: 10,
+        });
+        assert!(
+            body["error"].as_str().unwrap().contains("10 calls"),
+            "{body}"
+        );
+    }
+
+    fn ctx_for(entry: Option<Arc<Entry>>) -> Ctx {
+        Ctx {
+            received_at: Instant::now(),
+            request_id: "rid".into(),
+            route: entry,
+            upstream_path: String::new(),
+            lease: None,
+            body_bytes: 0,
+            reply: None,
+            upstream_started: None,
+            upstream_time: None,
+            connect_retries: 0,
+            reuse_retries: 0,
+            upstream_errors: [0; UpstreamError::ALL.len()],
+        }
+    }
+
+    fn scrape_value(line_prefix: &str) -> Option<u64> {
+        let text = String::from_utf8(metrics::render()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn logging_records_calls_upstream_errors_and_rejections() {
+        metrics::init();
+        let manifest =
+            containerpub_wire::Manifest::parse("name = \"svc-rec\"\nruntime = \"container\"\n")
+                .unwrap();
+        let entry = Arc::new(Entry {
+            route: containerpub_wire::api::Route {
+                function: "svc-rec".into(),
+                deployment_id: 1,
+                version: 1,
+                image: "img".into(),
+                config: manifest,
+            },
+            metrics: metrics::FunctionMetrics::new("svc-rec"),
+        });
+        let rejected = |reason: &str| {
+            scrape_value(&format!(
+                "cpub_proxy_rejections_total{{reason=\"{reason}\"}}"
+            ))
         };
-        let r = pool_reply(&failed);
-        assert_eq!(r.status, 502);
-        assert!(r.message.contains("exited with 1"), "{}", r.message);
+        let queue_full_before = rejected("queue_full").unwrap();
+
+        // A call that connected on the second try and answered 200.
+        let mut ctx = ctx_for(Some(entry.clone()));
+        ctx.count_upstream_error(UpstreamError::Connect);
+        record(&ctx, 200, Duration::from_millis(5));
+        // A call the pool turned away.
+        let mut ctx = ctx_for(Some(entry.clone()));
+        ctx.reply = Some(pool_reply(
+            "svc-rec",
+            &PoolError::QueueFull {
+                function: "svc-rec".into(),
+                queue_size: 1,
+            },
+        ));
+        record(&ctx, 429, Duration::from_millis(1));
+        // A function that does not exist: a rejection, no function series.
+        let mut ctx = ctx_for(None);
+        ctx.reply = Some(Reply::rejected(Rejection::UnknownFunction, 404, "no"));
+        record(&ctx, 404, Duration::from_millis(1));
+
+        let series = |name: &str, labels: &str| {
+            scrape_value(&format!("{name}{{function=\"svc-rec\",{labels}}}"))
+        };
+        assert_eq!(
+            series("cpub_invocations_total", "status_class=\"2xx\""),
+            Some(1)
+        );
+        assert_eq!(
+            series("cpub_invocations_total", "status_class=\"4xx\""),
+            Some(1)
+        );
+        assert_eq!(
+            series("cpub_upstream_errors_total", "kind=\"connect\""),
+            Some(1)
+        );
+        assert_eq!(
+            series("cpub_upstream_errors_total", "kind=\"reset\""),
+            Some(0)
+        );
+        assert_eq!(
+            scrape_value("cpub_invocation_duration_seconds_count{function=\"svc-rec\"}"),
+            Some(2)
+        );
+        // Other tests record rejections in parallel: at least ours.
+        assert!(rejected("queue_full").unwrap() > queue_full_before);
+        assert!(rejected("unknown_function").unwrap() >= 1);
     }
 
     #[test]
     fn group_keys_separate_instances_and_attempts() {
         assert_eq!(group_key("abc", 0), group_key("abc", 0));
-        assert_ne!(group_key("abc", 0), group_key("abd", 0));
         assert_ne!(group_key("abc", 0), group_key("abc", 1));
+        assert_ne!(group_key("abc", 0), group_key("abd", 0));
     }
 }

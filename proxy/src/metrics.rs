@@ -1,0 +1,357 @@
+//! The proxy's Prometheus metrics: names defined once here, registered in
+//! `prometheus::default_registry()` (where the pool registers its own), and
+//! the text rendering served at `GET /metrics`.
+//!
+//! Label values stay bounded: a function name (only of a routed function),
+//! a status class, an error kind or a rejection reason — never a path or a
+//! request id. The per-function handles are resolved once per function
+//! ([`FunctionMetrics`], kept in the route table entry), so recording a call
+//! formats no label and allocates nothing.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+};
+
+/// Calls of a routed function, by function and status class.
+pub const INVOCATIONS: &str = "cpub_invocations_total";
+/// Request in → response done, by function.
+pub const INVOCATION_DURATION: &str = "cpub_invocation_duration_seconds";
+/// Failures talking to an instance, by function and kind.
+pub const UPSTREAM_ERRORS: &str = "cpub_upstream_errors_total";
+/// Requests the proxy answered itself instead of forwarding, by reason.
+pub const REJECTIONS: &str = "cpub_proxy_rejections_total";
+
+/// `content-type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// Buckets of [`INVOCATION_DURATION`], in seconds: from a warm sub-millisecond
+/// call to a cold start and calls near the longest function timeout.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Values of the `status_class` label, indexed by [`status_class`].
+const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`STATUS_CLASSES`]. A call with no response written (status 0:
+/// the client went away first, nginx's 499) and any status outside 200–599
+/// count as `4xx`.
+fn status_class(status: u16) -> usize {
+    match status / 100 {
+        2 => 0,
+        3 => 1,
+        5 => 3,
+        _ => 2,
+    }
+}
+
+/// How talking to an instance failed (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No connection could be opened (refused, no route, connect timeout).
+    Connect,
+    /// An open connection broke before the response was complete.
+    Reset,
+    /// The function did not answer within its timeout.
+    Timeout,
+}
+
+impl UpstreamError {
+    pub const ALL: [Self; 3] = [Self::Connect, Self::Reset, Self::Timeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Reset => "reset",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why the proxy answered a request itself (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A path outside `/fn/`.
+    NotFound,
+    /// `/fn/{name}` with a bad name or no such function.
+    UnknownFunction,
+    /// Request body over the function's limit.
+    BodyTooLarge,
+    /// The function's queue of waiting calls is full.
+    QueueFull,
+    /// No instance became free within the queue timeout.
+    QueueTimeout,
+    /// The instance for the call failed to start.
+    StartFailed,
+    /// The container runtime failed.
+    RuntimeUnavailable,
+}
+
+impl Rejection {
+    pub const ALL: [Self; 7] = [
+        Self::NotFound,
+        Self::UnknownFunction,
+        Self::BodyTooLarge,
+        Self::QueueFull,
+        Self::QueueTimeout,
+        Self::StartFailed,
+        Self::RuntimeUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::UnknownFunction => "unknown_function",
+            Self::BodyTooLarge => "body_too_large",
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
+            Self::StartFailed => "start_failed",
+            Self::RuntimeUnavailable => "runtime_unavailable",
+        }
+    }
+}
+
+/// The registered metric families.
+struct Families {
+    invocations: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    /// One handle per [`Rejection`], in `Rejection::ALL` order.
+    rejections: [IntCounter; Rejection::ALL.len()],
+}
+
+static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
+    let invocations = IntCounterVec::new(
+        Opts::new(
+            INVOCATIONS,
+            "Calls of a routed function, by status class of the answer.",
+        ),
+        &["function", "status_class"],
+    )
+    .expect("valid metric");
+    let duration = HistogramVec::new(
+        HistogramOpts::new(
+            INVOCATION_DURATION,
+            "Time from the request header to the end of the answer of a function call.",
+        )
+        .buckets(DURATION_BUCKETS.to_vec()),
+        &["function"],
+    )
+    .expect("valid metric");
+    let upstream_errors = IntCounterVec::new(
+        Opts::new(
+            UPSTREAM_ERRORS,
+            "Failures talking to a function instance (connect, reset, timeout).",
+        ),
+        &["function", "kind"],
+    )
+    .expect("valid metric");
+    let rejections_vec = IntCounterVec::new(
+        Opts::new(
+            REJECTIONS,
+            "Requests the proxy answered itself instead of forwarding them.",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    let registry = prometheus::default_registry();
+    for family in [
+        Box::new(invocations.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(duration.clone()),
+        Box::new(upstream_errors.clone()),
+        Box::new(rejections_vec.clone()),
+    ] {
+        registry
+            .register(family)
+            .expect("proxy metric names are registered once");
+    }
+    let rejections = Rejection::ALL.map(|r| rejections_vec.with_label_values(&[r.as_str()]));
+    Families {
+        invocations,
+        duration,
+        upstream_errors,
+        rejections,
+    }
+});
+
+/// Registers the proxy's metrics (at start, so a name clash fails there and
+/// every series with a fixed label set is exported from the first scrape).
+pub fn init() {
+    LazyLock::force(&FAMILIES);
+}
+
+/// The metric handles of one function, resolved once.
+#[derive(Debug, Clone)]
+pub struct FunctionMetrics {
+    /// One per status class, in [`STATUS_CLASSES`] order.
+    invocations: [IntCounter; STATUS_CLASSES.len()],
+    duration: Histogram,
+    /// One per kind, in `UpstreamError::ALL` order.
+    upstream_errors: [IntCounter; UpstreamError::ALL.len()],
+}
+
+impl FunctionMetrics {
+    /// Handles of `function`'s series (created at zero if new).
+    pub fn new(function: &str) -> Self {
+        let f = &*FAMILIES;
+        Self {
+            invocations: STATUS_CLASSES.map(|c| f.invocations.with_label_values(&[function, c])),
+            duration: f.duration.with_label_values(&[function]),
+            upstream_errors: UpstreamError::ALL
+                .map(|k| f.upstream_errors.with_label_values(&[function, k.as_str()])),
+        }
+    }
+
+    /// One finished call: its status (0 when no answer was written) and the
+    /// time from request to end of answer.
+    pub fn record_call(&self, status: u16, elapsed: Duration) {
+        self.invocations[status_class(status)].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// `n` upstream failures of one kind.
+    pub fn record_upstream_errors(&self, kind: UpstreamError, n: u64) {
+        if n > 0 {
+            self.upstream_errors[kind as usize].inc_by(n);
+        }
+    }
+}
+
+/// One request the proxy answered itself.
+pub fn record_rejection(reason: Rejection) {
+    FAMILIES.rejections[reason as usize].inc();
+}
+
+/// Drops the series of a function that is no longer routed, so deleted
+/// functions do not stay in every scrape. Handles still held by calls in
+/// flight keep working; their last counts are not exported.
+pub fn forget_function(function: &str) {
+    let f = &*FAMILIES;
+    for class in STATUS_CLASSES {
+        let _ = f.invocations.remove_label_values(&[function, class]);
+    }
+    let _ = f.duration.remove_label_values(&[function]);
+    for kind in UpstreamError::ALL {
+        let _ = f
+            .upstream_errors
+            .remove_label_values(&[function, kind.as_str()]);
+    }
+}
+
+/// The default registry (proxy and pool metrics) in the Prometheus text
+/// format.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    prometheus::TextEncoder::new()
+        .encode(&prometheus::gather(), &mut out)
+        .expect("encoding into a Vec cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text() -> String {
+        String::from_utf8(render()).unwrap()
+    }
+
+    #[test]
+    fn enum_order_matches_handle_order() {
+        for (i, kind) in UpstreamError::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "{kind:?}");
+        }
+        for (i, reason) in Rejection::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn status_classes() {
+        let class = |s| STATUS_CLASSES[status_class(s)];
+        assert_eq!(class(200), "2xx");
+        assert_eq!(class(204), "2xx");
+        assert_eq!(class(304), "3xx");
+        assert_eq!(class(404), "4xx");
+        assert_eq!(class(429), "4xx");
+        assert_eq!(class(0), "4xx", "client went away: 499");
+        assert_eq!(class(502), "5xx");
+        assert_eq!(class(504), "5xx");
+    }
+
+    #[test]
+    fn recorded_call_is_rendered() {
+        init();
+        let m = FunctionMetrics::new("render-test");
+        m.record_call(200, Duration::from_millis(3));
+        m.record_call(200, Duration::from_millis(40));
+        m.record_call(503, Duration::from_millis(1));
+        m.record_upstream_errors(UpstreamError::Connect, 1);
+        m.record_upstream_errors(UpstreamError::Timeout, 0);
+        let out = text();
+        for line in [
+            "# TYPE cpub_invocations_total counter",
+            r#"cpub_invocations_total{function="render-test",status_class="2xx"} 2"#,
+            r#"cpub_invocations_total{function="render-test",status_class="5xx"} 1"#,
+            r#"cpub_invocations_total{function="render-test",status_class="3xx"} 0"#,
+            "# TYPE cpub_invocation_duration_seconds histogram",
+            r#"cpub_invocation_duration_seconds_bucket{function="render-test",le="0.005"} 2"#,
+            r#"cpub_invocation_duration_seconds_bucket{function="render-test",le="0.05"} 3"#,
+            r#"cpub_invocation_duration_seconds_count{function="render-test"} 3"#,
+            r#"cpub_upstream_errors_total{function="render-test",kind="connect"} 1"#,
+            r#"cpub_upstream_errors_total{function="render-test",kind="timeout"} 0"#,
+            r#"cpub_upstream_errors_total{function="render-test",kind="reset"} 0"#,
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "missing {line:?} in:\n{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_rejection_reason_is_exported() {
+        init();
+        record_rejection(Rejection::QueueFull);
+        let out = text();
+        for reason in Rejection::ALL {
+            let prefix = format!(
+                "cpub_proxy_rejections_total{{reason=\"{}\"}} ",
+                reason.as_str()
+            );
+            assert!(
+                out.lines().any(|l| l.starts_with(&prefix)),
+                "{prefix} in:\n{out}"
+            );
+        }
+        let full = out
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"cpub_proxy_rejections_total{reason="queue_full"} "#))
+            .unwrap();
+        assert!(full.parse::<u64>().unwrap() >= 1, "{full}");
+    }
+
+    #[test]
+    fn forgotten_functions_leave_the_scrape() {
+        init();
+        let m = FunctionMetrics::new("forget-test");
+        m.record_call(200, Duration::from_millis(1));
+        assert!(text().contains(r#"function="forget-test""#));
+        forget_function("forget-test");
+        assert!(!text().contains(r#"function="forget-test""#));
+        // A call still in flight may record into the old handles.
+        m.record_call(200, Duration::from_millis(1));
+        // A function routed again starts new series.
+        FunctionMetrics::new("forget-test").record_call(404, Duration::from_millis(1));
+        let out = text();
+        assert!(
+            out.contains(r#"cpub_invocations_total{function="forget-test",status_class="4xx"} 1"#)
+        );
+        assert!(
+            out.contains(r#"cpub_invocations_total{function="forget-test",status_class="2xx"} 0"#)
+        );
+    }
+}
