@@ -260,7 +260,8 @@ impl Lease {
     pub fn start_duration(&self) -> Duration {
         self.start
     }
-    /// Time the call waited for a slot (zero when one was free at once).
+    /// Time the call waited for a slot, not counting `start_duration`
+    /// (zero when a slot was free at once).
     pub fn queue_duration(&self) -> Duration {
         self.queued
     }
@@ -671,7 +672,9 @@ impl Inner {
         } else {
             (StartKind::Warm, Duration::ZERO)
         };
-        let queued = began.elapsed();
+        // Queue time is the wait beyond the start or resume it waited for,
+        // so the server-timing entries add up instead of overlapping.
+        let queued = began.elapsed().saturating_sub(start);
         METRICS.queue_wait.observe(queued.as_secs_f64());
         fp.in_flight_gauge.inc();
         self.idle.touch(&instance.id);
