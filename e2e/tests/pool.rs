@@ -67,6 +67,23 @@ async fn min_instances_are_prewarmed_and_the_first_call_is_warm() {
         },
     )
     .await;
+    // Podman's `running` comes before the pool's readiness probe passes; a
+    // call in between joins the start and is reported cold. Wait for the
+    // pool to count the instance ready.
+    eventually(
+        Duration::from_secs(30),
+        "cpub_instances{state=ready} = 1 in /metrics",
+        || async {
+            let text = stack.metrics().await?;
+            let ready = metric_sum(
+                &text,
+                "cpub_instances",
+                &[("function", name), ("state", "ready")],
+            )?;
+            (ready >= 1.0).then_some(())
+        },
+    )
+    .await;
 
     let client = reqwest::Client::new();
     let (status, body, headers) = get(&client, &url).await;
