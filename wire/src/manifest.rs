@@ -358,7 +358,10 @@ mod tests {
             ("[scaling]\nconcurrency = 0\n", "scaling.concurrency"),
             ("health_path = \"health\"\n", "health_path"),
             ("port = 0\n", "port"),
-            ("[scaling]\nqueue_timeout_ms = 0\n", "scaling.queue_timeout_ms"),
+            (
+                "[scaling]\nqueue_timeout_ms = 0\n",
+                "scaling.queue_timeout_ms",
+            ),
             ("[env]\nPORT = \"1\"\n", "env.PORT"),
             ("[env]\n\"1X\" = \"1\"\n", "env.1X"),
         ];
