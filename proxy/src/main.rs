@@ -11,13 +11,6 @@
 //! runtime (`cpub-bg`) that outlives pingora's, so the pool's background
 //! tasks survive and `Pool::shutdown` can run after pingora has stopped.
 
-mod config;
-mod metrics;
-mod path;
-mod request_id;
-mod routes;
-mod service;
-
 use std::io::IsTerminal;
 use std::process::exit;
 use std::sync::Arc;
@@ -31,9 +24,10 @@ use pingora::server::{RunArgs, Server};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, EXIT_CONFIG, LogFormat};
-use crate::routes::{Routes, Watcher};
-use crate::service::Proxy;
+use containerpub_proxy::config::{self, Config, EXIT_CONFIG, LogFormat};
+use containerpub_proxy::metrics;
+use containerpub_proxy::routes::{self, Routes, Watcher};
+use containerpub_proxy::service::Proxy;
 
 /// Longest wait for the pool to stop its background tasks on the way out.
 const POOL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);

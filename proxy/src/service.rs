@@ -4,6 +4,7 @@
 //! `/healthz` and `/metrics`, and records the call metrics in `logging`.
 
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,13 +177,42 @@ fn pool_reply(function: &str, err: &PoolError) -> Reply {
 /// `server-timing` value: how long the call waited for a slot, how the
 /// instance was obtained and how long starting it took, and how long the
 /// upstream took to answer; milliseconds with decimals.
-fn server_timing(queue: Duration, kind: &str, start: Duration, upstream: Duration) -> String {
+pub fn server_timing(queue: Duration, kind: &str, start: Duration, upstream: Duration) -> String {
     format!(
         "queue;dur={:.3}, start;desc=\"{kind}\";dur={:.3}, upstream;dur={:.3}",
         queue.as_secs_f64() * 1e3,
         start.as_secs_f64() * 1e3,
         upstream.as_secs_f64() * 1e3
     )
+}
+
+/// Rewrites the request sent to the instance: the path the function sees
+/// (`upstream_path`, from `path::parse`), `x-request-id`, `x-forwarded-for`
+/// (the client's address appended to a non-empty incoming value) and
+/// `x-forwarded-proto`.
+pub fn rewrite_upstream_request(
+    upstream: &mut RequestHeader,
+    upstream_path: &str,
+    request_id: &str,
+    client_ip: Option<IpAddr>,
+) -> pingora::Result<()> {
+    let uri = http::Uri::try_from(upstream_path)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
+    upstream.set_uri(uri);
+    upstream.insert_header(request_id::HEADER, request_id)?;
+    if let Some(ip) = client_ip {
+        let forwarded = match upstream
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip.to_string(),
+        };
+        upstream.insert_header("x-forwarded-for", forwarded)?;
+    }
+    upstream.insert_header("x-forwarded-proto", "http")?;
+    Ok(())
 }
 
 /// Writes the metrics page (`GET`/`HEAD /metrics`).
@@ -415,27 +445,11 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> pingora::Result<()> {
-        let uri = http::Uri::try_from(ctx.upstream_path.as_str())
-            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
-        upstream.set_uri(uri);
-        upstream.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
-        if let Some(ip) = session
+        let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let forwarded = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-                _ => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
-        }
-        upstream.insert_header("x-forwarded-proto", "http")?;
-        Ok(())
+            .map(|a| a.ip());
+        rewrite_upstream_request(upstream, &ctx.upstream_path, &ctx.request_id, client_ip)
     }
 
     async fn upstream_response_filter(
@@ -896,6 +910,24 @@ mod tests {
         // Other tests record rejections in parallel: at least ours.
         assert!(rejected("queue_full").unwrap() > queue_full_before);
         assert!(rejected("unknown_function").unwrap() >= 1);
+    }
+
+    #[test]
+    fn upstream_request_is_rewritten() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut req = RequestHeader::build("POST", b"/fn/hello/x?y=1", None).unwrap();
+        req.insert_header("x-forwarded-for", "192.0.2.7").unwrap();
+        rewrite_upstream_request(&mut req, "/x?y=1", "rid-1", Some(ip)).unwrap();
+        assert_eq!(req.uri, "/x?y=1");
+        let h = |name: &str| req.headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h("x-request-id"), "rid-1");
+        assert_eq!(h("x-forwarded-for"), "192.0.2.7, 10.1.2.3");
+        assert_eq!(h("x-forwarded-proto"), "http");
+
+        let mut req = RequestHeader::build("GET", b"/fn/hello", None).unwrap();
+        req.insert_header("x-forwarded-for", " ").unwrap();
+        rewrite_upstream_request(&mut req, "/", "rid-2", Some(ip)).unwrap();
+        assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "10.1.2.3");
     }
 
     #[test]

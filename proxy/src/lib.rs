@@ -1,0 +1,10 @@
+//! The ContainerPub edge proxy as a library: the `cpub-proxy` binary is a
+//! thin `main.rs` over these modules, and the benches (`benches/`) call the
+//! hot paths (route lookup, path parsing, header rewriting) directly.
+
+pub mod config;
+pub mod metrics;
+pub mod path;
+pub mod request_id;
+pub mod routes;
+pub mod service;
