@@ -1,0 +1,162 @@
+//! Fixtures for the benches: routes and route tables of any size built from
+//! one valid manifest, and a container runtime whose "instances" are one
+//! local listener (so the pool's readiness probe passes and leases work
+//! without Podman).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use containerpub_pool::{ContainerRuntime, Owned, PoolError, RuntimeEvent, Started};
+use containerpub_wire::Manifest;
+use containerpub_wire::api::{Route, RouteTable};
+use tokio::net::TcpListener;
+
+/// A route of `name` whose `[scaling]` section is `scaling` (TOML lines).
+pub fn route(name: &str, scaling: &str) -> Route {
+    let text = format!("name = \"{name}\"\nruntime = \"container\"\n[scaling]\n{scaling}\n");
+    Route {
+        function: name.to_owned(),
+        deployment_id: 1,
+        version: 1,
+        image: format!("localhost/cpub/{name}:1"),
+        config: Manifest::parse(&text).expect("bench manifest is valid"),
+    }
+}
+
+/// `n` distinct valid function names of varied length, in table order.
+pub fn function_names(n: usize) -> Vec<String> {
+    const STEMS: [&str; 8] = [
+        "api",
+        "orders",
+        "thumbnail-resize",
+        "auth-callback",
+        "webhook-github",
+        "report-nightly-export",
+        "img",
+        "payments-stripe-events",
+    ];
+    (0..n)
+        .map(|i| format!("{}-{i}", STEMS[i % STEMS.len()]))
+        .collect()
+}
+
+/// A route table of one route per name (default scaling).
+pub fn route_table(names: &[String]) -> RouteTable {
+    let template = route("template", "");
+    let routes = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut r = template.clone();
+            r.function.clone_from(name);
+            r.config.name.clone_from(name);
+            r.deployment_id = i as i64 + 1;
+            r
+        })
+        .collect();
+    RouteTable {
+        revision: 1,
+        routes,
+    }
+}
+
+/// Order in which the benches visit `n` items: a fixed pseudo-random
+/// permutation (xorshift), so hash-table lookups do not walk memory in
+/// insertion order and runs are comparable.
+pub fn shuffled(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// A runtime whose every start returns the same local listener, at once.
+#[derive(Debug)]
+pub struct FakeRuntime {
+    addr: SocketAddr,
+    starts: AtomicUsize,
+}
+
+impl FakeRuntime {
+    /// Binds `127.0.0.1:0` and accepts (and drops) connections on the
+    /// current tokio runtime, for the pool's readiness probe.
+    pub async fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("listener address");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        Self {
+            addr,
+            starts: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn start(&self, route: &Route, _node: &str) -> Result<Started, PoolError> {
+        let n = self.starts.fetch_add(1, Ordering::Relaxed);
+        Ok(Started {
+            id: format!("{}-{}-{n}", route.function, route.deployment_id),
+            addr: self.addr,
+        })
+    }
+
+    async fn remove(&self, _id: &str) -> Result<(), PoolError> {
+        Ok(())
+    }
+
+    async fn list_owned(&self, _node: &str) -> Result<Vec<Owned>, PoolError> {
+        Ok(Vec::new())
+    }
+
+    async fn pause(&self, _id: &str) -> Result<(), PoolError> {
+        Ok(())
+    }
+
+    async fn resume(&self, _id: &str) -> Result<(), PoolError> {
+        Ok(())
+    }
+
+    async fn events(
+        &self,
+        _node: &str,
+        tx: &tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Result<(), PoolError> {
+        // No events, ever: wait until the pool stops listening.
+        tx.closed().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures_are_valid() {
+        let names = function_names(1000);
+        assert!(
+            names
+                .iter()
+                .all(|n| containerpub_wire::validate_function_name(n).is_ok())
+        );
+        let table = route_table(&names);
+        assert_eq!(table.routes.len(), 1000);
+        let mut order = shuffled(1000);
+        assert_ne!(order, (0..1000).collect::<Vec<_>>());
+        order.sort_unstable();
+        assert_eq!(order, (0..1000).collect::<Vec<_>>());
+    }
+}
