@@ -16,9 +16,18 @@ use crate::{Request, Response, reason};
 pub const DEFAULT_PORT: u16 = 8080;
 /// An idle keep-alive connection (or a stalled request) is closed after this.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections served at once; more get a 503 and are closed. Keeps the
-/// thread count under a function's `pids` limit.
-const MAX_CONNECTIONS: usize = 48;
+/// Connections served at once by default; more get a 503 and are closed.
+/// Keeps the thread count under a function's default `pids` limit (64).
+/// `FNHTTP_MAX_CONNECTIONS` raises it for functions given more pids.
+const DEFAULT_MAX_CONNECTIONS: usize = 48;
+
+fn max_connections() -> usize {
+    std::env::var("FNHTTP_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+}
 /// Longest wait for the client to close after the server is done.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -51,6 +60,7 @@ where
 {
     let handler = Arc::new(handler);
     let active = Arc::new(AtomicUsize::new(0));
+    let max_connections = max_connections();
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(stream) => stream,
@@ -61,7 +71,7 @@ where
                 continue;
             }
         };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        if active.fetch_add(1, Ordering::SeqCst) >= max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
             let _ = write_response(
                 &mut stream,
