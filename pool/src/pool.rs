@@ -282,10 +282,16 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.function.in_flight_gauge.dec();
+        // The idle timer starts over when a call ends.
         if let Some(inner) = self.pool.upgrade() {
             inner.idle.touch(&self.instance.id);
         }
-        self.function.changed.notify_waiters();
+        // Pairs with the fence in `wait_for_slot`: either the waiter sees the
+        // freed slot, or this sees the waiter. Saves Notify's lock when idle.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.function.waiting.load(Ordering::Relaxed) > 0 {
+            self.function.changed.notify_waiters();
+        }
     }
 }
 
@@ -558,6 +564,15 @@ impl Inner {
     /// deploy's warm-up as needed.
     fn route_to(self: &Arc<Self>, route: &Route) -> Arc<FunctionPool> {
         let mut functions = self.functions.lock().expect("functions lock");
+        // Hot path: the active set serves this deployment already.
+        if let Some(active) = functions
+            .get(&route.function)
+            .and_then(|s| s.active.as_ref())
+            && active.route.deployment_id == route.deployment_id
+            && active.route.config.scaling.min_instances == 0
+        {
+            return Arc::clone(active);
+        }
         let slot = functions.entry(route.function.clone()).or_default();
         let Some(active) = slot.active.clone() else {
             let fp = Arc::new(FunctionPool::new(route.clone()));
@@ -677,7 +692,6 @@ impl Inner {
         let queued = began.elapsed().saturating_sub(start);
         METRICS.queue_wait.observe(queued.as_secs_f64());
         fp.in_flight_gauge.inc();
-        self.idle.touch(&instance.id);
         Lease {
             instance,
             function: Arc::clone(fp),
@@ -704,33 +718,36 @@ impl Inner {
                 queue_size: queue_size as usize,
             });
         }
-        struct Waiting<'a>(&'a FunctionPool);
-        impl Drop for Waiting<'_> {
+        /// This call's place in a set's queue count; moves with the call.
+        struct Waiting(Arc<FunctionPool>);
+        impl Drop for Waiting {
             fn drop(&mut self) {
                 self.0.waiting.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        let _waiting = Waiting(fp);
+        let mut place = Waiting(Arc::clone(fp));
+        // Pairs with the fence in `Lease::drop` (see there).
+        std::sync::atomic::fence(Ordering::SeqCst);
         let deadline = began + Duration::from_millis(scaling.queue_timeout_ms);
-        let failures_seen = fp.failures.load(Ordering::Acquire);
-        let mut fp = Arc::clone(fp);
+        let mut failures_seen = fp.failures.load(Ordering::Acquire);
         loop {
-            if fp.retired.load(Ordering::Acquire) {
+            if place.0.retired.load(Ordering::Acquire) {
                 // A deploy switched sets while we waited: queue on the new one.
-                let Some(route) = self.current_route(&fp) else {
+                let next = self
+                    .current_route(&place.0)
+                    .map(|route| self.route_to(&route));
+                let Some(next) = next.filter(|n| !n.retired.load(Ordering::Acquire)) else {
                     return Err(PoolError::StartFailed {
                         function,
                         reason: "the function was removed".into(),
                     });
                 };
-                fp = self.route_to(&route);
-                if fp.retired.load(Ordering::Acquire) {
-                    return Err(PoolError::StartFailed {
-                        function,
-                        reason: "the function was removed".into(),
-                    });
-                }
+                next.waiting.fetch_add(1, Ordering::AcqRel);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                failures_seen = next.failures.load(Ordering::Acquire);
+                place = Waiting(next);
             }
+            let fp = Arc::clone(&place.0);
             let changed = fp.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
