@@ -265,6 +265,24 @@ fn is_timeout(e: &Error) -> bool {
 }
 
 impl Ctx {
+    /// The state of a call that has just arrived.
+    fn new() -> Self {
+        Ctx {
+            received_at: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            upstream_path: String::new(),
+            lease: None,
+            body_bytes: 0,
+            reply: None,
+            upstream_started: None,
+            upstream_time: None,
+            connect_retries: 0,
+            reuse_retries: 0,
+            upstream_errors: [0; UpstreamError::ALL.len()],
+        }
+    }
+
     /// Remaining time budget of the call.
     fn deadline_passed(&self) -> bool {
         match (&self.route, self.upstream_started) {
@@ -292,20 +310,7 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            received_at: Instant::now(),
-            request_id: String::new(),
-            route: None,
-            upstream_path: String::new(),
-            lease: None,
-            body_bytes: 0,
-            reply: None,
-            upstream_started: None,
-            upstream_time: None,
-            connect_retries: 0,
-            reuse_retries: 0,
-            upstream_errors: [0; UpstreamError::ALL.len()],
-        }
+        Ctx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
@@ -820,20 +825,10 @@ mod tests {
     }
 
     fn ctx_for(entry: Option<Arc<Entry>>) -> Ctx {
-        Ctx {
-            received_at: Instant::now(),
-            request_id: "rid".into(),
-            route: entry,
-            upstream_path: String::new(),
-            lease: None,
-            body_bytes: 0,
-            reply: None,
-            upstream_started: None,
-            upstream_time: None,
-            connect_retries: 0,
-            reuse_retries: 0,
-            upstream_errors: [0; UpstreamError::ALL.len()],
-        }
+        let mut ctx = Ctx::new();
+        ctx.request_id = "rid".into();
+        ctx.route = entry;
+        ctx
     }
 
     fn scrape_value(line_prefix: &str) -> Option<u64> {
