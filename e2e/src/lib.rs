@@ -17,8 +17,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sqlx::Connection;
 
+pub mod bench;
+
 /// Default base database, as `scripts/pg.sh` creates it.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://cpub:cpub@127.0.0.1:54329/cpub";
+
+/// Worker threads of the stack's cpub-proxy (`CPUB_PROXY_THREADS`): the
+/// cores of the 2-core machines this project runs on. Benchmarks give a
+/// proxy they compare with (nginx) as many workers.
+pub const PROXY_THREADS: usize = 2;
 
 static STACKS: AtomicU32 = AtomicU32::new(0);
 
@@ -254,10 +261,15 @@ impl Stack {
                 self.dir.path().join("proxy").display().to_string(),
             ),
             ("CPUB_NODE".into(), self.node.clone()),
-            ("CPUB_PROXY_THREADS".into(), "2".into()),
+            ("CPUB_PROXY_THREADS".into(), PROXY_THREADS.to_string()),
         ];
         self.proxy = Some(self.spawn("cpub-proxy", env)?);
         self.wait_healthy("proxy", self.proxy_addr).await
+    }
+
+    /// Process id of the running cpub-proxy (for its memory use).
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(|p| p.child.id())
     }
 
     /// Kills cpub-proxy (SIGKILL).
