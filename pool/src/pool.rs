@@ -102,7 +102,18 @@ pub(crate) struct Instance {
     state: AtomicU8,
     /// When it last became ready (start or resume), and what that took.
     ready_at: Mutex<(Instant, Duration, StartKind)>,
+    /// Milliseconds since `EPOCH` of the last idle-timer touch.
+    touched_ms: AtomicU64,
 }
+
+/// Reference point for `Instance::touched_ms`.
+static EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+/// A busy instance's idle timer is restarted at most this often: moka does
+/// its housekeeping on the caller's thread, so a read per call would put
+/// that work on the request path. Idle times are whole seconds.
+const TOUCH_EVERY_MS: u64 = 250;
 
 impl Instance {
     fn new(
@@ -118,6 +129,7 @@ impl Instance {
             in_flight: AtomicU32::new(0),
             state: AtomicU8::new(state as u8),
             ready_at: Mutex::new((Instant::now(), took, kind)),
+            touched_ms: AtomicU64::new(0),
         }
     }
 
@@ -282,8 +294,18 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.function.in_flight_gauge.dec();
-        // The idle timer starts over when a call ends.
-        if let Some(inner) = self.pool.upgrade() {
+        // The idle timer starts over when a call ends (at most every
+        // TOUCH_EVERY_MS per instance).
+        let now_ms = EPOCH.elapsed().as_millis() as u64;
+        let last = self.instance.touched_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= TOUCH_EVERY_MS
+            && self
+                .instance
+                .touched_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            && let Some(inner) = self.pool.upgrade()
+        {
             inner.idle.touch(&self.instance.id);
         }
         // Pairs with the fence in `wait_for_slot`: either the waiter sees the
