@@ -518,7 +518,9 @@ impl Pool {
             "paused" => InstanceState::Paused,
             _ => return None,
         };
-        let fp = self.inner.route_to(route);
+        // Not `route_to`: that would start `min_instances` before the
+        // adopted instance is counted.
+        let fp = self.inner.active_for_adoption(route);
         let instance = Arc::new(Instance::new(
             c.id.clone(),
             addr,
@@ -650,6 +652,24 @@ impl Inner {
             me.promote(&warming);
         });
         active
+    }
+
+    /// The active set of `route`'s deployment, created without starting
+    /// anything (adoption fills it; `sync` then starts what is missing).
+    fn active_for_adoption(&self, route: &Route) -> Arc<FunctionPool> {
+        let mut functions = self.functions.lock().expect("functions lock");
+        let slot = functions.entry(route.function.clone()).or_default();
+        match &slot.active {
+            Some(active) if active.route.deployment_id == route.deployment_id => Arc::clone(active),
+            _ => {
+                let fp = Arc::new(FunctionPool::new(route.clone()));
+                if let Some(old) = slot.active.replace(Arc::clone(&fp)) {
+                    drop(functions);
+                    self.retire(old);
+                }
+                fp
+            }
+        }
     }
 
     /// Makes a warmed-up pending set the active one; the old one drains.
@@ -1285,6 +1305,27 @@ mod tests {
         assert_eq!(lease.instance_id(), "keep");
         assert_eq!(lease.start_kind(), StartKind::Warm);
         assert_eq!(fake.starts(), 0, "adopted, not started");
+    }
+
+    #[tokio::test]
+    async fn an_adopted_instance_counts_towards_min_instances() {
+        let fake = Fake::new(vec![Owned {
+            id: "keep".into(),
+            function: "f".into(),
+            deployment: "1".into(),
+            state: "running".into(),
+            ip: Some([127, 0, 0, 1].into()),
+        }])
+        .await;
+        let mut known = route_with("f", 1, "min_instances = 1\nmax_instances = 1");
+        known.config.port = fake.addr.port();
+        let pool = pool_on(&fake, std::slice::from_ref(&known)).await;
+        pool.sync(std::slice::from_ref(&known));
+        settle().await;
+        assert_eq!(fake.starts(), 0, "the adopted instance is the minimum");
+        assert_eq!(pool.instances().len(), 1);
+        let lease = pool.lease(&known).await.unwrap();
+        assert_eq!(lease.instance_id(), "keep");
     }
 
     #[tokio::test]
