@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs and configures what ContainerPub needs on a Debian 12 host:
-# Podman (with runc, see PITFALLS), cmake for pingora, busybox-static for test
+# Podman (with runc, see PITFALLS), busybox-static for test
 # images, the Podman REST socket, and the `cpub` Podman network.
 # Idempotent: safe to run on every start.
 set -euo pipefail
 
 need=()
-for bin in podman:podman runc:runc cmake:cmake busybox:busybox-static nft:nftables curl:curl; do
+for bin in podman:podman runc:runc busybox:busybox-static nft:nftables curl:curl; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command to run the whole ContainerPub stack on this machine with
-# embedded defaults: installs what is missing (podman, runc, cmake, ...),
+# embedded defaults: installs what is missing (podman, runc, ...),
 # starts the Podman API socket and a local PostgreSQL cluster, builds and
 # starts cpub-control and cpub-proxy, deploys examples/hello with `cpub` and
 # calls it through the proxy. Stop everything with scripts/down.sh.

@@ -593,9 +593,11 @@ impl Inner {
             .get(&route.function)
             .and_then(|s| s.active.as_ref())
             && active.route.deployment_id == route.deployment_id
-            && active.route.config.scaling.min_instances == 0
         {
-            return Arc::clone(active);
+            let active = Arc::clone(active);
+            drop(functions);
+            self.ensure_min(&active);
+            return active;
         }
         let slot = functions.entry(route.function.clone()).or_default();
         let Some(active) = slot.active.clone() else {
@@ -605,11 +607,6 @@ impl Inner {
             self.ensure_min(&fp);
             return fp;
         };
-        if active.route.deployment_id == route.deployment_id {
-            drop(functions);
-            self.ensure_min(&active);
-            return active;
-        }
         if slot
             .pending
             .as_ref()

@@ -3,8 +3,12 @@
 //! hot paths (route lookup, path parsing, header rewriting) directly.
 
 pub mod config;
+pub mod engine;
+pub mod h1;
 pub mod metrics;
 pub mod path;
 pub mod request_id;
 pub mod routes;
+pub mod server;
 pub mod service;
+pub mod upstream;

@@ -1,15 +1,16 @@
 //! `cpub-proxy`: the ContainerPub edge proxy. Parses configuration, loads the
 //! route snapshot, connects the pool to Podman (which adopts this node's
 //! healthy instances of the snapshot's routes), starts the route watcher and
-//! runs the pingora server until SIGTERM/SIGINT, then stops the pool's
+//! serves calls until SIGTERM/SIGINT, drains, then stops the pool's
 //! background tasks. Instances are left running on the way out: the next
 //! proxy on this node adopts them (`scripts/down.sh` removes them when the
 //! whole stack stops).
 //!
-//! Threads: pingora builds its own runtimes for the proxy service; the pool
-//! is created on, and the route watcher runs on, a separate small tokio
-//! runtime (`cpub-bg`) that outlives pingora's, so the pool's background
-//! tasks survive and `Pool::shutdown` can run after pingora has stopped.
+//! Threads: the proxy's worker threads each run their own single-threaded
+//! runtime (`server.rs`); the pool is created on, and the route watcher and
+//! signal handling run on, a separate small tokio runtime (`cpub-bg`) that
+//! outlives the workers, so the pool's background tasks survive and
+//! `Pool::shutdown` can run after the workers have stopped.
 
 use std::io::IsTerminal;
 use std::process::exit;
@@ -18,21 +19,17 @@ use std::time::Duration;
 
 use clap::Parser;
 use containerpub_pool::{Podman, Pool, PoolConfig};
-use pingora::proxy::http_proxy_service;
-use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use containerpub_proxy::config::{self, Config, EXIT_CONFIG, LogFormat};
 use containerpub_proxy::metrics;
 use containerpub_proxy::routes::{self, Routes, Watcher};
+use containerpub_proxy::server;
 use containerpub_proxy::service::Proxy;
 
 /// Longest wait for the pool to stop its background tasks on the way out.
 const POOL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Seconds pingora gives its runtimes to finish after the grace period.
-const RUNTIME_SHUTDOWN_TIMEOUT_S: u64 = 5;
 
 fn main() {
     let config = match Config::try_parse() {
@@ -55,8 +52,7 @@ fn main() {
     exit(run(config));
 }
 
-/// Sets up `tracing` from `CPUB_LOG` and `CPUB_LOG_FORMAT`; pingora's `log`
-/// records arrive through the subscriber's `log` bridge.
+/// Sets up `tracing` from `CPUB_LOG` and `CPUB_LOG_FORMAT`.
 fn init_logging() -> Result<(), String> {
     let format = LogFormat::from_env().map_err(|e| e.to_string())?;
     let filter = match std::env::var(config::ENV_LOG) {
@@ -126,21 +122,13 @@ fn run(config: Config) -> i32 {
     };
     background.spawn(watcher.run());
 
-    let conf = ServerConf {
-        threads: config.threads(),
-        grace_period_seconds: Some(config.grace_period_s),
-        graceful_shutdown_timeout_seconds: Some(RUNTIME_SHUTDOWN_TIMEOUT_S),
-        ..ServerConf::default()
+    let listener = match server::bind(config.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(listen = %config.listen, error = %e, "cannot listen");
+            return 1;
+        }
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut proxy = http_proxy_service(
-        &server.configuration,
-        Proxy::new(routes.clone(), pool.clone()),
-    );
-    proxy.add_tcp(&config.listen.to_string());
-    server.add_service(proxy);
-
     info!(
         listen = %config.listen,
         node = config.node(),
@@ -150,7 +138,19 @@ fn run(config: Config) -> i32 {
         routes = snapshot.routes.len(),
         "cpub-proxy starting"
     );
-    server.run(RunArgs::default());
+    let stop = match stop_signal(&background) {
+        Ok(stop) => stop,
+        Err(e) => {
+            error!(error = %e, "cannot install the signal handlers");
+            return 1;
+        }
+    };
+    let proxy = Arc::new(Proxy::new(routes.clone(), pool.clone()));
+    let grace = Duration::from_secs(config.grace_period_s);
+    if let Err(e) = server::serve(listener, config.threads(), proxy, grace, stop, &background) {
+        error!(error = %e, "cannot start the worker threads");
+        return 1;
+    }
 
     info!("proxy stopped, stopping the pool (instances stay for the next proxy)");
     // The timer must be created inside the runtime, hence the async block.
@@ -165,4 +165,22 @@ fn run(config: Config) -> i32 {
     background.shutdown_timeout(Duration::from_secs(1));
     info!("cpub-proxy exited");
     0
+}
+
+/// Installs the SIGTERM and SIGINT handlers (before the workers start, so
+/// an early signal is not lost to the default action) and returns a future
+/// that resolves on either.
+fn stop_signal(
+    runtime: &tokio::runtime::Runtime,
+) -> std::io::Result<impl std::future::Future<Output = ()> + use<>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _guard = runtime.enter();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+    })
 }

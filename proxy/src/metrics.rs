@@ -88,10 +88,12 @@ pub enum Rejection {
     StartFailed,
     /// The container runtime failed.
     RuntimeUnavailable,
+    /// A request that is not valid HTTP/1.1 (or too large a head).
+    BadRequest,
 }
 
 impl Rejection {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::NotFound,
         Self::UnknownFunction,
         Self::BodyTooLarge,
@@ -99,6 +101,7 @@ impl Rejection {
         Self::QueueTimeout,
         Self::StartFailed,
         Self::RuntimeUnavailable,
+        Self::BadRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +113,7 @@ impl Rejection {
             Self::QueueTimeout => "queue_timeout",
             Self::StartFailed => "start_failed",
             Self::RuntimeUnavailable => "runtime_unavailable",
+            Self::BadRequest => "bad_request",
         }
     }
 }

@@ -1,0 +1,1022 @@
+//! The data path: one task per client connection, reading requests,
+//! relaying each to a leased instance and its answer back, on the worker
+//! thread that owns the connection.
+//!
+//! It is written for the proxy's one job rather than on a general HTTP
+//! library: heads are parsed in place and rewritten straight into an output
+//! buffer (`h1.rs`), bodies pass through untouched (a chunked body is only
+//! scanned for its end), a head and the body bytes that came with it leave
+//! in one write, and the upstream connection is driven by the same task as
+//! the client's. That is what makes it cheaper per call than nginx
+//! (`docs/BENCHMARKS.md`).
+//!
+//! Failure rules: a connection to an instance that cannot be opened takes
+//! the instance out of the pool and the call is tried once more on another
+//! lease; a pooled connection the instance had closed is replaced by a
+//! fresh one once when the request is still whole in memory; anything that
+//! goes wrong before the answer's head was sent is answered with a JSON
+//! error; after that, the client connection is closed.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Sleep;
+use tracing::debug;
+
+use crate::h1::{
+    self, Answering, Chunked, Field, Forwarding, Framing, HeadError, OwnAnswer, RequestLine,
+};
+use crate::metrics::{self, Rejection, UpstreamError};
+use crate::path::{self, PathError};
+use crate::request_id;
+use crate::service::{Call, Proxy, Reply, pool_reply, server_timing};
+use crate::upstream::{self, give_buf, take_buf};
+
+/// How long a client may take to send a request head, and how long an idle
+/// keep-alive client connection is kept (between half of it and all of it:
+/// see `Conn::idle`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait to hand an answer the proxy wrote itself to a client.
+const OWN_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Free space ensured in a buffer before each read.
+const READ_RESERVE: usize = 8 * 1024;
+
+/// What the connections of one worker thread share.
+#[derive(Default)]
+pub struct Worker {
+    /// Set when the worker stops: connections finish the exchange in
+    /// progress and close.
+    pub stopping: Cell<bool>,
+    /// Wakes the connections that wait for a request.
+    pub stop: Notify,
+}
+
+impl Worker {
+    pub fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop.notify_waiters();
+    }
+}
+
+/// How an I/O step ended badly.
+#[derive(Debug)]
+enum Fail {
+    Io(io::Error),
+    /// The peer closed the connection.
+    Eof,
+    Timeout,
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fail::Io(e) => write!(f, "{e}"),
+            Fail::Eof => f.write_str("connection closed"),
+            Fail::Timeout => f.write_str("timed out"),
+        }
+    }
+}
+
+/// Runs `io` until `timer` fires.
+async fn timed<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    io: impl Future<Output = io::Result<T>>,
+) -> Result<T, Fail> {
+    tokio::select! {
+        biased;
+        r = io => r.map_err(Fail::Io),
+        () = timer.as_mut() => Err(Fail::Timeout),
+    }
+}
+
+/// Reads at least one more byte into `buf` (taking a buffer if it has
+/// none) before `timer` fires.
+async fn read_more(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timer: &mut Pin<Box<Sleep>>,
+) -> Result<usize, Fail> {
+    if buf.capacity() == 0 {
+        *buf = take_buf();
+    }
+    if buf.capacity() - buf.len() < READ_RESERVE {
+        buf.reserve(READ_RESERVE);
+    }
+    match timed(timer, tcp.read_buf(buf)).await? {
+        0 => Err(Fail::Eof),
+        n => Ok(n),
+    }
+}
+
+/// One client connection.
+struct Conn {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    client_ip: String,
+    /// Bytes read from the client and not yet used.
+    buf: Vec<u8>,
+    fields: Vec<Field>,
+    /// Fields of the instance's answer head (the allocation is reused).
+    ufields: Vec<Field>,
+    /// Bytes at the start of `buf` that belong to the request being
+    /// answered (its head, when the proxy answers without forwarding).
+    consumed: usize,
+    /// The deadline of the step in progress (the call's, or a write's).
+    timer: Pin<Box<Sleep>>,
+    /// The idle deadline for the next request head; moved forward only
+    /// when less than half of `HEADER_READ_TIMEOUT` is left, so that most
+    /// requests do not touch the timer wheel for it.
+    idle: Pin<Box<Sleep>>,
+}
+
+/// The next request on a connection.
+enum Next {
+    Request(RequestLine),
+    /// The client closed, went quiet, or the worker is stopping.
+    Closed,
+    Bad(u16, String),
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Rc<Proxy>,
+    worker: Rc<Worker>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Conn {
+        tcp,
+        peer,
+        client_ip: peer.ip().to_string(),
+        buf: Vec::new(),
+        fields: Vec::new(),
+        ufields: Vec::new(),
+        consumed: 0,
+        timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+        idle: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+    };
+    loop {
+        match conn.next_request(&worker).await {
+            Next::Request(line) => {
+                conn.consumed = line.head_len;
+                if !conn.exchange(&proxy, &worker, line).await {
+                    break;
+                }
+                let used = std::mem::take(&mut conn.consumed);
+                conn.buf.drain(..used);
+            }
+            Next::Closed => break,
+            Next::Bad(status, message) => {
+                metrics::record_rejection(Rejection::BadRequest);
+                let reply = Reply::new(status, message);
+                let id = request_id::generate();
+                conn.own_answer(&reply, id.as_bytes(), true, false).await;
+                break;
+            }
+        }
+    }
+    give_buf(std::mem::take(&mut conn.buf));
+}
+
+impl Conn {
+    async fn next_request(&mut self, worker: &Worker) -> Next {
+        let now = tokio::time::Instant::now();
+        if self.idle.deadline() < now + HEADER_READ_TIMEOUT / 2 {
+            self.idle.as_mut().reset(now + HEADER_READ_TIMEOUT);
+        }
+        loop {
+            if !self.buf.is_empty() {
+                match h1::parse_request(&self.buf, &mut self.fields) {
+                    Ok(Some(line)) => return Next::Request(line),
+                    Ok(None) => {}
+                    Err(HeadError::TooLarge) => {
+                        return Next::Bad(
+                            431,
+                            format!(
+                                "request head over {} KiB or {} fields",
+                                h1::MAX_HEAD / 1024,
+                                h1::MAX_HEADERS
+                            ),
+                        );
+                    }
+                    Err(HeadError::Invalid(what)) => {
+                        return Next::Bad(400, format!("bad request: {what}"));
+                    }
+                }
+            }
+            let idle = self.buf.is_empty();
+            if idle {
+                // An idle connection holds no buffer.
+                give_buf(std::mem::take(&mut self.buf));
+                if worker.stopping.get() {
+                    return Next::Closed;
+                }
+            }
+            let stopped = worker.stop.notified();
+            tokio::select! {
+                biased;
+                r = read_more(&mut self.tcp, &mut self.buf, &mut self.idle) => {
+                    if let Err(e) = r {
+                        if !idle {
+                            debug!(peer = %self.peer, error = %e, "client left mid-request");
+                        }
+                        return Next::Closed;
+                    }
+                }
+                () = stopped, if idle => return Next::Closed,
+            }
+        }
+    }
+
+    /// Writes an answer of the proxy's own. Returns whether it was
+    /// delivered.
+    async fn own_answer(
+        &mut self,
+        reply: &Reply,
+        request_id: &[u8],
+        close: bool,
+        head_only: bool,
+    ) -> bool {
+        let body = crate::service::json_body(&reply.message);
+        self.write_local(&OwnAnswer {
+            status: reply.status,
+            content_type: "application/json",
+            body: &body,
+            request_id,
+            retry_after: reply.retry_after,
+            close,
+            head_only,
+        })
+        .await
+    }
+
+    /// Writes a complete answer of the proxy's own. Returns whether it was
+    /// delivered.
+    async fn write_local(&mut self, answer: &OwnAnswer<'_>) -> bool {
+        let mut out = take_buf();
+        h1::write_own_answer(&mut out, answer);
+        self.timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + OWN_ANSWER_TIMEOUT);
+        let sent = timed(&mut self.timer, self.tcp.write_all(&out))
+            .await
+            .is_ok();
+        give_buf(out);
+        sent
+    }
+
+    /// Answers a call of a routed function with `reply`; the call is
+    /// recorded when it is dropped here.
+    async fn answer_call(
+        &mut self,
+        mut call: Call,
+        reply: &Reply,
+        close: bool,
+        head_only: bool,
+    ) -> bool {
+        call.status = reply.status;
+        call.rejection = reply.rejection;
+        let id = std::mem::take(&mut call.request_id);
+        drop(call);
+        self.own_answer(reply, id.as_bytes(), close, head_only)
+            .await
+            && !close
+    }
+
+    /// One request and its answer. Returns whether the connection stays
+    /// open for another.
+    async fn exchange(&mut self, proxy: &Proxy, worker: &Worker, line: RequestLine) -> bool {
+        let received_at = Instant::now();
+        let sem = match h1::request_semantics(&self.buf, line.minor, &self.fields) {
+            Ok(sem) => sem,
+            Err(e) => {
+                metrics::record_rejection(Rejection::BadRequest);
+                let id = request_id::generate();
+                self.own_answer(
+                    &Reply::new(400, format!("bad request: {e}")),
+                    id.as_bytes(),
+                    true,
+                    false,
+                )
+                .await;
+                return false;
+            }
+        };
+        let incoming_id = self
+            .fields
+            .iter()
+            .find(|f| self.buf[f.name.clone()].eq_ignore_ascii_case(request_id::HEADER.as_bytes()))
+            .map(|f| &self.buf[f.value.clone()]);
+        let request_id = request_id::pick(incoming_id);
+        let method = &self.buf[line.method.clone()];
+        let head_only = method == b"HEAD";
+        let is_get = method == b"GET" || head_only;
+        let is_connect = method == b"CONNECT";
+        let has_body = !matches!(sem.framing, Framing::Empty | Framing::Length(0));
+        // A body left unread would be taken for the next request.
+        let close_after_own = has_body || !sem.keep_alive || worker.stopping.get();
+
+        let target = match std::str::from_utf8(&self.buf[line.target.clone()]) {
+            Ok(t) => origin_form(t),
+            Err(_) => "",
+        };
+        let (path_part, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let invocation = match path::parse(path_part, query) {
+            Ok(invocation) => invocation,
+            Err(PathError::NotInvocation) => {
+                if path_part == "/healthz" && is_get {
+                    let snap = proxy.routes().snapshot();
+                    let body =
+                        serde_json::json!({"revision": snap.revision, "routes": snap.routes.len()})
+                            .to_string();
+                    return self
+                        .write_local(&OwnAnswer {
+                            status: 200,
+                            content_type: "application/json",
+                            body: body.as_bytes(),
+                            request_id: request_id.as_bytes(),
+                            retry_after: None,
+                            close: close_after_own,
+                            head_only,
+                        })
+                        .await
+                        && !close_after_own;
+                }
+                if path_part == "/metrics" && is_get {
+                    let body = metrics::render();
+                    return self
+                        .write_local(&OwnAnswer {
+                            status: 200,
+                            content_type: metrics::CONTENT_TYPE,
+                            body: &body,
+                            request_id: request_id.as_bytes(),
+                            retry_after: None,
+                            close: close_after_own,
+                            head_only,
+                        })
+                        .await
+                        && !close_after_own;
+                }
+                metrics::record_rejection(Rejection::NotFound);
+                let reply = Reply::rejected(
+                    Rejection::NotFound,
+                    404,
+                    "not found: functions are called at /fn/{name}/",
+                );
+                return self
+                    .own_answer(&reply, request_id.as_bytes(), close_after_own, head_only)
+                    .await
+                    && !close_after_own;
+            }
+            Err(PathError::BadName(raw)) => {
+                let shown: String = raw.chars().take(80).collect();
+                metrics::record_rejection(Rejection::UnknownFunction);
+                let reply = Reply::rejected(
+                    Rejection::UnknownFunction,
+                    404,
+                    format!("no function named \"{shown}\""),
+                );
+                return self
+                    .own_answer(&reply, request_id.as_bytes(), close_after_own, head_only)
+                    .await
+                    && !close_after_own;
+            }
+        };
+        let Some(entry) = proxy.routes().get(&invocation.name) else {
+            metrics::record_rejection(Rejection::UnknownFunction);
+            let reply = Reply::rejected(
+                Rejection::UnknownFunction,
+                404,
+                format!("no function named \"{}\"", invocation.name),
+            );
+            return self
+                .own_answer(&reply, request_id.as_bytes(), close_after_own, head_only)
+                .await
+                && !close_after_own;
+        };
+        let mut call = Call::new(received_at, entry.clone(), request_id);
+        if is_connect {
+            let reply = Reply::new(405, "CONNECT is not supported");
+            return self.answer_call(call, &reply, close_after_own, false).await;
+        }
+        let limit = entry.route.config.resources.max_body_bytes;
+        if let Framing::Length(n) = sem.framing
+            && n > limit
+        {
+            let message = format!("request body of {n} bytes is over the limit of {limit} bytes");
+            let reply = Reply::rejected(Rejection::BodyTooLarge, 413, message);
+            return self.answer_call(call, &reply, true, head_only).await;
+        }
+
+        match proxy.pool().lease(&entry.route).await {
+            Ok(lease) => call.lease = Some(lease),
+            Err(e) => {
+                debug!(function = %call.function(), error = %e, "no instance for call");
+                let reply = pool_reply(call.function(), &e);
+                return self
+                    .answer_call(call, &reply, close_after_own, head_only)
+                    .await;
+            }
+        }
+
+        // The request head for the instance, with the body bytes that came
+        // with it.
+        let mut out = take_buf();
+        h1::write_request_head(
+            &mut out,
+            &self.buf,
+            &line,
+            &self.fields,
+            sem.framing,
+            &Forwarding {
+                path: &invocation.upstream,
+                request_id: call.request_id.as_bytes(),
+                client_ip: self.client_ip.as_bytes(),
+            },
+        );
+        let here = &self.buf[line.head_len..];
+        let mut body = RequestBody::new(sem.framing, limit);
+        let taken = match body.take(here) {
+            Ok(n) => n,
+            Err(BodyError::Malformed) => {
+                give_buf(out);
+                let reply = Reply::new(400, "bad request: malformed chunked body");
+                return self.answer_call(call, &reply, true, head_only).await;
+            }
+            Err(BodyError::TooLarge) => {
+                give_buf(out);
+                let reply = Reply::rejected(
+                    Rejection::BodyTooLarge,
+                    413,
+                    format!("request body is over the limit of {limit} bytes"),
+                );
+                return self.answer_call(call, &reply, true, head_only).await;
+            }
+        };
+        out.extend_from_slice(&here[..taken]);
+        self.buf.drain(..line.head_len + taken);
+        self.consumed = 0;
+        if sem.expect_continue && !body.done() {
+            let _ = timed(
+                &mut self.timer,
+                self.tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"),
+            )
+            .await;
+        }
+        // A request whose body is all in `out` can be sent again.
+        let replayable = body.done();
+
+        let timeout = call.timeout();
+        let upstream_started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(upstream_started + timeout);
+        self.timer.as_mut().reset(deadline);
+        let mut ubuf = take_buf();
+        let mut ufields = std::mem::take(&mut self.ufields);
+        let mut connect_retried = false;
+        let mut replayed = false;
+        let mut force_fresh = false;
+
+        let (mut up, status_line) = loop {
+            let lease = call.lease.as_ref().expect("a forwarded call has a lease");
+            let addr = lease.addr();
+            let pooled = if force_fresh {
+                None
+            } else {
+                upstream::take(lease.instance_id(), upstream_started)
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(up) => up,
+                None => match upstream::connect(addr).await {
+                    Ok(up) => up,
+                    Err(e) => {
+                        // Nothing was sent: the instance is unreachable.
+                        call.count_upstream_error(UpstreamError::Connect);
+                        if let Some(lease) = call.lease.take() {
+                            debug!(function = %call.function(), instance = %lease.instance_id(), error = %e, "instance unreachable");
+                            lease.mark_failed();
+                        }
+                        if connect_retried {
+                            return self
+                                .fail_call(
+                                    call,
+                                    out,
+                                    ubuf,
+                                    502,
+                                    "function connection failed".into(),
+                                    head_only,
+                                )
+                                .await;
+                        }
+                        connect_retried = true;
+                        match proxy.pool().lease(&call.entry.route).await {
+                            Ok(lease) => call.lease = Some(lease),
+                            Err(e) => {
+                                give_buf(out);
+                                give_buf(ubuf);
+                                let reply = pool_reply(call.function(), &e);
+                                return self.answer_call(call, &reply, true, head_only).await;
+                            }
+                        }
+                        continue;
+                    }
+                },
+            };
+            let sent = timed(&mut self.timer, up.write_all(&out)).await;
+            let sent = match sent {
+                Ok(()) if !body.done() => self.stream_body(&mut body, &mut up).await,
+                Ok(()) => Ok(()),
+                Err(e) => Err(StreamError::Upstream(e)),
+            };
+            let failure = match sent {
+                Ok(()) => {
+                    match read_head(&mut up, &mut ubuf, &mut ufields, &mut self.timer).await {
+                        Ok(line) => break (up, line),
+                        Err(f) => f,
+                    }
+                }
+                Err(StreamError::Upstream(f)) => HeadFailure::Io(f),
+                Err(StreamError::Client(f)) => {
+                    debug!(peer = %self.peer, error = %f, "client left while sending its body");
+                    give_buf(out);
+                    give_buf(ubuf);
+                    return false;
+                }
+                Err(StreamError::Malformed) => {
+                    give_buf(ubuf);
+                    return self
+                        .fail_call(
+                            call,
+                            out,
+                            Vec::new(),
+                            400,
+                            "bad request: malformed chunked body".into(),
+                            head_only,
+                        )
+                        .await;
+                }
+                Err(StreamError::TooLarge) => {
+                    give_buf(out);
+                    give_buf(ubuf);
+                    let reply = Reply::rejected(
+                        Rejection::BodyTooLarge,
+                        413,
+                        format!("request body is over the limit of {limit} bytes"),
+                    );
+                    return self.answer_call(call, &reply, true, head_only).await;
+                }
+            };
+            // Nothing came back on a reused connection: the instance had
+            // closed it. Send the request again on a fresh one, once.
+            let nothing_back =
+                ubuf.is_empty() && matches!(failure, HeadFailure::Io(Fail::Eof | Fail::Io(_)));
+            if reused && replayable && !replayed && nothing_back {
+                replayed = true;
+                force_fresh = true;
+                continue;
+            }
+            return match failure {
+                HeadFailure::Io(Fail::Timeout) => {
+                    call.count_upstream_error(UpstreamError::Timeout);
+                    let message =
+                        format!("function did not answer within {} ms", timeout.as_millis());
+                    self.fail_call(call, out, ubuf, 504, message, head_only)
+                        .await
+                }
+                HeadFailure::Io(f) => {
+                    call.count_upstream_error(UpstreamError::Reset);
+                    if !reused && let Some(lease) = &call.lease {
+                        // A fresh connection that broke before the answer's
+                        // head: the instance is broken, keep it from further
+                        // calls.
+                        debug!(function = %call.function(), instance = %lease.instance_id(), error = %f, "instance failed mid-call");
+                        lease.mark_failed();
+                    }
+                    self.fail_call(
+                        call,
+                        out,
+                        ubuf,
+                        502,
+                        "function connection failed".into(),
+                        head_only,
+                    )
+                    .await
+                }
+                HeadFailure::Bad(e) => {
+                    debug!(function = %call.function(), error = %e, "function sent a bad answer head");
+                    self.fail_call(
+                        call,
+                        out,
+                        ubuf,
+                        502,
+                        format!("function sent an invalid answer: {e}"),
+                        head_only,
+                    )
+                    .await
+                }
+            };
+        };
+
+        // The answer.
+        let upstream_time = upstream_started.elapsed();
+        let rsem = match h1::response_semantics(&ubuf, &status_line, &ufields, head_only) {
+            Ok(rsem) => rsem,
+            Err(e) => {
+                return self
+                    .fail_call(
+                        call,
+                        out,
+                        ubuf,
+                        502,
+                        format!("function sent an invalid answer: {e}"),
+                        head_only,
+                    )
+                    .await;
+            }
+        };
+        call.status = status_line.status;
+        let dechunk = line.minor == 0 && rsem.framing == Framing::Chunked;
+        let keep_client =
+            sem.keep_alive && rsem.framing != Framing::Close && !dechunk && !worker.stopping.get();
+        let lease = call.lease.as_ref().expect("a forwarded call has a lease");
+        let timing = server_timing(
+            lease.queue_duration(),
+            lease.start_kind().as_str(),
+            lease.start_duration(),
+            upstream_time,
+        );
+        out.clear();
+        h1::write_response_head(
+            &mut out,
+            &ubuf,
+            &status_line,
+            &ufields,
+            &Answering {
+                request_id: call.request_id.as_bytes(),
+                server_timing: timing.as_bytes(),
+                close: !keep_client,
+                keep_alive_1_0: keep_client && line.minor == 0,
+                http_1_0: line.minor == 0,
+            },
+        );
+        let mut answer = AnswerBody::new(rsem.framing, dechunk);
+        let here_start = status_line.head_len;
+        let outcome = answer.relay_into(&ubuf[here_start..], &mut out);
+        let mut complete = match outcome {
+            Ok(done) => done,
+            Err(_) => {
+                call.count_upstream_error(UpstreamError::Reset);
+                give_buf(ubuf);
+                give_buf(out);
+                return false;
+            }
+        };
+        let mut clean = answer.leftover == 0;
+        let mut client_ok = timed(&mut self.timer, self.tcp.write_all(&out))
+            .await
+            .is_ok();
+        // The rest of the body, as it comes.
+        while !complete && client_ok {
+            ubuf.clear();
+            match read_more(&mut up, &mut ubuf, &mut self.timer).await {
+                Ok(_) => {}
+                Err(Fail::Eof) if rsem.framing == Framing::Close => {
+                    complete = true;
+                    break;
+                }
+                Err(f) => {
+                    call.count_upstream_error(if matches!(f, Fail::Timeout) {
+                        UpstreamError::Timeout
+                    } else {
+                        UpstreamError::Reset
+                    });
+                    debug!(function = %call.function(), error = %f, "answer body cut off");
+                    clean = false;
+                    break;
+                }
+            }
+            out.clear();
+            match answer.relay_into(&ubuf, &mut out) {
+                Ok(done) => complete = done,
+                Err(_) => {
+                    call.count_upstream_error(UpstreamError::Reset);
+                    clean = false;
+                    break;
+                }
+            }
+            clean &= answer.leftover == 0;
+            client_ok = timed(&mut self.timer, self.tcp.write_all(&out))
+                .await
+                .is_ok();
+        }
+        give_buf(ubuf);
+        give_buf(out);
+        self.ufields = ufields;
+        if complete && clean && rsem.keep_alive {
+            if let Some(instance) = call.instance_id() {
+                upstream::put(instance, up);
+            }
+        } else {
+            drop(up);
+        }
+        drop(call);
+        complete && clean && client_ok && keep_client
+    }
+
+    /// Answers a forwarded call that failed before the answer's head was
+    /// sent.
+    async fn fail_call(
+        &mut self,
+        call: Call,
+        out: Vec<u8>,
+        ubuf: Vec<u8>,
+        status: u16,
+        message: String,
+        head_only: bool,
+    ) -> bool {
+        give_buf(out);
+        give_buf(ubuf);
+        let reply = Reply::new(status, message);
+        self.answer_call(call, &reply, true, head_only).await
+    }
+
+    /// Sends the rest of a request body from the client to the instance.
+    async fn stream_body(
+        &mut self,
+        body: &mut RequestBody,
+        up: &mut TcpStream,
+    ) -> Result<(), StreamError> {
+        while !body.done() {
+            if self.buf.is_empty() {
+                read_more(&mut self.tcp, &mut self.buf, &mut self.timer)
+                    .await
+                    .map_err(StreamError::Client)?;
+            }
+            let taken = body.take(&self.buf).map_err(|e| match e {
+                BodyError::Malformed => StreamError::Malformed,
+                BodyError::TooLarge => StreamError::TooLarge,
+            })?;
+            timed(&mut self.timer, up.write_all(&self.buf[..taken]))
+                .await
+                .map_err(StreamError::Upstream)?;
+            self.buf.drain(..taken);
+        }
+        Ok(())
+    }
+}
+
+/// Why an answer's head did not arrive.
+enum HeadFailure {
+    Io(Fail),
+    Bad(HeadError),
+}
+
+/// Why a request body could not be sent.
+enum StreamError {
+    Client(Fail),
+    Upstream(Fail),
+    Malformed,
+    TooLarge,
+}
+
+/// Reads the instance's answer head into `ubuf`, skipping interim (1xx)
+/// answers.
+async fn read_head(
+    up: &mut TcpStream,
+    ubuf: &mut Vec<u8>,
+    fields: &mut Vec<Field>,
+    timer: &mut Pin<Box<Sleep>>,
+) -> Result<h1::StatusLine, HeadFailure> {
+    loop {
+        if !ubuf.is_empty() {
+            match h1::parse_response(ubuf, fields) {
+                Ok(Some(line)) if line.status == 101 => {
+                    return Err(HeadFailure::Bad(HeadError::Invalid(
+                        "protocol switch (101) is not supported",
+                    )));
+                }
+                Ok(Some(line)) if (100..200).contains(&line.status) => {
+                    ubuf.drain(..line.head_len);
+                    continue;
+                }
+                Ok(Some(line)) => return Ok(line),
+                Ok(None) => {}
+                Err(e) => return Err(HeadFailure::Bad(e)),
+            }
+        }
+        read_more(up, ubuf, timer).await.map_err(HeadFailure::Io)?;
+    }
+}
+
+/// A request target in origin form: an absolute-form target
+/// (`http://host/path`) loses its scheme and authority.
+fn origin_form(target: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        if target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = &target[scheme.len()..];
+            return match rest.find(['/', '?']) {
+                Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+                _ => "/",
+            };
+        }
+    }
+    target
+}
+
+/// Why a request body cannot be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyError {
+    Malformed,
+    TooLarge,
+}
+
+/// Where a request body stands.
+struct RequestBody {
+    framing: Framing,
+    /// Bytes left of a `content-length` body.
+    left: u64,
+    chunked: Chunked,
+    limit: u64,
+}
+
+impl RequestBody {
+    fn new(framing: Framing, limit: u64) -> Self {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Self {
+            framing,
+            left,
+            chunked: Chunked::new(),
+            limit,
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self.framing {
+            Framing::Empty | Framing::Close => true,
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunked.is_done(),
+        }
+    }
+
+    /// How many bytes at the start of `input` belong to the body.
+    fn take(&mut self, input: &[u8]) -> Result<usize, BodyError> {
+        match self.framing {
+            Framing::Empty | Framing::Close => Ok(0),
+            Framing::Length(_) => {
+                let n = (self.left as usize).min(input.len());
+                self.left -= n as u64;
+                Ok(n)
+            }
+            Framing::Chunked => {
+                let n = self
+                    .chunked
+                    .scan(input, |_| {})
+                    .map_err(|_| BodyError::Malformed)?;
+                if self.chunked.data > self.limit {
+                    return Err(BodyError::TooLarge);
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Where an answer body stands.
+struct AnswerBody {
+    framing: Framing,
+    left: u64,
+    chunked: Chunked,
+    dechunk: bool,
+    /// Bytes the instance sent past the end of the answer (then its
+    /// connection is not reused).
+    leftover: usize,
+}
+
+impl AnswerBody {
+    fn new(framing: Framing, dechunk: bool) -> Self {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Self {
+            framing,
+            left,
+            chunked: Chunked::new(),
+            dechunk,
+            leftover: 0,
+        }
+    }
+
+    /// Appends the part of `input` that belongs to the body to `out`
+    /// (decoded when de-chunking); returns whether the body is complete.
+    fn relay_into(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, h1::ChunkError> {
+        match self.framing {
+            Framing::Empty => {
+                self.leftover += input.len();
+                Ok(true)
+            }
+            Framing::Length(_) => {
+                let n = (self.left as usize).min(input.len());
+                out.extend_from_slice(&input[..n]);
+                self.left -= n as u64;
+                self.leftover += input.len() - n;
+                Ok(self.left == 0)
+            }
+            Framing::Chunked if self.dechunk => {
+                let n = self
+                    .chunked
+                    .scan(input, |data| out.extend_from_slice(data))?;
+                self.leftover += input.len() - n;
+                Ok(self.chunked.is_done())
+            }
+            Framing::Chunked => {
+                let n = self.chunked.scan(input, |_| {})?;
+                out.extend_from_slice(&input[..n]);
+                self.leftover += input.len() - n;
+                Ok(self.chunked.is_done())
+            }
+            Framing::Close => {
+                out.extend_from_slice(input);
+                Ok(false)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_form_targets_lose_scheme_and_authority() {
+        assert_eq!(origin_form("/fn/a/b?c"), "/fn/a/b?c");
+        assert_eq!(origin_form("http://h:8080/fn/a?x=1"), "/fn/a?x=1");
+        assert_eq!(origin_form("HTTP://h/fn/a"), "/fn/a");
+        assert_eq!(origin_form("https://h"), "/");
+        assert_eq!(origin_form("http://h?q"), "/");
+        assert_eq!(origin_form("*"), "*");
+    }
+
+    #[test]
+    fn request_bodies_end_where_their_framing_says() {
+        let mut b = RequestBody::new(Framing::Length(5), 100);
+        assert_eq!(b.take(b"abc"), Ok(3));
+        assert!(!b.done());
+        assert_eq!(b.take(b"deGET /"), Ok(2));
+        assert!(b.done());
+
+        let mut b = RequestBody::new(Framing::Chunked, 100);
+        assert_eq!(b.take(b"3\r\nabc\r\n0\r\n\r\nGET"), Ok(13));
+        assert!(b.done());
+
+        let mut b = RequestBody::new(Framing::Chunked, 4);
+        assert_eq!(b.take(b"3\r\nabc\r\n"), Ok(8));
+        assert_eq!(b.take(b"3\r\ndef\r\n"), Err(BodyError::TooLarge));
+        let mut b = RequestBody::new(Framing::Chunked, 4);
+        assert_eq!(b.take(b"z\r\n"), Err(BodyError::Malformed));
+        assert!(RequestBody::new(Framing::Empty, 0).done());
+    }
+
+    #[test]
+    fn answer_bodies_are_relayed_to_their_end_and_no_further() {
+        let mut out = Vec::new();
+        let mut a = AnswerBody::new(Framing::Length(4), false);
+        assert_eq!(a.relay_into(b"ab", &mut out), Ok(false));
+        assert_eq!(a.relay_into(b"cdXX", &mut out), Ok(true));
+        assert_eq!((out.as_slice(), a.leftover), (&b"abcd"[..], 2));
+
+        let chunked = b"2\r\nab\r\n0\r\nx-t: 1\r\n\r\n";
+        let mut out = Vec::new();
+        let mut a = AnswerBody::new(Framing::Chunked, false);
+        assert_eq!(a.relay_into(chunked, &mut out), Ok(true));
+        assert_eq!(out, chunked, "relayed untouched");
+        let mut out = Vec::new();
+        let mut a = AnswerBody::new(Framing::Chunked, true);
+        assert_eq!(a.relay_into(chunked, &mut out), Ok(true));
+        assert_eq!(out, b"ab", "de-chunked for HTTP/1.0");
+
+        let mut out = Vec::new();
+        let mut a = AnswerBody::new(Framing::Close, false);
+        assert_eq!(a.relay_into(b"until close", &mut out), Ok(false));
+        assert_eq!(out, b"until close");
+
+        let mut a = AnswerBody::new(Framing::Empty, false);
+        assert_eq!(a.relay_into(b"stray", &mut Vec::new()), Ok(true));
+        assert_eq!(a.leftover, 5, "stray bytes keep the connection from reuse");
+    }
+}

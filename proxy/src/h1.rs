@@ -1,0 +1,949 @@
+//! HTTP/1.1 as the proxy relays it: message heads parsed in place
+//! (`httparse`) into offsets of the connection's read buffer, the framing
+//! rules of RFC 9112 §6 (with the usual defences against request
+//! smuggling), the heads written towards the instance and back to the
+//! client, and a chunked-coding scanner that finds where a chunked body
+//! ends while its bytes are relayed untouched.
+//!
+//! Nothing here does I/O; `engine.rs` drives it.
+
+use std::ops::Range;
+
+/// Largest message head accepted, request or response.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields accepted in one head.
+pub const MAX_HEADERS: usize = 128;
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `content-length` bytes.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked,
+    /// Until the sender closes the connection (responses only).
+    Close,
+}
+
+/// A head that cannot be relayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("message head over {MAX_HEAD} bytes or {MAX_HEADERS} fields")]
+    TooLarge,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// One header field, as offsets into the buffer its head was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// A parsed request line; its fields are in the `Vec<Field>` passed to
+/// [`parse_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLine {
+    /// Bytes of the whole head, blank line included.
+    pub head_len: usize,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    /// HTTP/1.`minor`.
+    pub minor: u8,
+}
+
+/// A parsed status line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusLine {
+    pub head_len: usize,
+    pub status: u16,
+    pub reason: Range<usize>,
+    pub minor: u8,
+}
+
+/// What a head says about the message and its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Semantics {
+    pub framing: Framing,
+    /// The sender keeps the connection open after this message.
+    pub keep_alive: bool,
+    /// `expect: 100-continue` (requests).
+    pub expect_continue: bool,
+}
+
+fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn collect_fields(buf: &[u8], parsed: &[httparse::Header<'_>], fields: &mut Vec<Field>) {
+    fields.clear();
+    fields.extend(parsed.iter().map(|h| Field {
+        name: offset(buf, h.name.as_bytes()),
+        value: offset(buf, h.value),
+    }));
+}
+
+fn map_parse_error(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooLarge,
+        httparse::Error::Version => HeadError::Invalid("unsupported HTTP version"),
+        _ => HeadError::Invalid("malformed message head"),
+    }
+}
+
+/// Parses a request head at the start of `buf`: `Ok(None)` while it is
+/// incomplete.
+pub fn parse_request(
+    buf: &[u8],
+    fields: &mut Vec<Field>,
+) -> Result<Option<RequestLine>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf).map_err(map_parse_error)? {
+        httparse::Status::Partial if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(head_len) => {
+            let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version)
+            else {
+                return Err(HeadError::Invalid("malformed request line"));
+            };
+            collect_fields(buf, req.headers, fields);
+            Ok(Some(RequestLine {
+                head_len,
+                method: offset(buf, method.as_bytes()),
+                target: offset(buf, target.as_bytes()),
+                minor,
+            }))
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` while it is
+/// incomplete.
+pub fn parse_response(
+    buf: &[u8],
+    fields: &mut Vec<Field>,
+) -> Result<Option<StatusLine>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf).map_err(map_parse_error)? {
+        httparse::Status::Partial if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(head_len) => {
+            let (Some(status), Some(minor)) = (resp.code, resp.version) else {
+                return Err(HeadError::Invalid("malformed status line"));
+            };
+            let reason = offset(buf, resp.reason.unwrap_or_default().as_bytes());
+            collect_fields(buf, resp.headers, fields);
+            Ok(Some(StatusLine {
+                head_len,
+                status,
+                reason,
+                minor,
+            }))
+        }
+    }
+}
+
+/// The comma-separated tokens of a field value, trimmed, empty ones left
+/// out.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The framing and connection facts shared by requests and responses.
+struct Scan {
+    length: Option<u64>,
+    chunked: bool,
+    transfer_encoding: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
+    let mut s = Scan {
+        length: None,
+        chunked: false,
+        transfer_encoding: false,
+        close: false,
+        keep_alive: false,
+        expect_continue: false,
+    };
+    for f in fields {
+        let name = &buf[f.name.clone()];
+        let value = &buf[f.value.clone()];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // Every value (and every list element) must be the same
+            // decimal number.
+            for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+                    return Err(HeadError::Invalid("invalid content-length"));
+                }
+                let n = t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                if s.length.is_some_and(|m| m != n) {
+                    return Err(HeadError::Invalid("conflicting content-length values"));
+                }
+                s.length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only a final `chunked` can be relayed; it must come last.
+            s.transfer_encoding = true;
+            for t in tokens(value) {
+                s.chunked = t.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            s.close |= has_token(value, b"close");
+            s.keep_alive |= has_token(value, b"keep-alive");
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            s.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    Ok(s)
+}
+
+/// What a request head says (RFC 9112 §6.3): a body framed by
+/// `transfer-encoding` must end in `chunked`, and a request with both
+/// `transfer-encoding` and `content-length` is refused (a smuggling
+/// vector).
+pub fn request_semantics(buf: &[u8], minor: u8, fields: &[Field]) -> Result<Semantics, HeadError> {
+    let s = scan(buf, fields)?;
+    let framing = match (s.transfer_encoding, s.length) {
+        (true, Some(_)) => {
+            return Err(HeadError::Invalid(
+                "both transfer-encoding and content-length",
+            ));
+        }
+        (true, None) if minor == 0 => {
+            return Err(HeadError::Invalid(
+                "transfer-encoding in an HTTP/1.0 request",
+            ));
+        }
+        (true, None) if !s.chunked => {
+            return Err(HeadError::Invalid("transfer-encoding must end in chunked"));
+        }
+        (true, None) => Framing::Chunked,
+        (false, None) => Framing::Empty,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    Ok(Semantics {
+        framing,
+        keep_alive: if minor == 0 {
+            s.keep_alive && !s.close
+        } else {
+            !s.close
+        },
+        expect_continue: s.expect_continue && minor >= 1,
+    })
+}
+
+/// What a response head says, for a response to a `HEAD` request when
+/// `head_request` (RFC 9112 §6.3).
+pub fn response_semantics(
+    buf: &[u8],
+    status: &StatusLine,
+    fields: &[Field],
+    head_request: bool,
+) -> Result<Semantics, HeadError> {
+    let s = scan(buf, fields)?;
+    let bodiless =
+        head_request || status.status / 100 == 1 || status.status == 204 || status.status == 304;
+    let framing = if bodiless {
+        Framing::Empty
+    } else if s.transfer_encoding {
+        if s.chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match s.length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let keep_alive = if status.minor == 0 {
+        s.keep_alive && !s.close
+    } else {
+        !s.close
+    };
+    Ok(Semantics {
+        framing,
+        keep_alive: keep_alive && framing != Framing::Close,
+        expect_continue: false,
+    })
+}
+
+/// Fields that belong to one connection (RFC 9110 §7.6.1) or that the
+/// proxy writes itself; never copied from one side to the other.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"upgrade",
+        b"transfer-encoding",
+        b"content-length",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Whether `name` is listed in one of the head's `connection` fields.
+fn named_by_connection(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
+    fields.iter().any(|f| {
+        buf[f.name.clone()].eq_ignore_ascii_case(b"connection")
+            && has_token(&buf[f.value.clone()], name)
+    })
+}
+
+/// Whether the head has a `connection` field naming anything but `close`
+/// and `keep-alive` (rare; then every field is checked against it).
+fn connection_names_fields(buf: &[u8], fields: &[Field]) -> bool {
+    fields.iter().any(|f| {
+        buf[f.name.clone()].eq_ignore_ascii_case(b"connection")
+            && tokens(&buf[f.value.clone()]).any(|t| {
+                !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+            })
+    })
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// What the proxy adds to a request on its way to the instance.
+pub struct Forwarding<'a> {
+    /// Path and query the function sees.
+    pub path: &'a str,
+    pub request_id: &'a [u8],
+    /// The client's address, as text.
+    pub client_ip: &'a [u8],
+}
+
+/// Writes the request head sent to the instance: the method, the
+/// function's path, HTTP/1.1, the client's fields without the hop-by-hop
+/// ones, the body's framing, `x-request-id`, `x-forwarded-for` (the
+/// client's address appended to the incoming values) and
+/// `x-forwarded-proto`.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    line: &RequestLine,
+    fields: &[Field],
+    framing: Framing,
+    fwd: &Forwarding<'_>,
+) {
+    out.extend_from_slice(&buf[line.method.clone()]);
+    out.push(b' ');
+    out.extend_from_slice(fwd.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let check_connection = connection_names_fields(buf, fields);
+    let mut forwarded_for: Option<Vec<u8>> = None;
+    for f in fields {
+        let name = &buf[f.name.clone()];
+        let value = &buf[f.value.clone()];
+        if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || (check_connection && named_by_connection(buf, fields, name))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            let value = value.trim_ascii();
+            if !value.is_empty() {
+                let list = forwarded_for.get_or_insert_with(Vec::new);
+                if !list.is_empty() {
+                    list.extend_from_slice(b", ");
+                }
+                list.extend_from_slice(value);
+            }
+            continue;
+        }
+        push_field(out, name, value);
+    }
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty | Framing::Close => {}
+    }
+    push_field(out, b"x-request-id", fwd.request_id);
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = forwarded_for {
+        out.extend_from_slice(&prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(fwd.client_ip);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n\r\n");
+}
+
+/// What the proxy adds to an answer on its way to the client.
+pub struct Answering<'a> {
+    pub request_id: &'a [u8],
+    pub server_timing: &'a [u8],
+    /// The proxy closes the client connection after this answer.
+    pub close: bool,
+    /// The client spoke HTTP/1.0 and keeps the connection: say so.
+    pub keep_alive_1_0: bool,
+    /// The client speaks HTTP/1.0, which has no transfer codings: drop
+    /// `transfer-encoding` (a chunked body is sent de-chunked).
+    pub http_1_0: bool,
+}
+
+/// Writes the answer head sent to the client: the instance's status and
+/// fields without the hop-by-hop ones (`content-length` and
+/// `transfer-encoding` are kept: the body is relayed as framed; with both,
+/// `content-length` goes, RFC 9112 §6.3), then `x-request-id`,
+/// `server-timing` and the connection's fate.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    line: &StatusLine,
+    fields: &[Field],
+    ans: &Answering<'_>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(line.status));
+    out.push(b' ');
+    out.extend_from_slice(&buf[line.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    let check_connection = connection_names_fields(buf, fields);
+    let chunked = fields
+        .iter()
+        .any(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"transfer-encoding"));
+    for f in fields {
+        let name = &buf[f.name.clone()];
+        let relayed_framing = if name.eq_ignore_ascii_case(b"content-length") {
+            !chunked
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            !ans.http_1_0
+        } else {
+            false
+        };
+        if (is_hop_by_hop(name) && !relayed_framing)
+            || name.eq_ignore_ascii_case(b"x-request-id")
+            || (check_connection && named_by_connection(buf, fields, name))
+        {
+            continue;
+        }
+        push_field(out, name, &buf[f.value.clone()]);
+    }
+    push_field(out, b"x-request-id", ans.request_id);
+    push_field(out, b"server-timing", ans.server_timing);
+    if ans.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if ans.keep_alive_1_0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a complete answer of the proxy's own.
+pub struct OwnAnswer<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub request_id: &'a [u8],
+    pub retry_after: Option<u32>,
+    pub close: bool,
+    /// The request was `HEAD`: the head only.
+    pub head_only: bool,
+}
+
+pub fn write_own_answer(out: &mut Vec<u8>, a: &OwnAnswer<'_>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(a.status));
+    out.push(b' ');
+    out.extend_from_slice(reason(a.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    push_field(out, b"content-type", a.content_type.as_bytes());
+    out.extend_from_slice(b"content-length: ");
+    push_u64(out, a.body.len() as u64);
+    out.extend_from_slice(b"\r\ncache-control: no-store\r\n");
+    push_field(out, b"x-request-id", a.request_id);
+    if let Some(s) = a.retry_after {
+        out.extend_from_slice(b"retry-after: ");
+        push_u64(out, u64::from(s));
+        out.extend_from_slice(b"\r\n");
+    }
+    if a.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !a.head_only {
+        out.extend_from_slice(a.body);
+    }
+}
+
+/// Reason phrase of a status the proxy answers with.
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}
+
+/// Where a chunked body ends, found while its bytes pass through
+/// unchanged (RFC 9112 §7.1: chunk sizes in hex, extensions, trailer
+/// fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunked {
+    state: ChunkState,
+    /// Data bytes seen so far (the body's decoded size).
+    pub data: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// In the hex size; `digits` so far.
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// After the size: extensions until CR.
+    Ext {
+        size: u64,
+    },
+    /// Expecting LF after the size line.
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final blank line).
+    TrailerStart,
+    /// Inside a trailer line.
+    Trailer,
+    /// Expecting LF after a trailer line's CR.
+    TrailerLf,
+    /// Expecting the final LF.
+    EndLf,
+    Done,
+}
+
+/// A chunked body that cannot be relayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body")]
+pub struct ChunkError;
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chunked {
+    pub fn new() -> Self {
+        Self {
+            state: ChunkState::Size { size: 0, digits: 0 },
+            data: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Scans `input`; returns how many of its bytes belong to the body
+    /// (all of them until the end is found). `on_data` gets the chunk data
+    /// (for a client that cannot take chunked coding).
+    pub fn scan(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            self.state = match self.state {
+                Size { size, digits } => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if digits >= 15 {
+                            return Err(ChunkError);
+                        }
+                        let d = (b as char).to_digit(16).ok_or(ChunkError)? as u64;
+                        Size {
+                            size: size * 16 + d,
+                            digits: digits + 1,
+                        }
+                    }
+                    _ if digits == 0 => return Err(ChunkError),
+                    b';' | b' ' | b'\t' => Ext { size },
+                    b'\r' => SizeLf { size },
+                    _ => return Err(ChunkError),
+                },
+                Ext { size } => match b {
+                    b'\r' => SizeLf { size },
+                    b'\n' => return Err(ChunkError),
+                    _ => Ext { size },
+                },
+                SizeLf { size } => match (b, size) {
+                    (b'\n', 0) => TrailerStart,
+                    (b'\n', n) => Data { left: n },
+                    _ => return Err(ChunkError),
+                },
+                Data { left } => {
+                    let take = (left as usize).min(input.len() - i);
+                    on_data(&input[i..i + take]);
+                    self.data += take as u64;
+                    i += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 { DataCr } else { Data { left } };
+                    continue;
+                }
+                DataCr => match b {
+                    b'\r' => DataLf,
+                    _ => return Err(ChunkError),
+                },
+                DataLf => match b {
+                    b'\n' => Size { size: 0, digits: 0 },
+                    _ => return Err(ChunkError),
+                },
+                TrailerStart => match b {
+                    b'\r' => EndLf,
+                    b'\n' => return Err(ChunkError),
+                    _ => Trailer,
+                },
+                Trailer => match b {
+                    b'\r' => TrailerLf,
+                    _ => Trailer,
+                },
+                TrailerLf => match b {
+                    b'\n' => TrailerStart,
+                    _ => return Err(ChunkError),
+                },
+                EndLf => match b {
+                    b'\n' => {
+                        self.state = Done;
+                        return Ok(i + 1);
+                    }
+                    _ => return Err(ChunkError),
+                },
+                Done => return Ok(i),
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &[u8]) -> (RequestLine, Vec<Field>) {
+        let mut fields = Vec::new();
+        let line = parse_request(raw, &mut fields)
+            .unwrap()
+            .expect("complete head");
+        (line, fields)
+    }
+
+    fn semantics(raw: &[u8]) -> Result<Semantics, HeadError> {
+        let (line, fields) = request(raw);
+        request_semantics(raw, line.minor, &fields)
+    }
+
+    #[test]
+    fn request_heads_parse_in_place_and_wait_for_more() {
+        let raw = b"POST /fn/a/b?c=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+        let (line, fields) = request(raw);
+        assert_eq!(&raw[line.method.clone()], b"POST");
+        assert_eq!(&raw[line.target.clone()], b"/fn/a/b?c=1");
+        assert_eq!(line.minor, 1);
+        assert_eq!(line.head_len, raw.len() - 3);
+        assert_eq!(fields.len(), 2);
+        assert_eq!(&raw[fields[1].name.clone()], b"Content-Length");
+        assert_eq!(&raw[fields[1].value.clone()], b"3");
+        let mut f = Vec::new();
+        assert_eq!(parse_request(&raw[..20], &mut f), Ok(None));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nbad header\r\n\r\n", &mut f),
+            Err(HeadError::Invalid(_))
+        ));
+        let mut huge = b"GET / HTTP/1.1\r\nx: ".to_vec();
+        huge.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(parse_request(&huge, &mut f), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn request_framing_follows_rfc_9112_and_refuses_smuggling() {
+        let ok = |raw: &[u8]| semantics(raw).unwrap();
+        assert_eq!(ok(b"GET / HTTP/1.1\r\n\r\n").framing, Framing::Empty);
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n").framing,
+            Framing::Length(0)
+        );
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\ncontent-length: 42\r\n\r\n").framing,
+            Framing::Length(42)
+        );
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n").framing,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n").framing,
+            Framing::Chunked
+        );
+        for bad in [
+            &b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 5, 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 1e3\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(semantics(bad), Err(HeadError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_depends_on_version_and_connection() {
+        let ka = |raw: &[u8]| semantics(raw).unwrap().keep_alive;
+        assert!(ka(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"));
+        assert!(
+            semantics(b"PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n")
+                .unwrap()
+                .expect_continue
+        );
+    }
+
+    fn response(raw: &[u8], head_request: bool) -> Semantics {
+        let mut fields = Vec::new();
+        let line = parse_response(raw, &mut fields)
+            .unwrap()
+            .expect("complete head");
+        response_semantics(raw, &line, &fields, head_request).unwrap()
+    }
+
+    #[test]
+    fn response_framing() {
+        let r = response(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", false);
+        assert_eq!((r.framing, r.keep_alive), (Framing::Length(7), true));
+        let r = response(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", true);
+        assert_eq!(r.framing, Framing::Empty);
+        for status in ["204 No Content", "304 Not Modified"] {
+            let raw = format!("HTTP/1.1 {status}\r\ncontent-length: 7\r\n\r\n");
+            assert_eq!(response(raw.as_bytes(), false).framing, Framing::Empty);
+        }
+        let r = response(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.framing, Framing::Chunked);
+        let r = response(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((r.framing, r.keep_alive), (Framing::Close, false));
+        let r = response(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+            false,
+        );
+        assert!(!r.keep_alive);
+        let r = response(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false);
+        assert!(!r.keep_alive);
+    }
+
+    fn text(out: &[u8]) -> &str {
+        std::str::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn upstream_request_head_drops_hop_by_hop_fields_and_adds_forwarding() {
+        let raw = b"POST /fn/f/x?y=1 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: websocket\r\nExpect: 100-continue\r\n\
+X-Request-Id: evil\r\nX-Forwarded-For: 192.0.2.7\r\nx-forwarded-for: 198.51.100.1\r\n\
+X-Forwarded-Proto: https\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
+        let (line, fields) = request(raw);
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            path: "/x?y=1",
+            request_id: b"rid-1",
+            client_ip: b"10.1.2.3",
+        };
+        write_request_head(&mut out, raw, &line, &fields, Framing::Length(3), &fwd);
+        assert_eq!(
+            text(&out),
+            "POST /x?y=1 HTTP/1.1\r\nHost: h\r\nX-Kept: yes\r\ncontent-length: 3\r\nx-request-id: rid-1\r\n\
+x-forwarded-for: 192.0.2.7, 198.51.100.1, 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+
+        let raw = b"GET /fn/f HTTP/1.1\r\nx-forwarded-for:  \r\n\r\n";
+        let (line, fields) = request(raw);
+        let mut out = Vec::new();
+        write_request_head(&mut out, raw, &line, &fields, Framing::Empty, &fwd);
+        assert_eq!(
+            text(&out),
+            "GET /x?y=1 HTTP/1.1\r\nx-request-id: rid-1\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_request_head(&mut out, raw, &line, &fields, Framing::Chunked, &fwd);
+        assert!(text(&out).contains("\r\ntransfer-encoding: chunked\r\n"));
+    }
+
+    #[test]
+    fn client_answer_head_keeps_framing_and_adds_ids() {
+        let raw = b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+Keep-Alive: timeout=5\r\nX-Request-Id: other\r\nTransfer-Encoding: chunked\r\nServer-Timing: app;dur=1\r\n\r\n";
+        let mut fields = Vec::new();
+        let line = parse_response(raw, &mut fields).unwrap().unwrap();
+        let ans = |close, keep_alive_1_0, http_1_0| Answering {
+            request_id: b"rid-1",
+            server_timing: b"queue;dur=0.000",
+            close,
+            keep_alive_1_0,
+            http_1_0,
+        };
+        let mut out = Vec::new();
+        write_response_head(&mut out, raw, &line, &fields, &ans(false, false, false));
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\
+Server-Timing: app;dur=1\r\nx-request-id: rid-1\r\nserver-timing: queue;dur=0.000\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        write_response_head(&mut out, raw, &line, &fields, &ans(true, false, true));
+        let t = text(&out);
+        assert!(!t.contains("Transfer-Encoding"), "{t}");
+        assert!(t.ends_with("connection: close\r\n\r\n"), "{t}");
+        let mut out = Vec::new();
+        write_response_head(&mut out, raw, &line, &fields, &ans(false, true, false));
+        assert!(text(&out).ends_with("connection: keep-alive\r\n\r\n"));
+
+        // Both framings: chunked wins, content-length goes.
+        let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\ntrailer: x-t\r\n\r\n";
+        let mut fields = Vec::new();
+        let line = parse_response(raw, &mut fields).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, raw, &line, &fields, &ans(false, false, false));
+        let t = text(&out);
+        assert!(
+            t.contains("transfer-encoding: chunked\r\ntrailer: x-t\r\n"),
+            "{t}"
+        );
+        assert!(!t.contains("content-length"), "{t}");
+    }
+
+    #[test]
+    fn own_answers_are_complete_messages() {
+        let mut out = Vec::new();
+        let answer = OwnAnswer {
+            status: 429,
+            content_type: "application/json",
+            body: b"{}",
+            request_id: b"rid",
+            retry_after: Some(1),
+            close: true,
+            head_only: false,
+        };
+        write_own_answer(&mut out, &answer);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+cache-control: no-store\r\nx-request-id: rid\r\nretry-after: 1\r\nconnection: close\r\n\r\n{}"
+        );
+        let mut out = Vec::new();
+        write_own_answer(
+            &mut out,
+            &OwnAnswer {
+                head_only: true,
+                ..answer
+            },
+        );
+        assert!(text(&out).ends_with("content-length: 2\r\ncache-control: no-store\r\nx-request-id: rid\r\nretry-after: 1\r\nconnection: close\r\n\r\n"));
+    }
+
+    const BODY: &[u8] =
+        b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: x\r\n\r\n";
+
+    #[test]
+    fn chunked_end_is_found_at_any_split() {
+        let mut stream = BODY.to_vec();
+        stream.extend_from_slice(b"GET /next");
+        for split in 0..=stream.len() {
+            let mut c = Chunked::new();
+            let mut data = Vec::new();
+            let first = c
+                .scan(&stream[..split], |d| data.extend_from_slice(d))
+                .unwrap();
+            let second = if c.is_done() {
+                0
+            } else {
+                c.scan(&stream[first..], |d| data.extend_from_slice(d))
+                    .unwrap()
+            };
+            assert!(c.is_done(), "split at {split}");
+            assert_eq!(first + second, BODY.len(), "split at {split}");
+            assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.", "split at {split}");
+            assert_eq!(c.data, 23);
+        }
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"4\r\nWikiX\r\n",
+            b"4\nWiki\r\n",
+            b"1234567890abcdef0\r\n",
+            b"0\r\n\n",
+        ] {
+            let mut c = Chunked::new();
+            assert_eq!(
+                c.scan(bad, |_| {}),
+                Err(ChunkError),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut c = Chunked::new();
+        assert_eq!(c.scan(b"0\r\n\r\n", |_| {}), Ok(5));
+        assert!(c.is_done());
+    }
+}

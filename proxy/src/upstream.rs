@@ -1,0 +1,146 @@
+//! Connections to instances, and each worker thread's pool of idle
+//! keep-alive connections (and of I/O buffers).
+//!
+//! A worker thread runs every connection it serves on its own
+//! single-threaded runtime, so its idle upstream connections live in a
+//! thread-local map with no lock: a call takes one on the thread it runs on
+//! and gives it back there after a complete exchange. Connections are keyed
+//! by container id, never by address, so a connection to a container that
+//! was replaced is never reused for the new container that got the same
+//! address.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+/// How long an idle upstream connection stays pooled.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a TCP connection to an instance. Instances are on this
+/// host's bridge, so a handshake takes well under a millisecond; a dead
+/// instance's address never answers at all.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle connections kept per instance and worker thread; more are closed.
+const MAX_IDLE_PER_INSTANCE: usize = 256;
+/// A connection idle longer than this is checked for a close by the
+/// instance before it is reused (a shorter idle one is simply used: if the
+/// instance closed it, the exchange is replayed on a fresh connection).
+const CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// Size of a fresh I/O buffer.
+pub const BUF_SIZE: usize = 16 * 1024;
+/// Buffers kept per worker thread for reuse.
+const MAX_SPARE_BUFS: usize = 256;
+/// Buffers that grew past this are freed, not kept.
+const MAX_SPARE_CAPACITY: usize = 256 * 1024;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<Box<str>, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Why no connection could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr}: timed out after {} ms", CONNECT_TIMEOUT.as_millis())]
+    Timeout { addr: SocketAddr },
+}
+
+/// Whether an idle connection is still usable: nothing to read (a close
+/// or stray bytes from the instance make it unusable).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// An idle pooled connection to `instance`, if any (the most recently used
+/// first: it is the least likely to have been closed by the instance).
+/// `now` is the caller's clock reading (one less per call).
+pub fn take(instance: &str, now: Instant) -> Option<TcpStream> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(instance)?;
+        while let Some(entry) = list.pop() {
+            if now.saturating_duration_since(entry.since) < CHECK_AFTER || still_open(&entry.stream)
+            {
+                return Some(entry.stream);
+            }
+        }
+        None
+    })
+}
+
+/// Gives a connection back after a complete exchange.
+pub fn put(instance: &str, stream: TcpStream) {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let entry = Idle {
+            stream,
+            since: Instant::now(),
+        };
+        match idle.get_mut(instance) {
+            Some(list) if list.len() < MAX_IDLE_PER_INSTANCE => list.push(entry),
+            Some(_) => {}
+            None => {
+                idle.insert(instance.into(), vec![entry]);
+            }
+        }
+    });
+}
+
+/// Closes this thread's connections that were idle longer than
+/// `IDLE_TIMEOUT` or that the instance closed, and forgets instances with
+/// none left. Returns how many connections stay pooled.
+pub fn sweep(now: Instant) -> usize {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        idle.retain(|_, list| {
+            list.retain(|e| now.duration_since(e.since) < IDLE_TIMEOUT && still_open(&e.stream));
+            !list.is_empty()
+        });
+        idle.values().map(Vec::len).sum()
+    })
+}
+
+/// Opens a new connection to an instance.
+pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr }),
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// An empty I/O buffer from this thread's spares (or a new one).
+pub fn take_buf() -> Vec<u8> {
+    BUFS.with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+}
+
+/// Gives a buffer back for reuse; an idle connection holds none.
+pub fn give_buf(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > MAX_SPARE_CAPACITY {
+        return;
+    }
+    buf.clear();
+    BUFS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < MAX_SPARE_BUFS {
+            b.push(buf);
+        }
+    });
+}

@@ -1,0 +1,1375 @@
+//! The HTTP/1.1 data path (`engine.rs`) end to end: a real proxy worker (a
+//! current-thread runtime and a `LocalSet`, as `server.rs` runs it) with a
+//! real pool on a test runtime, in front of a scripted upstream, driven by
+//! raw TCP clients so that framing is checked byte for byte.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use containerpub_pool::{
+    ContainerRuntime, Owned, Pool, PoolConfig, PoolError, RuntimeEvent, Started,
+};
+use containerpub_proxy::engine::{self, Worker};
+use containerpub_proxy::routes::Routes;
+use containerpub_proxy::service::Proxy;
+use containerpub_wire::Manifest;
+use containerpub_wire::api::{Route, RouteTable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Bound on every client read and write.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The route's `resources.timeout_ms`.
+const TIMEOUT_MS: u64 = 500;
+/// The route's `resources.max_body_bytes`.
+const MAX_BODY: usize = 1000;
+const REVISION: i64 = 7;
+const HEALTH: &str = "/health";
+
+/// `/chunked`: the answer's body as the upstream writes it, one write per
+/// piece (split inside chunk sizes and a trailer on purpose), with a chunk
+/// extension and a trailer field.
+const CHUNKED_PIECES: [&[u8]; 4] = [
+    b"5;ext=one\r\nhel",
+    b"lo\r\n6\r\n wor",
+    b"ld\r\n0\r\nx-tr",
+    b"ail: yes\r\n\r\n",
+];
+/// `/close`: a body delimited by the upstream closing its connection.
+const CLOSE_BODY: &[u8] = b"until the connection closes";
+/// `/slow`: how long the upstream waits before answering.
+const SLOW: Duration = Duration::from_secs(3);
+/// `/big`: size of the answer body.
+const BIG_LEN: usize = 3 * 1024 * 1024 + 123;
+
+fn big_body() -> Vec<u8> {
+    (0..BIG_LEN).map(|i| (i % 251) as u8).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Message parsing shared by the upstream and the clients.
+
+/// Header fields, names lowercased.
+type Fields = Vec<(String, String)>;
+
+fn collect_fields(headers: &[httparse::Header<'_>]) -> Fields {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn values<'a>(fields: &'a Fields, name: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// A complete chunked body at the start of a buffer.
+struct Chunks {
+    /// Bytes of the body on the wire.
+    len: usize,
+    data: Vec<u8>,
+    /// The trailer section, without the final blank line.
+    trailers: String,
+}
+
+fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|i| from + i)
+}
+
+/// Parses a chunked body at the start of `buf`: `None` while incomplete.
+fn parse_chunked(buf: &[u8]) -> Option<Chunks> {
+    let mut i = 0;
+    let mut data = Vec::new();
+    loop {
+        let end = find_crlf(buf, i)?;
+        let size = buf[i..end].split(|&b| b == b';').next().unwrap_or_default();
+        let size = std::str::from_utf8(size).expect("ASCII chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        i = end + 2;
+        if size == 0 {
+            let start = i;
+            loop {
+                let end = find_crlf(buf, i)?;
+                if end == i {
+                    let trailers = String::from_utf8_lossy(&buf[start..i]).into_owned();
+                    return Some(Chunks {
+                        len: end + 2,
+                        data,
+                        trailers,
+                    });
+                }
+                i = end + 2;
+            }
+        }
+        if buf.len() < i + size + 2 {
+            return None;
+        }
+        data.extend_from_slice(&buf[i..i + size]);
+        assert_eq!(
+            &buf[i + size..i + size + 2],
+            b"\r\n",
+            "chunk data ends in CRLF"
+        );
+        i += size + 2;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The scripted upstream.
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// Which upstream connection (0, 1, … in accept order).
+    conn: usize,
+    /// The request line, e.g. `GET /echo HTTP/1.1`.
+    line: String,
+    method: String,
+    path: String,
+    fields: Fields,
+    head: Vec<u8>,
+    /// The body as it was on the wire (chunk framing included).
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn values(&self, name: &str) -> Vec<&str> {
+        values(&self.fields, name)
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        [&self.head[..], &self.body[..]].concat()
+    }
+
+    fn head_text(&self) -> String {
+        String::from_utf8_lossy(&self.head).into_owned()
+    }
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                for conn in 0.. {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(upstream_conn(tcp, conn, Arc::clone(&log)));
+                }
+            });
+        });
+        Self { addr, seen }
+    }
+
+    /// Complete requests received, readiness probes left out.
+    fn requests(&self) -> Vec<Seen> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|s| s.path != HEALTH).cloned().collect()
+    }
+
+    fn requests_to(&self, path: &str) -> Vec<Seen> {
+        self.requests()
+            .into_iter()
+            .filter(|s| s.path == path)
+            .collect()
+    }
+
+    fn last(&self) -> Seen {
+        self.requests().pop().expect("the upstream got a request")
+    }
+}
+
+async fn upstream_conn(mut tcp: tokio::net::TcpStream, conn: usize, log: Arc<Mutex<Vec<Seen>>>) {
+    let _ = tcp.set_nodelay(true);
+    let mut buf = Vec::new();
+    while let Some(seen) = read_request(&mut tcp, &mut buf, conn).await {
+        log.lock().unwrap().push(seen.clone());
+        let close = seen
+            .values("connection")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("close"));
+        match answer(&mut tcp, &seen).await {
+            Ok(true) if !close => {}
+            _ => return,
+        }
+    }
+}
+
+/// Reads one whole request (content-length or chunked body); `None` when
+/// the connection ends first.
+async fn read_request(
+    tcp: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    conn: usize,
+) -> Option<Seen> {
+    let (head_len, method, path, version, fields) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let httparse::Status::Complete(n) = req.parse(buf).ok()? {
+            break (
+                n,
+                req.method?.to_owned(),
+                req.path?.to_owned(),
+                req.version?,
+                collect_fields(req.headers),
+            );
+        }
+        if tcp.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    };
+    let chunked = values(&fields, "transfer-encoding")
+        .iter()
+        .any(|v| v.contains("chunked"));
+    let length: usize = values(&fields, "content-length")
+        .first()
+        .map_or(0, |v| v.parse().expect("a numeric content-length"));
+    let body_len = loop {
+        let rest = &buf[head_len..];
+        let whole = if chunked {
+            parse_chunked(rest).map(|c| c.len)
+        } else {
+            (rest.len() >= length).then_some(length)
+        };
+        if let Some(n) = whole {
+            break n;
+        }
+        if tcp.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    };
+    let head = buf[..head_len].to_vec();
+    let body = buf[head_len..head_len + body_len].to_vec();
+    buf.drain(..head_len + body_len);
+    Some(Seen {
+        conn,
+        line: format!("{method} {path} HTTP/1.{version}"),
+        method,
+        path,
+        fields,
+        head,
+        body,
+    })
+}
+
+/// Answers by path; returns whether the connection stays open.
+async fn answer(tcp: &mut tokio::net::TcpStream, req: &Seen) -> std::io::Result<bool> {
+    let pause = || tokio::time::sleep(Duration::from_millis(20));
+    let path = req.path.as_str();
+    if path == HEALTH {
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await?;
+        return Ok(true);
+    }
+    if path.starts_with("/echo") {
+        let raw = req.raw();
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            raw.len()
+        )
+        .into_bytes();
+        if req.method != "HEAD" {
+            out.extend_from_slice(&raw);
+        }
+        tcp.write_all(&out).await?;
+        return Ok(true);
+    }
+    match path {
+        "/chunked" => {
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\ntrailer: x-trail\r\n\r\n")
+                .await?;
+            if req.method == "HEAD" {
+                return Ok(true);
+            }
+            for piece in CHUNKED_PIECES {
+                pause().await;
+                tcp.write_all(piece).await?;
+            }
+            Ok(true)
+        }
+        "/close" => {
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n")
+                .await?;
+            pause().await;
+            tcp.write_all(CLOSE_BODY).await?;
+            Ok(false)
+        }
+        "/continue" => {
+            tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            pause().await;
+            tcp.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n")
+                .await?;
+            pause().await;
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\ncontinued")
+                .await?;
+            Ok(true)
+        }
+        "/slow" => {
+            tokio::time::sleep(SLOW).await;
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+                .await?;
+            Ok(true)
+        }
+        "/te-and-cl" => {
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                .await?;
+            Ok(true)
+        }
+        "/upstream-close" => {
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await?;
+            Ok(false)
+        }
+        "/once" => {
+            tcp.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: keep-alive\r\n\r\nonce",
+            )
+            .await?;
+            Ok(false)
+        }
+        "/big" => {
+            tcp.write_all(
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG_LEN}\r\n\r\n").as_bytes(),
+            )
+            .await?;
+            for piece in big_body().chunks(64 * 1024) {
+                tcp.write_all(piece).await?;
+            }
+            Ok(true)
+        }
+        _ => {
+            tcp.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .await?;
+            Ok(true)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The container runtime under the pool.
+
+enum Target {
+    /// Every instance is the scripted upstream.
+    Upstream(SocketAddr),
+    /// Every instance answers its readiness probe, then stops listening.
+    Vanishing,
+}
+
+struct TestRuntime {
+    target: Target,
+    starts: AtomicUsize,
+}
+
+/// A listener that answers one readiness probe and then goes away, so
+/// that connecting to it refuses.
+async fn vanishing_instance() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut probe, _)) = listener.accept().await else {
+            return;
+        };
+        drop(listener);
+        let mut buf = [0u8; 1024];
+        let _ = probe.read(&mut buf).await;
+        let _ = probe
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+    });
+    addr
+}
+
+#[async_trait]
+impl ContainerRuntime for TestRuntime {
+    async fn start(&self, route: &Route, _node: &str) -> Result<Started, PoolError> {
+        let n = self.starts.fetch_add(1, Ordering::SeqCst);
+        let addr = match self.target {
+            Target::Upstream(addr) => addr,
+            Target::Vanishing => vanishing_instance().await,
+        };
+        Ok(Started {
+            id: format!("{}-{n}", route.function),
+            addr,
+        })
+    }
+    async fn remove(&self, _id: &str) -> Result<(), PoolError> {
+        Ok(())
+    }
+    async fn list_owned(&self, _node: &str) -> Result<Vec<Owned>, PoolError> {
+        Ok(Vec::new())
+    }
+    async fn pause(&self, _id: &str) -> Result<(), PoolError> {
+        Ok(())
+    }
+    async fn resume(&self, _id: &str) -> Result<(), PoolError> {
+        Ok(())
+    }
+    async fn events(
+        &self,
+        _node: &str,
+        _tx: &mpsc::UnboundedSender<RuntimeEvent>,
+    ) -> Result<(), PoolError> {
+        std::future::pending().await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The proxy under test.
+
+/// Function `t`: a short timeout and a small body limit.
+fn route() -> Route {
+    let text = format!(
+        "name = \"t\"\nruntime = \"container\"\nhealth_path = \"{HEALTH}\"\n\
+         [resources]\ntimeout_ms = {TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY}\n\
+         [scaling]\nmin_instances = 0\n"
+    );
+    Route {
+        function: "t".into(),
+        deployment_id: 1,
+        version: 1,
+        image: "img".into(),
+        config: Manifest::parse(&text).unwrap(),
+    }
+}
+
+/// Runs one proxy worker on its own thread; returns where it listens.
+fn start_proxy(runtime: Arc<TestRuntime>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let table = RouteTable {
+                revision: REVISION,
+                routes: vec![route()],
+            };
+            let config = PoolConfig {
+                node: "test".into(),
+                start_timeout: Duration::from_secs(2),
+            };
+            let pool = Pool::with_runtime(runtime, config, &table.routes)
+                .await
+                .unwrap();
+            let proxy = Rc::new(Proxy::new(Arc::new(Routes::new(&table)), pool));
+            let worker = Rc::new(Worker::default());
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::task::spawn_local(engine::serve_connection(
+                    tcp,
+                    peer,
+                    Rc::clone(&proxy),
+                    Rc::clone(&worker),
+                ));
+            }
+        });
+    });
+    addr
+}
+
+/// A proxy, its upstream and its runtime; each test has its own.
+struct Harness {
+    addr: SocketAddr,
+    upstream: Upstream,
+    runtime: Arc<TestRuntime>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::start(false)
+    }
+
+    /// Instances whose address refuses connections once they were found
+    /// ready.
+    fn vanishing() -> Self {
+        Self::start(true)
+    }
+
+    fn start(vanishing: bool) -> Self {
+        let upstream = Upstream::start();
+        let target = if vanishing {
+            Target::Vanishing
+        } else {
+            Target::Upstream(upstream.addr)
+        };
+        let runtime = Arc::new(TestRuntime {
+            target,
+            starts: AtomicUsize::new(0),
+        });
+        let addr = start_proxy(Arc::clone(&runtime));
+        Self {
+            addr,
+            upstream,
+            runtime,
+        }
+    }
+
+    fn starts(&self) -> usize {
+        self.runtime.starts.load(Ordering::SeqCst)
+    }
+
+    fn connect(&self) -> Client {
+        let tcp = TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        Client {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// One request on a new connection, and its answer.
+    fn call(&self, request: &str) -> (Client, Response) {
+        let mut client = self.connect();
+        client.send(request.as_bytes());
+        let response = client.response();
+        (client, response)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients.
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    fields: Fields,
+    /// The body, de-chunked.
+    body: Vec<u8>,
+    /// The body as it was on the wire.
+    raw_body: Vec<u8>,
+    trailers: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        let all = values(&self.fields, name);
+        assert!(
+            all.len() <= 1,
+            "{name} appears {} times: {:?}",
+            all.len(),
+            self.fields
+        );
+        all.first().copied()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body of an answer the proxy wrote itself: JSON with `error`.
+    fn error(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&self.body).expect("a JSON body");
+        json["error"].as_str().expect("an error message").to_owned()
+    }
+
+    fn closes(&self) -> bool {
+        self.header("connection") == Some("close")
+    }
+}
+
+struct Client {
+    tcp: TcpStream,
+    /// Bytes read and not yet parsed.
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).expect("sending to the proxy");
+    }
+
+    /// Reads more; 0 at the end of the connection.
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = self.tcp.read(&mut chunk).unwrap_or_else(|e| {
+            panic!(
+                "reading from the proxy: {e}; unparsed: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            )
+        });
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    fn response(&mut self) -> Response {
+        self.read_response(false)
+    }
+
+    fn response_to_head(&mut self) -> Response {
+        self.read_response(true)
+    }
+
+    fn read_response(&mut self, head_request: bool) -> Response {
+        let (head_len, status, fields) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            let parsed = resp.parse(&self.buf).unwrap_or_else(|e| {
+                panic!(
+                    "invalid answer head ({e}): {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                )
+            });
+            if let httparse::Status::Complete(n) = parsed {
+                break (n, resp.code.unwrap(), collect_fields(resp.headers));
+            }
+            assert!(
+                self.fill() > 0,
+                "closed before an answer head: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        };
+        self.buf.drain(..head_len);
+        let mut r = Response {
+            status,
+            fields,
+            body: Vec::new(),
+            raw_body: Vec::new(),
+            trailers: String::new(),
+        };
+        if head_request || status / 100 == 1 || status == 204 || status == 304 {
+            return r;
+        }
+        if let Some(te) = r.header("transfer-encoding") {
+            assert_eq!(te, "chunked");
+            let chunks = loop {
+                if let Some(c) = parse_chunked(&self.buf) {
+                    break c;
+                }
+                assert!(self.fill() > 0, "closed inside a chunked body");
+            };
+            r.raw_body = self.buf.drain(..chunks.len).collect();
+            r.body = chunks.data;
+            r.trailers = chunks.trailers;
+        } else if let Some(n) = r.header("content-length") {
+            let n: usize = n.parse().unwrap();
+            while self.buf.len() < n {
+                assert!(
+                    self.fill() > 0,
+                    "closed after {} of {n} body bytes",
+                    self.buf.len()
+                );
+            }
+            r.body = self.buf.drain(..n).collect();
+            r.raw_body = r.body.clone();
+        } else {
+            while self.fill() > 0 {}
+            r.body = std::mem::take(&mut self.buf);
+            r.raw_body = r.body.clone();
+        }
+        r
+    }
+
+    /// The proxy closed the connection, with nothing after the last answer.
+    fn expect_closed(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "bytes after the answer: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        assert_eq!(
+            self.fill(),
+            0,
+            "the connection should be closed: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nhost: proxy.test\r\n\r\n")
+}
+
+fn is_generated_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+// ---------------------------------------------------------------------------
+// Requests on their way to the instance.
+
+#[test]
+fn request_line_and_fields_are_rewritten_for_the_instance() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(
+        b"GET /fn/t/echo/a?b=1 HTTP/1.1\r\nhost: example.test\r\nconnection: keep-alive, x-hop\r\n\
+          x-hop: 1\r\nkeep-alive: timeout=5\r\nte: trailers\r\nupgrade: websocket\r\n\
+          proxy-connection: keep-alive\r\nx-custom: kept\r\n\r\n",
+    );
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    let id = r
+        .header("x-request-id")
+        .expect("an x-request-id")
+        .to_owned();
+    assert!(is_generated_id(&id), "{id}");
+    let seen = h.upstream.last();
+    assert_eq!(seen.line, "GET /echo/a?b=1 HTTP/1.1");
+    assert_eq!(seen.values("x-request-id"), [id.as_str()]);
+    assert_eq!(seen.values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.values("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.values("host"), ["example.test"]);
+    assert_eq!(seen.values("x-custom"), ["kept"]);
+    for hop in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+    ] {
+        assert!(
+            seen.values(hop).is_empty(),
+            "{hop} was forwarded:\n{}",
+            seen.head_text()
+        );
+    }
+    assert_eq!(r.body, seen.raw(), "the echo is what the instance got");
+
+    // Forwarding fields that came in are extended or replaced; a sane
+    // request id is kept.
+    c.send(
+        b"GET /fn/t/echo/b HTTP/1.1\r\nhost: example.test\r\nx-forwarded-for: 192.0.2.1\r\n\
+          x-forwarded-proto: https\r\nx-request-id: abc-123.def\r\n\r\n",
+    );
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("abc-123.def"));
+    let seen = h.upstream.last();
+    assert_eq!(seen.line, "GET /echo/b HTTP/1.1");
+    assert_eq!(seen.values("x-forwarded-for"), ["192.0.2.1, 127.0.0.1"]);
+    assert_eq!(seen.values("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.values("x-request-id"), ["abc-123.def"]);
+
+    // An id unfit for headers and logs is replaced.
+    c.send(b"GET /fn/t/echo/c HTTP/1.1\r\nhost: x\r\nx-request-id: a b<c>\r\n\r\n");
+    let r = c.response();
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert!(is_generated_id(&id), "{id}");
+    assert_eq!(h.upstream.last().values("x-request-id"), [id.as_str()]);
+}
+
+#[test]
+fn absolute_form_target_is_forwarded_in_origin_form() {
+    let h = Harness::new();
+    let (_, r) =
+        h.call("GET http://example.test/fn/t/echo/abs?q=1 HTTP/1.1\r\nhost: example.test\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(h.upstream.last().line, "GET /echo/abs?q=1 HTTP/1.1");
+}
+
+#[test]
+fn keep_alive_serves_many_requests_over_one_upstream_connection() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    for i in 0..20 {
+        c.send(get(&format!("/fn/t/echo/{i}")).as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, 200, "request {i}");
+        assert!(!r.closes(), "request {i}");
+        let line = format!("GET /echo/{i} HTTP/1.1\r\n");
+        assert!(
+            r.body.starts_with(line.as_bytes()),
+            "request {i}: {}",
+            r.text()
+        );
+    }
+    let seen = h.upstream.requests();
+    assert_eq!(seen.len(), 20);
+    let conns: HashSet<usize> = seen.iter().map(|s| s.conn).collect();
+    assert!(
+        conns.len() < seen.len(),
+        "no upstream connection was reused"
+    );
+    assert_eq!(
+        conns.len(),
+        1,
+        "sequential calls on one worker share one upstream connection"
+    );
+    assert_eq!(h.starts(), 1);
+}
+
+#[test]
+fn connection_close_from_either_side() {
+    let h = Harness::new();
+    // The client's close: honoured after the answer.
+    let (mut c, r) = h.call("GET /fn/t/echo/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.closes(), "{r:?}");
+    c.expect_closed();
+    // The instance's close: its connection is not reused, the client's
+    // is kept.
+    let mut c = h.connect();
+    for _ in 0..2 {
+        c.send(get("/fn/t/upstream-close").as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, 200);
+        assert!(!r.closes(), "{r:?}");
+        assert_eq!(r.body, b"ok");
+    }
+    let seen = h.upstream.requests_to("/upstream-close");
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0].conn, seen[1].conn);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    let pipeline = [
+        get("/fn/t/echo/1"),
+        get("/fn/t/echo/2"),
+        "POST /fn/t/echo/3 HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello".to_owned(),
+        get("/fn/t/echo/4"),
+    ]
+    .concat();
+    c.send(pipeline.as_bytes());
+    for i in 1..=4 {
+        let r = c.response();
+        assert_eq!(r.status, 200, "answer {i}");
+        assert!(
+            r.text().contains(&format!(" /echo/{i} HTTP/1.1\r\n")),
+            "answer {i}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(h.upstream.requests_to("/echo/3")[0].body, b"hello");
+}
+
+#[test]
+fn content_length_bodies_arrive_byte_exact() {
+    let h = Harness::new();
+    let body: Vec<u8> = (0..600u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let head = format!(
+        "POST /fn/t/echo/post HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+
+    // All at once.
+    let mut c = h.connect();
+    c.send(&[head.as_bytes(), &body].concat());
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    let seen = h.upstream.last();
+    assert_eq!(seen.values("content-length"), ["600"]);
+    assert_eq!(seen.body, body);
+    assert_eq!(r.body, seen.raw());
+
+    // The head alone, then the body in three writes.
+    c.send(head.as_bytes());
+    for part in [&body[..100], &body[100..350], &body[350..]] {
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(part);
+    }
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    let seen = h.upstream.last();
+    assert_eq!(seen.body, body);
+    assert_eq!(r.body, seen.raw());
+    // The body is a limit on bytes, not requests: exactly the limit passes.
+    let full = vec![b'z'; MAX_BODY];
+    c.send(
+        format!("POST /fn/t/echo/full HTTP/1.1\r\nhost: x\r\ncontent-length: {MAX_BODY}\r\n\r\n")
+            .as_bytes(),
+    );
+    c.send(&full);
+    assert_eq!(c.response().status, 200);
+    assert_eq!(h.upstream.last().body, full);
+}
+
+#[test]
+fn chunked_bodies_are_forwarded_as_chunked() {
+    let h = Harness::new();
+    let pieces: [&[u8]; 4] = [
+        b"4;note=x\r\nab",
+        b"cd\r\n3\r\nef",
+        b"g\r\n1",
+        b"0\r\n0123456789abcdef\r\n0\r\nx-sum: 7\r\n\r\n",
+    ];
+    let mut c = h.connect();
+    c.send(b"POST /fn/t/echo/chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n");
+    c.send(pieces[0]);
+    for piece in &pieces[1..] {
+        std::thread::sleep(Duration::from_millis(40));
+        c.send(piece);
+    }
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    let seen = h.upstream.last();
+    assert_eq!(seen.values("transfer-encoding"), ["chunked"]);
+    assert!(seen.values("content-length").is_empty());
+    assert_eq!(
+        seen.body,
+        pieces.concat(),
+        "chunk bytes forwarded unchanged"
+    );
+    let decoded = parse_chunked(&seen.body).unwrap();
+    assert_eq!(decoded.data, b"abcdefg0123456789abcdef");
+    assert_eq!(decoded.trailers, "x-sum: 7\r\n");
+    // The connection is still in step.
+    c.send(get("/fn/t/echo/next").as_bytes());
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn expect_100_continue_gets_an_interim_answer_before_the_body() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(b"POST /fn/t/echo/expect HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n");
+    let interim = c.response();
+    assert_eq!(
+        interim.status, 100,
+        "an interim answer before the body is sent"
+    );
+    c.send(b"hello");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    let seen = h.upstream.last();
+    assert_eq!(seen.body, b"hello");
+    assert!(
+        seen.values("expect").is_empty(),
+        "expect is the proxy's business"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Limits and bad requests.
+
+#[test]
+fn content_length_over_the_limit_is_refused_before_any_instance() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(
+        format!(
+            "POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            MAX_BODY + 1
+        )
+        .as_bytes(),
+    );
+    let r = c.response();
+    assert_eq!(r.status, 413);
+    assert!(r.closes(), "{r:?}");
+    let error = r.error();
+    assert!(error.contains("1001") && error.contains("1000"), "{error}");
+    c.expect_closed();
+    assert_eq!(h.starts(), 0, "no instance for a refused call");
+    assert!(h.upstream.requests().is_empty());
+}
+
+#[test]
+fn chunked_body_growing_over_the_limit_is_refused() {
+    let h = Harness::new();
+    let head =
+        "POST /fn/t/echo/big-chunked HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    let chunk = |n: usize| {
+        [
+            format!("{n:x}\r\n").into_bytes(),
+            vec![b'x'; n],
+            b"\r\n".to_vec(),
+        ]
+        .concat()
+    };
+
+    // The whole body came with the head.
+    let mut c = h.connect();
+    c.send(&[head.as_bytes(), &chunk(MAX_BODY + 24), b"0\r\n\r\n"].concat());
+    let r = c.response();
+    assert_eq!(r.status, 413);
+    assert!(r.closes());
+    assert!(r.error().contains("limit"));
+    c.expect_closed();
+
+    // The body crosses the limit while it streams to the instance.
+    let mut c = h.connect();
+    c.send(&[head.as_bytes(), &chunk(512)].concat());
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(&[&chunk(600)[..], b"0\r\n\r\n"].concat());
+    let r = c.response();
+    assert_eq!(r.status, 413);
+    assert!(r.closes());
+    c.expect_closed();
+    assert!(
+        h.upstream.requests().is_empty(),
+        "the instance never got a whole request"
+    );
+
+    // Exactly the limit passes.
+    let mut c = h.connect();
+    c.send(
+        &[
+            head.as_bytes(),
+            &chunk(MAX_BODY - 1),
+            &chunk(1),
+            b"0\r\n\r\n",
+        ]
+        .concat(),
+    );
+    assert_eq!(c.response().status, 200);
+    assert_eq!(
+        parse_chunked(&h.upstream.last().body).unwrap().data.len(),
+        MAX_BODY
+    );
+}
+
+#[test]
+fn malformed_requests_are_refused_and_closed() {
+    let h = Harness::new();
+    let cases: [(&str, &[u8], u16); 6] = [
+        (
+            "chunked and content-length",
+            b"POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "two content-lengths",
+            b"POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "a content-length list that disagrees",
+            b"POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 4, 3\r\n\r\nabcd",
+            400,
+        ),
+        (
+            "a transfer-encoding not ending in chunked",
+            b"POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            400,
+        ),
+        ("a garbage request line", b"this is not http\r\n\r\n", 400),
+        (
+            "a malformed chunked body",
+            b"POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let mut c = h.connect();
+        c.send(request);
+        let r = c.response();
+        assert_eq!(r.status, status, "{what}");
+        assert!(r.closes(), "{what}: {r:?}");
+        assert!(r.error().starts_with("bad request"), "{what}");
+        assert!(is_generated_id(r.header("x-request-id").unwrap()), "{what}");
+        c.expect_closed();
+    }
+
+    // A head that does not end within 64 KiB.
+    let mut c = h.connect();
+    let mut head = b"GET /fn/t/echo HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    head.resize(64 * 1024, b'a');
+    c.send(&head);
+    let r = c.response();
+    assert_eq!(r.status, 431);
+    assert!(r.closes());
+    r.error();
+    c.expect_closed();
+
+    assert!(
+        h.upstream.requests().is_empty(),
+        "nothing malformed reached the instance"
+    );
+}
+
+#[test]
+fn paths_outside_routed_functions_are_answered_by_the_proxy() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(get("/fn/nope/x").as_bytes());
+    let r = c.response();
+    assert_eq!(r.status, 404);
+    assert!(r.error().contains("no function named \"nope\""), "{r:?}");
+    assert!(!r.closes(), "a 404 keeps the connection");
+
+    c.send(get("/elsewhere").as_bytes());
+    let r = c.response();
+    assert_eq!(r.status, 404);
+    assert!(r.error().contains("/fn/"), "{r:?}");
+
+    c.send(get("/healthz").as_bytes());
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(json["revision"], REVISION);
+    assert_eq!(json["routes"], 1);
+    assert_eq!(h.starts(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Answers on their way to the client.
+
+#[test]
+fn chunked_answer_keeps_its_chunks_and_trailer_for_http_1_1() {
+    let h = Harness::new();
+    let (mut c, r) = h.call(&get("/fn/t/chunked"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(
+        r.raw_body,
+        CHUNKED_PIECES.concat(),
+        "chunks relayed byte for byte"
+    );
+    assert_eq!(r.body, b"hello world");
+    assert_eq!(r.trailers, "x-trail: yes\r\n");
+    assert!(!r.closes());
+    c.send(get("/fn/t/echo/after").as_bytes());
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn chunked_answer_is_dechunked_for_http_1_0_and_the_connection_closed() {
+    let h = Harness::new();
+    let (mut c, r) = h.call("GET /fn/t/chunked HTTP/1.0\r\nhost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), None);
+    assert_eq!(r.header("content-length"), None);
+    assert!(r.closes(), "{r:?}");
+    assert_eq!(r.body, b"hello world", "decoded, delimited by the close");
+    c.expect_closed();
+}
+
+#[test]
+fn http_1_0_keep_alive_is_honoured() {
+    let h = Harness::new();
+    let (mut c, r) = h.call("GET /fn/t/echo/k HTTP/1.0\r\nconnection: keep-alive\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    assert!(
+        r.text().starts_with("GET /echo/k HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+    c.send(b"GET /fn/t/echo/l HTTP/1.0\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    c.expect_closed();
+}
+
+/// RFC 9112 §6.1: no `transfer-encoding` towards an HTTP/1.0 client, not
+/// even in the answer to a `HEAD`.
+#[test]
+fn head_of_a_chunked_answer_to_http_1_0_has_no_transfer_encoding() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(b"HEAD /fn/t/chunked HTTP/1.0\r\nhost: x\r\n\r\n");
+    let r = c.response_to_head();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), None, "{r:?}");
+    c.expect_closed();
+}
+
+/// RFC 9112 §6.3: an answer with both `transfer-encoding` and
+/// `content-length` is framed by the former, and the latter must be
+/// removed before it is forwarded (else whoever trusts `content-length`
+/// downstream is desynchronised by a function's answer).
+#[test]
+fn answer_with_transfer_encoding_and_content_length_loses_content_length() {
+    let h = Harness::new();
+    let (mut c, r) = h.call(&get("/fn/t/te-and-cl"));
+    if r.status == 502 {
+        return; // Refusing such an answer is fine too.
+    }
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(
+        r.header("content-length"),
+        None,
+        "both framings relayed: {r:?}"
+    );
+    assert_eq!(r.body, b"hello");
+    c.send(get("/fn/t/echo/after").as_bytes());
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn close_delimited_answer_is_relayed_and_the_connection_closed() {
+    let h = Harness::new();
+    let (mut c, r) = h.call(&get("/fn/t/close"));
+    assert_eq!(r.status, 200);
+    assert!(r.closes(), "{r:?}");
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.body, CLOSE_BODY);
+    c.expect_closed();
+}
+
+#[test]
+fn interim_answers_from_the_instance_are_not_relayed() {
+    let h = Harness::new();
+    let (mut c, r) = h.call(&get("/fn/t/continue"));
+    assert_eq!(
+        r.status, 200,
+        "the first answer the client sees is the final one"
+    );
+    assert_eq!(r.body, b"continued");
+    c.send(get("/fn/t/echo/after").as_bytes());
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn head_answer_has_no_body_and_the_connection_goes_on() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(b"HEAD /fn/t/echo/h HTTP/1.1\r\nhost: x\r\n\r\n");
+    let r = c.response_to_head();
+    assert_eq!(r.status, 200);
+    let length: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert!(length > 0);
+    assert_eq!(h.upstream.last().line, "HEAD /echo/h HTTP/1.1");
+    c.send(get("/fn/t/echo/h2").as_bytes());
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().starts_with("GET /echo/h2 HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn big_answer_arrives_whole() {
+    let h = Harness::new();
+    let (mut c, r) = h.call(&get("/fn/t/big"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(BIG_LEN.to_string().as_str())
+    );
+    assert_eq!(r.body.len(), BIG_LEN);
+    assert!(r.body == big_body(), "the body differs");
+    c.send(get("/fn/t/echo/after").as_bytes());
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn server_timing_tells_queue_start_and_upstream() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    for kind in ["cold", "warm"] {
+        c.send(get("/fn/t/echo").as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, 200);
+        let timing = r.header("server-timing").expect("server-timing");
+        let parts: Vec<&str> = timing.split(", ").collect();
+        let start = format!("start;desc=\"{kind}\";dur=");
+        let ms = |part: &str, prefix: &str| {
+            let v = part
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{timing}: no {prefix}"));
+            assert!(
+                v.split_once('.').is_some_and(|(_, d)| d.len() == 3),
+                "{timing}"
+            );
+            v.parse::<f64>().unwrap_or_else(|_| panic!("{timing}"))
+        };
+        assert_eq!(parts.len(), 3, "{timing}");
+        ms(parts[0], "queue;dur=");
+        ms(parts[1], &start);
+        assert!(
+            ms(parts[2], "upstream;dur=") < TIMEOUT_MS as f64,
+            "{timing}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Failures.
+
+#[test]
+fn slow_instance_gets_504_after_the_timeout() {
+    let h = Harness::new();
+    let began = Instant::now();
+    let (mut c, r) = h.call(&get("/fn/t/slow"));
+    let took = began.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(r.closes());
+    assert!(r.error().contains(&format!("{TIMEOUT_MS} ms")), "{r:?}");
+    assert!(took >= Duration::from_millis(TIMEOUT_MS), "{took:?}");
+    assert!(took < Duration::from_millis(TIMEOUT_MS * 3), "{took:?}");
+    c.expect_closed();
+}
+
+#[test]
+fn request_is_replayed_when_a_pooled_connection_was_closed() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    for i in 0..2 {
+        c.send(get("/fn/t/once").as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, 200, "call {i}: {r:?}");
+        assert_eq!(r.body, b"once");
+    }
+    let seen = h.upstream.requests_to("/once");
+    assert_eq!(seen.len(), 2);
+    assert_ne!(
+        seen[0].conn, seen[1].conn,
+        "the second call went over a fresh connection"
+    );
+    assert_eq!(
+        h.starts(),
+        1,
+        "a closed pooled connection does not fail the instance"
+    );
+}
+
+#[test]
+fn unreachable_instance_is_replaced_once_then_502() {
+    let h = Harness::vanishing();
+    let (mut c, r) = h.call(&get("/fn/t/echo"));
+    assert_eq!(r.status, 502);
+    assert!(r.closes());
+    assert_eq!(r.error(), "function connection failed");
+    c.expect_closed();
+    assert_eq!(
+        h.starts(),
+        2,
+        "the call was tried once more on a new instance"
+    );
+}
