@@ -418,6 +418,14 @@ impl Pool {
         }
     }
 
+    /// A free slot of `route`'s function right now, if there is one (the
+    /// warm path of [`Pool::lease`], without its future).
+    pub fn try_lease(&self, route: &Route) -> Option<Lease> {
+        let fp = self.inner.route_to(route);
+        let instance = fp.try_acquire()?;
+        Some(self.inner.lease_of(&fp, instance, Instant::now()))
+    }
+
     /// Leases an instance of `route`'s function: a free slot at once, or a
     /// place in the function's queue until a slot frees, an instance starts
     /// or a paused one resumes.

@@ -97,14 +97,17 @@ async fn timed<T>(
     }
 }
 
-/// Reads at least one more byte into `buf` (taking a buffer if it has
-/// none) before `timer` fires.
+/// Reads at least one more byte into `buf` (taking a buffer, once there is
+/// something to read, if it has none) before `timer` fires.
 async fn read_more(
     tcp: &mut TcpStream,
     buf: &mut Vec<u8>,
     timer: &mut Pin<Box<Sleep>>,
 ) -> Result<usize, Fail> {
     if buf.capacity() == 0 {
+        // An idle connection waits without a buffer: a fresh one costs a
+        // resident page even unused.
+        timed(timer, tcp.readable()).await?;
         *buf = take_buf();
     }
     if buf.capacity() - buf.len() < READ_RESERVE {
@@ -168,7 +171,10 @@ pub async fn serve_connection(
         match conn.next_request(&worker).await {
             Next::Request(line) => {
                 conn.consumed = line.head_len;
-                if !conn.exchange(&proxy, &worker, line).await {
+                // Boxed: the exchange's state (about 2 KiB) exists only
+                // while a request is in progress, not in every idle
+                // connection's task.
+                if !Box::pin(conn.exchange(&proxy, &worker, line)).await {
                     break;
                 }
                 let used = std::mem::take(&mut conn.consumed);
@@ -420,7 +426,13 @@ impl Conn {
             return self.answer_call(call, &reply, true, head_only).await;
         }
 
-        match proxy.pool().lease(&entry.route).await {
+        // The warm path needs no future; the slow one (queue, start) is
+        // boxed so that every connection's task stays small.
+        let leased = match proxy.pool().try_lease(&entry.route) {
+            Some(lease) => Ok(lease),
+            None => Box::pin(proxy.pool().lease(&entry.route)).await,
+        };
+        match leased {
             Ok(lease) => call.lease = Some(lease),
             Err(e) => {
                 debug!(function = %call.function(), error = %e, "no instance for call");
@@ -499,7 +511,7 @@ impl Conn {
             let reused = pooled.is_some();
             let mut up = match pooled {
                 Some(up) => up,
-                None => match upstream::connect(addr).await {
+                None => match Box::pin(upstream::connect(addr)).await {
                     Ok(up) => up,
                     Err(e) => {
                         // Nothing was sent: the instance is unreachable.
@@ -521,7 +533,7 @@ impl Conn {
                                 .await;
                         }
                         connect_retried = true;
-                        match proxy.pool().lease(&call.entry.route).await {
+                        match Box::pin(proxy.pool().lease(&call.entry.route)).await {
                             Ok(lease) => call.lease = Some(lease),
                             Err(e) => {
                                 give_buf(out);

@@ -31,6 +31,9 @@ const TIMEOUT_MS: u64 = 500;
 const MAX_BODY: usize = 1000;
 const REVISION: i64 = 7;
 const HEALTH: &str = "/health";
+/// Size of the last connection task spawned (the future of
+/// `serve_connection`), which every idle client connection holds.
+static CONNECTION_TASK_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// `/chunked`: the answer's body as the upstream writes it, one write per
 /// piece (split inside chunk sizes and a trailer on purpose), with a chunk
@@ -495,12 +498,10 @@ fn start_proxy(runtime: Arc<TestRuntime>) -> SocketAddr {
                 let Ok((tcp, peer)) = listener.accept().await else {
                     continue;
                 };
-                tokio::task::spawn_local(engine::serve_connection(
-                    tcp,
-                    peer,
-                    Rc::clone(&proxy),
-                    Rc::clone(&worker),
-                ));
+                let task =
+                    engine::serve_connection(tcp, peer, Rc::clone(&proxy), Rc::clone(&worker));
+                CONNECTION_TASK_BYTES.store(std::mem::size_of_val(&task), Ordering::Relaxed);
+                tokio::task::spawn_local(task);
             }
         });
     });
@@ -802,6 +803,20 @@ fn absolute_form_target_is_forwarded_in_origin_form() {
         h.call("GET http://example.test/fn/t/echo/abs?q=1 HTTP/1.1\r\nhost: example.test\r\n\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(h.upstream.last().line, "GET /echo/abs?q=1 HTTP/1.1");
+}
+
+#[test]
+fn an_idle_connection_holds_a_small_task() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(get("/fn/t/echo/x").as_bytes());
+    assert_eq!(c.response().status, 200);
+    let bytes = CONNECTION_TASK_BYTES.load(Ordering::Relaxed);
+    // The exchange's own state is boxed while a request is in progress.
+    assert!(
+        (1..=1536).contains(&bytes),
+        "a connection task takes {bytes} bytes"
+    );
 }
 
 #[test]
