@@ -150,6 +150,9 @@ impl Instance {
 pub(crate) struct FunctionPool {
     pub(crate) route: Route,
     pub(crate) instances: Mutex<Vec<Arc<Instance>>>,
+    /// `instances.len()`, readable without the lock (`ensure_min`'s check
+    /// on every call).
+    listed: AtomicU32,
     /// Starts under way.
     starting: AtomicU32,
     /// Calls waiting for a slot.
@@ -171,6 +174,7 @@ impl FunctionPool {
         Self {
             route,
             instances: Mutex::new(Vec::new()),
+            listed: AtomicU32::new(0),
             starting: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
             changed: Notify::new(),
@@ -237,7 +241,22 @@ impl FunctionPool {
         let mut instances = self.lock();
         let before = instances.len();
         instances.retain(|i| !Arc::ptr_eq(i, instance));
+        self.listed.store(instances.len() as u32, Ordering::Release);
         before != instances.len()
+    }
+
+    /// Adds an instance to the list.
+    fn list(&self, instance: Arc<Instance>) {
+        let mut instances = self.lock();
+        instances.push(instance);
+        self.listed.store(instances.len() as u32, Ordering::Release);
+    }
+
+    /// Takes every instance off the list.
+    fn unlist_all(&self) -> Vec<Arc<Instance>> {
+        let mut instances = self.lock();
+        self.listed.store(0, Ordering::Release);
+        instances.drain(..).collect()
     }
 }
 
@@ -476,7 +495,7 @@ impl Pool {
         };
         for fp in all {
             fp.retired.store(true, Ordering::Release);
-            let instances: Vec<_> = fp.lock().drain(..).collect();
+            let instances: Vec<_> = fp.unlist_all();
             for i in instances {
                 i.set_state(InstanceState::Gone);
                 self.inner.idle.forget(&i.id);
@@ -536,7 +555,7 @@ impl Pool {
             Duration::ZERO,
             StartKind::Warm,
         ));
-        fp.lock().push(Arc::clone(&instance));
+        fp.list(Arc::clone(&instance));
         self.inner.idle.track(&fp, &instance);
         fp.publish();
         Some(state)
@@ -702,6 +721,12 @@ impl Inner {
     fn ensure_min(self: &Arc<Self>, fp: &Arc<FunctionPool>) {
         let min = fp.route.config.scaling.min_instances;
         if min == 0 || fp.retired.load(Ordering::Acquire) {
+            return;
+        }
+        // Called on every lease: enough instances listed or starting needs
+        // no lock. (A listed instance may be `Gone` for a moment: its removal
+        // calls this again.)
+        if fp.listed.load(Ordering::Acquire) + fp.starting.load(Ordering::Acquire) >= min {
             return;
         }
         let missing = {
@@ -924,7 +949,7 @@ impl Inner {
                     // Retired while starting: nobody will call it.
                     self.remove_later(instance.id.clone());
                 } else {
-                    fp.lock().push(Arc::clone(&instance));
+                    fp.list(Arc::clone(&instance));
                     self.idle.track(fp, &instance);
                     tracing::info!(function, deployment = route.deployment_id, container = short(&instance.id), addr = %addr, ms = took.as_millis() as u64, "instance ready");
                 }
@@ -1111,7 +1136,7 @@ impl Inner {
     /// passes. Calls queued on it move to the set that replaced it.
     fn retire(&self, fp: Arc<FunctionPool>) {
         fp.retired.store(true, Ordering::Release);
-        let instances: Vec<_> = fp.lock().drain(..).collect();
+        let instances: Vec<_> = fp.unlist_all();
         for i in &instances {
             i.set_state(InstanceState::Gone);
             self.idle.forget(&i.id);

@@ -7,13 +7,26 @@
 //! request id. The per-function handles are resolved once per function
 //! ([`FunctionMetrics`], kept in the route table entry), so recording a call
 //! formats no label and allocates nothing.
+//!
+//! A call is counted in its worker thread's local copies of its function's
+//! series ([`prometheus::local`]), which the worker moves into the shared
+//! series every [`FLUSH_EVERY`] and before it renders `/metrics`: the shared
+//! counters are atomics that both workers would otherwise write on every
+//! call, moving their cache lines between cores.
 
-use std::sync::LazyLock;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
+
+/// How often worker threads publish their local counts (the most a scrape
+/// can lag behind).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// Calls of a routed function, by function and status class.
 pub const INVOCATIONS: &str = "cpub_invocations_total";
@@ -190,6 +203,11 @@ pub fn init() {
 /// The metric handles of one function, resolved once.
 #[derive(Debug, Clone)]
 pub struct FunctionMetrics {
+    handles: Arc<Handles>,
+}
+
+#[derive(Debug)]
+struct Handles {
     /// One per status class, in [`STATUS_CLASSES`] order.
     invocations: [IntCounter; STATUS_CLASSES.len()],
     duration: Histogram,
@@ -197,31 +215,91 @@ pub struct FunctionMetrics {
     upstream_errors: [IntCounter; UpstreamError::ALL.len()],
 }
 
+/// One thread's counts of one function, not yet in the shared series.
+struct Local {
+    /// Keeps the handles (and so the map key, their address) alive.
+    handles: Arc<Handles>,
+    invocations: [LocalIntCounter; STATUS_CLASSES.len()],
+    duration: LocalHistogram,
+    upstream_errors: [LocalIntCounter; UpstreamError::ALL.len()],
+}
+
+impl Local {
+    fn new(handles: &Arc<Handles>) -> Self {
+        Self {
+            handles: Arc::clone(handles),
+            invocations: std::array::from_fn(|i| handles.invocations[i].local()),
+            duration: handles.duration.local(),
+            upstream_errors: std::array::from_fn(|i| handles.upstream_errors[i].local()),
+        }
+    }
+
+    fn flush(&mut self) {
+        for c in &mut self.invocations {
+            c.flush();
+        }
+        self.duration.flush();
+        for c in &mut self.upstream_errors {
+            c.flush();
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's local counts, by the address of their handles.
+    static LOCAL: RefCell<HashMap<usize, Local>> = RefCell::new(HashMap::new());
+}
+
 impl FunctionMetrics {
     /// Handles of `function`'s series (created at zero if new).
     pub fn new(function: &str) -> Self {
         let f = &*FAMILIES;
-        Self {
+        let handles = Handles {
             invocations: STATUS_CLASSES.map(|c| f.invocations.with_label_values(&[function, c])),
             duration: f.duration.with_label_values(&[function]),
             upstream_errors: UpstreamError::ALL
                 .map(|k| f.upstream_errors.with_label_values(&[function, k.as_str()])),
+        };
+        Self {
+            handles: Arc::new(handles),
         }
     }
 
+    fn with_local(&self, record: impl FnOnce(&mut Local)) {
+        LOCAL.with(|map| {
+            let mut map = map.borrow_mut();
+            let key = Arc::as_ptr(&self.handles) as usize;
+            record(map.entry(key).or_insert_with(|| Local::new(&self.handles)));
+        });
+    }
+
     /// One finished call: its status (0 when no answer was written) and the
-    /// time from request to end of answer.
+    /// time from request to end of answer. Counted in this thread until
+    /// [`flush_local`].
     pub fn record_call(&self, status: u16, elapsed: Duration) {
-        self.invocations[status_class(status)].inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        self.with_local(|l| {
+            l.invocations[status_class(status)].inc();
+            l.duration.observe(elapsed.as_secs_f64());
+        });
     }
 
     /// `n` upstream failures of one kind.
     pub fn record_upstream_errors(&self, kind: UpstreamError, n: u64) {
         if n > 0 {
-            self.upstream_errors[kind as usize].inc_by(n);
+            self.with_local(|l| l.upstream_errors[kind as usize].inc_by(n));
         }
     }
+}
+
+/// Moves this thread's local counts into the shared series, and forgets
+/// functions that are no longer routed anywhere.
+pub fn flush_local() {
+    LOCAL.with(|map| {
+        map.borrow_mut().retain(|_, local| {
+            local.flush();
+            Arc::strong_count(&local.handles) > 1
+        });
+    });
 }
 
 /// One request the proxy answered itself.
@@ -246,8 +324,10 @@ pub fn forget_function(function: &str) {
 }
 
 /// The default registry (proxy and pool metrics) in the Prometheus text
-/// format.
+/// format, after this thread's local counts are flushed (the other
+/// workers' are at most [`FLUSH_EVERY`] old).
 pub fn render() -> Vec<u8> {
+    flush_local();
     let mut out = Vec::with_capacity(16 * 1024);
     prometheus::TextEncoder::new()
         .encode(&prometheus::gather(), &mut out)

@@ -24,10 +24,13 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::engine::{self, Worker};
+use crate::metrics;
 use crate::service::Proxy;
 use crate::upstream;
 
-/// How often each worker closes its stale idle upstream connections.
+/// How often each worker closes its stale idle upstream connections (its
+/// timer also publishes the worker's metric counts, every
+/// `metrics::FLUSH_EVERY`).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Pause after a failed `accept` (out of file descriptors, …).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
@@ -165,10 +168,15 @@ async fn run_worker(
     let open = Rc::new(Open::default());
     let shared = Rc::new(Worker::default());
     let sweeper = tokio::task::spawn_local(async {
-        let mut every = tokio::time::interval(SWEEP_EVERY);
+        let mut every = tokio::time::interval(metrics::FLUSH_EVERY);
+        let mut last_sweep = Instant::now();
         loop {
             every.tick().await;
-            upstream::sweep(Instant::now());
+            metrics::flush_local();
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                upstream::sweep(last_sweep);
+            }
         }
     });
     while let Some((std, peer)) = connections.recv().await {
@@ -205,4 +213,5 @@ async fn run_worker(
         );
     }
     sweeper.abort();
+    metrics::flush_local();
 }

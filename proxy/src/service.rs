@@ -461,6 +461,8 @@ mod tests {
         // A function that does not exist: a rejection, no function series.
         metrics::record_rejection(Rejection::UnknownFunction);
 
+        // Counted in this thread until flushed (a scrape flushes too).
+        metrics::flush_local();
         let series = |name: &str, labels: &str| {
             scrape_value(&format!("{name}{{function=\"svc-rec\",{labels}}}"))
         };
