@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use containerpub_wire::api::Route;
 use prometheus::IntGauge;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -357,7 +358,9 @@ struct Slot {
 pub(crate) struct Inner {
     runtime: Arc<dyn ContainerRuntime>,
     config: PoolConfig,
-    functions: Mutex<HashMap<String, Slot>>,
+    /// By function name (an unkeyed hash: names come from the control
+    /// plane; it is looked up on every lease).
+    functions: Mutex<FxHashMap<String, Slot>>,
     idle: IdleTracker,
     stopped: tokio_util::sync::CancellationToken,
 }
@@ -399,7 +402,7 @@ impl Pool {
         let inner = Arc::new(Inner {
             runtime,
             config,
-            functions: Mutex::new(HashMap::new()),
+            functions: Mutex::new(FxHashMap::default()),
             idle: IdleTracker::new(idle_tx),
             stopped: tokio_util::sync::CancellationToken::new(),
         });

@@ -129,6 +129,8 @@ struct Conn {
     fields: Vec<Field>,
     /// Fields of the instance's answer head (the allocation is reused).
     ufields: Vec<Field>,
+    /// The `server-timing` value being written (the allocation is reused).
+    timing: Vec<u8>,
     /// Bytes at the start of `buf` that belong to the request being
     /// answered (its head, when the proxy answers without forwarding).
     consumed: usize,
@@ -163,6 +165,7 @@ pub async fn serve_connection(
         buf: Vec::new(),
         fields: Vec::new(),
         ufields: Vec::new(),
+        timing: Vec::new(),
         consumed: 0,
         timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
         idle: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
@@ -320,7 +323,7 @@ impl Conn {
         let incoming_id = self
             .fields
             .iter()
-            .find(|f| self.buf[f.name.clone()].eq_ignore_ascii_case(request_id::HEADER.as_bytes()))
+            .find(|f| f.kind == h1::Name::XRequestId)
             .map(|f| &self.buf[f.value.clone()]);
         let request_id = request_id::pick(incoming_id);
         let method = &self.buf[line.method.clone()];
@@ -663,7 +666,10 @@ impl Conn {
         let keep_client =
             sem.keep_alive && rsem.framing != Framing::Close && !dechunk && !worker.stopping.get();
         let lease = call.lease.as_ref().expect("a forwarded call has a lease");
-        let timing = server_timing(
+        let mut timing = std::mem::take(&mut self.timing);
+        timing.clear();
+        server_timing(
+            &mut timing,
             lease.queue_duration(),
             lease.start_kind().as_str(),
             lease.start_duration(),
@@ -677,12 +683,13 @@ impl Conn {
             &ufields,
             &Answering {
                 request_id: call.request_id.as_bytes(),
-                server_timing: timing.as_bytes(),
+                server_timing: &timing,
                 close: !keep_client,
                 keep_alive_1_0: keep_client && line.minor == 0,
                 http_1_0: line.minor == 0,
             },
         );
+        self.timing = timing;
         let mut answer = AnswerBody::new(rsem.framing, dechunk);
         let here_start = status_line.head_len;
         let outcome = answer.relay_into(&ubuf[here_start..], &mut out);

@@ -7,6 +7,7 @@
 //!
 //! Nothing here does I/O; `engine.rs` drives it.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Largest message head accepted, request or response.
@@ -36,11 +37,13 @@ pub enum HeadError {
     Invalid(&'static str),
 }
 
-/// One header field, as offsets into the buffer its head was parsed from.
+/// One header field, as offsets into the buffer its head was parsed from,
+/// with its name classified once at parse time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     pub name: Range<usize>,
     pub value: Range<usize>,
+    pub kind: Name,
 }
 
 /// A parsed request line; its fields are in the `Vec<Field>` passed to
@@ -84,6 +87,7 @@ fn collect_fields(buf: &[u8], parsed: &[httparse::Header<'_>], fields: &mut Vec<
     fields.extend(parsed.iter().map(|h| Field {
         name: offset(buf, h.name.as_bytes()),
         value: offset(buf, h.value),
+        kind: classify(h.name.as_bytes()),
     }));
 }
 
@@ -101,9 +105,13 @@ pub fn parse_request(
     buf: &[u8],
     fields: &mut Vec<Field>,
 ) -> Result<Option<RequestLine>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf).map_err(map_parse_error)? {
+    // Uninitialised: zeroing 128 fields costs more than parsing a head.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut headers)
+        .map_err(map_parse_error)?;
+    match parsed {
         httparse::Status::Partial if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(head_len) => {
@@ -128,9 +136,12 @@ pub fn parse_response(
     buf: &[u8],
     fields: &mut Vec<Field>,
 ) -> Result<Option<StatusLine>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf).map_err(map_parse_error)? {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut headers)
+        .map_err(map_parse_error)?;
+    match parsed {
         httparse::Status::Partial if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(head_len) => {
@@ -182,9 +193,9 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
         expect_continue: false,
     };
     for f in fields {
-        let name = &buf[f.name.clone()];
+        let name = f.kind;
         let value = &buf[f.value.clone()];
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name == Name::ContentLength {
             // Every value (and every list element) must be the same
             // decimal number.
             for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -197,16 +208,16 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
                 }
                 s.length = Some(n);
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if name == Name::TransferEncoding {
             // Only a final `chunked` can be relayed; it must come last.
             s.transfer_encoding = true;
             for t in tokens(value) {
                 s.chunked = t.eq_ignore_ascii_case(b"chunked");
             }
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if name == Name::Connection {
             s.close |= has_token(value, b"close");
             s.keep_alive |= has_token(value, b"keep-alive");
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if name == Name::Expect {
             s.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
@@ -285,34 +296,72 @@ pub fn response_semantics(
     })
 }
 
-/// Fields that belong to one connection (RFC 9110 §7.6.1) or that the
-/// proxy writes itself; never copied from one side to the other.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"upgrade",
-        b"transfer-encoding",
-        b"content-length",
-    ];
-    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+/// The field names the proxy acts on; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Upgrade,
+    Expect,
+    XRequestId,
+    XForwardedFor,
+    XForwardedProto,
+    Other,
+}
+
+/// Which [`Name`] a field name is (ASCII case-insensitive), looking at its
+/// length first: most fields are compared with nothing.
+fn classify(name: &[u8]) -> Name {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        2 if is(b"te") => Name::Te,
+        6 if is(b"expect") => Name::Expect,
+        7 if is(b"upgrade") => Name::Upgrade,
+        10 if is(b"connection") => Name::Connection,
+        10 if is(b"keep-alive") => Name::KeepAlive,
+        12 if is(b"x-request-id") => Name::XRequestId,
+        14 if is(b"content-length") => Name::ContentLength,
+        15 if is(b"x-forwarded-for") => Name::XForwardedFor,
+        16 if is(b"proxy-connection") => Name::ProxyConnection,
+        17 if is(b"transfer-encoding") => Name::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => Name::XForwardedProto,
+        _ => Name::Other,
+    }
+}
+
+impl Name {
+    /// Fields that belong to one connection (RFC 9110 §7.6.1) or whose
+    /// framing the proxy writes itself; never copied as they are.
+    fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection
+                | Name::KeepAlive
+                | Name::ProxyConnection
+                | Name::Te
+                | Name::Upgrade
+                | Name::TransferEncoding
+                | Name::ContentLength
+        )
+    }
 }
 
 /// Whether `name` is listed in one of the head's `connection` fields.
 fn named_by_connection(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
-    fields.iter().any(|f| {
-        buf[f.name.clone()].eq_ignore_ascii_case(b"connection")
-            && has_token(&buf[f.value.clone()], name)
-    })
+    fields
+        .iter()
+        .any(|f| f.kind == Name::Connection && has_token(&buf[f.value.clone()], name))
 }
 
 /// Whether the head has a `connection` field naming anything but `close`
 /// and `keep-alive` (rare; then every field is checked against it).
 fn connection_names_fields(buf: &[u8], fields: &[Field]) -> bool {
     fields.iter().any(|f| {
-        buf[f.name.clone()].eq_ignore_ascii_case(b"connection")
+        f.kind == Name::Connection
             && tokens(&buf[f.value.clone()]).any(|t| {
                 !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
             })
@@ -371,15 +420,17 @@ pub fn write_request_head(
     for f in fields {
         let name = &buf[f.name.clone()];
         let value = &buf[f.value.clone()];
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"x-request-id")
-            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+        let kind = f.kind;
+        if kind.is_hop_by_hop()
+            || matches!(
+                kind,
+                Name::Expect | Name::XRequestId | Name::XForwardedProto
+            )
             || (check_connection && named_by_connection(buf, fields, name))
         {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+        if kind == Name::XForwardedFor {
             let value = value.trim_ascii();
             if !value.is_empty() {
                 let list = forwarded_for.get_or_insert_with(Vec::new);
@@ -442,20 +493,17 @@ pub fn write_response_head(
     out.extend_from_slice(&buf[line.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let check_connection = connection_names_fields(buf, fields);
-    let chunked = fields
-        .iter()
-        .any(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"transfer-encoding"));
+    let chunked = fields.iter().any(|f| f.kind == Name::TransferEncoding);
     for f in fields {
         let name = &buf[f.name.clone()];
-        let relayed_framing = if name.eq_ignore_ascii_case(b"content-length") {
-            !chunked
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            !ans.http_1_0
-        } else {
-            false
+        let kind = f.kind;
+        let relayed_framing = match kind {
+            Name::ContentLength => !chunked,
+            Name::TransferEncoding => !ans.http_1_0,
+            _ => false,
         };
-        if (is_hop_by_hop(name) && !relayed_framing)
-            || name.eq_ignore_ascii_case(b"x-request-id")
+        if (kind.is_hop_by_hop() && !relayed_framing)
+            || kind == Name::XRequestId
             || (check_connection && named_by_connection(buf, fields, name))
         {
             continue;
@@ -680,6 +728,29 @@ mod tests {
     fn semantics(raw: &[u8]) -> Result<Semantics, HeadError> {
         let (line, fields) = request(raw);
         request_semantics(raw, line.minor, &fields)
+    }
+
+    #[test]
+    fn field_names_are_classified_case_insensitively() {
+        for (name, kind) in [
+            (&b"Content-Length"[..], Name::ContentLength),
+            (b"TRANSFER-ENCODING", Name::TransferEncoding),
+            (b"connection", Name::Connection),
+            (b"Keep-Alive", Name::KeepAlive),
+            (b"Proxy-Connection", Name::ProxyConnection),
+            (b"TE", Name::Te),
+            (b"Upgrade", Name::Upgrade),
+            (b"Expect", Name::Expect),
+            (b"X-Request-ID", Name::XRequestId),
+            (b"x-forwarded-for", Name::XForwardedFor),
+            (b"X-Forwarded-Proto", Name::XForwardedProto),
+            (b"content-type", Name::Other),
+            (b"connectionx", Name::Other),
+            (b"tf", Name::Other),
+            (b"", Name::Other),
+        ] {
+            assert_eq!(classify(name), kind, "{}", String::from_utf8_lossy(name));
+        }
     }
 
     #[test]

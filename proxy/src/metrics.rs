@@ -15,7 +15,6 @@
 //! call, moving their cache lines between cores.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
+use rustc_hash::FxHashMap;
 
 /// How often worker threads publish their local counts (the most a scrape
 /// can lag behind).
@@ -247,7 +247,7 @@ impl Local {
 
 thread_local! {
     /// This thread's local counts, by the address of their handles.
-    static LOCAL: RefCell<HashMap<usize, Local>> = RefCell::new(HashMap::new());
+    static LOCAL: RefCell<FxHashMap<usize, Local>> = RefCell::new(FxHashMap::default());
 }
 
 impl FunctionMetrics {

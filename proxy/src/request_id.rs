@@ -1,5 +1,6 @@
 //! Request ids (`x-request-id`): keep a sane incoming one, else make one.
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
@@ -23,36 +24,67 @@ pub fn is_sane(id: &[u8]) -> bool {
         })
 }
 
-/// A new id: 32 lowercase hex digits, unique per process (a counter) and
-/// unpredictable across processes (keyed with the process's random hash keys
-/// and the start time).
+/// Ids each thread takes from the process-wide counter at a time.
+const BLOCK: u64 = 1 << 16;
+
+/// A new id: 32 lowercase hex digits, unique per process (a counter, taken
+/// by each thread in blocks so that threads share no cache line per call)
+/// and different across processes (mixed with keys from the process's
+/// random hash keys and the start time). Not a secret: the mixing is not
+/// cryptographic.
 pub fn generate() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static KEYS: OnceLock<(RandomState, u64)> = OnceLock::new();
-    let (state, epoch) = KEYS.get_or_init(|| {
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    static KEYS: OnceLock<(u64, u64)> = OnceLock::new();
+    thread_local! {
+        /// This thread's next id and the end of its block.
+        static NEXT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    let (k0, k1) = *KEYS.get_or_init(|| {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        (RandomState::new(), nanos)
+        let state = RandomState::new();
+        let key = |salt: u64| {
+            let mut h = state.build_hasher();
+            h.write_u64(nanos);
+            h.write_u64(salt);
+            h.finish()
+        };
+        (key(0), key(1))
     });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = state.build_hasher();
-    h.write_u64(*epoch);
-    h.write_u64(n);
-    let high = h.finish();
-    hex32(high, n ^ epoch.rotate_left(17))
+    let n = NEXT.with(|next| {
+        let (mut n, mut end) = next.get();
+        if n == end {
+            n = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = n + BLOCK;
+        }
+        next.set((n + 1, end));
+        n
+    });
+    // `low` is a bijection of the counter, so ids never repeat.
+    hex32(fmix64(n ^ k0), n ^ k1)
+}
+
+/// MurmurHash3's 64-bit finaliser: every input bit moves every output bit.
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 /// `high` then `low` as 32 lowercase hex digits (the hot path's
 /// `format!("{high:016x}{low:016x}")` without the formatting machinery).
 fn hex32(high: u64, low: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        let word = if i < 16 { high } else { low };
-        let nibble = (word >> ((15 - i % 16) * 4)) & 0xf;
-        *digit = b"0123456789abcdef"[nibble as usize];
+    let bytes = (u128::from(high) << 64 | u128::from(low)).to_be_bytes();
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
-    hex.iter().map(|&b| b as char).collect()
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
 }
 
 /// The id to use for a request: the incoming header if sane, else new.
@@ -107,6 +139,20 @@ mod tests {
         ] {
             assert_eq!(hex32(high, low), format!("{high:016x}{low:016x}"));
         }
+    }
+
+    #[test]
+    fn ids_from_many_threads_never_repeat() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..5000).map(|_| generate()).collect::<Vec<_>>()))
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap() {
+                assert!(all.insert(id), "an id repeated");
+            }
+        }
+        assert_eq!(all.len(), 20_000);
     }
 
     #[test]

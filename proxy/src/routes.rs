@@ -3,7 +3,6 @@
 //! it across restarts, and the watcher that follows the control plane's
 //! `GET /api/v1/routes` long poll.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use containerpub_pool::Pool;
 use containerpub_wire::api::{Route, RouteTable};
+use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{self, FunctionMetrics};
@@ -37,7 +37,9 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub revision: i64,
-    pub routes: HashMap<String, Arc<Entry>>,
+    /// By function name; an unkeyed hash (names come from the control
+    /// plane, callers only look them up).
+    pub routes: FxHashMap<String, Arc<Entry>>,
 }
 
 impl Snapshot {

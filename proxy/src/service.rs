@@ -176,29 +176,34 @@ pub fn pool_reply(function: &str, err: &PoolError) -> Reply {
     }
 }
 
-/// `server-timing` value: how long the call waited for a slot, how the
-/// instance was obtained and how long starting it took, and how long the
-/// upstream took to answer; milliseconds with decimals.
-pub fn server_timing(queue: Duration, kind: &str, start: Duration, upstream: Duration) -> String {
-    let mut out = String::with_capacity(96);
-    out.push_str("queue;dur=");
-    push_ms(&mut out, queue);
-    out.push_str(", start;desc=\"");
-    out.push_str(kind);
-    out.push_str("\";dur=");
-    push_ms(&mut out, start);
-    out.push_str(", upstream;dur=");
-    push_ms(&mut out, upstream);
-    out
+/// Appends the `server-timing` value to `out`: how long the call waited for
+/// a slot, how the instance was obtained and how long starting it took, and
+/// how long the upstream took to answer; milliseconds with three decimals,
+/// written with integer arithmetic (formatting floats costs more than the
+/// rest of the answer's head).
+pub fn server_timing(
+    out: &mut Vec<u8>,
+    queue: Duration,
+    kind: &str,
+    start: Duration,
+    upstream: Duration,
+) {
+    out.extend_from_slice(b"queue;dur=");
+    push_ms(out, queue);
+    out.extend_from_slice(b", start;desc=\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\";dur=");
+    push_ms(out, start);
+    out.extend_from_slice(b", upstream;dur=");
+    push_ms(out, upstream);
 }
 
-/// Whole microseconds as milliseconds with three decimals, by integer
-/// arithmetic (the formatting machinery is a visible cost per call).
-fn push_ms(out: &mut String, d: Duration) {
-    let us = d.as_micros();
-    let mut digits = [0u8; 40];
+/// Whole microseconds as milliseconds with three decimals.
+fn push_ms(out: &mut Vec<u8>, d: Duration) {
+    // u64: dividing a u128 is a library call.
+    let mut n = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut digits = [0u8; 44];
     let mut i = digits.len();
-    let mut n = us;
     let mut written = 0;
     while n > 0 || written < 4 {
         if written == 3 {
@@ -210,7 +215,7 @@ fn push_ms(out: &mut String, d: Duration) {
         n /= 10;
         written += 1;
     }
-    out.extend(digits[i..].iter().map(|&b| b as char));
+    out.extend_from_slice(&digits[i..]);
 }
 
 impl Proxy {
@@ -246,15 +251,24 @@ mod tests {
             1_500_000,
             987_654_321,
         ] {
-            let mut out = String::new();
+            let mut out = Vec::new();
             push_ms(&mut out, Duration::from_micros(us));
-            assert_eq!(out, format!("{}.{:03}", us / 1000, us % 1000), "{us} µs");
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{}.{:03}", us / 1000, us % 1000),
+                "{us} µs"
+            );
         }
     }
 
     #[test]
     fn server_timing_format() {
-        let v = server_timing(
+        let timing = |queue, kind, start, upstream| {
+            let mut out = Vec::new();
+            server_timing(&mut out, queue, kind, start, upstream);
+            String::from_utf8(out).unwrap()
+        };
+        let v = timing(
             Duration::from_micros(12),
             "cold",
             Duration::from_micros(180_300),
@@ -264,7 +278,7 @@ mod tests {
             v,
             "queue;dur=0.012, start;desc=\"cold\";dur=180.300, upstream;dur=0.900"
         );
-        let v = server_timing(
+        let v = timing(
             Duration::ZERO,
             "warm",
             Duration::ZERO,
@@ -274,7 +288,7 @@ mod tests {
             v,
             "queue;dur=0.000, start;desc=\"warm\";dur=0.000, upstream;dur=0.250"
         );
-        let v = server_timing(
+        let v = timing(
             Duration::from_millis(1_500),
             "paused",
             Duration::from_micros(4_250),

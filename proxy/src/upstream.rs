@@ -10,10 +10,10 @@
 //! address.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
 /// How long an idle upstream connection stays pooled.
@@ -42,7 +42,9 @@ struct Idle {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Box<str>, Vec<Idle>>> = RefCell::new(HashMap::new());
+    // Keyed by container id (made by Podman, not by clients): a fast
+    // unkeyed hash is enough.
+    static IDLE: RefCell<FxHashMap<Box<str>, Vec<Idle>>> = RefCell::new(FxHashMap::default());
     static BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
