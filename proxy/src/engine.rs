@@ -345,38 +345,26 @@ impl Conn {
         let invocation = match path::parse(path_part, query) {
             Ok(invocation) => invocation,
             Err(PathError::NotInvocation) => {
-                if path_part == "/healthz" && is_get {
-                    let snap = proxy.routes().snapshot();
-                    let body =
-                        serde_json::json!({"revision": snap.revision, "routes": snap.routes.len()})
-                            .to_string();
-                    return self
-                        .write_local(&OwnAnswer {
-                            status: 200,
-                            content_type: "application/json",
-                            body: body.as_bytes(),
-                            request_id: request_id.as_bytes(),
-                            retry_after: None,
-                            close: close_after_own,
-                            head_only,
-                        })
-                        .await
-                        && !close_after_own;
-                }
-                if path_part == "/metrics" && is_get {
-                    let body = metrics::render();
-                    return self
-                        .write_local(&OwnAnswer {
-                            status: 200,
-                            content_type: metrics::CONTENT_TYPE,
-                            body: &body,
-                            request_id: request_id.as_bytes(),
-                            retry_after: None,
-                            close: close_after_own,
-                            head_only,
-                        })
-                        .await
-                        && !close_after_own;
+                let page = match path_part {
+                    "/healthz" if is_get => {
+                        let snap = proxy.routes().snapshot();
+                        let body = serde_json::json!({"revision": snap.revision, "routes": snap.routes.len()});
+                        Some(("application/json", body.to_string().into_bytes()))
+                    }
+                    "/metrics" if is_get => Some((metrics::CONTENT_TYPE, metrics::render())),
+                    _ => None,
+                };
+                if let Some((content_type, body)) = page {
+                    let answer = OwnAnswer {
+                        status: 200,
+                        content_type,
+                        body: &body,
+                        request_id: request_id.as_bytes(),
+                        retry_after: None,
+                        close: close_after_own,
+                        head_only,
+                    };
+                    return self.write_local(&answer).await && !close_after_own;
                 }
                 metrics::record_rejection(Rejection::NotFound);
                 let reply = Reply::rejected(
@@ -465,19 +453,11 @@ impl Conn {
         let mut body = RequestBody::new(sem.framing, limit);
         let taken = match body.take(here) {
             Ok(n) => n,
-            Err(BodyError::Malformed) => {
+            Err(e) => {
                 give_buf(out);
-                let reply = Reply::new(400, "bad request: malformed chunked body");
-                return self.answer_call(call, &reply, true, head_only).await;
-            }
-            Err(BodyError::TooLarge) => {
-                give_buf(out);
-                let reply = Reply::rejected(
-                    Rejection::BodyTooLarge,
-                    413,
-                    format!("request body is over the limit of {limit} bytes"),
-                );
-                return self.answer_call(call, &reply, true, head_only).await;
+                return self
+                    .answer_call(call, &e.reply(limit), true, head_only)
+                    .await;
             }
         };
         out.extend_from_slice(&here[..taken]);
@@ -569,28 +549,12 @@ impl Conn {
                     give_buf(ubuf);
                     return false;
                 }
-                Err(StreamError::Malformed) => {
-                    give_buf(ubuf);
-                    return self
-                        .fail_call(
-                            call,
-                            out,
-                            Vec::new(),
-                            400,
-                            "bad request: malformed chunked body".into(),
-                            head_only,
-                        )
-                        .await;
-                }
-                Err(StreamError::TooLarge) => {
+                Err(StreamError::Body(e)) => {
                     give_buf(out);
                     give_buf(ubuf);
-                    let reply = Reply::rejected(
-                        Rejection::BodyTooLarge,
-                        413,
-                        format!("request body is over the limit of {limit} bytes"),
-                    );
-                    return self.answer_call(call, &reply, true, head_only).await;
+                    return self
+                        .answer_call(call, &e.reply(limit), true, head_only)
+                        .await;
                 }
             };
             // Nothing came back on a reused connection: the instance had
@@ -783,10 +747,7 @@ impl Conn {
                     .await
                     .map_err(StreamError::Client)?;
             }
-            let taken = body.take(&self.buf).map_err(|e| match e {
-                BodyError::Malformed => StreamError::Malformed,
-                BodyError::TooLarge => StreamError::TooLarge,
-            })?;
+            let taken = body.take(&self.buf).map_err(StreamError::Body)?;
             timed(&mut self.timer, up.write_all(&self.buf[..taken]))
                 .await
                 .map_err(StreamError::Upstream)?;
@@ -806,8 +767,7 @@ enum HeadFailure {
 enum StreamError {
     Client(Fail),
     Upstream(Fail),
-    Malformed,
-    TooLarge,
+    Body(BodyError),
 }
 
 /// Reads the instance's answer head into `ubuf`, skipping interim (1xx)
@@ -861,17 +821,30 @@ enum BodyError {
     TooLarge,
 }
 
-/// Where a request body stands.
-struct RequestBody {
+impl BodyError {
+    /// The answer to a request whose body failed so, under `limit`.
+    fn reply(self, limit: u64) -> Reply {
+        match self {
+            BodyError::Malformed => Reply::new(400, "bad request: malformed chunked body"),
+            BodyError::TooLarge => Reply::rejected(
+                Rejection::BodyTooLarge,
+                413,
+                format!("request body is over the limit of {limit} bytes"),
+            ),
+        }
+    }
+}
+
+/// How far a body has come, by its framing.
+struct Progress {
     framing: Framing,
     /// Bytes left of a `content-length` body.
     left: u64,
     chunked: Chunked,
-    limit: u64,
 }
 
-impl RequestBody {
-    fn new(framing: Framing, limit: u64) -> Self {
+impl Progress {
+    fn new(framing: Framing) -> Self {
         let left = match framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -880,46 +853,72 @@ impl RequestBody {
             framing,
             left,
             chunked: Chunked::new(),
-            limit,
         }
     }
 
+    /// Whether the body has ended (a close-delimited one ends with its
+    /// connection, which the caller sees).
     fn done(&self) -> bool {
         match self.framing {
-            Framing::Empty | Framing::Close => true,
+            Framing::Empty => true,
+            Framing::Close => false,
             Framing::Length(_) => self.left == 0,
             Framing::Chunked => self.chunked.is_done(),
         }
     }
 
-    /// How many bytes at the start of `input` belong to the body.
-    fn take(&mut self, input: &[u8]) -> Result<usize, BodyError> {
+    /// How many bytes at the start of `input` belong to the body; `on_data`
+    /// gets a chunked body's data (for de-chunking).
+    fn take(&mut self, input: &[u8], on_data: impl FnMut(&[u8])) -> Result<usize, h1::ChunkError> {
         match self.framing {
-            Framing::Empty | Framing::Close => Ok(0),
+            Framing::Empty => Ok(0),
+            Framing::Close => Ok(input.len()),
             Framing::Length(_) => {
                 let n = (self.left as usize).min(input.len());
                 self.left -= n as u64;
                 Ok(n)
             }
-            Framing::Chunked => {
-                let n = self
-                    .chunked
-                    .scan(input, |_| {})
-                    .map_err(|_| BodyError::Malformed)?;
-                if self.chunked.data > self.limit {
-                    return Err(BodyError::TooLarge);
-                }
-                Ok(n)
-            }
+            Framing::Chunked => self.chunked.scan(input, on_data),
         }
+    }
+}
+
+/// Where a request body stands: its progress and the function's limit
+/// (checked here for chunked bodies; a `content-length` is checked before).
+struct RequestBody {
+    progress: Progress,
+    limit: u64,
+}
+
+impl RequestBody {
+    fn new(framing: Framing, limit: u64) -> Self {
+        Self {
+            progress: Progress::new(framing),
+            limit,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.progress.done()
+    }
+
+    /// How many bytes at the start of `input` belong to the body.
+    fn take(&mut self, input: &[u8]) -> Result<usize, BodyError> {
+        let n = self
+            .progress
+            .take(input, |_| {})
+            .map_err(|_| BodyError::Malformed)?;
+        if self.progress.chunked.data > self.limit {
+            return Err(BodyError::TooLarge);
+        }
+        Ok(n)
     }
 }
 
 /// Where an answer body stands.
 struct AnswerBody {
-    framing: Framing,
-    left: u64,
-    chunked: Chunked,
+    progress: Progress,
+    /// Send a chunked body's data only (to an HTTP/1.0 client).
     dechunk: bool,
     /// Bytes the instance sent past the end of the answer (then its
     /// connection is not reused).
@@ -928,15 +927,9 @@ struct AnswerBody {
 
 impl AnswerBody {
     fn new(framing: Framing, dechunk: bool) -> Self {
-        let left = match framing {
-            Framing::Length(n) => n,
-            _ => 0,
-        };
         Self {
-            framing,
-            left,
-            chunked: Chunked::new(),
-            dechunk,
+            progress: Progress::new(framing),
+            dechunk: dechunk && framing == Framing::Chunked,
             leftover: 0,
         }
     }
@@ -944,36 +937,16 @@ impl AnswerBody {
     /// Appends the part of `input` that belongs to the body to `out`
     /// (decoded when de-chunking); returns whether the body is complete.
     fn relay_into(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, h1::ChunkError> {
-        match self.framing {
-            Framing::Empty => {
-                self.leftover += input.len();
-                Ok(true)
-            }
-            Framing::Length(_) => {
-                let n = (self.left as usize).min(input.len());
-                out.extend_from_slice(&input[..n]);
-                self.left -= n as u64;
-                self.leftover += input.len() - n;
-                Ok(self.left == 0)
-            }
-            Framing::Chunked if self.dechunk => {
-                let n = self
-                    .chunked
-                    .scan(input, |data| out.extend_from_slice(data))?;
-                self.leftover += input.len() - n;
-                Ok(self.chunked.is_done())
-            }
-            Framing::Chunked => {
-                let n = self.chunked.scan(input, |_| {})?;
-                out.extend_from_slice(&input[..n]);
-                self.leftover += input.len() - n;
-                Ok(self.chunked.is_done())
-            }
-            Framing::Close => {
-                out.extend_from_slice(input);
-                Ok(false)
-            }
-        }
+        let n = if self.dechunk {
+            self.progress
+                .take(input, |data| out.extend_from_slice(data))?
+        } else {
+            let n = self.progress.take(input, |_| {})?;
+            out.extend_from_slice(&input[..n]);
+            n
+        };
+        self.leftover += input.len() - n;
+        Ok(self.progress.done())
     }
 }
 
