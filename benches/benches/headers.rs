@@ -68,6 +68,7 @@ fn headers(c: &mut Criterion) {
                         path: "/v1/items/42?page=2",
                         request_id: b"0f8e2c1a5b8d4e3f9a7c2d1e0b9f8a7c",
                         client_ip: b"10.88.0.1",
+                        upgrade: false,
                     },
                 );
                 out.len()
@@ -103,6 +104,7 @@ fn headers(c: &mut Criterion) {
                     path: &invocation.upstream,
                     request_id: id.as_bytes(),
                     client_ip: b"10.88.0.1",
+                    upgrade: false,
                 },
             );
             out.len()
@@ -128,6 +130,7 @@ fn headers(c: &mut Criterion) {
                     close: false,
                     keep_alive_1_0: false,
                     http_1_0: false,
+                    upgraded: false,
                 },
             );
             out.len()

@@ -447,6 +447,7 @@ impl Conn {
                 path: &invocation.upstream,
                 request_id: call.request_id.as_bytes(),
                 client_ip: self.client_ip.as_bytes(),
+                upgrade: sem.upgrade,
             },
         );
         let here = &self.buf[line.head_len..];
@@ -537,7 +538,15 @@ impl Conn {
             };
             let failure = match sent {
                 Ok(()) => {
-                    match read_head(&mut up, &mut ubuf, &mut ufields, &mut self.timer).await {
+                    match read_head(
+                        &mut up,
+                        &mut ubuf,
+                        &mut ufields,
+                        &mut self.timer,
+                        sem.upgrade,
+                    )
+                    .await
+                    {
                         Ok(line) => break (up, line),
                         Err(f) => f,
                     }
@@ -626,6 +635,7 @@ impl Conn {
             }
         };
         call.status = status_line.status;
+        let upgraded = status_line.status == 101;
         let dechunk = line.minor == 0 && rsem.framing == Framing::Chunked;
         let keep_client =
             sem.keep_alive && rsem.framing != Framing::Close && !dechunk && !worker.stopping.get();
@@ -648,12 +658,16 @@ impl Conn {
             &Answering {
                 request_id: call.request_id.as_bytes(),
                 server_timing: &timing,
-                close: !keep_client,
-                keep_alive_1_0: keep_client && line.minor == 0,
+                close: !keep_client && !upgraded,
+                keep_alive_1_0: keep_client && line.minor == 0 && !upgraded,
                 http_1_0: line.minor == 0,
+                upgraded,
             },
         );
         self.timing = timing;
+        if upgraded {
+            return self.tunnel(call, up, out, ubuf, status_line.head_len).await;
+        }
         let mut answer = AnswerBody::new(rsem.framing, dechunk);
         let here_start = status_line.head_len;
         let outcome = answer.relay_into(&ubuf[here_start..], &mut out);
@@ -718,6 +732,34 @@ impl Conn {
         complete && clean && client_ok && keep_client
     }
 
+    /// After a `101`: sends its head (in `out`) and the bytes the instance
+    /// sent after it, then relays both ways until either side closes. The
+    /// call, and its lease, last as long as the tunnel; the function's
+    /// timeout does not apply to it.
+    async fn tunnel(
+        &mut self,
+        call: Call,
+        mut up: TcpStream,
+        mut out: Vec<u8>,
+        ubuf: Vec<u8>,
+        head_len: usize,
+    ) -> bool {
+        out.extend_from_slice(&ubuf[head_len..]);
+        give_buf(ubuf);
+        let sent = timed(&mut self.timer, self.tcp.write_all(&out))
+            .await
+            .is_ok();
+        give_buf(out);
+        if sent {
+            debug!(function = %call.function(), request_id = %call.request_id, "protocol switched, relaying");
+            if let Err(e) = tokio::io::copy_bidirectional(&mut self.tcp, &mut up).await {
+                debug!(function = %call.function(), error = %e, "relay ended");
+            }
+        }
+        drop(call);
+        false
+    }
+
     /// Answers a forwarded call that failed before the answer's head was
     /// sent.
     async fn fail_call(
@@ -771,16 +813,19 @@ enum StreamError {
 }
 
 /// Reads the instance's answer head into `ubuf`, skipping interim (1xx)
-/// answers.
+/// answers; a `101` is an answer when the client asked to switch
+/// protocols, and an error otherwise.
 async fn read_head(
     up: &mut TcpStream,
     ubuf: &mut Vec<u8>,
     fields: &mut Vec<Field>,
     timer: &mut Pin<Box<Sleep>>,
+    switch_asked: bool,
 ) -> Result<h1::StatusLine, HeadFailure> {
     loop {
         if !ubuf.is_empty() {
             match h1::parse_response(ubuf, fields) {
+                Ok(Some(line)) if line.status == 101 && switch_asked => return Ok(line),
                 Ok(Some(line)) if line.status == 101 => {
                     return Err(HeadFailure::Bad(HeadError::Invalid(
                         "protocol switch (101) is not supported",

@@ -75,6 +75,9 @@ pub struct Semantics {
     pub keep_alive: bool,
     /// `expect: 100-continue` (requests).
     pub expect_continue: bool,
+    /// The request asks to switch protocols (`upgrade` named in
+    /// `connection`, an `upgrade` field, HTTP/1.1): a WebSocket handshake.
+    pub upgrade: bool,
 }
 
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
@@ -181,6 +184,10 @@ struct Scan {
     close: bool,
     keep_alive: bool,
     expect_continue: bool,
+    /// `connection` names `upgrade`.
+    upgrade_token: bool,
+    /// An `upgrade` field is present.
+    upgrade_field: bool,
 }
 
 fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
@@ -191,6 +198,8 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
         close: false,
         keep_alive: false,
         expect_continue: false,
+        upgrade_token: false,
+        upgrade_field: false,
     };
     for f in fields {
         let name = f.kind;
@@ -217,6 +226,9 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
         } else if name == Name::Connection {
             s.close |= has_token(value, b"close");
             s.keep_alive |= has_token(value, b"keep-alive");
+            s.upgrade_token |= has_token(value, b"upgrade");
+        } else if name == Name::Upgrade {
+            s.upgrade_field = true;
         } else if name == Name::Expect {
             s.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
@@ -256,6 +268,7 @@ pub fn request_semantics(buf: &[u8], minor: u8, fields: &[Field]) -> Result<Sema
             !s.close
         },
         expect_continue: s.expect_continue && minor >= 1,
+        upgrade: s.upgrade_token && s.upgrade_field && minor >= 1,
     })
 }
 
@@ -293,6 +306,7 @@ pub fn response_semantics(
         framing,
         keep_alive: keep_alive && framing != Framing::Close,
         expect_continue: false,
+        upgrade: false,
     })
 }
 
@@ -396,6 +410,9 @@ pub struct Forwarding<'a> {
     pub request_id: &'a [u8],
     /// The client's address, as text.
     pub client_ip: &'a [u8],
+    /// Forward the protocol switch the client asks for (its `upgrade`
+    /// field and `connection: upgrade`).
+    pub upgrade: bool,
 }
 
 /// Writes the request head sent to the instance: the method, the
@@ -421,6 +438,10 @@ pub fn write_request_head(
         let name = &buf[f.name.clone()];
         let value = &buf[f.value.clone()];
         let kind = f.kind;
+        if fwd.upgrade && kind == Name::Upgrade {
+            push_field(out, name, value);
+            continue;
+        }
         if kind.is_hop_by_hop()
             || matches!(
                 kind,
@@ -452,6 +473,9 @@ pub fn write_request_head(
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Empty | Framing::Close => {}
     }
+    if fwd.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
     push_field(out, b"x-request-id", fwd.request_id);
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prior) = forwarded_for {
@@ -473,6 +497,9 @@ pub struct Answering<'a> {
     /// The client speaks HTTP/1.0, which has no transfer codings: drop
     /// `transfer-encoding` (a chunked body is sent de-chunked).
     pub http_1_0: bool,
+    /// A `101` the client asked for: keep the instance's `upgrade` field
+    /// and say `connection: upgrade`.
+    pub upgraded: bool,
 }
 
 /// Writes the answer head sent to the client: the instance's status and
@@ -500,11 +527,13 @@ pub fn write_response_head(
         let relayed_framing = match kind {
             Name::ContentLength => !chunked,
             Name::TransferEncoding => !ans.http_1_0,
+            Name::Upgrade => ans.upgraded,
             _ => false,
         };
-        if (kind.is_hop_by_hop() && !relayed_framing)
-            || kind == Name::XRequestId
-            || (check_connection && named_by_connection(buf, fields, name))
+        if !relayed_framing
+            && (kind.is_hop_by_hop()
+                || kind == Name::XRequestId
+                || (check_connection && named_by_connection(buf, fields, name)))
         {
             continue;
         }
@@ -512,7 +541,9 @@ pub fn write_response_head(
     }
     push_field(out, b"x-request-id", ans.request_id);
     push_field(out, b"server-timing", ans.server_timing);
-    if ans.close {
+    if ans.upgraded {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if ans.close {
         out.extend_from_slice(b"connection: close\r\n");
     } else if ans.keep_alive_1_0 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
@@ -824,6 +855,22 @@ mod tests {
                 .unwrap()
                 .expect_continue
         );
+        let up = |raw: &[u8]| semantics(raw).unwrap().upgrade;
+        assert!(up(
+            b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(
+            !up(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"),
+            "not named in connection"
+        );
+        assert!(
+            !up(b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n"),
+            "no upgrade field"
+        );
+        assert!(
+            !up(b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            "HTTP/1.0"
+        );
     }
 
     fn response(raw: &[u8], head_request: bool) -> Semantics {
@@ -876,6 +923,7 @@ X-Forwarded-Proto: https\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
             path: "/x?y=1",
             request_id: b"rid-1",
             client_ip: b"10.1.2.3",
+            upgrade: false,
         };
         write_request_head(&mut out, raw, &line, &fields, Framing::Length(3), &fwd);
         assert_eq!(
@@ -909,6 +957,7 @@ Keep-Alive: timeout=5\r\nX-Request-Id: other\r\nTransfer-Encoding: chunked\r\nSe
             close,
             keep_alive_1_0,
             http_1_0,
+            upgraded: false,
         };
         let mut out = Vec::new();
         write_response_head(&mut out, raw, &line, &fields, &ans(false, false, false));

@@ -340,6 +340,22 @@ async fn answer(tcp: &mut tokio::net::TcpStream, req: &Seen) -> std::io::Result<
                 .await?;
             Ok(true)
         }
+        "/ws" => {
+            // A protocol switch (whether or not it was asked for), then an
+            // upper-casing echo until the proxy closes.
+            tcp.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n",
+            )
+            .await?;
+            let mut chunk = [0u8; 1024];
+            loop {
+                let n = tcp.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                tcp.write_all(&chunk[..n].to_ascii_uppercase()).await?;
+            }
+        }
         "/slow" => {
             tokio::time::sleep(SLOW).await;
             tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
@@ -1387,4 +1403,37 @@ fn unreachable_instance_is_replaced_once_then_502() {
         2,
         "the call was tried once more on a new instance"
     );
+}
+
+#[test]
+fn a_protocol_switch_the_client_asked_for_is_relayed_both_ways() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(b"GET /fn/t/ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_eq!(r.header("upgrade"), Some("echo"));
+    assert_eq!(r.header("connection"), Some("upgrade"));
+    assert!(r.header("x-request-id").is_some());
+    let seen = h.upstream.requests_to("/ws");
+    let head = String::from_utf8_lossy(&seen[0].head).to_ascii_lowercase();
+    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    for word in ["hello", "tunnel"] {
+        c.send(word.as_bytes());
+        while c.buf.len() < word.len() {
+            assert!(c.fill() > 0, "the tunnel closed");
+        }
+        let echoed: Vec<u8> = c.buf.drain(..word.len()).collect();
+        assert_eq!(echoed, word.to_ascii_uppercase().as_bytes());
+    }
+}
+
+#[test]
+fn a_protocol_switch_nobody_asked_for_is_refused() {
+    let h = Harness::new();
+    let (mut c, r) = h.call(&get("/fn/t/ws"));
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.error().contains("101"), "{}", r.error());
+    c.expect_closed();
 }
