@@ -31,7 +31,7 @@ running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 step "host setup"
 bash scripts/setup-host.sh
 step "PostgreSQL"
-CPUB_PG_DIR=${CPUB_PG_DIR:-$home/postgres} CPUB_PG_PORT=${CPUB_PG_PORT:-54330} bash scripts/pg.sh start >"$home/run/database-url"
+CPUB_PG_DIR=${CPUB_PG_DIR:-$home/postgres} CPUB_PG_PORT=${CPUB_PG_PORT:-25433} bash scripts/pg.sh start >"$home/run/database-url"
 echo "${CPUB_PG_DIR:-$home/postgres}" >"$home/run/pg-dir"
 
 step "build (release)"

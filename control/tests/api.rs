@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const DEFAULT_TEST_DB: &str = "postgres://cpub:cpub@127.0.0.1:54329/cpub";
+const DEFAULT_TEST_DB: &str = "postgres://cpub:cpub@127.0.0.1:25432/cpub";
 const TOKEN: &str = "test-bootstrap-token-0123456789";
 const PASSWORD: &str = "correct horse battery staple";
 const PODMAN_SOCKET: &str = "/run/podman/podman.sock";

@@ -20,7 +20,7 @@ use sqlx::Connection;
 pub mod bench;
 
 /// Default base database, as `scripts/pg.sh` creates it.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://cpub:cpub@127.0.0.1:54329/cpub";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://cpub:cpub@127.0.0.1:25432/cpub";
 
 /// Worker threads of the stack's cpub-proxy (`CPUB_PROXY_THREADS`): the
 /// cores of the 2-core machines this project runs on. Benchmarks give a
