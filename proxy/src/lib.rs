@@ -2,6 +2,7 @@
 //! thin `main.rs` over these modules, and the benches (`benches/`) call the
 //! hot paths (route lookup, path parsing, header rewriting) directly.
 
+pub mod chunked;
 pub mod config;
 pub mod engine;
 pub mod h1;
