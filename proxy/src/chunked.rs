@@ -322,7 +322,8 @@ impl Decoder {
             TrailerStart | TrailerName | TrailerValue | TrailerLf | EndLf
         );
         if in_trailers {
-            let field = !matches!(self.state, EndLf) && !(self.state == TrailerStart && b == b'\r');
+            let final_crlf = self.state == EndLf || (self.state == TrailerStart && b == b'\r');
+            let field = !final_crlf;
             self.count_trailer(field)?;
         }
         let next = match self.state {

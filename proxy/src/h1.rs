@@ -2,10 +2,11 @@
 //! (`httparse`) into offsets of the connection's read buffer, the framing
 //! rules of RFC 9112 §6 (with the usual defences against request
 //! smuggling), the heads written towards the instance and back to the
-//! client, and a chunked-coding scanner that finds where a chunked body
-//! ends while its bytes are relayed untouched.
+//! client (chunked bodies are decoded and re-framed by `chunked.rs`).
 //!
-//! Nothing here does I/O; `engine.rs` drives it.
+//! Nothing here does I/O; `engine.rs` drives it. Every byte comes from a
+//! client or an instance: no indexing or slicing that could panic.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -80,18 +81,40 @@ pub struct Semantics {
     pub upgrade: bool,
 }
 
-fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
+/// Where `part` lies in `buf`; `None` when it is not inside it (httparse
+/// hands back a static `""` for a missing or obs-text reason phrase). An
+/// empty part is the empty range at 0, wherever it points.
+fn offset(buf: &[u8], part: &[u8]) -> Option<Range<usize>> {
+    if part.is_empty() {
+        return Some(0..0);
+    }
+    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= buf.len()).then_some(start..end)
 }
 
-fn collect_fields(buf: &[u8], parsed: &[httparse::Header<'_>], fields: &mut Vec<Field>) {
+const OUTSIDE: HeadError = HeadError::Invalid("malformed message head");
+
+fn collect_fields(
+    buf: &[u8],
+    parsed: &[httparse::Header<'_>],
+    fields: &mut Vec<Field>,
+) -> Result<(), HeadError> {
     fields.clear();
-    fields.extend(parsed.iter().map(|h| Field {
-        name: offset(buf, h.name.as_bytes()),
-        value: offset(buf, h.value),
-        kind: classify(h.name.as_bytes()),
-    }));
+    for h in parsed {
+        fields.push(Field {
+            name: offset(buf, h.name.as_bytes()).ok_or(OUTSIDE)?,
+            value: offset(buf, h.value).ok_or(OUTSIDE)?,
+            kind: classify(h.name.as_bytes()),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of `range` in `buf` (empty if it is not inside: never a
+/// panic).
+fn at(buf: &[u8], range: Range<usize>) -> &[u8] {
+    buf.get(range).unwrap_or_default()
 }
 
 fn map_parse_error(e: httparse::Error) -> HeadError {
@@ -122,11 +145,11 @@ pub fn parse_request(
             else {
                 return Err(HeadError::Invalid("malformed request line"));
             };
-            collect_fields(buf, req.headers, fields);
+            collect_fields(buf, req.headers, fields)?;
             Ok(Some(RequestLine {
                 head_len,
-                method: offset(buf, method.as_bytes()),
-                target: offset(buf, target.as_bytes()),
+                method: offset(buf, method.as_bytes()).ok_or(OUTSIDE)?,
+                target: offset(buf, target.as_bytes()).ok_or(OUTSIDE)?,
                 minor,
             }))
         }
@@ -151,8 +174,10 @@ pub fn parse_response(
             let (Some(status), Some(minor)) = (resp.code, resp.version) else {
                 return Err(HeadError::Invalid("malformed status line"));
             };
-            let reason = offset(buf, resp.reason.unwrap_or_default().as_bytes());
-            collect_fields(buf, resp.headers, fields);
+            // Outside the buffer (no reason, or obs-text in it): none; the
+            // canonical one is written instead.
+            let reason = offset(buf, resp.reason.unwrap_or_default().as_bytes()).unwrap_or(0..0);
+            collect_fields(buf, resp.headers, fields)?;
             Ok(Some(StatusLine {
                 head_len,
                 status,
@@ -179,7 +204,10 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 /// The framing and connection facts shared by requests and responses.
 struct Scan {
     length: Option<u64>,
+    /// The last transfer coding is `chunked`.
     chunked: bool,
+    /// How many times `chunked` is listed.
+    chunked_count: u32,
     transfer_encoding: bool,
     close: bool,
     keep_alive: bool,
@@ -188,22 +216,26 @@ struct Scan {
     upgrade_token: bool,
     /// An `upgrade` field is present.
     upgrade_field: bool,
+    /// `host` fields.
+    hosts: u32,
 }
 
 fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
     let mut s = Scan {
         length: None,
         chunked: false,
+        chunked_count: 0,
         transfer_encoding: false,
         close: false,
         keep_alive: false,
         expect_continue: false,
         upgrade_token: false,
         upgrade_field: false,
+        hosts: 0,
     };
     for f in fields {
         let name = f.kind;
-        let value = &buf[f.value.clone()];
+        let value = at(buf, f.value.clone());
         if name == Name::ContentLength {
             // Every value (and every list element) must be the same
             // decimal number.
@@ -218,10 +250,12 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
                 s.length = Some(n);
             }
         } else if name == Name::TransferEncoding {
-            // Only a final `chunked` can be relayed; it must come last.
+            // Only a final `chunked` frames the body; it must come last,
+            // and once.
             s.transfer_encoding = true;
             for t in tokens(value) {
                 s.chunked = t.eq_ignore_ascii_case(b"chunked");
+                s.chunked_count += u32::from(s.chunked);
             }
         } else if name == Name::Connection {
             s.close |= has_token(value, b"close");
@@ -231,17 +265,29 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
             s.upgrade_field = true;
         } else if name == Name::Expect {
             s.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if name == Name::Host {
+            s.hosts = s.hosts.saturating_add(1);
         }
+    }
+    if s.chunked_count > 1 {
+        return Err(HeadError::Invalid("chunked applied more than once"));
     }
     Ok(s)
 }
 
-/// What a request head says (RFC 9112 §6.3): a body framed by
-/// `transfer-encoding` must end in `chunked`, and a request with both
-/// `transfer-encoding` and `content-length` is refused (a smuggling
-/// vector).
+/// What a request head says (RFC 9112 §6.3, §3.2): a body framed by
+/// `transfer-encoding` must end in `chunked` (codings before it are the
+/// instance's business), a request with both `transfer-encoding` and
+/// `content-length` is refused (a smuggling vector), and an HTTP/1.1
+/// request has exactly one `host` (an HTTP/1.0 one at most one).
 pub fn request_semantics(buf: &[u8], minor: u8, fields: &[Field]) -> Result<Semantics, HeadError> {
     let s = scan(buf, fields)?;
+    if s.hosts > 1 {
+        return Err(HeadError::Invalid("more than one host field"));
+    }
+    if s.hosts == 0 && minor >= 1 {
+        return Err(HeadError::Invalid("no host field"));
+    }
     let framing = match (s.transfer_encoding, s.length) {
         (true, Some(_)) => {
             return Err(HeadError::Invalid(
@@ -273,7 +319,10 @@ pub fn request_semantics(buf: &[u8], minor: u8, fields: &[Field]) -> Result<Sema
 }
 
 /// What a response head says, for a response to a `HEAD` request when
-/// `head_request` (RFC 9112 §6.3).
+/// `head_request` (RFC 9112 §6.3): `chunked` listed twice, differing
+/// `content-length` values and `transfer-encoding` from an HTTP/1.0 server
+/// are errors; with both `transfer-encoding` and `content-length` the
+/// former frames the body and the connection is not kept.
 pub fn response_semantics(
     buf: &[u8],
     status: &StatusLine,
@@ -281,6 +330,11 @@ pub fn response_semantics(
     head_request: bool,
 ) -> Result<Semantics, HeadError> {
     let s = scan(buf, fields)?;
+    if s.transfer_encoding && status.minor == 0 {
+        return Err(HeadError::Invalid(
+            "transfer-encoding in an HTTP/1.0 answer",
+        ));
+    }
     let bodiless =
         head_request || status.status / 100 == 1 || status.status == 204 || status.status == 304;
     let framing = if bodiless {
@@ -302,12 +356,72 @@ pub fn response_semantics(
     } else {
         !s.close
     };
+    // Both framings: a sign of a confused or hostile sender.
+    let ambiguous = s.transfer_encoding && s.length.is_some();
     Ok(Semantics {
         framing,
-        keep_alive: keep_alive && framing != Framing::Close,
+        keep_alive: keep_alive && framing != Framing::Close && !ambiguous,
         expect_continue: false,
         upgrade: false,
     })
+}
+
+/// Whether the head's `transfer-encoding` lists a coding other than
+/// `chunked` (which an HTTP/1.0 peer cannot be sent).
+pub fn has_codings_besides_chunked(buf: &[u8], fields: &[Field]) -> bool {
+    fields
+        .iter()
+        .filter(|f| f.kind == Name::TransferEncoding)
+        .flat_map(|f| tokens(at(buf, f.value.clone())))
+        .any(|t| !t.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Splits a request target: an absolute-form target
+/// (`http://authority/path?query`, RFC 9112 §3.2.2) gives its authority
+/// (which replaces `host`) and its path and query in origin form; any
+/// other form is returned as it is, without authority. Compares bytes
+/// only: a target is not text.
+pub fn request_target(target: &[u8]) -> Result<Target<'_>, HeadError> {
+    for scheme in [&b"http://"[..], b"https://"] {
+        let Some((head, rest)) = target.split_at_checked(scheme.len()) else {
+            continue;
+        };
+        if !head.eq_ignore_ascii_case(scheme) {
+            continue;
+        }
+        let end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .unwrap_or(rest.len());
+        let (authority, origin) = rest.split_at_checked(end).unwrap_or((rest, b""));
+        if authority.is_empty() {
+            return Err(HeadError::Invalid("absolute-form target without a host"));
+        }
+        if authority.contains(&b'@') {
+            return Err(HeadError::Invalid("user information in the target"));
+        }
+        let origin = match origin.first() {
+            Some(b'/') => origin,
+            _ => b"/",
+        };
+        return Ok(Target {
+            authority: Some(authority),
+            origin,
+        });
+    }
+    Ok(Target {
+        authority: None,
+        origin: target,
+    })
+}
+
+/// A request target, split by [`request_target`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The authority of an absolute-form target.
+    pub authority: Option<&'a [u8]>,
+    /// Path and query (origin form), or the target as it came.
+    pub origin: &'a [u8],
 }
 
 /// The field names the proxy acts on; everything else is `Other`.
@@ -321,6 +435,8 @@ pub enum Name {
     Te,
     Upgrade,
     Expect,
+    Host,
+    Trailer,
     XRequestId,
     XForwardedFor,
     XForwardedProto,
@@ -333,8 +449,10 @@ fn classify(name: &[u8]) -> Name {
     let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
     match name.len() {
         2 if is(b"te") => Name::Te,
+        4 if is(b"host") => Name::Host,
         6 if is(b"expect") => Name::Expect,
         7 if is(b"upgrade") => Name::Upgrade,
+        7 if is(b"trailer") => Name::Trailer,
         10 if is(b"connection") => Name::Connection,
         10 if is(b"keep-alive") => Name::KeepAlive,
         12 if is(b"x-request-id") => Name::XRequestId,
@@ -368,7 +486,7 @@ impl Name {
 fn named_by_connection(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
     fields
         .iter()
-        .any(|f| f.kind == Name::Connection && has_token(&buf[f.value.clone()], name))
+        .any(|f| f.kind == Name::Connection && has_token(at(buf, f.value.clone()), name))
 }
 
 /// Whether the head has a `connection` field naming anything but `close`
@@ -376,7 +494,7 @@ fn named_by_connection(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
 fn connection_names_fields(buf: &[u8], fields: &[Field]) -> bool {
     fields.iter().any(|f| {
         f.kind == Name::Connection
-            && tokens(&buf[f.value.clone()]).any(|t| {
+            && tokens(at(buf, f.value.clone())).any(|t| {
                 !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
             })
     })
@@ -391,16 +509,44 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
+    let mut len = 0;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        len += 1;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    let start = digits.len().saturating_sub(len);
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+}
+
+/// Writes one `transfer-encoding` field with every coding of the head's
+/// `transfer-encoding` fields, in order (a list split over several fields
+/// is joined; `chunked` is written last, once, when `chunked`).
+fn push_codings(out: &mut Vec<u8>, buf: &[u8], fields: &[Field], chunked: bool) {
+    out.extend_from_slice(b"transfer-encoding: ");
+    let mut first = true;
+    for f in fields.iter().filter(|f| f.kind == Name::TransferEncoding) {
+        for t in tokens(at(buf, f.value.clone())) {
+            if chunked && t.eq_ignore_ascii_case(b"chunked") {
+                continue;
+            }
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(t);
+            first = false;
+        }
+    }
+    if chunked {
+        if !first {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"chunked");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What the proxy adds to a request on its way to the instance.
@@ -417,8 +563,11 @@ pub struct Forwarding<'a> {
 
 /// Writes the request head sent to the instance: the method, the
 /// function's path, HTTP/1.1, the client's fields without the hop-by-hop
-/// ones, the body's framing, `x-request-id`, `x-forwarded-for` (the
-/// client's address appended to the incoming values) and
+/// ones (`connection` cannot remove `host`), `host` taken from an
+/// absolute-form target's authority when there is one, the body's framing
+/// (a chunked body keeps the codings before `chunked`, and is re-framed
+/// without trailers, so `trailer` goes), `x-request-id`, `x-forwarded-for`
+/// (the client's address appended to the incoming values) and
 /// `x-forwarded-proto`.
 pub fn write_request_head(
     out: &mut Vec<u8>,
@@ -428,16 +577,31 @@ pub fn write_request_head(
     framing: Framing,
     fwd: &Forwarding<'_>,
 ) {
-    out.extend_from_slice(&buf[line.method.clone()]);
+    out.extend_from_slice(at(buf, line.method.clone()));
     out.push(b' ');
     out.extend_from_slice(fwd.path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // An absolute-form target names the host (RFC 9112 §3.2.2).
+    let target = at(buf, line.target.clone());
+    let authority = match target.first() {
+        Some(b'/') | None => None,
+        Some(_) => request_target(target).ok().and_then(|t| t.authority),
+    };
+    if let Some(authority) = authority {
+        push_field(out, b"Host", authority);
+    }
     let check_connection = connection_names_fields(buf, fields);
     let mut forwarded_for: Option<Vec<u8>> = None;
     for f in fields {
-        let name = &buf[f.name.clone()];
-        let value = &buf[f.value.clone()];
+        let name = at(buf, f.name.clone());
+        let value = at(buf, f.value.clone());
         let kind = f.kind;
+        if kind == Name::Host {
+            if authority.is_none() {
+                push_field(out, name, value);
+            }
+            continue;
+        }
         if fwd.upgrade && kind == Name::Upgrade {
             push_field(out, name, value);
             continue;
@@ -447,6 +611,7 @@ pub fn write_request_head(
                 kind,
                 Name::Expect | Name::XRequestId | Name::XForwardedProto
             )
+            || (kind == Name::Trailer && framing == Framing::Chunked)
             || (check_connection && named_by_connection(buf, fields, name))
         {
             continue;
@@ -470,7 +635,7 @@ pub fn write_request_head(
             push_u64(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked => push_codings(out, buf, fields, true),
         Framing::Empty | Framing::Close => {}
     }
     if fwd.upgrade {
@@ -502,11 +667,14 @@ pub struct Answering<'a> {
     pub upgraded: bool,
 }
 
-/// Writes the answer head sent to the client: the instance's status and
-/// fields without the hop-by-hop ones (`content-length` and
-/// `transfer-encoding` are kept: the body is relayed as framed; with both,
-/// `content-length` goes, RFC 9112 §6.3), then `x-request-id`,
-/// `server-timing` and the connection's fate.
+/// Writes the answer head sent to the client: the instance's status (with
+/// the canonical reason phrase when it sent none, or one that is not
+/// ASCII) and fields without the hop-by-hop ones, the framing normalised
+/// (RFC 9112 §6.3): one `content-length` with one value, or, when there is
+/// a `transfer-encoding`, one such field with every coding and no
+/// `content-length` (a chunked body is re-framed without trailers, so
+/// `trailer` goes); then `x-request-id`, `server-timing` and the
+/// connection's fate.
 pub fn write_response_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -517,27 +685,55 @@ pub fn write_response_head(
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(line.status));
     out.push(b' ');
-    out.extend_from_slice(&buf[line.reason.clone()]);
+    let given = at(buf, line.reason.clone());
+    if given.is_empty() {
+        let canonical = http::StatusCode::from_u16(line.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or_default();
+        out.extend_from_slice(canonical.as_bytes());
+    } else {
+        out.extend_from_slice(given);
+    }
     out.extend_from_slice(b"\r\n");
     let check_connection = connection_names_fields(buf, fields);
-    let chunked = fields.iter().any(|f| f.kind == Name::TransferEncoding);
+    let coded = fields.iter().any(|f| f.kind == Name::TransferEncoding);
+    let mut framing_written = false;
     for f in fields {
-        let name = &buf[f.name.clone()];
+        let name = at(buf, f.name.clone());
+        let value = at(buf, f.value.clone());
         let kind = f.kind;
-        let relayed_framing = match kind {
-            Name::ContentLength => !chunked,
-            Name::TransferEncoding => !ans.http_1_0,
-            Name::Upgrade => ans.upgraded,
-            _ => false,
-        };
-        if !relayed_framing
-            && (kind.is_hop_by_hop()
-                || kind == Name::XRequestId
-                || (check_connection && named_by_connection(buf, fields, name)))
+        match kind {
+            Name::ContentLength if !coded => {
+                if !framing_written {
+                    // Equal values were checked; one is enough.
+                    let first = tokens(value).next().unwrap_or(value);
+                    push_field(out, name, first);
+                    framing_written = true;
+                }
+                continue;
+            }
+            Name::TransferEncoding if !ans.http_1_0 => {
+                if !framing_written {
+                    push_codings(out, buf, fields, false);
+                    framing_written = true;
+                }
+                continue;
+            }
+            Name::Upgrade if ans.upgraded => {
+                push_field(out, name, value);
+                continue;
+            }
+            Name::Trailer if coded => continue,
+            _ => {}
+        }
+        if kind.is_hop_by_hop()
+            || kind == Name::XRequestId
+            || (check_connection && named_by_connection(buf, fields, name))
         {
             continue;
         }
-        push_field(out, name, &buf[f.value.clone()]);
+        push_field(out, name, value);
     }
     push_field(out, b"x-request-id", ans.request_id);
     push_field(out, b"server-timing", ans.server_timing);
@@ -596,154 +792,6 @@ pub fn reason(status: u16) -> &'static str {
         .unwrap_or("Unknown")
 }
 
-/// Where a chunked body ends, found while its bytes pass through
-/// unchanged (RFC 9112 §7.1: chunk sizes in hex, extensions, trailer
-/// fields).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunked {
-    state: ChunkState,
-    /// Data bytes seen so far (the body's decoded size).
-    pub data: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// In the hex size; `digits` so far.
-    Size {
-        size: u64,
-        digits: u8,
-    },
-    /// After the size: extensions until CR.
-    Ext {
-        size: u64,
-    },
-    /// Expecting LF after the size line.
-    SizeLf {
-        size: u64,
-    },
-    Data {
-        left: u64,
-    },
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or of the final blank line).
-    TrailerStart,
-    /// Inside a trailer line.
-    Trailer,
-    /// Expecting LF after a trailer line's CR.
-    TrailerLf,
-    /// Expecting the final LF.
-    EndLf,
-    Done,
-}
-
-/// A chunked body that cannot be relayed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed chunked body")]
-pub struct ChunkError;
-
-impl Default for Chunked {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Chunked {
-    pub fn new() -> Self {
-        Self {
-            state: ChunkState::Size { size: 0, digits: 0 },
-            data: 0,
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Scans `input`; returns how many of its bytes belong to the body
-    /// (all of them until the end is found). `on_data` gets the chunk data
-    /// (for a client that cannot take chunked coding).
-    pub fn scan(
-        &mut self,
-        input: &[u8],
-        mut on_data: impl FnMut(&[u8]),
-    ) -> Result<usize, ChunkError> {
-        use ChunkState::*;
-        let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
-            self.state = match self.state {
-                Size { size, digits } => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        if digits >= 15 {
-                            return Err(ChunkError);
-                        }
-                        let d = (b as char).to_digit(16).ok_or(ChunkError)? as u64;
-                        Size {
-                            size: size * 16 + d,
-                            digits: digits + 1,
-                        }
-                    }
-                    _ if digits == 0 => return Err(ChunkError),
-                    b';' | b' ' | b'\t' => Ext { size },
-                    b'\r' => SizeLf { size },
-                    _ => return Err(ChunkError),
-                },
-                Ext { size } => match b {
-                    b'\r' => SizeLf { size },
-                    b'\n' => return Err(ChunkError),
-                    _ => Ext { size },
-                },
-                SizeLf { size } => match (b, size) {
-                    (b'\n', 0) => TrailerStart,
-                    (b'\n', n) => Data { left: n },
-                    _ => return Err(ChunkError),
-                },
-                Data { left } => {
-                    let take = (left as usize).min(input.len() - i);
-                    on_data(&input[i..i + take]);
-                    self.data += take as u64;
-                    i += take;
-                    let left = left - take as u64;
-                    self.state = if left == 0 { DataCr } else { Data { left } };
-                    continue;
-                }
-                DataCr => match b {
-                    b'\r' => DataLf,
-                    _ => return Err(ChunkError),
-                },
-                DataLf => match b {
-                    b'\n' => Size { size: 0, digits: 0 },
-                    _ => return Err(ChunkError),
-                },
-                TrailerStart => match b {
-                    b'\r' => EndLf,
-                    b'\n' => return Err(ChunkError),
-                    _ => Trailer,
-                },
-                Trailer => match b {
-                    b'\r' => TrailerLf,
-                    _ => Trailer,
-                },
-                TrailerLf => match b {
-                    b'\n' => TrailerStart,
-                    _ => return Err(ChunkError),
-                },
-                EndLf => match b {
-                    b'\n' => {
-                        self.state = Done;
-                        return Ok(i + 1);
-                    }
-                    _ => return Err(ChunkError),
-                },
-                Done => return Ok(i),
-            };
-            i += 1;
-        }
-        Ok(i)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,9 +804,13 @@ mod tests {
         (line, fields)
     }
 
+    /// The semantics of `raw` with a `host` field added after the request
+    /// line (the framing tests are not about it).
     fn semantics(raw: &[u8]) -> Result<Semantics, HeadError> {
-        let (line, fields) = request(raw);
-        request_semantics(raw, line.minor, &fields)
+        let at = raw.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        let raw = [&raw[..at], b"host: h\r\n", &raw[at..]].concat();
+        let (line, fields) = request(&raw);
+        request_semantics(&raw, line.minor, &fields)
     }
 
     #[test]
@@ -963,19 +1015,20 @@ Keep-Alive: timeout=5\r\nX-Request-Id: other\r\nTransfer-Encoding: chunked\r\nSe
         write_response_head(&mut out, raw, &line, &fields, &ans(false, false, false));
         assert_eq!(
             text(&out),
-            "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\
+            "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\ntransfer-encoding: chunked\r\n\
 Server-Timing: app;dur=1\r\nx-request-id: rid-1\r\nserver-timing: queue;dur=0.000\r\n\r\n"
         );
         let mut out = Vec::new();
         write_response_head(&mut out, raw, &line, &fields, &ans(true, false, true));
         let t = text(&out);
-        assert!(!t.contains("Transfer-Encoding"), "{t}");
+        assert!(!t.contains("transfer-encoding"), "{t}");
         assert!(t.ends_with("connection: close\r\n\r\n"), "{t}");
         let mut out = Vec::new();
         write_response_head(&mut out, raw, &line, &fields, &ans(false, true, false));
         assert!(text(&out).ends_with("connection: keep-alive\r\n\r\n"));
 
-        // Both framings: chunked wins, content-length goes.
+        // Both framings: chunked wins, content-length goes; the trailers
+        // are not relayed, so neither is `trailer`.
         let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\ntrailer: x-t\r\n\r\n";
         let mut fields = Vec::new();
         let line = parse_response(raw, &mut fields).unwrap().unwrap();
@@ -983,7 +1036,7 @@ Server-Timing: app;dur=1\r\nx-request-id: rid-1\r\nserver-timing: queue;dur=0.00
         write_response_head(&mut out, raw, &line, &fields, &ans(false, false, false));
         let t = text(&out);
         assert!(
-            t.contains("transfer-encoding: chunked\r\ntrailer: x-t\r\n"),
+            t.contains("transfer-encoding: chunked\r\nx-request-id"),
             "{t}"
         );
         assert!(!t.contains("content-length"), "{t}");
@@ -1018,52 +1071,216 @@ cache-control: no-store\r\nx-request-id: rid\r\nretry-after: 1\r\nconnection: cl
         assert!(text(&out).ends_with("content-length: 2\r\ncache-control: no-store\r\nx-request-id: rid\r\nretry-after: 1\r\nconnection: close\r\n\r\n"));
     }
 
-    const BODY: &[u8] =
-        b"4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: x\r\n\r\n";
-
-    #[test]
-    fn chunked_end_is_found_at_any_split() {
-        let mut stream = BODY.to_vec();
-        stream.extend_from_slice(b"GET /next");
-        for split in 0..=stream.len() {
-            let mut c = Chunked::new();
-            let mut data = Vec::new();
-            let first = c
-                .scan(&stream[..split], |d| data.extend_from_slice(d))
-                .unwrap();
-            let second = if c.is_done() {
-                0
-            } else {
-                c.scan(&stream[first..], |d| data.extend_from_slice(d))
-                    .unwrap()
-            };
-            assert!(c.is_done(), "split at {split}");
-            assert_eq!(first + second, BODY.len(), "split at {split}");
-            assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.", "split at {split}");
-            assert_eq!(c.data, 23);
-        }
+    fn host_test(raw: &[u8]) -> Result<Semantics, HeadError> {
+        let (line, fields) = request(raw);
+        request_semantics(raw, line.minor, &fields)
     }
 
     #[test]
-    fn malformed_chunked_bodies_are_refused() {
+    fn host_is_required_once_in_http_1_1() {
+        assert!(host_test(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+        assert!(
+            host_test(b"GET / HTTP/1.1\r\nHost:\r\n\r\n").is_ok(),
+            "empty is allowed"
+        );
+        assert!(host_test(b"GET / HTTP/1.0\r\n\r\n").is_ok());
         for bad in [
-            &b"x\r\n"[..],
-            b"\r\n",
-            b"4\r\nWikiX\r\n",
-            b"4\nWiki\r\n",
-            b"1234567890abcdef0\r\n",
-            b"0\r\n\n",
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET http://a/ HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHOST: a\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
         ] {
-            let mut c = Chunked::new();
-            assert_eq!(
-                c.scan(bad, |_| {}),
-                Err(ChunkError),
+            assert!(
+                matches!(host_test(bad), Err(HeadError::Invalid(_))),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
         }
-        let mut c = Chunked::new();
-        assert_eq!(c.scan(b"0\r\n\r\n", |_| {}), Ok(5));
-        assert!(c.is_done());
+    }
+
+    #[test]
+    fn chunked_twice_is_refused_and_codings_before_it_are_kept() {
+        for bad in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked, chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
+        ] {
+            assert!(host_test(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let raw = b"POST /fn/f/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: x-custom , Chunked\r\nTrailer: x-sum\r\n\r\n";
+        assert_eq!(host_test(raw).unwrap().framing, Framing::Chunked);
+        let (line, fields) = request(raw);
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            raw,
+            &line,
+            &fields,
+            Framing::Chunked,
+            &forwarding(),
+        );
+        assert_eq!(
+            text(&out),
+            "POST /x HTTP/1.1\r\nHost: a\r\ntransfer-encoding: gzip, x-custom, chunked\r\n\
+x-request-id: r\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    fn forwarding() -> Forwarding<'static> {
+        Forwarding {
+            path: "/x",
+            request_id: b"r",
+            client_ip: b"10.0.0.1",
+            upgrade: false,
+        }
+    }
+
+    #[test]
+    fn absolute_form_authority_replaces_host() {
+        assert_eq!(
+            request_target(b"http://h:8080/fn/a?x=1"),
+            Ok(Target {
+                authority: Some(b"h:8080"),
+                origin: b"/fn/a?x=1"
+            })
+        );
+        assert_eq!(
+            request_target(b"HTTPS://h?q"),
+            Ok(Target {
+                authority: Some(b"h"),
+                origin: b"/"
+            })
+        );
+        assert_eq!(
+            request_target(b"/fn/ab\xc3\xa9"),
+            Ok(Target {
+                authority: None,
+                origin: b"/fn/ab\xc3\xa9"
+            })
+        );
+        assert_eq!(request_target(b"*").unwrap().origin, b"*");
+        assert_eq!(
+            request_target(b"\xc3\xa9\xc3\xa9\xc3\xa9\xc3")
+                .unwrap()
+                .authority,
+            None
+        );
+        assert!(request_target(b"http:///fn/a").is_err());
+        assert!(request_target(b"http://u@h/fn/a").is_err());
+
+        let raw =
+            b"GET http://real.test/fn/f/x HTTP/1.1\r\nHost: other.test\r\nConnection: host\r\n\r\n";
+        let (line, fields) = request(raw);
+        let mut out = Vec::new();
+        write_request_head(&mut out, raw, &line, &fields, Framing::Empty, &forwarding());
+        assert_eq!(
+            text(&out),
+            "GET /x HTTP/1.1\r\nHost: real.test\r\nx-request-id: r\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn connection_cannot_strip_host() {
+        let raw = b"GET /fn/f/x HTTP/1.1\r\nHost: h\r\nConnection: host, content-length, transfer-encoding\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(host_test(raw).unwrap().framing, Framing::Length(2));
+        let (line, fields) = request(raw);
+        let mut out = Vec::new();
+        write_request_head(
+            &mut out,
+            raw,
+            &line,
+            &fields,
+            Framing::Length(2),
+            &forwarding(),
+        );
+        assert_eq!(
+            text(&out),
+            "GET /x HTTP/1.1\r\nHost: h\r\ncontent-length: 2\r\nx-request-id: r\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+    }
+
+    fn answer_head(raw: &[u8], http_1_0: bool) -> String {
+        let mut fields = Vec::new();
+        let line = parse_response(raw, &mut fields).unwrap().unwrap();
+        let mut out = Vec::new();
+        let ans = Answering {
+            request_id: b"r",
+            server_timing: b"t",
+            close: false,
+            keep_alive_1_0: false,
+            http_1_0,
+            upgraded: false,
+        };
+        write_response_head(&mut out, raw, &line, &fields, &ans);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn status_lines_without_a_usable_reason_get_the_canonical_one() {
+        let tail = "x-request-id: r\r\nserver-timing: t\r\n\r\n";
+        for (raw, line) in [
+            (&b"HTTP/1.1 200\r\n\r\n"[..], "HTTP/1.1 200 OK\r\n"),
+            (b"HTTP/1.1 200 \r\n\r\n", "HTTP/1.1 200 OK\r\n"),
+            (
+                b"HTTP/1.1 404 \xe9t\xe9\r\n\r\n",
+                "HTTP/1.1 404 Not Found\r\n",
+            ),
+            (b"HTTP/1.1 299\r\n\r\n", "HTTP/1.1 299 \r\n"),
+            (b"HTTP/1.1 200 Fine\r\n\r\n", "HTTP/1.1 200 Fine\r\n"),
+        ] {
+            assert_eq!(answer_head(raw, false), format!("{line}{tail}"));
+        }
+    }
+
+    #[test]
+    fn answer_framing_is_normalised() {
+        let tail = "x-request-id: r\r\nserver-timing: t\r\n\r\n";
+        assert_eq!(
+            answer_head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n",
+                false
+            ),
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n{tail}")
+        );
+        assert_eq!(
+            answer_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\nTrailer: x\r\ntransfer-encoding: chunked\r\n\r\n", false),
+            format!("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n{tail}")
+        );
+        assert_eq!(
+            answer_head(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                true
+            ),
+            format!("HTTP/1.1 200 OK\r\n{tail}")
+        );
+        let sem = |raw: &[u8]| {
+            let mut fields = Vec::new();
+            let line = parse_response(raw, &mut fields).unwrap().unwrap();
+            response_semantics(raw, &line, &fields, false)
+        };
+        assert!(sem(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n").is_err());
+        assert!(sem(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
+        assert!(sem(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
+        let both =
+            sem(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n")
+                .unwrap();
+        assert_eq!((both.framing, both.keep_alive), (Framing::Chunked, false));
+    }
+
+    #[test]
+    fn heads_with_odd_bytes_never_panic() {
+        // Multi-byte characters, obs-text and empty values anywhere.
+        let mut fields = Vec::new();
+        for raw in [
+            &b"GET /fn/ab\xc3\xa9 HTTP/1.1\r\nHost: \xc3\r\nx:\r\n\r\n"[..],
+            b"GET http\xc3\xa9://\xc3 HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            if let Ok(Some(line)) = parse_request(raw, &mut fields) {
+                let _ = request_semantics(raw, line.minor, &fields);
+                let mut out = Vec::new();
+                write_request_head(&mut out, raw, &line, &fields, Framing::Empty, &forwarding());
+            }
+        }
     }
 }

@@ -159,6 +159,33 @@ struct Open {
     drained: Notify,
 }
 
+/// Counts one open connection of a worker (its own count and the accept
+/// loop's) for as long as it lives: the counts cannot leak, even when a
+/// connection's task panics.
+struct OpenGuard {
+    open: Rc<Open>,
+    counter: Arc<AtomicUsize>,
+}
+
+impl OpenGuard {
+    /// The accept loop counted the connection in `counter` already.
+    fn new(open: Rc<Open>, counter: Arc<AtomicUsize>) -> Self {
+        open.count.set(open.count.get().saturating_add(1));
+        Self { open, counter }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+        let left = self.open.count.get().saturating_sub(1);
+        self.open.count.set(left);
+        if left == 0 {
+            self.open.drained.notify_one();
+        }
+    }
+}
+
 async fn run_worker(
     mut connections: mpsc::UnboundedReceiver<(StdStream, SocketAddr)>,
     counter: Arc<AtomicUsize>,
@@ -188,16 +215,12 @@ async fn run_worker(
                 continue;
             }
         };
-        open.count.set(open.count.get() + 1);
-        let (open, proxy, counter, shared) =
-            (open.clone(), proxy.clone(), counter.clone(), shared.clone());
+        let guard = OpenGuard::new(Rc::clone(&open), Arc::clone(&counter));
+        let (proxy, shared) = (proxy.clone(), shared.clone());
         tokio::task::spawn_local(async move {
+            // Dropped however the task ends, a panic included.
+            let _guard = guard;
             engine::serve_connection(tcp, peer, proxy, shared).await;
-            counter.fetch_sub(1, Ordering::Relaxed);
-            open.count.set(open.count.get() - 1);
-            if open.count.get() == 0 {
-                open.drained.notify_one();
-            }
         });
     }
     shared.begin_stop();
@@ -214,4 +237,41 @@ async fn run_worker(
     }
     sweeper.abort();
     metrics::flush_local();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection task that panics still gives its counts back (old code
+    /// decremented them after `serve_connection` returned, so a panic
+    /// leaked them and shutdown waited the whole grace period).
+    #[test]
+    fn a_panicking_connection_task_releases_its_counts() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let open = Rc::new(Open::default());
+            let counter = Arc::new(AtomicUsize::new(2));
+            let calm = OpenGuard::new(Rc::clone(&open), Arc::clone(&counter));
+            let guard = OpenGuard::new(Rc::clone(&open), Arc::clone(&counter));
+            assert_eq!(open.count.get(), 2);
+            let task = tokio::task::spawn_local(async move {
+                let _guard = guard;
+                panic!("a connection task panics");
+            });
+            assert!(task.await.unwrap_err().is_panic());
+            assert_eq!(open.count.get(), 1);
+            assert_eq!(counter.load(Ordering::Relaxed), 1);
+            drop(calm);
+            assert_eq!(open.count.get(), 0);
+            assert_eq!(counter.load(Ordering::Relaxed), 0);
+            tokio::time::timeout(Duration::from_secs(1), open.drained.notified())
+                .await
+                .expect("the last one wakes the drain");
+        });
+    }
 }

@@ -7,7 +7,10 @@
 //! and gives it back there after a complete exchange. Connections are keyed
 //! by container id, never by address, so a connection to a container that
 //! was replaced is never reused for the new container that got the same
-//! address.
+//! address. A pooled connection is clean or closed: it is given back only
+//! after a complete exchange with nothing past the answer, and checked for
+//! any byte or a close by the instance before every reuse.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -24,10 +27,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Idle connections kept per instance and worker thread; more are closed.
 const MAX_IDLE_PER_INSTANCE: usize = 256;
-/// A connection idle longer than this is checked for a close by the
-/// instance before it is reused (a shorter idle one is simply used: if the
-/// instance closed it, the exchange is replayed on a fresh connection).
-const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Size of a fresh I/O buffer.
 pub const BUF_SIZE: usize = 16 * 1024;
@@ -61,7 +60,9 @@ pub enum ConnectError {
 }
 
 /// Whether an idle connection is still usable: nothing to read (a close
-/// or stray bytes from the instance make it unusable).
+/// or stray bytes from the instance make it unusable). Costs no system
+/// call while the reactor has seen nothing readable on it (tokio's
+/// readiness), one otherwise.
 fn still_open(stream: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
@@ -69,13 +70,16 @@ fn still_open(stream: &TcpStream) -> bool {
 
 /// An idle pooled connection to `instance`, if any (the most recently used
 /// first: it is the least likely to have been closed by the instance).
-/// `now` is the caller's clock reading (one less per call).
+/// Every one is checked before it is handed out: one with a byte to read
+/// (stray bytes after its last answer) or closed by the instance is
+/// dropped. `now` is the caller's clock reading (one less per call).
 pub fn take(instance: &str, now: Instant) -> Option<TcpStream> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(instance)?;
         while let Some(entry) = list.pop() {
-            if now.saturating_duration_since(entry.since) < CHECK_AFTER || still_open(&entry.stream)
+            if now.saturating_duration_since(entry.since) < IDLE_TIMEOUT
+                && still_open(&entry.stream)
             {
                 return Some(entry.stream);
             }
@@ -109,7 +113,9 @@ pub fn sweep(now: Instant) -> usize {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         idle.retain(|_, list| {
-            list.retain(|e| now.duration_since(e.since) < IDLE_TIMEOUT && still_open(&e.stream));
+            list.retain(|e| {
+                now.saturating_duration_since(e.since) < IDLE_TIMEOUT && still_open(&e.stream)
+            });
             !list.is_empty()
         });
         idle.values().map(Vec::len).sum()
@@ -145,4 +151,45 @@ pub fn give_buf(mut buf: Vec<u8>) {
             b.push(buf);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Old code handed out a connection pooled less than 1 s ago
+    /// unchecked.
+    #[tokio::test]
+    async fn a_pooled_connection_with_anything_to_read_is_never_reused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut pair = Vec::new();
+        for _ in 0..3 {
+            let ours = connect(addr).await.unwrap();
+            let (theirs, _) = listener.accept().await.unwrap();
+            pair.push((ours, theirs));
+        }
+        let (closed, closed_peer) = pair.pop().unwrap();
+        let (stray, mut stray_peer) = pair.pop().unwrap();
+        let (clean, _clean_peer) = pair.pop().unwrap();
+        put("i-clean", clean);
+        put("i-stray", stray);
+        put("i-closed", closed);
+        // The instance writes after its answer, or closes.
+        stray_peer.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        drop(closed_peer);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = Instant::now();
+        assert!(take("i-stray", now).is_none(), "stray bytes");
+        assert!(take("i-closed", now).is_none(), "closed by the instance");
+        let clean = take("i-clean", now).expect("a clean connection is reused");
+        put("i-clean", clean);
+        assert_eq!(sweep(Instant::now()), 1);
+        assert!(
+            take("i-clean", Instant::now() + IDLE_TIMEOUT).is_none(),
+            "too old"
+        );
+        drop(stray_peer);
+    }
 }
