@@ -780,7 +780,10 @@ impl Conn {
             drop(up);
         }
         drop(call);
-        complete && clean && client_ok && keep_client
+        // Stray bytes from the instance cost its connection, not the
+        // client's (which got a whole answer); every failure left the
+        // answer incomplete.
+        complete && client_ok && keep_client
     }
 
     /// After a `101`: sends its head (in `out`) and the bytes the instance

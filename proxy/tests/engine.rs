@@ -1434,3 +1434,625 @@ fn a_protocol_switch_nobody_asked_for_is_refused() {
     assert!(r.error().contains("101"), "{}", r.error());
     c.expect_closed();
 }
+
+// ---------------------------------------------------------------------------
+// Edge hardening (issue 8): an instance scripted per test, byte for byte,
+// that records every byte each of its connections received.
+
+/// A request as a raw instance read it.
+#[derive(Debug, Clone)]
+struct RawRequest {
+    /// Which connection (accept order) and which request on it (0, 1, …).
+    conn: usize,
+    nth: usize,
+    method: String,
+    path: String,
+    /// The request's exact bytes.
+    raw: Vec<u8>,
+}
+
+/// What a raw instance does with a request.
+enum RawAction {
+    /// Writes these bytes and waits for the next request.
+    Send(Vec<u8>),
+    /// Writes the first bytes, waits, writes the second (bytes after an
+    /// answer), and waits for the next request.
+    SendThen(Vec<u8>, Duration, Vec<u8>),
+    /// Closes the connection without answering.
+    Close,
+}
+
+type Script = dyn Fn(&RawRequest) -> RawAction + Send + Sync;
+
+struct RawUpstream {
+    addr: SocketAddr,
+    /// Every byte received, per connection in accept order.
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    requests: Arc<Mutex<Vec<RawRequest>>>,
+}
+
+/// The length, method and path of a whole request at the start of `buf`.
+fn raw_request_len(buf: &[u8]) -> Option<(usize, String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
+        return None;
+    };
+    let fields = collect_fields(req.headers);
+    let body = &buf[head..];
+    let len = if values(&fields, "transfer-encoding")
+        .iter()
+        .any(|v| v.contains("chunked"))
+    {
+        parse_chunked(body)?.len
+    } else {
+        let n: usize = values(&fields, "content-length")
+            .first()
+            .map_or(0, |v| v.parse().unwrap());
+        (body.len() >= n).then_some(n)?
+    };
+    Some((head + len, req.method?.to_owned(), req.path?.to_owned()))
+}
+
+impl RawUpstream {
+    fn start(script: impl Fn(&RawRequest) -> RawAction + Send + Sync + 'static) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let (rx, rq) = (Arc::clone(&received), Arc::clone(&requests));
+        std::thread::spawn(move || {
+            for (conn, tcp) in listener.incoming().enumerate() {
+                let Ok(tcp) = tcp else { continue };
+                rx.lock().unwrap().push(Vec::new());
+                let (rx, rq, script) = (Arc::clone(&rx), Arc::clone(&rq), Arc::clone(&script));
+                std::thread::spawn(move || raw_connection(tcp, conn, &*script, &rx, &rq));
+            }
+        });
+        Self {
+            addr,
+            received,
+            requests,
+        }
+    }
+
+    /// Requests received, readiness probes left out.
+    fn requests(&self) -> Vec<RawRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Every byte received on connections other than readiness probes.
+    fn bytes(&self) -> Vec<u8> {
+        let probe = format!("GET {HEALTH} ");
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| !b.starts_with(probe.as_bytes()))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// A proxy in front of this instance.
+    fn proxy(&self) -> Harness {
+        let runtime = Arc::new(TestRuntime {
+            target: Target::Upstream(self.addr),
+            starts: AtomicUsize::new(0),
+        });
+        let addr = start_proxy(Arc::clone(&runtime));
+        Harness {
+            addr,
+            // Unused: this instance is the raw one.
+            upstream: Upstream::start(),
+            runtime,
+        }
+    }
+}
+
+fn raw_connection(
+    mut tcp: TcpStream,
+    conn: usize,
+    script: &Script,
+    received: &Mutex<Vec<Vec<u8>>>,
+    requests: &Mutex<Vec<RawRequest>>,
+) {
+    let mut buf = Vec::new();
+    for nth in 0.. {
+        let (len, method, path) = loop {
+            if let Some(r) = raw_request_len(&buf) {
+                break r;
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = match tcp.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            received.lock().unwrap()[conn].extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let req = RawRequest {
+            conn,
+            nth,
+            method,
+            path,
+            raw: buf.drain(..len).collect(),
+        };
+        let action = if req.path == HEALTH {
+            RawAction::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec())
+        } else {
+            let action = script(&req);
+            requests.lock().unwrap().push(req);
+            action
+        };
+        let ok = match action {
+            RawAction::Send(bytes) => tcp.write_all(&bytes).is_ok(),
+            RawAction::SendThen(first, pause, second) => {
+                tcp.write_all(&first).is_ok() && {
+                    std::thread::sleep(pause);
+                    tcp.write_all(&second).is_ok()
+                }
+            }
+            RawAction::Close => false,
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+fn send(bytes: &[u8]) -> RawAction {
+    RawAction::Send(bytes.to_vec())
+}
+
+impl Client {
+    /// Reads until the proxy closes; returns everything after what was
+    /// parsed already.
+    fn rest(&mut self) -> Vec<u8> {
+        while self.fill() > 0 {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Reads until at least `n` bytes are unparsed.
+    fn fill_to(&mut self, n: usize) {
+        while self.buf.len() < n {
+            assert!(
+                self.fill() > 0,
+                "closed early: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+}
+
+/// Issue 8, point 1, the audit's reproducer as it was sent: a bare LF in a
+/// trailer line used to end the body early for an LF-tolerant instance,
+/// and the rest became a second request. Now the body is refused, and the
+/// instance gets nothing of it. (Old code: the raw trailer was forwarded
+/// and the client waited for an answer.)
+#[test]
+fn trailer_with_a_bare_lf_is_refused_and_never_reaches_the_instance() {
+    let raw = RawUpstream::start(|_| send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    let h = raw.proxy();
+    let reproducer: &[u8] = b"POST /fn/t/echo/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\nPOST /stored HTTP/1.1\r\nHost: x\r\nContent-Length: 150\r\n\r\n";
+    let (mut c, r) = h.call(std::str::from_utf8(reproducer).unwrap());
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.error().contains("trailer"), "{}", r.error());
+    assert!(r.closes());
+    c.expect_closed();
+    assert!(raw.requests().is_empty());
+    assert_eq!(raw.bytes(), b"", "the instance got nothing");
+
+    // The head first, the body later: the instance gets the head and a
+    // connection that closes, never a whole request.
+    let mut c = h.connect();
+    c.send(&reproducer[..69]);
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(&reproducer[69..]);
+    let r = c.response();
+    assert_eq!(r.status, 400, "{r:?}");
+    c.expect_closed();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(raw.requests().is_empty());
+    let got = String::from_utf8(raw.bytes()).unwrap();
+    assert!(
+        got.starts_with("POST /echo/a HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n")
+            && got.ends_with("\r\n\r\n")
+            && !got.contains("stored"),
+        "{got:?}"
+    );
+}
+
+/// Issue 8, points 1 and 7: what the instance receives of a chunked
+/// request is the canonical form, byte for byte; leading zeros beyond 15
+/// digits pass; codings before `chunked` are kept. (Old code: extensions
+/// and trailers relayed raw; the zeros refused.)
+#[test]
+fn chunked_requests_reach_the_instance_in_canonical_form() {
+    let raw = RawUpstream::start(|_| send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    let h = raw.proxy();
+    let mut c = h.connect();
+    c.send(
+        b"POST /fn/t/up HTTP/1.1\r\nHost: x\r\nx-request-id: rid-1\r\nTransfer-Encoding: gzip\r\n\
+transfer-encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+0003 ; name=\"v\\\"al\" ; flag\r\nabc\r\n00000000000000000000002\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
+    );
+    let r = c.response();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    let seen = raw.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&seen[0].raw),
+        "POST /up HTTP/1.1\r\nHost: x\r\ntransfer-encoding: gzip, chunked\r\nx-request-id: rid-1\r\n\
+x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    );
+    c.send(get("/fn/t/next").as_bytes());
+    assert_eq!(c.response().status, 200, "the connection is still in step");
+}
+
+/// Issue 8, point 7: malformed chunk lines and trailers are refused with
+/// 400 and reach no instance. (Old code relayed every one of them raw.)
+#[test]
+fn malformed_chunk_lines_and_trailers_are_refused() {
+    let h = Harness::new();
+    let head = "POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    for (what, body) in [
+        ("junk after the size", &b"1 junk\r\na\r\n0\r\n\r\n"[..]),
+        ("a bad extension byte", b"1;a=\x01\r\na\r\n0\r\n\r\n"),
+        ("a bare LF after the size", b"1\na\r\n0\r\n\r\n"),
+        (
+            "a trailer without colon",
+            b"1\r\na\r\n0\r\nno-colon\r\n\r\n",
+        ),
+        (
+            "obs-fold in the trailers",
+            b"1\r\na\r\n0\r\nx-a: 1\r\n folded\r\n\r\n",
+        ),
+        (
+            "content-length as a trailer",
+            b"1\r\na\r\n0\r\ncontent-length: 5\r\n\r\n",
+        ),
+        ("host as a trailer", b"1\r\na\r\n0\r\nhost: evil\r\n\r\n"),
+        ("a size over 64 bits", b"10000000000000000\r\n"),
+    ] {
+        let mut c = h.connect();
+        c.send(&[head.as_bytes(), body].concat());
+        let r = c.response();
+        assert_eq!(r.status, 400, "{what}: {r:?}");
+        assert!(
+            r.error().starts_with("bad request: malformed chunked body"),
+            "{what}"
+        );
+        c.expect_closed();
+    }
+    assert!(h.upstream.requests().is_empty());
+}
+
+/// Issue 8, point 5: extensions and trailers count towards
+/// `max_body_bytes` (old code counted data only: all three passed).
+#[test]
+fn chunk_extensions_and_trailers_count_towards_the_body_limit() {
+    let h = Harness::new();
+    let head = "POST /fn/t/echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    let ext = format!(";e={}", "x".repeat(400));
+    let many_ext = format!("1{ext}\r\na\r\n1{ext}\r\nb\r\n1{ext}\r\nc\r\n0\r\n\r\n");
+    let trailers = format!("1\r\na\r\n0\r\nx-t: {}\r\n\r\n", "y".repeat(MAX_BODY));
+    let zeros = format!("{}1\r\na\r\n0\r\n\r\n", "0".repeat(MAX_BODY + 1));
+    for (what, body) in [
+        ("extensions", many_ext),
+        ("trailers", trailers),
+        ("zeros", zeros),
+    ] {
+        let mut c = h.connect();
+        c.send(format!("{head}{body}").as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, 413, "{what}: {r:?}");
+        c.expect_closed();
+    }
+    assert!(h.upstream.requests().is_empty());
+    // A chunk line over 4 KiB is refused whatever the limit.
+    let mut c = h.connect();
+    c.send(format!("{head}1;e={}\r\n", "x".repeat(5000)).as_bytes());
+    let r = c.response();
+    assert!(r.status == 400 || r.status == 413, "{r:?}");
+}
+
+/// Issue 8, points 1 and 7: an instance's chunked answer is re-framed; an
+/// invalid one is a 502 while its head was not sent, and the connection
+/// that carried it is closed. (Old code relayed the extension and the
+/// trailer, and cut the client without an answer.)
+#[test]
+fn chunked_answers_are_reframed_and_invalid_ones_are_502() {
+    let raw = RawUpstream::start(|req| {
+        match req.path.as_str() {
+        "/ext" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-t\r\n\r\n2;a=b\r\nok\r\n0\r\nx-t: 1\r\n\r\n"),
+        "/gzip" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n\x1f\x8b\r\n0\r\n\r\n"),
+        "/bad-lf" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: a\n\n"),
+        "/bad-size" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2 junk\r\nok\r\n0\r\n\r\n"),
+        "/bad-trailer" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\ncontent-length: 9\r\n\r\n"),
+        "/late-bad" => RawAction::SendThen(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n".to_vec(),
+            Duration::from_millis(50),
+            b"zz\r\n".to_vec(),
+        ),
+        _ => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    }
+    });
+    let h = raw.proxy();
+    let mut c = h.connect();
+    c.send(get("/fn/t/ext").as_bytes());
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.raw_body, b"2\r\nok\r\n0\r\n\r\n");
+    assert_eq!(r.header("trailer"), None);
+    // (Read raw: the test client takes `chunked` alone.)
+    c.send(get("/fn/t/gzip").as_bytes());
+    while !c.buf.ends_with(b"\r\n0\r\n\r\n") {
+        assert!(c.fill() > 0);
+    }
+    let got = String::from_utf8_lossy(&c.buf).into_owned();
+    assert!(
+        got.contains("\r\ntransfer-encoding: gzip, chunked\r\n"),
+        "{got}"
+    );
+    assert!(
+        c.buf.ends_with(b"\r\n\r\n2\r\n\x1f\x8b\r\n0\r\n\r\n"),
+        "{got:?}"
+    );
+    c.buf.clear();
+
+    for path in ["/bad-lf", "/bad-size", "/bad-trailer"] {
+        let (mut c, r) = h.call(&get(&format!("/fn/t{path}")));
+        assert_eq!(r.status, 502, "{path}: {r:?}");
+        assert!(
+            r.error().contains("invalid answer"),
+            "{path}: {}",
+            r.error()
+        );
+        c.expect_closed();
+        // The next call gets a connection of its own.
+        let before = raw.requests().len();
+        let (_, r) = h.call(&get("/fn/t/after"));
+        assert_eq!(r.status, 200);
+        let seen = raw.requests();
+        assert_ne!(seen[before].conn, seen[before - 1].conn, "{path}");
+    }
+
+    // The head went out already: the client connection is cut, the
+    // chunked body never ends.
+    let mut c = h.connect();
+    c.send(get("/fn/t/late-bad").as_bytes());
+    c.fill_to(4);
+    let got = String::from_utf8_lossy(&c.rest()).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\n2\r\nok\r\n"), "{got:?}");
+}
+
+/// Issue 8, point 2: a target with a multi-byte character used to panic
+/// the connection task (the client got nothing); an answer's status line
+/// without a reason, or with an obs-text one, used to panic too.
+#[test]
+fn odd_bytes_in_targets_and_status_lines_are_answered() {
+    let raw = RawUpstream::start(|req| match req.path.as_str() {
+        "/no-reason" => send(b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok"),
+        "/obs-text" => send(b"HTTP/1.1 404 \xe9t\xe9\r\ncontent-length: 2\r\n\r\nno"),
+        _ => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    });
+    let h = raw.proxy();
+    let mut c = h.connect();
+    c.send(b"GET /fn/ab\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 404, "{r:?}");
+    c.send(b"GET /fn/t/x\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    assert_eq!(raw.requests()[0].path.as_bytes(), b"/x\xc3\xa9");
+    for (path, line) in [
+        ("/no-reason", "HTTP/1.1 200 OK\r\n"),
+        ("/obs-text", "HTTP/1.1 404 Not Found\r\n"),
+    ] {
+        c.send(get(&format!("/fn/t{path}")).as_bytes());
+        c.fill_to(line.len());
+        assert_eq!(String::from_utf8_lossy(&c.buf[..line.len()]), line);
+        let r = c.response();
+        assert_eq!(r.body.len(), 2);
+    }
+}
+
+/// Issue 8, point 3: bytes an instance writes after a complete answer
+/// close its connection; they never become the next caller's answer. (Old
+/// code reused a connection pooled less than 1 s ago unchecked: the next
+/// caller got the stray answer.)
+#[test]
+fn bytes_after_an_answer_close_the_upstream_connection() {
+    let stray: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nSTRAY!";
+    let raw = RawUpstream::start(move |req| {
+        let answer = match req.path.as_str() {
+            "/204" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "/304" => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 6\r\n\r\n".to_vec(),
+            "/head" => b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n".to_vec(),
+            "/extra" => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+            _ => return send(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood"),
+        };
+        if req.nth == 0 {
+            // In the same write (first request on a connection) or late.
+            send(&[&answer[..], stray].concat())
+        } else {
+            RawAction::SendThen(answer, Duration::from_millis(30), stray.to_vec())
+        }
+    });
+    let h = raw.proxy();
+    let mut c = h.connect();
+    for round in 0..2 {
+        for (method, path) in [
+            ("GET", "/204"),
+            ("GET", "/304"),
+            ("HEAD", "/head"),
+            ("GET", "/extra"),
+        ] {
+            if round == 1 {
+                // Put a connection in the pool that has served one call.
+                c.send(get("/fn/t/warm").as_bytes());
+                assert_eq!(c.response().body, b"good");
+            }
+            c.send(format!("{method} /fn/t{path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
+            let r = if method == "HEAD" {
+                c.response_to_head()
+            } else {
+                c.response()
+            };
+            assert!(matches!(r.status, 200 | 204 | 304), "{path}: {r:?}");
+            std::thread::sleep(Duration::from_millis(100));
+            c.send(get("/fn/t/next").as_bytes());
+            let r = c.response();
+            assert_eq!(r.body, b"good", "round {round}, after {path}: {r:?}");
+        }
+    }
+    // Every answer with stray bytes was the last on its connection.
+    let seen = raw.requests();
+    for (i, s) in seen.iter().enumerate() {
+        if s.path != "/next" && s.path != "/warm" {
+            assert!(
+                seen[i + 1..].iter().all(|later| later.conn != s.conn),
+                "{} on connection {} was followed by another call: {seen:?}",
+                s.path,
+                s.conn
+            );
+        }
+    }
+}
+
+/// Issue 8, point 4: a reused connection that gives nothing back is
+/// replayed on a fresh one for idempotent methods only. (Old code sent
+/// the POST twice.)
+#[test]
+fn only_idempotent_requests_are_replayed() {
+    // The second request on any connection is read and not answered.
+    let raw = RawUpstream::start(|req| {
+        if req.nth >= 1 {
+            RawAction::Close
+        } else {
+            send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        }
+    });
+    let h = raw.proxy();
+    let mut c = h.connect();
+    for (method, replayed) in [
+        ("POST", false),
+        ("GET", true),
+        ("PATCH", false),
+        ("PUT", true),
+        ("DELETE", true),
+    ] {
+        c.send(get("/fn/t/warm").as_bytes());
+        assert_eq!(c.response().status, 200);
+        let before = raw.requests().len();
+        c.send(
+            format!("{method} /fn/t/call HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc")
+                .as_bytes(),
+        );
+        let r = c.response();
+        let sent = raw.requests()[before..]
+            .iter()
+            .filter(|s| s.path == "/call" && s.method == method)
+            .count();
+        if replayed {
+            assert_eq!((r.status, sent), (200, 2), "{method}: {r:?}");
+        } else {
+            assert_eq!((r.status, sent), (502, 1), "{method}: {r:?}");
+            assert!(r.closes());
+            c.expect_closed();
+            c = h.connect();
+        }
+    }
+}
+
+/// Issue 8, point 6: bytes the client sent right behind its upgrade
+/// request go into the tunnel (old code dropped them).
+#[test]
+fn bytes_sent_with_an_upgrade_request_reach_the_tunnel() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(
+        b"GET /fn/t/ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\nearly",
+    );
+    let r = c.response();
+    assert_eq!(r.status, 101, "{r:?}");
+    c.fill_to(5);
+    assert_eq!(&c.buf[..5], b"EARLY");
+}
+
+/// Issue 8, point 7: `host` rules (RFC 9112 §3.2): missing in HTTP/1.1 or
+/// repeated is 400; an absolute-form target's authority replaces it;
+/// `connection` cannot remove it. (Old code forwarded all of these.)
+#[test]
+fn host_is_checked_replaced_and_kept() {
+    let h = Harness::new();
+    for bad in [
+        "GET /fn/t/echo HTTP/1.1\r\n\r\n",
+        "GET /fn/t/echo HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+        "GET http:///fn/t/echo HTTP/1.1\r\nhost: a\r\n\r\n",
+        "GET http://user@a/fn/t/echo HTTP/1.1\r\nhost: a\r\n\r\n",
+    ] {
+        let (mut c, r) = h.call(bad);
+        assert_eq!(r.status, 400, "{bad:?}: {r:?}");
+        c.expect_closed();
+    }
+    assert!(h.upstream.requests().is_empty());
+    let (_, r) = h.call("GET http://real.test/fn/t/echo/abs HTTP/1.1\r\nhost: other.test\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let seen = h.upstream.last();
+    assert_eq!(
+        (seen.line.as_str(), seen.values("host")),
+        ("GET /echo/abs HTTP/1.1", vec!["real.test"])
+    );
+    let (_, r) = h.call("GET /fn/t/echo/c HTTP/1.1\r\nhost: kept.test\r\nconnection: host, content-length\r\ncontent-length: 2\r\n\r\nhi");
+    assert_eq!(r.status, 200);
+    let seen = h.upstream.last();
+    assert_eq!(seen.values("host"), ["kept.test"]);
+    assert_eq!(
+        (seen.values("content-length"), seen.body.as_slice()),
+        (vec!["2"], &b"hi"[..])
+    );
+}
+
+/// Issue 8, point 7: an answer's framing fields are normalised or
+/// refused (RFC 9112 §6.3). (Old code relayed them as they came.)
+#[test]
+fn answer_framing_is_normalised_or_refused() {
+    let raw = RawUpstream::start(|req| {
+        match req.path.as_str() {
+        "/cl-list" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\nContent-Length: 2\r\n\r\nok"),
+        "/cl-differ" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!"),
+        "/te-twice" => send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        "/te-1.0" => send(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        "/te-cl" => send(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        _ => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    }
+    });
+    let h = raw.proxy();
+    let mut c = h.connect();
+    c.send(get("/fn/t/cl-list").as_bytes());
+    let r = c.response();
+    assert_eq!(
+        (r.header("content-length"), r.body.as_slice()),
+        (Some("2"), &b"ok"[..])
+    );
+    c.send(get("/fn/t/te-cl").as_bytes());
+    let r = c.response();
+    assert_eq!(
+        (r.header("transfer-encoding"), r.header("content-length")),
+        (Some("chunked"), None)
+    );
+    assert_eq!(r.body, b"ok");
+    // Answered with both framings: that connection is not reused.
+    c.send(get("/fn/t/after").as_bytes());
+    assert_eq!(c.response().status, 200);
+    let seen = raw.requests();
+    assert_ne!(seen[1].conn, seen[2].conn);
+    for path in ["/cl-differ", "/te-twice", "/te-1.0"] {
+        let (mut c, r) = h.call(&get(&format!("/fn/t{path}")));
+        assert_eq!(r.status, 502, "{path}: {r:?}");
+        c.expect_closed();
+    }
+}
