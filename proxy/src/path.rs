@@ -1,5 +1,6 @@
 //! Invocation paths: `/fn/{name}/{rest}?{query}` split into the function
 //! name and the path the function sees (`/{rest}?{query}`).
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
 /// Prefix of every invocation path.
 pub const PREFIX: &str = "/fn/";
@@ -28,8 +29,8 @@ pub enum PathError {
 /// Splits an invocation path. `query` is the part after `?`, if any.
 pub fn parse(path: &str, query: Option<&str>) -> Result<Invocation, PathError> {
     let after = path.strip_prefix(PREFIX).ok_or(PathError::NotInvocation)?;
-    let (raw_name, rest) = match after.find('/') {
-        Some(i) => after.split_at(i),
+    let (raw_name, rest) = match after.find('/').and_then(|i| after.split_at_checked(i)) {
+        Some(parts) => parts,
         None => (after, ""),
     };
     let name = percent_decode(raw_name)
@@ -48,18 +49,15 @@ fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
     }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = char::from(bytes.next()?).to_digit(16)?;
+            let lo = char::from(bytes.next()?).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            out.push(b);
         }
     }
     String::from_utf8(out).ok()

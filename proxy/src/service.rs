@@ -2,6 +2,7 @@
 //! proxy's shared state, the answers it writes itself, how pool failures
 //! map to them, `server-timing`, and the per-call record that counts every
 //! call in the metrics when it ends.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,8 +89,9 @@ impl Call {
     }
 
     pub(crate) fn count_upstream_error(&mut self, kind: UpstreamError) {
-        let n = &mut self.upstream_errors[kind as usize];
-        *n = n.saturating_add(1);
+        if let Some(n) = self.upstream_errors.get_mut(kind as usize) {
+            *n = n.saturating_add(1);
+        }
     }
 
     pub(crate) fn instance_id(&self) -> Option<&str> {
@@ -136,9 +138,8 @@ fn record(
     if let Some(entry) = entry {
         entry.metrics.record_call(status, elapsed);
         for kind in UpstreamError::ALL {
-            entry
-                .metrics
-                .record_upstream_errors(kind, upstream_errors[kind as usize].into());
+            let n = upstream_errors.get(kind as usize).copied().unwrap_or(0);
+            entry.metrics.record_upstream_errors(kind, n.into());
         }
     }
     if let Some(reason) = rejection {
@@ -202,20 +203,25 @@ pub fn server_timing(
 fn push_ms(out: &mut Vec<u8>, d: Duration) {
     // u64: dividing a u128 is a library call.
     let mut n = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    let mut digits = [0u8; 44];
-    let mut i = digits.len();
+    // Written backwards: at most 20 digits and the point.
+    let mut digits = [0u8; 24];
+    let mut len = 0;
     let mut written = 0;
-    while n > 0 || written < 4 {
-        if written == 3 {
-            i -= 1;
-            digits[i] = b'.';
+    for slot in digits.iter_mut().rev() {
+        if n == 0 && written >= 4 {
+            break;
         }
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        written += 1;
+        if written == 3 && len == 3 {
+            *slot = b'.';
+        } else {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+            written += 1;
+        }
+        len += 1;
     }
-    out.extend_from_slice(&digits[i..]);
+    let start = digits.len().saturating_sub(len);
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
 }
 
 impl Proxy {
