@@ -81,34 +81,36 @@ pub struct Semantics {
     pub upgrade: bool,
 }
 
-/// Where `part` lies in `buf`; `None` when it is not inside it (httparse
-/// hands back a static `""` for a missing or obs-text reason phrase). An
-/// empty part is the empty range at 0, wherever it points.
-fn offset(buf: &[u8], part: &[u8]) -> Option<Range<usize>> {
-    if part.is_empty() {
-        return Some(0..0);
+/// Where `part` lies in `buf`, or the empty range at 0 when it is not
+/// inside it (httparse hands back a static `""` for a missing or obs-text
+/// reason phrase; names, values, methods and targets are always inside).
+/// Never wraps: compared before anything is added.
+#[inline]
+fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match buf.len().checked_sub(start) {
+        Some(room) if part.len() <= room => start..start + part.len(),
+        _ => 0..0,
     }
-    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
-    let end = start.checked_add(part.len())?;
-    (end <= buf.len()).then_some(start..end)
 }
 
-const OUTSIDE: HeadError = HeadError::Invalid("malformed message head");
+/// Where `part`, a slice httparse cut out of `buf` (a name, a value, the
+/// method, the target: always inside it), lies in `buf`. Wrapping
+/// arithmetic and no check, for the hot path: were a range ever wrong,
+/// every read goes through [`at`] and finds it empty, never panics.
+#[inline]
+fn offset_within(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    start..start.wrapping_add(part.len())
+}
 
-fn collect_fields(
-    buf: &[u8],
-    parsed: &[httparse::Header<'_>],
-    fields: &mut Vec<Field>,
-) -> Result<(), HeadError> {
+fn collect_fields(buf: &[u8], parsed: &[httparse::Header<'_>], fields: &mut Vec<Field>) {
     fields.clear();
-    for h in parsed {
-        fields.push(Field {
-            name: offset(buf, h.name.as_bytes()).ok_or(OUTSIDE)?,
-            value: offset(buf, h.value).ok_or(OUTSIDE)?,
-            kind: classify(h.name.as_bytes()),
-        });
-    }
-    Ok(())
+    fields.extend(parsed.iter().map(|h| Field {
+        name: offset_within(buf, h.name.as_bytes()),
+        value: offset_within(buf, h.value),
+        kind: classify(h.name.as_bytes()),
+    }));
 }
 
 /// The bytes of `range` in `buf` (empty if it is not inside: never a
@@ -145,11 +147,11 @@ pub fn parse_request(
             else {
                 return Err(HeadError::Invalid("malformed request line"));
             };
-            collect_fields(buf, req.headers, fields)?;
+            collect_fields(buf, req.headers, fields);
             Ok(Some(RequestLine {
                 head_len,
-                method: offset(buf, method.as_bytes()).ok_or(OUTSIDE)?,
-                target: offset(buf, target.as_bytes()).ok_or(OUTSIDE)?,
+                method: offset_within(buf, method.as_bytes()),
+                target: offset_within(buf, target.as_bytes()),
                 minor,
             }))
         }
@@ -176,8 +178,8 @@ pub fn parse_response(
             };
             // Outside the buffer (no reason, or obs-text in it): none; the
             // canonical one is written instead.
-            let reason = offset(buf, resp.reason.unwrap_or_default().as_bytes()).unwrap_or(0..0);
-            collect_fields(buf, resp.headers, fields)?;
+            let reason = offset(buf, resp.reason.unwrap_or_default().as_bytes());
+            collect_fields(buf, resp.headers, fields);
             Ok(Some(StatusLine {
                 head_len,
                 status,
@@ -234,39 +236,45 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
         hosts: 0,
     };
     for f in fields {
-        let name = f.kind;
-        let value = at(buf, f.value.clone());
-        if name == Name::ContentLength {
-            // Every value (and every list element) must be the same
-            // decimal number.
-            for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
-                    return Err(HeadError::Invalid("invalid content-length"));
+        match f.kind {
+            Name::ContentLength => {
+                // Every value (and every list element) must be the same
+                // decimal number.
+                let value = at(buf, f.value.clone());
+                for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+                        return Err(HeadError::Invalid("invalid content-length"));
+                    }
+                    let n = t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                    if s.length.is_some_and(|m| m != n) {
+                        return Err(HeadError::Invalid("conflicting content-length values"));
+                    }
+                    s.length = Some(n);
                 }
-                let n = t.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-                if s.length.is_some_and(|m| m != n) {
-                    return Err(HeadError::Invalid("conflicting content-length values"));
+            }
+            Name::TransferEncoding => {
+                // Only a final `chunked` frames the body; it must come
+                // last, and once.
+                s.transfer_encoding = true;
+                for t in tokens(at(buf, f.value.clone())) {
+                    s.chunked = t.eq_ignore_ascii_case(b"chunked");
+                    s.chunked_count += u32::from(s.chunked);
                 }
-                s.length = Some(n);
             }
-        } else if name == Name::TransferEncoding {
-            // Only a final `chunked` frames the body; it must come last,
-            // and once.
-            s.transfer_encoding = true;
-            for t in tokens(value) {
-                s.chunked = t.eq_ignore_ascii_case(b"chunked");
-                s.chunked_count += u32::from(s.chunked);
+            Name::Connection => {
+                let value = at(buf, f.value.clone());
+                s.close |= has_token(value, b"close");
+                s.keep_alive |= has_token(value, b"keep-alive");
+                s.upgrade_token |= has_token(value, b"upgrade");
             }
-        } else if name == Name::Connection {
-            s.close |= has_token(value, b"close");
-            s.keep_alive |= has_token(value, b"keep-alive");
-            s.upgrade_token |= has_token(value, b"upgrade");
-        } else if name == Name::Upgrade {
-            s.upgrade_field = true;
-        } else if name == Name::Expect {
-            s.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if name == Name::Host {
-            s.hosts = s.hosts.saturating_add(1);
+            Name::Upgrade => s.upgrade_field = true,
+            Name::Expect => {
+                s.expect_continue |= at(buf, f.value.clone())
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue");
+            }
+            Name::Host => s.hosts = s.hosts.saturating_add(1),
+            _ => {}
         }
     }
     if s.chunked_count > 1 {
@@ -707,7 +715,11 @@ pub fn write_response_head(
             Name::ContentLength if !coded => {
                 if !framing_written {
                     // Equal values were checked; one is enough.
-                    let first = tokens(value).next().unwrap_or(value);
+                    let first = if value.iter().all(u8::is_ascii_digit) {
+                        value
+                    } else {
+                        tokens(value).next().unwrap_or(value)
+                    };
                     push_field(out, name, first);
                     framing_written = true;
                 }
