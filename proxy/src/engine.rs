@@ -21,8 +21,9 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tracing::debug;
 
-use crate::chunked::{self, ChunkError, Decoder};
+use crate::chunked::{self, ChunkError, Decoder, Piece};
 use crate::h1::{self, Answering, Field, Forwarding, Framing, HeadError, OwnAnswer, RequestLine};
 use crate::metrics::{self, Rejection, UpstreamError};
 use crate::path::{self, PathError};
@@ -845,6 +846,8 @@ impl Conn {
         body: &mut RequestBody,
         up: &mut TcpStream,
     ) -> Result<(), StreamError> {
+        let mut frames = Vec::new();
+        let mut parts = Vec::new();
         while !body.done() {
             if self.buf.is_empty() {
                 read_more(&mut self.tcp, &mut self.buf, &mut self.timer)
@@ -852,16 +855,25 @@ impl Conn {
                     .map_err(StreamError::Client)?;
             }
             let taken = if body.is_chunked() {
-                // Re-framed into a buffer of its own.
-                let mut framed = take_buf();
-                let taken = body.relay(&self.buf, &mut framed);
-                let sent = match taken {
-                    Ok(_) => timed(&mut self.timer, up.write_all(&framed)).await,
-                    Err(_) => Ok(()),
-                };
-                give_buf(framed);
-                let taken = taken.map_err(StreamError::Body)?;
-                sent.map_err(StreamError::Upstream)?;
+                // Re-framed: the frame lines are the proxy's, the data
+                // leaves from the read buffer (one vectored write).
+                frames.clear();
+                parts.clear();
+                let taken = body
+                    .relay_parts(&self.buf, &mut frames, &mut parts)
+                    .map_err(StreamError::Body)?;
+                let mut slices: Vec<IoSlice<'_>> = parts
+                    .iter()
+                    .map(|part| {
+                        IoSlice::new(match part {
+                            Part::Frame(r) => frames.get(r.clone()).unwrap_or_default(),
+                            Part::Data(r) => self.buf.get(r.clone()).unwrap_or_default(),
+                        })
+                    })
+                    .collect();
+                write_all_vectored(up, &mut self.timer, &mut slices)
+                    .await
+                    .map_err(StreamError::Upstream)?;
                 taken
             } else {
                 // As it came, from the read buffer.
@@ -877,6 +889,31 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Writes all of `slices` (advancing them) before `timer` fires.
+async fn write_all_vectored(
+    up: &mut TcpStream,
+    timer: &mut Pin<Box<Sleep>>,
+    slices: &mut [IoSlice<'_>],
+) -> Result<(), Fail> {
+    let mut bufs = slices;
+    while !bufs.is_empty() {
+        let n = timed(timer, up.write_vectored(bufs)).await?;
+        if n == 0 {
+            return Err(Fail::Io(io::ErrorKind::WriteZero.into()));
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// Part of a re-framed chunked body on its way out: a frame line (in the
+/// proxy's own buffer) or data (in the read buffer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Frame(Range<usize>),
+    Data(Range<usize>),
 }
 
 /// Why an answer's head did not arrive.
@@ -1047,13 +1084,47 @@ impl RequestBody {
         Ok(self.progress.take(input))
     }
 
+    /// Decodes a chunked body's part of `input` into what goes out: frame
+    /// lines appended to `frames`, data as ranges of `input` (not copied),
+    /// in order in `parts`. Returns how many bytes of `input` it took.
+    fn relay_parts(
+        &mut self,
+        input: &[u8],
+        frames: &mut Vec<u8>,
+        parts: &mut Vec<Part>,
+    ) -> Result<usize, BodyError> {
+        let base = input.as_ptr() as usize;
+        self.progress
+            .chunked
+            .decode(input, |piece| match piece {
+                Piece::Data(data) => {
+                    let start = (data.as_ptr() as usize).wrapping_sub(base);
+                    parts.push(Part::Data(start..start.wrapping_add(data.len())));
+                }
+                frame => {
+                    let start = frames.len();
+                    chunked::reframe(frame, frames);
+                    // Adjacent frame lines leave as one.
+                    match parts.last_mut() {
+                        Some(Part::Frame(r)) if r.end == start => r.end = frames.len(),
+                        _ => parts.push(Part::Frame(start..frames.len())),
+                    }
+                }
+            })
+            .map_err(body_error)
+    }
+
     /// Appends the body's part of `input` to `out` (a chunked body
     /// re-framed); returns how many bytes of `input` it took.
     fn relay(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BodyError> {
-        self.progress.relay(input, out, false).map_err(|e| match e {
-            ChunkError::OverBudget(_) => BodyError::TooLarge,
-            e => BodyError::Malformed(e),
-        })
+        self.progress.relay(input, out, false).map_err(body_error)
+    }
+}
+
+fn body_error(e: ChunkError) -> BodyError {
+    match e {
+        ChunkError::OverBudget(_) => BodyError::TooLarge,
+        e => BodyError::Malformed(e),
     }
 }
 
@@ -1125,6 +1196,36 @@ mod tests {
         let mut b = RequestBody::new(Framing::Chunked, 4);
         assert_eq!(relay(&mut b, b"1;abcd\r\n"), Err(BodyError::TooLarge));
         assert!(RequestBody::new(Framing::Empty, 0).done());
+    }
+
+    #[test]
+    fn streamed_chunked_data_is_not_copied() {
+        let input = b"3;x=1\r\nabc\r\n2\r\nde\r\n0\r\nt: 1\r\n\r\nNEXT";
+        let mut b = RequestBody::new(Framing::Chunked, 100);
+        let (mut frames, mut parts) = (Vec::new(), Vec::new());
+        assert_eq!(
+            b.relay_parts(input, &mut frames, &mut parts),
+            Ok(input.len() - 4)
+        );
+        assert_eq!(
+            parts,
+            [
+                Part::Frame(0..3),
+                Part::Data(7..10),
+                Part::Frame(3..8),
+                Part::Data(15..17),
+                Part::Frame(8..15),
+            ]
+        );
+        let out: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| match p {
+                Part::Frame(r) => frames[r.clone()].to_vec(),
+                Part::Data(r) => input[r.clone()].to_vec(),
+            })
+            .collect();
+        assert_eq!(out, b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+        assert!(b.done());
     }
 
     #[test]
