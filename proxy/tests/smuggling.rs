@@ -1041,13 +1041,17 @@ fn issue8_invalid_chunked_answers_get_a_502() {
 }
 
 #[test]
-fn conflicting_content_lengths_in_an_answer_get_a_502() {
+fn invalid_answer_framing_or_status_gets_a_502() {
     let h = Harness::new();
     for (i, raw) in [
         &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nokk"[..],
         b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nokk",
         b"HTTP/1.1 200 OK\r\ncontent-length: -2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: 0x2\r\n\r\nok",
+        // Found by tests/randomized.rs: httparse takes any three digits,
+        // and the proxy wrote `HTTP/1.1 0 OK` (RFC 9110 §15: 100 to 599).
+        b"HTTP/1.1 000 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 099 X\r\ncontent-length: 2\r\n\r\nok",
     ]
     .into_iter()
     .enumerate()

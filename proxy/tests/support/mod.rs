@@ -16,6 +16,7 @@
 
 #![allow(dead_code)]
 
+pub mod oracle;
 pub mod strict;
 
 use std::collections::HashMap;

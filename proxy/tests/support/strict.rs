@@ -96,10 +96,7 @@ pub fn field(line: &[u8]) -> Result<Field, String> {
         .ok_or("field line without a colon")?;
     let (name, value) = (&line[..colon], &line[colon + 1..]);
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-        return Err(format!(
-            "invalid field name {:?}",
-            String::from_utf8_lossy(name)
-        ));
+        return Err("invalid field name".into());
     }
     let start = value
         .iter()
