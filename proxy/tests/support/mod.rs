@@ -246,6 +246,9 @@ impl ConnLog {
 pub struct InstanceState {
     pub conns: Vec<ConnLog>,
     pub scripts: HashMap<String, Script>,
+    /// Close each connection after one answer (then every upstream
+    /// connection holds one forwarded request: the fuzz target's choice).
+    pub close_every: bool,
 }
 
 pub struct Instance {
@@ -416,7 +419,7 @@ fn instance_conn(tcp: TcpStream, conn: usize, state: Arc<Mutex<InstanceState>>) 
                 out.write_all(&answer)
             }
         };
-        if written.is_err() || !keep {
+        if written.is_err() || !keep || state.lock().unwrap().close_every {
             return;
         }
     }
