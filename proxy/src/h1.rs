@@ -516,18 +516,20 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    // Backwards from the end: a u64 has at most 20 digits.
     let mut digits = [0u8; 20];
-    let mut len = 0;
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        len += 1;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    let start = digits.len().saturating_sub(len);
-    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+    out.extend_from_slice(digits.get(i..).unwrap_or_default());
 }
 
 /// Writes one `transfer-encoding` field with every coding of the head's

@@ -203,25 +203,25 @@ pub fn server_timing(
 fn push_ms(out: &mut Vec<u8>, d: Duration) {
     // u64: dividing a u128 is a library call.
     let mut n = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    // Written backwards: at most 20 digits and the point.
+    // Backwards from the end: at most 20 digits and the point.
     let mut digits = [0u8; 24];
-    let mut len = 0;
+    let mut i = digits.len();
     let mut written = 0;
-    for slot in digits.iter_mut().rev() {
-        if n == 0 && written >= 4 {
-            break;
+    while n > 0 || written < 4 {
+        if written == 3 {
+            i -= 1;
+            if let Some(d) = digits.get_mut(i) {
+                *d = b'.';
+            }
         }
-        if written == 3 && len == 3 {
-            *slot = b'.';
-        } else {
-            *slot = b'0' + (n % 10) as u8;
-            n /= 10;
-            written += 1;
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
         }
-        len += 1;
+        n /= 10;
+        written += 1;
     }
-    let start = digits.len().saturating_sub(len);
-    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+    out.extend_from_slice(digits.get(i..).unwrap_or_default());
 }
 
 impl Proxy {
