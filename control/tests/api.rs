@@ -414,6 +414,28 @@ async fn bad_bundles_get_400_naming_the_field() {
     let reply = app.deploy("hello", unknown_key).await;
     assert_eq!(reply.error().field.as_deref(), Some("colour"));
 
+    // Type, range and unknown-key errors name the key with its table.
+    for (extra, field) in [
+        ("[env]\nX = 5\n", "env.X"),
+        ("[resources]\nmemory_mbb = 64\n", "resources.memory_mbb"),
+        ("port = 70000\n", "port"),
+    ] {
+        let toml = format!("{}{extra}", container_toml("hello"));
+        let bundle = tar_gz(&[
+            ("cpub.toml", toml.as_bytes()),
+            ("Containerfile", b"FROM scratch\n"),
+        ]);
+        let reply = app.deploy("hello", bundle).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{extra}");
+        let err = reply.error();
+        assert_eq!(err.field.as_deref(), Some(field), "{extra}: {}", err.error);
+        assert!(
+            err.error.contains(&format!("cpub.toml: {field}: ")),
+            "{extra}: {}",
+            err.error
+        );
+    }
+
     let traversal = tar_gz(&[
         ("cpub.toml", container_toml("hello").as_bytes()),
         ("../evil", b"x"),
