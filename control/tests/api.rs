@@ -176,7 +176,13 @@ impl Reply {
 }
 
 impl TestApp {
-    async fn send(&self, request: Request<Body>) -> Reply {
+    /// Sends `request` (with a `Host` header, as an HTTP/1.1 client would).
+    async fn send(&self, mut request: Request<Body>) -> Reply {
+        if !request.headers().contains_key(header::HOST) {
+            request
+                .headers_mut()
+                .insert(header::HOST, "control.test".parse().unwrap());
+        }
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let body = response
@@ -570,6 +576,7 @@ async fn routes_long_poll() {
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
         let request = authed(Request::get("/api/v1/routes?since=0&wait_s=30"))
+            .header(header::HOST, "control.test")
             .body(Body::empty())
             .unwrap();
         let response = router.oneshot(request).await.unwrap();
@@ -766,4 +773,38 @@ fn fake_static_elf() -> Vec<u8> {
     b[56..58].copy_from_slice(&1u16.to_le_bytes());
     b[64..68].copy_from_slice(&1u32.to_le_bytes());
     b
+}
+
+/// Over a real socket: HTTP/1.1 without `Host` (or with two) is a 400;
+/// with one `Host`, or HTTP/1.0 without, the request is served.
+#[tokio::test]
+async fn http11_without_host_is_refused_over_a_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app.router.clone()).into_future());
+    let exchange = |raw: &'static str| async move {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(raw.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+            .await
+            .expect("the server answers and closes")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let status = |answer: &str| answer.split(' ').nth(1).unwrap_or("").to_owned();
+
+    let answer = exchange("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), "400", "{answer}");
+    assert!(answer.contains("\"field\":\"Host\""), "{answer}");
+    let answer =
+        exchange("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), "400", "{answer}");
+    let answer = exchange("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let answer = exchange("GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    server.abort();
 }
