@@ -808,3 +808,44 @@ async fn http11_without_host_is_refused_over_a_socket() {
     assert_eq!(status(&answer), "200", "{answer}");
     server.abort();
 }
+
+/// A `.tar.gz` without its gzip trailer, or with a wrong CRC32, is refused
+/// before anything is kept: no artifact file, no function, no deployment.
+#[tokio::test]
+async fn truncated_or_corrupt_gzip_is_refused_and_nothing_is_stored() {
+    let app = app().await;
+    let good = tar_gz(&[
+        ("cpub.toml", container_toml("hello").as_bytes()),
+        ("Containerfile", b"FROM scratch\n"),
+    ]);
+    let mut wrong_crc = good.clone();
+    let at = wrong_crc.len() - 8;
+    wrong_crc[at] ^= 0xff;
+    for (bundle, expect) in [
+        (good[..good.len() - 8].to_vec(), "trailer"),
+        (wrong_crc, "CRC32"),
+    ] {
+        let reply = app.deploy("hello", bundle).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        let err = reply.error();
+        assert_eq!(err.field.as_deref(), Some("bundle"));
+        assert!(err.error.contains(expect), "{}", err.error);
+    }
+    let artifacts: Vec<_> = std::fs::read_dir(app.state.settings.artifacts_dir())
+        .unwrap()
+        .collect();
+    assert!(artifacts.is_empty(), "{artifacts:?}");
+    let tmp: Vec<_> = std::fs::read_dir(app.state.settings.tmp_dir())
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    let (deployments,): (i64,) = sqlx::query_as("SELECT count(*) FROM deployments")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let (functions,): (i64,) = sqlx::query_as("SELECT count(*) FROM functions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!((deployments, functions), (0, 0));
+}
