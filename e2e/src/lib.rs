@@ -267,6 +267,11 @@ impl Stack {
         self.wait_healthy("proxy", self.proxy_addr).await
     }
 
+    /// Process id of the running cpub-control (for its memory use).
+    pub fn control_pid(&self) -> Option<u32> {
+        self.control.as_ref().map(|p| p.child.id())
+    }
+
     /// Process id of the running cpub-proxy (for its memory use).
     pub fn proxy_pid(&self) -> Option<u32> {
         self.proxy.as_ref().map(|p| p.child.id())
@@ -523,6 +528,20 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
         }
     }
     sum
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM` is the peak resident
+/// set size, `VmRSS` the current one).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(field)?
+            .strip_prefix(':')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// Copies an example bundle into a temp dir under a new function name, with
