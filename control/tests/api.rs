@@ -2,8 +2,8 @@
 //! fresh PostgreSQL database per test, and, when the Podman socket answers,
 //! real image builds.
 //!
-//! Database: `CPUB_TEST_DATABASE_URL` (default the local cluster of
-//! `scripts/pg.sh`); each test creates `cpub_test_<random>` and drops it,
+//! Database: `CPUB_TEST_DATABASE_URL` (default: `scripts/pg.sh url`, the
+//! local test cluster); each test creates `cpub_test_<random>` and drops it,
 //! also when the test fails.
 
 use std::path::PathBuf;
@@ -28,7 +28,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const DEFAULT_TEST_DB: &str = "postgres://cpub:cpub@127.0.0.1:25432/cpub";
 const TOKEN: &str = "test-bootstrap-token-0123456789";
 const PASSWORD: &str = "correct horse battery staple";
 const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
@@ -37,6 +36,28 @@ fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)
+}
+
+/// `CPUB_TEST_DATABASE_URL`, else what `scripts/pg.sh url` prints for the
+/// local test cluster (its password is random, in a root-only file).
+fn test_database_url() -> String {
+    if let Some(url) = std::env::var("CPUB_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return url;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, "url"])
+        .output()
+        .expect("running scripts/pg.sh url");
+    assert!(
+        out.status.success(),
+        "no CPUB_TEST_DATABASE_URL and `scripts/pg.sh url` failed (run `scripts/pg.sh start`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A database that exists for one test.
@@ -48,8 +69,7 @@ struct TestDb {
 
 impl TestDb {
     async fn create() -> Self {
-        let url =
-            std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DB.into());
+        let url = test_database_url();
         let base: PgConnectOptions = url.parse().expect("CPUB_TEST_DATABASE_URL");
         let name = format!("cpub_test_{}", random_hex(6));
         let admin = PgPoolOptions::new()

@@ -3,7 +3,8 @@
 //! loopback ports, the `cpub` CLI, and Podman. Tests in `tests/` use it.
 //!
 //! Needs: PostgreSQL reachable at `CPUB_TEST_DATABASE_URL` (role with
-//! CREATEDB; `scripts/pg.sh start` gives one), the Podman API socket
+//! CREATEDB; `scripts/pg.sh start` gives one, and when the variable is
+//! unset the harness asks `scripts/pg.sh url`), the Podman API socket
 //! (`scripts/setup-host.sh`), the workspace binaries built
 //! (`cargo build --workspace --bins`) and the examples built
 //! (`examples/build.sh`). `scripts/test.sh` does all of that.
@@ -19,8 +20,42 @@ use sqlx::Connection;
 
 pub mod bench;
 
-/// Default base database, as `scripts/pg.sh` creates it.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://cpub:cpub@127.0.0.1:25432/cpub";
+/// URL of the base database of the tests: `CPUB_TEST_DATABASE_URL`, else
+/// what `scripts/pg.sh url` prints for the local test cluster (its password
+/// is random, in a root-only file: see `scripts/pg.sh`).
+pub fn test_database_url() -> String {
+    if let Some(url) = std::env::var("CPUB_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return url;
+    }
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/pg.sh"))
+        .arg("url")
+        .output()
+        .expect("running scripts/pg.sh url");
+    assert!(
+        out.status.success(),
+        "no CPUB_TEST_DATABASE_URL and `scripts/pg.sh url` failed (run `scripts/pg.sh start`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `url` with its password replaced by `***`, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let auth = &url[scheme + 3..at];
+            match auth.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
 
 /// Worker threads of the stack's cpub-proxy (`CPUB_PROXY_THREADS`): the
 /// cores of the 2-core machines this project runs on. Benchmarks give a
@@ -129,12 +164,16 @@ impl Stack {
     pub async fn start(control_env: &[(&str, &str)]) -> Result<Stack> {
         let n = STACKS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let base_url =
-            std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+        let base_url = test_database_url();
         let database = format!("cpub_e2e_{pid}_{n}");
         let mut conn = sqlx::PgConnection::connect(&base_url)
             .await
-            .with_context(|| format!("connecting to {base_url} (run scripts/pg.sh start)"))?;
+            .with_context(|| {
+                format!(
+                    "connecting to {} (run scripts/pg.sh start)",
+                    redacted(&base_url)
+                )
+            })?;
         sqlx::raw_sql(&format!("CREATE DATABASE {database}"))
             .execute(&mut conn)
             .await?;
