@@ -39,14 +39,16 @@ url() {
   [ -s "$pwfile" ] || { echo "pg.sh: no $pwfile yet: run scripts/pg.sh start" >&2; exit 1; }
   echo "postgres://cpub:$(cat "$pwfile")@127.0.0.1:$1/cpub"
 }
-# Writes stdin to $1 (owned by the cluster's user, mode 0600) when it
-# differs; exit status 0 when it changed the file.
+# Writes stdin to $1 (owned by the cluster's user, mode 0600; replaced by
+# a rename, so the server never reads half a file) when it differs; exit
+# status 0 when it changed the file.
 put_conf() {
-  local tmp; tmp=$(mktemp)
+  local tmp; tmp=$(mktemp "$1.XXXXXX")
   cat >"$tmp"
   if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; return 1; fi
-  if root; then install -m 600 -o postgres -g postgres "$tmp" "$1"; else install -m 600 "$tmp" "$1"; fi
-  rm -f "$tmp"
+  chmod 600 "$tmp"
+  root && chown postgres:postgres "$tmp"
+  mv -f "$tmp" "$1"
 }
 
 case "${1:-start}" in
@@ -57,7 +59,11 @@ start)
     as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=peer --auth-host=scram-sha-256 -E UTF8 >/dev/null
   fi
   if [ ! -s "$pwfile" ]; then
-    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$pwfile")
+    # Made once; `ln` is atomic, so two starts at once agree on one password.
+    tmp=$(mktemp "$dir/.cpub-password.XXXXXX")
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp"
+    ln "$tmp" "$pwfile" 2>/dev/null || true
+    rm -f "$tmp"
   fi
   chmod 600 "$pwfile"
   # Peer authentication maps the OS user to `postgres`: the postgres OS
@@ -103,7 +109,8 @@ SQL
   if [ "$(psql_ -c "select 1 from pg_database where datname='cpub'")" != 1 ]; then
     psql_ -c "create database cpub owner cpub"
   fi
-  psql_ -c "alter database cpub owner to cpub" -c "revoke connect on database postgres from public"
+  psql_ -c "alter database cpub owner to cpub" \
+    -c "revoke connect on database postgres, template1 from public"
   url "$port"
   ;;
 stop)
