@@ -43,17 +43,25 @@ pub fn test_database_url() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `url` without its password, and the password.
+pub fn split_password(url: &str) -> (String, Option<String>) {
+    if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@'))
+        && at > scheme
+        && let Some((user, password)) = url[scheme + 3..at].split_once(':')
+    {
+        return (
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..]),
+            Some(password.to_owned()),
+        );
+    }
+    (url.to_owned(), None)
+}
+
 /// `url` with its password replaced by `***`, for messages.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let auth = &url[scheme + 3..at];
-            match auth.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    match split_password(url) {
+        (bare, Some(_)) => bare.replacen('@', ":***@", 1),
+        (bare, None) => bare,
     }
 }
 
@@ -454,11 +462,15 @@ impl Drop for Stack {
                 .output();
         }
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-        let _ = Command::new("psql")
-            .arg(&self.base_url)
-            .arg("-qc")
-            .arg(sql)
-            .output();
+        // The password goes in the environment: argv is visible to every
+        // local user (`ps`).
+        let (url, password) = split_password(&self.base_url);
+        let mut psql = Command::new("psql");
+        psql.arg(url).arg("-qc").arg(sql);
+        if let Some(password) = password {
+            psql.env("PGPASSWORD", password);
+        }
+        let _ = psql.output();
     }
 }
 
@@ -638,4 +650,25 @@ pub fn targz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
         builder.append(&header, *data).expect("append");
     }
     builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_argv_and_messages() {
+        let url = "postgres://cpub:s3cr3t@127.0.0.1:25432/cpub";
+        assert_eq!(
+            split_password(url),
+            (
+                "postgres://cpub@127.0.0.1:25432/cpub".to_owned(),
+                Some("s3cr3t".to_owned())
+            )
+        );
+        assert_eq!(redacted(url), "postgres://cpub:***@127.0.0.1:25432/cpub");
+        let bare = "postgres://cpub@127.0.0.1:25432/cpub";
+        assert_eq!(split_password(bare), (bare.to_owned(), None));
+        assert_eq!(redacted(bare), bare);
+    }
 }
