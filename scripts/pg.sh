@@ -1,46 +1,121 @@
 #!/usr/bin/env bash
 # Starts (or reuses) ContainerPub's local PostgreSQL cluster in a data
 # directory and prints its URL. Usage: scripts/pg.sh start|stop|url
-#   CPUB_PG_DIR   data directory (default /var/tmp/containerpub-pg)
-#   CPUB_PG_PORT  TCP port on 127.0.0.1 (default 25432: below the kernel's
-#                 ephemeral range 32768-60999, so a client connection left in
-#                 TIME_WAIT after a test run can never hold it)
+#   CPUB_PG_DIR       data directory (default /var/tmp/containerpub-pg)
+#   CPUB_PG_PORT      TCP port on 127.0.0.1 (default 25432: below the kernel's
+#                     ephemeral range 32768-60999, so a client connection left
+#                     in TIME_WAIT after a test run can never hold it)
+#   CPUB_PG_CREATEDB  1 (default, the test cluster: the tests make a database
+#                     per test) gives the role `cpub` CREATEDB; 0 (scripts/up.sh,
+#                     the stack) does not
 # A cluster already running in the directory is reused on the port it runs on.
+#
+# Locked down (and an older cluster made with `--auth=trust` is migrated on
+# the next `start`: pg_hba.conf rewritten, password set, configuration
+# reloaded):
+#   - no `trust` anywhere: pg_hba.conf is written by this script;
+#   - the superuser `postgres` only by peer authentication over the Unix
+#     socket (in the data directory, mode 0700) for the `postgres` OS user
+#     (`runuser -u postgres -- psql -h DIR -p PORT`); refused over TCP;
+#   - the application role `cpub` (no SUPERUSER, CREATEROLE, REPLICATION,
+#     BYPASSRLS; CREATEDB only when CPUB_PG_CREATEDB=1) owns the database
+#     `cpub` and logs in with a password (scram-sha-256) generated once into
+#     DIR/cpub-password (mode 0600, owned by whoever runs this script: root).
+# The printed URL holds that password: keep it in mode-0600 files only.
 set -euo pipefail
 dir=${CPUB_PG_DIR:-/var/tmp/containerpub-pg}
 port=${CPUB_PG_PORT:-25432}
+createdb=${CPUB_PG_CREATEDB:-1}
+pwfile=$dir/cpub-password
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -x "$bin/initdb" ] || { echo "pg.sh: no PostgreSQL server binaries under /usr/lib/postgresql" >&2; exit 1; }
+case "$createdb" in 0|1) ;; *) echo "pg.sh: CPUB_PG_CREATEDB must be 0 or 1" >&2; exit 64 ;; esac
+root() { [ "$(id -u)" = 0 ]; }
 # The port a running cluster in $dir listens on (line 4 of postmaster.pid).
 running_port() { [ -s "$dir/postmaster.pid" ] && sed -n 4p "$dir/postmaster.pid"; }
 # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+as_pg() { if root; then runuser -u postgres -- "$@"; else "$@"; fi; }
+url() {
+  [ -s "$pwfile" ] || { echo "pg.sh: no $pwfile yet: run scripts/pg.sh start" >&2; exit 1; }
+  echo "postgres://cpub:$(cat "$pwfile")@127.0.0.1:$1/cpub"
+}
+# Writes stdin to $1 (owned by the cluster's user, mode 0600; replaced by
+# a rename, so the server never reads half a file) when it differs; exit
+# status 0 when it changed the file.
+put_conf() {
+  local tmp; tmp=$(mktemp "$1.XXXXXX")
+  cat >"$tmp"
+  if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; return 1; fi
+  chmod 600 "$tmp"
+  root && chown postgres:postgres "$tmp"
+  mv -f "$tmp" "$1"
+}
 
 case "${1:-start}" in
 start)
   if [ ! -s "$dir/PG_VERSION" ]; then
     mkdir -p "$dir"
-    [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
-    as_pg "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >/dev/null
+    root && chown postgres:postgres "$dir"
+    as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=peer --auth-host=scram-sha-256 -E UTF8 >/dev/null
   fi
+  if [ ! -s "$pwfile" ]; then
+    # Made once; `ln` is atomic, so two starts at once agree on one password.
+    tmp=$(mktemp "$dir/.cpub-password.XXXXXX")
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp"
+    ln "$tmp" "$pwfile" 2>/dev/null || true
+    rm -f "$tmp"
+  fi
+  chmod 600 "$pwfile"
+  # Peer authentication maps the OS user to `postgres`: the postgres OS
+  # user when we are root, else the user who owns the cluster.
+  admin=postgres
+  root || admin=$(id -un)
+  changed=0
+  printf '# Written by scripts/pg.sh (rewritten on every start).\ncpub_admin  %s  postgres\n' "$admin" \
+    | put_conf "$dir/pg_ident.conf" && changed=1
+  put_conf "$dir/pg_hba.conf" <<'HBA' && changed=1
+# Written by scripts/pg.sh (rewritten on every start): no `trust` anywhere.
+# TYPE  DATABASE  USER      ADDRESS       METHOD
+# The superuser: only its OS user (peer) over the Unix socket.
+local   all       postgres                peer map=cpub_admin
+host    all       postgres  all           reject
+# Everyone else: a password, scram-sha-256.
+local   all       all                     scram-sha-256
+host    all       all       127.0.0.1/32  scram-sha-256
+host    all       all       ::1/128       scram-sha-256
+HBA
   if ! as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
     as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200 -c fsync=off" start >/dev/null
+      -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200 -c fsync=off -c password_encryption=scram-sha-256" start >/dev/null
+  elif [ "$changed" = 1 ]; then
+    as_pg "$bin/pg_ctl" -D "$dir" reload >/dev/null
   fi
   port=$(running_port) || true
   port=${port:-${CPUB_PG_PORT:-25432}}
-  psql_() { as_pg "$bin/psql" -h "$dir" -p "$port" -U postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
-  if [ "$(psql_ -d postgres -c "select 1 from pg_roles where rolname='cpub'")" != 1 ]; then
-    psql_ -d postgres -c "create role cpub login password 'cpub' createdb"
+  psql_() { as_pg "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
+  if [ "$(psql_ -c "show password_encryption")" != scram-sha-256 ]; then
+    psql_ -c "alter system set password_encryption = 'scram-sha-256'" -c "select pg_reload_conf()" >/dev/null
   fi
-  if [ "$(psql_ -d postgres -c "select 1 from pg_database where datname='cpub'")" != 1 ]; then
-    psql_ -d postgres -c "create database cpub owner cpub"
+  if [ "$(psql_ -c "select 1 from pg_roles where rolname='cpub'")" != 1 ]; then
+    psql_ -c "create role cpub login"
   fi
-  echo "postgres://cpub:cpub@127.0.0.1:$port/cpub"
+  flags="nosuperuser nocreaterole noreplication nobypassrls"
+  if [ "$createdb" = 1 ]; then flags="$flags createdb"; else flags="$flags nocreatedb"; fi
+  # On stdin, not in argv: the password never shows in `ps`.
+  psql_ <<SQL
+set password_encryption = 'scram-sha-256';
+alter role cpub with login $flags password '$(cat "$pwfile")';
+SQL
+  if [ "$(psql_ -c "select 1 from pg_database where datname='cpub'")" != 1 ]; then
+    psql_ -c "create database cpub owner cpub"
+  fi
+  psql_ -c "alter database cpub owner to cpub" \
+    -c "revoke connect on database postgres, template1 from public"
+  url "$port"
   ;;
 stop)
   if [ -s "$dir/PG_VERSION" ]; then as_pg "$bin/pg_ctl" -D "$dir" -m fast stop >/dev/null 2>&1 || true; fi
   ;;
-url) p=$(running_port) || true; echo "postgres://cpub:cpub@127.0.0.1:${p:-$port}/cpub" ;;
+url) p=$(running_port) || true; url "${p:-$port}" ;;
 *) echo "usage: $0 start|stop|url" >&2; exit 64 ;;
 esac

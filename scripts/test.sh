@@ -15,7 +15,8 @@ bash scripts/setup-host.sh
 step "PostgreSQL"
 CPUB_TEST_DATABASE_URL=$(bash scripts/pg.sh start)
 export CPUB_TEST_DATABASE_URL
-echo "$CPUB_TEST_DATABASE_URL"
+# The URL holds the role's password: show it without.
+echo "$CPUB_TEST_DATABASE_URL" | sed 's|//\([^:/@]*\):[^@]*@|//\1:***@|'
 
 step "example functions (static binaries)"
 bash examples/build.sh

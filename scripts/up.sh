@@ -31,7 +31,13 @@ running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 step "host setup"
 bash scripts/setup-host.sh
 step "PostgreSQL"
-CPUB_PG_DIR=${CPUB_PG_DIR:-$home/postgres} CPUB_PG_PORT=${CPUB_PG_PORT:-25433} bash scripts/pg.sh start >"$home/run/database-url"
+# The stack's role owns its database and may not create others; the URL
+# holds its password: a root-only file (an older world-readable one is
+# replaced).
+rm -f "$home/run/database-url"
+(umask 077
+ CPUB_PG_DIR=${CPUB_PG_DIR:-$home/postgres} CPUB_PG_PORT=${CPUB_PG_PORT:-25433} CPUB_PG_CREATEDB=0 \
+   bash scripts/pg.sh start >"$home/run/database-url")
 echo "${CPUB_PG_DIR:-$home/postgres}" >"$home/run/pg-dir"
 
 step "build (release)"

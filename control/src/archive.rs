@@ -6,12 +6,18 @@
 //! absolute or leaves the bundle, hardlinks to anything but an earlier
 //! regular file, paths that pass through a symlink, device/fifo/other entry
 //! types, duplicate paths, more entries than the limit, more decompressed
-//! bytes than the limit (counted while reading: gzip bombs stop early), and
-//! input that is not a gzip-compressed tar.
+//! bytes than the limit (counted while reading: gzip bombs stop early),
+//! tar extension headers (PAX, GNU long name / long link) larger than a few
+//! KiB (checked on the raw header stream before the `tar` crate, which reads
+//! them whole into memory, sees them), sparse files, and input that is not a
+//! whole gzip-compressed tar: the gzip stream is read to its end, so a
+//! missing 8-byte trailer or a CRC32 / size mismatch is refused too.
+//! Memory use per upload is a few KiB of headers plus the entry paths
+//! (bounded by [`MAX_TOTAL_NAME_BYTES`]), whatever the archive holds.
 //!
 //! Synchronous: run it in `spawn_blocking`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -20,7 +26,7 @@ use std::rc::Rc;
 
 use containerpub_wire::manifest::Runtime;
 use containerpub_wire::{MANIFEST_FILE, Manifest};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use tar::{EntryType, Header};
 
 use crate::config::Limits;
@@ -35,6 +41,15 @@ pub const CONTAINERFILE: &str = "Containerfile";
 const BINARY_IN_CONTEXT: &str = "function";
 /// Bytes of the entrypoint kept in memory for the ELF check.
 const ELF_HEAD_BYTES: u64 = 64 * 1024;
+/// Largest GNU long-name / long-link extension (the `tar` crate reads one
+/// whole into memory): a path longer than Linux's `PATH_MAX` is no path.
+pub const MAX_LONG_NAME_BYTES: u64 = 4096;
+/// Largest PAX extension header of one entry (also read whole by `tar`).
+pub const MAX_PAX_BYTES: u64 = 64 * 1024;
+/// Longest path or link target of an entry, after extensions.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Sum of all entry paths and link targets kept in memory while validating.
+pub const MAX_TOTAL_NAME_BYTES: usize = 4 << 20;
 
 /// A validated bundle, ready to build.
 #[derive(Debug)]
@@ -200,14 +215,18 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
         ));
     }
     let over = Rc::new(Cell::new(false));
+    let refused: Rc<RefCell<Option<Error>>> = Rc::default();
     // Tar framing (512-byte headers, padding) on top of the file bytes.
     let framing = (limits.max_bundle_files + 1).saturating_mul(2048) + (1 << 20);
     let counting = Counting {
-        inner: GzDecoder::new(input),
+        // Every member of the gzip stream, each checked against its CRC32
+        // and size trailer when read to its end (below).
+        inner: MultiGzDecoder::new(input),
         read: 0,
         limit: limits.max_bundle_bytes.saturating_add(framing),
         over: over.clone(),
     };
+    let guarded = HeaderGuard::new(counting, refused.clone());
     let too_big = || {
         bad(
             "bundle",
@@ -218,17 +237,16 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
         )
     };
     let stream_error = |err: io::Error, over: &Cell<bool>| {
-        if over.get() {
+        if let Some(refusal) = refused.borrow_mut().take() {
+            refusal
+        } else if over.get() {
             too_big()
         } else {
-            bad(
-                "bundle",
-                format!("the upload is not a valid .tar.gz: {err}"),
-            )
+            invalid_stream(&err)
         }
     };
 
-    let mut archive = tar::Archive::new(counting);
+    let mut archive = tar::Archive::new(guarded);
     let mut out = tar::Builder::new(BufWriter::new(File::create(out_path)?));
     let mut scan = Scan {
         manifest: None,
@@ -236,6 +254,8 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
     };
     let mut entries_seen: u64 = 0;
     let mut file_bytes: u64 = 0;
+    // Path and link-target bytes held in `scan.kinds`.
+    let mut name_bytes: usize = 0;
 
     for entry in archive.entries().map_err(|e| stream_error(e, &over))? {
         let mut entry = entry.map_err(|e| stream_error(e, &over))?;
@@ -245,6 +265,17 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
         }
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        if raw_path.len() > MAX_PATH_BYTES {
+            let start: String = shown.chars().take(64).collect();
+            return Err(bad(
+                format!("{start}..."),
+                format!(
+                    "entry path is {} bytes long; the limit is {MAX_PATH_BYTES}",
+                    raw_path.len()
+                ),
+            ));
+        }
+        name_bytes += raw_path.len();
         let raw_path = String::from_utf8(raw_path)
             .map_err(|_| bad(shown.clone(), "entry path is not valid UTF-8"))?;
         entries_seen += 1;
@@ -298,7 +329,9 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
                     out.append_data(&mut header, &path, text.as_bytes())?;
                     scan.manifest = Some(text);
                 } else {
-                    append_file(&mut out, &mut header, &path, &mut entry, &over, too_big)?;
+                    append_file(&mut out, &mut header, &path, &mut entry, &|e| {
+                        stream_error(e, &over)
+                    })?;
                 }
                 Kind::File
             }
@@ -310,6 +343,7 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
             }
             EntryType::Symlink => {
                 let target = link_name(&entry, &raw_path)?;
+                name_bytes += target.len();
                 let resolved =
                     symlink_target(&path, &target).map_err(|m| bad(raw_path.clone(), m))?;
                 let mut header = file_header(EntryType::Symlink, 0o777, &entry);
@@ -319,6 +353,7 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
             }
             EntryType::Link => {
                 let target = link_name(&entry, &raw_path)?;
+                name_bytes += target.len();
                 let target = normalize(&target)
                     .map_err(|m| bad(raw_path.clone(), format!("hardlink target: {m}")))?;
                 let original = match scan.kinds.get(&target) {
@@ -345,6 +380,14 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
                 ));
             }
         };
+        if name_bytes > MAX_TOTAL_NAME_BYTES {
+            return Err(bad(
+                "bundle",
+                format!(
+                    "the bundle's paths and link targets add up to more than {MAX_TOTAL_NAME_BYTES} bytes"
+                ),
+            ));
+        }
         match scan.kinds.get(&path) {
             Some(Kind::Dir) if kind == Kind::Dir => {}
             Some(_) => return Err(bad(raw_path, "the bundle holds this path twice")),
@@ -353,20 +396,222 @@ fn scan(gz: impl Read, out_path: &Path, limits: &Limits) -> Result<Scan, Error> 
             }
         }
     }
+    // Whole archives only: read the gzip stream to its end (the tar's
+    // end-of-archive blocks, then each member's CRC32 and size trailer,
+    // which the decoder checks) before anything is kept.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_error(e, &over))?;
     out.into_inner()?.flush()?;
     check_no_symlink_parents(&scan.kinds)?;
     Ok(scan)
 }
 
-/// Copies a file's data into the context, mapping a decompression failure
-/// (or the size limit) to a client error.
+/// A 400 for a stream the gzip decoder or the tar reader gave up on,
+/// saying what was wrong in words a deployer can act on.
+fn invalid_stream(err: &io::Error) -> Error {
+    let text = err.to_string();
+    let message = if err.kind() == io::ErrorKind::UnexpectedEof {
+        "the upload is truncated: the gzip stream ends before its 8-byte trailer \
+         (CRC32 and size); send the whole .tar.gz"
+            .to_owned()
+    } else if text.contains("does not have a matching checksum") {
+        "the upload is corrupt: the gzip trailer's CRC32 or size does not match the data".to_owned()
+    } else {
+        format!("the upload is not a valid .tar.gz: {text}")
+    };
+    bad("bundle", message)
+}
+
+/// Sits between the decompressed stream and `tar::Archive` and follows the
+/// tar framing itself (512-byte headers, data rounded up to 512 bytes, a
+/// PAX `size` record overriding the next entry's size, exactly as `tar`
+/// 0.4 does), so that a header announcing an oversized extension is refused
+/// before `tar` allocates it. Holds one header block and at most one PAX
+/// extension ([`MAX_PAX_BYTES`]). After the end-of-archive block it passes
+/// bytes through (the trailer check drains them).
+struct HeaderGuard<R> {
+    inner: R,
+    block: [u8; 512],
+    /// Bytes of `block` already handed on, and held.
+    pos: usize,
+    len: usize,
+    /// Data and padding bytes before the next header.
+    data_left: u64,
+    /// The PAX extension being read, and its bytes still to come.
+    pax: Option<Vec<u8>>,
+    pax_left: u64,
+    /// The `size` of the last complete PAX extension, for the next entry.
+    pax_size: Option<u64>,
+    /// End of the archive (or a stream `tar` itself refuses): pass through.
+    done: bool,
+    refused: Rc<RefCell<Option<Error>>>,
+}
+
+impl<R: Read> HeaderGuard<R> {
+    fn new(inner: R, refused: Rc<RefCell<Option<Error>>>) -> Self {
+        Self {
+            inner,
+            block: [0; 512],
+            pos: 0,
+            len: 0,
+            data_left: 0,
+            pax: None,
+            pax_left: 0,
+            pax_size: None,
+            done: false,
+            refused,
+        }
+    }
+
+    fn refuse(&self, field: &str, message: String) -> io::Error {
+        let err = io::Error::other(message.clone());
+        *self.refused.borrow_mut() = Some(bad(field, message));
+        err
+    }
+
+    /// Reads the next header block and checks it; `false` at end of input.
+    fn next_header(&mut self) -> io::Result<bool> {
+        let mut got = 0;
+        while got < self.block.len() {
+            match self.inner.read(&mut self.block[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        (self.pos, self.len) = (0, got);
+        if got == 0 {
+            return Ok(false);
+        }
+        if got < self.block.len() || self.block.iter().all(|&b| b == 0) {
+            // A short header (tar fails on it) or the end-of-archive block
+            // (tar stops there).
+            self.done = true;
+            return Ok(true);
+        }
+        let header = Header::from_byte_slice(&self.block);
+        let Ok(mut size) = header.entry_size() else {
+            self.done = true; // tar refuses the same header
+            return Ok(true);
+        };
+        let entry_type = header.entry_type();
+        let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
+        let extension = entry_type.is_gnu_longname()
+            || entry_type.is_gnu_longlink()
+            || entry_type.is_pax_local_extensions()
+            || entry_type.is_pax_global_extensions();
+        if !extension && let Some(pax_size) = self.pax_size.take() {
+            size = pax_size;
+        }
+        if entry_type.is_gnu_sparse() {
+            return Err(self.refuse("bundle", "sparse files are not supported".into()));
+        }
+        if recognized && (entry_type.is_gnu_longname() || entry_type.is_gnu_longlink()) {
+            let what = if entry_type.is_gnu_longname() {
+                "long-name"
+            } else {
+                "long-link"
+            };
+            if size > MAX_LONG_NAME_BYTES {
+                return Err(self.refuse(
+                    "bundle",
+                    format!(
+                        "a GNU {what} header (\"././@LongLink\") is {size} bytes; \
+                         the limit is {MAX_LONG_NAME_BYTES}"
+                    ),
+                ));
+            }
+        }
+        if recognized && entry_type.is_pax_local_extensions() {
+            if size > MAX_PAX_BYTES {
+                let name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+                return Err(self.refuse(
+                    "bundle",
+                    format!(
+                        "the PAX extended header {name:?} is {size} bytes; the limit is {MAX_PAX_BYTES}"
+                    ),
+                ));
+            }
+            self.pax = Some(Vec::with_capacity(size as usize));
+            self.pax_left = size;
+            if size == 0 {
+                self.end_pax();
+            }
+        }
+        self.data_left = size
+            .checked_add(511)
+            .map(|s| s & !511)
+            .ok_or_else(|| self.refuse("bundle", format!("entry size {size} overflows")))?;
+        Ok(true)
+    }
+
+    /// A complete PAX extension: remember its `size` as `tar` reads it.
+    fn end_pax(&mut self) {
+        if let Some(pax) = self.pax.take() {
+            self.pax_size = pax_size(&pax);
+        }
+    }
+}
+
+/// The `size` record of a PAX extension, parsed as `tar` 0.4 does.
+fn pax_size(pax: &[u8]) -> Option<u64> {
+    for extension in tar::PaxExtensions::new(pax) {
+        let extension = extension.ok()?;
+        if extension.key() != Ok("size") {
+            continue;
+        }
+        return extension.value().ok()?.parse().ok();
+    }
+    None
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos < self.len {
+                let n = buf.len().min(self.len - self.pos);
+                buf[..n].copy_from_slice(&self.block[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if self.done {
+                return self.inner.read(buf);
+            }
+            if self.data_left > 0 {
+                let want = buf
+                    .len()
+                    .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+                let n = self.inner.read(&mut buf[..want])?;
+                self.data_left -= n as u64;
+                if let Some(pax) = self.pax.as_mut() {
+                    let keep = n.min(usize::try_from(self.pax_left).unwrap_or(usize::MAX));
+                    pax.extend_from_slice(&buf[..keep]);
+                    self.pax_left -= keep as u64;
+                    if self.pax_left == 0 {
+                        self.end_pax();
+                    }
+                }
+                return Ok(n);
+            }
+            if !self.next_header()? {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// Copies a file's data into the context, mapping a failure of the input
+/// (decompression, the size limit, a refused header) to a client error.
 fn append_file<W: Write, R: Read>(
     out: &mut tar::Builder<W>,
     header: &mut Header,
     path: &str,
     data: &mut R,
-    over: &Cell<bool>,
-    too_big: impl Fn() -> Error,
+    input_error: &dyn Fn(io::Error) -> Error,
 ) -> Result<(), Error> {
     // Read through a wrapper that remembers whether the *input* failed, so a
     // corrupt upload (client error) is told apart from a full disk (ours).
@@ -387,16 +632,12 @@ fn append_file<W: Write, R: Read>(
     };
     match out.append_data(header, path, &mut tracked) {
         Ok(()) => Ok(()),
-        Err(_) if over.get() => Err(too_big()),
         Err(_) if tracked.failed.is_some() => {
             let err = tracked
                 .failed
                 .take()
                 .unwrap_or_else(|| io::Error::other("read failed"));
-            Err(bad(
-                "bundle",
-                format!("the upload is not a valid .tar.gz: {err}"),
-            ))
+            Err(input_error(err))
         }
         Err(err) => Err(err.into()),
     }
@@ -873,10 +1114,193 @@ pub(crate) mod tests {
         assert_eq!(field, "bundle");
         assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
         // Bytes that are no file (a 3 MiB GNU long name, which tar would
-        // read into memory): stopped by the decompressed-byte counter.
+        // read into memory): refused at its header, before tar reads it.
         let (field, msg) = rejected(&[T::LongName(3 << 20)]);
         assert_eq!(field, "bundle");
-        assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+        assert!(
+            msg.contains("GNU long-name header") && msg.contains("limit is 4096"),
+            "{msg}"
+        );
+    }
+
+    /// Raw `.tar` bytes (uncompressed) of `blocks` of header + data.
+    fn raw_tar(entries: &[(Header, Vec<u8>)]) -> Vec<u8> {
+        let mut tar = Vec::new();
+        for (header, data) in entries {
+            tar.extend_from_slice(header.as_bytes());
+            tar.extend_from_slice(data);
+            tar.resize(tar.len().next_multiple_of(512), 0);
+        }
+        tar.extend_from_slice(&[0; 1024]);
+        tar
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn ustar(path: &str, entry_type: EntryType, size: u64) -> Header {
+        let mut h = Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_entry_type(entry_type);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+
+    fn rejected_gz(gz: Vec<u8>) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        match prepare_from(Cursor::new(gz), dir.path(), "hello", &LIMITS) {
+            Err(Error::BadRequest { field, message }) => (field.unwrap(), message),
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_extension_headers_are_refused_before_tar_reads_them() {
+        // A PAX header announcing 600 MB (only its first bytes are sent:
+        // the refusal comes at the header).
+        let big = 600_000_000;
+        let tar = raw_tar(&[(
+            ustar("PaxHeaders/x", EntryType::XHeader, big),
+            vec![b'a'; 4096],
+        )]);
+        let (field, msg) = rejected_gz(gzip(&tar));
+        assert_eq!(field, "bundle");
+        assert!(
+            msg.contains("PAX extended header \"PaxHeaders/x\" is 600000000 bytes")
+                && msg.contains("limit is 65536"),
+            "{msg}"
+        );
+        for (entry_type, what) in [
+            (EntryType::GNULongName, "long-name"),
+            (EntryType::GNULongLink, "long-link"),
+        ] {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(entry_type);
+            h.set_size(big);
+            h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+            h.set_cksum();
+            let (field, msg) = rejected_gz(gzip(&raw_tar(&[(h, vec![b'a'; 4096])])));
+            assert_eq!(field, "bundle");
+            assert!(
+                msg.contains(&format!("GNU {what} header")) && msg.contains("600000000 bytes"),
+                "{msg}"
+            );
+        }
+        // A path longer than PATH_MAX through a (small enough) PAX header.
+        let long = "d/".repeat(2100) + "f";
+        let record = format!("path={long}\n");
+        let mut len = record.len() + 5;
+        len = record.len() + len.to_string().len() + 1;
+        let pax = format!("{len} {record}");
+        assert_eq!(pax.len(), len);
+        let tar = raw_tar(&[
+            (
+                ustar("PaxHeaders/f", EntryType::XHeader, pax.len() as u64),
+                pax.into_bytes(),
+            ),
+            (ustar("f", EntryType::Regular, 0), Vec::new()),
+        ]);
+        let (_, msg) = rejected_gz(gzip(&tar));
+        assert!(msg.contains("entry path is 4201 bytes long"), "{msg}");
+    }
+
+    #[test]
+    fn legitimate_extensions_still_work() {
+        // A PAX `size` record overrides the header's size (as in tar): the
+        // guard must follow it to find the next header.
+        // Its data looks like a hostile header: a guard that lost track
+        // of the framing would refuse it.
+        let mut decoy = Header::new_gnu();
+        decoy.set_entry_type(EntryType::GNULongName);
+        decoy.set_size(600_000_000);
+        decoy.set_cksum();
+        let mut data = decoy.as_bytes().to_vec();
+        data.extend_from_slice(&b"0123456789ABCDEF".repeat(100));
+        let record = format!("size={}\n", data.len());
+        let pax = format!("{} {record}", record.len() + 3);
+        assert_eq!(pax.len(), record.len() + 3);
+        let mut file = ustar("data.bin", EntryType::Regular, 0);
+        file.set_size(0);
+        file.set_cksum();
+        let long = format!("{}/file.txt", "sub".repeat(60));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"hi"[..]).unwrap(); // a GNU long name
+        let gnu_long = b.into_inner().unwrap();
+        let mut tar = raw_tar(&[
+            (
+                ustar("cpub.toml", EntryType::Regular, CONTAINER_TOML.len() as u64),
+                CONTAINER_TOML.to_vec(),
+            ),
+            (
+                ustar("Containerfile", EntryType::Regular, 13),
+                b"FROM scratch\n".to_vec(),
+            ),
+            (
+                ustar("PaxHeaders/data.bin", EntryType::XHeader, pax.len() as u64),
+                pax.into_bytes(),
+            ),
+            (file, data.clone()),
+        ]);
+        tar.truncate(tar.len() - 1024);
+        tar.extend_from_slice(&gnu_long);
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = prepare_from(Cursor::new(gzip(&tar)), dir.path(), "hello", &LIMITS).unwrap();
+        let mut a = tar::Archive::new(File::open(&bundle.context_tar).unwrap());
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).unwrap();
+            seen.push((e.path().unwrap().display().to_string(), body));
+        }
+        let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["cpub.toml", "Containerfile", "data.bin", long.as_str()]
+        );
+        assert_eq!(seen[2].1, data);
+        assert_eq!(seen[3].1, b"hi");
+    }
+
+    #[test]
+    fn only_whole_gzip_streams_are_accepted() {
+        let good = tar_gz(&[
+            T::File("cpub.toml", CONTAINER_TOML),
+            T::File("Containerfile", b"FROM scratch\n"),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        prepare_from(Cursor::new(good.clone()), dir.path(), "hello", &LIMITS).unwrap();
+        // Without its 8-byte trailer (CRC32 + size): the tar inside is whole.
+        let (field, msg) = rejected_gz(good[..good.len() - 8].to_vec());
+        assert_eq!(field, "bundle");
+        assert!(
+            msg.contains("truncated") && msg.contains("trailer"),
+            "{msg}"
+        );
+        // Only part of the trailer.
+        let (_, msg) = rejected_gz(good[..good.len() - 3].to_vec());
+        assert!(msg.contains("truncated"), "{msg}");
+        // A wrong CRC32, then a wrong size.
+        for at in [good.len() - 8, good.len() - 1] {
+            let mut bad_crc = good.clone();
+            bad_crc[at] ^= 0x55;
+            let (field, msg) = rejected_gz(bad_crc);
+            assert_eq!(field, "bundle");
+            assert!(msg.contains("CRC32 or size does not match"), "{msg}");
+        }
+        // Bytes after the gzip stream that are no gzip member.
+        let mut junk = good.clone();
+        junk.extend_from_slice(b"trailing junk");
+        let (field, _) = rejected_gz(junk);
+        assert_eq!(field, "bundle");
     }
 
     #[test]

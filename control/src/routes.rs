@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(require_host))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
 }
@@ -79,6 +80,29 @@ async fn method_not_allowed(request: Request) -> Response {
         field: None,
     };
     json(StatusCode::METHOD_NOT_ALLOWED, body)
+}
+
+/// HTTP/1.1 requires exactly one `Host` header (RFC 9112 §3.2: "A server
+/// MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+/// request message that lacks a Host header field and to any request
+/// message that contains more than one Host header field"); hyper leaves
+/// that to the application.
+async fn require_host(request: Request, next: Next) -> Response {
+    let hosts = request
+        .headers()
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .count();
+    let required = request.version() == axum::http::Version::HTTP_11;
+    if hosts > 1 || (required && hosts == 0) {
+        let message = if hosts > 1 {
+            "the request has more than one Host header"
+        } else {
+            "an HTTP/1.1 request needs a Host header"
+        };
+        return Error::bad_request("Host", message).into_response();
+    }
+    next.run(request).await
 }
 
 /// Gives every request a span with an id (taken from `x-request-id` when

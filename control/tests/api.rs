@@ -2,8 +2,8 @@
 //! fresh PostgreSQL database per test, and, when the Podman socket answers,
 //! real image builds.
 //!
-//! Database: `CPUB_TEST_DATABASE_URL` (default the local cluster of
-//! `scripts/pg.sh`); each test creates `cpub_test_<random>` and drops it,
+//! Database: `CPUB_TEST_DATABASE_URL` (default: `scripts/pg.sh url`, the
+//! local test cluster); each test creates `cpub_test_<random>` and drops it,
 //! also when the test fails.
 
 use std::path::PathBuf;
@@ -28,7 +28,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const DEFAULT_TEST_DB: &str = "postgres://cpub:cpub@127.0.0.1:25432/cpub";
 const TOKEN: &str = "test-bootstrap-token-0123456789";
 const PASSWORD: &str = "correct horse battery staple";
 const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
@@ -37,6 +36,28 @@ fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)
+}
+
+/// `CPUB_TEST_DATABASE_URL`, else what `scripts/pg.sh url` prints for the
+/// local test cluster (its password is random, in a root-only file).
+fn test_database_url() -> String {
+    if let Some(url) = std::env::var("CPUB_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return url;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, "url"])
+        .output()
+        .expect("running scripts/pg.sh url");
+    assert!(
+        out.status.success(),
+        "no CPUB_TEST_DATABASE_URL and `scripts/pg.sh url` failed (run `scripts/pg.sh start`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A database that exists for one test.
@@ -48,8 +69,7 @@ struct TestDb {
 
 impl TestDb {
     async fn create() -> Self {
-        let url =
-            std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DB.into());
+        let url = test_database_url();
         let base: PgConnectOptions = url.parse().expect("CPUB_TEST_DATABASE_URL");
         let name = format!("cpub_test_{}", random_hex(6));
         let admin = PgPoolOptions::new()
@@ -176,7 +196,13 @@ impl Reply {
 }
 
 impl TestApp {
-    async fn send(&self, request: Request<Body>) -> Reply {
+    /// Sends `request` (with a `Host` header, as an HTTP/1.1 client would).
+    async fn send(&self, mut request: Request<Body>) -> Reply {
+        if !request.headers().contains_key(header::HOST) {
+            request
+                .headers_mut()
+                .insert(header::HOST, "control.test".parse().unwrap());
+        }
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let body = response
@@ -414,6 +440,28 @@ async fn bad_bundles_get_400_naming_the_field() {
     let reply = app.deploy("hello", unknown_key).await;
     assert_eq!(reply.error().field.as_deref(), Some("colour"));
 
+    // Type, range and unknown-key errors name the key with its table.
+    for (extra, field) in [
+        ("[env]\nX = 5\n", "env.X"),
+        ("[resources]\nmemory_mbb = 64\n", "resources.memory_mbb"),
+        ("port = 70000\n", "port"),
+    ] {
+        let toml = format!("{}{extra}", container_toml("hello"));
+        let bundle = tar_gz(&[
+            ("cpub.toml", toml.as_bytes()),
+            ("Containerfile", b"FROM scratch\n"),
+        ]);
+        let reply = app.deploy("hello", bundle).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{extra}");
+        let err = reply.error();
+        assert_eq!(err.field.as_deref(), Some(field), "{extra}: {}", err.error);
+        assert!(
+            err.error.contains(&format!("cpub.toml: {field}: ")),
+            "{extra}: {}",
+            err.error
+        );
+    }
+
     let traversal = tar_gz(&[
         ("cpub.toml", container_toml("hello").as_bytes()),
         ("../evil", b"x"),
@@ -548,6 +596,7 @@ async fn routes_long_poll() {
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
         let request = authed(Request::get("/api/v1/routes?since=0&wait_s=30"))
+            .header(header::HOST, "control.test")
             .body(Body::empty())
             .unwrap();
         let response = router.oneshot(request).await.unwrap();
@@ -744,4 +793,79 @@ fn fake_static_elf() -> Vec<u8> {
     b[56..58].copy_from_slice(&1u16.to_le_bytes());
     b[64..68].copy_from_slice(&1u32.to_le_bytes());
     b
+}
+
+/// Over a real socket: HTTP/1.1 without `Host` (or with two) is a 400;
+/// with one `Host`, or HTTP/1.0 without, the request is served.
+#[tokio::test]
+async fn http11_without_host_is_refused_over_a_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = app().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app.router.clone()).into_future());
+    let exchange = |raw: &'static str| async move {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(raw.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+            .await
+            .expect("the server answers and closes")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let status = |answer: &str| answer.split(' ').nth(1).unwrap_or("").to_owned();
+
+    let answer = exchange("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), "400", "{answer}");
+    assert!(answer.contains("\"field\":\"Host\""), "{answer}");
+    let answer =
+        exchange("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), "400", "{answer}");
+    let answer = exchange("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    let answer = exchange("GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    server.abort();
+}
+
+/// A `.tar.gz` without its gzip trailer, or with a wrong CRC32, is refused
+/// before anything is kept: no artifact file, no function, no deployment.
+#[tokio::test]
+async fn truncated_or_corrupt_gzip_is_refused_and_nothing_is_stored() {
+    let app = app().await;
+    let good = tar_gz(&[
+        ("cpub.toml", container_toml("hello").as_bytes()),
+        ("Containerfile", b"FROM scratch\n"),
+    ]);
+    let mut wrong_crc = good.clone();
+    let at = wrong_crc.len() - 8;
+    wrong_crc[at] ^= 0xff;
+    for (bundle, expect) in [
+        (good[..good.len() - 8].to_vec(), "trailer"),
+        (wrong_crc, "CRC32"),
+    ] {
+        let reply = app.deploy("hello", bundle).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        let err = reply.error();
+        assert_eq!(err.field.as_deref(), Some("bundle"));
+        assert!(err.error.contains(expect), "{}", err.error);
+    }
+    let artifacts: Vec<_> = std::fs::read_dir(app.state.settings.artifacts_dir())
+        .unwrap()
+        .collect();
+    assert!(artifacts.is_empty(), "{artifacts:?}");
+    let tmp: Vec<_> = std::fs::read_dir(app.state.settings.tmp_dir())
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    let (deployments,): (i64,) = sqlx::query_as("SELECT count(*) FROM deployments")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let (functions,): (i64,) = sqlx::query_as("SELECT count(*) FROM functions")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!((deployments, functions), (0, 0));
 }

@@ -3,7 +3,8 @@
 //! loopback ports, the `cpub` CLI, and Podman. Tests in `tests/` use it.
 //!
 //! Needs: PostgreSQL reachable at `CPUB_TEST_DATABASE_URL` (role with
-//! CREATEDB; `scripts/pg.sh start` gives one), the Podman API socket
+//! CREATEDB; `scripts/pg.sh start` gives one, and when the variable is
+//! unset the harness asks `scripts/pg.sh url`), the Podman API socket
 //! (`scripts/setup-host.sh`), the workspace binaries built
 //! (`cargo build --workspace --bins`) and the examples built
 //! (`examples/build.sh`). `scripts/test.sh` does all of that.
@@ -19,8 +20,50 @@ use sqlx::Connection;
 
 pub mod bench;
 
-/// Default base database, as `scripts/pg.sh` creates it.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://cpub:cpub@127.0.0.1:25432/cpub";
+/// URL of the base database of the tests: `CPUB_TEST_DATABASE_URL`, else
+/// what `scripts/pg.sh url` prints for the local test cluster (its password
+/// is random, in a root-only file: see `scripts/pg.sh`).
+pub fn test_database_url() -> String {
+    if let Some(url) = std::env::var("CPUB_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        return url;
+    }
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/pg.sh"))
+        .arg("url")
+        .output()
+        .expect("running scripts/pg.sh url");
+    assert!(
+        out.status.success(),
+        "no CPUB_TEST_DATABASE_URL and `scripts/pg.sh url` failed (run `scripts/pg.sh start`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `url` without its password, and the password.
+pub fn split_password(url: &str) -> (String, Option<String>) {
+    if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@'))
+        && at > scheme
+        && let Some((user, password)) = url[scheme + 3..at].split_once(':')
+    {
+        return (
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..]),
+            Some(password.to_owned()),
+        );
+    }
+    (url.to_owned(), None)
+}
+
+/// `url` with its password replaced by `***`, for messages.
+pub fn redacted(url: &str) -> String {
+    match split_password(url) {
+        (bare, Some(_)) => bare.replacen('@', ":***@", 1),
+        (bare, None) => bare,
+    }
+}
 
 /// Worker threads of the stack's cpub-proxy (`CPUB_PROXY_THREADS`): the
 /// cores of the 2-core machines this project runs on. Benchmarks give a
@@ -129,12 +172,16 @@ impl Stack {
     pub async fn start(control_env: &[(&str, &str)]) -> Result<Stack> {
         let n = STACKS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let base_url =
-            std::env::var("CPUB_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+        let base_url = test_database_url();
         let database = format!("cpub_e2e_{pid}_{n}");
         let mut conn = sqlx::PgConnection::connect(&base_url)
             .await
-            .with_context(|| format!("connecting to {base_url} (run scripts/pg.sh start)"))?;
+            .with_context(|| {
+                format!(
+                    "connecting to {} (run scripts/pg.sh start)",
+                    redacted(&base_url)
+                )
+            })?;
         sqlx::raw_sql(&format!("CREATE DATABASE {database}"))
             .execute(&mut conn)
             .await?;
@@ -265,6 +312,11 @@ impl Stack {
         ];
         self.proxy = Some(self.spawn("cpub-proxy", env)?);
         self.wait_healthy("proxy", self.proxy_addr).await
+    }
+
+    /// Process id of the running cpub-control (for its memory use).
+    pub fn control_pid(&self) -> Option<u32> {
+        self.control.as_ref().map(|p| p.child.id())
     }
 
     /// Process id of the running cpub-proxy (for its memory use).
@@ -410,11 +462,15 @@ impl Drop for Stack {
                 .output();
         }
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-        let _ = Command::new("psql")
-            .arg(&self.base_url)
-            .arg("-qc")
-            .arg(sql)
-            .output();
+        // The password goes in the environment: argv is visible to every
+        // local user (`ps`).
+        let (url, password) = split_password(&self.base_url);
+        let mut psql = Command::new("psql");
+        psql.arg(url).arg("-qc").arg(sql);
+        if let Some(password) = password {
+            psql.env("PGPASSWORD", password);
+        }
+        let _ = psql.output();
     }
 }
 
@@ -525,6 +581,20 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
     sum
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmHWM` is the peak resident
+/// set size, `VmRSS` the current one).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(field)?
+            .strip_prefix(':')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// Copies an example bundle into a temp dir under a new function name, with
 /// extra manifest lines appended (e.g. `[env]` overrides).
 pub fn bundle(example: &str, name: &str, extra_manifest: &str) -> tempfile::TempDir {
@@ -580,4 +650,25 @@ pub fn targz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
         builder.append(&header, *data).expect("append");
     }
     builder.into_inner().expect("tar").finish().expect("gzip")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_argv_and_messages() {
+        let url = "postgres://cpub:s3cr3t@127.0.0.1:25432/cpub";
+        assert_eq!(
+            split_password(url),
+            (
+                "postgres://cpub@127.0.0.1:25432/cpub".to_owned(),
+                Some("s3cr3t".to_owned())
+            )
+        );
+        assert_eq!(redacted(url), "postgres://cpub:***@127.0.0.1:25432/cpub");
+        let bare = "postgres://cpub@127.0.0.1:25432/cpub";
+        assert_eq!(split_password(bare), (bare.to_owned(), None));
+        assert_eq!(redacted(bare), bare);
+    }
 }

@@ -189,7 +189,8 @@ impl Default for Scaling {
 impl Manifest {
     /// Parses and validates `cpub.toml` text.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(text).map_err(toml_error)?;
+        let manifest: Manifest = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| toml_error(e, text))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -306,18 +307,42 @@ pub fn validate_bundle_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Turns a TOML error into a field-naming manifest error. `toml` reports
-/// unknown keys as "unknown field `x`" and type errors with the key's path.
-fn toml_error(err: toml::de::Error) -> ManifestError {
-    let message = err.message().to_owned();
-    let field = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
-        .unwrap_or("")
-        .to_owned();
-    let message = match err.span() {
-        Some(span) => format!("{message} (at byte {})", span.start),
+/// Turns a TOML error into a manifest error naming the key at fault with
+/// its table (`resources.memory_mb`, `env.X`, `port`): the path comes from
+/// `serde_path_to_error`; an unknown or missing key is appended to it.
+/// `field` is `""` only when the text is not TOML at all.
+fn toml_error(err: serde_path_to_error::Error<toml::de::Error>, text: &str) -> ManifestError {
+    let mut parts: Vec<String> = Vec::new();
+    for segment in err.path().iter() {
+        match segment {
+            serde_path_to_error::Segment::Seq { index } => match parts.last_mut() {
+                Some(last) => last.push_str(&format!("[{index}]")),
+                None => parts.push(format!("[{index}]")),
+            },
+            serde_path_to_error::Segment::Map { key }
+            | serde_path_to_error::Segment::Enum { variant: key } => parts.push(key.clone()),
+            serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    let inner = err.into_inner();
+    let message = inner.message().trim_end().to_owned();
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    if let Some(key) = named
+        && parts.last().map(String::as_str) != Some(key)
+    {
+        parts.push(key.to_owned());
+    }
+    let field = parts.join(".");
+    let message = match inner.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!("{message} (line {line}, column {column})")
+        }
         None => message,
     };
     ManifestError { field, message }
@@ -343,7 +368,7 @@ mod tests {
         let err = Manifest::parse(&format!("{MINIMAL}colour = \"red\"\n")).unwrap_err();
         assert_eq!(err.field, "colour", "{err}");
         let err = Manifest::parse(&format!("{MINIMAL}[scaling]\nmax_instance = 3\n")).unwrap_err();
-        assert_eq!(err.field, "max_instance", "{err}");
+        assert_eq!(err.field, "scaling.max_instance", "{err}");
     }
 
     #[test]
@@ -383,6 +408,79 @@ mod tests {
         assert_eq!(err.field, "entrypoint");
         let err = Manifest::parse("name = \"a\"\nruntime = \"java\"\n").unwrap_err();
         assert!(err.message.contains("java"), "{err}");
+    }
+
+    #[test]
+    fn type_range_and_unknown_key_errors_name_the_field_with_its_table() {
+        let cases = [
+            ("[env]\nX = 5\n", "env.X", "invalid type"),
+            (
+                "[resources]\nmemory_mbb = 5\n",
+                "resources.memory_mbb",
+                "unknown field",
+            ),
+            (
+                "[resources]\nmemory_mb = \"big\"\n",
+                "resources.memory_mb",
+                "invalid type",
+            ),
+            (
+                "[resources]\nmemory_mb = -1\n",
+                "resources.memory_mb",
+                "invalid value",
+            ),
+            (
+                "[resources]\ncpu = \"1\"\n",
+                "resources.cpu",
+                "invalid type",
+            ),
+            ("port = 70000\n", "port", "invalid value"),
+            ("port = \"80\"\n", "port", "invalid type"),
+            ("visibility = \"secret\"\n", "visibility", "unknown variant"),
+            (
+                "[scaling]\nmax_instances = 1.5\n",
+                "scaling.max_instances",
+                "invalid type",
+            ),
+            (
+                "[scaling]\nmax_instance = 3\n",
+                "scaling.max_instance",
+                "unknown field",
+            ),
+            (
+                "[resources]\npids = 5000000000\n",
+                "resources.pids",
+                "invalid value",
+            ),
+            (
+                "[scaling]\nidle_pause_s = -5\n",
+                "scaling.idle_pause_s",
+                "invalid value",
+            ),
+            ("scaling = 3\n", "scaling", "invalid type"),
+            ("env = [\"A\"]\n", "env", "invalid type"),
+            ("colour = \"red\"\n", "colour", "unknown field"),
+            ("health_path = 1\n", "health_path", "invalid type"),
+        ];
+        for (extra, field, kind) in cases {
+            let err = Manifest::parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+            assert_eq!(err.field, field, "{extra}: {err}");
+            assert!(err.message.contains(kind), "{extra}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("cpub.toml: {field}: ")),
+                "{err}"
+            );
+            assert!(err.message.contains("(line "), "{extra}: {err}");
+        }
+        let err = Manifest::parse("runtime = \"binary\"\nentrypoint = \"x\"\n").unwrap_err();
+        assert_eq!(err.field, "name", "{err}");
+        assert!(err.message.contains("missing field"), "{err}");
+        let err = Manifest::parse("name = \"a\"\nruntime = \"java\"\n").unwrap_err();
+        assert_eq!(err.field, "runtime", "{err}");
+        // Not TOML at all: the file as a whole.
+        let err = Manifest::parse("name = \"a\"\nruntime = [\n").unwrap_err();
+        assert_eq!(err.field, "", "{err}");
     }
 
     #[test]

@@ -210,6 +210,13 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", read_manifest(dir.path()).unwrap_err());
         assert!(err.contains("scaling.concurrency"), "{err}");
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            "name = \"hello\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n[env]\nX = 5\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", read_manifest(dir.path()).unwrap_err());
+        assert!(err.contains("cpub.toml: env.X: invalid type"), "{err}");
     }
 
     #[test]

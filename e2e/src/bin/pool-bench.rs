@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! CPUB_TEST_DATABASE_URL=postgres://cpub:cpub@127.0.0.1:25432/cpub \
+//! CPUB_TEST_DATABASE_URL=$(bash scripts/pg.sh start) \
 //!   cargo run --release -p containerpub-e2e --bin pool-bench -- --rounds 10
 //! ```
 //!

@@ -1,0 +1,282 @@
+//! The PostgreSQL clusters of `scripts/pg.sh` are locked down: no `trust`,
+//! the superuser only by peer authentication over the socket for the
+//! `postgres` OS user, the application role `cpub` no superuser and only
+//! with its password. Checked as an unprivileged local user (`nobody`) on
+//! the test cluster the suite runs against, on a fresh stack-mode cluster
+//! (`CPUB_PG_CREATEDB=0`, as `scripts/up.sh` makes it) and on a cluster
+//! made the old way (`initdb --auth=trust`, password `cpub`), which
+//! `pg.sh start` must migrate. Needs root (to act as `nobody`) and `psql`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use containerpub_e2e::{repo_root, test_database_url};
+
+/// Parts of `postgres://user:password@host:port/db`.
+struct Url {
+    password: String,
+    host: String,
+    port: u16,
+}
+
+fn parse(url: &str) -> Url {
+    let rest = url.strip_prefix("postgres://").expect("postgres:// URL");
+    let (auth, rest) = rest.split_once('@').expect("user:password@");
+    let (_, password) = auth.split_once(':').expect("a password in the URL");
+    let (hostport, _) = rest.split_once('/').expect("/database");
+    let (host, port) = hostport.rsplit_once(':').expect("host:port");
+    Url {
+        password: password.to_owned(),
+        host: host.to_owned(),
+        port: port.parse().expect("port"),
+    }
+}
+
+/// `psql -c 'select …'` run as OS user `os_user`; `Ok(output)` when it
+/// connected and answered, `Err(stderr)` when refused.
+fn psql_as(
+    os_user: &str,
+    host: &str,
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+) -> Result<String, String> {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", os_user, "--", "psql", "-w", "-qtA"])
+        .args(["-h", host, "-p", &port.to_string(), "-U", user, "-d", "cpub"])
+        .args([
+            "-c",
+            "select current_user || ' ' || rolsuper || ' ' || rolcreatedb from pg_roles where rolname = current_user",
+        ])
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .current_dir("/")
+        .stdin(Stdio::null());
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = cmd.output().expect("runuser psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn assert_root() {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "these checks run as root (they act as the users nobody and postgres)"
+    );
+}
+
+/// Every check on one cluster: `url` as printed by `pg.sh start`, its
+/// data (and socket) directory, whether the role may create databases.
+fn assert_locked_down(url: &str, dir: &Path, createdb: bool) {
+    let u = parse(url);
+    let socket = dir.to_str().unwrap();
+    // Refused: anyone but the postgres OS user as the superuser, over TCP
+    // or the socket; the application role without (or with a wrong)
+    // password.
+    for (os_user, host, user, password) in [
+        ("nobody", u.host.as_str(), "postgres", None),
+        ("nobody", u.host.as_str(), "cpub", None),
+        ("nobody", u.host.as_str(), "cpub", Some("cpub")),
+        (
+            "nobody",
+            u.host.as_str(),
+            "postgres",
+            Some(u.password.as_str()),
+        ),
+        ("nobody", socket, "postgres", None),
+        ("nobody", socket, "cpub", None),
+        ("root", socket, "postgres", None),
+        ("root", socket, "cpub", None),
+        ("postgres", u.host.as_str(), "postgres", None),
+        ("postgres", socket, "cpub", None),
+    ] {
+        let result = psql_as(os_user, host, u.port, user, password);
+        assert!(
+            result.is_err(),
+            "OS user {os_user} got in as {user} at {host}:{} (password: {}): {result:?}",
+            u.port,
+            password.is_some()
+        );
+    }
+    // Allowed: the right password, from any local user; the superuser as
+    // the postgres OS user over the socket.
+    let answer = psql_as("nobody", &u.host, u.port, "cpub", Some(&u.password))
+        .expect("the role cpub with its password");
+    assert_eq!(
+        answer,
+        format!("cpub false {createdb}"),
+        "cpub: not superuser; createdb = {createdb}"
+    );
+    let answer = psql_as("postgres", socket, u.port, "postgres", None)
+        .expect("postgres over the socket by peer");
+    assert!(answer.starts_with("postgres true"), "{answer}");
+
+    // No trust line; the secrets are private.
+    let hba = std::fs::read_to_string(dir.join("pg_hba.conf")).unwrap();
+    for line in hba.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        assert!(
+            !line.split_whitespace().any(|w| w == "trust"),
+            "pg_hba.conf: {line}"
+        );
+    }
+    let meta = std::fs::metadata(dir.join("cpub-password")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(!u.password.is_empty() && u.password != "cpub");
+}
+
+static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+/// A cluster of this test in its own directory and port; stopped and
+/// removed when dropped.
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let n = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+        // Directly under /var/tmp: the postgres user must reach it.
+        let dir = PathBuf::from(format!("/var/tmp/cpub-pgtest-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Cluster { dir, port }
+    }
+
+    fn pg_sh(&self, command: &str, createdb: bool) -> String {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/pg.sh"))
+            .arg(command)
+            .env("CPUB_PG_DIR", &self.dir)
+            .env("CPUB_PG_PORT", self.port.to_string())
+            .env("CPUB_PG_CREATEDB", if createdb { "1" } else { "0" })
+            .output()
+            .expect("pg.sh");
+        assert!(
+            out.status.success(),
+            "pg.sh {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs a server binary (`initdb`, `pg_ctl`, `psql`) as postgres.
+    fn as_postgres(&self, program: &str, args: &[&str]) {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .map(|e| e.unwrap().path().join("bin"))
+            .max()
+            .unwrap();
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join(program))
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/pg.sh"))
+            .arg("stop")
+            .env("CPUB_PG_DIR", &self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cluster this test suite runs against (`scripts/test.sh` starts it
+/// with `pg.sh start`).
+#[test]
+fn the_test_cluster_refuses_unprivileged_local_users() {
+    assert_root();
+    let dir = std::env::var_os("CPUB_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/containerpub-pg"));
+    assert_locked_down(&test_database_url(), &dir, true);
+}
+
+/// What `scripts/up.sh` makes on a fresh machine: no CREATEDB either.
+#[test]
+fn a_fresh_stack_cluster_is_locked_down() {
+    assert_root();
+    let cluster = Cluster::new();
+    let url = cluster.pg_sh("start", false);
+    assert_locked_down(&url, &cluster.dir, false);
+    // Idempotent: a second start keeps the password and the lock.
+    assert_eq!(cluster.pg_sh("start", false), url);
+    assert_eq!(cluster.pg_sh("url", false), url);
+    assert_locked_down(&url, &cluster.dir, false);
+}
+
+/// A cluster made by the old `pg.sh` (everyone in as superuser, no
+/// password) is migrated by the next `pg.sh start`, while it runs.
+#[test]
+fn an_old_trust_cluster_is_migrated_on_start() {
+    assert_root();
+    let cluster = Cluster::new();
+    std::fs::create_dir_all(&cluster.dir).unwrap();
+    let chown = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(&cluster.dir)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let dir = cluster.dir.to_str().unwrap();
+    let port = cluster.port.to_string();
+    cluster.as_postgres(
+        "initdb",
+        &["-D", dir, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+    );
+    let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {dir} -c fsync=off");
+    let log = format!("{dir}/server.log");
+    cluster.as_postgres(
+        "pg_ctl",
+        &[
+            "-D", dir, "-l", &log, "-w", "-t", "60", "-o", &options, "start",
+        ],
+    );
+    for sql in [
+        "create role cpub login password 'cpub' createdb",
+        "create database cpub owner cpub",
+    ] {
+        cluster.as_postgres(
+            "psql",
+            &[
+                "-h", dir, "-p", &port, "-U", "postgres", "-d", "postgres", "-c", sql,
+            ],
+        );
+    }
+    // The hole, before: nobody gets in as the superuser.
+    assert!(psql_as("nobody", "127.0.0.1", cluster.port, "postgres", None).is_ok());
+
+    let url = cluster.pg_sh("start", true);
+    assert_locked_down(&url, &cluster.dir, true);
+    // Stack mode takes CREATEDB away from an existing role.
+    let url = cluster.pg_sh("start", false);
+    assert_locked_down(&url, &cluster.dir, false);
+}
