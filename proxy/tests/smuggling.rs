@@ -395,6 +395,10 @@ fn issue8_multibyte_targets_are_answered() {
             // An absolute-form target: its path is a function's.
             expect.push(forwarded(&[200], vec![req("GET", "/x", b"")]));
         }
+        if i == 6 {
+            // Inside function `t`: percent-encoded for the instance.
+            expect.push(forwarded(&[200], vec![req("GET", "/%C3%A9", b"")]));
+        }
         all.push(Vector {
             name: format!("issue 8 #2: multi-byte target {i} {}", show(target)),
             bytes,
@@ -1519,6 +1523,28 @@ fn smugchunks_funky_chunks() {
                 vec![refused(BAD)],
             ));
         }
+    }
+    run_all(&all);
+}
+
+/// Found by the `end_to_end` fuzz target (proxy/fuzz/artifacts/end_to_end/
+/// target-outside-rfc3986-relayed-hyper-refuses): httparse takes request
+/// targets with bytes RFC 3986 does not allow, the proxy relays them, and
+/// a hyper-based instance refuses the request (`` ` ``, `<`, `>`: the `http`
+/// crate takes `{`, `|`, `"`, `\`, `^`) while fnhttp takes it. Refuse
+/// (RFC 9112 §3.2: 400 for an invalid request-target) or percent-encode.
+#[test]
+fn targets_outside_rfc_3986_are_refused_or_encoded() {
+    let mut all = Vec::new();
+    for (raw, encoded) in [("/a`b", "/a%60b"), ("/a<b>", "/a%3Cb%3E"), ("/<", "/%3C")] {
+        all.push(vector(
+            format!("target {raw}"),
+            format!("GET /fn/t{raw} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            vec![
+                refused(&[400]),
+                forwarded(&[200], vec![req("GET", encoded, b"")]),
+            ],
+        ));
     }
     run_all(&all);
 }

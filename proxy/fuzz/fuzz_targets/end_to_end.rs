@@ -33,9 +33,16 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         .unwrap();
     c.send(data);
     let _ = c.tcp.shutdown(Shutdown::Write);
-    while let Some(a) = c.answer(false) {
-        if a.status == 101 {
-            break;
+    if data.windows(4).any(|w| w == b"HEAD") {
+        // Which answers have no body is the requests' business: read the
+        // bytes without framing them.
+        while c.fill() > 0 {}
+    } else {
+        // Every answer strictly valid, its framing unambiguous.
+        while let Some(a) = c.answer(false) {
+            if a.status == 101 {
+                break;
+            }
         }
     }
     for bytes in h.instance.since(&mark) {

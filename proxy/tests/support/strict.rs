@@ -447,7 +447,7 @@ pub fn response_head(buf: &[u8]) -> Step<ResponseHead> {
         return Ok(None);
     };
     if l.len() < 13 || l[8] != b' ' || l[12] != b' ' {
-        return Err(format!("bad status line {:?}", String::from_utf8_lossy(l)));
+        return Err("bad status line".into());
     }
     let minor = version(&l[..8])?;
     let code = &l[9..12];
