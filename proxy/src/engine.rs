@@ -219,8 +219,8 @@ impl Conn {
                             ),
                         );
                     }
-                    Err(HeadError::Invalid(what)) => {
-                        return Next::Bad(400, format!("bad request: {what}"));
+                    Err(e) => {
+                        return Next::Bad(e.status(), format!("bad request: {e}"));
                     }
                 }
             }
@@ -313,7 +313,7 @@ impl Conn {
                 metrics::record_rejection(Rejection::BadRequest);
                 let id = request_id::generate();
                 self.own_answer(
-                    &Reply::new(400, format!("bad request: {e}")),
+                    &Reply::new(e.status(), format!("bad request: {e}")),
                     id.as_bytes(),
                     true,
                     false,

@@ -36,6 +36,20 @@ pub enum HeadError {
     TooLarge,
     #[error("{0}")]
     Invalid(&'static str),
+    /// Well-formed, but asks for what the proxy does not do (501).
+    #[error("{0}")]
+    NotImplemented(&'static str),
+}
+
+impl HeadError {
+    /// The status a client gets for a request head with this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::TooLarge => 431,
+            Self::Invalid(_) => 400,
+            Self::NotImplemented(_) => 501,
+        }
+    }
 }
 
 /// One header field, as offsets into the buffer its head was parsed from,
@@ -210,6 +224,8 @@ struct Scan {
     chunked: bool,
     /// How many times `chunked` is listed.
     chunked_count: u32,
+    /// How many transfer codings are listed, `chunked` included.
+    codings: u32,
     transfer_encoding: bool,
     close: bool,
     keep_alive: bool,
@@ -227,6 +243,7 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
         length: None,
         chunked: false,
         chunked_count: 0,
+        codings: 0,
         transfer_encoding: false,
         close: false,
         keep_alive: false,
@@ -259,6 +276,7 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
                 for t in tokens(at(buf, f.value.clone())) {
                     s.chunked = t.eq_ignore_ascii_case(b"chunked");
                     s.chunked_count += u32::from(s.chunked);
+                    s.codings = s.codings.saturating_add(1);
                 }
             }
             Name::Connection => {
@@ -284,8 +302,7 @@ fn scan(buf: &[u8], fields: &[Field]) -> Result<Scan, HeadError> {
 }
 
 /// What a request head says (RFC 9112 §6.3, §3.2): a body framed by
-/// `transfer-encoding` must end in `chunked` (codings before it are the
-/// instance's business), a request with both `transfer-encoding` and
+/// `transfer-encoding` must be `chunked` alone (other codings are 501), a request with both `transfer-encoding` and
 /// `content-length` is refused (a smuggling vector), and an HTTP/1.1
 /// request has exactly one `host` (an HTTP/1.0 one at most one).
 pub fn request_semantics(buf: &[u8], minor: u8, fields: &[Field]) -> Result<Semantics, HeadError> {
@@ -309,6 +326,14 @@ pub fn request_semantics(buf: &[u8], minor: u8, fields: &[Field]) -> Result<Sema
         }
         (true, None) if !s.chunked => {
             return Err(HeadError::Invalid("transfer-encoding must end in chunked"));
+        }
+        // Codings before `chunked` (`gzip, chunked`): servers disagree on
+        // them (some decode, some ignore, some refuse), so none is relayed
+        // (RFC 9112 §6.1: 501 for a coding the server does not implement).
+        (true, None) if s.codings != s.chunked_count => {
+            return Err(HeadError::NotImplemented(
+                "transfer codings other than chunked are not implemented",
+            ));
         }
         (true, None) => Framing::Chunked,
         (false, None) => Framing::Empty,
@@ -337,6 +362,9 @@ pub fn response_semantics(
     fields: &[Field],
     head_request: bool,
 ) -> Result<Semantics, HeadError> {
+    if status.status < 100 {
+        return Err(HeadError::Invalid("status code below 100"));
+    }
     let s = scan(buf, fields)?;
     if s.transfer_encoding && status.minor == 0 {
         return Err(HeadError::Invalid(
@@ -390,6 +418,14 @@ pub fn has_codings_besides_chunked(buf: &[u8], fields: &[Field]) -> bool {
 /// other form is returned as it is, without authority. Compares bytes
 /// only: a target is not text.
 pub fn request_target(target: &[u8]) -> Result<Target<'_>, HeadError> {
+    // Servers disagree on bytes RFC 3986 does not allow (raw UTF-8, `<`,
+    // `` ` ``, `"`, `{`...): some refuse them, some pass them on. None is
+    // relayed.
+    if !target.iter().all(|&b| is_target_byte(b)) {
+        return Err(HeadError::Invalid(
+            "request target has a byte outside RFC 3986 (percent-encode it)",
+        ));
+    }
     for scheme in [&b"http://"[..], b"https://"] {
         let Some((head, rest)) = target.split_at_checked(scheme.len()) else {
             continue;
@@ -421,6 +457,16 @@ pub fn request_target(target: &[u8]) -> Result<Target<'_>, HeadError> {
         authority: None,
         origin: target,
     })
+}
+
+/// A byte RFC 3986 allows in a URI: unreserved, reserved or `%`.
+fn is_target_byte(b: u8) -> bool {
+    matches!(b,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+        | b'-' | b'.' | b'_' | b'~'
+        | b':' | b'/' | b'?' | b'[' | b']' | b'@'
+        | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        | b'%')
 }
 
 /// A request target, split by [`request_target`].
@@ -600,6 +646,7 @@ pub fn write_request_head(
     if let Some(authority) = authority {
         push_field(out, b"Host", authority);
     }
+    let mut host_sent = authority.is_some();
     let check_connection = connection_names_fields(buf, fields);
     let mut forwarded_for: Option<Vec<u8>> = None;
     for f in fields {
@@ -607,8 +654,9 @@ pub fn write_request_head(
         let value = at(buf, f.value.clone());
         let kind = f.kind;
         if kind == Name::Host {
-            if authority.is_none() {
+            if !host_sent {
                 push_field(out, name, value);
+                host_sent = true;
             }
             continue;
         }
@@ -647,6 +695,12 @@ pub fn write_request_head(
         }
         Framing::Chunked => push_codings(out, buf, fields, true),
         Framing::Empty | Framing::Close => {}
+    }
+    // An HTTP/1.0 request may come without `host`; the HTTP/1.1 one sent
+    // on must have one, empty when the target names no authority (RFC
+    // 9112 §3.2).
+    if !host_sent {
+        out.extend_from_slice(b"host: \r\n");
     }
     if fwd.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -889,9 +943,18 @@ mod tests {
             Framing::Length(5)
         );
         assert_eq!(
-            ok(b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n").framing,
+            ok(b"POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n").framing,
             Framing::Chunked
         );
+        // Codings before chunked: well-formed, not implemented.
+        for raw in [
+            &b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ntransfer-encoding: cow\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            let e = semantics(raw).unwrap_err();
+            assert!(matches!(e, HeadError::NotImplemented(_)), "{e:?}");
+            assert_eq!(e.status(), 501);
+        }
         for bad in [
             &b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
@@ -998,13 +1061,14 @@ X-Forwarded-Proto: https\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
 x-forwarded-for: 192.0.2.7, 198.51.100.1, 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
         );
 
-        let raw = b"GET /fn/f HTTP/1.1\r\nx-forwarded-for:  \r\n\r\n";
+        // No host (HTTP/1.0): the HTTP/1.1 request gets an empty one.
+        let raw = b"GET /fn/f HTTP/1.0\r\nx-forwarded-for:  \r\n\r\n";
         let (line, fields) = request(raw);
         let mut out = Vec::new();
         write_request_head(&mut out, raw, &line, &fields, Framing::Empty, &fwd);
         assert_eq!(
             text(&out),
-            "GET /x?y=1 HTTP/1.1\r\nx-request-id: rid-1\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+            "GET /x?y=1 HTTP/1.1\r\nhost: \r\nx-request-id: rid-1\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
         );
         let mut out = Vec::new();
         write_request_head(&mut out, raw, &line, &fields, Framing::Chunked, &fwd);
@@ -1114,15 +1178,16 @@ cache-control: no-store\r\nx-request-id: rid\r\nretry-after: 1\r\nconnection: cl
     }
 
     #[test]
-    fn chunked_twice_is_refused_and_codings_before_it_are_kept() {
+    fn chunked_twice_or_after_other_codings_is_refused() {
         for bad in [
             &b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked, chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: x-custom , Chunked\r\n\r\n",
         ] {
             assert!(host_test(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        let raw = b"POST /fn/f/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: x-custom , Chunked\r\nTrailer: x-sum\r\n\r\n";
+        let raw = b"POST /fn/f/x HTTP/1.1\r\nHost: a\r\ntransfer-encoding:  Chunked \r\nTrailer: x-sum\r\n\r\n";
         assert_eq!(host_test(raw).unwrap().framing, Framing::Chunked);
         let (line, fields) = request(raw);
         let mut out = Vec::new();
@@ -1136,7 +1201,7 @@ cache-control: no-store\r\nx-request-id: rid\r\nretry-after: 1\r\nconnection: cl
         );
         assert_eq!(
             text(&out),
-            "POST /x HTTP/1.1\r\nHost: a\r\ntransfer-encoding: gzip, x-custom, chunked\r\n\
+            "POST /x HTTP/1.1\r\nHost: a\r\ntransfer-encoding: chunked\r\n\
 x-request-id: r\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
         );
     }
@@ -1167,19 +1232,29 @@ x-request-id: r\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
             })
         );
         assert_eq!(
-            request_target(b"/fn/ab\xc3\xa9"),
+            request_target(b"/fn/ab%C3%A9"),
             Ok(Target {
                 authority: None,
-                origin: b"/fn/ab\xc3\xa9"
+                origin: b"/fn/ab%C3%A9"
             })
         );
         assert_eq!(request_target(b"*").unwrap().origin, b"*");
-        assert_eq!(
-            request_target(b"\xc3\xa9\xc3\xa9\xc3\xa9\xc3")
-                .unwrap()
-                .authority,
-            None
-        );
+        // Bytes outside RFC 3986 are refused, never relayed.
+        for bad in [
+            &b"/fn/ab\xc3\xa9"[..],
+            b"\xc3\xa9\xc3\xa9\xc3\xa9\xc3",
+            b"/fn/a`b",
+            b"/fn/a<b>",
+            b"/fn/a\"b",
+            b"/fn/a{b}",
+            b"/fn/a|b",
+            b"/fn/a^b",
+            b"/fn/a#b",
+            b"/fn/a\\b",
+            b"/fn/a\x7fb",
+        ] {
+            assert!(request_target(bad).is_err(), "{bad:?}");
+        }
         assert!(request_target(b"http:///fn/a").is_err());
         assert!(request_target(b"http://u@h/fn/a").is_err());
 

@@ -1666,15 +1666,16 @@ fn trailer_with_a_bare_lf_is_refused_and_never_reaches_the_instance() {
 
 /// Issue 8, points 1 and 7: what the instance receives of a chunked
 /// request is the canonical form, byte for byte; leading zeros beyond 15
-/// digits pass; codings before `chunked` are kept. (Old code: extensions
-/// and trailers relayed raw; the zeros refused.)
+/// digits pass; codings before `chunked` are 501 and reach nothing. (Old
+/// code: extensions and trailers relayed raw; the zeros refused; `gzip`
+/// dropped and the coded body relayed.)
 #[test]
 fn chunked_requests_reach_the_instance_in_canonical_form() {
     let raw = RawUpstream::start(|_| send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
     let h = raw.proxy();
     let mut c = h.connect();
     c.send(
-        b"POST /fn/t/up HTTP/1.1\r\nHost: x\r\nx-request-id: rid-1\r\nTransfer-Encoding: gzip\r\n\
+        b"POST /fn/t/up HTTP/1.1\r\nHost: x\r\nx-request-id: rid-1\r\n\
 transfer-encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
 0003 ; name=\"v\\\"al\" ; flag\r\nabc\r\n00000000000000000000002\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
     );
@@ -1684,9 +1685,15 @@ transfer-encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
     assert_eq!(seen.len(), 1);
     assert_eq!(
         String::from_utf8_lossy(&seen[0].raw),
-        "POST /up HTTP/1.1\r\nHost: x\r\ntransfer-encoding: gzip, chunked\r\nx-request-id: rid-1\r\n\
+        "POST /up HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\nx-request-id: rid-1\r\n\
 x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     );
+    let mut gz = h.connect();
+    gz.send(
+        b"POST /fn/t/gz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(gz.response().status, 501);
+    assert_eq!(raw.requests().len(), 1, "nothing of it reached the instance");
     c.send(get("/fn/t/next").as_bytes());
     assert_eq!(c.response().status, 200, "the connection is still in step");
 }
@@ -1830,8 +1837,10 @@ fn chunked_answers_are_reframed_and_invalid_ones_are_502() {
 }
 
 /// Issue 8, point 2: a target with a multi-byte character used to panic
-/// the connection task (the client got nothing); an answer's status line
-/// without a reason, or with an obs-text one, used to panic too.
+/// the connection task (the client got nothing); now such a target is 400
+/// (bytes outside RFC 3986 are never relayed) and its percent-encoded form
+/// passes. An answer's status line without a reason, or with an obs-text
+/// one, used to panic too.
 #[test]
 fn odd_bytes_in_targets_and_status_lines_are_answered() {
     let raw = RawUpstream::start(|req| match req.path.as_str() {
@@ -1840,13 +1849,20 @@ fn odd_bytes_in_targets_and_status_lines_are_answered() {
         _ => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
     });
     let h = raw.proxy();
+    for target in [&b"/fn/ab\xc3\xa9"[..], b"/fn/t/x\xc3\xa9", b"/fn/t/\xc3"] {
+        let mut c = h.connect();
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+        c.send(&req);
+        let r = c.response();
+        assert_eq!(r.status, 400, "{r:?}");
+    }
+    assert!(raw.requests().is_empty());
     let mut c = h.connect();
-    c.send(b"GET /fn/ab\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n");
-    let r = c.response();
-    assert_eq!(r.status, 404, "{r:?}");
-    c.send(b"GET /fn/t/x\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.send(b"GET /fn/t/x%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(c.response().status, 200);
-    assert_eq!(raw.requests()[0].path.as_bytes(), b"/x\xc3\xa9");
+    assert_eq!(raw.requests()[0].path.as_bytes(), b"/x%C3%A9");
     for (path, line) in [
         ("/no-reason", "HTTP/1.1 200 OK\r\n"),
         ("/obs-text", "HTTP/1.1 404 Not Found\r\n"),
