@@ -18,6 +18,40 @@ use std::time::{Duration, Instant};
 use containerpub_e2e::{Stack, container_ip, eventually, targz};
 use containerpub_wire::api::{ApiError, DeploymentInfo, DeploymentStatus};
 
+/// `base` made unique to this test process (tests of parallel runs build
+/// images with the function's name in the tag).
+fn unique(base: &str) -> String {
+    format!("{base}-{}", std::process::id())
+}
+
+/// Removes every image of the named functions when dropped, also when the
+/// test fails (the stack removes containers, not images).
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output();
+        let Ok(out) = out else { return };
+        let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|image| {
+                self.0
+                    .iter()
+                    .any(|f| image.starts_with(&format!("localhost/cpub-fn-{f}:")))
+            })
+            .map(str::to_owned)
+            .collect();
+        if !ours.is_empty() {
+            let _ = std::process::Command::new("podman")
+                .args(["rmi", "-f"])
+                .args(&ours)
+                .output();
+        }
+    }
+}
+
 fn busybox() -> Vec<u8> {
     std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)")
 }
@@ -131,7 +165,9 @@ async fn a_hostile_build_reaches_nothing_on_the_host() {
     let stack = Stack::start(&[]).await.unwrap();
 
     // Another function, running: a busybox httpd the proxy reaches.
-    let target = "sbx-target";
+    let target = &unique("sbx-target");
+    let name = &unique("sbx-hostile");
+    let _images = Images(vec![target.clone(), name.clone()]);
     let containerfile = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n\
         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
     let (status, body) = deploy(
@@ -182,7 +218,6 @@ async fn a_hostile_build_reaches_nothing_on_the_host() {
         "FROM scratch\nCOPY busybox /bin/busybox\n{}",
         run_step(&script)
     );
-    let name = "sbx-hostile";
     let (status, body) = deploy(&stack, name, bundle(name, &hostile, &[])).await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     let log = deployment(&body).build_log;
@@ -233,7 +268,9 @@ async fn a_hostile_build_reaches_nothing_on_the_host() {
 #[tokio::test]
 async fn containerfiles_cannot_start_from_another_functions_image() {
     let stack = Stack::start(&[]).await.unwrap();
-    let victim = "sbx-victim";
+    let victim = &unique("sbx-victim");
+    let thief = &unique("sbx-thief");
+    let _images = Images(vec![victim.clone(), thief.clone()]);
     let (status, body) = deploy(
         &stack,
         victim,
@@ -247,8 +284,7 @@ async fn containerfiles_cannot_start_from_another_functions_image() {
         format!("FROM scratch\n# take theirs\nFROM {image}\n"),
         format!("FROM scratch\nCOPY --from={image} /bin/busybox /stolen\n"),
     ] {
-        let name = "sbx-thief";
-        let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
+        let (status, body) = deploy(&stack, thief, bundle(thief, &containerfile, &[])).await;
         let err: ApiError = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&body)));
         assert_eq!(status, 400, "{containerfile}: {err:?}");
@@ -268,13 +304,12 @@ fn processes_with(needle: &str) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmd)
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd)
                 .replace('\0', " ")
                 .contains(needle)
-            {
-                found.push(pid);
-            }
+        {
+            found.push(pid);
         }
     }
     found
@@ -290,7 +325,8 @@ async fn a_build_past_the_time_limit_fails_and_leaves_nothing_running() {
         "FROM scratch\nCOPY busybox /bin/busybox\n{}",
         run_step(&format!("echo sleeping; /bin/busybox sleep {secs}"))
     );
-    let name = "sbx-slow";
+    let name = &unique("sbx-slow");
+    let _images = Images(vec![name.clone()]);
     let started = Instant::now();
     let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
     let took = started.elapsed();
@@ -377,7 +413,8 @@ async fn a_build_printing_hundreds_of_mb_keeps_the_control_plane_small() {
              echo; echo the-last-line"
         ))
     );
-    let name = "sbx-loud";
+    let name = &unique("sbx-loud");
+    let _images = Images(vec![name.clone()]);
     let started = Instant::now();
     let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
     let took = started.elapsed();
