@@ -534,6 +534,46 @@ impl BuildCgroup {
     }
 }
 
+/// Kills and removes the cgroups of builds whose process is gone: a control
+/// plane that died during a build leaves the running step behind (Podman
+/// does not stop it). Returns how many builds were reaped.
+pub async fn reap_orphaned_builds() -> usize {
+    let root = Path::new(CGROUP_ROOT);
+    let mut names = std::collections::BTreeSet::new();
+    for hierarchy in [root.to_owned(), root.join("unified"), root.join("pids")] {
+        let Ok(entries) = std::fs::read_dir(&hierarchy) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("cpub-build-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                names.insert(name);
+            }
+        }
+    }
+    for name in &names {
+        let cgroup = BuildCgroup {
+            name: name.clone(),
+            v2: [root.to_owned(), root.join("unified")]
+                .into_iter()
+                .filter(|r| r.join("cgroup.controllers").exists())
+                .map(|r| r.join(name))
+                .find(|d| d.is_dir()),
+        };
+        tracing::warn!(cgroup = %name, "killing the steps of a build whose control plane is gone");
+        cgroup.kill();
+        cgroup.remove().await;
+    }
+    names.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 pub mod build;
 pub mod podman;
 
-pub use build::{BuildLimits, BuildOutput, BuildStop};
+pub use build::{BuildLimits, BuildOutput, BuildStop, reap_orphaned_builds};
 pub use podman::{Podman, PodmanError};
 
 /// Podman network every function instance joins.

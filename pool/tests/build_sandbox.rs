@@ -261,3 +261,47 @@ async fn output_past_the_cap_stops_the_build() {
     assert!(!podman.image_exists(&tag).await.unwrap());
     assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
 }
+
+#[tokio::test]
+async fn steps_of_a_dead_control_plane_are_reaped() {
+    let _serial = SERIAL.lock().await;
+    // A build cgroup of a process that no longer exists, with a process in
+    // it, as a control plane killed during a build leaves behind.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let name = format!("cpub-build-{dead_pid}-0-0");
+    let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|r| r.join("cgroup.controllers").exists())
+        .expect("a cgroup v2 hierarchy")
+        .join(&name);
+    std::fs::create_dir(&v2).unwrap();
+    let mut step = std::process::Command::new("/bin/busybox")
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap();
+    std::fs::write(v2.join("cgroup.procs"), step.id().to_string()).unwrap();
+    // A live process's build is left alone.
+    let live = v2.with_file_name(format!("cpub-build-{}-0-0", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+
+    let reaped = containerpub_pool::reap_orphaned_builds().await;
+    let live_kept = live.is_dir();
+    let _ = std::fs::remove_dir(&live);
+    assert!(reaped >= 1);
+    assert!(live_kept, "the build of a live process was reaped");
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(status) = step.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the orphaned step was killed");
+    assert!(!status.success());
+    assert!(!v2.exists(), "the orphaned cgroup was removed");
+}
