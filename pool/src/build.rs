@@ -18,6 +18,7 @@
 //!   bind uid 0; so each build gets its own cgroup (`cgroupparent`), made
 //!   here with `pids.max` set: every `RUN` step of the build runs in a child
 //!   of it, and the whole tree is killed through it (`cgroup.kill`).
+//! - `dropcaps` takes capabilities from `RUN` steps (see [`DROPPED_CAPS`]).
 //! - Dropping the API connection does NOT stop a running `RUN` step (seen:
 //!   the step and its storage container stay until the step exits). So the
 //!   wall clock and the output cap kill the build's cgroup, then give Podman
@@ -105,6 +106,21 @@ pub struct BuildOutput {
     /// Set when the platform stopped the build.
     pub stopped: Option<BuildStop>,
 }
+
+/// Capabilities taken from `RUN` steps (Podman's default set keeps them).
+/// Left: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID, SETGID, which build
+/// tools use on their own files; a step has no network, so the network ones
+/// serve nothing.
+const DROPPED_CAPS: &[&str] = &[
+    "CAP_AUDIT_WRITE",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_SYS_CHROOT",
+];
 
 /// Longest JSON line of the build stream kept whole; a longer one is taken
 /// as raw text (Podman sends one line per chunk of output).
@@ -220,13 +236,15 @@ impl Podman {
             format!("nproc={0}:{0}", limits.pids),
         ])
         .to_string();
+        let dropcaps = serde_json::to_string(DROPPED_CAPS).unwrap_or_default();
         let path = format!(
             "/build?t={}&dockerfile={}&rm=true&forcerm=true&layers=false\
-             &pullpolicy=never&networkmode=NetworkDisabled\
+             &pullpolicy=never&networkmode=NetworkDisabled&dropcaps={}\
              &memory={mem}&memswap={mem}&cpuperiod=100000&cpuquota={quota}\
              &ulimits={}&cgroupparent={}",
             encode(tag),
             encode(containerfile),
+            encode(&dropcaps),
             encode(&ulimits),
             encode(&cgroup.parent_param()),
             mem = limits.memory_bytes,

@@ -105,7 +105,8 @@ async fn run_steps_get_pids_memory_and_cpu_limits() {
     // 100 background sleeps (pids, counted with shell builtins only, as
     // nothing can fork once the limit is hit); each probe reports and
     // carries on. Positive controls: a 1 MB string and the first sleeps work.
-    let script = "echo quota=$(/bin/busybox cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null); \
+    let script = "echo caps=$(/bin/busybox grep CapEff /proc/self/status | /bin/busybox cut -f2); \
+        echo quota=$(/bin/busybox cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null); \
         /bin/busybox sh -c 'x=$(/bin/busybox head -c 1000000 /dev/zero | /bin/busybox tr \\\\0 a); echo small=${#x}'; \
         /bin/busybox sh -c 'x=$(/bin/busybox head -c 100000000 /dev/zero | /bin/busybox tr \\\\0 a); echo big=${#x}' || echo big=killed; \
         /bin/busybox sh -c 'for i in $(/bin/busybox seq 100); do /bin/busybox sleep 5 & echo $i; done' > /forks 2>/dev/null; \
@@ -155,6 +156,8 @@ async fn run_steps_get_pids_memory_and_cpu_limits() {
         "cpu quota\n{}",
         out.log
     );
+    // Capabilities left: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID.
+    assert_eq!(value("caps"), "00000000000000db", "{}", out.log);
     assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
 }
 
