@@ -315,6 +315,37 @@ fn processes_with(needle: &str) -> Vec<u32> {
     found
 }
 
+/// Podman storage containers (Buildah's working containers) of builds run
+/// by process `pid`, found by the build cgroup named in their settings.
+fn build_containers_of(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("podman")
+        .args(["info", "--format", "{{.Store.GraphRoot}}"])
+        .output()
+        .expect("podman info");
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let want = format!("/cpub-build-{pid}-");
+    let mut found = Vec::new();
+    let dir = std::path::Path::new(&root).join("overlay-containers");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("userdata/buildah.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if v["CommonBuildOpts"]["CgroupParent"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&want))
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn a_build_past_the_time_limit_fails_and_leaves_nothing_running() {
     let stack = Stack::start(&[("CPUB_BUILD_TIMEOUT_S", "3")])
@@ -347,6 +378,8 @@ async fn a_build_past_the_time_limit_fails_and_leaves_nothing_running() {
         "the build step still runs: {:?}",
         processes_with(&needle)
     );
+    let left = build_containers_of(control_pid(&stack));
+    assert!(left.is_empty(), "build containers left: {left:?}");
 }
 
 /// The running cpub-control of `stack` (found by its listen address).
@@ -388,14 +421,14 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Output of the big build: `CPUB_TEST_BUILD_OUTPUT_BYTES`, default 150 MB
-/// (Podman 4.3 streams build output at about 6 MB/s here; the 1 GB
+/// Output of the big build: `CPUB_TEST_BUILD_OUTPUT_BYTES`, default 100 MB
+/// (Podman 4.3 streams build output at 4 to 11 MB/s here; the 1 GB
 /// is a manual run with the variable set).
 fn big_output_bytes() -> u64 {
     std::env::var("CPUB_TEST_BUILD_OUTPUT_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(150_000_000)
+        .unwrap_or(100_000_000)
 }
 
 #[tokio::test]

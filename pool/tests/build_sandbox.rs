@@ -56,6 +56,36 @@ fn processes_with(needle: &str) -> Vec<u32> {
     found
 }
 
+/// Podman storage containers (Buildah's working containers) of builds run
+/// by process `pid`, found by the build cgroup named in their settings.
+fn build_containers_of(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("podman")
+        .args(["info", "--format", "{{.Store.GraphRoot}}"])
+        .output()
+        .expect("podman info");
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let want = format!("/cpub-build-{pid}-");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(Path::new(&root).join("overlay-containers")) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("userdata/buildah.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if v["CommonBuildOpts"]["CgroupParent"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&want))
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
 /// Build cgroups of this test process still present.
 fn build_cgroups() -> Vec<String> {
     let prefix = format!("cpub-build-{}-", std::process::id());
@@ -208,6 +238,8 @@ async fn the_wall_clock_kills_the_running_step() {
     );
     assert!(!podman.image_exists(&tag).await.unwrap());
     assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+    let left = build_containers_of(std::process::id());
+    assert!(left.is_empty(), "build containers left: {left:?}");
 }
 
 #[tokio::test]
@@ -263,6 +295,8 @@ async fn output_past_the_cap_stops_the_build() {
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(!podman.image_exists(&tag).await.unwrap());
     assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+    let left = build_containers_of(std::process::id());
+    assert!(left.is_empty(), "build containers left: {left:?}");
 }
 
 #[tokio::test]
