@@ -30,24 +30,28 @@ struct Images(Vec<String>);
 
 impl Drop for Images {
     fn drop(&mut self) {
-        let out = std::process::Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output();
-        let Ok(out) = out else { return };
-        let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|image| {
-                self.0
-                    .iter()
-                    .any(|f| image.starts_with(&format!("localhost/cpub-fn-{f}:")))
-            })
-            .map(str::to_owned)
-            .collect();
-        if !ours.is_empty() {
-            let _ = std::process::Command::new("podman")
-                .args(["rmi", "-f"])
-                .args(&ours)
-                .output();
+        // By name (a listing can fail while other tests remove images),
+        // retried: concurrent Podman operations can make a removal fail.
+        let podman = |args: &[&str]| {
+            std::process::Command::new("podman")
+                .args(args)
+                .output()
+                .ok()
+                .and_then(|o| o.status.code())
+        };
+        for function in &self.0 {
+            for version in 1..=3 {
+                let tag = format!("localhost/cpub-fn-{function}:v{version}");
+                for _ in 0..5 {
+                    // `image exists`: 0 yes, 1 no, other codes are errors.
+                    if podman(&["image", "exists", &tag]) == Some(1)
+                        || podman(&["rmi", "-f", &tag]) == Some(0)
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
         }
     }
 }
