@@ -476,17 +476,25 @@ impl BuildCgroup {
             v2: v2_root.map(|r| r.join(&name)),
             name,
         };
-        if let Some(dir) = &cgroup.v2 {
-            std::fs::create_dir(dir)?;
-        }
-        let pids_dir = if pure_v2 {
-            root.join(&cgroup.name)
-        } else {
-            let dir = root.join("pids").join(&cgroup.name);
-            std::fs::create_dir(&dir)?;
-            dir
+        let limit = |cgroup: &Self| -> std::io::Result<()> {
+            if let Some(dir) = &cgroup.v2 {
+                std::fs::create_dir(dir)?;
+            }
+            let pids_dir = if pure_v2 {
+                root.join(&cgroup.name)
+            } else {
+                let dir = root.join("pids").join(&cgroup.name);
+                std::fs::create_dir(&dir)?;
+                dir
+            };
+            std::fs::write(pids_dir.join("pids.max"), pids.to_string())
         };
-        std::fs::write(pids_dir.join("pids.max"), pids.to_string())?;
+        if let Err(err) = limit(&cgroup) {
+            for dir in cgroup.dirs() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(err);
+        }
         if cgroup.v2.is_none() {
             tracing::warn!("no cgroup v2 hierarchy: a build that runs too long cannot be killed");
         }
