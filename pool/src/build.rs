@@ -8,6 +8,9 @@
 //!   `NetworkEnabled` or a number means default, and the API's default puts
 //!   `RUN` steps in the HOST's network namespace. `NetworkDisabled` gives
 //!   each `RUN` a fresh network namespace with only `lo`.
+//! - `isolation=oci` is explicit: with `chroot` isolation (the service's
+//!   `BUILDAH_ISOLATION` could pick it) `RUN` steps see the host's network
+//!   whatever `networkmode` says (seen: `eth0` inside the step).
 //! - `pull` is ignored by the libpod endpoint; `pullpolicy=never` is what
 //!   stops pulls (a missing value means "pull if missing"). Podman decides
 //!   "libpod endpoint" from the request URI's text (`split("/")[2] ==
@@ -239,7 +242,7 @@ impl Podman {
         let dropcaps = serde_json::to_string(DROPPED_CAPS).unwrap_or_default();
         let path = format!(
             "/build?t={}&dockerfile={}&rm=true&forcerm=true&layers=false\
-             &pullpolicy=never&networkmode=NetworkDisabled&dropcaps={}\
+             &isolation=oci&pullpolicy=never&networkmode=NetworkDisabled&dropcaps={}\
              &memory={mem}&memswap={mem}&cpuperiod=100000&cpuquota={quota}\
              &ulimits={}&cgroupparent={}",
             encode(tag),
