@@ -16,6 +16,11 @@ pub const ENV_MAX_UPLOAD_BYTES: &str = "CPUB_MAX_UPLOAD_BYTES";
 pub const ENV_MAX_BUNDLE_BYTES: &str = "CPUB_MAX_BUNDLE_BYTES";
 pub const ENV_MAX_BUNDLE_FILES: &str = "CPUB_MAX_BUNDLE_FILES";
 pub const ENV_BUILD_TIMEOUT_S: &str = "CPUB_BUILD_TIMEOUT_S";
+pub const ENV_BUILD_MEMORY_MB: &str = "CPUB_BUILD_MEMORY_MB";
+pub const ENV_BUILD_CPUS: &str = "CPUB_BUILD_CPUS";
+pub const ENV_BUILD_PIDS: &str = "CPUB_BUILD_PIDS";
+pub const ENV_BUILD_MAX_OUTPUT_BYTES: &str = "CPUB_BUILD_MAX_OUTPUT_BYTES";
+pub const ENV_BUILD_BASE_IMAGES: &str = "CPUB_BUILD_BASE_IMAGES";
 pub const ENV_BOOTSTRAP_TOKEN: &str = "CPUB_BOOTSTRAP_TOKEN";
 pub const ENV_ADMIN_PASSWORD: &str = "CPUB_ADMIN_PASSWORD";
 /// Log filter (`tracing_subscriber::EnvFilter` syntax), default `info`.
@@ -60,6 +65,22 @@ pub struct Config {
     /// Longest an image build may take, in seconds.
     #[arg(long, env = ENV_BUILD_TIMEOUT_S, default_value_t = 600)]
     pub build_timeout_s: u64,
+    /// Memory of each build step (no swap), in MiB.
+    #[arg(long, env = ENV_BUILD_MEMORY_MB, default_value_t = 1024)]
+    pub build_memory_mb: u64,
+    /// CPU of each build step, in cores (e.g. 0.5).
+    #[arg(long, env = ENV_BUILD_CPUS, default_value_t = 1.0)]
+    pub build_cpus: f64,
+    /// Processes and threads a build may run at once.
+    #[arg(long, env = ENV_BUILD_PIDS, default_value_t = 512)]
+    pub build_pids: u64,
+    /// Most output a build may print before it is stopped, in bytes.
+    #[arg(long, env = ENV_BUILD_MAX_OUTPUT_BYTES, default_value_t = 64 * 1024 * 1024)]
+    pub build_max_output_bytes: u64,
+    /// Images a Containerfile may start FROM besides `scratch`
+    /// (comma-separated exact references; none by default).
+    #[arg(long, env = ENV_BUILD_BASE_IMAGES, value_delimiter = ',')]
+    pub build_base_images: Vec<String>,
     /// API token created for `admin` (stored hashed). Random when unset on first start.
     #[arg(long, env = ENV_BOOTSTRAP_TOKEN, hide_env_values = true)]
     pub bootstrap_token: Option<String>,
@@ -94,8 +115,18 @@ pub struct Settings {
     pub public_url: String,
     pub limits: Limits,
     pub build_timeout: Duration,
+    pub build: BuildSettings,
     pub bootstrap_token: Option<String>,
     pub admin_password: Option<String>,
+}
+
+/// The build sandbox: limits of each image build and the base images a
+/// Containerfile may use.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSettings {
+    pub limits: containerpub_pool::BuildLimits,
+    /// Allowed `FROM` images besides `scratch` (exact references).
+    pub base_images: Vec<String>,
 }
 
 /// Upload and bundle limits.
@@ -160,11 +191,46 @@ impl Config {
                 self.max_bundle_files,
             ),
             ("build-timeout-s", ENV_BUILD_TIMEOUT_S, self.build_timeout_s),
+            ("build-memory-mb", ENV_BUILD_MEMORY_MB, self.build_memory_mb),
+            ("build-pids", ENV_BUILD_PIDS, self.build_pids),
+            (
+                "build-max-output-bytes",
+                ENV_BUILD_MAX_OUTPUT_BYTES,
+                self.build_max_output_bytes,
+            ),
         ];
         for (flag, env, value) in positive {
             if value == 0 {
                 return Err(err(flag, env, "must be greater than 0"));
             }
+        }
+        if !(self.build_cpus.is_finite() && self.build_cpus >= 0.01 && self.build_cpus <= 1024.0) {
+            return Err(err(
+                "build-cpus",
+                ENV_BUILD_CPUS,
+                format!(
+                    "must be between 0.01 and 1024 cores, got {}",
+                    self.build_cpus
+                ),
+            ));
+        }
+        let base_images: Vec<String> = self
+            .build_base_images
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(bad) = base_images
+            .iter()
+            .find(|s| s.contains(char::is_whitespace) || s.contains('$') || s.contains("cpub-fn-"))
+        {
+            return Err(err(
+                "build-base-images",
+                ENV_BUILD_BASE_IMAGES,
+                format!(
+                    "{bad:?} is not a base image reference (function images are never allowed)"
+                ),
+            ));
         }
         if let Some(token) = &self.bootstrap_token
             && (token.len() < MIN_BOOTSTRAP_TOKEN_LEN || token.chars().any(char::is_whitespace))
@@ -194,6 +260,16 @@ impl Config {
                 max_bundle_files: self.max_bundle_files,
             },
             build_timeout: Duration::from_secs(self.build_timeout_s),
+            build: BuildSettings {
+                limits: containerpub_pool::BuildLimits {
+                    memory_bytes: self.build_memory_mb.saturating_mul(1 << 20),
+                    millicpus: (self.build_cpus * 1000.0).round() as u64,
+                    pids: self.build_pids,
+                    max_output_bytes: self.build_max_output_bytes,
+                    ..containerpub_pool::BuildLimits::default()
+                },
+                base_images,
+            },
             bootstrap_token: self.bootstrap_token,
             admin_password: self.admin_password,
         })
@@ -228,6 +304,8 @@ mod tests {
         assert_eq!(s.limits.max_bundle_bytes, 512 << 20);
         assert_eq!(s.limits.max_bundle_files, 10_000);
         assert_eq!(s.build_timeout, Duration::from_secs(600));
+        assert_eq!(s.build.limits, containerpub_pool::BuildLimits::default());
+        assert!(s.build.base_images.is_empty());
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
     }
 

@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use crate::archive::{self, Bundle};
 use crate::auth::Caller;
 use crate::build::{self, Outcome};
+use crate::containerfile;
 use crate::db::{self, Activation};
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -96,8 +97,15 @@ pub async fn deploy(
     let context_dir = work_dir.path().to_path_buf();
     let limits = settings.limits;
     let fn_name = name.clone();
+    let base_images = settings.build.base_images.clone();
     let bundle: Bundle = tokio::task::spawn_blocking(move || {
-        archive::prepare(&gz_path, &context_dir, &fn_name, &limits)
+        let bundle = archive::prepare(&gz_path, &context_dir, &fn_name, &limits)?;
+        // Only scratch, allowed base images and earlier stages: never another
+        // function's image, a URL or a mount (the build sandbox).
+        let text = containerfile::read_from_context(&bundle.context_tar, &bundle.containerfile)
+            .and_then(|text| containerfile::check(&text, &base_images))
+            .map_err(|message| Error::bad_request(bundle.containerfile.clone(), message));
+        text.map(|()| bundle)
     })
     .await
     .map_err(|e| anyhow::anyhow!("bundle validation task: {e}"))??;
@@ -116,7 +124,14 @@ pub async fn deploy(
     let tag = build::image_tag(&name, new.version);
     tracing::info!(function = %name, version = new.version, %digest, user = %caller.username, "building");
     let started = std::time::Instant::now();
-    let outcome = build::run(&state.podman, &bundle, &tag, settings.build_timeout).await;
+    let outcome = build::run(
+        &state.podman,
+        &bundle,
+        &tag,
+        &settings.build,
+        settings.build_timeout,
+    )
+    .await;
     drop(work_dir);
     let ms = started.elapsed().as_millis() as u64;
     match outcome {

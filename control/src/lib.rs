@@ -7,6 +7,7 @@ pub mod archive;
 pub mod auth;
 pub mod build;
 pub mod config;
+pub mod containerfile;
 pub mod db;
 pub mod deploy;
 pub mod elf;

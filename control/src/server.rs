@@ -35,6 +35,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if stale > 0 {
         tracing::warn!(count = stale, "marked abandoned builds as failed");
     }
+    let orphans = containerpub_pool::reap_orphaned_builds().await;
+    if orphans > 0 {
+        tracing::warn!(count = orphans, "killed the steps of abandoned builds");
+    }
 
     let shutdown = CancellationToken::new();
     let (revision_tx, revision_rx) = watch::channel(db::current_revision(&pool).await?);

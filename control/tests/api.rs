@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use containerpub_control::config::{Limits, Settings};
+use containerpub_control::config::{BuildSettings, Limits, Settings};
 use containerpub_control::state::AppState;
 use containerpub_control::{auth, db, revision, routes};
 use containerpub_pool::Podman;
@@ -156,6 +156,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
             max_bundle_files: 100,
         },
         build_timeout: Duration::from_secs(120),
+        build: BuildSettings::default(),
         bootstrap_token: None,
         admin_password: None,
     };

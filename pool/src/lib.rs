@@ -4,9 +4,11 @@
 //! remove images); `pool` owns instance life cycles and leases instances to
 //! the proxy.
 
+pub mod build;
 pub mod podman;
 
-pub use podman::{BuildOutput, Podman, PodmanError};
+pub use build::{BuildLimits, BuildOutput, BuildStop, reap_orphaned_builds};
+pub use podman::{Podman, PodmanError};
 
 /// Podman network every function instance joins.
 pub const NETWORK: &str = "cpub";

@@ -11,16 +11,14 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// API version prefix; Podman 4.3 serves v4.
-const API: &str = "/v4.0.0/libpod";
+pub(crate) const API: &str = "/v4.0.0/libpod";
 
 /// Errors from the Podman API.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +44,11 @@ pub enum PodmanError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("build sandbox: {what}: {source}")]
+    Sandbox {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 impl PodmanError {
@@ -59,13 +62,6 @@ impl PodmanError {
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
-
-/// Outcome of an image build: Podman's output, and whether it succeeded.
-#[derive(Debug, Clone)]
-pub struct BuildOutput {
-    pub ok: bool,
-    pub log: String,
-}
 
 /// What `inspect` tells the pool about one container.
 #[derive(Debug, Clone)]
@@ -116,7 +112,7 @@ impl Podman {
         &self.socket
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         req: Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, PodmanError> {
@@ -187,73 +183,6 @@ impl Podman {
     /// `GET /_ping`-like liveness check of the API.
     pub async fn ping(&self) -> Result<(), PodmanError> {
         self.call(Method::GET, "/info", None, &[]).await.map(drop)
-    }
-
-    /// Builds `tag` from an uncompressed tar of the build context, with the
-    /// Containerfile at `containerfile` (a path inside the context). Podman's
-    /// output is collected into the log; a failed build is `ok: false`, not
-    /// an error (the error is in the log).
-    pub async fn build_image(
-        &self,
-        context_tar: &Path,
-        containerfile: &str,
-        tag: &str,
-    ) -> Result<BuildOutput, PodmanError> {
-        let file =
-            tokio::fs::File::open(context_tar)
-                .await
-                .map_err(|source| PodmanError::Context {
-                    path: context_tar.to_owned(),
-                    source,
-                })?;
-        let stream = tokio_util::io::ReaderStream::new(file).map_ok(Frame::data);
-        let body: Body = StreamBody::new(stream).boxed();
-        let path = format!(
-            "/build?t={}&dockerfile={}&rm=true&layers=false&pull=false&networkmode=none",
-            encode(tag),
-            encode(containerfile)
-        );
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://podman{API}{path}"))
-            .header("host", "podman")
-            .header("content-type", "application/x-tar")
-            .body(body)
-            .map_err(|e| PodmanError::Decode(e.to_string()))?;
-        let resp = self.send(req).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            // Podman answers 500 with a JSON message for bad Containerfiles.
-            let message = error_message(&bytes);
-            return Ok(BuildOutput {
-                ok: false,
-                log: message,
-            });
-        }
-        let mut log = String::new();
-        let mut ok = true;
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match serde_json::from_slice::<Value>(line) {
-                Ok(v) => {
-                    if let Some(s) = v.get("stream").and_then(Value::as_str) {
-                        log.push_str(s);
-                    }
-                    if let Some(s) = v.get("error").and_then(Value::as_str) {
-                        ok = false;
-                        log.push_str("error: ");
-                        log.push_str(s);
-                        log.push('\n');
-                    }
-                }
-                Err(_) => log.push_str(&String::from_utf8_lossy(line)),
-            }
-        }
-        if ok && !self.image_exists(tag).await? {
-            ok = false;
-            log.push_str("error: build reported success but the image is missing\n");
-        }
-        Ok(BuildOutput { ok, log })
     }
 
     pub async fn image_exists(&self, name: &str) -> Result<bool, PodmanError> {
@@ -480,7 +409,7 @@ fn parse_event(line: &[u8]) -> Option<ContainerEvent> {
     })
 }
 
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
@@ -497,7 +426,7 @@ fn api_error(method: Method, path: &str, status: StatusCode, body: &[u8]) -> Pod
 }
 
 /// Percent-encodes a query or path component.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

@@ -1,0 +1,482 @@
+//! The build sandbox end to end, on the real stack: a hostile
+//! `runtime = "container"` bundle's `RUN` step reaches nothing on the host
+//! (services on loopback and on the host's addresses, the control plane,
+//! the proxy, PostgreSQL, another function's container); a Containerfile
+//! may not start from another function's image; a build past the time
+//! limit ends `failed` with nothing left running; and a build printing
+//! hundreds of MB leaves the control plane's memory flat.
+//!
+//! Needs what every e2e test needs (see `containerpub_e2e`), and
+//! busybox-static at /bin/busybox (scripts/setup-host.sh installs it).
+
+use std::io::Read;
+use std::net::{IpAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use containerpub_e2e::{Stack, container_ip, eventually, targz};
+use containerpub_wire::api::{ApiError, DeploymentInfo, DeploymentStatus};
+
+/// `base` made unique to this test process (tests of parallel runs build
+/// images with the function's name in the tag).
+fn unique(base: &str) -> String {
+    format!("{base}-{}", std::process::id())
+}
+
+/// Removes every image of the named functions when dropped, also when the
+/// test fails (the stack removes containers, not images).
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        // By name (a listing can fail while other tests remove images),
+        // retried: concurrent Podman operations can make a removal fail.
+        let podman = |args: &[&str]| {
+            std::process::Command::new("podman")
+                .args(args)
+                .output()
+                .ok()
+                .and_then(|o| o.status.code())
+        };
+        for function in &self.0 {
+            for version in 1..=3 {
+                let tag = format!("localhost/cpub-fn-{function}:v{version}");
+                for _ in 0..5 {
+                    // `image exists`: 0 yes, 1 no, other codes are errors.
+                    if podman(&["image", "exists", &tag]) == Some(1)
+                        || podman(&["rmi", "-f", &tag]) == Some(0)
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+fn busybox() -> Vec<u8> {
+    std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)")
+}
+
+fn toml(name: &str) -> String {
+    format!("name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n")
+}
+
+/// A bundle of busybox, a Containerfile and extra files.
+fn bundle(name: &str, containerfile: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let manifest = toml(name);
+    let busybox = busybox();
+    let mut entries: Vec<(&str, &[u8], u32)> = vec![
+        ("cpub.toml", manifest.as_bytes(), 0o644),
+        ("Containerfile", containerfile.as_bytes(), 0o644),
+        ("busybox", &busybox, 0o755),
+    ];
+    entries.extend(extra.iter().map(|(p, d)| (*p, *d, 0o644)));
+    targz(&entries)
+}
+
+/// A `RUN` step in exec form running `script` with busybox's shell.
+fn run_step(script: &str) -> String {
+    format!(
+        "RUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+        serde_json::to_string(script).unwrap()
+    )
+}
+
+/// POSTs a bundle; the status and the body.
+async fn deploy(stack: &Stack, name: &str, bundle: Vec<u8>) -> (u16, Vec<u8>) {
+    let r = stack
+        .api()
+        .post(format!(
+            "{}/api/v1/functions/{name}/deployments",
+            stack.control_url()
+        ))
+        .header("content-type", "application/gzip")
+        .timeout(Duration::from_secs(600))
+        .body(bundle)
+        .send()
+        .await
+        .expect("deploy request");
+    let status = r.status().as_u16();
+    (status, r.bytes().await.unwrap().to_vec())
+}
+
+fn deployment(body: &[u8]) -> DeploymentInfo {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// The host's IPv4 addresses other than loopback (eth0, Podman bridges).
+fn host_addresses() -> Vec<IpAddr> {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .expect("ip addr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .filter(|ip: &IpAddr| !ip.is_loopback())
+        .collect()
+}
+
+/// PostgreSQL's port from the test database URL.
+fn postgres_port() -> u16 {
+    let url = std::env::var("CPUB_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| containerpub_e2e::DEFAULT_DATABASE_URL.into());
+    let host_port = url.rsplit('@').next().unwrap().split('/').next().unwrap();
+    host_port
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("port in the database URL")
+}
+
+/// A TCP server on all addresses that counts the connections it accepts.
+fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if conn.is_ok() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (port, count)
+}
+
+/// The `PROBE <name> open|closed` lines of a build log.
+fn probes(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("PROBE ")?.split_whitespace();
+            Some((w.next()?.to_owned(), w.next()?.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hostile_build_reaches_nothing_on_the_host() {
+    let stack = Stack::start(&[]).await.unwrap();
+
+    // Another function, running: a busybox httpd the proxy reaches.
+    let target = &unique("sbx-target");
+    let name = &unique("sbx-hostile");
+    let _images = Images(vec![target.clone(), name.clone()]);
+    let containerfile = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n\
+        CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
+    let (status, body) = deploy(
+        &stack,
+        target,
+        bundle(target, containerfile, &[("index.html", b"target alive\n")]),
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let url = format!("{}/fn/{target}/", stack.proxy_url());
+    let answer = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert_eq!(answer, "target alive\n", "{}", stack.logs());
+    let ids = stack.containers(Some(target));
+    let target_ip = container_ip(&ids[0]).expect("the target's address");
+
+    // Services on the host: a test server on every address, the stack's
+    // own processes, PostgreSQL.
+    let (port, accepted) = counting_listener();
+    let mut targets: Vec<(String, String, u16)> = vec![
+        ("loopback-server".into(), "127.0.0.1".into(), port),
+        (
+            "control-plane".into(),
+            "127.0.0.1".into(),
+            stack.control_addr.port(),
+        ),
+        ("proxy".into(), "127.0.0.1".into(), stack.proxy_addr.port()),
+        ("postgresql".into(), "127.0.0.1".into(), postgres_port()),
+        ("other-function".into(), target_ip.to_string(), 8080),
+    ];
+    for (i, ip) in host_addresses().into_iter().enumerate() {
+        targets.push((format!("host-address-{i}-{ip}"), ip.to_string(), port));
+    }
+    // The positive control: a listener inside the step's own network
+    // namespace, which the same probe must find open.
+    let mut script = String::from(
+        "echo INTERFACES; /bin/busybox ip -4 -o addr; echo END; \
+         /bin/busybox nc -l -p 7999 -e /bin/busybox echo hi & /bin/busybox sleep 1; ",
+    );
+    targets.push(("own-loopback".into(), "127.0.0.1".into(), 7999));
+    for (name, host, port) in &targets {
+        script.push_str(&format!(
+            "if /bin/busybox nc -w 3 {host} {port} </dev/null; then echo PROBE {name} open; \
+             else echo PROBE {name} closed; fi; "
+        ));
+    }
+    script.push_str("exit 0");
+    let hostile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n{}",
+        run_step(&script)
+    );
+    let (status, body) = deploy(&stack, name, bundle(name, &hostile, &[])).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let log = deployment(&body).build_log;
+
+    let found = probes(&log);
+    assert_eq!(found.len(), targets.len(), "every probe ran:\n{log}");
+    for (name, state) in &found {
+        let want = if name == "own-loopback" {
+            "open"
+        } else {
+            "closed"
+        };
+        assert_eq!(state, want, "{name} from a build step:\n{log}");
+    }
+    // The probe really tried: busybox nc said why it failed.
+    assert!(
+        log.contains("nc: can't connect") || log.contains("Network is unreachable"),
+        "{log}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the host server saw a connection"
+    );
+    // Only `lo` in the step's network namespace.
+    let interfaces: Vec<&str> = log
+        .split("INTERFACES\n")
+        .nth(1)
+        .and_then(|r| r.split("END\n").next())
+        .unwrap_or_default()
+        .lines()
+        .collect();
+    assert!(
+        !interfaces.is_empty() && interfaces.iter().all(|l| l.contains(" lo ")),
+        "interfaces of a build step: {interfaces:?}\n{log}"
+    );
+
+    // Positive control of the test server: the host reaches it.
+    std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the host's own connection is seen",
+        || async { (accepted.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn containerfiles_cannot_start_from_another_functions_image() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let victim = &unique("sbx-victim");
+    let thief = &unique("sbx-thief");
+    let _images = Images(vec![victim.clone(), thief.clone()]);
+    let (status, body) = deploy(
+        &stack,
+        victim,
+        bundle(victim, "FROM scratch\nCOPY busybox /bin/busybox\n", &[]),
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let image = deployment(&body).image.unwrap();
+
+    for containerfile in [
+        format!("FROM scratch\n# take theirs\nFROM {image}\n"),
+        format!("FROM scratch\nCOPY --from={image} /bin/busybox /stolen\n"),
+    ] {
+        let (status, body) = deploy(&stack, thief, bundle(thief, &containerfile, &[])).await;
+        let err: ApiError = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{status} {e}: {}", String::from_utf8_lossy(&body)));
+        assert_eq!(status, 400, "{containerfile}: {err:?}");
+        assert_eq!(err.field.as_deref(), Some("Containerfile"));
+        assert!(
+            err.error.contains(&format!("line 3: `FROM {image}`"))
+                || err.error.contains(&format!("line 2: `COPY --from={image}")),
+            "{err:?}"
+        );
+    }
+}
+
+/// Host processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Podman storage containers (Buildah's working containers) of builds run
+/// by process `pid`, found by the build cgroup named in their settings.
+fn build_containers_of(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("podman")
+        .args(["info", "--format", "{{.Store.GraphRoot}}"])
+        .output()
+        .expect("podman info");
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let want = format!("/cpub-build-{pid}-");
+    let mut found = Vec::new();
+    let dir = std::path::Path::new(&root).join("overlay-containers");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("userdata/buildah.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if v["CommonBuildOpts"]["CgroupParent"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&want))
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_build_past_the_time_limit_fails_and_leaves_nothing_running() {
+    let stack = Stack::start(&[("CPUB_BUILD_TIMEOUT_S", "3")])
+        .await
+        .unwrap();
+    let secs = 500_000 + std::process::id() % 10_000;
+    let containerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n{}",
+        run_step(&format!("echo sleeping; /bin/busybox sleep {secs}"))
+    );
+    let name = &unique("sbx-slow");
+    let _images = Images(vec![name.clone()]);
+    let started = Instant::now();
+    let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
+    let took = started.elapsed();
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    let info = deployment(&body);
+    assert_eq!(info.status, DeploymentStatus::Failed);
+    assert!(info.build_log.contains("sleeping"), "{}", info.build_log);
+    assert!(
+        info.build_log
+            .contains("the build was stopped: it ran longer than the build time limit of 3 s"),
+        "{}",
+        info.build_log
+    );
+    assert!(took < Duration::from_secs(25), "answered after {took:?}");
+    let needle = format!("sleep {secs}");
+    assert!(
+        processes_with(&needle).is_empty(),
+        "the build step still runs: {:?}",
+        processes_with(&needle)
+    );
+    let left = build_containers_of(control_pid(&stack));
+    assert!(left.is_empty(), "build containers left: {left:?}");
+}
+
+/// The running cpub-control of `stack` (found by its listen address).
+fn control_pid(stack: &Stack) -> u32 {
+    let want = format!("CPUB_CONTROL_LISTEN={}", stack.control_addr);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
+            continue;
+        };
+        if !exe.to_string_lossy().ends_with("cpub-control") {
+            continue;
+        }
+        let mut environ = Vec::new();
+        if std::fs::File::open(entry.path().join("environ"))
+            .and_then(|mut f| f.read_to_end(&mut environ))
+            .is_ok()
+            && environ.split(|b| *b == 0).any(|v| v == want.as_bytes())
+        {
+            return pid;
+        }
+    }
+    panic!("no cpub-control process for {}", stack.control_addr)
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Output of the big build: `CPUB_TEST_BUILD_OUTPUT_BYTES`, default 100 MB
+/// (Podman 4.3 streams build output at 4 to 11 MB/s here; the issue's 1 GB
+/// is a manual run with the variable set).
+fn big_output_bytes() -> u64 {
+    std::env::var("CPUB_TEST_BUILD_OUTPUT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000_000)
+}
+
+#[tokio::test]
+async fn a_build_printing_hundreds_of_mb_keeps_the_control_plane_small() {
+    let bytes = big_output_bytes();
+    let stack = Stack::start(&[("CPUB_BUILD_MAX_OUTPUT_BYTES", "100000000000")])
+        .await
+        .unwrap();
+    let pid = control_pid(&stack);
+    let (rss_before, _) = memory_kib(pid);
+    let containerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n{}",
+        run_step(&format!(
+            "/bin/busybox yes 0123456789abcdefghijklmnopqrstuvwxyz | /bin/busybox head -c {bytes}; \
+             echo; echo the-last-line"
+        ))
+    );
+    let name = &unique("sbx-loud");
+    let _images = Images(vec![name.clone()]);
+    let started = Instant::now();
+    let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
+    let took = started.elapsed();
+    assert_eq!(
+        status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(4000)])
+    );
+    let (rss_after, peak) = memory_kib(pid);
+    let extra_mib = peak.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "build of {bytes} bytes of output took {took:?}; cpub-control RSS {} MiB before, \
+         {} MiB after, peak {} MiB: {extra_mib} MiB over the start",
+        rss_before / 1024,
+        rss_after / 1024,
+        peak / 1024
+    );
+    let log = deployment(&body).build_log;
+    assert!(
+        log.len() <= (1 << 20) + 200,
+        "the stored log is a tail: {}",
+        log.len()
+    );
+    assert!(log.contains("the-last-line"), "the tail holds the end");
+    assert!(log.starts_with("[… "), "says that output was cut");
+    assert!(extra_mib < 100, "peak RSS grew by {extra_mib} MiB");
+}

@@ -1,0 +1,344 @@
+//! The build sandbox on real Podman: no pulls, a pids/memory/CPU limit on
+//! every `RUN` step, a wall clock that kills the step (nothing left
+//! running) and an output cap.
+//!
+//! Needs the Podman API socket and busybox-static (scripts/setup-host.sh).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
+use containerpub_pool::{BuildLimits, BuildStop};
+
+fn podman() -> Podman {
+    Podman::new(std::env::var("CPUB_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.into()))
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+/// A context with /bin/busybox and the given Containerfile.
+fn context(dir: &Path, containerfile: &str) -> std::path::PathBuf {
+    let tar_path = dir.join("ctx.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    builder
+        .append_path_with_name(Path::new("/bin/busybox"), "busybox")
+        .unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(containerfile.len() as u64);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "Containerfile", containerfile.as_bytes())
+        .unwrap();
+    builder.finish().unwrap();
+    tar_path
+}
+
+/// Host processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Podman storage containers (Buildah's working containers) of builds run
+/// by process `pid`, found by the build cgroup named in their settings.
+fn build_containers_of(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("podman")
+        .args(["info", "--format", "{{.Store.GraphRoot}}"])
+        .output()
+        .expect("podman info");
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let want = format!("/cpub-build-{pid}-");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(Path::new(&root).join("overlay-containers")) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("userdata/buildah.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if v["CommonBuildOpts"]["CgroupParent"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&want))
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+/// Build cgroups of this test process still present.
+fn build_cgroups() -> Vec<String> {
+    let prefix = format!("cpub-build-{}-", std::process::id());
+    let mut left = Vec::new();
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        if let Ok(entries) = std::fs::read_dir(hierarchy.path()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    left.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    left
+}
+
+const RUN: &str = "FROM scratch\nCOPY busybox /bin/busybox\n";
+
+/// One build at a time: each test checks that no build cgroup of this
+/// process is left, which another test's running build would break.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn missing_base_images_are_never_pulled() {
+    let _serial = SERIAL.lock().await;
+    let podman = podman();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("localhost/{}:1", unique("cpub-absent"));
+    let ctx = context(dir.path(), &format!("FROM {base}\n"));
+    let tag = format!("localhost/{}:1", unique("cpub-test-nopull"));
+    let out = podman
+        .build_image(&ctx, "Containerfile", &tag)
+        .await
+        .unwrap();
+    assert!(!out.ok, "{}", out.log);
+    assert!(!out.log.contains("Trying to pull"), "{}", out.log);
+    assert!(out.log.contains(&base), "names the image: {}", out.log);
+    assert!(!podman.image_exists(&tag).await.unwrap());
+}
+
+#[tokio::test]
+async fn run_steps_get_pids_memory_and_cpu_limits() {
+    let _serial = SERIAL.lock().await;
+    let podman = podman();
+    let dir = tempfile::tempdir().unwrap();
+    // The CPU quota as the step sees it, a 100 MB shell string (memory) and
+    // 100 background sleeps (pids, counted with shell builtins only, as
+    // nothing can fork once the limit is hit); each probe reports and
+    // carries on. Positive controls: a 1 MB string and the first sleeps work.
+    let script = "echo caps=$(/bin/busybox grep CapEff /proc/self/status | /bin/busybox cut -f2); \
+        echo quota=$(/bin/busybox cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null); \
+        /bin/busybox sh -c 'x=$(/bin/busybox head -c 1000000 /dev/zero | /bin/busybox tr \\\\0 a); echo small=${#x}'; \
+        /bin/busybox sh -c 'x=$(/bin/busybox head -c 100000000 /dev/zero | /bin/busybox tr \\\\0 a); echo big=${#x}' || echo big=killed; \
+        /bin/busybox sh -c 'for i in $(/bin/busybox seq 100); do /bin/busybox sleep 5 & echo $i; done' > /forks 2>/dev/null; \
+        n=0; while read l; do n=$((n+1)); done < /forks; echo forks=$n; exit 0";
+    let containerfile = format!(
+        "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+        serde_json::to_string(script).unwrap()
+    );
+    let ctx = context(dir.path(), &containerfile);
+    let tag = format!("localhost/{}:1", unique("cpub-test-limits"));
+    let limits = BuildLimits {
+        memory_bytes: 48 << 20,
+        millicpus: 500,
+        pids: 32,
+        ..BuildLimits::default()
+    };
+    let out = podman
+        .build_image_with(
+            &ctx,
+            "Containerfile",
+            &tag,
+            &limits,
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    let _ = podman.remove_image(&tag).await;
+    assert!(out.ok, "{}", out.log);
+    let value = |key: &str| {
+        out.log
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the log:\n{}", out.log))
+            .trim()
+            .to_owned()
+    };
+    let forks: u32 = value("forks").parse().unwrap();
+    assert!(
+        (1..32).contains(&forks),
+        "pids limit: {forks} sleeps ran\n{}",
+        out.log
+    );
+    assert_eq!(value("small"), "1000000", "{}", out.log);
+    assert_eq!(value("big"), "killed", "memory limit\n{}", out.log);
+    assert!(
+        value("quota").starts_with("50000"),
+        "cpu quota\n{}",
+        out.log
+    );
+    // Capabilities left: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID.
+    assert_eq!(value("caps"), "00000000000000db", "{}", out.log);
+    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+}
+
+#[tokio::test]
+async fn the_wall_clock_kills_the_running_step() {
+    let _serial = SERIAL.lock().await;
+    let podman = podman();
+    let dir = tempfile::tempdir().unwrap();
+    // A sleep no other test runs, to find it among the host's processes.
+    let secs = 400_000 + (std::process::id() % 10_000);
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo started; /bin/busybox sleep {secs}\"]\n"
+        ),
+    );
+    let tag = format!("localhost/{}:1", unique("cpub-test-clock"));
+    let started = Instant::now();
+    let out = podman
+        .build_image_with(
+            &ctx,
+            "Containerfile",
+            &tag,
+            &BuildLimits::default(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(!out.ok);
+    assert_eq!(
+        out.stopped,
+        Some(BuildStop::Timeout(Duration::from_secs(3)))
+    );
+    assert!(out.log.contains("started"), "{}", out.log);
+    assert!(
+        out.log
+            .contains("the build was stopped: it ran longer than the build time limit of 3 s"),
+        "{}",
+        out.log
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let needle = format!("sleep {secs}");
+    assert!(
+        processes_with(&needle).is_empty(),
+        "the step still runs: {:?}",
+        processes_with(&needle)
+    );
+    assert!(!podman.image_exists(&tag).await.unwrap());
+    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+    let left = build_containers_of(std::process::id());
+    assert!(left.is_empty(), "build containers left: {left:?}");
+}
+
+#[tokio::test]
+async fn output_past_the_cap_stops_the_build() {
+    let _serial = SERIAL.lock().await;
+    let podman = podman();
+    let dir = tempfile::tempdir().unwrap();
+    // 50 MB of output (and then a long sleep) against a 2 MiB cap.
+    let ctx = context(
+        dir.path(),
+        &format!(
+            "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox yes 0123456789abcdef | /bin/busybox head -c 50000000; /bin/busybox sleep 300\"]\n"
+        ),
+    );
+    let tag = format!("localhost/{}:1", unique("cpub-test-cap"));
+    let limits = BuildLimits {
+        max_output_bytes: 2 << 20,
+        log_tail_bytes: 64 << 10,
+        ..BuildLimits::default()
+    };
+    let started = Instant::now();
+    let out = podman
+        .build_image_with(
+            &ctx,
+            "Containerfile",
+            &tag,
+            &limits,
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert!(!out.ok);
+    assert_eq!(out.stopped, Some(BuildStop::OutputLimit(2 << 20)));
+    assert!(out.output_bytes > 2 << 20, "{}", out.output_bytes);
+    assert!(
+        out.output_bytes < 50_000_000,
+        "stopped early: {}",
+        out.output_bytes
+    );
+    assert!(
+        out.log.len() < (64 << 10) + 200,
+        "tail only: {}",
+        out.log.len()
+    );
+    assert!(
+        out.log.ends_with(
+            "error: the build was stopped: its output exceeded the limit of 2097152 bytes\n"
+        ),
+        "{}",
+        &out.log[out.log.len().saturating_sub(500)..]
+    );
+    assert!(out.log.starts_with("[… "), "says what was cut");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(!podman.image_exists(&tag).await.unwrap());
+    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+    let left = build_containers_of(std::process::id());
+    assert!(left.is_empty(), "build containers left: {left:?}");
+}
+
+#[tokio::test]
+async fn steps_of_a_dead_control_plane_are_reaped() {
+    let _serial = SERIAL.lock().await;
+    // A build cgroup of a process that no longer exists, with a process in
+    // it, as a control plane killed during a build leaves behind.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    let name = format!("cpub-build-{dead_pid}-0-0");
+    let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(Path::new)
+        .find(|r| r.join("cgroup.controllers").exists())
+        .expect("a cgroup v2 hierarchy")
+        .join(&name);
+    std::fs::create_dir(&v2).unwrap();
+    let mut step = std::process::Command::new("/bin/busybox")
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap();
+    std::fs::write(v2.join("cgroup.procs"), step.id().to_string()).unwrap();
+    // A live process's build is left alone.
+    let live = v2.with_file_name(format!("cpub-build-{}-0-0", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+
+    let reaped = containerpub_pool::reap_orphaned_builds().await;
+    let live_kept = live.is_dir();
+    let _ = std::fs::remove_dir(&live);
+    assert!(reaped >= 1);
+    assert!(live_kept, "the build of a live process was reaped");
+    let status = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(status) = step.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the orphaned step was killed");
+    assert!(!status.success());
+    assert!(!v2.exists(), "the orphaned cgroup was removed");
+}
