@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and configures what ContainerPub needs on a Debian 12 host:
 # Podman (with runc, see PITFALLS), busybox-static for test
-# images, the Podman REST socket, and the `cpub` Podman network.
+# images, the subordinate ids of per-instance user namespaces, the Podman
+# REST socket, and the `cpub` Podman network.
 # Idempotent: safe to run on every start.
 set -euo pipefail
 
@@ -29,6 +30,19 @@ default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
 runtime = "runc"
 CONF
 fi
+
+# User namespaces: every function instance gets its own range of host ids
+# (`--userns=auto`, pool/src/spec.rs), taken by Podman from the subordinate
+# ids of the user `containers`. The range is the upper half of the 32-bit id
+# space (2147483647 + 2^31 ends at 4294967294, the last valid id): far above
+# any real user, room for 32768 instances of 65536 ids. An existing
+# `containers` line (another range chosen by the admin) is kept.
+for f in /etc/subuid /etc/subgid; do
+  if ! grep -q '^containers:' "$f" 2>/dev/null; then
+    echo 'containers:2147483647:2147483648' >> "$f"
+  fi
+done
+echo "setup-host: user namespaces from $(grep '^containers:' /etc/subuid | head -1) (subuid), $(grep '^containers:' /etc/subgid | head -1) (subgid)"
 
 sock=${CPUB_PODMAN_SOCKET:-/run/podman/podman.sock}
 if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use containerpub_pool::NETWORK;
+use containerpub_pool::podman::Podman;
+use containerpub_pool::spec::{USERNS_SIZE, container_spec};
+use containerpub_wire::Manifest;
+use containerpub_wire::api::Route;
+
 use crate::{Stack, container_image, container_ip, container_state, start_kind_of, timing_dur};
 
 /// The body `examples/hello` answers with.
@@ -92,6 +98,10 @@ async fn first_200(probe: &reqwest::Client, url: &str, what: &str) -> Result<()>
     }
 }
 
+/// `--userns` of the raw starts: the pool's user namespace (pool/src/spec.rs).
+const USERNS_AUTO: &str = "auto:size=65536";
+const _: () = assert!(USERNS_SIZE == 65_536, "USERNS_AUTO follows the pool");
+
 /// `podman run -d` of `image` with the pool's main isolation flags, then
 /// poll until the first 200; returns the time and removes the container.
 pub async fn raw_start(
@@ -116,6 +126,8 @@ pub async fn raw_start(
         "--read-only",
         "--user",
         "65534:65534",
+        "--userns",
+        USERNS_AUTO,
         "--memory",
         "32m",
         image,
@@ -168,6 +180,8 @@ pub async fn raw_api_start(
         "no_new_privileges": true,
         "read_only_filesystem": true,
         "resource_limits": { "memory": { "limit": 33554432_i64, "swap": 33554432_i64 } },
+        "userns": { "nsmode": "auto" },
+        "idmappings": { "AutoUserNs": true, "AutoUserNsOpts": { "Size": USERNS_SIZE } },
         "netns": { "nsmode": "bridge" },
         "Networks": { "cpub": {} },
     })
@@ -188,6 +202,61 @@ pub async fn raw_api_start(
             .and_then(|s| s.parse().ok())
             .context("API container has no address")?;
         first_200(probe, &format!("http://{ip}:{port}/"), "API container").await?;
+        Ok(t0.elapsed())
+    }
+    .await;
+    let _ = podman(&["rm", "-f", "-t", "0", &id]);
+    result
+}
+
+/// Whether a [`spec_start`] keeps the pool's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Userns {
+    /// The pool's spec as it is (`--userns=auto`): what production runs.
+    Auto,
+    /// The same spec without `userns` / `idmappings` (the host's ids): the
+    /// comparison point, never used outside benchmarks.
+    Host,
+}
+
+/// One instance of `image` created, started and inspected through the
+/// pool's own Podman client with the pool's own container spec
+/// (`containerpub_pool::spec::container_spec`), polled until the first 200:
+/// the pool's cold start minus the pool and the proxy. `Userns::Host` drops
+/// the user namespace from the spec. The container is labelled with
+/// `label` (`key=value`) and removed afterwards.
+pub async fn spec_start(
+    api: &Podman,
+    probe: &reqwest::Client,
+    image: &str,
+    label: &str,
+    userns: Userns,
+) -> Result<Duration> {
+    let manifest = "name = \"bench-userns\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n\
+                    health_path = \"/\"\n[resources]\nmemory_mb = 32\n";
+    let route = Route {
+        function: "bench-userns".into(),
+        deployment_id: 0,
+        version: 1,
+        image: image.into(),
+        config: Manifest::parse(manifest).context("bench manifest")?,
+    };
+    let (key, value) = label.split_once('=').context("label is key=value")?;
+    let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);
+    let body = spec.as_object_mut().context("spec is an object")?;
+    if userns == Userns::Host {
+        body.remove("userns")
+            .context("the pool's spec has a user namespace")?;
+        body.remove("idmappings");
+    }
+    body["labels"][key] = value.into();
+    let t0 = Instant::now();
+    let id = api.create_container(&spec).await?;
+    let result = async {
+        api.start_container(&id).await?;
+        let state = api.inspect_container(&id, NETWORK).await?;
+        let ip = state.ip.context("spec container has no address")?;
+        first_200(probe, &format!("http://{ip}:{FN_PORT}/"), "spec container").await?;
         Ok(t0.elapsed())
     }
     .await;

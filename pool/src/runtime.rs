@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use containerpub_wire::api::Route;
 
-use crate::podman::Podman;
+use crate::podman::{Podman, PodmanError};
 use crate::{PoolError, labels, spec};
 
 /// A started container as the pool sees it.
@@ -106,7 +106,7 @@ impl ContainerRuntime for PodmanRuntime {
         .await;
         if started.is_err() {
             // Never leak a container that failed half-way.
-            if let Err(err) = self.podman.remove_container(&id).await {
+            if let Err(err) = remove_container(&self.podman, &self.network, &id).await {
                 tracing::warn!(container = short(&id), %err, "removing a failed container");
             }
         }
@@ -114,7 +114,7 @@ impl ContainerRuntime for PodmanRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), PoolError> {
-        Ok(self.podman.remove_container(id).await?)
+        Ok(remove_container(&self.podman, &self.network, id).await?)
     }
 
     async fn list_owned(&self, node: &str) -> Result<Vec<Owned>, PoolError> {
@@ -168,6 +168,29 @@ impl ContainerRuntime for PodmanRuntime {
             result = follow => result.map_err(PoolError::from),
             () = forward => Ok(()),
         }
+    }
+}
+
+/// Removes a container and rides out Podman 4.3's removal race with user
+/// namespaces: `DELETE` sometimes answers 500 "unlinkat …/userdata/shm:
+/// device or resource busy" (podman#11594, fixed in 4.4) for a container it
+/// has in fact removed. A failed removal counts only while the container is
+/// still there after three tries.
+async fn remove_container(podman: &Podman, network: &str, id: &str) -> Result<(), PodmanError> {
+    let mut tries = 0;
+    loop {
+        let err = match podman.remove_container(id).await {
+            Ok(()) => return Ok(()),
+            Err(err) => err,
+        };
+        match podman.inspect_container(id, network).await {
+            Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => return Ok(()),
+            _ if tries >= 2 => return Err(err),
+            _ => {}
+        }
+        tries += 1;
+        tracing::debug!(container = short(id), %err, "removal failed; trying again");
+        tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
     }
 }
 

@@ -12,6 +12,12 @@ pub const FUNCTION_USER: &str = "65534:65534";
 const TMP_SIZE: &str = "size=64m";
 /// CFS period used to express the CPU quota.
 const CPU_PERIOD_US: u64 = 100_000;
+/// Ids each instance's user namespace maps: 0..=65535 inside, a range of
+/// the `containers` subordinate ids (/etc/subuid, /etc/subgid) outside that
+/// no other container holds. Covers [`FUNCTION_USER`]; 65536 is Podman's
+/// default `auto-userns-max-size`.
+pub const USERNS_SIZE: u32 = 65_536;
+const _: () = assert!(USERNS_SIZE > 65_534, "the function user must be mapped");
 
 /// Builds the SpecGenerator body for one instance of `route`.
 ///
@@ -53,6 +59,10 @@ pub fn container_spec(route: &Route, node: &str, network: &str) -> Value {
             "cpu": { "quota": quota, "period": CPU_PERIOD_US },
             "pids": { "limit": cfg.resources.pids },
         },
+        // `--userns=auto:size=…`: Podman 4.3's API needs both keys (nsmode
+        // alone is ignored, and so is a `value` of "size=…").
+        "userns": { "nsmode": "auto" },
+        "idmappings": { "AutoUserNs": true, "AutoUserNsOpts": { "Size": USERNS_SIZE } },
         "netns": { "nsmode": "bridge" },
         "Networks": { network: {} },
         "stop_timeout": 2,
@@ -113,5 +123,8 @@ mod tests {
         assert_eq!(s["labels"]["cpub.deployment"], json!("7"));
         assert_eq!(s["labels"]["cpub.node"], json!("n1"));
         assert!(s["Networks"].get("cpub").is_some());
+        assert_eq!(s["userns"]["nsmode"], json!("auto"));
+        assert_eq!(s["idmappings"]["AutoUserNs"], json!(true));
+        assert_eq!(s["idmappings"]["AutoUserNsOpts"]["Size"], json!(65_536));
     }
 }

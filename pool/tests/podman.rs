@@ -1,5 +1,6 @@
-//! The pool on real Podman: isolation defaults proved on a running container,
-//! cold then warm leases, and no container left behind.
+//! The pool on real Podman: isolation defaults proved on a running container
+//! (user namespaces included, read from the host's side), cold then warm
+//! leases, and no container left behind.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use containerpub_pool::health::wait_ready;
 use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
+use containerpub_pool::spec::{self, USERNS_SIZE};
 use containerpub_pool::{
     ContainerRuntime, InstanceState, NETWORK, PodmanRuntime, Pool, PoolConfig, StartKind, labels,
 };
@@ -131,12 +133,9 @@ async fn instance_runs_with_isolation_defaults() {
             "0000000000000000",
             "empty bounding set"
         );
-        assert!(
-            status_field(&status, "Uid:")
-                .split_whitespace()
-                .all(|u| u == "65534"),
-            "non-root user"
-        );
+        // User 65534 inside its own user namespace: a high host uid.
+        let range = own_id_range(state.pid).unwrap();
+        assert!(range.uid_start > 65_534, "mapped above the host's own ids");
         // The function answers on its address.
         assert!(http_get(addr).await.starts_with("HTTP/1."));
     };
@@ -309,4 +308,228 @@ async fn functions_reach_neither_host_services_nor_each_other() {
         host_to_b.starts_with("HTTP/1."),
         "the host (proxy) still reaches instances"
     );
+}
+
+/// The ids a container's process holds, as the host sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdRange {
+    uid_start: u64,
+    gid_start: u64,
+    len: u64,
+}
+
+impl IdRange {
+    fn overlaps(&self, other: &IdRange) -> bool {
+        let apart = |a: u64, b: u64| a + self.len <= b || b + other.len <= a;
+        !apart(self.uid_start, other.uid_start) || !apart(self.gid_start, other.gid_start)
+    }
+}
+
+/// The one `inside outside count` line of a `/proc/<pid>/{uid,gid}_map`.
+fn single_mapping(pid: u32, file: &str) -> Result<(u64, u64, u64), String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .map_err(|e| format!("/proc/{pid}/{file}: {e}"))?;
+    let lines: Vec<Vec<u64>> = text
+        .lines()
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    match lines.as_slice() {
+        [l] if l.len() == 3 => Ok((l[0], l[1], l[2])),
+        _ => Err(format!("{file} is not a single mapping: {text:?}")),
+    }
+}
+
+/// Checks, from the host, that process `pid` runs in a user namespace of
+/// its own: uid and gid 0..USERNS_SIZE map to a range that starts above 0,
+/// and the process holds user and group 65534 of that range, so its host
+/// ids are neither 0 nor the host's 65534. Returns the range.
+fn own_id_range(pid: u32) -> Result<IdRange, String> {
+    let (uin, uout, ulen) = single_mapping(pid, "uid_map")?;
+    let (gin, gout, glen) = single_mapping(pid, "gid_map")?;
+    if (uin, gin) != (0, 0) || ulen != u64::from(USERNS_SIZE) || glen != ulen {
+        return Err(format!(
+            "maps {uin}+{ulen} / {gin}+{glen}, not 0+{USERNS_SIZE}"
+        ));
+    }
+    if uout == 0 || gout == 0 {
+        return Err(format!("root inside is host id {uout}/{gout}"));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for (key, start) in [("Uid:", uout), ("Gid:", gout)] {
+        let ids: Vec<u64> = status_field(&status, key)
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        if ids.len() != 4 || ids.iter().any(|&id| id != start + 65_534) {
+            return Err(format!("{key} {ids:?}, not 65534 inside a map at {start}"));
+        }
+    }
+    Ok(IdRange {
+        uid_start: uout,
+        gid_start: gout,
+        len: ulen,
+    })
+}
+
+/// The host uid and gid of a file that `user` creates in the container's /tmp.
+fn host_owner_of_file_by(id: &str, pid: u32, user: &str) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let name = format!("by-{}", user.replace(':', "-"));
+    let out = std::process::Command::new("podman")
+        .args(["exec", "--user", user, id, "/bin/busybox", "touch"])
+        .arg(format!("/tmp/{name}"))
+        .output()
+        .expect("podman exec");
+    assert!(
+        out.status.success(),
+        "touch as {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(format!("/proc/{pid}/root/tmp/{name}")).unwrap();
+    (meta.uid(), meta.gid())
+}
+
+#[tokio::test]
+async fn instances_get_disjoint_host_id_ranges() {
+    let podman = podman();
+    build_image(&podman).await;
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let node = node("userns");
+    let (a, b) = (route("idsa"), route("idsb"));
+    // Two instances of each of two functions, created concurrently.
+    let started = tokio::join!(
+        runtime.start(&a, &node),
+        runtime.start(&a, &node),
+        runtime.start(&b, &node),
+        runtime.start(&b, &node),
+    );
+    // The negative control: the same spec without the user namespace, as
+    // the pool made it before. The checks below must fail on it.
+    let mut plain = spec::container_spec(&a, &node, NETWORK);
+    let body = plain.as_object_mut().unwrap();
+    body.remove("userns");
+    body.remove("idmappings");
+    let control = podman.create_container(&plain).await;
+
+    let check = {
+        let podman = podman.clone();
+        let ids: Vec<String> = [&started.0, &started.1, &started.2, &started.3]
+            .into_iter()
+            .filter_map(|s| s.as_ref().ok().map(|s| s.id.clone()))
+            .collect();
+        let control = control.as_ref().ok().cloned();
+        async move {
+            assert_eq!(ids.len(), 4, "all four instances started");
+            let control = control.expect("control container created");
+            podman.start_container(&control).await.unwrap();
+            let mut pids = Vec::new();
+            for id in ids.iter().chain([&control]) {
+                let state = podman.inspect_container(id, NETWORK).await.unwrap();
+                assert_eq!(state.status, "running", "{id}");
+                assert_ne!(state.pid, 0);
+                pids.push(state.pid);
+            }
+            let control_pid = pids.pop().unwrap();
+
+            let ranges: Vec<IdRange> = pids
+                .iter()
+                .map(|&pid| own_id_range(pid).unwrap_or_else(|e| panic!("pid {pid}: {e}")))
+                .collect();
+            for (i, r) in ranges.iter().enumerate() {
+                for (j, other) in ranges.iter().enumerate().skip(i + 1) {
+                    assert!(
+                        !r.overlaps(other),
+                        "instances {i} and {j} share host ids: {r:?} {other:?}"
+                    );
+                }
+            }
+            // Root inside is a plain host id; so is the function's user.
+            for (id, (&pid, range)) in ids.iter().zip(pids.iter().zip(&ranges)) {
+                let root = host_owner_of_file_by(id, pid, "0:0");
+                assert_eq!(
+                    (u64::from(root.0), u64::from(root.1)),
+                    (range.uid_start, range.gid_start),
+                    "a file root creates inside belongs to the range's first id"
+                );
+                let user = host_owner_of_file_by(id, pid, "65534:65534");
+                assert_eq!(
+                    (u64::from(user.0), u64::from(user.1)),
+                    (range.uid_start + 65_534, range.gid_start + 65_534)
+                );
+            }
+
+            // The control: without a user namespace the checks fail, and
+            // root inside creates files as host root.
+            let err = own_id_range(control_pid).expect_err("a container without userns passed");
+            assert!(
+                err.contains("0+4294967295"),
+                "the host's identity map: {err}"
+            );
+            assert_eq!(host_owner_of_file_by(&control, control_pid, "0:0"), (0, 0));
+            // Two ranges that share an id do overlap (the disjointness check can fail).
+            assert!(ranges[0].overlaps(&IdRange {
+                uid_start: ranges[0].uid_start + USERNS_SIZE as u64 - 1,
+                ..ranges[0]
+            }));
+        }
+    };
+    let result = tokio::spawn(check).await;
+    let mut removed = Vec::new();
+    for s in [started.0, started.1, started.2, started.3]
+        .into_iter()
+        .flatten()
+    {
+        removed.push(runtime.remove(&s.id).await);
+    }
+    if let Ok(id) = control {
+        removed.push(runtime.remove(&id).await);
+    }
+    result.unwrap();
+    for r in removed {
+        r.expect("removal");
+    }
+    let left = runtime.list_owned(&node).await.unwrap();
+    assert!(left.is_empty(), "no containers left: {left:?}");
+}
+
+/// Podman 4.3 sometimes answers a removal of a container with a user
+/// namespace with 500 "…/userdata/shm: device or resource busy" although it
+/// removed the container (seen for about one in three exited containers):
+/// the runtime must neither report that nor leave anything behind.
+#[tokio::test]
+async fn userns_instances_are_removed_without_error() {
+    let podman = podman();
+    build_image(&podman).await;
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let node = node("userns-rm");
+    let r = route("idsrm");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (x, y) = tokio::join!(runtime.start(&r, &node), runtime.start(&r, &node));
+        ids.extend([x, y].into_iter().filter_map(Result::ok).map(|s| s.id));
+    }
+    // Half of them dead (as after a crash), half running (as when idle).
+    for id in ids.iter().step_by(2) {
+        let out = std::process::Command::new("podman")
+            .args(["kill", "-s", "KILL", id])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let mut failures = Vec::new();
+    for id in &ids {
+        if let Err(e) = runtime.remove(id).await {
+            failures.push(e.to_string());
+        }
+    }
+    let left = runtime.list_owned(&node).await.unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounted: Vec<&String> = ids
+        .iter()
+        .filter(|id| mounts.contains(id.as_str()))
+        .collect();
+    assert_eq!(ids.len(), 8, "all instances started");
+    assert!(failures.is_empty(), "removal failed: {failures:?}");
+    assert!(left.is_empty(), "containers left: {left:?}");
+    assert!(mounted.is_empty(), "mounts left: {mounted:?}");
 }

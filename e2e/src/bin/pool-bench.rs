@@ -26,25 +26,35 @@
 //!
 //! Cold and raw alternate their order each round (the first run of an image
 //! may pay for a first mount). Loopback and container addresses only.
+//!
+//! `--userns-compare` adds, per round, what the instance's user namespace
+//! costs a cold start: the pool's own container spec through the pool's
+//! Podman client (create, start, inspect, first 200) as production runs it
+//! (`--userns=auto`) and without the user namespace, in alternating order.
+//! The variant without exists in this bench only.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use containerpub_e2e::Stack;
 use containerpub_e2e::bench::{
-    ColdBench, FN_PORT, Stats, call, median_of, ms, only_container, podman, raw_api_start,
+    ColdBench, FN_PORT, Stats, Userns, call, median_of, ms, only_container, podman, raw_api_start,
+    spec_start,
 };
 use containerpub_e2e::container_ip;
+use containerpub_pool::Podman;
 
 struct Args {
     rounds: usize,
     warm_calls: usize,
+    userns_compare: bool,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         rounds: 10,
         warm_calls: 200,
+        userns_compare: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -57,8 +67,9 @@ fn args() -> Result<Args> {
         match arg.as_str() {
             "--rounds" => a.rounds = value("--rounds")?.clamp(1, 100),
             "--warm-calls" => a.warm_calls = value("--warm-calls")?.clamp(10, 10_000),
+            "--userns-compare" => a.userns_compare = true,
             "-h" | "--help" => {
-                println!("pool-bench [--rounds N (10)] [--warm-calls N (200)]");
+                println!("pool-bench [--rounds N (10)] [--warm-calls N (200)] [--userns-compare]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -110,6 +121,10 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
     let mut warm_proxy = Stats::new("warm via proxy (µs, med)");
     let mut warm_direct = Stats::new("warm direct (µs, med)");
     let mut overhead = Stats::new("proxy overhead (µs, med)");
+    let mut spec_userns = Stats::new("spec→200 userns (ms)");
+    let mut spec_host = Stats::new("spec→200 no userns (ms)");
+    let mut userns_ratio = Stats::new("userns/no userns (round)");
+    let podman_api = Podman::new(containerpub_pool::podman::DEFAULT_SOCKET);
 
     println!(
         "round  order     cold_ms  start_ms   raw_ms  rawapi_ms  cold/raw  resume_ms  warm_proxy_us  warm_direct_us"
@@ -175,6 +190,33 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
             mp,
             md
         );
+        if args.userns_compare {
+            let order = if round % 2 == 0 {
+                [Userns::Auto, Userns::Host]
+            } else {
+                [Userns::Host, Userns::Auto]
+            };
+            let (mut with, mut without) = (0.0, 0.0);
+            for variant in order {
+                let took =
+                    ms(
+                        spec_start(&podman_api, &bench.probe, &cr.image, bench.label(), variant)
+                            .await?,
+                    );
+                match variant {
+                    Userns::Auto => with = took,
+                    Userns::Host => without = took,
+                }
+            }
+            spec_userns.values.push(with);
+            spec_host.values.push(without);
+            userns_ratio.values.push(with / without);
+            println!(
+                "       userns ({}): {with:.1} ms, without: {without:.1} ms, ratio {:.2}",
+                if round % 2 == 0 { "first" } else { "second" },
+                with / without
+            );
+        }
         // Free the round's instance so later rounds run beside as few
         // containers as the first.
         let _ = podman(&["rm", "-f", "-t", "0", &id]);
@@ -195,6 +237,15 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
         &overhead,
     ] {
         println!("{}", s.line());
+    }
+    if args.userns_compare {
+        for s in [&spec_userns, &spec_host, &userns_ratio] {
+            println!("{}", s.line());
+        }
+        println!(
+            "userns/no userns of medians: {:.2}",
+            spec_userns.median() / spec_host.median()
+        );
     }
     println!(
         "cold/raw of medians: {:.2}; cold/raw API of medians: {:.2}; warm proxy/direct of medians: {:.2}",
