@@ -30,7 +30,7 @@ pub mod pool;
 pub mod runtime;
 pub mod spec;
 
-pub use pool::{InstanceInfo, InstanceState, Lease, Pool, PoolConfig, StartKind};
+pub use pool::{CrashReport, InstanceInfo, InstanceState, Lease, Pool, PoolConfig, StartKind};
 pub use runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, Started};
 
 /// Errors of the pool.
@@ -61,7 +61,7 @@ pub enum PoolError {
 fn backoff_note(backoff: Option<std::time::Duration>) -> String {
     match backoff {
         Some(d) => format!(
-            "\n(it keeps crashing: the next start is tried in {:.1} s)",
+            "\n(starts are held back after crashes: the next is tried in {:.1} s)",
             d.as_secs_f64()
         ),
         None => String::new(),

@@ -3,6 +3,7 @@
 //! hot paths (route lookup, path parsing, header rewriting) directly.
 
 pub mod config;
+pub mod crashes;
 pub mod engine;
 pub mod h1;
 pub mod metrics;
