@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::state::AppState;
-use crate::{auth, db, revision, routes};
+use crate::{auth, db, gc, revision, routes};
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -34,6 +34,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let stale = db::fail_stale_builds(&pool, settings.build_timeout * 2).await?;
     if stale > 0 {
         tracing::warn!(count = stale, "marked abandoned builds as failed");
+    }
+    match gc::sweep_artifacts(&pool, &settings.artifacts_dir()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "removed artifacts no deployment references"),
+        Err(err) => tracing::warn!(err = format!("{err:#}"), "sweeping unreferenced artifacts"),
     }
 
     let shutdown = CancellationToken::new();
