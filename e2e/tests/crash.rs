@@ -155,6 +155,8 @@ async fn a_crashing_function_fails_fast_says_why_backs_off_and_shows_in_describe
         described.contains("exited with code 3 while starting") && described.contains("| boom"),
         "{described}"
     );
+    stack.cpub_ok(&["delete", name]);
+    assert!(images_of(name).is_empty(), "{:?}", images_of(name));
 }
 
 /// Files under `dir`, recursively.

@@ -1107,6 +1107,17 @@ impl Inner {
                     fp.list(Arc::clone(&instance));
                     self.idle.track(fp, &instance);
                     tracing::info!(function, deployment = route.deployment_id, container = short(&instance.id), addr = %addr, ms = took.as_millis() as u64, "instance ready");
+                    // Died between its readiness and its listing: the event
+                    // found nobody then.
+                    let died = self
+                        .recent_deaths
+                        .lock()
+                        .expect("recent deaths lock")
+                        .iter()
+                        .any(|(dead, _)| *dead == instance.id);
+                    if died {
+                        self.container_died(&instance.id);
+                    }
                 }
             }
             Err(err) => {
@@ -2131,7 +2142,7 @@ mod tests {
         assert!(
             err.contains("exited with code 3")
                 && err.contains("boom")
-                && err.contains("next start"),
+                && err.contains("next is tried"),
             "{err}"
         );
         let crashes = pool.next_crashes().await;
