@@ -33,6 +33,27 @@ fn crashing_bundle(name: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Removes the function's images when the test ends, also when it fails
+/// before its own `cpub delete` (the stack removes containers and the
+/// database, not images).
+struct RemoveImages(&'static str);
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        let out = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output();
+        let Ok(out) = out else { return };
+        let prefix = format!("localhost/cpub-fn-{}:", self.0);
+        for image in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+        {
+            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
 async fn call(client: &reqwest::Client, url: &str) -> (u16, String) {
     let r = client.get(url).send().await.expect("call");
     let status = r.status().as_u16();
@@ -43,6 +64,7 @@ async fn call(client: &reqwest::Client, url: &str) -> (u16, String) {
 async fn a_crashing_function_fails_fast_says_why_backs_off_and_shows_in_describe() {
     let stack = Stack::start(&[]).await.unwrap();
     let name = "crash-at-start";
+    let _cleanup = RemoveImages(name);
     let bundle = crashing_bundle(name);
     stack.cpub_ok(&["deploy", bundle.path().to_str().unwrap()]);
     let url = format!("{}/fn/{name}/", stack.proxy_url());
@@ -177,22 +199,33 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Podman images whose name starts with `localhost/cpub-fn-<name>:`.
+/// (`podman images` can fail while other tests hold Podman's locks: tried
+/// a few times, and a failure is never read as "no images".)
 fn images_of(name: &str) -> Vec<String> {
-    let out = Command::new("podman")
-        .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-        .output()
-        .expect("podman images");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&format!("localhost/cpub-fn-{name}:")))
-        .map(str::to_owned)
-        .collect()
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        let out = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+            .expect("podman images");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&format!("localhost/cpub-fn-{name}:")))
+                .map(str::to_owned)
+                .collect();
+        }
+        last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("podman images failed: {last_error}");
 }
 
 #[tokio::test]
 async fn deleting_a_function_with_a_paused_instance_leaves_nothing_behind() {
     let stack = Stack::start(&[]).await.unwrap();
     let name = "gc-paused";
+    let _cleanup = RemoveImages(name);
     // Two versions: both images and artifacts exist until the delete.
     stack.deploy("hello", name, "\n[scaling]\nidle_pause_s = 1\n");
     let url = stack.deploy(
@@ -203,7 +236,8 @@ async fn deleting_a_function_with_a_paused_instance_leaves_nothing_behind() {
     let client = reqwest::Client::new();
     let (status, body) = call(&client, &url).await;
     assert_eq!(status, 200, "{body}\n{}", stack.logs());
-    assert_eq!(images_of(name).len(), 2, "{:?}", images_of(name));
+    let images = images_of(name);
+    assert_eq!(images.len(), 2, "{images:?}");
     let artifacts_dir = stack.dir.path().join("control").join("artifacts");
     assert_eq!(files_under(&artifacts_dir).len(), 2, "two bundles stored");
 
