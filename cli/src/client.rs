@@ -5,7 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use containerpub_wire::api::{ApiError, DeploymentInfo, FunctionInfo, LoginRequest, LoginResponse};
+use containerpub_wire::api::{
+    ApiError, CrashInfo, DeploymentInfo, FunctionInfo, LoginRequest, LoginResponse,
+};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -238,6 +240,11 @@ impl Client {
     pub async fn deployments(&self, name: &str) -> Result<Json<Vec<DeploymentInfo>>> {
         self.get_json(&format!("/functions/{name}/deployments"))
             .await
+    }
+
+    /// `GET /functions/{name}/crashes`: the last crash per proxy node.
+    pub async fn crashes(&self, name: &str) -> Result<Json<Vec<CrashInfo>>> {
+        self.get_json(&format!("/functions/{name}/crashes")).await
     }
 
     /// `DELETE /functions/{name}`.

@@ -280,13 +280,21 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// Deletes a function and its deployments; returns the versions it had
-/// (so their images can be removed), or `None` if there was no such function.
-/// Deletes a function; returns its versions and the new route revision.
-pub async fn delete_function(
-    pool: &PgPool,
-    name: &str,
-) -> Result<Option<(Vec<i32>, i64)>, sqlx::Error> {
+/// What deleting a function removed from the database.
+#[derive(Debug)]
+pub struct Deleted {
+    /// Versions it had (so their images can be removed).
+    pub versions: Vec<i32>,
+    /// Artifact paths its deployments referenced (removed once no other
+    /// deployment references them, see `gc`).
+    pub artifacts: Vec<String>,
+    /// The new route revision.
+    pub revision: i64,
+}
+
+/// Deletes a function and its deployments (and their crash rows), or
+/// `None` if there was no such function.
+pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let id: Option<i64> = sqlx::query_scalar("SELECT id FROM functions WHERE name = $1 FOR UPDATE")
         .bind(name)
@@ -295,8 +303,8 @@ pub async fn delete_function(
     let Some(id) = id else {
         return Ok(None);
     };
-    let versions: Vec<i32> = sqlx::query_scalar(
-        "SELECT version FROM deployments WHERE function_id = $1 ORDER BY version",
+    let rows: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT version, artifact FROM deployments WHERE function_id = $1 ORDER BY version",
     )
     .bind(id)
     .fetch_all(&mut *tx)
@@ -307,7 +315,15 @@ pub async fn delete_function(
         .await?;
     let revision = bump_revision(&mut tx).await?;
     tx.commit().await?;
-    Ok(Some((versions, revision)))
+    let versions = rows.iter().map(|(v, _)| *v).collect();
+    let mut artifacts: Vec<String> = rows.into_iter().map(|(_, a)| a).collect();
+    artifacts.sort();
+    artifacts.dedup();
+    Ok(Some(Deleted {
+        versions,
+        artifacts,
+        revision,
+    }))
 }
 
 /// Increments the route revision and queues `NOTIFY cpub_routes` (sent at

@@ -22,6 +22,7 @@ use crate::build::{self, Outcome};
 use crate::containerfile;
 use crate::db::{self, Activation};
 use crate::error::{Error, Result};
+use crate::gc;
 use crate::state::AppState;
 
 /// An upload on disk (removed when dropped) and its sha256.
@@ -111,7 +112,8 @@ pub async fn deploy(
     .map_err(|e| anyhow::anyhow!("bundle validation task: {e}"))??;
 
     let digest = format!("sha256:{}", upload.sha256_hex);
-    let artifact = store_artifact(upload, &settings.artifacts_dir()).await?;
+    let dir = settings.artifacts_dir();
+    let artifact = artifact_path(&upload, &dir);
     let new = db::create_deployment(
         &state.db,
         &name,
@@ -121,6 +123,23 @@ pub async fn deploy(
         &artifact.to_string_lossy(),
     )
     .await?;
+    // Stored once the row exists, under the digest's lock: a delete's
+    // garbage collection then either sees this deployment or has removed
+    // the file before it is stored again (see `gc`).
+    let stored = async {
+        let mut lock = gc::ArtifactLock::acquire(&state.db, &artifact).await?;
+        if lock.deployment_exists(new.deployment_id).await? {
+            store_artifact(upload, &dir).await?;
+        }
+        lock.release().await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(err) = stored {
+        let log = "error: the bundle could not be stored\n";
+        db::mark_failed(&state.db, new.deployment_id, log).await?;
+        return Err(err);
+    }
     let tag = build::image_tag(&name, new.version);
     tracing::info!(function = %name, version = new.version, %digest, user = %caller.username, "building");
     let started = std::time::Instant::now();
@@ -146,7 +165,7 @@ pub async fn deploy(
                 }
                 Activation::FunctionGone => {
                     tracing::info!(function = %name, version = new.version, "function deleted during the build; removing the image");
-                    if let Err(err) = state.podman.remove_image(&tag).await {
+                    if let Err(err) = gc::remove_image(&state.podman, &tag).await {
                         tracing::warn!(%err, image = %tag, "could not remove the image");
                     }
                     return Err(Error::Conflict(format!(
@@ -177,9 +196,14 @@ pub async fn deploy(
     }
 }
 
+/// Where the upload is stored: `<artifacts>/<hex>.tar.gz`.
+fn artifact_path(upload: &Upload, dir: &Path) -> PathBuf {
+    dir.join(format!("{}.tar.gz", upload.sha256_hex))
+}
+
 /// Moves the upload to `<artifacts>/<hex>.tar.gz` unless that exists.
 async fn store_artifact(upload: Upload, dir: &Path) -> Result<PathBuf> {
-    let dest = dir.join(format!("{}.tar.gz", upload.sha256_hex));
+    let dest = artifact_path(&upload, dir);
     if tokio::fs::try_exists(&dest).await? {
         return Ok(dest); // content-addressed: same bytes already stored
     }

@@ -12,6 +12,7 @@ pub mod db;
 pub mod deploy;
 pub mod elf;
 pub mod error;
+pub mod gc;
 pub mod logging;
 pub mod revision;
 pub mod routes;

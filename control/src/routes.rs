@@ -2,6 +2,7 @@
 //! login sits behind the bearer-token middleware.
 
 pub mod auth;
+pub mod crashes;
 pub mod deployments;
 pub mod functions;
 pub mod watch;
@@ -34,6 +35,10 @@ pub fn router(state: AppState) -> Router {
                 .post(deployments::create)
                 // The upload is streamed and limited by the handler.
                 .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/functions/{name}/crashes",
+            get(crashes::list).post(crashes::report),
         )
         .route("/routes", get(watch::routes))
         .route_layer(middleware::from_fn_with_state(

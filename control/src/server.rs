@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::state::AppState;
-use crate::{auth, db, revision, routes};
+use crate::{auth, db, gc, revision, routes};
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -38,6 +38,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let orphans = containerpub_pool::reap_orphaned_builds().await;
     if orphans > 0 {
         tracing::warn!(count = orphans, "killed the steps of abandoned builds");
+    }
+    match gc::sweep_artifacts(&pool, &settings.artifacts_dir()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "removed artifacts no deployment references"),
+        Err(err) => tracing::warn!(err = format!("{err:#}"), "sweeping unreferenced artifacts"),
     }
 
     let shutdown = CancellationToken::new();

@@ -870,3 +870,138 @@ async fn truncated_or_corrupt_gzip_is_refused_and_nothing_is_stored() {
         .unwrap();
     assert_eq!((deployments, functions), (0, 0));
 }
+
+#[tokio::test]
+async fn crash_reports_are_checked_stored_per_node_and_listed() {
+    let app = app().await;
+    let db = &app.state.db;
+    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let mut deployment_of = std::collections::HashMap::new();
+    for name in ["crashy", "other"] {
+        let function: i64 = sqlx::query_scalar(
+            "INSERT INTO functions (name, owner_id, last_version) VALUES ($1, $2, 1) RETURNING id",
+        )
+        .bind(name)
+        .bind(owner)
+        .fetch_one(db)
+        .await
+        .unwrap();
+        let deployment: i64 = sqlx::query_scalar(
+            "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
+             VALUES ($1, 1, 'sha256:00', '/nowhere', '{}', 'failed') RETURNING id",
+        )
+        .bind(function)
+        .fetch_one(db)
+        .await
+        .unwrap();
+        deployment_of.insert(name, deployment);
+    }
+    let post = |name: &str, body: serde_json::Value| {
+        authed(Request::post(format!("/api/v1/functions/{name}/crashes")))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let report = |node: &str, deployment: i64, count: u32, output: &str| {
+        serde_json::json!({
+            "node": node, "deployment_id": deployment, "exit_code": 3,
+            "output": output, "during_start": true, "count": count,
+        })
+    };
+    let crashy = deployment_of["crashy"];
+    for (node, count, output) in [
+        ("edge-1", 1, "old"),
+        ("edge-1", 2, "boom\0\u{1b}[31m\n"),
+        ("edge-2", 1, "x"),
+    ] {
+        let reply = app
+            .send(post("crashy", report(node, crashy, count, output)))
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.error());
+    }
+    let crashes: Vec<containerpub_wire::api::CrashInfo> =
+        app.get("/api/v1/functions/crashy/crashes").await.json();
+    assert_eq!(crashes.len(), 2, "one row per node: {crashes:?}");
+    let edge1 = crashes.iter().find(|c| c.node == "edge-1").unwrap();
+    assert_eq!(edge1.crashes, 3, "counts add up");
+    assert_eq!(edge1.exit_code, Some(3));
+    assert_eq!(edge1.version, 1);
+    assert_eq!(
+        edge1.output, "boom\u{fffd}\u{fffd}[31m\n",
+        "latest output, no NUL or escape"
+    );
+
+    // Bad reports name what is wrong; nothing is stored for them.
+    let cases = [
+        (
+            "crashy",
+            report("", crashy, 1, ""),
+            StatusCode::BAD_REQUEST,
+            Some("node"),
+        ),
+        (
+            "crashy",
+            report("a\nb", crashy, 1, ""),
+            StatusCode::BAD_REQUEST,
+            Some("node"),
+        ),
+        (
+            "crashy",
+            report("n", crashy, 0, ""),
+            StatusCode::BAD_REQUEST,
+            Some("count"),
+        ),
+        (
+            "crashy",
+            report("n", deployment_of["other"], 1, ""),
+            StatusCode::BAD_REQUEST,
+            Some("deployment_id"),
+        ),
+        (
+            "crashy",
+            serde_json::json!({"node": "n"}),
+            StatusCode::BAD_REQUEST,
+            Some("body"),
+        ),
+        (
+            "nope",
+            report("n", crashy, 1, ""),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+    ];
+    for (name, body, status, field) in cases {
+        let reply = app.send(post(name, body.clone())).await;
+        assert_eq!(reply.status, status, "{body}: {:?}", reply.error());
+        assert_eq!(reply.error().field.as_deref(), field, "{body}");
+    }
+    let unauthenticated = Request::post("/api/v1/functions/crashy/crashes")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(report("n", crashy, 1, "").to_string()))
+        .unwrap();
+    assert_eq!(
+        app.send(unauthenticated).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let crashes: Vec<containerpub_wire::api::CrashInfo> =
+        app.get("/api/v1/functions/crashy/crashes").await.json();
+    assert_eq!(crashes.len(), 2);
+    assert_eq!(
+        app.get("/api/v1/functions/nope/crashes").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The rows go with their function.
+    sqlx::query("DELETE FROM functions WHERE name = 'crashy'")
+        .execute(db)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM function_crashes")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

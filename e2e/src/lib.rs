@@ -218,6 +218,13 @@ impl Stack {
         }
     }
 
+    /// A connection pool on this stack's database (for checks of its rows).
+    pub async fn db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.database_url())
+            .await
+            .expect("connecting to the stack's database")
+    }
+
     pub fn control_url(&self) -> String {
         format!("http://{}", self.control_addr)
     }

@@ -127,8 +127,7 @@ fn host_addresses() -> Vec<IpAddr> {
 
 /// PostgreSQL's port from the test database URL.
 fn postgres_port() -> u16 {
-    let url = std::env::var("CPUB_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| containerpub_e2e::DEFAULT_DATABASE_URL.into());
+    let url = containerpub_e2e::test_database_url();
     let host_port = url.rsplit('@').next().unwrap().split('/').next().unwrap();
     host_port
         .rsplit(':')

@@ -32,8 +32,8 @@ pub mod pool;
 pub mod runtime;
 pub mod spec;
 
-pub use pool::{InstanceInfo, InstanceState, Lease, Pool, PoolConfig, StartKind};
-pub use runtime::{ContainerRuntime, Owned, PodmanRuntime, RuntimeEvent, Started};
+pub use pool::{CrashReport, InstanceInfo, InstanceState, Lease, Pool, PoolConfig, StartKind};
+pub use runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, Started};
 
 /// Errors of the pool.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,14 @@ pub enum PoolError {
     Podman(#[from] PodmanError),
     #[error("function {function}: instance failed to start: {reason}")]
     StartFailed { function: String, reason: String },
+    /// The function's process exited while its instance started (or,
+    /// during `backoff`, it did so last time and no start is tried yet).
+    #[error("function {function}: instance {exit}{}", backoff_note(*.backoff))]
+    Crashed {
+        function: String,
+        exit: Exit,
+        backoff: Option<std::time::Duration>,
+    },
     #[error("function {function}: {queue_size} calls already wait for an instance")]
     QueueFull { function: String, queue_size: usize },
     #[error("function {function}: no instance free after waiting {} ms", waited.as_millis())]
@@ -49,4 +57,15 @@ pub enum PoolError {
         function: String,
         waited: std::time::Duration,
     },
+}
+
+/// The end of a [`PoolError::Crashed`] message while starts are held back.
+fn backoff_note(backoff: Option<std::time::Duration>) -> String {
+    match backoff {
+        Some(d) => format!(
+            "\n(starts are held back after crashes: the next is tried in {:.1} s)",
+            d.as_secs_f64()
+        ),
+        None => String::new(),
+    }
 }

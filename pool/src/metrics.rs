@@ -25,6 +25,9 @@ pub struct PoolMetrics {
     /// `cpub_pool_rejections_total{function,reason}`: `queue_full`,
     /// `queue_timeout`, `start_failed`.
     pub rejections: IntCounterVec,
+    /// `cpub_pool_instance_crashes_total{function}`: instances whose
+    /// process exited on its own, while starting or after.
+    pub crashes: IntCounterVec,
 }
 
 /// Buckets from 1 ms to ~30 s for start and queue times.
@@ -77,4 +80,12 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
         &["function", "reason"]
     )
     .expect("register cpub_pool_rejections_total"),
+    crashes: register_int_counter_vec!(
+        Opts::new(
+            "cpub_pool_instance_crashes_total",
+            "Instances whose process exited on its own (while starting or serving)"
+        ),
+        &["function"]
+    )
+    .expect("register cpub_pool_instance_crashes_total"),
 });

@@ -337,6 +337,111 @@ impl Podman {
     }
 }
 
+/// Most bytes of a container's log read when it exited (its tail is kept).
+const MAX_LOG_READ_BYTES: usize = 1024 * 1024;
+
+impl Podman {
+    /// The last `lines` lines of a container's stdout and stderr (in the
+    /// order written), at most `max_bytes` of them (the end is kept), as
+    /// lossy UTF-8. At most [`MAX_LOG_READ_BYTES`] of Podman's answer are
+    /// read: a container that printed one enormous line cannot make this
+    /// hold more than that.
+    pub async fn container_logs_tail(
+        &self,
+        id: &str,
+        lines: u32,
+        max_bytes: usize,
+    ) -> Result<String, PodmanError> {
+        let path = format!(
+            "/containers/{}/logs?stdout=true&stderr=true&tail={lines}",
+            encode(id)
+        );
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://podman{API}{path}"))
+            .header("host", "podman")
+            .body(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|e| PodmanError::Decode(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut raw: Vec<u8> = Vec::new();
+        let mut cut = false;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            let room = MAX_LOG_READ_BYTES.saturating_sub(raw.len());
+            raw.extend_from_slice(&data[..data.len().min(room)]);
+            if data.len() > room {
+                cut = true;
+                break;
+            }
+        }
+        if !status.is_success() {
+            return Err(api_error(Method::GET, &path, status, &raw));
+        }
+        let text = demux_logs(&raw);
+        Ok(tail_str(&text, max_bytes, cut))
+    }
+
+    /// Ids of the containers (any state) created from image `image`.
+    pub async fn containers_using_image(&self, image: &str) -> Result<Vec<String>, PodmanError> {
+        let filters = json!({ "ancestor": [image] }).to_string();
+        let path = format!("/containers/json?all=true&filters={}", encode(&filters));
+        let v = self.call_json(Method::GET, &path, None).await?;
+        let rows: Vec<ContainerSummary> = serde_json::from_value(v)
+            .map_err(|e| PodmanError::Decode(format!("container list: {e}")))?;
+        Ok(rows.into_iter().map(|c| c.id).collect())
+    }
+}
+
+/// The text of a non-tty container's log stream: frames of an 8-byte head
+/// (stream 0/1/2, three zero bytes, a big-endian u32 length) and the bytes.
+/// Anything that is not framed so (a tty container) is taken as it is; a
+/// frame cut short keeps what arrived.
+fn demux_logs(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let framed = rest.len() >= 8 && rest[0] <= 2 && rest[1..4] == [0, 0, 0];
+        if !framed {
+            out.extend_from_slice(rest);
+            break;
+        }
+        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let body = &rest[8..];
+        let take = len.min(body.len());
+        out.extend_from_slice(&body[..take]);
+        rest = &body[take..];
+    }
+    out
+}
+
+/// The last `max_bytes` of `bytes` as lossy UTF-8, starting on a line
+/// when one starts in the kept part; marked when something was cut.
+fn tail_str(bytes: &[u8], max_bytes: usize, cut_before: bool) -> String {
+    let mut start = bytes.len().saturating_sub(max_bytes);
+    let mut cut = cut_before || start > 0;
+    if start > 0
+        && let Some(nl) = bytes[start..].iter().position(|b| *b == b'\n')
+        && start + nl + 1 < bytes.len()
+    {
+        start += nl + 1;
+        cut = true;
+    }
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    if cut {
+        format!("[…]\n{text}")
+    } else {
+        text.into_owned()
+    }
+}
+
 /// One container event from Podman's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerEvent {
@@ -453,6 +558,25 @@ mod tests {
             }
         );
         assert!(super::parse_event(b"not json").is_none());
+    }
+
+    #[test]
+    fn demuxes_log_frames_and_keeps_a_bounded_tail() {
+        let mut raw = vec![1, 0, 0, 0, 0, 0, 0, 5];
+        raw.extend_from_slice(b"boom\n");
+        raw.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 4]);
+        raw.extend_from_slice(b"err\n");
+        assert_eq!(super::demux_logs(&raw), b"boom\nerr\n");
+        // A frame cut short keeps what arrived; an unframed stream is taken as is.
+        assert_eq!(super::demux_logs(&raw[..11]), b"boo");
+        assert_eq!(super::demux_logs(b"plain tty output"), b"plain tty output");
+        assert_eq!(super::tail_str(b"a\nb\n", 100, false), "a\nb\n");
+        let long = "line\n".repeat(1000);
+        let t = super::tail_str(long.as_bytes(), 64, false);
+        assert!(t.starts_with("[…]\nline\n") && t.len() <= 64 + 6, "{t:?}");
+        assert_eq!(super::tail_str(b"ok", 10, true), "[…]\nok");
+        // Invalid UTF-8 does not fail.
+        assert_eq!(super::tail_str(&[0xff, b'x'], 10, false), "\u{fffd}x");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! slot, a started instance or a resumed one; scale-up starts only as many
 //! instances as the waiting calls need.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::idle::IdleTracker;
 use crate::metrics::METRICS;
 use crate::podman::Podman;
-use crate::runtime::{ContainerRuntime, Owned, PodmanRuntime, RuntimeEvent, short};
+use crate::runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, short};
 use crate::{NETWORK, PoolError, health};
 
 /// How often a draining instance is checked for in-flight requests.
@@ -32,6 +32,20 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 const ADOPT_PROBE: Duration = Duration::from_secs(2);
 /// Pause before following runtime events again after the stream broke.
 const EVENTS_RETRY: Duration = Duration::from_millis(500);
+/// While a start waits for readiness, how often the container's state is
+/// read too (in case a `died` event was missed: the event stream broke).
+const EXIT_POLL: Duration = Duration::from_secs(1);
+/// Longest wait for the exit code and output of a container that died.
+const EXIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Start hold after the first crash of a streak; doubles up to the max.
+const CRASH_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A crash this long after the previous one starts a new streak.
+const CRASH_STREAK_RESET: Duration = Duration::from_secs(120);
+/// `died` events of containers not (yet) known, kept this long so a start
+/// that registers its container just after its death still sees it.
+const RECENT_DEATHS_KEPT: Duration = Duration::from_secs(30);
+const RECENT_DEATHS_MAX: usize = 256;
 
 /// Pool settings.
 #[derive(Debug, Clone)]
@@ -162,7 +176,9 @@ pub(crate) struct FunctionPool {
     changed: Notify,
     /// Bumped on every failed start; waiters that saw an older value fail.
     failures: AtomicU64,
-    last_failure: Mutex<String>,
+    last_failure: Mutex<Failure>,
+    /// Crash streak and start hold (back-off) of this deployment.
+    crashes: Mutex<CrashState>,
     retired: AtomicBool,
     in_flight_gauge: IntGauge,
 }
@@ -180,7 +196,8 @@ impl FunctionPool {
             waiting: AtomicU32::new(0),
             changed: Notify::new(),
             failures: AtomicU64::new(0),
-            last_failure: Mutex::new(String::new()),
+            last_failure: Mutex::new(Failure::Start(String::new())),
+            crashes: Mutex::new(CrashState::default()),
             retired: AtomicBool::new(false),
             in_flight_gauge,
         }
@@ -207,6 +224,30 @@ impl FunctionPool {
             })
             .is_ok();
         taken.then(|| Arc::clone(best))
+    }
+
+    /// What is left of the start hold after crashes, if any.
+    fn hold(&self) -> Option<Duration> {
+        self.crashes
+            .lock()
+            .expect("crashes lock")
+            .held(Instant::now())
+    }
+
+    /// The last crash and the hold left, when starts are held back and no
+    /// instance is up, starting or paused (a call could only wait in vain).
+    fn held_back(&self) -> Option<(Exit, Duration)> {
+        let (exit, left) = {
+            let crashes = self.crashes.lock().expect("crashes lock");
+            let left = crashes.held(Instant::now())?;
+            (crashes.last.clone()?, left)
+        };
+        if self.starting.load(Ordering::Acquire) > 0
+            || self.lock().iter().any(|i| i.state() != InstanceState::Gone)
+        {
+            return None;
+        }
+        Some((exit, left))
     }
 
     fn count(&self, state: InstanceState) -> usize {
@@ -259,6 +300,58 @@ impl FunctionPool {
         self.listed.store(0, Ordering::Release);
         instances.drain(..).collect()
     }
+}
+
+/// Why the last start of a set failed.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// The engine or the readiness probe failed.
+    Start(String),
+    /// The function's process exited while it started.
+    Crash(Exit),
+}
+
+/// Consecutive crashes of a set and the start hold they impose.
+#[derive(Debug, Default)]
+struct CrashState {
+    streak: u32,
+    last_at: Option<Instant>,
+    /// No start before this (calls that need one fail fast meanwhile).
+    hold_until: Option<Instant>,
+    last: Option<Exit>,
+}
+
+impl CrashState {
+    /// What is left of the start hold, if any.
+    fn held(&self, now: Instant) -> Option<Duration> {
+        self.hold_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+}
+
+/// The hold before the next start after the `streak`-th crash in a row:
+/// none after a first crash of an instance that had served (a one-off
+/// kill), else 1 s doubling up to 30 s.
+fn crash_backoff(streak: u32, was_ready: bool) -> Duration {
+    if streak <= 1 && was_ready {
+        return Duration::ZERO;
+    }
+    let doublings = streak.saturating_sub(1).min(16);
+    (CRASH_BACKOFF_FIRST * 2u32.pow(doublings)).min(CRASH_BACKOFF_MAX)
+}
+
+/// A crash of one of this node's instances, for the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashReport {
+    pub function: String,
+    pub deployment_id: i64,
+    pub exit: Exit,
+    /// It exited before it became ready (else it had served).
+    pub during_start: bool,
+    pub at: std::time::SystemTime,
+    /// Crashes of the function since the last report taken (≥ 1).
+    pub count: u32,
 }
 
 /// A slot on one instance. Dropping it releases the slot, on every path.
@@ -363,6 +456,14 @@ pub(crate) struct Inner {
     functions: Mutex<FxHashMap<String, Slot>>,
     idle: IdleTracker,
     stopped: tokio_util::sync::CancellationToken,
+    /// Containers being started and waiting for readiness, woken by their
+    /// `died` event.
+    starting_ids: Mutex<FxHashMap<String, Arc<Notify>>>,
+    /// `died` events of containers nobody knew (yet).
+    recent_deaths: Mutex<VecDeque<(String, Instant)>>,
+    /// Crashes not yet taken by [`Pool::next_crashes`], latest per function.
+    crash_outbox: Mutex<FxHashMap<String, CrashReport>>,
+    crash_posted: Notify,
 }
 
 /// The instance pool. Cheap to clone; usable from any tokio runtime.
@@ -405,6 +506,10 @@ impl Pool {
             functions: Mutex::new(FxHashMap::default()),
             idle: IdleTracker::new(idle_tx),
             stopped: tokio_util::sync::CancellationToken::new(),
+            starting_ids: Mutex::default(),
+            recent_deaths: Mutex::default(),
+            crash_outbox: Mutex::default(),
+            crash_posted: Notify::new(),
         });
         let pool = Pool { inner };
         pool.adopt(routes).await?;
@@ -479,6 +584,25 @@ impl Pool {
             }
         }
         out
+    }
+
+    /// Waits for crashes of this node's instances and takes them: the
+    /// latest per function since the last call (with how many there were).
+    /// One consumer (the proxy's reporter to the control plane).
+    pub async fn next_crashes(&self) -> Vec<CrashReport> {
+        loop {
+            let posted = self.inner.crash_posted.notified();
+            tokio::pin!(posted);
+            posted.as_mut().enable();
+            let taken: Vec<CrashReport> = {
+                let mut outbox = self.inner.crash_outbox.lock().expect("crash outbox lock");
+                outbox.drain().map(|(_, c)| c).collect()
+            };
+            if !taken.is_empty() {
+                return taken;
+            }
+            posted.await;
+        }
     }
 
     /// Stops the background tasks. Instances keep running: a pool started
@@ -732,6 +856,10 @@ impl Inner {
         if fp.listed.load(Ordering::Acquire) + fp.starting.load(Ordering::Acquire) >= min {
             return;
         }
+        if fp.hold().is_some() {
+            // Crashing: `record_crash` calls this again when the hold ends.
+            return;
+        }
         let missing = {
             let instances = fp.lock();
             let have = instances
@@ -835,12 +963,35 @@ impl Inner {
             if fp.failures.load(Ordering::Acquire) != failures_seen
                 && fp.count(InstanceState::Ready) == 0
             {
-                let reason = fp.last_failure.lock().expect("failure lock").clone();
+                let failure = fp.last_failure.lock().expect("failure lock").clone();
                 METRICS
                     .rejections
                     .with_label_values(&[function.as_str(), "start_failed"])
                     .inc();
-                return Err(PoolError::StartFailed { function, reason });
+                return Err(match failure {
+                    Failure::Start(reason) => PoolError::StartFailed { function, reason },
+                    Failure::Crash(exit) => {
+                        let backoff = fp.hold();
+                        PoolError::Crashed {
+                            function,
+                            exit,
+                            backoff,
+                        }
+                    }
+                });
+            }
+            if let Some((exit, backoff)) = fp.held_back() {
+                // It keeps crashing and nothing could serve: say so now
+                // rather than after the queue timeout.
+                METRICS
+                    .rejections
+                    .with_label_values(&[function.as_str(), "start_failed"])
+                    .inc();
+                return Err(PoolError::Crashed {
+                    function,
+                    exit,
+                    backoff: Some(backoff),
+                });
             }
             self.scale(&fp);
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -894,6 +1045,7 @@ impl Inner {
                 .count()
                 + (starting as usize)
                 < max
+                && fp.hold().is_none()
             {
                 fp.starting.fetch_add(1, Ordering::AcqRel);
                 Some(None)
@@ -955,6 +1107,17 @@ impl Inner {
                     fp.list(Arc::clone(&instance));
                     self.idle.track(fp, &instance);
                     tracing::info!(function, deployment = route.deployment_id, container = short(&instance.id), addr = %addr, ms = took.as_millis() as u64, "instance ready");
+                    // Died between its readiness and its listing: the event
+                    // found nobody then.
+                    let died = self
+                        .recent_deaths
+                        .lock()
+                        .expect("recent deaths lock")
+                        .iter()
+                        .any(|(dead, _)| *dead == instance.id);
+                    if died {
+                        self.container_died(&instance.id);
+                    }
                 }
             }
             Err(err) => {
@@ -962,8 +1125,18 @@ impl Inner {
                     .starts
                     .with_label_values(&[function, "cold", "error"])
                     .inc();
-                tracing::warn!(function, deployment = route.deployment_id, %err, "instance start failed");
-                *fp.last_failure.lock().expect("failure lock") = err.to_string();
+                let failure = match err {
+                    PoolError::Crashed { exit, .. } => {
+                        tracing::warn!(function, deployment = route.deployment_id, code = ?exit.code, output = %exit.output, "instance crashed while starting");
+                        self.record_crash(fp, exit.clone(), false);
+                        Failure::Crash(exit)
+                    }
+                    err => {
+                        tracing::warn!(function, deployment = route.deployment_id, %err, "instance start failed");
+                        Failure::Start(err.to_string())
+                    }
+                };
+                *fp.last_failure.lock().expect("failure lock") = failure;
                 fp.failures.fetch_add(1, Ordering::AcqRel);
             }
         }
@@ -971,21 +1144,141 @@ impl Inner {
         fp.changed.notify_waiters();
     }
 
+    /// Starts one container and waits until it is ready — or until it
+    /// exits: its `died` event (or, should the event stream be broken, a
+    /// look at its state every [`EXIT_POLL`]) ends the wait at once, and
+    /// the error carries its exit code and last output. A container that
+    /// never became ready is removed at once.
     async fn start_instance(&self, route: &Route) -> Result<(String, SocketAddr), PoolError> {
         let started = self.runtime.start(route, &self.config.node).await?;
+        let id = started.id.clone();
+        let died = self.watch_start(&id);
         let health = route.config.health_path.as_deref();
-        if let Err(reason) =
-            health::wait_ready(started.addr, health, self.config.start_timeout).await
-        {
-            if let Err(err) = self.runtime.remove(&started.id).await {
-                tracing::warn!(container = short(&started.id), %err, "removing an instance that never became ready");
+        let probe = health::wait_ready(started.addr, health, self.config.start_timeout);
+        let poll = async {
+            loop {
+                tokio::time::sleep(EXIT_POLL).await;
+                if let Ok(Some(exit)) = self.runtime.exit_of(&id).await {
+                    return exit;
+                }
             }
-            return Err(PoolError::StartFailed {
+        };
+        let outcome = tokio::select! {
+            ready = probe => ready.map_err(Some),
+            () = died.notified() => Err(None),
+            exit = poll => {
+                tracing::debug!(container = short(&id), "exit seen by polling, not by an event");
+                Err(Some(format!("{exit}")))
+            }
+        };
+        self.starting_ids
+            .lock()
+            .expect("starting ids lock")
+            .remove(&id);
+        let probe_error = match outcome {
+            Ok(()) => return Ok((started.id, started.addr)),
+            Err(probe_error) => probe_error,
+        };
+        // Exited (or not ready in time: it may have exited too).
+        let exit = match tokio::time::timeout(EXIT_READ_TIMEOUT, self.runtime.exit_of(&id)).await {
+            Ok(Ok(exit)) => exit,
+            Ok(Err(err)) => {
+                tracing::warn!(container = short(&id), %err, "reading how an instance ended");
+                None
+            }
+            Err(_) => None,
+        };
+        self.remove_later(id);
+        Err(match (exit, probe_error) {
+            (Some(exit), _) => PoolError::Crashed {
+                function: route.function.clone(),
+                exit,
+                backoff: None,
+            },
+            (None, Some(reason)) => PoolError::StartFailed {
                 function: route.function.clone(),
                 reason,
+            },
+            (None, None) => PoolError::StartFailed {
+                function: route.function.clone(),
+                reason: "the instance exited while it started".into(),
+            },
+        })
+    }
+
+    /// Registers a starting container so its `died` event wakes the start
+    /// (also when the event came just before).
+    fn watch_start(&self, id: &str) -> Arc<Notify> {
+        let died = Arc::new(Notify::new());
+        self.starting_ids
+            .lock()
+            .expect("starting ids lock")
+            .insert(id.to_owned(), Arc::clone(&died));
+        let seen = self
+            .recent_deaths
+            .lock()
+            .expect("recent deaths lock")
+            .iter()
+            .any(|(dead, _)| dead == id);
+        if seen {
+            died.notify_one();
+        }
+        died
+    }
+
+    /// Counts a crash of one of `fp`'s instances, extends its crash streak
+    /// and start hold, and queues a report for the control plane.
+    fn record_crash(self: &Arc<Self>, fp: &Arc<FunctionPool>, exit: Exit, was_ready: bool) {
+        let function = fp.route.function.as_str();
+        METRICS.crashes.with_label_values(&[function]).inc();
+        let now = Instant::now();
+        let hold = {
+            let mut crashes = fp.crashes.lock().expect("crashes lock");
+            if crashes
+                .last_at
+                .is_some_and(|at| now.duration_since(at) > CRASH_STREAK_RESET)
+            {
+                crashes.streak = 0;
+            }
+            crashes.streak = crashes.streak.saturating_add(1);
+            crashes.last_at = Some(now);
+            crashes.last = Some(exit.clone());
+            let hold = crash_backoff(crashes.streak, was_ready);
+            crashes.hold_until = (!hold.is_zero()).then(|| now + hold);
+            tracing::info!(
+                function,
+                streak = crashes.streak,
+                hold_ms = hold.as_millis() as u64,
+                "crash recorded"
+            );
+            hold
+        };
+        {
+            let mut outbox = self.crash_outbox.lock().expect("crash outbox lock");
+            let count = outbox.get(function).map_or(0, |c| c.count);
+            outbox.insert(
+                function.to_owned(),
+                CrashReport {
+                    function: function.to_owned(),
+                    deployment_id: fp.route.deployment_id,
+                    exit,
+                    during_start: !was_ready,
+                    at: std::time::SystemTime::now(),
+                    count: count.saturating_add(1),
+                },
+            );
+        }
+        self.crash_posted.notify_one();
+        if !hold.is_zero() && fp.route.config.scaling.min_instances > 0 {
+            // Restore min_instances once the hold is over.
+            let (me, fp) = (Arc::downgrade(self), Arc::clone(fp));
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                if let Some(me) = me.upgrade() {
+                    me.ensure_min(&fp);
+                }
             });
         }
-        Ok((started.id, started.addr))
     }
 
     async fn run_resume(self: &Arc<Self>, fp: &Arc<FunctionPool>, instance: Arc<Instance>) {
@@ -1105,11 +1398,52 @@ impl Inner {
         None
     }
 
-    /// The runtime says a container died: it leaves the pool at once.
+    /// The runtime says a container died: a serving instance leaves the
+    /// pool at once (its exit is read, counted as a crash, and it is
+    /// removed); a starting one wakes its start.
     fn container_died(self: &Arc<Self>, id: &str) {
         if let Some((fp, instance)) = self.find(id) {
             tracing::warn!(function = %fp.route.function, container = short(id), "instance exited");
-            self.drop_instance(&fp, &instance);
+            instance.set_state(InstanceState::Gone);
+            self.idle.forget(&instance.id);
+            let listed = fp.remove_instance(&instance);
+            fp.publish();
+            fp.changed.notify_waiters();
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                let exit =
+                    tokio::time::timeout(EXIT_READ_TIMEOUT, me.runtime.exit_of(&instance.id));
+                if let Ok(Ok(Some(exit))) = exit.await {
+                    tracing::warn!(function = %fp.route.function, container = short(&instance.id), code = ?exit.code, output = %exit.output, "instance crashed");
+                    me.record_crash(&fp, exit, true);
+                }
+                if listed && let Err(err) = me.runtime.remove(&instance.id).await {
+                    tracing::warn!(container = short(&instance.id), %err, "removing an instance");
+                }
+                me.ensure_min(&fp);
+            });
+            return;
+        }
+        let waiting = self
+            .starting_ids
+            .lock()
+            .expect("starting ids lock")
+            .get(id)
+            .cloned();
+        match waiting {
+            Some(died) => died.notify_one(),
+            None => {
+                let now = Instant::now();
+                let mut recent = self.recent_deaths.lock().expect("recent deaths lock");
+                while recent
+                    .front()
+                    .is_some_and(|(_, at)| now.duration_since(*at) > RECENT_DEATHS_KEPT)
+                    || recent.len() >= RECENT_DEATHS_MAX
+                {
+                    recent.pop_front();
+                }
+                recent.push_back((id.to_owned(), now));
+            }
         }
     }
 
@@ -1190,6 +1524,14 @@ mod tests {
         resumed: Mutex<Vec<String>>,
         leftovers: Vec<Owned>,
         events: broadcast::Sender<RuntimeEvent>,
+        /// Started containers exit at once (code 3, "boom") instead of listening.
+        crash_starts: AtomicBool,
+        /// Their `died` event is lost (a broken event stream).
+        silent_deaths: AtomicBool,
+        /// A closed port: what a crashed container's address answers.
+        dead_addr: SocketAddr,
+        /// Containers that exited, with how.
+        exited: Mutex<HashMap<String, Exit>>,
     }
 
     impl Fake {
@@ -1201,7 +1543,16 @@ mod tests {
                     drop(s);
                 }
             });
+            let dead_addr = TcpListener::bind("127.0.0.1:0")
+                .await
+                .unwrap()
+                .local_addr()
+                .unwrap();
             Arc::new(Fake {
+                crash_starts: AtomicBool::new(false),
+                silent_deaths: AtomicBool::new(false),
+                dead_addr,
+                exited: Mutex::default(),
                 addr,
                 start_delay: Duration::from_millis(30),
                 fail_starts: AtomicBool::new(false),
@@ -1232,10 +1583,34 @@ mod tests {
                 });
             }
             let n = self.starts.fetch_add(1, Ordering::SeqCst);
+            let id = format!("{}-{}-{n}", route.function, route.deployment_id);
+            if self.crash_starts.load(Ordering::SeqCst) {
+                self.exited.lock().unwrap().insert(
+                    id.clone(),
+                    Exit {
+                        code: Some(3),
+                        output: "boom\n".into(),
+                    },
+                );
+                if !self.silent_deaths.load(Ordering::SeqCst) {
+                    let (events, dead) = (self.events.clone(), id.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = events.send(RuntimeEvent::Died { id: dead });
+                    });
+                }
+                return Ok(Started {
+                    id,
+                    addr: self.dead_addr,
+                });
+            }
             Ok(Started {
-                id: format!("{}-{}-{n}", route.function, route.deployment_id),
+                id,
                 addr: self.addr,
             })
+        }
+        async fn exit_of(&self, id: &str) -> Result<Option<Exit>, PoolError> {
+            Ok(self.exited.lock().unwrap().get(id).cloned())
         }
         async fn remove(&self, id: &str) -> Result<(), PoolError> {
             self.removed.lock().unwrap().push(id.to_owned());
@@ -1713,5 +2088,163 @@ mod tests {
         settle().await;
         assert_eq!(fake.removed().len(), 2);
         assert!(pool.instances().is_empty());
+    }
+
+    fn crashed(result: Result<Lease, PoolError>) -> (Exit, Option<Duration>) {
+        match result {
+            Err(PoolError::Crashed { exit, backoff, .. }) => (exit, backoff),
+            other => panic!("expected Crashed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_while_starting_fails_the_waiting_calls_at_once_and_says_why() {
+        let fake = Fake::new(vec![]).await;
+        fake.crash_starts.store(true, Ordering::SeqCst);
+        // A long start timeout: the exit, not the timeout, must end the wait.
+        let pool = Pool::with_runtime(
+            Arc::clone(&fake) as Arc<dyn ContainerRuntime>,
+            PoolConfig {
+                node: "test".into(),
+                start_timeout: Duration::from_secs(30),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+        let r = route("crashy", 1, 4, 3);
+        let began = Instant::now();
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, r) = (pool.clone(), r.clone());
+                tokio::spawn(async move { pool.lease(&r).await })
+            })
+            .collect();
+        for c in calls {
+            let (exit, backoff) = crashed(c.await.unwrap());
+            assert_eq!(exit.code, Some(3));
+            assert_eq!(exit.output, "boom\n");
+            assert!(backoff.is_some(), "a crash at start holds the next start");
+        }
+        assert!(
+            began.elapsed() < Duration::from_millis(900),
+            "the waiting calls failed {:?} after the call",
+            began.elapsed()
+        );
+        assert_eq!(fake.starts(), 1, "three waiting calls, one start");
+        settle().await;
+        assert_eq!(
+            fake.removed(),
+            ["crashy-1-0"],
+            "the exited container is removed"
+        );
+        let err = pool.lease(&r).await.unwrap_err().to_string();
+        assert!(
+            err.contains("exited with code 3")
+                && err.contains("boom")
+                && err.contains("next is tried"),
+            "{err}"
+        );
+        let crashes = pool.next_crashes().await;
+        assert_eq!(crashes.len(), 1, "{crashes:?}");
+        assert_eq!(crashes[0].function, "crashy");
+        assert_eq!(crashes[0].exit.code, Some(3));
+        assert!(crashes[0].during_start);
+        let counted = crate::metrics::METRICS
+            .crashes
+            .with_label_values(&["crashy"])
+            .get();
+        assert_eq!(counted, 1);
+    }
+
+    #[tokio::test]
+    async fn repeated_crashes_back_off_and_calls_fail_fast_meanwhile() {
+        let fake = Fake::new(vec![]).await;
+        fake.crash_starts.store(true, Ordering::SeqCst);
+        let pool = pool(&fake).await;
+        let r = route("storm", 1, 1, 10);
+        // Calls for 2.5 s: without a back-off each would start a container.
+        let until = Instant::now() + Duration::from_millis(2500);
+        let mut calls = 0;
+        while Instant::now() < until {
+            let began = Instant::now();
+            let (exit, _) = crashed(pool.lease(&r).await);
+            assert_eq!(exit.code, Some(3));
+            assert!(began.elapsed() < Duration::from_millis(900));
+            calls += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(calls > 20, "{calls} calls");
+        // Crash 1 at ~0 s holds 1 s, crash 2 at ~1 s holds 2 s: two starts.
+        assert!(
+            (2..=3).contains(&fake.starts()),
+            "{} starts for {calls} calls in 2.5 s",
+            fake.starts()
+        );
+        // A fixed version (a new deployment) starts at once.
+        fake.crash_starts.store(false, Ordering::SeqCst);
+        let fixed = route("storm", 2, 1, 10);
+        pool.sync(std::slice::from_ref(&fixed));
+        let lease = pool.lease(&fixed).await.unwrap();
+        assert!(lease.instance_id().starts_with("storm-2-"));
+    }
+
+    #[tokio::test]
+    async fn a_crash_is_seen_even_when_its_event_is_lost() {
+        let fake = Fake::new(vec![]).await;
+        fake.crash_starts.store(true, Ordering::SeqCst);
+        fake.silent_deaths.store(true, Ordering::SeqCst);
+        let pool = Pool::with_runtime(
+            Arc::clone(&fake) as Arc<dyn ContainerRuntime>,
+            PoolConfig {
+                node: "test".into(),
+                start_timeout: Duration::from_secs(30),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+        let began = Instant::now();
+        let (exit, _) = crashed(pool.lease(&route("quiet", 1, 4, 3)).await);
+        assert_eq!(exit.code, Some(3));
+        assert!(
+            began.elapsed() < EXIT_POLL + Duration::from_millis(900),
+            "{:?}",
+            began.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_serving_instance_that_dies_is_a_crash_but_is_replaced_at_once() {
+        let fake = Fake::new(vec![]).await;
+        let pool = pool(&fake).await;
+        let r = route("killed", 1, 4, 3);
+        let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
+        fake.exited.lock().unwrap().insert(
+            id.clone(),
+            Exit {
+                code: Some(137),
+                output: String::new(),
+            },
+        );
+        let _ = fake.events.send(RuntimeEvent::Died { id: id.clone() });
+        settle().await;
+        assert!(fake.removed().contains(&id));
+        let crashes = pool.next_crashes().await;
+        assert_eq!(crashes[0].exit.code, Some(137));
+        assert!(!crashes[0].during_start);
+        // A first crash of an instance that had served holds nothing back.
+        let next = pool.lease(&r).await.unwrap();
+        assert_eq!(next.start_kind(), StartKind::Cold);
+    }
+
+    #[test]
+    fn crash_backoff_doubles_up_to_30_s() {
+        assert_eq!(crash_backoff(1, true), Duration::ZERO);
+        assert_eq!(crash_backoff(1, false), Duration::from_secs(1));
+        assert_eq!(crash_backoff(2, false), Duration::from_secs(2));
+        assert_eq!(crash_backoff(3, true), Duration::from_secs(4));
+        assert_eq!(crash_backoff(6, false), Duration::from_secs(30));
+        assert_eq!(crash_backoff(u32::MAX, false), Duration::from_secs(30));
     }
 }

@@ -29,6 +29,37 @@ pub struct Owned {
     pub ip: Option<std::net::IpAddr>,
 }
 
+/// How a container ended: its exit code and the last of its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The process's exit code (128 + the signal when killed); `None` when
+    /// the engine did not say.
+    pub code: Option<i32>,
+    /// The last lines of its stdout and stderr, at most
+    /// [`OUTPUT_TAIL_BYTES`], lossy UTF-8.
+    pub output: String,
+}
+
+/// Lines of output kept from a container that exited.
+pub const OUTPUT_TAIL_LINES: u32 = 20;
+/// Bytes of output kept from a container that exited.
+pub const OUTPUT_TAIL_BYTES: usize = 2048;
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "exited with code {code}")?,
+            None => f.write_str("exited")?,
+        }
+        let output = self.output.trim_end();
+        if output.is_empty() {
+            f.write_str(" (no output)")
+        } else {
+            write!(f, "; its last output:\n{output}")
+        }
+    }
+}
+
 /// Something that happened to a container outside the pool's own calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeEvent {
@@ -50,6 +81,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn pause(&self, id: &str) -> Result<(), PoolError>;
     /// Thaws a paused instance.
     async fn resume(&self, id: &str) -> Result<(), PoolError>;
+    /// How a container ended, or `None` while it has not (created, running,
+    /// paused) or the engine cannot tell (the default). The container must
+    /// still exist.
+    async fn exit_of(&self, _id: &str) -> Result<Option<Exit>, PoolError> {
+        Ok(None)
+    }
     /// Follows events of `node`'s containers until the stream ends or the
     /// receiver is dropped; the caller reconnects.
     async fn events(
@@ -89,6 +126,16 @@ impl ContainerRuntime for PodmanRuntime {
         let started = async {
             self.podman.start_container(&id).await?;
             let state = self.podman.inspect_container(&id, &self.network).await?;
+            if matches!(state.status.as_str(), "exited" | "stopped" | "dead")
+                && let Some(exit) = self.exit_of(&id).await?
+            {
+                // Exited before its address could even be read.
+                return Err(PoolError::Crashed {
+                    function: route.function.clone(),
+                    exit,
+                    backoff: None,
+                });
+            }
             let ip = state.ip.ok_or_else(|| PoolError::StartFailed {
                 function: route.function.clone(),
                 reason: format!(
@@ -139,6 +186,27 @@ impl ContainerRuntime for PodmanRuntime {
             });
         }
         Ok(owned)
+    }
+
+    async fn exit_of(&self, id: &str) -> Result<Option<Exit>, PoolError> {
+        let state = self.podman.inspect_container(id, &self.network).await?;
+        if !matches!(state.status.as_str(), "exited" | "stopped" | "dead") {
+            return Ok(None);
+        }
+        let code = state
+            .raw
+            .pointer("/State/ExitCode")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|c| i32::try_from(c).ok());
+        let output = match self
+            .podman
+            .container_logs_tail(id, OUTPUT_TAIL_LINES, OUTPUT_TAIL_BYTES)
+            .await
+        {
+            Ok(output) => output,
+            Err(err) => format!("[its output could not be read: {err}]"),
+        };
+        Ok(Some(Exit { code, output }))
     }
 
     async fn pause(&self, id: &str) -> Result<(), PoolError> {

@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod config;
+pub mod crashes;
 pub mod engine;
 pub mod h1;
 pub mod metrics;

@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use containerpub_proxy::config::{self, Config, EXIT_CONFIG, LogFormat};
+use containerpub_proxy::crashes;
 use containerpub_proxy::metrics;
 use containerpub_proxy::routes::{self, Routes, Watcher};
 use containerpub_proxy::server;
@@ -121,6 +122,12 @@ fn run(config: Config) -> i32 {
         }
     };
     background.spawn(watcher.run());
+    background.spawn(crashes::report(
+        pool.clone(),
+        config.control_url.clone(),
+        config.token.clone(),
+        config.node().to_owned(),
+    ));
 
     let listener = match server::bind(config.listen) {
         Ok(listener) => listener,

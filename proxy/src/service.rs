@@ -165,7 +165,7 @@ pub fn pool_reply(function: &str, err: &PoolError) -> Reply {
         PoolError::QueueTimeout { .. } => {
             Reply::rejected(Rejection::QueueTimeout, 503, err.to_string()).retry_after(1)
         }
-        PoolError::StartFailed { .. } => {
+        PoolError::StartFailed { .. } | PoolError::Crashed { .. } => {
             Reply::rejected(Rejection::StartFailed, 502, err.to_string())
         }
         PoolError::Podman(_) => Reply::rejected(
@@ -388,6 +388,19 @@ mod tests {
                 PoolError::StartFailed {
                     function: "hello".into(),
                     reason: "exited with 1".into(),
+                },
+                502,
+                None,
+                Rejection::StartFailed,
+            ),
+            (
+                PoolError::Crashed {
+                    function: "hello".into(),
+                    exit: containerpub_pool::Exit {
+                        code: Some(3),
+                        output: "boom\n".into(),
+                    },
+                    backoff: Some(Duration::from_secs(2)),
                 },
                 502,
                 None,

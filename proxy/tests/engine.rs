@@ -1693,7 +1693,11 @@ x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n3\r\nabc\r\n2\r\nde
         b"POST /fn/t/gz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     );
     assert_eq!(gz.response().status, 501);
-    assert_eq!(raw.requests().len(), 1, "nothing of it reached the instance");
+    assert_eq!(
+        raw.requests().len(),
+        1,
+        "nothing of it reached the instance"
+    );
     c.send(get("/fn/t/next").as_bytes());
     assert_eq!(c.response().status, 200, "the connection is still in step");
 }

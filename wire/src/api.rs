@@ -115,3 +115,42 @@ pub struct RouteTable {
     pub revision: i64,
     pub routes: Vec<Route>,
 }
+
+/// A crash of a function's instance, as a proxy reports it
+/// (`POST /api/v1/functions/{name}/crashes`): the latest on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashReport {
+    /// The reporting proxy's node name.
+    pub node: String,
+    /// The deployment the instance ran.
+    pub deployment_id: i64,
+    /// Its exit code (128 + the signal when killed), when known.
+    pub exit_code: Option<i32>,
+    /// The last lines of its output (the server keeps at most
+    /// [`MAX_CRASH_OUTPUT_BYTES`], the end).
+    pub output: String,
+    /// It exited before it became ready (else it had served).
+    pub during_start: bool,
+    /// Crashes on the node since its previous report (≥ 1).
+    pub count: u32,
+}
+
+/// Most bytes of a crash's output the control plane keeps.
+pub const MAX_CRASH_OUTPUT_BYTES: usize = 4096;
+
+/// The last crash of a function on one node
+/// (`GET /api/v1/functions/{name}/crashes`, newest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashInfo {
+    pub node: String,
+    /// Version of the deployment that crashed.
+    pub version: i32,
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub during_start: bool,
+    /// Crashes reported by the node for this function so far.
+    pub crashes: i64,
+    /// When the last one was reported.
+    pub at: DateTime<Utc>,
+}

@@ -1,8 +1,9 @@
-//! `cpub describe`: one function, its active configuration and its deployments.
+//! `cpub describe`: one function, its active configuration, its deployments
+//! and the last crash of its instances on each proxy node.
 
 use anyhow::{Context as _, Result};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use containerpub_wire::api::{DeploymentInfo, DeploymentStatus, FunctionInfo};
+use containerpub_wire::api::{CrashInfo, DeploymentInfo, DeploymentStatus, FunctionInfo};
 use containerpub_wire::manifest::{Runtime, Visibility};
 
 use super::{Context, Output, TIME_FORMAT, check_name, print_json};
@@ -11,8 +12,8 @@ use super::{Context, Output, TIME_FORMAT, check_name, print_json};
 pub struct Args {
     /// Function name.
     name: String,
-    /// Output format. JSON is `{"function": ..., "deployments": [...]}` with
-    /// both parts as the server sent them.
+    /// Output format. JSON is `{"function": ..., "deployments": [...],
+    /// "crashes": [...]}` with each part as the server sent it.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
 }
@@ -28,10 +29,15 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         .deployments(&args.name)
         .await
         .with_context(|| format!("cannot list the deployments of {}", args.name))?;
+    let crashes = client
+        .crashes(&args.name)
+        .await
+        .with_context(|| format!("cannot list the crashes of {}", args.name))?;
     match args.output {
         Output::Json => print_json(&serde_json::json!({
             "function": function.raw,
             "deployments": deployments.raw,
+            "crashes": crashes.raw,
         })),
         Output::Table => {
             print!("{}", summary(&function.typed));
@@ -43,6 +49,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                     failed.version
                 );
                 println!("{}", failed.build_log.trim_end());
+            }
+            if !crashes.typed.is_empty() {
+                print!("\n{}", crash_lines(&crashes.typed));
             }
             Ok(())
         }
@@ -124,4 +133,65 @@ fn deployments_table(deployments: &[DeploymentInfo]) -> Table {
         ]);
     }
     table
+}
+
+/// The last crash on each node, newest first: when, where, which version,
+/// the exit code, and the output's last lines (indented).
+fn crash_lines(crashes: &[CrashInfo]) -> String {
+    let mut out = String::new();
+    for c in crashes {
+        let code = c.exit_code.map_or_else(
+            || "an unknown code".to_owned(),
+            |code| format!("code {code}"),
+        );
+        let when = if c.during_start {
+            "while starting"
+        } else {
+            "while serving"
+        };
+        out.push_str(&format!(
+            "last crash on {}: {} — version {} exited with {code} {when} ({} crash{} so far)\n",
+            c.node,
+            c.at.format(TIME_FORMAT),
+            c.version,
+            c.crashes,
+            if c.crashes == 1 { "" } else { "es" },
+        ));
+        let output = c.output.trim_end();
+        if output.is_empty() {
+            out.push_str("  (no output)\n");
+        }
+        for line in output.lines() {
+            out.push_str("  | ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crashes_show_node_version_code_and_output() {
+        let crash: CrashInfo = serde_json::from_value(serde_json::json!({
+            "node": "edge-1",
+            "version": 2,
+            "exit_code": 3,
+            "output": "starting\nboom\n",
+            "during_start": true,
+            "crashes": 4,
+            "at": "2026-11-29T17:00:00Z",
+        }))
+        .unwrap();
+        let text = crash_lines(&[crash]);
+        assert!(text.contains("last crash on edge-1"), "{text}");
+        assert!(
+            text.contains("version 2 exited with code 3 while starting (4 crashes so far)"),
+            "{text}"
+        );
+        assert!(text.contains("  | starting\n  | boom\n"), "{text}");
+    }
 }

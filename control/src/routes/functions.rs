@@ -5,11 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use containerpub_wire::api::FunctionInfo;
 
-use crate::build;
 use crate::db::{self, FunctionRow};
 use crate::error::{Error, Result};
 use crate::routes::check_name;
 use crate::state::AppState;
+use crate::{build, gc};
 
 fn info(row: FunctionRow, public_url: &str) -> FunctionInfo {
     FunctionInfo {
@@ -40,19 +40,31 @@ pub async fn get(
     Ok(Json(info(row, &state.settings.public_url)))
 }
 
-/// Deletes the rows (deployments cascade), tells proxies, then removes the
-/// images; an image that cannot be removed is logged, not fatal.
+/// Deletes the rows (deployments and crash rows cascade), tells proxies,
+/// then removes the images (the containers still using them first, with
+/// retries) and the artifacts no other deployment references (see `gc`).
+/// What cannot be removed is logged, not fatal: the function is gone.
 pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
     check_name(&name)?;
-    let (versions, revision) = db::delete_function(&state.db, &name)
+    let deleted = db::delete_function(&state.db, &name)
         .await?
         .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
-    tracing::info!(function = %name, versions = versions.len(), "function deleted");
-    crate::watchers::await_proxies(&state, revision).await;
-    for version in versions {
+    tracing::info!(function = %name, versions = deleted.versions.len(), "function deleted");
+    crate::watchers::await_proxies(&state, deleted.revision).await;
+    for version in deleted.versions {
         let image = build::image_tag(&name, version);
-        if let Err(err) = state.podman.remove_image(&image).await {
+        if let Err(err) = gc::remove_image(&state.podman, &image).await {
             tracing::warn!(%err, %image, "could not remove the image of a deleted function");
+        }
+    }
+    let dir = state.settings.artifacts_dir();
+    for artifact in deleted.artifacts {
+        match gc::collect_artifact(&state.db, &dir, &artifact).await {
+            Ok(true) => tracing::debug!(%artifact, "artifact removed"),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(err = format!("{err:#}"), %artifact, "could not remove the artifact of a deleted function")
+            }
         }
     }
     Ok(StatusCode::NO_CONTENT)

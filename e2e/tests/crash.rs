@@ -1,0 +1,284 @@
+//! End-to-end tests of failure and clean-up on real Podman: a function that
+//! crashes at start fails its callers fast with the reason, backs off, is
+//! removed and shows in `cpub describe`; a deleted function leaves nothing
+//! behind (containers, images, artifacts, rows), even when its instance was
+//! paused.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use containerpub_e2e::{Stack, container_state, eventually, metric_sum};
+
+/// A `runtime = "container"` bundle whose process prints `boom` and exits
+/// with code 3 (busybox-static, installed by scripts/setup-host.sh).
+fn crashing_bundle(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+        .expect("/bin/busybox (busybox-static, see scripts/setup-host.sh)");
+    std::fs::write(
+        dir.path().join("Containerfile"),
+        "FROM scratch\nCOPY busybox /busybox\n\
+         ENTRYPOINT [\"/busybox\", \"sh\", \"-c\", \"echo starting; echo boom; exit 3\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cpub.toml"),
+        format!(
+            "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n\
+             [resources]\nmemory_mb = 32\n[scaling]\nconcurrency = 1\nmax_instances = 10\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Removes the function's images when the test ends, also when it fails
+/// before its own `cpub delete` (the stack removes containers and the
+/// database, not images).
+struct RemoveImages(&'static str);
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        let out = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output();
+        let Ok(out) = out else { return };
+        let prefix = format!("localhost/cpub-fn-{}:", self.0);
+        for image in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+        {
+            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
+async fn call(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = client.get(url).send().await.expect("call");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_crashing_function_fails_fast_says_why_backs_off_and_shows_in_describe() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "crash-at-start";
+    let _cleanup = RemoveImages(name);
+    let bundle = crashing_bundle(name);
+    stack.cpub_ok(&["deploy", bundle.path().to_str().unwrap()]);
+    let url = format!("{}/fn/{name}/", stack.proxy_url());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    // The first call waits for a cold start that crashes: a 502 that says
+    // why, well before the 10 s queue timeout (and the 30 s start timeout).
+    let began = Instant::now();
+    let (status, body) = call(&client, &url).await;
+    let took = began.elapsed();
+    eprintln!("first call: {status} after {took:?}: {body}");
+    assert_eq!(status, 502, "{body}\n{}", stack.logs());
+    assert!(
+        took < Duration::from_secs(5),
+        "the crash took {took:?} to reach the caller"
+    );
+    assert!(body.contains("exited with code 3"), "{body}");
+    assert!(body.contains("boom"), "{body}");
+
+    // A burst, then calls for 3 s: all fail fast with the last crash, and
+    // the back-off keeps the number of containers started small.
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { call(&client, &url).await })
+        })
+        .collect();
+    for b in burst {
+        let (status, body) = b.await.unwrap();
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("code 3"), "{body}");
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut calls = 0;
+    let mut slowest = Duration::ZERO;
+    while Instant::now() < until {
+        let began = Instant::now();
+        let (status, body) = call(&client, &url).await;
+        slowest = slowest.max(began.elapsed());
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("boom"), "{body}");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = stack.metrics().await.expect("metrics");
+    let starts = metric_sum(
+        &text,
+        "cpub_cold_starts_total",
+        &[("function", name), ("kind", "cold")],
+    )
+    .unwrap_or(0.0);
+    let crashes = metric_sum(
+        &text,
+        "cpub_pool_instance_crashes_total",
+        &[("function", name)],
+    )
+    .unwrap_or(0.0);
+    eprintln!(
+        "{} calls in all: {starts} starts, {crashes} crashes counted, slowest later call {slowest:?}",
+        calls + 21
+    );
+    assert!(
+        (1.0..=4.0).contains(&starts),
+        "{starts} containers started for {} calls of a crashing function",
+        calls + 21
+    );
+    assert!(
+        crashes >= 1.0 && crashes <= starts,
+        "{crashes} crashes, {starts} starts"
+    );
+
+    // The exited containers go at once, not after a 30 s start timeout.
+    eventually(
+        Duration::from_secs(5),
+        "the crashed containers are removed",
+        || async { stack.containers(Some(name)).is_empty().then_some(()) },
+    )
+    .await;
+
+    // The proxy reported the crash; describe shows it (API and CLI).
+    let crashes: Vec<serde_json::Value> = eventually(
+        Duration::from_secs(5),
+        "the crash reaches the control plane",
+        || async {
+            let r = stack
+                .api()
+                .get(format!(
+                    "{}/api/v1/functions/{name}/crashes",
+                    stack.control_url()
+                ))
+                .send()
+                .await
+                .ok()?;
+            let v: Vec<serde_json::Value> = r.json().await.ok()?;
+            (!v.is_empty()).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(crashes.len(), 1, "{crashes:?}");
+    assert_eq!(crashes[0]["node"], stack.node.as_str());
+    assert_eq!(crashes[0]["exit_code"], 3);
+    assert_eq!(crashes[0]["version"], 1);
+    assert_eq!(crashes[0]["during_start"], true);
+    assert!(crashes[0]["output"].as_str().unwrap().contains("boom"));
+    let described = stack.cpub_ok(&["describe", name]);
+    assert!(
+        described.contains("exited with code 3 while starting") && described.contains("| boom"),
+        "{described}"
+    );
+    stack.cpub_ok(&["delete", name]);
+    assert!(images_of(name).is_empty(), "{:?}", images_of(name));
+}
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Podman images whose name starts with `localhost/cpub-fn-<name>:`.
+/// (`podman images` can fail while other tests hold Podman's locks: tried
+/// a few times, and a failure is never read as "no images".)
+fn images_of(name: &str) -> Vec<String> {
+    let mut last_error = String::new();
+    for _ in 0..5 {
+        let out = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+            .expect("podman images");
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with(&format!("localhost/cpub-fn-{name}:")))
+                .map(str::to_owned)
+                .collect();
+        }
+        last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("podman images failed: {last_error}");
+}
+
+#[tokio::test]
+async fn deleting_a_function_with_a_paused_instance_leaves_nothing_behind() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "gc-paused";
+    let _cleanup = RemoveImages(name);
+    // Two versions: both images and artifacts exist until the delete.
+    stack.deploy("hello", name, "\n[scaling]\nidle_pause_s = 1\n");
+    let url = stack.deploy(
+        "hello",
+        name,
+        "\n[env]\nGREETING = \"v2\"\n[scaling]\nidle_pause_s = 1\n",
+    );
+    let client = reqwest::Client::new();
+    let (status, body) = call(&client, &url).await;
+    assert_eq!(status, 200, "{body}\n{}", stack.logs());
+    let images = images_of(name);
+    assert_eq!(images.len(), 2, "{images:?}");
+    let artifacts_dir = stack.dir.path().join("control").join("artifacts");
+    assert_eq!(files_under(&artifacts_dir).len(), 2, "two bundles stored");
+
+    // Wait until the idle instance is paused.
+    let id = eventually(
+        Duration::from_secs(10),
+        "the instance is paused",
+        || async {
+            stack
+                .containers(Some(name))
+                .into_iter()
+                .find(|id| container_state(id).as_deref() == Some("paused"))
+        },
+    )
+    .await;
+
+    stack.cpub_ok(&["delete", name]);
+    assert!(
+        container_state(&id).is_none(),
+        "the paused container is gone when delete answers"
+    );
+    assert!(stack.containers(Some(name)).is_empty());
+    assert!(
+        images_of(name).is_empty(),
+        "images left: {:?}\n{}",
+        images_of(name),
+        stack.logs()
+    );
+    assert!(
+        files_under(&artifacts_dir).is_empty(),
+        "artifacts left: {:?}",
+        files_under(&artifacts_dir)
+    );
+    let db = stack.db().await;
+    for (table, query) in [
+        ("functions", "SELECT count(*) FROM functions"),
+        ("deployments", "SELECT count(*) FROM deployments"),
+        ("function_crashes", "SELECT count(*) FROM function_crashes"),
+    ] {
+        let n: i64 = sqlx::query_scalar(query).fetch_one(&db).await.unwrap();
+        assert_eq!(n, 0, "rows left in {table}");
+    }
+    db.close().await;
+}
