@@ -10,7 +10,8 @@ use containerpub_pool::health::wait_ready;
 use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
 use containerpub_pool::spec::{self, USERNS_SIZE};
 use containerpub_pool::{
-    ContainerRuntime, InstanceState, NETWORK, PodmanRuntime, Pool, PoolConfig, StartKind, labels,
+    ContainerRuntime, InstanceState, NETWORK, PodmanRuntime, Pool, PoolConfig, RuntimeEvent,
+    StartKind, labels,
 };
 use containerpub_wire::Manifest;
 use containerpub_wire::api::Route;
@@ -231,6 +232,46 @@ async fn pool_life_cycle_on_podman() {
     pool.shutdown().await;
     let left = runtime.list_owned(&node).await.unwrap();
     assert!(left.is_empty(), "no orphan containers: {left:?}");
+}
+
+/// Podman's event stream reports a container's death to the runtime at
+/// once (dfe849d matched only `died`, which Podman 4.3 calls `die` on the
+/// requests it sends: the pool never saw one).
+#[tokio::test]
+async fn a_dying_container_is_reported_by_the_event_stream() {
+    let podman = podman();
+    build_image(&podman).await;
+    let node = node("events");
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follow = {
+        let node = node.clone();
+        tokio::spawn(async move { runtime.events(&node, &tx).await })
+    };
+    // The stream only reports what happens after it is open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let managed = format!("{}=true", labels::MANAGED);
+    let owner = format!("{}={node}", labels::NODE);
+    let run = std::process::Command::new("podman")
+        .args(["run", "-d", "--label", &managed, "--label", &owner, IMAGE])
+        .args(["/bin/busybox", "sh", "-c", "sleep 0.3; exit 3"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
+    let event = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    follow.abort();
+    let _ = std::process::Command::new("podman")
+        .args(["rm", "-f", &id])
+        .output();
+    match event {
+        Ok(Some(RuntimeEvent::Died { id: died })) => assert_eq!(died, id),
+        other => panic!("no died event for {id} within 10 s: {other:?}"),
+    }
 }
 
 /// Runs `nc` inside a container and returns what came back (empty when the
