@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of ContainerPub on the real stack: installs and
 # starts what the tests need (Podman + its API socket, a PostgreSQL cluster),
-# builds the example functions, then fmt, clippy and all tests.
+# builds the example functions, then fmt, clippy, all tests and a short
+# run of every fuzz target (scripts/fuzz.sh).
 # This is the README's test command; .ci/run calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,9 @@ cargo build --workspace --bins --locked
 step "tests"
 cargo test --workspace --locked
 cargo test --manifest-path examples/Cargo.toml --locked
+
+step "fuzz smoke (proxy parsers and data path, coverage-guided, 10 s per target)"
+bash scripts/fuzz.sh "${CPUB_FUZZ_SECONDS:-10}"
 
 step "no container left behind by the tests"
 left=$(podman ps -a --filter label=cpub.managed=true --format '{{.ID}} {{index .Labels "cpub.node"}}' | awk '$2 ~ /^(e2e|test)-/')

@@ -313,6 +313,16 @@ pub fn request_semantics(buf: &[u8], minor: u8, fields: &[Field]) -> Result<Sema
     if s.hosts == 0 && minor >= 1 {
         return Err(HeadError::Invalid("no host field"));
     }
+    // `uri-host [ ":" port ]` (RFC 9112 §3.2: an invalid value is a 400).
+    let host_ok = |f: &&Field| {
+        f.kind != Name::Host
+            || at(buf, f.value.clone())
+                .iter()
+                .all(|&b| is_target_byte(b) && !matches!(b, b'/' | b'?' | b'@'))
+    };
+    if !fields.iter().all(|f| host_ok(&f)) {
+        return Err(HeadError::Invalid("invalid host field value"));
+    }
     let framing = match (s.transfer_encoding, s.length) {
         (true, Some(_)) => {
             return Err(HeadError::Invalid(
@@ -1162,12 +1172,18 @@ cache-control: no-store\r\nx-request-id: rid\r\nretry-after: 1\r\nconnection: cl
             "empty is allowed"
         );
         assert!(host_test(b"GET / HTTP/1.0\r\n\r\n").is_ok());
+        assert!(host_test(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").is_ok());
+        assert!(host_test(b"GET / HTTP/1.1\r\nHost: xn--bcher-kva.example:80\r\n\r\n").is_ok());
         for bad in [
             &b"GET / HTTP/1.1\r\n\r\n"[..],
             b"GET http://a/ HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHOST: a\r\n\r\n",
             b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \xe0\x87\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
         ] {
             assert!(
                 matches!(host_test(bad), Err(HeadError::Invalid(_))),

@@ -46,6 +46,21 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         }
     }
     for bytes in h.instance.since(&mark) {
+        // After a protocol switch the proxy relays a byte tunnel: only the
+        // switching request's head is HTTP/1.1 (the proxy marks it with its
+        // own `connection: upgrade`).
+        let head_end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(bytes.len(), |i| i + 4);
+        let switching = bytes
+            .get(..head_end)
+            .is_some_and(|h| h.windows(23).any(|w| w == b"\r\nconnection: upgrade\r\n"));
+        let bytes = if switching {
+            bytes.get(..head_end).unwrap_or_default().to_vec()
+        } else {
+            bytes
+        };
         let v = views(&bytes);
         let show = String::from_utf8_lossy(&bytes);
         if let Tail::Error(e) = &v.strict.tail {
