@@ -553,8 +553,15 @@ impl Conn {
                 },
             };
             let sent = timed(&mut self.timer, up.write_all(&out)).await;
+            // The head went out: a body write that fails now is the
+            // instance answering early and closing (a 413 of its own, a 401
+            // before reading), not a sign that it is broken.
+            let mut head_delivered = false;
             let sent = match sent {
-                Ok(()) if !body.done() => self.stream_body(&mut body, &mut up).await,
+                Ok(()) if !body.done() => {
+                    head_delivered = true;
+                    self.stream_body(&mut body, &mut up).await
+                }
                 Ok(()) => Ok(()),
                 Err(e) => Err(StreamError::Upstream(e)),
             };
@@ -608,10 +615,14 @@ impl Conn {
                 }
                 HeadFailure::Io(f) => {
                     call.count_upstream_error(UpstreamError::Reset);
-                    if !reused && let Some(lease) = &call.lease {
-                        // A fresh connection that broke before the answer's
-                        // head: the instance is broken, keep it from further
-                        // calls.
+                    if !reused
+                        && !head_delivered
+                        && let Some(lease) = &call.lease
+                    {
+                        // A fresh connection that broke before the request's
+                        // head was taken: the instance is broken, keep it
+                        // from further calls. (One that dies later is taken
+                        // out by Podman's death event.)
                         debug!(function = %call.function(), instance = %lease.instance_id(), error = %f, "instance failed mid-call");
                         lease.mark_failed();
                     }

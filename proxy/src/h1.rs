@@ -679,6 +679,9 @@ pub fn write_request_head(
                 kind,
                 Name::Expect | Name::XRequestId | Name::XForwardedProto
             )
+            // `Transfer_Encoding`: a server that maps `_` to `-` would
+            // frame by it (dropped, as nginx does by default).
+            || (kind == Name::Other && name.contains(&b'_'))
             || (kind == Name::Trailer && framing == Framing::Chunked)
             || (check_connection && named_by_connection(buf, fields, name))
         {
@@ -772,12 +775,18 @@ pub fn write_response_head(
     out.extend_from_slice(b"\r\n");
     let check_connection = connection_names_fields(buf, fields);
     let coded = fields.iter().any(|f| f.kind == Name::TransferEncoding);
+    // 1xx and 204 answers carry neither framing field, 304 no
+    // `transfer-encoding` (RFC 9110 §8.6, RFC 9112 §6.1).
+    let no_length = line.status / 100 == 1 || line.status == 204;
+    let no_coding = no_length || line.status == 304;
     let mut framing_written = false;
     for f in fields {
         let name = at(buf, f.name.clone());
         let value = at(buf, f.value.clone());
         let kind = f.kind;
         match kind {
+            Name::ContentLength if no_length => continue,
+            Name::TransferEncoding if no_coding => continue,
             Name::ContentLength if !coded => {
                 if !framing_written {
                     // Equal values were checked; one is enough.

@@ -13,10 +13,12 @@
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
+use socket2::SockRef;
 use tokio::net::TcpStream;
 
 /// How long an idle upstream connection stays pooled.
@@ -60,12 +62,17 @@ pub enum ConnectError {
 }
 
 /// Whether an idle connection is still usable: nothing to read (a close
-/// or stray bytes from the instance make it unusable). Costs no system
-/// call while the reactor has seen nothing readable on it (tokio's
-/// readiness), one otherwise.
+/// or stray bytes from the instance make it unusable). One `recv` with
+/// `MSG_PEEK` on the non-blocking socket, every time: tokio's readiness
+/// alone can miss bytes that arrived since the reactor last looked (it
+/// clears readiness after a short read), e.g. when a pipelined request
+/// takes the connection in the same task poll.
 fn still_open(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        SockRef::from(stream).peek(&mut probe),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// An idle pooled connection to `instance`, if any (the most recently used
@@ -191,5 +198,21 @@ mod tests {
             "too old"
         );
         drop(stray_peer);
+    }
+
+    /// Bytes that arrived while the reactor had not looked (no await
+    /// between their arrival and the reuse, as for a pipelined request)
+    /// are seen too: readiness alone missed them.
+    #[tokio::test]
+    async fn stray_bytes_the_reactor_has_not_seen_yet_are_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ours = connect(addr).await.unwrap();
+        let (mut theirs, _) = listener.accept().unwrap();
+        put("i-unseen", ours);
+        std::io::Write::write_all(&mut theirs, b"EVIL").unwrap();
+        // Blocking: the reactor does not run before `take`.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(take("i-unseen", Instant::now()).is_none());
     }
 }

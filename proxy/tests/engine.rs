@@ -2076,3 +2076,116 @@ fn answer_framing_is_normalised_or_refused() {
         c.expect_closed();
     }
 }
+
+/// Review of issue 8's fixes: a field name with `_` is not relayed (a
+/// server that maps `Transfer_Encoding` to `transfer-encoding` would frame
+/// by it, as nginx's `underscores_in_headers off` guards against).
+#[test]
+fn field_names_with_underscores_are_not_relayed() {
+    let raw = RawUpstream::start(|_| send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    let h = raw.proxy();
+    let mut c = h.connect();
+    c.send(
+        b"POST /fn/t/u HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer_Encoding: chunked\r\n\
+X_Other: 1\r\nX-Fine: 1\r\n\r\nhello",
+    );
+    assert_eq!(c.response().status, 200);
+    let seen = raw.requests();
+    assert_eq!(seen.len(), 1);
+    let got = String::from_utf8_lossy(&seen[0].raw).into_owned();
+    assert!(!got.contains('_'), "{got:?}");
+    assert!(got.contains("\r\nX-Fine: 1\r\n"), "{got:?}");
+    assert!(got.ends_with("\r\n\r\nhello"), "{got:?}");
+}
+
+/// Review of issue 8's fixes: a 1xx or 204 answer carries no framing field
+/// to the client, a 304 no `transfer-encoding` (RFC 9110 §8.6, RFC 9112
+/// §6.1), whatever the instance wrote.
+#[test]
+fn bodiless_answers_reach_the_client_without_framing_fields() {
+    let raw = RawUpstream::start(|req| match req.path.as_str() {
+        "/204" => send(b"HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n"),
+        "/204cl" => send(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nx-a: 1\r\n\r\n"),
+        _ => send(b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n"),
+    });
+    let h = raw.proxy();
+    for path in ["/204", "/204cl", "/304"] {
+        let mut c = h.connect();
+        c.send(get(&format!("/fn/t{path}")).as_bytes());
+        while !c.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(c.fill() > 0, "closed before a head");
+        }
+        let head = String::from_utf8_lossy(&c.buf).to_ascii_lowercase();
+        assert!(head.contains("\r\nx-a: 1\r\n"), "{path}: {head:?}");
+        assert!(!head.contains("transfer-encoding"), "{path}: {head:?}");
+        assert!(!head.contains("content-length"), "{path}: {head:?}");
+    }
+}
+
+/// Review of issue 8's fixes: an instance that answers before reading a
+/// body and closes (as fnhttp does past its own body limit, or a handler
+/// that refuses early) makes the proxy's body write fail; that is no sign
+/// of a broken instance, so it stays in the pool. (Old code marked it
+/// failed: the next call started a new instance.)
+#[test]
+fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let post = buf.starts_with(b"POST ");
+                    buf.drain(..end);
+                    if post {
+                        // Refuse before reading the body; close with a reset.
+                        let _ = tcp.write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
+                    if tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let runtime = Arc::new(TestRuntime {
+        target: Target::Upstream(addr),
+        starts: AtomicUsize::new(0),
+    });
+    let proxy = start_proxy(Arc::clone(&runtime));
+    let h = Harness {
+        addr: proxy,
+        upstream: Upstream::start(),
+        runtime,
+    };
+    let mut c = h.connect();
+    c.send(b"POST /fn/t/big HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n");
+    // The instance has answered and reset the connection by now.
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = c.tcp.write_all(&[b'a'; 900]);
+    let r = c.response();
+    assert!(matches!(r.status, 413 | 502), "{r:?}");
+    assert_eq!(h.starts(), 1);
+    let (_, r) = h.call(&get("/fn/t/next"));
+    assert_eq!(r.status, 200);
+    assert_eq!(h.starts(), 1, "the instance was kept: no second start");
+}

@@ -77,7 +77,11 @@ const BAD: &[u16] = &[400, 431, 501];
 /// end-to-end fields, the framing it writes itself, then its own fields.
 fn head(line: &str, fields: &[&str], framing: &str) -> Vec<u8> {
     let mut h = format!("{line}\r\n");
-    for f in fields {
+    // Field names with `_` are dropped by the proxy (nginx's default).
+    for f in fields
+        .iter()
+        .filter(|f| !f.split(':').next().unwrap_or("").contains('_'))
+    {
         h.push_str(f);
         h.push_str("\r\n");
     }
