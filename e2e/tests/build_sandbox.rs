@@ -9,7 +9,6 @@
 //! Needs what every e2e test needs (see `containerpub_e2e`), and
 //! busybox-static at /bin/busybox (scripts/setup-host.sh installs it).
 
-use std::io::Read;
 use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -385,43 +384,18 @@ async fn a_build_past_the_time_limit_fails_and_leaves_nothing_running() {
     assert!(left.is_empty(), "build containers left: {left:?}");
 }
 
-/// The running cpub-control of `stack` (found by its listen address).
+/// The running cpub-control of `stack`.
 fn control_pid(stack: &Stack) -> u32 {
-    let want = format!("CPUB_CONTROL_LISTEN={}", stack.control_addr);
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else {
-            continue;
-        };
-        if !exe.to_string_lossy().ends_with("cpub-control") {
-            continue;
-        }
-        let mut environ = Vec::new();
-        if std::fs::File::open(entry.path().join("environ"))
-            .and_then(|mut f| f.read_to_end(&mut environ))
-            .is_ok()
-            && environ.split(|b| *b == 0).any(|v| v == want.as_bytes())
-        {
-            return pid;
-        }
-    }
-    panic!("no cpub-control process for {}", stack.control_addr)
+    stack.control_pid().expect("cpub-control is running")
 }
 
 /// `VmRSS` and `VmHWM` (peak) of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
+        containerpub_e2e::proc_status_kib(pid, name)
             .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (field("VmRSS"), field("VmHWM"))
 }
 
 /// Output of the big build: `CPUB_TEST_BUILD_OUTPUT_BYTES`, default 100 MB
