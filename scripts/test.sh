@@ -24,6 +24,7 @@ bash examples/build.sh
 
 step "format and lints"
 cargo fmt --all --check
+bash scripts/check-headers.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build binaries used by the end-to-end tests"
