@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use containerpub_wire::manifest::Runtime;
-use containerpub_wire::{MANIFEST_FILE, Manifest};
+use containerpub_wire::{CONTAINERFILE, MANIFEST_FILE, Manifest};
 use flate2::read::MultiGzDecoder;
 use tar::{EntryType, Header};
 
@@ -35,8 +35,6 @@ use crate::error::Error;
 
 /// Largest accepted `cpub.toml`.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
-/// The Containerfile of a `runtime = "container"` bundle, at its root.
-pub const CONTAINERFILE: &str = "Containerfile";
 /// Name of the executable inside a generated `runtime = "binary"` context.
 const BINARY_IN_CONTEXT: &str = "function";
 /// Bytes of the entrypoint kept in memory for the ELF check.

@@ -15,7 +15,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rand::RngCore;
+use containerpub_wire::request_id;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
@@ -110,23 +110,19 @@ async fn require_host(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// Gives every request a span with an id (taken from `x-request-id` when
-/// the caller sent a sane one) and logs its outcome.
+/// Gives every request a span with an id (the caller's `x-request-id` when
+/// it passes `containerpub_wire::request_id::is_valid`, the rule the proxy
+/// applies too, else a new one) and logs its outcome.
 async fn request_span(mut request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let mut b = [0u8; 8];
-            rand::thread_rng().fill_bytes(&mut b);
-            hex::encode(b)
-        });
+    let id = request_id::pick(
+        request
+            .headers()
+            .get(request_id::HEADER)
+            .map(HeaderValue::as_bytes),
+    );
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
     if let Ok(value) = HeaderValue::from_str(&id) {
-        request.headers_mut().insert("x-request-id", value);
+        request.headers_mut().insert(request_id::HEADER, value);
     }
     // A request body that an error answer may have left unread.
     let has_body = request.headers().contains_key("transfer-encoding")
@@ -146,7 +142,7 @@ async fn request_span(mut request: Request, next: Next) -> Response {
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(request_id::HEADER, value);
     }
     if has_body && (status.is_client_error() || status.is_server_error()) {
         // The body may be unread (a 413 stops reading): say the connection
@@ -166,4 +162,77 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 /// `(status, json)` as a response.
 pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The id a request gets: the one the handler saw and the one answered.
+    async fn id_for(incoming: Option<&[u8]>) -> (String, String) {
+        let app = Router::new()
+            .route(
+                "/x",
+                get(|request: axum::extract::Request| async move {
+                    let seen = request.headers()[request_id::HEADER].as_bytes().to_vec();
+                    String::from_utf8(seen).unwrap()
+                }),
+            )
+            .layer(middleware::from_fn(request_span));
+        let mut request = Request::get("/x");
+        if let Some(id) = incoming {
+            request = request.header(request_id::HEADER, HeaderValue::from_bytes(id).unwrap());
+        }
+        let response = app
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let answered = response.headers()[request_id::HEADER]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (String::from_utf8(body.to_vec()).unwrap(), answered)
+    }
+
+    #[tokio::test]
+    async fn request_ids_follow_the_wire_rule() {
+        // Kept: what the proxy keeps (it forwards those unchanged).
+        let longest = "x".repeat(request_id::MAX_LEN);
+        for id in [
+            "abc",
+            "0f8e2c1a-5b8d-4e3f-9a7c-2d1e0b9f8a7c",
+            "a:b/c+d=",
+            &longest,
+        ] {
+            assert!(request_id::is_valid(id.as_bytes()));
+            assert_eq!(id_for(Some(id.as_bytes())).await, (id.into(), id.into()));
+        }
+        // Replaced: too long, control characters, not ASCII, characters that
+        // could break a log line (header values that HTTP itself allows).
+        let too_long = "x".repeat(request_id::MAX_LEN + 1);
+        let hostile: [&[u8]; 7] = [
+            too_long.as_bytes(),
+            b"a\tb",
+            b"caf\xc3\xa9",
+            b"\xff\xfe",
+            b"a b",
+            b"<script>",
+            b"a\"b",
+        ];
+        for id in hostile {
+            let (seen, answered) = id_for(Some(id)).await;
+            assert_ne!(seen.as_bytes(), id);
+            assert_eq!(seen, answered);
+            assert!(request_id::is_valid(seen.as_bytes()), "{seen:?}");
+        }
+        let (seen, answered) = id_for(None).await;
+        assert_eq!((seen.len(), &seen), (32, &answered));
+    }
 }

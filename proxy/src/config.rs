@@ -154,7 +154,7 @@ impl Config {
                 )
             })?,
         };
-        validate_node(&node).map_err(|m| bad("node", ENV_NODE, m))?;
+        containerpub_wire::validate_node_name(&node).map_err(|m| bad("node", ENV_NODE, m))?;
         self.node = Some(node);
 
         let threads = match self.threads {
@@ -206,22 +206,6 @@ impl Config {
     /// Path of the route snapshot.
     pub fn snapshot_path(&self) -> PathBuf {
         self.state_dir.join(SNAPSHOT_FILE)
-    }
-}
-
-/// A node name becomes a container label value and part of container names.
-fn validate_node(node: &str) -> Result<(), String> {
-    let ok = !node.is_empty()
-        && node.len() <= 63
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be 1 to 63 characters of A-Z, a-z, 0-9, '-', '_' and '.', got {node:?}"
-        ))
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use containerpub_pool::{Podman, Pool, PoolConfig};
+use containerpub_wire::api::NodeName;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -107,12 +108,20 @@ fn run(config: Config) -> i32 {
     };
     background.block_on(async { pool.sync(&snapshot.routes) });
 
+    // `Config::validate` checked the node name with the same rule.
+    let node = match NodeName::try_from(config.node().to_owned()) {
+        Ok(node) => node,
+        Err(e) => {
+            error!(error = %e, "bad node name");
+            return 1;
+        }
+    };
     let watcher = match Watcher::new(
         routes.clone(),
         pool.clone(),
         &config.control_url,
         config.token.clone(),
-        config.node().to_owned(),
+        node,
         snapshot_path,
     ) {
         Ok(watcher) => watcher,

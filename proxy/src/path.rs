@@ -2,8 +2,8 @@
 //! name and the path the function sees (`/{rest}?{query}`).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
-/// Prefix of every invocation path.
-pub const PREFIX: &str = "/fn/";
+/// Prefix of every invocation path (`containerpub_wire::INVOKE_PREFIX`).
+pub use containerpub_wire::INVOKE_PREFIX as PREFIX;
 
 /// A path that addresses a function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,23 +44,17 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<Invocation, PathError> {
     Ok(Invocation { name, upstream })
 }
 
-/// Decodes `%XX` escapes; `None` on a malformed escape or non-UTF-8 result.
+/// Decodes `%XX` escapes; `None` when the result is not UTF-8. A malformed
+/// escape (`%`, `%4`, `%zz`) stays as it is, and a `%` never passes
+/// `validate_function_name`.
 fn percent_decode(s: &str) -> Option<String> {
     if !s.contains('%') {
         return Some(s.to_owned());
     }
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = char::from(bytes.next()?).to_digit(16)?;
-            let lo = char::from(bytes.next()?).to_digit(16)?;
-            out.push(u8::try_from(hi * 16 + lo).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
@@ -105,8 +99,15 @@ mod tests {
             parse("/fn/%41", None),
             Err(PathError::BadName("%41".into()))
         );
-        // Malformed escapes.
-        for bad in ["/fn/a%", "/fn/a%4", "/fn/a%zz", "/fn/%ff"] {
+        // Malformed or double escapes: decoded once, a `%` left is no name.
+        for bad in [
+            "/fn/a%",
+            "/fn/a%4",
+            "/fn/a%zz",
+            "/fn/%ff",
+            "/fn/%2561",
+            "/fn/a%C3",
+        ] {
             assert!(
                 matches!(parse(bad, None), Err(PathError::BadName(_))),
                 "{bad}"

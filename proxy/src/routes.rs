@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use containerpub_pool::Pool;
-use containerpub_wire::api::{Route, RouteTable};
+use containerpub_wire::api::{self, NodeName, Route, RouteTable, WatchQuery};
 use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{self, FunctionMetrics};
 
 /// How long the control plane may hold one long poll.
-pub const WATCH_WAIT_S: u64 = 25;
+pub const WATCH_WAIT_S: u64 = api::DEFAULT_WAIT_S;
 /// First retry delay after a failed poll.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest retry delay.
@@ -201,7 +201,7 @@ pub struct Watcher {
     url: String,
     token: String,
     /// This proxy's node name, sent so the control plane knows what it serves.
-    node: String,
+    node: NodeName,
     snapshot_path: PathBuf,
 }
 
@@ -223,7 +223,7 @@ impl Watcher {
         pool: Pool,
         control_url: &str,
         token: String,
-        node: String,
+        node: NodeName,
         snapshot_path: PathBuf,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -234,7 +234,7 @@ impl Watcher {
             routes,
             pool,
             client,
-            url: format!("{control_url}/api/v1/routes"),
+            url: format!("{control_url}{}", api::ROUTES_PATH),
             token,
             node,
             snapshot_path,
@@ -279,15 +279,15 @@ impl Watcher {
     }
 
     async fn poll_once(&self) -> Result<RouteTable, PollError> {
-        let since = self.routes.revision();
+        let query = WatchQuery {
+            since: Some(self.routes.revision()),
+            wait_s: WATCH_WAIT_S,
+            node: Some(self.node.clone()),
+        };
         let response = self
             .client
             .get(&self.url)
-            .query(&[
-                ("since", since.to_string()),
-                ("wait_s", WATCH_WAIT_S.to_string()),
-                ("node", self.node.clone()),
-            ])
+            .query(&query)
             .bearer_auth(&self.token)
             .send()
             .await?;

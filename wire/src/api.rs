@@ -107,13 +107,125 @@ pub struct Route {
     pub config: Manifest,
 }
 
-/// `GET /api/v1/routes?since=N&wait_s=S`: the whole route table at a
-/// revision. The call blocks (long poll) until the revision is above `since`
-/// or `wait_s` passes, then answers with the current table either way.
+/// `GET /api/v1/routes?since=N&wait_s=S&node=NAME`: the whole route table
+/// at a revision. The call blocks (long poll) until the revision is above
+/// `since` or `wait_s` passes, then answers with the current table either
+/// way.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct RouteTable {
     pub revision: i64,
     pub routes: Vec<Route>,
+}
+
+/// Path of the route watch, below the control plane's base URL.
+pub const ROUTES_PATH: &str = "/api/v1/routes";
+
+/// The query string of the route watch ([`RouteTable`]): the proxy
+/// serialises it (`reqwest`'s `query`), the control plane deserialises it
+/// (axum's `Query`); both go through `serde_urlencoded`. Unknown and repeated
+/// parameters are refused; a value that does not parse is refused with a
+/// message that says what was expected and what came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    /// Revision the caller serves; absent → answer at once.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "query_value::revision"
+    )]
+    pub since: Option<i64>,
+    /// Seconds to wait for a newer revision; more than [`MAX_WAIT_S`] waits
+    /// [`MAX_WAIT_S`] ([`WatchQuery::wait`]).
+    #[serde(default = "default_wait_s", deserialize_with = "query_value::seconds")]
+    pub wait_s: u64,
+    /// The calling proxy's node name; with `since`, it records what that
+    /// node serves (so a deploy can wait until every live proxy has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
+}
+
+/// Default wait of a route watch call.
+pub const DEFAULT_WAIT_S: u64 = 25;
+/// Longest wait of a route watch call.
+pub const MAX_WAIT_S: u64 = 60;
+
+const fn default_wait_s() -> u64 {
+    DEFAULT_WAIT_S
+}
+
+impl Default for WatchQuery {
+    fn default() -> Self {
+        Self {
+            since: None,
+            wait_s: DEFAULT_WAIT_S,
+            node: None,
+        }
+    }
+}
+
+impl WatchQuery {
+    /// How long the control plane holds the call: `wait_s`, at most
+    /// [`MAX_WAIT_S`].
+    pub fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.wait_s.min(MAX_WAIT_S))
+    }
+}
+
+/// A node name that passed [`crate::validate_node_name`]; deserialising
+/// refuses any other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeName(String);
+
+impl NodeName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        crate::validate_node_name(&name)?;
+        Ok(Self(name))
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(name: NodeName) -> Self {
+        name.0
+    }
+}
+
+impl std::fmt::Display for NodeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Query-string values (always text there) parsed with messages that name
+/// what was expected; the field's name is added by the caller's path (axum:
+/// `serde_path_to_error`).
+mod query_value {
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    pub fn revision<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("must be an integer revision, got {text:?}")))
+    }
+
+    pub fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|_| {
+            D::Error::custom(format!(
+                "must be a whole number of seconds (0 or more), got {text:?}"
+            ))
+        })
+    }
 }
 
 /// A crash of a function's instance, as a proxy reports it
@@ -153,4 +265,78 @@ pub struct CrashInfo {
     pub crashes: i64,
     /// When the last one was reported.
     pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<WatchQuery, String> {
+        serde_urlencoded::from_str(query).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn watch_query_round_trips() {
+        let node = NodeName::try_from("edge-1.a_b".to_owned()).unwrap();
+        for query in [
+            WatchQuery::default(),
+            WatchQuery {
+                since: Some(0),
+                ..WatchQuery::default()
+            },
+            WatchQuery {
+                since: Some(i64::MAX),
+                wait_s: 0,
+                node: Some(node.clone()),
+            },
+            WatchQuery {
+                since: Some(-3),
+                wait_s: 600,
+                node: Some(node),
+            },
+        ] {
+            let text = serde_urlencoded::to_string(&query).unwrap();
+            assert_eq!(parse(&text), Ok(query.clone()), "{text}");
+        }
+        assert_eq!(
+            serde_urlencoded::to_string(WatchQuery {
+                since: Some(4),
+                wait_s: 25,
+                node: Some(NodeName::try_from("n1".to_owned()).unwrap()),
+            })
+            .unwrap(),
+            "since=4&wait_s=25&node=n1"
+        );
+    }
+
+    #[test]
+    fn watch_query_defaults_and_clamp() {
+        assert_eq!(parse(""), Ok(WatchQuery::default()));
+        let q = parse("wait_s=600").unwrap();
+        assert_eq!((q.wait_s, q.wait().as_secs()), (600, MAX_WAIT_S));
+        assert_eq!(parse("since=7").unwrap().wait().as_secs(), DEFAULT_WAIT_S);
+    }
+
+    #[test]
+    fn watch_query_refuses_bad_values() {
+        for (query, expected) in [
+            ("since=abc", "integer revision, got \"abc\""),
+            ("since=", "integer revision, got \"\""),
+            ("since=1.5", "integer revision"),
+            ("since=99999999999999999999", "integer revision"),
+            ("wait_s=-1", "whole number of seconds"),
+            ("wait_s=1e3", "whole number of seconds"),
+            ("node=", "1 to 63"),
+            ("node=a%20b", "1 to 63"),
+            ("node=a%0Ab", "1 to 63"),
+            ("node=caf%C3%A9", "1 to 63"),
+            ("since=1&since=2", "duplicate field `since`"),
+            ("sinse=1", "unknown field `sinse`"),
+        ] {
+            let err = parse(query).unwrap_err();
+            assert!(err.contains(expected), "{query}: {err}");
+        }
+        let long = format!("node={}", "x".repeat(64));
+        assert!(parse(&long).unwrap_err().contains("1 to 63"));
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use containerpub_wire::manifest::Runtime;
-use containerpub_wire::{MANIFEST_FILE, Manifest};
+use containerpub_wire::{CONTAINERFILE, MANIFEST_FILE, Manifest};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use tokio::io::AsyncReadExt;
 
@@ -17,8 +17,6 @@ use super::Context;
 use crate::bundle;
 use crate::client::DeployAnswer;
 
-/// File the platform builds for `runtime = "container"`.
-const CONTAINERFILE: &str = "Containerfile";
 /// Upload chunk size.
 const CHUNK: usize = 64 * 1024;
 

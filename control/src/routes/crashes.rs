@@ -30,15 +30,8 @@ pub async fn report(
     check_name(&name)?;
     let report: CrashReport = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_request("body", format!("not a crash report: {e}")))?;
-    if report.node.is_empty()
-        || report.node.len() > 253
-        || report.node.chars().any(char::is_control)
-    {
-        return Err(Error::bad_request(
-            "node",
-            "must be 1 to 253 characters without control characters",
-        ));
-    }
+    containerpub_wire::validate_node_name(&report.node)
+        .map_err(|m| Error::bad_request("node", m))?;
     if report.count == 0 || report.count > MAX_COUNT {
         return Err(Error::bad_request(
             "count",

@@ -13,7 +13,7 @@ use crate::{build, gc};
 
 fn info(row: FunctionRow, public_url: &str) -> FunctionInfo {
     FunctionInfo {
-        url: format!("{public_url}/fn/{}/", row.name),
+        url: containerpub_wire::function_url(public_url, &row.name),
         name: row.name,
         owner: row.owner,
         active_version: row.active_version,

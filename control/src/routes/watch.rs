@@ -1,90 +1,56 @@
-//! `GET /api/v1/routes?since=N&wait_s=S`: the route table for proxies, as a
-//! long poll on the route revision.
+//! `GET /api/v1/routes?since=N&wait_s=S&node=NAME`: the route table for
+//! proxies, as a long poll on the route revision. The query is
+//! `containerpub_wire::api::WatchQuery`, the struct the proxy sends.
 
-use std::time::Duration;
+use std::error::Error as _;
 
 use axum::Json;
-use axum::extract::{RawQuery, State};
-use containerpub_wire::api::RouteTable;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use containerpub_wire::api::{RouteTable, WatchQuery};
 
 use crate::db;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
-/// Default and longest wait of a long poll.
-pub const DEFAULT_WAIT_S: u64 = 25;
-pub const MAX_WAIT_S: u64 = 60;
-
-/// Query of a watch call.
-#[derive(Debug, PartialEq, Eq)]
-pub struct WatchQuery {
-    /// Revision the caller has; absent → answer at once.
-    pub since: Option<i64>,
-    /// Seconds to wait for a newer revision (clamped to [`MAX_WAIT_S`]).
-    pub wait_s: u64,
-    /// The calling proxy's node name; with `since`, records what it serves.
-    pub node: Option<String>,
-}
-
-pub fn parse_query(query: Option<&str>) -> Result<WatchQuery> {
-    let mut out = WatchQuery {
-        since: None,
-        wait_s: DEFAULT_WAIT_S,
-        node: None,
-    };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "since" => {
-                out.since = Some(value.parse().map_err(|_| {
-                    Error::bad_request(
-                        "since",
-                        format!("must be an integer revision, got {value:?}"),
-                    )
-                })?);
-            }
-            "wait_s" => {
-                let wait: u64 = value.parse().map_err(|_| {
-                    Error::bad_request(
-                        "wait_s",
-                        format!("must be a number of seconds, got {value:?}"),
-                    )
-                })?;
-                out.wait_s = wait.min(MAX_WAIT_S);
-            }
-            "node" if !value.is_empty() && value.len() <= 253 => out.node = Some(value.to_owned()),
-            "node" => {
-                return Err(Error::bad_request("node", "must be 1 to 253 characters"));
-            }
-            other => {
-                return Err(Error::bad_request(
-                    other,
-                    "unknown query parameter (use since, wait_s, node)",
-                ));
-            }
+/// A query that is not a [`WatchQuery`] as a 400 naming the parameter at
+/// fault (axum's `Query` reports it through `serde_path_to_error`) with the
+/// wire type's message.
+pub fn query_error(rejection: &QueryRejection) -> Error {
+    type PathError = serde_path_to_error::Error<serde::de::value::Error>;
+    let mut source = rejection.source();
+    while let Some(error) = source {
+        if let Some(e) = error.downcast_ref::<PathError>() {
+            let field = e.path().to_string();
+            let field = if field == "." {
+                "query".to_owned()
+            } else {
+                field
+            };
+            return Error::bad_request(field, e.inner().to_string());
         }
+        source = error.source();
     }
-    Ok(out)
+    Error::bad_request("query", rejection.body_text())
 }
 
 /// Answers at once when the revision is above `since` (or `since` is
-/// absent); otherwise waits for a change, `wait_s`, or shutdown, then
-/// answers with the current table either way.
+/// absent); otherwise waits for a change, `wait_s` (at most 60 s), or
+/// shutdown, then answers with the current table either way.
 pub async fn routes(
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    query: std::result::Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Json<RouteTable>> {
-    let query = parse_query(query.as_deref())?;
+    let Query(query) = query.map_err(|e| query_error(&e))?;
     if let (Some(since), Some(node)) = (query.since, &query.node) {
-        state.watchers.saw(node, since);
+        state.watchers.saw(node.as_str(), since);
     }
     if let Some(since) = query.since {
         let mut revision = state.revision.clone();
-        let wait = Duration::from_secs(query.wait_s);
         tokio::select! {
             // Err: the follower stopped (shutdown); answer with what is there.
             _ = revision.wait_for(|r| *r > since) => {}
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(query.wait()) => {}
             () = state.shutdown.cancelled() => {}
         }
     }
@@ -93,29 +59,55 @@ pub async fn routes(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::Uri;
+
     use super::*;
 
+    /// What the handler answers for `query`, without a database.
+    fn parse(query: &str) -> Result<WatchQuery> {
+        let uri: Uri = format!("/api/v1/routes?{query}").parse().unwrap();
+        Query::try_from_uri(&uri)
+            .map(|Query(q)| q)
+            .map_err(|e| query_error(&e))
+    }
+
+    fn field_and_message(err: Error) -> (String, String) {
+        match err {
+            Error::BadRequest {
+                field: Some(field),
+                message,
+            } => (field, message),
+            other => panic!("not a 400 naming a field: {other:?}"),
+        }
+    }
+
     #[test]
-    fn query_parsing() {
-        assert_eq!(
-            parse_query(None).unwrap(),
-            WatchQuery {
-                since: None,
-                wait_s: 25,
-                node: None
-            }
-        );
-        assert_eq!(
-            parse_query(Some("since=4&wait_s=600&node=edge-1")).unwrap(),
-            WatchQuery {
-                since: Some(4),
-                wait_s: 60,
-                node: Some("edge-1".into())
-            }
-        );
-        let err = parse_query(Some("since=x")).unwrap_err();
-        assert!(matches!(err, Error::BadRequest { field: Some(ref f), .. } if f == "since"));
-        let err = parse_query(Some("wait_s=-1")).unwrap_err();
-        assert!(matches!(err, Error::BadRequest { field: Some(ref f), .. } if f == "wait_s"));
+    fn the_proxy_s_query_parses_back() {
+        let sent = WatchQuery {
+            since: Some(4),
+            wait_s: 600,
+            node: Some("edge-1".to_owned().try_into().unwrap()),
+        };
+        let text = serde_urlencoded::to_string(&sent).unwrap();
+        let got = parse(&text).unwrap();
+        assert_eq!(got, sent);
+        assert_eq!(got.wait().as_secs(), 60, "clamped");
+        assert_eq!(parse("").unwrap(), WatchQuery::default());
+    }
+
+    #[test]
+    fn bad_queries_name_the_parameter() {
+        for (query, field, message) in [
+            ("since=x", "since", "must be an integer revision, got \"x\""),
+            ("wait_s=-1", "wait_s", "whole number of seconds"),
+            ("node=a%20b", "node", "1 to 63"),
+            ("node=", "node", "1 to 63"),
+            ("since=1&since=2", "query", "duplicate field `since`"),
+            ("bogus=1", "bogus", "unknown field `bogus`"),
+        ] {
+            let (f, m) = field_and_message(parse(query).unwrap_err());
+            assert_eq!(f, field, "{query}: {m}");
+            assert!(m.contains(message), "{query}: {m}");
+        }
     }
 }

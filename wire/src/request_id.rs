@@ -1,0 +1,189 @@
+//! Request ids (`x-request-id`), one rule for every process: an incoming id
+//! is kept when [`is_valid`] says so, else a new one is made ([`generate`]).
+//! `cpub-proxy` and `cpub-control` both call [`pick`], so an id that passes
+//! one passes the other and an id is never rewritten on its way through.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Header carrying the id both ways.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest incoming id that is kept.
+pub const MAX_LEN: usize = 128;
+
+/// An incoming id is kept when it is 1 to [`MAX_LEN`] bytes of
+/// `A-Z a-z 0-9 - _ . : + / =` (enough for UUIDs, ULIDs, base64 and
+/// trace ids; nothing that could split a header or a log line: no space, no
+/// control character, no quote, no byte outside ASCII).
+pub fn is_valid(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_LEN
+        && id.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/' | b'=')
+        })
+}
+
+/// Ids each thread takes from the process-wide counter at a time.
+const BLOCK: u64 = 1 << 16;
+
+/// A new id: 32 lowercase hex digits, unique per process (a counter, taken
+/// by each thread in blocks so that threads share no cache line per call)
+/// and different across processes (mixed with keys from the process's
+/// random hash keys and the start time). Not a secret: the mixing is not
+/// cryptographic.
+pub fn generate() -> String {
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    static KEYS: OnceLock<(u64, u64)> = OnceLock::new();
+    thread_local! {
+        /// This thread's next id and the end of its block.
+        static NEXT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    let (k0, k1) = *KEYS.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let state = RandomState::new();
+        let key = |salt: u64| {
+            let mut h = state.build_hasher();
+            h.write_u64(nanos);
+            h.write_u64(salt);
+            h.finish()
+        };
+        (key(0), key(1))
+    });
+    let n = NEXT.with(|next| {
+        let (mut n, mut end) = next.get();
+        if n == end {
+            n = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = n + BLOCK;
+        }
+        next.set((n + 1, end));
+        n
+    });
+    // `low` is a bijection of the counter, so ids never repeat.
+    hex32(fmix64(n ^ k0), n ^ k1)
+}
+
+/// MurmurHash3's 64-bit finaliser: every input bit moves every output bit.
+fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// `high` then `low` as 32 lowercase hex digits (the hot path's
+/// `format!("{high:016x}{low:016x}")` without the formatting machinery).
+fn hex32(high: u64, low: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    let bytes = (u128::from(high) << 64 | u128::from(low)).to_be_bytes();
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
+}
+
+/// The id to use for a request: the incoming header if valid, else new.
+pub fn pick(incoming: Option<&[u8]>) -> String {
+    match incoming {
+        // `is_valid` admits ASCII only, so the conversion cannot fail.
+        Some(id) if is_valid(id) => String::from_utf8_lossy(id).into_owned(),
+        _ => generate(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_ids_are_kept() {
+        for id in [
+            "abc",
+            "0f8e2c1a-5b8d-4e3f-9a7c-2d1e0b9f8a7c",
+            "01HZX3",
+            "a:b/c+d=",
+            &"x".repeat(128),
+        ] {
+            assert_eq!(pick(Some(id.as_bytes())), id);
+        }
+    }
+
+    #[test]
+    fn hostile_ids_are_replaced() {
+        let too_long = [b'x'; MAX_LEN + 1];
+        let mut hostile: Vec<&[u8]> = vec![
+            b"",
+            b"a b",
+            b"a\r\nx-evil: 1",
+            b"a\nb",
+            b"a\x00b",
+            b"a\tb",
+            b"a\x7fb",
+            b"caf\xc3\xa9",
+            "\u{202e}abc".as_bytes(),
+            b"\xff\xfe",
+            b"<script>",
+            b"a\"b",
+            b"a;b",
+            b"a,b",
+            b"%0d%0a",
+            &too_long,
+        ];
+        let controls: Vec<[u8; 3]> = (0u8..0x20).map(|c| [b'a', c, b'b']).collect();
+        hostile.extend(controls.iter().map(|c| &c[..]));
+        for id in hostile {
+            assert!(!is_valid(id), "{id:?} accepted");
+            let got = pick(Some(id));
+            assert_ne!(got.as_bytes(), id);
+            assert_eq!(got.len(), 32);
+            assert!(is_valid(got.as_bytes()), "a generated id passes the rule");
+        }
+        assert_eq!(pick(None).len(), 32);
+        // The limit is inclusive.
+        assert!(is_valid(&[b'x'; MAX_LEN]));
+    }
+
+    #[test]
+    fn hex32_matches_format() {
+        for (high, low) in [
+            (0, 0),
+            (1, u64::MAX),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+        ] {
+            assert_eq!(hex32(high, low), format!("{high:016x}{low:016x}"));
+        }
+    }
+
+    #[test]
+    fn ids_from_many_threads_never_repeat() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..5000).map(|_| generate()).collect::<Vec<_>>()))
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap() {
+                assert!(all.insert(id), "an id repeated");
+            }
+        }
+        assert_eq!(all.len(), 20_000);
+    }
+
+    #[test]
+    fn generated_ids_differ_and_are_hex() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| generate()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
+}
