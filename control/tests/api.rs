@@ -1,10 +1,15 @@
 //! Handler tests: the real router (`Router::oneshot`, no socket) against a
-//! fresh PostgreSQL database per test, and, when the Podman socket answers,
-//! real image builds.
+//! fresh PostgreSQL database per test, and real image builds through Podman.
 //!
 //! Database: `CPUB_TEST_DATABASE_URL` (default: `scripts/pg.sh url`, the
 //! local test cluster); each test creates `cpub_test_<random>` and drops it,
 //! also when the test fails.
+//!
+//! Podman: only the tests named `*_with_podman` use it (the API socket at
+//! `CPUB_PODMAN_SOCKET`, default `/run/podman/podman.sock`); without it they
+//! fail, saying so, and never pass untested. The others build nothing and run
+//! without Podman: `cargo test -p containerpub-control --test api -- --skip
+//! with_podman`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +35,32 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "test-bootstrap-token-0123456789";
 const PASSWORD: &str = "correct horse battery staple";
-const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+/// Podman's API socket as `scripts/setup-host.sh` starts it.
+const DEFAULT_PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+/// The Podman API socket of the tests: `CPUB_PODMAN_SOCKET`, else the
+/// default (the pool's tests read the same variable).
+fn podman_socket() -> PathBuf {
+    std::env::var_os("CPUB_PODMAN_SOCKET")
+        .filter(|s| !s.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_PODMAN_SOCKET), PathBuf::from)
+}
+
+/// A Podman client for a test that needs one; fails the test with what to do
+/// when the API does not answer.
+async fn require_podman() -> Podman {
+    let socket = podman_socket();
+    let podman = Podman::new(socket.clone());
+    if let Err(e) = podman.ping().await {
+        panic!(
+            "this test needs the Podman API at {} (CPUB_PODMAN_SOCKET), which does not answer: {e}\n\
+             start it with `bash scripts/setup-host.sh`, or leave the Podman tests out with \
+             `cargo test -p containerpub-control --test api -- --skip with_podman`",
+            socket.display()
+        );
+    }
+    podman
+}
 
 fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
@@ -148,7 +178,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: String::new(),
         data_dir: data.path().to_path_buf(),
-        podman_socket: PathBuf::from(PODMAN_SOCKET),
+        podman_socket: podman_socket(),
         public_url: "http://proxy.test".into(),
         limits: Limits {
             max_upload_bytes,
@@ -168,7 +198,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
     let state = AppState {
         db: db.pool.clone(),
         settings: Arc::new(settings),
-        podman: Podman::new(PODMAN_SOCKET),
+        podman: Podman::new(podman_socket()),
         revision: rx,
         watchers: Arc::default(),
         shutdown,
@@ -648,14 +678,10 @@ async fn concurrent_deploys_get_distinct_versions() {
     assert_eq!(versions, (1..=8).collect::<Vec<_>>());
 }
 
-/// Builds real images when the Podman socket answers; skipped otherwise.
+/// Builds real images (needs Podman: fails without it).
 #[tokio::test]
 async fn deploy_build_fail_and_delete_with_podman() {
-    let podman = Podman::new(PODMAN_SOCKET);
-    if podman.ping().await.is_err() {
-        eprintln!("skipping: no Podman API at {PODMAN_SOCKET}");
-        return;
-    }
+    let podman = require_podman().await;
     let app = app().await;
     let name = format!("t{}", random_hex(4));
     let bundle = tar_gz(&[
