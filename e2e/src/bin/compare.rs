@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
+use clap::builder::TypedValueParser as _;
 use containerpub_e2e::bench::{ColdBench, FN_PORT, Stats, call, ms, only_container, podman, until};
 use containerpub_e2e::{PROXY_THREADS, Stack, container_ip, repo_root};
 use containerpub_loadtest::{AllowList, Mode, Plan, Report, Target, TargetSet};
@@ -53,67 +55,67 @@ idle_stop_s = 86400\n";
 /// upstream connection per request in flight).
 const IDLE_OPEN_PARALLEL: usize = 16;
 
+/// Every flag of `scripts/compare.sh` (which passes its arguments through).
+/// A value out of its range is refused, naming the flag and the range.
+#[derive(Debug, Parser)]
+#[command(
+    name = "compare",
+    about = "cpub-proxy against nginx and no proxy on one function container, \
+             plus cold start, resume and idle memory (docs/BENCHMARKS.md)"
+)]
 struct Args {
+    /// Rounds; each loads every target once, in a rotating order.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(1..=60).map(usize::from))]
     rounds: usize,
+    /// Seconds of each measured run (0.5 to 120).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = duration_secs)]
     duration: Duration,
+    /// Seconds of warm-up before each measured run (0.1 to 60).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = warmup_secs)]
     warmup: Duration,
+    /// Connections of the closed loop and of wrk.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=40).map(usize::from))]
     connections: usize,
+    /// Requests per second of the open loop (1 to 200000).
+    #[arg(long, value_name = "REQ_PER_S", default_value = "2000", value_parser = rate)]
     rate: f64,
+    /// Idle keep-alive client connections of the memory figure.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u16).range(1..=30_000).map(usize::from))]
     idle_conns: usize,
+    /// Leave out the wrk cross-check.
+    #[arg(long = "no-wrk", action = clap::ArgAction::SetFalse)]
     wrk: bool,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "compare [--rounds N (5)] [--duration SECS (5)] [--warmup SECS (1)] \
-[--connections N (32)] [--rate REQ_PER_S (2000)] [--idle-conns N (10000)] [--no-wrk] [--json FILE]";
+/// A finite number within `lo..=hi`.
+fn number_in(text: &str, lo: f64, hi: f64) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|x| (lo..=hi).contains(x))
+        .ok_or_else(|| format!("{text:?} is not a number from {lo} to {hi}"))
+}
 
+fn duration_secs(text: &str) -> Result<Duration, String> {
+    number_in(text, 0.5, 120.0).map(Duration::from_secs_f64)
+}
+
+fn warmup_secs(text: &str) -> Result<Duration, String> {
+    number_in(text, 0.1, 60.0).map(Duration::from_secs_f64)
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    number_in(text, 1.0, 200_000.0)
+}
+
+/// The command line; `--help` and a bad flag exit here (clap).
 fn args() -> Result<Args> {
-    let mut a = Args {
-        rounds: 5,
-        duration: Duration::from_secs(5),
-        warmup: Duration::from_secs(1),
-        connections: 32,
-        rate: 2000.0,
-        idle_conns: 10_000,
-        wrk: true,
-        json: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| -> Result<String> {
-            it.next().with_context(|| format!("{flag} needs a value"))
-        };
-        let num = |flag: &str, v: String| -> Result<f64> {
-            v.parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .with_context(|| format!("{flag}: {v:?} is not a positive number"))
-        };
-        match arg.as_str() {
-            "--rounds" => a.rounds = num(&arg, value(&arg)?)?.clamp(1.0, 60.0) as usize,
-            "--duration" => {
-                a.duration = Duration::from_secs_f64(num(&arg, value(&arg)?)?.clamp(0.5, 120.0));
-            }
-            "--warmup" => {
-                a.warmup = Duration::from_secs_f64(num(&arg, value(&arg)?)?.clamp(0.1, 60.0));
-            }
-            "--connections" => {
-                a.connections = num(&arg, value(&arg)?)?.clamp(1.0, 40.0) as usize;
-            }
-            "--rate" => a.rate = num(&arg, value(&arg)?)?.clamp(1.0, 200_000.0),
-            "--idle-conns" => {
-                a.idle_conns = num(&arg, value(&arg)?)?.clamp(1.0, 30_000.0) as usize;
-            }
-            "--no-wrk" => a.wrk = false,
-            "--json" => a.json = Some(PathBuf::from(value(&arg)?)),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\nusage: {USAGE}"),
-        }
-    }
-    Ok(a)
+    Ok(Args::parse())
 }
 
 // ---------------------------------------------------------------- targets
@@ -1220,5 +1222,91 @@ fn profile_name() -> &'static str {
         "debug"
     } else {
         "release"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_and_defaults_of_compare_sh() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["compare"]).unwrap();
+        assert_eq!(
+            (
+                a.rounds,
+                a.duration,
+                a.warmup,
+                a.connections,
+                a.rate,
+                a.idle_conns,
+                a.wrk
+            ),
+            (
+                5,
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+                32,
+                2000.0,
+                10_000,
+                true
+            )
+        );
+        assert_eq!(a.json, None);
+        let a = Args::try_parse_from([
+            "compare",
+            "--rounds",
+            "6",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "0.5",
+            "--connections",
+            "8",
+            "--rate",
+            "500",
+            "--idle-conns",
+            "100",
+            "--no-wrk",
+            "--json",
+            "/tmp/c.json",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                a.rounds,
+                a.duration,
+                a.warmup,
+                a.connections,
+                a.rate,
+                a.idle_conns,
+                a.wrk
+            ),
+            (
+                6,
+                Duration::from_millis(2500),
+                Duration::from_millis(500),
+                8,
+                500.0,
+                100,
+                false
+            )
+        );
+        assert_eq!(a.json, Some(PathBuf::from("/tmp/c.json")));
+        for bad in [
+            &["--rounds", "0"][..],
+            &["--connections", "41"],
+            &["--duration", "nan"],
+            &["--rate", "inf"],
+            &["--idle-conns", "30001"],
+            &["--wrk"],
+        ] {
+            let argv = std::iter::once("compare").chain(bad.iter().copied());
+            let err = Args::try_parse_from(argv).unwrap_err().to_string();
+            assert!(err.contains(bad[0]), "{bad:?}: {err}");
+        }
     }
 }

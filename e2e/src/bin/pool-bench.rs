@@ -35,7 +35,9 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use clap::Parser;
+use clap::builder::TypedValueParser as _;
 use containerpub_e2e::Stack;
 use containerpub_e2e::bench::{
     ColdBench, FN_PORT, Stats, Userns, call, median_of, ms, only_container, podman, raw_api_start,
@@ -44,38 +46,29 @@ use containerpub_e2e::bench::{
 use containerpub_e2e::container_ip;
 use containerpub_pool::Podman;
 
+/// A value out of its range is refused, naming the flag and the range.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pool-bench",
+    about = "Cold start, resume and warm-call cost of the warm pool against raw Podman"
+)]
 struct Args {
+    /// Rounds (one cold start of each kind per round).
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..=100).map(usize::from))]
     rounds: usize,
+    /// Warm calls per round, through the proxy and straight to the instance.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u16).range(10..=10_000).map(usize::from))]
     warm_calls: usize,
+    /// Also measure what the instance's user namespace costs a cold start.
+    #[arg(long)]
     userns_compare: bool,
 }
 
+/// The command line; `--help` and a bad flag exit here (clap).
 fn args() -> Result<Args> {
-    let mut a = Args {
-        rounds: 10,
-        warm_calls: 200,
-        userns_compare: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |flag: &str| -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{flag} needs a value"))?
-                .parse()
-                .with_context(|| format!("{flag}: not a number"))
-        };
-        match arg.as_str() {
-            "--rounds" => a.rounds = value("--rounds")?.clamp(1, 100),
-            "--warm-calls" => a.warm_calls = value("--warm-calls")?.clamp(10, 10_000),
-            "--userns-compare" => a.userns_compare = true,
-            "-h" | "--help" => {
-                println!("pool-bench [--rounds N (10)] [--warm-calls N (200)] [--userns-compare]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
-    Ok(a)
+    Ok(Args::parse())
 }
 
 #[tokio::main]
@@ -254,4 +247,37 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
         warm_proxy.median() / warm_direct.median()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_and_defaults() {
+        Args::command().debug_assert();
+        let a = Args::try_parse_from(["pool-bench"]).unwrap();
+        assert_eq!((a.rounds, a.warm_calls, a.userns_compare), (10, 200, false));
+        let a = Args::try_parse_from([
+            "pool-bench",
+            "--rounds",
+            "5",
+            "--warm-calls",
+            "50",
+            "--userns-compare",
+        ])
+        .unwrap();
+        assert_eq!((a.rounds, a.warm_calls, a.userns_compare), (5, 50, true));
+        for bad in [
+            &["--rounds", "101"][..],
+            &["--warm-calls", "9"],
+            &["--rounds", "x"],
+        ] {
+            let argv = std::iter::once("pool-bench").chain(bad.iter().copied());
+            let err = Args::try_parse_from(argv).unwrap_err().to_string();
+            assert!(err.contains(bad[0]), "{bad:?}: {err}");
+        }
+    }
 }
