@@ -1,11 +1,10 @@
 //! The CLI's settings: `~/.config/cpub/config.toml` (control-plane URL and API
 //! token), overridden by `CPUB_URL` / `CPUB_TOKEN`; written with mode 0600.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use containerpub_util::fs::{Modes, write_atomic};
 use containerpub_wire::{ENV_TOKEN, ENV_URL};
 use serde::{Deserialize, Serialize};
 
@@ -89,44 +88,15 @@ pub fn load(path: &Path) -> Result<ConfigFile> {
 /// Writes the file atomically (temp file + rename) with mode 0600, creating
 /// its directory with mode 0700 when needed: the token is a credential.
 pub fn save(path: &Path, config: &ConfigFile) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let Some(file_name) = path.file_name() else {
-        bail!("config path {} has no file name", path.display());
-    };
-    let mut tmp_name = file_name.to_owned();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
     let text = toml::to_string(config).context("cannot encode the config")?;
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The mode above only applies when the file is created.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write()
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    write_atomic(path, text.as_bytes(), Modes::PRIVATE)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn file() -> ConfigFile {

@@ -23,10 +23,6 @@ pub const ENV_BUILD_MAX_OUTPUT_BYTES: &str = "CPUB_BUILD_MAX_OUTPUT_BYTES";
 pub const ENV_BUILD_BASE_IMAGES: &str = "CPUB_BUILD_BASE_IMAGES";
 pub const ENV_BOOTSTRAP_TOKEN: &str = "CPUB_BOOTSTRAP_TOKEN";
 pub const ENV_ADMIN_PASSWORD: &str = "CPUB_ADMIN_PASSWORD";
-/// Log filter (`tracing_subscriber::EnvFilter` syntax), default `info`.
-pub const ENV_LOG: &str = "CPUB_LOG";
-/// Log format: `plain` (default) or `json`.
-pub const ENV_LOG_FORMAT: &str = "CPUB_LOG_FORMAT";
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;

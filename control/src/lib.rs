@@ -13,7 +13,6 @@ pub mod deploy;
 pub mod elf;
 pub mod error;
 pub mod gc;
-pub mod logging;
 pub mod revision;
 pub mod routes;
 pub mod server;

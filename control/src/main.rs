@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use containerpub_control::config::{Config, EXIT_CONFIG};
-use containerpub_control::{logging, server};
+use containerpub_control::server;
 
 #[tokio::main]
 async fn main() {
@@ -21,7 +21,7 @@ async fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
-    if let Err(err) = logging::init() {
+    if let Err(err) = containerpub_util::logging::init() {
         eprintln!("cpub-control: bad configuration: {err}");
         std::process::exit(EXIT_CONFIG);
     }

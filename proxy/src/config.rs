@@ -21,10 +21,6 @@ pub const ENV_THREADS: &str = "CPUB_PROXY_THREADS";
 pub const ENV_GRACE_PERIOD_S: &str = "CPUB_PROXY_GRACE_PERIOD_S";
 /// Environment variable: seconds a new instance may take to become ready.
 pub const ENV_START_TIMEOUT_S: &str = "CPUB_START_TIMEOUT_S";
-/// Environment variable: `tracing` filter (`info`, `cpub_proxy=debug,info`).
-pub const ENV_LOG: &str = "CPUB_LOG";
-/// Environment variable: log format, `plain` or `json`.
-pub const ENV_LOG_FORMAT: &str = "CPUB_LOG_FORMAT";
 
 /// Exit code for bad configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -216,34 +212,6 @@ fn host_name() -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-/// Log output format (`CPUB_LOG_FORMAT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
-
-impl LogFormat {
-    /// Reads `CPUB_LOG_FORMAT`; unset means plain.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        match std::env::var(ENV_LOG_FORMAT) {
-            Err(_) => Ok(Self::Plain),
-            Ok(v) => Self::parse(&v).ok_or_else(|| ConfigError {
-                setting: ENV_LOG_FORMAT.to_owned(),
-                message: format!("must be \"plain\" or \"json\", got {v:?}"),
-            }),
-        }
-    }
-
-    fn parse(value: &str) -> Option<Self> {
-        match value {
-            "plain" | "" => Some(Self::Plain),
-            "json" => Some(Self::Json),
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,12 +257,5 @@ mod tests {
     fn trailing_slash_is_dropped_from_the_control_url() {
         let c = parse(&["--token", "t", "--control-url", "http://h:7070/"]).unwrap();
         assert_eq!(c.control_url, "http://h:7070");
-    }
-
-    #[test]
-    fn log_format_values() {
-        assert_eq!(LogFormat::parse("json"), Some(LogFormat::Json));
-        assert_eq!(LogFormat::parse("plain"), Some(LogFormat::Plain));
-        assert_eq!(LogFormat::parse("xml"), None);
     }
 }

@@ -12,7 +12,6 @@
 //! outlives the workers, so the pool's background tasks survive and
 //! `Pool::shutdown` can run after the workers have stopped.
 
-use std::io::IsTerminal;
 use std::process::exit;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +20,8 @@ use clap::Parser;
 use containerpub_pool::{Podman, Pool, PoolConfig};
 use containerpub_wire::api::NodeName;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
-use containerpub_proxy::config::{self, Config, EXIT_CONFIG, LogFormat};
+use containerpub_proxy::config::{Config, EXIT_CONFIG};
 use containerpub_proxy::crashes;
 use containerpub_proxy::metrics;
 use containerpub_proxy::routes::{self, Routes, Watcher};
@@ -47,31 +45,11 @@ fn main() {
         eprintln!("cpub-proxy: bad configuration: {e}");
         exit(EXIT_CONFIG);
     });
-    if let Err(message) = init_logging() {
-        eprintln!("cpub-proxy: bad configuration: {message}");
+    if let Err(e) = containerpub_util::logging::init() {
+        eprintln!("cpub-proxy: bad configuration: {e}");
         exit(EXIT_CONFIG);
     }
     exit(run(config));
-}
-
-/// Sets up `tracing` from `CPUB_LOG` and `CPUB_LOG_FORMAT`.
-fn init_logging() -> Result<(), String> {
-    let format = LogFormat::from_env().map_err(|e| e.to_string())?;
-    let filter = match std::env::var(config::ENV_LOG) {
-        Ok(spec) => {
-            EnvFilter::try_new(&spec).map_err(|e| format!("{}: {spec:?}: {e}", config::ENV_LOG))?
-        }
-        Err(_) => EnvFilter::new("info"),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Plain => builder.try_init(),
-    };
-    installed.map_err(|e| format!("logging: {e}"))
 }
 
 /// Runs the proxy; returns the process exit code.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use containerpub_pool::Pool;
+use containerpub_util::fs::{Modes, write_atomic};
 use containerpub_wire::api::{self, NodeName, Route, RouteTable, WatchQuery};
 use rustc_hash::FxHashMap;
 use tracing::{debug, info, warn};
@@ -169,28 +170,15 @@ pub fn load_snapshot_or_empty(path: &Path) -> RouteTable {
     }
 }
 
-/// Writes a snapshot atomically: a temporary file in the same directory,
-/// flushed to disk, then renamed over the old one.
+/// Writes a snapshot atomically (`containerpub_util::fs::write_atomic`: a
+/// temporary file in the same directory, flushed to disk, renamed over the
+/// old one).
 pub fn save_snapshot(path: &Path, table: &RouteTable) -> Result<(), SnapshotError> {
-    use std::io::Write;
-
-    let io = |source| SnapshotError::Io {
+    let json = serde_json::to_vec_pretty(table).expect("a route table always serializes");
+    write_atomic(path, &json, Modes::PUBLIC).map_err(|source| SnapshotError::Io {
         path: path.to_owned(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let json = serde_json::to_vec_pretty(table).expect("a route table always serializes");
-    let mut file = std::fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&json).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    })
 }
 
 /// Follows the control plane's route table.
@@ -359,10 +347,11 @@ mod tests {
         };
         save_snapshot(&path, &table).unwrap();
         assert_eq!(load_snapshot(&path).unwrap(), Some(table.clone()));
-        assert!(
-            !path.with_file_name("routes.json.tmp").exists(),
-            "temporary file left behind"
-        );
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["routes.json"], "temporary file left behind");
 
         // Overwriting replaces the content as a whole.
         let newer = RouteTable {
