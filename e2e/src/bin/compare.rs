@@ -1231,71 +1231,34 @@ mod tests {
 
     use super::*;
 
+    type Knobs = (usize, f64, f64, usize, f64, usize, bool, Option<PathBuf>);
+
+    fn knobs(argv: &str) -> Knobs {
+        let a = Args::try_parse_from(argv.split_whitespace()).unwrap();
+        let (d, w) = (a.duration.as_secs_f64(), a.warmup.as_secs_f64());
+        (
+            a.rounds,
+            d,
+            w,
+            a.connections,
+            a.rate,
+            a.idle_conns,
+            a.wrk,
+            a.json,
+        )
+    }
+
     #[test]
     fn flags_and_defaults_of_compare_sh() {
         Args::command().debug_assert();
-        let a = Args::try_parse_from(["compare"]).unwrap();
         assert_eq!(
-            (
-                a.rounds,
-                a.duration,
-                a.warmup,
-                a.connections,
-                a.rate,
-                a.idle_conns,
-                a.wrk
-            ),
-            (
-                5,
-                Duration::from_secs(5),
-                Duration::from_secs(1),
-                32,
-                2000.0,
-                10_000,
-                true
-            )
+            knobs("compare"),
+            (5, 5.0, 1.0, 32, 2000.0, 10_000, true, None)
         );
-        assert_eq!(a.json, None);
-        let a = Args::try_parse_from([
-            "compare",
-            "--rounds",
-            "6",
-            "--duration",
-            "2.5",
-            "--warmup",
-            "0.5",
-            "--connections",
-            "8",
-            "--rate",
-            "500",
-            "--idle-conns",
-            "100",
-            "--no-wrk",
-            "--json",
-            "/tmp/c.json",
-        ])
-        .unwrap();
-        assert_eq!(
-            (
-                a.rounds,
-                a.duration,
-                a.warmup,
-                a.connections,
-                a.rate,
-                a.idle_conns,
-                a.wrk
-            ),
-            (
-                6,
-                Duration::from_millis(2500),
-                Duration::from_millis(500),
-                8,
-                500.0,
-                100,
-                false
-            )
-        );
-        assert_eq!(a.json, Some(PathBuf::from("/tmp/c.json")));
+        let every = "compare --rounds 6 --duration 2.5 --warmup 0.5 --connections 8 \
+                     --rate 500 --idle-conns 100 --no-wrk --json /tmp/c.json";
+        let json = Some(PathBuf::from("/tmp/c.json"));
+        assert_eq!(knobs(every), (6, 2.5, 0.5, 8, 500.0, 100, false, json));
         for bad in [
             &["--rounds", "0"][..],
             &["--connections", "41"],
