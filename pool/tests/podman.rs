@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerpub_pool::health::wait_ready;
-use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
 use containerpub_pool::spec::{self, USERNS_SIZE};
 use containerpub_pool::{
     ContainerRuntime, InstanceState, NETWORK, PodmanRuntime, Pool, PoolConfig, RuntimeEvent,
     StartKind, labels,
 };
+use containerpub_pool::{DEFAULT_SOCKET, Podman};
 use containerpub_wire::Manifest;
 use containerpub_wire::api::Route;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
