@@ -17,6 +17,8 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::spec::ContainerSpec;
+
 /// API version prefix; Podman 4.3 serves v4.
 pub(crate) const API: &str = "/v4.0.0/libpod";
 
@@ -234,10 +236,12 @@ impl Podman {
         }
     }
 
-    /// Creates a container from a libpod SpecGenerator document; returns its id.
-    pub async fn create_container(&self, spec: &Value) -> Result<String, PodmanError> {
+    /// Creates a container from `spec`; returns its id.
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, PodmanError> {
+        let body = serde_json::to_value(spec)
+            .map_err(|e| PodmanError::Decode(format!("container spec: {e}")))?;
         let v = self
-            .call_json(Method::POST, "/containers/create", Some(spec.clone()))
+            .call_json(Method::POST, "/containers/create", Some(body))
             .await?;
         v.get("Id")
             .and_then(Value::as_str)

@@ -5,8 +5,10 @@
 
 pub mod build;
 pub mod client;
+pub mod spec;
 
 pub use build::{BuildLimits, BuildOutput, BuildStop, reap_orphaned_builds};
 pub use client::{
     ContainerEvent, ContainerState, ContainerSummary, DEFAULT_SOCKET, Podman, PodmanError,
 };
+pub use spec::ContainerSpec;

@@ -447,9 +447,8 @@ async fn instances_get_disjoint_host_id_ranges() {
     // The negative control: the same spec without the user namespace, as
     // the pool made it before. The checks below must fail on it.
     let mut plain = spec::container_spec(&a, &node, NETWORK);
-    let body = plain.as_object_mut().unwrap();
-    body.remove("userns");
-    body.remove("idmappings");
+    plain.userns = None;
+    plain.idmappings = None;
     let control = podman.create_container(&plain).await;
 
     let check = {
