@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod client;
+mod connection;
 pub mod spec;
 
 pub use build::{BuildLimits, BuildOutput, BuildStop, reap_orphaned_builds};

@@ -6,17 +6,18 @@
 //!
 //! Needs the Podman API socket and busybox-static (scripts/setup-host.sh).
 
-use std::collections::BTreeMap;
-use std::path::Path;
+mod support;
 
+use std::collections::BTreeMap;
+
+use containerpub_podman::Podman;
 use containerpub_podman::spec::{
     AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, MemoryLimits, Mount, Namespace,
     NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
 };
-use containerpub_podman::{DEFAULT_SOCKET, Podman};
 use serde_json::{Value, json};
+use support::{IMAGE, build_image, podman};
 
-const IMAGE: &str = "localhost/cpub-test-busybox:1";
 const NETWORK: &str = "cpub";
 const USERNS_SIZE: u32 = 65_536;
 /// Podman 4.3's default capability set: what `cap_drop: ["ALL"]` removes.
@@ -36,34 +37,6 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_SETUID",
     "CAP_SYS_CHROOT",
 ];
-
-fn podman() -> Podman {
-    Podman::new(std::env::var("CPUB_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.into()))
-}
-
-/// Builds the busybox httpd image the pool's tests use.
-async fn build_image(podman: &Podman) {
-    let dir = tempfile::tempdir().unwrap();
-    let tar_path = dir.path().join("ctx.tar");
-    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
-    builder
-        .append_path_with_name(Path::new("/bin/busybox"), "busybox")
-        .unwrap();
-    let containerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/tmp\"]\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_size(containerfile.len() as u64);
-    header.set_mode(0o644);
-    builder
-        .append_data(&mut header, "Containerfile", &containerfile[..])
-        .unwrap();
-    builder.finish().unwrap();
-    drop(builder);
-    let out = podman
-        .build_image(&tar_path, "Containerfile", IMAGE)
-        .await
-        .unwrap();
-    assert!(out.ok, "build failed: {}", out.log);
-}
 
 fn labels(kind: &str) -> BTreeMap<String, String> {
     BTreeMap::from([

@@ -235,8 +235,8 @@ async fn pool_life_cycle_on_podman() {
 }
 
 /// Podman's event stream reports a container's death to the runtime at
-/// once (dfe849d matched only `died`, which Podman 4.3 calls `die` on the
-/// requests it sends: the pool never saw one).
+/// once (dfe849d matched only `died`, which Podman 4.3 called `die` on the
+/// absolute-form requests the client then sent: the pool never saw one).
 #[tokio::test]
 async fn a_dying_container_is_reported_by_the_event_stream() {
     let podman = podman();
