@@ -25,6 +25,7 @@ bash examples/build.sh
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test -p containerpub-e2e --locked --test crate_graph  # which crate may depend on which, no cycles
 
 step "build binaries used by the end-to-end tests"
 cargo build --workspace --bins --locked

@@ -168,7 +168,7 @@ async fn removal_takes_anonymous_volumes_and_does_not_wait_for_the_stop_timeout(
     if volume_left {
         let _ = Command::new("podman")
             .args(["volume", "rm", "-f", &volume])
-            .status();
+            .output();
     }
     removed.unwrap();
     assert!(!volume_left, "anonymous volume {volume} left behind");
