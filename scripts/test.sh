@@ -26,6 +26,7 @@ step "format and lints"
 cargo fmt --all --check
 bash scripts/check-headers.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test -p containerpub-e2e --locked --test crate_graph  # which crate may depend on which, no cycles
 
 step "build binaries used by the end-to-end tests"
 cargo build --workspace --bins --locked

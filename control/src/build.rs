@@ -1,10 +1,10 @@
 //! Image builds through Podman: the image tag of a deployment, and one build
 //! run in the build sandbox (no network, resource limits, a wall clock and
-//! an output cap; see `containerpub_pool::build`).
+//! an output cap; see `containerpub_podman::build`).
 
 use std::time::Duration;
 
-use containerpub_pool::Podman;
+use containerpub_podman::Podman;
 
 use crate::archive::Bundle;
 use crate::config::BuildSettings;

@@ -44,7 +44,7 @@ pub struct Config {
     #[arg(long, env = ENV_DATA_DIR, default_value = "/var/lib/containerpub/control")]
     pub data_dir: PathBuf,
     /// Podman REST API socket used to build and remove images.
-    #[arg(long, env = ENV_PODMAN_SOCKET, default_value = containerpub_pool::podman::DEFAULT_SOCKET)]
+    #[arg(long, env = ENV_PODMAN_SOCKET, default_value = containerpub_podman::DEFAULT_SOCKET)]
     pub podman_socket: PathBuf,
     /// Base URL of the proxy; a function's URL is `{public_url}/fn/{name}/`.
     #[arg(long, env = ENV_PUBLIC_URL, default_value = "http://127.0.0.1:8080")]
@@ -120,7 +120,7 @@ pub struct Settings {
 /// Containerfile may use.
 #[derive(Debug, Clone, Default)]
 pub struct BuildSettings {
-    pub limits: containerpub_pool::BuildLimits,
+    pub limits: containerpub_podman::BuildLimits,
     /// Allowed `FROM` images besides `scratch` (exact references).
     pub base_images: Vec<String>,
 }
@@ -257,12 +257,12 @@ impl Config {
             },
             build_timeout: Duration::from_secs(self.build_timeout_s),
             build: BuildSettings {
-                limits: containerpub_pool::BuildLimits {
+                limits: containerpub_podman::BuildLimits {
                     memory_bytes: self.build_memory_mb.saturating_mul(1 << 20),
                     millicpus: (self.build_cpus * 1000.0).round() as u64,
                     pids: self.build_pids,
                     max_output_bytes: self.build_max_output_bytes,
-                    ..containerpub_pool::BuildLimits::default()
+                    ..containerpub_podman::BuildLimits::default()
                 },
                 base_images,
             },
@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(s.limits.max_bundle_bytes, 512 << 20);
         assert_eq!(s.limits.max_bundle_files, 10_000);
         assert_eq!(s.build_timeout, Duration::from_secs(600));
-        assert_eq!(s.build.limits, containerpub_pool::BuildLimits::default());
+        assert_eq!(s.build.limits, containerpub_podman::BuildLimits::default());
         assert!(s.build.base_images.is_empty());
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
     }

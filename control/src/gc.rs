@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use containerpub_pool::Podman;
+use containerpub_podman::Podman;
 use sqlx::{PgPool, Postgres, Transaction};
 
 /// Advisory lock class of artifact digests ("cpub").
@@ -122,7 +122,7 @@ pub async fn sweep_artifacts(db: &PgPool, dir: &Path) -> anyhow::Result<usize> {
 pub async fn remove_image(
     podman: &Podman,
     image: &str,
-) -> Result<(), containerpub_pool::PodmanError> {
+) -> Result<(), containerpub_podman::PodmanError> {
     let until = tokio::time::Instant::now() + IMAGE_REMOVAL_BUDGET;
     let mut pause = IMAGE_RETRY_FIRST;
     let mut attempt = 0u32;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
-use containerpub_pool::Podman;
+use containerpub_podman::Podman;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +35,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if stale > 0 {
         tracing::warn!(count = stale, "marked abandoned builds as failed");
     }
-    let orphans = containerpub_pool::reap_orphaned_builds().await;
+    let orphans = containerpub_podman::reap_orphaned_builds().await;
     if orphans > 0 {
         tracing::warn!(count = orphans, "killed the steps of abandoned builds");
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use containerpub_pool::Podman;
+use containerpub_podman::Podman;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

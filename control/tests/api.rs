@@ -21,7 +21,7 @@ use axum::http::{Request, StatusCode, header};
 use containerpub_control::config::{BuildSettings, Limits, Settings};
 use containerpub_control::state::AppState;
 use containerpub_control::{auth, db, revision, routes};
-use containerpub_pool::Podman;
+use containerpub_podman::Podman;
 use containerpub_wire::api::{
     ApiError, DeploymentInfo, DeploymentStatus, FunctionInfo, LoginResponse, RouteTable,
 };

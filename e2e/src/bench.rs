@@ -243,13 +243,13 @@ pub async fn spec_start(
     };
     let (key, value) = label.split_once('=').context("label is key=value")?;
     let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);
-    let body = spec.as_object_mut().context("spec is an object")?;
     if userns == Userns::Host {
-        body.remove("userns")
+        spec.userns
+            .take()
             .context("the pool's spec has a user namespace")?;
-        body.remove("idmappings");
+        spec.idmappings = None;
     }
-    body["labels"][key] = value.into();
+    spec.labels.insert(key.into(), value.into());
     let t0 = Instant::now();
     let id = api.create_container(&spec).await?;
     let result = async {

@@ -1,14 +1,14 @@
-//! The instance pool: the only code in ContainerPub that talks to Podman.
+//! The instance pool: owns function instances' life cycles on Podman and
+//! leases instances to the proxy.
 //!
-//! `podman` is the REST client (also used by the control plane to build and
-//! remove images); `pool` owns instance life cycles and leases instances to
-//! the proxy.
+//! Podman is reached through `containerpub-podman` (the REST client, also
+//! used by the control plane to build and remove images); the proxy reaches
+//! it only through the pool, hence the re-exports.
 
-pub mod build;
-pub mod podman;
-
-pub use build::{BuildLimits, BuildOutput, BuildStop, reap_orphaned_builds};
-pub use podman::{Podman, PodmanError};
+/// The Podman REST client (`containerpub-podman`), re-exported for the
+/// pool's users.
+pub use containerpub_podman as podman;
+pub use containerpub_podman::{DEFAULT_SOCKET, Podman, PodmanError};
 
 /// Podman network every function instance joins.
 pub const NETWORK: &str = "cpub";

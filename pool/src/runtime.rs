@@ -227,10 +227,9 @@ impl ContainerRuntime for PodmanRuntime {
         let follow = self.podman.container_events(&filter, &raw_tx);
         let forward = async {
             while let Some(event) = raw_rx.recv().await {
-                // Podman 4.3 names the event `died` on a libpod request and
-                // `die` on a Docker-compatible one, and it tells them apart
-                // by the request URI's text (an absolute URI is taken for a
-                // compatible request): accept both.
+                // Podman 4.3 names the event `died` on a libpod request (what
+                // the client sends) and `die` on a Docker-compatible one
+                // (told apart by the request URI's text): accept both.
                 let died = matches!(event.action.as_str(), "died" | "die");
                 if died && tx.send(RuntimeEvent::Died { id: event.id }).is_err() {
                     return;

@@ -1,15 +1,21 @@
-//! The libpod container spec of a function instance, with the isolation
-//! defaults of DESIGN.md applied to every container.
+//! The container spec of a function instance, with the isolation defaults
+//! of DESIGN.md applied to every container (the struct and its Podman
+//! spelling: `containerpub_podman::spec`).
 
+use std::collections::BTreeMap;
+
+use containerpub_podman::spec::{
+    AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, MemoryLimits, Mount, Namespace,
+    NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
+};
 use containerpub_wire::api::Route;
-use serde_json::{Value, json};
 
 use crate::labels;
 
 /// Non-root user every function runs as.
 pub const FUNCTION_USER: &str = "65534:65534";
-/// Size of the writable tmpfs at /tmp.
-const TMP_SIZE: &str = "size=64m";
+/// Options of the writable tmpfs at /tmp (64 MiB).
+const TMP_OPTIONS: &[&str] = &["rw", "nosuid", "nodev", "noexec", "size=64m"];
 /// CFS period used to express the CPU quota.
 const CPU_PERIOD_US: u64 = 100_000;
 /// Ids each instance's user namespace maps: 0..=65535 inside, a range of
@@ -18,55 +24,65 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// default `auto-userns-max-size`.
 pub const USERNS_SIZE: u32 = 65_536;
 const _: () = assert!(USERNS_SIZE > 65_534, "the function user must be mapped");
+/// Seconds Podman waits after SIGTERM before SIGKILL.
+const STOP_TIMEOUT_S: u32 = 2;
 
-/// Builds the SpecGenerator body for one instance of `route`.
-///
-/// The body is written by hand, not through podman-api, because that crate
-/// misspells `no_new_privileges` and Podman then silently ignores it.
-pub fn container_spec(route: &Route, node: &str, network: &str) -> Value {
+/// Builds the container spec for one instance of `route`.
+pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec {
     let cfg = &route.config;
-    let mut env = serde_json::Map::new();
-    for (k, v) in &cfg.env {
-        env.insert(k.clone(), Value::String(v.clone()));
-    }
-    env.insert("PORT".into(), Value::String(cfg.port.to_string()));
+    let mut env = cfg.env.clone();
+    env.insert("PORT".into(), cfg.port.to_string());
     let memory = u64::from(cfg.resources.memory_mb) * 1024 * 1024;
     let quota = (cfg.resources.cpu * CPU_PERIOD_US as f64)
         .round()
         .max(1000.0) as u64;
-    json!({
-        "name": format!("cpub-{}-{}-{}", route.function, route.deployment_id, unique_suffix()),
-        "image": route.image,
-        "labels": {
-            labels::MANAGED: "true",
-            labels::NODE: node,
-            labels::FUNCTION: route.function,
-            labels::DEPLOYMENT: route.deployment_id.to_string(),
-        },
-        "env": env,
-        "user": FUNCTION_USER,
-        "cap_drop": ["ALL"],
-        "no_new_privileges": true,
-        "read_only_filesystem": true,
-        "mounts": [{
-            "destination": "/tmp",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["rw", "nosuid", "nodev", "noexec", TMP_SIZE],
-        }],
-        "resource_limits": {
-            "memory": { "limit": memory, "swap": memory },
-            "cpu": { "quota": quota, "period": CPU_PERIOD_US },
-            "pids": { "limit": cfg.resources.pids },
-        },
-        // `--userns=auto:size=…`: Podman 4.3's API needs both keys (nsmode
+    ContainerSpec {
+        name: format!(
+            "cpub-{}-{}-{}",
+            route.function,
+            route.deployment_id,
+            unique_suffix()
+        ),
+        image: route.image.clone(),
+        labels: BTreeMap::from([
+            (labels::MANAGED.to_owned(), "true".to_owned()),
+            (labels::NODE.to_owned(), node.to_owned()),
+            (labels::FUNCTION.to_owned(), route.function.clone()),
+            (
+                labels::DEPLOYMENT.to_owned(),
+                route.deployment_id.to_string(),
+            ),
+        ]),
+        env,
+        user: Some(FUNCTION_USER.to_owned()),
+        cap_drop: vec!["ALL".to_owned()],
+        no_new_privileges: true,
+        read_only_rootfs: true,
+        mounts: vec![Mount::tmpfs("/tmp", TMP_OPTIONS)],
+        resource_limits: Some(ResourceLimits {
+            memory: Some(MemoryLimits {
+                limit: memory,
+                swap: memory,
+            }),
+            cpu: Some(CpuLimits {
+                quota,
+                period: CPU_PERIOD_US,
+            }),
+            pids: Some(PidsLimit {
+                limit: u64::from(cfg.resources.pids),
+            }),
+        }),
+        // `--userns=auto:size=…`: Podman 4.3's API needs both (nsmode
         // alone is ignored, and so is a `value` of "size=…").
-        "userns": { "nsmode": "auto" },
-        "idmappings": { "AutoUserNs": true, "AutoUserNsOpts": { "Size": USERNS_SIZE } },
-        "netns": { "nsmode": "bridge" },
-        "Networks": { network: {} },
-        "stop_timeout": 2,
-    })
+        userns: Some(Namespace::new(NamespaceMode::Auto)),
+        idmappings: Some(IdMappings {
+            auto_userns: true,
+            auto_userns_opts: Some(AutoUserNsOptions { size: USERNS_SIZE }),
+        }),
+        netns: Some(Namespace::new(NamespaceMode::Bridge)),
+        networks: BTreeMap::from([(network.to_owned(), NetworkOptions::default())]),
+        stop_timeout: Some(STOP_TIMEOUT_S),
+    }
 }
 
 /// A short random-enough suffix so concurrent starts never clash on names.
@@ -104,27 +120,25 @@ mod tests {
             config,
         };
         let s = container_spec(&route, "n1", "cpub");
-        assert_eq!(s["cap_drop"], json!(["ALL"]));
-        assert_eq!(s["no_new_privileges"], json!(true));
-        assert_eq!(s["read_only_filesystem"], json!(true));
-        assert_eq!(s["user"], json!("65534:65534"));
-        assert_eq!(
-            s["resource_limits"]["memory"]["limit"],
-            json!(64 * 1024 * 1024)
-        );
-        assert_eq!(
-            s["resource_limits"]["memory"]["swap"],
-            json!(64 * 1024 * 1024)
-        );
-        assert_eq!(s["resource_limits"]["cpu"]["quota"], json!(25_000));
-        assert_eq!(s["resource_limits"]["pids"]["limit"], json!(32));
-        assert_eq!(s["env"]["PORT"], json!("8080"));
-        assert_eq!(s["env"]["A"], json!("1"));
-        assert_eq!(s["labels"]["cpub.deployment"], json!("7"));
-        assert_eq!(s["labels"]["cpub.node"], json!("n1"));
-        assert!(s["Networks"].get("cpub").is_some());
-        assert_eq!(s["userns"]["nsmode"], json!("auto"));
-        assert_eq!(s["idmappings"]["AutoUserNs"], json!(true));
-        assert_eq!(s["idmappings"]["AutoUserNsOpts"]["Size"], json!(65_536));
+        assert_eq!(s.cap_drop, ["ALL"]);
+        assert!(s.no_new_privileges);
+        assert!(s.read_only_rootfs);
+        assert_eq!(s.user.as_deref(), Some("65534:65534"));
+        let limits = s.resource_limits.as_ref().unwrap();
+        let memory = limits.memory.as_ref().unwrap();
+        assert_eq!((memory.limit, memory.swap), (64 << 20, 64 << 20));
+        assert_eq!(limits.cpu.as_ref().unwrap().quota, 25_000);
+        assert_eq!(limits.pids.as_ref().unwrap().limit, 32);
+        assert_eq!(s.env["PORT"], "8080");
+        assert_eq!(s.env["A"], "1");
+        assert_eq!(s.labels["cpub.deployment"], "7");
+        assert_eq!(s.labels["cpub.node"], "n1");
+        assert!(s.networks.contains_key("cpub"));
+        assert_eq!(s.userns, Some(Namespace::new(NamespaceMode::Auto)));
+        let ids = s.idmappings.as_ref().unwrap();
+        assert!(ids.auto_userns);
+        assert_eq!(ids.auto_userns_opts.as_ref().unwrap().size, 65_536);
+        assert_eq!(s.mounts[0].destination, "/tmp");
+        assert!(s.mounts[0].options.iter().any(|o| o == "noexec"));
     }
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerpub_pool::health::wait_ready;
-use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
 use containerpub_pool::spec::{self, USERNS_SIZE};
 use containerpub_pool::{
     ContainerRuntime, InstanceState, NETWORK, PodmanRuntime, Pool, PoolConfig, RuntimeEvent,
     StartKind, labels,
 };
+use containerpub_pool::{DEFAULT_SOCKET, Podman};
 use containerpub_wire::Manifest;
 use containerpub_wire::api::Route;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -235,8 +235,8 @@ async fn pool_life_cycle_on_podman() {
 }
 
 /// Podman's event stream reports a container's death to the runtime at
-/// once (dfe849d matched only `died`, which Podman 4.3 calls `die` on the
-/// requests it sends: the pool never saw one).
+/// once (dfe849d matched only `died`, which Podman 4.3 called `die` on the
+/// absolute-form requests the client then sent: the pool never saw one).
 #[tokio::test]
 async fn a_dying_container_is_reported_by_the_event_stream() {
     let podman = podman();
@@ -447,9 +447,8 @@ async fn instances_get_disjoint_host_id_ranges() {
     // The negative control: the same spec without the user namespace, as
     // the pool made it before. The checks below must fail on it.
     let mut plain = spec::container_spec(&a, &node, NETWORK);
-    let body = plain.as_object_mut().unwrap();
-    body.remove("userns");
-    body.remove("idmappings");
+    plain.userns = None;
+    plain.idmappings = None;
     let control = podman.create_container(&plain).await;
 
     let check = {

@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
-use containerpub_pool::{BuildLimits, BuildStop};
+use containerpub_podman::{BuildLimits, BuildStop};
+use containerpub_podman::{DEFAULT_SOCKET, Podman};
 
 fn podman() -> Podman {
     Podman::new(std::env::var("CPUB_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.into()))
@@ -324,7 +324,7 @@ async fn steps_of_a_dead_control_plane_are_reaped() {
     let live = v2.with_file_name(format!("cpub-build-{}-0-0", std::process::id()));
     std::fs::create_dir(&live).unwrap();
 
-    let reaped = containerpub_pool::reap_orphaned_builds().await;
+    let reaped = containerpub_podman::reap_orphaned_builds().await;
     let live_kept = live.is_dir();
     let _ = std::fs::remove_dir(&live);
     assert!(reaped >= 1);

@@ -39,7 +39,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::Value;
 
-use crate::podman::{Podman, PodmanError, encode, error_message};
+use crate::client::{Podman, PodmanError, encode, error_message};
 
 /// Limits of one image build.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -260,7 +260,7 @@ impl Podman {
             // request URI, so an absolute URI (`http://podman/v4.0.0/libpod/…`)
             // is taken as a Docker request, where `pullpolicy` is ignored and
             // a missing base image is pulled.
-            .uri(format!("{}{path}", crate::podman::API))
+            .uri(format!("{}{path}", crate::client::API))
             .header("host", "podman")
             .header("content-type", "application/x-tar")
             .body(body)

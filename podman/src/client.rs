@@ -2,9 +2,9 @@
 //!
 //! We speak the API directly over hyper 1 instead of through the
 //! `podman-api` crate; see ARCHITECTURE.md ("Why not podman-api") for why.
-//! Every call opens its own connection: a Unix-socket connect costs tens of
-//! microseconds, and per-call connections keep the client free of shared
-//! state across tokio runtimes (pingora runs several).
+//! Calls share a small pool of kept-alive connections; the event stream and
+//! builds get their own (`connection.rs`). Every request is sent in origin
+//! form, so Podman serves the libpod API, not its Docker-compatible one.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::connection::{Connections, StreamBody};
+use crate::spec::ContainerSpec;
 
 /// API version prefix; Podman 4.3 serves v4.
 pub(crate) const API: &str = "/v4.0.0/libpod";
@@ -30,6 +32,8 @@ pub enum PodmanError {
     },
     #[error("podman api transport: {0}")]
     Http(#[from] hyper::Error),
+    #[error("podman api transport: {0}")]
+    Transport(String),
     #[error("podman api {method} {path}: {status}: {message}")]
     Api {
         method: Method,
@@ -61,8 +65,6 @@ impl PodmanError {
     }
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
-
 /// What `inspect` tells the pool about one container.
 #[derive(Debug, Clone)]
 pub struct ContainerState {
@@ -92,10 +94,11 @@ pub struct ContainerSummary {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
-/// Client for one Podman API socket. Cheap to clone.
+/// Client for one Podman API socket. Cheap to clone: clones share the
+/// kept-alive connections.
 #[derive(Debug, Clone)]
 pub struct Podman {
-    socket: PathBuf,
+    conns: Connections,
 }
 
 /// Default location of the rootful Podman API socket.
@@ -104,32 +107,40 @@ pub const DEFAULT_SOCKET: &str = "/run/podman/podman.sock";
 impl Podman {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
-            socket: socket.into(),
+            conns: Connections::new(socket.into()),
         }
     }
 
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.conns.socket()
     }
 
+    /// Sends `req` (origin-form URI) on a connection of its own: for
+    /// answers that stream for long (builds, events).
     pub(crate) async fn send(
         &self,
-        req: Request<Body>,
+        req: Request<StreamBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, PodmanError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| PodmanError::Connect {
-                path: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, "podman connection ended");
-            }
-        });
-        Ok(sender.send_request(req).await?)
+        self.conns.send_own(req).await
+    }
+
+    /// Sends a request on a pooled connection; `path` is below [`API`].
+    async fn send_pooled(
+        &self,
+        method: Method,
+        path: &str,
+        json_body: Option<Bytes>,
+    ) -> Result<http::Response<hyper::body::Incoming>, PodmanError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{API}{path}"));
+        if json_body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let req = builder
+            .body(Full::new(json_body.unwrap_or_default()))
+            .map_err(|e| PodmanError::Decode(format!("request {path}: {e}")))?;
+        self.conns.send_pooled(req).await
     }
 
     /// Sends a request and reads the whole answer. Statuses in `ok_extra`
@@ -138,29 +149,10 @@ impl Podman {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Bytes>,
         ok_extra: &[StatusCode],
     ) -> Result<(StatusCode, Bytes), PodmanError> {
-        let uri = format!("http://podman{API}{path}");
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header("host", "podman");
-        let body: Body = match body {
-            Some(v) => {
-                builder = builder.header("content-type", "application/json");
-                Full::new(Bytes::from(v.to_string()))
-                    .map_err(|never| match never {})
-                    .boxed()
-            }
-            None => Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed(),
-        };
-        let req = builder
-            .body(body)
-            .map_err(|e| PodmanError::Decode(e.to_string()))?;
-        let resp = self.send(req).await?;
+        let resp = self.send_pooled(method.clone(), path, body).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if status.is_success() || ok_extra.contains(&status) {
@@ -174,7 +166,7 @@ impl Podman {
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<Bytes>,
     ) -> Result<Value, PodmanError> {
         let (_, bytes) = self.call(method, path, body, &[]).await?;
         serde_json::from_slice(&bytes).map_err(|e| PodmanError::Decode(format!("{path}: {e}")))
@@ -212,7 +204,7 @@ impl Podman {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {}
             Err(e) => return Err(e),
         }
-        let body = json!({ "name": name, "driver": "bridge" });
+        let body = Bytes::from(json!({ "name": name, "driver": "bridge" }).to_string());
         match self
             .call(
                 Method::POST,
@@ -234,10 +226,12 @@ impl Podman {
         }
     }
 
-    /// Creates a container from a libpod SpecGenerator document; returns its id.
-    pub async fn create_container(&self, spec: &Value) -> Result<String, PodmanError> {
+    /// Creates a container from `spec`; returns its id.
+    pub async fn create_container(&self, spec: &ContainerSpec) -> Result<String, PodmanError> {
+        let body = serde_json::to_vec(spec)
+            .map_err(|e| PodmanError::Decode(format!("container spec: {e}")))?;
         let v = self
-            .call_json(Method::POST, "/containers/create", Some(spec.clone()))
+            .call_json(Method::POST, "/containers/create", Some(body.into()))
             .await?;
         v.get("Id")
             .and_then(Value::as_str)
@@ -267,9 +261,15 @@ impl Podman {
             .map(drop)
     }
 
-    /// Kills and removes a container at once. A missing one is fine.
+    /// Kills (SIGKILL, no stop timeout) and removes a container with its
+    /// anonymous volumes at once. A missing one is fine.
     pub async fn remove_container(&self, id: &str) -> Result<(), PodmanError> {
-        let path = format!("/containers/{}?force=true&v=true&timeout=0", encode(id));
+        // libpod's names: `volumes` (Docker's `v` is ignored) and `timeout`
+        // (ignored by the compatible API, which waits the stop timeout).
+        let path = format!(
+            "/containers/{}?force=true&volumes=true&timeout=0",
+            encode(id)
+        );
         match self.call(Method::DELETE, &path, None, &[]).await {
             Ok(_) => Ok(()),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
@@ -356,17 +356,7 @@ impl Podman {
             "/containers/{}/logs?stdout=true&stderr=true&tail={lines}",
             encode(id)
         );
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("http://podman{API}{path}"))
-            .header("host", "podman")
-            .body(
-                Full::new(Bytes::new())
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-            .map_err(|e| PodmanError::Decode(e.to_string()))?;
-        let resp = self.send(req).await?;
+        let resp = self.send_pooled(Method::GET, &path, None).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         let mut raw: Vec<u8> = Vec::new();
@@ -463,8 +453,7 @@ impl Podman {
         let path = format!("/events?stream=true&filters={}", encode(&filters));
         let req = Request::builder()
             .method(Method::GET)
-            .uri(format!("http://podman{API}{path}"))
-            .header("host", "podman")
+            .uri(format!("{API}{path}"))
             .body(
                 Full::new(Bytes::new())
                     .map_err(|never| match never {})
