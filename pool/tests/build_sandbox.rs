@@ -494,6 +494,24 @@ fn owner_in_image(tag: &str, file: &str) -> u32 {
     uid
 }
 
+/// Removes the named images from both stores when dropped (also when the
+/// test fails).
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for tag in &self.0 {
+            for url in [format!("unix://{}", build_socket()), String::new()] {
+                let mut cmd = std::process::Command::new("podman");
+                if !url.is_empty() {
+                    cmd.args(["--url", &url]);
+                }
+                let _ = cmd.args(["rmi", "-f", tag]).output();
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn root_in_a_run_step_is_not_root_on_the_host() {
     let _serial = SERIAL.lock().await;
@@ -502,6 +520,8 @@ async fn root_in_a_run_step_is_not_root_on_the_host() {
     let (start, count) = build_range();
 
     let tag = format!("localhost/{}:1", unique("cpub-test-userns"));
+    let control_tag = format!("localhost/{}:1", unique("cpub-test-nouserns"));
+    let _images = Images(vec![tag.clone(), control_tag.clone()]);
     let seen = watch_a_run_step(&podman, &tag, &sandbox()).await;
     assert!(seen.ok, "{}", seen.log);
     // From the host: the step's process runs as an id of the builds' range,
@@ -535,9 +555,8 @@ async fn root_in_a_run_step_is_not_root_on_the_host() {
     assert_eq!(owners, (0, 65534));
 
     // Negative control: the same build without a user namespace is host root.
-    let tag = format!("localhost/{}:1", unique("cpub-test-nouserns"));
-    let seen = watch_a_run_step(&podman, &tag, &BuildLimits::default()).await;
-    let _ = podman.remove_image(&tag).await;
+    let seen = watch_a_run_step(&podman, &control_tag, &BuildLimits::default()).await;
+    let _ = podman.remove_image(&control_tag).await;
     assert!(seen.ok, "{}", seen.log);
     assert_eq!(seen.uids, vec![0, 0, 0, 0]);
     assert_eq!(seen.uid_map, "0 0 4294967295");
