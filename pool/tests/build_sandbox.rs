@@ -563,3 +563,15 @@ async fn root_in_a_run_step_is_not_root_on_the_host() {
     assert_eq!((seen.root_file_uid, seen.nobody_file_uid), (0, 65534));
     assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
 }
+
+#[tokio::test]
+async fn moving_a_missing_image_is_an_error_naming_it() {
+    let tag = format!("localhost/{}:1", unique("cpub-test-absent"));
+    let err = podman()
+        .move_image(&tag, &instances_podman())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(404), "{err}");
+    assert!(err.to_string().contains("/get"), "{err}");
+    assert!(!instances_podman().image_exists(&tag).await.unwrap());
+}
