@@ -72,7 +72,8 @@ echo "setup-host: podman $(podman --version | awk '{print $3}') API on $sock"
 # chowns layers (`vfs`); with the instances' overlay store (idmapped mounts)
 # the first RUN fails (`mkdir …/rootfs/proc: permission denied`) and files
 # are committed with host ids (ARCHITECTURE.md, "Build sandbox"). The
-# control plane moves each built image to the instances' store.
+# control plane moves each built image to the instances' store. It has its
+# own libpod tmp dir too (where Podman marks that it ran since boot).
 build_conf=/etc/containers/cpub-build/storage.conf
 if ! grep -q '# containerpub' "$build_conf" 2>/dev/null; then
   mkdir -p "$(dirname "$build_conf")"
@@ -91,7 +92,7 @@ fi
 build_sock=${CPUB_BUILD_PODMAN_SOCKET:-/run/podman/cpub-build.sock}
 if ! curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1; then
   mkdir -p "$(dirname "$build_sock")" /var/log/containerpub
-  (cd / && CONTAINERS_STORAGE_CONF="$build_conf" exec nohup podman system service --time=0 "unix://$build_sock" >/var/log/containerpub/podman-build-service.log 2>&1) &
+  (cd / && CONTAINERS_STORAGE_CONF="$build_conf" exec nohup podman --tmpdir /run/libpod-cpub-build system service --time=0 "unix://$build_sock" >/var/log/containerpub/podman-build-service.log 2>&1) &
   for _ in $(seq 1 100); do
     curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.1
