@@ -41,7 +41,7 @@
 //!
 //! Over 600 lines on purpose: the build request, its streamed output, the
 //! build's cgroup and the move of the built image are one sandbox, tested
-//! together; about 140 of the lines are unit tests.
+//! together; the last 60 lines are unit tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
