@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs and configures what ContainerPub needs on a Debian 12 host:
 # Podman (with runc, see PITFALLS), busybox-static for test
-# images, the subordinate ids of per-instance user namespaces, the Podman
-# REST socket, and the `cpub` Podman network.
+# images, the subordinate ids of per-instance and per-build user namespaces,
+# the Podman REST socket, the build Podman service (a store of its own), and
+# the `cpub` Podman network.
 # Idempotent: safe to run on every start.
 set -euo pipefail
 
@@ -42,7 +43,15 @@ for f in /etc/subuid /etc/subgid; do
     echo 'containers:2147483647:2147483648' >> "$f"
   fi
 done
-echo "setup-host: user namespaces from $(grep '^containers:' /etc/subuid | head -1) (subuid), $(grep '^containers:' /etc/subgid | head -1) (subgid)"
+# Builds get a user namespace each too, from the ids of `cpub-build`: the
+# 2^30 ids just below the instances' range, so a build never shares a host
+# id with an instance (nor, while both run, with another build).
+for f in /etc/subuid /etc/subgid; do
+  if ! grep -q '^cpub-build:' "$f" 2>/dev/null; then
+    echo 'cpub-build:1073741824:1073741823' >> "$f"
+  fi
+done
+echo "setup-host: user namespaces from $(grep '^containers:' /etc/subuid | head -1) (subuid), $(grep '^containers:' /etc/subgid | head -1) (subgid); builds from $(grep '^cpub-build:' /etc/subuid | head -1)"
 
 sock=${CPUB_PODMAN_SOCKET:-/run/podman/podman.sock}
 if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
@@ -57,6 +66,45 @@ if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null || { echo "setup-host: podman API socket did not come up" >&2; exit 1; }
 fi
 echo "setup-host: podman $(podman --version | awk '{print $3}') API on $sock"
+
+# The build service: a second rootful Podman API with a store of its own.
+# Podman 4.3 builds correct images in a user namespace only on a store that
+# chowns layers (`vfs`); with the instances' overlay store (idmapped mounts)
+# the first RUN fails (`mkdir …/rootfs/proc: permission denied`) and files
+# are committed with host ids (ARCHITECTURE.md, "Build sandbox"). The
+# control plane moves each built image to the instances' store. It has its
+# own libpod tmp dir too (where Podman marks that it ran since boot).
+build_conf=/etc/containers/cpub-build/storage.conf
+if ! grep -q '# containerpub' "$build_conf" 2>/dev/null; then
+  mkdir -p "$(dirname "$build_conf")"
+  cat > "$build_conf" <<'CONF'
+# containerpub: written by scripts/setup-host.sh (the build service's store)
+[storage]
+driver = "vfs"
+graphroot = "/var/lib/containers/cpub-build"
+runroot = "/run/containers/cpub-build"
+[storage.options]
+root-auto-userns-user = "cpub-build"
+auto-userns-min-size = 1024
+auto-userns-max-size = 65536
+CONF
+fi
+build_sock=${CPUB_BUILD_PODMAN_SOCKET:-/run/podman/cpub-build.sock}
+if ! curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$build_sock")" /var/log/containerpub
+  (cd / && CONTAINERS_STORAGE_CONF="$build_conf" exec nohup podman --tmpdir /run/libpod-cpub-build system service --time=0 "unix://$build_sock" >/var/log/containerpub/podman-build-service.log 2>&1) &
+  for _ in $(seq 1 100); do
+    curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null || { echo "setup-host: podman build API socket did not come up" >&2; exit 1; }
+fi
+build_driver=$(curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info | grep -o '"graphDriverName":"[^"]*"' | cut -d'"' -f4)
+if [ "$build_driver" != vfs ]; then
+  echo "setup-host: the build service on $build_sock uses the $build_driver storage driver, not vfs (started with another configuration?)" >&2
+  exit 1
+fi
+echo "setup-host: podman build API on $build_sock (vfs store)"
 
 # The function network, and the firewall that keeps functions away from the
 # host's services and from each other (PITFALLS: a bridge, even --internal,

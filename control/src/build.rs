@@ -1,6 +1,11 @@
 //! Image builds through Podman: the image tag of a deployment, and one build
-//! run in the build sandbox (no network, resource limits, a wall clock and
-//! an output cap; see `containerpub_podman::build`).
+//! run in the build sandbox (no network, a user namespace, resource limits,
+//! a wall clock and an output cap; see `containerpub_podman::build`).
+//!
+//! Builds run on a Podman service of their own (`BuildSettings::podman_socket`,
+//! a `vfs` store: the only kind with which Podman 4.3 builds correct images
+//! in a user namespace); a built image is then moved to the store the
+//! instances run from (`podman`) and removed from the build store.
 
 use std::time::Duration;
 
@@ -8,6 +13,9 @@ use containerpub_podman::Podman;
 
 use crate::archive::Bundle;
 use crate::config::BuildSettings;
+
+/// Longest the move of a built image to the instances' store may take.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Most build output kept in the database (the tail is kept).
 pub const MAX_BUILD_LOG_BYTES: usize = 1 << 20;
@@ -29,7 +37,8 @@ pub enum Outcome {
     Unavailable { reason: String },
 }
 
-/// Builds `bundle` as `tag` in the sandbox, stopping it after `timeout`.
+/// Builds `bundle` as `tag` in the sandbox, stopping it after `timeout`,
+/// and leaves the image in `podman`'s store.
 pub async fn run(
     podman: &Podman,
     bundle: &Bundle,
@@ -39,7 +48,8 @@ pub async fn run(
 ) -> Outcome {
     let mut limits = settings.limits;
     limits.log_tail_bytes = limits.log_tail_bytes.min(MAX_BUILD_LOG_BYTES);
-    let build = podman.build_image_with(
+    let builder = Podman::new(&settings.podman_socket);
+    let build = builder.build_image_with(
         &bundle.context_tar,
         &bundle.containerfile,
         tag,
@@ -47,7 +57,47 @@ pub async fn run(
         timeout,
     );
     match build.await {
-        Ok(out) if out.ok => Outcome::Built { log: out.log },
+        Ok(out) if out.ok => {
+            if builder.socket() == podman.socket() {
+                return Outcome::Built { log: out.log };
+            }
+            let started = std::time::Instant::now();
+            let moved = tokio::time::timeout(MOVE_TIMEOUT, builder.move_image(tag, podman)).await;
+            let reason = match moved {
+                Ok(Ok(())) => match podman.image_exists(tag).await {
+                    Ok(true) => None,
+                    Ok(false) => {
+                        Some("the moved image is missing from the instances' store".into())
+                    }
+                    Err(err) => Some(err.to_string()),
+                },
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => {
+                    // The move may still finish in the background: remove
+                    // what it leaves on both sides.
+                    let _ = builder.remove_image(tag).await;
+                    Some(format!("timed out after {} s", MOVE_TIMEOUT.as_secs()))
+                }
+            };
+            match reason {
+                None => {
+                    tracing::debug!(
+                        image = tag,
+                        ms = started.elapsed().as_millis() as u64,
+                        "image moved from the build store"
+                    );
+                    Outcome::Built { log: out.log }
+                }
+                Some(reason) => {
+                    if let Err(err) = podman.remove_image(tag).await {
+                        tracing::warn!(%err, image = tag, "could not remove a half-moved image");
+                    }
+                    Outcome::Unavailable {
+                        reason: format!("moving the built image to the instances' store: {reason}"),
+                    }
+                }
+            }
+        }
         Ok(out) => {
             if let Some(stop) = out.stopped {
                 tracing::info!(image = tag, output_bytes = out.output_bytes, %stop, "build stopped");

@@ -21,6 +21,8 @@ pub const ENV_BUILD_CPUS: &str = "CPUB_BUILD_CPUS";
 pub const ENV_BUILD_PIDS: &str = "CPUB_BUILD_PIDS";
 pub const ENV_BUILD_MAX_OUTPUT_BYTES: &str = "CPUB_BUILD_MAX_OUTPUT_BYTES";
 pub const ENV_BUILD_BASE_IMAGES: &str = "CPUB_BUILD_BASE_IMAGES";
+pub const ENV_BUILD_PODMAN_SOCKET: &str = "CPUB_BUILD_PODMAN_SOCKET";
+pub const ENV_BUILD_USERNS_SIZE: &str = "CPUB_BUILD_USERNS_SIZE";
 pub const ENV_BOOTSTRAP_TOKEN: &str = "CPUB_BOOTSTRAP_TOKEN";
 pub const ENV_ADMIN_PASSWORD: &str = "CPUB_ADMIN_PASSWORD";
 
@@ -77,6 +79,15 @@ pub struct Config {
     /// (comma-separated exact references; none by default).
     #[arg(long, env = ENV_BUILD_BASE_IMAGES, value_delimiter = ',')]
     pub build_base_images: Vec<String>,
+    /// Podman REST API socket that runs builds: a service with a store of
+    /// its own (`vfs`), see scripts/setup-host.sh. Images are moved from it
+    /// to `--podman-socket` once built.
+    #[arg(long, env = ENV_BUILD_PODMAN_SOCKET, default_value = containerpub_podman::build::DEFAULT_BUILD_SOCKET)]
+    pub build_podman_socket: PathBuf,
+    /// Ids of each build's user namespace (1024 to 65536); 0 runs build
+    /// steps as host root (only for a build socket without a `vfs` store).
+    #[arg(long, env = ENV_BUILD_USERNS_SIZE, default_value_t = DEFAULT_BUILD_USERNS_SIZE)]
+    pub build_userns_size: u32,
     /// API token created for `admin` (stored hashed). Random when unset on first start.
     #[arg(long, env = ENV_BOOTSTRAP_TOKEN, hide_env_values = true)]
     pub bootstrap_token: Option<String>,
@@ -116,13 +127,31 @@ pub struct Settings {
     pub admin_password: Option<String>,
 }
 
-/// The build sandbox: limits of each image build and the base images a
-/// Containerfile may use.
-#[derive(Debug, Clone, Default)]
+/// The build sandbox: limits of each image build, the base images a
+/// Containerfile may use and the Podman service that builds.
+#[derive(Debug, Clone)]
 pub struct BuildSettings {
     pub limits: containerpub_podman::BuildLimits,
     /// Allowed `FROM` images besides `scratch` (exact references).
     pub base_images: Vec<String>,
+    /// The Podman API that runs builds (its own store; see `build::run`).
+    pub podman_socket: PathBuf,
+}
+
+/// Ids of a build's user namespace unless configured otherwise.
+pub const DEFAULT_BUILD_USERNS_SIZE: u32 = 65536;
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            limits: containerpub_podman::BuildLimits {
+                userns_size: DEFAULT_BUILD_USERNS_SIZE,
+                ..containerpub_podman::BuildLimits::default()
+            },
+            base_images: Vec::new(),
+            podman_socket: containerpub_podman::build::DEFAULT_BUILD_SOCKET.into(),
+        }
+    }
 }
 
 /// Upload and bundle limits.
@@ -210,6 +239,16 @@ impl Config {
                 ),
             ));
         }
+        if self.build_userns_size != 0 && !(1024..=65536).contains(&self.build_userns_size) {
+            return Err(err(
+                "build-userns-size",
+                ENV_BUILD_USERNS_SIZE,
+                format!(
+                    "must be 0 (no user namespace) or between 1024 and 65536, got {}",
+                    self.build_userns_size
+                ),
+            ));
+        }
         let base_images: Vec<String> = self
             .build_base_images
             .iter()
@@ -262,9 +301,11 @@ impl Config {
                     millicpus: (self.build_cpus * 1000.0).round() as u64,
                     pids: self.build_pids,
                     max_output_bytes: self.build_max_output_bytes,
+                    userns_size: self.build_userns_size,
                     ..containerpub_podman::BuildLimits::default()
                 },
                 base_images,
+                podman_socket: self.build_podman_socket,
             },
             bootstrap_token: self.bootstrap_token,
             admin_password: self.admin_password,
@@ -300,7 +341,12 @@ mod tests {
         assert_eq!(s.limits.max_bundle_bytes, 512 << 20);
         assert_eq!(s.limits.max_bundle_files, 10_000);
         assert_eq!(s.build_timeout, Duration::from_secs(600));
-        assert_eq!(s.build.limits, containerpub_podman::BuildLimits::default());
+        assert_eq!(s.build.limits, BuildSettings::default().limits);
+        assert_eq!(s.build.limits.userns_size, 65536);
+        assert_eq!(
+            s.build.podman_socket,
+            PathBuf::from("/run/podman/cpub-build.sock")
+        );
         assert!(s.build.base_images.is_empty());
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
     }
@@ -315,6 +361,17 @@ mod tests {
         assert!(e.setting.contains("public-url"), "{e}");
         let e = parse(&["--database-url", "postgres://x", "--max-bundle-files", "0"]).unwrap_err();
         assert!(e.setting.contains("CPUB_MAX_BUNDLE_FILES"), "{e}");
+        let e = parse(&[
+            "--database-url",
+            "postgres://x",
+            "--build-userns-size",
+            "70000",
+        ])
+        .unwrap_err();
+        assert!(e.setting.contains("CPUB_BUILD_USERNS_SIZE"), "{e}");
+        assert!(e.message.contains("70000"), "{e}");
+        let s = parse(&["--database-url", "postgres://x", "--build-userns-size", "0"]).unwrap();
+        assert_eq!(s.build.limits.userns_size, 0);
         let e = parse(&[
             "--database-url",
             "postgres://x",

@@ -1,10 +1,12 @@
 //! The build sandbox end to end, on the real stack: a hostile
 //! `runtime = "container"` bundle's `RUN` step reaches nothing on the host
 //! (services on loopback and on the host's addresses, the control plane,
-//! the proxy, PostgreSQL, another function's container); a Containerfile
-//! may not start from another function's image; a build past the time
-//! limit ends `failed` with nothing left running; and a build printing
-//! hundreds of MB leaves the control plane's memory flat.
+//! the proxy, PostgreSQL, another function's container); root in a `RUN`
+//! step is not root on the host (a user namespace of its own) and the image
+//! it builds still serves; a Containerfile may not start from another
+//! function's image; a build past the time limit ends `failed` with nothing
+//! left running; and a build printing hundreds of MB leaves the control
+//! plane's memory flat.
 //!
 //! Needs what every e2e test needs (see `containerpub_e2e`), and
 //! busybox-static at /bin/busybox (scripts/setup-host.sh installs it).
@@ -267,6 +269,71 @@ async fn a_hostile_build_reaches_nothing_on_the_host() {
     .await;
 }
 
+/// The first host id and the size of the builds' subordinate range
+/// (`cpub-build` in /etc/subuid, written by scripts/setup-host.sh).
+fn build_range() -> (u64, u64) {
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap();
+    let line = subuid
+        .lines()
+        .find_map(|l| l.strip_prefix("cpub-build:"))
+        .expect("a cpub-build line in /etc/subuid (scripts/setup-host.sh)");
+    let (start, count) = line.split_once(':').unwrap();
+    (start.parse().unwrap(), count.parse().unwrap())
+}
+
+#[tokio::test]
+async fn root_in_a_build_is_not_root_on_the_host_and_the_image_serves() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = &unique("sbx-userns");
+    let _images = Images(vec![name.clone()]);
+    // The step writes what it is, as root inside, into the image it builds;
+    // the function then serves that file.
+    let script = "mkdir -p /www; { echo uid_map=$(cat /proc/self/uid_map); echo gid_map=$(cat /proc/self/gid_map); \
+        echo id=$(id -u):$(id -g); } | tee /www/index.html; chown 65534:65534 /www/index.html";
+    let containerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n{}\
+         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        run_step(&format!(
+            "export PATH=/bin; /bin/busybox --install -s /bin; {script}"
+        ))
+    );
+    let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let log = deployment(&body).build_log;
+    let (start, count) = build_range();
+    let line = |key: &str| -> Vec<u64> {
+        log.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the build log:\n{log}"))
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect()
+    };
+    // Inside the step: root, in a map onto 65536 host ids of the builds'
+    // range (never identity, never host id 0).
+    assert!(log.contains("id=0:0"), "{log}");
+    for key in ["uid_map", "gid_map"] {
+        let map = line(key);
+        assert_eq!(map.len(), 3, "{key}: {map:?}");
+        assert_eq!((map[0], map[2]), (0, 65536), "{key}: {map:?}");
+        assert!(
+            map[1] >= start && map[1] + 65536 <= start + count,
+            "{key}: host ids {map:?} outside the builds' range {start}+{count}"
+        );
+    }
+    // The image moved to the instances' store and serves what the step
+    // wrote (its files keep the image's own ids: httpd as 65534 reads it).
+    let url = format!("{}/fn/{name}/", stack.proxy_url());
+    let answer = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(answer.contains("id=0:0"), "{answer}\n{}", stack.logs());
+    let build_store = containerpub_pool::Podman::new(build_socket());
+    let image = deployment(&body).image.unwrap();
+    assert!(
+        !build_store.image_exists(&image).await.unwrap(),
+        "the image left the build store"
+    );
+}
+
 #[tokio::test]
 async fn containerfiles_cannot_start_from_another_functions_image() {
     let stack = Stack::start(&[]).await.unwrap();
@@ -317,17 +384,31 @@ fn processes_with(needle: &str) -> Vec<u32> {
     found
 }
 
+/// The build service's socket (scripts/setup-host.sh), as cpub-control
+/// reads it.
+fn build_socket() -> String {
+    std::env::var("CPUB_BUILD_PODMAN_SOCKET")
+        .unwrap_or_else(|_| containerpub_pool::podman::build::DEFAULT_BUILD_SOCKET.into())
+}
+
 /// Podman storage containers (Buildah's working containers) of builds run
-/// by process `pid`, found by the build cgroup named in their settings.
+/// by process `pid` in the build service's store, found by the build cgroup
+/// named in their settings.
 fn build_containers_of(pid: u32) -> Vec<String> {
     let out = std::process::Command::new("podman")
-        .args(["info", "--format", "{{.Store.GraphRoot}}"])
+        .args(["--url", &format!("unix://{}", build_socket())])
+        .args([
+            "info",
+            "--format",
+            "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}",
+        ])
         .output()
         .expect("podman info");
-    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let info = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (root, driver) = info.split_once(' ').expect("graph root and driver");
     let want = format!("/cpub-build-{pid}-");
     let mut found = Vec::new();
-    let dir = std::path::Path::new(&root).join("overlay-containers");
+    let dir = std::path::Path::new(root).join(format!("{driver}-containers"));
     let Ok(entries) = std::fs::read_dir(dir) else {
         return found;
     };

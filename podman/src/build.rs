@@ -22,12 +22,26 @@
 //!   here with `pids.max` set: every `RUN` step of the build runs in a child
 //!   of it, and the whole tree is killed through it (`cgroup.kill`).
 //! - `dropcaps` takes capabilities from `RUN` steps (see [`DROPPED_CAPS`]).
+//! - `idmappingoptions={"AutoUserNs":true,"AutoUserNsOpts":{"Size":N}}`
+//!   (when [`BuildLimits::userns_size`] is set) runs the build in a user
+//!   namespace of N ids that Podman picks, free, from its store's
+//!   subordinate ids: root in a `RUN` step is an unprivileged host id. Only
+//!   a store that chowns layers (the `vfs` driver) builds correct images
+//!   that way: with overlay's idmapped mounts, Buildah 1.28 leaves the root
+//!   directory owned by host root (runc: `mkdir …/rootfs/proc: permission
+//!   denied`) and commits files owned by the HOST ids. So builds go to a
+//!   Podman service of their own (`scripts/setup-host.sh`), and
+//!   [`Podman::move_image`] hands the image to the instances' store.
 //! - Dropping the API connection does NOT stop a running `RUN` step (seen:
 //!   the step and its storage container stay until the step exits). So the
 //!   wall clock and the output cap kill the build's cgroup, then give Podman
 //!   a moment to fail the step and remove its container.
 //!
 //! The output is read as it streams: only a bounded tail is kept in memory.
+//!
+//! Over 600 lines on purpose: the build request, its streamed output, the
+//! build's cgroup and the move of the built image are one sandbox, tested
+//! together; the last 60 lines are unit tests.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +54,10 @@ use hyper::body::Frame;
 use serde_json::Value;
 
 use crate::client::{Podman, PodmanError, encode, error_message};
+
+/// Where `scripts/setup-host.sh` starts the Podman service that builds
+/// (a store of its own, `vfs`: see the module documentation).
+pub const DEFAULT_BUILD_SOCKET: &str = "/run/podman/cpub-build.sock";
 
 /// Limits of one image build.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +74,9 @@ pub struct BuildLimits {
     pub max_output_bytes: u64,
     /// Bytes of the end of the output kept (in memory and in the result).
     pub log_tail_bytes: usize,
+    /// Ids of the build's user namespace (`--userns=auto:size=N`); 0: none,
+    /// `RUN` steps run as host root. Needs a `vfs` store (module docs).
+    pub userns_size: u32,
 }
 
 impl Default for BuildLimits {
@@ -67,6 +88,7 @@ impl Default for BuildLimits {
             nofile: 1024,
             max_output_bytes: 64 << 20,
             log_tail_bytes: 1 << 20,
+            userns_size: 0,
         }
     }
 }
@@ -240,11 +262,20 @@ impl Podman {
         ])
         .to_string();
         let dropcaps = serde_json::to_string(DROPPED_CAPS).unwrap_or_default();
+        let userns = if limits.userns_size > 0 {
+            let options = serde_json::json!({
+                "AutoUserNs": true,
+                "AutoUserNsOpts": {"Size": limits.userns_size},
+            });
+            format!("&idmappingoptions={}", encode(&options.to_string()))
+        } else {
+            String::new()
+        };
         let path = format!(
             "/build?t={}&dockerfile={}&rm=true&forcerm=true&layers=false\
              &isolation=oci&pullpolicy=never&networkmode=NetworkDisabled&dropcaps={}\
              &memory={mem}&memswap={mem}&cpuperiod=100000&cpuquota={quota}\
-             &ulimits={}&cgroupparent={}",
+             &ulimits={}&cgroupparent={}{userns}",
             encode(tag),
             encode(containerfile),
             encode(&dropcaps),
@@ -340,6 +371,65 @@ impl Podman {
         }
         if !pending.is_empty() {
             run.line(&pending);
+        }
+        Ok(())
+    }
+}
+
+impl Podman {
+    /// Moves image `tag` from this Podman's store to `to`'s (streamed:
+    /// `GET /images/{tag}/get` into `POST /images/load`), then removes it
+    /// here, also when the move failed.
+    pub async fn move_image(&self, tag: &str, to: &Podman) -> Result<(), PodmanError> {
+        let moved = self.copy_image(tag, to).await;
+        if let Err(err) = self.remove_image(tag).await {
+            tracing::warn!(%err, image = tag, "could not remove a moved image from the build store");
+        }
+        moved
+    }
+
+    async fn copy_image(&self, tag: &str, to: &Podman) -> Result<(), PodmanError> {
+        let get = format!("/images/{}/get?format=docker-archive", encode(tag));
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{get}", crate::client::API))
+            .header("host", "podman")
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|e| PodmanError::Decode(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
+            return Err(PodmanError::Api {
+                method: Method::GET,
+                path: get,
+                status,
+                message: error_message(&body),
+            });
+        }
+        let archive = resp.into_body().map_err(std::io::Error::other).boxed();
+        let load = "/images/load";
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{load}", crate::client::API))
+            .header("host", "podman")
+            .header("content-type", "application/x-tar")
+            .body(archive)
+            .map_err(|e| PodmanError::Decode(e.to_string()))?;
+        let resp = to.send(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            return Err(PodmanError::Api {
+                method: Method::POST,
+                path: load.into(),
+                status,
+                message: error_message(&body),
+            });
         }
         Ok(())
     }

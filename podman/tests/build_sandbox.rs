@@ -1,17 +1,39 @@
 //! The build sandbox on real Podman: no pulls, a pids/memory/CPU limit on
-//! every `RUN` step, a wall clock that kills the step (nothing left
-//! running) and an output cap.
+//! every `RUN` step, a user namespace (root in a step is not root on the
+//! host, and the image it commits is still owned by its own ids), a wall
+//! clock that kills the step (nothing left running) and an output cap.
 //!
-//! Needs the Podman API socket and busybox-static (scripts/setup-host.sh).
+//! Needs both Podman API sockets (the instances' and the build service's)
+//! and busybox-static (scripts/setup-host.sh).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use containerpub_podman::{BuildLimits, BuildStop};
+use containerpub_podman::build::DEFAULT_BUILD_SOCKET;
 use containerpub_podman::{DEFAULT_SOCKET, Podman};
+use containerpub_podman::{BuildLimits, BuildStop};
 
+/// The build service (a `vfs` store of its own).
 fn podman() -> Podman {
+    Podman::new(build_socket())
+}
+
+fn build_socket() -> String {
+    std::env::var("CPUB_BUILD_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_BUILD_SOCKET.into())
+}
+
+/// The instances' Podman.
+fn instances_podman() -> Podman {
     Podman::new(std::env::var("CPUB_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.into()))
+}
+
+/// The sandbox as the control plane runs it: a user namespace of 65536 ids.
+fn sandbox() -> BuildLimits {
+    BuildLimits {
+        userns_size: 65536,
+        ..BuildLimits::default()
+    }
 }
 
 fn unique(prefix: &str) -> String {
@@ -57,16 +79,24 @@ fn processes_with(needle: &str) -> Vec<u32> {
 }
 
 /// Podman storage containers (Buildah's working containers) of builds run
-/// by process `pid`, found by the build cgroup named in their settings.
+/// by process `pid` in the build service's store, found by the build cgroup
+/// named in their settings.
 fn build_containers_of(pid: u32) -> Vec<String> {
     let out = std::process::Command::new("podman")
-        .args(["info", "--format", "{{.Store.GraphRoot}}"])
+        .args(["--url", &format!("unix://{}", build_socket())])
+        .args([
+            "info",
+            "--format",
+            "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}",
+        ])
         .output()
         .expect("podman info");
-    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let info = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (root, driver) = info.split_once(' ').expect("graph root and driver");
     let want = format!("/cpub-build-{pid}-");
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(Path::new(&root).join("overlay-containers")) else {
+    let Ok(entries) = std::fs::read_dir(Path::new(root).join(format!("{driver}-containers")))
+    else {
         return found;
     };
     for entry in entries.flatten() {
@@ -117,7 +147,13 @@ async fn missing_base_images_are_never_pulled() {
     let ctx = context(dir.path(), &format!("FROM {base}\n"));
     let tag = format!("localhost/{}:1", unique("cpub-test-nopull"));
     let out = podman
-        .build_image(&ctx, "Containerfile", &tag)
+        .build_image_with(
+            &ctx,
+            "Containerfile",
+            &tag,
+            &sandbox(),
+            Duration::from_secs(120),
+        )
         .await
         .unwrap();
     assert!(!out.ok, "{}", out.log);
@@ -151,7 +187,7 @@ async fn run_steps_get_pids_memory_and_cpu_limits() {
         memory_bytes: 48 << 20,
         millicpus: 500,
         pids: 32,
-        ..BuildLimits::default()
+        ..sandbox()
     };
     let out = podman
         .build_image_with(
@@ -211,7 +247,7 @@ async fn the_wall_clock_kills_the_running_step() {
             &ctx,
             "Containerfile",
             &tag,
-            &BuildLimits::default(),
+            &sandbox(),
             Duration::from_secs(3),
         )
         .await
@@ -258,7 +294,7 @@ async fn output_past_the_cap_stops_the_build() {
     let limits = BuildLimits {
         max_output_bytes: 2 << 20,
         log_tail_bytes: 64 << 10,
-        ..BuildLimits::default()
+        ..sandbox()
     };
     let started = Instant::now();
     let out = podman
@@ -341,4 +377,201 @@ async fn steps_of_a_dead_control_plane_are_reaped() {
     .expect("the orphaned step was killed");
     assert!(!status.success());
     assert!(!v2.exists(), "the orphaned cgroup was removed");
+}
+
+/// What the host sees of a `RUN` step that waits for the host's go.
+struct SeenFromHost {
+    /// The step's `Uid:` line (real, effective, saved, fs).
+    uids: Vec<u64>,
+    /// `/proc/<pid>/uid_map`, whitespace collapsed.
+    uid_map: String,
+    /// Host owners of files the step's root and user 65534 created.
+    root_file_uid: u32,
+    nobody_file_uid: u32,
+    /// The build's output and whether it succeeded.
+    log: String,
+    ok: bool,
+}
+
+/// Builds an image whose `RUN` step (as root inside) creates files, one of
+/// them chowned to 65534, then waits until the host creates `/go` in its
+/// root; meanwhile the host looks at the step's process and files.
+async fn watch_a_run_step(podman: &Podman, tag: &str, limits: &BuildLimits) -> SeenFromHost {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = unique("userns-marker");
+    let script = format!(
+        "echo {marker} >/dev/null; echo uid_map=$(/bin/busybox cat /proc/self/uid_map); \
+         echo id=$(/bin/busybox id -u):$(/bin/busybox id -g); /bin/busybox mkdir /app; \
+         /bin/busybox touch /app/by-root /app/by-nobody; /bin/busybox chown 65534:65534 /app/by-nobody; \
+         i=0; while [ ! -e /go ] && [ $i -lt 1200 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done; \
+         /bin/busybox rm -f /go; echo done"
+    );
+    let containerfile = format!(
+        "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+        serde_json::to_string(&script).unwrap()
+    );
+    let ctx = context(dir.path(), &containerfile);
+    let build =
+        podman.build_image_with(&ctx, "Containerfile", tag, limits, Duration::from_secs(180));
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pid = loop {
+            let found = processes_with(&marker)
+                .into_iter()
+                .find(|pid| Path::new(&format!("/proc/{pid}/root/app/by-nobody")).exists());
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the RUN step never showed up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let root = format!("/proc/{pid}/root");
+        let owner = |file: &str| std::fs::metadata(format!("{root}{file}")).unwrap().uid();
+        let seen = (
+            uids,
+            uid_map,
+            owner("/app/by-root"),
+            owner("/app/by-nobody"),
+        );
+        std::fs::write(format!("{root}/go"), b"").unwrap();
+        seen
+    };
+    let (out, (uids, uid_map, root_file_uid, nobody_file_uid)) = tokio::join!(build, watch);
+    let out = out.unwrap();
+    SeenFromHost {
+        uids,
+        uid_map,
+        root_file_uid,
+        nobody_file_uid,
+        log: out.log,
+        ok: out.ok,
+    }
+}
+
+/// The first host id of the build service's subordinate range
+/// (`cpub-build` in /etc/subuid, written by scripts/setup-host.sh).
+fn build_range() -> (u64, u64) {
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap();
+    let line = subuid
+        .lines()
+        .find_map(|l| l.strip_prefix("cpub-build:"))
+        .expect("a cpub-build line in /etc/subuid (scripts/setup-host.sh)");
+    let (start, count) = line.split_once(':').unwrap();
+    (start.parse().unwrap(), count.parse().unwrap())
+}
+
+/// Host owner (uid) of `file` inside image `tag` of the instances' store.
+fn owner_in_image(tag: &str, file: &str) -> u32 {
+    let out = std::process::Command::new("podman")
+        .args(["image", "mount", tag])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let uid = std::fs::metadata(Path::new(&root).join(file.trim_start_matches('/')))
+        .unwrap()
+        .uid();
+    let _ = std::process::Command::new("podman")
+        .args(["image", "unmount", tag])
+        .output();
+    uid
+}
+
+/// Removes the named images from both stores when dropped (also when the
+/// test fails).
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for tag in &self.0 {
+            for url in [format!("unix://{}", build_socket()), String::new()] {
+                let mut cmd = std::process::Command::new("podman");
+                if !url.is_empty() {
+                    cmd.args(["--url", &url]);
+                }
+                let _ = cmd.args(["rmi", "-f", tag]).output();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn root_in_a_run_step_is_not_root_on_the_host() {
+    let _serial = SERIAL.lock().await;
+    let podman = podman();
+    let instances = instances_podman();
+    let (start, count) = build_range();
+
+    let tag = format!("localhost/{}:1", unique("cpub-test-userns"));
+    let control_tag = format!("localhost/{}:1", unique("cpub-test-nouserns"));
+    let _images = Images(vec![tag.clone(), control_tag.clone()]);
+    let seen = watch_a_run_step(&podman, &tag, &sandbox()).await;
+    assert!(seen.ok, "{}", seen.log);
+    // From the host: the step's process runs as an id of the builds' range,
+    // mapped from 0 inside, and the files it made belong to such ids.
+    let host_root = seen.uids[0];
+    assert!(
+        host_root >= start && host_root + 65536 <= start + count,
+        "step runs as host uid {host_root}, outside {start}+{count}"
+    );
+    assert!(seen.uids.iter().all(|u| *u == host_root), "{:?}", seen.uids);
+    assert_eq!(seen.uid_map, format!("0 {host_root} 65536"));
+    assert_eq!(u64::from(seen.root_file_uid), host_root);
+    assert_eq!(u64::from(seen.nobody_file_uid), host_root + 65534);
+    // From inside: root, in a non-identity map.
+    assert!(seen.log.contains("id=0:0"), "{}", seen.log);
+    assert!(
+        seen.log.contains(&format!("uid_map= 0 {host_root} 65536")),
+        "{}",
+        seen.log
+    );
+    // The image keeps the step's own ids (not the host's), once moved to
+    // the instances' store, and leaves the build store.
+    podman.move_image(&tag, &instances).await.unwrap();
+    assert!(!podman.image_exists(&tag).await.unwrap());
+    assert!(instances.image_exists(&tag).await.unwrap());
+    let owners = (
+        owner_in_image(&tag, "/app/by-root"),
+        owner_in_image(&tag, "/app/by-nobody"),
+    );
+    instances.remove_image(&tag).await.unwrap();
+    assert_eq!(owners, (0, 65534));
+
+    // Negative control: the same build without a user namespace is host root.
+    let seen = watch_a_run_step(&podman, &control_tag, &BuildLimits::default()).await;
+    let _ = podman.remove_image(&control_tag).await;
+    assert!(seen.ok, "{}", seen.log);
+    assert_eq!(seen.uids, vec![0, 0, 0, 0]);
+    assert_eq!(seen.uid_map, "0 0 4294967295");
+    assert_eq!((seen.root_file_uid, seen.nobody_file_uid), (0, 65534));
+    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+}
+
+#[tokio::test]
+async fn moving_a_missing_image_is_an_error_naming_it() {
+    let tag = format!("localhost/{}:1", unique("cpub-test-absent"));
+    let err = podman()
+        .move_image(&tag, &instances_podman())
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(404), "{err}");
+    assert!(err.to_string().contains("/get"), "{err}");
+    assert!(!instances_podman().image_exists(&tag).await.unwrap());
 }
