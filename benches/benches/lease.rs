@@ -1,7 +1,9 @@
-//! Lease acquire and release on warm instances: a lease of a route whose
-//! one ready instance has slots to spare, then dropping the `Lease`. The
-//! pool runs on a fake runtime (no Podman): this measures pool policy and
-//! its locks, not containers.
+//! Lease acquire and release on warm instances: `FunctionHandle::lease` of
+//! a function whose one ready instance has slots to spare (the handle
+//! resolved once, as the proxy keeps it in its route entry), then dropping
+//! the `Lease`. The pool runs on the fake runtime of `containerpub-pool`'s
+//! `test-util` feature (no Podman): this measures pool policy and its
+//! locks, not containers.
 //!
 //! - `single`: one task doing lease/drop in a loop.
 //! - `contended/{n}`: `n` tasks on an `n`-worker runtime doing the same
@@ -15,8 +17,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use containerpub_benches::{FakeRuntime, route, shuffled};
-use containerpub_pool::{ContainerRuntime, InstanceState, Pool, PoolConfig};
+use containerpub_benches::{route, shuffled};
+use containerpub_pool::testing::FakeRuntime;
+use containerpub_pool::{ContainerRuntime, FunctionHandle, InstanceState, Pool, PoolConfig};
 use containerpub_wire::api::Route;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
@@ -24,6 +27,8 @@ use tokio::sync::Barrier;
 
 /// Longest wait for the fake instances to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Functions of `functions/{f}`.
+const FUNCTIONS: usize = 64;
 /// Scaling of every bench function: one instance, always warm, with room
 /// for far more calls than the bench makes at once.
 const SCALING: &str = "min_instances = 1\nmax_instances = 1\nconcurrency = 10000\n\
@@ -77,13 +82,14 @@ fn run(rt: &Runtime, pool: &Pool, routes: &[Route], tasks: usize, iters: u64) ->
                 // the functions in step.
                 let mut order = shuffled(routes.len() + t);
                 order.retain(|&i| i < routes.len());
-                let routes: Vec<Route> = order.iter().map(|&i| routes[i].clone()).collect();
-                let (pool, barrier) = (pool.clone(), barrier.clone());
+                let handles: Vec<FunctionHandle> =
+                    order.iter().map(|&i| pool.handle(&routes[i])).collect();
+                let barrier = barrier.clone();
                 tokio::spawn(async move {
                     barrier.wait().await;
                     for _ in 0..iters {
-                        for route in &routes {
-                            let lease = pool.lease(route).await.expect("a free slot");
+                        for handle in &handles {
+                            let lease = handle.lease().await.expect("a free slot");
                             drop(std::hint::black_box(lease));
                         }
                     }
@@ -117,13 +123,12 @@ fn lease(c: &mut Criterion) {
         });
     }
 
-    for functions in [64] {
-        let (rt, pool, routes) = warm_pool(2, functions);
-        group.throughput(Throughput::Elements(2 * functions as u64));
-        group.bench_function(format!("functions/{functions}"), |b| {
-            b.iter_custom(|iters| run(&rt, &pool, &routes, 2, iters))
-        });
-    }
+    let functions = FUNCTIONS;
+    let (rt, pool, routes) = warm_pool(2, functions);
+    group.throughput(Throughput::Elements(2 * functions as u64));
+    group.bench_function(format!("functions/{functions}"), |b| {
+        b.iter_custom(|iters| run(&rt, &pool, &routes, 2, iters))
+    });
     group.finish();
 }
 

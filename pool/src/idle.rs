@@ -13,7 +13,8 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::pool::{FunctionPool, Instance, InstanceState};
+use crate::instance::{Instance, InstanceState};
+use crate::set::InstanceSet;
 
 /// How often expiries are processed; idle times are whole seconds.
 pub(crate) const TICK: Duration = Duration::from_millis(200);
@@ -70,8 +71,8 @@ impl IdleTracker {
     }
 
     /// (Re)starts the idle timer of an instance for its current state.
-    pub(crate) fn track(&self, fp: &FunctionPool, instance: &Instance) {
-        let s = &fp.route.config.scaling;
+    pub(crate) fn track(&self, set: &InstanceSet, instance: &Instance) {
+        let s = &set.route.config.scaling;
         let idle = match instance.state() {
             InstanceState::Paused => s.idle_stop_s.saturating_sub(s.idle_pause_s).max(1),
             _ => s.idle_pause_s,

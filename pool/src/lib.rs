@@ -1,8 +1,10 @@
 //! The instance pool: the only code in ContainerPub that talks to Podman.
 //!
 //! `podman` is the REST client (also used by the control plane to build and
-//! remove images); `pool` owns instance life cycles and leases instances to
-//! the proxy.
+//! remove images); `pool` and its policy modules own instance life cycles
+//! and lease instances to the proxy (ARCHITECTURE.md lists the modules and
+//! the invariants they keep); `testing` (feature `test-util`) is a fake
+//! container runtime for the tests of this crate and its users.
 
 pub mod build;
 pub mod podman;
@@ -25,14 +27,25 @@ pub mod labels {
     pub const DEPLOYMENT: &str = "cpub.deployment";
 }
 
+mod adopt;
+mod deploy;
 pub mod health;
 mod idle;
+mod instance;
+mod lease;
+mod lifecycle;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;
+mod set;
 pub mod spec;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
-pub use pool::{CrashReport, InstanceInfo, InstanceState, Lease, Pool, PoolConfig, StartKind};
+pub use instance::{InstanceInfo, InstanceState, StartKind};
+pub use lease::{FunctionHandle, Lease};
+pub use lifecycle::{CrashReport, EXIT_POLL};
+pub use pool::{Pool, PoolConfig};
 pub use runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, Started};
 
 /// Errors of the pool.

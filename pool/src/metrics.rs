@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram,
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge_vec,
 };
 
 /// Every pool metric.
@@ -18,12 +18,17 @@ pub struct PoolMetrics {
     pub start_seconds: HistogramVec,
     /// `cpub_instances{function,state}`: `starting`, `ready`, `paused`.
     pub instances: IntGaugeVec,
-    /// `cpub_queue_wait_seconds`: how long calls waited for a slot.
-    pub queue_wait: Histogram,
+    /// `cpub_queue_wait_seconds{function}`: how long calls waited for a
+    /// slot (zero for a free slot). Per function so that a lease writes
+    /// only its function's series (resolved once per instance set).
+    pub queue_wait: HistogramVec,
     /// `cpub_in_flight_requests{function}`: leases held.
     pub in_flight: IntGaugeVec,
-    /// `cpub_pool_rejections_total{function,reason}`: `queue_full`,
-    /// `queue_timeout`, `start_failed`.
+    /// `cpub_pool_rejections_total{function,reason}`: calls the pool
+    /// refused — `queue_full`, `queue_timeout`, `start_failed` (a failed
+    /// start or a crash, also while starts are held back). The one series
+    /// that counts them: the proxy's `cpub_proxy_rejections_total` counts
+    /// only what the proxy refuses itself.
     pub rejections: IntCounterVec,
     /// `cpub_pool_instance_crashes_total{function}`: instances whose
     /// process exited on its own, while starting or after.
@@ -59,12 +64,13 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
         &["function", "state"]
     )
     .expect("register cpub_instances"),
-    queue_wait: register_histogram!(
+    queue_wait: register_histogram_vec!(
         HistogramOpts::new(
             "cpub_queue_wait_seconds",
             "Time calls waited for a free instance slot"
         )
-        .buckets(TIME_BUCKETS.to_vec())
+        .buckets(TIME_BUCKETS.to_vec()),
+        &["function"]
     )
     .expect("register cpub_queue_wait_seconds"),
     in_flight: register_int_gauge_vec!(
