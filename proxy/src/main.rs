@@ -105,7 +105,10 @@ fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    background.block_on(async { pool.sync(&snapshot.routes) });
+    background.block_on(async {
+        pool.sync(&snapshot.routes);
+        routes.resolve_handles(&pool);
+    });
 
     let watcher = match Watcher::new(
         routes.clone(),
