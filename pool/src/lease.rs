@@ -19,7 +19,6 @@ use tokio::time::Instant;
 use crate::PoolError;
 use crate::deploy::FunctionSlot;
 use crate::instance::{Instance, InstanceState, StartKind};
-use crate::metrics::METRICS;
 use crate::pool::Inner;
 use crate::runtime::short;
 use crate::set::{Failure, InstanceSet};
@@ -184,10 +183,6 @@ impl Inner {
         let queue_size = scaling.queue_size;
         if set.waiting.fetch_add(1, Ordering::AcqRel) >= queue_size {
             set.waiting.fetch_sub(1, Ordering::AcqRel);
-            METRICS
-                .rejections
-                .with_label_values(&[function.as_str(), "queue_full"])
-                .inc();
             return Err(PoolError::QueueFull {
                 function,
                 queue_size: queue_size as usize,
@@ -234,10 +229,6 @@ impl Inner {
                 && set.count(InstanceState::Ready) == 0
             {
                 let failure = set.last_failure.lock().expect("failure lock").clone();
-                METRICS
-                    .rejections
-                    .with_label_values(&[function.as_str(), "start_failed"])
-                    .inc();
                 return Err(match failure {
                     Failure::Start(reason) => PoolError::StartFailed { function, reason },
                     Failure::Crash(exit) => PoolError::Crashed {
@@ -250,10 +241,6 @@ impl Inner {
             if let Some((exit, backoff)) = set.held_back() {
                 // It keeps crashing and nothing could serve: say so now
                 // rather than after the queue timeout.
-                METRICS
-                    .rejections
-                    .with_label_values(&[function.as_str(), "start_failed"])
-                    .inc();
                 return Err(PoolError::Crashed {
                     function,
                     exit,
@@ -262,10 +249,6 @@ impl Inner {
             }
             self.scale(&set);
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                METRICS
-                    .rejections
-                    .with_label_values(&[function.as_str(), "queue_timeout"])
-                    .inc();
                 return Err(PoolError::QueueTimeout {
                     function,
                     waited: began.elapsed(),

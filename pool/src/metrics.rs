@@ -1,6 +1,11 @@
 //! The pool's Prometheus metrics, registered once in the default registry.
 //! Label values are bounded: function names, kinds, states and reasons —
 //! never an instance id or a path.
+//!
+//! Calls the pool refuses (queue full, queue timeout, failed start or
+//! crash) are counted once, by the proxy that answers them:
+//! `cpub_proxy_rejections_total{reason}` (`proxy/src/metrics.rs`); per
+//! function they show in `cpub_invocations_total{function,status_class}`.
 
 use std::sync::LazyLock;
 
@@ -24,12 +29,6 @@ pub struct PoolMetrics {
     pub queue_wait: HistogramVec,
     /// `cpub_in_flight_requests{function}`: leases held.
     pub in_flight: IntGaugeVec,
-    /// `cpub_pool_rejections_total{function,reason}`: calls the pool
-    /// refused — `queue_full`, `queue_timeout`, `start_failed` (a failed
-    /// start or a crash, also while starts are held back). The one series
-    /// that counts them: the proxy's `cpub_proxy_rejections_total` counts
-    /// only what the proxy refuses itself.
-    pub rejections: IntCounterVec,
     /// `cpub_pool_instance_crashes_total{function}`: instances whose
     /// process exited on its own, while starting or after.
     pub crashes: IntCounterVec,
@@ -78,14 +77,6 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
         &["function"]
     )
     .expect("register cpub_in_flight_requests"),
-    rejections: register_int_counter_vec!(
-        Opts::new(
-            "cpub_pool_rejections_total",
-            "Calls the pool refused, by reason"
-        ),
-        &["function", "reason"]
-    )
-    .expect("register cpub_pool_rejections_total"),
     crashes: register_int_counter_vec!(
         Opts::new(
             "cpub_pool_instance_crashes_total",
