@@ -75,17 +75,28 @@ pub(crate) struct Instance {
     state: AtomicU8,
     /// When it last became ready (start or resume), and what that took.
     ready_at: Mutex<(Instant, Duration, StartKind)>,
-    /// Milliseconds since `EPOCH` of the last idle-timer touch.
+    /// The coarse clock at the last idle-timer touch.
     touched_ms: AtomicU64,
 }
 
-/// Reference point for `Instance::touched_ms`.
+/// A coarse clock for idle-timer touches: milliseconds since the first
+/// tick, advanced by the pools' idle timer (every `idle::TICK`), so that
+/// releasing a lease reads no clock.
+static COARSE_MS: AtomicU64 = AtomicU64::new(0);
+/// Reference point of [`COARSE_MS`].
 static EPOCH: std::sync::LazyLock<std::time::Instant> =
     std::sync::LazyLock::new(std::time::Instant::now);
 
-/// A busy instance's idle timer is restarted at most this often: moka does
-/// its housekeeping on the caller's thread, so a read per call would put
-/// that work on the request path. Idle times are whole seconds.
+/// Advances the coarse clock (the idle timer's tick).
+pub(crate) fn tick_coarse_clock() {
+    let now_ms = EPOCH.elapsed().as_millis() as u64;
+    COARSE_MS.fetch_max(now_ms, Ordering::Relaxed);
+}
+
+/// A busy instance's idle timer is restarted at most this often (as the
+/// coarse clock tells): moka does its housekeeping on the caller's thread,
+/// so a read per call would put that work on the request path. Idle times
+/// are whole seconds.
 const TOUCH_EVERY_MS: u64 = 250;
 
 impl Instance {
@@ -158,7 +169,7 @@ impl Instance {
     /// Whether the idle timer is due for a restart (at most every
     /// `TOUCH_EVERY_MS`); claims the restart when it is.
     pub(crate) fn touch_due(&self) -> bool {
-        let now_ms = EPOCH.elapsed().as_millis() as u64;
+        let now_ms = COARSE_MS.load(Ordering::Relaxed);
         let last = self.touched_ms.load(Ordering::Relaxed);
         now_ms.saturating_sub(last) >= TOUCH_EVERY_MS
             && self

@@ -61,7 +61,7 @@ impl FunctionHandle {
         let set = active.as_ref()?;
         self.pool.ensure_min(set);
         let instance = set.try_acquire()?;
-        Some(lease_of(set, instance, Instant::now()))
+        Some(lease_now(set, instance))
     }
 
     /// Leases an instance: a free slot at once, or a place in the
@@ -73,7 +73,7 @@ impl FunctionHandle {
         };
         self.pool.ensure_min(&set);
         if let Some(instance) = set.try_acquire() {
-            return Ok(lease_of(&set, instance, Instant::now()));
+            return Ok(lease_now(&set, instance));
         }
         self.pool.wait_for_slot(&self.slot, set).await
     }
@@ -145,8 +145,22 @@ impl Drop for Lease {
     }
 }
 
+/// The lease of a slot taken at once on `instance` of `set`: warm, no
+/// queue time (and no clock read: this is every warm call's path).
+fn lease_now(set: &Arc<InstanceSet>, instance: Arc<Instance>) -> Lease {
+    set.queue_wait.observe(0.0);
+    set.in_flight_gauge.inc();
+    Lease {
+        instance,
+        set: Arc::clone(set),
+        kind: StartKind::Warm,
+        start: Duration::ZERO,
+        queued: Duration::ZERO,
+    }
+}
+
 /// The lease of a slot already taken on `instance` of `set`, for a call
-/// that arrived at `began`.
+/// that arrived at `began` and waited.
 fn lease_of(set: &Arc<InstanceSet>, instance: Arc<Instance>, began: Instant) -> Lease {
     let (ready_at, took, how) = instance.ready_at();
     // Became ready after this call arrived: the call waited for that start.

@@ -238,6 +238,7 @@ impl Pool {
                         continue;
                     }
                 }
+                crate::instance::tick_coarse_clock();
                 let Some(inner) = weak.upgrade() else { return };
                 inner.idle.run_pending();
             }
