@@ -1,7 +1,10 @@
 //! Pool policy against the fake runtime (`containerpub_pool::testing`):
 //! which instance serves a call, scale-up, queueing, idleness, deploys,
 //! adoption and crashes. Tests wait for conditions with `eventually`
-//! (polling with a deadline), never for a fixed time.
+//! (polling with a deadline), never for a fixed time — except where a test
+//! proves that something does *not* happen, which takes the time it would
+//! need. Over 600 lines: one file so the tests share their fixtures; each
+//! test stands alone.
 
 use std::sync::Arc;
 use std::time::Duration;
