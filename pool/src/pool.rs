@@ -134,25 +134,41 @@ impl Pool {
     }
 
     /// The handle of `route`'s function, for leases without any lookup.
-    /// Resolving it does what `sync` does for this one route (creates the
-    /// function's set, or starts the switch to `route`'s deployment).
+    /// A function the pool serves already keeps its deployments as `sync`
+    /// set them (a handle resolved from an older route never switches back);
+    /// an unknown one gets its set for `route`, as `sync` would.
     pub fn handle(&self, route: &Route) -> FunctionHandle {
+        let known = self
+            .inner
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get(&route.function)
+            .cloned();
         FunctionHandle {
-            slot: self.inner.resolve(route),
+            slot: known.unwrap_or_else(|| self.inner.resolve(route)),
             pool: Arc::clone(&self.inner),
         }
     }
 
-    /// [`FunctionHandle::try_lease`] of [`Pool::handle`]: resolves the
-    /// handle first (a map lookup under the pool's lock). Callers on a hot
-    /// path keep the handle instead.
+    /// A lease of `route`'s deployment, resolving the function's slot first
+    /// (a map lookup under the pool's lock, and what `sync` does for this
+    /// route: a different deployment starts a switch). For tests and
+    /// occasional callers; a hot path keeps a [`FunctionHandle`].
     pub fn try_lease(&self, route: &Route) -> Option<Lease> {
-        self.handle(route).try_lease()
+        self.resolved(route).try_lease()
     }
 
-    /// [`FunctionHandle::lease`] of [`Pool::handle`] (see `try_lease`).
+    /// [`FunctionHandle::lease`] of `route`'s function (see `try_lease`).
     pub async fn lease(&self, route: &Route) -> Result<Lease, PoolError> {
-        self.handle(route).lease().await
+        self.resolved(route).lease().await
+    }
+
+    fn resolved(&self, route: &Route) -> FunctionHandle {
+        FunctionHandle {
+            slot: self.inner.resolve(route),
+            pool: Arc::clone(&self.inner),
+        }
     }
 
     /// Every instance the pool knows.

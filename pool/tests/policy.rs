@@ -187,6 +187,28 @@ async fn a_handle_leases_without_the_route_and_follows_deploys() {
 }
 
 #[tokio::test]
+async fn a_handle_resolved_from_an_older_route_never_switches_back() {
+    let fake = fake().await;
+    let v1 = route("f", 1, 4, 3);
+    let v2 = route("f", 2, 4, 3);
+    let pool = pool_on(&fake, std::slice::from_ref(&v2)).await;
+    // A caller still holding v1's route (a table read before the sync).
+    let stale = pool.handle(&v1);
+    let lease = stale.lease().await.unwrap();
+    assert!(
+        lease.instance_id().starts_with("f-2-"),
+        "{}",
+        lease.instance_id()
+    );
+    drop(lease);
+    assert!(
+        pool.instances().iter().all(|i| i.deployment_id == 2),
+        "{:?}",
+        pool.instances()
+    );
+}
+
+#[tokio::test]
 async fn lease_goes_to_the_least_loaded_instance_with_room() {
     let fake = fake().await;
     let pool = pool(&fake).await;
