@@ -1,9 +1,11 @@
 //! Idle tracking with moka: one entry per instance whose time-to-idle is
 //! the function's `idle_pause_s` while it runs and the rest of
-//! `idle_stop_s` while it is paused. Every lease reads the entry (resetting
-//! its timer); expiry sends the instance id to the pool, which pauses or
-//! removes the instance. moka has no threads of its own: the pool's timer
-//! calls `run_pending` every `TICK`.
+//! `idle_stop_s` while it is paused. A released lease reads the entry
+//! (resetting its timer), at most every 250 ms per instance by a coarse
+//! clock (`instance.rs`); expiry sends the instance id to the pool, which
+//! pauses or removes the instance. moka has no threads of its own: the
+//! pool's timer calls `run_pending` every `TICK`. Depends on `instance` and
+//! `set` only (not on `pool`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
