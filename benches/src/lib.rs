@@ -1,16 +1,9 @@
 //! Fixtures for the benches: routes and route tables of any size built from
-//! one valid manifest, and a container runtime whose "instances" are one
-//! local listener (so the pool's readiness probe passes and leases work
-//! without Podman).
+//! one valid manifest, and the order benches visit them in. The container
+//! runtime under the pool is `containerpub_pool::testing::FakeRuntime`.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use async_trait::async_trait;
-use containerpub_pool::{ContainerRuntime, Owned, PoolError, RuntimeEvent, Started};
 use containerpub_wire::Manifest;
 use containerpub_wire::api::{Route, RouteTable};
-use tokio::net::TcpListener;
 
 /// A route of `name` whose `[scaling]` section is `scaling` (TOML lines).
 pub fn route(name: &str, scaling: &str) -> Route {
@@ -74,70 +67,6 @@ pub fn shuffled(n: usize) -> Vec<usize> {
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
     order
-}
-
-/// A runtime whose every start returns the same local listener, at once.
-#[derive(Debug)]
-pub struct FakeRuntime {
-    addr: SocketAddr,
-    starts: AtomicUsize,
-}
-
-impl FakeRuntime {
-    /// Binds `127.0.0.1:0` and accepts (and drops) connections on the
-    /// current tokio runtime, for the pool's readiness probe.
-    pub async fn new() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("listener address");
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                drop(stream);
-            }
-        });
-        Self {
-            addr,
-            starts: AtomicUsize::new(0),
-        }
-    }
-}
-
-#[async_trait]
-impl ContainerRuntime for FakeRuntime {
-    async fn start(&self, route: &Route, _node: &str) -> Result<Started, PoolError> {
-        let n = self.starts.fetch_add(1, Ordering::Relaxed);
-        Ok(Started {
-            id: format!("{}-{}-{n}", route.function, route.deployment_id),
-            addr: self.addr,
-        })
-    }
-
-    async fn remove(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-
-    async fn list_owned(&self, _node: &str) -> Result<Vec<Owned>, PoolError> {
-        Ok(Vec::new())
-    }
-
-    async fn pause(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-
-    async fn resume(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-
-    async fn events(
-        &self,
-        _node: &str,
-        tx: &tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
-    ) -> Result<(), PoolError> {
-        // No events, ever: wait until the pool stops listening.
-        tx.closed().await;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

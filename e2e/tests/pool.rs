@@ -323,8 +323,13 @@ async fn a_full_queue_answers_429_and_a_long_wait_503() {
     let (status, _, _) = get(&client, &url).await;
     assert_eq!(status, 200, "the function serves again");
     let text = stack.metrics().await.expect("proxy serves /metrics");
-    let rejected = metric_sum(&text, "cpub_pool_rejections_total", &[("function", name)])
-        .expect("rejections are counted");
+    // Counted once, by the proxy that answered them (the stack's own proxy).
+    let rejected = metric_sum(
+        &text,
+        "cpub_proxy_rejections_total",
+        &[("reason", "queue_full")],
+    )
+    .expect("rejections are counted");
     assert!(
         rejected >= 5.0,
         "the 5 refused calls are counted: {rejected}"

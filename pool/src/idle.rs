@@ -1,9 +1,11 @@
 //! Idle tracking with moka: one entry per instance whose time-to-idle is
 //! the function's `idle_pause_s` while it runs and the rest of
-//! `idle_stop_s` while it is paused. Every lease reads the entry (resetting
-//! its timer); expiry sends the instance id to the pool, which pauses or
-//! removes the instance. moka has no threads of its own: the pool's timer
-//! calls `run_pending` every `TICK`.
+//! `idle_stop_s` while it is paused. A released lease reads the entry
+//! (resetting its timer), at most every 250 ms per instance by a coarse
+//! clock (`instance.rs`); expiry sends the instance id to the pool, which
+//! pauses or removes the instance. moka has no threads of its own: the
+//! pool's timer calls `run_pending` every `TICK`. Depends on `instance` and
+//! `set` only (not on `pool`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +15,8 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::pool::{FunctionPool, Instance, InstanceState};
+use crate::instance::{Instance, InstanceState};
+use crate::set::InstanceSet;
 
 /// How often expiries are processed; idle times are whole seconds.
 pub(crate) const TICK: Duration = Duration::from_millis(200);
@@ -70,8 +73,8 @@ impl IdleTracker {
     }
 
     /// (Re)starts the idle timer of an instance for its current state.
-    pub(crate) fn track(&self, fp: &FunctionPool, instance: &Instance) {
-        let s = &fp.route.config.scaling;
+    pub(crate) fn track(&self, set: &InstanceSet, instance: &Instance) {
+        let s = &set.route.config.scaling;
         let idle = match instance.state() {
             InstanceState::Paused => s.idle_stop_s.saturating_sub(s.idle_pause_s).max(1),
             _ => s.idle_pause_s,

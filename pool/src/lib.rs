@@ -4,6 +4,11 @@
 //! Podman is reached through `containerpub-podman` (the REST client, also
 //! used by the control plane to build and remove images); the proxy reaches
 //! it only through the pool, hence the re-exports.
+//!
+//! `pool` and its policy modules own instance life cycles and lease
+//! instances to the proxy (ARCHITECTURE.md lists the modules and the
+//! invariants they keep); `testing` (feature `test-util`) is a fake
+//! container runtime for the tests of this crate and its users.
 
 /// The Podman REST client (`containerpub-podman`), re-exported for the
 /// pool's users.
@@ -25,14 +30,25 @@ pub mod labels {
     pub const DEPLOYMENT: &str = "cpub.deployment";
 }
 
+mod adopt;
+mod deploy;
 pub mod health;
 mod idle;
+mod instance;
+mod lease;
+mod lifecycle;
 pub mod metrics;
 pub mod pool;
 pub mod runtime;
+mod set;
 pub mod spec;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
-pub use pool::{CrashReport, InstanceInfo, InstanceState, Lease, Pool, PoolConfig, StartKind};
+pub use instance::{InstanceInfo, InstanceState, StartKind};
+pub use lease::{FunctionHandle, Lease};
+pub use lifecycle::{CrashReport, EXIT_POLL};
+pub use pool::{Pool, PoolConfig};
 pub use runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, Started};
 
 /// Errors of the pool.

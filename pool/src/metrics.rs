@@ -1,12 +1,17 @@
 //! The pool's Prometheus metrics, registered once in the default registry.
 //! Label values are bounded: function names, kinds, states and reasons —
 //! never an instance id or a path.
+//!
+//! Calls the pool refuses (queue full, queue timeout, failed start or
+//! crash) are counted once, by the proxy that answers them:
+//! `cpub_proxy_rejections_total{reason}` (`proxy/src/metrics.rs`); per
+//! function they show in `cpub_invocations_total{function,status_class}`.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram,
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge_vec,
 };
 
 /// Every pool metric.
@@ -18,13 +23,12 @@ pub struct PoolMetrics {
     pub start_seconds: HistogramVec,
     /// `cpub_instances{function,state}`: `starting`, `ready`, `paused`.
     pub instances: IntGaugeVec,
-    /// `cpub_queue_wait_seconds`: how long calls waited for a slot.
-    pub queue_wait: Histogram,
+    /// `cpub_queue_wait_seconds{function}`: how long calls waited for a
+    /// slot (zero for a free slot). Per function so that a lease writes
+    /// only its function's series (resolved once per instance set).
+    pub queue_wait: HistogramVec,
     /// `cpub_in_flight_requests{function}`: leases held.
     pub in_flight: IntGaugeVec,
-    /// `cpub_pool_rejections_total{function,reason}`: `queue_full`,
-    /// `queue_timeout`, `start_failed`.
-    pub rejections: IntCounterVec,
     /// `cpub_pool_instance_crashes_total{function}`: instances whose
     /// process exited on its own, while starting or after.
     pub crashes: IntCounterVec,
@@ -59,12 +63,13 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
         &["function", "state"]
     )
     .expect("register cpub_instances"),
-    queue_wait: register_histogram!(
+    queue_wait: register_histogram_vec!(
         HistogramOpts::new(
             "cpub_queue_wait_seconds",
             "Time calls waited for a free instance slot"
         )
-        .buckets(TIME_BUCKETS.to_vec())
+        .buckets(TIME_BUCKETS.to_vec()),
+        &["function"]
     )
     .expect("register cpub_queue_wait_seconds"),
     in_flight: register_int_gauge_vec!(
@@ -72,14 +77,6 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
         &["function"]
     )
     .expect("register cpub_in_flight_requests"),
-    rejections: register_int_counter_vec!(
-        Opts::new(
-            "cpub_pool_rejections_total",
-            "Calls the pool refused, by reason"
-        ),
-        &["function", "reason"]
-    )
-    .expect("register cpub_pool_rejections_total"),
     crashes: register_int_counter_vec!(
         Opts::new(
             "cpub_pool_instance_crashes_total",

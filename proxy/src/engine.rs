@@ -440,9 +440,12 @@ impl Conn {
 
         // The warm path needs no future; the slow one (queue, start) is
         // boxed so that every connection's task stays small.
-        let leased = match proxy.pool().try_lease(&entry.route) {
+        // The entry's pool handle: no lookup and no lock shared with other
+        // functions on the way to a slot.
+        let handle = entry.pool_handle(proxy.pool());
+        let leased = match handle.try_lease() {
             Some(lease) => Ok(lease),
-            None => Box::pin(proxy.pool().lease(&entry.route)).await,
+            None => Box::pin(handle.lease()).await,
         };
         match leased {
             Ok(lease) => call.lease = Some(lease),
@@ -539,7 +542,7 @@ impl Conn {
                                 .await;
                         }
                         connect_retried = true;
-                        match Box::pin(proxy.pool().lease(&call.entry.route)).await {
+                        match Box::pin(call.entry.pool_handle(proxy.pool()).lease()).await {
                             Ok(lease) => call.lease = Some(lease),
                             Err(e) => {
                                 give_buf(out);

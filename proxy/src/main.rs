@@ -84,7 +84,10 @@ fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    background.block_on(async { pool.sync(&snapshot.routes) });
+    background.block_on(async {
+        pool.sync(&snapshot.routes);
+        routes.resolve_handles(&pool);
+    });
 
     // `Config::validate` checked the node name with the same rule.
     let node = match NodeName::try_from(config.node().to_owned()) {

@@ -1,14 +1,14 @@
 //! The proxy's route table: an atomically swapped map from function name to
-//! route (with the function's metric handles), the local snapshot that keeps
+//! route (with the function's metric handles and pool handle), the local snapshot that keeps
 //! it across restarts, and the watcher that follows the control plane's
 //! `GET /api/v1/routes` long poll.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use containerpub_pool::Pool;
+use containerpub_pool::{FunctionHandle, Pool};
 use containerpub_util::fs::{Modes, write_atomic};
 use containerpub_wire::api::{self, NodeName, Route, RouteTable, WatchQuery};
 use rustc_hash::FxHashMap;
@@ -25,12 +25,24 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Shortest time between two polls that brought no change.
 const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A routed function: its route and its metric handles, resolved once per
-/// function (kept across table updates) rather than once per call.
+/// A routed function: its route, its metric handles and its pool handle,
+/// resolved once per function (kept across table updates) rather than once
+/// per call.
 #[derive(Debug)]
 pub struct Entry {
     pub route: Route,
     pub metrics: FunctionMetrics,
+    /// The function's way into the pool: set by [`Routes::resolve_handles`]
+    /// after the pool synced the table (else at the entry's first call).
+    /// A lease through it touches only this function's pool state.
+    pub pool_handle: OnceLock<FunctionHandle>,
+}
+
+impl Entry {
+    /// The pool handle of this function (resolved from `pool` on first use).
+    pub fn pool_handle(&self, pool: &Pool) -> &FunctionHandle {
+        self.pool_handle.get_or_init(|| pool.handle(&self.route))
+    }
 }
 
 /// One consistent view of the routes: readers get the map and its revision
@@ -44,21 +56,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The view of `table`, reusing the metric handles of `previous`.
+    /// The view of `table`, reusing the metric and pool handles of `previous`
+    /// (a pool handle outlives deploys of its function).
     fn from_table(table: &RouteTable, previous: Option<&Snapshot>) -> Self {
         let routes = table
             .routes
             .iter()
             .map(|route| {
-                let metrics = previous
-                    .and_then(|p| p.routes.get(&route.function))
-                    .map_or_else(
-                        || FunctionMetrics::new(&route.function),
-                        |e| e.metrics.clone(),
-                    );
+                let before = previous.and_then(|p| p.routes.get(&route.function));
+                let metrics = before.map_or_else(
+                    || FunctionMetrics::new(&route.function),
+                    |e| e.metrics.clone(),
+                );
+                let pool_handle = before
+                    .and_then(|e| e.pool_handle.get().cloned())
+                    .map_or_else(OnceLock::new, OnceLock::from);
                 let entry = Entry {
                     route: route.clone(),
                     metrics,
+                    pool_handle,
                 };
                 (route.function.clone(), Arc::new(entry))
             })
@@ -97,6 +113,14 @@ impl Routes {
     /// Current revision.
     pub fn revision(&self) -> i64 {
         self.current.load().revision
+    }
+
+    /// Resolves the pool handle of every routed function (after
+    /// `Pool::sync` of the same table), so no call resolves one.
+    pub fn resolve_handles(&self, pool: &Pool) {
+        for entry in self.current.load().routes.values() {
+            entry.pool_handle(pool);
+        }
     }
 
     /// Replaces the table with `table`; the metric series of functions no
@@ -297,6 +321,7 @@ impl Watcher {
         }
         self.routes.replace(&table);
         self.pool.sync(&table.routes);
+        self.routes.resolve_handles(&self.pool);
         info!(
             from = old,
             to = table.revision,
@@ -423,6 +448,45 @@ mod tests {
             "a taken snapshot never changes"
         );
         assert_eq!(routes.snapshot().routes.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn pool_handles_are_resolved_once_and_survive_redeploys() {
+        use containerpub_pool::testing::FakeRuntime;
+        use containerpub_pool::{PoolConfig, StartKind};
+
+        let runtime = Arc::new(FakeRuntime::new().await);
+        let config = PoolConfig {
+            node: "routes-test".into(),
+            start_timeout: Duration::from_secs(2),
+        };
+        let table = RouteTable {
+            revision: 1,
+            routes: vec![route("routes-h", 1)],
+        };
+        let pool = Pool::with_runtime(runtime, config, &table.routes)
+            .await
+            .unwrap();
+        let routes = Routes::new(&table);
+        assert!(routes.get("routes-h").unwrap().pool_handle.get().is_none());
+        routes.resolve_handles(&pool);
+        let before = routes.get("routes-h").unwrap();
+        let handle = before.pool_handle.get().expect("resolved").clone();
+        let lease = handle.lease().await.unwrap();
+        assert_eq!(lease.start_kind(), StartKind::Cold);
+        drop(lease);
+
+        // A redeploy keeps the handle: the entry carries it over.
+        let next = RouteTable {
+            revision: 2,
+            routes: vec![route("routes-h", 2)],
+        };
+        routes.replace(&next);
+        pool.sync(&next.routes);
+        let after = routes.get("routes-h").unwrap();
+        let kept = after.pool_handle.get().expect("carried over");
+        assert_eq!(kept.function(), "routes-h");
+        assert!(kept.lease().await.is_ok(), "serves through the deploy");
     }
 
     #[test]

@@ -464,6 +464,7 @@ mod tests {
                 config: manifest,
             },
             metrics: metrics::FunctionMetrics::new("svc-rec"),
+            pool_handle: Default::default(),
         });
         let rejected = |reason: &str| {
             scrape_value(&format!(

@@ -11,17 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use containerpub_pool::{
-    ContainerRuntime, Owned, Pool, PoolConfig, PoolError, RuntimeEvent, Started,
-};
+use containerpub_pool::testing::FakeRuntime;
+use containerpub_pool::{Pool, PoolConfig};
 use containerpub_proxy::engine::{self, Worker};
 use containerpub_proxy::routes::Routes;
 use containerpub_proxy::service::Proxy;
 use containerpub_wire::Manifest;
 use containerpub_wire::api::{Route, RouteTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 /// Bound on every client read and write.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -400,70 +397,9 @@ async fn answer(tcp: &mut tokio::net::TcpStream, req: &Seen) -> std::io::Result<
 // ---------------------------------------------------------------------------
 // The container runtime under the pool.
 
-enum Target {
-    /// Every instance is the scripted upstream.
-    Upstream(SocketAddr),
-    /// Every instance answers its readiness probe, then stops listening.
-    Vanishing,
-}
-
-struct TestRuntime {
-    target: Target,
-    starts: AtomicUsize,
-}
-
-/// A listener that answers one readiness probe and then goes away, so
-/// that connecting to it refuses.
-async fn vanishing_instance() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let Ok((mut probe, _)) = listener.accept().await else {
-            return;
-        };
-        drop(listener);
-        let mut buf = [0u8; 1024];
-        let _ = probe.read(&mut buf).await;
-        let _ = probe
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .await;
-    });
-    addr
-}
-
-#[async_trait]
-impl ContainerRuntime for TestRuntime {
-    async fn start(&self, route: &Route, _node: &str) -> Result<Started, PoolError> {
-        let n = self.starts.fetch_add(1, Ordering::SeqCst);
-        let addr = match self.target {
-            Target::Upstream(addr) => addr,
-            Target::Vanishing => vanishing_instance().await,
-        };
-        Ok(Started {
-            id: format!("{}-{n}", route.function),
-            addr,
-        })
-    }
-    async fn remove(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-    async fn list_owned(&self, _node: &str) -> Result<Vec<Owned>, PoolError> {
-        Ok(Vec::new())
-    }
-    async fn pause(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-    async fn resume(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-    async fn events(
-        &self,
-        _node: &str,
-        _tx: &mpsc::UnboundedSender<RuntimeEvent>,
-    ) -> Result<(), PoolError> {
-        std::future::pending().await
-    }
-}
+// `containerpub_pool::testing::FakeRuntime`: every instance is the
+// scripted upstream, or (`vanishing`) answers its readiness probe and then
+// stops listening.
 
 // ---------------------------------------------------------------------------
 // The proxy under test.
@@ -485,7 +421,7 @@ fn route() -> Route {
 }
 
 /// Runs one proxy worker on its own thread; returns where it listens.
-fn start_proxy(runtime: Arc<TestRuntime>) -> SocketAddr {
+fn start_proxy(runtime: Arc<FakeRuntime>) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -528,7 +464,7 @@ fn start_proxy(runtime: Arc<TestRuntime>) -> SocketAddr {
 struct Harness {
     addr: SocketAddr,
     upstream: Upstream,
-    runtime: Arc<TestRuntime>,
+    runtime: Arc<FakeRuntime>,
 }
 
 impl Harness {
@@ -544,14 +480,10 @@ impl Harness {
 
     fn start(vanishing: bool) -> Self {
         let upstream = Upstream::start();
-        let target = if vanishing {
-            Target::Vanishing
+        let runtime = Arc::new(if vanishing {
+            FakeRuntime::vanishing()
         } else {
-            Target::Upstream(upstream.addr)
-        };
-        let runtime = Arc::new(TestRuntime {
-            target,
-            starts: AtomicUsize::new(0),
+            FakeRuntime::serving(upstream.addr)
         });
         let addr = start_proxy(Arc::clone(&runtime));
         Self {
@@ -562,7 +494,7 @@ impl Harness {
     }
 
     fn starts(&self) -> usize {
-        self.runtime.starts.load(Ordering::SeqCst)
+        self.runtime.starts()
     }
 
     fn connect(&self) -> Client {
@@ -1537,10 +1469,7 @@ impl RawUpstream {
 
     /// A proxy in front of this instance.
     fn proxy(&self) -> Harness {
-        let runtime = Arc::new(TestRuntime {
-            target: Target::Upstream(self.addr),
-            starts: AtomicUsize::new(0),
-        });
+        let runtime = Arc::new(FakeRuntime::serving(self.addr));
         let addr = start_proxy(Arc::clone(&runtime));
         Harness {
             addr,
@@ -2167,10 +2096,7 @@ fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
             });
         }
     });
-    let runtime = Arc::new(TestRuntime {
-        target: Target::Upstream(addr),
-        starts: AtomicUsize::new(0),
-    });
+    let runtime = Arc::new(FakeRuntime::serving(addr));
     let proxy = start_proxy(Arc::clone(&runtime));
     let h = Harness {
         addr: proxy,

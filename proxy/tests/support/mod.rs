@@ -24,20 +24,16 @@ use std::convert::Infallible;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use containerpub_pool::{
-    ContainerRuntime, Owned, Pool, PoolConfig, PoolError, RuntimeEvent, Started,
-};
+use containerpub_pool::testing::FakeRuntime;
+use containerpub_pool::{Pool, PoolConfig};
 use containerpub_proxy::engine::{self, Worker};
 use containerpub_proxy::routes::Routes;
 use containerpub_proxy::service::Proxy;
 use containerpub_wire::Manifest;
 use containerpub_wire::api::{Route, RouteTable};
-use tokio::sync::mpsc;
 
 /// Bound on every client read and write.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -426,43 +422,8 @@ fn instance_conn(tcp: TcpStream, conn: usize, state: Arc<Mutex<InstanceState>>) 
 }
 
 // ---------------------------------------------------------------------------
-// The container runtime under the pool: every instance is the recording
-// instance.
-
-struct TestRuntime {
-    addr: SocketAddr,
-    starts: AtomicUsize,
-}
-
-#[async_trait]
-impl ContainerRuntime for TestRuntime {
-    async fn start(&self, route: &Route, _node: &str) -> Result<Started, PoolError> {
-        let n = self.starts.fetch_add(1, Ordering::SeqCst);
-        Ok(Started {
-            id: format!("{}-{n}", route.function),
-            addr: self.addr,
-        })
-    }
-    async fn remove(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-    async fn list_owned(&self, _node: &str) -> Result<Vec<Owned>, PoolError> {
-        Ok(Vec::new())
-    }
-    async fn pause(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-    async fn resume(&self, _id: &str) -> Result<(), PoolError> {
-        Ok(())
-    }
-    async fn events(
-        &self,
-        _node: &str,
-        _tx: &mpsc::UnboundedSender<RuntimeEvent>,
-    ) -> Result<(), PoolError> {
-        std::future::pending().await
-    }
-}
+// The container runtime under the pool (`containerpub_pool::testing::
+// FakeRuntime`): every instance is the recording instance.
 
 /// Function `t`: a short timeout and a small body limit.
 fn route() -> Route {
@@ -481,7 +442,7 @@ fn route() -> Route {
 }
 
 /// Runs one proxy worker on its own thread; returns where it listens.
-fn start_proxy(runtime: Arc<TestRuntime>) -> SocketAddr {
+fn start_proxy(runtime: Arc<FakeRuntime>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -531,10 +492,7 @@ pub struct Harness {
 impl Harness {
     pub fn new() -> Self {
         let instance = Instance::start();
-        let runtime = Arc::new(TestRuntime {
-            addr: instance.addr,
-            starts: AtomicUsize::new(0),
-        });
+        let runtime = Arc::new(FakeRuntime::serving(instance.addr));
         let addr = start_proxy(runtime);
         Self { addr, instance }
     }

@@ -1,0 +1,73 @@
+//! Adoption at start-up: the running or paused containers this node owns
+//! whose deployment is routed join the pool (running ones must pass a
+//! readiness probe); every other container the node owns is removed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerpub_wire::api::Route;
+
+use crate::instance::{Instance, InstanceState, StartKind};
+use crate::pool::Inner;
+use crate::runtime::{Owned, short};
+use crate::{PoolError, health};
+
+/// Readiness budget for an adopted container at start-up.
+const ADOPT_PROBE: Duration = Duration::from_secs(2);
+
+impl Inner {
+    /// Adopts running or paused containers of known deployments; removes
+    /// every other container this node owns.
+    pub(crate) async fn adopt(self: &Arc<Self>, routes: &[Route]) -> Result<(), PoolError> {
+        let owned = self.runtime.list_owned(&self.config.node).await?;
+        for c in owned {
+            let route = routes
+                .iter()
+                .find(|r| r.function == c.function && r.deployment_id.to_string() == c.deployment);
+            match self.try_adopt(&c, route).await {
+                Some(state) => {
+                    tracing::info!(container = short(&c.id), function = %c.function, state = state.as_str(), "adopted a running instance");
+                }
+                None => {
+                    tracing::info!(container = short(&c.id), function = %c.function, state = %c.state, "removing a container this node does not serve");
+                    self.runtime.remove(&c.id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_adopt(
+        self: &Arc<Self>,
+        c: &Owned,
+        route: Option<&Route>,
+    ) -> Option<InstanceState> {
+        let route = route?;
+        let addr = SocketAddr::new(c.ip?, route.config.port);
+        let state = match c.state.as_str() {
+            "running" => {
+                health::wait_ready(addr, route.config.health_path.as_deref(), ADOPT_PROBE)
+                    .await
+                    .ok()?;
+                InstanceState::Ready
+            }
+            "paused" => InstanceState::Paused,
+            _ => return None,
+        };
+        // Not `resolve`: that would start `min_instances` before the
+        // adopted instance is counted.
+        let set = self.active_for_adoption(route);
+        let instance = Arc::new(Instance::new(
+            c.id.clone(),
+            addr,
+            state,
+            Duration::ZERO,
+            StartKind::Warm,
+        ));
+        set.list(Arc::clone(&instance));
+        self.idle.track(&set, &instance);
+        set.publish();
+        Some(state)
+    }
+}
