@@ -29,6 +29,7 @@ pub mod health;
 mod idle;
 pub mod metrics;
 pub mod pool;
+mod precreate;
 pub mod runtime;
 pub mod spec;
 

@@ -543,6 +543,7 @@ impl Pool {
         for route in routes {
             self.inner.route_to(route);
         }
+        self.inner.runtime.prepare(routes, &self.inner.config.node);
     }
 
     /// A free slot of `route`'s function right now, if there is one (the
@@ -605,10 +606,12 @@ impl Pool {
         }
     }
 
-    /// Stops the background tasks. Instances keep running: a pool started
-    /// later for the same node adopts them.
+    /// Stops the background tasks and removes the containers created ahead
+    /// of need. Instances keep running: a pool started later for the same
+    /// node adopts them.
     pub async fn shutdown(&self) {
         self.inner.stopped.cancel();
+        self.inner.runtime.shutdown().await;
     }
 
     /// Removes every instance now (tests, and callers that want a clean stop).
