@@ -132,8 +132,9 @@ impl Precreator {
         }
     }
 
-    /// Takes the container ahead for `route` when one of exactly `key` is
-    /// there, and starts creating its successor.
+    /// Takes the container ahead for `function` when one of exactly `key`
+    /// is there, and starts creating its successor (also when none was
+    /// there: the last creation may have failed).
     pub(crate) fn take(self: &Arc<Self>, function: &str, key: &Value) -> Option<String> {
         let mut state = self.lock();
         if state.closed {
@@ -143,11 +144,12 @@ impl Precreator {
         if slot.key != *key {
             return None;
         }
-        let id = slot.ready.take()?;
+        let id = slot.ready.take();
+        // A successor, or another try after a failed creation.
         if slot.creating.is_none() {
             self.spawn_create(&mut state, function);
         }
-        Some(id)
+        id
     }
 
     /// Stops creating and removes every container ahead, waiting for the
