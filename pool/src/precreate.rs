@@ -1,6 +1,7 @@
 //! Containers created ahead of need: one created-but-not-started container
 //! per routed deployment, so a cold start pays Podman's `start` and not its
-//! `create` (docs/BENCHMARKS.md, "Cold start: containers created ahead").
+//! `create` (docs/BENCHMARKS.md, "Cold start from a container created
+//! ahead").
 //!
 //! Rules that keep it safe:
 //! - a slot holds the exact container spec (every field but the name) it
