@@ -24,6 +24,11 @@
 //! - warm: median of warm calls through the proxy vs straight to the
 //!   instance's address (same client, keep-alive, interleaved).
 //!
+//! - split: where a cold start goes (create / start / inspect / ready),
+//!   from the proxy's `container started` log line, and for the pool's own
+//!   spec through the pool's Podman client with the create on the clock
+//!   and created ahead (order alternating).
+//!
 //! Cold and raw alternate their order each round (the first run of an image
 //! may pay for a first mount). Loopback and container addresses only.
 //!
