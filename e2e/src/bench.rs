@@ -264,6 +264,115 @@ pub async fn spec_start(
     result
 }
 
+/// Where a cold start's time went, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Split {
+    /// Until a container existed: Podman's `create`, or taking the one
+    /// created ahead (≈ 0).
+    pub create: f64,
+    /// Podman's `start` (runc, network, user namespace).
+    pub start: f64,
+    /// The inspect that reads its address.
+    pub inspect: f64,
+    /// The rest until ready: the readiness probe and the pool's own work.
+    pub ready: f64,
+    /// Whether the container had been created ahead.
+    pub precreated: bool,
+}
+
+/// The split of `function`'s last cold start from the proxy's log (its
+/// `container started` line, written by `PodmanRuntime::start`) and the
+/// call's `start` figure `start_ms`; `None` when the proxy logs no such line.
+pub fn start_split(log: &str, function: &str, start_ms: f64) -> Option<Split> {
+    let line = log.lines().rev().find(|l| {
+        l.contains("container started")
+            && l.split_whitespace()
+                .any(|w| w.trim_matches('"') == format!("function={function}"))
+    })?;
+    let field = |key: &str| -> Option<&str> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim_matches('"'))
+    };
+    let us = |key: &str| -> Option<f64> { Some(field(key)?.parse::<f64>().ok()? / 1000.0) };
+    let (create, start, inspect) = (us("create_us")?, us("start_us")?, us("inspect_us")?);
+    Some(Split {
+        create,
+        start,
+        inspect,
+        ready: start_ms - create - start - inspect,
+        precreated: field("precreated") == Some("true"),
+    })
+}
+
+/// The pool's own container spec of `image` through the pool's Podman
+/// client, timed step by step: create (skipped from the timing with
+/// `ahead`: created before the clock starts, as the pool does ahead of
+/// need), start, inspect, then polling its address until the first 200
+/// (every 1 ms). Labelled with `label` and removed afterwards.
+pub async fn spec_split(
+    api: &Podman,
+    probe: &reqwest::Client,
+    image: &str,
+    label: &str,
+    ahead: bool,
+) -> Result<Split> {
+    let manifest = "name = \"bench-split\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n\
+                    health_path = \"/\"\n[resources]\nmemory_mb = 32\n";
+    let route = Route {
+        function: "bench-split".into(),
+        deployment_id: 0,
+        version: 1,
+        image: image.into(),
+        config: Manifest::parse(manifest).context("bench manifest")?,
+    };
+    let (key, value) = label.split_once('=').context("label is key=value")?;
+    let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);
+    spec.labels.insert(key.into(), value.into());
+    let mut id = None;
+    if ahead {
+        id = Some(api.create_container(&spec).await?);
+    }
+    let t0 = Instant::now();
+    let id = match id {
+        Some(id) => id,
+        None => api.create_container(&spec).await?,
+    };
+    let created = t0.elapsed();
+    let result = async {
+        api.start_container(&id).await?;
+        let started = t0.elapsed();
+        let state = api.inspect_container(&id, NETWORK).await?;
+        let inspected = t0.elapsed();
+        let ip = state.ip.context("spec container has no address")?;
+        let url = format!("http://{ip}:{FN_PORT}/");
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = probe.get(&url).send().await
+                && r.status() == 200
+                && r.text().await.is_ok()
+            {
+                break;
+            }
+            if Instant::now() > end {
+                bail!("spec container never answered at {url}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let ready = t0.elapsed();
+        Ok(Split {
+            create: ms(created),
+            start: ms(started - created),
+            inspect: ms(inspected - started),
+            ready: ms(ready - inspected),
+            precreated: ahead,
+        })
+    }
+    .await;
+    let _ = podman(&["rm", "-f", "-t", "0", &id]);
+    result
+}
+
 /// Named samples with their median, percentiles and range.
 pub struct Stats {
     pub name: &'static str,
@@ -342,6 +451,8 @@ pub struct ColdRound {
     pub cold: Duration,
     /// The proxy's own `start` figure of that call (`server-timing`).
     pub cold_start: Option<f64>,
+    /// Where that start went (the proxy's `container started` log line).
+    pub split: Option<Split>,
     /// `podman run -d` of the same image + first 200.
     pub raw: Duration,
     /// Whether raw ran before the cold call in this round.
@@ -370,6 +481,8 @@ pub struct ColdBench<'a> {
     pub probe: reqwest::Client,
     label: String,
     pausing: bool,
+    /// Whether the stack's proxy creates containers ahead of need.
+    pub precreating: bool,
 }
 
 impl<'a> ColdBench<'a> {
@@ -403,6 +516,21 @@ impl<'a> ColdBench<'a> {
             only_container(stack, &pause_name)
         })
         .await?;
+        let precreating = until(
+            Duration::from_secs(10),
+            "any container created ahead",
+            || (!stack.precreated(None).is_empty()).then_some(()),
+        )
+        .await
+        .is_ok();
+        eprintln!(
+            "containers created ahead of need: {}",
+            if precreating {
+                "yes"
+            } else {
+                "no (an older proxy)"
+            }
+        );
         Ok(Self {
             stack,
             cold,
@@ -413,6 +541,7 @@ impl<'a> ColdBench<'a> {
             probe,
             label: format!("cpub.bench={}", stack.node),
             pausing: true,
+            precreating,
         })
     }
 
@@ -435,6 +564,19 @@ impl<'a> ColdBench<'a> {
             let img = self.image.clone().context("image")?;
             raw = Some(raw_start(&self.probe, &img, &self.label, FN_PORT).await?);
         }
+        if self.precreating {
+            // A cold start on this stack begins from the container created
+            // ahead when the deployment was routed (proxies before that
+            // change create none: `precreating` is false for them).
+            let stack = self.stack;
+            let ahead = until(Duration::from_secs(10), "container created ahead", || {
+                (!stack.precreated(Some(&name)).is_empty()).then_some(())
+            })
+            .await;
+            if let Err(e) = ahead {
+                eprintln!("round {round}: {e}");
+            }
+        }
         let t0 = Instant::now();
         let h = call(&self.client, &url).await?;
         let cold = t0.elapsed();
@@ -443,6 +585,7 @@ impl<'a> ColdBench<'a> {
             eprintln!("round {round}: first call reported start {kind:?}");
         }
         let cold_start = timing_dur(&h, "start");
+        let split = cold_start.and_then(|dur| start_split(&self.stack.logs(), &name, dur));
         let stack = self.stack;
         let id = until(Duration::from_secs(10), "cold instance", || {
             only_container(stack, &name)
@@ -457,6 +600,7 @@ impl<'a> ColdBench<'a> {
         Ok(ColdRound {
             cold,
             cold_start,
+            split,
             raw,
             raw_first,
             name,

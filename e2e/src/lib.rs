@@ -416,12 +416,35 @@ impl Stack {
             .expect("client")
     }
 
-    /// Ids of the containers of this stack's node, optionally of one function.
+    /// Ids of the instances of this stack's node (its containers but those
+    /// created ahead and never started: see [`Stack::precreated`]),
+    /// optionally of one function.
     pub fn containers(&self, function: Option<&str>) -> Vec<String> {
+        self.containers_by_state(function)
+            .into_iter()
+            .filter(|(_, state)| state != "created")
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Ids of the containers the pool created ahead of need (Podman state
+    /// `created`), optionally of one function.
+    pub fn precreated(&self, function: Option<&str>) -> Vec<String> {
+        self.containers_by_state(function)
+            .into_iter()
+            .filter(|(_, state)| state == "created")
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Every container of this stack's node (optionally of one function)
+    /// with its Podman state.
+    pub fn containers_by_state(&self, function: Option<&str>) -> Vec<(String, String)> {
         let mut args = vec![
             "ps".to_owned(),
-            "-aq".into(),
-            "--no-trunc".into(),
+            "-a".into(),
+            "--format".into(),
+            "json".into(),
             "--filter".into(),
             format!("label=cpub.node={}", self.node),
         ];
@@ -437,9 +460,14 @@ impl Stack {
             "podman ps: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("podman ps --format json");
+        rows.iter()
+            .filter_map(|row| {
+                let id = row["Id"].as_str()?.to_owned();
+                let state = row["State"].as_str().unwrap_or_default().to_owned();
+                Some((id, state))
+            })
             .collect()
     }
 
@@ -461,7 +489,11 @@ impl Drop for Stack {
         self.proxy.take();
         self.control.take();
         // Leave nothing behind, whatever the test did.
-        let ids = self.containers(None);
+        let ids: Vec<String> = self
+            .containers_by_state(None)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         if !ids.is_empty() {
             let _ = Command::new("podman")
                 .args(["rm", "-f", "-t", "0"])

@@ -1,8 +1,9 @@
 //! End-to-end tests of the warm pool on the real stack (PostgreSQL, Podman,
 //! cpub-control, cpub-proxy, cpub): pre-warming, bursts, the bounded queue,
-//! pause/resume, scale to zero, a killed container, a restarted proxy, and a
-//! redeploy under load. Each test has its own stack (node) and function
-//! names. No assertion is on a duration: this machine's timings swing 2×.
+//! pause/resume, scale to zero, a killed container, a restarted proxy, a
+//! redeploy under load, and containers created ahead of need (never
+//! leaked). Each test has its own stack (node) and function names. No
+//! assertion is on a duration: this machine's timings swing 2×.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -655,5 +656,112 @@ async fn a_redeploy_under_load_fails_no_call() {
     eventually(Duration::from_secs(30), "old instances removed", || async {
         (stack.containers(Some(name)).len() == 1).then_some(())
     })
+    .await;
+}
+
+/// The `cpub.deployment` label of a container.
+fn deployment_of(id: &str) -> String {
+    let out = Command::new("podman")
+        .args([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"cpub.deployment\"}}",
+            id,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The one container created ahead for `function`, once there is exactly
+/// one and it is not `old`.
+async fn only_precreated(stack: &Stack, function: &str, old: Option<&str>) -> String {
+    eventually(
+        Duration::from_secs(30),
+        &format!("exactly one container created ahead for {function}"),
+        || async {
+            let ids = stack.precreated(Some(function));
+            (ids.len() == 1 && Some(ids[0].as_str()) != old).then(|| ids[0].clone())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn containers_created_ahead_serve_cold_calls_and_never_leak() {
+    let mut stack = Stack::start(&[]).await.unwrap();
+    let name = "pool-ahead";
+    let url = stack.deploy("hello", name, "");
+    let client = reqwest::Client::new();
+
+    // A routed deployment gets one container created ahead; the first call
+    // starts exactly that one, and a successor is created.
+    let ahead = only_precreated(&stack, name, None).await;
+    let v1 = deployment_of(&ahead);
+    let (status, body, headers) = get(&client, &url).await;
+    assert_eq!((status, body.as_str()), (200, HELLO), "{}", stack.logs());
+    assert_eq!(start_kind(&headers), "cold");
+    assert_eq!(
+        only_container(&stack, name).await,
+        ahead,
+        "started the one ahead"
+    );
+    let successor = only_precreated(&stack, name, Some(&ahead)).await;
+
+    // A redeploy: the old deployment's container ahead goes without ever
+    // running, the new deployment gets its own.
+    stack.deploy("hello", name, "");
+    let fresh = eventually(
+        Duration::from_secs(30),
+        "the new deployment serving, with its container ahead and only it",
+        || async {
+            let running = stack.containers(Some(name));
+            let ahead = stack.precreated(Some(name));
+            (running.len() == 1
+                && deployment_of(&running[0]) != v1
+                && ahead.len() == 1
+                && deployment_of(&ahead[0]) != v1)
+                .then(|| ahead[0].clone())
+        },
+    )
+    .await;
+    assert!(
+        container_state(&successor).is_none(),
+        "old container ahead removed"
+    );
+
+    // SIGKILL: the container ahead stays behind until the next proxy's
+    // adoption removes it and creates its own.
+    stack.stop_proxy();
+    assert_eq!(container_state(&fresh).as_deref(), Some("created"));
+    stack.start_proxy().await.unwrap();
+    only_precreated(&stack, name, Some(&fresh)).await;
+    assert!(container_state(&fresh).is_none(), "removed by adoption");
+
+    // SIGTERM: the proxy's shutdown removes it.
+    assert!(
+        stack.terminate_proxy(Duration::from_secs(30)),
+        "proxy exits on SIGTERM\n{}",
+        stack.logs()
+    );
+    assert!(
+        stack.precreated(Some(name)).is_empty(),
+        "container ahead removed at shutdown"
+    );
+    stack.start_proxy().await.unwrap();
+    only_precreated(&stack, name, None).await;
+
+    // Delete: nothing of the function is left, started or not.
+    stack.cpub_ok(&["delete", name]);
+    eventually(
+        Duration::from_secs(30),
+        "every container of the deleted function removed",
+        || async {
+            stack
+                .containers_by_state(Some(name))
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await;
 }

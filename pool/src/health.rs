@@ -1,6 +1,8 @@
 //! Readiness probing of a freshly started instance: TCP accept, or an HTTP
-//! GET of `health_path` answering below 500, retried with back-off until
-//! the start timeout.
+//! GET of `health_path` answering below 500, retried every millisecond for
+//! the first [`FAST_PHASE`] (a function usually listens within a few ms of
+//! Podman's `start`; a doubling back-off from the first try lost up to half
+//! of that wait), then with back-off until the start timeout.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,7 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
 
-/// First retry delay; doubles up to `MAX_BACKOFF`.
+/// Retry delay during the first [`FAST_PHASE`] of a probe (a failed
+/// connect to a bridge address is one SYN answered by a RST: cheap).
+const FAST_RETRY: Duration = Duration::from_millis(1);
+/// How long a probe retries every [`FAST_RETRY`] before backing off.
+pub const FAST_PHASE: Duration = Duration::from_millis(50);
+/// First retry delay after the fast phase; doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
 /// Bound on one probe attempt.
@@ -22,7 +29,8 @@ pub async fn wait_ready(
     health_path: Option<&str>,
     deadline: Duration,
 ) -> Result<(), String> {
-    let until = Instant::now() + deadline;
+    let began = Instant::now();
+    let until = began + deadline;
     let mut backoff = FIRST_BACKOFF;
     loop {
         let last = match timeout(ATTEMPT_TIMEOUT, probe(addr, health_path)).await {
@@ -30,14 +38,18 @@ pub async fn wait_ready(
             Ok(Err(e)) => e,
             Err(_) => format!("probe of {addr} timed out"),
         };
-        if Instant::now() + backoff > until {
+        let fast = began.elapsed() < FAST_PHASE;
+        let pause = if fast { FAST_RETRY } else { backoff };
+        if Instant::now() + pause > until {
             return Err(format!(
                 "not ready within {} ms: {last}",
                 deadline.as_millis()
             ));
         }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        sleep(pause).await;
+        if !fast {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 

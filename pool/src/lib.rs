@@ -39,6 +39,7 @@ mod lease;
 mod lifecycle;
 pub mod metrics;
 pub mod pool;
+mod precreate;
 pub mod runtime;
 mod set;
 pub mod spec;

@@ -131,6 +131,7 @@ impl Pool {
     /// routed keep working.
     pub fn sync(&self, routes: &[Route]) {
         self.inner.sync_routes(routes);
+        self.inner.runtime.prepare(routes, &self.inner.config.node);
     }
 
     /// The handle of `route`'s function, for leases without any lookup.
@@ -208,10 +209,12 @@ impl Pool {
         }
     }
 
-    /// Stops the background tasks. Instances keep running: a pool started
-    /// later for the same node adopts them.
+    /// Stops the background tasks and removes the containers created ahead
+    /// of need. Instances keep running: a pool started later for the same
+    /// node adopts them.
     pub async fn shutdown(&self) {
         self.inner.stopped.cancel();
+        self.inner.runtime.shutdown().await;
     }
 
     /// Removes every instance now (tests, and callers that want a clean stop).

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use containerpub_wire::api::Route;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::podman::{Podman, PodmanError};
+use crate::precreate::{self, Precreator};
 use crate::{PoolError, labels, spec};
 
 /// A started container as the pool sees it.
@@ -87,6 +91,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn exit_of(&self, _id: &str) -> Result<Option<Exit>, PoolError> {
         Ok(None)
     }
+    /// The routed deployments are now `routes` (`Pool::sync`): a runtime may
+    /// get ready for their starts. Podman creates one container ahead for
+    /// each and removes those of deployments no longer routed. Called inside
+    /// a tokio runtime; must not block.
+    fn prepare(&self, _routes: &[Route], _node: &str) {}
+    /// The pool stops: undo what `prepare` made (Podman removes the
+    /// containers created ahead).
+    async fn shutdown(&self) {}
     /// Follows events of `node`'s containers until the stream ends or the
     /// receiver is dropped; the caller reconnects.
     async fn events(
@@ -101,20 +113,77 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 pub struct PodmanRuntime {
     podman: Podman,
     network: String,
+    /// Containers created ahead of need; `None` when turned off.
+    precreate: Option<Arc<Precreator>>,
 }
 
 impl PodmanRuntime {
-    /// Connects and makes sure the function network exists.
+    /// Connects and makes sure the function network exists. Containers are
+    /// created ahead of need once [`ContainerRuntime::prepare`] names the
+    /// routed deployments (see `precreate`).
     pub async fn new(podman: Podman, network: &str) -> Result<Self, PoolError> {
         podman.ensure_network(network).await?;
         Ok(Self {
+            precreate: Some(Precreator::new(podman.clone(), network.to_owned())),
             podman,
             network: network.to_owned(),
         })
     }
 
+    /// The same runtime without containers created ahead: every start
+    /// creates its container (benchmarks compare the two).
+    #[must_use]
+    pub fn without_precreation(mut self) -> Self {
+        self.precreate = None;
+        self
+    }
+
     pub fn podman(&self) -> &Podman {
         &self.podman
+    }
+
+    /// Ids of the containers created ahead and not taken yet.
+    pub fn precreated(&self) -> Vec<String> {
+        self.precreate
+            .as_ref()
+            .map(|p| p.ready_ids())
+            .unwrap_or_default()
+    }
+
+    /// Reads the address of a started container; an exit before that is a
+    /// crash with its exit code and output.
+    async fn address(&self, route: &Route, id: &str) -> Result<Started, PoolError> {
+        let state = self.podman.inspect_container(id, &self.network).await?;
+        if matches!(state.status.as_str(), "exited" | "stopped" | "dead")
+            && let Some(exit) = self.exit_of(id).await?
+        {
+            // Exited before its address could even be read.
+            return Err(PoolError::Crashed {
+                function: route.function.clone(),
+                exit,
+                backoff: None,
+            });
+        }
+        let ip = state.ip.ok_or_else(|| PoolError::StartFailed {
+            function: route.function.clone(),
+            reason: format!(
+                "container {} has no address on network {} (status {})",
+                short(id),
+                self.network,
+                state.status
+            ),
+        })?;
+        Ok(Started {
+            id: id.to_owned(),
+            addr: SocketAddr::new(ip, route.config.port),
+        })
+    }
+
+    /// Never leaks a container that failed half-way.
+    async fn remove_failed(&self, id: &str) {
+        if let Err(err) = remove_container(&self.podman, &self.network, id).await {
+            tracing::warn!(container = short(id), %err, "removing a failed container");
+        }
     }
 }
 
@@ -122,42 +191,69 @@ impl PodmanRuntime {
 impl ContainerRuntime for PodmanRuntime {
     async fn start(&self, route: &Route, node: &str) -> Result<Started, PoolError> {
         let spec = spec::container_spec(route, node, &self.network);
-        let id = self.podman.create_container(&spec).await?;
-        let started = async {
-            self.podman.start_container(&id).await?;
-            let state = self.podman.inspect_container(&id, &self.network).await?;
-            if matches!(state.status.as_str(), "exited" | "stopped" | "dead")
-                && let Some(exit) = self.exit_of(&id).await?
-            {
-                // Exited before its address could even be read.
-                return Err(PoolError::Crashed {
-                    function: route.function.clone(),
-                    exit,
-                    backoff: None,
-                });
+        let t0 = Instant::now();
+        let mut ahead = self
+            .precreate
+            .as_ref()
+            .and_then(|p| p.take(&route.function, &precreate::spec_key(&spec)));
+        let (id, created, precreated) = loop {
+            if let Some(id) = ahead.take() {
+                let created = t0.elapsed();
+                match self.podman.start_container(&id).await {
+                    Ok(()) => break (id, created, true),
+                    // Removed under us (an image removal takes its
+                    // containers): create one as usual.
+                    Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
+                        tracing::debug!(
+                            container = short(&id),
+                            "container ahead gone; creating one"
+                        );
+                        continue;
+                    }
+                    Err(err) => {
+                        self.remove_failed(&id).await;
+                        return Err(err.into());
+                    }
+                }
             }
-            let ip = state.ip.ok_or_else(|| PoolError::StartFailed {
-                function: route.function.clone(),
-                reason: format!(
-                    "container {} has no address on network {} (status {})",
-                    short(&id),
-                    self.network,
-                    state.status
-                ),
-            })?;
-            Ok::<_, PoolError>(Started {
-                id: id.clone(),
-                addr: SocketAddr::new(ip, route.config.port),
-            })
-        }
-        .await;
-        if started.is_err() {
-            // Never leak a container that failed half-way.
-            if let Err(err) = remove_container(&self.podman, &self.network, &id).await {
-                tracing::warn!(container = short(&id), %err, "removing a failed container");
+            let id = self.podman.create_container(&spec).await?;
+            let created = t0.elapsed();
+            if let Err(err) = self.podman.start_container(&id).await {
+                self.remove_failed(&id).await;
+                return Err(err.into());
             }
+            break (id, created, false);
+        };
+        let running = t0.elapsed();
+        let started = self.address(route, &id).await;
+        match &started {
+            Ok(_) => {
+                let us = |d: std::time::Duration| d.as_micros() as u64;
+                tracing::info!(
+                    function = %route.function,
+                    container = short(&id),
+                    precreated,
+                    create_us = us(created),
+                    start_us = us(running - created),
+                    inspect_us = us(t0.elapsed() - running),
+                    "container started"
+                );
+            }
+            Err(_) => self.remove_failed(&id).await,
         }
         started
+    }
+
+    fn prepare(&self, routes: &[Route], node: &str) {
+        if let Some(p) = &self.precreate {
+            p.sync(routes, node);
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let Some(p) = &self.precreate {
+            p.close().await;
+        }
     }
 
     async fn remove(&self, id: &str) -> Result<(), PoolError> {
@@ -248,7 +344,11 @@ impl ContainerRuntime for PodmanRuntime {
 /// device or resource busy" (podman#11594, fixed in 4.4) for a container it
 /// has in fact removed. A failed removal counts only while the container is
 /// still there after three tries.
-async fn remove_container(podman: &Podman, network: &str, id: &str) -> Result<(), PodmanError> {
+pub(crate) async fn remove_container(
+    podman: &Podman,
+    network: &str,
+    id: &str,
+) -> Result<(), PodmanError> {
     let mut tries = 0;
     loop {
         let err = match podman.remove_container(id).await {

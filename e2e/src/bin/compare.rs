@@ -1039,6 +1039,11 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
     let mut ratio = Stats::new("cold/raw (per round)");
     let mut resume = Stats::new("resume via proxy (ms)");
     let mut resume_start = Stats::new("  proxy start dur (ms)");
+    // Where a cold start goes (the proxy's `container started` log line).
+    let mut split_create = Stats::new("  create (ms)");
+    let mut split_start = Stats::new("  podman start (ms)");
+    let mut split_inspect = Stats::new("  inspect (ms)");
+    let mut split_ready = Stats::new("  ready: probe + pool (ms)");
     let mut cold_json = Vec::new();
     for round in 0..args.rounds {
         let cr = cold_bench.cold_and_raw(round).await?;
@@ -1049,6 +1054,12 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
         }
         raw.values.push(ms(cr.raw));
         ratio.values.push(ms(cr.cold) / ms(cr.raw));
+        if let Some(split) = cr.split {
+            split_create.values.push(split.create);
+            split_start.values.push(split.start);
+            split_inspect.values.push(split.inspect);
+            split_ready.values.push(split.ready);
+        }
         if let Some((took, s)) = res {
             resume.values.push(ms(took));
             if let Some(s) = s {
@@ -1063,6 +1074,10 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
             "raw_ms": ms(cr.raw),
             "resume_ms": res.map(|(t, _)| ms(t)),
             "resume_start_dur_ms": res.and_then(|(_, s)| s),
+            "split_ms": cr.split.map(|s| json!({
+                "create": s.create, "start": s.start, "inspect": s.inspect,
+                "ready": s.ready, "precreated": s.precreated,
+            })),
         }));
         let _ = podman(&["rm", "-f", "-t", "0", &cr.id]);
     }
@@ -1137,7 +1152,18 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
     }
     println!("cpub-proxy RSS right after start-up and warm-up: {proxy_rss_start} KiB");
     println!();
-    for s in [&cold, &cold_start, &raw, &ratio, &resume, &resume_start] {
+    for s in [
+        &cold,
+        &cold_start,
+        &split_create,
+        &split_start,
+        &split_inspect,
+        &split_ready,
+        &raw,
+        &ratio,
+        &resume,
+        &resume_start,
+    ] {
         println!("{}", s.line());
     }
     println!("cold/raw of medians: {:.2}", cold.median() / raw.median());

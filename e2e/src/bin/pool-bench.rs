@@ -24,6 +24,11 @@
 //! - warm: median of warm calls through the proxy vs straight to the
 //!   instance's address (same client, keep-alive, interleaved).
 //!
+//! - split: where a cold start goes (create / start / inspect / ready),
+//!   from the proxy's `container started` log line, and for the pool's own
+//!   spec through the pool's Podman client with the create on the clock
+//!   and created ahead (order alternating).
+//!
 //! Cold and raw alternate their order each round (the first run of an image
 //! may pay for a first mount). Loopback and container addresses only.
 //!
@@ -40,8 +45,8 @@ use clap::Parser;
 use clap::builder::TypedValueParser as _;
 use containerpub_e2e::Stack;
 use containerpub_e2e::bench::{
-    ColdBench, FN_PORT, Stats, Userns, call, median_of, ms, only_container, podman, raw_api_start,
-    spec_start,
+    ColdBench, FN_PORT, Split, Stats, Userns, call, median_of, ms, only_container, podman,
+    raw_api_start, spec_split, spec_start,
 };
 use containerpub_e2e::container_ip;
 use containerpub_pool::Podman;
@@ -118,6 +123,12 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
     let mut spec_host = Stats::new("spec→200 no userns (ms)");
     let mut userns_ratio = Stats::new("userns/no userns (round)");
     let podman_api = Podman::new(containerpub_pool::podman::DEFAULT_SOCKET);
+    // Where the time goes: the proxy's cold start, and the pool's spec
+    // through the pool's Podman client without and with a container
+    // created ahead.
+    let mut split_proxy = SplitStats::new("proxy cold");
+    let mut split_fresh = SplitStats::new("spec fresh");
+    let mut split_ahead = SplitStats::new("spec ahead");
 
     println!(
         "round  order     cold_ms  start_ms   raw_ms  rawapi_ms  cold/raw  resume_ms  warm_proxy_us  warm_direct_us"
@@ -134,6 +145,24 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
         }
         raw.values.push(ms(r));
         ratio.values.push(ms(c) / ms(r));
+
+        if let Some(split) = cr.split {
+            split_proxy.push(split);
+        }
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for ahead in order {
+            let split =
+                spec_split(&podman_api, &bench.probe, &cr.image, bench.label(), ahead).await?;
+            if ahead {
+                split_ahead.push(split);
+            } else {
+                split_fresh.push(split);
+            }
+        }
 
         // Resume from paused (skipped for good once an instance never pauses).
         let d = bench.resume(round).await?;
@@ -231,6 +260,13 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
     ] {
         println!("{}", s.line());
     }
+    println!();
+    println!(
+        "split of a cold start, medians in ms (create / start / inspect / ready = probe + pool; precreated starts of n)"
+    );
+    for s in [&split_proxy, &split_fresh, &split_ahead] {
+        println!("{}", s.line());
+    }
     if args.userns_compare {
         for s in [&spec_userns, &spec_host, &userns_ratio] {
             println!("{}", s.line());
@@ -247,6 +283,60 @@ async fn run(stack: &Stack, args: &Args) -> Result<()> {
         warm_proxy.median() / warm_direct.median()
     );
     Ok(())
+}
+
+/// Medians of [`Split`]s.
+struct SplitStats {
+    name: &'static str,
+    create: Stats,
+    start: Stats,
+    inspect: Stats,
+    ready: Stats,
+    total: Stats,
+    precreated: usize,
+}
+
+impl SplitStats {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            create: Stats::new("create"),
+            start: Stats::new("start"),
+            inspect: Stats::new("inspect"),
+            ready: Stats::new("ready"),
+            total: Stats::new("total"),
+            precreated: 0,
+        }
+    }
+
+    fn push(&mut self, s: Split) {
+        self.create.values.push(s.create);
+        self.start.values.push(s.start);
+        self.inspect.values.push(s.inspect);
+        self.ready.values.push(s.ready);
+        self.total
+            .values
+            .push(s.create + s.start + s.inspect + s.ready);
+        self.precreated += usize::from(s.precreated);
+    }
+
+    fn line(&self) -> String {
+        let n = self.total.values.len();
+        if n == 0 {
+            return format!("{:<12} (no samples)", self.name);
+        }
+        let (lo, hi) = self.total.range();
+        format!(
+            "{:<12} n={n:<3} create {:>6.1}  start {:>6.1}  inspect {:>5.1}  ready {:>5.1}  total {:>6.1} [{lo:.1}–{hi:.1}]  precreated {}/{n}",
+            self.name,
+            self.create.median(),
+            self.start.median(),
+            self.inspect.median(),
+            self.ready.median(),
+            self.total.median(),
+            self.precreated,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,380 @@
+//! Containers created ahead of need, on real Podman: one per routed
+//! deployment, never leaked (route removed, deploy switch, shutdown, a
+//! pool that died), never started for another deployment or another spec,
+//! and started with exactly the isolation settings of a fresh start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
+use containerpub_pool::{
+    ContainerRuntime, NETWORK, PodmanRuntime, Pool, PoolConfig, StartKind, labels,
+};
+use containerpub_wire::Manifest;
+use containerpub_wire::api::Route;
+
+const IMAGE: &str = "localhost/cpub-test-precreate:1";
+
+fn podman() -> Podman {
+    Podman::new(std::env::var("CPUB_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.into()))
+}
+
+/// A busybox httpd image (busybox-static is installed by scripts/setup-host.sh).
+async fn build_image(podman: &Podman) {
+    let dir = tempfile::tempdir().unwrap();
+    let tar_path = dir.path().join("ctx.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    builder
+        .append_path_with_name(Path::new("/bin/busybox"), "busybox")
+        .unwrap();
+    let containerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/tmp\"]\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(containerfile.len() as u64);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "Containerfile", &containerfile[..])
+        .unwrap();
+    builder.finish().unwrap();
+    drop(builder);
+    let out = podman
+        .build_image(&tar_path, "Containerfile", IMAGE)
+        .await
+        .unwrap();
+    assert!(out.ok, "build failed: {}", out.log);
+}
+
+fn route(name: &str, deployment_id: i64, env: &str) -> Route {
+    let text = format!(
+        "name = \"{name}\"\nruntime = \"container\"\n[env]\nMARK = \"{env}\"\n[resources]\nmemory_mb = 96\ncpu = 0.25\npids = 48\n"
+    );
+    Route {
+        function: name.into(),
+        deployment_id,
+        version: 1,
+        image: IMAGE.into(),
+        config: Manifest::parse(&text).unwrap(),
+    }
+}
+
+fn node(test: &str) -> String {
+    format!("test-pre-{test}-{}", std::process::id())
+}
+
+/// Removes every container of its node when dropped, so a failing test
+/// leaves nothing behind either.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let filter = format!("label={}={}", labels::NODE, self.0);
+        if let Ok(out) = std::process::Command::new("podman")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let out = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = out.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("podman")
+                    .args(["rm", "-f", "-t", "0"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// A container of `node`: (id, Podman state, deployment label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    id: String,
+    state: String,
+    deployment: String,
+}
+
+async fn containers(podman: &Podman, node: &str) -> Vec<Row> {
+    podman
+        .list_containers(&[(labels::MANAGED, "true"), (labels::NODE, node)])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| Row {
+            deployment: c
+                .labels
+                .unwrap_or_default()
+                .get(labels::DEPLOYMENT)
+                .cloned()
+                .unwrap_or_default(),
+            id: c.id,
+            state: c.state,
+        })
+        .collect()
+}
+
+/// Polls `podman ps` of `node` until `check` holds, or fails after 30 s
+/// with what it saw last.
+async fn wait_for(
+    podman: &Podman,
+    node: &str,
+    what: &str,
+    check: impl Fn(&[Row]) -> bool,
+) -> Vec<Row> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = containers(podman, node).await;
+        if check(&rows) {
+            return rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not within 30 s; containers of {node}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn created_of(rows: &[Row], deployment: &str) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r.state == "created" && r.deployment == deployment)
+        .map(|r| r.id.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn precreated_containers_never_leak() {
+    let podman = podman();
+    build_image(&podman).await;
+    let node = node("leak");
+    let _cleanup = Cleanup(node.clone());
+    let config = PoolConfig {
+        node: node.clone(),
+        start_timeout: Duration::from_secs(10),
+    };
+    let v1 = route("pre-leak", 1, "a");
+    let pool = Pool::podman(podman.clone(), config.clone(), std::slice::from_ref(&v1))
+        .await
+        .unwrap();
+    let rows = wait_for(&podman, &node, "one created ahead", |r| {
+        created_of(r, "1").len() == 1
+    })
+    .await;
+    let ahead = created_of(&rows, "1")[0].clone();
+
+    // The first call takes it (no create on its path) and a successor is
+    // created in the background.
+    let lease = pool.lease(&v1).await.unwrap();
+    assert_eq!(lease.start_kind(), StartKind::Cold);
+    assert_eq!(
+        lease.instance_id(),
+        ahead,
+        "the call started the container ahead"
+    );
+    drop(lease);
+    let rows = wait_for(&podman, &node, "a successor created ahead", |r| {
+        created_of(r, "1").len() == 1 && r.len() == 2
+    })
+    .await;
+    let successor = created_of(&rows, "1")[0].clone();
+    assert_ne!(successor, ahead);
+
+    // Deploy switch: the old deployment's container ahead goes, one for the
+    // new deployment comes; the old one is never started.
+    let v2 = route("pre-leak", 2, "a");
+    pool.sync(std::slice::from_ref(&v2));
+    let rows = wait_for(&podman, &node, "switched to deployment 2", |r| {
+        created_of(r, "1").is_empty() && created_of(r, "2").len() == 1
+    })
+    .await;
+    assert!(
+        rows.iter().all(|r| r.id != successor),
+        "old container ahead removed, not started: {rows:?}"
+    );
+
+    // Delete: no route, no container of the function at all.
+    pool.sync(&[]);
+    wait_for(&podman, &node, "nothing left after delete", |r| {
+        r.is_empty()
+    })
+    .await;
+
+    // Shutdown removes the container ahead (and the instance keeps running
+    // for the next pool to adopt, as before).
+    pool.sync(std::slice::from_ref(&v2));
+    let lease = pool.lease(&v2).await.unwrap();
+    let instance = lease.instance_id().to_owned();
+    drop(lease);
+    wait_for(&podman, &node, "created ahead again", |r| {
+        created_of(r, "2").len() == 1
+    })
+    .await;
+    pool.shutdown().await;
+    let rows = containers(&podman, &node).await;
+    assert_eq!(
+        rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [instance.as_str()],
+        "only the running instance is left after shutdown: {rows:?}"
+    );
+
+    // A pool that died without shutdown leaves its container ahead: the
+    // next pool's adoption removes it and creates its own.
+    let pool = Pool::podman(podman.clone(), config.clone(), std::slice::from_ref(&v2))
+        .await
+        .unwrap();
+    let rows = wait_for(&podman, &node, "created ahead by the new pool", |r| {
+        created_of(r, "2").len() == 1
+    })
+    .await;
+    let left_behind = created_of(&rows, "2")[0].clone();
+    drop(pool); // no shutdown: as if the process was killed
+    let pool = Pool::podman(podman.clone(), config, std::slice::from_ref(&v2))
+        .await
+        .unwrap();
+    let rows = wait_for(&podman, &node, "the dead pool's container removed", |r| {
+        !r.iter().any(|row| row.id == left_behind) && created_of(r, "2").len() == 1
+    })
+    .await;
+    assert!(
+        rows.iter()
+            .any(|r| r.id == instance && r.state == "running"),
+        "instance adopted: {rows:?}"
+    );
+    pool.remove_all().await;
+    pool.shutdown().await;
+    let rows = containers(&podman, &node).await;
+    assert!(rows.is_empty(), "no orphan containers: {rows:?}");
+}
+
+/// The fields of an inspect that carry the isolation settings.
+fn isolation(raw: &serde_json::Value) -> BTreeMap<&'static str, serde_json::Value> {
+    let host = &raw["HostConfig"];
+    let config = &raw["Config"];
+    let mut env: Vec<String> = config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        // Podman adds HOSTNAME (the container's own id) and `container`.
+        .filter(|e| !e.starts_with("HOSTNAME="))
+        .map(str::to_owned)
+        .collect();
+    env.sort();
+    let mut labels = config["Labels"].clone();
+    if let Some(map) = labels.as_object_mut() {
+        map.remove("io.containers.autoupdate");
+    }
+    BTreeMap::from([
+        ("ReadonlyRootfs", host["ReadonlyRootfs"].clone()),
+        ("Memory", host["Memory"].clone()),
+        ("MemorySwap", host["MemorySwap"].clone()),
+        ("CpuQuota", host["CpuQuota"].clone()),
+        ("CpuPeriod", host["CpuPeriod"].clone()),
+        ("PidsLimit", host["PidsLimit"].clone()),
+        ("CapDrop", host["CapDrop"].clone()),
+        ("CapAdd", host["CapAdd"].clone()),
+        ("SecurityOpt", host["SecurityOpt"].clone()),
+        ("UsernsMode", host["UsernsMode"].clone()),
+        ("NetworkMode", host["NetworkMode"].clone()),
+        ("Tmpfs", host["Tmpfs"].clone()),
+        ("User", config["User"].clone()),
+        ("Image", config["Image"].clone()),
+        ("Env", serde_json::json!(env)),
+        ("Labels", labels),
+        ("EffectiveCaps", raw["EffectiveCaps"].clone()),
+        ("BoundingCaps", raw["BoundingCaps"].clone()),
+    ])
+}
+
+#[tokio::test]
+async fn a_container_ahead_serves_only_its_own_spec_with_the_same_isolation() {
+    let podman = podman();
+    build_image(&podman).await;
+    let node = node("spec");
+    let _cleanup = Cleanup(node.clone());
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let v1 = route("pre-spec", 1, "a");
+    runtime.prepare(std::slice::from_ref(&v1), &node);
+    // Podman lists a container before its create call has answered: wait
+    // for the runtime's own view.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while runtime.precreated().is_empty() {
+        assert!(tokio::time::Instant::now() < until, "nothing created ahead");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ahead = runtime.precreated();
+    assert_eq!(ahead.len(), 1);
+
+    // Another deployment, or the same deployment with another spec (here
+    // its environment), never gets it.
+    for other in [route("pre-spec", 2, "a"), route("pre-spec", 1, "b")] {
+        let started = runtime.start(&other, &node).await.unwrap();
+        assert_ne!(started.id, ahead[0], "{other:?} took another's container");
+        let state = podman
+            .inspect_container(&started.id, NETWORK)
+            .await
+            .unwrap();
+        assert_eq!(
+            state.labels.get(labels::DEPLOYMENT),
+            Some(&other.deployment_id.to_string())
+        );
+        runtime.remove(&started.id).await.unwrap();
+    }
+    assert_eq!(runtime.precreated(), ahead, "still there, still unstarted");
+    assert_eq!(
+        podman
+            .inspect_container(&ahead[0], NETWORK)
+            .await
+            .unwrap()
+            .status,
+        "created"
+    );
+
+    // Its own route takes it, and it runs with exactly what a fresh start
+    // of the same route gets.
+    let from_ahead = runtime.start(&v1, &node).await.unwrap();
+    assert_eq!(from_ahead.id, ahead[0]);
+    let fresh_runtime = PodmanRuntime::new(podman.clone(), NETWORK)
+        .await
+        .unwrap()
+        .without_precreation();
+    let fresh = fresh_runtime.start(&v1, &node).await.unwrap();
+    assert_ne!(fresh.id, from_ahead.id);
+    let a = podman
+        .inspect_container(&from_ahead.id, NETWORK)
+        .await
+        .unwrap();
+    let b = podman.inspect_container(&fresh.id, NETWORK).await.unwrap();
+    assert_eq!(a.status, "running");
+    assert_eq!(b.status, "running");
+    let (ia, ib) = (isolation(&a.raw), isolation(&b.raw));
+    assert_eq!(ia, ib, "same isolation settings");
+    assert_eq!(ia["ReadonlyRootfs"], true);
+    // Podman 4.3 reports an `auto` user namespace as "private".
+    assert_eq!(ia["UsernsMode"], "private");
+    assert!(
+        ia["SecurityOpt"].to_string().contains("no-new-privileges"),
+        "{:?}",
+        ia["SecurityOpt"]
+    );
+    // The user namespace is really made at start (not shared with the
+    // fresh one): each has its own host range.
+    let maps: Vec<String> = [&a, &b]
+        .iter()
+        .map(|s| {
+            let pid = s.raw["State"]["Pid"].as_i64().unwrap();
+            std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap()
+        })
+        .collect();
+    assert!(maps[0].split_whitespace().nth(1) != Some("0"), "{maps:?}");
+    assert_ne!(maps[0], maps[1], "distinct user namespaces");
+
+    // Cleanup, and the runtime's shutdown removes its successor.
+    fresh_runtime.remove(&fresh.id).await.unwrap();
+    runtime.remove(&from_ahead.id).await.unwrap();
+    wait_for(&podman, &node, "a successor created ahead", |r| {
+        created_of(r, "1").len() == 1
+    })
+    .await;
+    runtime.shutdown().await;
+    let rows = containers(&podman, &node).await;
+    assert!(rows.is_empty(), "no orphan containers: {rows:?}");
+}
