@@ -4,7 +4,7 @@
 //! smuggling), the heads written towards the instance and back to the
 //! client (chunked bodies are decoded and re-framed by `chunked.rs`).
 //!
-//! Nothing here does I/O; `engine.rs` drives it. Every byte comes from a
+//! Nothing here does I/O; `engine/` drives it. Every byte comes from a
 //! client or an instance: no indexing or slicing that could panic.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
