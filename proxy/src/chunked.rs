@@ -16,7 +16,7 @@
 //! sized, `0 CRLF CRLF` at the end. Chunk data is handed out as slices of
 //! the input, never touched byte by byte.
 //!
-//! Nothing here does I/O; `engine.rs` drives it.
+//! Nothing here does I/O; `engine/` drives it.
 #![cfg_attr(
     not(test),
     deny(

@@ -3,7 +3,7 @@
 //! accept loop (on the caller's runtime) hands every new connection to the
 //! worker with the fewest open connections; the connection then stays on
 //! that thread with its upstream connections (`upstream.rs`), so the data
-//! path (`engine.rs`) takes no lock and wakes no other thread. (Letting every worker
+//! path (`engine/`) takes no lock and wakes no other thread. (Letting every worker
 //! accept on the shared socket sent all of a load test's connections to one
 //! thread.)
 //!

@@ -1,4 +1,4 @@
-//! What a call through the proxy is, apart from HTTP (`engine.rs`): the
+//! What a call through the proxy is, apart from HTTP (`engine/`): the
 //! proxy's shared state, the answers it writes itself, how pool failures
 //! map to them, `server-timing`, and the per-call record that counts every
 //! call in the metrics when it ends.

@@ -1,5 +1,6 @@
 //! Connections to instances, and each worker thread's pool of idle
-//! keep-alive connections (and of I/O buffers).
+//! keep-alive connections and of I/O buffers (`Buf`, which returns itself
+//! to its thread's free list when dropped).
 //!
 //! A worker thread runs every connection it serves on its own
 //! single-threaded runtime, so its idle upstream connections live in a
@@ -140,24 +141,74 @@ pub async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
     Ok(tcp)
 }
 
-/// An empty I/O buffer from this thread's spares (or a new one).
-pub fn take_buf() -> Vec<u8> {
-    BUFS.with(|b| b.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE))
+/// An I/O buffer from this thread's free list that goes back to it when
+/// dropped, on whatever path its owner ends: nothing on the data path gives
+/// buffers back by hand. `Buf::none()` holds no memory (an idle connection
+/// has one of those); `Buf::take()` an empty buffer with room.
+///
+/// A buffer lives and dies on the worker thread that took it (the data path
+/// never moves one across threads), so the free list it returns to is the
+/// one it came from.
+#[derive(Debug, Default)]
+pub struct Buf(Vec<u8>);
+
+impl Buf {
+    /// An empty buffer from this thread's spares (or a new one).
+    pub fn take() -> Self {
+        let spare = BUFS.try_with(|b| b.borrow_mut().pop()).ok().flatten();
+        Self(spare.unwrap_or_else(|| Vec::with_capacity(BUF_SIZE)))
+    }
+
+    /// A buffer that holds no memory.
+    pub const fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Gives the memory back to the free list now, leaving no buffer.
+    pub fn release(&mut self) {
+        give_back(std::mem::take(&mut self.0));
+    }
 }
 
-/// Gives a buffer back for reuse; an idle connection holds none.
-pub fn give_buf(mut buf: Vec<u8>) {
+impl std::ops::Deref for Buf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Keeps `buf` for reuse (a buffer that grew too large is freed, as is
+/// one that would overfill the list).
+fn give_back(mut buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > MAX_SPARE_CAPACITY {
         return;
     }
     buf.clear();
-    BUFS.with(|b| {
+    // `try_with`: a buffer dropped while the thread's locals are being
+    // destroyed is simply freed.
+    let _ = BUFS.try_with(|b| {
         let mut b = b.borrow_mut();
         if b.len() < MAX_SPARE_BUFS {
             b.push(buf);
         }
     });
+}
+
+/// Spare buffers this thread holds (for tests).
+pub fn spare_bufs() -> usize {
+    BUFS.try_with(|b| b.borrow().len()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -198,6 +249,36 @@ mod tests {
             "too old"
         );
         drop(stray_peer);
+    }
+
+    #[test]
+    fn buffers_return_to_the_free_list_when_dropped() {
+        let before = spare_bufs();
+        let mut a = Buf::take();
+        a.extend_from_slice(b"data");
+        let b = Buf::take();
+        let none = Buf::none();
+        assert_eq!(none.capacity(), 0);
+        drop((b, none));
+        assert_eq!(
+            spare_bufs(),
+            before + 1,
+            "a taken buffer comes back, none does not"
+        );
+        a.release();
+        assert_eq!(a.capacity(), 0, "released: holds nothing");
+        assert_eq!(spare_bufs(), before + 2);
+        let again = Buf::take();
+        assert!(again.is_empty(), "a reused buffer is empty");
+        assert!(again.capacity() >= BUF_SIZE);
+        assert_eq!(spare_bufs(), before + 1);
+        let mut big = Buf::take();
+        big.reserve(MAX_SPARE_CAPACITY + 1);
+        assert_eq!(spare_bufs(), before);
+        drop(big);
+        assert_eq!(spare_bufs(), before, "an overgrown buffer is freed");
+        drop(again);
+        assert_eq!(spare_bufs(), before + 1);
     }
 
     /// Bytes that arrived while the reactor had not looked (no await

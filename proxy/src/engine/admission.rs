@@ -1,0 +1,222 @@
+//! Admission: what a request is and whether it goes to an instance. The
+//! head's semantics and target are checked, the proxy's own pages
+//! (`/healthz`, `/metrics`) and refusals are answered here, the function is
+//! looked up in the route table, its limits are applied (`CONNECT`, a
+//! `content-length` over `max_body_bytes`) and an instance is leased — in
+//! `lease`, the one place the data path asks the pool for an instance.
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
+
+use std::time::Instant;
+
+use containerpub_pool::{Lease, PoolError};
+use tracing::debug;
+
+use super::{Conn, Worker};
+use crate::h1::{self, Framing, OwnAnswer, RequestLine, Semantics};
+use crate::metrics::{self, Rejection};
+use crate::path::{self, PathError};
+use crate::request_id;
+use crate::routes::Entry;
+use crate::service::{Call, Proxy, Reply, pool_reply};
+
+/// Where admission leaves a request.
+pub(super) enum Admission {
+    /// To be forwarded to the leased instance.
+    Forward(Admitted),
+    /// The proxy answered it; whether the client connection stays open.
+    Answered(bool),
+}
+
+/// A request admitted to a function, with its lease.
+pub(super) struct Admitted {
+    /// The call record; it holds the lease.
+    pub call: Call,
+    pub sem: Semantics,
+    /// The path and query the instance gets.
+    pub path: String,
+    pub head_only: bool,
+    /// RFC 9110 §9.2.2; only these may be sent again (RFC 9112 §9.3.1).
+    pub idempotent: bool,
+}
+
+/// Leases an instance for a call of `entry`'s function: the one place the
+/// data path asks the pool. The warm path needs no future; the slow one
+/// (queue, start) is boxed so that every connection's task stays small.
+/// Through the entry's pool handle: no lookup and no lock shared with other
+/// functions on the way to a slot.
+pub(super) async fn lease(proxy: &Proxy, entry: &Entry) -> Result<Lease, PoolError> {
+    let handle = entry.pool_handle(proxy.pool());
+    match handle.try_lease() {
+        Some(lease) => Ok(lease),
+        None => Box::pin(handle.lease()).await,
+    }
+}
+
+impl Conn {
+    /// Admits the request whose head is `line`: answers it when the proxy
+    /// does so itself, or leases an instance for it.
+    pub(super) async fn admit(
+        &mut self,
+        proxy: &Proxy,
+        worker: &Worker,
+        line: &RequestLine,
+    ) -> Admission {
+        let received_at = Instant::now();
+        let sem = match h1::request_semantics(&self.buf, line.minor, &self.fields) {
+            Ok(sem) => sem,
+            Err(e) => {
+                metrics::record_rejection(Rejection::BadRequest);
+                let id = request_id::generate();
+                self.own_answer(
+                    &Reply::new(e.status(), format!("bad request: {e}")),
+                    id.as_bytes(),
+                    true,
+                    false,
+                )
+                .await;
+                return Admission::Answered(false);
+            }
+        };
+        let target = match h1::request_target(self.buf.get(line.target.clone()).unwrap_or_default())
+        {
+            Ok(target) => target,
+            Err(e) => {
+                metrics::record_rejection(Rejection::BadRequest);
+                let id = request_id::generate();
+                self.own_answer(
+                    &Reply::new(400, format!("bad request: {e}")),
+                    id.as_bytes(),
+                    true,
+                    false,
+                )
+                .await;
+                return Admission::Answered(false);
+            }
+        };
+        let incoming_id = self
+            .fields
+            .iter()
+            .find(|f| f.kind == h1::Name::XRequestId)
+            .map(|f| self.buf.get(f.value.clone()).unwrap_or_default());
+        let request_id = request_id::pick(incoming_id);
+        let method = self.buf.get(line.method.clone()).unwrap_or_default();
+        let head_only = method == b"HEAD";
+        let is_get = method == b"GET" || head_only;
+        let is_connect = method == b"CONNECT";
+        // RFC 9110 §9.2.2; only these may be sent again (RFC 9112 §9.3.1).
+        let idempotent = matches!(
+            method,
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        );
+        let has_body = !matches!(sem.framing, Framing::Empty | Framing::Length(0));
+        // A body left unread would be taken for the next request.
+        let close_after_own = has_body || !sem.keep_alive || worker.stopping.get();
+
+        // Not UTF-8: no function's path.
+        let target = std::str::from_utf8(target.origin).unwrap_or("");
+        let (path_part, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let invocation = match path::parse(path_part, query) {
+            Ok(invocation) => invocation,
+            Err(PathError::NotInvocation) => {
+                let page = match path_part {
+                    "/healthz" if is_get => {
+                        let snap = proxy.routes().snapshot();
+                        let body = serde_json::json!({"revision": snap.revision, "routes": snap.routes.len()});
+                        Some(("application/json", body.to_string().into_bytes()))
+                    }
+                    "/metrics" if is_get => Some((metrics::CONTENT_TYPE, metrics::render())),
+                    _ => None,
+                };
+                if let Some((content_type, body)) = page {
+                    let answer = OwnAnswer {
+                        status: 200,
+                        content_type,
+                        body: &body,
+                        request_id: request_id.as_bytes(),
+                        retry_after: None,
+                        close: close_after_own,
+                        head_only,
+                    };
+                    return Admission::Answered(
+                        self.write_local(&answer).await && !close_after_own,
+                    );
+                }
+                metrics::record_rejection(Rejection::NotFound);
+                let reply = Reply::rejected(
+                    Rejection::NotFound,
+                    404,
+                    "not found: functions are called at /fn/{name}/",
+                );
+                return Admission::Answered(
+                    self.own_answer(&reply, request_id.as_bytes(), close_after_own, head_only)
+                        .await
+                        && !close_after_own,
+                );
+            }
+            Err(PathError::BadName(raw)) => {
+                let shown: String = raw.chars().take(80).collect();
+                metrics::record_rejection(Rejection::UnknownFunction);
+                let reply = Reply::rejected(
+                    Rejection::UnknownFunction,
+                    404,
+                    format!("no function named \"{shown}\""),
+                );
+                return Admission::Answered(
+                    self.own_answer(&reply, request_id.as_bytes(), close_after_own, head_only)
+                        .await
+                        && !close_after_own,
+                );
+            }
+        };
+        let Some(entry) = proxy.routes().get(&invocation.name) else {
+            metrics::record_rejection(Rejection::UnknownFunction);
+            let reply = Reply::rejected(
+                Rejection::UnknownFunction,
+                404,
+                format!("no function named \"{}\"", invocation.name),
+            );
+            return Admission::Answered(
+                self.own_answer(&reply, request_id.as_bytes(), close_after_own, head_only)
+                    .await
+                    && !close_after_own,
+            );
+        };
+        let mut call = Call::new(received_at, entry.clone(), request_id);
+        if is_connect {
+            let reply = Reply::new(405, "CONNECT is not supported");
+            return Admission::Answered(
+                self.answer_call(call, &reply, close_after_own, false).await,
+            );
+        }
+        let limit = entry.route.config.resources.max_body_bytes;
+        if let Framing::Length(n) = sem.framing
+            && n > limit
+        {
+            let message = format!("request body of {n} bytes is over the limit of {limit} bytes");
+            let reply = Reply::rejected(Rejection::BodyTooLarge, 413, message);
+            return Admission::Answered(self.answer_call(call, &reply, true, head_only).await);
+        }
+
+        match lease(proxy, &entry).await {
+            Ok(lease) => call.lease = Some(lease),
+            Err(e) => {
+                debug!(function = %call.function(), error = %e, "no instance for call");
+                let reply = pool_reply(call.function(), &e);
+                return Admission::Answered(
+                    self.answer_call(call, &reply, close_after_own, head_only)
+                        .await,
+                );
+            }
+        }
+        Admission::Forward(Admitted {
+            call,
+            sem,
+            path: invocation.upstream,
+            head_only,
+            idempotent,
+        })
+    }
+}
