@@ -32,9 +32,16 @@ const RULES: &[(&str, Option<&[&str]>)] = &[
     // The proxy reaches Podman only through the pool.
     (
         "containerpub-proxy",
-        Some(&["containerpub-wire", "containerpub-util", "containerpub-pool"]),
+        Some(&[
+            "containerpub-wire",
+            "containerpub-util",
+            "containerpub-pool",
+        ]),
     ),
-    ("containerpub-cli", Some(&["containerpub-wire", "containerpub-util"])),
+    (
+        "containerpub-cli",
+        Some(&["containerpub-wire", "containerpub-util"]),
+    ),
     // A load generator links none of the servers.
     ("containerpub-loadtest", Some(&["containerpub-wire"])),
     // Tests and benchmarks of the whole.

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use containerpub_podman::build::DEFAULT_BUILD_SOCKET;
-use containerpub_podman::{DEFAULT_SOCKET, Podman};
 use containerpub_podman::{BuildLimits, BuildStop};
+use containerpub_podman::{DEFAULT_SOCKET, Podman};
 
 /// The build service (a `vfs` store of its own).
 fn podman() -> Podman {

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use containerpub_wire::api::Route;
 use crate::podman::ContainerSpec;
+use containerpub_wire::api::Route;
 
 use crate::podman::Podman;
 use crate::runtime::short;
@@ -94,7 +94,8 @@ impl Precreator {
             if state.closed {
                 return;
             }
-            let mut wanted: HashMap<&str, (&Route, ContainerSpec)> = HashMap::with_capacity(routes.len());
+            let mut wanted: HashMap<&str, (&Route, ContainerSpec)> =
+                HashMap::with_capacity(routes.len());
             for route in routes {
                 let key = spec_key(&spec::container_spec(route, node, &self.network));
                 wanted.insert(route.function.as_str(), (route, key));
