@@ -7,6 +7,8 @@ pub mod build;
 pub mod client;
 mod connection;
 pub mod spec;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use build::{BuildLimits, BuildOutput, BuildStop, reap_orphaned_builds};
 pub use client::{

@@ -2,7 +2,6 @@
 //! (user namespaces included, read from the host's side), cold then warm
 //! leases, and no container left behind.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,28 +22,10 @@ fn podman() -> Podman {
     Podman::new(std::env::var("CPUB_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_SOCKET.into()))
 }
 
-/// Builds a busybox httpd image (busybox-static is installed by scripts/setup-host.sh).
+/// Makes sure [`IMAGE`] exists (built once, then reused: see
+/// `containerpub_podman::testing`).
 async fn build_image(podman: &Podman) {
-    let dir = tempfile::tempdir().unwrap();
-    let tar_path = dir.path().join("ctx.tar");
-    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
-    builder
-        .append_path_with_name(Path::new("/bin/busybox"), "busybox")
-        .unwrap();
-    let containerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/tmp\"]\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_size(containerfile.len() as u64);
-    header.set_mode(0o644);
-    builder
-        .append_data(&mut header, "Containerfile", &containerfile[..])
-        .unwrap();
-    builder.finish().unwrap();
-    drop(builder);
-    let out = podman
-        .build_image(&tar_path, "Containerfile", IMAGE)
-        .await
-        .unwrap();
-    assert!(out.ok, "build failed: {}", out.log);
+    containerpub_podman::testing::ensure_busybox_image(podman, IMAGE).await;
 }
 
 fn route(name: &str) -> Route {
