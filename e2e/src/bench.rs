@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use containerpub_pool::NETWORK;
-use containerpub_pool::podman::Podman;
+use containerpub_pool::podman::{ContainerSpec, Podman};
 use containerpub_pool::spec::{USERNS_SIZE, container_spec};
 use containerpub_wire::Manifest;
 use containerpub_wire::api::Route;
@@ -219,6 +219,27 @@ pub enum Userns {
     Host,
 }
 
+/// The pool's own container spec (`containerpub_pool::spec::container_spec`)
+/// of the `hello` example as function `function` on `image`, with the extra
+/// label `label` (`key=value`).
+fn bench_spec(function: &str, image: &str, label: &str) -> Result<ContainerSpec> {
+    let manifest = format!(
+        "name = \"{function}\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n\
+         health_path = \"/\"\n[resources]\nmemory_mb = 32\n"
+    );
+    let route = Route {
+        function: function.into(),
+        deployment_id: 0,
+        version: 1,
+        image: image.into(),
+        config: Manifest::parse(&manifest).context("bench manifest")?,
+    };
+    let (key, value) = label.split_once('=').context("label is key=value")?;
+    let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);
+    spec.labels.insert(key.into(), value.into());
+    Ok(spec)
+}
+
 /// One instance of `image` created, started and inspected through the
 /// pool's own Podman client with the pool's own container spec
 /// (`containerpub_pool::spec::container_spec`), polled until the first 200:
@@ -232,24 +253,13 @@ pub async fn spec_start(
     label: &str,
     userns: Userns,
 ) -> Result<Duration> {
-    let manifest = "name = \"bench-userns\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n\
-                    health_path = \"/\"\n[resources]\nmemory_mb = 32\n";
-    let route = Route {
-        function: "bench-userns".into(),
-        deployment_id: 0,
-        version: 1,
-        image: image.into(),
-        config: Manifest::parse(manifest).context("bench manifest")?,
-    };
-    let (key, value) = label.split_once('=').context("label is key=value")?;
-    let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);
+    let mut spec = bench_spec("bench-userns", image, label)?;
     if userns == Userns::Host {
         spec.userns
             .take()
             .context("the pool's spec has a user namespace")?;
         spec.idmappings = None;
     }
-    spec.labels.insert(key.into(), value.into());
     let t0 = Instant::now();
     let id = api.create_container(&spec).await?;
     let result = async {
@@ -317,18 +327,7 @@ pub async fn spec_split(
     label: &str,
     ahead: bool,
 ) -> Result<Split> {
-    let manifest = "name = \"bench-split\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n\
-                    health_path = \"/\"\n[resources]\nmemory_mb = 32\n";
-    let route = Route {
-        function: "bench-split".into(),
-        deployment_id: 0,
-        version: 1,
-        image: image.into(),
-        config: Manifest::parse(manifest).context("bench manifest")?,
-    };
-    let (key, value) = label.split_once('=').context("label is key=value")?;
-    let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);
-    spec.labels.insert(key.into(), value.into());
+    let spec = bench_spec("bench-split", image, label)?;
     let mut id = None;
     if ahead {
         id = Some(api.create_container(&spec).await?);
