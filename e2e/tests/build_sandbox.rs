@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use containerpub_e2e::{Stack, container_ip, eventually, targz};
+use containerpub_podman::testing::{build_containers_of, build_socket};
 use containerpub_wire::api::{ApiError, DeploymentInfo, DeploymentStatus};
 
 /// `base` made unique to this test process (tests of parallel runs build
@@ -379,51 +380,6 @@ fn processes_with(needle: &str) -> Vec<u32> {
                 .contains(needle)
         {
             found.push(pid);
-        }
-    }
-    found
-}
-
-/// The build service's socket (scripts/setup-host.sh), as cpub-control
-/// reads it.
-fn build_socket() -> String {
-    std::env::var("CPUB_BUILD_PODMAN_SOCKET")
-        .unwrap_or_else(|_| containerpub_pool::podman::build::DEFAULT_BUILD_SOCKET.into())
-}
-
-/// Podman storage containers (Buildah's working containers) of builds run
-/// by process `pid` in the build service's store, found by the build cgroup
-/// named in their settings.
-fn build_containers_of(pid: u32) -> Vec<String> {
-    let out = std::process::Command::new("podman")
-        .args(["--url", &format!("unix://{}", build_socket())])
-        .args([
-            "info",
-            "--format",
-            "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}",
-        ])
-        .output()
-        .expect("podman info");
-    let info = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (root, driver) = info.split_once(' ').expect("graph root and driver");
-    let want = format!("/cpub-build-{pid}-");
-    let mut found = Vec::new();
-    let dir = std::path::Path::new(root).join(format!("{driver}-containers"));
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path().join("userdata/buildah.json")) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        if v["CommonBuildOpts"]["CgroupParent"]
-            .as_str()
-            .is_some_and(|p| p.starts_with(&want))
-        {
-            found.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
     found

@@ -1,5 +1,6 @@
 //! Fixtures for tests on real Podman (feature `test-util`): the client of
-//! the test socket and a busybox httpd image, built once and then reused.
+//! the test socket, a busybox httpd image built once and then reused, and
+//! a look into the build service's store.
 //!
 //! Building a fixed tag again on every test left the previous image behind,
 //! untagged, each time; hundreds of them made `podman images` take minutes.
@@ -10,6 +11,7 @@ use std::path::Path;
 
 use tokio::sync::Mutex;
 
+use crate::build::DEFAULT_BUILD_SOCKET;
 use crate::{DEFAULT_SOCKET, Podman};
 
 /// The busybox httpd image most tests run (`busybox httpd -f -p 8080`).
@@ -54,4 +56,48 @@ pub async fn ensure_busybox_image(podman: &Podman, tag: &str) {
         .await
         .expect("building the test image");
     assert!(out.ok, "building {tag} failed: {}", out.log);
+}
+
+/// The build service's socket (scripts/setup-host.sh): `CPUB_BUILD_PODMAN_SOCKET`,
+/// as cpub-control reads it, or the default.
+pub fn build_socket() -> String {
+    std::env::var("CPUB_BUILD_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_BUILD_SOCKET.into())
+}
+
+/// Podman storage containers (Buildah's working containers) of builds run
+/// by process `pid` in the build service's store, found by the build cgroup
+/// named in their settings.
+pub fn build_containers_of(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("podman")
+        .args(["--url", &format!("unix://{}", build_socket())])
+        .args([
+            "info",
+            "--format",
+            "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}",
+        ])
+        .output()
+        .expect("podman info");
+    let info = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (root, driver) = info.split_once(' ').expect("graph root and driver");
+    let want = format!("/cpub-build-{pid}-");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(Path::new(root).join(format!("{driver}-containers")))
+    else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("userdata/buildah.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if v["CommonBuildOpts"]["CgroupParent"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&want))
+        {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
 }

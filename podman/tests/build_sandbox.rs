@@ -10,17 +10,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use containerpub_podman::build::DEFAULT_BUILD_SOCKET;
+use containerpub_podman::testing::{build_containers_of, build_socket};
 use containerpub_podman::{BuildLimits, BuildStop};
 use containerpub_podman::{DEFAULT_SOCKET, Podman};
 
 /// The build service (a `vfs` store of its own).
 fn podman() -> Podman {
     Podman::new(build_socket())
-}
-
-fn build_socket() -> String {
-    std::env::var("CPUB_BUILD_PODMAN_SOCKET").unwrap_or_else(|_| DEFAULT_BUILD_SOCKET.into())
 }
 
 /// The instances' Podman.
@@ -73,44 +69,6 @@ fn processes_with(needle: &str) -> Vec<u32> {
             if cmd.contains(needle) {
                 found.push(pid);
             }
-        }
-    }
-    found
-}
-
-/// Podman storage containers (Buildah's working containers) of builds run
-/// by process `pid` in the build service's store, found by the build cgroup
-/// named in their settings.
-fn build_containers_of(pid: u32) -> Vec<String> {
-    let out = std::process::Command::new("podman")
-        .args(["--url", &format!("unix://{}", build_socket())])
-        .args([
-            "info",
-            "--format",
-            "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}",
-        ])
-        .output()
-        .expect("podman info");
-    let info = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (root, driver) = info.split_once(' ').expect("graph root and driver");
-    let want = format!("/cpub-build-{pid}-");
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(Path::new(root).join(format!("{driver}-containers")))
-    else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path().join("userdata/buildah.json")) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        if v["CommonBuildOpts"]["CgroupParent"]
-            .as_str()
-            .is_some_and(|p| p.starts_with(&want))
-        {
-            found.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
     found
