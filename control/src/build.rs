@@ -75,7 +75,7 @@ pub async fn run(
                 Err(_) => {
                     // The move may still finish in the background: remove
                     // what it leaves on both sides.
-                    let _ = builder.remove_image(tag).await;
+                    builder.remove_when_idle(tag).await;
                     Some(format!("timed out after {} s", MOVE_TIMEOUT.as_secs()))
                 }
             };

@@ -39,6 +39,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if orphans > 0 {
         tracing::warn!(count = orphans, "killed the steps of abandoned builds");
     }
+    // Images an earlier run moved out of the build store and could not
+    // remove yet (see containerpub_podman::store).
+    containerpub_podman::Podman::new(&settings.build.podman_socket)
+        .remove_pending()
+        .await;
     match gc::sweep_artifacts(&pool, &settings.artifacts_dir()).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "removed artifacts no deployment references"),

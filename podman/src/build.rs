@@ -186,6 +186,8 @@ impl Podman {
         timeout: Duration,
     ) -> Result<BuildOutput, PodmanError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // No image leaves this store while the build makes its own.
+        let hold = self.hold_store().await?;
         let cgroup = BuildCgroup::create(limits.pids).map_err(|source| PodmanError::Sandbox {
             what: "creating the build's cgroup (is cpub-control root on the Podman host?)",
             source,
@@ -212,21 +214,33 @@ impl Podman {
             cgroup.kill();
         }
         cgroup.remove().await;
-        result?;
+        let checked = match (result, run.stopped) {
+            (Err(err), _) => Err(err),
+            // A stop between steps may have let Podman finish the image.
+            (Ok(()), Some(_)) => self.image_exists(tag).await,
+            (Ok(()), None) if run.ok => self.image_exists(tag).await,
+            (Ok(()), None) => Ok(false),
+        };
+        drop(hold);
+        let exists = match checked {
+            Ok(exists) => exists,
+            Err(err) => {
+                self.remove_pending().await;
+                return Err(err);
+            }
+        };
         if let Some(stop) = run.stopped {
             run.ok = false;
-            // A stop between steps may have let Podman finish the image.
-            if self.image_exists(tag).await.unwrap_or(false)
-                && let Err(err) = self.remove_image(tag).await
-            {
-                tracing::warn!(%err, image = tag, "could not remove the image of a stopped build");
+            if exists {
+                self.remove_when_idle(tag).await;
             }
             run.tail.push_str(&format!("error: {stop}\n"));
-        } else if run.ok && !self.image_exists(tag).await? {
+        } else if run.ok && !exists {
             run.ok = false;
             run.tail
                 .push_str("error: build reported success but the image is missing\n");
         }
+        self.remove_pending().await;
         Ok(BuildOutput {
             ok: run.ok,
             log: run.tail.into_string(),
@@ -379,12 +393,16 @@ impl Podman {
 impl Podman {
     /// Moves image `tag` from this Podman's store to `to`'s (streamed:
     /// `GET /images/{tag}/get` into `POST /images/load`), then removes it
-    /// here, also when the move failed.
+    /// here once no build runs ([`Podman::remove_when_idle`]), also when
+    /// the move failed. Both stores are held while the image is copied.
     pub async fn move_image(&self, tag: &str, to: &Podman) -> Result<(), PodmanError> {
-        let moved = self.copy_image(tag, to).await;
-        if let Err(err) = self.remove_image(tag).await {
-            tracing::warn!(%err, image = tag, "could not remove a moved image from the build store");
+        let moved = async {
+            let _from = self.hold_store().await?;
+            let _to = to.hold_store().await?;
+            self.copy_image(tag, to).await
         }
+        .await;
+        self.remove_when_idle(tag).await;
         moved
     }
 

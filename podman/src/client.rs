@@ -53,6 +53,16 @@ pub enum PodmanError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("image store lock {path}: {source}")]
+    StoreLock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("removing image {image}: images were still being made in the store after {} s", waited.as_secs())]
+    StoreBusy {
+        image: String,
+        waited: std::time::Duration,
+    },
 }
 
 impl PodmanError {
@@ -186,8 +196,9 @@ impl Podman {
         }
     }
 
-    /// Removes an image and any container still using it. A missing image is fine.
-    pub async fn remove_image(&self, name: &str) -> Result<(), PodmanError> {
+    /// Removes an image and any container still using it, without the store
+    /// lock (see [`crate::store`]). A missing image is fine.
+    pub(crate) async fn remove_image_unlocked(&self, name: &str) -> Result<(), PodmanError> {
         let path = format!("/images/{}?force=true", encode(name));
         match self.call(Method::DELETE, &path, None, &[]).await {
             Ok(_) => Ok(()),

@@ -7,6 +7,7 @@ pub mod build;
 pub mod client;
 mod connection;
 pub mod spec;
+pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
@@ -15,3 +16,4 @@ pub use client::{
     ContainerEvent, ContainerState, ContainerSummary, DEFAULT_SOCKET, Podman, PodmanError,
 };
 pub use spec::ContainerSpec;
+pub use store::StoreHold;

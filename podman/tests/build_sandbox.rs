@@ -533,3 +533,149 @@ async fn moving_a_missing_image_is_an_error_naming_it() {
     assert!(err.to_string().contains("/get"), "{err}");
     assert!(!instances_podman().image_exists(&tag).await.unwrap());
 }
+
+/// Builds of identical content at once (two functions deployed from the
+/// same binary), each moved to the instances' store as soon as it is done:
+/// removing one build's image from the build store while another commits
+/// must not take a layer the other reuses (seen in CI: "committing the
+/// finished image: creating image …: layer not known").
+#[tokio::test]
+async fn identical_builds_at_once_all_succeed_while_moved_images_leave() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Identical content in every build: the same busybox, the same steps.
+    let ctx = context(
+        dir.path(),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENV PORT=8080\nEXPOSE 8080\nENTRYPOINT [\"/bin/busybox\"]\n",
+    );
+    let tags: Vec<String> = (0..16)
+        .map(|i| format!("localhost/{}:{i}", unique("cpub-test-same")))
+        .collect();
+    let _images = Images(tags.clone());
+    let instances = instances_podman();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..4 {
+        let (ctx, instances) = (ctx.clone(), instances.clone());
+        let lane_tags: Vec<String> = tags.iter().skip(lane).step_by(4).cloned().collect();
+        tasks.spawn(async move {
+            let podman = podman();
+            let mut failures = Vec::new();
+            for tag in lane_tags {
+                let out = podman
+                    .build_image_with(
+                        &ctx,
+                        "Containerfile",
+                        &tag,
+                        &sandbox(),
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .unwrap();
+                if !out.ok {
+                    failures.push(format!("{tag}: {}", out.log));
+                    continue;
+                }
+                podman.move_image(&tag, &instances).await.unwrap();
+                instances.remove_image(&tag).await.unwrap();
+            }
+            failures
+        });
+    }
+    let failures: Vec<String> = tasks.join_all().await.into_iter().flatten().collect();
+    assert!(
+        failures.is_empty(),
+        "{} builds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // Every moved image left the build store once the last build ended.
+    let builds = podman();
+    for tag in &tags {
+        assert!(
+            !instances.image_exists(tag).await.unwrap(),
+            "{tag} left in the instances' store"
+        );
+        assert!(
+            !builds.image_exists(tag).await.unwrap(),
+            "{tag} left in the build store"
+        );
+    }
+    assert!(
+        builds.pending_removals().iter().all(|t| !tags.contains(t)),
+        "{:?}",
+        builds.pending_removals()
+    );
+}
+
+/// While a build holds the store, a removal is written down instead of
+/// run, and the next build or move to find the store idle does it.
+#[tokio::test]
+async fn removals_wait_for_the_builds_holding_the_store() {
+    let _serial = SERIAL.lock().await;
+    let podman = podman();
+    let instances = instances_podman();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        dir.path(),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    );
+    let (first, second) = (
+        format!("localhost/{}:1", unique("cpub-test-held")),
+        format!("localhost/{}:2", unique("cpub-test-held")),
+    );
+    let _images = Images(vec![first.clone(), second.clone()]);
+    let build = |tag: String| {
+        let (podman, ctx) = (podman.clone(), ctx.clone());
+        async move {
+            let out = podman
+                .build_image_with(
+                    &ctx,
+                    "Containerfile",
+                    &tag,
+                    &sandbox(),
+                    Duration::from_secs(120),
+                )
+                .await
+                .unwrap();
+            assert!(out.ok, "{}", out.log);
+        }
+    };
+    build(first.clone()).await;
+
+    let hold = podman.hold_store().await.unwrap();
+    podman.remove_when_idle(&first).await;
+    assert!(
+        podman.image_exists(&first).await.unwrap(),
+        "removed while held"
+    );
+    assert!(podman.pending_removals().contains(&first));
+    // The waiting kind of removal waits for the hold too: it is still
+    // waiting when the hold goes, then it is done.
+    let waiting = tokio::spawn({
+        let podman = podman.clone();
+        let first = first.clone();
+        async move { podman.remove_image(&first).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "removal did not wait for the hold");
+    assert!(podman.image_exists(&first).await.unwrap());
+    drop(hold);
+    waiting.await.unwrap().unwrap();
+    assert!(!podman.image_exists(&first).await.unwrap());
+
+    // A written-down removal is done by the next build to end.
+    build(first.clone()).await;
+    let hold = podman.hold_store().await.unwrap();
+    podman.remove_when_idle(&first).await;
+    assert!(podman.pending_removals().contains(&first));
+    drop(hold);
+    build(second.clone()).await;
+    assert!(
+        !podman.image_exists(&first).await.unwrap(),
+        "the next build did not remove it"
+    );
+    assert!(!podman.pending_removals().contains(&first));
+    podman.move_image(&second, &instances).await.unwrap();
+    assert!(!podman.image_exists(&second).await.unwrap());
+    instances.remove_image(&second).await.unwrap();
+}
