@@ -147,12 +147,55 @@ fn map_parse_error(e: httparse::Error) -> HeadError {
     }
 }
 
+/// Most `\r`/`\n` bytes before a request or status line (RFC 9112 §2.2
+/// asks to ignore at least one empty line there; some clients send one
+/// after a body). More is refused: httparse skips them again on every parse.
+pub const MAX_LEADING_EMPTY: usize = 8;
+
+/// Decides when a head still arriving is worth parsing again: on the first
+/// look, then only when the bytes read since hold a line end (a head can
+/// only complete at one; a bad line is still refused at its end) or the
+/// buffer reached [`MAX_HEAD`]. Parsing after every read made a head dripped
+/// a byte at a time cost quadratic time (64 KiB: about 2 GB parsed); this
+/// way a head costs at most [`MAX_HEADERS`] + 3 parses.
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    seen: usize,
+}
+
+impl HeadScan {
+    /// Whether to parse `buf` now (the head arriving at its start).
+    pub fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        let first = self.seen == 0;
+        let fresh = buf.get(self.seen..).unwrap_or_default();
+        let worth = first || fresh.contains(&b'\n') || buf.len() >= MAX_HEAD;
+        self.seen = buf.len();
+        worth
+    }
+}
+
+/// Refuses a head preceded by more than [`MAX_LEADING_EMPTY`] line ends.
+fn check_leading_empty(buf: &[u8]) -> Result<(), HeadError> {
+    let leading = buf
+        .iter()
+        .take(MAX_LEADING_EMPTY + 1)
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if leading > MAX_LEADING_EMPTY {
+        return Err(HeadError::Invalid(
+            "too many empty lines before the start line",
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a request head at the start of `buf`: `Ok(None)` while it is
 /// incomplete.
 pub fn parse_request(
     buf: &[u8],
     fields: &mut Vec<Field>,
 ) -> Result<Option<RequestLine>, HeadError> {
+    check_leading_empty(buf)?;
     // Uninitialised: zeroing 128 fields costs more than parsing a head.
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -184,6 +227,7 @@ pub fn parse_response(
     buf: &[u8],
     fields: &mut Vec<Field>,
 ) -> Result<Option<StatusLine>, HeadError> {
+    check_leading_empty(buf)?;
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
@@ -887,6 +931,61 @@ pub fn reason(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    /// A head of 100 fields dripped one byte at a time is parsed at its
+    /// line ends only (it was parsed after every byte: 40,000 times).
+    #[test]
+    fn a_dripped_head_is_parsed_at_line_ends_only() {
+        let mut head = b"GET /fn/hello/ HTTP/1.1\r\nhost: a\r\n".to_vec();
+        for i in 0..100 {
+            head.extend_from_slice(format!("x-field-{i}: {}\r\n", "v".repeat(380)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let (mut scan, mut fields) = (HeadScan::default(), Vec::new());
+        let mut parses = 0;
+        let mut done = None;
+        for end in 1..=head.len() {
+            let buf = &head[..end];
+            if scan.worth_parsing(buf) {
+                parses += 1;
+                if let Some(line) = parse_request(buf, &mut fields).unwrap() {
+                    done = Some((end, line.head_len));
+                    break;
+                }
+            }
+        }
+        assert_eq!(done, Some((head.len(), head.len())));
+        // The first byte, then each line end: request line, 101 fields, blank.
+        assert_eq!(parses, 1 + 1 + 101 + 1);
+        // A bad request line is still refused at its end, not at the head's.
+        let (mut scan, bad) = (HeadScan::default(), b"GE(T / HTTP/1.1\r\nhost: a\r\n");
+        let refused = (1..=bad.len()).find(|end| {
+            scan.worth_parsing(&bad[..*end]) && parse_request(&bad[..*end], &mut fields).is_err()
+        });
+        let first_line_end = bad.iter().position(|b| *b == b'\n').unwrap() + 1;
+        assert_eq!(refused, Some(first_line_end));
+        // Growing to the limit without a line end is parsed (and refused).
+        let mut scan = HeadScan::default();
+        assert!(scan.worth_parsing(b"G"));
+        assert!(!scan.worth_parsing(b"GE"));
+        assert!(scan.worth_parsing(&vec![b'G'; MAX_HEAD]));
+    }
+
+    #[test]
+    fn empty_lines_before_the_start_line_are_bounded() {
+        let mut fields = Vec::new();
+        let ok = b"\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert!(parse_request(ok, &mut fields).unwrap().is_some());
+        let many = [&b"\r\n".repeat(5)[..], b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"].concat();
+        assert_eq!(
+            parse_request(&many, &mut fields),
+            Err(HeadError::Invalid(
+                "too many empty lines before the start line"
+            ))
+        );
+        let answer = [&b"\n".repeat(9)[..], b"HTTP/1.1 200 OK\r\n\r\n"].concat();
+        assert!(parse_response(&answer, &mut fields).is_err());
+    }
+
     use super::*;
 
     fn request(raw: &[u8]) -> (RequestLine, Vec<Field>) {

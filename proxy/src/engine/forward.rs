@@ -306,8 +306,9 @@ async fn read_head(
     timer: &mut Pin<Box<Sleep>>,
     switch_asked: bool,
 ) -> Result<h1::StatusLine, HeadFailure> {
+    let mut scan = h1::HeadScan::default();
     loop {
-        if !ubuf.is_empty() {
+        if !ubuf.is_empty() && scan.worth_parsing(ubuf) {
             match h1::parse_response(ubuf, fields) {
                 Ok(Some(line)) if line.status == 101 && switch_asked => return Ok(line),
                 Ok(Some(line)) if line.status == 101 => {
@@ -318,6 +319,7 @@ async fn read_head(
                 Ok(Some(line)) if (100..200).contains(&line.status) => {
                     let interim = line.head_len.min(ubuf.len());
                     ubuf.drain(..interim);
+                    scan = h1::HeadScan::default();
                     continue;
                 }
                 Ok(Some(line)) => return Ok(line),

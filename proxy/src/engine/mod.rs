@@ -214,8 +214,9 @@ impl Conn {
         if self.idle.deadline() < now + HEADER_READ_TIMEOUT / 2 {
             self.idle.as_mut().reset(now + HEADER_READ_TIMEOUT);
         }
+        let mut scan = h1::HeadScan::default();
         loop {
-            if !self.buf.is_empty() {
+            if !self.buf.is_empty() && scan.worth_parsing(&self.buf) {
                 match h1::parse_request(&self.buf, &mut self.fields) {
                     Ok(Some(line)) => return Next::Request(line),
                     Ok(None) => {}
