@@ -123,11 +123,20 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// A port that was free a moment ago, below the kernel's ephemeral range
+/// (32768–60999): a port the kernel hands out (`bind(0)`) is also the
+/// local port of the next outgoing connections, and was seen taken by one
+/// before the stack's process could bind it ("Address already in use").
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    for attempt in 0u32.. {
+        let port = 20_000 + (state.hash_one(attempt) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!("the loop only ends by returning")
 }
 
 /// A running process that is killed when dropped.
@@ -206,9 +215,26 @@ impl Stack {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         };
-        stack.start_control().await?;
-        stack.start_proxy().await?;
-        Ok(stack)
+        // Another process may bind a port between `free_port` and the
+        // stack's process: then the stack starts again on other ports.
+        for attempt in 1.. {
+            let started = match stack.start_control().await {
+                Ok(()) => stack.start_proxy().await,
+                Err(err) => Err(err),
+            };
+            match started {
+                Err(err)
+                    if attempt < 3 && format!("{err:#}").contains("Address already in use") =>
+                {
+                    stack.stop_proxy();
+                    stack.stop_control();
+                    stack.control_addr.set_port(free_port());
+                    stack.proxy_addr.set_port(free_port());
+                }
+                other => return other.map(|()| stack),
+            }
+        }
+        unreachable!("the loop only ends by returning")
     }
 
     fn database_url(&self) -> String {
