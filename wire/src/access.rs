@@ -8,6 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Times on the wire (UTC), named for crates without a chrono dependency.
+pub type Timestamp = DateTime<Utc>;
+
 /// What a user may do. Ordered: `Viewer < Developer < Admin`; a token's
 /// scope can only narrow its user's role (the lower of the two applies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
