@@ -8,12 +8,19 @@
 #   CPUB_HOME            state, logs and pid files (default /var/lib/containerpub)
 #   CPUB_CONTROL_LISTEN  control plane address (default 127.0.0.1:7070)
 #   CPUB_PROXY_LISTEN    proxy address (default 127.0.0.1:8080)
+#   CPUB_NODE            the proxy's node name (default: the host name)
+#
+# The proxy authenticates with a node credential (it may only watch routes
+# and report crashes), minted here by the admin with `cpub node-token
+# create` and kept in $CPUB_HOME/run/node-token (mode 0600); never with the
+# admin token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 home=${CPUB_HOME:-/var/lib/containerpub}
 control_listen=${CPUB_CONTROL_LISTEN:-127.0.0.1:7070}
 proxy_listen=${CPUB_PROXY_LISTEN:-127.0.0.1:8080}
+node=${CPUB_NODE:-$(tr -d '[:space:]' </proc/sys/kernel/hostname)}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/containerpub-target}
 mkdir -p "$home/logs" "$home/run"
 
@@ -60,18 +67,22 @@ if ! running "$home/run/control.pid"; then
 fi
 wait_http "http://$control_listen/healthz" cpub-control "$home/run/control.pid"
 
-step "cpub-proxy on http://$proxy_listen"
+export CPUB_URL=http://$control_listen
+"$bin/cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
+
+step "cpub-proxy on http://$proxy_listen (node $node)"
 if ! running "$home/run/proxy.pid"; then
-  CPUB_PROXY_LISTEN=$proxy_listen CPUB_URL=http://$control_listen CPUB_TOKEN=$token \
-  CPUB_STATE_DIR=$home/proxy \
+  # A fresh credential for each start: the old one (if any) stops working.
+  (umask 077; CPUB_TOKEN=$token "$bin/cpub" node-token create "$node" --replace \
+     >"$home/run/node-token")
+  CPUB_PROXY_LISTEN=$proxy_listen CPUB_URL=http://$control_listen CPUB_NODE=$node \
+  CPUB_NODE_TOKEN=$(cat "$home/run/node-token") CPUB_STATE_DIR=$home/proxy \
     nohup "$bin/cpub-proxy" >>"$home/logs/cpub-proxy.log" 2>&1 &
   echo $! >"$home/run/proxy.pid"
 fi
 wait_http "http://$proxy_listen/healthz" cpub-proxy "$home/run/proxy.pid"
 
 step "deploy examples/hello with cpub"
-export CPUB_URL=http://$control_listen
-"$bin/cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
 "$bin/cpub" deploy "$root/examples/hello"
 
 step "call hello through the proxy"
@@ -81,8 +92,10 @@ grep -i '^server-timing' "$home/run/last-headers" || true
 cat <<MSG
 
 ContainerPub is running.
-  control plane  http://$control_listen   (API under /api/v1; token in $home/token)
-  proxy          http://$proxy_listen/fn/<name>/
+  control plane  http://$control_listen   (API under /api/v1; admin token in $home/token)
+  admin login    $bin/cpub login --url http://$control_listen --token "\$(cat $home/token)"
+                 (user admin; add users with \`cpub user add NAME --role developer\`)
+  proxy          http://$proxy_listen/fn/<name>/   (node $node; credential in $home/run/node-token)
   hello          http://$proxy_listen/fn/hello/
   CLI            $bin/cpub   (logged in: ~/.config/cpub/config.toml)
   logs           $home/logs/

@@ -1,6 +1,8 @@
 //! HTTP client for the control plane's `/api/v1` API, and the errors (with a
 //! hint for the user) that its answers turn into.
 
+mod access;
+
 use std::fmt;
 use std::time::Duration;
 

@@ -1,11 +1,15 @@
 //! The command line (clap) and the dispatch to one module per command.
 
+mod audit;
 mod delete;
 mod deploy;
 mod describe;
 mod invoke;
 mod list;
 mod login;
+mod node_token;
+mod token;
+mod user;
 
 use std::path::PathBuf;
 
@@ -41,6 +45,14 @@ enum Command {
     Delete(delete::Args),
     /// Call a function through the proxy and print its answer.
     Invoke(invoke::Args),
+    /// Users and roles (admins), passwords, who you are.
+    User(user::Args),
+    /// Your API tokens: create (shown once), list, revoke.
+    Token(token::Args),
+    /// Proxies' node credentials (admins).
+    NodeToken(node_token::Args),
+    /// The audit log of mutating calls (admins).
+    Audit(audit::Args),
 }
 
 /// How listing commands print.
@@ -89,6 +101,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => describe::run(&ctx, args).await,
         Command::Delete(args) => delete::run(&ctx, args).await,
         Command::Invoke(args) => invoke::run(&ctx, args).await,
+        Command::User(args) => user::run(&ctx, args).await,
+        Command::Token(args) => token::run(&ctx, args).await,
+        Command::NodeToken(args) => node_token::run(&ctx, args).await,
+        Command::Audit(args) => audit::run(&ctx, args).await,
     }
 }
 

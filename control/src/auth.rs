@@ -1,18 +1,34 @@
-//! Users and API tokens: argon2 password hashes, random bearer tokens stored
-//! only as sha256 hashes, first-start bootstrap of `admin`, and the
-//! middleware that guards every `/api/v1` route but login.
+//! Who is calling and what they may do: argon2 password hashes, random
+//! bearer tokens stored only as sha256 hashes (users' API tokens and
+//! proxies' node credentials), first-start bootstrap of `admin`, the
+//! middleware that resolves the bearer token of every `/api/v1` route but
+//! login into a [`Caller`], and the one authorization rule,
+//! [`Caller::require`], that every handler calls.
+//!
+//! The rule, in one place: a node credential may only watch routes and
+//! report crashes (for its own node); a user's *effective* role is the lower
+//! of its role and its token's scope; reads need `viewer`, deploys and a
+//! function's management `developer` plus ownership of the function (admins
+//! own everything), users, node credentials, the audit log, the route watch
+//! and crash reports need `admin` (or a node credential for the last two).
+//! Nothing is cached: a revoked or expired token, or a changed role, applies
+//! from the next call.
 
 use std::sync::LazyLock;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
+use chrono::{DateTime, Utc};
+use containerpub_wire::access::Role;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use crate::db::FunctionRow;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
@@ -20,12 +36,243 @@ use crate::state::AppState;
 pub const ADMIN_USER: &str = "admin";
 /// Prefix of every generated API token.
 pub const TOKEN_PREFIX: &str = "cpub_";
+/// Prefix of every generated node credential.
+pub const NODE_TOKEN_PREFIX: &str = "cpubnode_";
 
-/// The authenticated caller, put into request extensions by [`require_token`].
-#[derive(Debug, Clone)]
+/// Who presented the bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user's API token (bootstrap, login or `cpub token create`).
+    User {
+        id: i64,
+        username: String,
+        /// The user's role now.
+        role: Role,
+        /// The token's scope, if it narrows the role.
+        scope: Option<Role>,
+    },
+    /// A proxy's node credential.
+    Node { node: String },
+}
+
+/// The authenticated caller, put into the request's extensions by
+/// [`require_token`]; handlers take it as an extractor.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub user_id: i64,
-    pub username: String,
+    pub principal: Principal,
+    /// Row id of the token (in `api_tokens` or `node_credentials`).
+    pub token_id: i64,
+}
+
+/// What a call wants to do; [`Caller::require`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// List and read functions, their deployments and crashes.
+    ReadFunctions,
+    /// Deploy a new function or a new version of one.
+    Deploy,
+    /// Delete a function.
+    DeleteFunction,
+    /// Change anything else about one function (keys, secrets, settings):
+    /// the owner's or an admin's business.
+    ManageFunction,
+    /// The caller's own API tokens and password.
+    ManageOwnAccount,
+    /// Add, list, remove users, change their roles and passwords.
+    ManageUsers,
+    /// Mint, list and revoke node credentials.
+    ManageNodes,
+    /// Read the audit log.
+    ReadAudit,
+    /// Follow the route table (`GET /api/v1/routes`).
+    WatchRoutes,
+    /// Post a crash report (`POST /api/v1/functions/{name}/crashes`).
+    ReportCrash,
+}
+
+impl Action {
+    /// What the action is, for "role viewer cannot …" messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::ReadFunctions => "read functions",
+            Self::Deploy => "deploy functions",
+            Self::DeleteFunction => "delete functions",
+            Self::ManageFunction => "manage functions",
+            Self::ManageOwnAccount => "manage its own tokens and password",
+            Self::ManageUsers => "manage users",
+            Self::ManageNodes => "manage node credentials",
+            Self::ReadAudit => "read the audit log",
+            Self::WatchRoutes => "watch routes",
+            Self::ReportCrash => "report crashes",
+        }
+    }
+
+    /// The lowest role a user needs.
+    pub fn min_role(self) -> Role {
+        match self {
+            Self::ReadFunctions | Self::ManageOwnAccount => Role::Viewer,
+            Self::Deploy | Self::DeleteFunction | Self::ManageFunction => Role::Developer,
+            Self::ManageUsers
+            | Self::ManageNodes
+            | Self::ReadAudit
+            | Self::WatchRoutes
+            | Self::ReportCrash => Role::Admin,
+        }
+    }
+
+    /// Needs the function's ownership unless the caller is an admin.
+    fn owned(self) -> bool {
+        matches!(
+            self,
+            Self::Deploy | Self::DeleteFunction | Self::ManageFunction
+        )
+    }
+
+    /// What a node credential may do.
+    fn for_nodes(self) -> bool {
+        matches!(self, Self::WatchRoutes | Self::ReportCrash)
+    }
+}
+
+impl Caller {
+    /// The role that applies to this call: the user's role, narrowed by the
+    /// token's scope; `None` for a node.
+    pub fn role(&self) -> Option<Role> {
+        match &self.principal {
+            Principal::User { role, scope, .. } => Some(scope.map_or(*role, |s| s.min(*role))),
+            Principal::Node { .. } => None,
+        }
+    }
+
+    /// The user's id and name, or a 403 for a node credential.
+    pub fn user(&self) -> Result<(i64, &str)> {
+        match &self.principal {
+            Principal::User { id, username, .. } => Ok((*id, username)),
+            Principal::Node { node } => Err(Error::Forbidden(format!(
+                "a node credential (node {node}) is not a user"
+            ))),
+        }
+    }
+
+    /// User or node name, for logs and the audit log.
+    pub fn name(&self) -> &str {
+        match &self.principal {
+            Principal::User { username, .. } => username,
+            Principal::Node { node } => node,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role() == Some(Role::Admin)
+    }
+
+    /// The authorization rule (see the module's header): `Ok` or a 403 that
+    /// says what is missing. `function` is the function the call acts on
+    /// (`None` for a new one, or for calls on no function).
+    pub fn require(&self, action: Action, function: Option<&FunctionRow>) -> Result<()> {
+        let (username, role, user_role) = match &self.principal {
+            Principal::Node { node } => {
+                return if action.for_nodes() {
+                    Ok(())
+                } else {
+                    Err(Error::Forbidden(format!(
+                        "a node credential (node {node}) cannot {}: it may only watch routes \
+                         and report crashes",
+                        action.describe()
+                    )))
+                };
+            }
+            Principal::User { username, role, .. } => {
+                (username, self.role().unwrap_or(Role::Viewer), *role)
+            }
+        };
+        let needed = action.min_role();
+        if role < needed {
+            let scoped = if role < user_role {
+                format!(" (this token is scoped to {role}; user {username} is {user_role})")
+            } else {
+                String::new()
+            };
+            let who = if action.for_nodes() {
+                "node credentials and admins only".to_owned()
+            } else {
+                format!("needs {needed}")
+            };
+            return Err(Error::Forbidden(format!(
+                "role {role} cannot {} ({who}){scoped}",
+                action.describe()
+            )));
+        }
+        if action.owned()
+            && role != Role::Admin
+            && let Some(f) = function
+            && f.owner != *username
+        {
+            return Err(Error::Forbidden(format!(
+                "function {} is owned by user {}; role {role} may only {} it owns",
+                f.name,
+                f.owner,
+                action.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    /// For node credentials: the node name a call claims (on the route
+    /// watch, in a crash report) must be the credential's own.
+    pub fn require_node_name(&self, claimed: Option<&str>) -> Result<()> {
+        if let Principal::Node { node } = &self.principal
+            && let Some(claimed) = claimed
+            && claimed != node
+        {
+            return Err(Error::Forbidden(format!(
+                "this credential belongs to node {node}, not to node {claimed}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "Caller extractor on a route without the token middleware"
+            ))
+        })
+    }
+}
+
+/// The TCP peer's address (absent when the router runs without a socket,
+/// as in handler tests): what login limits and the audit log use. Forwarded
+/// headers are not trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub Option<std::net::IpAddr>);
+
+impl PeerAddr {
+    /// The address as text, `unknown` without one.
+    pub fn text(self) -> String {
+        self.0
+            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
 }
 
 /// 32 random bytes as hex.
@@ -35,9 +282,14 @@ fn random_hex() -> String {
     hex::encode(bytes)
 }
 
-/// A new API token: `cpub_<64 hex>`.
+/// A new API token: `cpub_<64 hex>` (256 random bits).
 pub fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", random_hex())
+}
+
+/// A new node credential: `cpubnode_<64 hex>` (256 random bits).
+pub fn new_node_token() -> String {
+    format!("{NODE_TOKEN_PREFIX}{}", random_hex())
 }
 
 /// What is stored for a token: its sha256 as hex.
@@ -56,6 +308,16 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
     Ok(hash.to_string())
 }
 
+/// [`hash_password`] on the blocking pool.
+pub async fn hash_password_async(password: &str) -> Result<String> {
+    let password = password.to_owned();
+    Ok(
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| anyhow::anyhow!("password hash task: {e}"))??,
+    )
+}
+
 /// Checks a password against a stored PHC string (CPU-heavy).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|hash| {
@@ -70,29 +332,44 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| hash_password("not a real password").expect("argon2 of a constant"));
 
+/// A user whose password matched.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    pub user_id: i64,
+    pub role: Role,
+}
+
 /// Checks credentials; `None` for an unknown user and a wrong password alike.
-pub async fn check_login(pool: &PgPool, username: &str, password: &str) -> Result<Option<i64>> {
-    let row: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE username = $1")
+pub async fn check_login(
+    pool: &PgPool,
+    username: &str,
+    password: &str,
+) -> Result<Option<LoggedIn>> {
+    let row: Option<(i64, String, String)> =
+        sqlx::query_as("SELECT id, password_hash, role FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(pool)
             .await?;
     let password = password.to_owned();
     let found = row.is_some();
-    let (id, phc) = row.unwrap_or((0, String::new()));
+    let (id, phc, role) = row.unwrap_or((0, String::new(), String::new()));
     let ok = tokio::task::spawn_blocking(move || {
         let phc = if found { phc } else { DUMMY_HASH.clone() };
         verify_password(&password, &phc) && found
     })
     .await
     .map_err(|e| anyhow::anyhow!("password check task: {e}"))?;
-    Ok(ok.then_some(id))
+    if !ok {
+        return Ok(None);
+    }
+    let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("users.role: {e}"))?;
+    Ok(Some(LoggedIn { user_id: id, role }))
 }
 
 /// Creates and stores a new token for a user; returns the token (shown once).
 pub async fn issue_token(pool: &PgPool, user_id: i64, kind: &str) -> Result<String> {
     let token = new_token();
-    sqlx::query("INSERT INTO api_tokens (user_id, token_hash, kind) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO api_tokens (user_id, token_hash, kind, name) VALUES ($1, $2, $3, $3)")
         .bind(user_id)
         .bind(token_hash(&token))
         .bind(kind)
@@ -108,9 +385,9 @@ pub struct Bootstrapped {
     pub token: Option<String>,
 }
 
-/// First start (no users): creates `admin` and an API token. Later starts:
-/// stores `bootstrap_token` for `admin` if its hash is not stored yet.
-/// Serialised across replicas by an advisory lock.
+/// First start (no users): creates `admin` (role admin) and an API token.
+/// Later starts: stores `bootstrap_token` for `admin` if its hash is not
+/// stored yet. Serialised across replicas by an advisory lock.
 pub async fn bootstrap(
     pool: &PgPool,
     admin_password: Option<&str>,
@@ -137,7 +414,8 @@ pub async fn bootstrap(
         };
         let phc = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
         let admin_id: i64 = sqlx::query_scalar(
-            "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id",
+            "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, 'admin') \
+             RETURNING id",
         )
         .bind(ADMIN_USER)
         .bind(phc)
@@ -152,7 +430,8 @@ pub async fn bootstrap(
             }
         };
         sqlx::query(
-            "INSERT INTO api_tokens (user_id, token_hash, kind) VALUES ($1, $2, 'bootstrap')",
+            "INSERT INTO api_tokens (user_id, token_hash, kind, name) \
+             VALUES ($1, $2, 'bootstrap', 'bootstrap')",
         )
         .bind(admin_id)
         .bind(token_hash(&token))
@@ -164,8 +443,8 @@ pub async fn bootstrap(
         );
     } else if let Some(token) = bootstrap_token {
         let added = sqlx::query(
-            "INSERT INTO api_tokens (user_id, token_hash, kind) \
-             SELECT id, $2, 'bootstrap' FROM users WHERE username = $1 \
+            "INSERT INTO api_tokens (user_id, token_hash, kind, name) \
+             SELECT id, $2, 'bootstrap', 'bootstrap' FROM users WHERE username = $1 \
              ON CONFLICT (token_hash) DO NOTHING",
         )
         .bind(ADMIN_USER)
@@ -181,30 +460,86 @@ pub async fn bootstrap(
     Ok(out)
 }
 
-/// Finds the user of a bearer token, and records its use (at most once a
-/// minute, so the long poll does not write on every call).
+/// A token row as the lookup finds it, in either table.
+#[derive(Debug, sqlx::FromRow)]
+struct TokenRow {
+    /// `user` or `node`.
+    kind: String,
+    id: i64,
+    user_id: Option<i64>,
+    /// Username or node name.
+    name: String,
+    role: Option<String>,
+    role_scope: Option<String>,
+    token_name: String,
+    expires_at: Option<DateTime<Utc>>,
+    expired: bool,
+    stale: bool,
+}
+
+/// Resolves a bearer token: `Ok(None)` when no such token exists (never
+/// issued, or revoked), a 401 naming the token when it expired. Records its
+/// use (at most once a minute, so the long poll does not write on every
+/// call). One query per call and no cache: revocation applies at once.
 pub async fn caller_for_token(pool: &PgPool, token: &str) -> Result<Option<Caller>> {
-    let row: Option<(i64, i64, String, bool)> = sqlx::query_as(
-        "SELECT t.id, u.id, u.username, \
-                (t.last_used_at IS NULL OR t.last_used_at < now() - interval '60 seconds') \
-         FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+    let row: Option<TokenRow> = sqlx::query_as(
+        "SELECT 'user' AS kind, t.id, u.id AS user_id, u.username AS name, u.role, \
+                t.role_scope, t.name AS token_name, t.expires_at, \
+                (t.expires_at IS NOT NULL AND t.expires_at <= now()) AS expired, \
+                (t.last_used_at IS NULL OR t.last_used_at < now() - interval '60 seconds') AS stale \
+         FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 \
+         UNION ALL \
+         SELECT 'node', n.id, NULL, n.node, NULL, NULL, n.node, NULL, FALSE, \
+                (n.last_used_at IS NULL OR n.last_used_at < now() - interval '60 seconds') \
+         FROM node_credentials n WHERE n.token_hash = $1",
     )
     .bind(token_hash(token))
     .fetch_optional(pool)
     .await?;
-    let Some((token_id, user_id, username, stale)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    if stale {
-        sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
-            .bind(token_id)
-            .execute(pool)
-            .await?;
+    if row.expired {
+        let at = row
+            .expires_at
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        return Err(Error::Unauthorized(format!(
+            "API token {:?} of user {} expired at {at}; create a new one (`cpub token create`) \
+             or log in again",
+            row.token_name, row.name
+        )));
     }
-    Ok(Some(Caller { user_id, username }))
+    let table_update = if row.kind == "node" {
+        "UPDATE node_credentials SET last_used_at = now() WHERE id = $1"
+    } else {
+        "UPDATE api_tokens SET last_used_at = now() WHERE id = $1"
+    };
+    if row.stale {
+        sqlx::query(table_update).bind(row.id).execute(pool).await?;
+    }
+    let principal = if row.kind == "node" {
+        Principal::Node { node: row.name }
+    } else {
+        let parse = |text: &str| {
+            Role::parse(text).map_err(|e| Error::Internal(anyhow::anyhow!("stored role: {e}")))
+        };
+        Principal::User {
+            id: row.user_id.unwrap_or_default(),
+            username: row.name,
+            role: parse(row.role.as_deref().unwrap_or_default())?,
+            scope: row.role_scope.as_deref().map(parse).transpose()?,
+        }
+    };
+    Ok(Some(Caller {
+        principal,
+        token_id: row.id,
+    }))
 }
 
-/// Middleware: `Authorization: Bearer <token>` or 401.
+/// Middleware: `Authorization: Bearer <token>` or 401. The caller goes into
+/// the request's extensions (for handlers) and the response's (for the
+/// audit log, [`crate::audit`]).
 pub async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
@@ -228,8 +563,10 @@ pub async fn require_token(
     let caller = caller_for_token(&state.db, token)
         .await?
         .ok_or_else(|| Error::Unauthorized("invalid or revoked API token".into()))?;
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(caller);
+    Ok(response)
 }
 
 #[cfg(test)]
@@ -255,5 +592,110 @@ mod tests {
         assert_eq!(h.len(), 64);
         assert!(!h.contains(&a[TOKEN_PREFIX.len()..]));
         assert_eq!(h, token_hash(&a));
+        let n = new_node_token();
+        assert!(n.starts_with(NODE_TOKEN_PREFIX) && n.len() == NODE_TOKEN_PREFIX.len() + 64);
+    }
+
+    fn user(role: Role, scope: Option<Role>) -> Caller {
+        Caller {
+            principal: Principal::User {
+                id: 7,
+                username: "alice".into(),
+                role,
+                scope,
+            },
+            token_id: 1,
+        }
+    }
+
+    fn function(owner: &str) -> FunctionRow {
+        FunctionRow {
+            id: 1,
+            name: "hello".into(),
+            owner: owner.into(),
+            active_version: None,
+            config: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn refusal(result: Result<()>) -> String {
+        match result {
+            Err(Error::Forbidden(m)) => m,
+            other => panic!("not a 403: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_rule() {
+        let own = function("alice");
+        let other = function("bob");
+        let dev = user(Role::Developer, None);
+        assert!(dev.require(Action::Deploy, Some(&own)).is_ok());
+        assert!(dev.require(Action::Deploy, None).is_ok());
+        assert_eq!(
+            refusal(dev.require(Action::DeleteFunction, Some(&other))),
+            "function hello is owned by user bob; role developer may only delete functions it owns"
+        );
+        assert!(dev.require(Action::ReadFunctions, Some(&other)).is_ok());
+        assert_eq!(
+            refusal(dev.require(Action::ManageUsers, None)),
+            "role developer cannot manage users (needs admin)"
+        );
+        assert_eq!(
+            refusal(dev.require(Action::WatchRoutes, None)),
+            "role developer cannot watch routes (node credentials and admins only)"
+        );
+        let viewer = user(Role::Viewer, None);
+        assert_eq!(
+            refusal(viewer.require(Action::Deploy, None)),
+            "role viewer cannot deploy functions (needs developer)"
+        );
+        assert!(viewer.require(Action::ManageOwnAccount, None).is_ok());
+        let admin = user(Role::Admin, None);
+        for action in [
+            Action::Deploy,
+            Action::DeleteFunction,
+            Action::ManageFunction,
+            Action::ManageUsers,
+            Action::WatchRoutes,
+            Action::ReportCrash,
+            Action::ReadAudit,
+        ] {
+            assert!(admin.require(action, Some(&other)).is_ok(), "{action:?}");
+        }
+        // A scope narrows, never widens.
+        let scoped = user(Role::Admin, Some(Role::Viewer));
+        assert_eq!(scoped.role(), Some(Role::Viewer));
+        assert_eq!(
+            refusal(scoped.require(Action::Deploy, None)),
+            "role viewer cannot deploy functions (needs developer) \
+             (this token is scoped to viewer; user alice is admin)"
+        );
+        assert_eq!(
+            user(Role::Viewer, Some(Role::Admin)).role(),
+            Some(Role::Viewer)
+        );
+        let node = Caller {
+            principal: Principal::Node {
+                node: "edge-1".into(),
+            },
+            token_id: 2,
+        };
+        assert!(node.require(Action::WatchRoutes, None).is_ok());
+        assert!(node.require(Action::ReportCrash, Some(&own)).is_ok());
+        assert_eq!(
+            refusal(node.require(Action::ReadFunctions, None)),
+            "a node credential (node edge-1) cannot read functions: it may only watch routes \
+             and report crashes"
+        );
+        assert!(node.require_node_name(Some("edge-1")).is_ok());
+        assert!(node.require_node_name(None).is_ok());
+        assert_eq!(
+            refusal(node.require_node_name(Some("edge-2"))),
+            "this credential belongs to node edge-1, not to node edge-2"
+        );
+        assert!(admin.require_node_name(Some("edge-2")).is_ok());
     }
 }

@@ -134,27 +134,35 @@ pub struct NewDeployment {
 
 /// Creates the function if new (owned by `owner_id`), takes the next version
 /// under the function row's lock, and inserts the deployment as `building`.
+/// `None` when the function exists, is owned by another user and `any_owner`
+/// (the caller is an admin) is false: nothing is written then.
 pub async fn create_deployment(
     pool: &PgPool,
     name: &str,
     owner_id: i64,
+    any_owner: bool,
     manifest: &Manifest,
     digest: &str,
     artifact: &str,
-) -> Result<NewDeployment, sqlx::Error> {
+) -> Result<Option<NewDeployment>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // One statement: insert or bump `last_version`, holding the row lock
     // until commit, so concurrent deploys get distinct versions.
-    let (function_id, version): (i64, i32) = sqlx::query_as(
+    let row: Option<(i64, i32)> = sqlx::query_as(
         "INSERT INTO functions (name, owner_id, visibility, last_version) VALUES ($1, $2, $3, 1) \
          ON CONFLICT (name) DO UPDATE SET last_version = functions.last_version + 1 \
+         WHERE $4 OR functions.owner_id = $2 \
          RETURNING id, last_version",
     )
     .bind(name)
     .bind(owner_id)
     .bind(visibility(manifest))
-    .fetch_one(&mut *tx)
+    .bind(any_owner)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some((function_id, version)) = row else {
+        return Ok(None);
+    };
     let deployment_id: i64 = sqlx::query_scalar(
         "INSERT INTO deployments \
             (function_id, version, digest, artifact, config, status, created_by) \
@@ -169,11 +177,11 @@ pub async fn create_deployment(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(NewDeployment {
+    Ok(Some(NewDeployment {
         function_id,
         deployment_id,
         version,
-    })
+    }))
 }
 
 fn visibility(manifest: &Manifest) -> &'static str {

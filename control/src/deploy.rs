@@ -114,15 +114,23 @@ pub async fn deploy(
     let digest = format!("sha256:{}", upload.sha256_hex);
     let dir = settings.artifacts_dir();
     let artifact = artifact_path(&upload, &dir);
+    let (user_id, _) = caller.user()?;
     let new = db::create_deployment(
         &state.db,
         &name,
-        caller.user_id,
+        user_id,
+        caller.is_admin(),
         &bundle.manifest,
         &digest,
         &artifact.to_string_lossy(),
     )
-    .await?;
+    .await?
+    .ok_or_else(|| {
+        Error::Forbidden(format!(
+            "function {name} is owned by another user; role {} may only deploy functions it owns",
+            caller.role().map_or("node", |r| r.as_str())
+        ))
+    })?;
     // Stored once the row exists, under the digest's lock: a delete's
     // garbage collection then either sees this deployment or has removed
     // the file before it is stored again (see `gc`).
@@ -141,7 +149,7 @@ pub async fn deploy(
         return Err(err);
     }
     let tag = build::image_tag(&name, new.version);
-    tracing::info!(function = %name, version = new.version, %digest, user = %caller.username, "building");
+    tracing::info!(function = %name, version = new.version, %digest, user = %caller.name(), "building");
     let started = std::time::Instant::now();
     let outcome = build::run(
         &state.podman,

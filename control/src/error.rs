@@ -19,6 +19,9 @@ pub enum Error {
     /// 401: no valid credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: authenticated, but not allowed; says what is missing.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: the named thing does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -31,6 +34,9 @@ pub enum Error {
         field: Option<String>,
         message: String,
     },
+    /// 429: too many attempts; try again after `retry_after_s` seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_s: u64 },
     /// 503: a dependency (Podman, PostgreSQL) is unavailable right now.
     #[error("{0}")]
     Unavailable(String),
@@ -60,9 +66,11 @@ impl Error {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,12 +92,20 @@ impl From<std::io::Error> for Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
         let body = match self {
             Self::BadRequest { field, message } | Self::TooLarge { field, message } => ApiError {
                 error: message,
                 field,
             },
-            Self::Unauthorized(m) | Self::NotFound(m) | Self::Conflict(m) => ApiError {
+            Self::Unauthorized(m)
+            | Self::Forbidden(m)
+            | Self::NotFound(m)
+            | Self::Conflict(m)
+            | Self::TooManyRequests { message: m, .. } => ApiError {
                 error: m,
                 field: None,
             },
@@ -108,7 +124,15 @@ impl IntoResponse for Error {
                 }
             }
         };
+        // The message, for the audit log (`crate::audit`).
+        let message = crate::audit::ErrorMessage(body.error.clone());
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(message);
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 "www-authenticate",

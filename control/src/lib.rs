@@ -4,6 +4,7 @@
 //! PostgreSQL connection.
 
 pub mod archive;
+pub mod audit;
 pub mod auth;
 pub mod build;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod deploy;
 pub mod elf;
 pub mod error;
 pub mod gc;
+pub mod login_limit;
 pub mod revision;
 pub mod routes;
 pub mod server;

@@ -1,10 +1,16 @@
 //! The HTTP API: `/healthz` and `/api/v1/*`. Every `/api/v1` route but
-//! login sits behind the bearer-token middleware.
+//! login sits behind the bearer-token middleware (handlers then call
+//! `Caller::require`); every `/api/v1` route is a route of the audit layer
+//! (`crate::audit::record`: mutating calls are recorded).
 
+pub mod audit;
 pub mod auth;
 pub mod crashes;
 pub mod deployments;
 pub mod functions;
+pub mod nodes;
+pub mod tokens;
+pub mod users;
 pub mod watch;
 
 use std::time::Instant;
@@ -14,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use containerpub_wire::request_id;
 use tracing::Instrument;
 
@@ -41,13 +47,29 @@ pub fn router(state: AppState) -> Router {
             get(crashes::list).post(crashes::report),
         )
         .route("/routes", get(watch::routes))
+        .route("/whoami", get(auth::whoami))
+        .route("/users", get(users::list).post(users::add))
+        .route("/users/{username}", delete(users::remove))
+        .route("/users/{username}/role", put(users::set_role))
+        .route("/users/{username}/password", put(users::set_password))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", delete(tokens::revoke))
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{node}", delete(nodes::revoke))
+        .route("/nodes/{node}/credential", post(nodes::create))
+        .route("/audit", get(audit::list))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_token,
         ));
     let api = Router::new()
         .route("/auth/login", post(auth::login))
-        .merge(protected);
+        .merge(protected)
+        // Outside the token middleware: refused calls are recorded too.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)

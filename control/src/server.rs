@@ -69,6 +69,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         revision: revision_rx,
         watchers: Arc::default(),
         shutdown: shutdown.clone(),
+        login_limits: Arc::default(),
     };
     {
         let mut out = std::io::stdout().lock();
@@ -84,6 +85,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     let app = routes::router(state);
     let signal = shutdown.clone();
+    // The peer address: login limits and the audit log's source.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             wait_for_signal().await;

@@ -21,4 +21,6 @@ pub struct AppState {
     pub watchers: Arc<crate::watchers::Watchers>,
     /// Cancelled on shutdown: long polls answer at once.
     pub shutdown: CancellationToken,
+    /// Login attempts per address and user (`crate::login_limit`).
+    pub login_limits: Arc<crate::login_limit::LoginLimiter>,
 }

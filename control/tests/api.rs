@@ -202,6 +202,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         revision: rx,
         watchers: Arc::default(),
         shutdown,
+        login_limits: Arc::default(),
     };
     TestApp {
         router: routes::router(state.clone()),
@@ -664,9 +665,10 @@ async fn concurrent_deploys_get_distinct_versions() {
         let pool = app.db.pool.clone();
         let manifest = manifest.clone();
         tasks.push(tokio::spawn(async move {
-            db::create_deployment(&pool, "race", 1, &manifest, "sha256:00", "/x")
+            db::create_deployment(&pool, "race", 1, false, &manifest, "sha256:00", "/x")
                 .await
                 .unwrap()
+                .expect("the function's owner deploys")
                 .version
         }));
     }

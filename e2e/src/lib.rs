@@ -165,7 +165,11 @@ impl Drop for Proc {
 pub struct Stack {
     pub control_addr: SocketAddr,
     pub proxy_addr: SocketAddr,
+    /// The bootstrap admin's API token.
     pub token: String,
+    /// The proxy's node credential, minted by the admin at start
+    /// (`POST /api/v1/nodes/{node}/credential`, as `cpub node-token create`).
+    pub node_token: String,
     pub node: String,
     pub dir: tempfile::TempDir,
     base_url: String,
@@ -205,6 +209,7 @@ impl Stack {
                     .as_nanos()
             ),
             node: format!("e2e-{pid}-{n}"),
+            node_token: String::new(),
             dir: tempfile::tempdir()?,
             base_url,
             database,
@@ -219,7 +224,13 @@ impl Stack {
         // stack's process: then the stack starts again on other ports.
         for attempt in 1.. {
             let started = match stack.start_control().await {
-                Ok(()) => stack.start_proxy().await,
+                Ok(()) => match stack.mint_node_token().await {
+                    Ok(token) => {
+                        stack.node_token = token;
+                        stack.start_proxy().await
+                    }
+                    Err(err) => Err(err),
+                },
                 Err(err) => Err(err),
             };
             match started {
@@ -325,6 +336,22 @@ impl Stack {
         self.wait_healthy("control", self.control_addr).await
     }
 
+    /// Mints (or replaces) this stack's node credential with the admin token.
+    async fn mint_node_token(&self) -> Result<String> {
+        let url = format!(
+            "{}/api/v1/nodes/{}/credential?replace=true",
+            self.control_url(),
+            self.node
+        );
+        let response = self.api().post(&url).send().await?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        match body["token"].as_str() {
+            Some(token) if status.is_success() => Ok(token.to_owned()),
+            _ => bail!("minting the node credential: {status} {body}"),
+        }
+    }
+
     /// Kills cpub-control (SIGKILL).
     pub fn stop_control(&mut self) {
         self.control.take();
@@ -335,7 +362,7 @@ impl Stack {
         let env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             ("CPUB_URL".into(), self.control_url()),
-            ("CPUB_TOKEN".into(), self.token.clone()),
+            ("CPUB_NODE_TOKEN".into(), self.node_token.clone()),
             (
                 "CPUB_STATE_DIR".into(),
                 self.dir.path().join("proxy").display().to_string(),

@@ -13,6 +13,8 @@ pub const ENV_LISTEN: &str = "CPUB_PROXY_LISTEN";
 pub const ENV_STATE_DIR: &str = "CPUB_STATE_DIR";
 /// Environment variable: Podman REST socket.
 pub const ENV_PODMAN_SOCKET: &str = "CPUB_PODMAN_SOCKET";
+/// Environment variable: the node credential (`cpub node-token create NODE`).
+pub const ENV_NODE_TOKEN: &str = "CPUB_NODE_TOKEN";
 /// Environment variable: node name written on every container this proxy owns.
 pub const ENV_NODE: &str = "CPUB_NODE";
 /// Environment variable: worker threads of the proxy service.
@@ -40,8 +42,9 @@ pub struct Config {
     #[arg(long, env = containerpub_wire::ENV_URL, default_value = "http://127.0.0.1:7070", value_name = "URL")]
     pub control_url: String,
 
-    /// API token used for the route watch.
-    #[arg(long, env = containerpub_wire::ENV_TOKEN, hide_env_values = true, value_name = "TOKEN")]
+    /// This node's credential (`cpub node-token create NODE`): it may only
+    /// watch routes and report crashes for this node, unlike a user's token.
+    #[arg(long = "node-token", alias = "token", env = ENV_NODE_TOKEN, hide_env_values = true, value_name = "TOKEN")]
     pub token: String,
 
     /// Directory of the local route snapshot (`routes.json`).
@@ -115,11 +118,7 @@ impl Config {
         self.control_url = self.control_url.trim_end_matches('/').to_owned();
 
         if self.token.trim().is_empty() {
-            return Err(bad(
-                "token",
-                containerpub_wire::ENV_TOKEN,
-                "must not be empty",
-            ));
+            return Err(bad("node-token", ENV_NODE_TOKEN, "must not be empty"));
         }
         if self
             .token
@@ -127,8 +126,8 @@ impl Config {
             .any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(bad(
-                "token",
-                containerpub_wire::ENV_TOKEN,
+                "node-token",
+                ENV_NODE_TOKEN,
                 "must not contain spaces or control characters",
             ));
         }
@@ -246,7 +245,7 @@ mod tests {
             "{err}"
         );
         let err = parse(&["--token", " "]).unwrap_err();
-        assert!(err.setting.contains("CPUB_TOKEN"), "{err}");
+        assert!(err.setting.contains("CPUB_NODE_TOKEN"), "{err}");
         let err = parse(&["--token", "t", "--threads", "0"]).unwrap_err();
         assert!(err.setting.contains("--threads"), "{err}");
         let err = parse(&["--token", "t", "--node", "a b"]).unwrap_err();

@@ -76,7 +76,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
 }
 
 /// Reads one line (the password) without its line ending.
-fn read_password_line(input: &mut impl BufRead) -> Result<String> {
+pub(crate) fn read_password_line(input: &mut impl BufRead) -> Result<String> {
     let mut line = String::new();
     input
         .read_line(&mut line)
@@ -90,7 +90,7 @@ fn read_password_line(input: &mut impl BufRead) -> Result<String> {
 
 /// Asks for the password on the terminal (`/dev/tty`) with echo turned off
 /// through `stty`, restoring echo afterwards even on error.
-fn prompt_password(prompt: &str) -> Result<String> {
+pub(crate) fn prompt_password(prompt: &str) -> Result<String> {
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -2,9 +2,9 @@
 //! of a function's instance on its node) and `GET` (the last crash per
 //! node, newest first, for `cpub describe`).
 //!
-//! Any API token may report, as any may follow the routes: proxies use
-//! one. A report only names a deployment of the function and is shown, never
-//! acted on.
+//! Reports come from node credentials (for their own node only) and
+//! admins; any user may read them. A report only names a deployment of the
+//! function and is shown, never acted on.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use containerpub_wire::api::{CrashInfo, CrashReport, MAX_CRASH_OUTPUT_BYTES};
 
+use crate::auth::{Action, Caller};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::routes::check_name;
@@ -24,12 +25,15 @@ const MAX_COUNT: u32 = 1_000_000;
 
 pub async fn report(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode> {
+    caller.require(Action::ReportCrash, None)?;
     check_name(&name)?;
     let report: CrashReport = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_request("body", format!("not a crash report: {e}")))?;
+    caller.require_node_name(Some(&report.node))?;
     containerpub_wire::validate_node_name(&report.node)
         .map_err(|m| Error::bad_request("node", m))?;
     if report.count == 0 || report.count > MAX_COUNT {
@@ -80,8 +84,10 @@ type CrashRow = (String, i32, Option<i32>, String, bool, i64, DateTime<Utc>);
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<CrashInfo>>> {
+    caller.require(Action::ReadFunctions, None)?;
     check_name(&name)?;
     if db::get_function(&state.db, &name).await?.is_none() {
         return Err(Error::NotFound(format!("function {name:?} not found")));

@@ -1,7 +1,6 @@
 //! `POST /api/v1/functions/{name}/deployments` (deploy a `.tar.gz` bundle,
 //! streamed) and `GET` (the function's deployments, newest first).
 
-use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -9,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use containerpub_wire::api::DeploymentInfo;
 
-use crate::auth::Caller;
+use crate::auth::{Action, Caller};
 use crate::db;
 use crate::deploy::{self, Deployed};
 use crate::error::{Error, Result};
@@ -18,8 +17,10 @@ use crate::state::AppState;
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<DeploymentInfo>>> {
+    caller.require(Action::ReadFunctions, None)?;
     check_name(&name)?;
     if db::get_function(&state.db, &name).await?.is_none() {
         return Err(Error::NotFound(format!("function {name:?} not found")));
@@ -31,12 +32,19 @@ pub async fn list(
 /// (status `failed`, `build_log`) when the build failed.
 pub async fn create(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    // Before the upload is read: a viewer does not get to send 64 MiB. The
+    // ownership of an existing function is checked again where the version
+    // is taken (`db::create_deployment`), so a function created meanwhile
+    // by someone else is not taken over.
+    caller.require(Action::Deploy, None)?;
     check_name(&name)?;
+    let existing = db::get_function(&state.db, &name).await?;
+    caller.require(Action::Deploy, existing.as_ref())?;
     let limit = state.settings.limits.max_upload_bytes;
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length

@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use containerpub_wire::api::FunctionInfo;
 
+use crate::auth::{Action, Caller};
 use crate::db::{self, FunctionRow};
 use crate::error::{Error, Result};
 use crate::routes::check_name;
@@ -23,7 +24,11 @@ fn info(row: FunctionRow, public_url: &str) -> FunctionInfo {
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FunctionInfo>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<FunctionInfo>>> {
+    caller.require(Action::ReadFunctions, None)?;
     let rows = db::list_functions(&state.db).await?;
     let url = &state.settings.public_url;
     Ok(Json(rows.into_iter().map(|r| info(r, url)).collect()))
@@ -31,8 +36,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<FunctionInfo
 
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionInfo>> {
+    caller.require(Action::ReadFunctions, None)?;
     check_name(&name)?;
     let row = db::get_function(&state.db, &name)
         .await?
@@ -44,8 +51,17 @@ pub async fn get(
 /// then removes the images (the containers still using them first, with
 /// retries) and the artifacts no other deployment references (see `gc`).
 /// What cannot be removed is logged, not fatal: the function is gone.
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(Action::DeleteFunction, None)?;
     check_name(&name)?;
+    let row = db::get_function(&state.db, &name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
+    caller.require(Action::DeleteFunction, Some(&row))?;
     let deleted = db::delete_function(&state.db, &name)
         .await?
         .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;

@@ -9,6 +9,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use containerpub_wire::api::{RouteTable, WatchQuery};
 
+use crate::auth::{Action, Caller};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -39,9 +40,12 @@ pub fn query_error(rejection: &QueryRejection) -> Error {
 /// shutdown, then answers with the current table either way.
 pub async fn routes(
     State(state): State<AppState>,
+    caller: Caller,
     query: std::result::Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Json<RouteTable>> {
+    caller.require(Action::WatchRoutes, None)?;
     let Query(query) = query.map_err(|e| query_error(&e))?;
+    caller.require_node_name(query.node.as_ref().map(|n| n.as_str()))?;
     if let (Some(since), Some(node)) = (query.since, &query.node) {
         state.watchers.saw(node.as_str(), since);
     }

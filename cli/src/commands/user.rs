@@ -1,0 +1,187 @@
+//! `cpub user add|list|remove|set-role|passwd|whoami`: users and their
+//! roles (admins), a user's own password, and who the current token is.
+
+use std::io::Read;
+
+use anyhow::{Context as _, Result, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use containerpub_wire::access::{NewUser, PasswordChange, Role, UserInfo};
+
+use super::login::{prompt_password, read_password_line};
+use super::{Context, Output, TIME_FORMAT, print_json};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add a user (admins). Its password is read from standard input with
+    /// --password-stdin, else a random one is made and printed once.
+    Add {
+        name: String,
+        /// admin (everything), developer (deploys, manages its own
+        /// functions) or viewer (reads).
+        #[arg(long, default_value = "developer")]
+        role: Role,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users, their roles and how many functions each owns (admins).
+    List {
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Remove a user and revoke its tokens (admins). Refused while it owns
+    /// functions, and for the last admin.
+    Remove { name: String },
+    /// Change a user's role (admins). The last admin cannot be demoted.
+    SetRole { name: String, role: Role },
+    /// Change a password: your own (asks for the current one), or another
+    /// user's (admins).
+    Passwd {
+        /// The user [default: the current token's user].
+        name: Option<String>,
+        /// Read the passwords from standard input: for your own, the current
+        /// one on the first line and the new one on the second; for another
+        /// user's, the new one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Who the current token belongs to, and what it may do.
+    Whoami,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    let client = ctx.client()?;
+    match args.command {
+        Command::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            let (password, generated) = if password_stdin {
+                (read_password_line(&mut std::io::stdin().lock())?, false)
+            } else {
+                (random_password()?, true)
+            };
+            let user = client
+                .add_user(&NewUser {
+                    username: name.clone(),
+                    password: password.clone(),
+                    role,
+                })
+                .await
+                .with_context(|| format!("cannot add user {name}"))?;
+            println!("added user {} ({})", user.username, user.role);
+            if generated {
+                println!("password: {password}");
+                eprintln!("(shown once; the user changes it with `cpub user passwd`)");
+            }
+            Ok(())
+        }
+        Command::List { output } => {
+            let users = client.users().await.context("cannot list users")?;
+            match output {
+                Output::Json => print_json(&users.raw),
+                Output::Table => {
+                    println!("{}", table(&users.typed));
+                    Ok(())
+                }
+            }
+        }
+        Command::Remove { name } => {
+            client
+                .remove_user(&name)
+                .await
+                .with_context(|| format!("cannot remove user {name}"))?;
+            println!("removed user {name}; its tokens no longer work");
+            Ok(())
+        }
+        Command::SetRole { name, role } => {
+            let user = client
+                .set_role(&name, role)
+                .await
+                .with_context(|| format!("cannot change the role of {name}"))?;
+            println!("user {} is now {}", user.username, user.role);
+            Ok(())
+        }
+        Command::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let me = client.whoami().await.context("cannot tell who you are")?;
+            let name = name.unwrap_or_else(|| me.username.clone());
+            let own = name == me.username;
+            let mut stdin = std::io::stdin().lock();
+            let mut read = |prompt: &str| {
+                if password_stdin {
+                    read_password_line(&mut stdin)
+                } else {
+                    prompt_password(prompt)
+                }
+            };
+            let current_password = if own {
+                Some(read("current password: ")?)
+            } else {
+                None
+            };
+            let new_password = read(&format!("new password for {name}: "))?;
+            if !password_stdin && read("repeat it: ")? != new_password {
+                bail!("the two new passwords differ");
+            }
+            client
+                .set_password(
+                    &name,
+                    &PasswordChange {
+                        current_password,
+                        new_password,
+                    },
+                )
+                .await
+                .with_context(|| format!("cannot change the password of {name}"))?;
+            println!("password of {name} changed");
+            Ok(())
+        }
+        Command::Whoami => {
+            let me = client.whoami().await.context("cannot tell who you are")?;
+            if me.effective_role == me.role {
+                println!("{} ({})", me.username, me.role);
+            } else {
+                println!(
+                    "{} ({}; this token is scoped to {})",
+                    me.username, me.role, me.effective_role
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// 18 random bytes from the kernel as hex (144 bits).
+fn random_password() -> Result<String> {
+    let mut bytes = [0u8; 18];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for a password; pass --password-stdin")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn table(users: &[UserInfo]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["USER", "ROLE", "FUNCTIONS", "CREATED"]);
+    for u in users {
+        table.add_row([
+            u.username.clone(),
+            u.role.to_string(),
+            u.functions.to_string(),
+            u.created_at.format(TIME_FORMAT).to_string(),
+        ]);
+    }
+    table
+}

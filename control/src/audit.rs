@@ -1,0 +1,201 @@
+//! The audit log: every mutating call on `/api/v1` (POST, PUT, PATCH,
+//! DELETE — logins included, whatever their result) becomes one row of the
+//! append-only `audit_log` table (migration 0003: triggers refuse UPDATE,
+//! DELETE and TRUNCATE). The API has no call that changes it.
+//!
+//! [`record`] is a route layer on every `/api/v1` route, so an endpoint
+//! added later is audited without doing anything. Who called comes from the
+//! response's extensions (the token middleware puts the [`Caller`] there,
+//! login an [`Actor`]); the action from the matched route (a name from
+//! [`action_name`], else `METHOD /path/{template}`); the function from the
+//! route's `{name}` parameter. The handler runs in a task of its own, and
+//! the row is written there once it answered: a client that goes away
+//! neither cancels a mutating call half-way nor skips its row. A row that
+//! cannot be written is logged as an error (the call has happened).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use containerpub_wire::access::Role;
+use containerpub_wire::request_id;
+use sqlx::PgPool;
+
+use crate::auth::{Caller, Principal};
+use crate::state::AppState;
+
+/// The message of an error answer (set by `Error::into_response`).
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub String);
+
+/// Who made a call that has no [`Caller`] (login).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub role: Option<Role>,
+}
+
+/// The audit name of a route, for the routes of this crate; others are
+/// recorded as `METHOD /path/{template}`.
+pub fn action_name(method: &Method, route: &str) -> Option<&'static str> {
+    let route = route.strip_prefix("/api/v1").unwrap_or(route);
+    Some(match (method.as_str(), route) {
+        ("POST", "/auth/login") => "login",
+        ("POST", "/functions/{name}/deployments") => "deploy",
+        ("DELETE", "/functions/{name}") => "function.delete",
+        ("POST", "/functions/{name}/crashes") => "crash.report",
+        ("POST", "/users") => "user.add",
+        ("DELETE", "/users/{username}") => "user.remove",
+        ("PUT", "/users/{username}/role") => "user.set-role",
+        ("PUT", "/users/{username}/password") => "user.passwd",
+        ("POST", "/tokens") => "token.create",
+        ("DELETE", "/tokens/{id}") => "token.revoke",
+        ("POST", "/nodes/{node}/credential") => "node.credential.create",
+        ("DELETE", "/nodes/{node}") => "node.credential.revoke",
+        _ => return None,
+    })
+}
+
+fn mutating(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// One row, before it is written.
+#[derive(Debug)]
+struct Row {
+    actor_kind: &'static str,
+    actor: Option<String>,
+    role: Option<Role>,
+    action: String,
+    target: String,
+    function: Option<String>,
+    status: i32,
+    error: Option<String>,
+    source: Option<String>,
+    request_id: String,
+}
+
+/// Route layer: runs a mutating call in its own task and records it.
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if !mutating(request.method()) {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    let target = request.uri().path().to_owned();
+    let action = match request.extensions().get::<MatchedPath>() {
+        Some(route) => action_name(&method, route.as_str())
+            .map_or_else(|| format!("{method} {}", route.as_str()), str::to_owned),
+        None => format!("{method} {target}"),
+    };
+    let (mut parts, body) = request.into_parts();
+    let function = RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .ok()
+        .and_then(|params| {
+            params
+                .iter()
+                .find(|(k, _)| *k == "name")
+                .map(|(_, v)| v.to_owned())
+        })
+        .filter(|_| target.contains("/functions/"));
+    let request = Request::from_parts(parts, body);
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    let request_id = request
+        .headers()
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let db = state.db.clone();
+    let task = tokio::spawn(async move {
+        let response = next.run(request).await;
+        let (actor_kind, actor, role) = if let Some(caller) = response.extensions().get::<Caller>()
+        {
+            match &caller.principal {
+                Principal::User { username, .. } => ("user", Some(username.clone()), caller.role()),
+                Principal::Node { node } => ("node", Some(node.clone()), None),
+            }
+        } else if let Some(actor) = response.extensions().get::<Actor>() {
+            ("user", Some(actor.name.clone()), actor.role)
+        } else {
+            ("anonymous", None, None)
+        };
+        let row = Row {
+            actor_kind,
+            actor,
+            role,
+            action,
+            target,
+            function,
+            status: i32::from(response.status().as_u16()),
+            error: response
+                .extensions()
+                .get::<ErrorMessage>()
+                .map(|m| m.0.clone()),
+            source,
+            request_id,
+        };
+        if let Err(err) = insert(&db, &row).await {
+            tracing::error!(error = %err, ?row, "could not write the audit log row");
+        }
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::error!(%err, "audited call task failed");
+            axum::response::IntoResponse::into_response(crate::error::Error::Internal(
+                anyhow::anyhow!("audited call task: {err}"),
+            ))
+        }
+    }
+}
+
+async fn insert(db: &PgPool, row: &Row) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor_kind, actor, role, action, target, function, status, \
+                                error, source, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(row.actor_kind)
+    .bind(&row.actor)
+    .bind(row.role.map(Role::as_str))
+    .bind(&row.action)
+    .bind(&row.target)
+    .bind(&row.function)
+    .bind(row.status)
+    .bind(&row.error)
+    .bind(&row.source)
+    .bind(&row.request_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_actions_and_the_rest() {
+        assert_eq!(
+            action_name(&Method::POST, "/api/v1/functions/{name}/deployments"),
+            Some("deploy")
+        );
+        assert_eq!(
+            action_name(&Method::POST, "/api/v1/auth/login"),
+            Some("login")
+        );
+        assert_eq!(
+            action_name(&Method::POST, "/api/v1/functions/{name}/keys"),
+            None
+        );
+        assert!(mutating(&Method::POST) && mutating(&Method::DELETE) && mutating(&Method::PATCH));
+        assert!(!mutating(&Method::GET) && !mutating(&Method::HEAD));
+    }
+}

@@ -1,0 +1,191 @@
+//! A user's API tokens: `GET /api/v1/tokens[?all=true]`, `POST
+//! /api/v1/tokens` (the token is in the answer, once; only its sha256 is
+//! stored) and `DELETE /api/v1/tokens/{id}` (revocation: the row goes, so
+//! the next call with it is a 401 — nothing caches tokens).
+//!
+//! Any user manages its own tokens; admins list (`all`) and revoke anyone's.
+//! A new token's scope can only narrow: it is at most the calling token's
+//! effective role, so a narrowed token cannot mint a wider one.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use containerpub_wire::access::{
+    CreatedToken, NewToken, Role, TokenInfo, TokenQuery, parse_duration, validate_token_name,
+};
+
+use crate::auth::{self, Action, Caller};
+use crate::error::{Error, Result};
+use crate::routes::users::parse_body;
+use crate::routes::watch::query_error;
+use crate::state::AppState;
+
+type TokenRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+/// The select list of [`TokenRow`], for `concat!`.
+macro_rules! token_select {
+    () => {
+        "SELECT t.id, u.username, t.name, t.kind, t.role_scope, t.created_at, t.expires_at, \
+                t.last_used_at \
+         FROM api_tokens t JOIN users u ON u.id = t.user_id"
+    };
+}
+
+fn token_info(row: TokenRow, caller: &Caller) -> Result<TokenInfo> {
+    let (id, username, name, kind, scope, created_at, expires_at, last_used_at) = row;
+    Ok(TokenInfo {
+        id,
+        username,
+        name,
+        kind,
+        role_scope: scope
+            .as_deref()
+            .map(Role::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("api_tokens.role_scope: {e}"))?,
+        created_at,
+        expires_at,
+        last_used_at,
+        current: id == caller.token_id,
+    })
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: std::result::Result<Query<TokenQuery>, QueryRejection>,
+) -> Result<Json<Vec<TokenInfo>>> {
+    caller.require(Action::ManageOwnAccount, None)?;
+    let Query(query) = query.map_err(|e| query_error(&e))?;
+    let (user_id, _) = caller.user()?;
+    let rows: Vec<TokenRow> = if query.all {
+        caller.require(Action::ManageUsers, None)?;
+        sqlx::query_as(concat!(token_select!(), " ORDER BY u.username, t.id"))
+            .fetch_all(&state.db)
+            .await?
+    } else {
+        sqlx::query_as(concat!(
+            token_select!(),
+            " WHERE t.user_id = $1 ORDER BY t.id"
+        ))
+        .bind(user_id)
+        .fetch_all(&state.db)
+        .await?
+    };
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| token_info(r, &caller))
+            .collect::<Result<_>>()?,
+    ))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CreatedToken>)> {
+    caller.require(Action::ManageOwnAccount, None)?;
+    let (user_id, username) = caller.user()?;
+    let new: NewToken = if body.is_empty() {
+        NewToken::default()
+    } else {
+        parse_body(
+            &body,
+            r#"{"name": "…", "expires": "30d", "role_scope": "viewer|developer|admin"}"#,
+        )?
+    };
+    let name = new.name.unwrap_or_else(|| "token".to_owned());
+    validate_token_name(&name).map_err(|m| Error::bad_request("name", m))?;
+    let expires_s = new
+        .expires
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|m| Error::bad_request("expires", m))?
+        .map(|d| d.as_secs_f64());
+    let effective = caller.role().unwrap_or(Role::Viewer);
+    let scope = match new.role_scope {
+        Some(scope) if scope > effective => {
+            return Err(Error::bad_request(
+                "role_scope",
+                format!(
+                    "a token's scope can only narrow: this token may act as {effective}, \
+                     not {scope}"
+                ),
+            ));
+        }
+        Some(scope) => Some(scope),
+        // A narrowed token mints tokens no wider than itself.
+        None if Some(effective) != caller_user_role(&caller) => Some(effective),
+        None => None,
+    };
+    let token = auth::new_token();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO api_tokens (user_id, token_hash, kind, name, role_scope, expires_at) \
+         VALUES ($1, $2, 'token', $3, $4, now() + make_interval(secs => $5)) RETURNING id",
+    )
+    .bind(user_id)
+    .bind(auth::token_hash(&token))
+    .bind(&name)
+    .bind(scope.map(Role::as_str))
+    .bind(expires_s)
+    .fetch_one(&state.db)
+    .await?;
+    let row: TokenRow = sqlx::query_as(concat!(token_select!(), " WHERE t.id = $1"))
+        .bind(id)
+        .fetch_one(&state.db)
+        .await?;
+    tracing::info!(user = %username, token = id, %name, scope = ?scope, "token created");
+    let info = token_info(row, &caller)?;
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
+}
+
+fn caller_user_role(caller: &Caller) -> Option<Role> {
+    match &caller.principal {
+        auth::Principal::User { role, .. } => Some(*role),
+        auth::Principal::Node { .. } => None,
+    }
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(Action::ManageOwnAccount, None)?;
+    let (user_id, _) = caller.user()?;
+    let id: i64 = id.parse().map_err(|_| {
+        Error::bad_request("id", format!("must be a token id (a number), got {id:?}"))
+    })?;
+    let owner: Option<(i64, String)> = sqlx::query_as(
+        "SELECT u.id, u.username FROM api_tokens t JOIN users u ON u.id = t.user_id \
+         WHERE t.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    let (owner_id, owner) = owner.ok_or_else(|| Error::NotFound(format!("no token {id}")))?;
+    if owner_id != user_id && !caller.is_admin() {
+        return Err(Error::Forbidden(format!(
+            "token {id} belongs to user {owner}; only admins revoke other users' tokens"
+        )));
+    }
+    sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        .bind(id)
+        .execute(&state.db)
+        .await?;
+    tracing::info!(token = id, user = %owner, by = %caller.name(), "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,243 @@
+//! Users (admins only, but a user's own password): `GET` and `POST
+//! /api/v1/users`, `DELETE /api/v1/users/{username}`, `PUT
+//! /api/v1/users/{username}/role` and `PUT /api/v1/users/{username}/password`.
+//!
+//! Two guards keep the platform manageable: the last admin can be neither
+//! removed nor demoted (the admin rows are locked while counting), and a
+//! user who owns functions cannot be removed (delete them first; functions
+//! are never orphaned). Removing a user revokes its tokens (rows cascade).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use containerpub_wire::access::{
+    NewUser, PasswordChange, Role, RoleChange, UserInfo, validate_password, validate_username,
+};
+use serde::de::DeserializeOwned;
+use sqlx::{Postgres, Transaction};
+
+use crate::auth::{self, Action, Caller, PeerAddr};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// A JSON body of type `T`, or a 400 that says what was expected.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request("body", format!("expected {expected}: {e}")))
+}
+
+fn check_username(name: &str) -> Result<()> {
+    validate_username(name).map_err(|m| Error::bad_request("username", m))
+}
+
+type UserRow = (String, String, DateTime<Utc>, i64);
+
+fn user_info((username, role, created_at, functions): UserRow) -> Result<UserInfo> {
+    Ok(UserInfo {
+        username,
+        role: Role::parse(&role).map_err(|e| anyhow::anyhow!("users.role: {e}"))?,
+        created_at,
+        functions,
+    })
+}
+
+/// The select list of [`UserRow`], for `concat!`.
+macro_rules! user_select {
+    () => {
+        "SELECT u.username, u.role, u.created_at, \
+                (SELECT count(*) FROM functions f WHERE f.owner_id = u.id) \
+         FROM users u"
+    };
+}
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<UserInfo>>> {
+    caller.require(Action::ManageUsers, None)?;
+    let rows: Vec<UserRow> = sqlx::query_as(concat!(user_select!(), " ORDER BY u.username"))
+        .fetch_all(&state.db)
+        .await?;
+    Ok(Json(
+        rows.into_iter().map(user_info).collect::<Result<_>>()?,
+    ))
+}
+
+async fn get_user(state: &AppState, username: &str) -> Result<UserInfo> {
+    let row: Option<UserRow> = sqlx::query_as(concat!(user_select!(), " WHERE u.username = $1"))
+        .bind(username)
+        .fetch_optional(&state.db)
+        .await?;
+    user_info(row.ok_or_else(|| Error::NotFound(format!("user {username:?} not found")))?)
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<UserInfo>)> {
+    caller.require(Action::ManageUsers, None)?;
+    let new: NewUser = parse_body(
+        &body,
+        r#"{"username": "…", "password": "…", "role": "admin|developer|viewer"}"#,
+    )?;
+    check_username(&new.username)?;
+    validate_password(&new.password).map_err(|m| Error::bad_request("password", m))?;
+    let phc = auth::hash_password_async(&new.password).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) \
+         ON CONFLICT (username) DO NOTHING",
+    )
+    .bind(&new.username)
+    .bind(phc)
+    .bind(new.role.as_str())
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(Error::Conflict(format!(
+            "user {:?} already exists",
+            new.username
+        )));
+    }
+    tracing::info!(user = %new.username, role = %new.role, by = %caller.name(), "user added");
+    Ok((
+        StatusCode::CREATED,
+        Json(get_user(&state, &new.username).await?),
+    ))
+}
+
+/// Locks every admin row (so two calls cannot both remove "the other"
+/// admin) and answers 409 when `username` is the only admin.
+async fn refuse_last_admin(
+    tx: &mut Transaction<'_, Postgres>,
+    username: &str,
+    what: &str,
+) -> Result<()> {
+    let admins: Vec<String> =
+        sqlx::query_scalar("SELECT username FROM users WHERE role = 'admin' FOR UPDATE")
+            .fetch_all(&mut **tx)
+            .await?;
+    if admins.len() == 1 && admins[0] == username {
+        return Err(Error::Conflict(format!(
+            "user {username} is the last admin and cannot be {what}; make another user admin first"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(Action::ManageUsers, None)?;
+    check_username(&username)?;
+    let mut tx = state.db.begin().await?;
+    refuse_last_admin(&mut tx, &username, "removed").await?;
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE username = $1 FOR UPDATE")
+        .bind(&username)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (id,) = row.ok_or_else(|| Error::NotFound(format!("user {username:?} not found")))?;
+    let owned: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM functions WHERE owner_id = $1 ORDER BY name")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    if !owned.is_empty() {
+        return Err(Error::Conflict(format!(
+            "user {username} owns functions ({}); delete them first",
+            owned.join(", ")
+        )));
+    }
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(user = %username, by = %caller.name(), "user removed, its tokens revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn set_role(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+    body: Bytes,
+) -> Result<Json<UserInfo>> {
+    caller.require(Action::ManageUsers, None)?;
+    check_username(&username)?;
+    let change: RoleChange = parse_body(&body, r#"{"role": "admin|developer|viewer"}"#)?;
+    let mut tx = state.db.begin().await?;
+    if change.role != Role::Admin {
+        refuse_last_admin(&mut tx, &username, "demoted").await?;
+    }
+    let updated = sqlx::query("UPDATE users SET role = $2 WHERE username = $1")
+        .bind(&username)
+        .bind(change.role.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        return Err(Error::NotFound(format!("user {username:?} not found")));
+    }
+    tx.commit().await?;
+    tracing::info!(user = %username, role = %change.role, by = %caller.name(), "role changed");
+    Ok(Json(get_user(&state, &username).await?))
+}
+
+/// A user's own password (with the current one; counted by the login
+/// limits), or anyone's by an admin.
+pub async fn set_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    peer: PeerAddr,
+    Path(username): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode> {
+    check_username(&username)?;
+    let own = caller.user().is_ok_and(|(_, name)| name == username);
+    if own {
+        caller.require(Action::ManageOwnAccount, None)?;
+    } else {
+        caller.require(Action::ManageUsers, None)?;
+    }
+    let change: PasswordChange =
+        parse_body(&body, r#"{"current_password": "…", "new_password": "…"}"#)?;
+    validate_password(&change.new_password).map_err(|m| Error::bad_request("new_password", m))?;
+    if own {
+        let current = change.current_password.as_deref().ok_or_else(|| {
+            Error::bad_request(
+                "current_password",
+                "changing your own password needs the current one",
+            )
+        })?;
+        let address = peer.text();
+        state
+            .login_limits
+            .attempt(&address, &username)
+            .map_err(|retry_after_s| Error::TooManyRequests {
+                message: format!("too many password attempts; try again in {retry_after_s} s"),
+                retry_after_s,
+            })?;
+        if auth::check_login(&state.db, &username, current)
+            .await?
+            .is_none()
+        {
+            state.login_limits.failed(&username);
+            return Err(Error::Forbidden("the current password is wrong".to_owned()));
+        }
+    }
+    let phc = auth::hash_password_async(&change.new_password).await?;
+    let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
+        .bind(&username)
+        .bind(phc)
+        .execute(&state.db)
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        return Err(Error::NotFound(format!("user {username:?} not found")));
+    }
+    tracing::info!(user = %username, by = %caller.name(), "password changed");
+    Ok(StatusCode::NO_CONTENT)
+}
