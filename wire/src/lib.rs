@@ -6,6 +6,7 @@
 //! This crate has no I/O. Everything here is data plus validation, so each
 //! side checks a value with exactly the rules the other side uses.
 
+pub mod access;
 pub mod api;
 pub mod manifest;
 pub mod request_id;
