@@ -3,6 +3,7 @@
 //! activate) and the route watch proxies follow. The only crate that opens a
 //! PostgreSQL connection.
 
+pub mod access;
 pub mod archive;
 pub mod auth;
 pub mod build;
@@ -17,4 +18,5 @@ pub mod revision;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod vault;
 pub mod watchers;

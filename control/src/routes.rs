@@ -5,6 +5,8 @@ pub mod auth;
 pub mod crashes;
 pub mod deployments;
 pub mod functions;
+pub mod keys;
+pub mod secrets;
 pub mod watch;
 
 use std::time::Instant;
@@ -14,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use containerpub_wire::request_id;
 use tracing::Instrument;
 
@@ -39,6 +41,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/functions/{name}/crashes",
             get(crashes::list).post(crashes::report),
+        )
+        .route("/functions/{name}/keys", get(keys::list).post(keys::create))
+        .route("/functions/{name}/keys/{id}", delete(keys::revoke))
+        .route("/functions/{name}/secrets", get(secrets::list))
+        .route(
+            "/functions/{name}/secrets/{key}",
+            put(secrets::set).delete(secrets::unset),
         )
         .route("/routes", get(watch::routes))
         .route_layer(middleware::from_fn_with_state(
