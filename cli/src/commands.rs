@@ -4,8 +4,10 @@ mod delete;
 mod deploy;
 mod describe;
 mod invoke;
+mod key;
 mod list;
 mod login;
+mod secret;
 
 use std::path::PathBuf;
 
@@ -41,6 +43,10 @@ enum Command {
     Delete(delete::Args),
     /// Call a function through the proxy and print its answer.
     Invoke(invoke::Args),
+    /// Invocation keys of a private function: create, list, revoke.
+    Key(key::Args),
+    /// Secrets of a function (environment at instance start): set, list, unset.
+    Secret(secret::Args),
 }
 
 /// How listing commands print.
@@ -89,6 +95,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => describe::run(&ctx, args).await,
         Command::Delete(args) => delete::run(&ctx, args).await,
         Command::Invoke(args) => invoke::run(&ctx, args).await,
+        Command::Key(args) => key::run(&ctx, args).await,
+        Command::Secret(args) => secret::run(&ctx, args).await,
     }
 }
 
