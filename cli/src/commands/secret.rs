@@ -55,7 +55,7 @@ enum SecretCommand {
 
 /// Reads at most the limit + 1 bytes from `from`, drops one trailing
 /// newline, and checks the value.
-fn read_value(mut from: impl Read, source: &str) -> Result<String> {
+fn read_value(from: impl Read, source: &str) -> Result<String> {
     let mut bytes = Vec::new();
     from.take(MAX_SECRET_VALUE_BYTES as u64 + 2)
         .read_to_end(&mut bytes)
