@@ -7,13 +7,17 @@ use containerpub_wire::api::{Route, RouteTable};
 
 /// A route of `name` whose `[scaling]` section is `scaling` (TOML lines).
 pub fn route(name: &str, scaling: &str) -> Route {
-    let text = format!("name = \"{name}\"\nruntime = \"container\"\n[scaling]\n{scaling}\n");
+    let text = format!(
+        "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n[scaling]\n{scaling}\n"
+    );
     Route {
         function: name.to_owned(),
         deployment_id: 1,
         version: 1,
         image: format!("localhost/cpub/{name}:1"),
         config: Manifest::parse(&text).expect("bench manifest is valid"),
+        keys: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 

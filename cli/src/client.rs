@@ -295,6 +295,30 @@ impl Client {
         }
         Err(ApiFailure::from_response(response).await.into())
     }
+
+    /// `method` on `path` (below `/api/v1`) with an optional JSON body; the
+    /// answer's JSON, or `None` for an empty one (204). For the commands
+    /// that need no parsing of their own (`key`, `secret`).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>> {
+        let mut request = self.http.request(method.clone(), self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self.send(request).await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let value = response
+            .json()
+            .await
+            .with_context(|| format!("invalid JSON from {method} {path}"))?;
+        Ok(Some(value))
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@ mod delete;
 mod deploy;
 mod describe;
 mod invoke;
+mod key;
 mod list;
 mod login;
 mod node_token;
+mod secret;
 mod token;
 mod user;
 
@@ -53,6 +55,10 @@ enum Command {
     NodeToken(node_token::Args),
     /// The audit log of mutating calls (admins).
     Audit(audit::Args),
+    /// Invocation keys of a private function: create, list, revoke.
+    Key(key::Args),
+    /// Secrets of a function (environment at instance start): set, list, unset.
+    Secret(secret::Args),
 }
 
 /// How listing commands print.
@@ -105,6 +111,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token(args) => token::run(&ctx, args).await,
         Command::NodeToken(args) => node_token::run(&ctx, args).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
+        Command::Key(args) => key::run(&ctx, args).await,
+        Command::Secret(args) => secret::run(&ctx, args).await,
     }
 }
 

@@ -218,6 +218,25 @@ impl Caller {
         Ok(())
     }
 
+    /// [`Caller::require`] for a call on the existing function `name`:
+    /// checks the role first (so a refused caller learns nothing about the
+    /// function), then loads the function (404 if missing), then checks
+    /// ownership. Returns the function's row.
+    pub async fn require_function(
+        &self,
+        db: &sqlx::PgPool,
+        action: Action,
+        name: &str,
+    ) -> Result<FunctionRow> {
+        self.require(action, None)?;
+        crate::routes::check_name(name)?;
+        let row = crate::db::get_function(db, name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
+        self.require(action, Some(&row))?;
+        Ok(row)
+    }
+
     /// For node credentials: the node name a call claims (on the route
     /// watch, in a crash report) must be the credential's own.
     pub fn require_node_name(&self, claimed: Option<&str>) -> Result<()> {

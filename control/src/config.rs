@@ -318,6 +318,11 @@ impl Settings {
         self.data_dir.join("artifacts").join("sha256")
     }
 
+    /// The master key file that seals function secrets (`crate::vault`).
+    pub fn master_key_path(&self) -> PathBuf {
+        self.data_dir.join(crate::vault::MASTER_KEY_FILE)
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
         self.data_dir.join("tmp")
     }

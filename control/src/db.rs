@@ -364,8 +364,12 @@ type RouteRow = (
     sqlx::types::Json<Manifest>,
 );
 
-/// The route table and its revision, read from one snapshot.
-pub async fn route_table(pool: &PgPool) -> Result<RouteTable, sqlx::Error> {
+/// The route table and its revision, read from one snapshot, with each
+/// function's key digests and opened secrets (`crate::access`).
+pub async fn route_table(
+    pool: &PgPool,
+    vault: &crate::vault::Vault,
+) -> Result<RouteTable, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -380,8 +384,7 @@ pub async fn route_table(pool: &PgPool) -> Result<RouteTable, sqlx::Error> {
     )
     .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
-    let routes = rows
+    let mut routes: Vec<Route> = rows
         .into_iter()
         .filter_map(|(function, deployment_id, version, image, config)| {
             Some(Route {
@@ -390,9 +393,13 @@ pub async fn route_table(pool: &PgPool) -> Result<RouteTable, sqlx::Error> {
                 version,
                 image: image?,
                 config: config.0,
+                keys: Vec::new(),
+                secrets: Vec::new(),
             })
         })
         .collect();
+    crate::access::fill_routes(&mut tx, vault, &mut routes).await?;
+    tx.commit().await?;
     Ok(RouteTable { revision, routes })
 }
 

@@ -3,6 +3,7 @@
 //! activate) and the route watch proxies follow. The only crate that opens a
 //! PostgreSQL connection.
 
+pub mod access;
 pub mod archive;
 pub mod audit;
 pub mod auth;
@@ -19,4 +20,5 @@ pub mod revision;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod vault;
 pub mod watchers;

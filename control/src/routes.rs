@@ -8,7 +8,9 @@ pub mod auth;
 pub mod crashes;
 pub mod deployments;
 pub mod functions;
+pub mod keys;
 pub mod nodes;
+pub mod secrets;
 pub mod tokens;
 pub mod users;
 pub mod watch;
@@ -45,6 +47,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/functions/{name}/crashes",
             get(crashes::list).post(crashes::report),
+        )
+        .route("/functions/{name}/keys", get(keys::list).post(keys::create))
+        .route("/functions/{name}/keys/{id}", delete(keys::revoke))
+        .route("/functions/{name}/secrets", get(secrets::list))
+        .route(
+            "/functions/{name}/secrets/{key}",
+            put(secrets::set).delete(secrets::unset),
         )
         .route("/routes", get(watch::routes))
         .route("/whoami", get(auth::whoami))

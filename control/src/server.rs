@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::state::AppState;
-use crate::{auth, db, gc, revision, routes};
+use crate::{auth, db, gc, revision, routes, vault};
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -31,6 +31,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .await
     .context("bootstrapping the admin user")?;
+    let vault = vault::Vault::open_or_create(&settings.master_key_path())
+        .context("opening the master key file")?;
+    match vault::reseal_all(&pool, &vault).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "secrets sealed again under the first master key"),
+        Err(err) => tracing::warn!(err = format!("{err:#}"), "resealing secrets"),
+    }
     let stale = db::fail_stale_builds(&pool, settings.build_timeout * 2).await?;
     if stale > 0 {
         tracing::warn!(count = stale, "marked abandoned builds as failed");
@@ -68,6 +75,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings: Arc::new(settings),
         revision: revision_rx,
         watchers: Arc::default(),
+        vault: Arc::new(vault),
         shutdown: shutdown.clone(),
         login_limits: Arc::default(),
     };

@@ -19,6 +19,8 @@ pub struct AppState {
     pub revision: watch::Receiver<i64>,
     /// Proxies following the routes, and the revision each has applied.
     pub watchers: Arc<crate::watchers::Watchers>,
+    /// The master keys that seal function secrets (`crate::vault`).
+    pub vault: Arc<crate::vault::Vault>,
     /// Cancelled on shutdown: long polls answer at once.
     pub shutdown: CancellationToken,
     /// Login attempts per address and user (`crate::login_limit`).

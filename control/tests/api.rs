@@ -201,6 +201,10 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         podman: Podman::new(podman_socket()),
         revision: rx,
         watchers: Arc::default(),
+        vault: Arc::new(
+            containerpub_control::vault::Vault::open_or_create(&data.path().join("master.key"))
+                .expect("master key"),
+        ),
         shutdown,
         login_limits: Arc::default(),
     };
@@ -1032,4 +1036,183 @@ async fn crash_reports_are_checked_stored_per_node_and_listed() {
         .await
         .unwrap();
     assert_eq!(left, 0);
+}
+
+/// Issue 10: invocation keys (shown once, stored hashed, digests in the
+/// route table, gone once revoked) and secrets (sealed at rest, names only
+/// in answers, opened in the route table), each change bumping the route
+/// revision; bad input named.
+#[tokio::test]
+async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
+    use containerpub_wire::private::{KeyCreated, KeyInfo, SecretInfo};
+    let app = app().await;
+    let db = &app.state.db;
+    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let function: i64 = sqlx::query_scalar(
+        "INSERT INTO functions (name, owner_id, last_version) VALUES ('priv', $1, 1) RETURNING id",
+    )
+    .bind(owner)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let config = serde_json::json!({"name": "priv", "runtime": "container"});
+    let deployment: i64 = sqlx::query_scalar(
+        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
+         VALUES ($1, 1, 'sha256:00', '/nowhere', $2, 'active', 'img') RETURNING id",
+    )
+    .bind(function)
+    .bind(&config)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
+        .bind(deployment)
+        .bind(&config)
+        .bind(function)
+        .execute(db)
+        .await
+        .unwrap();
+    let send = |method: &str, uri: &str, body: &str| {
+        authed(Request::builder().method(method).uri(uri))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
+    let before = table().await.revision;
+
+    // Keys: shown once, stored as a digest only, in the table until revoked.
+    let reply = app
+        .send(send(
+            "POST",
+            "/api/v1/functions/priv/keys",
+            r#"{"label":"ci"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let created: KeyCreated = reply.json();
+    assert!(containerpub_wire::private::is_key_shaped(&created.key));
+    assert!(created.key.starts_with(&created.info.prefix));
+    let stored: Vec<String> = sqlx::query_scalar("SELECT key_hash FROM function_keys")
+        .fetch_all(db)
+        .await
+        .unwrap();
+    let digest = containerpub_control::access::key_digest(&created.key);
+    assert_eq!(stored, [hex::encode(digest)], "only the hash is stored");
+    let t = table().await;
+    assert!(t.revision > before, "a key change bumps the revision");
+    assert_eq!(t.routes[0].keys.len(), 1);
+    assert_eq!(t.routes[0].keys[0].0, digest);
+    let listed: Vec<KeyInfo> = app.get("/api/v1/functions/priv/keys").await.json();
+    assert_eq!(listed, std::slice::from_ref(&created.info));
+    assert!(
+        !app.get("/api/v1/functions/priv/keys")
+            .await
+            .body
+            .windows(20)
+            .any(|w| created.key.as_bytes().windows(20).any(|k| k == w))
+    );
+    let revoke = format!("/api/v1/functions/priv/keys/{}", created.info.id);
+    assert_eq!(
+        app.send(send("DELETE", &revoke, "")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        table().await.routes[0].keys.is_empty(),
+        "revoked keys leave the table"
+    );
+    assert_eq!(
+        app.send(send("DELETE", &revoke, "")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for (uri, body, status, field) in [
+        ("/api/v1/functions/priv/keys/abc", "", "DELETE", "id"),
+        (
+            "/api/v1/functions/priv/keys",
+            r#"{"label":"a\nb"}"#,
+            "POST",
+            "label",
+        ),
+        (
+            "/api/v1/functions/priv/keys",
+            r#"{"nope":1}"#,
+            "POST",
+            "body",
+        ),
+    ] {
+        let reply = app.send(send(status, uri, body)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri} {body}");
+        assert_eq!(reply.error().field.as_deref(), Some(field), "{uri} {body}");
+    }
+    let reply = app
+        .send(send("POST", "/api/v1/functions/ghost/keys", ""))
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    // Secrets: sealed at rest, names only in answers, opened in the table.
+    let reply = app
+        .send(send(
+            "PUT",
+            "/api/v1/functions/priv/secrets/DB_PASSWORD",
+            r#"{"value":"hunter2-secret"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.error());
+    let raw: Vec<Vec<u8>> = sqlx::query_scalar("SELECT ciphertext FROM function_secrets")
+        .fetch_all(db)
+        .await
+        .unwrap();
+    assert!(
+        !raw[0].windows(7).any(|w| w == b"hunter2"),
+        "sealed at rest"
+    );
+    let names: Vec<SecretInfo> = app.get("/api/v1/functions/priv/secrets").await.json();
+    assert_eq!(
+        names.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["DB_PASSWORD"]
+    );
+    for uri in [
+        "/api/v1/functions/priv/secrets",
+        "/api/v1/functions/priv",
+        "/api/v1/functions",
+    ] {
+        let body = app.get(uri).await.body;
+        assert!(
+            !String::from_utf8_lossy(&body).contains("hunter2"),
+            "{uri} shows a value"
+        );
+    }
+    let t = table().await;
+    assert_eq!(t.routes[0].secrets.len(), 1);
+    assert_eq!(t.routes[0].secrets[0].value.0, "hunter2-secret");
+    for (key, body, field) in [
+        ("lower", r#"{"value":"x"}"#, "key"),
+        ("PORT", r#"{"value":"x"}"#, "key"),
+        ("OK", r#"{"value":"a\u0000b"}"#, "value"),
+        ("OK", "hunter2", "body"),
+    ] {
+        let reply = app
+            .send(send(
+                "PUT",
+                &format!("/api/v1/functions/priv/secrets/{key}"),
+                body,
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{key} {body}");
+        assert_eq!(reply.error().field.as_deref(), Some(field), "{key} {body}");
+        assert!(!String::from_utf8_lossy(&reply.body).contains("hunter2"));
+    }
+    let unset = "/api/v1/functions/priv/secrets/DB_PASSWORD";
+    assert_eq!(
+        app.send(send("DELETE", unset, "")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(table().await.routes[0].secrets.is_empty());
+    assert_eq!(
+        app.send(send("DELETE", unset, "")).await.status,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -233,6 +233,8 @@ fn bench_spec(function: &str, image: &str, label: &str) -> Result<ContainerSpec>
         version: 1,
         image: image.into(),
         config: Manifest::parse(&manifest).context("bench manifest")?,
+        keys: Vec::new(),
+        secrets: Vec::new(),
     };
     let (key, value) = label.split_once('=').context("label is key=value")?;
     let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);

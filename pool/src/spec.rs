@@ -31,6 +31,11 @@ const STOP_TIMEOUT_S: u32 = 2;
 pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec {
     let cfg = &route.config;
     let mut env = cfg.env.clone();
+    // Secrets (names checked by the control plane: never `PORT`) override
+    // a manifest default of the same name.
+    for secret in &route.secrets {
+        env.insert(secret.name.clone(), secret.value.0.clone());
+    }
     env.insert("PORT".into(), cfg.port.to_string());
     let memory = u64::from(cfg.resources.memory_mb) * 1024 * 1024;
     let quota = (cfg.resources.cpu * CPU_PERIOD_US as f64)
@@ -105,6 +110,7 @@ mod tests {
     use containerpub_wire::Manifest;
 
     use super::*;
+    use containerpub_wire::private::{SecretValue, SecretVar};
 
     #[test]
     fn spec_applies_isolation_defaults() {
@@ -118,6 +124,17 @@ mod tests {
             version: 1,
             image: "localhost/x:v1".into(),
             config,
+            keys: Vec::new(),
+            secrets: vec![
+                SecretVar {
+                    name: "A".into(),
+                    value: SecretValue("from-secret".into()),
+                },
+                SecretVar {
+                    name: "S".into(),
+                    value: SecretValue("s3".into()),
+                },
+            ],
         };
         let s = container_spec(&route, "n1", "cpub");
         assert_eq!(s.cap_drop, ["ALL"]);
@@ -130,7 +147,8 @@ mod tests {
         assert_eq!(limits.cpu.as_ref().unwrap().quota, 25_000);
         assert_eq!(limits.pids.as_ref().unwrap().limit, 32);
         assert_eq!(s.env["PORT"], "8080");
-        assert_eq!(s.env["A"], "1");
+        assert_eq!(s.env["A"], "from-secret", "a secret overrides the manifest");
+        assert_eq!(s.env["S"], "s3");
         assert_eq!(s.labels["cpub.deployment"], "7");
         assert_eq!(s.labels["cpub.node"], "n1");
         assert!(s.networks.contains_key("cpub"));

@@ -38,6 +38,8 @@ fn route(name: &str) -> Route {
         version: 1,
         image: IMAGE.into(),
         config: Manifest::parse(&text).unwrap(),
+        keys: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 

@@ -48,6 +48,8 @@ fn route_with(name: &str, deployment_id: i64, scaling: &str) -> Route {
         version: 1,
         image: "img".into(),
         config: Manifest::parse(&text).unwrap(),
+        keys: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 

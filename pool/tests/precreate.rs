@@ -35,6 +35,8 @@ fn route(name: &str, deployment_id: i64, env: &str) -> Route {
         version: 1,
         image: IMAGE.into(),
         config: Manifest::parse(&text).unwrap(),
+        keys: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 

@@ -9,6 +9,10 @@ use clap::Parser;
 
 /// Environment variable: listen address of the proxy.
 pub const ENV_LISTEN: &str = "CPUB_PROXY_LISTEN";
+/// Environment variable: listen address of the admin endpoints (`/metrics`).
+pub const ENV_ADMIN_LISTEN: &str = "CPUB_PROXY_ADMIN_LISTEN";
+/// Default admin address: loopback only, the Prometheus exporter port range.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// Environment variable: directory of the route snapshot.
 pub const ENV_STATE_DIR: &str = "CPUB_STATE_DIR";
 /// Environment variable: Podman REST socket.
@@ -37,6 +41,13 @@ pub struct Config {
     /// Address the proxy listens on for function calls.
     #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: SocketAddr,
+
+    /// Address of the admin endpoints (`GET /metrics`, `GET /healthz`),
+    /// apart from the public listener, which serves only functions and
+    /// `/healthz`. Keep it off the public network: the metrics name every
+    /// function.
+    #[arg(long, env = ENV_ADMIN_LISTEN, default_value = DEFAULT_ADMIN_LISTEN, value_name = "ADDR")]
+    pub admin_listen: SocketAddr,
 
     /// Base URL of the control plane; routes are watched at `/api/v1/routes`.
     #[arg(long, env = containerpub_wire::ENV_URL, default_value = "http://127.0.0.1:7070", value_name = "URL")]
@@ -132,6 +143,16 @@ impl Config {
             ));
         }
 
+        if self.admin_listen == self.listen {
+            return Err(bad(
+                "admin-listen",
+                ENV_ADMIN_LISTEN,
+                format!(
+                    "must differ from the public listener ({}): /metrics stays off it",
+                    self.listen
+                ),
+            ));
+        }
         if self.state_dir.as_os_str().is_empty() {
             return Err(bad("state-dir", ENV_STATE_DIR, "must not be empty"));
         }
@@ -228,6 +249,7 @@ mod tests {
     fn defaults_are_filled_in() {
         let c = parse(&["--token", "t"]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:9464".parse().unwrap());
         assert_eq!(c.grace_period_s, 5);
         assert!(c.threads() >= 1);
         assert_eq!(c.node(), "n1");
@@ -248,6 +270,8 @@ mod tests {
         assert!(err.setting.contains("CPUB_NODE_TOKEN"), "{err}");
         let err = parse(&["--token", "t", "--threads", "0"]).unwrap_err();
         assert!(err.setting.contains("--threads"), "{err}");
+        let err = parse(&["--token", "t", "--admin-listen", "127.0.0.1:8080"]).unwrap_err();
+        assert!(err.setting.contains("CPUB_PROXY_ADMIN_LISTEN"), "{err}");
         let err = parse(&["--token", "t", "--node", "a b"]).unwrap_err();
         assert!(err.setting.contains("--node"), "{err}");
     }

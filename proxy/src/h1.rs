@@ -897,6 +897,12 @@ pub struct OwnAnswer<'a> {
 }
 
 pub fn write_own_answer(out: &mut Vec<u8>, a: &OwnAnswer<'_>) {
+    write_own_answer_with(out, a, &[]);
+}
+
+/// [`write_own_answer`] with `extra` fields (name, value) after the
+/// others (e.g. the `www-authenticate` of a 401).
+pub fn write_own_answer_with(out: &mut Vec<u8>, a: &OwnAnswer<'_>, extra: &[(&[u8], &[u8])]) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(a.status));
     out.push(b' ');
@@ -911,6 +917,9 @@ pub fn write_own_answer(out: &mut Vec<u8>, a: &OwnAnswer<'_>) {
         out.extend_from_slice(b"retry-after: ");
         push_u64(out, u64::from(s));
         out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in extra {
+        push_field(out, name, value);
     }
     if a.close {
         out.extend_from_slice(b"connection: close\r\n");

@@ -2,6 +2,8 @@
 //! thin `main.rs` over these modules, and the benches (`benches/`) call the
 //! hot paths (route lookup, path parsing, header rewriting) directly.
 
+pub mod access;
+pub mod admin;
 pub mod chunked;
 pub mod config;
 pub mod crashes;

@@ -21,6 +21,7 @@ use containerpub_pool::{Podman, Pool, PoolConfig};
 use containerpub_wire::api::NodeName;
 use tracing::{error, info, warn};
 
+use containerpub_proxy::admin;
 use containerpub_proxy::config::{Config, EXIT_CONFIG};
 use containerpub_proxy::crashes;
 use containerpub_proxy::metrics;
@@ -119,6 +120,16 @@ fn run(config: Config) -> i32 {
         config.node().to_owned(),
     ));
 
+    let admin = match server::bind(config.admin_listen)
+        .and_then(|l| background.block_on(async { tokio::net::TcpListener::from_std(l) }))
+    {
+        Ok(admin) => admin,
+        Err(e) => {
+            error!(admin_listen = %config.admin_listen, error = %e, "cannot listen for the admin endpoints");
+            return 1;
+        }
+    };
+    background.spawn(admin::serve(admin, routes.clone()));
     let listener = match server::bind(config.listen) {
         Ok(listener) => listener,
         Err(e) => {
@@ -128,6 +139,7 @@ fn run(config: Config) -> i32 {
     };
     info!(
         listen = %config.listen,
+        admin_listen = %config.admin_listen,
         node = config.node(),
         threads = config.threads(),
         control = %config.control_url,

@@ -103,10 +103,14 @@ pub enum Rejection {
     RuntimeUnavailable,
     /// A request that is not valid HTTP/1.1 (or too large a head).
     BadRequest,
+    /// A private function called without a key (401).
+    MissingKey,
+    /// A private function called with a wrong or revoked key (403).
+    BadKey,
 }
 
 impl Rejection {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::NotFound,
         Self::UnknownFunction,
         Self::BodyTooLarge,
@@ -115,6 +119,8 @@ impl Rejection {
         Self::StartFailed,
         Self::RuntimeUnavailable,
         Self::BadRequest,
+        Self::MissingKey,
+        Self::BadKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +133,8 @@ impl Rejection {
             Self::StartFailed => "start_failed",
             Self::RuntimeUnavailable => "runtime_unavailable",
             Self::BadRequest => "bad_request",
+            Self::MissingKey => "missing_key",
+            Self::BadKey => "bad_key",
         }
     }
 }

@@ -196,10 +196,10 @@ pub fn load_snapshot_or_empty(path: &Path) -> RouteTable {
 
 /// Writes a snapshot atomically (`containerpub_util::fs::write_atomic`: a
 /// temporary file in the same directory, flushed to disk, renamed over the
-/// old one).
+/// old one), readable by its owner only: it holds the functions' secrets.
 pub fn save_snapshot(path: &Path, table: &RouteTable) -> Result<(), SnapshotError> {
     let json = serde_json::to_vec_pretty(table).expect("a route table always serializes");
-    write_atomic(path, &json, Modes::PUBLIC).map_err(|source| SnapshotError::Io {
+    write_atomic(path, &json, Modes::PRIVATE).map_err(|source| SnapshotError::Io {
         path: path.to_owned(),
         source,
     })
@@ -352,6 +352,8 @@ mod tests {
             version: 1,
             image: format!("localhost/cpub-{name}:1"),
             config: manifest,
+            keys: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
@@ -372,6 +374,9 @@ mod tests {
         };
         save_snapshot(&path, &table).unwrap();
         assert_eq!(load_snapshot(&path).unwrap(), Some(table.clone()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the snapshot holds secrets");
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())

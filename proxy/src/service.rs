@@ -462,6 +462,8 @@ mod tests {
                 version: 1,
                 image: "img".into(),
                 config: manifest,
+                keys: Vec::new(),
+                secrets: Vec::new(),
             },
             metrics: metrics::FunctionMetrics::new("svc-rec"),
             pool_handle: Default::default(),

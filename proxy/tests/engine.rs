@@ -407,7 +407,7 @@ async fn answer(tcp: &mut tokio::net::TcpStream, req: &Seen) -> std::io::Result<
 /// Function `t`: a short timeout and a small body limit.
 fn route() -> Route {
     let text = format!(
-        "name = \"t\"\nruntime = \"container\"\nhealth_path = \"{HEALTH}\"\n\
+        "name = \"t\"\nruntime = \"container\"\nvisibility = \"public\"\nhealth_path = \"{HEALTH}\"\n\
          [resources]\ntimeout_ms = {TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY}\n\
          [scaling]\nmin_instances = 0\n"
     );
@@ -417,6 +417,8 @@ fn route() -> Route {
         version: 1,
         image: "img".into(),
         config: Manifest::parse(&text).unwrap(),
+        keys: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 

@@ -105,6 +105,14 @@ pub struct Route {
     pub version: i32,
     pub image: String,
     pub config: Manifest,
+    /// sha256 digests of the function's live invocation keys: a
+    /// `private` function's call must present a key with one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<crate::private::KeyDigest>,
+    /// The function's secrets, decrypted, added to its instances'
+    /// environment (names sorted; never shown by `Debug`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::private::SecretVar>,
 }
 
 /// `GET /api/v1/routes?since=N&wait_s=S&node=NAME`: the whole route table

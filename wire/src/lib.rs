@@ -9,6 +9,7 @@
 pub mod access;
 pub mod api;
 pub mod manifest;
+pub mod private;
 pub mod request_id;
 
 pub use manifest::{Manifest, ManifestError};

@@ -88,7 +88,23 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
             dir.display()
         )
     })?;
-    Manifest::parse(&text).with_context(|| format!("invalid manifest {}", path.display()))
+    let manifest =
+        Manifest::parse(&text).with_context(|| format!("invalid manifest {}", path.display()))?;
+    if let Some(warning) = visibility_warning(&text, &manifest.name) {
+        eprintln!("{warning}");
+    }
+    Ok(manifest)
+}
+
+/// The warning for a manifest that leaves `visibility` to its default
+/// (`private`: every call needs a key), or `None` when it sets it.
+fn visibility_warning(text: &str, name: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    (!table.contains_key("visibility")).then(|| {
+        format!(
+            "warning: {MANIFEST_FILE} does not set `visibility`, so {name} is private: every call              needs a key (`cpub key create {name}`). Add visibility = \"private\" or \"public\"              to say which you mean."
+        )
+    })
 }
 
 /// Catches what the build would trip over, before uploading.
@@ -185,6 +201,23 @@ impl Drop for TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manifest_without_visibility_gets_a_warning() {
+        let bare = "name = \"a\"\nruntime = \"container\"\n";
+        let warning = visibility_warning(bare, "a").expect("warned");
+        assert!(
+            warning.contains("private") && warning.contains("cpub key create a"),
+            "{warning}"
+        );
+        for set in ["private", "public"] {
+            let text = format!("{bare}visibility = \"{set}\"\n");
+            assert_eq!(visibility_warning(&text, "a"), None, "{set}");
+        }
+        // A `visibility` key inside a table is not the manifest's.
+        let nested = format!("{bare}[env]\nvisibility = \"public\"\n");
+        assert!(visibility_warning(&nested, "a").is_some());
+    }
 
     fn packed(files: &[&str]) -> bundle::Packed {
         bundle::Packed {

@@ -58,7 +58,7 @@ pub async fn routes(
             () = state.shutdown.cancelled() => {}
         }
     }
-    Ok(Json(db::route_table(&state.db).await?))
+    Ok(Json(db::route_table(&state.db, &state.vault).await?))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Admission: what a request is and whether it goes to an instance. The
-//! head's semantics and target are checked, the proxy's own pages
-//! (`/healthz`, `/metrics`) and refusals are answered here, the function is
-//! looked up in the route table, its limits are applied (`CONNECT`, a
+//! head's semantics and target are checked, the proxy's own page
+//! (`/healthz`; `/metrics` is on the admin listener, `crate::admin`) and refusals are answered here, the function is
+//! looked up in the route table, a private function's key is checked
+//! (`crate::access`), its limits are applied (`CONNECT`, a
 //! `content-length` over `max_body_bytes`) and an instance is leased — in
 //! `lease`, the one place the data path asks the pool for an instance.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
@@ -127,7 +128,6 @@ impl Conn {
                         let body = serde_json::json!({"revision": snap.revision, "routes": snap.routes.len()});
                         Some(("application/json", body.to_string().into_bytes()))
                     }
-                    "/metrics" if is_get => Some((metrics::CONTENT_TYPE, metrics::render())),
                     _ => None,
                 };
                 if let Some((content_type, body)) = page {
@@ -185,6 +185,11 @@ impl Conn {
             );
         };
         let mut call = Call::new(received_at, entry.clone(), request_id);
+        // A private function's key: checked before anything else is said.
+        if let Err(refusal) = crate::access::check(&self.buf, &mut self.fields, &entry.route) {
+            let keep = self.refuse_access(call, refusal, close_after_own, head_only);
+            return Admission::Answered(keep.await);
+        }
         if is_connect {
             let reply = Reply::new(405, "CONNECT is not supported");
             return Admission::Answered(

@@ -45,6 +45,7 @@ use crate::request_id;
 use crate::service::{Call, Proxy, Reply};
 use crate::upstream::Buf;
 
+mod access;
 mod admission;
 mod body;
 mod forward;

@@ -428,7 +428,7 @@ fn instance_conn(tcp: TcpStream, conn: usize, state: Arc<Mutex<InstanceState>>) 
 /// Function `t`: a short timeout and a small body limit.
 fn route() -> Route {
     let text = format!(
-        "name = \"t\"\nruntime = \"container\"\nhealth_path = \"{HEALTH}\"\n\
+        "name = \"t\"\nruntime = \"container\"\nvisibility = \"public\"\nhealth_path = \"{HEALTH}\"\n\
          [resources]\ntimeout_ms = {TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY}\n\
          [scaling]\nmin_instances = 0\n"
     );
@@ -438,6 +438,8 @@ fn route() -> Route {
         version: 1,
         image: "img".into(),
         config: Manifest::parse(&text).unwrap(),
+        keys: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 
