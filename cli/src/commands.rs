@@ -3,9 +3,12 @@
 mod delete;
 mod deploy;
 mod describe;
+mod executions;
 mod invoke;
 mod list;
 mod login;
+mod stats;
+mod status;
 
 use std::path::PathBuf;
 
@@ -41,6 +44,12 @@ enum Command {
     Delete(delete::Args),
     /// Call a function through the proxy and print its answer.
     Invoke(invoke::Args),
+    /// List a function's latest calls (execution records).
+    Executions(executions::Args),
+    /// Figures of a function's calls: errors, percentiles, cold starts, queueing.
+    Stats(stats::Args),
+    /// The platform: proxies, functions and their instances, start failures.
+    Status(status::Args),
 }
 
 /// How listing commands print.
@@ -89,6 +98,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => describe::run(&ctx, args).await,
         Command::Delete(args) => delete::run(&ctx, args).await,
         Command::Invoke(args) => invoke::run(&ctx, args).await,
+        Command::Executions(args) => executions::run(&ctx, args).await,
+        Command::Stats(args) => stats::run(&ctx, args).await,
+        Command::Status(args) => status::run(&ctx, args).await,
     }
 }
 

@@ -185,6 +185,14 @@ impl Conn {
             );
         };
         let mut call = Call::new(received_at, entry.clone(), request_id);
+        crate::executions::describe(
+            &mut call,
+            method,
+            line,
+            sem.framing,
+            &self.buf,
+            &self.fields,
+        );
         if is_connect {
             let reply = Reply::new(405, "CONNECT is not supported");
             return Admission::Answered(
