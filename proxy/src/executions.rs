@@ -409,19 +409,28 @@ impl Encoder {
     }
 }
 
+/// A spool file: its body's sequence, path, records (estimated for files
+/// an earlier run left) and bytes.
+struct SpoolFile {
+    seq: u64,
+    path: PathBuf,
+    records: u64,
+    bytes: u64,
+}
+
 /// Bodies waiting: oldest first, in spool files then in memory.
 struct Queue {
     memory: VecDeque<Body>,
     memory_bytes: u64,
-    /// Spool files (sequence, path, records, bytes), oldest first.
-    spool: VecDeque<(u64, PathBuf, u64, u64)>,
+    /// Spool files, oldest first.
+    spool: VecDeque<SpoolFile>,
     spool_bytes: u64,
 }
 
 impl Queue {
     fn pending(&self) -> u64 {
         self.memory.iter().map(|b| b.records).sum::<u64>()
-            + self.spool.iter().map(|s| s.2).sum::<u64>()
+            + self.spool.iter().map(|s| s.records).sum::<u64>()
     }
 }
 
@@ -468,7 +477,7 @@ pub fn start(settings: Settings) {
 }
 
 /// Existing spool files: (queue, bytes, highest sequence).
-fn scan_spool(dir: &Path) -> (VecDeque<(u64, PathBuf, u64, u64)>, u64, u64) {
+fn scan_spool(dir: &Path) -> (VecDeque<SpoolFile>, u64, u64) {
     let mut files = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
@@ -483,12 +492,17 @@ fn scan_spool(dir: &Path) -> (VecDeque<(u64, PathBuf, u64, u64)>, u64, u64) {
             let bytes = entry.metadata().map_or(0, |m| m.len());
             // The count is not known without reading it: estimate for the
             // gauge (about 300 bytes a record).
-            files.push((seq, entry.path(), bytes / 300, bytes));
+            files.push(SpoolFile {
+                seq,
+                path: entry.path(),
+                records: bytes / 300,
+                bytes,
+            });
         }
     }
-    files.sort_by_key(|f| f.0);
-    let bytes = files.iter().map(|f| f.3).sum();
-    let max = files.last().map_or(0, |f| f.0);
+    files.sort_by_key(|f| f.seq);
+    let bytes = files.iter().map(|f| f.bytes).sum();
+    let max = files.last().map_or(0, |f| f.seq);
     (files.into(), bytes, max)
 }
 
@@ -574,8 +588,16 @@ fn spool(shared: &Shared, body: Body) {
         q.spool_bytes += len;
         // Spooled bodies are older than every body still in memory but may
         // be newer than earlier spool files: keep the files in order.
-        let at = q.spool.partition_point(|f| f.0 < body.seq);
-        q.spool.insert(at, (body.seq, path, body.records, len));
+        let at = q.spool.partition_point(|f| f.seq < body.seq);
+        q.spool.insert(
+            at,
+            SpoolFile {
+                seq: body.seq,
+                path,
+                records: body.records,
+                bytes: len,
+            },
+        );
     } else {
         metrics()
             .dropped
@@ -611,8 +633,8 @@ async fn send_loop(shared: Arc<Shared>) {
     loop {
         let next = {
             let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((seq, path, records, _)) = q.spool.front() {
-                Some(Next::File(*seq, path.clone(), *records))
+            if let Some(f) = q.spool.front() {
+                Some(Next::File(f.seq, f.path.clone(), f.records))
             } else {
                 q.memory
                     .front()
@@ -699,21 +721,21 @@ async fn remove_front(shared: &Shared, next: &Next) {
         let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         match next {
             Next::File(seq, ..) => {
-                if q.spool.front().is_some_and(|f| f.0 == *seq) {
+                if q.spool.front().is_some_and(|f| f.seq == *seq) {
                     let f = q.spool.pop_front();
                     if let Some(f) = &f {
-                        q.spool_bytes = q.spool_bytes.saturating_sub(f.3);
+                        q.spool_bytes = q.spool_bytes.saturating_sub(f.bytes);
                     }
-                    f.map(|f| f.1)
+                    f.map(|f| f.path)
                 } else {
                     None
                 }
             }
             Next::Memory(seq, ..) => {
-                if q.memory.front().is_some_and(|b| b.seq == *seq) {
-                    if let Some(b) = q.memory.pop_front() {
-                        q.memory_bytes -= b.json.len() as u64;
-                    }
+                if q.memory.front().is_some_and(|b| b.seq == *seq)
+                    && let Some(b) = q.memory.pop_front()
+                {
+                    q.memory_bytes -= b.json.len() as u64;
                 }
                 None
             }
@@ -905,7 +927,7 @@ mod tests {
         std::fs::write(dir.join("junk.json"), b"{}").unwrap();
         std::fs::write(dir.join("00000000000000000001.json.tmp"), b"{}").unwrap();
         let (files, bytes, max) = scan_spool(&dir);
-        assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), [2, 10]);
+        assert_eq!(files.iter().map(|f| f.seq).collect::<Vec<_>>(), [2, 10]);
         assert_eq!((bytes, max), (4, 10));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -164,11 +164,10 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
             .with_label_values(&[i.function.as_str()])
             .inc_by(cpu_delta as f64 / 1e9);
         let prev_oom = seen.oom.get(&i.id).copied().unwrap_or(0);
-        if usage.oom_kills > prev_oom {
-            m.oom
-                .with_label_values(&[i.function.as_str()])
-                .inc_by(usage.oom_kills - prev_oom);
-        }
+        // Touched even at 0, so the function's series exists.
+        m.oom
+            .with_label_values(&[i.function.as_str()])
+            .inc_by(usage.oom_kills.saturating_sub(prev_oom));
         live.insert(i.id.clone(), (usage.cpu_ns, usage.oom_kills));
     }
     seen.cpu_ns = live.iter().map(|(k, v)| (k.clone(), v.0)).collect();

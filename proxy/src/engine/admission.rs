@@ -20,6 +20,9 @@ use crate::routes::Entry;
 use crate::service::{Call, Proxy, Reply, pool_reply};
 
 /// Where admission leaves a request.
+// Returned once per request and taken apart at once: boxing the large
+// variant would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Admission {
     /// To be forwarded to the leased instance.
     Forward(Admitted),
