@@ -170,6 +170,7 @@ pub fn route_of(path: &str) -> &'static str {
         ["routes"] => "/api/v1/routes",
         ["executions"] => "/api/v1/executions",
         ["status"] => "/api/v1/status",
+        ["nodes", _, "status"] => "/api/v1/nodes/{node}/status",
         _ => "other",
     }
 }

@@ -165,6 +165,8 @@ pub struct Stack {
     proxy: Option<Proc>,
     /// Extra environment for cpub-control (limits under test).
     control_env: Vec<(String, String)>,
+    /// Extra environment for cpub-proxy (set before `start_proxy`).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -205,6 +207,7 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            proxy_env: Vec::new(),
         };
         stack.start_control().await?;
         stack.start_proxy().await?;
@@ -317,6 +320,10 @@ impl Stack {
             ("CPUB_NODE".into(), self.node.clone()),
             ("CPUB_PROXY_THREADS".into(), PROXY_THREADS.to_string()),
         ];
+        let env = env
+            .into_iter()
+            .chain(self.proxy_env.iter().cloned())
+            .collect();
         self.proxy = Some(self.spawn("cpub-proxy", env)?);
         self.wait_healthy("proxy", self.proxy_addr).await
     }
