@@ -48,10 +48,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Spool file suffix.
 const SPOOL_SUFFIX: &str = ".json";
 
-/// What the data path records of one call.
+/// What the data path records of one call (its route entry is passed
+/// beside it to [`push`]).
 pub struct Raw {
     pub at: SystemTime,
-    pub entry: Arc<Entry>,
     pub instance: Option<ShortId>,
     pub request_id: String,
     pub trace_id: Option<[u8; wire::TRACE_ID_LEN]>,
@@ -65,6 +65,33 @@ pub struct Raw {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub rejection: Option<Rejection>,
+}
+
+/// A worker's records and the route entries they name: a record holds an
+/// index into `entries`, so the entry's `Arc` is cloned once per batch and
+/// function rather than per call (a shared reference count both workers
+/// would otherwise write on every call).
+#[derive(Default)]
+pub struct Batch {
+    entries: Vec<Arc<Entry>>,
+    records: Vec<(u32, Raw)>,
+}
+
+impl Batch {
+    fn push(&mut self, entry: &Arc<Entry>, raw: Raw) {
+        let at = match self.entries.iter().rposition(|e| Arc::ptr_eq(e, entry)) {
+            Some(at) => at,
+            None => {
+                self.entries.push(Arc::clone(entry));
+                self.entries.len() - 1
+            }
+        };
+        self.records.push((at as u32, raw));
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
 }
 
 /// An instance id's first 12 characters (Podman's short id), inline.
@@ -211,11 +238,11 @@ pub fn init_metrics() {
     metrics();
 }
 
-static SINK: OnceLock<mpsc::Sender<Vec<Raw>>> = OnceLock::new();
+static SINK: OnceLock<mpsc::Sender<Batch>> = OnceLock::new();
 static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
 
 thread_local! {
-    static LOCAL: RefCell<Vec<Raw>> = const { RefCell::new(Vec::new()) };
+    static LOCAL: RefCell<Batch> = RefCell::new(Batch::default());
 }
 
 /// Whether records are kept (the shipper runs).
@@ -225,13 +252,13 @@ pub fn enabled() -> bool {
 }
 
 /// Adds one call's record to this thread's batch.
-pub fn push(raw: Raw) {
+pub fn push(entry: &Arc<Entry>, raw: Raw) {
     let full = LOCAL.with(|local| {
         let mut local = local.borrow_mut();
-        if local.capacity() == 0 {
-            local.reserve_exact(LOCAL_BATCH);
+        if local.records.capacity() == 0 {
+            local.records.reserve_exact(LOCAL_BATCH);
         }
-        local.push(raw);
+        local.push(entry, raw);
         (local.len() >= LOCAL_BATCH).then(|| std::mem::take(&mut *local))
     });
     if let Some(batch) = full {
@@ -242,12 +269,12 @@ pub fn push(raw: Raw) {
 /// Hands this thread's records to the shipper (the worker's flush tick).
 pub fn flush_local() {
     let batch = LOCAL.with(|local| std::mem::take(&mut *local.borrow_mut()));
-    if !batch.is_empty() {
+    if batch.len() > 0 {
         hand_over(batch);
     }
 }
 
-fn hand_over(batch: Vec<Raw>) {
+fn hand_over(batch: Batch) {
     let Some(tx) = SINK.get() else { return };
     if let Err(e) = tx.try_send(batch) {
         let batch = match e {
@@ -305,8 +332,8 @@ fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Appends the JSON of `raw` to `out`.
-fn encode_record(raw: &Raw, out: &mut Vec<u8>) {
+/// Appends the JSON of `raw` (a call of `entry`'s function) to `out`.
+fn encode_record(entry: &Entry, raw: &Raw, out: &mut Vec<u8>) {
     let at_us = raw
         .at
         .duration_since(UNIX_EPOCH)
@@ -322,9 +349,9 @@ fn encode_record(raw: &Raw, out: &mut Vec<u8>) {
     };
     let record = Out {
         at_us,
-        function: &raw.entry.route.function,
-        deployment_id: raw.entry.route.deployment_id,
-        version: raw.entry.route.version,
+        function: &entry.route.function,
+        deployment_id: entry.route.deployment_id,
+        version: entry.route.version,
         instance: raw.instance.as_ref().map(ShortId::as_str),
         request_id,
         trace_id: trace,
@@ -371,7 +398,7 @@ impl Encoder {
         }
     }
 
-    fn add(&mut self, raw: &Raw) -> Option<Body> {
+    fn add(&mut self, entry: &Entry, raw: &Raw) -> Option<Body> {
         if self.records == 0 {
             self.json.clear();
             self.json.extend_from_slice(b"{\"node\":");
@@ -386,7 +413,7 @@ impl Encoder {
         } else {
             self.json.push(b',');
         }
-        encode_record(raw, &mut self.json);
+        encode_record(entry, raw, &mut self.json);
         self.records += 1;
         (self.records as usize >= POST_RECORDS)
             .then(|| self.finish())
@@ -512,15 +539,16 @@ fn update_gauges(shared: &Shared) {
     metrics().spool_bytes.set(q.spool_bytes as i64);
 }
 
-async fn encode_loop(mut rx: mpsc::Receiver<Vec<Raw>>, mut encoder: Encoder, shared: Arc<Shared>) {
+async fn encode_loop(mut rx: mpsc::Receiver<Batch>, mut encoder: Encoder, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(POST_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                for raw in &batch {
-                    if let Some(body) = encoder.add(raw) {
+                for (at, raw) in &batch.records {
+                    let Some(entry) = batch.entries.get(*at as usize) else { continue };
+                    if let Some(body) = encoder.add(entry, raw) {
                         enqueue(&shared, body);
                     }
                 }
@@ -820,7 +848,6 @@ mod tests {
     fn raw(i: u64) -> Raw {
         Raw {
             at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + i),
-            entry: entry(),
             instance: Some(ShortId::new("0123456789abcdef")),
             request_id: format!("rid-{i}"),
             trace_id: Some(*b"4bf92f3577b34da6a3ce929d0e0e4736"),
@@ -841,7 +868,7 @@ mod tests {
     fn bodies_are_batches_the_control_plane_accepts() {
         let mut enc = Encoder::new("node-1", "boot".into(), 1);
         for i in 0..3 {
-            assert!(enc.add(&raw(i)).is_none());
+            assert!(enc.add(&entry(), &raw(i)).is_none());
         }
         let mut r = raw(9);
         r.instance = None;
@@ -851,7 +878,7 @@ mod tests {
         r.rejection = Some(Rejection::QueueFull);
         r.method = Method::new(b"");
         r.request_id = String::new();
-        assert!(enc.add(&r).is_none());
+        assert!(enc.add(&entry(), &r).is_none());
         let body = enc.finish().unwrap();
         assert_eq!((body.seq, body.records), (1, 4));
         let batch: ExecutionBatch = serde_json::from_slice(&body.json).unwrap();
@@ -872,9 +899,22 @@ mod tests {
         assert_eq!(last.method, "?");
         assert_eq!(last.request_id, "-");
         // The next body has the next id.
-        enc.add(&raw(10));
+        enc.add(&entry(), &raw(10));
         assert_eq!(enc.finish().unwrap().seq, 2);
         assert!(enc.finish().is_none());
+    }
+
+    #[test]
+    fn a_batch_holds_each_entry_once() {
+        let (a, b) = (entry(), entry());
+        let mut batch = Batch::default();
+        for e in [&a, &a, &b, &a, &b] {
+            batch.push(e, raw(0));
+        }
+        assert_eq!(batch.entries.len(), 2);
+        let idx: Vec<u32> = batch.records.iter().map(|r| r.0).collect();
+        assert_eq!(idx, [0, 0, 1, 0, 1]);
+        assert_eq!(Arc::strong_count(&a), 2);
     }
 
     #[test]
@@ -882,7 +922,7 @@ mod tests {
         let mut enc = Encoder::new("n", "b".into(), 1);
         let mut bodies = 0;
         for i in 0..(POST_RECORDS as u64 * 2 + 1) {
-            if enc.add(&raw(i)).is_some() {
+            if enc.add(&entry(), &raw(i)).is_some() {
                 bodies += 1;
             }
         }

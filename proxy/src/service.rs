@@ -145,25 +145,27 @@ impl Call {
     /// Hands the call's execution record to its worker's batch.
     fn emit_record(&mut self, total: Duration) {
         let lease = self.lease.as_ref();
-        crate::executions::push(crate::executions::Raw {
-            at: std::time::SystemTime::now()
-                .checked_sub(total)
-                .unwrap_or(std::time::UNIX_EPOCH),
-            entry: self.entry.clone(),
-            instance: lease.map(|l| crate::executions::ShortId::new(l.instance_id())),
-            request_id: std::mem::take(&mut self.request_id),
-            trace_id: self.trace_id,
-            method: self.method,
-            status: self.status,
-            start: lease.map(Lease::start_kind),
-            queue: lease.map_or(Duration::ZERO, Lease::queue_duration),
-            start_time: lease.map_or(Duration::ZERO, Lease::start_duration),
-            upstream: self.upstream_time,
-            total,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            rejection: self.rejection,
-        });
+        crate::executions::push(
+            &self.entry,
+            crate::executions::Raw {
+                at: std::time::SystemTime::now()
+                    .checked_sub(total)
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                instance: lease.map(|l| crate::executions::ShortId::new(l.instance_id())),
+                request_id: std::mem::take(&mut self.request_id),
+                trace_id: self.trace_id,
+                method: self.method,
+                status: self.status,
+                start: lease.map(Lease::start_kind),
+                queue: lease.map_or(Duration::ZERO, Lease::queue_duration),
+                start_time: lease.map_or(Duration::ZERO, Lease::start_duration),
+                upstream: self.upstream_time,
+                total,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                rejection: self.rejection,
+            },
+        );
     }
 }
 
