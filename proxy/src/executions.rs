@@ -17,6 +17,10 @@
 //! files in `<state-dir>/executions/` (up to `spool_bytes`; they are sent by
 //! the next proxy too, after a restart); what does not fit is dropped and
 //! counted in `cpub_execution_records_dropped_total{reason}`.
+//!
+//! Longer than most files (about 700 lines of code, 300 of tests): it is
+//! the record's whole way from a call to the control plane — the data
+//! path's side and the shipper share the batch, the metrics and the queue.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
