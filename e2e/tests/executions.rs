@@ -75,7 +75,7 @@ async fn control_metrics(stack: &Stack) -> String {
 
 #[tokio::test]
 async fn every_call_is_recorded_and_shown() {
-    let stack = Stack::start(&[]).await.expect("stack");
+    let mut stack = Stack::start(&[]).await.expect("stack");
     let name = format!("exec-{}", std::process::id());
     let url = stack.deploy("hello", &name, "");
     let client = reqwest::Client::new();
@@ -409,6 +409,43 @@ async fn every_call_is_recorded_and_shown() {
         &[("function", &name)],
     );
     assert_eq!(limit, Some(32.0 * 1024.0 * 1024.0));
+
+    // Retention: a partition older than the retention (7 days) goes when
+    // the control plane starts (and hourly); today's stays.
+    sqlx::raw_sql(
+        "CREATE TABLE executions_p20000101 PARTITION OF executions \
+         FOR VALUES FROM ('2000-01-01 00:00:00+00') TO ('2000-01-02 00:00:00+00')",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    stack.stop_control();
+    stack.start_control().await.unwrap();
+    let partitions = || async {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'executions'::regclass",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the old partition dropped",
+        || async {
+            (!partitions()
+                .await
+                .contains(&"executions_p20000101".to_owned()))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(!partitions().await.is_empty(), "today's partition was kept");
+    // The 21 calls and the record posted by hand above.
+    let out = stack.cpub_ok(&["executions", &name, "--since", "1h", "-o", "json"]);
+    assert_eq!(json(&out).as_array().unwrap().len(), 22);
 
     stack.cpub_ok(&["delete", &name]);
     stack.cpub_ok(&["delete", &crashing]);
