@@ -216,6 +216,24 @@ impl Client {
         Ok(Json { raw, typed })
     }
 
+    /// `GET path?query` as JSON (the views of execution records).
+    pub async fn get_json_query<T: DeserializeOwned, Q: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<Json<T>> {
+        let response = self
+            .send(self.http.get(self.url(path)).query(query))
+            .await?;
+        let raw: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("invalid JSON from GET {path}"))?;
+        let typed = serde_json::from_value(raw.clone())
+            .with_context(|| format!("unexpected answer to GET {path}"))?;
+        Ok(Json { raw, typed })
+    }
+
     /// `POST /auth/login`.
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse> {
         let body = LoginRequest {

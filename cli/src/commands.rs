@@ -4,12 +4,15 @@ mod audit;
 mod delete;
 mod deploy;
 mod describe;
+mod executions;
 mod invoke;
 mod key;
 mod list;
 mod login;
 mod node_token;
 mod secret;
+mod stats;
+mod status;
 mod token;
 mod user;
 
@@ -59,6 +62,12 @@ enum Command {
     Key(key::Args),
     /// Secrets of a function (environment at instance start): set, list, unset.
     Secret(secret::Args),
+    /// List a function's latest calls (execution records).
+    Executions(executions::Args),
+    /// Figures of a function's calls: errors, percentiles, cold starts, queueing.
+    Stats(stats::Args),
+    /// The platform: proxies, functions and their instances, start failures.
+    Status(status::Args),
 }
 
 /// How listing commands print.
@@ -113,6 +122,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Key(args) => key::run(&ctx, args).await,
         Command::Secret(args) => secret::run(&ctx, args).await,
+        Command::Executions(args) => executions::run(&ctx, args).await,
+        Command::Stats(args) => stats::run(&ctx, args).await,
+        Command::Status(args) => status::run(&ctx, args).await,
     }
 }
 

@@ -88,6 +88,11 @@ pub enum Action {
     WatchRoutes,
     /// Post a crash report (`POST /api/v1/functions/{name}/crashes`).
     ReportCrash,
+    /// Post execution records and the node's status report
+    /// (`POST /api/v1/executions`, `POST /api/v1/nodes/{node}/status`).
+    ReportExecutions,
+    /// Post captured function output (`POST /api/v1/logs`).
+    ShipLogs,
 }
 
 impl Action {
@@ -104,6 +109,8 @@ impl Action {
             Self::ReadAudit => "read the audit log",
             Self::WatchRoutes => "watch routes",
             Self::ReportCrash => "report crashes",
+            Self::ReportExecutions => "report executions and node status",
+            Self::ShipLogs => "ship function logs",
         }
     }
 
@@ -116,7 +123,9 @@ impl Action {
             | Self::ManageNodes
             | Self::ReadAudit
             | Self::WatchRoutes
-            | Self::ReportCrash => Role::Admin,
+            | Self::ReportCrash
+            | Self::ReportExecutions
+            | Self::ShipLogs => Role::Admin,
         }
     }
 
@@ -130,7 +139,10 @@ impl Action {
 
     /// What a node credential may do.
     fn for_nodes(self) -> bool {
-        matches!(self, Self::WatchRoutes | Self::ReportCrash)
+        matches!(
+            self,
+            Self::WatchRoutes | Self::ReportCrash | Self::ReportExecutions | Self::ShipLogs
+        )
     }
 }
 
@@ -177,7 +189,7 @@ impl Caller {
                 } else {
                     Err(Error::Forbidden(format!(
                         "a node credential (node {node}) cannot {}: it may only watch routes \
-                         and report crashes",
+                         and report crashes, executions, status and logs",
                         action.describe()
                     )))
                 };

@@ -37,6 +37,17 @@ pub enum Outcome {
     Unavailable { reason: String },
 }
 
+impl Outcome {
+    /// The result label of `cpub_control_deploys_total`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Self::Built { .. } => "built",
+            Self::Failed { .. } => "failed",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
 /// Builds `bundle` as `tag` in the sandbox, stopping it after `timeout`,
 /// and leaves the image in `podman`'s store.
 pub async fn run(

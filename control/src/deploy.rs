@@ -161,6 +161,7 @@ pub async fn deploy(
     .await;
     drop(work_dir);
     let ms = started.elapsed().as_millis() as u64;
+    crate::metrics::record_build(outcome.result(), started.elapsed());
     match outcome {
         Outcome::Built { log } => {
             match db::activate(&state.db, new, &bundle.manifest, &tag, &log).await? {

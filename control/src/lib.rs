@@ -16,6 +16,7 @@ pub mod elf;
 pub mod error;
 pub mod gc;
 pub mod login_limit;
+pub mod metrics;
 pub mod revision;
 pub mod routes;
 pub mod server;

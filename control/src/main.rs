@@ -21,6 +21,10 @@ async fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
+    if let Err(err) = containerpub_control::routes::executions::configure_retention() {
+        eprintln!("cpub-control: bad configuration: {err}");
+        std::process::exit(EXIT_CONFIG);
+    }
     if let Err(err) = containerpub_util::logging::init() {
         eprintln!("cpub-control: bad configuration: {err}");
         std::process::exit(EXIT_CONFIG);

@@ -7,10 +7,13 @@ pub mod audit;
 pub mod auth;
 pub mod crashes;
 pub mod deployments;
+pub mod executions;
 pub mod functions;
 pub mod keys;
 pub mod nodes;
 pub mod secrets;
+pub mod stats;
+pub mod status;
 pub mod tokens;
 pub mod users;
 pub mod watch;
@@ -67,6 +70,19 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{node}", delete(nodes::revoke))
         .route("/nodes/{node}/credential", post(nodes::create))
         .route("/audit", get(audit::list))
+        .route(
+            "/executions",
+            post(executions::ingest).layer(DefaultBodyLimit::max(
+                containerpub_wire::executions::MAX_BATCH_BYTES,
+            )),
+        )
+        .route("/functions/{name}/executions", get(executions::list))
+        .route("/functions/{name}/stats", get(stats::stats))
+        .route("/status", get(status::status))
+        .route(
+            "/nodes/{node}/status",
+            post(status::report).layer(DefaultBodyLimit::max(16 * 1024 * 1024)),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_token,
@@ -81,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::render))
         .nest("/api/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -152,6 +169,8 @@ async fn request_span(mut request: Request, next: Next) -> Response {
             .map(HeaderValue::as_bytes),
     );
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let route = crate::metrics::route_of(request.uri().path());
+    let method = request.method().clone();
     if let Ok(value) = HeaderValue::from_str(&id) {
         request.headers_mut().insert(request_id::HEADER, value);
     }
@@ -165,11 +184,13 @@ async fn request_span(mut request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     let ms = started.elapsed().as_millis() as u64;
+    crate::metrics::record_request(route, method.as_str(), status.as_u16(), started.elapsed());
+    // The access log: one line per API request (target `cpub_access`).
     span.in_scope(|| {
         if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), ms, "request failed");
+            tracing::warn!(target: "cpub_access", route, status = status.as_u16(), ms, "request failed");
         } else {
-            tracing::debug!(status = status.as_u16(), ms, "request done");
+            tracing::info!(target: "cpub_access", route, status = status.as_u16(), ms, "request");
         }
     });
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -58,6 +58,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
+    crate::metrics::init();
+    let retention = tokio::spawn(routes::executions::retain_forever(
+        pool.clone(),
+        shutdown.clone(),
+    ));
     let (revision_tx, revision_rx) = watch::channel(db::current_revision(&pool).await?);
     let follower = tokio::spawn(revision::follow(
         pool.clone(),
@@ -105,6 +110,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("serving")?;
     shutdown.cancel();
     let _ = follower.await;
+    let _ = retention.await;
     pool.close().await;
     Ok(())
 }

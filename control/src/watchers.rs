@@ -31,6 +31,19 @@ impl Watchers {
         self.changed.notify_waiters();
     }
 
+    /// Live proxies, each with the revision it serves and how long ago it
+    /// was heard from, by node name.
+    pub fn list(&self) -> Vec<(String, i64, Duration)> {
+        let seen = self.seen.lock().expect("watchers lock");
+        let mut list: Vec<_> = seen
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < LIVE_FOR)
+            .map(|(node, (rev, at))| (node.clone(), *rev, at.elapsed()))
+            .collect();
+        list.sort();
+        list
+    }
+
     /// Live proxies that have not applied `revision` yet.
     pub fn behind(&self, revision: i64) -> Vec<String> {
         let seen = self.seen.lock().expect("watchers lock");

@@ -178,6 +178,8 @@ pub struct Stack {
     proxy: Option<Proc>,
     /// Extra environment for cpub-control (limits under test).
     control_env: Vec<(String, String)>,
+    /// Extra environment for cpub-proxy (set before `start_proxy`).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -219,6 +221,7 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            proxy_env: Vec::new(),
         };
         // Another process may bind a port between `free_port` and the
         // stack's process: then the stack starts again on other ports.
@@ -370,6 +373,10 @@ impl Stack {
             ("CPUB_NODE".into(), self.node.clone()),
             ("CPUB_PROXY_THREADS".into(), PROXY_THREADS.to_string()),
         ];
+        let env = env
+            .into_iter()
+            .chain(self.proxy_env.iter().cloned())
+            .collect();
         self.proxy = Some(self.spawn("cpub-proxy", env)?);
         self.wait_healthy("proxy", self.proxy_addr).await
     }

@@ -28,6 +28,14 @@ pub const ENV_GRACE_PERIOD_S: &str = "CPUB_PROXY_GRACE_PERIOD_S";
 /// Environment variable: seconds a new instance may take to become ready.
 pub const ENV_START_TIMEOUT_S: &str = "CPUB_START_TIMEOUT_S";
 
+/// Environment variable: `on` or `off`, execution records.
+pub const ENV_EXECUTIONS: &str = "CPUB_EXECUTIONS";
+/// Environment variable: MiB of execution records kept in memory while the
+/// control plane is away.
+pub const ENV_EXECUTIONS_MEMORY_MB: &str = "CPUB_EXECUTIONS_MEMORY_MB";
+/// Environment variable: MiB of execution records spooled to disk after that.
+pub const ENV_EXECUTIONS_SPOOL_MB: &str = "CPUB_EXECUTIONS_SPOOL_MB";
+
 /// Exit code for bad configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -81,6 +89,18 @@ pub struct Config {
     /// Seconds a new instance may take to become ready.
     #[arg(long, env = ENV_START_TIMEOUT_S, default_value_t = 30, value_name = "S")]
     pub start_timeout_s: u64,
+
+    /// Execution records (one per call, sent to the control plane): `on` or `off`.
+    #[arg(long, env = ENV_EXECUTIONS, default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
+    pub executions: String,
+
+    /// MiB of execution records kept in memory while the control plane is unreachable.
+    #[arg(long, env = ENV_EXECUTIONS_MEMORY_MB, default_value_t = 64, value_name = "MIB")]
+    pub executions_memory_mb: u64,
+
+    /// MiB of execution records spooled to `<state-dir>/executions/` after that (0: none).
+    #[arg(long, env = ENV_EXECUTIONS_SPOOL_MB, default_value_t = 1024, value_name = "MIB")]
+    pub executions_spool_mb: u64,
 }
 
 /// A setting with an unusable value.
@@ -201,7 +221,39 @@ impl Config {
                 format!("must be between 1 and 3600, got {}", self.start_timeout_s),
             ));
         }
+        for (flag, env, v) in [
+            (
+                "executions-memory-mb",
+                ENV_EXECUTIONS_MEMORY_MB,
+                self.executions_memory_mb,
+            ),
+            (
+                "executions-spool-mb",
+                ENV_EXECUTIONS_SPOOL_MB,
+                self.executions_spool_mb,
+            ),
+        ] {
+            if v > 1024 * 1024 {
+                return Err(bad(
+                    flag,
+                    env,
+                    format!("must be at most 1048576 (1 TiB), got {v}"),
+                ));
+            }
+        }
+        if self.executions == "on" && self.executions_memory_mb == 0 {
+            return Err(bad(
+                "executions-memory-mb",
+                ENV_EXECUTIONS_MEMORY_MB,
+                "must be at least 1 while execution records are on",
+            ));
+        }
         Ok(self)
+    }
+
+    /// Whether execution records are on.
+    pub fn executions_on(&self) -> bool {
+        self.executions == "on"
     }
 
     /// Node name (after `validate`).

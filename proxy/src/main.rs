@@ -24,13 +24,18 @@ use tracing::{error, info, warn};
 use containerpub_proxy::admin;
 use containerpub_proxy::config::{Config, EXIT_CONFIG};
 use containerpub_proxy::crashes;
+use containerpub_proxy::executions;
 use containerpub_proxy::metrics;
+use containerpub_proxy::node_status;
 use containerpub_proxy::routes::{self, Routes, Watcher};
 use containerpub_proxy::server;
 use containerpub_proxy::service::Proxy;
 
 /// Longest wait for the pool to stop its background tasks on the way out.
 const POOL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for the execution records still queued to be sent on the
+/// way out (what is left goes to the spool).
+const EXECUTIONS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn main() {
     let config = match Config::try_parse() {
@@ -130,6 +135,26 @@ fn run(config: Config) -> i32 {
         }
     };
     background.spawn(admin::serve(admin, routes.clone()));
+    background.spawn(node_status::run(
+        pool.clone(),
+        config.control_url.clone(),
+        config.token.clone(),
+        config.node().to_owned(),
+    ));
+    if config.executions_on() {
+        let _guard = background.enter();
+        executions::start(executions::Settings {
+            control_url: config.control_url.clone(),
+            token: config.token.clone(),
+            node: config.node().to_owned(),
+            spool_dir: config.state_dir.join("executions"),
+            memory_bytes: config.executions_memory_mb * 1024 * 1024,
+            spool_bytes: config.executions_spool_mb * 1024 * 1024,
+        });
+    } else {
+        executions::init_metrics();
+    }
+
     let listener = match server::bind(config.listen) {
         Ok(listener) => listener,
         Err(e) => {
@@ -161,6 +186,7 @@ fn run(config: Config) -> i32 {
         return 1;
     }
 
+    background.block_on(executions::shutdown(EXECUTIONS_SHUTDOWN_TIMEOUT));
     info!("proxy stopped, stopping the pool (instances stay for the next proxy)");
     // The timer must be created inside the runtime, hence the async block.
     let stopped = background

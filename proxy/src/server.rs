@@ -200,6 +200,7 @@ async fn run_worker(
         loop {
             every.tick().await;
             metrics::flush_local();
+            crate::executions::flush_local();
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 upstream::sweep(last_sweep);
@@ -237,6 +238,7 @@ async fn run_worker(
     }
     sweeper.abort();
     metrics::flush_local();
+    crate::executions::flush_local();
 }
 
 #[cfg(test)]

@@ -73,6 +73,14 @@ pub struct Call {
     pub rejection: Option<Rejection>,
     /// Upstream failures of this call by kind (`UpstreamError as usize`).
     upstream_errors: [u8; UpstreamError::ALL.len()],
+    /// For the execution record (`executions.rs`): the method, the trace id
+    /// of the request's `traceparent`, bytes sent to the instance and to
+    /// the client, and how long the instance took to answer's head.
+    pub method: crate::executions::Method,
+    pub trace_id: Option<[u8; containerpub_wire::executions::TRACE_ID_LEN]>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub upstream_time: Duration,
 }
 
 impl Call {
@@ -85,6 +93,11 @@ impl Call {
             status: 0,
             rejection: None,
             upstream_errors: [0; UpstreamError::ALL.len()],
+            method: Default::default(),
+            trace_id: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_time: Duration::ZERO,
         }
     }
 
@@ -121,7 +134,38 @@ impl Drop for Call {
             let kind = self.lease.as_ref().map_or("-", |l| l.start_kind().as_str());
             debug!(request_id = %self.request_id, function = %self.function(), status = self.status, kind, total_ms = elapsed.as_secs_f64() * 1e3, "call");
         }
+        if crate::executions::enabled() {
+            self.emit_record(elapsed);
+        }
         // The lease is released right after this.
+    }
+}
+
+impl Call {
+    /// Hands the call's execution record to its worker's batch.
+    fn emit_record(&mut self, total: Duration) {
+        let lease = self.lease.as_ref();
+        crate::executions::push(
+            &self.entry,
+            crate::executions::Raw {
+                at: std::time::SystemTime::now()
+                    .checked_sub(total)
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                instance: lease.map(|l| crate::executions::ShortId::new(l.instance_id())),
+                request_id: std::mem::take(&mut self.request_id),
+                trace_id: self.trace_id,
+                method: self.method,
+                status: self.status,
+                start: lease.map(Lease::start_kind),
+                queue: lease.map_or(Duration::ZERO, Lease::queue_duration),
+                start_time: lease.map_or(Duration::ZERO, Lease::start_duration),
+                upstream: self.upstream_time,
+                total,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                rejection: self.rejection,
+            },
+        );
     }
 }
 

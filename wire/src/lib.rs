@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod api;
+pub mod executions;
 pub mod manifest;
 pub mod private;
 pub mod request_id;

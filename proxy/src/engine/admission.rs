@@ -21,6 +21,9 @@ use crate::routes::Entry;
 use crate::service::{Call, Proxy, Reply, pool_reply};
 
 /// Where admission leaves a request.
+// Returned once per request and taken apart at once: boxing the large
+// variant would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Admission {
     /// To be forwarded to the leased instance.
     Forward(Admitted),
@@ -185,6 +188,14 @@ impl Conn {
             );
         };
         let mut call = Call::new(received_at, entry.clone(), request_id);
+        crate::executions::describe(
+            &mut call,
+            method,
+            line,
+            sem.framing,
+            &self.buf,
+            &self.fields,
+        );
         // A private function's key: checked before anything else is said.
         if let Err(refusal) = crate::access::check(&self.buf, &mut self.fields, &entry.route) {
             let keep = self.refuse_access(call, refusal, close_after_own, head_only);

@@ -306,7 +306,7 @@ impl Conn {
     ) -> bool {
         call.status = reply.status;
         call.rejection = reply.rejection;
-        let id = std::mem::take(&mut call.request_id);
+        let id = call.request_id.clone(); // the record keeps the call's
         drop(call);
         self.own_answer(reply, id.as_bytes(), close, head_only)
             .await

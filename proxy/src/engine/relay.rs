@@ -63,6 +63,7 @@ impl Conn {
             return self.answer_call(call, &reply, true, head_only).await;
         }
         call.status = status_line.status;
+        call.upstream_time = upstream_time;
         let upgraded = status_line.status == 101;
         let dechunk = line.minor == 0 && rsem.framing == Framing::Chunked;
         let keep_client =
@@ -111,6 +112,7 @@ impl Conn {
             }
         };
         let mut clean = answer.leftover == 0;
+        call.bytes_out += out.len() as u64;
         let mut client_ok = timed(&mut self.timer, self.tcp.write_all(&out))
             .await
             .is_ok();
@@ -146,6 +148,7 @@ impl Conn {
                 }
             }
             clean &= answer.leftover == 0;
+            call.bytes_out += out.len() as u64;
             client_ok = timed(&mut self.timer, self.tcp.write_all(&out))
                 .await
                 .is_ok();

@@ -1,0 +1,988 @@
+//! Execution records: one per call of a routed function, sent to the control
+//! plane (`POST /api/v1/executions`) in batches; the proxy never opens
+//! PostgreSQL.
+//!
+//! The data path only fills a [`Raw`] record (no allocation: the request id
+//! moves in, the route entry is an `Arc`, the rest is inline) and pushes it
+//! onto its worker thread's local batch; a full batch, or every 250 ms the
+//! worker's flush tick ([`flush_local`]), goes through a bounded channel to
+//! the shipper on the background runtime. When the channel is full the
+//! batch is dropped and counted — the data path never waits.
+//!
+//! The shipper encodes records as JSON bodies of up to
+//! [`POST_RECORDS`] records, each with a batch id unique to this process
+//! (the control plane stores a batch once, so a resend after a lost answer
+//! adds nothing), and posts them oldest first. While the control plane is
+//! unreachable, bodies wait in memory (up to `memory_bytes`), then in spool
+//! files in `<state-dir>/executions/` (up to `spool_bytes`; they are sent by
+//! the next proxy too, after a restart); what does not fit is dropped and
+//! counted in `cpub_execution_records_dropped_total{reason}`.
+//!
+//! Longer than most files (about 700 lines of code, 300 of tests): it is
+//! the record's whole way from a call to the control plane — the data
+//! path's side and the shipper share the batch, the metrics and the queue.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use containerpub_pool::StartKind;
+use containerpub_wire::executions as wire;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::h1::{self, Field};
+use crate::metrics::Rejection;
+use crate::routes::Entry;
+
+/// Records a worker collects before it hands them over.
+const LOCAL_BATCH: usize = 256;
+/// Batches the channel to the shipper holds.
+const CHANNEL_BATCHES: usize = 1024;
+/// Most records in one posted body.
+pub const POST_RECORDS: usize = 5_000;
+/// Longest a record waits before its body is posted.
+const POST_EVERY: Duration = Duration::from_millis(500);
+/// Pause after a failed post before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Spool file suffix.
+const SPOOL_SUFFIX: &str = ".json";
+
+/// What the data path records of one call (its route entry is passed
+/// beside it to [`push`]).
+pub struct Raw {
+    pub at: SystemTime,
+    pub instance: Option<ShortId>,
+    pub request_id: String,
+    pub trace_id: Option<[u8; wire::TRACE_ID_LEN]>,
+    pub method: Method,
+    pub status: u16,
+    pub start: Option<StartKind>,
+    pub queue: Duration,
+    pub start_time: Duration,
+    pub upstream: Duration,
+    pub total: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rejection: Option<Rejection>,
+}
+
+/// A worker's records and the route entries they name: a record holds an
+/// index into `entries`, so the entry's `Arc` is cloned once per batch and
+/// function rather than per call (a shared reference count both workers
+/// would otherwise write on every call).
+#[derive(Default)]
+pub struct Batch {
+    entries: Vec<Arc<Entry>>,
+    records: Vec<(u32, Raw)>,
+}
+
+impl Batch {
+    fn push(&mut self, entry: &Arc<Entry>, raw: Raw) {
+        let at = match self.entries.iter().rposition(|e| Arc::ptr_eq(e, entry)) {
+            Some(at) => at,
+            None => {
+                self.entries.push(Arc::clone(entry));
+                self.entries.len() - 1
+            }
+        };
+        self.records.push((at as u32, raw));
+    }
+
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// An instance id's first 12 characters (Podman's short id), inline.
+#[derive(Clone, Copy)]
+pub struct ShortId([u8; 12], u8);
+
+impl ShortId {
+    pub fn new(id: &str) -> Self {
+        let mut out = [0u8; 12];
+        let n = id.len().min(12);
+        out.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(id.as_bytes().get(..n).unwrap_or_default());
+        Self(out, n as u8)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.0.get(..usize::from(self.1)).unwrap_or_default()).unwrap_or("")
+    }
+}
+
+/// A request method, inline (longer ones are cut; the proxy refuses none
+/// by length).
+#[derive(Clone, Copy, Default)]
+pub struct Method([u8; 16], u8);
+
+impl Method {
+    pub fn new(method: &[u8]) -> Self {
+        let mut out = [0u8; 16];
+        let n = method.len().min(16);
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), method.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        Self(out, n as u8)
+    }
+
+    fn as_str(&self) -> &str {
+        match std::str::from_utf8(self.0.get(..usize::from(self.1)).unwrap_or_default()) {
+            Ok(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) => s,
+            _ => "?",
+        }
+    }
+}
+
+/// The trace id of the request's `traceparent` field, when it has one
+/// valid field of that name.
+pub fn trace_id(buf: &[u8], fields: &[Field]) -> Option<[u8; wire::TRACE_ID_LEN]> {
+    let mut found = None;
+    for f in fields {
+        if f.kind != h1::Name::Other || f.name.len() != 11 {
+            continue;
+        }
+        let name = buf.get(f.name.clone()).unwrap_or_default();
+        if !name.eq_ignore_ascii_case(b"traceparent") {
+            continue;
+        }
+        if found.is_some() {
+            // Two of them: W3C says to ignore both.
+            return None;
+        }
+        let value = buf.get(f.value.clone()).unwrap_or_default();
+        found = Some(wire::trace_id_of_traceparent(value).and_then(|t| t.try_into().ok()));
+    }
+    found.flatten()
+}
+
+/// Fills what admission knows of a call into its record: the method, the
+/// trace id, and the bytes the client sends (its head and a
+/// `content-length` body; of a chunked body, nothing is counted). Nothing
+/// when records are off.
+pub fn describe(
+    call: &mut crate::service::Call,
+    method: &[u8],
+    line: &h1::RequestLine,
+    framing: h1::Framing,
+    buf: &[u8],
+    fields: &[Field],
+) {
+    if !enabled() {
+        return;
+    }
+    call.method = Method::new(method);
+    call.trace_id = trace_id(buf, fields);
+    call.bytes_in = line.head_len as u64
+        + match framing {
+            h1::Framing::Length(n) => n,
+            _ => 0,
+        };
+}
+
+/// The records' metrics, defined once here.
+struct Metrics {
+    dropped: IntCounterVec,
+    sent: IntCounter,
+    pending: IntGauge,
+    spool_bytes: IntGauge,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "cpub_execution_records_dropped_total",
+                "Execution records lost: channel_full (the shipper fell behind), spool_full (the control plane was away too long), refused (the control plane refused the batch)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let sent = IntCounter::new(
+            "cpub_execution_records_sent_total",
+            "Execution records the control plane stored",
+        )
+        .expect("valid metric");
+        let pending = IntGauge::new(
+            "cpub_execution_records_pending",
+            "Execution records waiting to be sent (memory and spool)",
+        )
+        .expect("valid metric");
+        let spool_bytes = IntGauge::new(
+            "cpub_execution_spool_bytes",
+            "Bytes of execution records in spool files",
+        )
+        .expect("valid metric");
+        let r = prometheus::default_registry();
+        for reason in ["channel_full", "spool_full", "refused"] {
+            dropped.with_label_values(&[reason]);
+        }
+        let _ = r.register(Box::new(dropped.clone()));
+        let _ = r.register(Box::new(sent.clone()));
+        let _ = r.register(Box::new(pending.clone()));
+        let _ = r.register(Box::new(spool_bytes.clone()));
+        Metrics {
+            dropped,
+            sent,
+            pending,
+            spool_bytes,
+        }
+    })
+}
+
+/// Registers the records' metrics (so a scrape shows them at zero).
+pub fn init_metrics() {
+    metrics();
+}
+
+static SINK: OnceLock<mpsc::Sender<Batch>> = OnceLock::new();
+static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+
+thread_local! {
+    static LOCAL: RefCell<Batch> = RefCell::new(Batch::default());
+}
+
+/// Whether records are kept (the shipper runs).
+#[inline]
+pub fn enabled() -> bool {
+    SINK.get().is_some()
+}
+
+/// Adds one call's record to this thread's batch.
+pub fn push(entry: &Arc<Entry>, raw: Raw) {
+    let full = LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        if local.records.capacity() == 0 {
+            local.records.reserve_exact(LOCAL_BATCH);
+        }
+        local.push(entry, raw);
+        (local.len() >= LOCAL_BATCH).then(|| std::mem::take(&mut *local))
+    });
+    if let Some(batch) = full {
+        hand_over(batch);
+    }
+}
+
+/// Hands this thread's records to the shipper (the worker's flush tick).
+pub fn flush_local() {
+    let batch = LOCAL.with(|local| std::mem::take(&mut *local.borrow_mut()));
+    if batch.len() > 0 {
+        hand_over(batch);
+    }
+}
+
+fn hand_over(batch: Batch) {
+    let Some(tx) = SINK.get() else { return };
+    if let Err(e) = tx.try_send(batch) {
+        let batch = match e {
+            mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+        };
+        metrics()
+            .dropped
+            .with_label_values(&["channel_full"])
+            .inc_by(batch.len() as u64);
+    }
+}
+
+/// Settings of the shipper.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub control_url: String,
+    pub token: String,
+    pub node: String,
+    /// Spool directory (created when needed).
+    pub spool_dir: PathBuf,
+    /// Encoded bodies kept in memory while the control plane is away.
+    pub memory_bytes: u64,
+    /// Bytes of spool files at most (0: no spool).
+    pub spool_bytes: u64,
+}
+
+/// The wire form of a record, borrowed (field names as
+/// `containerpub_wire::executions::ExecutionRecord`, which a test checks).
+#[derive(Serialize)]
+struct Out<'a> {
+    at_us: i64,
+    function: &'a str,
+    deployment_id: i64,
+    version: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    method: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<&'static str>,
+    queue_us: u64,
+    start_us: u64,
+    upstream_us: u64,
+    total_us: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejection: Option<&'static str>,
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Appends the JSON of `raw` (a call of `entry`'s function) to `out`.
+fn encode_record(entry: &Entry, raw: &Raw, out: &mut Vec<u8>) {
+    let at_us = raw
+        .at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let trace = raw
+        .trace_id
+        .as_ref()
+        .and_then(|t| std::str::from_utf8(t).ok());
+    let request_id = if raw.request_id.is_empty() {
+        "-"
+    } else {
+        &raw.request_id
+    };
+    let record = Out {
+        at_us,
+        function: &entry.route.function,
+        deployment_id: entry.route.deployment_id,
+        version: entry.route.version,
+        instance: raw.instance.as_ref().map(ShortId::as_str),
+        request_id,
+        trace_id: trace,
+        method: raw.method.as_str(),
+        status: raw.status,
+        start: raw.start.map(|k| k.as_str()),
+        queue_us: us(raw.queue).min(86_400_000_000),
+        start_us: us(raw.start_time).min(86_400_000_000),
+        upstream_us: us(raw.upstream).min(86_400_000_000),
+        total_us: us(raw.total).min(86_400_000_000),
+        bytes_in: raw.bytes_in.min(i64::MAX as u64),
+        bytes_out: raw.bytes_out.min(i64::MAX as u64),
+        rejection: raw.rejection.map(Rejection::as_str),
+    };
+    // Serializing plain strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &record);
+}
+
+/// One encoded body waiting to be posted.
+struct Body {
+    seq: u64,
+    records: u64,
+    json: Vec<u8>,
+}
+
+/// Encodes records into bodies of up to [`POST_RECORDS`].
+struct Encoder {
+    node_json: String,
+    boot: String,
+    next_seq: u64,
+    json: Vec<u8>,
+    records: u64,
+}
+
+impl Encoder {
+    fn new(node: &str, boot: String, next_seq: u64) -> Self {
+        let node_json = serde_json::to_string(node).unwrap_or_else(|_| "\"\"".into());
+        Self {
+            node_json,
+            boot,
+            next_seq,
+            json: Vec::new(),
+            records: 0,
+        }
+    }
+
+    fn add(&mut self, entry: &Entry, raw: &Raw) -> Option<Body> {
+        if self.records == 0 {
+            self.json.clear();
+            self.json.extend_from_slice(b"{\"node\":");
+            self.json.extend_from_slice(self.node_json.as_bytes());
+            self.json.extend_from_slice(
+                format!(
+                    ",\"batch\":\"{}-{}\",\"records\":[",
+                    self.boot, self.next_seq
+                )
+                .as_bytes(),
+            );
+        } else {
+            self.json.push(b',');
+        }
+        encode_record(entry, raw, &mut self.json);
+        self.records += 1;
+        (self.records as usize >= POST_RECORDS)
+            .then(|| self.finish())
+            .flatten()
+    }
+
+    fn finish(&mut self) -> Option<Body> {
+        if self.records == 0 {
+            return None;
+        }
+        self.json.extend_from_slice(b"]}");
+        let body = Body {
+            seq: self.next_seq,
+            records: self.records,
+            json: std::mem::take(&mut self.json),
+        };
+        self.next_seq += 1;
+        self.records = 0;
+        Some(body)
+    }
+}
+
+/// A spool file: its body's sequence, path, records (estimated for files
+/// an earlier run left) and bytes.
+struct SpoolFile {
+    seq: u64,
+    path: PathBuf,
+    records: u64,
+    bytes: u64,
+}
+
+/// Bodies waiting: oldest first, in spool files then in memory.
+struct Queue {
+    memory: VecDeque<Body>,
+    memory_bytes: u64,
+    /// Spool files, oldest first.
+    spool: VecDeque<SpoolFile>,
+    spool_bytes: u64,
+}
+
+impl Queue {
+    fn pending(&self) -> u64 {
+        self.memory.iter().map(|b| b.records).sum::<u64>()
+            + self.spool.iter().map(|s| s.records).sum::<u64>()
+    }
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Notify,
+    settings: Settings,
+}
+
+/// Starts keeping records: creates the channel the workers hand batches
+/// to and spawns the encoder and the sender on the current runtime.
+/// Spool files a previous proxy left are sent first.
+pub fn start(settings: Settings) {
+    init_metrics();
+    let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+    if SINK.set(tx).is_err() {
+        warn!("execution records already started");
+        return;
+    }
+    let (spool, spool_bytes, max_seq) = scan_spool(&settings.spool_dir);
+    if !spool.is_empty() {
+        info!(
+            files = spool.len(),
+            bytes = spool_bytes,
+            "execution records spooled by an earlier run will be sent"
+        );
+    }
+    let boot = containerpub_wire::request_id::generate();
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            memory: VecDeque::new(),
+            memory_bytes: 0,
+            spool,
+            spool_bytes,
+        }),
+        ready: Notify::new(),
+        settings,
+    });
+    update_gauges(&shared);
+    let _ = SHARED.set(shared.clone());
+    let encoder = Encoder::new(&shared.settings.node, boot, max_seq + 1);
+    tokio::spawn(encode_loop(rx, encoder, shared.clone()));
+    tokio::spawn(send_loop(shared));
+}
+
+/// Existing spool files: (queue, bytes, highest sequence).
+fn scan_spool(dir: &Path) -> (VecDeque<SpoolFile>, u64, u64) {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SPOOL_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let bytes = entry.metadata().map_or(0, |m| m.len());
+            // The count is not known without reading it: estimate for the
+            // gauge (about 300 bytes a record).
+            files.push(SpoolFile {
+                seq,
+                path: entry.path(),
+                records: bytes / 300,
+                bytes,
+            });
+        }
+    }
+    files.sort_by_key(|f| f.seq);
+    let bytes = files.iter().map(|f| f.bytes).sum();
+    let max = files.last().map_or(0, |f| f.seq);
+    (files.into(), bytes, max)
+}
+
+fn update_gauges(shared: &Shared) {
+    let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    metrics().pending.set(q.pending() as i64);
+    metrics().spool_bytes.set(q.spool_bytes as i64);
+}
+
+async fn encode_loop(mut rx: mpsc::Receiver<Batch>, mut encoder: Encoder, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(POST_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                for (at, raw) in &batch.records {
+                    let Some(entry) = batch.entries.get(*at as usize) else { continue };
+                    if let Some(body) = encoder.add(entry, raw) {
+                        enqueue(&shared, body);
+                    }
+                }
+                // The records (and their `Arc<Entry>`s) are dropped here.
+            }
+            _ = tick.tick() => {
+                if let Some(body) = encoder.finish() {
+                    enqueue(&shared, body);
+                }
+            }
+        }
+    }
+    if let Some(body) = encoder.finish() {
+        enqueue(&shared, body);
+    }
+}
+
+/// Queues a body; bodies over the memory limit move to the spool (oldest
+/// first), and what the spool cannot take is dropped.
+fn enqueue(shared: &Shared, body: Body) {
+    let settings = &shared.settings;
+    let mut spill = Vec::new();
+    {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.memory_bytes += body.json.len() as u64;
+        q.memory.push_back(body);
+        // Keep at least the newest body in memory.
+        while q.memory_bytes > settings.memory_bytes && q.memory.len() > 1 {
+            let Some(old) = q.memory.pop_front() else {
+                break;
+            };
+            q.memory_bytes -= old.json.len() as u64;
+            spill.push(old);
+        }
+    }
+    for body in spill {
+        spool(shared, body);
+    }
+    update_gauges(shared);
+    shared.ready.notify_one();
+}
+
+/// Writes a body to a spool file, or drops it when the spool is full.
+fn spool(shared: &Shared, body: Body) {
+    let settings = &shared.settings;
+    let len = body.json.len() as u64;
+    let room = {
+        let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.spool_bytes + len <= settings.spool_bytes
+    };
+    let path = settings
+        .spool_dir
+        .join(format!("{:020}{SPOOL_SUFFIX}", body.seq));
+    let written = room
+        && std::fs::create_dir_all(&settings.spool_dir).is_ok()
+        && containerpub_util::fs::write_atomic(
+            &path,
+            &body.json,
+            containerpub_util::fs::Modes::PRIVATE,
+        )
+        .map_err(|e| warn!(path = %path.display(), error = %e, "cannot spool execution records"))
+        .is_ok();
+    if written {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.spool_bytes += len;
+        // Spooled bodies are older than every body still in memory but may
+        // be newer than earlier spool files: keep the files in order.
+        let at = q.spool.partition_point(|f| f.seq < body.seq);
+        q.spool.insert(
+            at,
+            SpoolFile {
+                seq: body.seq,
+                path,
+                records: body.records,
+                bytes: len,
+            },
+        );
+    } else {
+        metrics()
+            .dropped
+            .with_label_values(&["spool_full"])
+            .inc_by(body.records);
+        warn!(
+            records = body.records,
+            "execution records dropped: the spool is full"
+        );
+    }
+}
+
+/// What to send next: the oldest spool file, else the oldest body in memory.
+enum Next {
+    File(u64, PathBuf, u64),
+    Memory(u64, u64, Vec<u8>),
+}
+
+async fn send_loop(shared: Arc<Shared>) {
+    let client = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "execution records disabled: cannot build the client");
+            return;
+        }
+    };
+    let url = format!("{}/api/v1/executions", shared.settings.control_url);
+    let mut was_down = false;
+    loop {
+        let next = {
+            let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = q.spool.front() {
+                Some(Next::File(f.seq, f.path.clone(), f.records))
+            } else {
+                q.memory
+                    .front()
+                    .map(|b| Next::Memory(b.seq, b.records, b.json.clone()))
+            }
+        };
+        let Some(next) = next else {
+            shared.ready.notified().await;
+            continue;
+        };
+        let (seq, records, json) = match &next {
+            Next::File(seq, path, records) => match tokio::fs::read(path).await {
+                Ok(json) => (*seq, *records, json),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "unreadable spool file dropped");
+                    remove_front(&shared, &next).await;
+                    continue;
+                }
+            },
+            Next::Memory(seq, records, json) => (*seq, *records, json.clone()),
+        };
+        let sent = client
+            .post(&url)
+            .bearer_auth(&shared.settings.token)
+            .header("content-type", "application/json")
+            .body(json)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                let stored = r
+                    .json::<wire::IngestResult>()
+                    .await
+                    .map_or(records, |i| i.stored);
+                metrics().sent.inc_by(stored);
+                if was_down {
+                    info!(
+                        "control plane reachable again, sending the execution records that waited"
+                    );
+                    was_down = false;
+                }
+                debug!(seq, records, "execution records sent");
+                remove_front(&shared, &next).await;
+            }
+            Ok(r)
+                if r.status().is_client_error()
+                    && r.status().as_u16() != 401
+                    && r.status().as_u16() != 429 =>
+            {
+                let status = r.status();
+                let text: String = r
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect();
+                warn!(%status, body = %text, records, "execution records refused by the control plane, dropped");
+                metrics()
+                    .dropped
+                    .with_label_values(&["refused"])
+                    .inc_by(records);
+                remove_front(&shared, &next).await;
+            }
+            other => {
+                if !was_down {
+                    match other {
+                        Ok(r) => {
+                            warn!(status = %r.status(), "cannot send execution records, keeping them")
+                        }
+                        Err(e) => warn!(error = %e, "cannot send execution records, keeping them"),
+                    }
+                    was_down = true;
+                }
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+}
+
+/// Takes the body just sent (or dropped) off the queue.
+async fn remove_front(shared: &Shared, next: &Next) {
+    let file = {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match next {
+            Next::File(seq, ..) => {
+                if q.spool.front().is_some_and(|f| f.seq == *seq) {
+                    let f = q.spool.pop_front();
+                    if let Some(f) = &f {
+                        q.spool_bytes = q.spool_bytes.saturating_sub(f.bytes);
+                    }
+                    f.map(|f| f.path)
+                } else {
+                    None
+                }
+            }
+            Next::Memory(seq, ..) => {
+                if q.memory.front().is_some_and(|b| b.seq == *seq)
+                    && let Some(b) = q.memory.pop_front()
+                {
+                    q.memory_bytes -= b.json.len() as u64;
+                }
+                None
+            }
+        }
+    };
+    if let Some(path) = file {
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+    update_gauges(shared);
+}
+
+/// On the way out (after the workers flushed): waits up to `timeout` for
+/// the records still queued to be sent, then writes what is left in memory
+/// to the spool, for the next proxy to send.
+pub async fn shutdown(timeout: Duration) {
+    let Some(shared) = SHARED.get() else { return };
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The encoder closes its body at its next tick.
+    tokio::time::sleep(POST_EVERY + Duration::from_millis(100)).await;
+    while tokio::time::Instant::now() < deadline {
+        let empty = {
+            let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.memory.is_empty() && q.spool.is_empty()
+        };
+        if empty {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<Body> = {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.memory_bytes = 0;
+        q.memory.drain(..).collect()
+    };
+    let records: u64 = left.iter().map(|b| b.records).sum();
+    for body in left {
+        spool(shared, body);
+    }
+    if records > 0 {
+        info!(
+            records,
+            "execution records not sent yet were spooled for the next proxy"
+        );
+    }
+}
+
+/// How many records are waiting (for tests and the shutdown log).
+pub fn pending() -> i64 {
+    metrics().pending.get()
+}
+
+/// Records dropped so far, all reasons.
+pub fn dropped() -> u64 {
+    ["channel_full", "spool_full", "refused"]
+        .iter()
+        .map(|r| metrics().dropped.with_label_values(&[r]).get())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerpub_wire::executions::ExecutionBatch;
+
+    fn entry() -> Arc<Entry> {
+        let manifest =
+            containerpub_wire::Manifest::parse("name = \"rec\"\nruntime = \"container\"\n")
+                .unwrap();
+        Arc::new(Entry {
+            route: containerpub_wire::api::Route {
+                function: "rec".into(),
+                deployment_id: 7,
+                version: 3,
+                image: "img".into(),
+                config: manifest,
+            },
+            metrics: crate::metrics::FunctionMetrics::new("rec"),
+            pool_handle: Default::default(),
+        })
+    }
+
+    fn raw(i: u64) -> Raw {
+        Raw {
+            at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + i),
+            instance: Some(ShortId::new("0123456789abcdef")),
+            request_id: format!("rid-{i}"),
+            trace_id: Some(*b"4bf92f3577b34da6a3ce929d0e0e4736"),
+            method: Method::new(b"POST"),
+            status: 200,
+            start: Some(StartKind::Cold),
+            queue: Duration::from_micros(5),
+            start_time: Duration::from_millis(200),
+            upstream: Duration::from_micros(900),
+            total: Duration::from_micros(201_000),
+            bytes_in: 10,
+            bytes_out: 20,
+            rejection: None,
+        }
+    }
+
+    #[test]
+    fn bodies_are_batches_the_control_plane_accepts() {
+        let mut enc = Encoder::new("node-1", "boot".into(), 1);
+        for i in 0..3 {
+            assert!(enc.add(&entry(), &raw(i)).is_none());
+        }
+        let mut r = raw(9);
+        r.instance = None;
+        r.trace_id = None;
+        r.start = None;
+        r.status = 429;
+        r.rejection = Some(Rejection::QueueFull);
+        r.method = Method::new(b"");
+        r.request_id = String::new();
+        assert!(enc.add(&entry(), &r).is_none());
+        let body = enc.finish().unwrap();
+        assert_eq!((body.seq, body.records), (1, 4));
+        let batch: ExecutionBatch = serde_json::from_slice(&body.json).unwrap();
+        assert_eq!(batch.node, "node-1");
+        assert_eq!(batch.batch, "boot-1");
+        assert_eq!(batch.records.len(), 4);
+        for r in &batch.records {
+            r.validate().unwrap();
+        }
+        let first = &batch.records[0];
+        assert_eq!(first.instance.as_deref(), Some("0123456789ab"));
+        assert_eq!(first.start, Some(wire::StartKind::Cold));
+        assert_eq!((first.deployment_id, first.version), (7, 3));
+        assert_eq!(first.at_us, 1_700_000_000_000_000);
+        assert_eq!(first.total_us, 201_000);
+        let last = &batch.records[3];
+        assert_eq!(last.rejection.as_deref(), Some("queue_full"));
+        assert_eq!(last.method, "?");
+        assert_eq!(last.request_id, "-");
+        // The next body has the next id.
+        enc.add(&entry(), &raw(10));
+        assert_eq!(enc.finish().unwrap().seq, 2);
+        assert!(enc.finish().is_none());
+    }
+
+    #[test]
+    fn a_batch_holds_each_entry_once() {
+        let (a, b) = (entry(), entry());
+        let mut batch = Batch::default();
+        for e in [&a, &a, &b, &a, &b] {
+            batch.push(e, raw(0));
+        }
+        assert_eq!(batch.entries.len(), 2);
+        let idx: Vec<u32> = batch.records.iter().map(|r| r.0).collect();
+        assert_eq!(idx, [0, 0, 1, 0, 1]);
+        assert_eq!(Arc::strong_count(&a), 2);
+    }
+
+    #[test]
+    fn a_full_body_is_cut_at_the_limit() {
+        let mut enc = Encoder::new("n", "b".into(), 1);
+        let mut bodies = 0;
+        for i in 0..(POST_RECORDS as u64 * 2 + 1) {
+            if enc.add(&entry(), &raw(i)).is_some() {
+                bodies += 1;
+            }
+        }
+        assert_eq!(bodies, 2);
+        assert_eq!(enc.finish().unwrap().records, 1);
+    }
+
+    #[test]
+    fn trace_ids_come_from_one_valid_traceparent() {
+        let parse = |head: &[u8]| {
+            let mut fields = Vec::new();
+            h1::parse_request(head, &mut fields).unwrap().unwrap();
+            trace_id(head, &fields)
+        };
+        let good = b"GET / HTTP/1.1\r\nhost: a\r\nTraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        assert_eq!(parse(good), Some(*b"4bf92f3577b34da6a3ce929d0e0e4736"));
+        let none = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert_eq!(parse(none), None);
+        let bad = b"GET / HTTP/1.1\r\nhost: a\r\ntraceparent: 00-xyz\r\n\r\n";
+        assert_eq!(parse(bad), None);
+        let two = b"GET / HTTP/1.1\r\nhost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b7-01\r\n\r\n";
+        assert_eq!(parse(two), None);
+    }
+
+    #[test]
+    fn short_ids_and_methods_stay_inline() {
+        assert_eq!(ShortId::new("abc").as_str(), "abc");
+        assert_eq!(ShortId::new("0123456789abcdef").as_str(), "0123456789ab");
+        assert_eq!(Method::new(b"GET").as_str(), "GET");
+        assert_eq!(
+            Method::new(b"AVERYLONGMETHODNAMEINDEED").as_str(),
+            "AVERYLONGMETHODN"
+        );
+        assert_eq!(Method::new(b"G\x01T").as_str(), "?");
+    }
+
+    #[test]
+    fn spool_files_are_found_in_order() {
+        let dir = tempfile_dir();
+        std::fs::write(dir.join("00000000000000000002.json"), b"{}").unwrap();
+        std::fs::write(dir.join("00000000000000000010.json"), b"{}").unwrap();
+        std::fs::write(dir.join("junk.json"), b"{}").unwrap();
+        std::fs::write(dir.join("00000000000000000001.json.tmp"), b"{}").unwrap();
+        let (files, bytes, max) = scan_spool(&dir);
+        assert_eq!(files.iter().map(|f| f.seq).collect::<Vec<_>>(), [2, 10]);
+        assert_eq!((bytes, max), (4, 10));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "cpub-exec-test-{}-{}",
+            std::process::id(),
+            containerpub_wire::request_id::generate()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

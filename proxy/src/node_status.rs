@@ -1,0 +1,288 @@
+//! Every few seconds: reads the CPU and memory use of this node's instances
+//! from their cgroups into per-function metrics, and reports the instances
+//! (function, state, calls in flight) to the control plane
+//! (`POST /api/v1/nodes/{node}/status`) for `cpub status`.
+//!
+//! Metrics (per function, summed over its instances on this node):
+//! `cpub_instance_memory_bytes`, `cpub_instance_memory_limit_bytes`,
+//! `cpub_instance_cpu_seconds_total` and `cpub_instance_oom_kills_total`
+//! (the kernel's `oom_kill` count of each instance's memory cgroup, read
+//! every 5 s: an OOM kill that takes an instance down between two reads is
+//! not seen here; the pool counts its death in
+//! `cpub_pool_instance_crashes_total`, the restarts).
+//!
+//! cgroup paths: v1 with Podman's `cgroupfs` manager
+//! (`/sys/fs/cgroup/{memory,cpuacct}/libpod_parent/libpod-<id>/`, what
+//! this machine has), else v2 under `machine.slice/libpod-<id>.scope`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use containerpub_pool::Pool;
+use containerpub_wire::executions::{InstanceReport, NodeReport};
+use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts};
+use tracing::debug;
+
+/// How often the instances are read and reported.
+pub const EVERY: Duration = Duration::from_secs(5);
+
+struct Metrics {
+    memory: IntGaugeVec,
+    limit: IntGaugeVec,
+    cpu: CounterVec,
+    oom: IntCounterVec,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let gauge = |name: &str, help: &str| {
+        IntGaugeVec::new(Opts::new(name, help), &["function"]).expect("valid metric")
+    };
+    let counter = |name: &str, help: &str| {
+        IntCounterVec::new(Opts::new(name, help), &["function"]).expect("valid metric")
+    };
+    let m = Metrics {
+        memory: gauge(
+            "cpub_instance_memory_bytes",
+            "Memory used by the function's instances on this node (cgroup usage)",
+        ),
+        limit: gauge(
+            "cpub_instance_memory_limit_bytes",
+            "Memory limit of the function's instances on this node, summed",
+        ),
+        cpu: CounterVec::new(
+            Opts::new(
+                "cpub_instance_cpu_seconds_total",
+                "CPU time used by the function's instances on this node, in seconds",
+            ),
+            &["function"],
+        )
+        .expect("valid metric"),
+        oom: counter(
+            "cpub_instance_oom_kills_total",
+            "Processes of the function's instances the kernel killed for memory (cgroup oom_kill)",
+        ),
+    };
+    let r = prometheus::default_registry();
+    let _ = r.register(Box::new(m.memory.clone()));
+    let _ = r.register(Box::new(m.limit.clone()));
+    let _ = r.register(Box::new(m.cpu.clone()));
+    let _ = r.register(Box::new(m.oom.clone()));
+    m
+});
+
+/// Registers the instance metrics (a scrape shows their names from the start).
+pub fn init_metrics() {
+    LazyLock::force(&METRICS);
+}
+
+/// What one read of an instance's cgroups found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub memory: u64,
+    pub limit: Option<u64>,
+    pub cpu_ns: u64,
+    pub oom_kills: u64,
+}
+
+fn read_u64(path: PathBuf) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a `key value` file (`memory.oom_control`, `cpu.stat`).
+fn read_key(path: PathBuf, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Reads the cgroups of container `id` under `root` (`/sys/fs/cgroup`).
+pub fn read_usage(root: &std::path::Path, id: &str) -> Option<Usage> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let v1 = root
+        .join("memory/libpod_parent")
+        .join(format!("libpod-{id}"));
+    if v1.is_dir() {
+        let cpu = root
+            .join("cpuacct/libpod_parent")
+            .join(format!("libpod-{id}"))
+            .join("cpuacct.usage");
+        // An unlimited v1 cgroup says so with a huge number.
+        let limit = read_u64(v1.join("memory.limit_in_bytes")).filter(|&l| l < (1 << 62));
+        return Some(Usage {
+            memory: read_u64(v1.join("memory.usage_in_bytes"))?,
+            limit,
+            cpu_ns: read_u64(cpu).unwrap_or(0),
+            oom_kills: read_key(v1.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+        });
+    }
+    let v2 = root
+        .join("machine.slice")
+        .join(format!("libpod-{id}.scope"));
+    if v2.is_dir() {
+        return Some(Usage {
+            memory: read_u64(v2.join("memory.current"))?,
+            limit: read_u64(v2.join("memory.max")),
+            cpu_ns: read_key(v2.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
+            oom_kills: read_key(v2.join("memory.events"), "oom_kill").unwrap_or(0),
+        });
+    }
+    None
+}
+
+/// Per-instance counters seen at the last read (to add only the increase).
+#[derive(Default)]
+struct Seen {
+    cpu_ns: HashMap<String, u64>,
+    oom: HashMap<String, u64>,
+    functions: Vec<String>,
+}
+
+/// Reads every instance of `pool` once: updates the metrics, returns the
+/// report for the control plane.
+fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let instances = pool.instances();
+    let m = &*METRICS;
+    let mut memory: HashMap<&str, (u64, u64)> = HashMap::new();
+    let mut live = HashMap::new();
+    for i in &instances {
+        let totals = memory.entry(i.function.as_str()).or_default();
+        let Some(usage) = read_usage(root, &i.id) else {
+            continue;
+        };
+        totals.0 += usage.memory;
+        totals.1 += usage.limit.unwrap_or(0);
+        let prev_cpu = seen.cpu_ns.get(&i.id).copied().unwrap_or(0);
+        let cpu_delta = usage.cpu_ns.saturating_sub(prev_cpu);
+        m.cpu
+            .with_label_values(&[i.function.as_str()])
+            .inc_by(cpu_delta as f64 / 1e9);
+        let prev_oom = seen.oom.get(&i.id).copied().unwrap_or(0);
+        // Touched even at 0, so the function's series exists.
+        m.oom
+            .with_label_values(&[i.function.as_str()])
+            .inc_by(usage.oom_kills.saturating_sub(prev_oom));
+        live.insert(i.id.clone(), (usage.cpu_ns, usage.oom_kills));
+    }
+    seen.cpu_ns = live.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    seen.oom = live.into_iter().map(|(k, v)| (k, v.1)).collect();
+    // Functions with no instance left show 0.
+    for f in &seen.functions {
+        if !memory.contains_key(f.as_str()) {
+            m.memory.with_label_values(&[f]).set(0);
+            m.limit.with_label_values(&[f]).set(0);
+        }
+    }
+    seen.functions = memory.keys().map(|f| (*f).to_owned()).collect();
+    for (function, (mem, limit)) in &memory {
+        m.memory.with_label_values(&[function]).set(*mem as i64);
+        m.limit.with_label_values(&[function]).set(*limit as i64);
+    }
+    NodeReport {
+        instances: instances
+            .iter()
+            .map(|i| InstanceReport {
+                function: i.function.clone(),
+                deployment_id: i.deployment_id,
+                id: i.id.chars().take(12).collect(),
+                state: i.state.as_str().to_owned(),
+                in_flight: i.in_flight,
+            })
+            .collect(),
+    }
+}
+
+/// Reads and reports forever.
+pub async fn run(pool: Pool, control_url: String, token: String, node: String) {
+    init_metrics();
+    let client = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "node reports disabled: cannot build the client");
+            return;
+        }
+    };
+    let url = format!("{control_url}/api/v1/nodes/{node}/status");
+    let mut seen = Seen::default();
+    let mut every = tokio::time::interval(EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let report = sample(&pool, &mut seen);
+        match client
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&report)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => debug!(status = %r.status(), "node report refused"),
+            Err(e) => debug!(error = %e, "node report not delivered"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_v1_and_v2_files_are_read() {
+        let root = std::env::temp_dir().join(format!(
+            "cpub-cgroup-test-{}",
+            containerpub_wire::request_id::generate()
+        ));
+        let id = "abc123";
+        let mem = root.join("memory/libpod_parent/libpod-abc123");
+        let cpu = root.join("cpuacct/libpod_parent/libpod-abc123");
+        std::fs::create_dir_all(&mem).unwrap();
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::write(mem.join("memory.usage_in_bytes"), "1048576\n").unwrap();
+        std::fs::write(mem.join("memory.limit_in_bytes"), "134217728\n").unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        std::fs::write(cpu.join("cpuacct.usage"), "2500000000\n").unwrap();
+        assert_eq!(
+            read_usage(&root, id),
+            Some(Usage {
+                memory: 1_048_576,
+                limit: Some(134_217_728),
+                cpu_ns: 2_500_000_000,
+                oom_kills: 2
+            })
+        );
+        assert_eq!(read_usage(&root, "ffff"), None);
+        assert_eq!(read_usage(&root, "../x"), None);
+
+        let v2 = root.join("machine.slice/libpod-def456.scope");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("memory.current"), "4096\n").unwrap();
+        std::fs::write(v2.join("memory.max"), "max\n").unwrap();
+        std::fs::write(v2.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
+        std::fs::write(v2.join("memory.events"), "low 0\noom 1\noom_kill 1\n").unwrap();
+        assert_eq!(
+            read_usage(&root, "def456"),
+            Some(Usage {
+                memory: 4096,
+                limit: None,
+                cpu_ns: 1_500_000,
+                oom_kills: 1
+            })
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -1,0 +1,523 @@
+//! Execution records and the views built on them: the batch a proxy posts to
+//! `POST /api/v1/executions` (one record per call of a function), the
+//! queries and answers of `GET /api/v1/functions/{name}/executions`,
+//! `…/stats` and `GET /api/v1/status`, and the rules both sides apply to
+//! them (limits, status filters, `--since` durations).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Most records in one batch.
+pub const MAX_BATCH_RECORDS: usize = 10_000;
+/// Largest batch body, in bytes.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Longest method, instance id and rejection reason in a record.
+pub const MAX_SHORT_FIELD: usize = 64;
+/// A trace id: 32 lowercase hex digits (W3C trace context).
+pub const TRACE_ID_LEN: usize = 32;
+/// Most rows `GET …/executions` answers.
+pub const MAX_LIST_LIMIT: u32 = 10_000;
+/// Rows `GET …/executions` answers unless asked otherwise.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// How the instance that served a call was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartKind {
+    /// Started while the call waited.
+    Cold,
+    /// Resumed from paused while the call waited.
+    Paused,
+    /// Running with a free slot.
+    Warm,
+}
+
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cold => "cold",
+            Self::Paused => "paused",
+            Self::Warm => "warm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "cold" => Self::Cold,
+            "paused" => Self::Paused,
+            "warm" => Self::Warm,
+            _ => return None,
+        })
+    }
+}
+
+/// One call of a function through a proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionRecord {
+    /// When the request head arrived, microseconds since the Unix epoch.
+    pub at_us: i64,
+    pub function: String,
+    pub deployment_id: i64,
+    pub version: i32,
+    /// The instance (container id, short form) that served it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub request_id: String,
+    /// From the request's `traceparent`, when it carried a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    pub method: String,
+    /// The status answered (0: the client went away before one was chosen).
+    pub status: u16,
+    /// How the instance was obtained; none when the call got no instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartKind>,
+    pub queue_us: u64,
+    pub start_us: u64,
+    pub upstream_us: u64,
+    pub total_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Why the proxy refused the call (`queue_full`, …), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<String>,
+}
+
+/// Largest duration field (one day), in microseconds.
+const MAX_DURATION_US: u64 = 86_400_000_000;
+
+impl ExecutionRecord {
+    /// Checks every field; the error names the field at fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        crate::validate_function_name(&self.function).map_err(|m| ("function", m.to_string()))?;
+        if self.deployment_id <= 0 || self.version <= 0 {
+            return Err((
+                "deployment_id",
+                "deployment_id and version must be positive".into(),
+            ));
+        }
+        if !crate::request_id::is_valid(self.request_id.as_bytes()) {
+            return Err(("request_id", "not a valid request id".into()));
+        }
+        let short = |s: &str| {
+            !s.is_empty() && s.len() <= MAX_SHORT_FIELD && s.bytes().all(|b| b.is_ascii_graphic())
+        };
+        if !short(&self.method) {
+            return Err(("method", "must be 1 to 64 visible ASCII characters".into()));
+        }
+        if let Some(instance) = &self.instance
+            && !short(instance)
+        {
+            return Err((
+                "instance",
+                "must be 1 to 64 visible ASCII characters".into(),
+            ));
+        }
+        if let Some(reason) = &self.rejection
+            && !(short(reason) && reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        {
+            return Err(("rejection", "must be a lowercase reason".into()));
+        }
+        if let Some(trace) = &self.trace_id
+            && !is_trace_id(trace.as_bytes())
+        {
+            return Err(("trace_id", "must be 32 lowercase hex digits".into()));
+        }
+        if self.status > 999 {
+            return Err((
+                "status",
+                format!("must be at most 999, got {}", self.status),
+            ));
+        }
+        for (field, v) in [
+            ("queue_us", self.queue_us),
+            ("start_us", self.start_us),
+            ("upstream_us", self.upstream_us),
+            ("total_us", self.total_us),
+        ] {
+            if v > MAX_DURATION_US {
+                return Err((field, format!("must be at most one day, got {v} µs")));
+            }
+        }
+        for (field, v) in [("bytes_in", self.bytes_in), ("bytes_out", self.bytes_out)] {
+            if v > i64::MAX as u64 {
+                return Err((field, "too large".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A W3C trace id: 32 lowercase hex digits, not all zero.
+pub fn is_trace_id(b: &[u8]) -> bool {
+    b.len() == TRACE_ID_LEN
+        && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        && b.iter().any(|&c| c != b'0')
+}
+
+/// The trace id of a `traceparent` value (`00-<trace-id>-<parent-id>-<flags>`),
+/// when it is a valid one.
+pub fn trace_id_of_traceparent(value: &[u8]) -> Option<&[u8]> {
+    // version "-" trace-id "-" parent-id "-" flags: 2+1+32+1+16+1+2 = 55.
+    if value.len() < 55 || value.get(2) != Some(&b'-') || value.get(35) != Some(&b'-') {
+        return None;
+    }
+    let version = value.get(..2)?;
+    if version == b"ff" || !version.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let trace = value.get(3..35)?;
+    is_trace_id(trace).then_some(trace)
+}
+
+/// `POST /api/v1/executions`: records of one proxy. `batch` is unique per
+/// proxy process and batch, so a batch sent again (its answer was lost) is
+/// stored once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionBatch {
+    pub node: String,
+    pub batch: String,
+    pub records: Vec<ExecutionRecord>,
+}
+
+/// What `POST /api/v1/executions` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IngestResult {
+    /// Records written.
+    pub stored: u64,
+    /// Records refused (outside the retention window).
+    pub skipped: u64,
+    /// The batch had been stored before.
+    pub duplicate: bool,
+}
+
+/// A status filter: one status (`503`) or a class (`5xx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusFilter {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a status (e.g. 503) or class (e.g. 5xx)");
+        let b = s.as_bytes();
+        match b {
+            [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => Ok(Self::Class(u16::from(d - b'0'))),
+            [b'1'..=b'9', b'0'..=b'9', b'0'..=b'9'] => {
+                s.parse().map(Self::Exact).map_err(|_| bad())
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// The inclusive range of statuses it matches.
+    pub fn range(self) -> (u16, u16) {
+        match self {
+            Self::Exact(s) => (s, s),
+            Self::Class(c) => (c * 100, c * 100 + 99),
+        }
+    }
+}
+
+/// Longest `since` window: 31 days.
+pub const MAX_SINCE_S: u64 = 31 * 86_400;
+
+/// A duration like `90s`, `10m`, `1h`, `2d` (a number and one unit), in
+/// seconds; at most [`MAX_SINCE_S`].
+pub fn parse_since(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a duration like 30s, 10m, 1h or 2d");
+    let Some((split, _)) = s.char_indices().last() else {
+        return Err(bad());
+    };
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if seconds == 0 || seconds > MAX_SINCE_S {
+        return Err(format!("{s:?} must be between 1s and 31d"));
+    }
+    Ok(seconds)
+}
+
+/// `GET /api/v1/functions/{name}/executions?status=5xx&since=1h&limit=100`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One stored call, newest first in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutionInfo {
+    pub at: DateTime<Utc>,
+    pub node: String,
+    #[serde(flatten)]
+    pub record: ExecutionRecord,
+}
+
+/// `GET /api/v1/functions/{name}/stats?since=1h&by=minute`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// `minute` or `hour`: one row per bucket; none: one row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// Figures of the calls in one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsRow {
+    /// Start of the bucket (the window's start without `by`).
+    pub from: DateTime<Utc>,
+    pub calls: u64,
+    /// Answers by class: 2xx, 3xx, 4xx, 5xx, and 0 (no answer).
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub no_answer: u64,
+    /// Calls the proxy refused (queue full, start failed, …).
+    pub rejected: u64,
+    /// Total duration percentiles, milliseconds (none without calls).
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub cold_starts: u64,
+    pub paused_starts: u64,
+    /// Share of calls that started an instance (0–1).
+    pub cold_start_share: f64,
+    /// Mean start time of cold starts, milliseconds.
+    pub cold_start_ms: Option<f64>,
+    /// Mean and largest time calls waited for a slot, milliseconds.
+    pub queue_mean_ms: Option<f64>,
+    pub queue_max_ms: Option<f64>,
+}
+
+/// `…/stats`: the function and its rows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub function: String,
+    pub since: DateTime<Utc>,
+    pub by: Option<String>,
+    pub total: StatsRow,
+    pub rows: Vec<StatsRow>,
+}
+
+/// A proxy the control plane has heard from (route watch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProxyStatus {
+    pub node: String,
+    /// The route revision it serves.
+    pub revision: i64,
+    /// Seconds since it last polled the routes.
+    pub seen_s_ago: u64,
+    /// Instances it reported, when it reported in the last minute.
+    pub instances: Option<u64>,
+}
+
+/// A function, its instances by state (as the proxies last reported them)
+/// and its calls of the last 5 minutes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionStatus {
+    pub name: String,
+    pub active_version: Option<i32>,
+    /// Instances by state (`ready`, `paused`, `resuming`, …), all nodes.
+    pub instances: std::collections::BTreeMap<String, u64>,
+    /// Calls in the last 5 minutes and how many failed (5xx, no answer).
+    pub calls_5m: u64,
+    pub errors_5m: u64,
+}
+
+/// Most instances one node report may list.
+pub const MAX_REPORTED_INSTANCES: usize = 100_000;
+
+/// One instance as its proxy sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceReport {
+    pub function: String,
+    pub deployment_id: i64,
+    /// Container id (short form).
+    pub id: String,
+    /// `ready`, `paused`, `resuming`, `gone`.
+    pub state: String,
+    pub in_flight: u32,
+}
+
+/// `POST /api/v1/nodes/{node}/status`: a proxy's instances, every few
+/// seconds. Kept in memory by the control plane; a node not heard from
+/// for a minute is left out of `cpub status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReport {
+    pub instances: Vec<InstanceReport>,
+}
+
+/// A recent start failure (crash) a proxy reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartFailure {
+    pub function: String,
+    pub node: String,
+    pub exit_code: Option<i32>,
+    pub during_start: bool,
+    pub crashes: i64,
+    pub at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlatformStatus {
+    pub route_revision: i64,
+    pub proxies: Vec<ProxyStatus>,
+    pub functions: Vec<FunctionStatus>,
+    pub start_failures: Vec<StartFailure>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ExecutionRecord {
+        ExecutionRecord {
+            at_us: 1_700_000_000_000_000,
+            function: "hello".into(),
+            deployment_id: 1,
+            version: 1,
+            instance: Some("0123456789ab".into()),
+            request_id: "rid-1".into(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            method: "GET".into(),
+            status: 200,
+            start: Some(StartKind::Warm),
+            queue_us: 0,
+            start_us: 0,
+            upstream_us: 300,
+            total_us: 400,
+            bytes_in: 80,
+            bytes_out: 120,
+            rejection: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_validate() {
+        let r = record();
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<ExecutionRecord>(&json).unwrap(), r);
+        r.validate().unwrap();
+        let bad = [
+            ExecutionRecord {
+                function: "Bad Name".into(),
+                ..record()
+            },
+            ExecutionRecord {
+                request_id: "a b".into(),
+                ..record()
+            },
+            ExecutionRecord {
+                method: "G\nET".into(),
+                ..record()
+            },
+            ExecutionRecord {
+                trace_id: Some("XYZ".into()),
+                ..record()
+            },
+            ExecutionRecord {
+                status: 1000,
+                ..record()
+            },
+            ExecutionRecord {
+                total_us: u64::MAX,
+                ..record()
+            },
+            ExecutionRecord {
+                rejection: Some("Queue Full".into()),
+                ..record()
+            },
+            ExecutionRecord {
+                deployment_id: 0,
+                ..record()
+            },
+        ];
+        let fields: Vec<_> = bad.iter().map(|r| r.validate().unwrap_err().0).collect();
+        assert_eq!(
+            fields,
+            [
+                "function",
+                "request_id",
+                "method",
+                "trace_id",
+                "status",
+                "total_us",
+                "rejection",
+                "deployment_id"
+            ]
+        );
+        assert!(
+            serde_json::from_str::<ExecutionRecord>(
+                &json.replace("\"status\"", "\"x\":1,\"status\"")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn traceparent() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id_of_traceparent(tp),
+            Some(&b"4bf92f3577b34da6a3ce929d0e0e4736"[..])
+        );
+        assert_eq!(
+            trace_id_of_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id_of_traceparent(b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of_traceparent(b"00-4BF92F"), None);
+        assert_eq!(trace_id_of_traceparent(b""), None);
+    }
+
+    #[test]
+    fn status_filters_and_durations() {
+        assert_eq!(StatusFilter::parse("5xx").unwrap().range(), (500, 599));
+        assert_eq!(StatusFilter::parse("404").unwrap().range(), (404, 404));
+        for bad in ["6xx", "5x", "abc", "", "0xx", "99", "5000"] {
+            assert!(StatusFilter::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_since("90s"), Ok(90));
+        assert_eq!(parse_since("10m"), Ok(600));
+        assert_eq!(parse_since("1h"), Ok(3600));
+        assert_eq!(parse_since("2d"), Ok(172_800));
+        for bad in [
+            "",
+            "h",
+            "1",
+            "0m",
+            "1w",
+            "-1h",
+            "32d",
+            "99999999999999999999d",
+            "1é",
+        ] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
+}
