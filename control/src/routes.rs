@@ -5,6 +5,7 @@ pub mod auth;
 pub mod crashes;
 pub mod deployments;
 pub mod functions;
+pub mod logs;
 pub mod watch;
 
 use std::time::Instant;
@@ -39,6 +40,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/functions/{name}/crashes",
             get(crashes::list).post(crashes::report),
+        )
+        .route("/functions/{name}/logs", get(logs::query))
+        .route(
+            "/logs",
+            post(logs::ingest).layer(DefaultBodyLimit::max(
+                containerpub_wire::logs::MAX_BATCH_BYTES,
+            )),
         )
         .route("/routes", get(watch::routes))
         .route_layer(middleware::from_fn_with_state(

@@ -53,6 +53,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let log_sweeper = tokio::spawn(crate::logs::sweep_forever(
+        pool.clone(),
+        settings.logs,
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -89,6 +94,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("serving")?;
     shutdown.cancel();
     let _ = follower.await;
+    let _ = log_sweeper.await;
     pool.close().await;
     Ok(())
 }
