@@ -6,6 +6,7 @@ mod describe;
 mod invoke;
 mod list;
 mod login;
+mod logs;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,8 @@ enum Command {
     Delete(delete::Args),
     /// Call a function through the proxy and print its answer.
     Invoke(invoke::Args),
+    /// Print (or follow with -f) what a function's instances printed.
+    Logs(logs::Args),
 }
 
 /// How listing commands print.
@@ -89,6 +92,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => describe::run(&ctx, args).await,
         Command::Delete(args) => delete::run(&ctx, args).await,
         Command::Invoke(args) => invoke::run(&ctx, args).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
     }
 }
 

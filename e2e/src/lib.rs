@@ -165,6 +165,8 @@ pub struct Stack {
     proxy: Option<Proc>,
     /// Extra environment for cpub-control (limits under test).
     control_env: Vec<(String, String)>,
+    /// Extra environment for cpub-proxy (see [`Stack::restart_proxy_with`]).
+    proxy_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -205,6 +207,7 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            proxy_env: Vec::new(),
         };
         stack.start_control().await?;
         stack.start_proxy().await?;
@@ -306,7 +309,7 @@ impl Stack {
 
     /// Starts (or restarts) cpub-proxy.
     pub async fn start_proxy(&mut self) -> Result<()> {
-        let env = vec![
+        let mut env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             ("CPUB_URL".into(), self.control_url()),
             ("CPUB_TOKEN".into(), self.token.clone()),
@@ -317,8 +320,20 @@ impl Stack {
             ("CPUB_NODE".into(), self.node.clone()),
             ("CPUB_PROXY_THREADS".into(), PROXY_THREADS.to_string()),
         ];
+        env.extend(self.proxy_env.iter().cloned());
         self.proxy = Some(self.spawn("cpub-proxy", env)?);
         self.wait_healthy("proxy", self.proxy_addr).await
+    }
+
+    /// Stops cpub-proxy and starts it again with `env` added (settings
+    /// under test).
+    pub async fn restart_proxy_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.stop_proxy();
+        self.proxy_env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.start_proxy().await
     }
 
     /// Process id of the running cpub-control (for its memory use).

@@ -67,6 +67,9 @@ pub struct Config {
     /// Seconds a new instance may take to become ready.
     #[arg(long, env = ENV_START_TIMEOUT_S, default_value_t = 30, value_name = "S")]
     pub start_timeout_s: u64,
+
+    #[command(flatten)]
+    pub logs: crate::logs::LogArgs,
 }
 
 /// A setting with an unusable value.

@@ -67,6 +67,8 @@ pub struct Call {
     received_at: Instant,
     pub entry: Arc<Entry>,
     pub request_id: String,
+    /// The `traceparent` the instance gets (`trace.rs`).
+    pub traceparent: String,
     pub lease: Option<Lease>,
     /// Status of the answer (0 while none is chosen).
     pub status: u16,
@@ -81,6 +83,7 @@ impl Call {
             received_at,
             entry,
             request_id,
+            traceparent: String::new(),
             lease: None,
             status: 0,
             rejection: None,

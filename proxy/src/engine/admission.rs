@@ -184,7 +184,14 @@ impl Conn {
                     && !close_after_own,
             );
         };
+        let incoming_trace = self
+            .fields
+            .iter()
+            .find(|f| f.kind == h1::Name::Traceparent)
+            .map(|f| self.buf.get(f.value.clone()).unwrap_or_default());
+        let traceparent = crate::trace::pick(incoming_trace, &request_id);
         let mut call = Call::new(received_at, entry.clone(), request_id);
+        call.traceparent = traceparent;
         if is_connect {
             let reply = Reply::new(405, "CONNECT is not supported");
             return Admission::Answered(
@@ -201,7 +208,10 @@ impl Conn {
         }
 
         match lease(proxy, &entry).await {
-            Ok(lease) => call.lease = Some(lease),
+            Ok(mut lease) => {
+                lease.note_call(&call.request_id);
+                call.lease = Some(lease);
+            }
             Err(e) => {
                 debug!(function = %call.function(), error = %e, "no instance for call");
                 let reply = pool_reply(call.function(), &e);
