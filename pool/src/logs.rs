@@ -285,13 +285,34 @@ impl LogHub {
             let id = follow.id.clone();
             let stop = hub.stop.clone();
             tokio::select! {
-                () = tail(&hub, runtime.as_ref(), &follow) => {}
+                () = tail_container(&hub, runtime.as_ref(), &follow) => {}
                 () = stop.cancelled() => {}
             }
             if let Some(journal) = &follow.journal {
                 journal.enabled.store(false, Ordering::Relaxed);
             }
             hub.followed.lock().expect("followed lock").remove(&id);
+        });
+    }
+
+    /// Follows the k8s-file log at `path` as if it were container `id`'s,
+    /// from its start, until the file is removed (the capture benchmark,
+    /// `examples/log_capture.rs`, measures the real tailer this way).
+    pub fn follow_file(self: &Arc<Self>, path: PathBuf, id: &str, function: &str) {
+        let follow = Follow {
+            id: id.to_owned(),
+            function: Arc::from(function),
+            deployment_id: 0,
+            journal: None,
+            from_end: false,
+        };
+        let hub = Arc::clone(self);
+        self.tailers.spawn(async move {
+            let stop = hub.stop.clone();
+            tokio::select! {
+                () = tail(&hub, &path, &follow) => {}
+                () = stop.cancelled() => {}
+            }
         });
     }
 
@@ -608,15 +629,18 @@ impl Assembler {
 }
 
 /// Follows one instance's log file until the container is gone.
-async fn tail(hub: &LogHub, runtime: &dyn ContainerRuntime, follow: &Follow) {
-    let path = match runtime.log_path(&follow.id).await {
-        Ok(Some(path)) => path,
-        Ok(None) => return,
+async fn tail_container(hub: &LogHub, runtime: &dyn ContainerRuntime, follow: &Follow) {
+    match runtime.log_path(&follow.id).await {
+        Ok(Some(path)) => tail(hub, &path, follow).await,
+        Ok(None) => {}
         Err(err) => {
             tracing::debug!(container = short(&follow.id), %err, "no log file to follow");
-            return;
         }
-    };
+    }
+}
+
+/// Follows a k8s-file log at `path` until it is removed.
+async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
     let instance: Arc<str> = Arc::from(short(&follow.id));
     let mut asm = Assembler {
         stdout: Pending::default(),
@@ -625,7 +649,7 @@ async fn tail(hub: &LogHub, runtime: &dyn ContainerRuntime, follow: &Follow) {
         journal: follow.journal.clone(),
         resync: false,
     };
-    let mut file = match open(&path, follow.from_end) {
+    let mut file = match open(path, follow.from_end) {
         Ok(Some(f)) => f,
         Ok(None) => return,
         Err(err) => {
@@ -659,12 +683,12 @@ async fn tail(hub: &LogHub, runtime: &dyn ContainerRuntime, follow: &Follow) {
             continue;
         }
         // At the end of what was written: rotated or removed?
-        match std::fs::metadata(&path) {
+        match std::fs::metadata(path) {
             Ok(m) if m.ino() == file.1 => {}
             Ok(_) => {
                 // Rotated (conmon renamed a new file over it): the old one
                 // is read to its end above; go on with the new one.
-                match open(&path, false) {
+                match open(path, false) {
                     Ok(Some(f)) => {
                         file = f;
                         continue;

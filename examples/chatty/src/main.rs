@@ -3,9 +3,12 @@
 //! - `GET /print?n=N&tag=T&stream=stderr`: prints `T 1` … `T N` (stdout
 //!   unless `stream=stderr`) while it serves the call, then answers
 //!   `printed N`.
-//! - `GET /spam?lps=L&secs=S&tag=T`: prints L lines a second (in 10 ms
-//!   ticks, one write per tick) for S seconds in the background; answers
-//!   at once.
+//! - `GET /spam?lps=L&secs=S&tag=T&stamp=1`: prints L lines a second (in
+//!   10 ms ticks, one write per tick) for S seconds in the background;
+//!   answers at once. With `stamp=1` each line ends in ` t=<ns>`, the
+//!   wall-clock time of its write in nanoseconds since the epoch (for
+//!   latency measurements). `CHATTY_SPAM=L,S` in the environment does the
+//!   same with stamps from the start.
 //! - `GET /hostile`: prints a 100 KB line, a line of binary bytes and
 //!   terminal escapes, and a last line without its newline.
 //! - `GET /ids`: prints and answers the `x-request-id` and `traceparent` it
@@ -19,6 +22,12 @@ use fnhttp::{Request, Response};
 
 fn main() {
     println!("chatty starting");
+    if let Ok(spec) = std::env::var("CHATTY_SPAM")
+        && let Some((lps, secs)) = spec.split_once(',')
+        && let (Ok(lps), Ok(secs)) = (lps.trim().parse::<u64>(), secs.trim().parse::<u64>())
+    {
+        std::thread::spawn(move || spam(lps.min(1_000_000), secs.min(600), "spam", true));
+    }
     if let Err(err) = fnhttp::serve(handle) {
         eprintln!("chatty: {err}");
         std::process::exit(1);
@@ -64,7 +73,8 @@ fn handle(req: &Request) -> Response {
             let lps = number(req, "lps", 1000).min(1_000_000);
             let secs = number(req, "secs", 1).min(600);
             let tag = param(req, "tag").unwrap_or("spam").to_owned();
-            std::thread::spawn(move || spam(lps, secs, &tag));
+            let stamp = param(req, "stamp") == Some("1");
+            std::thread::spawn(move || spam(lps, secs, &tag, stamp));
             Response::text(200, format!("printing {lps} lines/s for {secs} s\n"))
         }
         "/hostile" => {
@@ -91,7 +101,7 @@ fn handle(req: &Request) -> Response {
 
 /// `lps` lines a second for `secs` seconds, numbered from 1, one write per
 /// 10 ms tick.
-fn spam(lps: u64, secs: u64, tag: &str) {
+fn spam(lps: u64, secs: u64, tag: &str, stamp: bool) {
     let start = Instant::now();
     let total = lps * secs;
     let mut sent = 0u64;
@@ -100,8 +110,15 @@ fn spam(lps: u64, secs: u64, tag: &str) {
         let due = ((start.elapsed().as_secs_f64() * lps as f64) as u64 + 1).min(total);
         if due > sent {
             let mut text = String::new();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
             for i in sent + 1..=due {
-                text.push_str(&format!("{tag} {i} of {total}\n"));
+                if stamp {
+                    text.push_str(&format!("{tag} {i} of {total} t={now}\n"));
+                } else {
+                    text.push_str(&format!("{tag} {i} of {total}\n"));
+                }
             }
             if out.write_all(text.as_bytes()).is_err() {
                 return;
