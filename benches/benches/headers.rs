@@ -67,6 +67,7 @@ fn headers(c: &mut Criterion) {
                     &Forwarding {
                         path: "/v1/items/42?page=2",
                         request_id: b"0f8e2c1a5b8d4e3f9a7c2d1e0b9f8a7c",
+                        traceparent: b"",
                         client_ip: b"10.88.0.1",
                         upgrade: false,
                     },
@@ -103,6 +104,7 @@ fn headers(c: &mut Criterion) {
                 &Forwarding {
                     path: &invocation.upstream,
                     request_id: id.as_bytes(),
+                    traceparent: b"",
                     client_ip: b"10.88.0.1",
                     upgrade: false,
                 },

@@ -267,6 +267,22 @@ impl Client {
         self.get_json(&format!("/functions/{name}/crashes")).await
     }
 
+    /// `GET /functions/{name}/logs` (a long poll when `query` waits).
+    pub async fn logs(
+        &self,
+        name: &str,
+        query: &containerpub_wire::logs::LogQuery,
+    ) -> Result<containerpub_wire::logs::LogPage> {
+        let path = format!("/functions/{name}/logs");
+        let response = self
+            .send(self.http.get(self.url(&path)).query(query))
+            .await?;
+        response
+            .json()
+            .await
+            .with_context(|| format!("unexpected answer to GET {path}"))
+    }
+
     /// `DELETE /functions/{name}`.
     pub async fn delete(&self, name: &str) -> Result<()> {
         self.send(self.http.delete(self.url(&format!("/functions/{name}"))))

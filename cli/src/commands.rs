@@ -9,6 +9,7 @@ mod invoke;
 mod key;
 mod list;
 mod login;
+mod logs;
 mod node_token;
 mod secret;
 mod stats;
@@ -68,6 +69,8 @@ enum Command {
     Stats(stats::Args),
     /// The platform: proxies, functions and their instances, start failures.
     Status(status::Args),
+    /// Print (or follow with -f) what a function's instances printed.
+    Logs(logs::Args),
 }
 
 /// How listing commands print.
@@ -125,6 +128,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Executions(args) => executions::run(&ctx, args).await,
         Command::Stats(args) => stats::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
     }
 }
 

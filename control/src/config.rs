@@ -94,6 +94,8 @@ pub struct Config {
     /// Password of `admin` on first start. Random when unset.
     #[arg(long, env = ENV_ADMIN_PASSWORD, hide_env_values = true)]
     pub admin_password: Option<String>,
+    #[command(flatten)]
+    pub logs: crate::logs::LogArgs,
 }
 
 /// A configuration problem; `setting` names the flag and its variable.
@@ -125,6 +127,8 @@ pub struct Settings {
     pub build: BuildSettings,
     pub bootstrap_token: Option<String>,
     pub admin_password: Option<String>,
+    /// Retention of function logs.
+    pub logs: crate::logs::Retention,
 }
 
 /// The build sandbox: limits of each image build, the base images a
@@ -283,7 +287,9 @@ impl Config {
                 "must not be empty",
             ));
         }
+        let logs = self.logs.validate()?;
         Ok(Settings {
+            logs,
             listen: self.listen,
             database_url,
             data_dir: self.data_dir,

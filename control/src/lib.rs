@@ -17,6 +17,7 @@ pub mod error;
 pub mod gc;
 pub mod login_limit;
 pub mod metrics;
+pub mod logs;
 pub mod revision;
 pub mod routes;
 pub mod server;

@@ -16,6 +16,7 @@ pub mod stats;
 pub mod status;
 pub mod tokens;
 pub mod users;
+pub mod logs;
 pub mod watch;
 
 use std::time::Instant;
@@ -57,6 +58,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/functions/{name}/secrets/{key}",
             put(secrets::set).delete(secrets::unset),
+        .route("/functions/{name}/logs", get(logs::query))
+        .route(
+            "/logs",
+            post(logs::ingest).layer(DefaultBodyLimit::max(
+                containerpub_wire::logs::MAX_BATCH_BYTES,
+            )),
         )
         .route("/routes", get(watch::routes))
         .route("/whoami", get(auth::whoami))

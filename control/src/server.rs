@@ -70,6 +70,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let log_sweeper = tokio::spawn(crate::logs::sweep_forever(
+        pool.clone(),
+        settings.logs,
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -111,6 +116,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = follower.await;
     let _ = retention.await;
+    let _ = log_sweeper.await;
     pool.close().await;
     Ok(())
 }

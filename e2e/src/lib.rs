@@ -362,7 +362,7 @@ impl Stack {
 
     /// Starts (or restarts) cpub-proxy.
     pub async fn start_proxy(&mut self) -> Result<()> {
-        let env = vec![
+        let mut env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             ("CPUB_URL".into(), self.control_url()),
             ("CPUB_NODE_TOKEN".into(), self.node_token.clone()),
@@ -379,6 +379,17 @@ impl Stack {
             .collect();
         self.proxy = Some(self.spawn("cpub-proxy", env)?);
         self.wait_healthy("proxy", self.proxy_addr).await
+    }
+
+    /// Stops cpub-proxy and starts it again with `env` added (settings
+    /// under test).
+    pub async fn restart_proxy_with(&mut self, env: &[(&str, &str)]) -> Result<()> {
+        self.stop_proxy();
+        self.proxy_env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.start_proxy().await
     }
 
     /// Process id of the running cpub-control (for its memory use).

@@ -59,6 +59,20 @@ pub struct ContainerSpec {
     /// Seconds between SIGTERM and SIGKILL when the container is stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<u32>,
+    /// Where conmon writes the output (`--log-driver`, `--log-opt max-size`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_configuration: Option<LogConfiguration>,
+}
+
+/// The container's log (SpecGenerator `log_configuration`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogConfiguration {
+    /// `k8s-file`, `journald`, `none`, `passthrough`.
+    pub driver: String,
+    /// Bytes after which conmon starts the file anew (it renames a new
+    /// file over the old one); 0 or absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -206,6 +220,10 @@ mod tests {
             netns: Some(Namespace::new(NamespaceMode::Bridge)),
             networks: [("net".to_owned(), NetworkOptions::default())].into(),
             stop_timeout: Some(2),
+            log_configuration: Some(LogConfiguration {
+                driver: "k8s-file".into(),
+                size: Some(1024),
+            }),
         };
         assert_eq!(
             serde_json::to_value(&spec).unwrap(),
@@ -234,6 +252,7 @@ mod tests {
                 "netns": { "nsmode": "bridge" },
                 "Networks": { "net": {} },
                 "stop_timeout": 2,
+                "log_configuration": { "driver": "k8s-file", "size": 1024 },
             })
         );
     }

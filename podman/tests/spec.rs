@@ -86,6 +86,7 @@ fn isolated() -> ContainerSpec {
         netns: Some(Namespace::new(NamespaceMode::Bridge)),
         networks: BTreeMap::from([(NETWORK.to_owned(), NetworkOptions::default())]),
         stop_timeout: Some(2),
+        log_configuration: None,
     }
 }
 

@@ -77,6 +77,8 @@ pub(crate) struct Instance {
     ready_at: Mutex<(Instant, Duration, StartKind)>,
     /// The coarse clock at the last idle-timer touch.
     touched_ms: AtomicU64,
+    /// Calls it served, for log lines' request ids (`logs.rs`).
+    pub(crate) calls: std::sync::Arc<crate::logs::CallJournal>,
 }
 
 /// A coarse clock for idle-timer touches: milliseconds since the first
@@ -114,6 +116,7 @@ impl Instance {
             state: AtomicU8::new(state as u8),
             ready_at: Mutex::new((Instant::now(), took, kind)),
             touched_ms: AtomicU64::new(0),
+            calls: std::sync::Arc::default(),
         }
     }
 

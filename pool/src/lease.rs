@@ -94,9 +94,20 @@ pub struct Lease {
     kind: StartKind,
     start: Duration,
     queued: Duration,
+    /// The call is in the instance's call journal (see `note_call`).
+    journaled: bool,
 }
 
 impl Lease {
+    /// Names the call this lease serves: on an instance that serves one
+    /// call at a time and whose logs are captured, the lines it prints
+    /// until the lease is dropped carry `request_id` (`logs.rs`).
+    pub fn note_call(&mut self, request_id: &str) {
+        if self.set.route.config.scaling.concurrency == 1 && !self.journaled {
+            self.journaled = self.instance.calls.begin(request_id);
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.instance.addr
     }
@@ -127,6 +138,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.journaled {
+            self.instance.calls.end();
+        }
         self.instance.release_slot();
         self.set.in_flight_gauge.dec();
         // The idle timer starts over when a call ends (at most every
@@ -156,6 +170,7 @@ fn lease_now(set: &Arc<InstanceSet>, instance: Arc<Instance>) -> Lease {
         kind: StartKind::Warm,
         start: Duration::ZERO,
         queued: Duration::ZERO,
+        journaled: false,
     }
 }
 
@@ -180,6 +195,7 @@ fn lease_of(set: &Arc<InstanceSet>, instance: Arc<Instance>, began: Instant) -> 
         kind,
         start,
         queued,
+        journaled: false,
     }
 }
 

@@ -37,6 +37,7 @@ mod idle;
 mod instance;
 mod lease;
 mod lifecycle;
+pub mod logs;
 pub mod metrics;
 pub mod pool;
 mod precreate;

@@ -165,6 +165,7 @@ impl Inner {
                     self.remove_later(instance.id.clone());
                 } else {
                     set.list(Arc::clone(&instance));
+                    self.follow_logs(set, &instance, false);
                     self.idle.track(set, &instance);
                     tracing::info!(function, deployment = route.deployment_id, container = short(&instance.id), addr = %addr, ms = took.as_millis() as u64, "instance ready");
                     // Died between its readiness and its listing: the event

@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     /// Crashes not yet taken by [`Pool::next_crashes`], latest per function.
     pub(crate) crash_outbox: Mutex<FxHashMap<String, CrashReport>>,
     pub(crate) crash_posted: Notify,
+    /// Log capture, once [`Pool::capture_logs`] turned it on.
+    pub(crate) logs: std::sync::OnceLock<Arc<crate::logs::LogHub>>,
 }
 
 impl Inner {
@@ -61,6 +63,25 @@ impl Inner {
     fn all_sets(&self) -> Vec<Arc<InstanceSet>> {
         let functions = self.functions.lock().expect("functions lock");
         functions.values().flat_map(|s| s.sets()).collect()
+    }
+
+    /// Follows the output of `instance` of `set` when logs are captured:
+    /// from the start of its log file, or from its end for an instance
+    /// that ran before (adopted).
+    pub(crate) fn follow_logs(&self, set: &InstanceSet, instance: &Instance, from_end: bool) {
+        let Some(hub) = self.logs.get() else { return };
+        let journal =
+            (set.route.config.scaling.concurrency == 1).then(|| Arc::clone(&instance.calls));
+        hub.follow(
+            Arc::clone(&self.runtime),
+            crate::logs::Follow {
+                id: instance.id.clone(),
+                function: Arc::from(set.route.function.as_str()),
+                deployment_id: set.route.deployment_id,
+                journal,
+                from_end,
+            },
+        );
     }
 
     /// The set and instance of container `id`.
@@ -116,6 +137,7 @@ impl Pool {
             recent_deaths: Mutex::default(),
             crash_outbox: Mutex::default(),
             crash_posted: Notify::new(),
+            logs: std::sync::OnceLock::new(),
         });
         inner.adopt(routes).await?;
         let pool = Pool { inner };
@@ -190,6 +212,28 @@ impl Pool {
         out
     }
 
+    /// Turns log capture on: every instance started from now on is
+    /// followed from its first line; those running already (adopted) from
+    /// now. Once per pool; the shipper drains the returned hub.
+    pub fn capture_logs(
+        &self,
+        config: crate::logs::LogConfig,
+    ) -> std::io::Result<Arc<crate::logs::LogHub>> {
+        let hub = crate::logs::LogHub::new(config)?;
+        let hub = Arc::clone(self.inner.logs.get_or_init(|| hub));
+        for set in self.inner.all_sets() {
+            for i in set.instances().iter() {
+                self.inner.follow_logs(&set, i, true);
+            }
+        }
+        Ok(hub)
+    }
+
+    /// The log capture, when on.
+    pub fn logs(&self) -> Option<Arc<crate::logs::LogHub>> {
+        self.inner.logs.get().cloned()
+    }
+
     /// Waits for crashes of this node's instances and takes them: the
     /// latest per function since the last call (with how many there were).
     /// One consumer (the proxy's reporter to the control plane).
@@ -214,6 +258,9 @@ impl Pool {
     /// node adopts them.
     pub async fn shutdown(&self) {
         self.inner.stopped.cancel();
+        if let Some(hub) = self.inner.logs.get() {
+            hub.close();
+        }
         self.inner.runtime.shutdown().await;
     }
 

@@ -91,6 +91,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn exit_of(&self, _id: &str) -> Result<Option<Exit>, PoolError> {
         Ok(None)
     }
+    /// Where the container's output is written (a `k8s-file` log), for
+    /// log capture; `None` when the engine keeps no such file (the default).
+    async fn log_path(&self, _id: &str) -> Result<Option<std::path::PathBuf>, PoolError> {
+        Ok(None)
+    }
     /// The routed deployments are now `routes` (`Pool::sync`): a runtime may
     /// get ready for their starts. Podman creates one container ahead for
     /// each and removes those of deployments no longer routed. Called inside
@@ -303,6 +308,11 @@ impl ContainerRuntime for PodmanRuntime {
             Err(err) => format!("[its output could not be read: {err}]"),
         };
         Ok(Some(Exit { code, output }))
+    }
+
+    async fn log_path(&self, id: &str) -> Result<Option<std::path::PathBuf>, PoolError> {
+        let state = self.podman.inspect_container(id, &self.network).await?;
+        Ok(crate::logs::log_path_of(&state.raw))
     }
 
     async fn pause(&self, id: &str) -> Result<(), PoolError> {

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use containerpub_podman::spec::{
-    AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, MemoryLimits, Mount, Namespace,
-    NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
+    AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, LogConfiguration, MemoryLimits, Mount,
+    Namespace, NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
 };
 use containerpub_wire::api::Route;
 
@@ -26,6 +26,8 @@ pub const USERNS_SIZE: u32 = 65_536;
 const _: () = assert!(USERNS_SIZE > 65_534, "the function user must be mapped");
 /// Seconds Podman waits after SIGTERM before SIGKILL.
 const STOP_TIMEOUT_S: u32 = 2;
+/// Size at which conmon starts a container's log file anew.
+pub const LOG_FILE_MAX_BYTES: i64 = 32 << 20;
 
 /// Builds the container spec for one instance of `route`.
 pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec {
@@ -87,6 +89,13 @@ pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec
         netns: Some(Namespace::new(NamespaceMode::Bridge)),
         networks: BTreeMap::from([(network.to_owned(), NetworkOptions::default())]),
         stop_timeout: Some(STOP_TIMEOUT_S),
+        // A file per container that the node's log capture tails
+        // (`logs.rs`), started anew past this size so a chatty function
+        // cannot fill the disk (the tailer reads the old file to its end).
+        log_configuration: Some(LogConfiguration {
+            driver: "k8s-file".to_owned(),
+            size: Some(LOG_FILE_MAX_BYTES),
+        }),
     }
 }
 

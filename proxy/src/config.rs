@@ -101,6 +101,8 @@ pub struct Config {
     /// MiB of execution records spooled to `<state-dir>/executions/` after that (0: none).
     #[arg(long, env = ENV_EXECUTIONS_SPOOL_MB, default_value_t = 1024, value_name = "MIB")]
     pub executions_spool_mb: u64,
+    #[command(flatten)]
+    pub logs: crate::logs::LogArgs,
 }
 
 /// A setting with an unusable value.

@@ -552,6 +552,7 @@ pub enum Name {
     Host,
     Trailer,
     XRequestId,
+    Traceparent,
     XForwardedFor,
     XForwardedProto,
     Other,
@@ -569,6 +570,7 @@ fn classify(name: &[u8]) -> Name {
         7 if is(b"trailer") => Name::Trailer,
         10 if is(b"connection") => Name::Connection,
         10 if is(b"keep-alive") => Name::KeepAlive,
+        11 if is(b"traceparent") => Name::Traceparent,
         12 if is(b"x-request-id") => Name::XRequestId,
         14 if is(b"content-length") => Name::ContentLength,
         15 if is(b"x-forwarded-for") => Name::XForwardedFor,
@@ -670,6 +672,8 @@ pub struct Forwarding<'a> {
     /// Path and query the function sees.
     pub path: &'a str,
     pub request_id: &'a [u8],
+    /// `traceparent` sent on (the caller's when valid, else a new one).
+    pub traceparent: &'a [u8],
     /// The client's address, as text.
     pub client_ip: &'a [u8],
     /// Forward the protocol switch the client asks for (its `upgrade`
@@ -727,7 +731,7 @@ pub fn write_request_head(
         if kind.is_hop_by_hop()
             || matches!(
                 kind,
-                Name::Expect | Name::XRequestId | Name::XForwardedProto
+                Name::Expect | Name::XRequestId | Name::Traceparent | Name::XForwardedProto
             )
             // `Transfer_Encoding`: a server that maps `_` to `-` would
             // frame by it (dropped, as nginx does by default).
@@ -769,6 +773,9 @@ pub fn write_request_head(
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
     push_field(out, b"x-request-id", fwd.request_id);
+    if !fwd.traceparent.is_empty() {
+        push_field(out, b"traceparent", fwd.traceparent);
+    }
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prior) = forwarded_for {
         out.extend_from_slice(&prior);
@@ -1184,6 +1191,7 @@ X-Forwarded-Proto: https\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
         let fwd = Forwarding {
             path: "/x?y=1",
             request_id: b"rid-1",
+            traceparent: b"",
             client_ip: b"10.1.2.3",
             upgrade: false,
         };
@@ -1349,6 +1357,7 @@ x-request-id: r\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"
         Forwarding {
             path: "/x",
             request_id: b"r",
+            traceparent: b"",
             client_ip: b"10.0.0.1",
             upgrade: false,
         }

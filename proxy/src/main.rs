@@ -90,6 +90,19 @@ fn run(config: Config) -> i32 {
             return 1;
         }
     };
+    if let Some(log_config) = config.logs.config() {
+        match pool.capture_logs(log_config) {
+            Ok(hub) => {
+                background.spawn(containerpub_proxy::logs::ship(
+                    hub,
+                    config.control_url.clone(),
+                    config.token.clone(),
+                    config.node().to_owned(),
+                ));
+            }
+            Err(e) => warn!(error = %e, "log capture off: cannot start its thread"),
+        }
+    }
     background.block_on(async {
         pool.sync(&snapshot.routes);
         routes.resolve_handles(&pool);

@@ -67,6 +67,8 @@ pub struct Call {
     received_at: Instant,
     pub entry: Arc<Entry>,
     pub request_id: String,
+    /// The `traceparent` the instance gets (`trace.rs`).
+    pub traceparent: String,
     pub lease: Option<Lease>,
     /// Status of the answer (0 while none is chosen).
     pub status: u16,
@@ -89,6 +91,7 @@ impl Call {
             received_at,
             entry,
             request_id,
+            traceparent: String::new(),
             lease: None,
             status: 0,
             rejection: None,

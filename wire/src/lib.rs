@@ -9,6 +9,7 @@
 pub mod access;
 pub mod api;
 pub mod executions;
+pub mod logs;
 pub mod manifest;
 pub mod private;
 pub mod request_id;

@@ -187,7 +187,14 @@ impl Conn {
                     && !close_after_own,
             );
         };
+        let incoming_trace = self
+            .fields
+            .iter()
+            .find(|f| f.kind == h1::Name::Traceparent)
+            .map(|f| self.buf.get(f.value.clone()).unwrap_or_default());
+        let traceparent = crate::trace::pick(incoming_trace, &request_id);
         let mut call = Call::new(received_at, entry.clone(), request_id);
+        call.traceparent = traceparent;
         crate::executions::describe(
             &mut call,
             method,
@@ -217,7 +224,10 @@ impl Conn {
         }
 
         match lease(proxy, &entry).await {
-            Ok(lease) => call.lease = Some(lease),
+            Ok(mut lease) => {
+                lease.note_call(&call.request_id);
+                call.lease = Some(lease);
+            }
             Err(e) => {
                 debug!(function = %call.function(), error = %e, "no instance for call");
                 let reply = pool_reply(call.function(), &e);

@@ -92,6 +92,7 @@ impl Conn {
             &Forwarding {
                 path: &req.path,
                 request_id: call.request_id.as_bytes(),
+                traceparent: call.traceparent.as_bytes(),
                 client_ip: self.client_ip.as_bytes(),
                 upgrade: req.sem.upgrade,
             },
@@ -148,7 +149,10 @@ impl Conn {
                         }
                         connect_retried = true;
                         match admission::lease(proxy, &call.entry).await {
-                            Ok(lease) => call.lease = Some(lease),
+                            Ok(mut lease) => {
+                                lease.note_call(&call.request_id);
+                                call.lease = Some(lease);
+                            }
                             Err(e) => return Err(NoAnswer::Reply(pool_reply(call.function(), &e))),
                         }
                         continue;

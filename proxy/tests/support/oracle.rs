@@ -151,6 +151,7 @@ pub fn request_head(data: &[u8]) {
         &h1::Forwarding {
             path: "/x",
             request_id: b"rid",
+            traceparent: b"",
             client_ip: b"192.0.2.1",
             upgrade: sem.upgrade,
         },

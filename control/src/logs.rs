@@ -1,0 +1,147 @@
+//! Retention of function logs: lines older than `--log-retention-days` go
+//! (a sweep every minute), and a function never keeps more than
+//! `--log-retention-bytes` (checked after every stored batch from the
+//! usage row kept with each insert: past the limit, its oldest lines go
+//! until it holds 90 % of it, so a busy function is not trimmed on every
+//! batch). The handlers are in `routes/logs.rs`.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigError;
+
+pub const ENV_LOG_RETENTION_DAYS: &str = "CPUB_LOG_RETENTION_DAYS";
+pub const ENV_LOG_RETENTION_BYTES: &str = "CPUB_LOG_RETENTION_BYTES";
+
+/// How often lines past their age are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Rows removed per statement (a long sweep does not hold one huge
+/// transaction).
+const SWEEP_CHUNK: i64 = 10_000;
+
+/// The flags of log retention (flattened into `cpub-control`'s).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Days a function's log lines are kept (1 to 3650).
+    #[arg(long, env = ENV_LOG_RETENTION_DAYS, default_value_t = 7)]
+    pub log_retention_days: u32,
+    /// Most bytes of log lines kept per function (oldest go first; at least
+    /// 64 KiB).
+    #[arg(long, env = ENV_LOG_RETENTION_BYTES, default_value_t = 256 * 1024 * 1024)]
+    pub log_retention_bytes: u64,
+}
+
+/// Log retention as validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub days: u32,
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            days: 7,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl LogArgs {
+    pub fn validate(&self) -> Result<Retention, ConfigError> {
+        if !(1..=3650).contains(&self.log_retention_days) {
+            return Err(ConfigError {
+                setting: format!("--log-retention-days / {ENV_LOG_RETENTION_DAYS}"),
+                message: format!("must be 1 to 3650, got {}", self.log_retention_days),
+            });
+        }
+        if self.log_retention_bytes < 64 * 1024 || self.log_retention_bytes > i64::MAX as u64 {
+            return Err(ConfigError {
+                setting: format!("--log-retention-bytes / {ENV_LOG_RETENTION_BYTES}"),
+                message: format!("must be at least 65536, got {}", self.log_retention_bytes),
+            });
+        }
+        Ok(Retention {
+            days: self.log_retention_days,
+            max_bytes: self.log_retention_bytes,
+        })
+    }
+}
+
+/// Removes lines past their age every [`SWEEP_EVERY`] until `shutdown`.
+pub async fn sweep_forever(db: PgPool, retention: Retention, shutdown: CancellationToken) {
+    loop {
+        match sweep(&db, retention.days).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(lines = n, days = retention.days, "old log lines removed"),
+            Err(err) => tracing::warn!(%err, "removing old log lines"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Removes every line older than `days`; returns how many.
+pub async fn sweep(db: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let (n,): (i64,) = sqlx::query_as(
+            "WITH del AS ( \
+               DELETE FROM function_logs WHERE id IN ( \
+                 SELECT id FROM function_logs \
+                 WHERE at < now() - make_interval(days => $1) LIMIT $2) \
+               RETURNING function_id, bytes), \
+             agg AS (SELECT function_id, count(*) AS n, sum(bytes)::bigint AS b \
+                     FROM del GROUP BY function_id), \
+             up AS (UPDATE function_log_usage u SET bytes = greatest(u.bytes - agg.b, 0) \
+                    FROM agg WHERE u.function_id = agg.function_id) \
+             SELECT coalesce(sum(n), 0)::bigint FROM agg",
+        )
+        .bind(i32::try_from(days).unwrap_or(i32::MAX))
+        .bind(SWEEP_CHUNK)
+        .fetch_one(db)
+        .await?;
+        total += u64::try_from(n).unwrap_or(0);
+        if n < SWEEP_CHUNK {
+            return Ok(total);
+        }
+    }
+}
+
+/// Removes the oldest lines of `function_id` until it holds at most 90 %
+/// of `max_bytes`; returns the bytes removed.
+pub async fn trim(db: &PgPool, function_id: i64, max_bytes: u64) -> Result<u64, sqlx::Error> {
+    let target = i64::try_from(max_bytes / 10 * 9).unwrap_or(i64::MAX);
+    let (removed,): (i64,) = sqlx::query_as(
+        "WITH usage AS (SELECT bytes FROM function_log_usage WHERE function_id = $1), \
+         cut AS ( \
+           SELECT min(id) AS id FROM ( \
+             SELECT id, sum(bytes) OVER (ORDER BY id) AS cum FROM function_logs \
+             WHERE function_id = $1) t \
+           WHERE t.cum >= (SELECT bytes FROM usage) - $2 \
+             AND (SELECT bytes FROM usage) > $2), \
+         del AS (DELETE FROM function_logs \
+                 WHERE function_id = $1 AND id <= (SELECT id FROM cut) \
+                 RETURNING bytes), \
+         sum AS (SELECT coalesce(sum(bytes), 0)::bigint AS b FROM del), \
+         up AS (UPDATE function_log_usage SET bytes = greatest(bytes - (SELECT b FROM sum), 0) \
+                WHERE function_id = $1) \
+         SELECT b FROM sum",
+    )
+    .bind(function_id)
+    .bind(target)
+    .fetch_one(db)
+    .await?;
+    if removed > 0 {
+        tracing::debug!(
+            function_id,
+            bytes = removed,
+            "oldest log lines removed (byte limit)"
+        );
+    }
+    Ok(u64::try_from(removed).unwrap_or(0))
+}

@@ -1,0 +1,339 @@
+//! Function logs: `POST /api/v1/logs` (a proxy ships a batch of the lines
+//! its instances printed) and `GET /api/v1/functions/{name}/logs` (what
+//! `cpub logs` reads; with `after` and `wait_s` a long poll, so `cpub logs
+//! -f` shows a line as soon as it is stored).
+//!
+//! Any API token may ship lines, as any may report crashes: proxies use
+//! one. Every line is checked again here (cleaned, bounded) and stored with
+//! its function's id and the version of the deployment it names; lines of
+//! functions or deployments that no longer exist are counted and dropped.
+//! A batch takes one transaction-scoped advisory lock before its ids are
+//! drawn, so ids are committed in order and a follower's cursor (`after`)
+//! never skips a line that commits late. Retention is in `crate::logs`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use chrono::{DateTime, Utc};
+use containerpub_wire::logs::{
+    LogBatch, LogIngest, LogLine, LogPage, LogQuery, LogStream, MAX_BATCH_LINES, MAX_QUERY_LINES,
+    MAX_WAIT_S, clean_line, is_clean,
+};
+use containerpub_wire::request_id;
+use tokio::sync::watch;
+
+use crate::auth::{Action, Caller};
+use crate::error::{Error, Result};
+use crate::routes::check_name;
+use crate::routes::watch::query_error;
+use crate::state::AppState;
+
+/// Key of the advisory lock every batch takes (ASCII "cpublogs").
+const INGEST_LOCK: i64 = 0x6370_7562_6c6f_6773;
+/// Bytes a row counts beyond its text (ids, times, names) against the
+/// per-function limit.
+pub(crate) const ROW_OVERHEAD_BYTES: i32 = 64;
+/// How often a waiting follower looks again even without a wake-up from
+/// this process (lines stored by another control-plane replica).
+const FOLLOW_RECHECK: Duration = Duration::from_millis(500);
+/// Lines a query answers unless `limit` says otherwise.
+const DEFAULT_LIMIT: u32 = 1000;
+
+/// Bumped after every stored batch: wakes the followers of this process.
+static STORED: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+
+/// `POST /api/v1/logs`.
+pub async fn ingest(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<LogIngest>> {
+    caller.require(Action::ShipLogs, None)?;
+    let batch: LogBatch = serde_json::from_slice(&body)
+        .map_err(|e| Error::bad_request("body", format!("not a log batch: {e}")))?;
+    containerpub_wire::validate_node_name(&batch.node)
+        .map_err(|m| Error::bad_request("node", m))?;
+    caller.require_node_name(Some(&batch.node))?;
+    let total: usize = batch.groups.iter().map(|g| g.lines.len()).sum();
+    if total > MAX_BATCH_LINES {
+        return Err(Error::too_large(
+            "groups",
+            format!("a batch holds at most {MAX_BATCH_LINES} lines, got {total}"),
+        ));
+    }
+    let mut rows = Rows::with_capacity(total);
+    for (g, group) in batch.groups.iter().enumerate() {
+        containerpub_wire::validate_function_name(&group.function)
+            .map_err(|m| Error::bad_request(format!("groups[{g}].function"), m))?;
+        if group.instance.len() > 64 || !group.instance.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::bad_request(
+                format!("groups[{g}].instance"),
+                "must be a container id (at most 64 hex digits) or empty",
+            ));
+        }
+        for (l, entry) in group.lines.iter().enumerate() {
+            let at = DateTime::<Utc>::from_timestamp_nanos(entry.at_ns);
+            if let Some(id) = &entry.request_id
+                && !request_id::is_valid(id.as_bytes())
+            {
+                return Err(Error::bad_request(
+                    format!("groups[{g}].lines[{l}].request_id"),
+                    "not a valid request id",
+                ));
+            }
+            let line = if is_clean(&entry.line) {
+                entry.line.clone()
+            } else {
+                clean_line(entry.line.as_bytes())
+            };
+            rows.function.push(group.function.clone());
+            rows.deployment.push(group.deployment_id);
+            rows.instance.push(group.instance.clone());
+            rows.stream.push(entry.stream.as_str().to_owned());
+            rows.at.push(at);
+            rows.request_id.push(entry.request_id.clone());
+            rows.line.push(line);
+        }
+    }
+    if total == 0 {
+        return Ok(Json(LogIngest::default()));
+    }
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(INGEST_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let usage: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "WITH ins AS ( \
+           INSERT INTO function_logs \
+             (function_id, version, node, instance, stream, at, request_id, line, bytes) \
+           SELECT f.id, d.version, $1, t.instance, t.stream, t.at, t.request_id, t.line, \
+                  octet_length(t.line) + $9 \
+           FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], \
+                       $7::text[], $8::text[]) \
+                WITH ORDINALITY AS t(function, deployment, instance, stream, at, request_id, line, n) \
+           JOIN functions f ON f.name = t.function \
+           JOIN deployments d ON d.id = t.deployment AND d.function_id = f.id \
+           ORDER BY t.n \
+           RETURNING function_id, bytes), \
+         agg AS (SELECT function_id, count(*) AS lines, sum(bytes)::bigint AS bytes \
+                 FROM ins GROUP BY function_id), \
+         up AS (INSERT INTO function_log_usage (function_id, bytes) \
+                SELECT function_id, bytes FROM agg \
+                ON CONFLICT (function_id) DO UPDATE \
+                SET bytes = function_log_usage.bytes + EXCLUDED.bytes \
+                RETURNING function_id, bytes) \
+         SELECT agg.function_id, agg.lines, up.bytes FROM agg JOIN up USING (function_id)",
+    )
+    .bind(&batch.node)
+    .bind(&rows.function)
+    .bind(&rows.deployment)
+    .bind(&rows.instance)
+    .bind(&rows.stream)
+    .bind(&rows.at)
+    .bind(&rows.request_id)
+    .bind(&rows.line)
+    .bind(ROW_OVERHEAD_BYTES)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    STORED.send_modify(|n| *n = n.wrapping_add(1));
+    let stored: i64 = usage.iter().map(|(_, lines, _)| lines).sum();
+    let limit = state.settings.logs.max_bytes;
+    for (function_id, _, bytes) in &usage {
+        if u64::try_from(*bytes).unwrap_or(0) > limit {
+            crate::logs::trim(&state.db, *function_id, limit).await?;
+        }
+    }
+    let stored = u64::try_from(stored).unwrap_or(0);
+    let answer = LogIngest {
+        stored,
+        unknown: (total as u64).saturating_sub(stored),
+    };
+    if answer.unknown > 0 {
+        tracing::debug!(node = %batch.node, unknown = answer.unknown, "log lines of unknown functions dropped");
+    }
+    Ok(Json(answer))
+}
+
+/// The columns of a batch, bound as arrays.
+struct Rows {
+    function: Vec<String>,
+    deployment: Vec<i64>,
+    instance: Vec<String>,
+    stream: Vec<String>,
+    at: Vec<DateTime<Utc>>,
+    request_id: Vec<Option<String>>,
+    line: Vec<String>,
+}
+
+impl Rows {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            function: Vec::with_capacity(n),
+            deployment: Vec::with_capacity(n),
+            instance: Vec::with_capacity(n),
+            stream: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            request_id: Vec::with_capacity(n),
+            line: Vec::with_capacity(n),
+        }
+    }
+}
+
+type LineRow = (
+    i64,
+    DateTime<Utc>,
+    i32,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+);
+
+/// Lines after a cursor, oldest first (also `since_s` without a cursor).
+const FORWARD: &str = "SELECT id, at, version, node, instance, stream, request_id, line \
+     FROM function_logs \
+     WHERE function_id = $1 AND id > $2 \
+       AND ($3::int IS NULL OR version = $3) \
+       AND ($4::text IS NULL OR starts_with(instance, $4)) \
+       AND ($5::text IS NULL OR request_id = $5) \
+       AND ($6::float8 IS NULL OR at >= now() - make_interval(secs => $6)) \
+     ORDER BY id LIMIT $7";
+/// The newest lines (no cursor, no `since_s`), newest first.
+const NEWEST: &str = "SELECT id, at, version, node, instance, stream, request_id, line \
+     FROM function_logs \
+     WHERE function_id = $1 AND id > $2 \
+       AND ($3::int IS NULL OR version = $3) \
+       AND ($4::text IS NULL OR starts_with(instance, $4)) \
+       AND ($5::text IS NULL OR request_id = $5) \
+       AND ($6::float8 IS NULL OR at >= now() - make_interval(secs => $6)) \
+     ORDER BY id DESC LIMIT $7";
+
+/// `GET /api/v1/functions/{name}/logs`.
+pub async fn query(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    query: std::result::Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<LogPage>> {
+    caller.require(Action::ReadFunctions, None)?;
+    check_name(&name)?;
+    let Query(q) = query.map_err(|e| query_error(&e))?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_QUERY_LINES).contains(&limit) {
+        return Err(Error::bad_request(
+            "limit",
+            format!("must be 1 to {MAX_QUERY_LINES}, got {limit}"),
+        ));
+    }
+    if let Some(instance) = &q.instance
+        && (!(4..=64).contains(&instance.len()) || !instance.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(Error::bad_request(
+            "instance",
+            "must be 4 to 64 hex digits (a container id or its start)",
+        ));
+    }
+    if let Some(id) = &q.request_id
+        && !request_id::is_valid(id.as_bytes())
+    {
+        return Err(Error::bad_request(
+            "request_id",
+            "must be 1 to 128 of A-Z a-z 0-9 - _ . : + / =",
+        ));
+    }
+    const TEN_YEARS_S: u64 = 10 * 366 * 24 * 3600;
+    if q.since_s.is_some_and(|s| s > TEN_YEARS_S) {
+        return Err(Error::bad_request(
+            "since_s",
+            format!("must be at most {TEN_YEARS_S} seconds"),
+        ));
+    }
+    let wait = Duration::from_secs(q.wait_s.unwrap_or(0));
+    if wait > Duration::from_secs(MAX_WAIT_S) {
+        return Err(Error::bad_request(
+            "wait_s",
+            format!("must be at most {MAX_WAIT_S}"),
+        ));
+    }
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(Error::bad_request("after", "must be 0 or more"));
+    }
+    let function_id: Option<(i64,)> = sqlx::query_as("SELECT id FROM functions WHERE name = $1")
+        .bind(&name)
+        .fetch_optional(&state.db)
+        .await?;
+    let Some((function_id,)) = function_id else {
+        return Err(Error::NotFound(format!("function {name:?} not found")));
+    };
+    let newest = q.after.is_none() && q.since_s.is_none();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stored = STORED.subscribe();
+    loop {
+        stored.mark_unchanged();
+        let mut rows: Vec<LineRow> = sqlx::query_as(if newest { NEWEST } else { FORWARD })
+            .bind(function_id)
+            .bind(q.after.unwrap_or(0))
+            .bind(q.version)
+            .bind(q.instance.as_deref().map(str::to_ascii_lowercase))
+            .bind(q.request_id.as_deref())
+            .bind(q.since_s.map(|s| s as f64))
+            .bind(i64::from(limit))
+            .fetch_all(&state.db)
+            .await?;
+        if newest {
+            rows.reverse();
+        }
+        let waiting = q.after.is_some() && !wait.is_zero();
+        if !rows.is_empty() || !waiting || tokio::time::Instant::now() >= deadline {
+            let next = match (rows.last(), q.after) {
+                (Some(last), _) => last.0,
+                (None, Some(after)) => after,
+                // Nothing yet: follow from the newest line of the function.
+                (None, None) => {
+                    let (max,): (i64,) = sqlx::query_as(
+                        "SELECT coalesce(max(id), 0) FROM function_logs WHERE function_id = $1",
+                    )
+                    .bind(function_id)
+                    .fetch_one(&state.db)
+                    .await?;
+                    max
+                }
+            };
+            let lines = rows.into_iter().map(to_line).collect();
+            return Ok(Json(LogPage { lines, next }));
+        }
+        tokio::select! {
+            _ = stored.changed() => {}
+            () = tokio::time::sleep(FOLLOW_RECHECK) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+        if state.shutdown.is_cancelled() {
+            return Ok(Json(LogPage {
+                lines: Vec::new(),
+                next: q.after.unwrap_or(0),
+            }));
+        }
+    }
+}
+
+fn to_line(row: LineRow) -> LogLine {
+    let (id, at, version, node, instance, stream, request_id, line) = row;
+    LogLine {
+        id,
+        at,
+        version,
+        node,
+        instance,
+        stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
+        request_id,
+        line,
+    }
+}

@@ -1,0 +1,494 @@
+//! End-to-end tests of function logs on real Podman and PostgreSQL, through
+//! the CLI: lines stay readable after scale to zero removed their instance,
+//! `cpub logs -f` shows a new line within 1 s, the per-function rate limit
+//! counts what it drops (metric and a "N lines dropped" line), lines printed
+//! during a call of a `concurrency = 1` instance carry its request id, the
+//! function gets a `traceparent`, and hostile output (a 100 KB line, binary
+//! bytes, escapes, no final newline) comes out bounded and harmless.
+//! Uses `examples/chatty` (built by examples/build.sh).
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use containerpub_e2e::{Stack, bin, eventually, metric_sum};
+use containerpub_wire::logs::{LogLine, LogStream, MAX_LINE_BYTES};
+
+/// `cpub logs NAME ARGS… -o json`, parsed.
+fn logs(stack: &Stack, name: &str, args: &[&str]) -> Vec<LogLine> {
+    let mut all = vec!["logs", name, "-o", "json"];
+    all.extend_from_slice(args);
+    stack
+        .cpub_ok(&all)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn texts(lines: &[LogLine]) -> Vec<&str> {
+    lines.iter().map(|l| l.line.as_str()).collect()
+}
+
+/// Removes the function's images when the test ends.
+struct RemoveImages(&'static str);
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        let out = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output();
+        let Ok(out) = out else { return };
+        let prefix = format!("localhost/cpub-fn-{}:", self.0);
+        for image in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+        {
+            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
+/// A `cpub logs -f` running in the background; what it printed and when.
+struct Follower {
+    child: std::process::Child,
+    seen: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Follower {
+    fn start(stack: &Stack, name: &str) -> Self {
+        let mut child = Command::new(bin("cpub"))
+            .args(["logs", name, "-f", "-o", "json"])
+            .env("CPUB_URL", stack.control_url())
+            .env("CPUB_TOKEN", &stack.token)
+            .env("CPUB_CONFIG", stack.dir.path().join("cli-config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cpub logs -f");
+        let stdout = child.stdout.take().expect("stdout");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                into.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Self { child, seen }
+    }
+
+    /// When the follower printed a line whose text is `text`.
+    fn when(&self, text: &str) -> Option<Instant> {
+        self.seen.lock().unwrap().iter().find_map(|(at, raw)| {
+            let line: LogLine = serde_json::from_str(raw).ok()?;
+            (line.line == text).then_some(*at)
+        })
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_outlive_their_instance_and_follow_shows_them_within_a_second() {
+    let _images = RemoveImages("logs-zero");
+    let stack = Stack::start(&[]).await.expect("stack");
+    let url = stack.deploy(
+        "chatty",
+        "logs-zero",
+        "\n[scaling]\nidle_pause_s = 1\nidle_stop_s = 3\n",
+    );
+    let follower = Follower::start(&stack, "logs-zero");
+    let client = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    for round in 1..=3 {
+        let tag = format!("round{round}");
+        let r = client
+            .get(format!("{url}print?n=3&tag={tag}"))
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(r.status(), 200, "{}", stack.logs());
+        let answered = Instant::now();
+        let last = format!("{tag} 3");
+        let seen = eventually(
+            Duration::from_secs(5),
+            "the follower shows the line",
+            || {
+                let at = follower.when(&last);
+                async move { at }
+            },
+        )
+        .await;
+        latencies.push(seen.saturating_duration_since(answered));
+    }
+    eprintln!("cpub logs -f: a printed line shown after {latencies:?}");
+    for latency in &latencies {
+        assert!(*latency < Duration::from_secs(1), "{latencies:?}");
+    }
+    let instances = stack.containers(Some("logs-zero"));
+    assert_eq!(instances.len(), 1, "one instance served");
+    let instance = instances[0][..12].to_owned();
+
+    // Scale to zero removes the container; its lines stay.
+    eventually(Duration::from_secs(30), "the instance is removed", || {
+        let gone = stack.containers(Some("logs-zero")).is_empty();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let lines = logs(&stack, "logs-zero", &["--tail", "1000"]);
+    let text = texts(&lines);
+    assert_eq!(text.first(), Some(&"chatty starting"), "{text:?}");
+    for round in 1..=3 {
+        for i in 1..=3 {
+            assert!(
+                text.contains(&format!("round{round} {i}").as_str()),
+                "{text:?}"
+            );
+        }
+    }
+    let printed: Vec<&LogLine> = lines
+        .iter()
+        .filter(|l| l.line.starts_with("round"))
+        .collect();
+    assert_eq!(printed.len(), 9, "each line once: {text:?}");
+    for line in &printed {
+        assert_eq!((line.version, line.stream), (1, LogStream::Stdout));
+        assert_eq!(line.instance, instance);
+        assert_eq!(line.node, stack.node);
+    }
+    // Filters: instance prefix, version, since.
+    assert_eq!(
+        logs(&stack, "logs-zero", &["--instance", &instance[..6]]).len(),
+        lines.len()
+    );
+    assert!(logs(&stack, "logs-zero", &["--version", "2"]).is_empty());
+    assert_eq!(
+        logs(&stack, "logs-zero", &["--since", "10m"]).len(),
+        lines.len()
+    );
+    // The text view says the same.
+    let shown = stack.cpub_ok(&["logs", "logs-zero"]);
+    assert!(
+        shown.contains(&format!(" v1 {instance} stdout round2 3\n")),
+        "{shown}"
+    );
+    // Bad input is refused with a clear message.
+    let out = stack.cpub(&["logs", "logs-zero", "--since", "10 parsecs"]);
+    assert!(!out.status.success());
+    let out = stack.cpub(&["logs", "no-such-function"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_over_the_rate_limit_are_counted_and_reported() {
+    let _images = RemoveImages("logs-rate");
+    let mut stack = Stack::start(&[]).await.expect("stack");
+    stack
+        .restart_proxy_with(&[
+            ("CPUB_LOG_RATE_LINES", "100"),
+            ("CPUB_LOG_BURST_LINES", "100"),
+        ])
+        .await
+        .expect("proxy with a low rate limit");
+    let url = stack.deploy("chatty", "logs-rate", "");
+    let r = reqwest::get(format!("{url}print?n=2000&tag=burst"))
+        .await
+        .expect("call");
+    assert_eq!(r.status(), 200);
+    // Every line is either stored or counted in a "N lines dropped" line.
+    let (kept, dropped) = eventually(Duration::from_secs(10), "every line accounted for", || {
+        let lines = logs(&stack, "logs-rate", &["--tail", "5000"]);
+        let kept = lines
+            .iter()
+            .filter(|l| l.line.starts_with("burst "))
+            .count() as u64;
+        let dropped: u64 = lines
+            .iter()
+            .filter(|l| l.stream == LogStream::System)
+            .filter_map(|l| {
+                l.line
+                    .strip_suffix(" lines dropped: over the rate limit of 100 lines/s")
+            })
+            .map(|n| n.parse::<u64>().expect("a count"))
+            .sum();
+        async move { (kept + dropped == 2000).then_some((kept, dropped)) }
+    })
+    .await;
+    eprintln!("rate limit 100 lines/s, burst 100: {kept} kept, {dropped} dropped");
+    // The burst (100, less the start-up lines) and what the bucket refilled
+    // meanwhile.
+    let function_lines = logs(&stack, "logs-rate", &["--tail", "5000"])
+        .iter()
+        .filter(|l| l.stream != LogStream::System)
+        .count();
+    assert!(
+        (100..400).contains(&function_lines),
+        "{function_lines} kept"
+    );
+    let metrics = stack.metrics().await.expect("metrics");
+    let counted = metric_sum(
+        &metrics,
+        "cpub_log_lines_dropped_total",
+        &[("function", "logs-rate"), ("reason", "rate_limit")],
+    );
+    assert_eq!(counted, Some(dropped as f64), "{metrics}");
+    let captured = metric_sum(
+        &metrics,
+        "cpub_log_lines_total",
+        &[("function", "logs-rate")],
+    );
+    assert!(captured.is_some_and(|c| c >= 2000.0), "{captured:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_printed_during_a_call_carry_its_request_id() {
+    let _images = RemoveImages("logs-rid");
+    let stack = Stack::start(&[]).await.expect("stack");
+    let url = stack.deploy("chatty", "logs-rid", "\n[scaling]\nconcurrency = 1\n");
+    let client = reqwest::Client::new();
+    for (id, tag) in [
+        ("rid-logs-a", "alpha"),
+        ("rid-logs-b", "beta"),
+        ("rid-logs-a2", "gamma"),
+    ] {
+        let r = client
+            .get(format!("{url}print?n=5&tag={tag}"))
+            .header("x-request-id", id)
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-request-id"], id);
+    }
+    let beta = eventually(Duration::from_secs(10), "beta's lines are stored", || {
+        let lines = logs(&stack, "logs-rid", &["--request-id", "rid-logs-b"]);
+        async move { (lines.len() >= 5).then_some(lines) }
+    })
+    .await;
+    assert_eq!(
+        texts(&beta),
+        ["beta 1", "beta 2", "beta 3", "beta 4", "beta 5"]
+    );
+    let alpha = logs(&stack, "logs-rid", &["--request-id", "rid-logs-a"]);
+    assert_eq!(
+        texts(&alpha),
+        ["alpha 1", "alpha 2", "alpha 3", "alpha 4", "alpha 5"]
+    );
+    // Printed outside any call: no request id.
+    let all = logs(&stack, "logs-rid", &[]);
+    let start = all
+        .iter()
+        .find(|l| l.line == "chatty starting")
+        .expect("start line");
+    assert_eq!(start.request_id, None);
+
+    // traceparent: created when missing (its trace id is the request id the
+    // proxy made), passed on when valid, replaced when not.
+    let r = client.get(format!("{url}ids")).send().await.expect("call");
+    let body = r.text().await.unwrap();
+    let (id, trace) = body.trim().split_once(' ').expect("two fields");
+    assert_eq!(trace.len(), 55, "{trace}");
+    assert_eq!(&trace[3..35], id, "trace id = the proxy's request id");
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = client
+        .get(format!("{url}ids"))
+        .header("traceparent", good)
+        .header("x-request-id", "rid-trace")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.text().await.unwrap(), format!("rid-trace {good}\n"));
+    let r = client
+        .get(format!("{url}ids"))
+        .header("traceparent", "00-XYZ-bad")
+        .send()
+        .await
+        .expect("call");
+    let body = r.text().await.unwrap();
+    let trace = body.trim().split_once(' ').expect("two fields").1;
+    assert!(
+        trace.starts_with("00-") && trace.len() == 55 && !trace.contains("XYZ"),
+        "{trace}"
+    );
+    // The function logged it, and the line is found by the call's id.
+    let traced = eventually(Duration::from_secs(10), "the traced call's line", || {
+        let lines = logs(&stack, "logs-rid", &["--request-id", "rid-trace"]);
+        async move { (!lines.is_empty()).then_some(lines) }
+    })
+    .await;
+    assert_eq!(
+        texts(&traced),
+        [format!("ids request=rid-trace traceparent={good}").as_str()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_output_is_bounded_and_harmless() {
+    let _images = RemoveImages("logs-hostile");
+    let stack = Stack::start(&[]).await.expect("stack");
+    let url = stack.deploy("chatty", "logs-hostile", "");
+    let r = reqwest::get(format!("{url}hostile")).await.expect("call");
+    assert_eq!(r.status(), 200);
+    // The last line has no newline: it is sent after a second on its own.
+    let lines = eventually(Duration::from_secs(10), "the unterminated line", || {
+        let lines = logs(&stack, "logs-hostile", &[]);
+        let done = lines.iter().any(|l| l.line == "no newline at the end");
+        async move { done.then_some(lines) }
+    })
+    .await;
+    let huge = lines
+        .iter()
+        .find(|l| l.line.starts_with("hhhh"))
+        .expect("the long line");
+    assert_eq!(
+        huge.line,
+        format!(
+            "{} […{} more bytes cut]",
+            "h".repeat(MAX_LINE_BYTES),
+            100_000 - MAX_LINE_BYTES
+        )
+    );
+    let binary = lines
+        .iter()
+        .find(|l| l.line.starts_with("binary:"))
+        .expect("the binary line");
+    assert!(
+        !binary.line.chars().any(|c| c.is_control()),
+        "{:?}",
+        binary.line
+    );
+    assert!(binary.line.ends_with("end"), "{:?}", binary.line);
+    // The proxy is still fine.
+    let r = reqwest::get(&url).await.expect("call");
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+}
+
+/// Calls `url` from `workers` keep-alive connections for `span`; the
+/// latency of each call.
+async fn load(url: &str, workers: usize, span: Duration) -> Vec<Duration> {
+    let until = Instant::now() + span;
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut took = Vec::new();
+            while Instant::now() < until {
+                let t0 = Instant::now();
+                let r = client.get(&url).send().await.expect("call");
+                assert_eq!(r.status(), 200);
+                r.bytes().await.expect("body");
+                took.push(t0.elapsed());
+            }
+            took
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("worker"));
+    }
+    all
+}
+
+/// Calls a second, p50 and p99 in milliseconds.
+type Summary = (f64, f64, f64);
+
+fn summary(mut took: Vec<Duration>, span: Duration) -> Summary {
+    took.sort();
+    let p = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    (took.len() as f64 / span.as_secs_f64(), p(0.5), p(0.99))
+}
+
+/// The goal of issue 11: a function printing 10,000 lines/s slows calls to
+/// it by at most 5 %, and every line within the rate limit is stored.
+/// Timing on a shared machine swings, so this is a measurement to run by
+/// hand (`--ignored --nocapture`): phases with and without the printing
+/// alternate, on the printing function and on a quiet one side by side.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+async fn a_function_printing_10k_lines_per_second() {
+    let _loud_images = RemoveImages("logs-loud");
+    let _quiet_images = RemoveImages("logs-quiet");
+    let stack = Stack::start(&[]).await.expect("stack");
+    let loud = stack.deploy("chatty", "logs-loud", "");
+    let quiet = stack.deploy("chatty", "logs-quiet", "");
+    let span = Duration::from_secs(4);
+    load(&loud, 1, Duration::from_millis(500)).await;
+    load(&quiet, 1, Duration::from_millis(500)).await;
+    let rounds = 4;
+    let (lps, secs) = (10_000u64, 6u64);
+    let mut rows = Vec::new();
+    for round in 1..=rounds {
+        for printing in [false, true] {
+            if printing {
+                let r = reqwest::get(format!("{loud}spam?lps={lps}&secs={secs}&tag=loud{round}"))
+                    .await
+                    .expect("spam");
+                assert_eq!(r.status(), 200);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let (a, b) = tokio::join!(load(&loud, 2, span), load(&quiet, 2, span));
+            let (a, b) = (summary(a, span), summary(b, span));
+            println!(
+                "round {round} printing={printing:<5} loud: {:.0} calls/s p50 {:.2} ms p99 {:.2} ms | quiet: {:.0} calls/s p50 {:.2} ms p99 {:.2} ms",
+                a.0, a.1, a.2, b.0, b.1, b.2
+            );
+            rows.push((printing, a, b));
+            if printing {
+                // Let the printing end before the next quiet phase.
+                tokio::time::sleep(Duration::from_secs(secs).saturating_sub(span)).await;
+            }
+        }
+    }
+    let mean = |printing: bool, pick: fn(&(Summary, Summary)) -> f64| {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.0 == printing)
+            .map(|r| pick(&(r.1, r.2)))
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let off = mean(false, |r| r.0.0);
+    let on = mean(true, |r| r.0.0);
+    let quiet_on = mean(true, |r| r.1.0);
+    println!(
+        "printing function: {off:.0} calls/s without printing, {on:.0} with ({:+.1} %); quiet function meanwhile {quiet_on:.0} calls/s; p50 {:.2} → {:.2} ms",
+        (on / off - 1.0) * 100.0,
+        mean(false, |r| r.0.1),
+        mean(true, |r| r.0.1),
+    );
+    // Every printed line is stored (10,000 lines/s is within the default
+    // rate limit).
+    let db = stack.db().await;
+    let expected = (rounds * lps * secs) as i64;
+    let stored: i64 = eventually(Duration::from_secs(60), "every line stored", || {
+        let db = db.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM function_logs l JOIN functions f ON f.id = l.function_id \
+                 WHERE f.name = 'logs-loud' AND l.line LIKE 'loud%'",
+            )
+            .fetch_one(&db)
+            .await
+            .ok()?;
+            (n >= expected).then_some(n)
+        }
+    })
+    .await;
+    assert_eq!(stored, expected);
+    let metrics = stack.metrics().await.expect("metrics");
+    let dropped = metric_sum(
+        &metrics,
+        "cpub_log_lines_dropped_total",
+        &[("function", "logs-loud")],
+    );
+    println!("{stored} lines stored of {expected}; dropped: {dropped:?}");
+    assert!(dropped.is_none_or(|d| d == 0.0));
+}

@@ -1,0 +1,948 @@
+//! Capture of function logs on the node: every instance's stdout and
+//! stderr, line by line, with the time conmon read it, the function, the
+//! deployment, the instance and the stream — and, on instances that serve
+//! one call at a time, the request id of the call it served meanwhile.
+//!
+//! **How.** Podman's conmon writes each container's output to a `k8s-file`
+//! log (`<time> <stream> <P|F> <bytes>`, a record per read of at most 8 KiB:
+//! `P` continues a line, `F` ends it). A *tailer* task per instance opens
+//! that file as soon as the container runs and reads it from its start
+//! (ARCHITECTURE.md, "Function logs", says why a file and not Podman's log
+//! stream, with figures). It keeps the file open, so when the pool removes
+//! the container (scale to zero, a crash, a deploy) the lines written up to
+//! the end are still read from the unlinked file; when conmon rotates it
+//! (the container's log size limit) the old file is read to its end before
+//! the new one is opened. Reads poll: right away while there is more, then
+//! every 25 ms growing to 250 ms while nothing comes.
+//!
+//! **Bounds.** A line is cut at [`MAX_LINE_BYTES`] (a note says how much
+//! went), a line without its end is sent after 1 s, bytes that are not
+//! UTF-8 or are control characters are replaced ([`clean_line`]). Each
+//! function may send `rate` lines/s per node (a token bucket with `burst`);
+//! the lines over it are counted (`cpub_log_lines_dropped_total{reason=
+//! "rate_limit"}`) and a `system` line "N lines dropped …" takes their
+//! place. Lines wait for the shipper in one queue of at most `buffer_bytes`;
+//! past it they are dropped and counted the same way (`buffer_full`).
+//!
+//! Tailers run on a thread of their own (`cpub-logs`), away from the call
+//! path and the pool's tasks. The queue's lock is taken once per chunk read.
+
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
+
+use containerpub_wire::logs::{LogEntry, LogStream, MAX_LINE_BYTES, clean_line};
+use prometheus::{IntCounterVec, IntGauge, register_int_counter_vec, register_int_gauge};
+use rustc_hash::{FxHashMap, FxHashSet};
+use tokio::sync::Notify;
+
+use crate::runtime::{ContainerRuntime, short};
+
+/// Settings of log capture.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Lines per second each function may send from this node.
+    pub rate_lines_per_s: u32,
+    /// Lines a function may send at once above its rate (the bucket's size).
+    pub burst_lines: u32,
+    /// Most bytes of lines waiting to be shipped (all functions).
+    pub buffer_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            rate_lines_per_s: 10_000,
+            burst_lines: 50_000,
+            buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Shortest and longest pause between two reads of a quiet log file.
+const POLL_MIN: Duration = Duration::from_millis(25);
+const POLL_MAX: Duration = Duration::from_millis(250);
+/// Bytes read from a log file at a time.
+const READ_CHUNK: usize = 256 * 1024;
+/// A line without its end is sent after this long.
+const PARTIAL_FLUSH: Duration = Duration::from_secs(1);
+/// Calls remembered per instance for request-id attribution.
+const JOURNAL_CALLS: usize = 4096;
+/// Calls that ended this long ago are forgotten.
+const JOURNAL_KEEP_NS: i64 = 30_000_000_000;
+/// A line read this long after its call ended is still that call's (conmon
+/// reads the pipe a little after the function wrote it).
+const ATTRIBUTION_GRACE_NS: i64 = 50_000_000;
+/// Bytes a queued line counts beyond its text.
+const LINE_OVERHEAD: usize = 96;
+
+struct LogMetrics {
+    lines: IntCounterVec,
+    dropped: IntCounterVec,
+    queued_bytes: IntGauge,
+}
+
+static METRICS: LazyLock<LogMetrics> = LazyLock::new(|| {
+    LogMetrics {
+    lines: register_int_counter_vec!(
+        "cpub_log_lines_total",
+        "Lines of function output captured on this node (before the rate limit).",
+        &["function"]
+    )
+    .expect("register cpub_log_lines_total"),
+    dropped: register_int_counter_vec!(
+        "cpub_log_lines_dropped_total",
+        "Lines of function output not shipped: rate_limit, buffer_full, rejected (by the control plane).",
+        &["function", "reason"]
+    )
+    .expect("register cpub_log_lines_dropped_total"),
+    queued_bytes: register_int_gauge!(
+        "cpub_log_buffer_bytes",
+        "Bytes of log lines waiting to be shipped to the control plane."
+    )
+    .expect("register cpub_log_buffer_bytes"),
+}
+});
+
+/// A captured line and whose it is.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub function: Arc<str>,
+    pub deployment_id: i64,
+    /// Short container id; empty for platform lines.
+    pub instance: Arc<str>,
+    pub entry: LogEntry,
+}
+
+/// The calls an instance served, for attribution of its lines (only kept
+/// for instances with `concurrency = 1` while their logs are captured).
+#[derive(Debug, Default)]
+pub(crate) struct CallJournal {
+    enabled: AtomicBool,
+    calls: Mutex<VecDeque<Span>>,
+}
+
+#[derive(Debug)]
+struct Span {
+    start_ns: i64,
+    /// `i64::MAX` while the call runs.
+    end_ns: i64,
+    request_id: Box<str>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+impl CallJournal {
+    /// A call starts on the instance; false when nothing is kept.
+    pub(crate) fn begin(&self, request_id: &str) -> bool {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut calls = self.calls.lock().expect("journal lock");
+        if calls.len() >= JOURNAL_CALLS {
+            calls.pop_front();
+        }
+        calls.push_back(Span {
+            start_ns: now_ns(),
+            end_ns: i64::MAX,
+            request_id: request_id.into(),
+        });
+        true
+    }
+
+    /// The call that began last ends.
+    pub(crate) fn end(&self) {
+        let now = now_ns();
+        let mut calls = self.calls.lock().expect("journal lock");
+        if let Some(span) = calls.iter_mut().rev().find(|s| s.end_ns == i64::MAX) {
+            span.end_ns = now;
+        }
+    }
+
+    /// The request id of the call running at `at_ns`.
+    fn find(&self, at_ns: i64) -> Option<String> {
+        let calls = self.calls.lock().expect("journal lock");
+        let span = calls.iter().rev().find(|s| s.start_ns <= at_ns)?;
+        (at_ns <= span.end_ns.saturating_add(ATTRIBUTION_GRACE_NS))
+            .then(|| span.request_id.to_string())
+    }
+
+    fn forget_old(&self) {
+        let before = now_ns() - JOURNAL_KEEP_NS;
+        let mut calls = self.calls.lock().expect("journal lock");
+        while calls.front().is_some_and(|s| s.end_ns < before) {
+            calls.pop_front();
+        }
+    }
+}
+
+/// Per function: its token bucket and what was dropped since the last
+/// batch.
+struct Budget {
+    tokens: f64,
+    refilled: std::time::Instant,
+    deployment_id: i64,
+    dropped_rate: u64,
+    dropped_buffer: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    lines: VecDeque<Captured>,
+    bytes: usize,
+    budgets: FxHashMap<Arc<str>, Budget>,
+}
+
+/// The node's log capture: the tailers and the queue the shipper drains.
+pub struct LogHub {
+    config: LogConfig,
+    queue: Mutex<Queue>,
+    ready: Notify,
+    /// Containers being followed.
+    followed: Mutex<FxHashSet<String>>,
+    /// The `cpub-logs` thread's runtime.
+    tailers: tokio::runtime::Handle,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl std::fmt::Debug for LogHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHub")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a tailer knows of its instance.
+pub(crate) struct Follow {
+    pub(crate) id: String,
+    pub(crate) function: Arc<str>,
+    pub(crate) deployment_id: i64,
+    /// The instance's call journal when it serves one call at a time.
+    pub(crate) journal: Option<Arc<CallJournal>>,
+    /// Start at the end of the file (an adopted instance, whose earlier
+    /// lines a previous proxy shipped).
+    pub(crate) from_end: bool,
+}
+
+impl LogHub {
+    /// Starts the `cpub-logs` thread.
+    pub fn new(config: LogConfig) -> std::io::Result<Arc<Self>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handle = runtime.handle().clone();
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("cpub-logs".into())
+            .spawn(move || runtime.block_on(stopped.cancelled()))?;
+        LazyLock::force(&METRICS);
+        Ok(Arc::new(Self {
+            config,
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            followed: Mutex::default(),
+            tailers: handle,
+            stop,
+        }))
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Stops every tailer (the pool shuts down).
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// Follows an instance's log file until the container is removed
+    /// (nothing when it is followed already or `runtime` has no files).
+    pub(crate) fn follow(self: &Arc<Self>, runtime: Arc<dyn ContainerRuntime>, follow: Follow) {
+        if self.stop.is_cancelled()
+            || !self
+                .followed
+                .lock()
+                .expect("followed lock")
+                .insert(follow.id.clone())
+        {
+            return;
+        }
+        if let Some(journal) = &follow.journal {
+            journal.enabled.store(true, Ordering::Relaxed);
+        }
+        let hub = Arc::clone(self);
+        self.tailers.spawn(async move {
+            let id = follow.id.clone();
+            let stop = hub.stop.clone();
+            tokio::select! {
+                () = tail_container(&hub, runtime.as_ref(), &follow) => {}
+                () = stop.cancelled() => {}
+            }
+            if let Some(journal) = &follow.journal {
+                journal.enabled.store(false, Ordering::Relaxed);
+            }
+            hub.followed.lock().expect("followed lock").remove(&id);
+        });
+    }
+
+    /// Follows the k8s-file log at `path` as if it were container `id`'s,
+    /// from its start, until the file is removed (the capture benchmark,
+    /// `examples/log_capture.rs`, measures the real tailer this way).
+    pub fn follow_file(self: &Arc<Self>, path: PathBuf, id: &str, function: &str) {
+        let follow = Follow {
+            id: id.to_owned(),
+            function: Arc::from(function),
+            deployment_id: 0,
+            journal: None,
+            from_end: false,
+        };
+        let hub = Arc::clone(self);
+        self.tailers.spawn(async move {
+            let stop = hub.stop.clone();
+            tokio::select! {
+                () = tail(&hub, &path, &follow) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// Containers whose logs are being followed.
+    pub fn followed(&self) -> usize {
+        self.followed.lock().expect("followed lock").len()
+    }
+
+    /// Queues lines of one instance, within the function's rate and the
+    /// buffer; counts the rest.
+    fn push(
+        &self,
+        function: &Arc<str>,
+        deployment_id: i64,
+        instance: &Arc<str>,
+        entries: Vec<LogEntry>,
+    ) {
+        if entries.is_empty() {
+            return;
+        }
+        let n = entries.len() as u64;
+        let (mut over_rate, mut over_buffer) = (0u64, 0u64);
+        {
+            let mut q = self.queue.lock().expect("log queue lock");
+            let q = &mut *q;
+            let rate = f64::from(self.config.rate_lines_per_s);
+            let burst = f64::from(self.config.burst_lines.max(1));
+            let now = std::time::Instant::now();
+            let budget = q
+                .budgets
+                .entry(Arc::clone(function))
+                .or_insert_with(|| Budget {
+                    tokens: burst,
+                    refilled: now,
+                    deployment_id,
+                    dropped_rate: 0,
+                    dropped_buffer: 0,
+                });
+            budget.tokens = (budget.tokens
+                + now.duration_since(budget.refilled).as_secs_f64() * rate)
+                .min(burst);
+            budget.refilled = now;
+            budget.deployment_id = deployment_id;
+            for entry in entries {
+                if budget.tokens < 1.0 {
+                    over_rate += 1;
+                    continue;
+                }
+                budget.tokens -= 1.0;
+                let size = entry.line.len() + LINE_OVERHEAD;
+                if q.bytes + size > self.config.buffer_bytes {
+                    over_buffer += 1;
+                    continue;
+                }
+                q.bytes += size;
+                q.lines.push_back(Captured {
+                    function: Arc::clone(function),
+                    deployment_id,
+                    instance: Arc::clone(instance),
+                    entry,
+                });
+            }
+            budget.dropped_rate += over_rate;
+            budget.dropped_buffer += over_buffer;
+            METRICS.queued_bytes.set(q.bytes as i64);
+        }
+        METRICS.lines.with_label_values(&[function]).inc_by(n);
+        if over_rate > 0 {
+            METRICS
+                .dropped
+                .with_label_values(&[function, "rate_limit"])
+                .inc_by(over_rate);
+        }
+        if over_buffer > 0 {
+            METRICS
+                .dropped
+                .with_label_values(&[function, "buffer_full"])
+                .inc_by(over_buffer);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Waits until lines are queued (or drops are to be reported).
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let q = self.queue.lock().expect("log queue lock");
+                if !q.lines.is_empty()
+                    || q.budgets
+                        .values()
+                        .any(|b| b.dropped_rate + b.dropped_buffer > 0)
+                {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes up to `max_lines` lines and about `max_bytes`, in the order
+    /// they were captured, after a "N lines dropped" line for each function
+    /// that lost some since the last batch.
+    pub fn take(&self, max_lines: usize, max_bytes: usize) -> Vec<Captured> {
+        let mut q = self.queue.lock().expect("log queue lock");
+        let q = &mut *q;
+        let mut out = Vec::new();
+        let at_ns = now_ns();
+        let rate = self.config.rate_lines_per_s;
+        for (function, b) in &mut q.budgets {
+            for (n, why) in [
+                (
+                    std::mem::take(&mut b.dropped_rate),
+                    format!("over the rate limit of {rate} lines/s"),
+                ),
+                (
+                    std::mem::take(&mut b.dropped_buffer),
+                    "the node's log buffer was full (control plane unreachable or slow)".to_owned(),
+                ),
+            ] {
+                if n > 0 {
+                    out.push(Captured {
+                        function: Arc::clone(function),
+                        deployment_id: b.deployment_id,
+                        instance: Arc::from(""),
+                        entry: LogEntry {
+                            at_ns,
+                            stream: LogStream::System,
+                            request_id: None,
+                            line: format!("{n} lines dropped: {why}"),
+                        },
+                    });
+                }
+            }
+        }
+        // Budgets of functions quiet for a while go (they refill anyway).
+        let now = std::time::Instant::now();
+        q.budgets
+            .retain(|_, b| now.duration_since(b.refilled) < Duration::from_secs(60));
+        let mut bytes = 0;
+        while out.len() < max_lines {
+            let Some(next) = q.lines.front() else { break };
+            let size = next.entry.line.len() + LINE_OVERHEAD;
+            if bytes + size > max_bytes && !out.is_empty() {
+                break;
+            }
+            bytes += size;
+            q.bytes = q.bytes.saturating_sub(size);
+            out.extend(q.lines.pop_front());
+        }
+        METRICS.queued_bytes.set(q.bytes as i64);
+        out
+    }
+
+    /// Lines the control plane refused for good (counted, not retried).
+    pub fn count_rejected(&self, function: &str, lines: u64) {
+        METRICS
+            .dropped
+            .with_label_values(&[function, "rejected"])
+            .inc_by(lines);
+    }
+}
+
+/// One k8s-file record: `<RFC 3339 time> <stream> <P|F> <bytes>`.
+#[derive(Debug, PartialEq, Eq)]
+struct Record<'a> {
+    at_ns: i64,
+    stream: LogStream,
+    /// `P`: the line goes on in the next record.
+    partial: bool,
+    bytes: &'a [u8],
+}
+
+fn parse_record(line: &[u8]) -> Option<Record<'_>> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = std::str::from_utf8(parts.next()?).ok()?;
+    let stream = match parts.next()? {
+        b"stdout" => LogStream::Stdout,
+        b"stderr" => LogStream::Stderr,
+        _ => return None,
+    };
+    let partial = match parts.next()? {
+        b"P" => true,
+        b"F" => false,
+        _ => return None,
+    };
+    let bytes = parts.next().unwrap_or_default();
+    let at_ns = chrono::DateTime::parse_from_rfc3339(time)
+        .ok()?
+        .timestamp_nanos_opt()?;
+    Some(Record {
+        at_ns,
+        stream,
+        partial,
+        bytes,
+    })
+}
+
+/// A line being put together from `P` records.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Bytes beyond [`MAX_LINE_BYTES`], not kept.
+    cut: usize,
+    at_ns: i64,
+    since: Option<std::time::Instant>,
+}
+
+impl Pending {
+    fn add(&mut self, at_ns: i64, bytes: &[u8]) {
+        if self.since.is_none() {
+            self.at_ns = at_ns;
+            self.since = Some(std::time::Instant::now());
+        }
+        let room = MAX_LINE_BYTES.saturating_sub(self.bytes.len());
+        let keep = bytes.len().min(room);
+        self.bytes
+            .extend_from_slice(bytes.get(..keep).unwrap_or_default());
+        self.cut += bytes.len() - keep;
+    }
+
+    fn finish(&mut self) -> Option<(i64, String)> {
+        self.since.take()?;
+        let mut line = clean_line(&self.bytes);
+        if self.cut > 0 {
+            line.push_str(&format!(" […{} more bytes cut]", self.cut));
+        }
+        self.bytes.clear();
+        self.cut = 0;
+        Some((self.at_ns, line))
+    }
+}
+
+/// Turns the records of one instance's file into lines.
+struct Assembler {
+    stdout: Pending,
+    stderr: Pending,
+    /// Bytes of a record whose end was not read yet.
+    carry: Vec<u8>,
+    journal: Option<Arc<CallJournal>>,
+    /// Skip up to the first record end (reading started mid-file).
+    resync: bool,
+}
+
+impl Assembler {
+    fn pending(&mut self, stream: LogStream) -> &mut Pending {
+        if stream == LogStream::Stderr {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        }
+    }
+
+    fn entry(&self, stream: LogStream, at_ns: i64, line: String) -> LogEntry {
+        LogEntry {
+            at_ns,
+            stream,
+            request_id: self.journal.as_ref().and_then(|j| j.find(at_ns)),
+            line,
+        }
+    }
+
+    /// Feeds bytes read from the file; returns the finished lines.
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<LogEntry>) {
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = rest.split_at(end);
+            rest = tail.get(1..).unwrap_or_default();
+            if self.resync {
+                self.resync = false;
+                self.carry.clear();
+                continue;
+            }
+            let record = if self.carry.is_empty() {
+                parse_record(head).map(|r| (r.at_ns, r.stream, r.partial, r.bytes.to_vec()))
+            } else {
+                self.carry.extend_from_slice(head);
+                let whole = std::mem::take(&mut self.carry);
+                parse_record(&whole).map(|r| (r.at_ns, r.stream, r.partial, r.bytes.to_vec()))
+            };
+            let Some((at_ns, stream, partial, bytes)) = record else {
+                continue;
+            };
+            let pending = self.pending(stream);
+            pending.add(at_ns, &bytes);
+            if !partial && let Some((at, line)) = pending.finish() {
+                out.push(self.entry(stream, at, line));
+            }
+        }
+        // A record is at most conmon's buffer plus its head: a longer run
+        // without a newline is not a record.
+        if self.carry.len() + rest.len() <= 2 * MAX_LINE_BYTES {
+            self.carry.extend_from_slice(rest);
+        } else {
+            self.carry.clear();
+            self.resync = true;
+        }
+    }
+
+    /// Sends lines whose end has not come for [`PARTIAL_FLUSH`] (or all,
+    /// when the file is done).
+    fn flush_stale(&mut self, all: bool, out: &mut Vec<LogEntry>) {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            let pending = self.pending(stream);
+            if pending
+                .since
+                .is_some_and(|s| all || s.elapsed() >= PARTIAL_FLUSH)
+                && let Some((at, line)) = pending.finish()
+            {
+                out.push(self.entry(stream, at, line));
+            }
+        }
+    }
+}
+
+/// Follows one instance's log file until the container is gone.
+async fn tail_container(hub: &LogHub, runtime: &dyn ContainerRuntime, follow: &Follow) {
+    match runtime.log_path(&follow.id).await {
+        Ok(Some(path)) => tail(hub, &path, follow).await,
+        Ok(None) => {}
+        Err(err) => {
+            tracing::debug!(container = short(&follow.id), %err, "no log file to follow");
+        }
+    }
+}
+
+/// Follows a k8s-file log at `path` until it is removed.
+async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
+    let instance: Arc<str> = Arc::from(short(&follow.id));
+    let mut asm = Assembler {
+        stdout: Pending::default(),
+        stderr: Pending::default(),
+        carry: Vec::new(),
+        journal: follow.journal.clone(),
+        resync: false,
+    };
+    let mut file = match open(path, follow.from_end) {
+        Ok(Some(f)) => f,
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(container = short(&follow.id), path = %path.display(), %err, "cannot open the log file");
+            return;
+        }
+    };
+    // Started mid-file: skip to the next record unless at a record's end.
+    asm.resync = follow.from_end && !at_record_end(&file.0);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut quiet = POLL_MIN;
+    let mut out = Vec::new();
+    loop {
+        let n = match file.0.read(&mut chunk) {
+            Ok(n) => n,
+            Err(err) => {
+                tracing::warn!(container = short(&follow.id), %err, "reading the log file");
+                0
+            }
+        };
+        if n > 0 {
+            asm.feed(chunk.get(..n).unwrap_or_default(), &mut out);
+            hub.push(
+                &follow.function,
+                follow.deployment_id,
+                &instance,
+                std::mem::take(&mut out),
+            );
+            quiet = POLL_MIN;
+            tokio::task::yield_now().await;
+            continue;
+        }
+        // At the end of what was written: rotated or removed?
+        match std::fs::metadata(path) {
+            Ok(m) if m.ino() == file.1 => {}
+            Ok(_) => {
+                // Rotated (conmon renamed a new file over it): the old one
+                // is read to its end above; go on with the new one.
+                match open(path, false) {
+                    Ok(Some(f)) => {
+                        file = f;
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            Err(_) => {
+                // Removed with its container: read what came last, then stop.
+                while let Ok(n) = file.0.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    asm.feed(chunk.get(..n).unwrap_or_default(), &mut out);
+                }
+                break;
+            }
+        }
+        asm.flush_stale(false, &mut out);
+        hub.push(
+            &follow.function,
+            follow.deployment_id,
+            &instance,
+            std::mem::take(&mut out),
+        );
+        if let Some(journal) = &follow.journal {
+            journal.forget_old();
+        }
+        tokio::time::sleep(quiet).await;
+        quiet = (quiet * 2).min(POLL_MAX);
+    }
+    asm.flush_stale(true, &mut out);
+    hub.push(&follow.function, follow.deployment_id, &instance, out);
+    tracing::debug!(container = short(&follow.id), "log file done");
+}
+
+/// The file and its inode, or `None` when it does not exist (yet).
+fn open(path: &Path, from_end: bool) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let ino = file.metadata()?.ino();
+    if from_end {
+        file.seek(SeekFrom::End(0))?;
+    }
+    Ok(Some((file, ino)))
+}
+
+/// Whether the byte before the file's end is a newline (or it is empty).
+fn at_record_end(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut last = [0u8; 1];
+    len == 0 || (file.read_at(&mut last, len - 1).is_ok() && last[0] == b'\n')
+}
+
+/// Where a Podman container's `k8s-file` log is (`HostConfig.LogConfig.Path`).
+pub(crate) fn log_path_of(inspect: &serde_json::Value) -> Option<PathBuf> {
+    let driver = inspect
+        .pointer("/HostConfig/LogConfig/Type")
+        .and_then(serde_json::Value::as_str)?;
+    if driver != "k8s-file" {
+        return None;
+    }
+    inspect
+        .pointer("/HostConfig/LogConfig/Path")
+        .and_then(serde_json::Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse() {
+        let r = parse_record(b"2026-11-29T21:47:38.396301304+00:00 stdout F hello world").unwrap();
+        assert_eq!(r.stream, LogStream::Stdout);
+        assert!(!r.partial);
+        assert_eq!(r.bytes, b"hello world");
+        assert_eq!(r.at_ns % 1_000_000_000, 396_301_304);
+        let r = parse_record(b"2026-11-29T21:47:39.403339088+01:00 stderr P ").unwrap();
+        assert!(r.partial && r.bytes.is_empty() && r.stream == LogStream::Stderr);
+        assert!(parse_record(b"garbage").is_none());
+        assert!(parse_record(b"2026-11-29T21:47:38Z stdin F x").is_none());
+        assert!(parse_record(b"not-a-time stdout F x").is_none());
+    }
+
+    fn lines(asm: &mut Assembler, input: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        asm.feed(input, &mut out);
+        out.into_iter().map(|e| e.line).collect()
+    }
+
+    fn assembler() -> Assembler {
+        Assembler {
+            stdout: Pending::default(),
+            stderr: Pending::default(),
+            carry: Vec::new(),
+            journal: None,
+            resync: false,
+        }
+    }
+
+    const T: &str = "2026-11-29T21:47:38.396301304+00:00";
+
+    #[test]
+    fn partial_records_make_one_line_and_records_split_across_reads() {
+        let mut asm = assembler();
+        let input = format!("{T} stdout P abc\n{T} stderr F err\n{T} stdout F def\n");
+        let (a, b) = input.as_bytes().split_at(20);
+        assert!(lines(&mut asm, a).is_empty());
+        assert_eq!(lines(&mut asm, b), ["err", "abcdef"]);
+    }
+
+    #[test]
+    fn hostile_output_is_bounded() {
+        let mut asm = assembler();
+        let mut input = String::new();
+        for _ in 0..5 {
+            input.push_str(&format!("{T} stdout P {}\n", "x".repeat(8192)));
+        }
+        input.push_str(&format!("{T} stdout F \n"));
+        let got = lines(&mut asm, input.as_bytes());
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with(&"x".repeat(MAX_LINE_BYTES)));
+        assert!(got[0].ends_with(&format!(" […{} more bytes cut]", 5 * 8192 - MAX_LINE_BYTES)));
+        // Binary bytes and escapes are replaced.
+        let mut raw = format!("{T} stdout F a").into_bytes();
+        raw.extend_from_slice(b"\x00\x1b[2J\xff\xfe b\n");
+        assert_eq!(
+            lines(&mut asm, &raw),
+            ["a\u{fffd}\u{fffd}[2J\u{fffd}\u{fffd} b"]
+        );
+        // A line without its end goes out when flushed.
+        assert!(lines(&mut asm, format!("{T} stdout P no newline\n").as_bytes()).is_empty());
+        let mut out = Vec::new();
+        asm.flush_stale(true, &mut out);
+        assert_eq!(out[0].line, "no newline");
+        // Garbage without newlines does not grow the carry without bound.
+        for _ in 0..10 {
+            assert!(lines(&mut asm, &vec![b'z'; 100_000]).is_empty());
+            assert!(asm.carry.len() <= 2 * MAX_LINE_BYTES);
+        }
+        // And reading resumes at the next record.
+        assert_eq!(
+            lines(&mut asm, format!("\n{T} stdout F ok\n").as_bytes()),
+            ["ok"]
+        );
+    }
+
+    #[test]
+    fn lines_go_to_the_call_that_ran_when_they_were_printed() {
+        let j = CallJournal::default();
+        assert!(!j.begin("off"), "nothing is kept until capture is on");
+        j.enabled.store(true, Ordering::Relaxed);
+        let before = now_ns();
+        assert!(j.begin("a"));
+        let during_a = now_ns();
+        j.end();
+        std::thread::sleep(Duration::from_millis(120));
+        let between = now_ns();
+        assert!(j.begin("b"));
+        let during_b = now_ns();
+        assert_eq!(j.find(before - 1), None);
+        assert_eq!(j.find(during_a).as_deref(), Some("a"));
+        assert_eq!(j.find(between), None, "after a's grace, before b");
+        assert_eq!(j.find(during_b).as_deref(), Some("b"));
+        assert_eq!(
+            j.find(now_ns() + 1_000_000_000).as_deref(),
+            Some("b"),
+            "b still runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_counts_what_it_drops_and_says_so() {
+        let hub = LogHub::new(LogConfig {
+            rate_lines_per_s: 10,
+            burst_lines: 10,
+            buffer_bytes: 1 << 20,
+        })
+        .unwrap();
+        let f: Arc<str> = Arc::from("logs-unit-rate");
+        let i: Arc<str> = Arc::from("abc");
+        let entries = (0..25)
+            .map(|n| LogEntry {
+                at_ns: n,
+                stream: LogStream::Stdout,
+                request_id: None,
+                line: format!("line {n}"),
+            })
+            .collect();
+        hub.push(&f, 7, &i, entries);
+        hub.wait().await;
+        let got = hub.take(100, 1 << 20);
+        let text: Vec<&str> = got.iter().map(|c| c.entry.line.as_str()).collect();
+        assert_eq!(
+            text[0],
+            "15 lines dropped: over the rate limit of 10 lines/s"
+        );
+        assert_eq!(got[0].entry.stream, LogStream::System);
+        assert_eq!(got[0].deployment_id, 7);
+        assert_eq!(
+            &text[1..],
+            (0..10).map(|n| format!("line {n}")).collect::<Vec<_>>()
+        );
+        let dropped = METRICS
+            .dropped
+            .with_label_values(&["logs-unit-rate", "rate_limit"])
+            .get();
+        assert_eq!(dropped, 15);
+        assert!(hub.take(100, 1 << 20).is_empty(), "the marker is sent once");
+        hub.close();
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_drops_and_counts() {
+        let hub = LogHub::new(LogConfig {
+            rate_lines_per_s: 1000,
+            burst_lines: 1000,
+            buffer_bytes: 10 * (LINE_OVERHEAD + 6),
+        })
+        .unwrap();
+        let f: Arc<str> = Arc::from("logs-unit-buffer");
+        let i: Arc<str> = Arc::from("abc");
+        let entries = (0..30)
+            .map(|n| LogEntry {
+                at_ns: n,
+                stream: LogStream::Stderr,
+                request_id: None,
+                line: format!("line{n:02}"),
+            })
+            .collect();
+        hub.push(&f, 1, &i, entries);
+        let got = hub.take(5, 1 << 20);
+        assert_eq!(
+            got[0].entry.line,
+            "20 lines dropped: the node's log buffer was full (control plane unreachable or slow)"
+        );
+        assert_eq!(got.len(), 5);
+        let rest = hub.take(100, 1 << 20);
+        assert_eq!(rest.len(), 6, "10 were kept in all");
+        hub.close();
+    }
+
+    #[test]
+    fn the_log_path_comes_from_inspect() {
+        let v = serde_json::json!({"HostConfig": {"LogConfig": {"Type": "k8s-file", "Path": "/x/ctr.log"}}});
+        assert_eq!(log_path_of(&v), Some(PathBuf::from("/x/ctr.log")));
+        let v = serde_json::json!({"HostConfig": {"LogConfig": {"Type": "journald", "Path": ""}}});
+        assert_eq!(log_path_of(&v), None);
+    }
+}

@@ -1,0 +1,221 @@
+//! Function logs on the wire: the batches a proxy ships
+//! (`POST /api/v1/logs`), the lines `cpub logs` reads
+//! (`GET /api/v1/functions/{name}/logs`) and that query, and the one rule
+//! that cleans a line (both the node and the control plane apply it).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Path a proxy posts its batches to, below the control plane's base URL.
+pub const INGEST_PATH: &str = "/api/v1/logs";
+
+/// Longest line kept, in bytes; the rest is cut and the line says so.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Most lines in one batch.
+pub const MAX_BATCH_LINES: usize = 10_000;
+/// Largest batch body the control plane reads, in bytes.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Most lines one query answers.
+pub const MAX_QUERY_LINES: u32 = 5_000;
+/// Longest long poll of a follow (`wait_s`).
+pub const MAX_WAIT_S: u64 = 30;
+
+/// Where a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Written by the platform, not the function (e.g. "N lines dropped").
+    System,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            "system" => Some(Self::System),
+            _ => None,
+        }
+    }
+}
+
+/// A batch of lines from one node (`POST /api/v1/logs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    pub node: String,
+    /// Lines grouped by the instance that printed them, in printing order.
+    pub groups: Vec<LogGroup>,
+}
+
+/// Lines of one instance of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogGroup {
+    pub function: String,
+    pub deployment_id: i64,
+    /// The container's short id (12 hex digits); empty for platform lines
+    /// that belong to no one instance.
+    pub instance: String,
+    pub lines: Vec<LogEntry>,
+}
+
+/// One line as the node captured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogEntry {
+    /// When it was printed, in nanoseconds since the Unix epoch.
+    pub at_ns: i64,
+    pub stream: LogStream,
+    /// The call the instance served while it printed the line (instances
+    /// with `concurrency = 1` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub line: String,
+}
+
+/// What the control plane did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LogIngest {
+    /// Lines stored.
+    pub stored: u64,
+    /// Lines of functions or deployments that no longer exist.
+    pub unknown: u64,
+}
+
+/// `GET /api/v1/functions/{name}/logs`: which lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only lines after this cursor (a line's `id`), oldest first; without
+    /// it (and without `since_s`) the newest `limit` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// Only lines printed in the last `since_s` seconds, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i32>,
+    /// An instance id or a prefix of it (at least 4 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// At most this many lines (1 to [`MAX_QUERY_LINES`], default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// With `after`: wait up to this many seconds for a line to come
+    /// (long poll, at most [`MAX_WAIT_S`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u64>,
+}
+
+/// One stored line, as `cpub logs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Cursor: lines of a function are numbered in the order they were
+    /// stored.
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub version: i32,
+    pub node: String,
+    pub instance: String,
+    pub stream: LogStream,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    pub line: String,
+}
+
+/// The answer to a [`LogQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// The cursor to ask `after` next (the last line's id, or the one asked
+    /// when nothing came).
+    pub next: i64,
+}
+
+/// A line made safe to store and show: bytes that are not UTF-8 become
+/// U+FFFD, control characters other than tab too (PostgreSQL text holds no
+/// NUL; a terminal must not run escapes), one trailing `\r` goes, and at
+/// most [`MAX_LINE_BYTES`] are kept, followed by a note of how many were
+/// cut.
+pub fn clean_line(raw: &[u8]) -> String {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let cut = raw.len().saturating_sub(MAX_LINE_BYTES);
+    let kept = raw.get(..MAX_LINE_BYTES).unwrap_or(raw);
+    let text = String::from_utf8_lossy(kept);
+    let mut out: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if cut > 0 {
+        out.push_str(&format!(" […{cut} more bytes cut]"));
+    }
+    out
+}
+
+/// Whether `line` is what [`clean_line`] makes (the control plane checks
+/// what a node sends; a node could be anyone holding a token).
+pub fn is_clean(line: &str) -> bool {
+    line.len() <= MAX_LINE_BYTES + 40 && !line.chars().any(|c| c.is_control() && c != '\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_cleaned_and_bounded() {
+        assert_eq!(clean_line(b"hello\tworld\r"), "hello\tworld");
+        assert_eq!(
+            clean_line(b"a\0b\x1b[31m\xff"),
+            "a\u{fffd}b\u{fffd}[31m\u{fffd}"
+        );
+        let huge = vec![b'x'; MAX_LINE_BYTES + 100];
+        let cleaned = clean_line(&huge);
+        assert!(cleaned.starts_with(&"x".repeat(MAX_LINE_BYTES)));
+        assert!(
+            cleaned.ends_with("[…100 more bytes cut]"),
+            "{}",
+            &cleaned[MAX_LINE_BYTES..]
+        );
+        assert!(is_clean(&cleaned));
+        assert!(!is_clean("a\nb"));
+        // A multi-byte character cut at the limit becomes U+FFFD, no panic.
+        let mut accents = vec![b'a'; MAX_LINE_BYTES - 1];
+        accents.extend_from_slice("é".as_bytes());
+        assert!(clean_line(&accents).ends_with("\u{fffd} […1 more bytes cut]"));
+    }
+
+    #[test]
+    fn query_round_trips_through_a_query_string() {
+        let q = LogQuery {
+            after: Some(5),
+            request_id: Some("abc".into()),
+            wait_s: Some(10),
+            ..LogQuery::default()
+        };
+        let text = serde_urlencoded::to_string(&q).unwrap();
+        assert_eq!(text, "after=5&request_id=abc&wait_s=10");
+        let back: LogQuery = serde_urlencoded::from_str(&text).unwrap();
+        assert_eq!(back, q);
+        assert!(serde_urlencoded::from_str::<LogQuery>("bogus=1").is_err());
+    }
+}
