@@ -10,13 +10,13 @@ pub mod deployments;
 pub mod executions;
 pub mod functions;
 pub mod keys;
+pub mod logs;
 pub mod nodes;
 pub mod secrets;
 pub mod stats;
 pub mod status;
 pub mod tokens;
 pub mod users;
-pub mod logs;
 pub mod watch;
 
 use std::time::Instant;
@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/functions/{name}/secrets/{key}",
             put(secrets::set).delete(secrets::unset),
+        )
         .route("/functions/{name}/logs", get(logs::query))
         .route(
             "/logs",

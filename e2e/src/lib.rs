@@ -362,7 +362,7 @@ impl Stack {
 
     /// Starts (or restarts) cpub-proxy.
     pub async fn start_proxy(&mut self) -> Result<()> {
-        let mut env = vec![
+        let env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             ("CPUB_URL".into(), self.control_url()),
             ("CPUB_NODE_TOKEN".into(), self.node_token.clone()),

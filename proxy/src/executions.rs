@@ -843,6 +843,8 @@ mod tests {
                 version: 3,
                 image: "img".into(),
                 config: manifest,
+                keys: Vec::new(),
+                secrets: Vec::new(),
             },
             metrics: crate::metrics::FunctionMetrics::new("rec"),
             pool_handle: Default::default(),
