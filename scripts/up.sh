@@ -8,12 +8,14 @@
 #   CPUB_HOME            state, logs and pid files (default /var/lib/containerpub)
 #   CPUB_CONTROL_LISTEN  control plane address (default 127.0.0.1:7070)
 #   CPUB_PROXY_LISTEN    proxy address (default 127.0.0.1:8080)
+#   CPUB_PROXY_ADMIN_LISTEN  proxy admin address, /metrics (default 127.0.0.1:9464)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 home=${CPUB_HOME:-/var/lib/containerpub}
 control_listen=${CPUB_CONTROL_LISTEN:-127.0.0.1:7070}
 proxy_listen=${CPUB_PROXY_LISTEN:-127.0.0.1:8080}
+admin_listen=${CPUB_PROXY_ADMIN_LISTEN:-127.0.0.1:9464}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/containerpub-target}
 mkdir -p "$home/logs" "$home/run"
 
@@ -62,8 +64,8 @@ wait_http "http://$control_listen/healthz" cpub-control "$home/run/control.pid"
 
 step "cpub-proxy on http://$proxy_listen"
 if ! running "$home/run/proxy.pid"; then
-  CPUB_PROXY_LISTEN=$proxy_listen CPUB_URL=http://$control_listen CPUB_TOKEN=$token \
-  CPUB_STATE_DIR=$home/proxy \
+  CPUB_PROXY_LISTEN=$proxy_listen CPUB_PROXY_ADMIN_LISTEN=$admin_listen \
+  CPUB_URL=http://$control_listen CPUB_TOKEN=$token CPUB_STATE_DIR=$home/proxy \
     nohup "$bin/cpub-proxy" >>"$home/logs/cpub-proxy.log" 2>&1 &
   echo $! >"$home/run/proxy.pid"
 fi
@@ -83,6 +85,7 @@ cat <<MSG
 ContainerPub is running.
   control plane  http://$control_listen   (API under /api/v1; token in $home/token)
   proxy          http://$proxy_listen/fn/<name>/
+  metrics        http://$admin_listen/metrics   (the proxy's admin listener)
   hello          http://$proxy_listen/fn/hello/
   CLI            $bin/cpub   (logged in: ~/.config/cpub/config.toml)
   logs           $home/logs/
