@@ -8,6 +8,7 @@
 #   CPUB_HOME            state, logs and pid files (default /var/lib/containerpub)
 #   CPUB_CONTROL_LISTEN  control plane address (default 127.0.0.1:7070)
 #   CPUB_PROXY_LISTEN    proxy address (default 127.0.0.1:8080)
+#   CPUB_PROXY_ADMIN_LISTEN  proxy admin address, /metrics (default 127.0.0.1:9464)
 #   CPUB_NODE            the proxy's node name (default: the host name)
 #
 # The proxy authenticates with a node credential (it may only watch routes
@@ -21,6 +22,7 @@ home=${CPUB_HOME:-/var/lib/containerpub}
 control_listen=${CPUB_CONTROL_LISTEN:-127.0.0.1:7070}
 proxy_listen=${CPUB_PROXY_LISTEN:-127.0.0.1:8080}
 node=${CPUB_NODE:-$(tr -d '[:space:]' </proc/sys/kernel/hostname)}
+admin_listen=${CPUB_PROXY_ADMIN_LISTEN:-127.0.0.1:9464}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/containerpub-target}
 mkdir -p "$home/logs" "$home/run"
 
@@ -75,7 +77,7 @@ if ! running "$home/run/proxy.pid"; then
   # A fresh credential for each start: the old one (if any) stops working.
   (umask 077; CPUB_TOKEN=$token "$bin/cpub" node-token create "$node" --replace \
      >"$home/run/node-token")
-  CPUB_PROXY_LISTEN=$proxy_listen CPUB_URL=http://$control_listen CPUB_NODE=$node \
+  CPUB_PROXY_LISTEN=$proxy_listen CPUB_PROXY_ADMIN_LISTEN=$admin_listen CPUB_URL=http://$control_listen CPUB_NODE=$node \
   CPUB_NODE_TOKEN=$(cat "$home/run/node-token") CPUB_STATE_DIR=$home/proxy \
     nohup "$bin/cpub-proxy" >>"$home/logs/cpub-proxy.log" 2>&1 &
   echo $! >"$home/run/proxy.pid"
@@ -96,6 +98,7 @@ ContainerPub is running.
   admin login    $bin/cpub login --url http://$control_listen --token "\$(cat $home/token)"
                  (user admin; add users with \`cpub user add NAME --role developer\`)
   proxy          http://$proxy_listen/fn/<name>/   (node $node; credential in $home/run/node-token)
+  metrics        http://$admin_listen/metrics   (the proxy's admin listener)
   hello          http://$proxy_listen/fn/hello/
   CLI            $bin/cpub   (logged in: ~/.config/cpub/config.toml)
   logs           $home/logs/

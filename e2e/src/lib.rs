@@ -165,6 +165,8 @@ impl Drop for Proc {
 pub struct Stack {
     pub control_addr: SocketAddr,
     pub proxy_addr: SocketAddr,
+    /// The proxy's admin listener (`/metrics`).
+    pub admin_addr: SocketAddr,
     /// The bootstrap admin's API token.
     pub token: String,
     /// The proxy's node credential, minted by the admin at start
@@ -204,6 +206,7 @@ impl Stack {
         let mut stack = Stack {
             control_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             proxy_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             token: format!(
                 "cpub_e2e_{pid}_{n}_{}",
                 std::time::SystemTime::now()
@@ -244,6 +247,7 @@ impl Stack {
                     stack.stop_control();
                     stack.control_addr.set_port(free_port());
                     stack.proxy_addr.set_port(free_port());
+                    stack.admin_addr.set_port(free_port());
                 }
                 other => return other.map(|()| stack),
             }
@@ -364,6 +368,10 @@ impl Stack {
     pub async fn start_proxy(&mut self) -> Result<()> {
         let env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
+            (
+                "CPUB_PROXY_ADMIN_LISTEN".into(),
+                self.admin_addr.to_string(),
+            ),
             ("CPUB_URL".into(), self.control_url()),
             ("CPUB_NODE_TOKEN".into(), self.node_token.clone()),
             (
@@ -426,9 +434,10 @@ impl Stack {
         false
     }
 
-    /// The proxy's `/metrics` text, or `None` when it does not answer 200.
+    /// The proxy's `/metrics` text (from its admin listener), or `None`
+    /// when it does not answer 200.
     pub async fn metrics(&self) -> Option<String> {
-        let r = reqwest::get(format!("{}/metrics", self.proxy_url()))
+        let r = reqwest::get(format!("http://{}/metrics", self.admin_addr))
             .await
             .ok()?;
         if !r.status().is_success() {

@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::debug;
 
@@ -39,6 +39,7 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>) {
                 async move { Ok::<_, Infallible>(answer(&request, &routes)) }
             });
             let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;

@@ -174,7 +174,7 @@ impl Call {
 
 /// Records one finished request in the metrics: a call of a routed function
 /// (status class, duration, upstream errors) and/or a rejection. `/healthz`
-/// and `/metrics` record nothing.
+/// (and the admin listener's `/metrics`) record nothing.
 fn record(
     entry: Option<&Entry>,
     status: u16,
