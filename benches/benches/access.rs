@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use containerpub_proxy::{access, h1};
 use containerpub_wire::Manifest;
-use containerpub_wire::access::KeyDigest;
+use containerpub_wire::private::KeyDigest;
 use containerpub_wire::api::Route;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
