@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use containerpub_wire::api::{
-    ApiError, CrashInfo, DeploymentInfo, FunctionInfo, LoginRequest, LoginResponse,
+    ApiError, ConfigChange, CrashInfo, DeploymentInfo, FunctionInfo, LoginRequest, LoginResponse,
+    RollbackRequest, VersionInfo,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -245,6 +246,45 @@ impl Client {
     /// `GET /functions/{name}/crashes`: the last crash per proxy node.
     pub async fn crashes(&self, name: &str) -> Result<Json<Vec<CrashInfo>>> {
         self.get_json(&format!("/functions/{name}/crashes")).await
+    }
+
+    /// `GET /functions/{name}/versions`, newest first.
+    pub async fn versions(&self, name: &str) -> Result<Json<Vec<VersionInfo>>> {
+        self.get_json(&format!("/functions/{name}/versions")).await
+    }
+
+    async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Json<T>> {
+        let response = self.send(self.http.post(self.url(path)).json(body)).await?;
+        let raw: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("invalid JSON from POST {path}"))?;
+        let typed = serde_json::from_value(raw.clone())
+            .with_context(|| format!("unexpected answer to POST {path}"))?;
+        Ok(Json { raw, typed })
+    }
+
+    /// `POST /functions/{name}/rollback`: the new active version.
+    pub async fn rollback(&self, name: &str, to: Option<i32>) -> Result<Json<VersionInfo>> {
+        self.post_json(
+            &format!("/functions/{name}/rollback"),
+            &RollbackRequest { to },
+        )
+        .await
+    }
+
+    /// `POST /functions/{name}/config`: the new active version.
+    pub async fn change_config(
+        &self,
+        name: &str,
+        change: &ConfigChange,
+    ) -> Result<Json<VersionInfo>> {
+        self.post_json(&format!("/functions/{name}/config"), change)
+            .await
     }
 
     /// `DELETE /functions/{name}`.

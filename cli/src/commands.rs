@@ -3,9 +3,13 @@
 mod delete;
 mod deploy;
 mod describe;
+mod env;
 mod invoke;
 mod list;
 mod login;
+mod rollback;
+mod scale;
+mod versions;
 
 use std::path::PathBuf;
 
@@ -41,6 +45,14 @@ enum Command {
     Delete(delete::Args),
     /// Call a function through the proxy and print its answer.
     Invoke(invoke::Args),
+    /// List a function's versions (builds, rollbacks, config changes).
+    Versions(versions::Args),
+    /// Reactivate an earlier version without a build.
+    Rollback(rollback::Args),
+    /// Change instance counts, concurrency, memory or CPU without a build.
+    Scale(scale::Args),
+    /// Set or unset environment variables without a build.
+    Env(env::Args),
 }
 
 /// How listing commands print.
@@ -89,6 +101,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => describe::run(&ctx, args).await,
         Command::Delete(args) => delete::run(&ctx, args).await,
         Command::Invoke(args) => invoke::run(&ctx, args).await,
+        Command::Versions(args) => versions::run(&ctx, args).await,
+        Command::Rollback(args) => rollback::run(&ctx, args).await,
+        Command::Scale(args) => scale::run(&ctx, args).await,
+        Command::Env(args) => env::run(&ctx, args).await,
     }
 }
 

@@ -159,6 +159,8 @@ pub async fn deploy(
                 Activation::Activated { revision } => {
                     tracing::info!(function = %name, version = new.version, revision, ms, "deployment active");
                     crate::watchers::await_proxies(&state, revision).await;
+                    let (state, name) = (state.clone(), name.clone());
+                    tokio::spawn(async move { crate::history::retain(&state, &name).await });
                 }
                 Activation::Outdated => {
                     tracing::info!(function = %name, version = new.version, ms, "built, but a newer version is already active");

@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod elf;
 pub mod error;
 pub mod gc;
+pub mod history;
 pub mod revision;
 pub mod routes;
 pub mod server;

@@ -2,9 +2,11 @@
 //! login sits behind the bearer-token middleware.
 
 pub mod auth;
+pub mod config;
 pub mod crashes;
 pub mod deployments;
 pub mod functions;
+pub mod versions;
 pub mod watch;
 
 use std::time::Instant;
@@ -40,6 +42,9 @@ pub fn router(state: AppState) -> Router {
             "/functions/{name}/crashes",
             get(crashes::list).post(crashes::report),
         )
+        .route("/functions/{name}/versions", get(versions::list))
+        .route("/functions/{name}/rollback", post(versions::rollback))
+        .route("/functions/{name}/config", post(config::change))
         .route("/routes", get(watch::routes))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

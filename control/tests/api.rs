@@ -189,6 +189,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         build: BuildSettings::default(),
         bootstrap_token: None,
         admin_password: None,
+        keep_versions: 10,
     };
     std::fs::create_dir_all(settings.artifacts_dir()).unwrap();
     std::fs::create_dir_all(settings.tmp_dir()).unwrap();

@@ -1,0 +1,378 @@
+//! End-to-end tests of a function's life cycle (issue 13) on the real
+//! stack: versions and rollback under load without a build, the retention
+//! of old versions and their images, config changes without a rebuild
+//! (scaling in place, environment with new instances), and the CLI's
+//! deadlines against a control plane that never answers.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use containerpub_e2e::{Stack, eventually};
+use containerpub_wire::api::{DeploymentStatus, VersionInfo, VersionKind};
+
+const HELLO: &str = "hello from ContainerPub\n";
+const BONJOUR: &str = "bonjour from ContainerPub\n";
+
+/// Waits until `url` answers 200 with `expected` (a new version serves
+/// once its first instance is ready; the old one answers meanwhile).
+async fn serves(client: &reqwest::Client, url: &str, expected: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{url} answers {expected:?}"),
+        || async { (body(client, url).await == (200, expected.to_owned())).then_some(()) },
+    )
+    .await;
+}
+
+async fn body(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+/// `workers` loops of GET `url` until `stop`; returns (calls, failures as
+/// text). A call fails unless it answers 200 with one of `bodies`.
+fn load(
+    url: &str,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    bodies: &'static [&'static str],
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    (0..workers)
+        .map(|_| {
+            let (client, url, stop) = (client.clone(), url.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let (mut calls, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    calls += 1;
+                    match client.get(&url).send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let text = r.text().await.unwrap_or_default();
+                            if status != 200 || !bodies.contains(&text.as_str()) {
+                                failed.push(format!("{status} {text:?}"));
+                            }
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (calls, failed)
+            })
+        })
+        .collect()
+}
+
+async fn collect(
+    workers: Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+) -> (usize, Vec<String>) {
+    let (mut calls, mut failed) = (0, Vec::new());
+    for w in workers {
+        let (c, f) = w.await.unwrap();
+        calls += c;
+        failed.extend(f);
+    }
+    (calls, failed)
+}
+
+fn versions(stack: &Stack, name: &str) -> Vec<VersionInfo> {
+    let out = stack.cpub_ok(&["versions", name, "-o", "json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("versions JSON ({e}): {out}"))
+}
+
+fn active(versions: &[VersionInfo]) -> &VersionInfo {
+    let mut active = versions
+        .iter()
+        .filter(|v| v.status == DeploymentStatus::Active);
+    let one = active.next().expect("an active version");
+    assert!(active.next().is_none(), "one active version: {versions:?}");
+    one
+}
+
+fn image_exists(image: &str) -> bool {
+    Command::new("podman")
+        .args(["image", "exists", image])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `cpub` in a blocking task (a deploy or rollback while load runs).
+async fn cpub_async(stack: &Stack, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let control = stack.control_url();
+    let token = stack.token.clone();
+    let config = stack.dir.path().join("cli-config.toml");
+    tokio::task::spawn_blocking(move || {
+        Command::new(containerpub_e2e::bin("cpub"))
+            .args(&args)
+            .env("CPUB_URL", control)
+            .env("CPUB_TOKEN", token)
+            .env("CPUB_CONFIG", config)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn rollback_under_load_fails_no_call_and_builds_nothing() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "life-rollback";
+    let url = stack.deploy("hello", name, "");
+    let client = reqwest::Client::new();
+    serves(&client, &url, HELLO).await;
+    let v2 = containerpub_e2e::bundle("hello", name, "\n[env]\nGREETING = \"bonjour\"\n");
+    stack.cpub_ok(&["deploy", v2.path().to_str().unwrap()]);
+    serves(&client, &url, BONJOUR).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&url, 4, stop.clone(), &[HELLO, BONJOUR]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let out = cpub_async(&stack, &["rollback", name]).await;
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "rollback: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("v3 active (rollback to v1)"), "{said}");
+    serves(&client, &url, HELLO).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (calls, failed) = collect(workers).await;
+    eprintln!(
+        "rollback took {took:?}; {calls} calls across it, {} failed",
+        failed.len()
+    );
+    assert!(calls > 20, "the load kept running: {calls}");
+    assert!(failed.is_empty(), "{failed:?}\n{}", stack.logs());
+    assert!(
+        took < Duration::from_secs(10),
+        "a rollback builds nothing: {took:?}"
+    );
+
+    let list = versions(&stack, name);
+    let v3 = active(&list);
+    assert_eq!(
+        (v3.version, v3.kind, v3.source_version),
+        (3, VersionKind::Rollback, Some(1))
+    );
+    let v1 = list.iter().find(|v| v.version == 1).unwrap();
+    assert_eq!(v3.image, v1.image, "the same image, not a new build");
+    assert_eq!(v3.digest, v1.digest);
+    // The build log of a rollback is empty: nothing was built.
+    let table = stack.cpub_ok(&["versions", name]);
+    assert!(
+        table.contains("*v3") && table.contains("rollback to v1"),
+        "{table}"
+    );
+
+    // A second rollback goes back to v2; --to picks any built version.
+    stack.cpub_ok(&["rollback", name]);
+    serves(&client, &url, BONJOUR).await;
+    let out = stack.cpub_ok(&["rollback", name, "--to", "1"]);
+    assert!(out.contains("v5 active (rollback to v1)"), "{out}");
+    serves(&client, &url, HELLO).await;
+
+    // Refusals name the problem.
+    for (args, expected) in [
+        (vec!["rollback", name, "--to", "5"], "already active"),
+        (vec!["rollback", name, "--to", "99"], "has no version 99"),
+        (vec!["rollback", "life-nothing"], "not found"),
+    ] {
+        let out = stack.cpub(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+    let out = stack.cpub(&["rollback", name, "--to", "0"]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn old_versions_and_their_images_go_beyond_the_retention_count() {
+    let stack = Stack::start(&[("CPUB_KEEP_VERSIONS", "2")]).await.unwrap();
+    let name = "life-retain";
+    stack.deploy("hello", name, "");
+    let image_v1 = active(&versions(&stack, name)).image.clone().unwrap();
+    for greeting in ["two", "three"] {
+        let dir = containerpub_e2e::bundle(
+            "hello",
+            name,
+            &format!("\n[env]\nGREETING = \"{greeting}\"\n"),
+        );
+        stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
+    }
+    // v3 active, v2 the rollback target; v1 is beyond the count of 2.
+    let kept = eventually(Duration::from_secs(30), "v1 pruned", || async {
+        let list = versions(&stack, name);
+        (!list.iter().any(|v| v.version == 1)).then_some(list)
+    })
+    .await;
+    assert_eq!(kept.iter().map(|v| v.version).collect::<Vec<_>>(), [3, 2]);
+    eventually(Duration::from_secs(30), "v1's image removed", || async {
+        (!image_exists(&image_v1)).then_some(())
+    })
+    .await;
+    // A rollback to v2 keeps v2's image alive although v2's row goes once
+    // it is beyond the count: the rollback row uses it.
+    stack.cpub_ok(&["rollback", name]);
+    let image_v2 = active(&versions(&stack, name)).image.clone().unwrap();
+    let dir = containerpub_e2e::bundle("hello", name, "\n[env]\nGREETING = \"five\"\n");
+    stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
+    // v5 active, v4 (rollback of v2) is the rollback target: kept; v2, v3 go.
+    let list = eventually(Duration::from_secs(30), "v2 and v3 pruned", || async {
+        let list = versions(&stack, name);
+        (list.len() == 2).then_some(list)
+    })
+    .await;
+    assert_eq!(list.iter().map(|v| v.version).collect::<Vec<_>>(), [5, 4]);
+    assert!(image_exists(&image_v2), "used by v4: kept");
+    stack.cpub_ok(&["rollback", name]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/fn/{name}/", stack.proxy_url());
+    serves(&client, &url, "two from ContainerPub\n").await;
+    // Deleting the function removes every image its rows used.
+    stack.cpub_ok(&["delete", name]);
+    eventually(Duration::from_secs(30), "images removed", || async {
+        (!image_exists(&image_v2)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn scale_keeps_the_instances_and_env_starts_new_ones_without_a_build() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "life-config";
+    let url = stack.deploy("hello", name, "\n[scaling]\nmin_instances = 1\n");
+    let client = reqwest::Client::new();
+    let first = eventually(Duration::from_secs(30), "one instance", || async {
+        let ids = stack.containers(Some(name));
+        (ids.len() == 1).then(|| ids[0].clone())
+    })
+    .await;
+    serves(&client, &url, HELLO).await;
+    let image = active(&versions(&stack, name)).image.clone().unwrap();
+
+    // Scaling: a new version on the same image, the instance keeps serving.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(&url, 4, stop.clone(), &[HELLO, BONJOUR]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = cpub_async(
+        &stack,
+        &[
+            "scale",
+            name,
+            "--min",
+            "2",
+            "--max",
+            "4",
+            "--concurrency",
+            "8",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("v2 active") && said.contains("min_instances 1 -> 2"),
+        "{said}"
+    );
+    eventually(Duration::from_secs(30), "min 2 applied", || async {
+        (stack.containers(Some(name)).len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        stack.containers(Some(name)).contains(&first),
+        "the running instance was kept"
+    );
+    let v2 = active(&versions(&stack, name)).clone();
+    assert_eq!(
+        (v2.kind, v2.source_version, v2.image.as_deref()),
+        (VersionKind::Config, Some(1), Some(image.as_str()))
+    );
+    assert_eq!(
+        (
+            v2.config.scaling.min_instances,
+            v2.config.scaling.max_instances,
+            v2.config.scaling.concurrency
+        ),
+        (2, 4, 8)
+    );
+
+    // Environment: new instances with it, the old ones drain; no build.
+    let out = cpub_async(&stack, &["env", "set", name, "GREETING=bonjour"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serves(&client, &url, BONJOUR).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (calls, failed) = collect(workers).await;
+    eprintln!(
+        "{calls} calls across scale and env set, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}\n{}", stack.logs());
+    eventually(
+        Duration::from_secs(30),
+        "the old instances leave",
+        || async { (!stack.containers(Some(name)).contains(&first)).then_some(()) },
+    )
+    .await;
+    let v3 = active(&versions(&stack, name)).clone();
+    assert_eq!((v3.version, v3.image.as_deref()), (3, Some(image.as_str())));
+    assert_eq!(
+        v3.config.env.get("GREETING").map(String::as_str),
+        Some("bonjour")
+    );
+    assert_eq!(v3.config.scaling.min_instances, 2, "scaling carried over");
+
+    stack.cpub_ok(&["env", "unset", name, "GREETING"]);
+    serves(&client, &url, HELLO).await;
+
+    // Refusals name the field.
+    for (args, expected) in [
+        (vec!["scale", name, "--max", "0"], "scaling.max_instances"),
+        (
+            vec!["scale", name, "--min", "9", "--max", "4"],
+            "scaling.min_instances",
+        ),
+        (vec!["scale", name, "--memory", "1"], "resources.memory_mb"),
+        (vec!["env", "set", name, "1BAD=x"], "env.1BAD"),
+        (vec!["env", "set", name, "PORT=1"], "env.PORT"),
+        (vec!["env", "unset", name, "NOPE"], "env.NOPE"),
+        (vec!["scale", name, "--min", "2"], "nothing changes"),
+        (vec!["scale", name], "nothing to change"),
+        (vec!["env", "set", name, "NOEQUALS"], "KEY=VALUE"),
+    ] {
+        let out = stack.cpub(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+}
