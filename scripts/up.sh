@@ -8,6 +8,7 @@
 #   CPUB_HOME            state, logs and pid files (default /var/lib/containerpub)
 #   CPUB_CONTROL_LISTEN  control plane address (default 127.0.0.1:7070)
 #   CPUB_PROXY_LISTEN    proxy address (default 127.0.0.1:8080)
+#   CPUB_BIN_DIR         where the `cpub` command is linked (default /usr/local/bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -45,6 +46,15 @@ cargo build --release --locked -p containerpub-control -p containerpub-proxy -p 
 bash examples/build.sh >/dev/null
 bin=$CARGO_TARGET_DIR/release
 
+# `cpub` on PATH (a link to the build, so a rebuild updates it), with bash
+# completion where the system has a place for it.
+bin_dir=${CPUB_BIN_DIR:-/usr/local/bin}
+mkdir -p "$bin_dir"
+ln -sfn "$bin/cpub" "$bin_dir/cpub"
+if [ -d /etc/bash_completion.d ] && [ -w /etc/bash_completion.d ]; then
+  "$bin/cpub" completions bash >/etc/bash_completion.d/cpub
+fi
+
 # One API token for this installation, created once and kept private.
 if [ ! -s "$home/token" ]; then
   (umask 077; echo "cpub_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$home/token")
@@ -71,8 +81,9 @@ wait_http "http://$proxy_listen/healthz" cpub-proxy "$home/run/proxy.pid"
 
 step "deploy examples/hello with cpub"
 export CPUB_URL=http://$control_listen
-"$bin/cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
-"$bin/cpub" deploy "$root/examples/hello"
+cpub=$bin_dir/cpub
+"$cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
+"$cpub" deploy "$root/examples/hello"
 
 step "call hello through the proxy"
 curl -sS -D "$home/run/last-headers" "http://$proxy_listen/fn/hello/"
@@ -84,7 +95,7 @@ ContainerPub is running.
   control plane  http://$control_listen   (API under /api/v1; token in $home/token)
   proxy          http://$proxy_listen/fn/<name>/
   hello          http://$proxy_listen/fn/hello/
-  CLI            $bin/cpub   (logged in: ~/.config/cpub/config.toml)
+  CLI            cpub = $bin_dir/cpub -> $bin/cpub   (logged in: ~/.config/cpub/config.toml)
   logs           $home/logs/
 Stop everything: bash scripts/down.sh
 MSG

@@ -1,5 +1,6 @@
 //! The command line (clap) and the dispatch to one module per command.
 
+mod completions;
 mod delete;
 mod deploy;
 mod describe;
@@ -27,6 +28,14 @@ pub struct Cli {
     #[arg(long, global = true, env = ENV_CONFIG, value_name = "PATH")]
     config: Option<PathBuf>,
 
+    /// Deadline of each call to the control plane, in seconds (a deploy
+    /// gets at least 20 minutes for its build; the connection itself must
+    /// open within 5 s).
+    #[arg(long, global = true, env = "CPUB_TIMEOUT", value_name = "SECONDS",
+          default_value_t = crate::client::DEFAULT_DEADLINE_S,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +62,8 @@ enum Command {
     Scale(scale::Args),
     /// Set or unset environment variables without a build.
     Env(env::Args),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(completions::Args),
 }
 
 /// How listing commands print.
@@ -69,31 +80,39 @@ pub enum Output {
 pub struct Context {
     pub config_path: PathBuf,
     pub settings: Settings,
+    /// Deadline of each call (`--timeout`).
+    pub deadline: std::time::Duration,
 }
 
 impl Context {
-    fn load(explicit: Option<&std::path::Path>) -> Result<Self> {
+    fn load(explicit: Option<&std::path::Path>, timeout_s: u64) -> Result<Self> {
         let config_path = config::path(explicit)?;
         let file = config::load(&config_path)?;
         let settings = config::resolve(&file, |name| std::env::var(name).ok());
         Ok(Self {
             config_path,
             settings,
+            deadline: std::time::Duration::from_secs(timeout_s),
         })
     }
 
     /// A client with the configured URL and token, for authenticated calls.
     pub fn client(&self) -> Result<Client> {
-        Client::new(
+        Ok(Client::new(
             self.settings.require_url()?,
             Some(self.settings.require_token()?),
-        )
+        )?
+        .with_deadline(self.deadline))
     }
 }
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    let ctx = Context::load(cli.config.as_deref())?;
+    if let Command::Completions(args) = cli.command {
+        // Needs no configuration.
+        return completions::run(args);
+    }
+    let ctx = Context::load(cli.config.as_deref(), cli.timeout)?;
     match cli.command {
         Command::Login(args) => login::run(&ctx, args).await,
         Command::Deploy(args) => deploy::run(&ctx, args).await,
@@ -105,6 +124,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Rollback(args) => rollback::run(&ctx, args).await,
         Command::Scale(args) => scale::run(&ctx, args).await,
         Command::Env(args) => env::run(&ctx, args).await,
+        Command::Completions(_) => unreachable!("handled above"),
     }
 }
 

@@ -376,3 +376,80 @@ async fn scale_keeps_the_instances_and_env_starts_new_ones_without_a_build() {
         );
     }
 }
+
+/// A control plane that accepts connections and never answers: `cpub`
+/// gives up at its deadline with a message that says so, and `cpub
+/// completions` needs no server at all.
+#[tokio::test]
+async fn the_cli_gives_up_on_a_control_plane_that_never_answers() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Accepts and holds every connection, reading nothing, writing nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let started = Instant::now();
+        let out = Command::new(containerpub_e2e::bin("cpub"))
+            .args(args)
+            .env("CPUB_URL", format!("http://{addr}"))
+            .env("CPUB_TOKEN", "cpub_e2e_hanging")
+            .env("CPUB_CONFIG", dir.path().join("config.toml"))
+            .env_remove("CPUB_TIMEOUT")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (started.elapsed(), out)
+    };
+    for (args, env, deadline) in [
+        (vec!["list", "--timeout", "2"], vec![], 2),
+        (vec!["describe", "x"], vec![("CPUB_TIMEOUT", "3")], 3),
+        (vec!["rollback", "x", "--timeout", "2"], vec![], 2),
+    ] {
+        let (took, out) = run(&args, &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("http://{addr} did not answer within {deadline} s"))
+                && err.contains("--timeout"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            took >= Duration::from_secs(deadline) && took < Duration::from_secs(deadline + 5),
+            "{args:?} took {took:?}"
+        );
+    }
+    // Nothing listens: refused at once, named as unreachable.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let started = Instant::now();
+    let out = Command::new(containerpub_e2e::bin("cpub"))
+        .args(["list"])
+        .env("CPUB_URL", format!("http://{closed_addr}"))
+        .env("CPUB_TOKEN", "cpub_e2e_hanging")
+        .env("CPUB_CONFIG", dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let out = Command::new(containerpub_e2e::bin("cpub"))
+        .args(["completions", "bash"])
+        .env("CPUB_CONFIG", dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && script.contains("rollback"),
+        "{script}"
+    );
+}
