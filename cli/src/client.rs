@@ -186,10 +186,12 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
 }
 
 /// The answer to a deploy: the build either produced the new active version
-/// or failed with a log.
+/// or failed with a log, or (detached) it started.
 pub enum DeployAnswer {
     Active(DeploymentInfo),
     Failed(DeploymentInfo),
+    /// 202: the build runs on the server; its id is the deployment's.
+    Started(DeploymentInfo),
 }
 
 /// A JSON answer both as the server sent it (for `--output json`) and typed.
@@ -356,6 +358,53 @@ impl Client {
             .await
     }
 
+    /// `GET /functions/{name}/builds`, newest first, without logs.
+    pub async fn builds(&self, name: &str) -> Result<Json<Vec<DeploymentInfo>>> {
+        self.get_json(&format!("/functions/{name}/builds")).await
+    }
+
+    /// `GET /builds/{id}`: the build's deployment and stored log.
+    pub async fn build(&self, id: i64) -> Result<Json<DeploymentInfo>> {
+        self.get_json(&format!("/builds/{id}")).await
+    }
+
+    /// `GET /builds/{id}/log`: the answer, to be read as it comes. With
+    /// `follow`, it lasts as long as the build (at most [`DEPLOY_DEADLINE`]).
+    pub async fn build_log(&self, id: i64, follow: bool) -> Result<Response> {
+        let query = if follow { "?follow=true" } else { "" };
+        let request = self.http.get(self.url(&format!("/builds/{id}/log{query}")));
+        let deadline = if follow {
+            DEPLOY_DEADLINE.max(self.deadline)
+        } else {
+            self.deadline
+        };
+        let response = self.send_within(request, deadline).await?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(ApiFailure::from_response(response).await.into())
+        }
+    }
+
+    /// Copies a build log answer to `out` as its pieces arrive.
+    pub async fn copy_log(
+        &self,
+        mut response: Response,
+        out: &mut impl std::io::Write,
+    ) -> Result<()> {
+        while let Some(piece) = response
+            .chunk()
+            .await
+            .map_err(|source| transport_error(&self.base, DEPLOY_DEADLINE, source))
+            .context("the build log broke off")?
+        {
+            out.write_all(&piece)
+                .context("cannot write the build log")?;
+            out.flush().context("cannot write the build log")?;
+        }
+        Ok(())
+    }
+
     /// `DELETE /functions/{name}`.
     pub async fn delete(&self, name: &str) -> Result<()> {
         self.send(self.http.delete(self.url(&format!("/functions/{name}"))))
@@ -365,10 +414,18 @@ impl Client {
 
     /// `POST /functions/{name}/deployments` with a `.tar.gz` body of `len`
     /// bytes. Returns once the server has built (or failed to build) it.
-    pub async fn deploy(&self, name: &str, body: reqwest::Body, len: u64) -> Result<DeployAnswer> {
+    /// With `detach`, the server answers 202 as soon as the build started.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        body: reqwest::Body,
+        len: u64,
+        detach: bool,
+    ) -> Result<DeployAnswer> {
+        let query = if detach { "?detach=true" } else { "" };
         let request = self
             .http
-            .post(self.url(&format!("/functions/{name}/deployments")))
+            .post(self.url(&format!("/functions/{name}/deployments{query}")))
             .header(reqwest::header::CONTENT_TYPE, "application/gzip")
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body);
@@ -382,7 +439,9 @@ impl Client {
                 .map_err(|source| transport_error(&self.base, deadline, source))
                 .context("cannot read the deploy answer")?;
             if let Ok(info) = serde_json::from_str::<DeploymentInfo>(&text) {
-                return Ok(if status.is_success() {
+                return Ok(if status == StatusCode::ACCEPTED {
+                    DeployAnswer::Started(info)
+                } else if status.is_success() {
                     DeployAnswer::Active(info)
                 } else {
                     DeployAnswer::Failed(info)

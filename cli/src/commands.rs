@@ -1,5 +1,6 @@
 //! The command line (clap) and the dispatch to one module per command.
 
+mod builds;
 mod completions;
 mod delete;
 mod deploy;
@@ -64,6 +65,10 @@ enum Command {
     Env(env::Args),
     /// Print a shell completion script (bash, zsh, fish).
     Completions(completions::Args),
+    /// List a function's builds, newest first.
+    Builds(builds::ListArgs),
+    /// Print a build's output; -f follows it until the build ends.
+    BuildLog(builds::LogArgs),
 }
 
 /// How listing commands print.
@@ -125,6 +130,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Scale(args) => scale::run(&ctx, args).await,
         Command::Env(args) => env::run(&ctx, args).await,
         Command::Completions(_) => unreachable!("handled above"),
+        Command::Builds(args) => builds::list(&ctx, args).await,
+        Command::BuildLog(args) => builds::log(&ctx, args).await,
     }
 }
 

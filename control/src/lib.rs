@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod auth;
 pub mod build;
+pub mod builds;
 pub mod config;
 pub mod containerfile;
 pub mod db;

@@ -2,6 +2,7 @@
 //! login sits behind the bearer-token middleware.
 
 pub mod auth;
+pub mod builds;
 pub mod config;
 pub mod crashes;
 pub mod deployments;
@@ -45,6 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/functions/{name}/versions", get(versions::list))
         .route("/functions/{name}/rollback", post(versions::rollback))
         .route("/functions/{name}/config", post(config::change))
+        .route("/functions/{name}/builds", get(builds::list))
+        .route("/builds/{id}", get(builds::get))
+        .route("/builds/{id}/log", get(builds::log))
         .route("/routes", get(watch::routes))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

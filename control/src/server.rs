@@ -64,6 +64,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         revision: revision_rx,
         watchers: Arc::default(),
         shutdown: shutdown.clone(),
+        builds: Arc::default(),
     };
     {
         let mut out = std::io::stdout().lock();

@@ -21,4 +21,6 @@ pub struct AppState {
     pub watchers: Arc<crate::watchers::Watchers>,
     /// Cancelled on shutdown: long polls answer at once.
     pub shutdown: CancellationToken,
+    /// Output of the builds running here, for followers.
+    pub builds: Arc<crate::builds::LiveBuilds>,
 }

@@ -203,6 +203,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         revision: rx,
         watchers: Arc::default(),
         shutdown,
+        builds: Arc::default(),
     };
     TestApp {
         router: routes::router(state.clone()),

@@ -453,3 +453,281 @@ async fn the_cli_gives_up_on_a_control_plane_that_never_answers() {
         "{script}"
     );
 }
+
+/// A bundle directory whose build prints `{tag} first`, sleeps `pause_s`,
+/// then prints `{tag} second` (a `RUN` step with busybox), and serves
+/// `{tag}` with busybox httpd.
+fn slow_build_bundle(name: &str, tag: &str, pause_s: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("cpub.toml"),
+        format!("name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n"),
+    )
+    .unwrap();
+    std::fs::copy("/bin/busybox", p.join("busybox")).expect("/bin/busybox (busybox-static)");
+    std::fs::create_dir(p.join("www")).unwrap();
+    std::fs::write(p.join("www/index.html"), format!("{tag}\n")).unwrap();
+    let script = format!("echo {tag} first; /bin/busybox sleep {pause_s}; echo {tag} second");
+    std::fs::write(
+        p.join("Containerfile"),
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n\
+             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            serde_json::to_string(&script).unwrap()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// `cpub` with its stderr read line by line as it comes: each line with
+/// the time it arrived.
+struct Watched {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<(Instant, String)>,
+    seen: Vec<(Instant, String)>,
+}
+
+impl Watched {
+    fn spawn(stack: &Stack, args: &[&str]) -> Watched {
+        use std::io::BufRead;
+        let mut child = Command::new(containerpub_e2e::bin("cpub"))
+            .args(args)
+            .env("CPUB_URL", stack.control_url())
+            .env("CPUB_TOKEN", &stack.token)
+            .env("CPUB_CONFIG", stack.dir.path().join("cli-config.toml"))
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 120 s) for the stderr line `text`; when it came.
+    fn wait_line(&mut self, text: &str) -> Instant {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some((at, _)) = self.seen.iter().find(|(_, l)| l.trim() == text) {
+                return *at;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {text:?} in {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the exit; (success, stdout, every stderr line).
+    fn finish(mut self) -> (bool, String, String) {
+        let out = self.child.wait_with_output().unwrap();
+        self.seen.extend(self.lines.try_iter());
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        let t0 = self.seen.first().map(|(t, _)| *t);
+        let err: Vec<String> = self
+            .seen
+            .into_iter()
+            .map(|(t, l)| format!("[{:?}] {l}", t0.map(|t0| t.duration_since(t0))))
+            .collect();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            err.join("\n"),
+        )
+    }
+}
+
+#[tokio::test]
+async fn builds_stream_as_they_happen_detach_and_survive_ctrl_c() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "life-builds";
+    let url = format!("{}/fn/{name}/", stack.proxy_url());
+    let client = reqwest::Client::new();
+
+    // Streamed: the step's first line arrives while the step still runs.
+    let v1 = slow_build_bundle(name, "one", 4);
+    let mut deploy = Watched::spawn(&stack, &["deploy", v1.path().to_str().unwrap()]);
+    let first = deploy.wait_line("one first");
+    let second = deploy.wait_line("one second");
+    let (ok, stdout, stderr) = deploy.finish();
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        second.duration_since(first) >= Duration::from_secs(3),
+        "the output came as it happened, not at the end: {:?}\n{stderr}",
+        second.duration_since(first)
+    );
+    for step in [
+        "==> building image",
+        "STEP",
+        "==> version 1 of life-builds is active",
+    ] {
+        assert!(stderr.contains(step), "no {step:?} in\n{stderr}");
+    }
+    assert!(
+        stdout.contains("deployed life-builds version 1"),
+        "{stdout}"
+    );
+    serves(&client, &url, "one\n").await;
+
+    // Detached: back at once with a build id; the build goes on.
+    // (The build's 8 s step is still running when `cpub builds` looks.)
+    let v2 = slow_build_bundle(name, "two", 8);
+    let started = Instant::now();
+    let detached = Watched::spawn(&stack, &["deploy", "--detach", v2.path().to_str().unwrap()]);
+    let (ok, out, err) = detached.finish();
+    assert!(ok, "{out}\n{err}");
+    eprintln!(
+        "deploy --detach returned after {:?}\n{err}",
+        started.elapsed()
+    );
+    let id: String = out
+        .strip_prefix("build ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no build id in {out:?}"))
+        .to_owned();
+    assert!(out.contains("(version 2)"), "{out}");
+    let builds = stack.cpub_ok(&["builds", name]);
+    assert!(
+        builds.contains(&id) && builds.contains("building"),
+        "{builds}"
+    );
+    // build-log -f follows it to its end.
+    let log = stack.cpub_ok(&["build-log", &id, "-f"]);
+    assert!(
+        log.contains("two first")
+            && log.contains("two second")
+            && log.contains("version 2 of life-builds is active"),
+        "{log}"
+    );
+    serves(&client, &url, "two\n").await;
+
+    // Ctrl-C while following stops following, not the build.
+    let v3 = slow_build_bundle(name, "three", 3);
+    let mut deploy = Watched::spawn(&stack, &["deploy", v3.path().to_str().unwrap()]);
+    deploy.wait_line("three first");
+    let pid = deploy.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (ok, _, stderr) = deploy.finish();
+    assert!(!ok && stderr.contains("goes on"), "{stderr}");
+    eventually(
+        Duration::from_secs(120),
+        "version 3 built and active",
+        || async {
+            let list = versions(&stack, name);
+            (active(&list).version == 3).then_some(())
+        },
+    )
+    .await;
+    serves(&client, &url, "three\n").await;
+    let builds: Vec<containerpub_wire::api::DeploymentInfo> =
+        serde_json::from_str(&stack.cpub_ok(&["builds", name, "-o", "json"])).unwrap();
+    let v3 = builds.iter().find(|b| b.version == 3).unwrap();
+    let log = stack.cpub_ok(&["build-log", &v3.id.to_string()]);
+    assert!(log.contains("three second"), "{log}");
+
+    // Refusals.
+    for (args, expected) in [
+        (vec!["build-log", "999999"], "no build with id 999999"),
+        (vec!["build-log", "0"], "0"),
+        (vec!["builds", "life-nothing"], "not found"),
+    ] {
+        let out = stack.cpub(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bundle_checks_stop_secrets_and_foreign_binaries_before_the_upload() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "life-checks";
+    let dir = containerpub_e2e::bundle("hello", name, "");
+    let path = dir.path().to_str().unwrap().to_owned();
+    std::fs::write(dir.path().join(".env"), "DATABASE_PASSWORD=hunter2\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    std::fs::write(
+        dir.path().join("keys/deploy"),
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = stack.cpub(&["deploy", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for expected in [
+        "error: .env looks like an environment file",
+        "error: keys/deploy contains a private key",
+        "nothing was uploaded",
+        "--force",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in\n{err}");
+    }
+    let out = stack.cpub(&["versions", name]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "nothing reached the control plane"
+    );
+
+    // A dynamically linked binary is stopped too (the server would refuse it
+    // after the upload).
+    let dynamic = containerpub_e2e::bundle("hello", name, "");
+    std::fs::copy("/bin/true", dynamic.path().join("bin/hello")).unwrap();
+    let out = stack.cpub(&["deploy", dynamic.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("entrypoint bin/hello is dynamically linked"),
+        "{err}"
+    );
+
+    // --force uploads anyway, printing the problems as warnings; a hint
+    // (node_modules) never stops a deploy.
+    std::fs::create_dir_all(dir.path().join("node_modules/x")).unwrap();
+    std::fs::write(dir.path().join("node_modules/x/index.js"), "").unwrap();
+    let out = stack.cpub(&["deploy", "--force", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning (--force): .env looks like"), "{err}");
+    assert!(
+        err.contains("warning: 1 files under node_modules/"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join(".env")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("keys")).unwrap();
+    let out = stack.cpub(&["deploy", &path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("error:"), "{err}");
+    assert!(
+        err.contains("warning: 1 files under node_modules/"),
+        "{err}"
+    );
+}

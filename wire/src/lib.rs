@@ -7,6 +7,7 @@
 //! side checks a value with exactly the rules the other side uses.
 
 pub mod api;
+pub mod elf;
 pub mod manifest;
 pub mod request_id;
 
