@@ -731,3 +731,116 @@ async fn bundle_checks_stop_secrets_and_foreign_binaries_before_the_upload() {
         "{err}"
     );
 }
+
+/// A function whose CGI scripts (busybox httpd) stream server-sent events:
+/// `/cgi-bin/sse` 4 events 1 s apart, `/cgi-bin/pause` one event, a 4 s
+/// pause, another, `/cgi-bin/long` an event a second for 12 s.
+fn streaming_bundle(name: &str, resources: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("cpub.toml"),
+        format!(
+            "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n[resources]\n{resources}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::copy("/bin/busybox", p.join("busybox")).unwrap();
+    std::fs::create_dir_all(p.join("www/cgi-bin")).unwrap();
+    std::fs::write(p.join("www/index.html"), "up\n").unwrap();
+    for (script, body) in [
+        (
+            "sse",
+            "for i in 1 2 3 4; do echo \"data: $i\"; echo; sleep 1; done",
+        ),
+        (
+            "pause",
+            "echo 'data: 1'; echo; sleep 4; echo 'data: 2'; echo",
+        ),
+        (
+            "long",
+            "i=0; while [ $i -lt 12 ]; do i=$((i+1)); echo \"data: $i\"; echo; sleep 1; done",
+        ),
+    ] {
+        let path = p.join("www/cgi-bin").join(script);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/busybox sh\nexport PATH=/bin\nalias sleep='/bin/busybox sleep'\n\
+                 printf 'Content-Type: text/event-stream\\r\\n\\r\\n'\n{}\n",
+                body.replace("sleep", "/bin/busybox sleep")
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        p.join("Containerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
+         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// GETs `url` and reads the body as it comes: the `data:` events, how long
+/// it took, and whether it ended cleanly.
+async fn events(url: &str) -> (Vec<String>, Duration, bool) {
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let mut r = client.get(url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{url}");
+    let mut text = String::new();
+    let clean = loop {
+        match r.chunk().await {
+            Ok(Some(piece)) => text.push_str(&String::from_utf8_lossy(&piece)),
+            Ok(None) => break true,
+            Err(_) => break false,
+        }
+    };
+    let data = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect();
+    (data, started.elapsed(), clean)
+}
+
+#[tokio::test]
+async fn streamed_answers_outlive_timeout_ms_within_their_idle_and_total_limits() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "life-stream";
+    let dir = streaming_bundle(
+        name,
+        "timeout_ms = 1000\nstream_idle_ms = 2000\nmax_call_s = 6",
+    );
+    stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
+    let base = format!("{}/fn/{name}", stack.proxy_url());
+    serves(&reqwest::Client::new(), &format!("{base}/"), "up\n").await;
+
+    // Data keeps flowing: 4 s of events pass a 1 s timeout_ms.
+    let (data, took, clean) = events(&format!("{base}/cgi-bin/sse")).await;
+    assert_eq!(
+        data,
+        ["1", "2", "3", "4"],
+        "took {took:?}\n{}",
+        stack.logs()
+    );
+    assert!(clean && took >= Duration::from_secs(3), "{took:?}");
+
+    // A pause longer than stream_idle_ms ends it.
+    let (data, took, _) = events(&format!("{base}/cgi-bin/pause")).await;
+    assert_eq!(data, ["1"], "took {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "cut at the 2 s idle limit: {took:?}"
+    );
+
+    // max_call_s caps a stream that never pauses.
+    let (data, took, _) = events(&format!("{base}/cgi-bin/long")).await;
+    assert!(
+        (4..=7).contains(&data.len()) && took < Duration::from_secs(9),
+        "cut near 6 s: {data:?} after {took:?}"
+    );
+}

@@ -13,4 +13,5 @@ pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod tunnel;
 pub mod upstream;
