@@ -1,8 +1,11 @@
 //! End-to-end tests of a function's life cycle (issue 13) on the real
 //! stack: versions and rollback under load without a build, the retention
 //! of old versions and their images, config changes without a rebuild
-//! (scaling in place, environment with new instances), and the CLI's
-//! deadlines against a control plane that never answers.
+//! (scaling in place, environment with new instances), the CLI's deadlines
+//! against a control plane that never answers, streamed and detached
+//! builds, bundle checks before the upload, and streamed answers past
+//! `timeout_ms`. Over 600 lines on purpose: one file per issue, and the
+//! tests share their load, process-watching and bundle helpers.
 
 use std::process::Command;
 use std::sync::Arc;
