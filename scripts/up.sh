@@ -15,6 +15,7 @@
 # and report crashes), minted here by the admin with `cpub node-token
 # create` and kept in $CPUB_HOME/run/node-token (mode 0600); never with the
 # admin token.
+#   CPUB_BIN_DIR         where the `cpub` command is linked (default /usr/local/bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -54,6 +55,15 @@ cargo build --release --locked -p containerpub-control -p containerpub-proxy -p 
 bash examples/build.sh >/dev/null
 bin=$CARGO_TARGET_DIR/release
 
+# `cpub` on PATH (a link to the build, so a rebuild updates it), with bash
+# completion where the system has a place for it.
+bin_dir=${CPUB_BIN_DIR:-/usr/local/bin}
+mkdir -p "$bin_dir"
+ln -sfn "$bin/cpub" "$bin_dir/cpub"
+if [ -d /etc/bash_completion.d ] && [ -w /etc/bash_completion.d ]; then
+  "$bin/cpub" completions bash >/etc/bash_completion.d/cpub
+fi
+
 # One API token for this installation, created once and kept private.
 if [ ! -s "$home/token" ]; then
   (umask 077; echo "cpub_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$home/token")
@@ -85,7 +95,10 @@ fi
 wait_http "http://$proxy_listen/healthz" cpub-proxy "$home/run/proxy.pid"
 
 step "deploy examples/hello with cpub"
-"$bin/cpub" deploy "$root/examples/hello"
+export CPUB_URL=http://$control_listen
+cpub=$bin_dir/cpub
+"$cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
+"$cpub" deploy "$root/examples/hello"
 
 step "call hello through the proxy"
 curl -sS -D "$home/run/last-headers" "http://$proxy_listen/fn/hello/"
@@ -100,7 +113,7 @@ ContainerPub is running.
   proxy          http://$proxy_listen/fn/<name>/   (node $node; credential in $home/run/node-token)
   metrics        http://$admin_listen/metrics   (the proxy's admin listener)
   hello          http://$proxy_listen/fn/hello/
-  CLI            $bin/cpub   (logged in: ~/.config/cpub/config.toml)
+  CLI            cpub = $bin_dir/cpub -> $bin/cpub   (logged in: ~/.config/cpub/config.toml)
   logs           $home/logs/
 Stop everything: bash scripts/down.sh
 MSG

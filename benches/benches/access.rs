@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use containerpub_proxy::{access, h1};
 use containerpub_wire::Manifest;
-use containerpub_wire::private::KeyDigest;
 use containerpub_wire::api::Route;
+use containerpub_wire::private::KeyDigest;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
 

@@ -9,6 +9,13 @@
 //! directory always has the same digest. Modes are normalised to 0755 for
 //! anything executable and 0644 otherwise, so the unprivileged user the
 //! function runs as can read and run what the developer could.
+//!
+//! [`check`] looks at a packed bundle before it is uploaded (issue 13, the
+//! original ContainerPub's analyzer): sizes against the control plane's
+//! default limits, files that look like secrets (`.env`, private keys,
+//! cloud credentials, by name and by content), a `binary` entrypoint's
+//! architecture and linking (the server's rule, `wire::elf`), Containerfile
+//! bases the platform may not provide, and directories usually left out.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -110,6 +117,219 @@ pub fn pack<W: Write>(dir: &Path, out: W) -> Result<Packed> {
     let mut out = gz.finish().context("cannot finish gzip compression")?;
     out.flush().context("cannot flush the bundle")?;
     Ok(packed)
+}
+
+/// Compressed size above which a deploy stops (the control plane's default
+/// upload limit, `CPUB_MAX_UPLOAD_BYTES`).
+pub const MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// Uncompressed size above which a deploy stops (the control plane's
+/// default, `CPUB_MAX_BUNDLE_BYTES`).
+pub const MAX_BUNDLE_BYTES: u64 = 512 * 1024 * 1024;
+/// A file this large gets a warning (is it meant to be deployed?).
+pub const LARGE_FILE_BYTES: u64 = 50 * 1024 * 1024;
+/// Files read for secret patterns are at most this large.
+const SCAN_BYTES: u64 = 1024 * 1024;
+
+/// What the checks before an upload found: errors stop the deploy (unless
+/// `--force`), warnings are printed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Directories that are usually build or tool output, with what to do.
+const USUALLY_IGNORED: &[(&str, &str)] = &[
+    ("node_modules", "dependencies are installed by the build"),
+    (
+        "target",
+        "Rust build output; keep only the binary you deploy",
+    ),
+    (".venv", "a Python virtual environment"),
+    ("venv", "a Python virtual environment"),
+    ("__pycache__", "Python byte code"),
+    (".idea", "editor settings"),
+    (".vscode", "editor settings"),
+    (".terraform", "Terraform state and providers"),
+];
+
+/// Names of files that hold credentials.
+fn secret_file(path: &str) -> Option<&'static str> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let lower = name.to_ascii_lowercase();
+    if lower == ".env"
+        || (lower.starts_with(".env.")
+            && !["example", "sample", "template", "dist"]
+                .iter()
+                .any(|s| lower.ends_with(s)))
+    {
+        return Some("an environment file (secrets belong in `cpub env set`, not in the bundle)");
+    }
+    if ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].contains(&lower.as_str()) {
+        return Some("an SSH private key");
+    }
+    if lower.ends_with(".p12") || lower.ends_with(".pfx") || lower.ends_with(".jks") {
+        return Some("a key store");
+    }
+    if [".netrc", ".git-credentials", ".pgpass", ".npmrc", ".pypirc"].contains(&lower.as_str()) {
+        return Some("a credentials file");
+    }
+    if path.ends_with(".aws/credentials")
+        || path.ends_with(".docker/config.json")
+        || path.ends_with(".kube/config")
+        || lower == "application_default_credentials.json"
+        || (lower.ends_with(".json") && lower.contains("service-account"))
+    {
+        return Some("cloud credentials");
+    }
+    None
+}
+
+/// A secret in a file's text: a private key block or an AWS access key id.
+fn secret_text(text: &[u8]) -> Option<&'static str> {
+    let find = |needle: &[u8]| text.windows(needle.len()).position(|w| w == needle);
+    if let Some(at) = find(b"-----BEGIN ") {
+        let rest = &text[at..text.len().min(at + 64)];
+        if rest.windows(11).any(|w| w == b"PRIVATE KEY") {
+            return Some("a private key");
+        }
+    }
+    let aws = text.windows(20).any(|w| {
+        (w.starts_with(b"AKIA") || w.starts_with(b"ASIA"))
+            && w[4..]
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    });
+    aws.then_some("an AWS access key id")
+}
+
+/// Checks a packed bundle before it is uploaded: its size, files that look
+/// like secrets, a `binary` entrypoint's architecture and linking, a
+/// Containerfile's bases, and directories that are usually left out.
+pub fn check(
+    dir: &Path,
+    manifest: &containerpub_wire::Manifest,
+    packed: &Packed,
+    compressed: u64,
+) -> Findings {
+    use containerpub_wire::manifest::Runtime;
+    let mut found = Findings::default();
+    let hint = format!("list it in {IGNORE_FILE}");
+    if compressed > MAX_UPLOAD_BYTES {
+        found.errors.push(format!(
+            "the bundle is {} MiB compressed; the control plane takes {} MiB by default",
+            compressed >> 20,
+            MAX_UPLOAD_BYTES >> 20
+        ));
+    }
+    if packed.bytes > MAX_BUNDLE_BYTES {
+        found.errors.push(format!(
+            "the bundle holds {} MiB; the control plane takes {} MiB by default",
+            packed.bytes >> 20,
+            MAX_BUNDLE_BYTES >> 20
+        ));
+    }
+    let mut ignored: std::collections::BTreeMap<&str, (usize, &str)> = Default::default();
+    for file in &packed.files {
+        let path = dir.join(file);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if let Some(what) = secret_file(file) {
+            found
+                .errors
+                .push(format!("{file} looks like {what}; {hint}"));
+        } else if size <= SCAN_BYTES
+            && let Ok(text) = std::fs::read(&path)
+            && let Some(what) = secret_text(&text)
+        {
+            found.errors.push(format!("{file} contains {what}; {hint}"));
+        }
+        if size > LARGE_FILE_BYTES {
+            found.warnings.push(format!(
+                "{file} is {} MiB: is it meant to be deployed? ({hint})",
+                size >> 20
+            ));
+        }
+        let entry = manifest
+            .entrypoint
+            .as_deref()
+            .map(|e| e.trim_start_matches("./"));
+        for (dir_name, why) in USUALLY_IGNORED {
+            let inside = file.split('/').rev().skip(1).any(|part| part == *dir_name);
+            if inside && entry.is_none_or(|e| e != file) {
+                ignored.entry(dir_name).or_insert((0, why)).0 += 1;
+            }
+        }
+    }
+    for (dir_name, (count, why)) in ignored {
+        found.warnings.push(format!(
+            "{count} files under {dir_name}/ ({why}); {IGNORE_FILE} can leave them out"
+        ));
+    }
+    match (manifest.runtime, manifest.entrypoint.as_deref()) {
+        (Runtime::Binary, Some(entry)) => {
+            let path = dir.join(entry.trim_start_matches("./"));
+            match std::fs::File::open(&path) {
+                Ok(file) => {
+                    let mut head = Vec::new();
+                    let _ = std::io::Read::read_to_end(
+                        &mut std::io::Read::take(file, 64 * 1024),
+                        &mut head,
+                    );
+                    if let Err(why) = containerpub_wire::elf::check_static_x86_64(&head) {
+                        found.errors.push(format!("entrypoint {entry} {why}"));
+                    }
+                    let mode = std::fs::metadata(&path)
+                        .map(|m| m.permissions().mode())
+                        .unwrap_or(0);
+                    if mode & 0o111 == 0 {
+                        found.errors.push(format!(
+                            "entrypoint {entry} is not executable (chmod +x {entry})"
+                        ));
+                    }
+                }
+                Err(err) => found
+                    .errors
+                    .push(format!("entrypoint {entry} cannot be read: {err}")),
+            }
+        }
+        (Runtime::Container, _) => {
+            if let Ok(text) = std::fs::read_to_string(dir.join(containerpub_wire::CONTAINERFILE)) {
+                let mut stages: Vec<String> = Vec::new();
+                for line in text.lines() {
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    if !words
+                        .first()
+                        .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+                    {
+                        continue;
+                    }
+                    let args: Vec<&str> = words[1..]
+                        .iter()
+                        .copied()
+                        .filter(|w| !w.starts_with("--"))
+                        .collect();
+                    let Some(base) = args.first() else { continue };
+                    if !base.eq_ignore_ascii_case("scratch")
+                        && !stages.iter().any(|s| s.eq_ignore_ascii_case(base))
+                    {
+                        found.warnings.push(format!(
+                            "{}: FROM {base}: the platform pulls nothing; the build works only if \
+                             the control plane allows this base (CPUB_BUILD_BASE_IMAGES); \
+                             `FROM scratch` always works",
+                            containerpub_wire::CONTAINERFILE
+                        ));
+                    }
+                    if let [_, as_word, stage] = args.as_slice()
+                        && as_word.eq_ignore_ascii_case("AS")
+                    {
+                        stages.push((*stage).to_owned());
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    found
 }
 
 #[cfg(test)]
@@ -245,5 +465,106 @@ mod tests {
         // ...unless ignored.
         std::fs::write(dir.path().join(IGNORE_FILE), "passwd\n").unwrap();
         pack(dir.path(), Vec::new()).unwrap();
+    }
+    fn manifest(text: &str) -> containerpub_wire::Manifest {
+        containerpub_wire::Manifest::parse(text).unwrap()
+    }
+
+    fn checked(root: &Path, m: &containerpub_wire::Manifest) -> Findings {
+        let mut out = Vec::new();
+        let packed = pack(root, &mut out).unwrap();
+        check(root, m, &packed, out.len() as u64)
+    }
+
+    #[test]
+    fn secrets_binaries_and_hints_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let m = manifest("name = \"hello\"\nruntime = \"binary\"\nentrypoint = \"bin/hello\"\n");
+        write(root, "cpub.toml", "", 0o644);
+        let elf = containerpub_wire::elf::fake_elf(62, &[1, 1]);
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/hello"), &elf).unwrap();
+        std::fs::set_permissions(
+            root.join("bin/hello"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        write(root, ".env.example", "KEY=\n", 0o644);
+        assert_eq!(checked(root, &m), Findings::default(), "a clean bundle");
+
+        write(root, ".env", "KEY=1\n", 0o644);
+        write(
+            root,
+            "conf/deploy.txt",
+            "x\n-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n",
+            0o644,
+        );
+        write(root, "conf/aws.txt", "key = AKIAIOSFODNN7EXAMPLE\n", 0o644);
+        write(root, "home/.aws/credentials", "[default]\n", 0o644);
+        write(root, "node_modules/a/index.js", "", 0o644);
+        write(root, "node_modules/b/index.js", "", 0o644);
+        let found = checked(root, &m);
+        let errors = found.errors.join("\n");
+        for expected in [
+            ".env looks like an environment file",
+            "conf/deploy.txt contains a private key",
+            "conf/aws.txt contains an AWS access key id",
+            "home/.aws/credentials looks like cloud credentials",
+        ] {
+            assert!(errors.contains(expected), "{expected:?} in\n{errors}");
+        }
+        assert_eq!(found.errors.len(), 4, "{errors}");
+        assert_eq!(
+            found.warnings,
+            [
+                "2 files under node_modules/ (dependencies are installed by the build); .cpubignore can leave them out"
+            ]
+        );
+
+        // Another architecture, dynamic linking, no execute bit.
+        for (bytes, mode, expected) in [
+            (
+                containerpub_wire::elf::fake_elf(183, &[1]),
+                0o755,
+                "machine 183",
+            ),
+            (
+                containerpub_wire::elf::fake_elf(62, &[6, 3, 1]),
+                0o755,
+                "dynamically linked",
+            ),
+            (b"#!/bin/sh\necho hi\n".to_vec(), 0o755, "not an ELF"),
+            (elf.clone(), 0o644, "not executable"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "cpub.toml", "", 0o644);
+            std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+            std::fs::write(dir.path().join("bin/hello"), &bytes).unwrap();
+            std::fs::set_permissions(
+                dir.path().join("bin/hello"),
+                std::fs::Permissions::from_mode(mode),
+            )
+            .unwrap();
+            let errors = checked(dir.path(), &m).errors.join("\n");
+            assert!(errors.contains(expected), "{expected:?} in {errors}");
+        }
+    }
+
+    #[test]
+    fn containerfile_bases_other_than_scratch_and_stages_are_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manifest("name = \"web\"\nruntime = \"container\"\n");
+        write(dir.path(), "cpub.toml", "", 0o644);
+        write(
+            dir.path(),
+            "Containerfile",
+            "FROM scratch AS build\nFROM --platform=x build\nFROM docker.io/library/alpine:3\n",
+            0o644,
+        );
+        let found = checked(dir.path(), &m);
+        assert!(found.errors.is_empty(), "{:?}", found.errors);
+        assert_eq!(found.warnings.len(), 1, "{:?}", found.warnings);
+        assert!(found.warnings[0].contains("FROM docker.io/library/alpine:3"));
     }
 }

@@ -8,13 +8,25 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use containerpub_wire::api::{
-    ApiError, CrashInfo, DeploymentInfo, FunctionInfo, LoginRequest, LoginResponse,
+    ApiError, ConfigChange, CrashInfo, DeploymentInfo, FunctionInfo, LoginRequest, LoginResponse,
+    RollbackRequest, VersionInfo,
 };
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 /// `User-Agent` of every request the CLI sends.
 pub const USER_AGENT: &str = concat!("cpub/", env!("CARGO_PKG_VERSION"));
+
+/// Longest wait for a TCP connection to the control plane (or the proxy).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default deadline of one call, from sending to the end of the answer
+/// (`--timeout`, `CPUB_TIMEOUT`).
+pub const DEFAULT_DEADLINE_S: u64 = 30;
+
+/// Deadline of a deploy: the upload and the server-side build (the control
+/// plane's default build limit is 10 minutes) in one call.
+pub const DEPLOY_DEADLINE: Duration = Duration::from_secs(20 * 60);
 
 /// The server answered with an error status; `error`/`field` come from its
 /// `ApiError` body (or the raw body when it was not one).
@@ -106,6 +118,44 @@ impl fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
+/// The control plane (or the proxy) did not answer within the deadline.
+#[derive(Debug)]
+pub struct TimedOut {
+    pub url: String,
+    pub after: Duration,
+}
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} did not answer within {} s",
+            self.url,
+            self.after.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// A transport error as `Unreachable`, or `TimedOut` when a deadline ran out
+/// (the connect timeout counts as unreachable).
+pub fn transport_error(url: &str, deadline: Duration, source: reqwest::Error) -> anyhow::Error {
+    if source.is_timeout() && !source.is_connect() {
+        TimedOut {
+            url: url.to_owned(),
+            after: deadline,
+        }
+        .into()
+    } else {
+        Unreachable {
+            url: url.to_owned(),
+            source,
+        }
+        .into()
+    }
+}
+
 /// Renders an error and its sources on one line (reqwest hides the cause,
 /// such as "connection refused", in `source()`).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
@@ -129,6 +179,8 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
             failure.hint()
         } else if cause.downcast_ref::<Unreachable>().is_some() {
             Some("is cpub-control running there? set the URL with `cpub login --url URL` or CPUB_URL".into())
+        } else if cause.downcast_ref::<TimedOut>().is_some() {
+            Some("the server accepted the connection but did not answer in time; check that it is not hung or overloaded, or allow more time with --timeout SECONDS (CPUB_TIMEOUT)".into())
         } else {
             None
         }
@@ -136,10 +188,12 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
 }
 
 /// The answer to a deploy: the build either produced the new active version
-/// or failed with a log.
+/// or failed with a log, or (detached) it started.
 pub enum DeployAnswer {
     Active(DeploymentInfo),
     Failed(DeploymentInfo),
+    /// 202: the build runs on the server; its id is the deployment's.
+    Started(DeploymentInfo),
 }
 
 /// A JSON answer both as the server sent it (for `--output json`) and typed.
@@ -153,6 +207,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// Deadline of every call but a deploy.
+    deadline: Duration,
 }
 
 impl Client {
@@ -163,14 +219,21 @@ impl Client {
             .with_context(|| format!("invalid control-plane URL {base:?}"))?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Self {
             http,
             base,
             token: token.map(str::to_owned),
+            deadline: Duration::from_secs(DEFAULT_DEADLINE_S),
         })
+    }
+
+    /// Sets the deadline of every call but a deploy.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -184,15 +247,29 @@ impl Client {
         }
     }
 
-    /// Sends, mapping transport errors to `Unreachable`; the status is not checked.
+    /// Sends with the call's deadline (covering the answer's body too),
+    /// mapping transport errors to `Unreachable` / `TimedOut`; the status
+    /// is not checked.
     async fn send_raw(&self, request: RequestBuilder) -> Result<Response> {
-        self.authed(request).send().await.map_err(|source| {
-            Unreachable {
-                url: self.base.clone(),
-                source,
-            }
-            .into()
-        })
+        self.send_within(request, self.deadline).await
+    }
+
+    async fn send_within(&self, request: RequestBuilder, deadline: Duration) -> Result<Response> {
+        self.authed(request)
+            .timeout(deadline)
+            .send()
+            .await
+            .map_err(|source| transport_error(&self.base, deadline, source))
+    }
+
+    /// Reads a JSON answer (its body is under the call's deadline too).
+    async fn read_json(&self, response: Response, what: &str) -> Result<serde_json::Value> {
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| transport_error(&self.base, self.deadline, source))
+            .with_context(|| format!("cannot read the answer to {what}"))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("invalid JSON from {what}"))
     }
 
     /// Sends and turns any non-2xx answer into an `ApiFailure`.
@@ -207,10 +284,7 @@ impl Client {
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<Json<T>> {
         let response = self.send(self.http.get(self.url(path))).await?;
-        let raw: serde_json::Value = response
-            .json()
-            .await
-            .with_context(|| format!("invalid JSON from GET {path}"))?;
+        let raw = self.read_json(response, &format!("GET {path}")).await?;
         let typed = serde_json::from_value(raw.clone())
             .with_context(|| format!("unexpected answer to GET {path}"))?;
         Ok(Json { raw, typed })
@@ -243,7 +317,8 @@ impl Client {
         let response = self
             .send(self.http.post(self.url("/auth/login")).json(&body))
             .await?;
-        response.json().await.context("invalid login answer")
+        let raw = self.read_json(response, "POST /auth/login").await?;
+        serde_json::from_value(raw).context("invalid login answer")
     }
 
     /// `GET /functions`.
@@ -283,6 +358,89 @@ impl Client {
             .with_context(|| format!("unexpected answer to GET {path}"))
     }
 
+    /// `GET /functions/{name}/versions`, newest first.
+    pub async fn versions(&self, name: &str) -> Result<Json<Vec<VersionInfo>>> {
+        self.get_json(&format!("/functions/{name}/versions")).await
+    }
+
+    async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Json<T>> {
+        let response = self.send(self.http.post(self.url(path)).json(body)).await?;
+        let raw = self.read_json(response, &format!("POST {path}")).await?;
+        let typed = serde_json::from_value(raw.clone())
+            .with_context(|| format!("unexpected answer to POST {path}"))?;
+        Ok(Json { raw, typed })
+    }
+
+    /// `POST /functions/{name}/rollback`: the new active version.
+    pub async fn rollback(&self, name: &str, to: Option<i32>) -> Result<Json<VersionInfo>> {
+        self.post_json(
+            &format!("/functions/{name}/rollback"),
+            &RollbackRequest { to },
+        )
+        .await
+    }
+
+    /// `POST /functions/{name}/config`: the new active version.
+    pub async fn change_config(
+        &self,
+        name: &str,
+        change: &ConfigChange,
+    ) -> Result<Json<VersionInfo>> {
+        self.post_json(&format!("/functions/{name}/config"), change)
+            .await
+    }
+
+    /// `GET /functions/{name}/builds`, newest first, without logs.
+    pub async fn builds(&self, name: &str) -> Result<Json<Vec<DeploymentInfo>>> {
+        self.get_json(&format!("/functions/{name}/builds")).await
+    }
+
+    /// `GET /builds/{id}`: the build's deployment and stored log.
+    pub async fn build(&self, id: i64) -> Result<Json<DeploymentInfo>> {
+        self.get_json(&format!("/builds/{id}")).await
+    }
+
+    /// `GET /builds/{id}/log`: the answer, to be read as it comes. With
+    /// `follow`, it lasts as long as the build (at most [`DEPLOY_DEADLINE`]).
+    pub async fn build_log(&self, id: i64, follow: bool) -> Result<Response> {
+        let query = if follow { "?follow=true" } else { "" };
+        let request = self.http.get(self.url(&format!("/builds/{id}/log{query}")));
+        let deadline = if follow {
+            DEPLOY_DEADLINE.max(self.deadline)
+        } else {
+            self.deadline
+        };
+        let response = self.send_within(request, deadline).await?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(ApiFailure::from_response(response).await.into())
+        }
+    }
+
+    /// Copies a build log answer to `out` as its pieces arrive.
+    pub async fn copy_log(
+        &self,
+        mut response: Response,
+        out: &mut impl std::io::Write,
+    ) -> Result<()> {
+        while let Some(piece) = response
+            .chunk()
+            .await
+            .map_err(|source| transport_error(&self.base, DEPLOY_DEADLINE, source))
+            .context("the build log broke off")?
+        {
+            out.write_all(&piece)
+                .context("cannot write the build log")?;
+            out.flush().context("cannot write the build log")?;
+        }
+        Ok(())
+    }
+
     /// `DELETE /functions/{name}`.
     pub async fn delete(&self, name: &str) -> Result<()> {
         self.send(self.http.delete(self.url(&format!("/functions/{name}"))))
@@ -292,22 +450,34 @@ impl Client {
 
     /// `POST /functions/{name}/deployments` with a `.tar.gz` body of `len`
     /// bytes. Returns once the server has built (or failed to build) it.
-    pub async fn deploy(&self, name: &str, body: reqwest::Body, len: u64) -> Result<DeployAnswer> {
+    /// With `detach`, the server answers 202 as soon as the build started.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        body: reqwest::Body,
+        len: u64,
+        detach: bool,
+    ) -> Result<DeployAnswer> {
+        let query = if detach { "?detach=true" } else { "" };
         let request = self
             .http
-            .post(self.url(&format!("/functions/{name}/deployments")))
+            .post(self.url(&format!("/functions/{name}/deployments{query}")))
             .header(reqwest::header::CONTENT_TYPE, "application/gzip")
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body);
-        let response = self.send_raw(request).await?;
+        let deadline = DEPLOY_DEADLINE.max(self.deadline);
+        let response = self.send_within(request, deadline).await?;
         let status = response.status();
         if status.is_success() || status == StatusCode::UNPROCESSABLE_ENTITY {
             let text = response
                 .text()
                 .await
+                .map_err(|source| transport_error(&self.base, deadline, source))
                 .context("cannot read the deploy answer")?;
             if let Ok(info) = serde_json::from_str::<DeploymentInfo>(&text) {
-                return Ok(if status.is_success() {
+                return Ok(if status == StatusCode::ACCEPTED {
+                    DeployAnswer::Started(info)
+                } else if status.is_success() {
                     DeployAnswer::Active(info)
                 } else {
                     DeployAnswer::Failed(info)

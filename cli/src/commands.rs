@@ -1,9 +1,15 @@
 //! The command line (clap) and the dispatch to one module per command.
 
 mod audit;
+mod builds;
+mod completions;
+mod delete;
 mod delete;
 mod deploy;
+mod deploy;
 mod describe;
+mod describe;
+mod env;
 mod executions;
 mod invoke;
 mod key;
@@ -11,11 +17,14 @@ mod list;
 mod login;
 mod logs;
 mod node_token;
+mod rollback;
+mod scale;
 mod secret;
 mod stats;
 mod status;
 mod token;
 mod user;
+mod versions;
 
 use std::path::PathBuf;
 
@@ -32,6 +41,14 @@ pub struct Cli {
     /// Config file [default: $XDG_CONFIG_HOME/cpub/config.toml or ~/.config/cpub/config.toml]
     #[arg(long, global = true, env = ENV_CONFIG, value_name = "PATH")]
     config: Option<PathBuf>,
+
+    /// Deadline of each call to the control plane, in seconds (a deploy
+    /// gets at least 20 minutes for its build; the connection itself must
+    /// open within 5 s).
+    #[arg(long, global = true, env = "CPUB_TIMEOUT", value_name = "SECONDS",
+          default_value_t = crate::client::DEFAULT_DEADLINE_S,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -71,6 +88,20 @@ enum Command {
     Status(status::Args),
     /// Print (or follow with -f) what a function's instances printed.
     Logs(logs::Args),
+    /// List a function's versions (builds, rollbacks, config changes).
+    Versions(versions::Args),
+    /// Reactivate an earlier version without a build.
+    Rollback(rollback::Args),
+    /// Change instance counts, concurrency, memory or CPU without a build.
+    Scale(scale::Args),
+    /// Set or unset environment variables without a build.
+    Env(env::Args),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(completions::Args),
+    /// List a function's builds, newest first.
+    Builds(builds::ListArgs),
+    /// Print a build's output; -f follows it until the build ends.
+    BuildLog(builds::LogArgs),
 }
 
 /// How listing commands print.
@@ -87,31 +118,39 @@ pub enum Output {
 pub struct Context {
     pub config_path: PathBuf,
     pub settings: Settings,
+    /// Deadline of each call (`--timeout`).
+    pub deadline: std::time::Duration,
 }
 
 impl Context {
-    fn load(explicit: Option<&std::path::Path>) -> Result<Self> {
+    fn load(explicit: Option<&std::path::Path>, timeout_s: u64) -> Result<Self> {
         let config_path = config::path(explicit)?;
         let file = config::load(&config_path)?;
         let settings = config::resolve(&file, |name| std::env::var(name).ok());
         Ok(Self {
             config_path,
             settings,
+            deadline: std::time::Duration::from_secs(timeout_s),
         })
     }
 
     /// A client with the configured URL and token, for authenticated calls.
     pub fn client(&self) -> Result<Client> {
-        Client::new(
+        Ok(Client::new(
             self.settings.require_url()?,
             Some(self.settings.require_token()?),
-        )
+        )?
+        .with_deadline(self.deadline))
     }
 }
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    let ctx = Context::load(cli.config.as_deref())?;
+    if let Command::Completions(args) = cli.command {
+        // Needs no configuration.
+        return completions::run(args);
+    }
+    let ctx = Context::load(cli.config.as_deref(), cli.timeout)?;
     match cli.command {
         Command::Login(args) => login::run(&ctx, args).await,
         Command::Deploy(args) => deploy::run(&ctx, args).await,
@@ -129,6 +168,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => stats::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Versions(args) => versions::run(&ctx, args).await,
+        Command::Rollback(args) => rollback::run(&ctx, args).await,
+        Command::Scale(args) => scale::run(&ctx, args).await,
+        Command::Env(args) => env::run(&ctx, args).await,
+        Command::Completions(_) => unreachable!("handled above"),
+        Command::Builds(args) => builds::list(&ctx, args).await,
+        Command::BuildLog(args) => builds::log(&ctx, args).await,
     }
 }
 

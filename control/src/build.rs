@@ -56,21 +56,26 @@ pub async fn run(
     tag: &str,
     settings: &BuildSettings,
     timeout: Duration,
+    observer: Option<containerpub_podman::build::BuildObserver>,
 ) -> Outcome {
     let mut limits = settings.limits;
     limits.log_tail_bytes = limits.log_tail_bytes.min(MAX_BUILD_LOG_BYTES);
     let builder = Podman::new(&settings.podman_socket);
-    let build = builder.build_image_with(
+    let build = builder.build_image_observed(
         &bundle.context_tar,
         &bundle.containerfile,
         tag,
         &limits,
         timeout,
+        observer.clone(),
     );
     match build.await {
         Ok(out) if out.ok => {
             if builder.socket() == podman.socket() {
                 return Outcome::Built { log: out.log };
+            }
+            if let Some(observer) = &observer {
+                observer("==> moving the image to the instances' store\n");
             }
             let started = std::time::Instant::now();
             let moved = tokio::time::timeout(MOVE_TIMEOUT, builder.move_image(tag, podman)).await;

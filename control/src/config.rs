@@ -25,6 +25,7 @@ pub const ENV_BUILD_PODMAN_SOCKET: &str = "CPUB_BUILD_PODMAN_SOCKET";
 pub const ENV_BUILD_USERNS_SIZE: &str = "CPUB_BUILD_USERNS_SIZE";
 pub const ENV_BOOTSTRAP_TOKEN: &str = "CPUB_BOOTSTRAP_TOKEN";
 pub const ENV_ADMIN_PASSWORD: &str = "CPUB_ADMIN_PASSWORD";
+pub const ENV_KEEP_VERSIONS: &str = "CPUB_KEEP_VERSIONS";
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -96,6 +97,11 @@ pub struct Config {
     pub admin_password: Option<String>,
     #[command(flatten)]
     pub logs: crate::logs::LogArgs,
+    /// Versions kept per function (with their images); older ones are
+    /// deleted after each activation, except the active version and the
+    /// one `cpub rollback` would go to.
+    #[arg(long, env = ENV_KEEP_VERSIONS, default_value_t = 10)]
+    pub keep_versions: u32,
 }
 
 /// A configuration problem; `setting` names the flag and its variable.
@@ -129,6 +135,8 @@ pub struct Settings {
     pub admin_password: Option<String>,
     /// Retention of function logs.
     pub logs: crate::logs::Retention,
+    /// Versions kept per function (`history::retain`), at least 1.
+    pub keep_versions: u32,
 }
 
 /// The build sandbox: limits of each image build, the base images a
@@ -223,6 +231,11 @@ impl Config {
             ("build-memory-mb", ENV_BUILD_MEMORY_MB, self.build_memory_mb),
             ("build-pids", ENV_BUILD_PIDS, self.build_pids),
             (
+                "keep-versions",
+                ENV_KEEP_VERSIONS,
+                self.keep_versions.into(),
+            ),
+            (
                 "build-max-output-bytes",
                 ENV_BUILD_MAX_OUTPUT_BYTES,
                 self.build_max_output_bytes,
@@ -315,6 +328,7 @@ impl Config {
             },
             bootstrap_token: self.bootstrap_token,
             admin_password: self.admin_password,
+            keep_versions: self.keep_versions,
         })
     }
 }

@@ -293,6 +293,9 @@ pub async fn mark_failed(
 pub struct Deleted {
     /// Versions it had (so their images can be removed).
     pub versions: Vec<i32>,
+    /// Images its rows referenced (a rollback row may keep an image whose
+    /// own version was removed by retention).
+    pub images: Vec<String>,
     /// Artifact paths its deployments referenced (removed once no other
     /// deployment references them, see `gc`).
     pub artifacts: Vec<String>,
@@ -311,8 +314,8 @@ pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted
     let Some(id) = id else {
         return Ok(None);
     };
-    let rows: Vec<(i32, String)> = sqlx::query_as(
-        "SELECT version, artifact FROM deployments WHERE function_id = $1 ORDER BY version",
+    let rows: Vec<(i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT version, artifact, image FROM deployments WHERE function_id = $1 ORDER BY version",
     )
     .bind(id)
     .fetch_all(&mut *tx)
@@ -323,12 +326,16 @@ pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted
         .await?;
     let revision = bump_revision(&mut tx).await?;
     tx.commit().await?;
-    let versions = rows.iter().map(|(v, _)| *v).collect();
-    let mut artifacts: Vec<String> = rows.into_iter().map(|(_, a)| a).collect();
+    let versions = rows.iter().map(|(v, _, _)| *v).collect();
+    let mut images: Vec<String> = rows.iter().filter_map(|(_, _, i)| i.clone()).collect();
+    images.sort();
+    images.dedup();
+    let mut artifacts: Vec<String> = rows.into_iter().map(|(_, a, _)| a).collect();
     artifacts.sort();
     artifacts.dedup();
     Ok(Some(Deleted {
         versions,
+        images,
         artifacts,
         revision,
     }))

@@ -5,7 +5,9 @@
 //! Temp files are `tempfile` handles: they are removed on every path,
 //! including errors, panics and a client that goes away. Once the upload is
 //! in, the rest runs in its own task so a disconnect cannot leave a
-//! deployment half-done.
+//! deployment half-done. Once its row exists the build is *started*: a
+//! detached deploy answers then (`Started`), and the steps and Podman's
+//! output go to the live log (`builds`) for followers as they happen.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +22,7 @@ use crate::archive::{self, Bundle};
 use crate::auth::Caller;
 use crate::build::{self, Outcome};
 use crate::containerfile;
-use crate::db::{self, Activation};
+use crate::db::{self, Activation, NewDeployment};
 use crate::error::{Error, Result};
 use crate::gc;
 use crate::state::AppState;
@@ -81,12 +83,17 @@ pub enum Deployed {
     Failed(DeploymentInfo),
 }
 
-/// Runs validation, storage, build and activation for an upload.
+/// Told once the deployment row exists and the build is about to run.
+pub type Started = tokio::sync::oneshot::Sender<NewDeployment>;
+
+/// Runs validation, storage, build and activation for an upload; `started`
+/// (if any) hears the new row before the build runs.
 pub async fn deploy(
     state: AppState,
     caller: Caller,
     name: String,
     upload: Upload,
+    started: Option<Started>,
 ) -> Result<Deployed> {
     let settings = state.settings.clone();
     let work_dir = tempfile::Builder::new()
@@ -112,6 +119,7 @@ pub async fn deploy(
     .map_err(|e| anyhow::anyhow!("bundle validation task: {e}"))??;
 
     let digest = format!("sha256:{}", upload.sha256_hex);
+    let upload_bytes = upload.bytes;
     let dir = settings.artifacts_dir();
     let artifact = artifact_path(&upload, &dir);
     let (user_id, _) = caller.user()?;
@@ -150,6 +158,19 @@ pub async fn deploy(
     }
     let tag = build::image_tag(&name, new.version);
     tracing::info!(function = %name, version = new.version, %digest, user = %caller.name(), "building");
+    let live = state.builds.begin(new.deployment_id);
+    let say = |text: String| live.build().push(&text);
+    say(format!(
+        "==> build {} of {name}: version {}, bundle {digest} ({} bytes)\n==> building image {tag}\n",
+        new.deployment_id, new.version, upload_bytes
+    ));
+    if let Some(started) = started {
+        let _ = started.send(new);
+    }
+    let observer: containerpub_podman::build::BuildObserver = {
+        let build = std::sync::Arc::clone(live.build());
+        std::sync::Arc::new(move |text: &str| build.push(text))
+    };
     let started = std::time::Instant::now();
     let outcome = build::run(
         &state.podman,
@@ -157,6 +178,7 @@ pub async fn deploy(
         &tag,
         &settings.build,
         settings.build_timeout,
+        Some(observer),
     )
     .await;
     drop(work_dir);
@@ -164,12 +186,25 @@ pub async fn deploy(
     crate::metrics::record_build(outcome.result(), started.elapsed());
     match outcome {
         Outcome::Built { log } => {
+            say(format!(
+                "==> image built in {:.1} s; activating version {}\n",
+                ms as f64 / 1000.0,
+                new.version
+            ));
             match db::activate(&state.db, new, &bundle.manifest, &tag, &log).await? {
                 Activation::Activated { revision } => {
                     tracing::info!(function = %name, version = new.version, revision, ms, "deployment active");
+                    say("==> waiting for the proxies to serve it\n".into());
                     crate::watchers::await_proxies(&state, revision).await;
+                    say(format!("==> version {} of {name} is active\n", new.version));
+                    let (state, name) = (state.clone(), name.clone());
+                    tokio::spawn(async move { crate::history::retain(&state, &name).await });
                 }
                 Activation::Outdated => {
+                    say(format!(
+                        "==> version {} was built, but a newer version is active: it stays superseded\n",
+                        new.version
+                    ));
                     tracing::info!(function = %name, version = new.version, ms, "built, but a newer version is already active");
                 }
                 Activation::FunctionGone => {
@@ -188,6 +223,10 @@ pub async fn deploy(
             ))
         }
         Outcome::Failed { log } => {
+            say(format!(
+                "==> the build of version {} failed; the previous version stays active\n",
+                new.version
+            ));
             tracing::info!(function = %name, version = new.version, ms, "build failed");
             db::mark_failed(&state.db, new.deployment_id, &log).await?;
             let info = db::get_deployment(&state.db, new.deployment_id).await?;
@@ -197,6 +236,7 @@ pub async fn deploy(
         Outcome::Unavailable { reason } => {
             tracing::error!(function = %name, version = new.version, %reason, "podman unavailable for a build");
             let log = format!("error: the image build could not run: {reason}\n");
+            say(log.clone());
             db::mark_failed(&state.db, new.deployment_id, &log).await?;
             Err(Error::Unavailable(
                 "the image builder (podman) is unavailable; try again later".into(),

@@ -5,7 +5,8 @@
 //! shared by every deployment of the same bytes) or an image
 //! (`localhost/cpub-fn-<name>:v<version>`) is kept while a deployment row
 //! references it, so every version a function still lists can be rolled
-//! back to or rebuilt; deployments go only with their function. Deleting a
+//! back to or rebuilt; deployments go with their function or by the
+//! retention rule (`history`), which calls into this module. Deleting a
 //! function removes its images (the containers still using them first,
 //! paused ones too, with retries) and the artifacts no other deployment
 //! references. At start the control plane also removes artifact files no

@@ -5,6 +5,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod builds;
+pub mod config;
 pub mod crashes;
 pub mod deployments;
 pub mod executions;
@@ -17,6 +19,7 @@ pub mod stats;
 pub mod status;
 pub mod tokens;
 pub mod users;
+pub mod versions;
 pub mod watch;
 
 use std::time::Instant;
@@ -66,6 +69,12 @@ pub fn router(state: AppState) -> Router {
                 containerpub_wire::logs::MAX_BATCH_BYTES,
             )),
         )
+        .route("/functions/{name}/versions", get(versions::list))
+        .route("/functions/{name}/rollback", post(versions::rollback))
+        .route("/functions/{name}/config", post(config::change))
+        .route("/functions/{name}/builds", get(builds::list))
+        .route("/builds/{id}", get(builds::get))
+        .route("/builds/{id}/log", get(builds::log))
         .route("/routes", get(watch::routes))
         .route("/whoami", get(auth::whoami))
         .route("/users", get(users::list).post(users::add))

@@ -88,6 +88,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         vault: Arc::new(vault),
         shutdown: shutdown.clone(),
         login_limits: Arc::default(),
+        builds: Arc::default(),
     };
     {
         let mut out = std::io::stdout().lock();

@@ -25,4 +25,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Login attempts per address and user (`crate::login_limit`).
     pub login_limits: Arc<crate::login_limit::LoginLimiter>,
+    /// Output of the builds running here, for followers.
+    pub builds: Arc<crate::builds::LiveBuilds>,
 }

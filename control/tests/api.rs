@@ -190,6 +190,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         bootstrap_token: None,
         admin_password: None,
         logs: Default::default(),
+        keep_versions: 10,
     };
     std::fs::create_dir_all(settings.artifacts_dir()).unwrap();
     std::fs::create_dir_all(settings.tmp_dir()).unwrap();
@@ -208,6 +209,7 @@ async fn app_with(max_upload_bytes: u64) -> TestApp {
         ),
         shutdown,
         login_limits: Arc::default(),
+        builds: Arc::default(),
     };
     TestApp {
         router: routes::router(state.clone()),

@@ -185,6 +185,22 @@ impl Podman {
         limits: &BuildLimits,
         timeout: Duration,
     ) -> Result<BuildOutput, PodmanError> {
+        self.build_image_observed(context_tar, containerfile, tag, limits, timeout, None)
+            .await
+    }
+
+    /// [`Podman::build_image_with`], handing each piece of the build's
+    /// output to `observer` as it arrives (to show it live; the tail is
+    /// still kept in the answer). The observer must not block.
+    pub async fn build_image_observed(
+        &self,
+        context_tar: &Path,
+        containerfile: &str,
+        tag: &str,
+        limits: &BuildLimits,
+        timeout: Duration,
+        observer: Option<BuildObserver>,
+    ) -> Result<BuildOutput, PodmanError> {
         let deadline = tokio::time::Instant::now() + timeout;
         // No image leaves this store while the build makes its own.
         let hold = self.hold_store().await?;
@@ -197,6 +213,7 @@ impl Podman {
             output_bytes: 0,
             ok: true,
             stopped: None,
+            observer,
         };
         let result = self
             .stream_build(
@@ -453,12 +470,16 @@ impl Podman {
     }
 }
 
+/// Sees a build's output as it arrives (see [`Podman::build_image_observed`]).
+pub type BuildObserver = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// State of one build's output stream.
 struct BuildRun {
     tail: LogTail,
     output_bytes: u64,
     ok: bool,
     stopped: Option<BuildStop>,
+    observer: Option<BuildObserver>,
 }
 
 impl BuildRun {
@@ -472,14 +493,16 @@ impl BuildRun {
                 if let Some(s) = v.get("stream").and_then(Value::as_str) {
                     self.output_bytes += s.len() as u64;
                     self.tail.push_str(s);
+                    self.observe(s);
                 }
                 if let Some(s) = v.get("error").and_then(Value::as_str) {
                     self.ok = false;
-                    self.tail.push_str("error: ");
-                    self.tail.push_str(s);
+                    let mut text = format!("error: {s}");
                     if !s.ends_with('\n') {
-                        self.tail.push_str("\n");
+                        text.push('\n');
                     }
+                    self.tail.push_str(&text);
+                    self.observe(&text);
                 }
             }
             Err(_) => self.raw(line),
@@ -490,6 +513,16 @@ impl BuildRun {
         self.output_bytes += bytes.len() as u64;
         self.tail.push(bytes);
         self.tail.push(b"\n");
+        if self.observer.is_some() {
+            let text = format!("{}\n", String::from_utf8_lossy(bytes));
+            self.observe(&text);
+        }
+    }
+
+    fn observe(&self, text: &str) {
+        if let Some(observer) = &self.observer {
+            observer(text);
+        }
     }
 }
 
@@ -746,6 +779,7 @@ mod tests {
     fn build_lines_are_parsed() {
         let mut run = BuildRun {
             tail: LogTail::new(1024),
+            observer: None,
             output_bytes: 0,
             ok: true,
             stopped: None,

@@ -97,8 +97,24 @@ impl Inner {
             self.ensure_min(&set);
             return slot;
         };
-        if active.route.deployment_id == route.deployment_id {
+        if active.serving() == route.deployment_id {
             drop(functions);
+            self.ensure_min(&active);
+            return slot;
+        }
+        if route.image == active.route.image
+            && containerpub_wire::api::same_instances(&active.route.config, &route.config)
+        {
+            // Only `[scaling]` changed (`cpub scale`): the running
+            // instances serve the new deployment as they are.
+            active.rescale(route);
+            let replaced = slot.pending().take();
+            drop(functions);
+            if let Some(p) = replaced {
+                self.retire(p);
+            }
+            tracing::info!(function = %route.function, deployment = route.deployment_id, "scaling changed in place");
+            active.wake();
             self.ensure_min(&active);
             return slot;
         }
@@ -156,7 +172,7 @@ impl Inner {
             .entry(route.function.clone())
             .or_insert_with(|| Arc::new(FunctionSlot::new(&route.function)));
         match slot.active.load_full() {
-            Some(active) if active.route.deployment_id == route.deployment_id => active,
+            Some(active) if active.serving() == route.deployment_id => active,
             old => {
                 let set = Arc::new(InstanceSet::new(route.clone(), Arc::downgrade(self)));
                 slot.active.store(Some(Arc::clone(&set)));

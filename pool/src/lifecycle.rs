@@ -48,7 +48,7 @@ impl Inner {
     /// on every lease: when enough are listed or starting it reads three
     /// atomics of the set and nothing else.
     pub(crate) fn ensure_min(self: &Arc<Self>, set: &Arc<InstanceSet>) {
-        let min = set.route.config.scaling.min_instances;
+        let min = set.min_instances();
         if min == 0 || set.retired.load(Ordering::Acquire) {
             return;
         }
@@ -78,8 +78,8 @@ impl Inner {
     /// resumes a paused instance first, else starts one (up to max_instances).
     /// A burst of N calls so starts at most ceil(N / concurrency) instances.
     pub(crate) fn scale(self: &Arc<Self>, set: &Arc<InstanceSet>) {
-        let concurrency = set.route.config.scaling.concurrency;
-        let max = set.route.config.scaling.max_instances as usize;
+        let concurrency = set.concurrency();
+        let max = set.max_instances() as usize;
         let action = {
             let _edit = set.edit();
             let instances = set.instances();
@@ -321,7 +321,7 @@ impl Inner {
                 function.to_owned(),
                 CrashReport {
                     function: function.to_owned(),
-                    deployment_id: set.route.deployment_id,
+                    deployment_id: set.serving(),
                     exit,
                     during_start: !was_ready,
                     at: std::time::SystemTime::now(),
@@ -330,7 +330,7 @@ impl Inner {
             );
         }
         self.crash_posted.notify_one();
-        if !hold.is_zero() && set.route.config.scaling.min_instances > 0 {
+        if !hold.is_zero() && set.min_instances() > 0 {
             // Restore min_instances once the hold is over.
             let (me, set) = (Arc::downgrade(self), Arc::clone(set));
             tokio::spawn(async move {
@@ -385,7 +385,7 @@ impl Inner {
         let Some((set, instance)) = self.find(id) else {
             return;
         };
-        let min = set.route.config.scaling.min_instances as usize;
+        let min = set.min_instances() as usize;
         match instance.state() {
             InstanceState::Ready => {
                 if instance.in_flight() > 0 || set.live() <= min {

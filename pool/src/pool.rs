@@ -201,7 +201,7 @@ impl Pool {
             for i in set.instances().iter() {
                 out.push(InstanceInfo {
                     function: set.route.function.clone(),
-                    deployment_id: set.route.deployment_id,
+                    deployment_id: set.serving(),
                     id: i.id.clone(),
                     addr: i.addr,
                     in_flight: i.in_flight(),

@@ -2,7 +2,7 @@
 //! the list (read without a lock, copied on write), the counts scale-up
 //! reads, the queue's wake-up, the last start failure and the crash streak.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -25,7 +25,16 @@ pub(crate) const CRASH_STREAK_RESET: Duration = Duration::from_secs(120);
 
 /// The instances of one deployment of one function.
 pub(crate) struct InstanceSet {
+    /// The route the set was made for. Its `[scaling]` counts and its
+    /// deployment id may have been superseded in place (see `rescale`).
     pub(crate) route: Route,
+    /// `min_instances`, `max_instances`, `concurrency` in force.
+    min: AtomicU32,
+    max: AtomicU32,
+    concurrency: AtomicU32,
+    /// The deployment the set serves: `route`'s, or a later one that
+    /// differs only in `[scaling]` (issue 13: `cpub scale`).
+    serving: AtomicI64,
     /// The list, read on every lease without a lock; replaced (under
     /// `edit`) when an instance joins or leaves.
     instances: ArcSwap<Vec<Arc<Instance>>>,
@@ -68,6 +77,10 @@ impl InstanceSet {
         Self {
             in_flight_gauge: METRICS.in_flight.with_label_values(&function),
             queue_wait: METRICS.queue_wait.with_label_values(&function),
+            min: AtomicU32::new(route.config.scaling.min_instances),
+            max: AtomicU32::new(route.config.scaling.max_instances),
+            concurrency: AtomicU32::new(route.config.scaling.concurrency),
+            serving: AtomicI64::new(route.deployment_id),
             route,
             instances: ArcSwap::from_pointee(Vec::new()),
             edit: Mutex::new(()),
@@ -83,6 +96,39 @@ impl InstanceSet {
         }
     }
 
+    /// `min_instances` in force.
+    pub(crate) fn min_instances(&self) -> u32 {
+        self.min.load(Ordering::Relaxed)
+    }
+
+    /// `max_instances` in force.
+    pub(crate) fn max_instances(&self) -> u32 {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// `concurrency` in force.
+    pub(crate) fn concurrency(&self) -> u32 {
+        self.concurrency.load(Ordering::Relaxed)
+    }
+
+    /// The deployment the set serves now.
+    pub(crate) fn serving(&self) -> i64 {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Serves `route` (a later deployment whose instances are the same:
+    /// `containerpub_wire::api::same_instances`, same image) with the
+    /// running instances: only the counts change. Lowering `concurrency`
+    /// lets calls in flight finish; lowering `max_instances` stops no
+    /// instance, the extra ones leave when idle.
+    pub(crate) fn rescale(&self, route: &Route) {
+        let s = &route.config.scaling;
+        self.min.store(s.min_instances, Ordering::Relaxed);
+        self.max.store(s.max_instances, Ordering::Relaxed);
+        self.concurrency.store(s.concurrency, Ordering::Relaxed);
+        self.serving.store(route.deployment_id, Ordering::Release);
+    }
+
     /// The current list (a snapshot: it does not change under the caller).
     pub(crate) fn instances(&self) -> arc_swap::Guard<Arc<Vec<Arc<Instance>>>> {
         self.instances.load()
@@ -96,7 +142,7 @@ impl InstanceSet {
     /// Takes a slot on the ready instance with the fewest in-flight calls
     /// below the function's concurrency. Lock-free.
     pub(crate) fn try_acquire(&self) -> Option<Arc<Instance>> {
-        let limit = self.route.config.scaling.concurrency;
+        let limit = self.concurrency();
         let instances = self.instances.load();
         let best = instances
             .iter()

@@ -46,7 +46,9 @@ fn route_with(name: &str, deployment_id: i64, scaling: &str) -> Route {
         function: name.into(),
         deployment_id,
         version: 1,
-        image: "img".into(),
+        // Each build has an image of its own (`cpub-fn-NAME:vN`); only
+        // rollbacks and config changes share one.
+        image: format!("img-{deployment_id}"),
         config: Manifest::parse(&text).unwrap(),
         keys: Vec::new(),
         secrets: Vec::new(),
@@ -729,4 +731,59 @@ async fn a_serving_instance_that_dies_is_a_crash_but_is_replaced_at_once() {
     // A first crash of an instance that had served holds nothing back.
     let next = pool.lease(&r).await.unwrap();
     assert_eq!(next.start_kind(), StartKind::Cold);
+}
+
+#[tokio::test]
+async fn a_scaling_change_on_the_same_image_keeps_the_running_instances() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let v1 = route_with("f", 1, "concurrency = 1\nmax_instances = 3");
+    pool.sync(std::slice::from_ref(&v1));
+    let handle = pool.handle(&v1);
+    let held = handle.lease().await.unwrap();
+    let first = held.instance_id().to_owned();
+    assert!(
+        handle.try_lease().is_none(),
+        "concurrency 1: no second slot"
+    );
+    // `cpub scale f --concurrency 2 --min 2`: version 2, same image.
+    let mut v2 = route_with(
+        "f",
+        2,
+        "concurrency = 2\nmax_instances = 3\nmin_instances = 2",
+    );
+    v2.image = v1.image.clone();
+    pool.sync(std::slice::from_ref(&v2));
+    let second = handle.try_lease().expect("concurrency 2 applies at once");
+    assert_eq!(
+        second.instance_id(),
+        first,
+        "the running instance serves on"
+    );
+    eventually(WITHIN, "min_instances 2 starts one more", || async {
+        pool.instances().len() == 2
+    })
+    .await;
+    assert!(fake.removed().is_empty(), "{:?}", fake.removed());
+    assert!(
+        pool.instances().iter().all(|i| i.deployment_id == 2),
+        "{:?}",
+        pool.instances()
+    );
+    drop((held, second));
+    // An environment change on the same image needs new instances: they
+    // warm up, then the old ones leave.
+    let mut v3 = v2.clone();
+    v3.deployment_id = 3;
+    v3.config.env.insert("GREETING".into(), "bonjour".into());
+    pool.sync(std::slice::from_ref(&v3));
+    eventually(WITHIN, "v3 replaces every instance", || async {
+        let all = pool.instances();
+        !all.is_empty() && all.iter().all(|i| i.deployment_id == 3 && i.id != first)
+    })
+    .await;
+    eventually(WITHIN, "the old instances are removed", || async {
+        fake.removed().contains(&first)
+    })
+    .await;
 }

@@ -19,4 +19,5 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub mod trace;
+pub mod tunnel;
 pub mod upstream;

@@ -121,6 +121,21 @@ impl Call {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.entry.route.config.resources.timeout_ms)
     }
+
+    /// Deadline of the next read of a streamed answer or a tunnel: the
+    /// function's `stream_idle_ms` from now, within its `max_call_s` (never
+    /// below `timeout_ms`) from the call's arrival.
+    pub fn stream_deadline(&self) -> tokio::time::Instant {
+        let idle = Duration::from_millis(self.entry.route.config.resources.stream_idle_ms);
+        (tokio::time::Instant::now() + idle).min(self.stream_deadline_cap())
+    }
+
+    /// When the call reaches its `max_call_s` (never below `timeout_ms`).
+    pub fn stream_deadline_cap(&self) -> tokio::time::Instant {
+        let r = &self.entry.route.config.resources;
+        let cap = Duration::from_secs(r.max_call_s).max(self.timeout());
+        tokio::time::Instant::from_std(self.received_at + cap)
+    }
 }
 
 impl Drop for Call {

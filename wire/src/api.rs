@@ -275,6 +275,171 @@ pub struct CrashInfo {
     pub at: DateTime<Utc>,
 }
 
+/// How a version came about (issue 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionKind {
+    /// An uploaded bundle, built into an image of its own.
+    Build,
+    /// An earlier version's image and manifest, reactivated without a build.
+    Rollback,
+    /// The active image with a changed manifest (`cpub scale`, `cpub env`).
+    Config,
+}
+
+impl VersionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Build => "build",
+            Self::Rollback => "rollback",
+            Self::Config => "config",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "build" => Self::Build,
+            "rollback" => Self::Rollback,
+            "config" => Self::Config,
+            _ => return None,
+        })
+    }
+}
+
+/// One version of a function (`GET /api/v1/functions/{name}/versions`,
+/// newest first; the answer to a rollback and to a config change).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: i32,
+    pub deployment_id: i64,
+    pub status: DeploymentStatus,
+    pub kind: VersionKind,
+    /// The version whose image it runs (rollbacks and config changes).
+    pub source_version: Option<i32>,
+    /// One line: "rollback to v2", "scale max_instances 10 -> 3".
+    pub note: String,
+    /// Podman image reference, once built.
+    pub image: Option<String>,
+    /// `sha256:<hex>` of the bundle the image was built from.
+    pub digest: String,
+    /// The manifest this version runs with.
+    pub config: Manifest,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /api/v1/functions/{name}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version to reactivate; absent: the newest built version below
+    /// the active one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i32>,
+}
+
+/// `POST /api/v1/functions/{name}/config`: a new version on the active
+/// image with these manifest values changed. Unset fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Environment variables to set (added or replaced).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env_set: std::collections::BTreeMap<String, String>,
+    /// Environment variables to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_unset: Vec<String>,
+}
+
+impl ConfigChange {
+    /// Whether it changes nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Applies the change to `manifest` and validates the result (the
+    /// error names the manifest field). Returns one line per value that
+    /// actually changed (`max_instances 10 -> 3`, `env set GREETING`),
+    /// empty when the change is a no-op. An `env_unset` of a variable that
+    /// is not set is an error, as is a key both set and unset.
+    pub fn apply(
+        &self,
+        manifest: &mut Manifest,
+    ) -> Result<Vec<String>, crate::manifest::ManifestError> {
+        let mut changes = Vec::new();
+        let s = &mut manifest.scaling;
+        for (name, new, old) in [
+            ("min_instances", self.min_instances, &mut s.min_instances),
+            ("max_instances", self.max_instances, &mut s.max_instances),
+            ("concurrency", self.concurrency, &mut s.concurrency),
+        ] {
+            if let Some(new) = new
+                && new != *old
+            {
+                changes.push(format!("{name} {old} -> {new}"));
+                *old = new;
+            }
+        }
+        let r = &mut manifest.resources;
+        if let Some(new) = self.memory_mb
+            && new != r.memory_mb
+        {
+            changes.push(format!("memory_mb {} -> {new}", r.memory_mb));
+            r.memory_mb = new;
+        }
+        if let Some(new) = self.cpu
+            && new != r.cpu
+        {
+            changes.push(format!("cpu {} -> {new}", r.cpu));
+            r.cpu = new;
+        }
+        for key in &self.env_unset {
+            if self.env_set.contains_key(key) {
+                return Err(crate::manifest::ManifestError {
+                    field: format!("env.{key}"),
+                    message: "is both set and unset".into(),
+                });
+            }
+            if manifest.env.remove(key).is_none() {
+                return Err(crate::manifest::ManifestError {
+                    field: format!("env.{key}"),
+                    message: "is not set, so it cannot be unset".into(),
+                });
+            }
+            changes.push(format!("env unset {key}"));
+        }
+        for (key, value) in &self.env_set {
+            if manifest.env.get(key) != Some(value) {
+                manifest.env.insert(key.clone(), value.clone());
+                changes.push(format!("env set {key}"));
+            }
+        }
+        manifest.validate()?;
+        Ok(changes)
+    }
+}
+
+/// Whether instances of `old` can serve `new` as they are: everything but
+/// `scaling.min_instances`, `max_instances` and `concurrency` (which the
+/// pool applies to running instances) is the same. Memory, CPU,
+/// environment, port or health path need new instances.
+pub fn same_instances(old: &Manifest, new: &Manifest) -> bool {
+    let mut probe = new.clone();
+    probe.scaling.min_instances = old.scaling.min_instances;
+    probe.scaling.max_instances = old.scaling.max_instances;
+    probe.scaling.concurrency = old.scaling.concurrency;
+    probe == *old
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

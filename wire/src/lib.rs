@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod api;
+pub mod elf;
 pub mod executions;
 pub mod logs;
 pub mod manifest;

@@ -88,9 +88,18 @@ pub struct Resources {
     /// Maximum number of processes and threads.
     #[serde(default = "default_pids")]
     pub pids: u32,
-    /// Upstream response timeout in milliseconds.
+    /// Longest wait for the answer's head, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Once the head is sent: longest pause between two pieces of the
+    /// answer's body (a streamed answer: SSE, chunked) or of a WebSocket
+    /// tunnel, in milliseconds.
+    #[serde(default = "default_stream_idle_ms")]
+    pub stream_idle_ms: u64,
+    /// Longest a call may last in all, streamed answers and tunnels
+    /// included, in seconds (at most 900: 15 minutes).
+    #[serde(default = "default_max_call_s")]
+    pub max_call_s: u64,
     /// Largest request body the proxy forwards, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
@@ -138,6 +147,12 @@ const fn default_pids() -> u32 {
 const fn default_timeout_ms() -> u64 {
     30_000
 }
+const fn default_stream_idle_ms() -> u64 {
+    30_000
+}
+const fn default_max_call_s() -> u64 {
+    300
+}
 const fn default_max_body_bytes() -> u64 {
     6 * 1024 * 1024
 }
@@ -167,6 +182,8 @@ impl Default for Resources {
             cpu: default_cpu(),
             pids: default_pids(),
             timeout_ms: default_timeout_ms(),
+            stream_idle_ms: default_stream_idle_ms(),
+            max_call_s: default_max_call_s(),
             max_body_bytes: default_max_body_bytes(),
         }
     }
@@ -260,6 +277,9 @@ impl Manifest {
         }
         check_range("resources.pids", r.pids.into(), 8, 32_768)?;
         check_range("resources.timeout_ms", r.timeout_ms, 100, 900_000)?;
+        check_range("resources.stream_idle_ms", r.stream_idle_ms, 100, 900_000)?;
+        // Never below `timeout_ms` in effect (the proxy takes the larger).
+        check_range("resources.max_call_s", r.max_call_s, 1, 900)?;
         check_range("resources.max_body_bytes", r.max_body_bytes, 0, 1 << 30)?;
         let s = &self.scaling;
         check_range("scaling.max_instances", s.max_instances.into(), 1, 1_000)?;

@@ -1,5 +1,8 @@
 //! `cpub deploy`: validate `cpub.toml` locally, pack the directory, upload it
-//! with a progress bar, wait for the build, print the version and URL.
+//! with a progress bar (on a terminal), then follow the build the server
+//! runs: its steps and output as they happen, then the version and URL.
+//! `--detach` returns once the build started, with its id; Ctrl-C while
+//! following stops following, not the build (it runs server-side).
 
 use std::io::BufWriter;
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
+use containerpub_wire::api::DeploymentStatus;
 use containerpub_wire::manifest::Runtime;
 use containerpub_wire::{CONTAINERFILE, MANIFEST_FILE, Manifest};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -15,7 +19,7 @@ use tokio::io::AsyncReadExt;
 
 use super::Context;
 use crate::bundle;
-use crate::client::DeployAnswer;
+use crate::client::{Client, DeployAnswer};
 
 /// Upload chunk size.
 const CHUNK: usize = 64 * 1024;
@@ -25,6 +29,15 @@ pub struct Args {
     /// Function directory (holds cpub.toml).
     #[arg(default_value = ".")]
     dir: PathBuf,
+    /// Return as soon as the build started, printing its id (follow it
+    /// with `cpub build-log ID -f`).
+    #[arg(long)]
+    detach: bool,
+    /// Upload even when the bundle checks find errors (files that look like
+    /// secrets, a binary for another architecture or dynamically linked, a
+    /// bundle over the default size limits); they are printed as warnings.
+    #[arg(long)]
+    force: bool,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
@@ -48,16 +61,48 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         HumanBytes(packed.bytes),
         HumanBytes(len)
     );
+    let findings = bundle::check(&args.dir, &manifest, &packed, len);
+    for warning in &findings.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for error in &findings.errors {
+        let level = if args.force {
+            "warning (--force)"
+        } else {
+            "error"
+        };
+        eprintln!("{level}: {error}");
+    }
+    if !findings.errors.is_empty() && !args.force {
+        bail!(
+            "{} problem(s) in the bundle stop the deploy; nothing was uploaded \
+             (fix them, leave files out with {}, or deploy anyway with --force)",
+            findings.errors.len(),
+            bundle::IGNORE_FILE
+        );
+    }
 
     let progress = ProgressBar::new(len).with_style(
         ProgressStyle::with_template("uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
             .context("bad progress template")?,
     );
     let body = upload_body(&temp.path, progress.clone()).await?;
-    let answer = client.deploy(name, body, len).await;
+    let answer = client.deploy(name, body, len, true).await;
     progress.finish_and_clear();
 
     match answer.with_context(|| format!("deploy of {name} failed"))? {
+        DeployAnswer::Started(info) if args.detach => {
+            println!(
+                "build {} of {name} started (version {})",
+                info.id, info.version
+            );
+            eprintln!(
+                "follow it with `cpub build-log {} -f`; see `cpub builds {name}`",
+                info.id
+            );
+            Ok(())
+        }
+        DeployAnswer::Started(info) => follow(&client, name, info.id).await,
         DeployAnswer::Active(info) => {
             println!("deployed {name} version {} ({})", info.version, info.digest);
             match client.function(name).await {
@@ -74,6 +119,63 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 "build of {name} version {} failed; the previous version (if any) stays active",
                 info.version
             )
+        }
+    }
+}
+
+/// Streams build `id`'s output to stderr until it ends, then reports how it
+/// ended. Ctrl-C stops following only.
+async fn follow(client: &Client, name: &str, id: i64) -> Result<()> {
+    eprintln!("build {id} of {name} runs on the server; Ctrl-C stops following, not the build");
+    let streamed = async {
+        let response = client.build_log(id, true).await?;
+        client.copy_log(response, &mut std::io::stderr()).await
+    };
+    tokio::select! {
+        result = streamed => {
+            if let Err(err) = result {
+                eprintln!("warning: following the build log failed: {err:#}");
+            }
+        }
+        _ = tokio::signal::ctrl_c() => {
+            bail!("stopped following (Ctrl-C); build {id} goes on: `cpub build-log {id} -f`");
+        }
+    }
+    // The log ends with the build; the row may lag by a moment.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info = client
+            .build(id)
+            .await
+            .with_context(|| format!("cannot read how build {id} ended"))?
+            .typed;
+        if info.status != DeploymentStatus::Building || std::time::Instant::now() > until {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    match info.status {
+        DeploymentStatus::Active => {
+            println!("deployed {name} version {} ({})", info.version, info.digest);
+            match client.function(name).await {
+                Ok(function) => println!("url: {}", function.typed.url),
+                Err(err) => eprintln!("warning: cannot look up the function's URL: {err:#}"),
+            }
+            Ok(())
+        }
+        DeploymentStatus::Superseded => {
+            println!(
+                "built {name} version {}, but a newer version is active (see `cpub versions {name}`)",
+                info.version
+            );
+            Ok(())
+        }
+        DeploymentStatus::Failed => bail!(
+            "build {id} of {name} version {} failed (its log is above); the previous version (if any) stays active",
+            info.version
+        ),
+        DeploymentStatus::Building => {
+            bail!("build {id} of {name} is still running; follow it with `cpub build-log {id} -f`")
         }
     }
 }
@@ -160,7 +262,7 @@ fn show_building(progress: &ProgressBar) {
         ProgressStyle::with_template("{spinner} {msg} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
-    progress.set_message("uploaded; building image");
+    progress.set_message("uploaded; starting the build");
     progress.reset_elapsed();
     progress.enable_steady_tick(Duration::from_millis(120));
 }

@@ -12,7 +12,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
 use super::{Context, check_name};
-use crate::client::{USER_AGENT, Unreachable};
+use crate::client::{CONNECT_TIMEOUT, USER_AGENT, transport_error};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -48,9 +48,22 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         .with_context(|| format!("cannot look up {}", args.name))?;
     let url = target_url(&function.typed.url, &args.path)?;
 
+    // The call may take as long as the function's own timeout, plus slack
+    // for a cold start and the queue; never less than `--timeout`.
+    let deadline = function
+        .typed
+        .config
+        .as_ref()
+        .map(|c| {
+            Duration::from_millis(c.resources.timeout_ms + c.scaling.queue_timeout_ms)
+                + Duration::from_secs(10)
+        })
+        .unwrap_or_default()
+        .max(ctx.deadline);
     let http = reqwest::Client::builder()
         .user_agent(USER_AGENT)
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(deadline)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .context("cannot build the HTTP client")?;
@@ -61,10 +74,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let mut response = request
         .send()
         .await
-        .map_err(|source| Unreachable {
-            url: url.to_string(),
-            source,
-        })
+        .map_err(|source| transport_error(url.as_str(), deadline, source))
         .with_context(|| format!("cannot call {}", args.name))?;
 
     let status = response.status();
@@ -85,6 +95,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     while let Some(chunk) = response
         .chunk()
         .await
+        .map_err(|source| transport_error(url.as_str(), deadline, source))
         .with_context(|| format!("reading the answer of {} broke off", args.name))?
     {
         stdout.write_all(&chunk).context("cannot write to stdout")?;

@@ -1,9 +1,10 @@
 //! `POST /api/v1/functions/{name}/deployments` (deploy a `.tar.gz` bundle,
-//! streamed) and `GET` (the function's deployments, newest first).
+//! streamed; `?detach=true` answers 202 once the build started, see
+//! `routes/builds.rs`) and `GET` (the function's deployments, newest first).
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use containerpub_wire::api::DeploymentInfo;
@@ -34,6 +35,7 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
@@ -45,6 +47,7 @@ pub async fn create(
     check_name(&name)?;
     let existing = db::get_function(&state.db, &name).await?;
     caller.require(Action::Deploy, existing.as_ref())?;
+    let detach = crate::routes::builds::detach_query(query.as_deref())?;
     let limit = state.settings.limits.max_upload_bytes;
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
@@ -62,7 +65,10 @@ pub async fn create(
     let upload = deploy::receive(body, &state.settings.tmp_dir(), limit).await?;
     tracing::debug!(function = %name, bytes = upload.bytes, "upload received");
     // From here on the work must finish even if the client goes away.
-    let task = tokio::spawn(deploy::deploy(state, caller, name, upload));
+    if detach {
+        return crate::routes::builds::start_detached(state, caller, name, upload).await;
+    }
+    let task = tokio::spawn(deploy::deploy(state, caller, name, upload, None));
     let deployed = task
         .await
         .map_err(|e| anyhow::anyhow!("deploy task: {e}"))??;

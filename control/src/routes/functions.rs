@@ -67,8 +67,15 @@ pub async fn delete(
         .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
     tracing::info!(function = %name, versions = deleted.versions.len(), "function deleted");
     crate::watchers::await_proxies(&state, deleted.revision).await;
-    for version in deleted.versions {
-        let image = build::image_tag(&name, version);
+    let mut images: Vec<String> = deleted
+        .versions
+        .iter()
+        .map(|v| build::image_tag(&name, *v))
+        .collect();
+    images.extend(deleted.images);
+    images.sort();
+    images.dedup();
+    for image in images {
         if let Err(err) = gc::remove_image(&state.podman, &image).await {
             tracing::warn!(%err, %image, "could not remove the image of a deleted function");
         }

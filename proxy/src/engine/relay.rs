@@ -119,6 +119,8 @@ impl Conn {
         // The rest of the body, as it comes.
         while !complete && client_ok {
             ubuf.clear();
+            // A streamed answer: idle limit and overall cap, not `timeout_ms`.
+            self.timer.as_mut().reset(call.stream_deadline());
             match read_more(&mut up, &mut ubuf, &mut self.timer).await {
                 Ok(_) => {}
                 Err(Fail::Eof) if rsem.framing == Framing::Close => {
@@ -170,8 +172,8 @@ impl Conn {
     /// After a `101`: sends its head (in `out`) and the bytes the instance
     /// sent after it to the client, and the bytes the client sent after its
     /// request to the instance, then relays both ways until either side
-    /// closes. The call, and its lease, last as long as the tunnel; the
-    /// function's timeout does not apply to it.
+    /// closes. The call, and its lease, last as long as the tunnel, under the
+    /// function's `stream_idle_ms` and `max_call_s` (`crate::tunnel`).
     async fn tunnel(
         &mut self,
         call: Call,
@@ -195,9 +197,8 @@ impl Conn {
         }
         if sent {
             debug!(function = %call.function(), request_id = %call.request_id, "protocol switched, relaying");
-            if let Err(e) = tokio::io::copy_bidirectional(&mut self.tcp, &mut up).await {
-                debug!(function = %call.function(), error = %e, "relay ended");
-            }
+            let end = crate::tunnel::relay(&call, &mut self.tcp, &mut up).await;
+            debug!(function = %call.function(), ?end, "relay ended");
         }
         drop(call);
         false
