@@ -24,7 +24,7 @@ use crate::builds::{LIVE_CAP, LiveBuild};
 use crate::db;
 use crate::deploy::{self, Deployed, Upload};
 use crate::error::{Error, Result};
-use crate::routes::{check_name, json};
+use crate::routes::json;
 use crate::state::AppState;
 
 /// How often a follower of a build running elsewhere (another replica, or

@@ -4,7 +4,6 @@
 //! instances (the pool updates their set in place); memory, CPU and
 //! environment changes start new instances, the old ones drain.
 
-use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -13,7 +12,6 @@ use containerpub_wire::api::ConfigChange;
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
 use crate::history;
-use crate::routes::check_name;
 use crate::state::AppState;
 
 /// Largest accepted change body.

@@ -2,7 +2,6 @@
 //! and `POST /api/v1/functions/{name}/rollback` (reactivate an earlier
 //! version's image without a build; see `history`).
 
-use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,7 +12,7 @@ use containerpub_wire::api::{RollbackRequest, VersionInfo};
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
 use crate::history::{self, Derived};
-use crate::routes::{check_name, json};
+use crate::routes::json;
 use crate::state::AppState;
 
 pub async fn list(
