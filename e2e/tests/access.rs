@@ -12,6 +12,10 @@
 //!   removal taking effect at once, password change, the last-admin guard,
 //!   login rate limits (429 + retry-after), and the audit log's refusal of
 //!   UPDATE, DELETE and TRUNCATE.
+//!
+//! Long: the matrix is one table of 23 endpoint rows × 5 callers, and both
+//! tests walk one stack each through a story whose steps depend on the
+//! previous ones (splitting them would start a stack, and build, per step).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -296,6 +300,19 @@ async fn role_endpoint_matrix() {
         answer.body[0]["id"].as_i64().expect("deployment id")
     };
 
+    // A token of vera's, for the revocation row.
+    let victim = api
+        .call(
+            "vera",
+            Some(&vera),
+            Method::POST,
+            "/tokens",
+            Some(json!({"name": "victim"})),
+        )
+        .await;
+    assert_eq!(victim.status, StatusCode::CREATED, "{:?}", victim.body);
+    let victim_id = victim.body["info"]["id"].as_i64().expect("token id");
+
     let admin_who = Who {
         label: "admin",
         token: &admin,
@@ -527,6 +544,18 @@ async fn role_endpoint_matrix() {
             [Ok(201), Ok(201), Ok(201), Ok(201), Err(node_refusal)],
         ),
         (
+            Method::DELETE,
+            format!("/tokens/{victim_id}"),
+            None,
+            [
+                Ok(0), // checked last, below
+                Err("belongs to user vera; only admins revoke other users' tokens"),
+                Err("belongs to user vera; only admins revoke other users' tokens"),
+                Ok(0),
+                Err(node_refusal),
+            ],
+        ),
+        (
             Method::GET,
             "/whoami".into(),
             None,
@@ -601,6 +630,28 @@ async fn role_endpoint_matrix() {
         )
         .await;
     assert_eq!(f.body["owner"], "alice");
+
+    // Revocation, allowed: the owner's own token; then it is gone for all.
+    let answer = api
+        .call(
+            "vera",
+            Some(&vera),
+            Method::DELETE,
+            &format!("/tokens/{victim_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{:?}", answer.body);
+    let answer = api
+        .call(
+            "admin",
+            Some(&admin),
+            Method::DELETE,
+            &format!("/tokens/{victim_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{:?}", answer.body);
 
     // Deletion, allowed: the owner its own, an admin another's.
     let answer = api
