@@ -15,7 +15,9 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRequestParts, MatchedPath, OriginalUri, RawPathParams, Request, State,
+};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -83,7 +85,12 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         return next.run(request).await;
     }
     let method = request.method().clone();
-    let target = request.uri().path().to_owned();
+    // The whole path: inside `nest("/api/v1", …)` the URI lost its prefix.
+    let target = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().path(), |uri| uri.path())
+        .to_owned();
     let action = match request.extensions().get::<MatchedPath>() {
         Some(route) => action_name(&method, route.as_str())
             .map_or_else(|| format!("{method} {}", route.as_str()), str::to_owned),
