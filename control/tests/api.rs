@@ -1219,3 +1219,204 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// `POST /api/v1/logs` checks every line, stores it with its version, and
+/// `GET /functions/{name}/logs` filters, pages and long-polls; the byte
+/// limit and the age sweep remove the oldest lines (issue 11).
+#[tokio::test]
+async fn log_batches_are_checked_stored_queried_and_trimmed() {
+    use containerpub_wire::logs::{LogIngest, LogPage};
+    let app = app().await;
+    let db = &app.state.db;
+    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let function: i64 = sqlx::query_scalar(
+        "INSERT INTO functions (name, owner_id, last_version) VALUES ('talky', $1, 2) RETURNING id",
+    )
+    .bind(owner)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let deployment: i64 = sqlx::query_scalar(
+        "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
+         VALUES ($1, 2, 'sha256:00', '/nowhere', '{}', 'failed') RETURNING id",
+    )
+    .bind(function)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let post = |body: serde_json::Value| {
+        authed(Request::post("/api/v1/logs"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let batch = |function: &str, instance: &str, lines: serde_json::Value| {
+        serde_json::json!({"node": "edge-1", "groups": [
+            {"function": function, "deployment_id": deployment, "instance": instance, "lines": lines}
+        ]})
+    };
+    // Refused, naming the field.
+    for (body, field) in [
+        (
+            serde_json::json!({"node": "bad node", "groups": []}),
+            "node",
+        ),
+        (
+            batch("Bad_Name", "ab", serde_json::json!([])),
+            "groups[0].function",
+        ),
+        (
+            batch("talky", "not-hex", serde_json::json!([])),
+            "groups[0].instance",
+        ),
+        (
+            batch(
+                "talky",
+                "ab",
+                serde_json::json!([{"at_ns": now_ns, "stream": "stdout", "request_id": "a b", "line": "x"}]),
+            ),
+            "groups[0].lines[0].request_id",
+        ),
+    ] {
+        let reply = app.send(post(body)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert_eq!(reply.error().field.as_deref(), Some(field));
+    }
+    let too_many: Vec<serde_json::Value> = (0..10_001)
+        .map(|i| serde_json::json!({"at_ns": now_ns, "stream": "stdout", "line": format!("{i}")}))
+        .collect();
+    let reply = app
+        .send(post(batch("talky", "ab", serde_json::json!(too_many))))
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Stored, cleaned again, with the deployment's version; lines of an
+    // unknown function are counted, not stored.
+    let lines = serde_json::json!([
+        {"at_ns": now_ns, "stream": "stdout", "line": "one"},
+        {"at_ns": now_ns + 1, "stream": "stderr", "request_id": "req-1", "line": "two\u{1b}[2J\u{0}"},
+        {"at_ns": now_ns + 2, "stream": "system", "line": "3 lines dropped: x"},
+    ]);
+    let reply = app.send(post(batch("talky", "abcdef012345", lines))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.error());
+    assert_eq!(
+        reply.json::<LogIngest>(),
+        LogIngest {
+            stored: 3,
+            unknown: 0
+        }
+    );
+    let reply = app
+        .send(post(batch(
+            "ghost",
+            "ab",
+            serde_json::json!([{"at_ns": now_ns, "stream": "stdout", "line": "boo"}]),
+        )))
+        .await;
+    assert_eq!(
+        reply.json::<LogIngest>(),
+        LogIngest {
+            stored: 0,
+            unknown: 1
+        }
+    );
+    let page: LogPage = app.get("/api/v1/functions/talky/logs").await.json();
+    let texts: Vec<&str> = page.lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["one", "two\u{fffd}[2J\u{fffd}", "3 lines dropped: x"]
+    );
+    assert!(
+        page.lines
+            .iter()
+            .all(|l| l.version == 2 && l.node == "edge-1")
+    );
+    assert_eq!(page.next, page.lines[2].id);
+    let by_id: LogPage = app
+        .get("/api/v1/functions/talky/logs?request_id=req-1")
+        .await
+        .json();
+    assert_eq!(by_id.lines.len(), 1);
+    let by_instance: LogPage = app
+        .get("/api/v1/functions/talky/logs?instance=ABCDEF&limit=2")
+        .await
+        .json();
+    assert_eq!(by_instance.lines.len(), 2, "prefix, any case; newest two");
+    assert_eq!(by_instance.lines[1].line, "3 lines dropped: x");
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("instance=xyz", "instance"),
+        ("wait_s=31", "wait_s"),
+        ("bogus=1", "bogus"),
+    ] {
+        let reply = app
+            .get(&format!("/api/v1/functions/talky/logs?{query}"))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(reply.error().field.as_deref(), Some(field), "{query}");
+    }
+    assert_eq!(
+        app.get("/api/v1/functions/nobody/logs").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // A follow waits for the next line and gets it at once.
+    let after = page.next;
+    let started = Instant::now();
+    let follow_uri = format!("/api/v1/functions/talky/logs?after={after}&wait_s=10");
+    let (follow, _) = tokio::join!(app.get(&follow_uri), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.send(post(batch(
+            "talky",
+            "ab",
+            serde_json::json!([{"at_ns": now_ns, "stream": "stdout", "line": "late"}]),
+        )))
+        .await
+    });
+    let follow: LogPage = follow.json();
+    assert_eq!(follow.lines.len(), 1);
+    assert_eq!(follow.lines[0].line, "late");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Retention: the byte limit keeps 90 % of it, newest lines first; the
+    // age sweep removes old lines; usage follows both.
+    let removed = containerpub_control::logs::trim(db, function, 200)
+        .await
+        .unwrap();
+    assert!(removed > 0);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT line FROM function_logs WHERE function_id = $1 ORDER BY id")
+            .bind(function)
+            .fetch_all(db)
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        ["3 lines dropped: x", "late"],
+        "the oldest go until what is left fits in 180 bytes (line + 64 per row)"
+    );
+    let usage: i64 =
+        sqlx::query_scalar("SELECT bytes FROM function_log_usage WHERE function_id = $1")
+            .bind(function)
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(usage, (18 + 64) + (4 + 64));
+    sqlx::query("UPDATE function_logs SET at = now() - interval '8 days'")
+        .execute(db)
+        .await
+        .unwrap();
+    assert_eq!(containerpub_control::logs::sweep(db, 7).await.unwrap(), 2);
+    let usage: i64 =
+        sqlx::query_scalar("SELECT bytes FROM function_log_usage WHERE function_id = $1")
+            .bind(function)
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(usage, 0);
+}

@@ -1607,6 +1607,7 @@ fn chunked_requests_reach_the_instance_in_canonical_form() {
     let mut c = h.connect();
     c.send(
         b"POST /fn/t/up HTTP/1.1\r\nHost: x\r\nx-request-id: rid-1\r\n\
+traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
 transfer-encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
 0003 ; name=\"v\\\"al\" ; flag\r\nabc\r\n00000000000000000000002\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
     );
@@ -1617,6 +1618,7 @@ transfer-encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
     assert_eq!(
         String::from_utf8_lossy(&seen[0].raw),
         "POST /up HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\nx-request-id: rid-1\r\n\
+traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
 x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     );
     let mut gz = h.connect();

@@ -89,13 +89,19 @@ fn head(line: &str, fields: &[&str], framing: &str) -> Vec<u8> {
         h.push_str(framing);
         h.push_str("\r\n");
     }
-    h.push_str("x-request-id: *\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n");
+    h.push_str("x-request-id: *\r\ntraceparent: *\r\nx-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\n\r\n");
     h.into_bytes()
 }
 
-/// The `x-request-id` value masked (it is generated).
+/// The `x-request-id` and `traceparent` values masked (they are generated).
 fn mask_id(head: &[u8]) -> Vec<u8> {
-    let key = b"\r\nx-request-id: ";
+    mask_field(
+        &mask_field(head, b"\r\nx-request-id: "),
+        b"\r\ntraceparent: ",
+    )
+}
+
+fn mask_field(head: &[u8], key: &[u8]) -> Vec<u8> {
     let Some(at) = head.windows(key.len()).position(|w| w == key) else {
         return head.to_vec();
     };
