@@ -191,8 +191,24 @@ impl Inner {
                         self.record_crash(set, exit.clone(), false);
                         Failure::Crash(exit)
                     }
+                    err if err.is_capacity() => {
+                        tracing::warn!(function, deployment = route.deployment_id, %err, "no room for an instance");
+                        METRICS
+                            .start_failures
+                            .with_label_values(&[function, "capacity"])
+                            .inc();
+                        Failure::Capacity(err.to_string())
+                    }
                     err => {
                         tracing::warn!(function, deployment = route.deployment_id, %err, "instance start failed");
+                        let reason = match err {
+                            PoolError::Podman(_) => "runtime",
+                            _ => "not_ready",
+                        };
+                        METRICS
+                            .start_failures
+                            .with_label_values(&[function, reason])
+                            .inc();
                         Failure::Start(err.to_string())
                     }
                 };

@@ -32,6 +32,11 @@ pub struct PoolMetrics {
     /// `cpub_pool_instance_crashes_total{function}`: instances whose
     /// process exited on its own, while starting or after.
     pub crashes: IntCounterVec,
+    /// `cpub_pool_start_failures_total{function,reason}`: starts that
+    /// failed other than by a crash: `capacity` (no room on the node),
+    /// `runtime` (the engine failed), `not_ready` (the readiness probe).
+    /// What the caller is told is short; the details are in the log.
+    pub start_failures: IntCounterVec,
 }
 
 /// Buckets from 1 ms to ~30 s for start and queue times.
@@ -85,4 +90,12 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
         &["function"]
     )
     .expect("register cpub_pool_instance_crashes_total"),
+    start_failures: register_int_counter_vec!(
+        Opts::new(
+            "cpub_pool_start_failures_total",
+            "Instance starts that failed other than by a crash, by reason"
+        ),
+        &["function", "reason"]
+    )
+    .expect("register cpub_pool_start_failures_total"),
 });

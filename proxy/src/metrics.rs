@@ -101,12 +101,14 @@ pub enum Rejection {
     StartFailed,
     /// The container runtime failed.
     RuntimeUnavailable,
+    /// The node had no room for another instance (503 + `retry-after`).
+    NoCapacity,
     /// A request that is not valid HTTP/1.1 (or too large a head).
     BadRequest,
 }
 
 impl Rejection {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::NotFound,
         Self::UnknownFunction,
         Self::BodyTooLarge,
@@ -114,6 +116,7 @@ impl Rejection {
         Self::QueueTimeout,
         Self::StartFailed,
         Self::RuntimeUnavailable,
+        Self::NoCapacity,
         Self::BadRequest,
     ];
 
@@ -126,6 +129,7 @@ impl Rejection {
             Self::QueueTimeout => "queue_timeout",
             Self::StartFailed => "start_failed",
             Self::RuntimeUnavailable => "runtime_unavailable",
+            Self::NoCapacity => "no_capacity",
             Self::BadRequest => "bad_request",
         }
     }
