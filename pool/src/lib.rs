@@ -39,6 +39,7 @@ mod instance;
 mod lease;
 mod lifecycle;
 pub mod metrics;
+pub mod node;
 pub mod pool;
 mod precreate;
 pub mod runtime;
@@ -50,6 +51,7 @@ pub mod testing;
 pub use instance::{InstanceInfo, InstanceState, StartKind};
 pub use lease::{FunctionHandle, Lease};
 pub use lifecycle::{CrashReport, EXIT_POLL};
+pub use node::{BudgetConfig, KeepWarmConfig, NodeConfig};
 pub use pool::{Pool, PoolConfig};
 pub use runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, Started};
 
