@@ -33,6 +33,7 @@ pub mod labels {
 mod adopt;
 pub mod budget;
 mod deploy;
+mod evict;
 pub mod health;
 mod idle;
 mod instance;

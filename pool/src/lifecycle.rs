@@ -140,11 +140,31 @@ impl Inner {
         let route = &set.route;
         let function = route.function.as_str();
         let began = Instant::now();
-        let result = self.start_instance(route).await;
+        let result = match self.make_room(set).await {
+            Ok(charge) => match self.start_instance(route).await {
+                Err(err) if err.is_capacity() => {
+                    // The engine is out of room (addresses, say) although
+                    // the budget was not: free one instance and try again.
+                    tracing::warn!(function, %err, "the engine is out of room; evicting");
+                    let one = crate::budget::Short {
+                        memory_mb: 0,
+                        instances: 1,
+                    };
+                    if self.evict(function, one, "addresses").await > 0 {
+                        self.start_instance(route).await
+                    } else {
+                        Err(err)
+                    }
+                }
+                started => started,
+            }
+            .map(|started| (started, charge)),
+            Err(err) => Err(err),
+        };
         let took = began.elapsed();
         set.starting.fetch_sub(1, Ordering::AcqRel);
         match result {
-            Ok((id, addr)) => {
+            Ok(((id, addr), charge)) => {
                 METRICS
                     .starts
                     .with_label_values(&[function, "cold", "ok"])
@@ -160,9 +180,10 @@ impl Inner {
                     took,
                     StartKind::Cold,
                 ));
+                instance.hold(charge);
                 if set.retired.load(Ordering::Acquire) {
                     // Retired while starting: nobody will call it.
-                    self.remove_later(instance.id.clone());
+                    self.remove_instance_later(instance);
                 } else {
                     set.list(Arc::clone(&instance));
                     self.idle.track(set, &instance);
@@ -501,11 +522,23 @@ impl Inner {
         instance.set_state(InstanceState::Gone);
         self.idle.forget(&instance.id);
         if set.remove_instance(instance) {
-            self.remove_later(instance.id.clone());
+            self.remove_instance_later(Arc::clone(instance));
         }
         set.publish();
         set.wake();
         self.ensure_min(set);
+    }
+
+    /// Removes an instance's container in a task that holds the instance
+    /// (and so its budget share) until the container is gone.
+    pub(crate) fn remove_instance_later(&self, instance: Arc<Instance>) {
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move {
+            if let Err(err) = runtime.remove(&instance.id).await {
+                tracing::warn!(container = short(&instance.id), %err, "removing an instance");
+            }
+            drop(instance);
+        });
     }
 
     fn remove_later(&self, id: String) {

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::PoolError;
+use crate::budget::Budget;
 use crate::deploy::FunctionSlot;
 use crate::idle::IdleTracker;
 use crate::instance::{Instance, InstanceInfo, InstanceState};
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) config: PoolConfig,
     /// Network, budget and keep-warm settings of the node.
     pub(crate) node: NodeConfig,
+    /// What the live instances hold against the node budget.
+    pub(crate) budget: Arc<Budget>,
     /// By function name (an unkeyed hash: names come from the control
     /// plane). Never read on a lease: handles point at their slot.
     pub(crate) functions: Mutex<FxHashMap<String, Arc<FunctionSlot>>>,
@@ -150,6 +153,7 @@ impl Pool {
         let inner = Arc::new(Inner {
             runtime,
             config,
+            budget: Budget::new(node.budget),
             node,
             functions: Mutex::new(FxHashMap::default()),
             idle: IdleTracker::new(idle_tx),
@@ -218,6 +222,12 @@ impl Pool {
     /// network's addresses, if it had to be).
     pub fn node(&self) -> &NodeConfig {
         &self.inner.node
+    }
+
+    /// Memory (MiB, the sum of limits) and instances the live instances
+    /// hold against the node budget now.
+    pub fn budget_used(&self) -> (u64, u32) {
+        self.inner.budget.used()
     }
 
     /// Every instance the pool knows.

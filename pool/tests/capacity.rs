@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerpub_pool::testing::{FakeRuntime, eventually};
-use containerpub_pool::{ContainerRuntime, Pool, PoolConfig, PoolError, StartKind};
+use containerpub_pool::{
+    BudgetConfig, ContainerRuntime, InstanceState, NodeConfig, Pool, PoolConfig, PoolError,
+    StartKind,
+};
 use containerpub_wire::Manifest;
 use containerpub_wire::api::Route;
 
@@ -43,6 +46,49 @@ fn config() -> PoolConfig {
         node: "test".into(),
         start_timeout: Duration::from_secs(2),
     }
+}
+
+/// A pool whose node holds at most `instances` instances and `memory_mb`.
+async fn pool_within(
+    fake: &Arc<FakeRuntime>,
+    routes: &[Route],
+    instances: u32,
+    memory_mb: u64,
+) -> Pool {
+    let node = NodeConfig {
+        budget: BudgetConfig {
+            memory_mb,
+            max_instances: instances,
+        },
+        ..NodeConfig::default()
+    };
+    Pool::with_runtime_on(
+        Arc::clone(fake) as Arc<dyn ContainerRuntime>,
+        config(),
+        node,
+        routes,
+    )
+    .await
+    .unwrap()
+}
+
+/// The state of `function`'s instances, sorted.
+fn states(pool: &Pool, function: &str) -> Vec<InstanceState> {
+    let mut v: Vec<_> = pool
+        .instances()
+        .into_iter()
+        .filter(|i| i.function == function)
+        .map(|i| i.state)
+        .collect();
+    v.sort_by_key(|s| s.as_str());
+    v
+}
+
+async fn paused(pool: &Pool, function: &str) {
+    eventually(WITHIN, &format!("{function} paused"), || async {
+        states(pool, function) == [InstanceState::Paused]
+    })
+    .await;
 }
 
 async fn pool(fake: &Arc<FakeRuntime>, routes: &[Route]) -> Pool {
@@ -94,4 +140,118 @@ async fn an_engine_out_of_addresses_is_no_capacity_and_other_failures_stay_start
         pool.instances().is_empty()
     })
     .await;
+}
+
+/// Idle pause after 1 s, stop after an hour: instances stay paused.
+const PAUSING: &str = "idle_pause_s = 1\nidle_stop_s = 3600";
+
+#[tokio::test]
+async fn a_start_past_the_instance_budget_evicts_the_least_recently_used_paused_instance() {
+    let fake = fake().await;
+    let (a, b, c) = (
+        route_with("a", "", PAUSING),
+        route_with("b", "", PAUSING),
+        route_with("c", "", PAUSING),
+    );
+    let pool = pool_within(&fake, &[a.clone(), b.clone(), c.clone()], 2, u64::MAX).await;
+    drop(pool.lease(&a).await.unwrap());
+    paused(&pool, "a").await;
+    drop(pool.lease(&b).await.unwrap());
+    paused(&pool, "b").await;
+    assert_eq!(pool.budget_used(), (256, 2));
+    // c does not fit: a, paused and used longest ago, makes room.
+    let lease = pool.lease(&c).await.unwrap();
+    assert_eq!(lease.start_kind(), StartKind::Cold);
+    assert!(states(&pool, "a").is_empty(), "a was evicted");
+    assert_eq!(states(&pool, "b"), [InstanceState::Paused]);
+    assert!(fake.removed().iter().any(|id| id.starts_with("a-")));
+    assert_eq!(pool.budget_used(), (256, 2));
+    drop(lease);
+    // a again: b (paused) goes before c (running, idle).
+    let lease = pool.lease(&a).await.unwrap();
+    assert!(states(&pool, "b").is_empty(), "b was evicted");
+    assert_eq!(states(&pool, "c"), [InstanceState::Ready]);
+    drop(lease);
+    pool.remove_all().await;
+    eventually(WITHIN, "every charge given back", || async {
+        pool.budget_used() == (0, 0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn busy_and_minimum_instances_are_never_evicted_and_the_call_gets_no_capacity() {
+    let fake = fake().await;
+    let keep = route_with(
+        "keep",
+        "",
+        "min_instances = 1\nidle_pause_s = 1\nidle_stop_s = 3600",
+    );
+    let (busy, late) = (route("busy"), route("late"));
+    let pool = pool_within(
+        &fake,
+        &[keep.clone(), busy.clone(), late.clone()],
+        2,
+        u64::MAX,
+    )
+    .await;
+    eventually(WITHIN, "min_instances of keep up", || async {
+        states(&pool, "keep") == [InstanceState::Ready]
+    })
+    .await;
+    let held = pool.lease(&busy).await.unwrap();
+    match pool.lease(&late).await {
+        Err(PoolError::NoCapacity {
+            retry_after,
+            reason,
+            ..
+        }) => {
+            assert!(retry_after >= Duration::from_secs(1));
+            assert!(reason.contains("2 of 2 instances"), "{reason}");
+        }
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+    assert_eq!(
+        states(&pool, "keep"),
+        [InstanceState::Ready],
+        "min_instances kept"
+    );
+    assert_eq!(
+        states(&pool, "busy"),
+        [InstanceState::Ready],
+        "a busy instance kept"
+    );
+    // Once its call ends, busy's idle instance makes room.
+    drop(held);
+    let lease = pool.lease(&late).await.unwrap();
+    assert_eq!(lease.start_kind(), StartKind::Cold);
+    assert!(states(&pool, "busy").is_empty());
+    assert_eq!(states(&pool, "keep"), [InstanceState::Ready]);
+    drop(lease);
+    pool.remove_all().await;
+}
+
+#[tokio::test]
+async fn the_memory_budget_is_the_sum_of_limits_and_eviction_frees_enough_of_it() {
+    let fake = fake().await;
+    let small = |n: &str| route_with(n, "memory_mb = 128", PAUSING);
+    let (a, b) = (small("a"), small("b"));
+    let big = route_with("big", "memory_mb = 256", "");
+    let pool = pool_within(&fake, &[a.clone(), b.clone(), big.clone()], 100, 300).await;
+    drop(pool.lease(&a).await.unwrap());
+    drop(pool.lease(&b).await.unwrap());
+    assert_eq!(pool.budget_used(), (256, 2));
+    // 256 more MiB: 212 are missing, so both go (one would free 128).
+    let lease = pool.lease(&big).await.unwrap();
+    assert!(states(&pool, "a").is_empty() && states(&pool, "b").is_empty());
+    assert_eq!(pool.budget_used(), (256, 1));
+    // Nothing left to stop while big serves: a does not fit.
+    match pool.lease(&a).await {
+        Err(PoolError::NoCapacity { reason, .. }) => {
+            assert!(reason.contains("256 of 300 MiB"), "{reason}")
+        }
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+    drop(lease);
+    pool.remove_all().await;
 }
