@@ -165,11 +165,21 @@ pub struct Stack {
     proxy: Option<Proc>,
     /// Extra environment for cpub-control (limits under test).
     control_env: Vec<(String, String)>,
+    /// Extra environment for cpub-proxy (node budget under test).
+    proxy_env: Vec<(String, String)>,
 }
 
 impl Stack {
     /// Starts a stack; `control_env` adds settings to cpub-control.
     pub async fn start(control_env: &[(&str, &str)]) -> Result<Stack> {
+        Self::start_with(control_env, &[]).await
+    }
+
+    /// Starts a stack with settings for cpub-control and for cpub-proxy.
+    pub async fn start_with(
+        control_env: &[(&str, &str)],
+        proxy_env: &[(&str, &str)],
+    ) -> Result<Stack> {
         let n = STACKS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let base_url = test_database_url();
@@ -202,6 +212,10 @@ impl Stack {
             control: None,
             proxy: None,
             control_env: control_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            proxy_env: proxy_env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
@@ -306,7 +320,7 @@ impl Stack {
 
     /// Starts (or restarts) cpub-proxy.
     pub async fn start_proxy(&mut self) -> Result<()> {
-        let env = vec![
+        let mut env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             ("CPUB_URL".into(), self.control_url()),
             ("CPUB_TOKEN".into(), self.token.clone()),
@@ -317,6 +331,7 @@ impl Stack {
             ("CPUB_NODE".into(), self.node.clone()),
             ("CPUB_PROXY_THREADS".into(), PROXY_THREADS.to_string()),
         ];
+        env.extend(self.proxy_env.iter().cloned());
         self.proxy = Some(self.spawn("cpub-proxy", env)?);
         self.wait_healthy("proxy", self.proxy_addr).await
     }
