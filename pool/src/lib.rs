@@ -37,6 +37,7 @@ mod evict;
 pub mod health;
 mod idle;
 mod instance;
+mod keepwarm;
 mod lease;
 mod lifecycle;
 pub mod metrics;

@@ -140,6 +140,8 @@ impl Inner {
         let route = &set.route;
         let function = route.function.as_str();
         let began = Instant::now();
+        // A call waits for this start and nothing else could serve it.
+        let none_live = set.live() == 0 && set.waiting.load(Ordering::Acquire) > 0;
         let result = match self.make_room(set).await {
             Ok(charge) => match self.start_instance(route).await {
                 Err(err) if err.is_capacity() => {
@@ -173,6 +175,7 @@ impl Inner {
                     .start_seconds
                     .with_label_values(&["cold"])
                     .observe(took.as_secs_f64());
+                self.keep_warm.cold_start(set, none_live);
                 let instance = Arc::new(Instance::new(
                     id,
                     addr,
@@ -394,6 +397,9 @@ impl Inner {
                     .observe(took.as_secs_f64());
                 instance.set_ready_at(took, StartKind::Paused);
                 instance.set_state(InstanceState::Ready);
+                if instance.kept_warm.swap(false, Ordering::AcqRel) {
+                    METRICS.keep_warm.with_label_values(&["hit"]).inc();
+                }
                 self.idle.track(set, &instance);
                 tracing::debug!(
                     function,
@@ -443,6 +449,7 @@ impl Inner {
                     Ok(()) => {
                         tracing::debug!(function = %set.route.function, container = short(&instance.id), "instance paused");
                         self.idle.track(&set, &instance);
+                        self.keep_warm.used(&set);
                     }
                     Err(err) => {
                         tracing::warn!(container = short(&instance.id), %err, "pause failed; removing the instance");
@@ -456,6 +463,27 @@ impl Inner {
                 if set.live() <= min {
                     self.idle.track(&set, &instance);
                     return;
+                }
+                let function = set.route.function.as_str();
+                if min == 0
+                    && set.live() == 1
+                    && self.keep_warm.enabled(&set)
+                    && self.keep_warm.recently_called(function)
+                {
+                    // Predictive keep-warm: the last instance stays paused.
+                    if !instance.kept_warm.swap(true, Ordering::AcqRel) {
+                        METRICS.keep_warm.with_label_values(&["kept"]).inc();
+                        tracing::debug!(
+                            function,
+                            container = short(&instance.id),
+                            "instance kept warm"
+                        );
+                    }
+                    self.idle.track(&set, &instance);
+                    return;
+                }
+                if instance.kept_warm.load(Ordering::Acquire) {
+                    METRICS.keep_warm.with_label_values(&["expired"]).inc();
                 }
                 tracing::info!(function = %set.route.function, container = short(&instance.id), "idle instance removed");
                 self.drop_instance(&set, &instance);

@@ -19,6 +19,7 @@ use crate::budget::Budget;
 use crate::deploy::FunctionSlot;
 use crate::idle::IdleTracker;
 use crate::instance::{Instance, InstanceInfo, InstanceState};
+use crate::keepwarm::KeepWarm;
 use crate::lease::{FunctionHandle, Lease};
 use crate::lifecycle::CrashReport;
 use crate::node::NodeConfig;
@@ -47,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) node: NodeConfig,
     /// What the live instances hold against the node budget.
     pub(crate) budget: Arc<Budget>,
+    /// The cold-start tracker and keep-warm policy.
+    pub(crate) keep_warm: KeepWarm,
     /// By function name (an unkeyed hash: names come from the control
     /// plane). Never read on a lease: handles point at their slot.
     pub(crate) functions: Mutex<FxHashMap<String, Arc<FunctionSlot>>>,
@@ -154,6 +157,7 @@ impl Pool {
             runtime,
             config,
             budget: Budget::new(node.budget),
+            keep_warm: KeepWarm::new(node.keep_warm),
             node,
             functions: Mutex::new(FxHashMap::default()),
             idle: IdleTracker::new(idle_tx),
@@ -228,6 +232,12 @@ impl Pool {
     /// hold against the node budget now.
     pub fn budget_used(&self) -> (u64, u32) {
         self.inner.budget.used()
+    }
+
+    /// Calls and cold starts of `function` the keep-warm tracker holds
+    /// (`None` when it was not called within the keep-warm window).
+    pub fn function_stats(&self, function: &str) -> Option<(u64, u64)> {
+        self.inner.keep_warm.snapshot(function)
     }
 
     /// Every instance the pool knows.
@@ -318,6 +328,7 @@ impl Pool {
                 crate::instance::tick_coarse_clock();
                 let Some(inner) = weak.upgrade() else { return };
                 inner.idle.run_pending();
+                inner.keep_warm.run_pending();
             }
         });
         let stopped = self.inner.stopped.clone();

@@ -255,3 +255,121 @@ async fn the_memory_budget_is_the_sum_of_limits_and_eviction_frees_enough_of_it(
     drop(lease);
     pool.remove_all().await;
 }
+
+/// Paused after 1 s idle, stopped after 2 s.
+const SHORT_IDLE: &str = "idle_pause_s = 1\nidle_stop_s = 2";
+
+/// A pool whose keep-warm window is `window` (zero: off).
+async fn pool_keeping(fake: &Arc<FakeRuntime>, routes: &[Route], window: Duration) -> Pool {
+    let mut node = NodeConfig::default();
+    node.keep_warm.window = window;
+    Pool::with_runtime_on(
+        Arc::clone(fake) as Arc<dyn ContainerRuntime>,
+        config(),
+        node,
+        routes,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_recently_called_function_keeps_one_paused_instance_past_its_idle_stop() {
+    let fake = fake().await;
+    let r = route_with("warm", "", SHORT_IDLE);
+    let pool = pool_keeping(&fake, std::slice::from_ref(&r), Duration::from_secs(3600)).await;
+    let lease = pool.lease(&r).await.unwrap();
+    assert_eq!(lease.start_kind(), StartKind::Cold);
+    let id = lease.instance_id().to_owned();
+    drop(lease);
+    paused(&pool, "warm").await;
+    assert_eq!(
+        pool.function_stats("warm").map(|s| s.1),
+        Some(1),
+        "one cold start tracked"
+    );
+    // Past idle_stop_s (the paused timer fires after 1 s, then every 1 s):
+    // still there, still paused. Proving that nothing happens takes the time.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(states(&pool, "warm"), [InstanceState::Paused]);
+    assert!(!fake.removed().contains(&id));
+    // The next call is a resume of that instance, not a cold start.
+    let lease = pool.lease(&r).await.unwrap();
+    assert_eq!(lease.start_kind(), StartKind::Paused);
+    assert_eq!(lease.instance_id(), id);
+    assert_eq!(fake.starts(), 1);
+    let (calls, cold) = pool.function_stats("warm").unwrap();
+    assert_eq!(cold, 1);
+    assert!(calls >= 1, "{calls}");
+    drop(lease);
+    pool.remove_all().await;
+}
+
+#[tokio::test]
+async fn keep_warm_off_on_the_node_or_in_the_manifest_stops_the_instance() {
+    let fake = fake().await;
+    let on_node_off = route_with("plain", "", SHORT_IDLE);
+    let manifest_off = route_with("never", "", &format!("{SHORT_IDLE}\nkeep_warm = false"));
+    let manifest_on = route_with("always", "", &format!("{SHORT_IDLE}\nkeep_warm = true"));
+    let routes = [on_node_off.clone(), manifest_on.clone()];
+    let pool = pool_keeping(&fake, &routes, Duration::ZERO).await;
+    for r in &routes {
+        drop(pool.lease(r).await.unwrap());
+    }
+    // The node's window is off: stopped; the manifest turns it on: kept.
+    eventually(WITHIN, "plain stopped", || async {
+        states(&pool, "plain").is_empty()
+    })
+    .await;
+    assert_eq!(states(&pool, "always"), [InstanceState::Paused]);
+    pool.remove_all().await;
+
+    let fake = self::fake().await;
+    let pool = pool_keeping(
+        &fake,
+        std::slice::from_ref(&manifest_off),
+        Duration::from_secs(3600),
+    )
+    .await;
+    drop(pool.lease(&manifest_off).await.unwrap());
+    eventually(WITHIN, "never stopped", || async {
+        states(&pool, "never").is_empty()
+    })
+    .await;
+    assert_eq!(
+        pool.lease(&manifest_off).await.unwrap().start_kind(),
+        StartKind::Cold
+    );
+    pool.remove_all().await;
+}
+
+#[tokio::test]
+async fn a_kept_instance_is_the_first_evicted_for_room() {
+    let fake = fake().await;
+    let kept = route_with("kept", "", SHORT_IDLE);
+    let other = route("other");
+    let routes = [kept.clone(), other.clone()];
+    let node = NodeConfig {
+        budget: BudgetConfig {
+            memory_mb: u64::MAX,
+            max_instances: 1,
+        },
+        ..NodeConfig::default()
+    };
+    let pool = Pool::with_runtime_on(
+        Arc::clone(&fake) as Arc<dyn ContainerRuntime>,
+        config(),
+        node,
+        &routes,
+    )
+    .await
+    .unwrap();
+    drop(pool.lease(&kept).await.unwrap());
+    paused(&pool, "kept").await;
+    // Within the budget: the kept instance makes room for a call of another function.
+    let lease = pool.lease(&other).await.unwrap();
+    assert_eq!(lease.start_kind(), StartKind::Cold);
+    assert!(states(&pool, "kept").is_empty());
+    drop(lease);
+    pool.remove_all().await;
+}
