@@ -3,7 +3,7 @@
 # Podman (with runc, see PITFALLS), busybox-static for test
 # images, the subordinate ids of per-instance and per-build user namespaces,
 # the Podman REST socket, the build Podman service (a store of its own), and
-# the `cpub` Podman network.
+# the `cpub` Podman network; then checks the host's limits for a dense node.
 # Idempotent: safe to run on every start.
 set -euo pipefail
 
@@ -110,13 +110,44 @@ echo "setup-host: podman build API on $build_sock (vfs store)"
 # host's services and from each other (PITFALLS: a bridge, even --internal,
 # reaches every host service bound to 0.0.0.0 through its gateway). The host
 # may still open connections to containers (the proxy does); replies pass.
-podman network exists cpub || podman network create cpub >/dev/null
-bridge=$(podman network inspect cpub --format '{{.NetworkInterface}}')
-subnet=$(podman network inspect cpub --format '{{range .Subnets}}{{.Subnet}}{{end}}')
+#
+# The network is sized for density (issue 15): created on
+# CPUB_NETWORK_SUBNET (default a /20, 4,093 addresses; Podman's default /24
+# holds 252 instances). An existing network keeps its subnet — Podman 4.3
+# cannot change it — and a too small one is reported; with
+# CPUB_NETWORK_RECREATE=1 it is removed and created again on the new subnet,
+# which works only while no container uses it. CPUB_NETWORK names another
+# network (tests use their own); its firewall table is then
+# cpub_isolation_<name>.
+net=${CPUB_NETWORK:-cpub}
+want_subnet=${CPUB_NETWORK_SUBNET:-10.90.0.0/20}
+want_instances=${CPUB_NODE_MAX_INSTANCES:-1000}
+case "$net" in (*[!A-Za-z0-9_-]*|'') echo "setup-host: CPUB_NETWORK=$net: letters, digits, - and _ only" >&2; exit 1;; esac
+if ! podman network exists "$net"; then
+  podman network create --subnet "$want_subnet" "$net" >/dev/null
+fi
+subnet=$(podman network inspect "$net" --format '{{range .Subnets}}{{.Subnet}}{{end}}')
+prefix=${subnet##*/}
+hosts=$(( (1 << (32 - prefix)) - 3 ))
+if [ "$hosts" -lt "$want_instances" ]; then
+  users=$(podman ps -a --filter "network=$net" -q | wc -l)
+  if [ "${CPUB_NETWORK_RECREATE:-0}" = 1 ] && [ "$users" -eq 0 ]; then
+    echo "setup-host: network $net ($subnet, $hosts addresses) is recreated on $want_subnet"
+    podman network rm "$net" >/dev/null
+    podman network create --subnet "$want_subnet" "$net" >/dev/null
+    subnet=$(podman network inspect "$net" --format '{{range .Subnets}}{{.Subnet}}{{end}}')
+  else
+    echo "setup-host: WARNING network $net is $subnet: $hosts addresses for a budget of $want_instances instances" >&2
+    echo "setup-host:   the proxy lowers its instance budget to $hosts. To grow it, stop the proxies of this host" >&2
+    echo "setup-host:   ($users containers use $net now) and run: CPUB_NETWORK_RECREATE=1 $0" >&2
+  fi
+fi
+bridge=$(podman network inspect "$net" --format '{{.NetworkInterface}}')
+if [ "$net" = cpub ]; then table=cpub_isolation; else table="cpub_isolation_${net//-/_}"; fi
 nft -f - <<NFT
-table inet cpub_isolation
-delete table inet cpub_isolation
-table inet cpub_isolation {
+table inet $table
+delete table inet $table
+table inet $table {
   chain input {
     type filter hook input priority -10; policy accept;
     iifname "$bridge" ct state established,related accept
@@ -134,13 +165,60 @@ table inet cpub_isolation {
     ip daddr $subnet oifname != "$bridge" reject with icmpx type admin-prohibited
   }
 }
-table bridge cpub_isolation
-delete table bridge cpub_isolation
-table bridge cpub_isolation {
+table bridge $table
+delete table bridge $table
+table bridge $table {
   chain forward {
     type filter hook forward priority -10; policy accept;
     ip saddr $subnet ip daddr $subnet drop
   }
 }
 NFT
-echo "setup-host: network cpub ($subnet on $bridge) isolated by nftables table cpub_isolation"
+echo "setup-host: network $net ($subnet on $bridge) isolated by nftables table $table"
+
+# Host limits for a node of CPUB_NODE_MAX_INSTANCES live instances (issue
+# 15). Checked, not changed: each line that falls short says what to raise
+# (`sysctl -w`, and a file in /etc/sysctl.d to keep it). Per instance the
+# host holds a conmon process and the function's (pids), a few open files
+# in conmon and in the Podman service (nofile), a session keyring from runc
+# (kernel keys, owned by root), a bridge port and a neighbour entry, and a
+# conntrack entry per open connection; inotify instances are taken by
+# conmon and Podman's event watchers.
+n=$want_instances
+short=0
+check() { # name have need why
+  if [ "$2" -lt "$3" ]; then
+    echo "setup-host: LIMIT $1 = $2, below $3 for $n instances ($4): sysctl -w $1=$3" >&2
+    short=$((short + 1))
+  fi
+}
+sysval() { sysctl -n "$1" 2>/dev/null || echo 0; }
+check kernel.pid_max "$(sysval kernel.pid_max)" $(( n * 4 + 16384 )) "a conmon and the function's processes per instance"
+check kernel.threads-max "$(sysval kernel.threads-max)" $(( n * 8 + 16384 )) "threads of conmon, runc and the functions"
+check fs.file-max "$(sysval fs.file-max)" $(( n * 64 + 65536 )) "files of conmon, the Podman service and the proxy"
+check fs.inotify.max_user_instances "$(sysval fs.inotify.max_user_instances)" $(( n + 128 )) "watchers of conmon and Podman"
+check fs.inotify.max_user_watches "$(sysval fs.inotify.max_user_watches)" $(( n * 16 + 8192 )) "watches of conmon and Podman"
+check kernel.keys.root_maxkeys "$(sysval kernel.keys.root_maxkeys)" $(( n * 2 + 1000 )) "a session keyring per container (runc)"
+check kernel.keys.root_maxbytes "$(sysval kernel.keys.root_maxbytes)" $(( n * 50 + 25000 )) "the keyrings' bytes"
+check net.ipv4.neigh.default.gc_thresh3 "$(sysval net.ipv4.neigh.default.gc_thresh3)" $(( n + 256 )) "a neighbour entry per instance on the bridge"
+check net.ipv4.neigh.default.gc_thresh2 "$(sysval net.ipv4.neigh.default.gc_thresh2)" $(( n + 128 )) "a neighbour entry per instance on the bridge"
+if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
+  check net.netfilter.nf_conntrack_max "$(sysval net.netfilter.nf_conntrack_max)" $(( n * 64 )) "connections to and from instances"
+fi
+service_pid=$(pgrep -f "podman system service --time=0 unix://$sock" | head -1 || true)
+if [ -n "$service_pid" ] && [ -r "/proc/$service_pid/limits" ]; then
+  nofile=$(awk '/Max open files/ {print $4}' "/proc/$service_pid/limits")
+  if [ "$nofile" != unlimited ] && [ "$nofile" -lt $(( n * 8 + 1024 )) ]; then
+    echo "setup-host: LIMIT the Podman service's open files = $nofile, below $(( n * 8 + 1024 )) for $n instances: restart it under 'ulimit -n $(( n * 8 + 1024 ))'" >&2
+    short=$((short + 1))
+  fi
+fi
+if [ "$n" -gt 1024 ]; then
+  echo "setup-host: LIMIT a Linux bridge takes at most 1024 ports: CPUB_NODE_MAX_INSTANCES=$n needs more than one function network" >&2
+  short=$((short + 1))
+fi
+if [ "$short" -eq 0 ]; then
+  echo "setup-host: host limits are enough for $n live instances"
+else
+  echo "setup-host: $short host limits are short for $n live instances (see LIMIT lines above)" >&2
+fi

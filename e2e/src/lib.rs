@@ -187,6 +187,14 @@ pub struct Stack {
 impl Stack {
     /// Starts a stack; `control_env` adds settings to cpub-control.
     pub async fn start(control_env: &[(&str, &str)]) -> Result<Stack> {
+        Self::start_with(control_env, &[]).await
+    }
+
+    /// Starts a stack with settings for cpub-control and for cpub-proxy.
+    pub async fn start_with(
+        control_env: &[(&str, &str)],
+        proxy_env: &[(&str, &str)],
+    ) -> Result<Stack> {
         let n = STACKS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let base_url = test_database_url();
@@ -224,7 +232,10 @@ impl Stack {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            proxy_env: Vec::new(),
+            proxy_env: proxy_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         // Another process may bind a port between `free_port` and the
         // stack's process: then the stack starts again on other ports.
@@ -366,7 +377,7 @@ impl Stack {
 
     /// Starts (or restarts) cpub-proxy.
     pub async fn start_proxy(&mut self) -> Result<()> {
-        let env = vec![
+        let mut env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             (
                 "CPUB_PROXY_ADMIN_LISTEN".into(),

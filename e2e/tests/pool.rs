@@ -377,7 +377,7 @@ async fn idle_instances_are_removed_and_the_next_call_is_cold() {
     let url = stack.deploy(
         "hello",
         name,
-        "\n[scaling]\nidle_pause_s = 1\nidle_stop_s = 2\n",
+        "\n[scaling]\nidle_pause_s = 1\nidle_stop_s = 2\nkeep_warm = false\n",
     );
     let client = reqwest::Client::new();
     let (status, _, _) = get(&client, &url).await;

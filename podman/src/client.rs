@@ -209,13 +209,29 @@ impl Podman {
 
     /// Creates the bridge network if it does not exist.
     pub async fn ensure_network(&self, name: &str) -> Result<(), PodmanError> {
+        self.ensure_network_with(name, None).await
+    }
+
+    /// Creates the bridge network if it does not exist, on `subnet` (CIDR,
+    /// e.g. `10.90.0.0/20`) when given, else on the subnet Podman picks
+    /// (a /24). An existing network is left as it is: see
+    /// [`Podman::network_subnets`].
+    pub async fn ensure_network_with(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+    ) -> Result<(), PodmanError> {
         let path = format!("/networks/{}/exists", encode(name));
         match self.call(Method::GET, &path, None, &[]).await {
             Ok(_) => return Ok(()),
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {}
             Err(e) => return Err(e),
         }
-        let body = Bytes::from(json!({ "name": name, "driver": "bridge" }).to_string());
+        let mut request = json!({ "name": name, "driver": "bridge" });
+        if let Some(subnet) = subnet {
+            request["subnets"] = json!([{ "subnet": subnet }]);
+        }
+        let body = Bytes::from(request.to_string());
         match self
             .call(
                 Method::POST,
@@ -233,6 +249,32 @@ impl Podman {
             {
                 Ok(())
             }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The subnets (CIDR) of network `name`.
+    pub async fn network_subnets(&self, name: &str) -> Result<Vec<String>, PodmanError> {
+        let path = format!("/networks/{}/json", encode(name));
+        let v = self.call_json(Method::GET, &path, None).await?;
+        Ok(v.get("subnets")
+            .and_then(Value::as_array)
+            .map(|subnets| {
+                subnets
+                    .iter()
+                    .filter_map(|s| s.get("subnet").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Removes network `name` (it must have no containers); a missing one is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<(), PodmanError> {
+        let path = format!("/networks/{}", encode(name));
+        match self.call(Method::DELETE, &path, None, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
             Err(e) => Err(e),
         }
     }

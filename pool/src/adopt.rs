@@ -65,6 +65,11 @@ impl Inner {
             Duration::ZERO,
             StartKind::Warm,
         ));
+        // It exists already: charged even above the budget.
+        instance.hold(
+            self.budget
+                .force(u64::from(route.config.resources.memory_mb)),
+        );
         set.list(Arc::clone(&instance));
         self.idle.track(&set, &instance);
         set.publish();

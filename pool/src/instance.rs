@@ -75,10 +75,17 @@ pub(crate) struct Instance {
     state: AtomicU8,
     /// When it last became ready (start or resume), and what that took.
     ready_at: Mutex<(Instant, Duration, StartKind)>,
-    /// The coarse clock at the last idle-timer touch.
+    /// The coarse clock at the last idle-timer touch (or when it became
+    /// ready): when it was last used, for eviction.
     touched_ms: AtomicU64,
     /// Calls it served, for log lines' request ids (`logs.rs`).
     pub(crate) calls: std::sync::Arc<crate::logs::CallJournal>,
+    /// Its share of the node budget, given back when the last holder of
+    /// the instance drops it (removal tasks hold it until the container
+    /// is gone).
+    charge: std::sync::OnceLock<crate::budget::Charge>,
+    /// Kept paused past its idle stop by keep-warm.
+    pub(crate) kept_warm: std::sync::atomic::AtomicBool,
 }
 
 /// A coarse clock for idle-timer touches: milliseconds since the first
@@ -115,9 +122,21 @@ impl Instance {
             in_flight: AtomicU32::new(0),
             state: AtomicU8::new(state as u8),
             ready_at: Mutex::new((Instant::now(), took, kind)),
-            touched_ms: AtomicU64::new(0),
+            touched_ms: AtomicU64::new(COARSE_MS.load(Ordering::Relaxed)),
+            charge: std::sync::OnceLock::new(),
+            kept_warm: std::sync::atomic::AtomicBool::new(false),
             calls: std::sync::Arc::default(),
         }
+    }
+
+    /// Attaches the instance's share of the node budget (once).
+    pub(crate) fn hold(&self, charge: crate::budget::Charge) {
+        let _ = self.charge.set(charge);
+    }
+
+    /// The coarse clock when it was last used (LRU order for eviction).
+    pub(crate) fn last_used_ms(&self) -> u64 {
+        self.touched_ms.load(Ordering::Relaxed)
     }
 
     pub(crate) fn state(&self) -> InstanceState {
@@ -167,6 +186,8 @@ impl Instance {
 
     pub(crate) fn set_ready_at(&self, took: Duration, kind: StartKind) {
         *self.ready_at.lock().expect("ready_at lock") = (Instant::now(), took, kind);
+        self.touched_ms
+            .fetch_max(COARSE_MS.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Whether the idle timer is due for a restart (at most every

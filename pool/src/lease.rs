@@ -261,6 +261,11 @@ impl Inner {
                 let failure = set.last_failure.lock().expect("failure lock").clone();
                 return Err(match failure {
                     Failure::Start(reason) => PoolError::StartFailed { function, reason },
+                    Failure::Capacity(reason) => PoolError::NoCapacity {
+                        function,
+                        reason,
+                        retry_after: crate::budget::RETRY_AFTER,
+                    },
                     Failure::Crash(exit) => PoolError::Crashed {
                         function,
                         exit,

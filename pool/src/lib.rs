@@ -31,14 +31,18 @@ pub mod labels {
 }
 
 mod adopt;
+pub mod budget;
 mod deploy;
+mod evict;
 pub mod health;
 mod idle;
 mod instance;
+mod keepwarm;
 mod lease;
 mod lifecycle;
 pub mod logs;
 pub mod metrics;
+pub mod node;
 pub mod pool;
 mod precreate;
 pub mod runtime;
@@ -50,6 +54,7 @@ pub mod testing;
 pub use instance::{InstanceInfo, InstanceState, StartKind};
 pub use lease::{FunctionHandle, Lease};
 pub use lifecycle::{CrashReport, EXIT_POLL};
+pub use node::{BudgetConfig, KeepWarmConfig, NodeConfig};
 pub use pool::{Pool, PoolConfig};
 pub use runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, Started};
 
@@ -75,7 +80,45 @@ pub enum PoolError {
         function: String,
         waited: std::time::Duration,
     },
+    /// The node has no room for another instance: its budget (memory or
+    /// instances) is used up by instances that could not be evicted, or the
+    /// engine ran out of addresses. `reason` is for the log, never for the
+    /// caller.
+    #[error("function {function}: no room on this node for another instance ({reason})")]
+    NoCapacity {
+        function: String,
+        reason: String,
+        /// When trying again may succeed.
+        retry_after: std::time::Duration,
+    },
 }
+
+impl PoolError {
+    /// Whether this error is the engine running out of room (Podman's IPAM
+    /// finding no free address in the function network, or the kernel
+    /// refusing another process or file): a capacity problem, not a fault
+    /// of the function.
+    pub fn is_capacity(&self) -> bool {
+        match self {
+            Self::NoCapacity { .. } => true,
+            Self::Podman(err) => {
+                let text = err.to_string();
+                CAPACITY_MARKERS.iter().any(|m| text.contains(m))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What Podman's errors say when the node is out of room (seen: Podman
+/// 4.3's `IPAM error: failed to find free IP in range`).
+const CAPACITY_MARKERS: &[&str] = &[
+    "failed to find free IP",
+    "IPAM error",
+    "too many open files",
+    "resource temporarily unavailable",
+    "no space left on device",
+];
 
 /// The end of a [`PoolError::Crashed`] message while starts are held back.
 fn backoff_note(backoff: Option<std::time::Duration>) -> String {

@@ -140,11 +140,33 @@ impl Inner {
         let route = &set.route;
         let function = route.function.as_str();
         let began = Instant::now();
-        let result = self.start_instance(route).await;
+        // A call waits for this start and nothing else could serve it.
+        let none_live = set.live() == 0 && set.waiting.load(Ordering::Acquire) > 0;
+        let result = match self.make_room(set).await {
+            Ok(charge) => match self.start_instance(route).await {
+                Err(err) if err.is_capacity() => {
+                    // The engine is out of room (addresses, say) although
+                    // the budget was not: free one instance and try again.
+                    tracing::warn!(function, %err, "the engine is out of room; evicting");
+                    let one = crate::budget::Short {
+                        memory_mb: 0,
+                        instances: 1,
+                    };
+                    if self.evict(function, one, "addresses").await > 0 {
+                        self.start_instance(route).await
+                    } else {
+                        Err(err)
+                    }
+                }
+                started => started,
+            }
+            .map(|started| (started, charge)),
+            Err(err) => Err(err),
+        };
         let took = began.elapsed();
         set.starting.fetch_sub(1, Ordering::AcqRel);
         match result {
-            Ok((id, addr)) => {
+            Ok(((id, addr), charge)) => {
                 METRICS
                     .starts
                     .with_label_values(&[function, "cold", "ok"])
@@ -153,6 +175,7 @@ impl Inner {
                     .start_seconds
                     .with_label_values(&["cold"])
                     .observe(took.as_secs_f64());
+                self.keep_warm.cold_start(set, none_live);
                 let instance = Arc::new(Instance::new(
                     id,
                     addr,
@@ -160,9 +183,10 @@ impl Inner {
                     took,
                     StartKind::Cold,
                 ));
+                instance.hold(charge);
                 if set.retired.load(Ordering::Acquire) {
                     // Retired while starting: nobody will call it.
-                    self.remove_later(instance.id.clone());
+                    self.remove_instance_later(instance);
                 } else {
                     set.list(Arc::clone(&instance));
                     self.follow_logs(set, &instance, false);
@@ -192,8 +216,24 @@ impl Inner {
                         self.record_crash(set, exit.clone(), false);
                         Failure::Crash(exit)
                     }
+                    err if err.is_capacity() => {
+                        tracing::warn!(function, deployment = route.deployment_id, %err, "no room for an instance");
+                        METRICS
+                            .start_failures
+                            .with_label_values(&[function, "capacity"])
+                            .inc();
+                        Failure::Capacity(err.to_string())
+                    }
                     err => {
                         tracing::warn!(function, deployment = route.deployment_id, %err, "instance start failed");
+                        let reason = match err {
+                            PoolError::Podman(_) => "runtime",
+                            _ => "not_ready",
+                        };
+                        METRICS
+                            .start_failures
+                            .with_label_values(&[function, reason])
+                            .inc();
                         Failure::Start(err.to_string())
                     }
                 };
@@ -358,6 +398,9 @@ impl Inner {
                     .observe(took.as_secs_f64());
                 instance.set_ready_at(took, StartKind::Paused);
                 instance.set_state(InstanceState::Ready);
+                if instance.kept_warm.swap(false, Ordering::AcqRel) {
+                    METRICS.keep_warm.with_label_values(&["hit"]).inc();
+                }
                 self.idle.track(set, &instance);
                 tracing::debug!(
                     function,
@@ -407,6 +450,7 @@ impl Inner {
                     Ok(()) => {
                         tracing::debug!(function = %set.route.function, container = short(&instance.id), "instance paused");
                         self.idle.track(&set, &instance);
+                        self.keep_warm.used(&set);
                     }
                     Err(err) => {
                         tracing::warn!(container = short(&instance.id), %err, "pause failed; removing the instance");
@@ -420,6 +464,27 @@ impl Inner {
                 if set.live() <= min {
                     self.idle.track(&set, &instance);
                     return;
+                }
+                let function = set.route.function.as_str();
+                if min == 0
+                    && set.live() == 1
+                    && self.keep_warm.enabled(&set)
+                    && self.keep_warm.recently_called(function)
+                {
+                    // Predictive keep-warm: the last instance stays paused.
+                    if !instance.kept_warm.swap(true, Ordering::AcqRel) {
+                        METRICS.keep_warm.with_label_values(&["kept"]).inc();
+                        tracing::debug!(
+                            function,
+                            container = short(&instance.id),
+                            "instance kept warm"
+                        );
+                    }
+                    self.idle.track(&set, &instance);
+                    return;
+                }
+                if instance.kept_warm.load(Ordering::Acquire) {
+                    METRICS.keep_warm.with_label_values(&["expired"]).inc();
                 }
                 tracing::info!(function = %set.route.function, container = short(&instance.id), "idle instance removed");
                 self.drop_instance(&set, &instance);
@@ -486,11 +551,23 @@ impl Inner {
         instance.set_state(InstanceState::Gone);
         self.idle.forget(&instance.id);
         if set.remove_instance(instance) {
-            self.remove_later(instance.id.clone());
+            self.remove_instance_later(Arc::clone(instance));
         }
         set.publish();
         set.wake();
         self.ensure_min(set);
+    }
+
+    /// Removes an instance's container in a task that holds the instance
+    /// (and so its budget share) until the container is gone.
+    pub(crate) fn remove_instance_later(&self, instance: Arc<Instance>) {
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move {
+            if let Err(err) = runtime.remove(&instance.id).await {
+                tracing::warn!(container = short(&instance.id), %err, "removing an instance");
+            }
+            drop(instance);
+        });
     }
 
     fn remove_later(&self, id: String) {

@@ -10,8 +10,9 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, register_histogram_vec,
-    register_int_counter_vec, register_int_gauge_vec,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec,
 };
 
 /// Every pool metric.
@@ -32,6 +33,35 @@ pub struct PoolMetrics {
     /// `cpub_pool_instance_crashes_total{function}`: instances whose
     /// process exited on its own, while starting or after.
     pub crashes: IntCounterVec,
+    /// `cpub_pool_start_failures_total{function,reason}`: starts that
+    /// failed other than by a crash: `capacity` (no room on the node),
+    /// `runtime` (the engine failed), `not_ready` (the readiness probe).
+    /// What the caller is told is short; the details are in the log.
+    pub start_failures: IntCounterVec,
+    /// `cpub_node_budget_memory_bytes`: the node's memory budget (the sum
+    /// of the live instances' memory limits may not pass it).
+    pub node_budget_memory: IntGauge,
+    /// `cpub_node_budget_instances`: live instances the node may hold.
+    pub node_budget_instances: IntGauge,
+    /// `cpub_node_memory_reserved_bytes`: the sum of the memory limits of
+    /// the live (starting, running, paused) instances.
+    pub node_memory: IntGauge,
+    /// `cpub_node_instances`: live instances (starting, running, paused).
+    pub node_instances: IntGauge,
+    /// `cpub_node_evictions_total{reason,state}`: idle instances stopped
+    /// to make room for a start; `reason` is the part of the budget that
+    /// was short (`memory`, `instances`, `addresses`), `state` what the
+    /// instance was (`paused`, `idle`).
+    pub node_evictions: IntCounterVec,
+    /// `cpub_node_capacity_refusals_total`: starts that found no room even
+    /// after eviction (their calls got 503).
+    pub node_refusals: IntCounter,
+    /// `cpub_keep_warm_total{result}`: predictive keep-warm. `kept`: a
+    /// paused instance kept past its idle stop; `hit`: a call resumed one;
+    /// `miss`: a cold start of a function keep-warm wanted warm (called
+    /// within its window); `evicted`: a kept instance stopped for room;
+    /// `expired`: one removed after its window passed without a call.
+    pub keep_warm: IntCounterVec,
 }
 
 /// Buckets from 1 ms to ~30 s for start and queue times.
@@ -40,7 +70,8 @@ const TIME_BUCKETS: &[f64] = &[
     30.0,
 ];
 
-pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
+pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
+    PoolMetrics {
     starts: register_int_counter_vec!(
         Opts::new(
             "cpub_cold_starts_total",
@@ -85,4 +116,54 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| PoolMetrics {
         &["function"]
     )
     .expect("register cpub_pool_instance_crashes_total"),
+    start_failures: register_int_counter_vec!(
+        Opts::new(
+            "cpub_pool_start_failures_total",
+            "Instance starts that failed other than by a crash, by reason"
+        ),
+        &["function", "reason"]
+    )
+    .expect("register cpub_pool_start_failures_total"),
+    node_budget_memory: register_int_gauge!(
+        "cpub_node_budget_memory_bytes",
+        "Memory budget of the node: the most the live instances' memory limits may add up to"
+    )
+    .expect("register cpub_node_budget_memory_bytes"),
+    node_budget_instances: register_int_gauge!(
+        "cpub_node_budget_instances",
+        "Live instances the node may hold"
+    )
+    .expect("register cpub_node_budget_instances"),
+    node_memory: register_int_gauge!(
+        "cpub_node_memory_reserved_bytes",
+        "Sum of the memory limits of the live instances (starting, running, paused)"
+    )
+    .expect("register cpub_node_memory_reserved_bytes"),
+    node_instances: register_int_gauge!(
+        "cpub_node_instances",
+        "Live instances (starting, running, paused)"
+    )
+    .expect("register cpub_node_instances"),
+    node_evictions: register_int_counter_vec!(
+        Opts::new(
+            "cpub_node_evictions_total",
+            "Idle instances stopped to make room for a start, by the budget part that was short and their state"
+        ),
+        &["reason", "state"]
+    )
+    .expect("register cpub_node_evictions_total"),
+    node_refusals: register_int_counter!(
+        "cpub_node_capacity_refusals_total",
+        "Starts that found no room on the node even after eviction"
+    )
+    .expect("register cpub_node_capacity_refusals_total"),
+    keep_warm: register_int_counter_vec!(
+        Opts::new(
+            "cpub_keep_warm_total",
+            "Predictive keep-warm: instances kept, hits, misses, evictions, expiries"
+        ),
+        &["result"]
+    )
+    .expect("register cpub_keep_warm_total"),
+}
 });

@@ -14,15 +14,18 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use crate::PoolError;
+use crate::budget::Budget;
 use crate::deploy::FunctionSlot;
 use crate::idle::IdleTracker;
 use crate::instance::{Instance, InstanceInfo, InstanceState};
+use crate::keepwarm::KeepWarm;
 use crate::lease::{FunctionHandle, Lease};
 use crate::lifecycle::CrashReport;
+use crate::node::NodeConfig;
 use crate::podman::Podman;
 use crate::runtime::{ContainerRuntime, PodmanRuntime, RuntimeEvent, short};
 use crate::set::InstanceSet;
-use crate::{NETWORK, PoolError};
 
 /// Pause before following runtime events again after the stream broke.
 const EVENTS_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -41,6 +44,12 @@ pub struct PoolConfig {
 pub(crate) struct Inner {
     pub(crate) runtime: Arc<dyn ContainerRuntime>,
     pub(crate) config: PoolConfig,
+    /// Network, budget and keep-warm settings of the node.
+    pub(crate) node: NodeConfig,
+    /// What the live instances hold against the node budget.
+    pub(crate) budget: Arc<Budget>,
+    /// The cold-start tracker and keep-warm policy.
+    pub(crate) keep_warm: KeepWarm,
     /// By function name (an unkeyed hash: names come from the control
     /// plane). Never read on a lease: handles point at their slot.
     pub(crate) functions: Mutex<FxHashMap<String, Arc<FunctionSlot>>>,
@@ -115,21 +124,62 @@ impl Pool {
         config: PoolConfig,
         routes: &[Route],
     ) -> Result<Pool, PoolError> {
-        let runtime = PodmanRuntime::new(podman, NETWORK).await?;
-        Self::with_runtime(Arc::new(runtime), config, routes).await
+        Self::podman_on(podman, config, NodeConfig::default(), routes).await
     }
 
-    /// A pool on any runtime (tests use a fake). Spawns the pool's
-    /// background tasks (idle timer, runtime events) on the current runtime.
+    /// [`Pool::podman`] with the node's settings: its network (created on
+    /// `node.subnet` when missing), budget and keep-warm policy.
+    pub async fn podman_on(
+        podman: Podman,
+        config: PoolConfig,
+        node: NodeConfig,
+        routes: &[Route],
+    ) -> Result<Pool, PoolError> {
+        let runtime = PodmanRuntime::on_network(podman, &node.network, Some(&node.subnet)).await?;
+        Self::with_runtime_on(Arc::new(runtime), config, node, routes).await
+    }
+
+    /// A pool on any runtime (tests use a fake), with the default node
+    /// settings ([`NodeConfig::default`]).
     pub async fn with_runtime(
         runtime: Arc<dyn ContainerRuntime>,
         config: PoolConfig,
         routes: &[Route],
     ) -> Result<Pool, PoolError> {
+        Self::with_runtime_on(runtime, config, NodeConfig::default(), routes).await
+    }
+
+    /// A pool on any runtime with the node's settings. Spawns the pool's
+    /// background tasks (idle timer, runtime events) on the current
+    /// runtime. An instance budget above the network's addresses is
+    /// lowered to them (with a warning that says how to grow the network).
+    pub async fn with_runtime_on(
+        runtime: Arc<dyn ContainerRuntime>,
+        config: PoolConfig,
+        mut node: NodeConfig,
+        routes: &[Route],
+    ) -> Result<Pool, PoolError> {
+        if let Some(addresses) = runtime.address_capacity()
+            && addresses < node.budget.max_instances
+        {
+            tracing::warn!(
+                network = %node.network,
+                addresses,
+                max_instances = node.budget.max_instances,
+                "the function network has fewer addresses than the node's instance budget; \
+                 the budget is lowered to them. Recreate the network on a larger subnet \
+                 (scripts/setup-host.sh with CPUB_NETWORK_RECREATE=1 while no instance runs) \
+                 or use another network (--network, --network-subnet)"
+            );
+            node.budget.max_instances = addresses.max(1);
+        }
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             runtime,
             config,
+            budget: Budget::new(node.budget),
+            keep_warm: KeepWarm::new(node.keep_warm),
+            node,
             functions: Mutex::new(FxHashMap::default()),
             idle: IdleTracker::new(idle_tx),
             stopped: tokio_util::sync::CancellationToken::new(),
@@ -192,6 +242,24 @@ impl Pool {
             slot: self.inner.resolve(route),
             pool: Arc::clone(&self.inner),
         }
+    }
+
+    /// The node's settings in force (the instance budget lowered to the
+    /// network's addresses, if it had to be).
+    pub fn node(&self) -> &NodeConfig {
+        &self.inner.node
+    }
+
+    /// Memory (MiB, the sum of limits) and instances the live instances
+    /// hold against the node budget now.
+    pub fn budget_used(&self) -> (u64, u32) {
+        self.inner.budget.used()
+    }
+
+    /// Calls and cold starts of `function` the keep-warm tracker holds
+    /// (`None` when it was not called within the keep-warm window).
+    pub fn function_stats(&self, function: &str) -> Option<(u64, u64)> {
+        self.inner.keep_warm.snapshot(function)
     }
 
     /// Every instance the pool knows.
@@ -307,6 +375,7 @@ impl Pool {
                 crate::instance::tick_coarse_clock();
                 let Some(inner) = weak.upgrade() else { return };
                 inner.idle.run_pending();
+                inner.keep_warm.run_pending();
             }
         });
         let stopped = self.inner.stopped.clone();

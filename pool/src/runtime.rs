@@ -104,6 +104,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The pool stops: undo what `prepare` made (Podman removes the
     /// containers created ahead).
     async fn shutdown(&self) {}
+    /// How many instances the function network has addresses for, when
+    /// the engine knows (the pool keeps its instance budget below it).
+    fn address_capacity(&self) -> Option<u32> {
+        None
+    }
     /// Follows events of `node`'s containers until the stream ends or the
     /// receiver is dropped; the caller reconnects.
     async fn events(
@@ -120,6 +125,8 @@ pub struct PodmanRuntime {
     network: String,
     /// Containers created ahead of need; `None` when turned off.
     precreate: Option<Arc<Precreator>>,
+    /// Addresses of the network's subnets.
+    addresses: Option<u32>,
 }
 
 impl PodmanRuntime {
@@ -127,11 +134,31 @@ impl PodmanRuntime {
     /// created ahead of need once [`ContainerRuntime::prepare`] names the
     /// routed deployments (see `precreate`).
     pub async fn new(podman: Podman, network: &str) -> Result<Self, PoolError> {
-        podman.ensure_network(network).await?;
+        Self::on_network(podman, network, None).await
+    }
+
+    /// [`PodmanRuntime::new`] on network `network`, created on `subnet`
+    /// when it does not exist yet (an existing one keeps its subnet: its
+    /// size is read and reported by [`ContainerRuntime::address_capacity`]).
+    pub async fn on_network(
+        podman: Podman,
+        network: &str,
+        subnet: Option<&str>,
+    ) -> Result<Self, PoolError> {
+        podman.ensure_network_with(network, subnet).await?;
+        let subnets = podman.network_subnets(network).await?;
+        let addresses = subnets
+            .iter()
+            .filter_map(|s| crate::node::subnet_hosts(s).ok())
+            .fold(None, |sum: Option<u32>, n| {
+                Some(sum.unwrap_or(0).saturating_add(n))
+            });
+        tracing::info!(network, subnets = ?subnets, addresses = ?addresses, "function network");
         Ok(Self {
             precreate: Some(Precreator::new(podman.clone(), network.to_owned())),
             podman,
             network: network.to_owned(),
+            addresses,
         })
     }
 
@@ -247,6 +274,10 @@ impl ContainerRuntime for PodmanRuntime {
             Err(_) => self.remove_failed(&id).await,
         }
         started
+    }
+
+    fn address_capacity(&self) -> Option<u32> {
+        self.addresses
     }
 
     fn prepare(&self, routes: &[Route], node: &str) {

@@ -262,8 +262,11 @@ impl InstanceSet {
 /// Why the last start of a set failed.
 #[derive(Debug, Clone)]
 pub(crate) enum Failure {
-    /// The engine or the readiness probe failed.
+    /// The engine or the readiness probe failed (the text is for the log).
     Start(String),
+    /// No room on the node (budget used up, or the engine out of
+    /// addresses); the text is for the log.
+    Capacity(String),
     /// The function's process exited while it started.
     Crash(Exit),
 }

@@ -47,6 +47,8 @@ pub struct FakeRuntime {
     start_delay: Duration,
     leftovers: Vec<Owned>,
     fail_starts: AtomicBool,
+    /// When set, starts fail with this as Podman's error text.
+    engine_error: Mutex<Option<String>>,
     crash_starts: AtomicBool,
     silent_deaths: AtomicBool,
     starts: AtomicUsize,
@@ -95,6 +97,7 @@ impl FakeRuntime {
             start_delay: Duration::ZERO,
             leftovers: Vec::new(),
             fail_starts: AtomicBool::new(false),
+            engine_error: Mutex::default(),
             crash_starts: AtomicBool::new(false),
             silent_deaths: AtomicBool::new(false),
             starts: AtomicUsize::new(0),
@@ -133,6 +136,13 @@ impl FakeRuntime {
     /// Starts fail ("image missing") while set.
     pub fn fail_starts(&self, on: bool) {
         self.fail_starts.store(on, Ordering::SeqCst);
+    }
+
+    /// Starts fail as Podman's API would, with `message` as its error text
+    /// (e.g. its IPAM error when the network has no free address), while
+    /// set.
+    pub fn fail_starts_with(&self, message: Option<&str>) {
+        *self.engine_error.lock().expect("engine error lock") = message.map(str::to_owned);
     }
 
     /// Started containers exit at once (code 3, output "boom") instead of
@@ -205,6 +215,15 @@ impl ContainerRuntime for FakeRuntime {
     async fn start(&self, route: &Route, _node: &str) -> Result<Started, PoolError> {
         if !self.start_delay.is_zero() {
             tokio::time::sleep(self.start_delay).await;
+        }
+        let engine_error = self.engine_error.lock().expect("engine error lock").clone();
+        if let Some(message) = engine_error {
+            return Err(PoolError::Podman(crate::PodmanError::Api {
+                method: http::Method::POST,
+                path: format!("/containers/{}-x/start", route.function),
+                status: http::StatusCode::INTERNAL_SERVER_ERROR,
+                message,
+            }));
         }
         if self.fail_starts.load(Ordering::SeqCst) {
             return Err(PoolError::StartFailed {

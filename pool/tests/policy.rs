@@ -470,7 +470,12 @@ async fn dead_instance_leaves_at_once_and_demand_starts_another() {
 async fn idle_instances_pause_then_resume_on_a_call_then_stop() {
     let fake = fake().await;
     let pool = pool(&fake).await;
-    let r = route_with("f", 1, "idle_pause_s = 1\nidle_stop_s = 2");
+    // Scale to zero: no predictive keep-warm (tests/capacity.rs).
+    let r = route_with(
+        "f",
+        1,
+        "idle_pause_s = 1\nidle_stop_s = 2\nkeep_warm = false",
+    );
     let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
     eventually(
         Duration::from_secs(4),

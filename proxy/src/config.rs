@@ -35,6 +35,16 @@ pub const ENV_EXECUTIONS: &str = "CPUB_EXECUTIONS";
 pub const ENV_EXECUTIONS_MEMORY_MB: &str = "CPUB_EXECUTIONS_MEMORY_MB";
 /// Environment variable: MiB of execution records spooled to disk after that.
 pub const ENV_EXECUTIONS_SPOOL_MB: &str = "CPUB_EXECUTIONS_SPOOL_MB";
+/// Environment variable: Podman network of the function instances.
+pub const ENV_NETWORK: &str = "CPUB_NETWORK";
+/// Environment variable: subnet the function network is created on.
+pub const ENV_NETWORK_SUBNET: &str = "CPUB_NETWORK_SUBNET";
+/// Environment variable: the node's memory budget in MiB (sum of limits).
+pub const ENV_NODE_MEMORY_MB: &str = "CPUB_NODE_MEMORY_MB";
+/// Environment variable: the node's budget of live instances.
+pub const ENV_NODE_MAX_INSTANCES: &str = "CPUB_NODE_MAX_INSTANCES";
+/// Environment variable: keep-warm window in seconds (0: off).
+pub const ENV_KEEP_WARM_WINDOW_S: &str = "CPUB_KEEP_WARM_WINDOW_S";
 
 /// Exit code for bad configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -103,6 +113,30 @@ pub struct Config {
     pub executions_spool_mb: u64,
     #[command(flatten)]
     pub logs: crate::logs::LogArgs,
+
+    /// Podman network of the function instances.
+    #[arg(long, env = ENV_NETWORK, default_value = containerpub_pool::NETWORK, value_name = "NAME")]
+    pub network: String,
+
+    /// Subnet (CIDR) the function network is created on when it does not
+    /// exist; an existing network keeps its own.
+    #[arg(long, env = ENV_NETWORK_SUBNET, default_value = containerpub_pool::node::DEFAULT_SUBNET, value_name = "CIDR")]
+    pub network_subnet: String,
+
+    /// Memory budget of the node in MiB: the sum of the live instances'
+    /// memory limits (default: the host's memory).
+    #[arg(long, env = ENV_NODE_MEMORY_MB, value_name = "MIB")]
+    pub node_memory_mb: Option<u64>,
+
+    /// Live instances the node holds at most (running and paused).
+    #[arg(long, env = ENV_NODE_MAX_INSTANCES, default_value_t = containerpub_pool::node::DEFAULT_MAX_INSTANCES, value_name = "N")]
+    pub node_max_instances: u32,
+
+    /// A function called within this many seconds keeps one paused
+    /// instance after its idle stop (0: keep-warm off unless a manifest
+    /// turns it on).
+    #[arg(long, env = ENV_KEEP_WARM_WINDOW_S, default_value_t = 6 * 3600, value_name = "S")]
+    pub keep_warm_window_s: u64,
 }
 
 /// A setting with an unusable value.
@@ -250,7 +284,37 @@ impl Config {
                 "must be at least 1 while execution records are on",
             ));
         }
+        if self.node_memory_mb.is_none() {
+            self.node_memory_mb = Some(host_memory_mb().unwrap_or(u64::MAX));
+        }
+        self.node_config().validate().map_err(|message| {
+            let (flag, env) = match message.split(':').next().unwrap_or_default() {
+                "network" => ("network", ENV_NETWORK),
+                "subnet" => ("network-subnet", ENV_NETWORK_SUBNET),
+                "memory_mb" => ("node-memory-mb", ENV_NODE_MEMORY_MB),
+                "max_instances" => ("node-max-instances", ENV_NODE_MAX_INSTANCES),
+                _ => ("keep-warm-window-s", ENV_KEEP_WARM_WINDOW_S),
+            };
+            bad(flag, env, message)
+        })?;
         Ok(self)
+    }
+
+    /// The pool's node settings (after `validate`).
+    pub fn node_config(&self) -> containerpub_pool::NodeConfig {
+        let defaults = containerpub_pool::NodeConfig::default();
+        containerpub_pool::NodeConfig {
+            network: self.network.clone(),
+            subnet: self.network_subnet.clone(),
+            budget: containerpub_pool::BudgetConfig {
+                memory_mb: self.node_memory_mb.unwrap_or(u64::MAX),
+                max_instances: self.node_max_instances,
+            },
+            keep_warm: containerpub_pool::KeepWarmConfig {
+                window: Duration::from_secs(self.keep_warm_window_s),
+                ..defaults.keep_warm
+            },
+        }
     }
 
     /// Whether execution records are on.
@@ -277,6 +341,14 @@ impl Config {
     pub fn snapshot_path(&self) -> PathBuf {
         self.state_dir.join(SNAPSHOT_FILE)
     }
+}
+
+/// The host's memory in MiB (`MemTotal` of /proc/meminfo).
+fn host_memory_mb() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// The kernel's host name.
@@ -307,6 +379,11 @@ mod tests {
         assert_eq!(c.grace_period_s, 5);
         assert!(c.threads() >= 1);
         assert_eq!(c.node(), "n1");
+        let node = c.node_config();
+        assert_eq!(node.network, "cpub");
+        assert_eq!(node.subnet, "10.90.0.0/20");
+        assert_eq!(node.budget.max_instances, 1_000);
+        assert!(node.budget.memory_mb >= 16, "the host's memory");
         assert_eq!(
             c.snapshot_path(),
             PathBuf::from("/var/lib/containerpub/proxy/routes.json")
@@ -328,6 +405,12 @@ mod tests {
         assert!(err.setting.contains("CPUB_PROXY_ADMIN_LISTEN"), "{err}");
         let err = parse(&["--token", "t", "--node", "a b"]).unwrap_err();
         assert!(err.setting.contains("--node"), "{err}");
+        let err = parse(&["--token", "t", "--network-subnet", "10.0.0.0/33"]).unwrap_err();
+        assert!(err.setting.contains("CPUB_NETWORK_SUBNET"), "{err}");
+        let err = parse(&["--token", "t", "--node-max-instances", "5000"]).unwrap_err();
+        assert!(err.setting.contains("--node-max-instances"), "{err}");
+        let err = parse(&["--token", "t", "--node-memory-mb", "1"]).unwrap_err();
+        assert!(err.setting.contains("--node-memory-mb"), "{err}");
     }
 
     #[test]

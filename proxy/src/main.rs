@@ -83,7 +83,12 @@ fn run(config: Config) -> i32 {
     };
     let podman = Podman::new(config.podman_socket.clone());
     metrics::init();
-    let pool = match background.block_on(Pool::podman(podman, pool_config, &snapshot.routes)) {
+    let pool = match background.block_on(Pool::podman_on(
+        podman,
+        pool_config,
+        config.node_config(),
+        &snapshot.routes,
+    )) {
         Ok(pool) => pool,
         Err(e) => {
             error!(socket = %config.podman_socket.display(), error = %e, "cannot start the pool");

@@ -101,6 +101,8 @@ pub enum Rejection {
     StartFailed,
     /// The container runtime failed.
     RuntimeUnavailable,
+    /// The node had no room for another instance (503 + `retry-after`).
+    NoCapacity,
     /// A request that is not valid HTTP/1.1 (or too large a head).
     BadRequest,
     /// A private function called without a key (401).
@@ -110,7 +112,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::NotFound,
         Self::UnknownFunction,
         Self::BodyTooLarge,
@@ -118,6 +120,7 @@ impl Rejection {
         Self::QueueTimeout,
         Self::StartFailed,
         Self::RuntimeUnavailable,
+        Self::NoCapacity,
         Self::BadRequest,
         Self::MissingKey,
         Self::BadKey,
@@ -132,6 +135,7 @@ impl Rejection {
             Self::QueueTimeout => "queue_timeout",
             Self::StartFailed => "start_failed",
             Self::RuntimeUnavailable => "runtime_unavailable",
+            Self::NoCapacity => "no_capacity",
             Self::BadRequest => "bad_request",
             Self::MissingKey => "missing_key",
             Self::BadKey => "bad_key",

@@ -217,8 +217,11 @@ pub fn json_body(message: &str) -> Vec<u8> {
     serde_json::to_vec(&body).expect("an ApiError always serializes")
 }
 
-/// Maps a pool failure for `function` to an answer. The pool's messages
-/// name the function; a runtime failure's details stay in the log.
+/// Maps a pool failure for `function` to an answer. Callers get a short
+/// message naming the function: the engine's and the pool's details (an
+/// IPAM error, a probe's address) stay in the log and the metrics
+/// (`cpub_pool_start_failures_total`). A crash's answer carries the
+/// function's own exit code and output (README, "Crashes").
 pub fn pool_reply(function: &str, err: &PoolError) -> Reply {
     match err {
         PoolError::QueueFull { .. } => {
@@ -227,9 +230,22 @@ pub fn pool_reply(function: &str, err: &PoolError) -> Reply {
         PoolError::QueueTimeout { .. } => {
             Reply::rejected(Rejection::QueueTimeout, 503, err.to_string()).retry_after(1)
         }
-        PoolError::StartFailed { .. } | PoolError::Crashed { .. } => {
-            Reply::rejected(Rejection::StartFailed, 502, err.to_string())
-        }
+        PoolError::NoCapacity { retry_after, .. } => Reply::rejected(
+            Rejection::NoCapacity,
+            503,
+            format!("function {function} temporarily unavailable: the node is at capacity"),
+        )
+        .retry_after(
+            u32::try_from(retry_after.as_secs())
+                .unwrap_or(u32::MAX)
+                .max(1),
+        ),
+        PoolError::StartFailed { .. } => Reply::rejected(
+            Rejection::StartFailed,
+            502,
+            format!("function {function}: its instance failed to start"),
+        ),
+        PoolError::Crashed { .. } => Reply::rejected(Rejection::StartFailed, 502, err.to_string()),
         PoolError::Podman(_) => Reply::rejected(
             Rejection::RuntimeUnavailable,
             503,
@@ -449,11 +465,21 @@ mod tests {
             (
                 PoolError::StartFailed {
                     function: "hello".into(),
-                    reason: "exited with 1".into(),
+                    reason: "secret: connect 10.89.0.7:8080 refused".into(),
                 },
                 502,
                 None,
                 Rejection::StartFailed,
+            ),
+            (
+                PoolError::NoCapacity {
+                    function: "hello".into(),
+                    reason: "secret: 252 of 252 instances".into(),
+                    retry_after: Duration::from_secs(2),
+                },
+                503,
+                Some("2"),
+                Rejection::NoCapacity,
             ),
             (
                 PoolError::Crashed {
@@ -490,11 +516,14 @@ mod tests {
             assert_eq!(header(&h, "connection"), None);
             assert_eq!(rejection, Some(reason), "{err}");
         }
+        // A start failure's reason (Podman's text, a probe's address) stays
+        // in the log.
         let (_, _, body, _) = pool_answer(&PoolError::StartFailed {
             function: "hello".into(),
-            reason: "exited with 1".into(),
+            reason: "podman api POST /containers/x/start: 500: IPAM error".into(),
         });
-        assert!(body["error"].as_str().unwrap().contains("exited with 1"));
+        let message = body["error"].as_str().unwrap();
+        assert_eq!(message, "function hello: its instance failed to start");
         let (_, _, body, _) = pool_answer(&PoolError::QueueFull {
             function: "hello".into(),
             queue_size: 10,

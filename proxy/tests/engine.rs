@@ -2119,3 +2119,38 @@ fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
     assert_eq!(r.status, 200);
     assert_eq!(h.starts(), 1, "the instance was kept: no second start");
 }
+
+/// A start that fails in the engine never shows the engine's text to the
+/// caller: out of addresses (Podman's IPAM error) is a 503 with
+/// `retry-after`, any other engine failure a short 502 (issue 15).
+#[test]
+fn start_failures_answer_short_messages_without_engine_details() {
+    let h = Harness::new();
+    h.runtime.fail_starts_with(Some(
+        "IPAM error: failed to find free IP in range: 10.89.0.1 - 10.89.0.254",
+    ));
+    let (_, r) = h.call(&get("/fn/t/echo"));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("2"), "{r:?}");
+    let text = r.error();
+    assert_eq!(
+        text,
+        "function t temporarily unavailable: the node is at capacity"
+    );
+    h.runtime.fail_starts_with(Some(
+        "OCI runtime error: runc: secret /var/lib/containers path",
+    ));
+    let (_, r) = h.call(&get("/fn/t/echo"));
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(r.error(), "function t: its instance failed to start");
+    for raw in [&r.body, &r.raw_body] {
+        let body = String::from_utf8_lossy(raw);
+        for secret in ["IPAM", "podman", "runc", "10.89", "/containers/"] {
+            assert!(!body.contains(secret), "{secret} in {body}");
+        }
+    }
+    h.runtime.fail_starts_with(None);
+    let (_, r) = h.call(&get("/fn/t/echo"));
+    assert_eq!(r.status, 200, "{r:?}");
+}

@@ -130,6 +130,11 @@ pub struct Scaling {
     /// Longest wait for a slot in milliseconds; then 503 with `retry-after`.
     #[serde(default = "default_queue_timeout_ms")]
     pub queue_timeout_ms: u64,
+    /// Predictive keep-warm for this function: `true` keeps one paused
+    /// instance after the idle stop while the function is called within the
+    /// node's keep-warm window, `false` never; unset follows the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_warm: Option<bool>,
 }
 
 const fn default_port() -> u16 {
@@ -199,6 +204,7 @@ impl Default for Scaling {
             idle_stop_s: default_idle_stop_s(),
             queue_size: default_queue_size(),
             queue_timeout_ms: default_queue_timeout_ms(),
+            keep_warm: None,
         }
     }
 }
