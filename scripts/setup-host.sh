@@ -144,3 +144,8 @@ table bridge cpub_isolation {
 }
 NFT
 echo "setup-host: network cpub ($subnet on $bridge) isolated by nftables table cpub_isolation"
+
+# The platform's base images (python, node, debian for dynamically linked
+# binaries) in the build store: made from Debian's packages on first need
+# (about 2 minutes), then left as they are (scripts/base-images.sh).
+bash "$(dirname "$0")/base-images.sh" --if-missing
