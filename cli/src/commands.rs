@@ -3,9 +3,11 @@
 mod delete;
 mod deploy;
 mod describe;
+mod init;
 mod invoke;
 mod list;
 mod login;
+mod vendored;
 
 use std::path::PathBuf;
 
@@ -41,6 +43,8 @@ enum Command {
     Delete(delete::Args),
     /// Call a function through the proxy and print its answer.
     Invoke(invoke::Args),
+    /// Create a function directory from a template (rust, go, python, node, static).
+    Init(init::Args),
 }
 
 /// How listing commands print.
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => describe::run(&ctx, args).await,
         Command::Delete(args) => delete::run(&ctx, args).await,
         Command::Invoke(args) => invoke::run(&ctx, args).await,
+        Command::Init(args) => init::run(args),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gc;
 pub mod revision;
 pub mod routes;
+pub mod runtimes;
 pub mod server;
 pub mod state;
 pub mod watchers;
