@@ -222,3 +222,10 @@ if [ "$short" -eq 0 ]; then
 else
   echo "setup-host: $short host limits are short for $n live instances (see LIMIT lines above)" >&2
 fi
+
+# The platform's base images (python, node, debian for dynamically linked
+# binaries) in the build store: made from Debian's packages on first need
+# (about 2 minutes), then left as they are (scripts/base-images.sh). Without
+# a reachable Debian mirror static functions still work: warn, go on.
+bash "$(dirname "$0")/base-images.sh" --if-missing \
+  || echo "setup-host: WARNING: the base images could not be built; python, node and dynamically linked functions will fail to build until scripts/base-images.sh succeeds" >&2

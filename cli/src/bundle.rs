@@ -275,7 +275,7 @@ pub fn check(
                         &mut std::io::Read::take(file, 64 * 1024),
                         &mut head,
                     );
-                    if let Err(why) = containerpub_wire::elf::check_static_x86_64(&head) {
+                    if let Err(why) = containerpub_wire::elf::check_x86_64(&head) {
                         found.errors.push(format!("entrypoint {entry} {why}"));
                     }
                     let mode = std::fs::metadata(&path)
@@ -522,7 +522,7 @@ mod tests {
             ]
         );
 
-        // Another architecture, dynamic linking, no execute bit.
+        // Another architecture, another dynamic loader than glibc's, no execute bit.
         for (bytes, mode, expected) in [
             (
                 containerpub_wire::elf::fake_elf(183, &[1]),
@@ -530,9 +530,13 @@ mod tests {
                 "machine 183",
             ),
             (
-                containerpub_wire::elf::fake_elf(62, &[6, 3, 1]),
+                containerpub_wire::elf::fake_elf_with_interp(
+                    62,
+                    &[6, 3, 1],
+                    "/lib/ld-musl-x86_64.so.1",
+                ),
                 0o755,
-                "dynamically linked",
+                "dynamically linked against",
             ),
             (b"#!/bin/sh\necho hi\n".to_vec(), 0o755, "not an ELF"),
             (elf.clone(), 0o644, "not executable"),

@@ -8,6 +8,7 @@ mod deploy;
 mod describe;
 mod env;
 mod executions;
+mod init;
 mod invoke;
 mod key;
 mod list;
@@ -21,6 +22,7 @@ mod stats;
 mod status;
 mod token;
 mod user;
+mod vendored;
 mod versions;
 
 use std::path::PathBuf;
@@ -99,6 +101,8 @@ enum Command {
     Builds(builds::ListArgs),
     /// Print a build's output; -f follows it until the build ends.
     BuildLog(builds::LogArgs),
+    /// Create a function directory from a template (rust, go, python, node, static).
+    Init(init::Args),
 }
 
 /// How listing commands print.
@@ -172,6 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Completions(_) => unreachable!("handled above"),
         Command::Builds(args) => builds::list(&ctx, args).await,
         Command::BuildLog(args) => builds::log(&ctx, args).await,
+        Command::Init(args) => init::run(args),
     }
 }
 

@@ -32,6 +32,7 @@ use tar::{EntryType, Header};
 use crate::config::Limits;
 use crate::elf;
 use crate::error::Error;
+use crate::runtimes;
 
 /// Largest accepted `cpub.toml`.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
@@ -57,6 +58,9 @@ pub struct Bundle {
     pub context_tar: PathBuf,
     /// Containerfile path inside the context.
     pub containerfile: String,
+    /// The platform base image the generated Containerfile starts from
+    /// (`crate::runtimes`), if any: it must be in the build store.
+    pub base_image: Option<String>,
 }
 
 /// What an entry of the bundle is, after normalisation.
@@ -136,46 +140,106 @@ pub fn prepare_from(
                 manifest,
                 context_tar,
                 containerfile: CONTAINERFILE.to_owned(),
+                base_image: None,
             })
         }
         Runtime::Binary => {
             let entrypoint = manifest.entrypoint.clone().unwrap_or_default();
-            let path = normalize(&entrypoint).map_err(|m| bad("entrypoint", m))?;
-            let stored = match scan.kinds.get(&path) {
-                Some(Kind::File) => path.clone(),
-                Some(Kind::Hardlink(target)) => target.clone(),
-                Some(Kind::Symlink(_)) => {
-                    return Err(bad(
-                        "entrypoint",
-                        format!(
-                            "entrypoint {entrypoint:?} is a symlink; it must be a regular file"
-                        ),
-                    ));
-                }
-                Some(Kind::Dir) => {
-                    return Err(bad(
-                        "entrypoint",
-                        format!("entrypoint {entrypoint:?} is a directory"),
-                    ));
-                }
-                None => {
-                    return Err(bad(
-                        "entrypoint",
-                        format!("entrypoint {entrypoint:?} is not in the bundle"),
-                    ));
-                }
-            };
+            let stored = entry_file(&scan.kinds, &entrypoint)?;
             let binary_tar = work_dir.join("binary.tar");
-            binary_context(&context_tar, &stored, &entrypoint, &manifest, &binary_tar)?;
+            let linking =
+                binary_context(&context_tar, &stored, &entrypoint, &manifest, &binary_tar)?;
             // The full context is not needed for a binary build.
             let _ = std::fs::remove_file(&context_tar);
             Ok(Bundle {
                 manifest,
                 context_tar: binary_tar,
                 containerfile: CONTAINERFILE.to_owned(),
+                base_image: match linking {
+                    elf::Linking::Static => None,
+                    elf::Linking::Glibc => Some(runtimes::Base::Debian.image()),
+                },
+            })
+        }
+        Runtime::Python | Runtime::Node => {
+            let entrypoint = manifest.entrypoint.clone().unwrap_or_default();
+            let path = entry_file(&scan.kinds, &entrypoint)?;
+            let containerfile =
+                runtimes::language_containerfile(manifest.runtime, &path, manifest.port)
+                    .ok_or_else(|| bad("entrypoint", "cannot be written into a Containerfile"))?;
+            let lang_tar = work_dir.join("language.tar");
+            language_context(&context_tar, &containerfile, &lang_tar)?;
+            let _ = std::fs::remove_file(&context_tar);
+            let base = match manifest.runtime {
+                Runtime::Python => runtimes::Base::Python,
+                _ => runtimes::Base::Node,
+            };
+            Ok(Bundle {
+                manifest,
+                context_tar: lang_tar,
+                containerfile: runtimes::GENERATED_CONTAINERFILE.to_owned(),
+                base_image: Some(base.image()),
             })
         }
     }
+}
+
+/// The stored path of the regular file `entrypoint` names (a hardlink's
+/// target), or a client error saying what it is instead.
+fn entry_file(kinds: &HashMap<String, Kind>, entrypoint: &str) -> Result<String, Error> {
+    let path = normalize(entrypoint).map_err(|m| bad("entrypoint", m))?;
+    match kinds.get(&path) {
+        Some(Kind::File) => Ok(path),
+        Some(Kind::Hardlink(target)) => Ok(target.clone()),
+        Some(Kind::Symlink(_)) => Err(bad(
+            "entrypoint",
+            format!("entrypoint {entrypoint:?} is a symlink; it must be a regular file"),
+        )),
+        Some(Kind::Dir) => Err(bad(
+            "entrypoint",
+            format!("entrypoint {entrypoint:?} is a directory"),
+        )),
+        None => Err(bad(
+            "entrypoint",
+            format!("entrypoint {entrypoint:?} is not in the bundle"),
+        )),
+    }
+}
+
+/// Writes the context of a `python` / `node` build: every entry of the
+/// validated bundle (headers as `scan` normalised them: root-owned, 0644 /
+/// 0755) and the generated Containerfile under
+/// [`runtimes::GENERATED_CONTAINERFILE`] (a bundle file of that name is left
+/// out).
+fn language_context(context_tar: &Path, containerfile: &str, out_path: &Path) -> Result<(), Error> {
+    let mut archive = tar::Archive::new(BufReader::new(File::open(context_tar)?));
+    let mut out = tar::Builder::new(BufWriter::new(File::create(out_path)?));
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if path.trim_end_matches('/') == runtimes::GENERATED_CONTAINERFILE {
+            continue;
+        }
+        let mut header = entry.header().clone();
+        match header.entry_type() {
+            EntryType::Symlink | EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned())
+                    .unwrap_or_default();
+                out.append_link(&mut header, &path, &target)?;
+            }
+            _ => out.append_data(&mut header, &path, entry)?,
+        }
+    }
+    let mut header = plain_header(0o644, containerfile.len() as u64);
+    out.append_data(
+        &mut header,
+        runtimes::GENERATED_CONTAINERFILE,
+        containerfile.as_bytes(),
+    )?;
+    out.into_inner()?.flush()?;
+    Ok(())
 }
 
 /// Counts decompressed bytes; reading past `limit` fails (and `over` tells why).
@@ -746,14 +810,15 @@ fn check_no_symlink_parents(kinds: &HashMap<String, Kind>) -> Result<(), Error> 
 }
 
 /// Writes the context of a `runtime = "binary"` build: the executable as
-/// `function` (mode 0755) and a generated `FROM scratch` Containerfile.
+/// `function` (mode 0755) and a generated Containerfile (`FROM scratch` for
+/// a static executable, the `debian` base for a glibc one).
 fn binary_context(
     context_tar: &Path,
     stored: &str,
     entrypoint: &str,
     manifest: &Manifest,
     out_path: &Path,
-) -> Result<(), Error> {
+) -> Result<elf::Linking, Error> {
     let mut archive = tar::Archive::new(BufReader::new(File::open(context_tar)?));
     let mut out = tar::Builder::new(BufWriter::new(File::create(out_path)?));
     for entry in archive.entries()? {
@@ -766,15 +831,20 @@ fn binary_context(
         let size = entry.size();
         let mut head = Vec::new();
         (&mut entry).take(ELF_HEAD_BYTES).read_to_end(&mut head)?;
-        elf::check_static_x86_64(&head)
+        let linking = elf::check_x86_64(&head)
             .map_err(|m| bad("entrypoint", format!("entrypoint {entrypoint:?}: {m}")))?;
         let mut header = plain_header(0o755, size);
         out.append_data(&mut header, BINARY_IN_CONTEXT, head.as_slice().chain(entry))?;
-        let containerfile = generated_containerfile(manifest.port);
+        let containerfile = match linking {
+            elf::Linking::Static => generated_containerfile(manifest.port),
+            elf::Linking::Glibc => {
+                runtimes::dynamic_binary_containerfile(BINARY_IN_CONTEXT, manifest.port)
+            }
+        };
         let mut header = plain_header(0o644, containerfile.len() as u64);
         out.append_data(&mut header, CONTAINERFILE, containerfile.as_bytes())?;
         out.into_inner()?.flush()?;
-        return Ok(());
+        return Ok(linking);
     }
     Err(bad(
         "entrypoint",
@@ -1008,6 +1078,7 @@ pub(crate) mod tests {
             .read_to_string(&mut containerfile)
             .unwrap();
         assert_eq!(containerfile, generated_containerfile(9000));
+        assert_eq!(bundle.base_image, None, "a static binary runs FROM scratch");
         assert!(
             containerfile.contains("FROM scratch") && containerfile.contains("USER 65534:65534")
         );
@@ -1015,17 +1086,82 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn dynamic_binary_is_refused() {
+    fn python_and_node_bundles_carry_every_file_and_a_generated_containerfile() {
+        let toml = b"name = \"hello\"\nruntime = \"python\"\nentrypoint = \"app/server.py\"\n";
+        let (result, _dir) = run(&[
+            T::File("cpub.toml", toml),
+            T::Dir("app/"),
+            T::File("app/server.py", b"print(1)\n"),
+            T::File("vendor/dep.py", b"X = 1\n"),
+            T::Symlink("app/dep.py", "../vendor/dep.py"),
+            T::File(".cpub-Containerfile", b"FROM localhost/cpub-fn-other:v1\n"),
+        ]);
+        let bundle = result.unwrap();
+        assert_eq!(
+            bundle.base_image.as_deref(),
+            Some("localhost/cpub-base/python:1")
+        );
+        assert_eq!(bundle.containerfile, runtimes::GENERATED_CONTAINERFILE);
+        let names: Vec<String> = listing(&bundle.context_tar)
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        for want in ["cpub.toml", "app/server.py", "vendor/dep.py", "app/dep.py"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| *n == runtimes::GENERATED_CONTAINERFILE)
+                .count(),
+            1,
+            "{names:?}"
+        );
+        let text = crate::containerfile::read_from_context(
+            &bundle.context_tar,
+            runtimes::GENERATED_CONTAINERFILE,
+        )
+        .unwrap();
+        assert_eq!(
+            Some(text),
+            runtimes::language_containerfile(Runtime::Python, "app/server.py", 8080),
+            "the bundle's own file of that name is replaced"
+        );
+        let toml = b"name = \"hello\"\nruntime = \"node\"\nentrypoint = \"server.js\"\n";
+        let (field, msg) = rejected(&[T::File("cpub.toml", toml), T::Dir("server.js/")]);
+        assert_eq!(field, "entrypoint");
+        assert!(msg.contains("directory"), "{msg}");
+        let (field, msg) = rejected(&[T::File("cpub.toml", toml)]);
+        assert_eq!(field, "entrypoint");
+        assert!(msg.contains("not in the bundle"), "{msg}");
+    }
+
+    #[test]
+    fn glibc_binary_runs_on_the_debian_base_others_are_refused() {
         let elf = crate::elf::tests::fake_elf(62, &[6, 3, 1]);
-        let (field, msg) = rejected(&[
+        let (result, _dir) = run(&[
             T::File("cpub.toml", BINARY_TOML),
             T::File("bin/hello", &elf),
         ]);
-        assert_eq!(field, "entrypoint");
-        assert!(
-            msg.contains("only static executables are supported"),
-            "{msg}"
+        let bundle = result.unwrap();
+        assert_eq!(
+            bundle.base_image.as_deref(),
+            Some("localhost/cpub-base/debian:1")
         );
+        let text =
+            crate::containerfile::read_from_context(&bundle.context_tar, CONTAINERFILE).unwrap();
+        assert_eq!(
+            text,
+            runtimes::dynamic_binary_containerfile("function", 9000)
+        );
+        let musl =
+            crate::elf::tests::fake_elf_with_interp(62, &[6, 3, 1], "/lib/ld-musl-x86_64.so.1");
+        let (field, msg) = rejected(&[
+            T::File("cpub.toml", BINARY_TOML),
+            T::File("bin/hello", &musl),
+        ]);
+        assert_eq!(field, "entrypoint");
+        assert!(msg.contains("ld-musl"), "{msg}");
         let (field, msg) = rejected(&[
             T::File("cpub.toml", BINARY_TOML),
             T::File("bin/hello", b"#!/bin/sh\n"),

@@ -61,6 +61,25 @@ pub async fn run(
     let mut limits = settings.limits;
     limits.log_tail_bytes = limits.log_tail_bytes.min(MAX_BUILD_LOG_BYTES);
     let builder = Podman::new(&settings.podman_socket);
+    if let Some(base) = &bundle.base_image {
+        match builder.image_exists(base).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Outcome::Failed {
+                    log: format!(
+                        "error: the base image {base} is not in the build store; the platform's \
+                         administrator makes it with `bash scripts/base-images.sh` \
+                         (setup-host.sh does on its first run)\n"
+                    ),
+                };
+            }
+            Err(err) => {
+                return Outcome::Unavailable {
+                    reason: err.to_string(),
+                };
+            }
+        }
+    }
     let build = builder.build_image_observed(
         &bundle.context_tar,
         &bundle.containerfile,

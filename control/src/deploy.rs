@@ -105,7 +105,8 @@ pub async fn deploy(
     let context_dir = work_dir.path().to_path_buf();
     let limits = settings.limits;
     let fn_name = name.clone();
-    let base_images = settings.build.base_images.clone();
+    let mut base_images = settings.build.base_images.clone();
+    base_images.extend(crate::runtimes::base_images());
     let bundle: Bundle = tokio::task::spawn_blocking(move || {
         let bundle = archive::prepare(&gz_path, &context_dir, &fn_name, &limits)?;
         // Only scratch, allowed base images and earlier stages: never another

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod metrics;
 pub mod revision;
 pub mod routes;
+pub mod runtimes;
 pub mod server;
 pub mod state;
 pub mod vault;

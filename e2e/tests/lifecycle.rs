@@ -701,14 +701,21 @@ async fn bundle_checks_stop_secrets_and_foreign_binaries_before_the_upload() {
         "nothing reached the control plane"
     );
 
-    // A dynamically linked binary is stopped too (the server would refuse it
-    // after the upload).
+    // A binary linked against a loader the platform has no base for (musl's)
+    // is stopped too (the server would refuse it after the upload); glibc's
+    // runs on the debian base (e2e/tests/languages.rs).
     let dynamic = containerpub_e2e::bundle("hello", name, "");
-    std::fs::copy("/bin/true", dynamic.path().join("bin/hello")).unwrap();
+    let binary = dynamic.path().join("bin/hello");
+    std::fs::write(
+        &binary,
+        containerpub_wire::elf::fake_elf_with_interp(62, &[6, 3, 1], "/lib/ld-musl-x86_64.so.1"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = stack.cpub(&["deploy", dynamic.path().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("entrypoint bin/hello is dynamically linked"),
+        !out.status.success() && err.contains("entrypoint bin/hello is dynamically linked against"),
         "{err}"
     );
 

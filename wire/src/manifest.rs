@@ -29,9 +29,30 @@ impl ManifestError {
 pub enum Runtime {
     /// The bundle's `Containerfile` is built as it is.
     Container,
-    /// `entrypoint` is a Linux x86-64 static executable; the platform writes
-    /// a `FROM scratch` Containerfile for it.
+    /// `entrypoint` is a Linux x86-64 executable; the platform writes the
+    /// Containerfile: `FROM scratch` for a static one, the `debian` base
+    /// image (glibc) for a dynamically linked one.
     Binary,
+    /// `entrypoint` is a Python 3.11 script run by `python3` on the `python`
+    /// base image, with the whole bundle in `/app` and `/app/vendor` on the
+    /// import path (dependencies are vendored in the bundle).
+    Python,
+    /// `entrypoint` is a JavaScript file run by `node` (Node.js 18) on the
+    /// `node` base image, with the whole bundle (and its `node_modules`) in
+    /// `/app`.
+    Node,
+}
+
+impl Runtime {
+    /// The name used in `cpub.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Binary => "binary",
+            Self::Python => "python",
+            Self::Node => "node",
+        }
+    }
 }
 
 /// Who may call the function through the proxy.
@@ -51,7 +72,8 @@ pub struct Manifest {
     pub name: String,
     /// How the image is built.
     pub runtime: Runtime,
-    /// Path of the executable inside the bundle (`runtime = "binary"` only).
+    /// Path inside the bundle of what the platform runs: the executable
+    /// (`binary`), the script (`python`, `node`); not with `container`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
     /// TCP port the function serves HTTP/1.1 on; passed as `$PORT`.
@@ -222,19 +244,19 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), ManifestError> {
         crate::validate_function_name(&self.name).map_err(|m| ManifestError::new("name", m))?;
         match (self.runtime, &self.entrypoint) {
-            (Runtime::Binary, None) => {
+            (Runtime::Binary | Runtime::Python | Runtime::Node, None) => {
                 return Err(ManifestError::new(
                     "entrypoint",
-                    "required when runtime = \"binary\"",
+                    format!("required when runtime = \"{}\"", self.runtime.as_str()),
                 ));
             }
-            (Runtime::Binary, Some(path)) => {
+            (Runtime::Binary | Runtime::Python | Runtime::Node, Some(path)) => {
                 validate_bundle_path(path).map_err(|m| ManifestError::new("entrypoint", m))?
             }
             (Runtime::Container, Some(_)) => {
                 return Err(ManifestError::new(
                     "entrypoint",
-                    "only allowed with runtime = \"binary\" (a container sets its own ENTRYPOINT)",
+                    "not allowed with runtime = \"container\" (a container sets its own ENTRYPOINT)",
                 ));
             }
             (Runtime::Container, None) => {}
@@ -434,6 +456,22 @@ mod tests {
         assert_eq!(err.field, "entrypoint");
         let err = Manifest::parse("name = \"a\"\nruntime = \"java\"\n").unwrap_err();
         assert!(err.message.contains("java"), "{err}");
+        for runtime in ["python", "node"] {
+            let err =
+                Manifest::parse(&format!("name = \"a\"\nruntime = \"{runtime}\"\n")).unwrap_err();
+            assert_eq!(err.field, "entrypoint", "{err}");
+            assert!(err.message.contains(runtime), "{err}");
+            let m = Manifest::parse(&format!(
+                "name = \"a\"\nruntime = \"{runtime}\"\nentrypoint = \"server.x\"\n"
+            ))
+            .unwrap();
+            assert_eq!(m.runtime.as_str(), runtime);
+            let err = Manifest::parse(&format!(
+                "name = \"a\"\nruntime = \"{runtime}\"\nentrypoint = \"/app/x\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(err.field, "entrypoint", "{err}");
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         bundle::pack(&args.dir, BufWriter::new(file))
             .with_context(|| format!("cannot pack {}", args.dir.display()))?
     };
-    check_bundle(&manifest, &packed)?;
+    check_bundle(&args.dir, &manifest, &packed)?;
     let len = std::fs::metadata(&temp.path)
         .with_context(|| format!("cannot stat {}", temp.path.display()))?
         .len();
@@ -210,17 +210,21 @@ fn visibility_warning(text: &str, name: &str) -> Option<String> {
 }
 
 /// Catches what the build would trip over, before uploading.
-fn check_bundle(manifest: &Manifest, packed: &bundle::Packed) -> Result<()> {
+fn check_bundle(dir: &Path, manifest: &Manifest, packed: &bundle::Packed) -> Result<()> {
     match (manifest.runtime, &manifest.entrypoint) {
-        (Runtime::Binary, Some(entrypoint)) if !packed.contains(entrypoint) => bail!(
-            "entrypoint {entrypoint:?} is not in the bundle (build it first, and check {})",
-            bundle::IGNORE_FILE
-        ),
+        (Runtime::Binary | Runtime::Python | Runtime::Node, Some(entrypoint))
+            if !packed.contains(entrypoint) =>
+        {
+            bail!(
+                "entrypoint {entrypoint:?} is not in the bundle (build it first, and check {})",
+                bundle::IGNORE_FILE
+            )
+        }
         (Runtime::Container, _) if !packed.contains(CONTAINERFILE) => bail!(
             "runtime = \"container\" needs a {CONTAINERFILE} at the top of the bundle (check {})",
             bundle::IGNORE_FILE
         ),
-        _ => Ok(()),
+        _ => super::vendored::check(dir, manifest.runtime, packed),
     }
 }
 
@@ -357,13 +361,13 @@ mod tests {
         let binary =
             Manifest::parse("name = \"a\"\nruntime = \"binary\"\nentrypoint = \"bin/a\"\n")
                 .unwrap();
-        assert!(check_bundle(&binary, &packed(&["cpub.toml", "bin/a"])).is_ok());
-        let err = check_bundle(&binary, &packed(&["cpub.toml"]))
+        assert!(check_bundle(Path::new("."), &binary, &packed(&["cpub.toml", "bin/a"])).is_ok());
+        let err = check_bundle(Path::new("."), &binary, &packed(&["cpub.toml"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("bin/a"), "{err}");
         let container = Manifest::parse("name = \"a\"\nruntime = \"container\"\n").unwrap();
-        assert!(check_bundle(&container, &packed(&["Containerfile"])).is_ok());
-        assert!(check_bundle(&container, &packed(&["Dockerfile"])).is_err());
+        assert!(check_bundle(Path::new("."), &container, &packed(&["Containerfile"])).is_ok());
+        assert!(check_bundle(Path::new("."), &container, &packed(&["Dockerfile"])).is_err());
     }
 }

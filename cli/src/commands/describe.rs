@@ -74,9 +74,8 @@ fn summary(f: &FunctionInfo) -> String {
     line("updated:", f.updated_at.format(TIME_FORMAT).to_string());
     if let Some(m) = &f.config {
         let runtime = match (m.runtime, &m.entrypoint) {
-            (Runtime::Binary, Some(entry)) => format!("binary ({entry})"),
-            (Runtime::Binary, None) => "binary".to_owned(),
-            (Runtime::Container, _) => "container".to_owned(),
+            (Runtime::Container, _) | (_, None) => m.runtime.as_str().to_owned(),
+            (runtime, Some(entry)) => format!("{} ({entry})", runtime.as_str()),
         };
         line("runtime:", runtime);
         let visibility = match m.visibility {
