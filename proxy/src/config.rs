@@ -104,7 +104,7 @@ pub struct Config {
     #[arg(long, env = ENV_EXECUTIONS, default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
     pub executions: String,
 
-    /// MiB of execution records kept in memory while the control plane is unreachable.
+    /// MiB of execution records kept in memory while the control plane is unreachable (0: only the newest batch; the rest goes to the spool).
     #[arg(long, env = ENV_EXECUTIONS_MEMORY_MB, default_value_t = 64, value_name = "MIB")]
     pub executions_memory_mb: u64,
 
@@ -276,13 +276,6 @@ impl Config {
                     format!("must be at most 1048576 (1 TiB), got {v}"),
                 ));
             }
-        }
-        if self.executions == "on" && self.executions_memory_mb == 0 {
-            return Err(bad(
-                "executions-memory-mb",
-                ENV_EXECUTIONS_MEMORY_MB,
-                "must be at least 1 while execution records are on",
-            ));
         }
         if self.node_memory_mb.is_none() {
             self.node_memory_mb = Some(host_memory_mb().unwrap_or(u64::MAX));
