@@ -377,7 +377,7 @@ impl Stack {
 
     /// Starts (or restarts) cpub-proxy.
     pub async fn start_proxy(&mut self) -> Result<()> {
-        let mut env = vec![
+        let env = vec![
             ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
             (
                 "CPUB_PROXY_ADMIN_LISTEN".into(),

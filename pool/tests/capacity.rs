@@ -26,6 +26,8 @@ fn route_with(name: &str, resources: &str, scaling: &str) -> Route {
         version: 1,
         image: "img".into(),
         config: Manifest::parse(&text).unwrap(),
+        keys: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 
