@@ -6,7 +6,8 @@
 //! [`Caller::require`], that every handler calls.
 //!
 //! The rule, in one place: a node credential may only watch routes and
-//! report crashes (for its own node); a user's *effective* role is the lower
+//! report crashes, execution records, its status and function logs (for
+//! its own node); a user's *effective* role is the lower
 //! of its role and its token's scope; reads need `viewer`, deploys and a
 //! function's management `developer` plus ownership of the function (admins
 //! own everything), users, node credentials, the audit log, the route watch
@@ -723,7 +724,7 @@ mod tests {
         assert_eq!(
             refusal(node.require(Action::ReadFunctions, None)),
             "a node credential (node edge-1) cannot read functions: it may only watch routes \
-             and report crashes"
+             and report crashes, executions, status and logs"
         );
         assert!(node.require_node_name(Some("edge-1")).is_ok());
         assert!(node.require_node_name(None).is_ok());
