@@ -56,8 +56,23 @@ pub fn action_name(method: &Method, route: &str) -> Option<&'static str> {
         ("DELETE", "/tokens/{id}") => "token.revoke",
         ("POST", "/nodes/{node}/credential") => "node.credential.create",
         ("DELETE", "/nodes/{node}") => "node.credential.revoke",
+        ("POST", "/functions/{name}/keys") => "key.create",
+        ("DELETE", "/functions/{name}/keys/{id}") => "key.revoke",
+        ("PUT", "/functions/{name}/secrets/{key}") => "secret.set",
+        ("DELETE", "/functions/{name}/secrets/{key}") => "secret.unset",
+        ("POST", "/functions/{name}/rollback") => "rollback",
+        ("POST", "/functions/{name}/config") => "config.change",
         _ => return None,
     })
+}
+
+/// What a node sends as a matter of course (execution records, its status
+/// every 5 s, function logs): data, not a change to the platform. Accepted,
+/// such a call is not written down (it would bury the log: 17,000 status
+/// reports a day per node); refused, it is, like any other call.
+fn telemetry(route: &str) -> bool {
+    let route = route.strip_prefix("/api/v1").unwrap_or(route);
+    matches!(route, "/executions" | "/nodes/{node}/status" | "/logs")
 }
 
 fn mutating(method: &Method) -> bool {
@@ -91,6 +106,10 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |uri| uri.path())
         .to_owned();
+    let routine = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|route| telemetry(route.as_str()));
     let action = match request.extensions().get::<MatchedPath>() {
         Some(route) => action_name(&method, route.as_str())
             .map_or_else(|| format!("{method} {}", route.as_str()), str::to_owned),
@@ -132,6 +151,9 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         } else {
             ("anonymous", None, None)
         };
+        if routine && actor_kind == "node" && response.status().is_success() {
+            return response;
+        }
         let row = Row {
             actor_kind,
             actor,
@@ -200,8 +222,14 @@ mod tests {
         );
         assert_eq!(
             action_name(&Method::POST, "/api/v1/functions/{name}/keys"),
+            Some("key.create")
+        );
+        assert_eq!(
+            action_name(&Method::POST, "/api/v1/functions/{name}/stats"),
             None
         );
+        assert!(telemetry("/api/v1/executions") && telemetry("/api/v1/nodes/{node}/status"));
+        assert!(telemetry("/api/v1/logs") && !telemetry("/api/v1/functions/{name}/crashes"));
         assert!(mutating(&Method::POST) && mutating(&Method::DELETE) && mutating(&Method::PATCH));
         assert!(!mutating(&Method::GET) && !mutating(&Method::HEAD));
     }
