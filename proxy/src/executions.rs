@@ -178,7 +178,12 @@ pub fn describe(
         return;
     }
     call.method = Method::new(method);
-    call.trace_id = trace_id(buf, fields);
+    // The trace the instance is told about (`trace.rs`: the request's valid
+    // `traceparent`, else one the proxy made), so a record and the
+    // function's log lines share it; the request's own field otherwise.
+    call.trace_id = wire::trace_id_of_traceparent(call.traceparent.as_bytes())
+        .and_then(|t| t.try_into().ok())
+        .or_else(|| trace_id(buf, fields));
     call.bytes_in = line.head_len as u64
         + match framing {
             h1::Framing::Length(n) => n,
