@@ -145,11 +145,7 @@ impl Method {
 pub fn trace_id(buf: &[u8], fields: &[Field]) -> Option<[u8; wire::TRACE_ID_LEN]> {
     let mut found = None;
     for f in fields {
-        if f.kind != h1::Name::Other || f.name.len() != 11 {
-            continue;
-        }
-        let name = buf.get(f.name.clone()).unwrap_or_default();
-        if !name.eq_ignore_ascii_case(b"traceparent") {
+        if f.kind != h1::Name::Traceparent {
             continue;
         }
         if found.is_some() {
