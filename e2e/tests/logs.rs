@@ -102,7 +102,7 @@ async fn lines_outlive_their_instance_and_follow_shows_them_within_a_second() {
     let url = stack.deploy(
         "chatty",
         "logs-zero",
-        "\n[scaling]\nidle_pause_s = 1\nidle_stop_s = 3\n",
+        "\n[scaling]\nidle_pause_s = 1\nidle_stop_s = 3\nkeep_warm = false\n",
     );
     let follower = Follower::start(&stack, "logs-zero");
     let client = reqwest::Client::new();
