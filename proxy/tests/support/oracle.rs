@@ -17,6 +17,15 @@ use containerpub_proxy::path;
 
 use super::strict;
 
+/// More line ends before the start line than the proxy accepts
+/// (`h1::MAX_LEADING_EMPTY`).
+fn too_many_empty_lines(data: &[u8]) -> bool {
+    data.iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count()
+        > h1::MAX_LEADING_EMPTY
+}
+
 fn show(b: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(b))
 }
@@ -91,6 +100,8 @@ pub fn request_head(data: &[u8]) {
         (Err(h1::HeadError::Invalid(_)), Err(e)) if *e != httparse::Error::TooManyHeaders => {
             return;
         }
+        // Refused on purpose where httparse would go on skipping them.
+        (Err(h1::HeadError::Invalid(_)), _) if too_many_empty_lines(data) => return,
         (got, reference) => panic!(
             "parse_request {got:?} but httparse {reference:?}: {}",
             show(data)
@@ -255,6 +266,8 @@ pub fn response_head(data: &[u8]) {
         (Err(h1::HeadError::Invalid(_)), Err(e)) if *e != httparse::Error::TooManyHeaders => {
             return;
         }
+        // Refused on purpose where httparse would go on skipping them.
+        (Err(h1::HeadError::Invalid(_)), _) if too_many_empty_lines(data) => return,
         (got, reference) => panic!(
             "parse_response {got:?} but httparse {reference:?}: {}",
             show(data)
