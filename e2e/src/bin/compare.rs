@@ -14,6 +14,10 @@
 //! - cpub-proxy: `http://127.0.0.1:<port>/fn/hello/` with everything on
 //!   (routing, leases, metrics, server-timing, request ids).
 //!
+//! - cpub-proxy keyed: `/fn/hello-bench-key/`, a second deployment of the
+//!   same bundle and manifest but `visibility = "private"`, its own container,
+//!   every request with an `x-cpub-key` header (the key check of issue 10).
+//!
 //! Per target and round: a closed loop (`--connections`, default 32) and an
 //! open loop (`--rate`, default 2000 req/s) with the in-process load
 //! generator (`containerpub-loadtest`), each after its own warm-up, and a
@@ -21,6 +25,11 @@
 //! idle upstream connections to the container are reset (`ss -K`): the
 //! function's server takes 48 connections at most, and the idle keep-alive
 //! pools of the other two targets would otherwise hold its slots.
+//!
+//! Then execution records (issue 11): `--records-rounds` pairs of runs of
+//! the cpub-proxy target with records on and off (`CPUB_EXECUTIONS=off`),
+//! the proxy restarted between them (it adopts the running container),
+//! order alternating.
 //!
 //! Loopback and the container's bridge address only; every step is bounded.
 
@@ -43,6 +52,8 @@ use tokio::net::TcpStream;
 
 /// The function every throughput figure loads.
 const FUNCTION: &str = "hello-bench";
+/// The same bundle deployed private, loaded with a key.
+const KEYED_FUNCTION: &str = "hello-bench-key";
 /// Manifest lines appended to `examples/hello/cpub.toml`, whose last table
 /// is `[resources]` (checked): no CPU quota below the machine's cores, room
 /// for 256 connection threads, one instance that takes every call and
@@ -85,6 +96,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u16).range(1..=30_000).map(usize::from))]
     idle_conns: usize,
+    /// Pairs of runs with execution records on and off (0 leaves them out).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(0..=50).map(|n| n as usize))]
+    records_rounds: usize,
     /// Leave out the wrk cross-check.
     #[arg(long = "no-wrk", action = clap::ArgAction::SetFalse)]
     wrk: bool,
@@ -125,6 +140,7 @@ enum Kind {
     Direct,
     Nginx,
     Proxy,
+    Keyed,
 }
 
 impl Kind {
@@ -133,23 +149,25 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Nginx => "nginx",
             Kind::Proxy => "cpub-proxy",
+            Kind::Keyed => "keyed",
         }
     }
 }
 
-/// Orders of the three targets; round `r` uses `ORDERS[r % 6]`, so every
-/// target takes every position equally often over six rounds.
-const ORDERS: [[Kind; 3]; 6] = {
-    use Kind::{Direct as D, Nginx as N, Proxy as P};
-    [
-        [D, N, P],
-        [N, P, D],
-        [P, D, N],
-        [P, N, D],
-        [N, D, P],
-        [D, P, N],
-    ]
-};
+const KINDS: [Kind; 4] = [Kind::Direct, Kind::Nginx, Kind::Proxy, Kind::Keyed];
+
+/// The order of the targets in round `r`: rotated by `r`, and reversed
+/// every other four rounds, so over eight rounds every target takes every
+/// position equally often and follows each other target as often as it
+/// precedes it.
+fn order(round: usize) -> [Kind; 4] {
+    let mut o = KINDS;
+    o.rotate_left(round % KINDS.len());
+    if (round / KINDS.len()) % 2 == 1 {
+        o.reverse();
+    }
+    o
+}
 
 /// What one target gave in one round.
 struct TargetRound {
@@ -573,9 +591,21 @@ async fn run_wrk(url: &str, args: &Args) -> Result<Wrk> {
 }
 
 /// Loads `url` (closed loop, open loop, wrk) and measures CPU use.
-async fn load(url: &str, allow: &AllowList, server: &[u32], args: &Args) -> Result<TargetRound> {
+async fn load(
+    url: &str,
+    headers: &[(&str, &str)],
+    allow: &AllowList,
+    server: &[u32],
+    args: &Args,
+) -> Result<TargetRound> {
     let target = Target::parse("url", url, allow)?;
     let mut plan = Plan::new(TargetSet::single(target));
+    for (name, value) in headers {
+        plan.request.headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes())?,
+            reqwest::header::HeaderValue::from_str(value)?,
+        );
+    }
     plan.connections = args.connections;
     plan.timeout = Duration::from_secs(5);
     let ticks = clock_ticks();
@@ -914,8 +944,8 @@ async fn main() -> Result<()> {
     let profile = profile_name();
     let machine = machine();
     eprintln!(
-        "compare ({profile} build; stack binaries from {}): {} rounds × 3 targets, {:?} per run, \
-         c={}, open loop {} req/s, {} idle connections\nmachine: {machine}",
+        "compare ({profile} build; stack binaries from {}): {} rounds × 4 targets, {:?} per run, \
+         c={}, open loop {} req/s, {} idle connections, {} records pairs\nmachine: {machine}",
         containerpub_e2e::bin("cpub-proxy")
             .parent()
             .map(|p| p.display().to_string())
@@ -925,19 +955,20 @@ async fn main() -> Result<()> {
         args.connections,
         args.rate,
         args.idle_conns,
+        args.records_rounds,
     );
     if args.wrk && Command::new("wrk").arg("-v").output().is_err() {
         bail!("wrk is not installed (apt-get install -y wrk) — or pass --no-wrk");
     }
-    let stack = Stack::start(&[]).await?;
-    let result = run(&stack, &args, machine).await;
+    let mut stack = Stack::start(&[]).await?;
+    let result = run(&mut stack, &args, machine).await;
     if result.is_err() {
         eprintln!("{}", stack.logs());
     }
     result
 }
 
-async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
+async fn run(stack: &mut Stack, args: &Args, machine: Value) -> Result<()> {
     // Functions first, so no build runs during a measurement.
     let manifest = std::fs::read_to_string(repo_root().join("examples/hello/cpub.toml"))?;
     let last_table = manifest
@@ -949,13 +980,44 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
         bail!("examples/hello/cpub.toml no longer ends with [resources]: update MANIFEST_EXTRA");
     }
     eprintln!(
-        "deploying {FUNCTION} and {} cold-start functions …",
+        "deploying {FUNCTION}, {KEYED_FUNCTION} and {} cold-start functions …",
         args.rounds + 1
     );
     let proxy_url = stack.deploy("hello", FUNCTION, MANIFEST_EXTRA);
+    let keyed_url = {
+        let dir = containerpub_e2e::bundle("hello", KEYED_FUNCTION, MANIFEST_EXTRA);
+        let path = dir.path().join("cpub.toml");
+        let text = std::fs::read_to_string(&path)?;
+        let public = "visibility = \"public\"\n";
+        if !text.contains(public) {
+            bail!("examples/hello/cpub.toml no longer says {public:?}: update compare");
+        }
+        std::fs::write(&path, text.replace(public, "visibility = \"private\"\n"))?;
+        stack.cpub_ok(&["deploy", dir.path().to_str().context("utf-8 path")?]);
+        format!("{}/fn/{KEYED_FUNCTION}/", stack.proxy_url())
+    };
+    let key = stack
+        .cpub_ok(&["key", "create", KEYED_FUNCTION, "--label", "compare"])
+        .trim()
+        .to_owned();
+    let key_header = [("x-cpub-key", key.as_str())];
     let mut cold_bench = ColdBench::setup(stack, "cmp", args.rounds).await?;
     let client = cold_bench.client.clone();
     call(&client, &proxy_url).await?;
+    // The key reaches the proxy with the route table, within a second.
+    let keyed_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get(&keyed_url)
+            .header("x-cpub-key", &key)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => break,
+            r if Instant::now() > keyed_by => bail!("{keyed_url} with its key: {r:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
     let id = until(
         Duration::from_secs(30),
         "the bench function's container",
@@ -979,18 +1041,19 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
 
     // Throughput and latency rounds.
     let figs = figures(args);
-    let mut rounds: Vec<(usize, [Kind; 3], BTreeMap<Kind, TargetRound>)> = Vec::new();
+    let mut rounds: Vec<(usize, [Kind; 4], BTreeMap<Kind, TargetRound>)> = Vec::new();
     for round in 0..args.rounds {
-        let order = ORDERS[round % ORDERS.len()];
+        let order = order(round);
         let mut results = BTreeMap::new();
         for kind in order {
             reset_upstream(ip).await?;
-            let (url, server) = match kind {
-                Kind::Direct => (direct_url.clone(), Vec::new()),
-                Kind::Nginx => (nginx_url.clone(), nginx.pids()),
-                Kind::Proxy => (proxy_url.clone(), vec![proxy_pid]),
+            let (url, headers, server): (&str, &[(&str, &str)], _) = match kind {
+                Kind::Direct => (&direct_url, &[], Vec::new()),
+                Kind::Nginx => (&nginx_url, &[], nginx.pids()),
+                Kind::Proxy => (&proxy_url, &[], vec![proxy_pid]),
+                Kind::Keyed => (&keyed_url, &key_header, vec![proxy_pid]),
             };
-            let r = load(&url, &allow, &server, args).await?;
+            let r = load(url, headers, &allow, &server, args).await?;
             eprintln!(
                 "round {round} {:<10} closed {:>8.0} req/s p99 {:>6.3} ms | open p99 {:>6.3} ms ({:.0} req/s) | wrk {} req/s | errors {}",
                 kind.name(),
@@ -1082,6 +1145,42 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
         let _ = podman(&["rm", "-f", "-t", "0", &cr.id]);
     }
 
+    drop(cold_bench);
+
+    // Execution records on against off: the same container, the proxy
+    // restarted between runs (it adopts the running instance).
+    let mut records: Vec<(bool, TargetRound)> = Vec::new();
+    for round in 0..args.records_rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for on in order {
+            let env: &[(&str, &str)] = if on {
+                &[]
+            } else {
+                &[("CPUB_EXECUTIONS", "off")]
+            };
+            stack.restart_proxy_with(env).await?;
+            call(&client, &proxy_url).await?;
+            reset_upstream(ip).await?;
+            let pid = stack.proxy_pid().context("proxy pid")?;
+            let r = load(&proxy_url, &[], &allow, &[pid], args).await?;
+            eprintln!(
+                "records round {round} {:<3} closed {:>8.0} req/s p99 {:>6.3} ms | errors {}",
+                if on { "on" } else { "off" },
+                r.closed.throughput_rps,
+                r.closed.latency_ms.p99,
+                r.closed.errors.total + r.open.errors.total
+            );
+            records.push((on, r));
+        }
+    }
+    if args.records_rounds > 0 {
+        stack.restart_proxy_with(&[]).await?;
+    }
+
     // The table.
     println!();
     println!(
@@ -1090,14 +1189,26 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
         args.rounds, args.duration, args.warmup, args.connections, args.rate
     );
     println!(
-        "{:<28} {:>26} {:>26} {:>26} {:>24} {:>24}",
-        "figure", "direct", "nginx", "cpub-proxy", "proxy/nginx", "proxy/direct"
+        "{:<28} {:>26} {:>26} {:>26} {:>26} {:>24} {:>24} {:>24}",
+        "figure",
+        "direct",
+        "nginx",
+        "cpub-proxy",
+        "keyed (private)",
+        "proxy/nginx",
+        "proxy/direct",
+        "keyed/proxy"
     );
     let mut summary = serde_json::Map::new();
     for fig in &figs {
         let per =
             |k: Kind| -> Vec<f64> { rounds.iter().map(|(_, _, r)| (fig.get)(&r[&k])).collect() };
-        let (d, n, p) = (per(Kind::Direct), per(Kind::Nginx), per(Kind::Proxy));
+        let (d, n, p, k) = (
+            per(Kind::Direct),
+            per(Kind::Nginx),
+            per(Kind::Proxy),
+            per(Kind::Keyed),
+        );
         let ratio = |a: &[f64], b: &[f64]| -> Vec<f64> {
             a.iter()
                 .zip(b)
@@ -1105,15 +1216,17 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
                 .filter(|r| r.is_finite())
                 .collect()
         };
-        let (pn, pd) = (ratio(&p, &n), ratio(&p, &d));
+        let (pn, pd, kp) = (ratio(&p, &n), ratio(&p, &d), ratio(&k, &p));
         println!(
-            "{:<28} {:>26} {:>26} {:>26} {:>24} {:>24}",
+            "{:<28} {:>26} {:>26} {:>26} {:>26} {:>24} {:>24} {:>24}",
             fig.label,
             cell(&d),
             cell(&n),
             cell(&p),
+            cell(&k),
             cell(&pn),
-            cell(&pd)
+            cell(&pd),
+            cell(&kp)
         );
         summary.insert(
             fig.label.clone(),
@@ -1121,8 +1234,10 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
                 "direct": spread_json(&d),
                 "nginx": spread_json(&n),
                 "cpub-proxy": spread_json(&p),
+                "keyed": spread_json(&k),
                 "proxy/nginx": spread_json(&pn),
                 "proxy/direct": spread_json(&pd),
+                "keyed/proxy": spread_json(&kp),
             }),
         );
     }
@@ -1179,22 +1294,76 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
         .iter()
         .map(|(_, _, r)| r[&Kind::Proxy].open.latency_ms.p99 / r[&Kind::Nginx].open.latency_ms.p99)
         .collect();
+    let closed_kp: Vec<f64> = rounds
+        .iter()
+        .map(|(_, _, r)| {
+            r[&Kind::Keyed].closed.throughput_rps / r[&Kind::Proxy].closed.throughput_rps
+        })
+        .collect();
+    // Records: the ratio of each pair (on / off) of the same round.
+    let records_on_off: Vec<f64> = records
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [(a_on, a), (_, b)] => {
+                let (on, off) = if *a_on { (a, b) } else { (b, a) };
+                Some(on.closed.throughput_rps / off.closed.throughput_rps)
+            }
+            _ => None,
+        })
+        .collect();
+    let side = |on: bool| -> Vec<f64> {
+        records
+            .iter()
+            .filter(|(o, _)| *o == on)
+            .map(|(_, r)| r.closed.throughput_rps)
+            .collect()
+    };
+    if !records.is_empty() {
+        println!();
+        println!(
+            "execution records, closed c={} req/s: on {} | off {} | on/off per round {}",
+            args.connections,
+            cell(&side(true)),
+            cell(&side(false)),
+            cell(&records_on_off)
+        );
+    }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let (tp, _, _) = spread(&closed_pn).unwrap_or((f64::NAN, 0.0, 0.0));
-    let (lp, _, _) = spread(&open_p99_pn).unwrap_or((f64::NAN, 0.0, 0.0));
+    let median = |v: &[f64]| spread(v).map_or(f64::NAN, |(m, _, _)| m);
     println!();
     println!(
-        "goal: throughput proxy/nginx ≥ 1.0 at c={}: {} — {}",
+        "goal (issue 14): throughput proxy/nginx ≥ 1.2 at c={}: {} — {}",
         args.connections,
         cell(&closed_pn),
-        verdict(tp >= 1.0)
+        verdict(median(&closed_pn) >= 1.2)
     );
     println!(
-        "goal: open-loop p99 proxy/nginx ≤ 1.0 at {} req/s: {} — {}",
+        "goal (issue 14): open-loop p99 proxy/nginx ≤ 0.8 at {} req/s: {} — {}",
         args.rate,
         cell(&open_p99_pn),
-        verdict(lp <= 1.0)
+        verdict(median(&open_p99_pn) <= 0.8)
     );
+    println!(
+        "goal (issue 14): cold start p50 ≤ 60 ms: {:.1} ms — {}; resume p50 ≤ 5 ms: {:.1} ms — {}",
+        cold.median(),
+        verdict(cold.median() <= 60.0),
+        resume.median(),
+        verdict(resume.median() <= 5.0)
+    );
+    println!(
+        "goal (issue 10): keyed private / public throughput ≥ 0.97 at c={}: {} — {}",
+        args.connections,
+        cell(&closed_kp),
+        verdict(median(&closed_kp) >= 0.97)
+    );
+    if !records_on_off.is_empty() {
+        println!(
+            "goal (issue 11): records on / off throughput ≥ 0.97 at c={}: {} — {}",
+            args.connections,
+            cell(&records_on_off),
+            verdict(median(&records_on_off) >= 0.97)
+        );
+    }
     println!(
         "goal: proxy memory under {} idle keep-alive connections reported: +{} KiB ({:.0} B/conn; nginx +{} KiB, {:.0} B/conn)",
         proxy_mem.still_open,
@@ -1228,6 +1397,11 @@ async fn run(stack: &Stack, args: &Args, machine: Value) -> Result<()> {
                 "targets": r.iter().map(|(k, t)| (k.name().to_owned(), t.json())).collect::<serde_json::Map<_, _>>(),
             })).collect::<Vec<_>>(),
             "summary": summary,
+            "records": records.iter().map(|(on, r)| json!({
+                "executions": if *on { "on" } else { "off" },
+                "target": r.json(),
+            })).collect::<Vec<_>>(),
+            "records_on_off": records_on_off,
             "memory": {
                 "cpub-proxy": proxy_mem.json(),
                 "nginx": nginx_mem.json(),
