@@ -382,6 +382,7 @@ fn instance_conn(tcp: TcpStream, conn: usize, state: Arc<Mutex<InstanceState>>) 
                 let mut chunk = [0u8; 4096];
                 loop {
                     match r.read(&mut chunk) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Ok(0) | Err(_) => return,
                         Ok(n) => {
                             if out.write_all(&chunk[..n].to_ascii_uppercase()).is_err() {
@@ -560,7 +561,15 @@ impl Client {
     /// Reads more; 0 at the end of the connection (or a reset).
     pub fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 64 * 1024];
-        match self.tcp.read(&mut chunk) {
+        // A signal can interrupt the read (libFuzzer's timers in the fuzz
+        // targets that use this harness): read again.
+        let read = loop {
+            match self.tcp.read(&mut chunk) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match read {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 n
