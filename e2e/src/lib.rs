@@ -604,6 +604,37 @@ impl Drop for Stack {
     }
 }
 
+/// Removes the images of the named functions (`localhost/cpub-fn-<name>:*`)
+/// when dropped, also when the test panics: a test's functions are its own
+/// (names are unique per test), and their images would otherwise pile up
+/// in the instances' store across runs.
+pub struct RemoveImages(Vec<String>);
+
+impl RemoveImages {
+    pub fn of<S: AsRef<str>>(functions: &[S]) -> Self {
+        Self(functions.iter().map(|f| f.as_ref().to_owned()).collect())
+    }
+}
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        let Ok(out) = Command::new("podman")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .output()
+        else {
+            return;
+        };
+        let listed = String::from_utf8_lossy(&out.stdout);
+        for image in listed.lines().filter(|l| {
+            self.0
+                .iter()
+                .any(|f| l.starts_with(&format!("localhost/cpub-fn-{f}:")))
+        }) {
+            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
 /// `podman inspect` of one container as JSON, or `None` when it is gone.
 pub fn inspect(id: &str) -> Option<serde_json::Value> {
     let out = Command::new("podman")

@@ -35,30 +35,6 @@ async fn the_function_network_is_created_on_the_configured_subnet() {
     assert!(matches!(gone, Ok(Err(_))), "the test network is removed");
 }
 
-/// Removes the test's function images when it ends, also when it fails
-/// before its own `cpub delete`.
-struct RemoveImages(Vec<String>);
-
-impl Drop for RemoveImages {
-    fn drop(&mut self) {
-        let Ok(out) = std::process::Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-        else {
-            return;
-        };
-        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-        for name in &self.0 {
-            let prefix = format!("localhost/cpub-fn-{name}:");
-            for image in listed.lines().filter(|l| l.starts_with(&prefix)) {
-                let _ = std::process::Command::new("podman")
-                    .args(["rmi", "-f", image])
-                    .output();
-            }
-        }
-    }
-}
-
 /// A call that holds its instance: the head and part of a body, the rest
 /// never sent while it is kept (the function reads the whole body first).
 fn hold_call(proxy: std::net::SocketAddr, function: &str) -> std::net::TcpStream {
@@ -87,7 +63,7 @@ const INTERNAL: &[&str] = &[
 #[tokio::test]
 async fn past_the_node_budget_idle_instances_are_evicted_and_busy_ones_give_a_short_503() {
     let names = ["cap-a", "cap-b", "cap-c"];
-    let _cleanup = RemoveImages(names.iter().map(|n| (*n).to_owned()).collect());
+    let _cleanup = containerpub_e2e::RemoveImages::of(&names);
     let stack = containerpub_e2e::Stack::start_with(&[], &[("CPUB_NODE_MAX_INSTANCES", "2")])
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use containerpub_e2e::{Stack, container_state, eventually, metric_sum};
+use containerpub_e2e::{RemoveImages, Stack, container_state, eventually, metric_sum};
 
 /// A `runtime = "container"` bundle whose process prints `boom` and exits
 /// with code 3 (busybox-static, installed by scripts/setup-host.sh).
@@ -33,27 +33,6 @@ fn crashing_bundle(name: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Removes the function's images when the test ends, also when it fails
-/// before its own `cpub delete` (the stack removes containers and the
-/// database, not images).
-struct RemoveImages(&'static str);
-
-impl Drop for RemoveImages {
-    fn drop(&mut self) {
-        let out = Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output();
-        let Ok(out) = out else { return };
-        let prefix = format!("localhost/cpub-fn-{}:", self.0);
-        for image in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-        {
-            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
-        }
-    }
-}
-
 async fn call(client: &reqwest::Client, url: &str) -> (u16, String) {
     let r = client.get(url).send().await.expect("call");
     let status = r.status().as_u16();
@@ -64,7 +43,7 @@ async fn call(client: &reqwest::Client, url: &str) -> (u16, String) {
 async fn a_crashing_function_fails_fast_says_why_backs_off_and_shows_in_describe() {
     let stack = Stack::start(&[]).await.unwrap();
     let name = "crash-at-start";
-    let _cleanup = RemoveImages(name);
+    let _cleanup = RemoveImages::of(&[name]);
     let bundle = crashing_bundle(name);
     stack.cpub_ok(&["deploy", bundle.path().to_str().unwrap()]);
     let url = format!("{}/fn/{name}/", stack.proxy_url());
@@ -225,7 +204,7 @@ fn images_of(name: &str) -> Vec<String> {
 async fn deleting_a_function_with_a_paused_instance_leaves_nothing_behind() {
     let stack = Stack::start(&[]).await.unwrap();
     let name = "gc-paused";
-    let _cleanup = RemoveImages(name);
+    let _cleanup = RemoveImages::of(&[name]);
     // Two versions: both images and artifacts exist until the delete.
     stack.deploy("hello", name, "\n[scaling]\nidle_pause_s = 1\n");
     let url = stack.deploy(

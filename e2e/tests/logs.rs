@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use containerpub_e2e::{Stack, bin, eventually, metric_sum};
+use containerpub_e2e::{RemoveImages, Stack, bin, eventually, metric_sum};
 use containerpub_wire::logs::{LogLine, LogStream, MAX_LINE_BYTES};
 
 /// `cpub logs NAME ARGS… -o json`, parsed.
@@ -41,25 +41,6 @@ async fn stored_lines(stack: &Stack, id: &str, n: usize) -> Vec<LogLine> {
 
 fn texts(lines: &[LogLine]) -> Vec<&str> {
     lines.iter().map(|l| l.line.as_str()).collect()
-}
-
-/// Removes the function's images when the test ends.
-struct RemoveImages(&'static str);
-
-impl Drop for RemoveImages {
-    fn drop(&mut self) {
-        let out = Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output();
-        let Ok(out) = out else { return };
-        let prefix = format!("localhost/cpub-fn-{}:", self.0);
-        for image in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-        {
-            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
-        }
-    }
 }
 
 /// A `cpub logs -f` running in the background; what it printed and when.
@@ -110,7 +91,7 @@ impl Drop for Follower {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_outlive_their_instance_and_follow_shows_them_within_a_second() {
-    let _images = RemoveImages("logs-zero");
+    let _images = RemoveImages::of(&["logs-zero"]);
     let stack = Stack::start(&[]).await.expect("stack");
     let url = stack.deploy(
         "chatty",
@@ -201,7 +182,7 @@ async fn lines_outlive_their_instance_and_follow_shows_them_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_over_the_rate_limit_are_counted_and_reported() {
-    let _images = RemoveImages("logs-rate");
+    let _images = RemoveImages::of(&["logs-rate"]);
     let mut stack = Stack::start(&[]).await.expect("stack");
     stack
         .restart_proxy_with(&[
@@ -262,7 +243,7 @@ async fn lines_over_the_rate_limit_are_counted_and_reported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_printed_during_a_call_carry_its_request_id() {
-    let _images = RemoveImages("logs-rid");
+    let _images = RemoveImages::of(&["logs-rid"]);
     let stack = Stack::start(&[]).await.expect("stack");
     let url = stack.deploy("chatty", "logs-rid", "\n[scaling]\nconcurrency = 1\n");
     let client = reqwest::Client::new();
@@ -341,7 +322,7 @@ async fn lines_printed_during_a_call_carry_its_request_id() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_output_is_bounded_and_harmless() {
-    let _images = RemoveImages("logs-hostile");
+    let _images = RemoveImages::of(&["logs-hostile"]);
     let stack = Stack::start(&[]).await.expect("stack");
     let url = stack.deploy("chatty", "logs-hostile", "");
     let r = reqwest::get(format!("{url}hostile")).await.expect("call");
@@ -424,8 +405,8 @@ fn summary(mut took: Vec<Duration>, span: Duration) -> Summary {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 async fn a_function_printing_10k_lines_per_second() {
-    let _loud_images = RemoveImages("logs-loud");
-    let _quiet_images = RemoveImages("logs-quiet");
+    let _loud_images = RemoveImages::of(&["logs-loud"]);
+    let _quiet_images = RemoveImages::of(&["logs-quiet"]);
     let stack = Stack::start(&[]).await.expect("stack");
     let loud = stack.deploy("chatty", "logs-loud", "");
     let quiet = stack.deploy("chatty", "logs-quiet", "");

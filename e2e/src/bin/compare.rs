@@ -669,6 +669,23 @@ async fn load(
     })
 }
 
+/// Calls `url` (with `key` as `x-cpub-key`) until it answers 200, for up
+/// to 30 s: a new key or a restarted proxy's route table takes a moment.
+async fn answered(client: &reqwest::Client, url: &str, key: Option<&str>) -> Result<()> {
+    let by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut request = client.get(url);
+        if let Some(key) = key {
+            request = request.header("x-cpub-key", key);
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            r if Instant::now() > by => bail!("{url}: no 200 within 30 s, last: {r:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 // ---------------------------------------------------------------- memory
 
 /// Reads one HTTP/1.1 response with a `content-length` body; fails when the
@@ -1005,19 +1022,7 @@ async fn run(stack: &mut Stack, args: &Args, machine: Value) -> Result<()> {
     let client = cold_bench.client.clone();
     call(&client, &proxy_url).await?;
     // The key reaches the proxy with the route table, within a second.
-    let keyed_by = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = client
-            .get(&keyed_url)
-            .header("x-cpub-key", &key)
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status().is_success() => break,
-            r if Instant::now() > keyed_by => bail!("{keyed_url} with its key: {r:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    answered(&client, &keyed_url, Some(&key)).await?;
     let id = until(
         Duration::from_secs(30),
         "the bench function's container",
@@ -1163,7 +1168,7 @@ async fn run(stack: &mut Stack, args: &Args, machine: Value) -> Result<()> {
                 &[("CPUB_EXECUTIONS", "off")]
             };
             stack.restart_proxy_with(env).await?;
-            call(&client, &proxy_url).await?;
+            answered(&client, &proxy_url, None).await?;
             reset_upstream(ip).await?;
             let pid = stack.proxy_pid().context("proxy pid")?;
             let r = load(&proxy_url, &[], &allow, &[pid], args).await?;
