@@ -2,7 +2,8 @@
 //! proxy) to `examples/wsecho` (built by examples/build.sh), a function of
 //! `concurrency = 1` on one instance: frames keep a tunnel open past
 //! `timeout_ms`, silence ends it after `stream_idle_ms`, a busy one ends at
-//! `max_call_s`; `cpub_proxy_tunnels_open` and the lease
+//! `max_call_s`, a client that never reads cannot hold one past the idle
+//! limit; `cpub_proxy_tunnels_open` and the lease
 //! (`cpub_in_flight_requests`) are up while it is open and back down after,
 //! and the instance serves the next call at once (issue 13).
 
@@ -54,7 +55,12 @@ struct Ws {
 impl Ws {
     async fn open(stack: &Stack, name: &str) -> Self {
         let addr = stack.proxy_url().trim_start_matches("http://").to_owned();
-        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        // Small buffers at this end: a client that stops reading stalls
+        // the tunnel after little data (what the proxy holds is its own).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket.set_send_buffer_size(64 * 1024).unwrap();
+        let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         tcp.write_all(
             format!(
@@ -251,6 +257,51 @@ async fn websocket_tunnels_live_by_their_idle_limit_and_cap_and_give_their_lease
         name,
         (0.0, 0.0),
         "the capped tunnel gave its lease back",
+    )
+    .await;
+    next_call_is_served(&stack, name).await;
+
+    // A client that sends and never reads: the echo backs up to the
+    // function, which stops reading; the stalled tunnel ends at the idle
+    // limit, not the cap, and gives its lease back.
+    let started = Instant::now();
+    let mut ws = Ws::open(&stack, name).await;
+    gauges_reach(&stack, name, (1.0, 1.0), "the third tunnel holds a lease").await;
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x82, 0x80 | 125];
+    frame.extend_from_slice(&mask);
+    frame.extend((0..125u8).map(|i| i ^ mask[usize::from(i) % 4]));
+    let mut sent = 0usize;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_millis(200), ws.tcp.write_all(&frame)).await {
+            Ok(Ok(())) => sent += frame.len(),
+            Ok(Err(_)) => break started.elapsed(),
+            Err(_) => {
+                // Stalled: wait for the proxy to end the tunnel.
+                if gauges(&stack, name).await == Some((0.0, 0.0)) {
+                    break started.elapsed();
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(CAP_S + 10),
+            "the stalled tunnel stayed open"
+        );
+    };
+    assert!(
+        ended < Duration::from_secs(CAP_S),
+        "a stalled tunnel ended after {ended:?}: at the idle limit, not the cap"
+    );
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes went into a tunnel nobody reads"
+    );
+    eprintln!("stalled tunnel: {sent} bytes sent, ended after {ended:?}");
+    gauges_reach(
+        &stack,
+        name,
+        (0.0, 0.0),
+        "the stalled tunnel gave its lease back",
     )
     .await;
     next_call_is_served(&stack, name).await;
