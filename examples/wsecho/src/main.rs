@@ -77,7 +77,7 @@ fn serve(mut tcp: TcpStream) -> io::Result<()> {
             }
             (true, None) => {
                 tcp.write_all(
-                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 23\r\nconnection: close\r\n\r\nno sec-websocket-key\r\n\r\n",
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 21\r\nconnection: close\r\n\r\nno sec-websocket-key\n",
                 )?;
                 return Ok(());
             }
@@ -230,6 +230,84 @@ mod tests {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let accept = base64(&sha1::digest(format!("{key}{GUID}").as_bytes()));
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    /// One connection served on a local listener; the client's end.
+    fn connect() -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let _ = serve(tcp);
+        });
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        tcp
+    }
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [9u8, 8, 7, 6];
+        let mut frame = vec![first, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[test]
+    fn switches_echoes_pongs_and_closes() {
+        let mut tcp = connect();
+        // A plain request first, then the upgrade on the same connection,
+        // with a frame sent right behind it.
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut ok = [0u8; 41];
+        tcp.read_exact(&mut ok).unwrap();
+        assert!(
+            ok.ends_with(b"\r\n\r\nok\n"),
+            "{:?}",
+            String::from_utf8_lossy(&ok)
+        );
+        let mut up = b"GET / HTTP/1.1\r\nhost: x\r\nUpgrade: WebSocket\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+        up.extend(masked(0x81, b"early"));
+        tcp.write_all(&up).unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            tcp.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        let mut frame = [0u8; 7];
+        tcp.read_exact(&mut frame).unwrap();
+        assert_eq!(&frame, b"\x81\x05early");
+        tcp.write_all(&masked(0x89, b"hi")).unwrap();
+        let mut pong = [0u8; 4];
+        tcp.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\x8a\x02hi");
+        // An unmasked frame is a protocol error (close 1002).
+        tcp.write_all(b"\x81\x01x").unwrap();
+        let mut close = [0u8; 4];
+        tcp.read_exact(&mut close).unwrap();
+        assert_eq!(&close, b"\x88\x02\x03\xea");
+        // Then the connection ends (reset: the frame's byte was not read).
+        assert!(matches!(tcp.read(&mut close), Ok(0) | Err(_)));
+    }
+
+    #[test]
+    fn an_upgrade_without_a_key_is_refused() {
+        let mut tcp = connect();
+        tcp.write_all(b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n")
+            .unwrap();
+        let mut all = Vec::new();
+        tcp.read_to_end(&mut all).unwrap();
+        let all = String::from_utf8(all).unwrap();
+        assert!(all.starts_with("HTTP/1.1 400 "), "{all}");
+        let (_, body) = all.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, "no sec-websocket-key\n");
     }
 
     #[test]
