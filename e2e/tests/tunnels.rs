@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 /// The function's limits.
 const TIMEOUT_MS: u64 = 1000;
 const IDLE_MS: u64 = 2000;
-const CAP_S: u64 = 9;
+const CAP_S: u64 = 12;
 
 /// RFC 6455 §1.3's sample key and the accept value it asks for.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
