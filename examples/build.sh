@@ -2,6 +2,7 @@
 # Builds the example functions as static Linux x86-64 binaries and puts them
 # where their cpub.toml / Containerfile expect them:
 #   examples/hello/bin/hello   examples/echo/bin/echo   examples/chatty/bin/chatty
+#   examples/wsecho/bin/wsecho
 # Usage: examples/build.sh   (from anywhere; CARGO_TARGET_DIR is honoured)
 set -euo pipefail
 
@@ -13,7 +14,7 @@ export RUSTFLAGS="-C target-feature=+crt-static"
 cargo build --release --manifest-path "$here/Cargo.toml" --target "$target" --bins
 
 status=0
-for name in hello echo chatty; do
+for name in hello echo chatty wsecho; do
     src="$CARGO_TARGET_DIR/$target/release/$name"
     dest="$here/$name/bin/$name"
     mkdir -p "$(dirname "$dest")"

@@ -126,8 +126,12 @@ impl Call {
     /// function's `stream_idle_ms` from now, within its `max_call_s` (never
     /// below `timeout_ms`) from the call's arrival.
     pub fn stream_deadline(&self) -> tokio::time::Instant {
-        let idle = Duration::from_millis(self.entry.route.config.resources.stream_idle_ms);
-        (tokio::time::Instant::now() + idle).min(self.stream_deadline_cap())
+        (tokio::time::Instant::now() + self.stream_idle()).min(self.stream_deadline_cap())
+    }
+
+    /// The function's `stream_idle_ms`.
+    pub fn stream_idle(&self) -> Duration {
+        Duration::from_millis(self.entry.route.config.resources.stream_idle_ms)
     }
 
     /// When the call reaches its `max_call_s` (never below `timeout_ms`).

@@ -2,7 +2,10 @@
 //! with a progress bar (on a terminal), then follow the build the server
 //! runs: its steps and output as they happen, then the version and URL.
 //! `--detach` returns once the build started, with its id; Ctrl-C while
-//! following stops following, not the build (it runs server-side).
+//! following stops following, not the build (it runs server-side). How the
+//! upload shows: `progress.rs` (`CPUB_PROGRESS`).
+
+mod progress;
 
 use std::io::BufWriter;
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,7 +17,7 @@ use bytes::Bytes;
 use containerpub_wire::api::DeploymentStatus;
 use containerpub_wire::manifest::Runtime;
 use containerpub_wire::{CONTAINERFILE, MANIFEST_FILE, Manifest};
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::HumanBytes;
 use tokio::io::AsyncReadExt;
 
 use super::Context;
@@ -82,13 +85,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         );
     }
 
-    let progress = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template("uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-            .context("bad progress template")?,
-    );
-    let body = upload_body(&temp.path, progress.clone()).await?;
+    let progress = progress::Upload::from_env(len)?;
+    let shown = progress.handle();
+    let body = upload_body(&temp.path, progress).await?;
     let answer = client.deploy(name, body, len, true).await;
-    progress.finish_and_clear();
+    progress::finish(shown);
 
     match answer.with_context(|| format!("deploy of {name} failed"))? {
         DeployAnswer::Started(info) if args.detach => {
@@ -229,46 +230,26 @@ fn check_bundle(dir: &Path, manifest: &Manifest, packed: &bundle::Packed) -> Res
 }
 
 /// The request body: the file in chunks, advancing `progress`; once every
-/// byte is sent the bar turns into a "building" spinner, since the server
+/// byte is sent a bar turns into a "building" spinner, since the server
 /// answers only when the image is built. (With a `Content-Length` the HTTP
 /// client stops polling at the last byte, so the switch cannot wait for EOF.)
-async fn upload_body(path: &Path, progress: ProgressBar) -> Result<reqwest::Body> {
+async fn upload_body(path: &Path, progress: progress::Upload) -> Result<reqwest::Body> {
     let file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let stream = futures_util::stream::try_unfold((file, progress), |(mut file, progress)| async {
-        let mut buf = vec![0u8; CHUNK];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            show_building(&progress);
-            return Ok::<_, std::io::Error>(None);
-        }
-        buf.truncate(n);
-        progress.inc(n as u64);
-        if progress
-            .length()
-            .is_some_and(|len| progress.position() >= len)
-        {
-            show_building(&progress);
-        }
-        Ok(Some((Bytes::from(buf), (file, progress))))
-    });
+    let stream =
+        futures_util::stream::try_unfold((file, progress), |(mut file, mut progress)| async {
+            let mut buf = vec![0u8; CHUNK];
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                progress.done();
+                return Ok::<_, std::io::Error>(None);
+            }
+            buf.truncate(n);
+            progress.advance(n as u64);
+            Ok(Some((Bytes::from(buf), (file, progress))))
+        });
     Ok(reqwest::Body::wrap_stream(stream))
-}
-
-/// Turns the upload bar into the "building" spinner (once).
-fn show_building(progress: &ProgressBar) {
-    if progress.length().is_none() {
-        return;
-    }
-    progress.unset_length();
-    progress.set_style(
-        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    progress.set_message("uploaded; starting the build");
-    progress.reset_elapsed();
-    progress.enable_steady_tick(Duration::from_millis(120));
 }
 
 /// A private temporary file, removed on drop.
