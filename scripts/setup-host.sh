@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and configures what ContainerPub needs on a Debian 12 host:
-# Podman (with runc, see PITFALLS), jq (the build runtime), busybox-static for test
+# Podman (with runc, see PITFALLS), busybox-static for test
 # images, the subordinate ids of per-instance and per-build user namespaces,
 # the Podman REST socket, the build Podman service (a store of its own), and
 # the `cpub` Podman network; then checks the host's limits for a dense node.
@@ -8,7 +8,7 @@
 set -euo pipefail
 
 need=()
-for bin in podman:podman runc:runc busybox:busybox-static nft:nftables curl:curl jq:jq promtool:prometheus; do
+for bin in podman:podman runc:runc busybox:busybox-static nft:nftables curl:curl promtool:prometheus; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -99,11 +99,17 @@ if ! cmp -s "$(dirname "$0")/cpub-build-runc" "$build_runtime" 2>/dev/null; then
   install -D -m 0755 "$(dirname "$0")/cpub-build-runc" "$build_runtime"
 fi
 build_sock=${CPUB_BUILD_PODMAN_SOCKET:-/run/podman/cpub-build.sock}
-build_info() {
-  curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info 2>/dev/null
+# The runtime's path and the storage driver of the running build service.
+build_runtime_path() {
+  curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info 2>/dev/null \
+    | grep -o '"ociRuntime":{[^}]*}' | grep -o '"path":"[^"]*"' | cut -d'"' -f4
+}
+build_driver() {
+  curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info \
+    | grep -o '"graphDriverName":"[^"]*"' | cut -d'"' -f4
 }
 if curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 \
-  && ! build_info | jq -e --arg rt "$build_runtime" '.host.ociRuntime.path == $rt' >/dev/null; then
+  && [ "$(build_runtime_path || true)" != "$build_runtime" ]; then
   # A build service set up before this runtime existed: restart it (a build
   # running on it fails and says so; its cgroup is reaped by cpub-control).
   old_pid=$(ss -xlpn "src $build_sock" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
@@ -128,12 +134,12 @@ if ! curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1; then
   done
   curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null || { echo "setup-host: podman build API socket did not come up" >&2; exit 1; }
 fi
-build_driver=$(build_info | jq -r '.store.graphDriverName')
+build_driver=$(build_driver)
 if [ "$build_driver" != vfs ]; then
   echo "setup-host: the build service on $build_sock uses the $build_driver storage driver, not vfs (started with another configuration?)" >&2
   exit 1
 fi
-build_rt=$(build_info | jq -r '.host.ociRuntime.path')
+build_rt=$(build_runtime_path || true)
 if [ "$build_rt" != "$build_runtime" ]; then
   echo "setup-host: the build service on $build_sock runs $build_rt, not $build_runtime" >&2
   exit 1
