@@ -104,9 +104,9 @@ for name in "${todo[@]}"; do
     "$root"/var/log "$root"/etc/cron.daily "$root"/etc/logrotate.d "$root"/lib/systemd \
     "$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/locale "$root"/usr/share/info \
     "$root"/usr/share/lintian "$root"/usr/share/bug "$root"/dev
-  # What Podman and the build's chown path need (ARCHITECTURE.md: an image
-  # a stage starts FROM needs /proc, /dev and /sys), the function's
-  # directory, and a writable-at-run-time /tmp (a tmpfs is mounted there).
+  # Mount points (/proc, /dev, /sys; runc can also make them, in builds
+  # through scripts/cpub-build-runc), the function's directory, and a
+  # writable-at-run-time /tmp (a tmpfs is mounted there).
   mkdir -p "$root"/proc "$root"/dev "$root"/sys "$root"/tmp "$root"/app "$root"/etc
   chmod 1777 "$root"/tmp
   printf 'root:x:0:0:root:/root:/nonexistent\nnobody:x:65534:65534:nobody:/nonexistent:/nonexistent\n' > "$root"/etc/passwd

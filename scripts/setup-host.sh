@@ -89,22 +89,62 @@ auto-userns-min-size = 1024
 auto-userns-max-size = 65536
 CONF
 fi
+# Its OCI runtime is runc behind scripts/cpub-build-runc, which gives the
+# root directory of each RUN step's root file system to the build's mapped
+# root (storage 1.43 leaves it owned by host root: no RUN could create
+# anything in `/`, nor runc the mount points an image lacks). Installed as a
+# copy: the service outlives the clone it was started from.
+build_runtime=/usr/local/lib/containerpub/cpub-build-runc
+if ! cmp -s "$(dirname "$0")/cpub-build-runc" "$build_runtime" 2>/dev/null; then
+  install -D -m 0755 "$(dirname "$0")/cpub-build-runc" "$build_runtime"
+fi
 build_sock=${CPUB_BUILD_PODMAN_SOCKET:-/run/podman/cpub-build.sock}
+# The runtime's path and the storage driver of the running build service.
+build_runtime_path() {
+  curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info 2>/dev/null \
+    | grep -o '"ociRuntime":{[^}]*}' | grep -o '"path":"[^"]*"' | cut -d'"' -f4
+}
+build_driver() {
+  curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info \
+    | grep -o '"graphDriverName":"[^"]*"' | cut -d'"' -f4
+}
+if curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 \
+  && [ "$(build_runtime_path || true)" != "$build_runtime" ]; then
+  # A build service set up before this runtime existed: restart it (a build
+  # running on it fails and says so; its cgroup is reaped by cpub-control).
+  old_pid=$(ss -xlpn "src $build_sock" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+  if [ -n "$old_pid" ]; then
+    echo "setup-host: restarting the build service (pid $old_pid) with the runtime $build_runtime"
+    kill "$old_pid"
+    for _ in $(seq 1 100); do
+      kill -0 "$old_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  else
+    echo "setup-host: the build service on $build_sock does not use $build_runtime and its process was not found: stop it and run setup-host.sh again" >&2
+    exit 1
+  fi
+fi
 if ! curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1; then
   mkdir -p "$(dirname "$build_sock")" /var/log/containerpub
-  (cd / && CONTAINERS_STORAGE_CONF="$build_conf" exec nohup podman --tmpdir /run/libpod-cpub-build system service --time=0 "unix://$build_sock" >/var/log/containerpub/podman-build-service.log 2>&1) &
+  (cd / && CONTAINERS_STORAGE_CONF="$build_conf" exec nohup podman --runtime "$build_runtime" --tmpdir /run/libpod-cpub-build system service --time=0 "unix://$build_sock" >/var/log/containerpub/podman-build-service.log 2>&1) &
   for _ in $(seq 1 100); do
     curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.1
   done
   curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null || { echo "setup-host: podman build API socket did not come up" >&2; exit 1; }
 fi
-build_driver=$(curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info | grep -o '"graphDriverName":"[^"]*"' | cut -d'"' -f4)
+build_driver=$(build_driver)
 if [ "$build_driver" != vfs ]; then
   echo "setup-host: the build service on $build_sock uses the $build_driver storage driver, not vfs (started with another configuration?)" >&2
   exit 1
 fi
-echo "setup-host: podman build API on $build_sock (vfs store)"
+build_rt=$(build_runtime_path || true)
+if [ "$build_rt" != "$build_runtime" ]; then
+  echo "setup-host: the build service on $build_sock runs $build_rt, not $build_runtime" >&2
+  exit 1
+fi
+echo "setup-host: podman build API on $build_sock (vfs store, runtime $build_runtime)"
 
 # The function network, and the firewall that keeps functions away from the
 # host's services and from each other (PITFALLS: a bridge, even --internal,

@@ -345,6 +345,71 @@ async fn root_in_a_build_is_not_root_on_the_host_and_the_image_serves() {
     }
 }
 
+/// A stage `FROM` a platform base image: root in its `RUN` step is an
+/// unprivileged host id that owns the working container's `/` (the build
+/// service's runtime, scripts/cpub-build-runc), so it creates a new
+/// top-level directory; the instance (user 65534 in a user namespace of its
+/// own) serves the file the step wrote there. Without that runtime the step
+/// never starts (`mkdir …/rootfs/run: permission denied`: the base image has
+/// no `/run`, and its `/` stays owned by host root).
+#[tokio::test]
+async fn a_run_step_from_a_base_image_writes_to_its_root_as_an_unprivileged_host_id() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = &unique("sbx-userns-base");
+    let _images = Images(vec![name.clone()]);
+    let program = "import os\n\
+        os.mkdir('/www')\n\
+        m = open('/proc/self/uid_map').read().split()\n\
+        g = open('/proc/self/gid_map').read().split()\n\
+        s = 'uid_map=%s\\ngid_map=%s\\nid=%d:%d\\n' % (' '.join(m), ' '.join(g), os.getuid(), os.getgid())\n\
+        print(s)\n\
+        open('/www/index.html', 'w').write(s)\n";
+    let containerfile = format!(
+        "FROM localhost/cpub-base/python:1\nUSER 0\nRUN [\"python3\", \"-c\", {}]\n\
+         USER 65534:65534\n\
+         CMD [\"python3\", \"-m\", \"http.server\", \"8080\", \"--directory\", \"/www\"]\n",
+        serde_json::to_string(program).unwrap()
+    );
+    let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let log = deployment(&body).build_log;
+    let (start, count) = build_range();
+    let map_of = |text: &str, key: &str| -> Vec<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in:\n{text}"))
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect()
+    };
+    assert!(log.contains("id=0:0"), "{log}");
+    for key in ["uid_map", "gid_map"] {
+        let map = map_of(&log, key);
+        assert_eq!(map.len(), 3, "{key}: {map:?}");
+        assert_eq!((map[0], map[2]), (0, 65536), "{key}: {map:?}");
+        assert!(
+            map[1] != 0 && map[1] >= start && map[1] + 65536 <= start + count,
+            "{key}: host ids {map:?} outside the builds' range {start}+{count}"
+        );
+    }
+    // The instance reads the step's file in the directory it made in `/`.
+    let url = format!("{}/fn/{name}/", stack.proxy_url());
+    let answer = eventually(
+        Duration::from_secs(60),
+        "the function answers 200",
+        || async {
+            let r = reqwest::get(&url).await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            r.text().await.ok()
+        },
+    )
+    .await;
+    assert!(answer.contains("id=0:0"), "{answer}");
+    assert_eq!(map_of(&answer, "uid_map"), map_of(&log, "uid_map"));
+}
+
 #[tokio::test]
 async fn containerfiles_cannot_start_from_another_functions_image() {
     let stack = Stack::start(&[]).await.unwrap();

@@ -31,7 +31,12 @@
 //!   directory owned by host root (runc: `mkdir …/rootfs/proc: permission
 //!   denied`) and commits files owned by the HOST ids. So builds go to a
 //!   Podman service of their own (`scripts/setup-host.sh`), and
-//!   [`Podman::move_image`] hands the image to the instances' store.
+//!   [`Podman::move_image`] hands the image to the instances' store. Its
+//!   `vfs` chown path skips the working container's `/`, left to host root;
+//!   the service's OCI runtime, `scripts/cpub-build-runc` (runc behind a
+//!   check), gives that one directory to the namespace's root before each
+//!   step, so a stage `FROM` an image can `RUN` (runc creates `/proc`,
+//!   `/run`, …) and create entries in `/`.
 //! - Dropping the API connection does NOT stop a running `RUN` step (seen:
 //!   the step and its storage container stay until the step exits). So the
 //!   wall clock and the output cap kill the build's cgroup, then give Podman
@@ -56,7 +61,8 @@ use serde_json::Value;
 use crate::client::{Podman, PodmanError, encode, error_message};
 
 /// Where `scripts/setup-host.sh` starts the Podman service that builds
-/// (a store of its own, `vfs`: see the module documentation).
+/// (a store of its own, `vfs`, and its own runtime: see the module
+/// documentation).
 pub const DEFAULT_BUILD_SOCKET: &str = "/run/podman/cpub-build.sock";
 
 /// Limits of one image build.

@@ -522,6 +522,105 @@ async fn root_in_a_run_step_is_not_root_on_the_host() {
     assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
 }
 
+/// A stage `FROM` an image (here one holding nothing but busybox: no
+/// `/proc`, `/dev`, `/sys` or `/run` for runc's mount points) runs its `RUN`
+/// steps as the namespace's root, an unprivileged host id, which owns the
+/// working container's `/` and so may create entries there (the build
+/// service's runtime, scripts/cpub-build-runc). Storage 1.43 alone leaves
+/// that `/` owned by host root: runc then fails with `mkdir …/rootfs/proc:
+/// permission denied`. The image keeps `0:0` for `/` and the step's files.
+#[tokio::test]
+async fn a_run_step_in_a_stage_from_an_image_owns_its_root_as_an_unprivileged_host_id() {
+    let _serial = SERIAL.lock().await;
+    let podman = podman();
+    let instances = instances_podman();
+    let (start, count) = build_range();
+    let base = format!("localhost/{}:1", unique("cpub-test-bare"));
+    let tag = format!("localhost/{}:1", unique("cpub-test-fromimage"));
+    let control_tag = format!("localhost/{}:1", unique("cpub-test-fromimage-nouserns"));
+    let _images = Images(vec![base.clone(), tag.clone(), control_tag.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = podman
+        .build_image_with(
+            &context(dir.path(), RUN),
+            "Containerfile",
+            &base,
+            &sandbox(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert!(out.ok, "{}", out.log);
+
+    let script = "b=/bin/busybox; $b mkdir /data && $b touch /data/by-root && \
+                  echo uid_map=$($b cat /proc/self/uid_map) && \
+                  echo gid_map=$($b cat /proc/self/gid_map) && \
+                  echo id=$($b id -u):$($b id -g) && echo root_owner=$($b stat -c %u:%g /)";
+    let containerfile = format!(
+        "FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+        serde_json::to_string(script).unwrap()
+    );
+    let ctx = context(dir.path(), &containerfile);
+    let out = podman
+        .build_image_with(
+            &ctx,
+            "Containerfile",
+            &tag,
+            &sandbox(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert!(out.ok, "{}", out.log);
+    // Inside: root, owning `/`, in a map from 0 to an id of the builds'
+    // range (for the group ids too).
+    let host_root: u64 = out
+        .log
+        .lines()
+        .find_map(|l| l.strip_prefix("uid_map= 0 "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no uid_map line: {}", out.log));
+    assert!(
+        host_root >= start && host_root + 65536 <= start + count,
+        "step runs as host uid {host_root}, outside {start}+{count}"
+    );
+    assert!(
+        out.log.contains(&format!("uid_map= 0 {host_root} 65536")),
+        "{}",
+        out.log
+    );
+    assert!(out.log.contains("gid_map= 0 "), "{}", out.log);
+    assert!(!out.log.contains("gid_map= 0 0 "), "{}", out.log);
+    assert!(out.log.contains("id=0:0"), "{}", out.log);
+    assert!(out.log.contains("root_owner=0:0"), "{}", out.log);
+    // The image holds the step's own ids, not the host's.
+    podman.move_image(&tag, &instances).await.unwrap();
+    let owners = (
+        owner_in_image(&tag, "/"),
+        owner_in_image(&tag, "/data/by-root"),
+    );
+    instances.remove_image(&tag).await.unwrap();
+    assert_eq!(owners, (0, 0));
+
+    // Negative control: the same step without a user namespace is host root.
+    let out = podman
+        .build_image_with(
+            &ctx,
+            "Containerfile",
+            &control_tag,
+            &BuildLimits::default(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    let _ = podman.remove_image(&control_tag).await;
+    let _ = podman.remove_image(&base).await;
+    assert!(out.ok, "{}", out.log);
+    assert!(out.log.contains("uid_map= 0 0 4294967295"), "{}", out.log);
+    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+}
+
 #[tokio::test]
 async fn moving_a_missing_image_is_an_error_naming_it() {
     let tag = format!("localhost/{}:1", unique("cpub-test-absent"));
