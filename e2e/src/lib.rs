@@ -577,19 +577,34 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.proxy.take();
+        let proxy_ran = self.proxy.take().is_some();
         self.control.take();
-        // Leave nothing behind, whatever the test did.
-        let ids: Vec<String> = self
-            .containers_by_state(None)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("podman")
-                .args(["rm", "-f", "-t", "0"])
-                .args(&ids)
-                .output();
+        // Leave nothing behind, whatever the test did. A create the killed
+        // proxy had in flight (a container made ahead of need) still ends
+        // in Podman after the proxy is gone, so look again for a while
+        // (seen: `Created` containers of finished stacks).
+        let settle = Instant::now()
+            + if proxy_ran {
+                Duration::from_secs(3)
+            } else {
+                Duration::ZERO
+            };
+        loop {
+            let ids: Vec<String> = self
+                .containers_by_state(None)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("podman")
+                    .args(["rm", "-f", "-t", "0"])
+                    .args(&ids)
+                    .output();
+            }
+            if Instant::now() >= settle {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
         // The password goes in the environment: argv is visible to every
