@@ -18,6 +18,7 @@ use crate::metrics::METRICS;
 use crate::pool::Inner;
 use crate::runtime::{Exit, short};
 use crate::set::{CRASH_STREAK_RESET, Failure, InstanceSet, crash_backoff};
+use crate::usage::KeepWarmEvent;
 use crate::{PoolError, health};
 
 /// While a start waits for readiness, how often the container's state is
@@ -175,7 +176,9 @@ impl Inner {
                     .start_seconds
                     .with_label_values(&["cold"])
                     .observe(took.as_secs_f64());
-                self.keep_warm.cold_start(set, none_live);
+                if self.keep_warm.cold_start(set, none_live) {
+                    self.keep_warm_event(function, KeepWarmEvent::Miss);
+                }
                 let instance = Arc::new(Instance::new(
                     id,
                     addr,
@@ -213,7 +216,7 @@ impl Inner {
                 let failure = match err {
                     PoolError::Crashed { exit, .. } => {
                         tracing::warn!(function, deployment = route.deployment_id, code = ?exit.code, output = %exit.output, "instance crashed while starting");
-                        self.record_crash(set, exit.clone(), false);
+                        self.record_crash(set, "", exit.clone(), false);
                         Failure::Crash(exit)
                     }
                     err if err.is_capacity() => {
@@ -328,10 +331,20 @@ impl Inner {
     }
 
     /// Counts a crash of one of `set`'s instances, extends its crash streak
-    /// and start hold, and queues a report for the control plane.
-    fn record_crash(self: &Arc<Self>, set: &Arc<InstanceSet>, exit: Exit, was_ready: bool) {
+    /// and start hold, and queues a report for the control plane. `id`:
+    /// the container (empty when it died starting).
+    fn record_crash(
+        self: &Arc<Self>,
+        set: &Arc<InstanceSet>,
+        id: &str,
+        exit: Exit,
+        was_ready: bool,
+    ) {
         let function = set.route.function.as_str();
         METRICS.crashes.with_label_values(&[function]).inc();
+        if exit.oom_killed {
+            self.oom_death(function, id);
+        }
         let now = Instant::now();
         let hold = {
             let mut crashes = set.crashes.lock().expect("crashes lock");
@@ -399,7 +412,7 @@ impl Inner {
                 instance.set_ready_at(took, StartKind::Paused);
                 instance.set_state(InstanceState::Ready);
                 if instance.kept_warm.swap(false, Ordering::AcqRel) {
-                    METRICS.keep_warm.with_label_values(&["hit"]).inc();
+                    self.keep_warm_event(function, KeepWarmEvent::Hit);
                 }
                 self.idle.track(set, &instance);
                 tracing::debug!(
@@ -473,7 +486,7 @@ impl Inner {
                 {
                     // Predictive keep-warm: the last instance stays paused.
                     if !instance.kept_warm.swap(true, Ordering::AcqRel) {
-                        METRICS.keep_warm.with_label_values(&["kept"]).inc();
+                        self.keep_warm_event(function, KeepWarmEvent::Kept);
                         tracing::debug!(
                             function,
                             container = short(&instance.id),
@@ -484,7 +497,7 @@ impl Inner {
                     return;
                 }
                 if instance.kept_warm.load(Ordering::Acquire) {
-                    METRICS.keep_warm.with_label_values(&["expired"]).inc();
+                    self.keep_warm_event(&set.route.function, KeepWarmEvent::Expired);
                 }
                 tracing::info!(function = %set.route.function, container = short(&instance.id), "idle instance removed");
                 self.drop_instance(&set, &instance);
@@ -510,7 +523,7 @@ impl Inner {
                     tokio::time::timeout(EXIT_READ_TIMEOUT, me.runtime.exit_of(&instance.id));
                 if let Ok(Ok(Some(exit))) = exit.await {
                     tracing::warn!(function = %set.route.function, container = short(&instance.id), code = ?exit.code, output = %exit.output, "instance crashed");
-                    me.record_crash(&set, exit, true);
+                    me.record_crash(&set, &instance.id, exit, true);
                 }
                 if listed && let Err(err) = me.runtime.remove(&instance.id).await {
                     tracing::warn!(container = short(&instance.id), %err, "removing an instance");

@@ -723,6 +723,7 @@ async fn a_serving_instance_that_dies_is_a_crash_but_is_replaced_at_once() {
         Exit {
             code: Some(137),
             output: String::new(),
+            oom_killed: false,
         },
     );
     fake.send_died(&id);
@@ -791,4 +792,41 @@ async fn a_scaling_change_on_the_same_image_keeps_the_running_instances() {
         fake.removed().contains(&first)
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_instance_killed_for_memory_is_counted_once_for_the_node_report() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let r = route("oom-killed", 1, 4, 3);
+    let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
+    fake.set_exit(
+        &id,
+        Exit {
+            code: Some(137),
+            output: String::new(),
+            oom_killed: true,
+        },
+    );
+    fake.send_died(&id);
+    let crashes = pool.next_crashes().await;
+    assert!(crashes[0].exit.oom_killed);
+    assert!(
+        crashes[0].exit.to_string().contains("killed for memory"),
+        "{}",
+        crashes[0].exit
+    );
+    let deaths = pool.take_oom_deaths();
+    assert_eq!(deaths.len(), 1);
+    assert_eq!(
+        (deaths[0].function.as_str(), deaths[0].id.as_str()),
+        ("oom-killed", id.as_str())
+    );
+    assert!(pool.take_oom_deaths().is_empty(), "taken once");
+    let counters = pool.function_counters();
+    let f = counters
+        .iter()
+        .find(|c| c.function == "oom-killed")
+        .unwrap();
+    assert_eq!(f.restarts, 1, "{f:?}");
 }
