@@ -26,6 +26,8 @@ use crate::{PoolError, health};
 pub const EXIT_POLL: Duration = Duration::from_secs(1);
 /// Longest wait for the exit code and output of a container that died.
 const EXIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an instance whose call failed may take to show it exited.
+const FAILED_EXIT_WAIT: Duration = Duration::from_secs(1);
 /// `died` events of containers not (yet) known, kept this long so a start
 /// that registers its container just after its death still sees it.
 const RECENT_DEATHS_KEPT: Duration = Duration::from_secs(30);
@@ -342,8 +344,8 @@ impl Inner {
     ) {
         let function = set.route.function.as_str();
         METRICS.crashes.with_label_values(&[function]).inc();
-        if exit.oom_killed {
-            self.oom_death(function, id);
+        if !id.is_empty() {
+            self.death(function, id, exit.oom_killed);
         }
         let now = Instant::now();
         let hold = {
@@ -504,6 +506,49 @@ impl Inner {
             }
             InstanceState::Resuming | InstanceState::Gone => {}
         }
+    }
+
+    /// A call found the instance's connection failing: it leaves the pool
+    /// at once; when its container exited (it died under the call: a
+    /// crash, an OOM kill), that is read and counted as a crash before the
+    /// container is removed. A container that does not exit within
+    /// [`FAILED_EXIT_WAIT`] is removed all the same.
+    pub(crate) fn instance_failed(
+        self: &Arc<Self>,
+        set: &Arc<InstanceSet>,
+        instance: &Arc<Instance>,
+    ) {
+        instance.set_state(InstanceState::Gone);
+        self.idle.forget(&instance.id);
+        let listed = set.remove_instance(instance);
+        set.publish();
+        set.wake();
+        self.ensure_min(set);
+        if !listed {
+            // `container_died` took it (and reads its exit).
+            return;
+        }
+        let (me, set, instance) = (Arc::clone(self), Arc::clone(set), Arc::clone(instance));
+        tokio::spawn(async move {
+            let began = Instant::now();
+            loop {
+                let exit =
+                    tokio::time::timeout(EXIT_READ_TIMEOUT, me.runtime.exit_of(&instance.id)).await;
+                if let Ok(Ok(Some(exit))) = exit {
+                    tracing::warn!(function = %set.route.function, container = short(&instance.id), code = ?exit.code, oom = exit.oom_killed, output = %exit.output, "instance crashed under a call");
+                    me.record_crash(&set, &instance.id, exit, true);
+                    break;
+                }
+                if began.elapsed() >= FAILED_EXIT_WAIT {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if let Err(err) = me.runtime.remove(&instance.id).await {
+                tracing::warn!(container = short(&instance.id), %err, "removing an instance");
+            }
+            drop(instance);
+        });
     }
 
     /// The runtime says a container died: a serving instance leaves the

@@ -289,10 +289,10 @@ impl Pool {
         self.inner.function_counters()
     }
 
-    /// Instances killed for memory since the last call (at most
-    /// `crate::usage::MAX_OOM_DEATHS`).
-    pub fn take_oom_deaths(&self) -> Vec<crate::usage::OomDeath> {
-        self.inner.take_oom_deaths()
+    /// Instances that died since the last call (at most
+    /// `crate::usage::MAX_DEATHS`).
+    pub fn take_deaths(&self) -> Vec<crate::usage::Death> {
+        self.inner.take_deaths()
     }
 
     /// Turns log capture on: every instance started from now on is

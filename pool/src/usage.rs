@@ -1,13 +1,14 @@
 //! Per-function counters the node reports to the control plane (issues 11
 //! and 15): keep-warm events by function (beside the
-//! `cpub_keep_warm_total{function,result}` metric they also bump),
-//! instances killed by the kernel for memory (Podman's `OOMKilled` on
-//! their exit), and the crash count of `cpub_pool_instance_crashes_total`.
+//! `cpub_keep_warm_total{function,result}` metric they also bump), the
+//! instances that died (function, container id and Podman's `OOMKilled`,
+//! so the node report can attribute the kernel's OOM kills of containers
+//! already gone), and the crash count of `cpub_pool_instance_crashes_total`.
 //!
 //! Bounded: one entry per function that had an event, pruned to the
 //! functions the pool still routes on every [`Pool::function_counters`]
-//! (`crate::pool::Pool`); the OOM deaths not yet taken are at most
-//! [`MAX_OOM_DEATHS`] (the oldest go first).
+//! (`crate::pool::Pool`); the deaths not yet taken are at most
+//! [`MAX_DEATHS`] (the oldest go first).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -17,8 +18,8 @@ use rustc_hash::FxHashMap;
 use crate::metrics::METRICS;
 use crate::pool::Inner;
 
-/// OOM deaths kept until someone takes them.
-pub const MAX_OOM_DEATHS: usize = 1024;
+/// Deaths kept until someone takes them.
+pub const MAX_DEATHS: usize = 1024;
 
 /// A keep-warm event (the `result` label of `cpub_keep_warm_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +50,15 @@ struct Counts {
     misses: u64,
 }
 
-/// An instance the kernel killed for memory (its exit said `OOMKilled`).
+/// An instance that died (a crash).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OomDeath {
+pub struct Death {
     pub function: String,
     /// Its container id.
     pub id: String,
+    /// Podman said the kernel killed it for memory (not every Podman
+    /// knows: 4.3 with runc on cgroup v1 says false).
+    pub oom_killed: bool,
 }
 
 /// What the pool counts per function for the node report.
@@ -74,7 +78,7 @@ pub struct FunctionCounters {
 #[derive(Default)]
 pub(crate) struct Counters {
     by_function: Mutex<FxHashMap<String, Counts>>,
-    oom_deaths: Mutex<VecDeque<OomDeath>>,
+    deaths: Mutex<VecDeque<Death>>,
 }
 
 impl Inner {
@@ -94,21 +98,22 @@ impl Inner {
         }
     }
 
-    /// Instance `id` of `function` was killed for memory.
-    pub(crate) fn oom_death(&self, function: &str, id: &str) {
-        let mut deaths = self.counters.oom_deaths.lock().expect("oom deaths lock");
-        if deaths.len() >= MAX_OOM_DEATHS {
+    /// Instance `id` of `function` died.
+    pub(crate) fn death(&self, function: &str, id: &str, oom_killed: bool) {
+        let mut deaths = self.counters.deaths.lock().expect("deaths lock");
+        if deaths.len() >= MAX_DEATHS {
             deaths.pop_front();
         }
-        deaths.push_back(OomDeath {
+        deaths.push_back(Death {
             function: function.to_owned(),
             id: id.to_owned(),
+            oom_killed,
         });
     }
 
-    /// The OOM deaths since the last call.
-    pub(crate) fn take_oom_deaths(&self) -> Vec<OomDeath> {
-        let mut deaths = self.counters.oom_deaths.lock().expect("oom deaths lock");
+    /// The deaths since the last call.
+    pub(crate) fn take_deaths(&self) -> Vec<Death> {
+        let mut deaths = self.counters.deaths.lock().expect("deaths lock");
         deaths.drain(..).collect()
     }
 

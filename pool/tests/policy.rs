@@ -816,13 +816,17 @@ async fn an_instance_killed_for_memory_is_counted_once_for_the_node_report() {
         "{}",
         crashes[0].exit
     );
-    let deaths = pool.take_oom_deaths();
+    let deaths = pool.take_deaths();
     assert_eq!(deaths.len(), 1);
     assert_eq!(
-        (deaths[0].function.as_str(), deaths[0].id.as_str()),
-        ("oom-killed", id.as_str())
+        (
+            deaths[0].function.as_str(),
+            deaths[0].id.as_str(),
+            deaths[0].oom_killed
+        ),
+        ("oom-killed", id.as_str(), true)
     );
-    assert!(pool.take_oom_deaths().is_empty(), "taken once");
+    assert!(pool.take_deaths().is_empty(), "taken once");
     let counters = pool.function_counters();
     let f = counters
         .iter()

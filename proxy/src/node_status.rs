@@ -10,12 +10,14 @@
 //! `cpub_instance_memory_bytes`, `cpub_instance_memory_limit_bytes`,
 //! `cpub_instance_cpu_seconds_total` and `cpub_instance_oom_kills_total`
 //! (the kernel's `oom_kill` count of each instance's memory cgroup, read
-//! every 5 s), plus the instances whose exit Podman marked `OOMKilled`
-//! (`containerpub_pool::Pool::take_oom_deaths`): a kill that takes the
-//! instance down is mostly gone with its cgroup before a read sees it, and
-//! is counted once either way (a death is skipped when the last read of
-//! that instance already counted a kill). The pool counts every death in
-//! `cpub_pool_instance_crashes_total`, the restarts.
+//! every 5 s), the kernel log's OOM-kill records (`crate::oom_watch`) and
+//! Podman's `OOMKilled` on an instance's exit
+//! (`containerpub_pool::Pool::take_deaths`): a kill that takes the instance
+//! down is gone with its cgroup before a read sees it. Per container the
+//! count is the largest of the three sources, so one kill seen twice
+//! counts once; kernel records of containers that are not this node's
+//! instances (or a death's) within a minute are dropped. The pool counts
+//! every death in `cpub_pool_instance_crashes_total`, the restarts.
 //!
 //! cgroup paths: v1 with Podman's `cgroupfs` manager
 //! (`/sys/fs/cgroup/{memory,cpuacct}/libpod_parent/libpod-<id>/`, what
@@ -24,7 +26,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use containerpub_pool::Pool;
 use containerpub_wire::executions::{InstanceReport, NodeReport};
@@ -147,11 +149,21 @@ pub fn read_usage(root: &std::path::Path, id: &str) -> Option<Usage> {
     None
 }
 
+/// How long a container's function is remembered after it is gone, and a
+/// kernel OOM record waits for its container to be known.
+const REMEMBER: Duration = Duration::from_secs(60);
+
 /// Per-instance counters seen at the last read (to add only the increase).
 #[derive(Default)]
 struct Seen {
     cpu_ns: HashMap<String, u64>,
+    /// OOM kills counted per container.
     oom: HashMap<String, u64>,
+    /// OOM kills per container from the kernel log / Podman, and when
+    /// first seen.
+    reported_oom: HashMap<String, (u64, Instant)>,
+    /// Function of each container seen (live, or died), and when last seen.
+    known: HashMap<String, (String, Instant)>,
     functions: Vec<String>,
     /// The most memory one instance of the function reached, since start.
     peak: HashMap<String, u64>,
@@ -172,12 +184,24 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
     let root = std::path::Path::new("/sys/fs/cgroup");
     let instances = pool.instances();
     let m = &*METRICS;
-    // Deaths by OOM since the last read; taken first so each refers to an
-    // instance of the last read (or one never read).
-    for death in pool.take_oom_deaths() {
-        if seen.oom.get(&death.id).is_none_or(|&kills| kills == 0) {
-            m.oom.with_label_values(&[death.function.as_str()]).inc();
+    let now = Instant::now();
+    // Who died (their function, Podman's OOM flag) and what the kernel
+    // killed, since the last read.
+    for death in pool.take_deaths() {
+        if death.oom_killed {
+            let e = seen
+                .reported_oom
+                .entry(death.id.clone())
+                .or_insert((0, now));
+            e.0 = e.0.max(1);
         }
+        seen.known.insert(death.id, (death.function, now));
+    }
+    for id in crate::oom_watch::take() {
+        seen.reported_oom.entry(id).or_insert((0, now)).0 += 1;
+    }
+    for i in &instances {
+        seen.known.insert(i.id.clone(), (i.function.clone(), now));
     }
     let mut totals: HashMap<&str, Totals> = HashMap::new();
     let mut live = HashMap::new();
@@ -198,15 +222,37 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
         m.cpu
             .with_label_values(&[i.function.as_str()])
             .inc_by(cpu_delta as f64 / 1e9);
+        let reported = seen.reported_oom.get(&i.id).map_or(0, |r| r.0);
+        let kills = usage.oom_kills.max(reported);
         let prev_oom = seen.oom.get(&i.id).copied().unwrap_or(0);
         // Touched even at 0, so the function's series exists.
         m.oom
             .with_label_values(&[i.function.as_str()])
-            .inc_by(usage.oom_kills.saturating_sub(prev_oom));
-        live.insert(i.id.clone(), (usage.cpu_ns, usage.oom_kills));
+            .inc_by(kills.saturating_sub(prev_oom));
+        seen.oom.insert(i.id.clone(), kills.max(prev_oom));
+        live.insert(i.id.clone(), usage.cpu_ns);
     }
-    seen.cpu_ns = live.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-    seen.oom = live.into_iter().map(|(k, v)| (k, v.1)).collect();
+    // Kills of containers not read now (gone, or never read).
+    for (id, (n, _)) in &seen.reported_oom {
+        if live.contains_key(id) {
+            continue;
+        }
+        let Some((function, _)) = seen.known.get(id) else {
+            continue;
+        };
+        let prev = seen.oom.get(id).copied().unwrap_or(0);
+        m.oom
+            .with_label_values(&[function.as_str()])
+            .inc_by(n.saturating_sub(prev));
+        seen.oom.insert(id.clone(), prev.max(*n));
+    }
+    seen.known
+        .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+    seen.reported_oom
+        .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+    let known = &seen.known;
+    seen.oom.retain(|id, _| known.contains_key(id));
+    seen.cpu_ns = live;
     // Functions with no instance left show 0.
     for f in &seen.functions {
         if !totals.contains_key(f.as_str()) {
@@ -275,6 +321,7 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
 /// Reads and reports forever.
 pub async fn run(pool: Pool, control_url: String, token: String, node: String) {
     init_metrics();
+    crate::oom_watch::start();
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
