@@ -105,7 +105,6 @@ async fn memory_cpu_and_oom_kills_of_a_function_show_in_stats_and_metrics() {
         || {
             let out = stack.cpub(&["stats", &name, "-o", "json"]);
             let stack = &stack;
-            let labels = labels;
             async move {
                 let r = json(&String::from_utf8_lossy(&out.stdout))["resources"].clone();
                 let kills = r["oom_kills"].as_u64()?;
