@@ -834,3 +834,34 @@ async fn an_instance_killed_for_memory_is_counted_once_for_the_node_report() {
         .unwrap();
     assert_eq!(f.restarts, 1, "{f:?}");
 }
+
+#[tokio::test]
+async fn an_instance_that_died_under_a_call_is_a_crash() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let r = route("died-under-call", 1, 4, 3);
+    let lease = pool.lease(&r).await.unwrap();
+    let id = lease.instance_id().to_owned();
+    // Its process exited (no `died` event yet); the call's connection failed.
+    fake.set_exit(
+        &id,
+        Exit {
+            code: Some(137),
+            output: String::new(),
+            oom_killed: false,
+        },
+    );
+    lease.mark_failed();
+    drop(lease);
+    let crashes = pool.next_crashes().await;
+    assert_eq!(crashes[0].exit.code, Some(137));
+    assert!(!crashes[0].during_start);
+    eventually(WITHIN, "the dead instance is removed", || async {
+        fake.removed().contains(&id)
+    })
+    .await;
+    let deaths = pool.take_deaths();
+    assert_eq!(deaths.len(), 1);
+    assert_eq!(deaths[0].id, id);
+    assert!(!deaths[0].oom_killed);
+}
