@@ -279,8 +279,19 @@ fn main() {
             (1.0 - with / without.max(f64::MIN_POSITIVE)) * 100.0
         );
         let text = prometheus_text();
-        for line in text.lines().filter(|l| l.starts_with("cpub_keep_warm_total")) {
-            println!("  {line}   (keep-warm on pool only)");
+        // Summed over functions (the metric is per function and result).
+        let mut by_result = std::collections::BTreeMap::<String, f64>::new();
+        for line in text.lines().filter(|l| l.starts_with("cpub_keep_warm_total{")) {
+            let result = line
+                .split("result=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            let value = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            *by_result.entry(result.to_owned()).or_default() += value;
+        }
+        for (result, n) in by_result {
+            println!("  cpub_keep_warm_total{{result=\"{result}\"}} {n}   (keep-warm on pool only)");
         }
         on.remove_all().await;
         off.remove_all().await;

@@ -342,6 +342,11 @@ impl Client {
         self.get_json(&format!("/functions/{name}/crashes")).await
     }
 
+    /// `GET /functions/{name}/usage`.
+    pub async fn usage(&self, name: &str) -> Result<Json<containerpub_wire::usage::FunctionUsage>> {
+        self.get_json(&format!("/functions/{name}/usage")).await
+    }
+
     /// `GET /functions/{name}/logs` (a long poll when `query` waits).
     pub async fn logs(
         &self,

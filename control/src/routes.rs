@@ -18,6 +18,7 @@ pub mod secrets;
 pub mod stats;
 pub mod status;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 pub mod versions;
 pub mod watch;
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/functions/{name}/executions", get(executions::list))
         .route("/functions/{name}/stats", get(stats::stats))
+        .route("/functions/{name}/usage", get(usage::usage))
         .route("/status", get(status::status))
         .route(
             "/nodes/{node}/status",

@@ -123,7 +123,7 @@ impl Inner {
                 .with_label_values(&[reason, state])
                 .inc();
             if c.instance.kept_warm.load(Ordering::Acquire) {
-                METRICS.keep_warm.with_label_values(&["evicted"]).inc();
+                self.keep_warm_event(&c.set.route.function, crate::usage::KeepWarmEvent::Evicted);
             }
             tracing::info!(
                 function = %c.set.route.function,

@@ -16,7 +16,8 @@
 //! share and is the first the eviction stops (LRU, paused first). Its idle
 //! timer runs again; once the window passes without a call, it is removed.
 //!
-//! `cpub_keep_warm_total{result}` counts `kept`, `hit` (a call resumed a
+//! `cpub_keep_warm_total{function,result}` counts (and `crate::usage`
+//! per function for the node report) `kept`, `hit` (a call resumed a
 //! kept instance), `miss` (a cold start with no instance of a function the
 //! tracker had: keep-warm wanted it warm and it was not), `evicted` and
 //! `expired`.
@@ -26,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use moka::sync::Cache;
 
-use crate::metrics::METRICS;
 use crate::node::KeepWarmConfig;
 use crate::set::InstanceSet;
 
@@ -83,18 +83,17 @@ impl KeepWarm {
     }
 
     /// A cold start of `set`'s function; `none_live` when it had no
-    /// instance at all (a call waited for it). Counts a miss when
-    /// keep-warm wanted the function warm.
-    pub(crate) fn cold_start(&self, set: &InstanceSet, none_live: bool) {
+    /// instance at all (a call waited for it). True when it is a miss:
+    /// keep-warm wanted the function warm (the caller counts it).
+    pub(crate) fn cold_start(&self, set: &InstanceSet, none_live: bool) -> bool {
         let function = set.route.function.as_str();
-        if none_live && self.enabled(set) && self.recently_called(function) {
-            METRICS.keep_warm.with_label_values(&["miss"]).inc();
-        }
+        let miss = none_live && self.enabled(set) && self.recently_called(function);
         let stats = self.stats(function);
         stats.cold_starts.fetch_add(1, Ordering::Relaxed);
         stats
             .calls
             .fetch_max(set.queue_wait.get_sample_count(), Ordering::Relaxed);
+        miss
     }
 
     /// An instance of `set`'s function went idle after being used: the

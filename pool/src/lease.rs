@@ -131,7 +131,7 @@ impl Lease {
     pub fn mark_failed(&self) {
         if let Some(inner) = self.set.pool.upgrade() {
             tracing::warn!(function = %self.set.route.function, container = short(&self.instance.id), "instance failed, removing it");
-            inner.drop_instance(&self.set, &self.instance);
+            inner.instance_failed(&self.set, &self.instance);
         }
     }
 }

@@ -50,6 +50,7 @@ mod set;
 pub mod spec;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod usage;
 
 pub use instance::{InstanceInfo, InstanceState, StartKind};
 pub use lease::{FunctionHandle, Lease};

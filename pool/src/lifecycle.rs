@@ -18,6 +18,7 @@ use crate::metrics::METRICS;
 use crate::pool::Inner;
 use crate::runtime::{Exit, short};
 use crate::set::{CRASH_STREAK_RESET, Failure, InstanceSet, crash_backoff};
+use crate::usage::KeepWarmEvent;
 use crate::{PoolError, health};
 
 /// While a start waits for readiness, how often the container's state is
@@ -25,6 +26,8 @@ use crate::{PoolError, health};
 pub const EXIT_POLL: Duration = Duration::from_secs(1);
 /// Longest wait for the exit code and output of a container that died.
 const EXIT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an instance whose call failed may take to show it exited.
+const FAILED_EXIT_WAIT: Duration = Duration::from_secs(1);
 /// `died` events of containers not (yet) known, kept this long so a start
 /// that registers its container just after its death still sees it.
 const RECENT_DEATHS_KEPT: Duration = Duration::from_secs(30);
@@ -175,7 +178,9 @@ impl Inner {
                     .start_seconds
                     .with_label_values(&["cold"])
                     .observe(took.as_secs_f64());
-                self.keep_warm.cold_start(set, none_live);
+                if self.keep_warm.cold_start(set, none_live) {
+                    self.keep_warm_event(function, KeepWarmEvent::Miss);
+                }
                 let instance = Arc::new(Instance::new(
                     id,
                     addr,
@@ -213,7 +218,7 @@ impl Inner {
                 let failure = match err {
                     PoolError::Crashed { exit, .. } => {
                         tracing::warn!(function, deployment = route.deployment_id, code = ?exit.code, output = %exit.output, "instance crashed while starting");
-                        self.record_crash(set, exit.clone(), false);
+                        self.record_crash(set, "", exit.clone(), false);
                         Failure::Crash(exit)
                     }
                     err if err.is_capacity() => {
@@ -328,10 +333,20 @@ impl Inner {
     }
 
     /// Counts a crash of one of `set`'s instances, extends its crash streak
-    /// and start hold, and queues a report for the control plane.
-    fn record_crash(self: &Arc<Self>, set: &Arc<InstanceSet>, exit: Exit, was_ready: bool) {
+    /// and start hold, and queues a report for the control plane. `id`:
+    /// the container (empty when it died starting).
+    fn record_crash(
+        self: &Arc<Self>,
+        set: &Arc<InstanceSet>,
+        id: &str,
+        exit: Exit,
+        was_ready: bool,
+    ) {
         let function = set.route.function.as_str();
         METRICS.crashes.with_label_values(&[function]).inc();
+        if !id.is_empty() {
+            self.death(function, id, exit.oom_killed);
+        }
         let now = Instant::now();
         let hold = {
             let mut crashes = set.crashes.lock().expect("crashes lock");
@@ -399,7 +414,7 @@ impl Inner {
                 instance.set_ready_at(took, StartKind::Paused);
                 instance.set_state(InstanceState::Ready);
                 if instance.kept_warm.swap(false, Ordering::AcqRel) {
-                    METRICS.keep_warm.with_label_values(&["hit"]).inc();
+                    self.keep_warm_event(function, KeepWarmEvent::Hit);
                 }
                 self.idle.track(set, &instance);
                 tracing::debug!(
@@ -473,7 +488,7 @@ impl Inner {
                 {
                     // Predictive keep-warm: the last instance stays paused.
                     if !instance.kept_warm.swap(true, Ordering::AcqRel) {
-                        METRICS.keep_warm.with_label_values(&["kept"]).inc();
+                        self.keep_warm_event(function, KeepWarmEvent::Kept);
                         tracing::debug!(
                             function,
                             container = short(&instance.id),
@@ -484,13 +499,56 @@ impl Inner {
                     return;
                 }
                 if instance.kept_warm.load(Ordering::Acquire) {
-                    METRICS.keep_warm.with_label_values(&["expired"]).inc();
+                    self.keep_warm_event(&set.route.function, KeepWarmEvent::Expired);
                 }
                 tracing::info!(function = %set.route.function, container = short(&instance.id), "idle instance removed");
                 self.drop_instance(&set, &instance);
             }
             InstanceState::Resuming | InstanceState::Gone => {}
         }
+    }
+
+    /// A call found the instance's connection failing: it leaves the pool
+    /// at once; when its container exited (it died under the call: a
+    /// crash, an OOM kill), that is read and counted as a crash before the
+    /// container is removed. A container that does not exit within
+    /// [`FAILED_EXIT_WAIT`] is removed all the same.
+    pub(crate) fn instance_failed(
+        self: &Arc<Self>,
+        set: &Arc<InstanceSet>,
+        instance: &Arc<Instance>,
+    ) {
+        instance.set_state(InstanceState::Gone);
+        self.idle.forget(&instance.id);
+        let listed = set.remove_instance(instance);
+        set.publish();
+        set.wake();
+        self.ensure_min(set);
+        if !listed {
+            // `container_died` took it (and reads its exit).
+            return;
+        }
+        let (me, set, instance) = (Arc::clone(self), Arc::clone(set), Arc::clone(instance));
+        tokio::spawn(async move {
+            let began = Instant::now();
+            loop {
+                let exit =
+                    tokio::time::timeout(EXIT_READ_TIMEOUT, me.runtime.exit_of(&instance.id)).await;
+                if let Ok(Ok(Some(exit))) = exit {
+                    tracing::warn!(function = %set.route.function, container = short(&instance.id), code = ?exit.code, oom = exit.oom_killed, output = %exit.output, "instance crashed under a call");
+                    me.record_crash(&set, &instance.id, exit, true);
+                    break;
+                }
+                if began.elapsed() >= FAILED_EXIT_WAIT {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if let Err(err) = me.runtime.remove(&instance.id).await {
+                tracing::warn!(container = short(&instance.id), %err, "removing an instance");
+            }
+            drop(instance);
+        });
     }
 
     /// The runtime says a container died: a serving instance leaves the
@@ -510,7 +568,7 @@ impl Inner {
                     tokio::time::timeout(EXIT_READ_TIMEOUT, me.runtime.exit_of(&instance.id));
                 if let Ok(Ok(Some(exit))) = exit.await {
                     tracing::warn!(function = %set.route.function, container = short(&instance.id), code = ?exit.code, output = %exit.output, "instance crashed");
-                    me.record_crash(&set, exit, true);
+                    me.record_crash(&set, &instance.id, exit, true);
                 }
                 if listed && let Err(err) = me.runtime.remove(&instance.id).await {
                     tracing::warn!(container = short(&instance.id), %err, "removing an instance");

@@ -56,7 +56,7 @@ pub struct PoolMetrics {
     /// `cpub_node_capacity_refusals_total`: starts that found no room even
     /// after eviction (their calls got 503).
     pub node_refusals: IntCounter,
-    /// `cpub_keep_warm_total{result}`: predictive keep-warm. `kept`: a
+    /// `cpub_keep_warm_total{function,result}`: predictive keep-warm. `kept`: a
     /// paused instance kept past its idle stop; `hit`: a call resumed one;
     /// `miss`: a cold start of a function keep-warm wanted warm (called
     /// within its window); `evicted`: a kept instance stopped for room;
@@ -162,7 +162,7 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
             "cpub_keep_warm_total",
             "Predictive keep-warm: instances kept, hits, misses, evictions, expiries"
         ),
-        &["result"]
+        &["function", "result"]
     )
     .expect("register cpub_keep_warm_total"),
 }

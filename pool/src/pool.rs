@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) crash_posted: Notify,
     /// Log capture, once [`Pool::capture_logs`] turned it on.
     pub(crate) logs: std::sync::OnceLock<Arc<crate::logs::LogHub>>,
+    /// Per-function counters for the node report (`crate::usage`).
+    pub(crate) counters: crate::usage::Counters,
 }
 
 impl Inner {
@@ -188,6 +190,7 @@ impl Pool {
             crash_outbox: Mutex::default(),
             crash_posted: Notify::new(),
             logs: std::sync::OnceLock::new(),
+            counters: crate::usage::Counters::default(),
         });
         inner.adopt(routes).await?;
         let pool = Pool { inner };
@@ -278,6 +281,18 @@ impl Pool {
             }
         }
         out
+    }
+
+    /// Keep-warm figures and crash counts of every routed function
+    /// (`crate::usage`).
+    pub fn function_counters(&self) -> Vec<crate::usage::FunctionCounters> {
+        self.inner.function_counters()
+    }
+
+    /// Instances that died since the last call (at most
+    /// `crate::usage::MAX_DEATHS`).
+    pub fn take_deaths(&self) -> Vec<crate::usage::Death> {
+        self.inner.take_deaths()
     }
 
     /// Turns log capture on: every instance started from now on is

@@ -42,6 +42,8 @@ pub struct Exit {
     /// The last lines of its stdout and stderr, at most
     /// [`OUTPUT_TAIL_BYTES`], lossy UTF-8.
     pub output: String,
+    /// The kernel killed it for memory (Podman's `State.OOMKilled`).
+    pub oom_killed: bool,
 }
 
 /// Lines of output kept from a container that exited.
@@ -54,6 +56,9 @@ impl std::fmt::Display for Exit {
         match self.code {
             Some(code) => write!(f, "exited with code {code}")?,
             None => f.write_str("exited")?,
+        }
+        if self.oom_killed {
+            f.write_str(", killed for memory (OOM)")?;
         }
         let output = self.output.trim_end();
         if output.is_empty() {
@@ -338,7 +343,16 @@ impl ContainerRuntime for PodmanRuntime {
             Ok(output) => output,
             Err(err) => format!("[its output could not be read: {err}]"),
         };
-        Ok(Some(Exit { code, output }))
+        let oom_killed = state
+            .raw
+            .pointer("/State/OOMKilled")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        Ok(Some(Exit {
+            code,
+            output,
+            oom_killed,
+        }))
     }
 
     async fn log_path(&self, id: &str) -> Result<Option<std::path::PathBuf>, PoolError> {

@@ -239,6 +239,7 @@ impl ContainerRuntime for FakeRuntime {
                 Exit {
                     code: Some(3),
                     output: "boom\n".into(),
+                    oom_killed: false,
                 },
             );
             if !self.silent_deaths.load(Ordering::SeqCst) {

@@ -303,6 +303,19 @@ async fn a_recently_called_function_keeps_one_paused_instance_past_its_idle_stop
     let (calls, cold) = pool.function_stats("warm").unwrap();
     assert_eq!(cold, 1);
     assert!(calls >= 1, "{calls}");
+    // What the node reports (`cpub describe`): kept once, one hit.
+    let counters = pool.function_counters();
+    let warm = counters.iter().find(|c| c.function == "warm").unwrap();
+    assert!(warm.keep_warm);
+    assert_eq!(
+        (
+            warm.keep_warm_kept,
+            warm.keep_warm_hits,
+            warm.keep_warm_misses
+        ),
+        (1, 1, 0),
+        "{warm:?}"
+    );
     drop(lease);
     pool.remove_all().await;
 }
@@ -373,5 +386,17 @@ async fn a_kept_instance_is_the_first_evicted_for_room() {
     assert_eq!(lease.start_kind(), StartKind::Cold);
     assert!(states(&pool, "kept").is_empty());
     drop(lease);
+    // The next call of the evicted function is a cold start keep-warm
+    // wanted to avoid: a miss.
+    let again = pool.lease(&kept).await.unwrap();
+    assert_eq!(again.start_kind(), StartKind::Cold);
+    drop(again);
+    let counters = pool.function_counters();
+    let kept = counters.iter().find(|c| c.function == "kept").unwrap();
+    assert_eq!(
+        (kept.keep_warm_hits, kept.keep_warm_misses),
+        (0, 1),
+        "{kept:?}"
+    );
     pool.remove_all().await;
 }

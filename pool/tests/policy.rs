@@ -723,6 +723,7 @@ async fn a_serving_instance_that_dies_is_a_crash_but_is_replaced_at_once() {
         Exit {
             code: Some(137),
             output: String::new(),
+            oom_killed: false,
         },
     );
     fake.send_died(&id);
@@ -791,4 +792,76 @@ async fn a_scaling_change_on_the_same_image_keeps_the_running_instances() {
         fake.removed().contains(&first)
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_instance_killed_for_memory_is_counted_once_for_the_node_report() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let r = route("oom-killed", 1, 4, 3);
+    let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
+    fake.set_exit(
+        &id,
+        Exit {
+            code: Some(137),
+            output: String::new(),
+            oom_killed: true,
+        },
+    );
+    fake.send_died(&id);
+    let crashes = pool.next_crashes().await;
+    assert!(crashes[0].exit.oom_killed);
+    assert!(
+        crashes[0].exit.to_string().contains("killed for memory"),
+        "{}",
+        crashes[0].exit
+    );
+    let deaths = pool.take_deaths();
+    assert_eq!(deaths.len(), 1);
+    assert_eq!(
+        (
+            deaths[0].function.as_str(),
+            deaths[0].id.as_str(),
+            deaths[0].oom_killed
+        ),
+        ("oom-killed", id.as_str(), true)
+    );
+    assert!(pool.take_deaths().is_empty(), "taken once");
+    let counters = pool.function_counters();
+    let f = counters
+        .iter()
+        .find(|c| c.function == "oom-killed")
+        .unwrap();
+    assert_eq!(f.restarts, 1, "{f:?}");
+}
+
+#[tokio::test]
+async fn an_instance_that_died_under_a_call_is_a_crash() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let r = route("died-under-call", 1, 4, 3);
+    let lease = pool.lease(&r).await.unwrap();
+    let id = lease.instance_id().to_owned();
+    // Its process exited (no `died` event yet); the call's connection failed.
+    fake.set_exit(
+        &id,
+        Exit {
+            code: Some(137),
+            output: String::new(),
+            oom_killed: false,
+        },
+    );
+    lease.mark_failed();
+    drop(lease);
+    let crashes = pool.next_crashes().await;
+    assert_eq!(crashes[0].exit.code, Some(137));
+    assert!(!crashes[0].during_start);
+    eventually(WITHIN, "the dead instance is removed", || async {
+        fake.removed().contains(&id)
+    })
+    .await;
+    let deaths = pool.take_deaths();
+    assert_eq!(deaths.len(), 1);
+    assert_eq!(deaths[0].id, id);
+    assert!(!deaths[0].oom_killed);
 }

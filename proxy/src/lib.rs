@@ -13,6 +13,7 @@ pub mod h1;
 pub mod logs;
 pub mod metrics;
 pub mod node_status;
+pub mod oom_watch;
 pub mod path;
 pub mod request_id;
 pub mod routes;

@@ -1,15 +1,23 @@
 //! Every few seconds: reads the CPU and memory use of this node's instances
 //! from their cgroups into per-function metrics, and reports the instances
-//! (function, state, calls in flight) to the control plane
-//! (`POST /api/v1/nodes/{node}/status`) for `cpub status`.
+//! (function, state, calls in flight) and per-function figures
+//! ([`containerpub_wire::usage::FunctionReport`]: CPU seconds, memory in
+//! use, limit and peak, OOM kills, restarts, keep-warm hits and misses) to
+//! the control plane (`POST /api/v1/nodes/{node}/status`) for `cpub
+//! status`, `cpub stats` and `cpub describe`.
 //!
 //! Metrics (per function, summed over its instances on this node):
 //! `cpub_instance_memory_bytes`, `cpub_instance_memory_limit_bytes`,
 //! `cpub_instance_cpu_seconds_total` and `cpub_instance_oom_kills_total`
 //! (the kernel's `oom_kill` count of each instance's memory cgroup, read
-//! every 5 s: an OOM kill that takes an instance down between two reads is
-//! not seen here; the pool counts its death in
-//! `cpub_pool_instance_crashes_total`, the restarts).
+//! every 5 s), the kernel log's OOM-kill records (`crate::oom_watch`) and
+//! Podman's `OOMKilled` on an instance's exit
+//! (`containerpub_pool::Pool::take_deaths`): a kill that takes the instance
+//! down is gone with its cgroup before a read sees it. Per container the
+//! count is the largest of the three sources, so one kill seen twice
+//! counts once; kernel records of containers that are not this node's
+//! instances (or a death's) within a minute are dropped. The pool counts
+//! every death in `cpub_pool_instance_crashes_total`, the restarts.
 //!
 //! cgroup paths: v1 with Podman's `cgroupfs` manager
 //! (`/sys/fs/cgroup/{memory,cpuacct}/libpod_parent/libpod-<id>/`, what
@@ -18,10 +26,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use containerpub_pool::Pool;
 use containerpub_wire::executions::{InstanceReport, NodeReport};
+use containerpub_wire::usage::FunctionReport;
 use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts};
 use tracing::debug;
 
@@ -84,6 +93,9 @@ pub struct Usage {
     pub limit: Option<u64>,
     pub cpu_ns: u64,
     pub oom_kills: u64,
+    /// The most memory the cgroup used (v1 `memory.max_usage_in_bytes`,
+    /// v2 `memory.peak` where the kernel has it).
+    pub peak: Option<u64>,
 }
 
 fn read_u64(path: PathBuf) -> Option<u64> {
@@ -119,6 +131,7 @@ pub fn read_usage(root: &std::path::Path, id: &str) -> Option<Usage> {
             limit,
             cpu_ns: read_u64(cpu).unwrap_or(0),
             oom_kills: read_key(v1.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+            peak: read_u64(v1.join("memory.max_usage_in_bytes")),
         });
     }
     let v2 = root
@@ -130,17 +143,39 @@ pub fn read_usage(root: &std::path::Path, id: &str) -> Option<Usage> {
             limit: read_u64(v2.join("memory.max")),
             cpu_ns: read_key(v2.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
             oom_kills: read_key(v2.join("memory.events"), "oom_kill").unwrap_or(0),
+            peak: read_u64(v2.join("memory.peak")),
         });
     }
     None
 }
 
+/// How long a container's function is remembered after it is gone, and a
+/// kernel OOM record waits for its container to be known.
+const REMEMBER: Duration = Duration::from_secs(60);
+
 /// Per-instance counters seen at the last read (to add only the increase).
 #[derive(Default)]
 struct Seen {
     cpu_ns: HashMap<String, u64>,
+    /// OOM kills counted per container.
     oom: HashMap<String, u64>,
+    /// OOM kills per container from the kernel log / Podman, and when
+    /// first seen.
+    reported_oom: HashMap<String, (u64, Instant)>,
+    /// Function of each container seen (live, or died), and when last seen.
+    known: HashMap<String, (String, Instant)>,
     functions: Vec<String>,
+    /// The most memory one instance of the function reached, since start.
+    peak: HashMap<String, u64>,
+}
+
+/// One function's figures of this read.
+#[derive(Default)]
+struct Totals {
+    instances: u32,
+    memory: u64,
+    limit: u64,
+    instance_limit: Option<u64>,
 }
 
 /// Reads every instance of `pool` once: updates the metrics, returns the
@@ -149,40 +184,123 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
     let root = std::path::Path::new("/sys/fs/cgroup");
     let instances = pool.instances();
     let m = &*METRICS;
-    let mut memory: HashMap<&str, (u64, u64)> = HashMap::new();
+    let now = Instant::now();
+    // Who died (their function, Podman's OOM flag) and what the kernel
+    // killed, since the last read.
+    for death in pool.take_deaths() {
+        if death.oom_killed {
+            let e = seen
+                .reported_oom
+                .entry(death.id.clone())
+                .or_insert((0, now));
+            e.0 = e.0.max(1);
+        }
+        seen.known.insert(death.id, (death.function, now));
+    }
+    for id in crate::oom_watch::take() {
+        seen.reported_oom.entry(id).or_insert((0, now)).0 += 1;
+    }
+    for i in &instances {
+        seen.known.insert(i.id.clone(), (i.function.clone(), now));
+    }
+    let mut totals: HashMap<&str, Totals> = HashMap::new();
     let mut live = HashMap::new();
     for i in &instances {
-        let totals = memory.entry(i.function.as_str()).or_default();
+        let t = totals.entry(i.function.as_str()).or_default();
+        t.instances += 1;
         let Some(usage) = read_usage(root, &i.id) else {
             continue;
         };
-        totals.0 += usage.memory;
-        totals.1 += usage.limit.unwrap_or(0);
+        t.memory += usage.memory;
+        t.limit += usage.limit.unwrap_or(0);
+        t.instance_limit = t.instance_limit.max(usage.limit);
+        let peak = usage.peak.unwrap_or(usage.memory);
+        let top = seen.peak.entry(i.function.clone()).or_default();
+        *top = (*top).max(peak);
         let prev_cpu = seen.cpu_ns.get(&i.id).copied().unwrap_or(0);
         let cpu_delta = usage.cpu_ns.saturating_sub(prev_cpu);
         m.cpu
             .with_label_values(&[i.function.as_str()])
             .inc_by(cpu_delta as f64 / 1e9);
+        let reported = seen.reported_oom.get(&i.id).map_or(0, |r| r.0);
+        let kills = usage.oom_kills.max(reported);
         let prev_oom = seen.oom.get(&i.id).copied().unwrap_or(0);
         // Touched even at 0, so the function's series exists.
         m.oom
             .with_label_values(&[i.function.as_str()])
-            .inc_by(usage.oom_kills.saturating_sub(prev_oom));
-        live.insert(i.id.clone(), (usage.cpu_ns, usage.oom_kills));
+            .inc_by(kills.saturating_sub(prev_oom));
+        seen.oom.insert(i.id.clone(), kills.max(prev_oom));
+        live.insert(i.id.clone(), usage.cpu_ns);
     }
-    seen.cpu_ns = live.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-    seen.oom = live.into_iter().map(|(k, v)| (k, v.1)).collect();
+    // Kills of containers not read now (gone, or never read).
+    for (id, (n, _)) in &seen.reported_oom {
+        if live.contains_key(id) {
+            continue;
+        }
+        let Some((function, _)) = seen.known.get(id) else {
+            continue;
+        };
+        let prev = seen.oom.get(id).copied().unwrap_or(0);
+        m.oom
+            .with_label_values(&[function.as_str()])
+            .inc_by(n.saturating_sub(prev));
+        seen.oom.insert(id.clone(), prev.max(*n));
+    }
+    seen.known
+        .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+    seen.reported_oom
+        .retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+    let known = &seen.known;
+    seen.oom.retain(|id, _| known.contains_key(id));
+    seen.cpu_ns = live;
     // Functions with no instance left show 0.
     for f in &seen.functions {
-        if !memory.contains_key(f.as_str()) {
+        if !totals.contains_key(f.as_str()) {
             m.memory.with_label_values(&[f]).set(0);
             m.limit.with_label_values(&[f]).set(0);
         }
     }
-    seen.functions = memory.keys().map(|f| (*f).to_owned()).collect();
-    for (function, (mem, limit)) in &memory {
-        m.memory.with_label_values(&[function]).set(*mem as i64);
-        m.limit.with_label_values(&[function]).set(*limit as i64);
+    seen.functions = totals.keys().map(|f| (*f).to_owned()).collect();
+    for (function, t) in &totals {
+        m.memory.with_label_values(&[function]).set(t.memory as i64);
+        m.limit.with_label_values(&[function]).set(t.limit as i64);
+    }
+    // Every routed function, and any other with an instance (one that is
+    // being removed).
+    let mut functions: Vec<FunctionReport> = pool
+        .function_counters()
+        .into_iter()
+        .map(|c| FunctionReport {
+            function: c.function,
+            restarts: c.restarts,
+            keep_warm: c.keep_warm,
+            keep_warm_hits: c.keep_warm_hits,
+            keep_warm_misses: c.keep_warm_misses,
+            keep_warm_kept: c.keep_warm_kept,
+            ..FunctionReport::default()
+        })
+        .collect();
+    for f in totals.keys() {
+        if !functions.iter().any(|r| r.function == *f) {
+            functions.push(FunctionReport {
+                function: (*f).to_owned(),
+                ..FunctionReport::default()
+            });
+        }
+    }
+    seen.peak
+        .retain(|f, _| functions.iter().any(|r| &r.function == f));
+    for r in &mut functions {
+        let name = [r.function.as_str()];
+        r.cpu_seconds = m.cpu.with_label_values(&name).get();
+        r.oom_kills = m.oom.with_label_values(&name).get();
+        r.instance_memory_peak_bytes = seen.peak.get(&r.function).copied();
+        if let Some(t) = totals.get(r.function.as_str()) {
+            r.instances = t.instances;
+            r.memory_bytes = t.memory;
+            r.memory_limit_bytes = t.limit;
+            r.instance_memory_limit_bytes = t.instance_limit;
+        }
     }
     NodeReport {
         instances: instances
@@ -195,12 +313,15 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
                 in_flight: i.in_flight,
             })
             .collect(),
+        functions,
+        keep_warm_window_s: Some(pool.node().keep_warm.window.as_secs()),
     }
 }
 
 /// Reads and reports forever.
 pub async fn run(pool: Pool, control_url: String, token: String, node: String) {
     init_metrics();
+    crate::oom_watch::start();
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -256,13 +377,15 @@ mod tests {
         )
         .unwrap();
         std::fs::write(cpu.join("cpuacct.usage"), "2500000000\n").unwrap();
+        std::fs::write(mem.join("memory.max_usage_in_bytes"), "2097152\n").unwrap();
         assert_eq!(
             read_usage(&root, id),
             Some(Usage {
                 memory: 1_048_576,
                 limit: Some(134_217_728),
                 cpu_ns: 2_500_000_000,
-                oom_kills: 2
+                oom_kills: 2,
+                peak: Some(2_097_152),
             })
         );
         assert_eq!(read_usage(&root, "ffff"), None);
@@ -280,7 +403,8 @@ mod tests {
                 memory: 4096,
                 limit: None,
                 cpu_ns: 1_500_000,
-                oom_kills: 1
+                oom_kills: 1,
+                peak: None,
             })
         );
         let _ = std::fs::remove_dir_all(&root);

@@ -491,6 +491,7 @@ mod tests {
                     exit: containerpub_pool::Exit {
                         code: Some(3),
                         output: "boom\n".into(),
+                        oom_killed: false,
                     },
                     backoff: Some(Duration::from_secs(2)),
                 },

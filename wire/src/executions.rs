@@ -316,6 +316,11 @@ pub struct Stats {
     pub by: Option<String>,
     pub total: StatsRow,
     pub rows: Vec<StatsRow>,
+    /// The function's CPU, memory, OOM kills and restarts as the nodes last
+    /// reported them (not bound by `since`: counters count from each
+    /// proxy's start; see `crate::usage`).
+    #[serde(default)]
+    pub resources: Option<crate::usage::UsageTotal>,
 }
 
 /// A proxy the control plane has heard from (route watch).
@@ -366,6 +371,12 @@ pub struct InstanceReport {
 #[serde(deny_unknown_fields)]
 pub struct NodeReport {
     pub instances: Vec<InstanceReport>,
+    /// Resource use and keep-warm figures per function (issues 11, 15).
+    #[serde(default)]
+    pub functions: Vec<crate::usage::FunctionReport>,
+    /// The node's keep-warm window in seconds.
+    #[serde(default)]
+    pub keep_warm_window_s: Option<u64>,
 }
 
 /// A recent start failure (crash) a proxy reported.

@@ -1,10 +1,13 @@
 //! `cpub describe`: one function, its active configuration, its deployments
-//! and the last crash of its instances on each proxy node.
+//! and the last crash of its instances on each proxy node, its keep-warm
+//! policy with hits and misses, and its resource use (as the nodes last
+//! reported them, `GET /functions/{name}/usage`).
 
 use anyhow::{Context as _, Result};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use containerpub_wire::api::{CrashInfo, DeploymentInfo, DeploymentStatus, FunctionInfo};
 use containerpub_wire::manifest::{Runtime, Visibility};
+use containerpub_wire::usage::FunctionUsage;
 
 use super::{Context, Output, TIME_FORMAT, check_name, print_json};
 
@@ -13,7 +16,7 @@ pub struct Args {
     /// Function name.
     name: String,
     /// Output format. JSON is `{"function": ..., "deployments": [...],
-    /// "crashes": [...]}` with each part as the server sent it.
+    /// "crashes": [...], "usage": ...}` with each part as the server sent it.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
 }
@@ -33,14 +36,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         .crashes(&args.name)
         .await
         .with_context(|| format!("cannot list the crashes of {}", args.name))?;
+    let usage = client
+        .usage(&args.name)
+        .await
+        .with_context(|| format!("cannot read the usage of {}", args.name))?;
     match args.output {
         Output::Json => print_json(&serde_json::json!({
             "function": function.raw,
             "deployments": deployments.raw,
             "crashes": crashes.raw,
+            "usage": usage.raw,
         })),
         Output::Table => {
             print!("{}", summary(&function.typed));
+            print!("{}", keep_warm_lines(&function.typed, &usage.typed));
+            if !usage.typed.nodes.is_empty() {
+                print!("{}", super::stats::resource_lines(&usage.typed.total));
+            }
             println!("{}", deployments_table(&deployments.typed));
             let latest = deployments.typed.iter().max_by_key(|d| d.version);
             if let Some(failed) = latest.filter(|d| d.status == DeploymentStatus::Failed) {
@@ -112,6 +124,45 @@ fn summary(f: &FunctionInfo) -> String {
         }
     }
     out
+}
+
+/// The keep-warm policy (the manifest's, else each node's window) and
+/// its hits and misses since each proxy started.
+fn keep_warm_lines(f: &FunctionInfo, usage: &FunctionUsage) -> String {
+    let manifest = f.config.as_ref().and_then(|m| m.scaling.keep_warm);
+    let mut policy = match manifest {
+        Some(true) => "on (manifest)".to_owned(),
+        Some(false) => "off (manifest)".to_owned(),
+        None => "the node's policy".to_owned(),
+    };
+    let windows: Vec<String> = usage
+        .nodes
+        .iter()
+        .map(|n| {
+            let window = n
+                .keep_warm_window_s
+                .map_or_else(|| "window unknown".to_owned(), |w| format!("window {w} s"));
+            let on = if n.report.keep_warm { "on" } else { "off" };
+            format!("{}: {on}, {window}", n.node)
+        })
+        .collect();
+    if !windows.is_empty() {
+        policy.push_str(&format!(" — {}", windows.join("; ")));
+    }
+    let t = &usage.total;
+    let calls = t.keep_warm_hits + t.keep_warm_misses;
+    let rate = if calls == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({:.0} % hit rate)",
+            t.keep_warm_hits as f64 * 100.0 / calls as f64
+        )
+    };
+    format!(
+        "{:<12} {policy}\n{:<12} {} hits, {} misses, {} kept{rate} since the proxies started\n",
+        "keep-warm:", "", t.keep_warm_hits, t.keep_warm_misses, t.keep_warm_kept
+    )
 }
 
 /// One row per deployment, newest first.

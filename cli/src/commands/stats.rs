@@ -1,11 +1,15 @@
 //! `cpub stats FUNCTION [--since 1h] [--by minute|hour]`: figures of the
 //! function's calls from its execution records — calls, answers by class,
-//! refusals, p50/p95/p99, cold-start share and time, queue time.
+//! refusals, p50/p95/p99, cold-start share and time, queue time — and the
+//! CPU, memory, OOM kills and restarts of its instances as the nodes last
+//! reported them (not bound by `--since`: counters count from each proxy's
+//! start).
 
 use anyhow::{Context as _, Result};
 use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use containerpub_wire::executions::{Stats, StatsQuery, StatsRow};
+use containerpub_wire::usage::UsageTotal;
 
 use super::executions::parse_since;
 use super::{Context, Output, TIME_FORMAT, check_name, print_json};
@@ -49,6 +53,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         Output::Json => print_json(&stats.raw),
         Output::Table => {
             println!("{}", table(&stats.typed));
+            match &stats.typed.resources {
+                Some(r) => print!("{}", resource_lines(r)),
+                None => println!("resources: no node reported the function in the last minute"),
+            }
             Ok(())
         }
     }
@@ -108,4 +116,76 @@ pub fn table(stats: &Stats) -> Table {
         table.add_row(row(r.from.format(TIME_FORMAT).to_string(), r));
     }
     table
+}
+
+/// Bytes as MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `key: value` lines of a function's resource use (`cpub stats`, `cpub
+/// describe`).
+pub fn resource_lines(r: &UsageTotal) -> String {
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key:<12} {value}\n"));
+    let share = r.cpu_share.map_or_else(String::new, |s| {
+        format!(", {:.1} % of a core now", s * 100.0)
+    });
+    line(
+        "cpu:",
+        format!("{:.3} s since the proxies started{share}", r.cpu_seconds),
+    );
+    let per_instance = match (r.instance_memory_limit_bytes, r.instance_memory_peak_bytes) {
+        (Some(limit), Some(peak)) => {
+            format!("; one instance: limit {}, peak {}", mib(limit), mib(peak))
+        }
+        (Some(limit), None) => format!("; one instance: limit {}", mib(limit)),
+        (None, Some(peak)) => format!("; one instance: peak {}", mib(peak)),
+        (None, None) => String::new(),
+    };
+    line(
+        "memory:",
+        format!(
+            "{} in use of {} ({} instance{}){per_instance}",
+            mib(r.memory_bytes),
+            mib(r.memory_limit_bytes),
+            r.instances,
+            if r.instances == 1 { "" } else { "s" }
+        ),
+    );
+    line("oom kills:", r.oom_kills.to_string());
+    line("restarts:", r.restarts.to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_show_cpu_memory_oom_and_restarts() {
+        let r = UsageTotal {
+            instances: 2,
+            cpu_seconds: 1.25,
+            cpu_share: Some(0.5),
+            memory_bytes: 3 << 20,
+            memory_limit_bytes: 256 << 20,
+            instance_memory_limit_bytes: Some(128 << 20),
+            instance_memory_peak_bytes: Some(2 << 20),
+            oom_kills: 1,
+            restarts: 4,
+            ..UsageTotal::default()
+        };
+        let text = resource_lines(&r);
+        assert!(
+            text.contains("1.250 s since the proxies started, 50.0 % of a core"),
+            "{text}"
+        );
+        assert!(
+            text.contains("3.0 MiB in use of 256.0 MiB (2 instances); one instance: limit 128.0 MiB, peak 2.0 MiB"),
+            "{text}"
+        );
+        assert!(text.contains("oom kills:   1"), "{text}");
+        assert!(text.contains("restarts:    4"), "{text}");
+    }
 }

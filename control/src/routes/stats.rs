@@ -1,7 +1,9 @@
 //! `GET /api/v1/functions/{name}/stats?since=1h&by=minute|hour`: figures of
 //! a function's calls from its execution records — calls, answers by class,
 //! refusals, total-time percentiles, cold-start share and time, queue time —
-//! for the whole window and, with `by`, per minute or hour.
+//! for the whole window and, with `by`, per minute or hour — and the
+//! function's CPU, memory, OOM kills and restarts as its nodes last
+//! reported them (`resources`, `super::usage`; not bound by `since`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -132,7 +134,9 @@ pub async fn stats(
             rows.into_iter().map(to_row).collect()
         }
     };
+    let usage = super::usage::of_function(&name);
     Ok(Json(Stats {
+        resources: (!usage.nodes.is_empty()).then_some(usage.total),
         function: name,
         since,
         by: q.by,

@@ -79,6 +79,8 @@ pub async fn report(caller: Caller, Path(node): Path<String>, body: Bytes) -> Re
             ));
         }
     }
+    super::usage::validate(&report.functions)?;
+    super::usage::record(&node, report.keep_warm_window_s, &report.functions);
     let mut all = reports().lock().expect("reports lock");
     all.retain(|_, (at, _)| at.elapsed() < REPORT_FRESH * 10);
     all.insert(node, (Instant::now(), report));

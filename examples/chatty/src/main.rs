@@ -13,6 +13,11 @@
 //!   terminal escapes, and a last line without its newline.
 //! - `GET /ids`: prints and answers the `x-request-id` and `traceparent` it
 //!   received.
+//! - `GET /burn?mb=M&ms=T`: allocates M MiB (every page written) and keeps
+//!   it until the instance stops, burns CPU for T ms, then answers
+//!   `held H MiB, burned T ms` (H: all it holds). For `cpub stats`; an M
+//!   beyond the function's memory limit gets the instance killed for
+//!   memory (OOM).
 //! - anything else: `ok`.
 
 use std::io::Write as _;
@@ -95,8 +100,43 @@ fn handle(req: &Request) -> Response {
             println!("ids request={id} traceparent={trace}");
             Response::text(200, format!("{id} {trace}\n"))
         }
+        "/burn" => {
+            let mb = number(req, "mb", 0).min(16_384) as usize;
+            let ms = number(req, "ms", 0).min(60_000);
+            let held = hold(mb);
+            let spent = burn(Duration::from_millis(ms));
+            Response::text(200, format!("held {held} MiB, burned {spent} ms\n"))
+        }
         _ => Response::text(200, "ok\n"),
     }
+}
+
+/// Memory `/burn` keeps, in 1 MiB blocks.
+static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Allocates `mb` more MiB, writing every page; returns all MiB held.
+fn hold(mb: usize) -> usize {
+    let mut held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for i in 0..mb {
+        // Pages written with a value, so the kernel must back them.
+        held.push(vec![(i % 251) as u8 + 1; 1 << 20]);
+    }
+    held.len()
+}
+
+/// Spins for `d` (CPU time); returns the milliseconds spent.
+fn burn(d: Duration) -> u128 {
+    let start = Instant::now();
+    let mut x = 1u64;
+    while start.elapsed() < d {
+        for _ in 0..10_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+    }
+    start.elapsed().as_millis()
 }
 
 /// `lps` lines a second for `secs` seconds, numbered from 1, one write per
