@@ -352,10 +352,16 @@ fn namespace(pid: &str, kind: &str) -> String {
 /// are refused, and the probes import them.
 #[tokio::test]
 async fn every_base_isolates_its_functions_as_a_static_binary_is() {
+    // Declared before the stack: dropped after it, once its containers are gone.
+    let pid = std::process::id();
+    let names: Vec<String> = BASES
+        .iter()
+        .map(|(base, ..)| format!("iso-{base}-{pid}"))
+        .collect();
+    let _cleanup: Vec<RemoveImages> = names.iter().map(|n| RemoveImages(n.clone())).collect();
     let stack = Stack::start(&[]).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let client = client();
-    let pid = std::process::id();
     // A host service bound to every address, as a careless one would be.
     let host_service = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let host_port = host_service.local_addr().unwrap().port();
@@ -367,11 +373,6 @@ async fn every_base_isolates_its_functions_as_a_static_binary_is() {
         }
     });
 
-    let names: Vec<String> = BASES
-        .iter()
-        .map(|(base, ..)| format!("iso-{base}-{pid}"))
-        .collect();
-    let _cleanup: Vec<RemoveImages> = names.iter().map(|n| RemoveImages(n.clone())).collect();
     for (i, name) in names.iter().enumerate() {
         let dir = work.path().join(name);
         probe_bundle(&dir, i, name);
