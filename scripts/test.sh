@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of ContainerPub on the real stack: installs and
-# starts what the tests need (Podman + its API socket, a PostgreSQL cluster),
+# starts what the tests need (Podman + its API socket, Go for the go
+# template's test, a PostgreSQL cluster),
 # builds the example functions, then fmt, clippy, all tests and a short
 # run of every fuzz target (scripts/fuzz.sh).
 # This is the README's test command; .ci/run calls it.
@@ -13,6 +14,14 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "host setup (podman, runc, API socket)"
 bash scripts/setup-host.sh
+step "test toolchains (go for the go template's test)"
+# e2e/tests/languages.rs builds the `cpub init --template go` function with
+# Debian's Go (the test fails, not skips, without it).
+if ! command -v go >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null; }
+fi
+go version
 step "PostgreSQL"
 CPUB_TEST_DATABASE_URL=$(bash scripts/pg.sh start)
 export CPUB_TEST_DATABASE_URL
