@@ -16,29 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use containerpub_e2e::{Stack, container_ip, inspect};
-
-/// Removes a function's images when the test ends (the stack removes its
-/// containers and database, not images).
-struct RemoveImages(String);
-
-impl Drop for RemoveImages {
-    fn drop(&mut self) {
-        let Ok(out) = Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-        else {
-            return;
-        };
-        let prefix = format!("localhost/cpub-fn-{}:", self.0);
-        for image in String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-        {
-            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
-        }
-    }
-}
+use containerpub_e2e::{RemoveImages, Stack, container_ip, inspect};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -149,7 +127,7 @@ async fn every_template_deploys_and_answers_as_generated() {
     ];
     for (template, base, marker) in cases {
         let name = format!("lang-{template}-{pid}");
-        let _cleanup = RemoveImages(name.clone());
+        let _cleanup = RemoveImages::of(&[&name]);
         let dir = work.path().join(&name);
         let dir_str = dir.to_str().unwrap();
         let created = stack.cpub_ok(&["init", "--template", template, dir_str]);
@@ -358,7 +336,7 @@ async fn every_base_isolates_its_functions_as_a_static_binary_is() {
         .iter()
         .map(|(base, ..)| format!("iso-{base}-{pid}"))
         .collect();
-    let _cleanup: Vec<RemoveImages> = names.iter().map(|n| RemoveImages(n.clone())).collect();
+    let _cleanup = RemoveImages::of(&names);
     let stack = Stack::start(&[]).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let client = client();
