@@ -33,6 +33,7 @@ fn route(visibility: &str, keys: usize) -> Route {
         config: Manifest::parse(&text).expect("bench manifest"),
         keys: digests,
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 

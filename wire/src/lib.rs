@@ -14,6 +14,7 @@ pub mod logs;
 pub mod manifest;
 pub mod private;
 pub mod request_id;
+pub mod signing;
 
 pub use manifest::{Manifest, ManifestError};
 
