@@ -135,7 +135,8 @@ async fn signed_calls_pass_and_every_refusal_is_401_before_the_function() {
     let sign = |method: &str, target: &str, ts: i64, body: &[u8]| {
         header_value(&key_id, secret.as_bytes(), method, target, ts, body)
     };
-    let good = sign("POST", &target, now(), b"payload");
+    let t0 = now();
+    let good = sign("POST", &target, t0, b"payload");
     let (status, body) = send(
         &url,
         Method::POST,
@@ -147,7 +148,9 @@ async fn signed_calls_pass_and_every_refusal_is_401_before_the_function() {
     assert_eq!(status, 200, "{body}\n{}", stack.logs());
     assert!(body.contains("\"body\":\"payload\""), "{body}");
 
-    // Every refusal: 401 with a message naming what is wrong.
+    // Every refusal: 401 with a message naming what is wrong. (Signed for
+    // another second than the good call: otherwise the signature is the
+    // good one's, and refused as a replay before anything else.)
     let key = stack.cpub_ok(&["key", "create", NAME]).trim().to_owned();
     /// (request id, method, body, headers, what the answer says)
     type Refusal<'a> = (&'a str, Method, &'a [u8], Vec<(&'a str, String)>, &'a str);
@@ -197,7 +200,10 @@ async fn signed_calls_pass_and_every_refusal_is_401_before_the_function() {
             "sig-tampered-body",
             Method::POST,
             b"payloaD",
-            vec![("x-cpub-signature", sign("POST", &target, now(), b"payload"))],
+            vec![(
+                "x-cpub-signature",
+                sign("POST", &target, t0 - 1, b"payload"),
+            )],
             "body digest mismatch",
         ),
         (
@@ -214,7 +220,10 @@ async fn signed_calls_pass_and_every_refusal_is_401_before_the_function() {
             "sig-tampered-method",
             Method::PUT,
             b"payload",
-            vec![("x-cpub-signature", sign("POST", &target, now(), b"payload"))],
+            vec![(
+                "x-cpub-signature",
+                sign("POST", &target, t0 - 1, b"payload"),
+            )],
             "bad signature",
         ),
         (
