@@ -2,6 +2,9 @@
 //! on a parsed request head: a public function (the baseline: one
 //! comparison), a private one with its key in `x-cpub-key` or
 //! `Authorization: Bearer` against 1 and 32 live keys, and a wrong key.
+//! A signed call's head check (`containerpub_proxy::signing::check_at`:
+//! header parse, key lookup, HMAC-SHA256 over the canonical string, replay
+//! cache lookup) on a function with `[access] auth = "signature"`.
 //! Each run re-parses the head (the check removes the key's field), so
 //! `parse_request` alone is measured too, to subtract.
 
@@ -33,6 +36,7 @@ fn route(visibility: &str, keys: usize) -> Route {
         config: Manifest::parse(&text).expect("bench manifest"),
         keys: digests,
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 
@@ -82,6 +86,43 @@ fn access(c: &mut Criterion) {
             })
         });
     }
+    let text = "name = \"f\"\nruntime = \"container\"\n[access]\nauth = \"signature\"\n";
+    let mut signed_route = route("private", 0);
+    signed_route.config = Manifest::parse(text).expect("bench manifest");
+    let secret = "cpss_5f1d0c9e8b7a6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6";
+    signed_route.signing_keys = vec![containerpub_wire::signing::SigningKey {
+        id: "sk_00112233aabbccdd".into(),
+        secret: containerpub_wire::private::SecretValue(secret.into()),
+    }];
+    let now = 1_800_000_000;
+    let value = containerpub_wire::signing::header_value(
+        "sk_00112233aabbccdd",
+        secret.as_bytes(),
+        "GET",
+        "/fn/f/v1/items",
+        now,
+        b"",
+    );
+    let raw = head(&format!("x-cpub-signature: {value}\r\n"));
+    group.bench_function("signature/head_check", |b| {
+        b.iter(|| {
+            let line = h1::parse_request(black_box(&raw), &mut fields)
+                .expect("valid head")
+                .expect("whole head");
+            containerpub_proxy::signing::check_at(
+                &raw,
+                &line,
+                &mut fields,
+                black_box(&signed_route),
+                now,
+            )
+            .expect("a valid signature")
+        })
+    });
+    let body = vec![b'x'; 64 * 1024];
+    group.bench_function("signature/body_digest_64KiB", |b| {
+        b.iter(|| containerpub_wire::signing::body_digest(black_box(&body)))
+    });
     group.finish();
 }
 

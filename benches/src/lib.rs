@@ -18,6 +18,7 @@ pub fn route(name: &str, scaling: &str) -> Route {
         config: Manifest::parse(&text).expect("bench manifest is valid"),
         keys: Vec::new(),
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ mod node_token;
 mod rollback;
 mod scale;
 mod secret;
+mod signing_key;
 mod stats;
 mod status;
 mod token;
@@ -79,6 +80,8 @@ enum Command {
     Key(key::Args),
     /// Secrets of a function (environment at instance start): set, list, unset.
     Secret(secret::Args),
+    /// HMAC signing keys of a private function: create, list, revoke.
+    SigningKey(signing_key::Args),
     /// List a function's latest calls (execution records).
     Executions(executions::Args),
     /// Figures of a function's calls: errors, percentiles, cold starts, queueing.
@@ -165,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Key(args) => key::run(&ctx, args).await,
         Command::Secret(args) => secret::run(&ctx, args).await,
+        Command::SigningKey(args) => signing_key::run(&ctx, args).await,
         Command::Executions(args) => executions::run(&ctx, args).await,
         Command::Stats(args) => stats::run(&ctx, args).await,
         Command::Status(args) => status::run(&ctx, args).await,

@@ -60,6 +60,8 @@ pub fn action_name(method: &Method, route: &str) -> Option<&'static str> {
         ("DELETE", "/functions/{name}/keys/{id}") => "key.revoke",
         ("PUT", "/functions/{name}/secrets/{key}") => "secret.set",
         ("DELETE", "/functions/{name}/secrets/{key}") => "secret.unset",
+        ("POST", "/functions/{name}/signing-keys") => "signing-key.create",
+        ("DELETE", "/functions/{name}/signing-keys/{key_id}") => "signing-key.revoke",
         ("POST", "/functions/{name}/rollback") => "rollback",
         ("POST", "/functions/{name}/config") => "config.change",
         _ => return None,

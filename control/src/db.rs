@@ -402,10 +402,12 @@ pub async fn route_table(
                 config: config.0,
                 keys: Vec::new(),
                 secrets: Vec::new(),
+                signing_keys: Vec::new(),
             })
         })
         .collect();
     crate::access::fill_routes(&mut tx, vault, &mut routes).await?;
+    crate::signing::fill_routes(&mut tx, vault, &mut routes).await?;
     tx.commit().await?;
     Ok(RouteTable { revision, routes })
 }

@@ -24,6 +24,7 @@ pub mod revision;
 pub mod routes;
 pub mod runtimes;
 pub mod server;
+pub mod signing;
 pub mod state;
 pub mod vault;
 pub mod watchers;

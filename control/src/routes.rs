@@ -15,6 +15,7 @@ pub mod keys;
 pub mod logs;
 pub mod nodes;
 pub mod secrets;
+pub mod signing_keys;
 pub mod stats;
 pub mod status;
 pub mod tokens;
@@ -62,6 +63,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/functions/{name}/secrets/{key}",
             put(secrets::set).delete(secrets::unset),
+        )
+        .route(
+            "/functions/{name}/signing-keys",
+            get(signing_keys::list).post(signing_keys::create),
+        )
+        .route(
+            "/functions/{name}/signing-keys/{key_id}",
+            delete(signing_keys::revoke),
         )
         .route("/functions/{name}/logs", get(logs::query))
         .route(

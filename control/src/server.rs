@@ -38,6 +38,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(n) => tracing::info!(count = n, "secrets sealed again under the first master key"),
         Err(err) => tracing::warn!(err = format!("{err:#}"), "resealing secrets"),
     }
+    match crate::signing::reseal_all(&pool, &vault).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            count = n,
+            "signing keys sealed again under the first master key"
+        ),
+        Err(err) => tracing::warn!(err = format!("{err:#}"), "resealing signing keys"),
+    }
     let stale = db::fail_stale_builds(&pool, settings.build_timeout * 2).await?;
     if stale > 0 {
         tracing::warn!(count = stale, "marked abandoned builds as failed");

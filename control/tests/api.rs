@@ -1420,3 +1420,113 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
             .unwrap();
     assert_eq!(usage, 0);
 }
+
+/// Issue 10, signing keys: the secret answered once, stored sealed (never
+/// in plain text), opened into the route table for live keys only, wiped
+/// on revocation; every change bumps the route revision; bad ids named.
+#[tokio::test]
+async fn signing_keys_reach_the_route_table_sealed_at_rest() {
+    use containerpub_wire::signing::{SigningKeyCreated, SigningKeyInfo};
+    let app = app().await;
+    let db = &app.state.db;
+    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let function: i64 = sqlx::query_scalar(
+        "INSERT INTO functions (name, owner_id, last_version) VALUES ('signed', $1, 1) RETURNING id",
+    )
+    .bind(owner)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let config = serde_json::json!({"name": "signed", "runtime": "container"});
+    let deployment: i64 = sqlx::query_scalar(
+        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
+         VALUES ($1, 1, 'sha256:00', '/nowhere', $2, 'active', 'img') RETURNING id",
+    )
+    .bind(function)
+    .bind(&config)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
+        .bind(deployment)
+        .bind(&config)
+        .bind(function)
+        .execute(db)
+        .await
+        .unwrap();
+    let send = |method: &str, uri: &str, body: &str| {
+        authed(Request::builder().method(method).uri(uri))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
+    let before = table().await.revision;
+
+    let reply = app
+        .send(send(
+            "POST",
+            "/api/v1/functions/signed/signing-keys",
+            r#"{"label":"ci"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let created: SigningKeyCreated = reply.json();
+    assert!(containerpub_wire::signing::is_key_id_shaped(
+        &created.info.key_id
+    ));
+    assert!(created.secret.starts_with("cpss_") && created.secret.len() == 69);
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT ciphertext FROM function_signing_keys")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert!(
+        !sealed
+            .windows(16)
+            .any(|w| created.secret.as_bytes()[5..].windows(16).any(|s| s == w)),
+        "the secret is stored in plain text"
+    );
+    let t = table().await;
+    assert!(
+        t.revision > before,
+        "a signing-key change bumps the revision"
+    );
+    assert_eq!(t.routes[0].signing_keys.len(), 1);
+    assert_eq!(t.routes[0].signing_keys[0].id, created.info.key_id);
+    assert_eq!(t.routes[0].signing_keys[0].secret.0, created.secret);
+    let listed = app.get("/api/v1/functions/signed/signing-keys").await;
+    let shown: Vec<SigningKeyInfo> = listed.json();
+    assert_eq!(shown, std::slice::from_ref(&created.info));
+    assert!(!String::from_utf8_lossy(&listed.body).contains(&created.secret));
+
+    let revoke = format!(
+        "/api/v1/functions/signed/signing-keys/{}",
+        created.info.key_id
+    );
+    assert_eq!(
+        app.send(send("DELETE", &revoke, "")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(table().await.routes[0].signing_keys.is_empty());
+    let wiped: Vec<u8> = sqlx::query_scalar("SELECT ciphertext FROM function_signing_keys")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert!(wiped.is_empty(), "revocation wipes the sealed secret");
+    assert_eq!(
+        app.send(send("DELETE", &revoke, "")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let bad = app
+        .send(send(
+            "DELETE",
+            "/api/v1/functions/signed/signing-keys/nope",
+            "",
+        ))
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.error().field.as_deref(), Some("key_id"));
+}

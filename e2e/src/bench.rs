@@ -235,6 +235,7 @@ fn bench_spec(function: &str, image: &str, label: &str) -> Result<ContainerSpec>
         config: Manifest::parse(&manifest).context("bench manifest")?,
         keys: Vec::new(),
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     };
     let (key, value) = label.split_once('=').context("label is key=value")?;
     let mut spec = container_spec(&route, &format!("{value}-spec"), NETWORK);

@@ -13,7 +13,11 @@
 //!   login rate limits (429 + retry-after), and the audit log's refusal of
 //!   UPDATE, DELETE and TRUNCATE.
 //!
-//! Long: the matrix is one table of 23 endpoint rows × 5 callers, and both
+//! - `the_route_reader_sees_every_route_and_misses_are_reported`: the
+//!   matrix's coverage check (every route of control's router has a row)
+//!   reads the routes right and reports a route without a row.
+//!
+//! Long: the matrix is one table of 48 endpoint rows × 5 callers, and both
 //! tests walk one stack each through a story whose steps depend on the
 //! previous ones (splitting them would start a stack, and build, per step).
 
@@ -193,6 +197,115 @@ impl Api {
     }
 }
 
+/// The `(method, template)` of every `/api/v1` route in
+/// `control/src/routes.rs`, read from its `.route("…", get(…).post(…))`
+/// calls (the router is built from those calls only).
+fn control_routes() -> Vec<(Method, String)> {
+    let path = containerpub_e2e::repo_root().join("control/src/routes.rs");
+    let text = std::fs::read_to_string(&path).expect("control/src/routes.rs");
+    let text = &text[text.find("pub fn router").expect("fn router")..];
+    let text = &text[..text.find("\n}\n").expect("end of fn router")];
+    let mut routes = Vec::new();
+    for piece in text.split(".route(").skip(1) {
+        let Some(rest) = piece.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let template = &rest[..rest.find('"').expect("closing quote")];
+        // The call's own text: up to its closing parenthesis.
+        let mut depth = 1;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let call = &rest[..end];
+        for (word, method) in [
+            ("get(", Method::GET),
+            ("post(", Method::POST),
+            ("put(", Method::PUT),
+            ("delete(", Method::DELETE),
+            ("patch(", Method::PATCH),
+        ] {
+            let found = call.match_indices(word).any(|(i, _)| {
+                i == 0
+                    || !call.as_bytes()[i - 1].is_ascii_alphanumeric()
+                        && call.as_bytes()[i - 1] != b'_'
+            });
+            if found {
+                routes.push((method, template.to_owned()));
+            }
+        }
+    }
+    assert!(
+        routes.len() >= 40,
+        "read only {} routes from {}",
+        routes.len(),
+        path.display()
+    );
+    routes
+}
+
+/// Whether the concrete `path` (query ignored) is an instance of `template`.
+fn matches_template(template: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default();
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && t.ends_with('}') && !p.is_empty()) || t == p)
+}
+
+/// The control routes that no row of `rows` calls. Outside `/api/v1`
+/// (`/healthz`, `/metrics`) nothing is access-controlled; `POST
+/// /auth/login` takes no token (`tokens_nodes_and_logins` covers it).
+fn uncovered_routes(rows: &[(Method, &str)]) -> Vec<String> {
+    control_routes()
+        .into_iter()
+        .filter(|(method, template)| {
+            !matches!(template.as_str(), "/healthz" | "/metrics" | "/auth/login")
+                && !rows
+                    .iter()
+                    .any(|(m, p)| m == method && matches_template(template, p))
+        })
+        .map(|(method, template)| format!("{method} {template}"))
+        .collect()
+}
+
+#[test]
+fn the_route_reader_sees_every_route_and_misses_are_reported() {
+    let routes = control_routes();
+    for want in [
+        (Method::GET, "/functions"),
+        (Method::DELETE, "/functions/{name}"),
+        (Method::POST, "/functions/{name}/deployments"),
+        (Method::PUT, "/functions/{name}/secrets/{key}"),
+        (Method::POST, "/logs"),
+    ] {
+        assert!(
+            routes.iter().any(|(m, t)| *m == want.0 && t == want.1),
+            "{want:?} not read: {routes:?}"
+        );
+    }
+    assert!(!routes.iter().any(|(_, t)| t.contains("route_layer")));
+    // With no rows, every route is reported; a row covers its template only.
+    assert_eq!(uncovered_routes(&[]).len(), routes.len() - 3);
+    let one = uncovered_routes(&[(Method::GET, "/functions/x/stats?since=1h")]);
+    assert!(!one.contains(&"GET /functions/{name}/stats".to_owned()));
+    assert!(one.contains(&"GET /functions/{name}/executions".to_owned()));
+    assert!(matches_template("/builds/{id}/log", "/builds/7/log"));
+    assert!(!matches_template("/builds/{id}", "/builds/7/log"));
+    assert!(!matches_template("/builds/{id}", "/builds/"));
+}
+
 /// A caller of the matrix.
 struct Who<'a> {
     label: &'a str,
@@ -346,6 +459,21 @@ async fn role_endpoint_matrix() {
     let admin_only = |what: &'static str| -> [Expect; 5] {
         [Ok(200), Err(what), Err(what), Err(what), Err(node_refusal)]
     };
+    // A function's own business: the owner and admins do it (`allowed` is
+    // what they get), another developer and a viewer are refused.
+    let manage = |allowed: u16| -> [Expect; 5] {
+        [
+            Ok(allowed),
+            Ok(allowed),
+            Err(
+                "function acc-alice is owned by user alice; role developer may only manage functions it owns",
+            ),
+            Err("role viewer cannot manage functions (needs developer)"),
+            Err(node_refusal),
+        ]
+    };
+    let node_post =
+        |what: &'static str| -> [Expect; 5] { [Ok(400), Err(what), Err(what), Err(what), Ok(400)] };
     let stack_node = stack.node.clone();
     let rows: Vec<(Method, String, Option<Value>, [Expect; 5])> = vec![
         (Method::GET, "/functions".into(), None, reads),
@@ -561,6 +689,140 @@ async fn role_endpoint_matrix() {
             None,
             [Ok(200), Ok(200), Ok(200), Ok(200), Err(node_refusal)],
         ),
+        // A function's keys, secrets and signing keys: read by every user,
+        // managed by the owner or an admin.
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/keys"),
+            None,
+            reads,
+        ),
+        (
+            Method::POST,
+            format!("/functions/{ALICE_FN}/keys"),
+            Some(json!({"label": "matrix"})),
+            manage(201),
+        ),
+        (
+            Method::DELETE,
+            format!("/functions/{ALICE_FN}/keys/999999"),
+            None,
+            manage(404),
+        ),
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/secrets"),
+            None,
+            reads,
+        ),
+        (
+            Method::PUT,
+            format!("/functions/{ALICE_FN}/secrets/MATRIX"),
+            Some(json!({"value": "v"})),
+            manage(204),
+        ),
+        (
+            Method::DELETE,
+            format!("/functions/{ALICE_FN}/secrets/NOPE"),
+            None,
+            manage(404),
+        ),
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/signing-keys"),
+            None,
+            reads,
+        ),
+        (
+            Method::POST,
+            format!("/functions/{ALICE_FN}/signing-keys"),
+            Some(json!({"label": "matrix"})),
+            manage(201),
+        ),
+        (
+            Method::DELETE,
+            format!("/functions/{ALICE_FN}/signing-keys/sk_0000000000000000"),
+            None,
+            manage(404),
+        ),
+        // Versions without a build: a rollback to a version that does not
+        // exist (404) and an empty config change (400) reach the handler's
+        // own checks only for the allowed callers.
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/versions"),
+            None,
+            reads,
+        ),
+        (
+            Method::POST,
+            format!("/functions/{ALICE_FN}/rollback"),
+            Some(json!({"to": 999})),
+            manage(404),
+        ),
+        (
+            Method::POST,
+            format!("/functions/{ALICE_FN}/config"),
+            Some(json!({})),
+            manage(400),
+        ),
+        // Builds, logs, executions, stats, status: reads.
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/builds"),
+            None,
+            reads,
+        ),
+        (Method::GET, format!("/builds/{deployment_id}"), None, reads),
+        (
+            Method::GET,
+            format!("/builds/{deployment_id}/log"),
+            None,
+            reads,
+        ),
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/logs"),
+            None,
+            reads,
+        ),
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/executions"),
+            None,
+            reads,
+        ),
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/stats"),
+            None,
+            reads,
+        ),
+        (Method::GET, "/status".into(), None, reads),
+        // What nodes post: admins and the node itself get past the role
+        // check to the body's (400: the body is no batch); users are refused.
+        (
+            Method::POST,
+            "/executions".into(),
+            None,
+            node_post(
+                "cannot report executions and node status (node credentials and admins only)",
+            ),
+        ),
+        (
+            Method::POST,
+            format!("/nodes/{stack_node}/status"),
+            None,
+            node_post(
+                "cannot report executions and node status (node credentials and admins only)",
+            ),
+        ),
+        (
+            Method::POST,
+            "/logs".into(),
+            None,
+            node_post("cannot ship function logs (node credentials and admins only)"),
+        ),
     ];
     let mut checked = 0;
     for (method, path, body, expected) in &rows {
@@ -618,6 +880,16 @@ async fn role_endpoint_matrix() {
         }
     }
     assert!(checked >= 100, "{checked} matrix cells");
+    // Every route of the control plane's router has a row.
+    let rows_at: Vec<(Method, &str)> = rows
+        .iter()
+        .map(|(m, p, _, _)| (m.clone(), p.as_str()))
+        .collect();
+    let missing = uncovered_routes(&rows_at);
+    assert!(
+        missing.is_empty(),
+        "control routes without a row in the role × endpoint matrix (add one): {missing:?}"
+    );
     // Nothing a refusal touched changed: the same versions, the same owner.
     assert_eq!(versions(ALICE_FN).await, Some(2));
     let f = api

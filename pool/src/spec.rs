@@ -144,6 +144,7 @@ mod tests {
                     value: SecretValue("s3".into()),
                 },
             ],
+            signing_keys: Vec::new(),
         };
         let s = container_spec(&route, "n1", "cpub");
         assert_eq!(s.cap_drop, ["ALL"]);

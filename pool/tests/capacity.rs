@@ -28,6 +28,7 @@ fn route_with(name: &str, resources: &str, scaling: &str) -> Route {
         config: Manifest::parse(&text).unwrap(),
         keys: Vec::new(),
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 

@@ -52,6 +52,7 @@ fn route_with(name: &str, deployment_id: i64, scaling: &str) -> Route {
         config: Manifest::parse(&text).unwrap(),
         keys: Vec::new(),
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 

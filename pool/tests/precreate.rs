@@ -37,6 +37,7 @@ fn route(name: &str, deployment_id: i64, env: &str) -> Route {
         config: Manifest::parse(&text).unwrap(),
         keys: Vec::new(),
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 

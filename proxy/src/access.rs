@@ -39,7 +39,12 @@ pub enum Refusal {
     Wrong,
     /// More than one field that could carry the key: 400.
     Ambiguous(&'static str),
+    /// A signed call refused (`crate::signing`): 401.
+    Signature(crate::signing::SigRefusal),
 }
+
+/// The challenge of a 401 for a function that takes signatures only.
+pub const SIGNATURE_CHALLENGE: &[u8] = b"CPUB-HMAC-SHA256 realm=\"cpub\"";
 
 impl Refusal {
     /// The proxy's answer for a call of `function`.
@@ -59,12 +64,20 @@ impl Refusal {
                 format!("the key is not valid for function \"{function}\" (wrong or revoked)"),
             ),
             Self::Ambiguous(what) => Reply::rejected(Rejection::BadRequest, 400, what),
+            Self::Signature(why) => {
+                let (status, message) = why.status_and_message(function);
+                Reply::rejected(Rejection::BadSignature, status, message)
+            }
         }
     }
 
     /// The `www-authenticate` value the answer carries, if any.
     pub fn challenge(self) -> Option<&'static [u8]> {
-        matches!(self, Self::Missing).then_some(CHALLENGE)
+        match self {
+            Self::Missing => Some(CHALLENGE),
+            Self::Signature(_) => Some(SIGNATURE_CHALLENGE),
+            Self::Wrong | Self::Ambiguous(_) => None,
+        }
     }
 }
 
@@ -183,6 +196,7 @@ mod tests {
             config: Manifest::parse(&text).unwrap(),
             keys: keys.iter().map(|k| digest(k)).collect(),
             secrets: Vec::<SecretVar>::new(),
+            signing_keys: Vec::new(),
         }
     }
 

@@ -846,6 +846,7 @@ mod tests {
                 config: manifest,
                 keys: Vec::new(),
                 secrets: Vec::new(),
+                signing_keys: Vec::new(),
             },
             metrics: crate::metrics::FunctionMetrics::new("rec"),
             pool_handle: Default::default(),

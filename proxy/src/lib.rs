@@ -19,6 +19,7 @@ pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod trace;
 pub mod tunnel;
 pub mod upstream;

@@ -109,10 +109,13 @@ pub enum Rejection {
     MissingKey,
     /// A private function called with a wrong or revoked key (403).
     BadKey,
+    /// A signed call refused, or an unsigned one where a signature is
+    /// required (401).
+    BadSignature,
 }
 
 impl Rejection {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::NotFound,
         Self::UnknownFunction,
         Self::BodyTooLarge,
@@ -124,6 +127,7 @@ impl Rejection {
         Self::BadRequest,
         Self::MissingKey,
         Self::BadKey,
+        Self::BadSignature,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +143,7 @@ impl Rejection {
             Self::BadRequest => "bad_request",
             Self::MissingKey => "missing_key",
             Self::BadKey => "bad_key",
+            Self::BadSignature => "bad_signature",
         }
     }
 }

@@ -354,6 +354,7 @@ mod tests {
             config: manifest,
             keys: Vec::new(),
             secrets: Vec::new(),
+            signing_keys: Vec::new(),
         }
     }
 

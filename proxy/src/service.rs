@@ -560,6 +560,7 @@ mod tests {
                 config: manifest,
                 keys: Vec::new(),
                 secrets: Vec::new(),
+                signing_keys: Vec::new(),
             },
             metrics: metrics::FunctionMetrics::new("svc-rec"),
             pool_handle: Default::default(),

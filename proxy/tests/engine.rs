@@ -420,6 +420,7 @@ fn route() -> Route {
         config: Manifest::parse(&text).unwrap(),
         keys: Vec::new(),
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 

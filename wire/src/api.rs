@@ -113,6 +113,11 @@ pub struct Route {
     /// environment (names sorted; never shown by `Debug`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<crate::private::SecretVar>,
+    /// The function's live HMAC signing keys with their secrets (used when
+    /// its manifest's `[access] auth` accepts signatures; never shown by
+    /// `Debug`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<crate::signing::SigningKey>,
 }
 
 /// `GET /api/v1/routes?since=N&wait_s=S&node=NAME`: the whole route table

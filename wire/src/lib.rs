@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod private;
 pub mod request_id;
 pub mod usage;
+pub mod signing;
 
 pub use manifest::{Manifest, ManifestError};
 

@@ -64,6 +64,47 @@ pub enum Visibility {
     Private,
 }
 
+/// How callers of a `private` function prove they may call it
+/// (`[access] auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Auth {
+    /// An invocation key (`x-cpub-key` or `Authorization: Bearer`).
+    #[default]
+    Key,
+    /// An HMAC signature (`x-cpub-signature`, `crate::signing`) only.
+    Signature,
+    /// Either; a call that carries a signature is judged by it.
+    KeyOrSignature,
+}
+
+impl Auth {
+    /// Whether keys are accepted.
+    pub fn accepts_key(self) -> bool {
+        matches!(self, Self::Key | Self::KeyOrSignature)
+    }
+
+    /// Whether signatures are accepted.
+    pub fn accepts_signature(self) -> bool {
+        matches!(self, Self::Signature | Self::KeyOrSignature)
+    }
+}
+
+/// `[access]`: how a private function's callers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// `key` (the default), `signature` or `key-or-signature`.
+    #[serde(default)]
+    pub auth: Auth,
+}
+
+impl Access {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// `cpub.toml`, the manifest at the root of every bundle.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +127,10 @@ pub struct Manifest {
     /// `public` needs no key; `private` needs a function key.
     #[serde(default)]
     pub visibility: Visibility,
+    /// How a private function's callers authenticate (left out of the
+    /// serialised form when default, so older readers still parse it).
+    #[serde(default, skip_serializing_if = "Access::is_default")]
+    pub access: Access,
     /// Plain environment defaults.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -260,6 +305,12 @@ impl Manifest {
                 ));
             }
             (Runtime::Container, None) => {}
+        }
+        if self.visibility == Visibility::Public && !self.access.is_default() {
+            return Err(ManifestError::new(
+                "access.auth",
+                "applies to private functions only: set visibility = \"private\" or remove [access]",
+            ));
         }
         if self.port == 0 {
             return Err(ManifestError::new("port", "must be between 1 and 65535"));
@@ -525,6 +576,12 @@ mod tests {
             ("env = [\"A\"]\n", "env", "invalid type"),
             ("colour = \"red\"\n", "colour", "unknown field"),
             ("health_path = 1\n", "health_path", "invalid type"),
+            (
+                "[access]\nauth = \"hmac\"\n",
+                "access.auth",
+                "unknown variant",
+            ),
+            ("[access]\nmode = \"key\"\n", "access.mode", "unknown field"),
         ];
         for (extra, field, kind) in cases {
             let err = Manifest::parse(&format!("{MINIMAL}{extra}")).unwrap_err();
@@ -545,6 +602,30 @@ mod tests {
         // Not TOML at all: the file as a whole.
         let err = Manifest::parse("name = \"a\"\nruntime = [\n").unwrap_err();
         assert_eq!(err.field, "", "{err}");
+    }
+
+    #[test]
+    fn access_auth_is_chosen_for_private_functions_only() {
+        assert_eq!(Manifest::parse(MINIMAL).unwrap().access.auth, Auth::Key);
+        for (text, auth) in [
+            ("key", Auth::Key),
+            ("signature", Auth::Signature),
+            ("key-or-signature", Auth::KeyOrSignature),
+        ] {
+            let m = Manifest::parse(&format!("{MINIMAL}[access]\nauth = \"{text}\"\n")).unwrap();
+            assert_eq!(m.access.auth, auth);
+            // The default is left out of the serialised form; others kept.
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json.contains("\"access\""), auth != Auth::Key, "{json}");
+            assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+        }
+        assert!(Auth::KeyOrSignature.accepts_key() && Auth::KeyOrSignature.accepts_signature());
+        assert!(!Auth::Signature.accepts_key() && !Auth::Key.accepts_signature());
+        let err = Manifest::parse(&format!(
+            "{MINIMAL}visibility = \"public\"\n[access]\nauth = \"signature\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "access.auth", "{err}");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! control plane), stream the answer's body to stdout, fail on status ≥ 400.
 //!
 //! The control-plane token is never sent to the function; a private
-//! function's key goes in a header given with `-H`.
+//! function's key goes in a header given with `-H`. `--sign KEYID` signs
+//! the call (`x-cpub-signature`, `containerpub_wire::signing`) with the
+//! secret read from `--sign-secret-file` or `$CPUB_SIGNING_SECRET`, never
+//! from an argument.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -33,6 +36,13 @@ pub struct Args {
     /// Print the response status line and headers before the body.
     #[arg(short = 'i', long = "include")]
     include: bool,
+    /// Sign the call with this signing key (`sk_…`); the secret comes from
+    /// `--sign-secret-file` or `$CPUB_SIGNING_SECRET`.
+    #[arg(long, value_name = "KEYID")]
+    sign: Option<String>,
+    /// File holding the signing secret (as `cpub signing-key create` printed it).
+    #[arg(long, value_name = "FILE", requires = "sign")]
+    sign_secret_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
@@ -68,6 +78,26 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         .build()
         .context("cannot build the HTTP client")?;
     let mut request = http.request(method.clone(), url.clone()).headers(headers);
+    if let Some(key_id) = &args.sign {
+        let secret = signing_secret(args.sign_secret_file.as_deref())?;
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_secs() as i64;
+        let value = containerpub_wire::signing::header_value(
+            key_id,
+            secret.as_bytes(),
+            method.as_str(),
+            &target,
+            now,
+            body.as_deref().unwrap_or_default(),
+        );
+        request = request.header(containerpub_wire::signing::SIGNATURE_HEADER, value);
+    }
     if let Some(body) = body {
         request = request.body(body);
     }
@@ -106,6 +136,29 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         bail!("{} answered {status} to {method} {url}", args.name);
     }
     Ok(())
+}
+
+/// The signing secret: from `file` when given, else `$CPUB_SIGNING_SECRET`
+/// (surrounding whitespace trimmed; never an argument, which would land in
+/// shell history and `ps`).
+fn signing_secret(file: Option<&std::path::Path>) -> Result<String> {
+    let secret = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --sign-secret-file {}", path.display()))?,
+        None => std::env::var("CPUB_SIGNING_SECRET").map_err(|_| {
+            anyhow::anyhow!(
+                "--sign needs the secret in --sign-secret-file FILE or $CPUB_SIGNING_SECRET"
+            )
+        })?,
+    };
+    let secret = secret.trim().to_owned();
+    if !secret.starts_with(containerpub_wire::signing::SECRET_PREFIX) {
+        bail!(
+            "the signing secret must start with {} (as cpub signing-key create printed it)",
+            containerpub_wire::signing::SECRET_PREFIX
+        );
+    }
+    Ok(secret)
 }
 
 /// `-X` wins; otherwise POST when there is a body and GET when not.

@@ -24,7 +24,7 @@ impl Conn {
         let reply = refusal.reply(call.function());
         call.status = reply.status;
         call.rejection = reply.rejection;
-        let id = std::mem::take(&mut call.request_id);
+        let id = call.request_id.clone(); // the record keeps the call's
         drop(call);
         let body = json_body(&reply.message);
         let answer = OwnAnswer {

@@ -203,11 +203,15 @@ impl Conn {
             &self.buf,
             &self.fields,
         );
-        // A private function's key: checked before anything else is said.
-        if let Err(refusal) = crate::access::check(&self.buf, &mut self.fields, &entry.route) {
-            let keep = self.refuse_access(call, refusal, close_after_own, head_only);
-            return Admission::Answered(keep.await);
-        }
+        // A private function's key or signature: checked before anything
+        // else is said (a signed call's body is checked below).
+        let signed = match crate::signing::check(&self.buf, line, &mut self.fields, &entry.route) {
+            Ok(signed) => signed,
+            Err(refusal) => {
+                let keep = self.refuse_access(call, refusal, close_after_own, head_only);
+                return Admission::Answered(keep.await);
+            }
+        };
         if is_connect {
             let reply = Reply::new(405, "CONNECT is not supported");
             return Admission::Answered(
@@ -221,6 +225,15 @@ impl Conn {
             let message = format!("request body of {n} bytes is over the limit of {limit} bytes");
             let reply = Reply::rejected(Rejection::BodyTooLarge, 413, message);
             return Admission::Answered(self.answer_call(call, &reply, true, head_only).await);
+        }
+        if let Some(signed) = signed {
+            let read = self.check_signed_body(line, &sem, &signed, limit, call.timeout());
+            match Box::pin(read).await {
+                Ok(()) => {}
+                Err(verdict) => {
+                    return Admission::Answered(self.refuse_signed(call, verdict, head_only).await);
+                }
+            }
         }
 
         match lease(proxy, &entry).await {

@@ -50,6 +50,7 @@ mod admission;
 mod body;
 mod forward;
 mod relay;
+mod signing;
 
 use admission::Admission;
 use forward::NoAnswer;
