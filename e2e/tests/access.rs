@@ -27,7 +27,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use containerpub_e2e::{Stack, bin, bundle, eventually};
+use containerpub_e2e::{RemoveImages, Stack, bin, bundle, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -72,28 +72,6 @@ fn cli_err(stack: &Stack, token: &str, args: &[&str], stdin: &str) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Removes the images of the test's functions when it ends (the stack
-/// removes containers and its database, not images).
-struct RemoveImages(&'static [&'static str]);
-
-impl Drop for RemoveImages {
-    fn drop(&mut self) {
-        let Ok(out) = Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-        else {
-            return;
-        };
-        for image in String::from_utf8_lossy(&out.stdout).lines().filter(|l| {
-            self.0
-                .iter()
-                .any(|f| l.starts_with(&format!("localhost/cpub-fn-{f}:")))
-        }) {
-            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
-        }
-    }
 }
 
 /// An HTTP client for the API that gives every call its own request id and
@@ -318,7 +296,7 @@ const ADMIN_FN: &str = "acc-admin";
 
 #[tokio::test]
 async fn role_endpoint_matrix() {
-    let _images = RemoveImages(&[ALICE_FN, BOB_FN, ADMIN_FN]);
+    let _images = RemoveImages::of(&[ALICE_FN, BOB_FN, ADMIN_FN]);
     let stack = Stack::start(&[]).await.expect("stack");
     let admin = stack.token.clone();
     let api = Api::new(&stack);

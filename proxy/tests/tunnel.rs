@@ -140,6 +140,7 @@ fn route(name: &str) -> Route {
         config: Manifest::parse(&text).unwrap(),
         keys: Vec::new(),
         secrets: Vec::new(),
+        signing_keys: Vec::new(),
     }
 }
 

@@ -14,8 +14,8 @@ pub mod logs;
 pub mod manifest;
 pub mod private;
 pub mod request_id;
-pub mod usage;
 pub mod signing;
+pub mod usage;
 
 pub use manifest::{Manifest, ManifestError};
 
