@@ -569,20 +569,21 @@ fn parse_wrk(output: &str) -> Result<Wrk> {
     Ok(w)
 }
 
-async fn run_wrk(url: &str, args: &Args) -> Result<Wrk> {
+async fn run_wrk(url: &str, headers: &[(&str, &str)], args: &Args) -> Result<Wrk> {
     let secs = args.duration.as_secs().max(1);
+    let mut wrk = tokio::process::Command::new("wrk");
+    wrk.args([
+        &format!("-c{}", args.connections),
+        "-t2",
+        &format!("-d{secs}s"),
+        "--latency",
+    ]);
+    for (name, value) in headers {
+        wrk.arg("-H").arg(format!("{name}: {value}"));
+    }
     let out = tokio::time::timeout(
         args.duration + Duration::from_secs(30),
-        tokio::process::Command::new("wrk")
-            .args([
-                &format!("-c{}", args.connections),
-                "-t2",
-                &format!("-d{secs}s"),
-                "--latency",
-                url,
-            ])
-            .kill_on_drop(true)
-            .output(),
+        wrk.arg(url).kill_on_drop(true).output(),
     )
     .await
     .context("wrk did not end in time")?
@@ -655,7 +656,7 @@ async fn load(
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let wrk = if args.wrk {
-        Some(run_wrk(url, args).await?)
+        Some(run_wrk(url, headers, args).await?)
     } else {
         None
     };
