@@ -744,7 +744,7 @@ async fn role_endpoint_matrix() {
             Some(json!({})),
             manage(400),
         ),
-        // Builds, logs, executions, stats, status: reads.
+        // Builds, logs, executions, stats, usage, status: reads.
         (
             Method::GET,
             format!("/functions/{ALICE_FN}/builds"),
@@ -773,6 +773,12 @@ async fn role_endpoint_matrix() {
         (
             Method::GET,
             format!("/functions/{ALICE_FN}/stats"),
+            None,
+            reads,
+        ),
+        (
+            Method::GET,
+            format!("/functions/{ALICE_FN}/usage"),
             None,
             reads,
         ),
