@@ -45,7 +45,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    for bytes in h.instance.since(&mark) {
+    for bytes in h.instance.streams_since(&mark) {
         // After a protocol switch the proxy relays a byte tunnel: only the
         // switching request's head is HTTP/1.1 (the proxy marks it with its
         // own `connection: upgrade`).

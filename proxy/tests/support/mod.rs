@@ -317,6 +317,22 @@ impl Instance {
             .collect()
     }
 
+    /// The whole stream, from its first byte, of every connection that
+    /// received bytes since `mark` (readiness probes left out). A slice from
+    /// the mark can start inside a request: under load an earlier call's
+    /// upstream bytes (the proxy gave up on them and closed) are read by the
+    /// instance only after the next mark, and the slice is then the tail of
+    /// a body, which no parser can frame.
+    pub fn streams_since(&self, mark: &[usize]) -> Vec<Vec<u8>> {
+        let s = self.state.lock().unwrap();
+        s.conns
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| !c.is_probe() && c.bytes.len() > mark.get(*i).copied().unwrap_or(0))
+            .map(|(_, c)| c.bytes.clone())
+            .collect()
+    }
+
     /// Every non-probe connection's log.
     pub fn conns(&self) -> Vec<ConnLog> {
         let s = self.state.lock().unwrap();
