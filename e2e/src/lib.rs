@@ -557,6 +557,13 @@ impl Stack {
             .filter_map(|row| {
                 let id = row["Id"].as_str()?.to_owned();
                 let state = row["State"].as_str().unwrap_or_default().to_owned();
+                // The pool pauses through the cgroup freezer; Podman still
+                // says running.
+                let state = if state == "running" {
+                    container_state(&id).unwrap_or(state)
+                } else {
+                    state
+                };
                 Some((id, state))
             })
             .collect()
@@ -664,9 +671,39 @@ pub fn inspect(id: &str) -> Option<serde_json::Value> {
 }
 
 /// `State.Status` of a container (`running`, `paused`, `exited`, …), or
-/// `None` when it is gone.
+/// `None` when it is gone; `paused` also for a container Podman calls
+/// `running` whose cgroup is frozen (the pool pauses through the cgroup
+/// freezer: see [`frozen`]).
 pub fn container_state(id: &str) -> Option<String> {
-    inspect(id)?["State"]["Status"].as_str().map(str::to_owned)
+    let v = inspect(id)?;
+    let status = v["State"]["Status"].as_str()?;
+    if status == "running" && frozen(&v) {
+        return Some("paused".into());
+    }
+    Some(status.to_owned())
+}
+
+/// Thaws container `id` through its cgroup freezer (what "unpause" is for
+/// the pool's instances; Podman's `unpause` refuses a container it did not
+/// pause). Panics naming what failed.
+pub fn thaw(id: &str) {
+    let v = inspect(id).unwrap_or_else(|| panic!("container {id} is gone"));
+    let cgroup = v["State"]["CgroupPath"]
+        .as_str()
+        .unwrap_or_else(|| panic!("container {id} has no cgroup: {v}"));
+    let freezer = containerpub_pool::podman::Freezer::host().expect("a cgroup freezer");
+    freezer
+        .thaw(cgroup)
+        .unwrap_or_else(|e| panic!("thawing {id}: {e}"));
+}
+
+/// Whether the kernel froze the container of inspect document `v` (its
+/// cgroup freezer says `FROZEN`).
+pub fn frozen(v: &serde_json::Value) -> bool {
+    let Some(cgroup) = v["State"]["CgroupPath"].as_str() else {
+        return false;
+    };
+    containerpub_pool::podman::Freezer::host().is_some_and(|f| f.is_frozen(cgroup).unwrap_or(false))
 }
 
 /// The container's address on the `cpub` network (else on any network).

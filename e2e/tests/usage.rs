@@ -210,17 +210,22 @@ async fn keep_warm_hits_and_misses_show_in_describe() {
     keep_warm_when(&stack, &name, "kept again", |t| t["keep_warm_kept"] == 2).await;
     let ids = stack.containers(Some(&name));
     assert_eq!(ids.len(), 1, "{ids:?}");
-    for args in [["unpause", &ids[0]], ["kill", &ids[0]]] {
-        let out = std::process::Command::new("podman")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // Frozen (the pool pauses through the cgroup freezer): a signal is
+    // taken only once thawed.
+    assert_eq!(
+        containerpub_e2e::container_state(&ids[0]).as_deref(),
+        Some("paused")
+    );
+    containerpub_e2e::thaw(&ids[0]);
+    let out = std::process::Command::new("podman")
+        .args(["kill", &ids[0]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman kill: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eventually(
         Duration::from_secs(20),
         "the dead instance removed",

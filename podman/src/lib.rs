@@ -6,6 +6,7 @@
 pub mod build;
 pub mod client;
 mod connection;
+pub mod freezer;
 pub mod spec;
 pub mod store;
 #[cfg(feature = "test-util")]
@@ -15,5 +16,6 @@ pub use build::{BuildLimits, BuildOutput, BuildStop, reap_orphaned_builds};
 pub use client::{
     ContainerEvent, ContainerState, ContainerSummary, DEFAULT_SOCKET, Podman, PodmanError,
 };
+pub use freezer::{FreezeError, Freezer};
 pub use spec::ContainerSpec;
 pub use store::StoreHold;

@@ -64,6 +64,9 @@ pub use runtime::{ContainerRuntime, Exit, Owned, PodmanRuntime, RuntimeEvent, St
 pub enum PoolError {
     #[error(transparent)]
     Podman(#[from] PodmanError),
+    /// Pausing or resuming through the cgroup freezer failed.
+    #[error("cgroup freezer: {0}")]
+    Freezer(#[from] containerpub_podman::FreezeError),
     #[error("function {function}: instance failed to start: {reason}")]
     StartFailed { function: String, reason: String },
     /// The function's process exited while its instance started (or,

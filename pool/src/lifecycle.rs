@@ -232,7 +232,7 @@ impl Inner {
                     err => {
                         tracing::warn!(function, deployment = route.deployment_id, %err, "instance start failed");
                         let reason = match err {
-                            PoolError::Podman(_) => "runtime",
+                            PoolError::Podman(_) | PoolError::Freezer(_) => "runtime",
                             _ => "not_ready",
                         };
                         METRICS

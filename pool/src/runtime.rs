@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use containerpub_wire::api::Route;
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use containerpub_podman::freezer::{FREEZE_DEADLINE, Freezer};
 
 use crate::podman::{Podman, PodmanError};
 use crate::precreate::{self, Precreator};
@@ -132,6 +135,21 @@ pub struct PodmanRuntime {
     precreate: Option<Arc<Precreator>>,
     /// Addresses of the network's subnets.
     addresses: Option<u32>,
+    /// Pauses and resumes by the cgroup freezer; `None` (no freezer found,
+    /// or turned off) uses Podman's `pause`/`unpause`.
+    freezer: Option<Freezer>,
+    /// What the freezer needs of each instance.
+    frozen: Arc<Mutex<FreezeBook>>,
+}
+
+/// Per container: its cgroup (Podman's `State.CgroupPath`, read when it
+/// started or was adopted), and the containers Podman itself paused (found
+/// so at adoption, from a proxy that paused through Podman): those are
+/// resumed through Podman.
+#[derive(Debug, Default)]
+struct FreezeBook {
+    cgroups: HashMap<String, String>,
+    podman_paused: HashSet<String>,
 }
 
 impl PodmanRuntime {
@@ -159,11 +177,52 @@ impl PodmanRuntime {
                 Some(sum.unwrap_or(0).saturating_add(n))
             });
         tracing::info!(network, subnets = ?subnets, addresses = ?addresses, "function network");
+        let freezer = Freezer::host();
+        tracing::info!(freezer = ?freezer.as_ref().map(Freezer::version), "pause and resume");
         Ok(Self {
             precreate: Some(Precreator::new(podman.clone(), network.to_owned())),
             podman,
             network: network.to_owned(),
             addresses,
+            freezer,
+            frozen: Arc::default(),
+        })
+    }
+
+    /// The same runtime pausing through Podman's `pause`/`unpause` instead
+    /// of the cgroup freezer (benchmarks compare the two).
+    #[must_use]
+    pub fn with_podman_pause(mut self) -> Self {
+        self.freezer = None;
+        self
+    }
+
+    fn note_cgroup(&self, id: &str, raw: &serde_json::Value) {
+        if let Some(path) = raw.pointer("/State/CgroupPath").and_then(|v| v.as_str()) {
+            self.book().cgroups.insert(id.to_owned(), path.to_owned());
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, FreezeBook> {
+        self.frozen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cgroup of `id`, read from Podman when not known yet.
+    async fn cgroup_of(&self, id: &str) -> Result<String, PoolError> {
+        if let Some(path) = self.book().cgroups.get(id) {
+            return Ok(path.clone());
+        }
+        let state = self.podman.inspect_container(id, &self.network).await?;
+        self.note_cgroup(id, &state.raw);
+        let path = self.book().cgroups.get(id).cloned();
+        path.ok_or_else(|| {
+            containerpub_podman::FreezeError::NoCgroup {
+                id: short(id).to_owned(),
+                status: state.status,
+            }
+            .into()
         })
     }
 
@@ -191,6 +250,7 @@ impl PodmanRuntime {
     /// crash with its exit code and output.
     async fn address(&self, route: &Route, id: &str) -> Result<Started, PoolError> {
         let state = self.podman.inspect_container(id, &self.network).await?;
+        self.note_cgroup(id, &state.raw);
         if matches!(state.status.as_str(), "exited" | "stopped" | "dead")
             && let Some(exit) = self.exit_of(id).await?
         {
@@ -298,6 +358,17 @@ impl ContainerRuntime for PodmanRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), PoolError> {
+        // A frozen process cannot take its SIGKILL: thaw it first.
+        let cgroup = {
+            let mut book = self.book();
+            book.podman_paused.remove(id);
+            book.cgroups.remove(id)
+        };
+        if let (Some(freezer), Some(cgroup)) = (&self.freezer, cgroup)
+            && let Err(err) = freezer.thaw(&cgroup)
+        {
+            tracing::debug!(container = short(id), %err, "thaw before removal");
+        }
         Ok(remove_container(&self.podman, &self.network, id).await?)
     }
 
@@ -310,15 +381,30 @@ impl ContainerRuntime for PodmanRuntime {
         for c in rows {
             let labels = c.labels.unwrap_or_default();
             let ip = match self.podman.inspect_container(&c.id, &self.network).await {
-                Ok(state) => state.ip,
+                Ok(state) => {
+                    self.note_cgroup(&c.id, &state.raw);
+                    state.ip
+                }
                 Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => continue,
                 Err(e) => return Err(e.into()),
             };
+            // Podman says `running` of a container frozen through the
+            // freezer (by this pool before a restart): it is paused.
+            let mut state = c.state;
+            let cgroup = self.book().cgroups.get(&c.id).cloned();
+            if state == "paused" {
+                self.book().podman_paused.insert(c.id.clone());
+            } else if state == "running"
+                && let (Some(freezer), Some(cgroup)) = (&self.freezer, cgroup)
+                && freezer.is_frozen(&cgroup).unwrap_or(false)
+            {
+                state = "paused".to_owned();
+            }
             owned.push(Owned {
                 id: c.id,
                 function: labels.get(labels::FUNCTION).cloned().unwrap_or_default(),
                 deployment: labels.get(labels::DEPLOYMENT).cloned().unwrap_or_default(),
-                state: c.state,
+                state,
                 ip,
             });
         }
@@ -361,11 +447,20 @@ impl ContainerRuntime for PodmanRuntime {
     }
 
     async fn pause(&self, id: &str) -> Result<(), PoolError> {
-        Ok(self.podman.pause_container(id).await?)
+        let Some(freezer) = &self.freezer else {
+            return Ok(self.podman.pause_container(id).await?);
+        };
+        let cgroup = self.cgroup_of(id).await?;
+        Ok(freezer.freeze(&cgroup, FREEZE_DEADLINE).await?)
     }
 
     async fn resume(&self, id: &str) -> Result<(), PoolError> {
-        Ok(self.podman.unpause_container(id).await?)
+        let podman_paused = self.book().podman_paused.remove(id);
+        let Some(freezer) = self.freezer.as_ref().filter(|_| !podman_paused) else {
+            return Ok(self.podman.unpause_container(id).await?);
+        };
+        let cgroup = self.cgroup_of(id).await?;
+        Ok(freezer.thaw(&cgroup)?)
     }
 
     async fn events(

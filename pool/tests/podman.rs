@@ -133,6 +133,24 @@ async fn instance_runs_with_isolation_defaults() {
     );
 }
 
+/// The kernel's word on whether container `id` is frozen, and Podman's
+/// state beside it (`running` either way: the pool does not pause through
+/// Podman).
+async fn assert_frozen(podman: &Podman, id: &str, frozen: bool) {
+    let state = podman.inspect_container(id, NETWORK).await.unwrap();
+    assert_eq!(state.status, "running", "Podman's state");
+    let cgroup = state.raw["State"]["CgroupPath"].as_str().unwrap();
+    let freezer = containerpub_podman::Freezer::host().expect("a cgroup freezer");
+    assert_eq!(freezer.is_frozen(cgroup).unwrap(), frozen, "{cgroup}");
+}
+
+/// A frozen instance accepts a connection (the kernel does) but never
+/// answers.
+async fn assert_no_answer(addr: std::net::SocketAddr) {
+    let answer = tokio::time::timeout(Duration::from_millis(500), http_get(addr)).await;
+    assert!(answer.is_err(), "a frozen instance answered: {answer:?}");
+}
+
 async fn wait_until<F: FnMut() -> bool>(what: &str, mut done: F) {
     let until = std::time::Instant::now() + Duration::from_secs(15);
     while !done() {
@@ -169,31 +187,56 @@ async fn pool_life_cycle_on_podman() {
     assert_eq!(second.instance_id(), id);
     drop(second);
 
-    // Idle: Podman really pauses it; a call resumes it.
+    // Idle: the kernel really freezes it (the cgroup freezer; Podman
+    // still says running); a call resumes it.
+    let addr = {
+        let lease = pool.lease(&r).await.unwrap();
+        let addr = lease.addr();
+        drop(lease);
+        addr
+    };
     wait_until("instance paused", || {
         pool.instances()
             .iter()
             .any(|i| i.state == InstanceState::Paused)
     })
     .await;
-    assert_eq!(
-        podman.inspect_container(&id, NETWORK).await.unwrap().status,
-        "paused"
-    );
+    assert_frozen(&podman, &id, true).await;
+    assert_no_answer(addr).await;
     let resumed = pool.lease(&r).await.unwrap();
     assert_eq!(resumed.start_kind(), StartKind::Paused);
     assert_eq!(resumed.instance_id(), id);
+    assert_frozen(&podman, &id, false).await;
     assert!(
         http_get(resumed.addr()).await.starts_with("HTTP/1."),
         "answers after resume"
     );
     drop(resumed);
 
-    // A new pool for the same node (a restarted proxy) adopts it.
+    // A new pool for the same node (a restarted proxy) adopts it while it
+    // is frozen: as paused (Podman's `running` is not believed), and a
+    // call resumes it.
+    wait_until("instance paused again", || {
+        pool.instances()
+            .iter()
+            .any(|i| i.state == InstanceState::Paused)
+    })
+    .await;
     pool.shutdown().await;
+    assert_frozen(&podman, &id, true).await;
     let pool = Pool::podman(podman.clone(), config, &routes).await.unwrap();
+    assert_eq!(
+        pool.instances()
+            .iter()
+            .map(|i| (i.id.clone(), i.state))
+            .collect::<Vec<_>>(),
+        vec![(id.clone(), InstanceState::Paused)],
+        "adopted as paused"
+    );
     let adopted = pool.lease(&r).await.unwrap();
     assert_eq!(adopted.instance_id(), id, "adopted, not replaced");
+    assert_eq!(adopted.start_kind(), StartKind::Paused);
+    assert!(http_get(adopted.addr()).await.starts_with("HTTP/1."));
     drop(adopted);
 
     // A killed container leaves the pool at once (Podman events).

@@ -250,7 +250,7 @@ pub fn pool_reply(function: &str, err: &PoolError) -> Reply {
             format!("function {function}: its instance failed to start"),
         ),
         PoolError::Crashed { .. } => Reply::rejected(Rejection::StartFailed, 502, err.to_string()),
-        PoolError::Podman(_) => Reply::rejected(
+        PoolError::Podman(_) | PoolError::Freezer(_) => Reply::rejected(
             Rejection::RuntimeUnavailable,
             503,
             format!("function {function} temporarily unavailable: the container runtime failed"),
