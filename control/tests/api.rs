@@ -275,6 +275,75 @@ fn authed(builder: axum::http::request::Builder) -> axum::http::request::Builder
     builder.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
 }
 
+/// An authenticated `method` request to `uri` with a JSON `body`.
+fn json_request(method: &str, uri: &str, body: impl Into<Body>) -> Request<Body> {
+    authed(Request::builder().method(method).uri(uri))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+/// The id of the first user (the bootstrap admin).
+async fn first_user(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Inserts function `name` of `owner` (no active deployment); its id.
+async fn insert_function(db: &PgPool, name: &str, owner: i64, last_version: i32) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO functions (name, owner_id, last_version) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(name)
+    .bind(owner)
+    .bind(last_version)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Inserts a deployment row of `function` (no artifact, no build); its id.
+async fn insert_deployment(
+    db: &PgPool,
+    function: i64,
+    version: i32,
+    config: &serde_json::Value,
+    status: &str,
+    image: Option<&str>,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
+         VALUES ($1, $2, 'sha256:00', '/nowhere', $3, $4, $5) RETURNING id",
+    )
+    .bind(function)
+    .bind(version)
+    .bind(config)
+    .bind(status)
+    .bind(image)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Function `name` of the first user with an active version 1 (image
+/// `img`), as if deployed: in the route table. Its id.
+async fn insert_active_function(db: &PgPool, name: &str) -> i64 {
+    let owner = first_user(db).await;
+    let function = insert_function(db, name, owner, 1).await;
+    let config = serde_json::json!({"name": name, "runtime": "container"});
+    let deployment = insert_deployment(db, function, 1, &config, "active", Some("img")).await;
+    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
+        .bind(deployment)
+        .bind(&config)
+        .bind(function)
+        .execute(db)
+        .await
+        .unwrap();
+    function
+}
+
 /// A `.tar.gz` from (path, contents); paths are written raw so unsafe ones
 /// (which `tar::Builder` refuses) can be tested.
 fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -910,35 +979,20 @@ async fn truncated_or_corrupt_gzip_is_refused_and_nothing_is_stored() {
 async fn crash_reports_are_checked_stored_per_node_and_listed() {
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
+    let owner = first_user(db).await;
     let mut deployment_of = std::collections::HashMap::new();
     for name in ["crashy", "other"] {
-        let function: i64 = sqlx::query_scalar(
-            "INSERT INTO functions (name, owner_id, last_version) VALUES ($1, $2, 1) RETURNING id",
-        )
-        .bind(name)
-        .bind(owner)
-        .fetch_one(db)
-        .await
-        .unwrap();
-        let deployment: i64 = sqlx::query_scalar(
-            "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
-             VALUES ($1, 1, 'sha256:00', '/nowhere', '{}', 'failed') RETURNING id",
-        )
-        .bind(function)
-        .fetch_one(db)
-        .await
-        .unwrap();
+        let function = insert_function(db, name, owner, 1).await;
+        let deployment =
+            insert_deployment(db, function, 1, &serde_json::json!({}), "failed", None).await;
         deployment_of.insert(name, deployment);
     }
     let post = |name: &str, body: serde_json::Value| {
-        authed(Request::post(format!("/api/v1/functions/{name}/crashes")))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap()
+        json_request(
+            "POST",
+            &format!("/api/v1/functions/{name}/crashes"),
+            body.to_string(),
+        )
     };
     let report = |node: &str, deployment: i64, count: u32, output: &str| {
         serde_json::json!({
@@ -1050,40 +1104,8 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     use containerpub_wire::private::{KeyCreated, KeyInfo, SecretInfo};
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
-    let function: i64 = sqlx::query_scalar(
-        "INSERT INTO functions (name, owner_id, last_version) VALUES ('priv', $1, 1) RETURNING id",
-    )
-    .bind(owner)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let config = serde_json::json!({"name": "priv", "runtime": "container"});
-    let deployment: i64 = sqlx::query_scalar(
-        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
-         VALUES ($1, 1, 'sha256:00', '/nowhere', $2, 'active', 'img') RETURNING id",
-    )
-    .bind(function)
-    .bind(&config)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
-        .bind(deployment)
-        .bind(&config)
-        .bind(function)
-        .execute(db)
-        .await
-        .unwrap();
-    let send = |method: &str, uri: &str, body: &str| {
-        authed(Request::builder().method(method).uri(uri))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap()
-    };
+    insert_active_function(db, "priv").await;
+    let send = |method: &str, uri: &str, body: &str| json_request(method, uri, body.to_owned());
     let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
     let before = table().await.revision;
 
@@ -1228,31 +1250,11 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
     use containerpub_wire::logs::{LogIngest, LogPage};
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
-    let function: i64 = sqlx::query_scalar(
-        "INSERT INTO functions (name, owner_id, last_version) VALUES ('talky', $1, 2) RETURNING id",
-    )
-    .bind(owner)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let deployment: i64 = sqlx::query_scalar(
-        "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
-         VALUES ($1, 2, 'sha256:00', '/nowhere', '{}', 'failed') RETURNING id",
-    )
-    .bind(function)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let post = |body: serde_json::Value| {
-        authed(Request::post("/api/v1/logs"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    let owner = first_user(db).await;
+    let function = insert_function(db, "talky", owner, 2).await;
+    let deployment =
+        insert_deployment(db, function, 2, &serde_json::json!({}), "failed", None).await;
+    let post = |body: serde_json::Value| json_request("POST", "/api/v1/logs", body.to_string());
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap();
     let batch = |function: &str, instance: &str, lines: serde_json::Value| {
         serde_json::json!({"node": "edge-1", "groups": [
@@ -1429,40 +1431,8 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
     use containerpub_wire::signing::{SigningKeyCreated, SigningKeyInfo};
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
-    let function: i64 = sqlx::query_scalar(
-        "INSERT INTO functions (name, owner_id, last_version) VALUES ('signed', $1, 1) RETURNING id",
-    )
-    .bind(owner)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let config = serde_json::json!({"name": "signed", "runtime": "container"});
-    let deployment: i64 = sqlx::query_scalar(
-        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
-         VALUES ($1, 1, 'sha256:00', '/nowhere', $2, 'active', 'img') RETURNING id",
-    )
-    .bind(function)
-    .bind(&config)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
-        .bind(deployment)
-        .bind(&config)
-        .bind(function)
-        .execute(db)
-        .await
-        .unwrap();
-    let send = |method: &str, uri: &str, body: &str| {
-        authed(Request::builder().method(method).uri(uri))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap()
-    };
+    insert_active_function(db, "signed").await;
+    let send = |method: &str, uri: &str, body: &str| json_request(method, uri, body.to_owned());
     let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
     let before = table().await.revision;
 
