@@ -235,6 +235,13 @@ impl Reply {
 }
 
 impl TestApp {
+    /// The route table as proxies get it.
+    async fn route_table(&self) -> RouteTable {
+        db::route_table(&self.state.db, &self.state.vault)
+            .await
+            .unwrap()
+    }
+
     /// Sends `request` (with a `Host` header, as an HTTP/1.1 client would).
     async fn send(&self, mut request: Request<Body>) -> Reply {
         if !request.headers().contains_key(header::HOST) {
@@ -1105,13 +1112,11 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     let app = app().await;
     let db = &app.state.db;
     insert_active_function(db, "priv").await;
-    let send = |method: &str, uri: &str, body: &str| json_request(method, uri, body.to_owned());
-    let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
-    let before = table().await.revision;
+    let before = app.route_table().await.revision;
 
     // Keys: shown once, stored as a digest only, in the table until revoked.
     let reply = app
-        .send(send(
+        .send(json_request(
             "POST",
             "/api/v1/functions/priv/keys",
             r#"{"label":"ci"}"#,
@@ -1127,7 +1132,7 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
         .unwrap();
     let digest = containerpub_control::access::key_digest(&created.key);
     assert_eq!(stored, [hex::encode(digest)], "only the hash is stored");
-    let t = table().await;
+    let t = app.route_table().await;
     assert!(t.revision > before, "a key change bumps the revision");
     assert_eq!(t.routes[0].keys.len(), 1);
     assert_eq!(t.routes[0].keys[0].0, digest);
@@ -1142,15 +1147,15 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     );
     let revoke = format!("/api/v1/functions/priv/keys/{}", created.info.id);
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NO_CONTENT
     );
     assert!(
-        table().await.routes[0].keys.is_empty(),
+        app.route_table().await.routes[0].keys.is_empty(),
         "revoked keys leave the table"
     );
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NOT_FOUND
     );
     for (uri, body, status, field) in [
@@ -1168,18 +1173,18 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
             "body",
         ),
     ] {
-        let reply = app.send(send(status, uri, body)).await;
+        let reply = app.send(json_request(status, uri, body)).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri} {body}");
         assert_eq!(reply.error().field.as_deref(), Some(field), "{uri} {body}");
     }
     let reply = app
-        .send(send("POST", "/api/v1/functions/ghost/keys", ""))
+        .send(json_request("POST", "/api/v1/functions/ghost/keys", ""))
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 
     // Secrets: sealed at rest, names only in answers, opened in the table.
     let reply = app
-        .send(send(
+        .send(json_request(
             "PUT",
             "/api/v1/functions/priv/secrets/DB_PASSWORD",
             r#"{"value":"hunter2-secret"}"#,
@@ -1210,7 +1215,7 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
             "{uri} shows a value"
         );
     }
-    let t = table().await;
+    let t = app.route_table().await;
     assert_eq!(t.routes[0].secrets.len(), 1);
     assert_eq!(t.routes[0].secrets[0].value.0, "hunter2-secret");
     for (key, body, field) in [
@@ -1220,7 +1225,7 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
         ("OK", "hunter2", "body"),
     ] {
         let reply = app
-            .send(send(
+            .send(json_request(
                 "PUT",
                 &format!("/api/v1/functions/priv/secrets/{key}"),
                 body,
@@ -1232,12 +1237,12 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     }
     let unset = "/api/v1/functions/priv/secrets/DB_PASSWORD";
     assert_eq!(
-        app.send(send("DELETE", unset, "")).await.status,
+        app.send(json_request("DELETE", unset, "")).await.status,
         StatusCode::NO_CONTENT
     );
-    assert!(table().await.routes[0].secrets.is_empty());
+    assert!(app.route_table().await.routes[0].secrets.is_empty());
     assert_eq!(
-        app.send(send("DELETE", unset, "")).await.status,
+        app.send(json_request("DELETE", unset, "")).await.status,
         StatusCode::NOT_FOUND
     );
 }
@@ -1432,12 +1437,10 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
     let app = app().await;
     let db = &app.state.db;
     insert_active_function(db, "signed").await;
-    let send = |method: &str, uri: &str, body: &str| json_request(method, uri, body.to_owned());
-    let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
-    let before = table().await.revision;
+    let before = app.route_table().await.revision;
 
     let reply = app
-        .send(send(
+        .send(json_request(
             "POST",
             "/api/v1/functions/signed/signing-keys",
             r#"{"label":"ci"}"#,
@@ -1459,7 +1462,7 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
             .any(|w| created.secret.as_bytes()[5..].windows(16).any(|s| s == w)),
         "the secret is stored in plain text"
     );
-    let t = table().await;
+    let t = app.route_table().await;
     assert!(
         t.revision > before,
         "a signing-key change bumps the revision"
@@ -1477,21 +1480,21 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
         created.info.key_id
     );
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NO_CONTENT
     );
-    assert!(table().await.routes[0].signing_keys.is_empty());
+    assert!(app.route_table().await.routes[0].signing_keys.is_empty());
     let wiped: Vec<u8> = sqlx::query_scalar("SELECT ciphertext FROM function_signing_keys")
         .fetch_one(db)
         .await
         .unwrap();
     assert!(wiped.is_empty(), "revocation wipes the sealed secret");
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NOT_FOUND
     );
     let bad = app
-        .send(send(
+        .send(json_request(
             "DELETE",
             "/api/v1/functions/signed/signing-keys/nope",
             "",
