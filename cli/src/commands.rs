@@ -3,6 +3,7 @@
 mod audit;
 mod builds;
 mod completions;
+mod credential;
 mod delete;
 mod deploy;
 mod describe;

@@ -3,7 +3,9 @@
 //! function's live keys and its secrets, opened with the master key
 //! (`vault.rs`). Every change bumps the route revision in its transaction,
 //! so proxies learn a new or revoked key, or a changed secret, through the
-//! route watch's long poll within milliseconds.
+//! route watch's long poll within milliseconds. Keys are a
+//! [`Credential`] (`credentials.rs` creates, lists, revokes and carries
+//! them); this file says what is particular to them.
 
 use std::collections::HashMap;
 
@@ -17,6 +19,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::credentials::{self, Credential, function_id, lock_function};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::vault::{Sealed, Vault};
@@ -36,106 +39,76 @@ pub fn key_digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// The id of function `name`, locked for the transaction (so a delete or
-/// another change waits), or 404.
-async fn lock_function(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64> {
-    sqlx::query_scalar("SELECT id FROM functions WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))
-}
-
-async fn function_id(pool: &PgPool, name: &str) -> Result<i64> {
-    sqlx::query_scalar("SELECT id FROM functions WHERE name = $1")
-        .bind(name)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))
-}
+/// Invocation keys as a [`Credential`]: only a key's sha256 is stored
+/// (`function_keys`) and carried (`Route.keys`); revoked by its numeric id.
+pub struct InvocationKeys;
 
 type KeyRow = (i64, String, String, DateTime<Utc>);
 
-fn key_info((id, label, prefix, created_at): KeyRow) -> KeyInfo {
-    KeyInfo {
-        id,
-        label,
-        prefix,
-        created_at,
-    }
-}
+impl Credential for InvocationKeys {
+    const SINGULAR: &'static str = "key";
+    const PLURAL: &'static str = "keys";
+    const MAX_LIVE: usize = MAX_KEYS_PER_FUNCTION;
+    const COUNT_LIVE: &'static str =
+        "SELECT count(*) FROM function_keys WHERE function_id = $1 AND revoked_at IS NULL";
+    const LIST: &'static str = "SELECT id, label, prefix, created_at FROM function_keys \
+         WHERE function_id = $1 AND revoked_at IS NULL ORDER BY id";
+    const REVOKE: &'static str = "UPDATE function_keys SET revoked_at = now() \
+         WHERE id = $1 AND function_id = $2 AND revoked_at IS NULL";
+    const ROUTE_ROWS: &'static str = "SELECT f.name, k.key_hash FROM function_keys k \
+         JOIN functions f ON f.id = k.function_id \
+         WHERE k.revoked_at IS NULL ORDER BY f.name, k.id";
 
-/// Stores a new key for function `name`; returns it with its row (the key
-/// itself is never stored). Bumps the route revision.
-pub async fn create_key(
-    pool: &PgPool,
-    name: &str,
-    label: &str,
-    created_by: Option<i64>,
-) -> Result<(KeyInfo, String, i64)> {
-    let mut tx = pool.begin().await?;
-    let function_id = lock_function(&mut tx, name).await?;
-    let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM function_keys WHERE function_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(function_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if live >= MAX_KEYS_PER_FUNCTION as i64 {
-        return Err(Error::Conflict(format!(
-            "function {name:?} has {live} live keys, the most allowed: revoke one first"
-        )));
-    }
-    let key = new_key();
-    let row: KeyRow = sqlx::query_as(
-        "INSERT INTO function_keys (function_id, label, key_hash, prefix, created_by) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id, label, prefix, created_at",
-    )
-    .bind(function_id)
-    .bind(label)
-    .bind(hex::encode(key_digest(&key)))
-    .bind(&key[..PREFIX_LEN])
-    .bind(created_by)
-    .fetch_one(&mut *tx)
-    .await?;
-    let revision = db::bump_revision(&mut tx).await?;
-    tx.commit().await?;
-    Ok((key_info(row), key, revision))
-}
+    type Id = i64;
+    type Row = KeyRow;
+    type Info = KeyInfo;
+    type RouteRow = (String, String);
+    type Carried = KeyDigest;
 
-/// The live keys of function `name`, oldest first.
-pub async fn list_keys(pool: &PgPool, name: &str) -> Result<Vec<KeyInfo>> {
-    let function_id = function_id(pool, name).await?;
-    let rows: Vec<KeyRow> = sqlx::query_as(
-        "SELECT id, label, prefix, created_at FROM function_keys \
-         WHERE function_id = $1 AND revoked_at IS NULL ORDER BY id",
-    )
-    .bind(function_id)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(key_info).collect())
-}
-
-/// Revokes key `id` of function `name`; returns the new route revision.
-pub async fn revoke_key(pool: &PgPool, name: &str, id: i64) -> Result<i64> {
-    let mut tx = pool.begin().await?;
-    let function_id = lock_function(&mut tx, name).await?;
-    let done = sqlx::query(
-        "UPDATE function_keys SET revoked_at = now() \
-         WHERE id = $1 AND function_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(id)
-    .bind(function_id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::NotFound(format!(
-            "function {name:?} has no live key {id}"
-        )));
+    fn info((id, label, prefix, created_at): KeyRow) -> KeyInfo {
+        KeyInfo {
+            id,
+            label,
+            prefix,
+            created_at,
+        }
     }
-    let revision = db::bump_revision(&mut tx).await?;
-    tx.commit().await?;
-    Ok(revision)
+
+    /// The key itself is never stored: its sha256 and its prefix are.
+    async fn insert(
+        tx: &mut Transaction<'static, Postgres>,
+        _vault: &Vault,
+        function_id: i64,
+        label: &str,
+        created_by: Option<i64>,
+    ) -> Result<(KeyRow, String)> {
+        let key = new_key();
+        let row: KeyRow = sqlx::query_as(
+            "INSERT INTO function_keys (function_id, label, key_hash, prefix, created_by) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, label, prefix, created_at",
+        )
+        .bind(function_id)
+        .bind(label)
+        .bind(hex::encode(key_digest(&key)))
+        .bind(&key[..PREFIX_LEN])
+        .bind(created_by)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok((row, key))
+    }
+
+    fn function((function, _): &(String, String)) -> &str {
+        function
+    }
+
+    /// A stored hash that is not one is left out.
+    fn carried(_vault: &Vault, (_, hash): (String, String)) -> Option<KeyDigest> {
+        KeyDigest::from_hex(&hash)
+    }
+
+    fn carry(route: &mut Route, digest: KeyDigest) {
+        route.keys.push(digest);
+    }
 }
 
 /// Seals and stores secret `key` of function `name` (replacing its value);
@@ -222,12 +195,7 @@ pub async fn fill_routes(
     vault: &Vault,
     routes: &mut [Route],
 ) -> Result<(), sqlx::Error> {
-    let keys: Vec<(String, String)> = sqlx::query_as(
-        "SELECT f.name, k.key_hash FROM function_keys k JOIN functions f ON f.id = k.function_id \
-         WHERE k.revoked_at IS NULL ORDER BY f.name, k.id",
-    )
-    .fetch_all(&mut **tx)
-    .await?;
+    credentials::fill_routes::<InvocationKeys>(tx, vault, routes).await?;
     type SecretRow = (String, i64, String, String, Vec<u8>, Vec<u8>);
     let secrets: Vec<SecretRow> = sqlx::query_as(
         "SELECT f.name, s.function_id, s.name, s.key_id, s.nonce, s.ciphertext \
@@ -241,12 +209,6 @@ pub async fn fill_routes(
         .enumerate()
         .map(|(i, r)| (r.function.clone(), i))
         .collect();
-    for (function, hash) in keys {
-        let (Some(&i), Some(digest)) = (by_name.get(&function), KeyDigest::from_hex(&hash)) else {
-            continue;
-        };
-        routes[i].keys.push(digest);
-    }
     for (function, function_id, name, key_id, nonce, ciphertext) in secrets {
         let Some(&i) = by_name.get(&function) else {
             continue;

@@ -11,6 +11,7 @@ pub mod build;
 pub mod builds;
 pub mod config;
 pub mod containerfile;
+pub mod credentials;
 pub mod db;
 pub mod deploy;
 pub mod elf;

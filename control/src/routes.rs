@@ -8,6 +8,7 @@ pub mod auth;
 pub mod builds;
 pub mod config;
 pub mod crashes;
+pub mod credentials;
 pub mod deployments;
 pub mod executions;
 pub mod functions;
@@ -35,7 +36,9 @@ use axum::routing::{delete, get, post, put};
 use containerpub_wire::request_id;
 use tracing::Instrument;
 
+use crate::access::InvocationKeys;
 use crate::error::{Error, Result};
+use crate::signing::SigningKeys;
 use crate::state::AppState;
 
 /// The whole application.
@@ -57,8 +60,14 @@ pub fn router(state: AppState) -> Router {
             "/functions/{name}/crashes",
             get(crashes::list).post(crashes::report),
         )
-        .route("/functions/{name}/keys", get(keys::list).post(keys::create))
-        .route("/functions/{name}/keys/{id}", delete(keys::revoke))
+        .route(
+            "/functions/{name}/keys",
+            get(credentials::list::<InvocationKeys>).post(credentials::create::<InvocationKeys>),
+        )
+        .route(
+            "/functions/{name}/keys/{id}",
+            delete(credentials::revoke::<InvocationKeys>),
+        )
         .route("/functions/{name}/secrets", get(secrets::list))
         .route(
             "/functions/{name}/secrets/{key}",
@@ -66,11 +75,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/functions/{name}/signing-keys",
-            get(signing_keys::list).post(signing_keys::create),
+            get(credentials::list::<SigningKeys>).post(credentials::create::<SigningKeys>),
         )
         .route(
             "/functions/{name}/signing-keys/{key_id}",
-            delete(signing_keys::revoke),
+            delete(credentials::revoke::<SigningKeys>),
         )
         .route("/functions/{name}/logs", get(logs::query))
         .route(

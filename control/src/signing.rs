@@ -5,9 +5,9 @@
 //! data naming the function id and `signing-key/<key_id>`, which no secret
 //! name can be) and opened into `Route.signing_keys` for live keys only. A
 //! revoked key keeps its row with the ciphertext wiped. Every change bumps
-//! the route revision in its transaction.
-
-use std::collections::HashMap;
+//! the route revision in its transaction. Signing keys are a
+//! [`Credential`] (`credentials.rs` creates, lists, revokes and carries
+//! them); this file says what is particular to them.
 
 use chrono::{DateTime, Utc};
 use containerpub_wire::api::Route;
@@ -18,8 +18,8 @@ use containerpub_wire::signing::{
 use rand::RngCore;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::db;
-use crate::error::{Error, Result};
+use crate::credentials::{self, Credential};
+use crate::error::Result;
 use crate::vault::{Sealed, Vault};
 
 fn random_hex<const N: usize>() -> String {
@@ -33,161 +33,110 @@ fn sealed_name(key_id: &str) -> String {
     format!("signing-key/{key_id}")
 }
 
-async fn lock_function(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64> {
-    sqlx::query_scalar("SELECT id FROM functions WHERE name = $1 FOR UPDATE")
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))
-}
+/// HMAC signing keys as a [`Credential`]: the secret is stored sealed
+/// (`function_signing_keys`) and carried opened (`Route.signing_keys`);
+/// revoked by its key id, which wipes the ciphertext.
+pub struct SigningKeys;
 
 type InfoRow = (String, String, DateTime<Utc>);
 
-fn info((key_id, label, created_at): InfoRow) -> SigningKeyInfo {
-    SigningKeyInfo {
-        key_id,
-        label,
-        created_at,
-    }
-}
+type RouteRow = (String, i64, String, String, Vec<u8>, Vec<u8>);
 
-/// Creates a signing key for function `name`: returns its row, its secret
-/// (`cpss_<64 hex>`, answered once) and the new route revision.
-pub async fn create(
-    pool: &PgPool,
-    vault: &Vault,
-    name: &str,
-    label: &str,
-    created_by: Option<i64>,
-) -> Result<(SigningKeyInfo, String, i64)> {
-    let mut tx = pool.begin().await?;
-    let function_id = lock_function(&mut tx, name).await?;
-    let live: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM function_signing_keys WHERE function_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(function_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if live >= MAX_SIGNING_KEYS_PER_FUNCTION as i64 {
-        return Err(Error::Conflict(format!(
-            "function {name:?} has {live} live signing keys, the most allowed: revoke one first"
-        )));
-    }
-    let key_id = format!("{KEY_ID_PREFIX}{}", random_hex::<8>());
-    let secret = format!("{SECRET_PREFIX}{}", random_hex::<32>());
-    let sealed = vault.seal(function_id, &sealed_name(&key_id), &secret)?;
-    let row: InfoRow = sqlx::query_as(
-        "INSERT INTO function_signing_keys \
-             (function_id, key_id, label, master_key_id, nonce, ciphertext, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING key_id, label, created_at",
-    )
-    .bind(function_id)
-    .bind(&key_id)
-    .bind(label)
-    .bind(&sealed.key_id)
-    .bind(&sealed.nonce)
-    .bind(&sealed.ciphertext)
-    .bind(created_by)
-    .fetch_one(&mut *tx)
-    .await?;
-    let revision = db::bump_revision(&mut tx).await?;
-    tx.commit().await?;
-    Ok((info(row), secret, revision))
-}
-
-/// The live signing keys of function `name`, oldest first.
-pub async fn list(pool: &PgPool, name: &str) -> Result<Vec<SigningKeyInfo>> {
-    let function_id: i64 = sqlx::query_scalar("SELECT id FROM functions WHERE name = $1")
-        .bind(name)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
-    let rows: Vec<InfoRow> = sqlx::query_as(
-        "SELECT key_id, label, created_at FROM function_signing_keys \
-         WHERE function_id = $1 AND revoked_at IS NULL ORDER BY id",
-    )
-    .bind(function_id)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(info).collect())
-}
-
-/// Revokes signing key `key_id` of function `name` (its sealed secret is
-/// wiped); returns the new route revision.
-pub async fn revoke(pool: &PgPool, name: &str, key_id: &str) -> Result<i64> {
-    let mut tx = pool.begin().await?;
-    let function_id = lock_function(&mut tx, name).await?;
-    let done = sqlx::query(
-        "UPDATE function_signing_keys SET revoked_at = now(), ciphertext = '\\x'::bytea \
-         WHERE key_id = $1 AND function_id = $2 AND revoked_at IS NULL",
-    )
-    .bind(key_id)
-    .bind(function_id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::NotFound(format!(
-            "function {name:?} has no live signing key {key_id}"
-        )));
-    }
-    let revision = db::bump_revision(&mut tx).await?;
-    tx.commit().await?;
-    Ok(revision)
-}
-
-/// Fills each route's `signing_keys` (live keys, opened) from the
-/// transaction that read the routes. A key that cannot be opened is left
-/// out and logged by its id.
-pub async fn fill_routes(
-    tx: &mut Transaction<'_, Postgres>,
-    vault: &Vault,
-    routes: &mut [Route],
-) -> Result<(), sqlx::Error> {
-    type Row = (String, i64, String, String, Vec<u8>, Vec<u8>);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT f.name, k.function_id, k.key_id, k.master_key_id, k.nonce, k.ciphertext \
+impl Credential for SigningKeys {
+    const SINGULAR: &'static str = "signing key";
+    const PLURAL: &'static str = "signing keys";
+    const MAX_LIVE: usize = MAX_SIGNING_KEYS_PER_FUNCTION;
+    const COUNT_LIVE: &'static str =
+        "SELECT count(*) FROM function_signing_keys WHERE function_id = $1 AND revoked_at IS NULL";
+    const LIST: &'static str = "SELECT key_id, label, created_at FROM function_signing_keys \
+         WHERE function_id = $1 AND revoked_at IS NULL ORDER BY id";
+    const REVOKE: &'static str = "UPDATE function_signing_keys SET revoked_at = now(), ciphertext = '\\x'::bytea \
+         WHERE key_id = $1 AND function_id = $2 AND revoked_at IS NULL";
+    const ROUTE_ROWS: &'static str = "SELECT f.name, k.function_id, k.key_id, k.master_key_id, k.nonce, k.ciphertext \
          FROM function_signing_keys k JOIN functions f ON f.id = k.function_id \
-         WHERE k.revoked_at IS NULL ORDER BY f.name, k.id",
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    if rows.is_empty() {
-        return Ok(());
+         WHERE k.revoked_at IS NULL ORDER BY f.name, k.id";
+
+    type Id = String;
+    type Row = InfoRow;
+    type Info = SigningKeyInfo;
+    type RouteRow = RouteRow;
+    type Carried = SigningKey;
+
+    fn info((key_id, label, created_at): InfoRow) -> SigningKeyInfo {
+        SigningKeyInfo {
+            key_id,
+            label,
+            created_at,
+        }
     }
-    let by_name: HashMap<&str, usize> = routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.function.as_str(), i))
-        .collect();
-    let mut found = Vec::new();
-    for (function, function_id, key_id, master_key_id, nonce, ciphertext) in rows {
-        let Some(&i) = by_name.get(function.as_str()) else {
-            continue;
-        };
+
+    /// A key id `sk_<16 hex>` and a secret `cpss_<64 hex>`, sealed.
+    async fn insert(
+        tx: &mut Transaction<'static, Postgres>,
+        vault: &Vault,
+        function_id: i64,
+        label: &str,
+        created_by: Option<i64>,
+    ) -> Result<(InfoRow, String)> {
+        let key_id = format!("{KEY_ID_PREFIX}{}", random_hex::<8>());
+        let secret = format!("{SECRET_PREFIX}{}", random_hex::<32>());
+        let sealed = vault.seal(function_id, &sealed_name(&key_id), &secret)?;
+        let row: InfoRow = sqlx::query_as(
+            "INSERT INTO function_signing_keys \
+                 (function_id, key_id, label, master_key_id, nonce, ciphertext, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING key_id, label, created_at",
+        )
+        .bind(function_id)
+        .bind(&key_id)
+        .bind(label)
+        .bind(&sealed.key_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .bind(created_by)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok((row, secret))
+    }
+
+    fn function(row: &RouteRow) -> &str {
+        &row.0
+    }
+
+    /// A key that cannot be opened is left out and logged by its id.
+    fn carried(
+        vault: &Vault,
+        (function, function_id, key_id, master_key_id, nonce, ciphertext): RouteRow,
+    ) -> Option<SigningKey> {
         let sealed = Sealed {
             key_id: master_key_id,
             nonce,
             ciphertext,
         };
         match vault.open(function_id, &sealed_name(&key_id), &sealed) {
-            Ok(secret) => found.push((
-                i,
-                SigningKey {
-                    id: key_id,
-                    secret: SecretValue(secret),
-                },
-            )),
+            Ok(secret) => Some(SigningKey {
+                id: key_id,
+                secret: SecretValue(secret),
+            }),
             Err(err) => {
-                tracing::error!(%function, %key_id, err = format!("{err:#}"), "signing key left out of the route table")
+                tracing::error!(%function, %key_id, err = format!("{err:#}"), "signing key left out of the route table");
+                None
             }
         }
     }
-    for (i, key) in found {
-        if let Some(route) = routes.get_mut(i) {
-            route.signing_keys.push(key);
-        }
+
+    fn carry(route: &mut Route, key: SigningKey) {
+        route.signing_keys.push(key);
     }
-    Ok(())
+}
+
+/// Fills each route's `signing_keys` (live keys, opened) from the
+/// transaction that read the routes.
+pub async fn fill_routes(
+    tx: &mut Transaction<'_, Postgres>,
+    vault: &Vault,
+    routes: &mut [Route],
+) -> Result<(), sqlx::Error> {
+    credentials::fill_routes::<SigningKeys>(tx, vault, routes).await
 }
 
 /// Seals again, under the primary master key, every live signing key

@@ -235,6 +235,13 @@ impl Reply {
 }
 
 impl TestApp {
+    /// The route table as proxies get it.
+    async fn route_table(&self) -> RouteTable {
+        db::route_table(&self.state.db, &self.state.vault)
+            .await
+            .unwrap()
+    }
+
     /// Sends `request` (with a `Host` header, as an HTTP/1.1 client would).
     async fn send(&self, mut request: Request<Body>) -> Reply {
         if !request.headers().contains_key(header::HOST) {
@@ -273,6 +280,75 @@ impl TestApp {
 
 fn authed(builder: axum::http::request::Builder) -> axum::http::request::Builder {
     builder.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+}
+
+/// An authenticated `method` request to `uri` with a JSON `body`.
+fn json_request(method: &str, uri: &str, body: impl Into<Body>) -> Request<Body> {
+    authed(Request::builder().method(method).uri(uri))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+/// The id of the first user (the bootstrap admin).
+async fn first_user(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT id FROM users LIMIT 1")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Inserts function `name` of `owner` (no active deployment); its id.
+async fn insert_function(db: &PgPool, name: &str, owner: i64, last_version: i32) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO functions (name, owner_id, last_version) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(name)
+    .bind(owner)
+    .bind(last_version)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Inserts a deployment row of `function` (no artifact, no build); its id.
+async fn insert_deployment(
+    db: &PgPool,
+    function: i64,
+    version: i32,
+    config: &serde_json::Value,
+    status: &str,
+    image: Option<&str>,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
+         VALUES ($1, $2, 'sha256:00', '/nowhere', $3, $4, $5) RETURNING id",
+    )
+    .bind(function)
+    .bind(version)
+    .bind(config)
+    .bind(status)
+    .bind(image)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Function `name` of the first user with an active version 1 (image
+/// `img`), as if deployed: in the route table. Its id.
+async fn insert_active_function(db: &PgPool, name: &str) -> i64 {
+    let owner = first_user(db).await;
+    let function = insert_function(db, name, owner, 1).await;
+    let config = serde_json::json!({"name": name, "runtime": "container"});
+    let deployment = insert_deployment(db, function, 1, &config, "active", Some("img")).await;
+    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
+        .bind(deployment)
+        .bind(&config)
+        .bind(function)
+        .execute(db)
+        .await
+        .unwrap();
+    function
 }
 
 /// A `.tar.gz` from (path, contents); paths are written raw so unsafe ones
@@ -910,35 +986,20 @@ async fn truncated_or_corrupt_gzip_is_refused_and_nothing_is_stored() {
 async fn crash_reports_are_checked_stored_per_node_and_listed() {
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
+    let owner = first_user(db).await;
     let mut deployment_of = std::collections::HashMap::new();
     for name in ["crashy", "other"] {
-        let function: i64 = sqlx::query_scalar(
-            "INSERT INTO functions (name, owner_id, last_version) VALUES ($1, $2, 1) RETURNING id",
-        )
-        .bind(name)
-        .bind(owner)
-        .fetch_one(db)
-        .await
-        .unwrap();
-        let deployment: i64 = sqlx::query_scalar(
-            "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
-             VALUES ($1, 1, 'sha256:00', '/nowhere', '{}', 'failed') RETURNING id",
-        )
-        .bind(function)
-        .fetch_one(db)
-        .await
-        .unwrap();
+        let function = insert_function(db, name, owner, 1).await;
+        let deployment =
+            insert_deployment(db, function, 1, &serde_json::json!({}), "failed", None).await;
         deployment_of.insert(name, deployment);
     }
     let post = |name: &str, body: serde_json::Value| {
-        authed(Request::post(format!("/api/v1/functions/{name}/crashes")))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap()
+        json_request(
+            "POST",
+            &format!("/api/v1/functions/{name}/crashes"),
+            body.to_string(),
+        )
     };
     let report = |node: &str, deployment: i64, count: u32, output: &str| {
         serde_json::json!({
@@ -1050,46 +1111,12 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     use containerpub_wire::private::{KeyCreated, KeyInfo, SecretInfo};
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
-    let function: i64 = sqlx::query_scalar(
-        "INSERT INTO functions (name, owner_id, last_version) VALUES ('priv', $1, 1) RETURNING id",
-    )
-    .bind(owner)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let config = serde_json::json!({"name": "priv", "runtime": "container"});
-    let deployment: i64 = sqlx::query_scalar(
-        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
-         VALUES ($1, 1, 'sha256:00', '/nowhere', $2, 'active', 'img') RETURNING id",
-    )
-    .bind(function)
-    .bind(&config)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
-        .bind(deployment)
-        .bind(&config)
-        .bind(function)
-        .execute(db)
-        .await
-        .unwrap();
-    let send = |method: &str, uri: &str, body: &str| {
-        authed(Request::builder().method(method).uri(uri))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap()
-    };
-    let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
-    let before = table().await.revision;
+    insert_active_function(db, "priv").await;
+    let before = app.route_table().await.revision;
 
     // Keys: shown once, stored as a digest only, in the table until revoked.
     let reply = app
-        .send(send(
+        .send(json_request(
             "POST",
             "/api/v1/functions/priv/keys",
             r#"{"label":"ci"}"#,
@@ -1105,7 +1132,7 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
         .unwrap();
     let digest = containerpub_control::access::key_digest(&created.key);
     assert_eq!(stored, [hex::encode(digest)], "only the hash is stored");
-    let t = table().await;
+    let t = app.route_table().await;
     assert!(t.revision > before, "a key change bumps the revision");
     assert_eq!(t.routes[0].keys.len(), 1);
     assert_eq!(t.routes[0].keys[0].0, digest);
@@ -1120,15 +1147,15 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     );
     let revoke = format!("/api/v1/functions/priv/keys/{}", created.info.id);
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NO_CONTENT
     );
     assert!(
-        table().await.routes[0].keys.is_empty(),
+        app.route_table().await.routes[0].keys.is_empty(),
         "revoked keys leave the table"
     );
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NOT_FOUND
     );
     for (uri, body, status, field) in [
@@ -1146,18 +1173,18 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
             "body",
         ),
     ] {
-        let reply = app.send(send(status, uri, body)).await;
+        let reply = app.send(json_request(status, uri, body)).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri} {body}");
         assert_eq!(reply.error().field.as_deref(), Some(field), "{uri} {body}");
     }
     let reply = app
-        .send(send("POST", "/api/v1/functions/ghost/keys", ""))
+        .send(json_request("POST", "/api/v1/functions/ghost/keys", ""))
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 
     // Secrets: sealed at rest, names only in answers, opened in the table.
     let reply = app
-        .send(send(
+        .send(json_request(
             "PUT",
             "/api/v1/functions/priv/secrets/DB_PASSWORD",
             r#"{"value":"hunter2-secret"}"#,
@@ -1188,7 +1215,7 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
             "{uri} shows a value"
         );
     }
-    let t = table().await;
+    let t = app.route_table().await;
     assert_eq!(t.routes[0].secrets.len(), 1);
     assert_eq!(t.routes[0].secrets[0].value.0, "hunter2-secret");
     for (key, body, field) in [
@@ -1198,7 +1225,7 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
         ("OK", "hunter2", "body"),
     ] {
         let reply = app
-            .send(send(
+            .send(json_request(
                 "PUT",
                 &format!("/api/v1/functions/priv/secrets/{key}"),
                 body,
@@ -1210,12 +1237,12 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     }
     let unset = "/api/v1/functions/priv/secrets/DB_PASSWORD";
     assert_eq!(
-        app.send(send("DELETE", unset, "")).await.status,
+        app.send(json_request("DELETE", unset, "")).await.status,
         StatusCode::NO_CONTENT
     );
-    assert!(table().await.routes[0].secrets.is_empty());
+    assert!(app.route_table().await.routes[0].secrets.is_empty());
     assert_eq!(
-        app.send(send("DELETE", unset, "")).await.status,
+        app.send(json_request("DELETE", unset, "")).await.status,
         StatusCode::NOT_FOUND
     );
 }
@@ -1228,31 +1255,11 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
     use containerpub_wire::logs::{LogIngest, LogPage};
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
-    let function: i64 = sqlx::query_scalar(
-        "INSERT INTO functions (name, owner_id, last_version) VALUES ('talky', $1, 2) RETURNING id",
-    )
-    .bind(owner)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let deployment: i64 = sqlx::query_scalar(
-        "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
-         VALUES ($1, 2, 'sha256:00', '/nowhere', '{}', 'failed') RETURNING id",
-    )
-    .bind(function)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let post = |body: serde_json::Value| {
-        authed(Request::post("/api/v1/logs"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap()
-    };
+    let owner = first_user(db).await;
+    let function = insert_function(db, "talky", owner, 2).await;
+    let deployment =
+        insert_deployment(db, function, 2, &serde_json::json!({}), "failed", None).await;
+    let post = |body: serde_json::Value| json_request("POST", "/api/v1/logs", body.to_string());
     let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap();
     let batch = |function: &str, instance: &str, lines: serde_json::Value| {
         serde_json::json!({"node": "edge-1", "groups": [
@@ -1429,45 +1436,11 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
     use containerpub_wire::signing::{SigningKeyCreated, SigningKeyInfo};
     let app = app().await;
     let db = &app.state.db;
-    let owner: i64 = sqlx::query_scalar("SELECT id FROM users LIMIT 1")
-        .fetch_one(db)
-        .await
-        .unwrap();
-    let function: i64 = sqlx::query_scalar(
-        "INSERT INTO functions (name, owner_id, last_version) VALUES ('signed', $1, 1) RETURNING id",
-    )
-    .bind(owner)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    let config = serde_json::json!({"name": "signed", "runtime": "container"});
-    let deployment: i64 = sqlx::query_scalar(
-        "INSERT INTO deployments (function_id, version, digest, artifact, config, status, image) \
-         VALUES ($1, 1, 'sha256:00', '/nowhere', $2, 'active', 'img') RETURNING id",
-    )
-    .bind(function)
-    .bind(&config)
-    .fetch_one(db)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE functions SET active_deployment_id = $1, config = $2 WHERE id = $3")
-        .bind(deployment)
-        .bind(&config)
-        .bind(function)
-        .execute(db)
-        .await
-        .unwrap();
-    let send = |method: &str, uri: &str, body: &str| {
-        authed(Request::builder().method(method).uri(uri))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_owned()))
-            .unwrap()
-    };
-    let table = || async { db::route_table(db, &app.state.vault).await.unwrap() };
-    let before = table().await.revision;
+    insert_active_function(db, "signed").await;
+    let before = app.route_table().await.revision;
 
     let reply = app
-        .send(send(
+        .send(json_request(
             "POST",
             "/api/v1/functions/signed/signing-keys",
             r#"{"label":"ci"}"#,
@@ -1489,7 +1462,7 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
             .any(|w| created.secret.as_bytes()[5..].windows(16).any(|s| s == w)),
         "the secret is stored in plain text"
     );
-    let t = table().await;
+    let t = app.route_table().await;
     assert!(
         t.revision > before,
         "a signing-key change bumps the revision"
@@ -1507,21 +1480,21 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
         created.info.key_id
     );
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NO_CONTENT
     );
-    assert!(table().await.routes[0].signing_keys.is_empty());
+    assert!(app.route_table().await.routes[0].signing_keys.is_empty());
     let wiped: Vec<u8> = sqlx::query_scalar("SELECT ciphertext FROM function_signing_keys")
         .fetch_one(db)
         .await
         .unwrap();
     assert!(wiped.is_empty(), "revocation wipes the sealed secret");
     assert_eq!(
-        app.send(send("DELETE", &revoke, "")).await.status,
+        app.send(json_request("DELETE", &revoke, "")).await.status,
         StatusCode::NOT_FOUND
     );
     let bad = app
-        .send(send(
+        .send(json_request(
             "DELETE",
             "/api/v1/functions/signed/signing-keys/nope",
             "",

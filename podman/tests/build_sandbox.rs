@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use containerpub_podman::testing::{build_containers_of, build_socket};
-use containerpub_podman::{BuildLimits, BuildStop};
+use containerpub_podman::{BuildLimits, BuildOutput, BuildStop};
 use containerpub_podman::{DEFAULT_SOCKET, Podman};
 
 /// The build service (a `vfs` store of its own).
@@ -92,6 +92,47 @@ fn build_cgroups() -> Vec<String> {
 
 const RUN: &str = "FROM scratch\nCOPY busybox /bin/busybox\n";
 
+/// A Containerfile: `head` (its `FROM` and the rest), then one `RUN` step
+/// running `script` in busybox's shell.
+fn run_step(head: &str, script: &str) -> String {
+    format!(
+        "{head}RUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
+        serde_json::to_string(script).unwrap()
+    )
+}
+
+/// A tag no other build uses: `localhost/<prefix>-<pid>-<nanos>:1`.
+fn fresh_tag(prefix: &str) -> String {
+    format!("localhost/{}:1", unique(prefix))
+}
+
+/// Builds context `ctx` (its `Containerfile`) as `tag` under `limits`,
+/// stopped after `secs` seconds.
+async fn build_image(
+    podman: &Podman,
+    ctx: &Path,
+    tag: &str,
+    limits: &BuildLimits,
+    secs: u64,
+) -> BuildOutput {
+    podman
+        .build_image_with(ctx, "Containerfile", tag, limits, Duration::from_secs(secs))
+        .await
+        .unwrap()
+}
+
+/// No build cgroup of this process is left.
+fn assert_no_build_cgroups() {
+    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+}
+
+/// No build cgroup and no build container of this process is left.
+fn assert_no_build_left() {
+    assert_no_build_cgroups();
+    let left = build_containers_of(std::process::id());
+    assert!(left.is_empty(), "build containers left: {left:?}");
+}
+
 /// One build at a time: each test checks that no build cgroup of this
 /// process is left, which another test's running build would break.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -101,19 +142,10 @@ async fn missing_base_images_are_never_pulled() {
     let _serial = SERIAL.lock().await;
     let podman = podman();
     let dir = tempfile::tempdir().unwrap();
-    let base = format!("localhost/{}:1", unique("cpub-absent"));
+    let base = fresh_tag("cpub-absent");
     let ctx = context(dir.path(), &format!("FROM {base}\n"));
-    let tag = format!("localhost/{}:1", unique("cpub-test-nopull"));
-    let out = podman
-        .build_image_with(
-            &ctx,
-            "Containerfile",
-            &tag,
-            &sandbox(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
+    let tag = fresh_tag("cpub-test-nopull");
+    let out = build_image(&podman, &ctx, &tag, &sandbox(), 120).await;
     assert!(!out.ok, "{}", out.log);
     assert!(!out.log.contains("Trying to pull"), "{}", out.log);
     assert!(out.log.contains(&base), "names the image: {}", out.log);
@@ -135,28 +167,16 @@ async fn run_steps_get_pids_memory_and_cpu_limits() {
         /bin/busybox sh -c 'x=$(/bin/busybox head -c 100000000 /dev/zero | /bin/busybox tr \\\\0 a); echo big=${#x}' || echo big=killed; \
         /bin/busybox sh -c 'for i in $(/bin/busybox seq 100); do /bin/busybox sleep 5 & echo $i; done' > /forks 2>/dev/null; \
         n=0; while read l; do n=$((n+1)); done < /forks; echo forks=$n; exit 0";
-    let containerfile = format!(
-        "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
-        serde_json::to_string(script).unwrap()
-    );
+    let containerfile = run_step(RUN, script);
     let ctx = context(dir.path(), &containerfile);
-    let tag = format!("localhost/{}:1", unique("cpub-test-limits"));
+    let tag = fresh_tag("cpub-test-limits");
     let limits = BuildLimits {
         memory_bytes: 48 << 20,
         millicpus: 500,
         pids: 32,
         ..sandbox()
     };
-    let out = podman
-        .build_image_with(
-            &ctx,
-            "Containerfile",
-            &tag,
-            &limits,
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
+    let out = build_image(&podman, &ctx, &tag, &limits, 120).await;
     let _ = podman.remove_image(&tag).await;
     assert!(out.ok, "{}", out.log);
     let value = |key: &str| {
@@ -182,7 +202,7 @@ async fn run_steps_get_pids_memory_and_cpu_limits() {
     );
     // Capabilities left: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID.
     assert_eq!(value("caps"), "00000000000000db", "{}", out.log);
-    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+    assert_no_build_cgroups();
 }
 
 #[tokio::test]
@@ -194,22 +214,11 @@ async fn the_wall_clock_kills_the_running_step() {
     let secs = 400_000 + (std::process::id() % 10_000);
     let ctx = context(
         dir.path(),
-        &format!(
-            "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo started; /bin/busybox sleep {secs}\"]\n"
-        ),
+        &run_step(RUN, &format!("echo started; /bin/busybox sleep {secs}")),
     );
-    let tag = format!("localhost/{}:1", unique("cpub-test-clock"));
+    let tag = fresh_tag("cpub-test-clock");
     let started = Instant::now();
-    let out = podman
-        .build_image_with(
-            &ctx,
-            "Containerfile",
-            &tag,
-            &sandbox(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
+    let out = build_image(&podman, &ctx, &tag, &sandbox(), 3).await;
     let took = started.elapsed();
     assert!(!out.ok);
     assert_eq!(
@@ -231,9 +240,7 @@ async fn the_wall_clock_kills_the_running_step() {
         processes_with(&needle)
     );
     assert!(!podman.image_exists(&tag).await.unwrap());
-    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
-    let left = build_containers_of(std::process::id());
-    assert!(left.is_empty(), "build containers left: {left:?}");
+    assert_no_build_left();
 }
 
 #[tokio::test]
@@ -244,27 +251,19 @@ async fn output_past_the_cap_stops_the_build() {
     // 50 MB of output (and then a long sleep) against a 2 MiB cap.
     let ctx = context(
         dir.path(),
-        &format!(
-            "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox yes 0123456789abcdef | /bin/busybox head -c 50000000; /bin/busybox sleep 300\"]\n"
+        &run_step(
+            RUN,
+            "/bin/busybox yes 0123456789abcdef | /bin/busybox head -c 50000000; /bin/busybox sleep 300",
         ),
     );
-    let tag = format!("localhost/{}:1", unique("cpub-test-cap"));
+    let tag = fresh_tag("cpub-test-cap");
     let limits = BuildLimits {
         max_output_bytes: 2 << 20,
         log_tail_bytes: 64 << 10,
         ..sandbox()
     };
     let started = Instant::now();
-    let out = podman
-        .build_image_with(
-            &ctx,
-            "Containerfile",
-            &tag,
-            &limits,
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
+    let out = build_image(&podman, &ctx, &tag, &limits, 120).await;
     assert!(!out.ok);
     assert_eq!(out.stopped, Some(BuildStop::OutputLimit(2 << 20)));
     assert!(out.output_bytes > 2 << 20, "{}", out.output_bytes);
@@ -288,9 +287,7 @@ async fn output_past_the_cap_stops_the_build() {
     assert!(out.log.starts_with("[… "), "says what was cut");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(!podman.image_exists(&tag).await.unwrap());
-    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
-    let left = build_containers_of(std::process::id());
-    assert!(left.is_empty(), "build containers left: {left:?}");
+    assert_no_build_left();
 }
 
 #[tokio::test]
@@ -364,13 +361,9 @@ async fn watch_a_run_step(podman: &Podman, tag: &str, limits: &BuildLimits) -> S
          i=0; while [ ! -e /go ] && [ $i -lt 1200 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done; \
          /bin/busybox rm -f /go; echo done"
     );
-    let containerfile = format!(
-        "{RUN}RUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
-        serde_json::to_string(&script).unwrap()
-    );
+    let containerfile = run_step(RUN, &script);
     let ctx = context(dir.path(), &containerfile);
-    let build =
-        podman.build_image_with(&ctx, "Containerfile", tag, limits, Duration::from_secs(180));
+    let build = build_image(podman, &ctx, tag, limits, 180);
     let watch = async {
         let deadline = Instant::now() + Duration::from_secs(60);
         let pid = loop {
@@ -408,7 +401,6 @@ async fn watch_a_run_step(podman: &Podman, tag: &str, limits: &BuildLimits) -> S
         seen
     };
     let (out, (uids, uid_map, root_file_uid, nobody_file_uid)) = tokio::join!(build, watch);
-    let out = out.unwrap();
     SeenFromHost {
         uids,
         uid_map,
@@ -477,8 +469,8 @@ async fn root_in_a_run_step_is_not_root_on_the_host() {
     let instances = instances_podman();
     let (start, count) = build_range();
 
-    let tag = format!("localhost/{}:1", unique("cpub-test-userns"));
-    let control_tag = format!("localhost/{}:1", unique("cpub-test-nouserns"));
+    let tag = fresh_tag("cpub-test-userns");
+    let control_tag = fresh_tag("cpub-test-nouserns");
     let _images = Images(vec![tag.clone(), control_tag.clone()]);
     let seen = watch_a_run_step(&podman, &tag, &sandbox()).await;
     assert!(seen.ok, "{}", seen.log);
@@ -519,7 +511,7 @@ async fn root_in_a_run_step_is_not_root_on_the_host() {
     assert_eq!(seen.uids, vec![0, 0, 0, 0]);
     assert_eq!(seen.uid_map, "0 0 4294967295");
     assert_eq!((seen.root_file_uid, seen.nobody_file_uid), (0, 65534));
-    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+    assert_no_build_cgroups();
 }
 
 /// A stage `FROM` an image (here one holding nothing but busybox: no
@@ -535,42 +527,21 @@ async fn a_run_step_in_a_stage_from_an_image_owns_its_root_as_an_unprivileged_ho
     let podman = podman();
     let instances = instances_podman();
     let (start, count) = build_range();
-    let base = format!("localhost/{}:1", unique("cpub-test-bare"));
-    let tag = format!("localhost/{}:1", unique("cpub-test-fromimage"));
-    let control_tag = format!("localhost/{}:1", unique("cpub-test-fromimage-nouserns"));
+    let base = fresh_tag("cpub-test-bare");
+    let tag = fresh_tag("cpub-test-fromimage");
+    let control_tag = fresh_tag("cpub-test-fromimage-nouserns");
     let _images = Images(vec![base.clone(), tag.clone(), control_tag.clone()]);
     let dir = tempfile::tempdir().unwrap();
-    let out = podman
-        .build_image_with(
-            &context(dir.path(), RUN),
-            "Containerfile",
-            &base,
-            &sandbox(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
+    let out = build_image(&podman, &context(dir.path(), RUN), &base, &sandbox(), 120).await;
     assert!(out.ok, "{}", out.log);
 
     let script = "b=/bin/busybox; $b mkdir /data && $b touch /data/by-root && \
                   echo uid_map=$($b cat /proc/self/uid_map) && \
                   echo gid_map=$($b cat /proc/self/gid_map) && \
                   echo id=$($b id -u):$($b id -g) && echo root_owner=$($b stat -c %u:%g /)";
-    let containerfile = format!(
-        "FROM {base}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", {}]\n",
-        serde_json::to_string(script).unwrap()
-    );
+    let containerfile = run_step(&format!("FROM {base}\n"), script);
     let ctx = context(dir.path(), &containerfile);
-    let out = podman
-        .build_image_with(
-            &ctx,
-            "Containerfile",
-            &tag,
-            &sandbox(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
+    let out = build_image(&podman, &ctx, &tag, &sandbox(), 120).await;
     assert!(out.ok, "{}", out.log);
     // Inside: root, owning `/`, in a map from 0 to an id of the builds'
     // range (for the group ids too).
@@ -604,26 +575,17 @@ async fn a_run_step_in_a_stage_from_an_image_owns_its_root_as_an_unprivileged_ho
     assert_eq!(owners, (0, 0));
 
     // Negative control: the same step without a user namespace is host root.
-    let out = podman
-        .build_image_with(
-            &ctx,
-            "Containerfile",
-            &control_tag,
-            &BuildLimits::default(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
+    let out = build_image(&podman, &ctx, &control_tag, &BuildLimits::default(), 120).await;
     let _ = podman.remove_image(&control_tag).await;
     let _ = podman.remove_image(&base).await;
     assert!(out.ok, "{}", out.log);
     assert!(out.log.contains("uid_map= 0 0 4294967295"), "{}", out.log);
-    assert!(build_cgroups().is_empty(), "{:?}", build_cgroups());
+    assert_no_build_cgroups();
 }
 
 #[tokio::test]
 async fn moving_a_missing_image_is_an_error_naming_it() {
-    let tag = format!("localhost/{}:1", unique("cpub-test-absent"));
+    let tag = fresh_tag("cpub-test-absent");
     let err = podman()
         .move_image(&tag, &instances_podman())
         .await
@@ -660,16 +622,7 @@ async fn identical_builds_at_once_all_succeed_while_moved_images_leave() {
             let podman = podman();
             let mut failures = Vec::new();
             for tag in lane_tags {
-                let out = podman
-                    .build_image_with(
-                        &ctx,
-                        "Containerfile",
-                        &tag,
-                        &sandbox(),
-                        Duration::from_secs(120),
-                    )
-                    .await
-                    .unwrap();
+                let out = build_image(&podman, &ctx, &tag, &sandbox(), 120).await;
                 if !out.ok {
                     failures.push(format!("{tag}: {}", out.log));
                     continue;
@@ -719,23 +672,14 @@ async fn removals_wait_for_the_builds_holding_the_store() {
         "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
     );
     let (first, second) = (
-        format!("localhost/{}:1", unique("cpub-test-held")),
+        fresh_tag("cpub-test-held"),
         format!("localhost/{}:2", unique("cpub-test-held")),
     );
     let _images = Images(vec![first.clone(), second.clone()]);
     let build = |tag: String| {
         let (podman, ctx) = (podman.clone(), ctx.clone());
         async move {
-            let out = podman
-                .build_image_with(
-                    &ctx,
-                    "Containerfile",
-                    &tag,
-                    &sandbox(),
-                    Duration::from_secs(120),
-                )
-                .await
-                .unwrap();
+            let out = build_image(&podman, &ctx, &tag, &sandbox(), 120).await;
             assert!(out.ok, "{}", out.log);
         }
     };

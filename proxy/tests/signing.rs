@@ -7,96 +7,36 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use containerpub_pool::testing::FakeRuntime;
-use containerpub_pool::{Pool, PoolConfig};
-use containerpub_proxy::engine::{self, Worker};
-use containerpub_proxy::routes::Routes;
-use containerpub_proxy::service::Proxy;
-use containerpub_wire::Manifest;
-use containerpub_wire::api::{Route, RouteTable};
+use containerpub_wire::api::Route;
 use containerpub_wire::private::SecretValue;
 use containerpub_wire::signing::{SigningKey, header_value};
-use support::{Client, HEALTH, IO_TIMEOUT, Instance};
+use support::{HEALTH, Harness, route_from};
 
 const SECRET: &str = "cpss_5f1d0c9e8b7a6f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6";
 const KEY_ID: &str = "sk_00112233aabbccdd";
 const MAX_BODY: u64 = 4096;
 
+/// Function `s`: signed calls only, with one signing key.
 fn route() -> Route {
-    let text = format!(
-        "name = \"s\"\nruntime = \"container\"\nhealth_path = \"{HEALTH}\"\n\
-         [resources]\nmax_body_bytes = {MAX_BODY}\n[access]\nauth = \"signature\"\n"
+    let mut route = route_from(
+        "s",
+        &format!(
+            "runtime = \"container\"\nhealth_path = \"{HEALTH}\"\n\
+             [resources]\nmax_body_bytes = {MAX_BODY}\n[access]\nauth = \"signature\"\n"
+        ),
     );
-    Route {
-        function: "s".into(),
-        deployment_id: 1,
-        version: 1,
-        image: "img".into(),
-        config: Manifest::parse(&text).unwrap(),
-        keys: Vec::new(),
-        secrets: Vec::new(),
-        signing_keys: vec![SigningKey {
-            id: KEY_ID.into(),
-            secret: SecretValue(SECRET.into()),
-        }],
-    }
+    route.signing_keys = vec![SigningKey {
+        id: KEY_ID.into(),
+        secret: SecretValue(SECRET.into()),
+    }];
+    route
 }
 
-fn start_proxy(instance: &Instance) -> SocketAddr {
-    let runtime = Arc::new(FakeRuntime::serving(instance.addr));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async move {
-            let table = RouteTable {
-                revision: 1,
-                routes: vec![route()],
-            };
-            let config = PoolConfig {
-                node: "signing-test".into(),
-                start_timeout: Duration::from_secs(2),
-            };
-            let pool = Pool::with_runtime(runtime, config, &table.routes)
-                .await
-                .unwrap();
-            let proxy = Rc::new(Proxy::new(Arc::new(Routes::new(&table)), pool));
-            let worker = Rc::new(Worker::default());
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::task::spawn_local(engine::serve_connection(
-                    tcp,
-                    peer,
-                    Rc::clone(&proxy),
-                    Rc::clone(&worker),
-                ));
-            }
-        });
-    });
-    addr
-}
-
-fn connect(addr: SocketAddr) -> Client {
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    Client {
-        tcp,
-        buf: Vec::new(),
-    }
+/// A proxy worker for function `s` and the instance behind it.
+fn harness() -> Harness {
+    Harness::with_route("signing-test", route())
 }
 
 fn now() -> i64 {
@@ -122,8 +62,8 @@ fn request(method: &str, target: &str, extra: &str, body: &[u8]) -> Vec<u8> {
 }
 
 /// Sends `bytes` on a fresh connection; the status answered.
-fn status_of(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
-    let mut c = connect(addr);
+fn status_of(h: &Harness, bytes: &[u8]) -> (u16, String) {
+    let mut c = h.connect();
     c.send(bytes);
     let a = c.answer(false).expect("an answer");
     (a.status, a.text())
@@ -131,15 +71,14 @@ fn status_of(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
 
 #[test]
 fn signed_calls_pass_and_refusals_never_reach_the_instance() {
-    let instance = Instance::start();
-    let addr = start_proxy(&instance);
+    let h = harness();
 
     // A good call (this also starts the instance).
     let body = b"{\"n\":1}";
     let first = now();
     let sig = signature("POST", "/fn/s/a?b=1", first, body);
     let (status, text) = status_of(
-        addr,
+        &h,
         &request(
             "POST",
             "/fn/s/a?b=1",
@@ -148,12 +87,12 @@ fn signed_calls_pass_and_refusals_never_reach_the_instance() {
         ),
     );
     assert_eq!(status, 200, "{text}");
-    let seen = instance.conns();
+    let seen = h.instance.conns();
     let bytes = String::from_utf8_lossy(&seen.last().unwrap().bytes).to_lowercase();
     assert!(!bytes.contains("x-cpub-signature"), "{bytes}");
     assert!(bytes.ends_with("{\"n\":1}"), "{bytes}");
 
-    let mark = instance.mark();
+    let mark = h.instance.mark();
     // Another second than the good call's: these signatures differ from it.
     let t = first - 1;
     let target = "/fn/s/a?b=1";
@@ -225,7 +164,7 @@ fn signed_calls_pass_and_refusals_never_reach_the_instance() {
         ),
     ];
     for (label, bytes, want, says) in &cases {
-        let (status, text) = status_of(addr, bytes);
+        let (status, text) = status_of(&h, bytes);
         assert_eq!(status, *want, "{label}: {text}");
         assert!(text.contains(says), "{label}: {text} lacks {says:?}");
     }
@@ -236,20 +175,19 @@ fn signed_calls_pass_and_refusals_never_reach_the_instance() {
         &format!("x-cpub-signature: {sig}\r\n"),
         body,
     );
-    let (status, text) = status_of(addr, &replay);
+    let (status, text) = status_of(&h, &replay);
     assert_eq!(status, 401);
     assert!(text.contains("replayed"), "{text}");
     assert!(
-        instance.since(&mark).is_empty(),
+        h.instance.since(&mark).is_empty(),
         "a refused call reached the instance: {:?}",
-        instance.since(&mark)
+        h.instance.since(&mark)
     );
 }
 
 #[test]
 fn bodies_in_pieces_and_after_100_continue_are_checked_whole() {
-    let instance = Instance::start();
-    let addr = start_proxy(&instance);
+    let h = harness();
     let body = vec![b'z'; 3000];
     let target = "/fn/s/up";
     let sig = signature("PUT", target, now(), &body);
@@ -257,7 +195,7 @@ fn bodies_in_pieces_and_after_100_continue_are_checked_whole() {
         "PUT {target} HTTP/1.1\r\nhost: t\r\nx-cpub-signature: {sig}\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let mut c = connect(addr);
+    let mut c = h.connect();
     c.send(head.as_bytes());
     // The proxy asks for the body itself.
     while !c.buf.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n") {
@@ -286,8 +224,7 @@ fn bodies_in_pieces_and_after_100_continue_are_checked_whole() {
 
 #[test]
 fn random_corruptions_of_a_signed_call_are_refused_before_the_instance() {
-    let instance = Instance::start();
-    let addr = start_proxy(&instance);
+    let h = harness();
     // Start the instance with one good call, then corrupt fresh ones.
     let ok = |target: &str, body: &[u8]| {
         let sig = signature("POST", target, now(), body);
@@ -298,8 +235,8 @@ fn random_corruptions_of_a_signed_call_are_refused_before_the_instance() {
             body,
         )
     };
-    assert_eq!(status_of(addr, &ok("/fn/s/warm", b"w")).0, 200);
-    let mark = instance.mark();
+    assert_eq!(status_of(&h, &ok("/fn/s/warm", b"w")).0, 200);
+    let mark = h.instance.mark();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -340,7 +277,7 @@ fn random_corruptions_of_a_signed_call_are_refused_before_the_instance() {
             continue;
         }
         bytes[at] = new;
-        let (status, text) = status_of(addr, &bytes);
+        let (status, text) = status_of(&h, &bytes);
         assert!(
             status == 401 || status == 400 || status == 404,
             "corruption at {at} ({} -> {}) answered {status}: {text}\n{}",
@@ -352,7 +289,7 @@ fn random_corruptions_of_a_signed_call_are_refused_before_the_instance() {
     }
     assert!(refused > 200, "{refused}");
     assert!(
-        instance.since(&mark).is_empty(),
+        h.instance.since(&mark).is_empty(),
         "a corrupted call reached the instance"
     );
 }

@@ -3,22 +3,20 @@
 //! instance: traffic keeps a tunnel open past `timeout_ms`, a silent one
 //! ends after `stream_idle_ms`, a busy one at `max_call_s`, a peer that
 //! never reads cannot hold it (or make the proxy buffer), and the lease and
-//! the open-tunnel gauge go back when it ends (issue 13).
+//! the open-tunnel gauge go back when it ends (issue 13). The proxy and
+//! the route are `support`'s; the instance is this file's own.
+
+mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use containerpub_pool::testing::FakeRuntime;
-use containerpub_pool::{Pool, PoolConfig};
-use containerpub_proxy::engine::{self, Worker};
-use containerpub_proxy::routes::Routes;
-use containerpub_proxy::service::Proxy;
-use containerpub_wire::Manifest;
-use containerpub_wire::api::{Route, RouteTable};
+use containerpub_wire::api::Route;
+use support::{route_from, start_proxy};
 
 /// The route's `timeout_ms`: every tunnel below outlives it.
 const TIMEOUT_MS: u64 = 200;
@@ -127,24 +125,17 @@ fn instance_conn(mut tcp: TcpStream, flooded: &AtomicU64) {
 /// Function `name` with the limits above, one instance taking one call at
 /// a time.
 fn route(name: &str) -> Route {
-    let text = format!(
-        "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n\
-         [resources]\ntimeout_ms = {TIMEOUT_MS}\nstream_idle_ms = {IDLE_MS}\nmax_call_s = {CAP_S}\n\
-         [scaling]\nmin_instances = 0\nmax_instances = 1\nconcurrency = 1\n"
-    );
-    Route {
-        function: name.into(),
-        deployment_id: 1,
-        version: 1,
-        image: "img".into(),
-        config: Manifest::parse(&text).unwrap(),
-        keys: Vec::new(),
-        secrets: Vec::new(),
-        signing_keys: Vec::new(),
-    }
+    route_from(
+        name,
+        &format!(
+            "runtime = \"container\"\nvisibility = \"public\"\n\
+             [resources]\ntimeout_ms = {TIMEOUT_MS}\nstream_idle_ms = {IDLE_MS}\nmax_call_s = {CAP_S}\n\
+             [scaling]\nmin_instances = 0\nmax_instances = 1\nconcurrency = 1\n"
+        ),
+    )
 }
 
-/// A proxy worker (as `server.rs` runs it) for function `name` in front of
+/// A proxy worker (`support::start_proxy`) for function `name` in front of
 /// the scripted instance.
 struct Harness {
     addr: SocketAddr,
@@ -157,44 +148,7 @@ impl Harness {
     fn new(name: &str) -> Self {
         let instance = Instance::start();
         let runtime = Arc::new(FakeRuntime::serving(instance.addr));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (rt_runtime, route) = (Arc::clone(&runtime), route(name));
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, async move {
-                let table = RouteTable {
-                    revision: 1,
-                    routes: vec![route],
-                };
-                let config = PoolConfig {
-                    node: "tunnel-test".into(),
-                    start_timeout: Duration::from_secs(2),
-                };
-                let pool = Pool::with_runtime(rt_runtime, config, &table.routes)
-                    .await
-                    .unwrap();
-                let proxy = Rc::new(Proxy::new(Arc::new(Routes::new(&table)), pool));
-                let worker = Rc::new(Worker::default());
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((tcp, peer)) = listener.accept().await else {
-                        continue;
-                    };
-                    tokio::task::spawn_local(engine::serve_connection(
-                        tcp,
-                        peer,
-                        Rc::clone(&proxy),
-                        Rc::clone(&worker),
-                    ));
-                }
-            });
-        });
+        let addr = start_proxy(Arc::clone(&runtime), "tunnel-test", vec![route(name)]);
         Self {
             addr,
             name: name.into(),

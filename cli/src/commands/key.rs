@@ -1,14 +1,15 @@
 //! `cpub key create|list|revoke FUNCTION`: the invocation keys of a private
 //! function. `create` prints the key alone on stdout (it is shown this
-//! once; `KEY=$(cpub key create f)` keeps it), the rest on stderr.
+//! once; `KEY=$(cpub key create f)` keeps it), the rest on stderr. The
+//! commands are `credential.rs`'s; this file says what is particular to
+//! keys.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Subcommand;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use containerpub_wire::private::{KEY_HEADER, KeyCreated, KeyInfo};
-use reqwest::Method;
 
-use super::{Context, Output, TIME_FORMAT, check_name, print_json};
+use super::credential::{self, CredentialKind};
+use super::{Context, Output, TIME_FORMAT};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,73 +44,49 @@ enum KeyCommand {
     },
 }
 
+/// `cpub key`: the paths, words and columns of invocation keys.
+struct InvocationKeys;
+
+impl CredentialKind for InvocationKeys {
+    const PATH: &'static str = "keys";
+    const SINGULAR: &'static str = "key";
+    const PLURAL: &'static str = "keys";
+    const COMMAND: &'static str = "key";
+    const HEADER: &'static [&'static str] = &["ID", "PREFIX", "LABEL", "CREATED"];
+
+    type Created = KeyCreated;
+    type Info = KeyInfo;
+    type Id = i64;
+
+    fn announce(function: &str, created: KeyCreated) -> String {
+        eprintln!(
+            "key {} ({}) for {function}; shown once: send it as \"Authorization: Bearer <key>\" or \"{KEY_HEADER}: <key>\"",
+            created.info.id, created.info.prefix
+        );
+        created.key
+    }
+
+    fn row(k: KeyInfo) -> Vec<String> {
+        vec![
+            k.id.to_string(),
+            format!("{}…", k.prefix),
+            k.label,
+            k.created_at.format(TIME_FORMAT).to_string(),
+        ]
+    }
+}
+
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let client = ctx.client()?;
     match args.command {
         KeyCommand::Create { function, label } => {
-            check_name(&function)?;
-            let body = serde_json::json!({ "label": label });
-            let answer = client
-                .call(
-                    Method::POST,
-                    &format!("/functions/{function}/keys"),
-                    Some(&body),
-                )
-                .await
-                .with_context(|| format!("cannot create a key for {function}"))?
-                .context("the server answered no key")?;
-            let created: KeyCreated =
-                serde_json::from_value(answer).context("unexpected answer to key create")?;
-            eprintln!(
-                "key {} ({}) for {function}; shown once: send it as \"Authorization: Bearer <key>\" or \"{KEY_HEADER}: <key>\"",
-                created.info.id, created.info.prefix
-            );
-            println!("{}", created.key);
-            Ok(())
+            credential::create::<InvocationKeys>(&client, &function, &label).await
         }
         KeyCommand::List { function, output } => {
-            check_name(&function)?;
-            let answer = client
-                .call(Method::GET, &format!("/functions/{function}/keys"), None)
-                .await
-                .with_context(|| format!("cannot list the keys of {function}"))?
-                .unwrap_or_default();
-            if output == Output::Json {
-                return print_json(&answer);
-            }
-            let keys: Vec<KeyInfo> =
-                serde_json::from_value(answer).context("unexpected answer to key list")?;
-            if keys.is_empty() {
-                eprintln!("{function} has no keys; make one with `cpub key create {function}`");
-                return Ok(());
-            }
-            let mut table = Table::new();
-            table
-                .load_preset(UTF8_FULL_CONDENSED)
-                .set_header(["ID", "PREFIX", "LABEL", "CREATED"]);
-            for k in keys {
-                table.add_row([
-                    k.id.to_string(),
-                    format!("{}…", k.prefix),
-                    k.label,
-                    k.created_at.format(TIME_FORMAT).to_string(),
-                ]);
-            }
-            println!("{table}");
-            Ok(())
+            credential::list::<InvocationKeys>(&client, &function, output).await
         }
         KeyCommand::Revoke { function, id } => {
-            check_name(&function)?;
-            client
-                .call(
-                    Method::DELETE,
-                    &format!("/functions/{function}/keys/{id}"),
-                    None,
-                )
-                .await
-                .with_context(|| format!("cannot revoke key {id} of {function}"))?;
-            println!("revoked key {id} of {function}");
-            Ok(())
+            credential::revoke::<InvocationKeys>(&client, &function, &id).await
         }
     }
 }

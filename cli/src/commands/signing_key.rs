@@ -2,15 +2,15 @@
 //! a private function whose manifest's `[access] auth` accepts signatures.
 //! `create` prints the secret alone on stdout (shown this once; `cpub
 //! signing-key create f > f.secret` keeps it), the key id and the rest on
-//! stderr.
+//! stderr. The commands are `credential.rs`'s; this file says what is
+//! particular to signing keys.
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use containerpub_wire::signing::{SigningKeyCreated, SigningKeyInfo, is_key_id_shaped};
-use reqwest::Method;
 
-use super::{Context, Output, TIME_FORMAT, check_name, print_json};
+use super::credential::{self, CredentialKind};
+use super::{Context, Output, TIME_FORMAT};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,84 +45,58 @@ enum SigningKeyCommand {
     },
 }
 
+/// `cpub signing-key`: the paths, words and columns of signing keys.
+struct SigningKeys;
+
+impl CredentialKind for SigningKeys {
+    const PATH: &'static str = "signing-keys";
+    const SINGULAR: &'static str = "signing key";
+    const PLURAL: &'static str = "signing keys";
+    const COMMAND: &'static str = "signing-key";
+    const HEADER: &'static [&'static str] = &["KEY ID", "LABEL", "CREATED"];
+
+    type Created = SigningKeyCreated;
+    type Info = SigningKeyInfo;
+    type Id = String;
+
+    fn announce(function: &str, created: SigningKeyCreated) -> String {
+        eprintln!(
+            "signing key {id} for {function}; its secret is shown once (stdout). \
+             Sign calls with: cpub invoke {function} --sign {id} --sign-secret-file FILE",
+            id = created.info.key_id
+        );
+        created.secret
+    }
+
+    fn row(k: SigningKeyInfo) -> Vec<String> {
+        vec![
+            k.key_id,
+            k.label,
+            k.created_at.format(TIME_FORMAT).to_string(),
+        ]
+    }
+
+    fn check_id(key_id: &String) -> Result<()> {
+        if !is_key_id_shaped(key_id) {
+            bail!(
+                "{key_id:?} is not a signing key id (sk_ + 16 hex digits, see cpub signing-key list)"
+            );
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let client = ctx.client()?;
     match args.command {
         SigningKeyCommand::Create { function, label } => {
-            check_name(&function)?;
-            let body = serde_json::json!({ "label": label });
-            let answer = client
-                .call(
-                    Method::POST,
-                    &format!("/functions/{function}/signing-keys"),
-                    Some(&body),
-                )
-                .await
-                .with_context(|| format!("cannot create a signing key for {function}"))?
-                .context("the server answered no signing key")?;
-            let created: SigningKeyCreated = serde_json::from_value(answer)
-                .context("unexpected answer to signing-key create")?;
-            eprintln!(
-                "signing key {id} for {function}; its secret is shown once (stdout). \
-                 Sign calls with: cpub invoke {function} --sign {id} --sign-secret-file FILE",
-                id = created.info.key_id
-            );
-            println!("{}", created.secret);
-            Ok(())
+            credential::create::<SigningKeys>(&client, &function, &label).await
         }
         SigningKeyCommand::List { function, output } => {
-            check_name(&function)?;
-            let answer = client
-                .call(
-                    Method::GET,
-                    &format!("/functions/{function}/signing-keys"),
-                    None,
-                )
-                .await
-                .with_context(|| format!("cannot list the signing keys of {function}"))?
-                .unwrap_or_default();
-            if output == Output::Json {
-                return print_json(&answer);
-            }
-            let keys: Vec<SigningKeyInfo> =
-                serde_json::from_value(answer).context("unexpected answer to signing-key list")?;
-            if keys.is_empty() {
-                eprintln!(
-                    "{function} has no signing keys; make one with `cpub signing-key create {function}`"
-                );
-                return Ok(());
-            }
-            let mut table = Table::new();
-            table
-                .load_preset(UTF8_FULL_CONDENSED)
-                .set_header(["KEY ID", "LABEL", "CREATED"]);
-            for k in keys {
-                table.add_row([
-                    k.key_id,
-                    k.label,
-                    k.created_at.format(TIME_FORMAT).to_string(),
-                ]);
-            }
-            println!("{table}");
-            Ok(())
+            credential::list::<SigningKeys>(&client, &function, output).await
         }
         SigningKeyCommand::Revoke { function, key_id } => {
-            check_name(&function)?;
-            if !is_key_id_shaped(&key_id) {
-                bail!(
-                    "{key_id:?} is not a signing key id (sk_ + 16 hex digits, see cpub signing-key list)"
-                );
-            }
-            client
-                .call(
-                    Method::DELETE,
-                    &format!("/functions/{function}/signing-keys/{key_id}"),
-                    None,
-                )
-                .await
-                .with_context(|| format!("cannot revoke signing key {key_id} of {function}"))?;
-            println!("revoked signing key {key_id} of {function}");
-            Ok(())
+            credential::revoke::<SigningKeys>(&client, &function, &key_id).await
         }
     }
 }

@@ -442,15 +442,12 @@ fn instance_conn(tcp: TcpStream, conn: usize, state: Arc<Mutex<InstanceState>>) 
 // The container runtime under the pool (`containerpub_pool::testing::
 // FakeRuntime`): every instance is the recording instance.
 
-/// Function `t`: a short timeout and a small body limit.
-fn route() -> Route {
-    let text = format!(
-        "name = \"t\"\nruntime = \"container\"\nvisibility = \"public\"\nhealth_path = \"{HEALTH}\"\n\
-         [resources]\ntimeout_ms = {TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY}\n\
-         [scaling]\nmin_instances = 0\n"
-    );
+/// Function `name` from `manifest`, the manifest's lines after its name
+/// (no keys, secrets or signing keys: set them on the answer).
+pub fn route_from(name: &str, manifest: &str) -> Route {
+    let text = format!("name = \"{name}\"\n{manifest}");
     Route {
-        function: "t".into(),
+        function: name.into(),
         deployment_id: 1,
         version: 1,
         image: "img".into(),
@@ -461,11 +458,25 @@ fn route() -> Route {
     }
 }
 
-/// Runs one proxy worker on its own thread; returns where it listens.
-fn start_proxy(runtime: Arc<FakeRuntime>) -> SocketAddr {
+/// Function `t`: a short timeout and a small body limit.
+fn route() -> Route {
+    route_from(
+        "t",
+        &format!(
+            "runtime = \"container\"\nvisibility = \"public\"\nhealth_path = \"{HEALTH}\"\n\
+             [resources]\ntimeout_ms = {TIMEOUT_MS}\nmax_body_bytes = {MAX_BODY}\n\
+             [scaling]\nmin_instances = 0\n"
+        ),
+    )
+}
+
+/// Runs one proxy worker (as `server.rs` runs it) for `routes` on its own
+/// thread, its pool on `runtime` as node `node`; returns where it listens.
+pub fn start_proxy(runtime: Arc<FakeRuntime>, node: &str, routes: Vec<Route>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
+    let node = node.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -475,10 +486,10 @@ fn start_proxy(runtime: Arc<FakeRuntime>) -> SocketAddr {
         local.block_on(&rt, async move {
             let table = RouteTable {
                 revision: 1,
-                routes: vec![route()],
+                routes,
             };
             let config = PoolConfig {
-                node: "smuggling-test".into(),
+                node,
                 start_timeout: Duration::from_secs(2),
             };
             let pool = Pool::with_runtime(runtime, config, &table.routes)
@@ -510,10 +521,16 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// In front of function `t` (the smuggling suite's).
     pub fn new() -> Self {
+        Self::with_route("smuggling-test", route())
+    }
+
+    /// In front of `route`, the pool running as node `node`.
+    pub fn with_route(node: &str, route: Route) -> Self {
         let instance = Instance::start();
         let runtime = Arc::new(FakeRuntime::serving(instance.addr));
-        let addr = start_proxy(runtime);
+        let addr = start_proxy(runtime, node, vec![route]);
         Self { addr, instance }
     }
 
