@@ -1,5 +1,5 @@
 //! Execution records: `POST /api/v1/executions` (a proxy's batch, written
-//! with COPY into the day-partitioned `executions` table, migration 0006),
+//! with a binary COPY into the day-partitioned `executions` table, migration 0006),
 //! `GET /api/v1/functions/{name}/executions` (the newest calls, filtered by
 //! status and time), and the partitions' upkeep: a day's partition is
 //! created when a record of that day arrives, and `retain` drops those past
@@ -127,7 +127,7 @@ fn field_opt(out: &mut Vec<u8>, s: Option<&str>) {
 /// microseconds since 2000-01-01 (a `timestamptz`'s binary form).
 fn copy_row(out: &mut Vec<u8>, node: &str, r: &ExecutionRecordRef<'_>) {
     // Validated: every duration and byte count fits an i64.
-    let i8 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX).to_be_bytes();
+    let int8 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX).to_be_bytes();
     out.extend_from_slice(&COPY_COLUMNS.to_be_bytes());
     field(out, &(r.at_us - PG_EPOCH_US).to_be_bytes());
     field(out, node.as_bytes());
@@ -149,7 +149,7 @@ fn copy_row(out: &mut Vec<u8>, node: &str, r: &ExecutionRecordRef<'_>) {
         r.bytes_in,
         r.bytes_out,
     ] {
-        field(out, &i8(v));
+        field(out, &int8(v));
     }
     field_opt(out, r.rejection.as_ref().map(Text::as_str));
 }
