@@ -367,3 +367,32 @@ async fn records_land_in_their_day_and_old_ones_are_skipped() {
     }
     assert_ne!(rows[0].1, rows[1].1);
 }
+
+#[tokio::test]
+async fn a_partition_dropped_behind_the_cache_is_made_again() {
+    let app = app().await;
+    let batch = |id: &str| ExecutionBatch {
+        node: "node-d".into(),
+        batch: id.into(),
+        records: (0..10).map(|i| record(i, "gone", 4)).collect(),
+    };
+    let (status, _) = app.ingest(&batch("gone-1")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Today's partition goes behind the control plane's back (it remembers
+    // it exists).
+    let (partition,): (String,) = sqlx::query_as(
+        "SELECT tableoid::regclass::text FROM executions WHERE function = 'gone' LIMIT 1",
+    )
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    sqlx::query(&format!("DROP TABLE {partition}"))
+        .execute(app.db())
+        .await
+        .unwrap();
+    let (status, body) = app.ingest(&batch("gone-2")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let r: IngestResult = serde_json::from_slice(&body).unwrap();
+    assert_eq!((r.stored, r.duplicate), (10, false));
+    assert_eq!(count(app.db(), "gone").await, 10);
+}
