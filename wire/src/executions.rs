@@ -4,6 +4,8 @@
 //! `…/stats` and `GET /api/v1/status`, and the rules both sides apply to
 //! them (limits, status filters, `--since` durations).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -90,24 +92,138 @@ const MAX_DURATION_US: u64 = 86_400_000_000;
 impl ExecutionRecord {
     /// Checks every field; the error names the field at fault.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        crate::validate_function_name(&self.function).map_err(|m| ("function", m.to_string()))?;
+        self.borrowed().validate()
+    }
+
+    /// The record borrowed (what the control plane decodes).
+    pub fn borrowed(&self) -> ExecutionRecordRef<'_> {
+        fn text(s: &str) -> Text<'_> {
+            Text(Cow::Borrowed(s))
+        }
+        ExecutionRecordRef {
+            at_us: self.at_us,
+            function: text(&self.function),
+            deployment_id: self.deployment_id,
+            version: self.version,
+            instance: self.instance.as_deref().map(text),
+            request_id: text(&self.request_id),
+            trace_id: self.trace_id.as_deref().map(text),
+            method: text(&self.method),
+            status: self.status,
+            start: self.start,
+            queue_us: self.queue_us,
+            start_us: self.start_us,
+            upstream_us: self.upstream_us,
+            total_us: self.total_us,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            rejection: self.rejection.as_deref().map(text),
+        }
+    }
+}
+
+/// A JSON string borrowed from the body it was decoded from (owned only
+/// when it holds escapes): the control plane's ingest decodes thousands of
+/// records per batch without allocating their strings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Text<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(V).map(Text)
+    }
+}
+
+/// [`ExecutionRecord`] as the control plane decodes it: the same fields
+/// and rules, its strings borrowed from the body.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionRecordRef<'a> {
+    pub at_us: i64,
+    #[serde(borrow)]
+    pub function: Text<'a>,
+    pub deployment_id: i64,
+    pub version: i32,
+    #[serde(default, borrow)]
+    pub instance: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub request_id: Text<'a>,
+    #[serde(default, borrow)]
+    pub trace_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub method: Text<'a>,
+    pub status: u16,
+    #[serde(default)]
+    pub start: Option<StartKind>,
+    pub queue_us: u64,
+    pub start_us: u64,
+    pub upstream_us: u64,
+    pub total_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    #[serde(default, borrow)]
+    pub rejection: Option<Text<'a>>,
+}
+
+/// [`ExecutionBatch`] as the control plane decodes it (strings borrowed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionBatchRef<'a> {
+    #[serde(borrow)]
+    pub node: Text<'a>,
+    #[serde(borrow)]
+    pub batch: Text<'a>,
+    #[serde(borrow)]
+    pub records: Vec<ExecutionRecordRef<'a>>,
+}
+
+impl ExecutionRecordRef<'_> {
+    /// Checks every field; the error names the field at fault.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        crate::validate_function_name(self.function.as_str())
+            .map_err(|m| ("function", m.to_string()))?;
         if self.deployment_id <= 0 || self.version <= 0 {
             return Err((
                 "deployment_id",
                 "deployment_id and version must be positive".into(),
             ));
         }
-        if !crate::request_id::is_valid(self.request_id.as_bytes()) {
+        if !crate::request_id::is_valid(self.request_id.as_str().as_bytes()) {
             return Err(("request_id", "not a valid request id".into()));
         }
         let short = |s: &str| {
             !s.is_empty() && s.len() <= MAX_SHORT_FIELD && s.bytes().all(|b| b.is_ascii_graphic())
         };
-        if !short(&self.method) {
+        if !short(self.method.as_str()) {
             return Err(("method", "must be 1 to 64 visible ASCII characters".into()));
         }
         if let Some(instance) = &self.instance
-            && !short(instance)
+            && !short(instance.as_str())
         {
             return Err((
                 "instance",
@@ -115,12 +231,16 @@ impl ExecutionRecord {
             ));
         }
         if let Some(reason) = &self.rejection
-            && !(short(reason) && reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            && !(short(reason.as_str())
+                && reason
+                    .as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'))
         {
             return Err(("rejection", "must be a lowercase reason".into()));
         }
         if let Some(trace) = &self.trace_id
-            && !is_trace_id(trace.as_bytes())
+            && !is_trace_id(trace.as_str().as_bytes())
         {
             return Err(("trace_id", "must be 32 lowercase hex digits".into()));
         }
@@ -484,6 +604,37 @@ mod tests {
                 &json.replace("\"status\"", "\"x\":1,\"status\"")
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn borrowed_records_decode_like_owned_ones() {
+        let mut r = record();
+        // Escaped in JSON: decoded owned, same value.
+        r.method = "G\\E\"T".into();
+        let batch = ExecutionBatch {
+            node: "n".into(),
+            batch: "b-1".into(),
+            records: vec![r.clone(), record()],
+        };
+        let json = serde_json::to_string(&batch).unwrap();
+        let got: ExecutionBatchRef<'_> = serde_json::from_str(&json).unwrap();
+        assert_eq!((got.node.as_str(), got.batch.as_str()), ("n", "b-1"));
+        assert_eq!(got.records, [r.borrowed(), record().borrowed()]);
+        assert!(matches!(got.records[0].method.0, Cow::Owned(_)));
+        assert!(matches!(got.records[1].method.0, Cow::Borrowed(_)));
+        assert!(matches!(got.records[1].function.0, Cow::Borrowed(_)));
+        // The same rules: unknown fields and wrong types are refused.
+        let unknown = json.replacen("\"status\"", "\"x\":1,\"status\"", 1);
+        assert!(serde_json::from_str::<ExecutionBatchRef<'_>>(&unknown).is_err());
+        let wrong = json.replacen("\"method\":\"GET\"", "\"method\":7", 1);
+        assert!(serde_json::from_str::<ExecutionBatchRef<'_>>(&wrong).is_err());
+        // Optional fields may be missing.
+        let bare = r#"{"at_us":1,"function":"f","deployment_id":1,"version":1,"request_id":"r","method":"GET","status":0,"queue_us":0,"start_us":0,"upstream_us":0,"total_us":0,"bytes_in":0,"bytes_out":0}"#;
+        let b: ExecutionRecordRef<'_> = serde_json::from_str(bare).unwrap();
+        assert_eq!(
+            (b.instance, b.trace_id, b.start, b.rejection),
+            (None, None, None, None)
         );
     }
 

@@ -1,5 +1,5 @@
 //! Execution records: `POST /api/v1/executions` (a proxy's batch, written
-//! with COPY into the day-partitioned `executions` table, migration 0006),
+//! with a binary COPY into the day-partitioned `executions` table, migration 0006),
 //! `GET /api/v1/functions/{name}/executions` (the newest calls, filtered by
 //! status and time), and the partitions' upkeep: a day's partition is
 //! created when a record of that day arrives, and `retain` drops those past
@@ -10,7 +10,6 @@
 //! belongs to the function it names.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -19,8 +18,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use containerpub_wire::executions::{
-    self as wire, ExecutionBatch, ExecutionInfo, ExecutionRecord, ExecutionsQuery, IngestResult,
-    StartKind, StatusFilter,
+    self as wire, ExecutionBatchRef, ExecutionInfo, ExecutionRecord, ExecutionRecordRef,
+    ExecutionsQuery, IngestResult, StartKind, StatusFilter, Text,
 };
 use sqlx::PgPool;
 
@@ -99,54 +98,68 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
     Ok(())
 }
 
-/// Appends `s` to a COPY text row, escaped.
-fn copy_text(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// The start of a binary COPY stream: signature, flags, no extension.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The end of a binary COPY stream.
+const COPY_BINARY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
+/// Columns of a row of `COPY_STATEMENT`.
+const COPY_COLUMNS: i16 = 18;
+
+/// One binary COPY field: its length, then its bytes.
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    // A string of an 8 MiB body is far below i32::MAX.
+    out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
-fn copy_opt(out: &mut String, s: Option<&str>) {
+fn field_opt(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
-        Some(s) => copy_text(out, s),
-        None => out.push_str("\\N"),
+        Some(s) => field(out, s.as_bytes()),
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
     }
 }
 
-/// One COPY row for `r`.
-fn copy_row(out: &mut String, at: DateTime<Utc>, node: &str, r: &ExecutionRecord) {
-    let _ = write!(out, "{}\t", at.to_rfc3339());
-    copy_text(out, node);
-    out.push('\t');
-    copy_text(out, &r.function);
-    let _ = write!(out, "\t{}\t{}\t", r.deployment_id, r.version);
-    copy_opt(out, r.instance.as_deref());
-    out.push('\t');
-    copy_text(out, &r.request_id);
-    out.push('\t');
-    copy_opt(out, r.trace_id.as_deref());
-    out.push('\t');
-    copy_text(out, &r.method);
-    let _ = write!(out, "\t{}\t", r.status);
-    copy_opt(out, r.start.map(StartKind::as_str));
-    let _ = write!(
-        out,
-        "\t{}\t{}\t{}\t{}\t{}\t{}\t",
-        r.queue_us, r.start_us, r.upstream_us, r.total_us, r.bytes_in, r.bytes_out
-    );
-    copy_opt(out, r.rejection.as_deref());
-    out.push('\n');
+/// One binary COPY row for `r` (`at_us` checked by the caller); text
+/// columns go as their UTF-8 bytes, numbers big-endian, `at` as
+/// microseconds since 2000-01-01 (a `timestamptz`'s binary form).
+fn copy_row(out: &mut Vec<u8>, node: &str, r: &ExecutionRecordRef<'_>) {
+    // Validated: every duration and byte count fits an i64.
+    let int8 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX).to_be_bytes();
+    out.extend_from_slice(&COPY_COLUMNS.to_be_bytes());
+    field(out, &(r.at_us - PG_EPOCH_US).to_be_bytes());
+    field(out, node.as_bytes());
+    field(out, r.function.as_str().as_bytes());
+    field(out, &r.deployment_id.to_be_bytes());
+    field(out, &r.version.to_be_bytes());
+    field_opt(out, r.instance.as_ref().map(Text::as_str));
+    field(out, r.request_id.as_str().as_bytes());
+    field_opt(out, r.trace_id.as_ref().map(Text::as_str));
+    field(out, r.method.as_str().as_bytes());
+    // Validated: at most 999.
+    field(out, &(r.status as i16).to_be_bytes());
+    field_opt(out, r.start.map(StartKind::as_str));
+    for v in [
+        r.queue_us,
+        r.start_us,
+        r.upstream_us,
+        r.total_us,
+        r.bytes_in,
+        r.bytes_out,
+    ] {
+        field(out, &int8(v));
+    }
+    field_opt(out, r.rejection.as_ref().map(Text::as_str));
 }
 
 const COPY_STATEMENT: &str = "COPY executions (at, node, function, deployment_id, version, \
      instance, request_id, trace_id, method, status, start_kind, queue_us, start_us, \
-     upstream_us, total_us, bytes_in, bytes_out, rejection) FROM STDIN";
+     upstream_us, total_us, bytes_in, bytes_out, rejection) FROM STDIN (FORMAT binary)";
+
+/// Microseconds in a day.
+const US_PER_DAY: i64 = 86_400_000_000;
 
 /// `POST /api/v1/executions`.
 pub async fn ingest(
@@ -161,15 +174,16 @@ pub async fn ingest(
             format!("a batch is at most {} bytes", wire::MAX_BATCH_BYTES),
         ));
     }
-    let batch: ExecutionBatch = serde_json::from_slice(&body)
+    // Strings stay borrowed from `body`.
+    let batch: ExecutionBatchRef<'_> = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_request("body", format!("not an execution batch: {e}")))?;
-    containerpub_wire::validate_node_name(&batch.node)
-        .map_err(|m| Error::bad_request("node", m))?;
-    caller.require_node_name(Some(&batch.node))?;
-    if batch.batch.is_empty()
-        || batch.batch.len() > 128
-        || !batch
-            .batch
+    let node = batch.node.as_str();
+    containerpub_wire::validate_node_name(node).map_err(|m| Error::bad_request("node", m))?;
+    caller.require_node_name(Some(node))?;
+    let batch_id = batch.batch.as_str();
+    if batch_id.is_empty()
+        || batch_id.len() > 128
+        || !batch_id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
@@ -185,62 +199,117 @@ pub async fn ingest(
         ));
     }
     let now = Utc::now();
-    let oldest = now - TimeDelta::days(i64::from(retention_days()));
-    let mut rows = String::with_capacity(batch.records.len() * 200);
-    let mut days = HashSet::new();
+    let oldest = (now - TimeDelta::days(i64::from(retention_days()))).timestamp_micros();
+    let newest = (now + MAX_AHEAD).timestamp_micros();
+    // About 200 bytes a row in the binary form.
+    let mut rows = Vec::with_capacity(COPY_BINARY_HEADER.len() + batch.records.len() * 200 + 2);
+    rows.extend_from_slice(COPY_BINARY_HEADER);
+    // The days of the records (one or two in practice).
+    let mut days: Vec<i64> = Vec::new();
     let mut skipped = 0u64;
+    let mut kept = 0u64;
     for (i, r) in batch.records.iter().enumerate() {
         r.validate()
             .map_err(|(field, m)| Error::bad_request(format!("records[{i}].{field}"), m))?;
-        let Some(at) = DateTime::from_timestamp_micros(r.at_us) else {
+        if DateTime::from_timestamp_micros(r.at_us).is_none() {
             return Err(Error::bad_request(
                 format!("records[{i}].at_us"),
                 "not a time",
             ));
-        };
-        if at < oldest || at > now + MAX_AHEAD {
+        }
+        if r.at_us < oldest || r.at_us > newest {
             skipped += 1;
             continue;
         }
-        days.insert(at.date_naive());
-        copy_row(&mut rows, at, &batch.node, r);
+        let day = r.at_us.div_euclid(US_PER_DAY);
+        if !days.contains(&day) {
+            days.push(day);
+        }
+        copy_row(&mut rows, node, r);
+        kept += 1;
     }
-    for day in days {
+    rows.extend_from_slice(COPY_BINARY_TRAILER);
+    let days: Vec<NaiveDate> = days
+        .into_iter()
+        .filter_map(|d| DateTime::from_timestamp_micros(d * US_PER_DAY))
+        .map(|d| d.date_naive())
+        .collect();
+    for &day in &days {
         ensure_partition(&state.db, day).await?;
     }
-    let mut tx = state.db.begin().await?;
-    let fresh = sqlx::query(
-        "INSERT INTO execution_batches (node, batch) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(&batch.node)
-    .bind(&batch.batch)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if fresh == 0 {
-        tx.rollback().await?;
+    let stored = match store(&state.db, node, batch_id, &rows, kept).await {
+        // A partition this process knew of is gone (dropped behind its
+        // back, or it serves another database now): forget, create, retry.
+        Err(e) if is_missing_partition(&e) => {
+            for &day in &days {
+                known().lock().expect("partitions lock").remove(&day);
+                ensure_partition(&state.db, day).await?;
+            }
+            store(&state.db, node, batch_id, &rows, kept).await?
+        }
+        other => other?,
+    };
+    let Some(stored) = stored else {
         crate::metrics::record_ingest(0, 0, true);
         return Ok(Json(IngestResult {
             stored: 0,
             skipped: 0,
             duplicate: true,
         }));
-    }
-    let stored = if rows.is_empty() {
-        0
-    } else {
-        let mut copy = tx.copy_in_raw(COPY_STATEMENT).await?;
-        copy.send(rows.into_bytes()).await?;
-        copy.finish().await?
     };
-    tx.commit().await?;
     crate::metrics::record_ingest(stored, skipped, false);
-    tracing::debug!(node = %batch.node, batch = %batch.batch, stored, skipped, "execution records stored");
+    tracing::debug!(
+        node,
+        batch = batch_id,
+        stored,
+        skipped,
+        "execution records stored"
+    );
     Ok(Json(IngestResult {
         stored,
         skipped,
         duplicate: false,
     }))
+}
+
+/// One transaction: the batch id's row, then the rows by binary COPY.
+/// `None` when the batch was stored before (nothing written).
+async fn store(
+    db: &PgPool,
+    node: &str,
+    batch_id: &str,
+    rows: &[u8],
+    kept: u64,
+) -> std::result::Result<Option<u64>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let fresh = sqlx::query(
+        "INSERT INTO execution_batches (node, batch) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(node)
+    .bind(batch_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if fresh == 0 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let stored = if kept == 0 {
+        0
+    } else {
+        let mut copy = tx.copy_in_raw(COPY_STATEMENT).await?;
+        copy.send(rows).await?;
+        copy.finish().await?
+    };
+    tx.commit().await?;
+    Ok(Some(stored))
+}
+
+/// PostgreSQL's "no partition of relation … found for row".
+fn is_missing_partition(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23514")
 }
 
 /// Drops the partitions past the retention and the batch ids as old.
@@ -412,17 +481,36 @@ pub async fn list(
 mod tests {
     use super::*;
 
+    /// The fields of one binary COPY row (None: NULL).
+    fn fields(mut row: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let n = i16::from_be_bytes(row[..2].try_into().unwrap());
+        row = &row[2..];
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let len = i32::from_be_bytes(row[..4].try_into().unwrap());
+            row = &row[4..];
+            if len < 0 {
+                out.push(None);
+            } else {
+                out.push(Some(row[..len as usize].to_vec()));
+                row = &row[len as usize..];
+            }
+        }
+        assert!(row.is_empty(), "{} bytes after the row", row.len());
+        out
+    }
+
     #[test]
-    fn copy_rows_are_escaped() {
+    fn copy_rows_are_binary_and_raw() {
         let r = ExecutionRecord {
-            at_us: 0,
+            at_us: 1_700_000_000_123_456,
             function: "f".into(),
             deployment_id: 1,
             version: 2,
             instance: None,
             request_id: "r".into(),
             trace_id: None,
-            method: "G\\T".into(),
+            method: "G\\T\"".into(),
             status: 200,
             start: Some(StartKind::Warm),
             queue_us: 1,
@@ -433,16 +521,24 @@ mod tests {
             bytes_out: 6,
             rejection: None,
         };
-        let mut out = String::new();
-        copy_row(
-            &mut out,
-            DateTime::from_timestamp_micros(0).unwrap(),
-            "n\t1",
-            &r,
-        );
-        assert_eq!(
-            out,
-            "1970-01-01T00:00:00+00:00\tn\\t1\tf\t1\t2\t\\N\tr\t\\N\tG\\\\T\t200\twarm\t1\t2\t3\t4\t5\t6\t\\N\n"
-        );
+        let mut out = Vec::new();
+        copy_row(&mut out, "n\t1", &r.borrowed());
+        let f = fields(&out);
+        assert_eq!(f.len(), COPY_COLUMNS as usize);
+        let i64_of =
+            |v: &Option<Vec<u8>>| i64::from_be_bytes(v.clone().unwrap().try_into().unwrap());
+        // 2023-11-14T22:13:20.123456Z since 2000-01-01.
+        assert_eq!(i64_of(&f[0]), 1_700_000_000_123_456 - 946_684_800_000_000);
+        // Text goes raw: no escapes in the binary form.
+        assert_eq!(f[1].as_deref(), Some(&b"n\t1"[..]));
+        assert_eq!(f[2].as_deref(), Some(&b"f"[..]));
+        assert_eq!(i64_of(&f[3]), 1);
+        assert_eq!(f[4].as_deref(), Some(&2i32.to_be_bytes()[..]));
+        assert_eq!((&f[5], &f[7], &f[17]), (&None, &None, &None));
+        assert_eq!(f[8].as_deref(), Some(&b"G\\T\""[..]));
+        assert_eq!(f[9].as_deref(), Some(&200i16.to_be_bytes()[..]));
+        assert_eq!(f[10].as_deref(), Some(&b"warm"[..]));
+        let numbers: Vec<i64> = f[11..17].iter().map(i64_of).collect();
+        assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
     }
 }
