@@ -1,155 +1,26 @@
 //! Execution record ingest (`POST /api/v1/executions`) against a real
 //! PostgreSQL: the real router (`Router::oneshot`, no socket) over a fresh
-//! database per test (`CPUB_TEST_DATABASE_URL`, as `tests/api.rs`; the
-//! harness is the smaller part of that file's, no Podman). What the binary
+//! database per test (`CPUB_TEST_DATABASE_URL`, the harness of
+//! `tests/support`, shared with `tests/api.rs`; no Podman). What the binary
 //! COPY writes is read back through `GET …/executions` and SQL: every field
 //! as sent, a full batch whole, a resent batch once, a refused batch not at
 //! all.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use containerpub_control::config::{BuildSettings, Limits, Settings};
-use containerpub_control::state::AppState;
-use containerpub_control::{auth, db, routes};
-use containerpub_podman::Podman;
 use containerpub_wire::executions::{
     ExecutionBatch, ExecutionInfo, ExecutionRecord, IngestResult, MAX_BATCH_RECORDS, StartKind,
 };
 use http_body_util::BodyExt;
-use rand::RngCore;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const TOKEN: &str = "test-bootstrap-token-0123456789";
+mod support;
 
-fn database_url() -> String {
-    if let Some(url) = std::env::var("CPUB_TEST_DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
-        return url;
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg.sh");
-    let out = std::process::Command::new("bash")
-        .args([script, "url"])
-        .output()
-        .expect("running scripts/pg.sh url");
-    assert!(
-        out.status.success(),
-        "no CPUB_TEST_DATABASE_URL and `scripts/pg.sh url` failed (run `scripts/pg.sh start`)"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use support::{TOKEN, TestApp, app};
 
-/// A database and the application over it, both gone with the value.
-struct App {
-    router: Router,
-    state: AppState,
-    base: PgConnectOptions,
-    name: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.state.shutdown.cancel();
-        let (base, name) = (self.base.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(admin) = PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(base)
-                    .await
-                {
-                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(&sql).execute(&admin).await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn app() -> App {
-    let base: PgConnectOptions = database_url().parse().expect("CPUB_TEST_DATABASE_URL");
-    let mut b = [0u8; 6];
-    rand::thread_rng().fill_bytes(&mut b);
-    let name = format!("cpub_test_{}", hex::encode(b));
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(base.clone())
-        .await
-        .expect("connect to the test cluster");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("CREATE DATABASE (role needs CREATEDB)");
-    admin.close().await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(base.clone().database(&name))
-        .await
-        .expect("connect to the test database");
-    db::migrate(&pool).await.expect("migrations");
-    auth::bootstrap(&pool, Some("correct horse battery staple"), Some(TOKEN))
-        .await
-        .expect("bootstrap");
-    let data = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: String::new(),
-        data_dir: data.path().to_path_buf(),
-        podman_socket: "/nonexistent".into(),
-        public_url: "http://proxy.test".into(),
-        limits: Limits {
-            max_upload_bytes: 64 * 1024,
-            max_bundle_bytes: 8 << 20,
-            max_bundle_files: 100,
-        },
-        build_timeout: Duration::from_secs(120),
-        build: BuildSettings::default(),
-        bootstrap_token: None,
-        admin_password: None,
-        logs: Default::default(),
-        keep_versions: 10,
-    };
-    let (_tx, rx) = watch::channel(0);
-    let state = AppState {
-        db: pool.clone(),
-        settings: Arc::new(settings),
-        podman: Podman::new(std::path::PathBuf::from("/nonexistent")),
-        revision: rx,
-        watchers: Arc::default(),
-        vault: Arc::new(
-            containerpub_control::vault::Vault::open_or_create(&data.path().join("master.key"))
-                .expect("master key"),
-        ),
-        shutdown: CancellationToken::new(),
-        login_limits: Arc::default(),
-        builds: Arc::default(),
-    };
-    App {
-        router: routes::router(state.clone()),
-        state,
-        base,
-        name,
-        _data: data,
-    }
-}
-
-impl App {
+/// What these tests ask of the application.
+impl TestApp {
     async fn send(&self, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
         let request = Request::builder()
             .method(method)

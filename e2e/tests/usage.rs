@@ -217,15 +217,7 @@ async fn keep_warm_hits_and_misses_show_in_describe() {
         Some("paused")
     );
     containerpub_e2e::thaw(&ids[0]);
-    let out = std::process::Command::new("podman")
-        .args(["kill", &ids[0]])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "podman kill: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    containerpub_e2e::bench::podman(&["kill", &ids[0]]).expect("podman kill");
     eventually(
         Duration::from_secs(20),
         "the dead instance removed",
