@@ -456,6 +456,35 @@ impl Client {
     /// `POST /functions/{name}/deployments` with a `.tar.gz` body of `len`
     /// bytes. Returns once the server has built (or failed to build) it.
     /// With `detach`, the server answers 202 as soon as the build started.
+    /// Why the control plane cut an upload short, when it did so on
+    /// purpose: a refusal that does not depend on the body (no or a
+    /// wrong token, a role or scope without the right, an unknown
+    /// function, too many requests) is answered before the body is read,
+    /// and the connection closed — the client then sees only its write
+    /// failing (EPIPE or a reset), never the answer. The same request with
+    /// an empty body gets that answer; any other answer to it says nothing
+    /// about the cut, and the transport error stands.
+    async fn refusal_of_upload(&self, name: &str, query: &str) -> Option<anyhow::Error> {
+        let probe = self
+            .http
+            .post(self.url(&format!("/functions/{name}/deployments{query}")))
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .header(reqwest::header::CONTENT_LENGTH, 0)
+            .body(Vec::new());
+        let response = self.send_within(probe, self.deadline).await.ok()?;
+        let refused = matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::NOT_FOUND
+                | StatusCode::TOO_MANY_REQUESTS
+        );
+        if !refused {
+            return None;
+        }
+        Some(ApiFailure::from_response(response).await.into())
+    }
+
     pub async fn deploy(
         &self,
         name: &str,
@@ -471,7 +500,13 @@ impl Client {
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body);
         let deadline = DEPLOY_DEADLINE.max(self.deadline);
-        let response = self.send_within(request, deadline).await?;
+        let response = match self.send_within(request, deadline).await {
+            Ok(response) => response,
+            Err(err) if err.downcast_ref::<Unreachable>().is_some() => {
+                return Err(self.refusal_of_upload(name, query).await.unwrap_or(err));
+            }
+            Err(err) => return Err(err),
+        };
         let status = response.status();
         if status.is_success() || status == StatusCode::UNPROCESSABLE_ENTITY {
             let text = response
@@ -548,6 +583,72 @@ mod tests {
         );
         let err = anyhow::Error::new(failure).context("deploying hello");
         assert!(hint_for(&err).unwrap().contains("field"));
+    }
+
+    /// A control plane that refuses a deploy before reading its body and
+    /// closes (what axum does for a caller without the right): when the
+    /// reset wins the race against the answer, the CLI asks again with an
+    /// empty body and shows the refusal, not "cannot reach" (seen in CI: a
+    /// viewer-scoped token's deploy failed with EPIPE instead of the 403).
+    #[tokio::test]
+    async fn an_upload_refused_before_its_body_shows_the_refusal() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&heads);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                seen.lock().unwrap().push(head.clone());
+                if !head.contains("content-length: 0\r\n") {
+                    // The answer lost to the reset (the race seen in CI,
+                    // made certain here): the upload is cut, nothing read.
+                    let _ = tcp.set_linger(Some(Duration::ZERO));
+                    drop(tcp);
+                    continue;
+                }
+                let body = br#"{"error":"this token is scoped to viewer"}"#;
+                let answer = format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                let _ = tcp.write_all(body).await;
+                drop(tcp);
+            }
+        });
+        let client = Client::new(&format!("http://{addr}"), Some("t")).unwrap();
+        // Streamed in chunks, as `cpub deploy` sends a bundle (a body whole
+        // in memory lets hyper read the early answer by itself).
+        let chunks = 512usize;
+        let len = chunks * 64 * 1024;
+        let stream = futures_util::stream::iter(
+            (0..chunks).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 64 * 1024]))),
+        );
+        let err = client
+            .deploy("f", reqwest::Body::wrap_stream(stream), len as u64, true)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(
+            shown.contains("403") && shown.contains("scoped to viewer"),
+            "{shown}"
+        );
+        let heads = heads.lock().unwrap();
+        assert!(
+            heads.iter().any(|h| h.contains("content-length: 0")),
+            "{heads:?}"
+        );
     }
 
     #[test]
