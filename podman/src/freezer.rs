@@ -2,14 +2,15 @@
 //! not through Podman's `pause`/`unpause` (docs/BENCHMARKS.md, "Resume by
 //! the cgroup freezer").
 //!
-//! Podman's `unpause` runs `runc resume` (and `runc state` before it): two
-//! processes and Podman's lock, 10–20 ms on this machine and far more when
-//! Podman is busy with a thousand containers. The kernel's side of a resume
+//! Podman's `unpause` runs `runc resume` under Podman's lock: a process
+//! and the lock, 10–20 ms on this machine and far more when Podman is busy
+//! with a thousand containers. The kernel's side of a resume
 //! is one write to the container's freezer: well under a millisecond. The
 //! price is that Podman keeps reporting a container frozen this way as
 //! `running`; the pool is the authority on which of its instances are
 //! paused (`PodmanRuntime` reads the freezer when it adopts containers, and
-//! thaws an instance before removing it).
+//! thaws an instance before removing it: on cgroup v1 a frozen process
+//! takes no signal).
 //!
 //! cgroup v1 (this machine): `<root>/freezer/<path>/freezer.state`, written
 //! `FROZEN`/`THAWED`; freezing passes through `FREEZING` until every task
@@ -120,6 +121,11 @@ impl Freezer {
     /// Whether cgroup `path` is frozen now (`FREEZING` counts as not yet).
     pub fn is_frozen(&self, path: &str) -> Result<bool, FreezeError> {
         Ok(self.state(path)? == "FROZEN")
+    }
+
+    /// Whether cgroup `path` is thawed (neither frozen nor freezing).
+    pub fn is_thawed(&self, path: &str) -> Result<bool, FreezeError> {
+        Ok(self.state(path)? == "THAWED")
     }
 
     /// `FROZEN`, `FREEZING` or `THAWED` (v2's `cgroup.events` mapped onto

@@ -31,7 +31,11 @@ impl Inner {
                 }
                 None => {
                     tracing::info!(container = short(&c.id), function = %c.function, state = %c.state, "removing a container this node does not serve");
-                    self.runtime.remove(&c.id).await?;
+                    // One container Podman cannot remove must not keep the
+                    // proxy from starting (each restart would fail alike).
+                    if let Err(err) = self.runtime.remove(&c.id).await {
+                        tracing::warn!(container = short(&c.id), %err, "cannot remove a container this node does not serve; left as it is");
+                    }
                 }
             }
         }

@@ -86,6 +86,11 @@ pub(crate) struct Instance {
     charge: std::sync::OnceLock<crate::budget::Charge>,
     /// Kept paused past its idle stop by keep-warm.
     pub(crate) kept_warm: std::sync::atomic::AtomicBool,
+    /// Held from a pause's claim of the state until its freeze finished,
+    /// and by a resume around its thaw: the cgroup writes happen in the
+    /// order of the state changes (a freeze cannot land after the thaw of
+    /// a resume that claimed the instance meanwhile).
+    pub(crate) freezing: tokio::sync::Mutex<()>,
 }
 
 /// A coarse clock for idle-timer touches: milliseconds since the first
@@ -126,6 +131,7 @@ impl Instance {
             charge: std::sync::OnceLock::new(),
             kept_warm: std::sync::atomic::AtomicBool::new(false),
             calls: std::sync::Arc::default(),
+            freezing: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -399,6 +399,9 @@ impl Inner {
 
     async fn run_resume(self: &Arc<Self>, set: &Arc<InstanceSet>, instance: Arc<Instance>) {
         let function = set.route.function.as_str();
+        // After a freeze in flight (`idle_expired` holds the lock from its
+        // claim of the state until the freeze is done).
+        let _freezing = instance.freezing.lock().await;
         let began = Instant::now();
         match self.runtime.resume(&instance.id).await {
             Ok(()) => {
@@ -450,6 +453,9 @@ impl Inner {
                     self.idle.track(&set, &instance);
                     return;
                 }
+                // Held until the freeze is done: a resume that claims the
+                // instance meanwhile thaws after it (`run_resume`).
+                let _freezing = instance.freezing.lock().await;
                 // Pause only if nobody takes a slot meanwhile: claim the
                 // state first, then look at the slots (`Instance::take_slot`
                 // does the converse).
@@ -468,6 +474,9 @@ impl Inner {
                         self.keep_warm.used(&set);
                     }
                     Err(err) => {
+                        // A failed freeze was thawed again; the instance is
+                        // removed (a resume waiting for it then fails and
+                        // its calls get a new instance).
                         tracing::warn!(container = short(&instance.id), %err, "pause failed; removing the instance");
                         self.drop_instance(&set, &instance);
                     }

@@ -197,9 +197,25 @@ impl PodmanRuntime {
         self
     }
 
+    /// Keeps `id`'s cgroup for the freezer: only a path whose last
+    /// component names this container (`libpod-<id>`, `libpod-<id>.scope`
+    /// with the systemd manager), never another cgroup Podman might report
+    /// (a stopped container's empty path, a reused pid's).
     fn note_cgroup(&self, id: &str, raw: &serde_json::Value) {
-        if let Some(path) = raw.pointer("/State/CgroupPath").and_then(|v| v.as_str()) {
+        let Some(path) = raw.pointer("/State/CgroupPath").and_then(|v| v.as_str()) else {
+            return;
+        };
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let own = !id.is_empty()
+            && (last == format!("libpod-{id}") || last == format!("libpod-{id}.scope"));
+        if own {
             self.book().cgroups.insert(id.to_owned(), path.to_owned());
+        } else if !path.is_empty() {
+            tracing::warn!(
+                container = short(id),
+                cgroup = path,
+                "cgroup path does not name the container; not used"
+            );
         }
     }
 
@@ -278,6 +294,7 @@ impl PodmanRuntime {
 
     /// Never leaks a container that failed half-way.
     async fn remove_failed(&self, id: &str) {
+        self.book().cgroups.remove(id);
         if let Err(err) = remove_container(&self.podman, &self.network, id).await {
             tracing::warn!(container = short(id), %err, "removing a failed container");
         }
@@ -358,11 +375,14 @@ impl ContainerRuntime for PodmanRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), PoolError> {
-        // A frozen process cannot take its SIGKILL: thaw it first.
+        // A frozen process takes no SIGKILL on cgroup v1: thaw it first.
+        // Not one Podman paused itself: Podman's forced removal unpauses
+        // that through runc, which fails on a cgroup already thawed.
         let cgroup = {
             let mut book = self.book();
-            book.podman_paused.remove(id);
-            book.cgroups.remove(id)
+            let podman_paused = book.podman_paused.remove(id);
+            let cgroup = book.cgroups.remove(id);
+            cgroup.filter(|_| !podman_paused)
         };
         if let (Some(freezer), Some(cgroup)) = (&self.freezer, cgroup)
             && let Err(err) = freezer.thaw(&cgroup)
@@ -389,14 +409,17 @@ impl ContainerRuntime for PodmanRuntime {
                 Err(e) => return Err(e.into()),
             };
             // Podman says `running` of a container frozen through the
-            // freezer (by this pool before a restart): it is paused.
+            // freezer (by this pool before a restart): it is paused. So is
+            // one left half-frozen (`FREEZING`: a proxy killed during a
+            // freeze), which a probe would find answering connections but
+            // never requests; the resume thaws it.
             let mut state = c.state;
             let cgroup = self.book().cgroups.get(&c.id).cloned();
             if state == "paused" {
                 self.book().podman_paused.insert(c.id.clone());
             } else if state == "running"
                 && let (Some(freezer), Some(cgroup)) = (&self.freezer, cgroup)
-                && freezer.is_frozen(&cgroup).unwrap_or(false)
+                && !freezer.is_thawed(&cgroup).unwrap_or(true)
             {
                 state = "paused".to_owned();
             }

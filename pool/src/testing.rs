@@ -45,6 +45,10 @@ pub struct FakeRuntime {
     /// A closed port: what a crashed container's address answers.
     dead_addr: SocketAddr,
     start_delay: Duration,
+    /// How long a pause takes (a freeze in flight).
+    pause_delay: Duration,
+    /// `pause-begin`, `pause-end` and `resume` of each id, in order.
+    freezer_log: Mutex<Vec<String>>,
     leftovers: Vec<Owned>,
     fail_starts: AtomicBool,
     /// When set, starts fail with this as Podman's error text.
@@ -95,6 +99,8 @@ impl FakeRuntime {
             target,
             dead_addr,
             start_delay: Duration::ZERO,
+            pause_delay: Duration::ZERO,
+            freezer_log: Mutex::default(),
             leftovers: Vec::new(),
             fail_starts: AtomicBool::new(false),
             engine_error: Mutex::default(),
@@ -107,6 +113,18 @@ impl FakeRuntime {
             exited: Mutex::default(),
             events: broadcast::channel(64).0,
         }
+    }
+
+    /// Every pause takes `delay` (the default is none).
+    pub fn with_pause_delay(mut self, delay: Duration) -> Self {
+        self.pause_delay = delay;
+        self
+    }
+
+    /// `pause-begin <id>`, `pause-end <id>` and `resume <id>`, in the order
+    /// they happened.
+    pub fn freezer_log(&self) -> Vec<String> {
+        self.freezer_log.lock().expect("freezer log lock").clone()
     }
 
     /// Every start takes `delay` (the default is none).
@@ -278,11 +296,26 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn pause(&self, id: &str) -> Result<(), PoolError> {
+        let log = |what: &str| {
+            self.freezer_log
+                .lock()
+                .expect("freezer log lock")
+                .push(format!("{what} {id}"));
+        };
+        log("pause-begin");
+        if !self.pause_delay.is_zero() {
+            tokio::time::sleep(self.pause_delay).await;
+        }
+        log("pause-end");
         self.paused.lock().expect("paused lock").push(id.to_owned());
         Ok(())
     }
 
     async fn resume(&self, id: &str) -> Result<(), PoolError> {
+        self.freezer_log
+            .lock()
+            .expect("freezer log lock")
+            .push(format!("resume {id}"));
         self.resumed
             .lock()
             .expect("resumed lock")

@@ -290,13 +290,25 @@ async fn a_dying_container_is_reported_by_the_event_stream() {
         String::from_utf8_lossy(&run.stderr)
     );
     let id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
-    let event = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    // Other tests' containers die meanwhile, and the stream may carry their
+    // deaths too (seen: Podman 4.3 matched another node's container; the
+    // pool ignores ids it does not hold): wait for this one's.
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Some(RuntimeEvent::Died { id: died }) if died == id => return Some(died),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await;
     follow.abort();
     let _ = std::process::Command::new("podman")
         .args(["rm", "-f", &id])
         .output();
     match event {
-        Ok(Some(RuntimeEvent::Died { id: died })) => assert_eq!(died, id),
+        Ok(Some(died)) => assert_eq!(died, id),
         other => panic!("no died event for {id} within 10 s: {other:?}"),
     }
 }
@@ -599,4 +611,55 @@ async fn userns_instances_are_removed_without_error() {
     assert!(failures.is_empty(), "removal failed: {failures:?}");
     assert!(left.is_empty(), "containers left: {left:?}");
     assert!(mounted.is_empty(), "mounts left: {mounted:?}");
+}
+
+/// A container Podman itself paused (a proxy from before the freezer, or
+/// an operator's `podman pause`) is adopted as paused, resumed through
+/// Podman, and removable: a freezer thaw before Podman's forced removal
+/// would make Podman's own `runc resume` fail (review of 1a84ba0).
+#[tokio::test]
+async fn a_container_podman_paused_is_adopted_resumed_and_removed_through_podman() {
+    let podman = podman();
+    build_image(&podman).await;
+    let node = node("podman-paused");
+    let r = route("podpaused");
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let started = runtime.start(&r, &node).await.unwrap();
+        wait_ready(started.addr, None, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let out = std::process::Command::new("podman")
+            .args(["pause", &started.id])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(started);
+    }
+    // A new runtime (a restarted proxy) finds them paused.
+    let fresh = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let owned = fresh.list_owned(&node).await.unwrap();
+    assert_eq!(owned.len(), 2, "{owned:?}");
+    assert!(owned.iter().all(|c| c.state == "paused"), "{owned:?}");
+    // One is resumed (through Podman: its state says running again) and
+    // answers; both are removed without an error.
+    fresh.resume(&ids[0].id).await.unwrap();
+    assert_eq!(
+        podman
+            .inspect_container(&ids[0].id, NETWORK)
+            .await
+            .unwrap()
+            .status,
+        "running"
+    );
+    assert!(http_get(ids[0].addr).await.starts_with("HTTP/1."));
+    for s in &ids {
+        fresh.remove(&s.id).await.unwrap();
+    }
+    assert!(fresh.list_owned(&node).await.unwrap().is_empty());
 }

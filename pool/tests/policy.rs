@@ -509,6 +509,48 @@ async fn idle_instances_pause_then_resume_on_a_call_then_stop() {
     assert!(pool.instances().is_empty(), "scaled to zero");
 }
 
+/// A call that claims an instance while its freeze is still in flight is
+/// served after the freeze and a resume, in that order: a thaw never lands
+/// before the freeze it must undo (review of 1a84ba0: with the cgroup
+/// freezer nothing but the pool orders the two writes).
+#[tokio::test]
+async fn a_call_during_a_pause_is_served_after_the_freeze_and_a_resume() {
+    let fake = Arc::new(
+        FakeRuntime::new()
+            .await
+            .with_pause_delay(Duration::from_millis(300)),
+    );
+    let pool = pool(&fake).await;
+    let r = route_with(
+        "f",
+        1,
+        "idle_pause_s = 1\nidle_stop_s = 30\nkeep_warm = false",
+    );
+    let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
+    eventually(Duration::from_secs(4), "a pause begun", || async {
+        !fake.freezer_log().is_empty()
+    })
+    .await;
+    assert_eq!(
+        fake.freezer_log(),
+        [format!("pause-begin {id}")],
+        "in flight"
+    );
+    let lease = pool.lease(&r).await.unwrap();
+    assert_eq!(lease.instance_id(), id);
+    assert_eq!(lease.start_kind(), StartKind::Paused);
+    assert_eq!(
+        fake.freezer_log(),
+        [
+            format!("pause-begin {id}"),
+            format!("pause-end {id}"),
+            format!("resume {id}")
+        ],
+        "freeze, then thaw, then the call"
+    );
+    drop(lease);
+}
+
 #[tokio::test]
 async fn busy_and_minimum_instances_are_not_paused() {
     let fake = fake().await;
