@@ -349,7 +349,7 @@ struct SeenFromHost {
 }
 
 /// Builds an image whose `RUN` step (as root inside) creates files, one of
-/// them chowned to 65534, then waits until the host creates `/go` in its
+/// them chowned to 65534 (then `/app/ready`), then waits until the host creates `/go` in its
 /// root; meanwhile the host looks at the step's process and files.
 async fn watch_a_run_step(podman: &Podman, tag: &str, limits: &BuildLimits) -> SeenFromHost {
     let dir = tempfile::tempdir().unwrap();
@@ -357,7 +357,7 @@ async fn watch_a_run_step(podman: &Podman, tag: &str, limits: &BuildLimits) -> S
     let script = format!(
         "echo {marker} >/dev/null; echo uid_map=$(/bin/busybox cat /proc/self/uid_map); \
          echo id=$(/bin/busybox id -u):$(/bin/busybox id -g); /bin/busybox mkdir /app; \
-         /bin/busybox touch /app/by-root /app/by-nobody; /bin/busybox chown 65534:65534 /app/by-nobody; \
+         /bin/busybox touch /app/by-root /app/by-nobody; /bin/busybox chown 65534:65534 /app/by-nobody; /bin/busybox touch /app/ready; \
          i=0; while [ ! -e /go ] && [ $i -lt 1200 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done; \
          /bin/busybox rm -f /go; echo done"
     );
@@ -366,10 +366,12 @@ async fn watch_a_run_step(podman: &Podman, tag: &str, limits: &BuildLimits) -> S
     let build = build_image(podman, &ctx, tag, limits, 180);
     let watch = async {
         let deadline = Instant::now() + Duration::from_secs(60);
+        // `/app/ready` comes after the chown: `by-nobody` exists before it
+        // (CI once read its owner between the touch and the chown).
         let pid = loop {
             let found = processes_with(&marker)
                 .into_iter()
-                .find(|pid| Path::new(&format!("/proc/{pid}/root/app/by-nobody")).exists());
+                .find(|pid| Path::new(&format!("/proc/{pid}/root/app/ready")).exists());
             if let Some(pid) = found {
                 break pid;
             }
