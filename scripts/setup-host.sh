@@ -162,6 +162,7 @@ echo "setup-host: podman build API on $build_sock (vfs store, runtime $build_run
 net=${CPUB_NETWORK:-cpub}
 want_subnet=${CPUB_NETWORK_SUBNET:-10.90.0.0/20}
 want_instances=${CPUB_NODE_MAX_INSTANCES:-1000}
+want_ahead=${CPUB_INITIALIZED_AHEAD:-24}
 case "$net" in (*[!A-Za-z0-9_-]*|'') echo "setup-host: CPUB_NETWORK=$net: letters, digits, - and _ only" >&2; exit 1;; esac
 if ! podman network exists "$net"; then
   podman network create --subnet "$want_subnet" "$net" >/dev/null
@@ -223,8 +224,9 @@ echo "setup-host: network $net ($subnet on $bridge) isolated by nftables table $
 # in conmon and in the Podman service (nofile), a session keyring from runc
 # (kernel keys, owned by root), a bridge port and a neighbour entry, and a
 # conntrack entry per open connection; inotify instances are taken by
-# conmon and Podman's event watchers.
-n=$want_instances
+# conmon and Podman's event watchers. Containers initialized ahead
+# (CPUB_INITIALIZED_AHEAD) hold the same, but the function's processes.
+n=$((want_instances + want_ahead))
 short=0
 check() { # name have need why
   if [ "$2" -lt "$3" ]; then
@@ -254,11 +256,11 @@ if [ -n "$service_pid" ] && [ -r "/proc/$service_pid/limits" ]; then
   fi
 fi
 if [ "$n" -gt 1024 ]; then
-  echo "setup-host: LIMIT a Linux bridge takes at most 1024 ports: CPUB_NODE_MAX_INSTANCES=$n needs more than one function network" >&2
+  echo "setup-host: LIMIT a Linux bridge takes at most 1024 ports: CPUB_NODE_MAX_INSTANCES=$want_instances plus CPUB_INITIALIZED_AHEAD=$want_ahead needs more than one function network" >&2
   short=$((short + 1))
 fi
 if [ "$short" -eq 0 ]; then
-  echo "setup-host: host limits are enough for $n live instances"
+  echo "setup-host: host limits are enough for $want_instances live instances and $want_ahead initialized ahead"
 else
   echo "setup-host: $short host limits are short for $n live instances (see LIMIT lines above)" >&2
 fi

@@ -508,22 +508,22 @@ impl Stack {
     }
 
     /// Ids of the instances of this stack's node (its containers but those
-    /// created ahead and never started: see [`Stack::precreated`]),
+    /// made ahead and never started: see [`Stack::precreated`]),
     /// optionally of one function.
     pub fn containers(&self, function: Option<&str>) -> Vec<String> {
         self.containers_by_state(function)
             .into_iter()
-            .filter(|(_, state)| state != "created")
+            .filter(|(_, state)| !is_ahead(state))
             .map(|(id, _)| id)
             .collect()
     }
 
-    /// Ids of the containers the pool created ahead of need (Podman state
-    /// `created`), optionally of one function.
+    /// Ids of the containers the pool made ahead of need (Podman state
+    /// `created` or `initialized`), optionally of one function.
     pub fn precreated(&self, function: Option<&str>) -> Vec<String> {
         self.containers_by_state(function)
             .into_iter()
-            .filter(|(_, state)| state == "created")
+            .filter(|(_, state)| is_ahead(state))
             .map(|(id, _)| id)
             .collect()
     }
@@ -668,6 +668,12 @@ pub fn inspect(id: &str) -> Option<serde_json::Value> {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     v.as_array()?.first().cloned()
+}
+
+/// Whether a Podman state is that of a container made ahead of need and
+/// never started: `created`, or `initialized` (`podman init` done).
+pub fn is_ahead(state: &str) -> bool {
+    matches!(state, "created" | "initialized")
 }
 
 /// `State.Status` of a container (`running`, `paused`, `exited`, …), or

@@ -300,6 +300,17 @@ impl Podman {
             .map(drop)
     }
 
+    /// Initializes a created container (`podman init`): its namespaces,
+    /// network, cgroup and conmon are set up and runc's init process waits
+    /// for the `start`, which then only runs the function's process.
+    /// Already initialized (304) counts as success.
+    pub async fn init_container(&self, id: &str) -> Result<(), PodmanError> {
+        let path = format!("/containers/{}/init", encode(id));
+        self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED])
+            .await
+            .map(drop)
+    }
+
     pub async fn pause_container(&self, id: &str) -> Result<(), PodmanError> {
         let path = format!("/containers/{}/pause", encode(id));
         self.call(Method::POST, &path, None, &[StatusCode::NOT_MODIFIED])

@@ -19,8 +19,14 @@ pub const DEFAULT_SUBNET: &str = "10.90.0.0/20";
 /// manage.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
 
-/// Upper bound on `max_instances`: the ports of one Linux bridge.
+/// Upper bound on `max_instances` plus `initialized_ahead`: the ports of
+/// one Linux bridge.
 pub const BRIDGE_PORTS: u32 = 1_024;
+
+/// Containers initialized ahead of need by default (see
+/// `NodeConfig::initialized_ahead`): with the default instance budget,
+/// every port of the bridge.
+pub const DEFAULT_INITIALIZED_AHEAD: u32 = BRIDGE_PORTS - DEFAULT_MAX_INSTANCES;
 
 /// The node's settings (see the module header).
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +41,13 @@ pub struct NodeConfig {
     pub budget: BudgetConfig,
     /// Keep one paused instance of recently called functions.
     pub keep_warm: KeepWarmConfig,
+    /// Containers ahead of need that are also initialized (`podman init`:
+    /// namespaces, network, cgroup and conmon set up), so a cold start only
+    /// runs the function's process; the functions cold-started most
+    /// recently get them. Each holds an address and a bridge port of the
+    /// function network and about 4 MB (runc's waiting init process),
+    /// outside the instance budget; 0 only creates them.
+    pub initialized_ahead: u32,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +57,7 @@ impl Default for NodeConfig {
             subnet: DEFAULT_SUBNET.to_owned(),
             budget: BudgetConfig::default(),
             keep_warm: KeepWarmConfig::default(),
+            initialized_ahead: DEFAULT_INITIALIZED_AHEAD,
         }
     }
 }
@@ -112,6 +126,17 @@ impl NodeConfig {
             return Err(format!(
                 "max_instances: must be between 1 and {BRIDGE_PORTS} (the ports of one bridge), got {}",
                 self.budget.max_instances
+            ));
+        }
+        if self
+            .budget
+            .max_instances
+            .saturating_add(self.initialized_ahead)
+            > BRIDGE_PORTS
+        {
+            return Err(format!(
+                "initialized_ahead: {} with max_instances {} exceeds the {BRIDGE_PORTS} ports of one bridge (each holds one)",
+                self.initialized_ahead, self.budget.max_instances
             ));
         }
         if self.budget.memory_mb < 16 {
@@ -189,6 +214,12 @@ mod tests {
         bad(|c| c.subnet = "10.0.0.0/33".into(), "subnet");
         bad(|c| c.budget.max_instances = 0, "max_instances");
         bad(|c| c.budget.max_instances = 5_000, "max_instances");
+        bad(|c| c.initialized_ahead = 25, "initialized_ahead");
+        let mut c = NodeConfig::default();
+        c.budget.max_instances = 1_024;
+        assert!(c.validate().unwrap_err().starts_with("initialized_ahead"));
+        c.initialized_ahead = 0;
+        c.validate().unwrap();
         bad(|c| c.budget.memory_mb = 1, "memory_mb");
         bad(
             |c| c.keep_warm.window = Duration::from_secs(30 * 86_400),

@@ -137,7 +137,9 @@ impl Pool {
         node: NodeConfig,
         routes: &[Route],
     ) -> Result<Pool, PoolError> {
-        let runtime = PodmanRuntime::on_network(podman, &node.network, Some(&node.subnet)).await?;
+        let runtime = PodmanRuntime::on_network(podman, &node.network, Some(&node.subnet))
+            .await?
+            .with_initialized_ahead(node.initialized_ahead);
         Self::with_runtime_on(Arc::new(runtime), config, node, routes).await
     }
 

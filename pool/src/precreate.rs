@@ -1,7 +1,15 @@
-//! Containers created ahead of need: one created-but-not-started container
-//! per routed deployment, so a cold start pays Podman's `start` and not its
-//! `create` (docs/BENCHMARKS.md, "Cold start from a container created
-//! ahead").
+//! Containers created ahead of need: one not-started container per routed
+//! deployment, so a cold start pays neither Podman's `create` nor (for up
+//! to [`Precreator`]'s `init_cap` of them) its `init`: the namespaces, the
+//! network, the cgroup and conmon are set up ahead, and the start only runs
+//! the function's process (docs/BENCHMARKS.md, "Cold start from a
+//! container created ahead" and "… initialized ahead").
+//!
+//! An initialized container holds an address of the function network and
+//! runc's waiting init process (about 4 MB, measured in ARCHITECTURE.md),
+//! so at most `init_cap` are initialized; when a cold start's successor
+//! finds them all in use, the one whose function had its last cold start
+//! longest ago (or never) is replaced by a merely created container.
 //!
 //! Rules that keep it safe:
 //! - a slot holds the exact container spec (every field but the name) it
@@ -14,12 +22,12 @@
 //!   after its slot went removes its own container;
 //! - [`Precreator::close`] (pool shutdown) removes them all and waits for
 //!   creations in flight; whatever a crash leaves behind is removed by the
-//!   pool's adoption at the next start (a `created` container is never
-//!   adopted).
+//!   pool's adoption at the next start (a `created` or `initialized`
+//!   container is never adopted).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::podman::ContainerSpec;
 use containerpub_wire::api::Route;
@@ -33,9 +41,13 @@ use crate::spec;
 pub(crate) struct Precreator {
     podman: Podman,
     network: String,
+    /// Containers initialized ahead at most (the rest are only created).
+    init_cap: usize,
     state: Mutex<State>,
     /// Creations and removals in flight (`close` waits for them).
     in_flight: tokio::sync::watch::Sender<usize>,
+    /// Counts finished creations (a start waits for one in flight).
+    created: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -54,10 +66,26 @@ struct Slot {
     key: ContainerSpec,
     route: Route,
     node: String,
-    /// A created, never started container of exactly `key`.
-    ready: Option<String>,
-    /// The creation in flight for this slot, if any.
-    creating: Option<u64>,
+    /// A created (maybe initialized), never started container of exactly
+    /// `key`.
+    ready: Option<Ahead>,
+    /// The creation in flight for this slot, if any, and whether it also
+    /// initializes.
+    creating: Option<(u64, bool)>,
+    /// When a start last asked this slot for its container (which
+    /// initialized containers give way first).
+    last_taken: Option<Instant>,
+}
+
+/// A container ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ahead {
+    pub(crate) id: String,
+    /// `podman init` done: the start only runs the process.
+    pub(crate) initialized: bool,
+    /// Its address on the function network and its cgroup, read after the
+    /// `init` (the network is set up then): a start needs no inspect.
+    pub(crate) inspected: Option<(std::net::IpAddr, serde_json::Value)>,
 }
 
 /// A container spec without its (unique) name: what must be equal for a
@@ -70,12 +98,14 @@ pub(crate) fn spec_key(spec: &ContainerSpec) -> ContainerSpec {
 }
 
 impl Precreator {
-    pub(crate) fn new(podman: Podman, network: String) -> Arc<Self> {
+    pub(crate) fn new(podman: Podman, network: String, init_cap: usize) -> Arc<Self> {
         Arc::new(Self {
             podman,
             network,
+            init_cap,
             state: Mutex::new(State::default()),
             in_flight: tokio::sync::watch::Sender::new(0),
+            created: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -100,12 +130,16 @@ impl Precreator {
                 let key = spec_key(&spec::container_spec(route, node, &self.network));
                 wanted.insert(route.function.as_str(), (route, key));
             }
+            // A redeployed function keeps its place in the order of cold
+            // starts.
+            let mut taken = HashMap::new();
             state.slots.retain(|function, slot| {
                 let keep = wanted
                     .get(function.as_str())
                     .is_some_and(|(_, key)| *key == slot.key);
                 if !keep {
-                    stale.extend(slot.ready.take());
+                    stale.extend(slot.ready.take().map(|a| a.id));
+                    taken.insert(function.clone(), slot.last_taken);
                 }
                 keep
             });
@@ -119,13 +153,18 @@ impl Precreator {
                         node: node.to_owned(),
                         ready: None,
                         creating: None,
+                        last_taken: taken.get(function).copied().flatten(),
                     });
                 if slot.ready.is_none() && slot.creating.is_none() {
                     create.push(function.to_owned());
                 }
             }
+            // Most recently cold-started first: they get the initialized
+            // containers when there are not enough for all.
+            create.sort_by_key(|f| std::cmp::Reverse(state.slots[f].last_taken));
             for function in create {
-                self.spawn_create(&mut state, &function);
+                let init = self.may_initialize(&mut state, &function);
+                self.spawn_create(&mut state, &function, init);
             }
         }
         for id in stale {
@@ -133,10 +172,38 @@ impl Precreator {
         }
     }
 
+    /// [`Precreator::take`], after waiting (at most [`WAIT_IN_FLIGHT`]) for
+    /// the creation in flight of `function`'s container when none is ready
+    /// yet: a call right after a deploy or a cold start then gets the rest
+    /// of that creation, not a whole new one.
+    pub(crate) async fn take_waiting(
+        self: &Arc<Self>,
+        function: &str,
+        key: &ContainerSpec,
+    ) -> Option<Ahead> {
+        let pending = |me: &Self| {
+            let state = me.lock();
+            !state.closed
+                && state
+                    .slots
+                    .get(function)
+                    .is_some_and(|s| s.key == *key && s.ready.is_none() && s.creating.is_some())
+        };
+        // Subscribed before looking: a creation that ends in between is seen.
+        let mut done = self.created.subscribe();
+        if pending(self) {
+            let _ = tokio::time::timeout(WAIT_IN_FLIGHT, async {
+                while done.changed().await.is_ok() && pending(self) {}
+            })
+            .await;
+        }
+        self.take(function, key)
+    }
+
     /// Takes the container ahead for `function` when one of exactly `key`
     /// is there, and starts creating its successor (also when none was
     /// there: the last creation may have failed).
-    pub(crate) fn take(self: &Arc<Self>, function: &str, key: &ContainerSpec) -> Option<String> {
+    pub(crate) fn take(self: &Arc<Self>, function: &str, key: &ContainerSpec) -> Option<Ahead> {
         let mut state = self.lock();
         if state.closed {
             return None;
@@ -145,12 +212,60 @@ impl Precreator {
         if slot.key != *key {
             return None;
         }
-        let id = slot.ready.take();
+        slot.last_taken = Some(Instant::now());
+        let ahead = slot.ready.take();
         // A successor, or another try after a failed creation.
         if slot.creating.is_none() {
-            self.spawn_create(&mut state, function);
+            let init = self.may_initialize(&mut state, function);
+            self.spawn_create(&mut state, function, init);
         }
-        id
+        ahead
+    }
+
+    /// Whether `function`'s next container may be initialized: yes while
+    /// fewer than `init_cap` are (or are being) initialized; else only when
+    /// another function's initialized container has waited for a start
+    /// longer (its last cold start older, or none): that one is removed and
+    /// a merely created container made in its place.
+    fn may_initialize(self: &Arc<Self>, state: &mut State, function: &str) -> bool {
+        if self.init_cap == 0 {
+            return false;
+        }
+        let in_use = state
+            .slots
+            .values()
+            .filter(|s| {
+                s.ready.as_ref().is_some_and(|a| a.initialized)
+                    || s.creating.is_some_and(|(_, init)| init)
+            })
+            .count();
+        if in_use < self.init_cap {
+            return true;
+        }
+        let Some(mine) = state.slots.get(function).map(|s| s.last_taken) else {
+            return false;
+        };
+        let victim = state
+            .slots
+            .iter()
+            .filter(|(f, s)| {
+                f.as_str() != function
+                    && s.creating.is_none()
+                    && s.ready.as_ref().is_some_and(|a| a.initialized)
+                    && s.last_taken < mine
+            })
+            .min_by_key(|(_, s)| s.last_taken)
+            .map(|(f, _)| f.clone());
+        let Some(victim) = victim else {
+            return false;
+        };
+        let Some(ahead) = state.slots.get_mut(&victim).and_then(|s| s.ready.take()) else {
+            return false;
+        };
+        tracing::debug!(function = %victim, container = short(&ahead.id), "initialized container ahead gives way to a function started more recently");
+        self.spawn_remove(ahead.id);
+        self.spawn_create(state, &victim, false);
+        true
     }
 
     /// Stops creating and removes every container ahead, waiting for the
@@ -162,7 +277,7 @@ impl Precreator {
             state
                 .slots
                 .drain()
-                .filter_map(|(_, mut slot)| slot.ready.take())
+                .filter_map(|(_, mut slot)| slot.ready.take().map(|a| a.id))
                 .collect()
         };
         for id in ready {
@@ -178,36 +293,59 @@ impl Precreator {
         self.lock()
             .slots
             .values()
-            .filter_map(|s| s.ready.clone())
+            .filter_map(|s| s.ready.as_ref().map(|a| a.id.clone()))
             .collect()
     }
 
-    /// Starts a creation for `function`'s slot (which must exist).
-    fn spawn_create(self: &Arc<Self>, state: &mut State, function: &str) {
+    /// Starts a creation for `function`'s slot (which must exist), with
+    /// `podman init` after it when `init`.
+    fn spawn_create(self: &Arc<Self>, state: &mut State, function: &str, init: bool) {
         let token = state.next_token;
         state.next_token += 1;
         let Some(slot) = state.slots.get_mut(function) else {
             return;
         };
-        slot.creating = Some(token);
+        slot.creating = Some((token, init));
         let (route, node) = (slot.route.clone(), slot.node.clone());
         let me = Arc::clone(self);
         self.track(async move {
             let spec = spec::container_spec(&route, &node, &me.network);
-            let created = me.podman.create_container(&spec).await;
+            let created = match me.podman.create_container(&spec).await {
+                Ok(id) if init => match me.podman.init_container(&id).await {
+                    Ok(()) => {
+                        // Without it the start inspects as usual.
+                        let inspected = me
+                            .podman
+                            .inspect_container(&id, &me.network)
+                            .await
+                            .ok()
+                            .and_then(|s| Some((s.ip?, s.raw)));
+                        Ok((id, inspected))
+                    }
+                    Err(err) => {
+                        me.remove_now(&id).await;
+                        Err(err)
+                    }
+                },
+                other => other.map(|id| (id, None)),
+            };
             let orphan = {
                 let mut state = me.lock();
                 let closed = state.closed;
                 match state.slots.get_mut(&route.function) {
-                    Some(slot) if slot.creating == Some(token) => {
+                    Some(slot) if slot.creating.is_some_and(|(t, _)| t == token) => {
                         slot.creating = None;
                         match created {
-                            Ok(id) if !closed && slot.ready.is_none() => {
-                                tracing::debug!(function = %route.function, deployment = route.deployment_id, container = short(&id), "container created ahead");
-                                slot.ready = Some(id);
+                            Ok((id, inspected)) if !closed && slot.ready.is_none() => {
+                                tracing::debug!(function = %route.function, deployment = route.deployment_id, container = short(&id), initialized = init, "container created ahead");
+                                slot.ready = Some(Ahead {
+                                    id,
+                                    initialized: init,
+                                    inspected,
+                                });
                                 None
                             }
-                            Ok(id) => Some(id),
+                            Ok((id, _)) => Some(id),
                             Err(err) => {
                                 // Tried again at the next route change or start.
                                 tracing::warn!(function = %route.function, %err, "creating a container ahead failed");
@@ -216,9 +354,10 @@ impl Precreator {
                         }
                     }
                     // The slot went (or was replaced) meanwhile.
-                    _ => created.ok(),
+                    _ => created.ok().map(|(id, _)| id),
                 }
             };
+            me.created.send_modify(|n| *n += 1);
             if let Some(id) = orphan {
                 me.remove_now(&id).await;
             }
@@ -270,3 +409,8 @@ impl Precreator {
 
 /// Bound on one removal (the pool's next start removes what is left).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest wait of a start for the creation in flight of its container
+/// ahead (create and init take 0.1–0.3 s here; a slower Podman gets a
+/// fresh container instead).
+const WAIT_IN_FLIGHT: Duration = Duration::from_secs(2);

@@ -135,6 +135,8 @@ pub struct PodmanRuntime {
     precreate: Option<Arc<Precreator>>,
     /// Addresses of the network's subnets.
     addresses: Option<u32>,
+    /// Containers initialized ahead at most: each holds an address.
+    initialized_ahead: u32,
     /// Pauses and resumes by the cgroup freezer; `None` (no freezer found,
     /// or turned off) uses Podman's `pause`/`unpause`.
     freezer: Option<Freezer>,
@@ -180,10 +182,15 @@ impl PodmanRuntime {
         let freezer = Freezer::host();
         tracing::info!(freezer = ?freezer.as_ref().map(Freezer::version), "pause and resume");
         Ok(Self {
-            precreate: Some(Precreator::new(podman.clone(), network.to_owned())),
+            precreate: Some(Precreator::new(
+                podman.clone(),
+                network.to_owned(),
+                crate::node::DEFAULT_INITIALIZED_AHEAD as usize,
+            )),
             podman,
             network: network.to_owned(),
             addresses,
+            initialized_ahead: crate::node::DEFAULT_INITIALIZED_AHEAD,
             freezer,
             frozen: Arc::default(),
         })
@@ -242,11 +249,28 @@ impl PodmanRuntime {
         })
     }
 
+    /// The same runtime initializing at most `n` containers ahead (0: they
+    /// are only created; see `precreate`). Call before
+    /// [`ContainerRuntime::prepare`].
+    #[must_use]
+    pub fn with_initialized_ahead(mut self, n: u32) -> Self {
+        if self.precreate.is_some() {
+            self.precreate = Some(Precreator::new(
+                self.podman.clone(),
+                self.network.clone(),
+                n as usize,
+            ));
+        }
+        self.initialized_ahead = n;
+        self
+    }
+
     /// The same runtime without containers created ahead: every start
     /// creates its container (benchmarks compare the two).
     #[must_use]
     pub fn without_precreation(mut self) -> Self {
         self.precreate = None;
+        self.initialized_ahead = 0;
         self
     }
 
@@ -306,27 +330,36 @@ impl ContainerRuntime for PodmanRuntime {
     async fn start(&self, route: &Route, node: &str) -> Result<Started, PoolError> {
         let spec = spec::container_spec(route, node, &self.network);
         let t0 = Instant::now();
-        let mut ahead = self
-            .precreate
-            .as_ref()
-            .and_then(|p| p.take(&route.function, &precreate::spec_key(&spec)));
-        let (id, created, precreated) = loop {
-            if let Some(id) = ahead.take() {
+        let mut ahead = match &self.precreate {
+            Some(p) => {
+                p.take_waiting(&route.function, &precreate::spec_key(&spec))
+                    .await
+            }
+            None => None,
+        };
+        let (id, created, ahead_kind, known) = loop {
+            if let Some(container) = ahead.take() {
                 let created = t0.elapsed();
-                match self.podman.start_container(&id).await {
-                    Ok(()) => break (id, created, true),
+                let kind = if container.initialized {
+                    "initialized"
+                } else {
+                    "created"
+                };
+                match self.podman.start_container(&container.id).await {
+                    Ok(()) => break (container.id, created, kind, container.inspected),
                     // Removed under us (an image removal takes its
-                    // containers): create one as usual.
-                    Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
-                        tracing::debug!(
-                            container = short(&id),
-                            "container ahead gone; creating one"
-                        );
-                        continue;
-                    }
+                    // containers), or broken while it waited (its init
+                    // process killed): create one as usual.
                     Err(err) => {
-                        self.remove_failed(&id).await;
-                        return Err(err.into());
+                        tracing::warn!(
+                            container = short(&container.id),
+                            %err,
+                            "container ahead cannot start; creating one"
+                        );
+                        if err.status() != Some(http::StatusCode::NOT_FOUND) {
+                            self.remove_failed(&container.id).await;
+                        }
+                        continue;
                     }
                 }
             }
@@ -336,17 +369,29 @@ impl ContainerRuntime for PodmanRuntime {
                 self.remove_failed(&id).await;
                 return Err(err.into());
             }
-            break (id, created, false);
+            break (id, created, "none", None);
         };
         let running = t0.elapsed();
-        let started = self.address(route, &id).await;
+        let started = match known {
+            // Read after its `init`: the address is the one it runs with.
+            // (An exit right after the start is seen by the pool's wait for
+            // readiness: its `died` event, or its polling.)
+            Some((ip, raw)) => {
+                self.note_cgroup(&id, &raw);
+                Ok(Started {
+                    id: id.clone(),
+                    addr: SocketAddr::new(ip, route.config.port),
+                })
+            }
+            None => self.address(route, &id).await,
+        };
         match &started {
             Ok(_) => {
                 let us = |d: std::time::Duration| d.as_micros() as u64;
                 tracing::info!(
                     function = %route.function,
                     container = short(&id),
-                    precreated,
+                    ahead = ahead_kind,
                     create_us = us(created),
                     start_us = us(running - created),
                     inspect_us = us(t0.elapsed() - running),
@@ -358,8 +403,11 @@ impl ContainerRuntime for PodmanRuntime {
         started
     }
 
+    /// The network's addresses but those the containers initialized ahead
+    /// may hold.
     fn address_capacity(&self) -> Option<u32> {
         self.addresses
+            .map(|a| a.saturating_sub(self.initialized_ahead))
     }
 
     fn prepare(&self, routes: &[Route], node: &str) {

@@ -117,9 +117,12 @@ async fn wait_for(
     }
 }
 
+/// Containers made ahead (created, or initialized too) of `deployment`.
 fn created_of(rows: &[Row], deployment: &str) -> Vec<String> {
     rows.iter()
-        .filter(|r| r.state == "created" && r.deployment == deployment)
+        .filter(|r| {
+            matches!(r.state.as_str(), "created" | "initialized") && r.deployment == deployment
+        })
         .map(|r| r.id.clone())
         .collect()
 }
@@ -309,7 +312,7 @@ async fn a_container_ahead_serves_only_its_own_spec_with_the_same_isolation() {
             .await
             .unwrap()
             .status,
-        "created"
+        "initialized"
     );
 
     // Its own route takes it, and it runs with exactly what a fresh start
@@ -358,6 +361,123 @@ async fn a_container_ahead_serves_only_its_own_spec_with_the_same_isolation() {
         created_of(r, "1").len() == 1
     })
     .await;
+    runtime.shutdown().await;
+    let rows = containers(&podman, &node).await;
+    assert!(rows.is_empty(), "no orphan containers: {rows:?}");
+}
+
+/// Function → (id, Podman state) of each container `runtime` holds ahead.
+async fn ahead_by_function(
+    podman: &Podman,
+    runtime: &PodmanRuntime,
+) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for id in runtime.precreated() {
+        let state = podman.inspect_container(&id, NETWORK).await.unwrap();
+        let function = state.labels.get(labels::FUNCTION).cloned().unwrap();
+        out.insert(function, (id, state.status));
+    }
+    out
+}
+
+/// Polls until `check` holds for the containers ahead (30 s at most).
+async fn wait_ahead(
+    podman: &Podman,
+    runtime: &PodmanRuntime,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, (String, String)>) -> bool,
+) -> BTreeMap<String, (String, String)> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = ahead_by_function(podman, runtime).await;
+        if check(&seen) {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not within 30 s; ahead: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// With room for one initialized container, it goes to the function
+/// cold-started last: the other function's container ahead is then only
+/// created (replaced, never started), and gets initialized again when its
+/// own function starts later. Each initialized one holds an address, which
+/// the runtime keeps out of the instance budget.
+#[tokio::test]
+async fn initialized_containers_go_to_the_functions_started_last() {
+    let podman = podman();
+    build_image(&podman).await;
+    let node = node("cap");
+    let _cleanup = Cleanup(node.clone());
+    let plain = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK)
+        .await
+        .unwrap()
+        .with_initialized_ahead(1);
+    assert_eq!(
+        runtime.address_capacity().map(|a| a + 1),
+        plain.without_precreation().address_capacity(),
+        "an address kept for the initialized container"
+    );
+    let routes = [route("pre-cap-a", 1, "a"), route("pre-cap-b", 1, "a")];
+    runtime.prepare(&routes, &node);
+    let both = |m: &BTreeMap<String, (String, String)>, initialized: &str| {
+        m.len() == 2
+            && m.iter().all(|(f, (_, state))| {
+                state
+                    == if f == initialized {
+                        "initialized"
+                    } else {
+                        "created"
+                    }
+            })
+    };
+    let first = wait_ahead(&podman, &runtime, "one initialized, one created", |m| {
+        both(m, "pre-cap-a") || both(m, "pre-cap-b")
+    })
+    .await;
+    let (initialized, created) = if first["pre-cap-a"].1 == "initialized" {
+        (&routes[0], &routes[1])
+    } else {
+        (&routes[1], &routes[0])
+    };
+
+    // The function whose container was only created starts: its successor
+    // is initialized, and the other's initialized container gives way.
+    let one = runtime.start(created, &node).await.unwrap();
+    assert_eq!(
+        one.id, first[&created.function].0,
+        "took its container ahead"
+    );
+    let second = wait_ahead(
+        &podman,
+        &runtime,
+        "initialized moved to the started function",
+        |m| both(m, &created.function),
+    )
+    .await;
+    assert_ne!(
+        second[&initialized.function].0, first[&initialized.function].0,
+        "replaced, not reused"
+    );
+    let gone = podman
+        .inspect_container(&first[&initialized.function].0, NETWORK)
+        .await;
+    assert!(gone.is_err(), "the replaced one is removed: {gone:?}");
+
+    // And back, when the other function starts.
+    let two = runtime.start(initialized, &node).await.unwrap();
+    wait_ahead(&podman, &runtime, "initialized moved back", |m| {
+        both(m, &initialized.function)
+    })
+    .await;
+
+    for id in [&one.id, &two.id] {
+        runtime.remove(id).await.unwrap();
+    }
     runtime.shutdown().await;
     let rows = containers(&podman, &node).await;
     assert!(rows.is_empty(), "no orphan containers: {rows:?}");

@@ -45,6 +45,8 @@ pub const ENV_NODE_MEMORY_MB: &str = "CPUB_NODE_MEMORY_MB";
 pub const ENV_NODE_MAX_INSTANCES: &str = "CPUB_NODE_MAX_INSTANCES";
 /// Environment variable: keep-warm window in seconds (0: off).
 pub const ENV_KEEP_WARM_WINDOW_S: &str = "CPUB_KEEP_WARM_WINDOW_S";
+/// Environment variable: containers initialized ahead of need at most.
+pub const ENV_INITIALIZED_AHEAD: &str = "CPUB_INITIALIZED_AHEAD";
 
 /// Exit code for bad configuration (`EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;
@@ -137,6 +139,14 @@ pub struct Config {
     /// turns it on).
     #[arg(long, env = ENV_KEEP_WARM_WINDOW_S, default_value_t = 6 * 3600, value_name = "S")]
     pub keep_warm_window_s: u64,
+
+    /// Containers ahead of need that are also initialized (namespaces,
+    /// network, conmon set up), so that a cold start only runs the
+    /// function's process; given to the functions cold-started most
+    /// recently. Each holds a bridge port: with `--node-max-instances` at
+    /// most 1024 (0: containers ahead are only created).
+    #[arg(long, env = ENV_INITIALIZED_AHEAD, default_value_t = containerpub_pool::node::DEFAULT_INITIALIZED_AHEAD, value_name = "N")]
+    pub initialized_ahead: u32,
 }
 
 /// A setting with an unusable value.
@@ -286,6 +296,7 @@ impl Config {
                 "subnet" => ("network-subnet", ENV_NETWORK_SUBNET),
                 "memory_mb" => ("node-memory-mb", ENV_NODE_MEMORY_MB),
                 "max_instances" => ("node-max-instances", ENV_NODE_MAX_INSTANCES),
+                "initialized_ahead" => ("initialized-ahead", ENV_INITIALIZED_AHEAD),
                 _ => ("keep-warm-window-s", ENV_KEEP_WARM_WINDOW_S),
             };
             bad(flag, env, message)
@@ -307,6 +318,7 @@ impl Config {
                 window: Duration::from_secs(self.keep_warm_window_s),
                 ..defaults.keep_warm
             },
+            initialized_ahead: self.initialized_ahead,
         }
     }
 
@@ -402,6 +414,11 @@ mod tests {
         assert!(err.setting.contains("CPUB_NETWORK_SUBNET"), "{err}");
         let err = parse(&["--token", "t", "--node-max-instances", "5000"]).unwrap_err();
         assert!(err.setting.contains("--node-max-instances"), "{err}");
+        let err = parse(&["--token", "t", "--initialized-ahead", "100"]).unwrap_err();
+        assert!(
+            err.setting.contains("CPUB_INITIALIZED_AHEAD") && err.message.contains("1024"),
+            "{err}"
+        );
         let err = parse(&["--token", "t", "--node-memory-mb", "1"]).unwrap_err();
         assert!(err.setting.contains("--node-memory-mb"), "{err}");
     }
