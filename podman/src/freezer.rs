@@ -88,6 +88,42 @@ impl Freezer {
         Self::detect(Path::new("/sys/fs/cgroup"))
     }
 
+    /// Proves the freezer works before it is trusted: makes an empty cgroup
+    /// (`cpub-freezer-check-<pid>`), freezes it, reads it frozen, thaws it
+    /// and removes it. Fails, naming the step, where the hierarchy is
+    /// mounted read-only, the kernel has no `cgroup.freeze` (v2 before
+    /// Linux 5.2) or a freeze never completes.
+    pub async fn check(&self) -> Result<(), String> {
+        let path = format!("/cpub-freezer-check-{}", std::process::id());
+        let dir = self.dir(&path).map_err(|e| e.to_string())?;
+        if let Err(e) = std::fs::create_dir(&dir) {
+            return Err(format!("cannot make a cgroup at {}: {e}", dir.display()));
+        }
+        let tried = async {
+            let control = self.control(&path).map_err(|e| e.to_string())?;
+            // The kernel makes it with the cgroup: a write must not create it.
+            if !control.exists() {
+                return Err(format!(
+                    "a new cgroup has no {} (a kernel without this freezer?)",
+                    control.display()
+                ));
+            }
+            self.freeze(&path, Duration::from_secs(1))
+                .await
+                .map_err(|e| format!("freezing an empty cgroup: {e}"))?;
+            if !self.is_frozen(&path).map_err(|e| e.to_string())? {
+                return Err(format!("{} does not read frozen", control.display()));
+            }
+            self.thaw(&path)
+                .map_err(|e| format!("thawing an empty cgroup: {e}"))
+        }
+        .await;
+        if let Err(e) = std::fs::remove_dir(&dir) {
+            tracing::warn!(cgroup = %dir.display(), error = %e, "removing the freezer's check cgroup");
+        }
+        tried
+    }
+
     pub fn version(&self) -> Version {
         self.version
     }
@@ -304,5 +340,45 @@ mod tests {
                 .trim(),
             "0"
         );
+    }
+
+    /// A hierarchy whose new cgroups get no control file (here plain
+    /// directories, as on a kernel without this freezer) is refused, and
+    /// the check's cgroup is removed again.
+    #[tokio::test]
+    async fn a_freezer_that_cannot_freeze_is_refused() {
+        let (root, f) = v1();
+        let err = f.check().await.unwrap_err();
+        assert!(
+            err.contains("has no") && err.contains("freezer.state"),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(root.path().join("freezer"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "only tasks and libpod_parent: {left:?}");
+        // No hierarchy to make a cgroup in.
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(v2.path().join("cgroup.controllers"), "").unwrap();
+        let f = Freezer::detect(v2.path()).unwrap();
+        std::fs::remove_file(v2.path().join("cgroup.controllers")).unwrap();
+        std::fs::remove_dir(v2.path()).unwrap();
+        let err = f.check().await.unwrap_err();
+        assert!(err.starts_with("cannot make a cgroup"), "{err}");
+    }
+
+    /// This host's freezer (the one the pool uses) passes the check and
+    /// leaves no cgroup behind.
+    #[tokio::test]
+    async fn the_hosts_freezer_passes_its_check() {
+        let f = Freezer::host().expect("a cgroup freezer on this host");
+        f.check().await.unwrap();
+        let name = format!("cpub-freezer-check-{}", std::process::id());
+        let base = match f.version() {
+            Version::V1 => Path::new("/sys/fs/cgroup/freezer").join(&name),
+            Version::V2 => Path::new("/sys/fs/cgroup").join(&name),
+        };
+        assert!(!base.exists(), "{} left behind", base.display());
     }
 }

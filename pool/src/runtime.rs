@@ -179,7 +179,16 @@ impl PodmanRuntime {
                 Some(sum.unwrap_or(0).saturating_add(n))
             });
         tracing::info!(network, subnets = ?subnets, addresses = ?addresses, "function network");
-        let freezer = Freezer::host();
+        let freezer = match Freezer::host() {
+            Some(f) => match f.check().await {
+                Ok(()) => Some(f),
+                Err(reason) => {
+                    tracing::warn!(%reason, "the cgroup freezer does not work here; pausing through Podman");
+                    None
+                }
+            },
+            None => None,
+        };
         tracing::info!(freezer = ?freezer.as_ref().map(Freezer::version), "pause and resume");
         Ok(Self {
             precreate: Some(Precreator::new(
