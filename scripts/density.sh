@@ -2,7 +2,10 @@
 # Density run (issue 15): starts DENSITY_N (default 300) real instances of as
 # many functions on this node's Podman, one call each, lets them pause,
 # resumes a sample, then calls DENSITY_EXTRA (default 20) more functions past
-# an instance budget of DENSITY_N (eviction). The driver is the pool itself
+# an instance budget of DENSITY_N (eviction). Beside them, DENSITY_PROBES
+# (default 10) functions on a second pool start from containers initialized
+# ahead, timed before the DENSITY_N instances exist and with all of them
+# live. The driver is the pool itself
 # (benches/benches/density.rs): its own node name and network
 # (DENSITY_NETWORK, default cpub-density on 10.95.0.0/20), no proxy, no
 # control plane; one image built here from examples/hello.
@@ -22,15 +25,18 @@ export DENSITY_SUBNET=${DENSITY_SUBNET:-10.95.0.0/20}
 export DENSITY_NODE=${DENSITY_NODE:-density-$$}
 export DENSITY_IMAGE=localhost/cpub-density-hello:$$
 case "$DENSITY_N$DENSITY_EXTRA$DENSITY_DEADLINE_S" in (*[!0-9]*) echo "density: DENSITY_N, DENSITY_EXTRA and DENSITY_DEADLINE_S are numbers" >&2; exit 64;; esac
-if [ "$DENSITY_N" -gt 1000 ]; then echo "density: DENSITY_N is at most 1000 (one bridge)" >&2; exit 64; fi
+export DENSITY_PROBES=${DENSITY_PROBES:-10}
+if [ "$((DENSITY_N + 2 * DENSITY_PROBES))" -gt 1024 ]; then echo "density: DENSITY_N + 2 × DENSITY_PROBES is at most 1024 (one bridge)" >&2; exit 64; fi
 
 cleanup() {
-  ids=$(podman ps -a -q --filter "label=cpub.node=$DENSITY_NODE" 2>/dev/null || true)
-  if [ -n "$ids" ]; then
-    echo "density: removing $(echo "$ids" | wc -l) containers left by node $DENSITY_NODE"
-    # shellcheck disable=SC2086
-    podman rm -f -t 0 $ids >/dev/null 2>&1 || true
-  fi
+  for node in "$DENSITY_NODE" "$DENSITY_NODE-probe"; do
+    ids=$(podman ps -a -q --filter "label=cpub.node=$node" 2>/dev/null || true)
+    if [ -n "$ids" ]; then
+      echo "density: removing $(echo "$ids" | wc -l) containers left by node $node"
+      # shellcheck disable=SC2086
+      podman rm -f -t 0 $ids >/dev/null 2>&1 || true
+    fi
+  done
   podman rmi -f "$DENSITY_IMAGE" >/dev/null 2>&1 || true
   if [ -z "$(podman ps -a -q --filter "network=$DENSITY_NETWORK" 2>/dev/null)" ]; then
     podman network rm "$DENSITY_NETWORK" >/dev/null 2>&1 || true

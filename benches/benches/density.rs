@@ -9,6 +9,15 @@
 //! (`MemAvailable` deltas — the machine is shared: a rough figure), and
 //! every error. Bounded: it stops starting after `DENSITY_DEADLINE_S`.
 //!
+//! Beside it, a second pool (node `<node>-probe`, same network) holds
+//! `DENSITY_PROBES` functions whose containers are initialized ahead, as a
+//! proxy's are: their cold starts are timed before the `DENSITY_N`
+//! instances exist and again with all of them live (the goal: p50 within
+//! ±10 %), `DENSITY_PROBE_ROUNDS` rounds each. (The `DENSITY_N` functions
+//! themselves start from fresh containers: a node initializes only its
+//! `initialized_ahead` most recently started functions' containers, and
+//! every one of these is new.)
+//!
 //! Not a criterion bench (`harness = false`); without `DENSITY_IMAGE` set
 //! (by the script) it does nothing, so `cargo bench` skips it.
 
@@ -21,6 +30,7 @@ use containerpub_pool::{
     BudgetConfig, ContainerRuntime, DEFAULT_SOCKET, InstanceState, NodeConfig, PodmanRuntime, Pool,
     PoolConfig, StartKind,
 };
+use containerpub_wire::api::Route;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -75,6 +85,96 @@ async fn get(addr: std::net::SocketAddr) -> bool {
         .unwrap_or(false)
 }
 
+/// Functions whose containers are initialized ahead, on their own pool.
+struct Probe {
+    pool: Pool,
+    runtime: PodmanRuntime,
+    routes: Vec<Route>,
+}
+
+impl Probe {
+    async fn new(image: &str, network: &str, subnet: &str, node: &str, k: usize) -> Self {
+        let routes: Vec<Route> = (0..k)
+            .map(|i| {
+                let mut r = route(
+                    &format!("density-probe-{i}"),
+                    "idle_stop_s = 86400
+max_instances = 1",
+                );
+                r.image = image.to_owned();
+                r.config.resources.memory_mb = 16;
+                r.config.health_path = Some("/".into());
+                r
+            })
+            .collect();
+        let k = u32::try_from(k).unwrap_or(u32::MAX);
+        let runtime = PodmanRuntime::on_network(Podman::new(DEFAULT_SOCKET), network, Some(subnet))
+            .await
+            .expect("probe runtime")
+            .with_initialized_ahead(k);
+        let config = PoolConfig {
+            node: format!("{node}-probe"),
+            start_timeout: Duration::from_secs(60),
+        };
+        let node = NodeConfig {
+            network: network.to_owned(),
+            subnet: subnet.to_owned(),
+            budget: BudgetConfig {
+                memory_mb: u64::MAX,
+                max_instances: k,
+            },
+            initialized_ahead: k,
+            ..NodeConfig::default()
+        };
+        let shared: Arc<dyn ContainerRuntime> = Arc::new(runtime.clone());
+        let pool = Pool::with_runtime_on(shared, config, node, &routes)
+            .await
+            .expect("probe pool");
+        Self {
+            pool,
+            runtime,
+            routes,
+        }
+    }
+
+    /// `rounds` times: waits for every container ahead, then one call to
+    /// each function (a cold start from its initialized container), then
+    /// removes the instances. Returns the pool's start times in ms.
+    async fn measure(&self, rounds: usize, errors: &mut Vec<String>) -> Vec<f64> {
+        let mut starts = Vec::new();
+        for _ in 0..rounds {
+            let until = Instant::now() + Duration::from_secs(60);
+            while self.runtime.precreated().len() < self.routes.len() {
+                if Instant::now() > until {
+                    errors.push("probe: containers ahead not ready within 60 s".into());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for r in &self.routes {
+                match self.pool.lease(r).await {
+                    Ok(lease) => {
+                        if lease.start_kind() == StartKind::Cold {
+                            starts.push(lease.start_duration().as_secs_f64() * 1e3);
+                        }
+                        if !get(lease.addr()).await {
+                            errors.push(format!("{}: no 200", r.function));
+                        }
+                    }
+                    Err(e) => errors.push(format!("{}: {e}", r.function)),
+                }
+            }
+            self.pool.remove_all().await;
+        }
+        starts
+    }
+}
+
+fn p50(mut ms: Vec<f64>) -> f64 {
+    ms.sort_by(f64::total_cmp);
+    pct(&ms, 0.5)
+}
+
 fn main() {
     let Ok(image) = std::env::var("DENSITY_IMAGE") else {
         return;
@@ -87,6 +187,8 @@ fn main() {
     let node_name: String = env("DENSITY_NODE", format!("density-{}", std::process::id()));
     let network: String = env("DENSITY_NETWORK", "cpub-density".to_owned());
     let subnet: String = env("DENSITY_SUBNET", "10.95.0.0/20".to_owned());
+    let probes: usize = env("DENSITY_PROBES", 10);
+    let probe_rounds: usize = env("DENSITY_PROBE_ROUNDS", 3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,7 +217,7 @@ fn main() {
         );
         let node = NodeConfig {
             network: network.clone(),
-            subnet,
+            subnet: subnet.clone(),
             budget: BudgetConfig {
                 memory_mb: u64::MAX,
                 max_instances: u32::try_from(n).unwrap_or(u32::MAX),
@@ -130,6 +232,9 @@ fn main() {
         let pool = Pool::with_runtime_on(runtime, config, node, &routes)
             .await
             .expect("pool");
+        let probe = Probe::new(&image, &network, &subnet, &node_name, probes).await;
+        let mut errors = Vec::new();
+        let probe_alone = probe.measure(probe_rounds, &mut errors).await;
         let mem_before = mem_available_mb();
 
         // Cold: one call to each of the first n functions, `parallel` at once.
@@ -155,7 +260,7 @@ fn main() {
                 }
             }));
         }
-        let (mut cold, mut errors) = (Vec::new(), Vec::new());
+        let mut cold = Vec::new();
         for t in tasks {
             match t.await.expect("task") {
                 Ok((i, start, _total, ok, kind)) => {
@@ -222,6 +327,18 @@ fn main() {
             }
         }
         summary("resume of a paused instance", resumes);
+
+        // The probe functions again, now beside every live instance.
+        let probe_live = probe.measure(probe_rounds, &mut errors).await;
+        let (alone, live) = (p50(probe_alone.clone()), p50(probe_live.clone()));
+        summary("cold start from an initialized container, alone", probe_alone);
+        summary(
+            &format!("cold start from an initialized container, {} live", pool.instances().len()),
+            probe_live,
+        );
+        println!("  p50 with them live / alone: {:.2}", live / alone);
+        probe.pool.remove_all().await;
+        probe.pool.shutdown().await;
 
         // Past the budget: every call must still be answered by eviction.
         let mut evicting = Vec::new();
