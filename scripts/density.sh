@@ -17,6 +17,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The same build directory as scripts/compare.sh (not the work tree's).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/containerpub-target}
 export DENSITY_N=${DENSITY_N:-300}
 export DENSITY_EXTRA=${DENSITY_EXTRA:-20}
 export DENSITY_DEADLINE_S=${DENSITY_DEADLINE_S:-600}

@@ -18,7 +18,8 @@
 //! `initialized_ahead` most recently started functions' containers, and
 //! every one of these is new.)
 //!
-//! Not a criterion bench (`harness = false`); without `DENSITY_IMAGE` set
+//! `CPUB_LOG` (e.g. `containerpub_pool=info`) logs the pool's lines to
+//! stderr. Not a criterion bench (`harness = false`); without `DENSITY_IMAGE` set
 //! (by the script) it does nothing, so `cargo bench` skips it.
 
 use std::sync::Arc;
@@ -179,6 +180,13 @@ fn main() {
     let Ok(image) = std::env::var("DENSITY_IMAGE") else {
         return;
     };
+    // The pool's own lines (e.g. `container started` with its split) on
+    // stderr, when asked for.
+    if std::env::var_os(containerpub_util::logging::ENV_LOG).is_some()
+        && let Err(e) = containerpub_util::logging::init()
+    {
+        eprintln!("density: {e:?}");
+    }
     let n: usize = env("DENSITY_N", 300);
     let extra: usize = env("DENSITY_EXTRA", 20);
     let sample: usize = env("DENSITY_RESUME_SAMPLE", 100);

@@ -8,7 +8,7 @@ use containerpub_wire::api::Route;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use containerpub_podman::freezer::{FREEZE_DEADLINE, Freezer};
 
@@ -124,6 +124,27 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         node: &str,
         tx: &tokio::sync::mpsc::UnboundedSender<RuntimeEvent>,
     ) -> Result<(), PoolError>;
+}
+
+/// Longest a started container's network may take to answer a connect
+/// (an accept, or a refusal while the process is not listening yet: a
+/// bridge answers either within a millisecond).
+const NETWORK_CHECK: Duration = Duration::from_millis(500);
+
+/// Whether `addr` answers a TCP connect, by an accept or a refusal, within
+/// [`NETWORK_CHECK`]. A container initialized ahead and started later must
+/// (`density.sh` at 1,000 live saw some whose address answered nothing, not
+/// even ARP: without this check their start waited out the start timeout).
+async fn network_answers(addr: SocketAddr) -> Result<(), String> {
+    match tokio::time::timeout(NETWORK_CHECK, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+        Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+        Err(_) => Err(format!(
+            "connect {addr}: no answer within {} ms",
+            NETWORK_CHECK.as_millis()
+        )),
+    }
 }
 
 /// The real runtime: Podman through its REST API.
@@ -355,7 +376,24 @@ impl ContainerRuntime for PodmanRuntime {
                     "created"
                 };
                 match self.podman.start_container(&container.id).await {
-                    Ok(()) => break (container.id, created, kind, container.inspected),
+                    Ok(()) => {
+                        let Some((ip, _)) = &container.inspected else {
+                            break (container.id, created, kind, None);
+                        };
+                        match network_answers(SocketAddr::new(*ip, route.config.port)).await {
+                            Ok(()) => break (container.id, created, kind, container.inspected),
+                            Err(reason) => {
+                                tracing::warn!(
+                                    function = %route.function,
+                                    container = short(&container.id),
+                                    %reason,
+                                    "container initialized ahead does not answer on its network; creating one"
+                                );
+                                self.remove_failed(&container.id).await;
+                                continue;
+                            }
+                        }
+                    }
                     // Removed under us (an image removal takes its
                     // containers), or broken while it waited (its init
                     // process killed): create one as usual.

@@ -482,3 +482,86 @@ async fn initialized_containers_go_to_the_functions_started_last() {
     let rows = containers(&podman, &node).await;
     assert!(rows.is_empty(), "no orphan containers: {rows:?}");
 }
+
+/// Deletes the host end of container `id`'s veth (its `eth0` goes with
+/// it): its address then answers nothing, not even ARP.
+fn cut_network(podman_raw: &serde_json::Value) {
+    let netns = podman_raw["NetworkSettings"]["SandboxKey"]
+        .as_str()
+        .expect("a network namespace");
+    let out = std::process::Command::new("nsenter")
+        .args([
+            &format!("--net={netns}"),
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    // `2: eth0@if1234: <…`
+    let peer: u32 = line
+        .split_once("@if")
+        .and_then(|(_, rest)| rest.split(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no veth peer in {line:?}"));
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    let name = links
+        .lines()
+        .find_map(|l| {
+            let (index, rest) = l.split_once(": ")?;
+            (index.trim().parse() == Ok(peer))
+                .then(|| rest.split(['@', ':']).next().unwrap().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no host link {peer}"));
+    let del = std::process::Command::new("ip")
+        .args(["link", "del", &name])
+        .output()
+        .unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+}
+
+/// A container initialized ahead whose network no longer answers (seen at
+/// 1,000 live instances; made here by deleting its veth) is not handed out:
+/// the start removes it and starts a fresh container, which answers.
+#[tokio::test]
+async fn an_initialized_container_whose_network_is_gone_is_replaced() {
+    let podman = podman();
+    build_image(&podman).await;
+    let node = node("cut");
+    let _cleanup = Cleanup(node.clone());
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let v1 = route("pre-cut", 1, "a");
+    runtime.prepare(std::slice::from_ref(&v1), &node);
+    let ahead = wait_ahead(&podman, &runtime, "one initialized", |m| {
+        m.get("pre-cut").is_some_and(|(_, s)| s == "initialized")
+    })
+    .await["pre-cut"]
+        .0
+        .clone();
+    let state = podman.inspect_container(&ahead, NETWORK).await.unwrap();
+    cut_network(&state.raw);
+
+    let started = runtime.start(&v1, &node).await.unwrap();
+    assert_ne!(started.id, ahead, "the cut container was handed out");
+    assert!(
+        podman.inspect_container(&ahead, NETWORK).await.is_err(),
+        "the cut container is removed"
+    );
+    containerpub_pool::health::wait_ready(started.addr, None, Duration::from_secs(10))
+        .await
+        .unwrap();
+    runtime.remove(&started.id).await.unwrap();
+    runtime.shutdown().await;
+    let rows = containers(&podman, &node).await;
+    assert!(rows.is_empty(), "no orphan containers: {rows:?}");
+}
