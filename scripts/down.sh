@@ -20,17 +20,28 @@ stop_pid() { # pidfile name
 stop_pid "$home/run/proxy.pid" cpub-proxy
 stop_pid "$home/run/control.pid" cpub-control
 
+status=0
 if command -v podman >/dev/null; then
   ids=$(podman ps -aq --filter label=cpub.managed=true)
   if [ -n "$ids" ]; then
-    podman rm -f -t 0 $ids >/dev/null
+    # Podman 4.3 can fail the removal of a container with a user namespace
+    # that it did remove ("userdata/shm: device or resource busy",
+    # podman#11594): look at what is left and try those once more, and
+    # stop the rest of the stack either way.
+    if ! podman rm -f -t 0 $ids >/dev/null; then
+      echo "down: podman rm reported an error; checking what is left" >&2
+      again=$(podman ps -aq --filter label=cpub.managed=true)
+      [ -z "$again" ] || podman rm -f -t 0 $again >/dev/null || true
+    fi
     echo "removed $(echo "$ids" | wc -l) function container(s)"
   fi
-  left=$(podman ps -q --filter label=cpub.managed=true | wc -l)
-  echo "function containers running: $left"
+  left=$(podman ps -aq --filter label=cpub.managed=true | wc -l)
+  echo "function containers left: $left"
+  [ "$left" -eq 0 ] || status=1
 fi
 
 if [ -f "$home/run/pg-dir" ]; then
   CPUB_PG_DIR=$(cat "$home/run/pg-dir") bash scripts/pg.sh stop && echo "stopped PostgreSQL"
 fi
 pkill -f '^podman system service' 2>/dev/null && echo "stopped the Podman API service" || true
+exit $status
