@@ -95,26 +95,40 @@ async fn containers(podman: &Podman, node: &str) -> Vec<Row> {
         .collect()
 }
 
-/// Polls `podman ps` of `node` until `check` holds, or fails after 30 s
-/// with what it saw last.
+/// Calls `look` until `check` holds for what it returns, or fails after
+/// 30 s naming `what` and showing what it saw last.
+async fn poll<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    mut look: impl FnMut() -> F,
+    check: impl Fn(&T) -> bool,
+) -> T {
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = look().await;
+        if check(&seen) {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not within 30 s; saw {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `podman ps` of `node` until `check` holds (see [`poll`]).
 async fn wait_for(
     podman: &Podman,
     node: &str,
     what: &str,
     check: impl Fn(&[Row]) -> bool,
 ) -> Vec<Row> {
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let rows = containers(podman, node).await;
-        if check(&rows) {
-            return rows;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{what}: not within 30 s; containers of {node}: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(
+        what,
+        || containers(podman, node),
+        |rows: &Vec<Row>| check(rows),
+    )
+    .await
 }
 
 /// Containers made ahead (created, or initialized too) of `deployment`.
@@ -387,18 +401,7 @@ async fn wait_ahead(
     what: &str,
     check: impl Fn(&BTreeMap<String, (String, String)>) -> bool,
 ) -> BTreeMap<String, (String, String)> {
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = ahead_by_function(podman, runtime).await;
-        if check(&seen) {
-            return seen;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{what}: not within 30 s; ahead: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll(what, || ahead_by_function(podman, runtime), check).await
 }
 
 /// With room for one initialized container, it goes to the function
