@@ -18,9 +18,14 @@ use std::time::Duration;
 
 use containerpub_e2e::{RemoveImages, Stack, container_ip, inspect};
 
+/// A client that opens a connection per call: the calls are separated by
+/// builds that can last longer than the proxy keeps an idle connection
+/// (30–60 s), and a call sent on a pooled connection just as the proxy
+/// closed it failed with `IncompleteMessage` in CI.
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap()
 }
