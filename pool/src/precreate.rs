@@ -83,9 +83,10 @@ pub(crate) struct Ahead {
     pub(crate) id: String,
     /// `podman init` done: the start only runs the process.
     pub(crate) initialized: bool,
-    /// Its address on the function network and its cgroup, read after the
-    /// `init` (the network is set up then): a start needs no inspect.
-    pub(crate) inspected: Option<(std::net::IpAddr, serde_json::Value)>,
+    /// Its address on the function network, read after the `init` (the
+    /// network is set up then): a start needs no inspect. (Its cgroup is
+    /// not known before the start: the freezer reads it when it needs it.)
+    pub(crate) address: Option<std::net::IpAddr>,
 }
 
 /// A container spec without its (unique) name: what must be equal for a
@@ -314,13 +315,13 @@ impl Precreator {
                 Ok(id) if init => match me.podman.init_container(&id).await {
                     Ok(()) => {
                         // Without it the start inspects as usual.
-                        let inspected = me
+                        let address = me
                             .podman
                             .inspect_container(&id, &me.network)
                             .await
                             .ok()
-                            .and_then(|s| Some((s.ip?, s.raw)));
-                        Ok((id, inspected))
+                            .and_then(|s| s.ip);
+                        Ok((id, address))
                     }
                     Err(err) => {
                         me.remove_now(&id).await;
@@ -336,12 +337,12 @@ impl Precreator {
                     Some(slot) if slot.creating.is_some_and(|(t, _)| t == token) => {
                         slot.creating = None;
                         match created {
-                            Ok((id, inspected)) if !closed && slot.ready.is_none() => {
+                            Ok((id, address)) if !closed && slot.ready.is_none() => {
                                 tracing::debug!(function = %route.function, deployment = route.deployment_id, container = short(&id), initialized = init, "container created ahead");
                                 slot.ready = Some(Ahead {
                                     id,
                                     initialized: init,
-                                    inspected,
+                                    address,
                                 });
                                 None
                             }

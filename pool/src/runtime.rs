@@ -377,11 +377,11 @@ impl ContainerRuntime for PodmanRuntime {
                 };
                 match self.podman.start_container(&container.id).await {
                     Ok(()) => {
-                        let Some((ip, _)) = &container.inspected else {
+                        let Some(ip) = container.address else {
                             break (container.id, created, kind, None);
                         };
-                        match network_answers(SocketAddr::new(*ip, route.config.port)).await {
-                            Ok(()) => break (container.id, created, kind, container.inspected),
+                        match network_answers(SocketAddr::new(ip, route.config.port)).await {
+                            Ok(()) => break (container.id, created, kind, Some(ip)),
                             Err(reason) => {
                                 tracing::warn!(
                                     function = %route.function,
@@ -423,8 +423,7 @@ impl ContainerRuntime for PodmanRuntime {
             // Read after its `init`: the address is the one it runs with.
             // (An exit right after the start is seen by the pool's wait for
             // readiness: its `died` event, or its polling.)
-            Some((ip, raw)) => {
-                self.note_cgroup(&id, &raw);
+            Some(ip) => {
                 Ok(Started {
                     id: id.clone(),
                     addr: SocketAddr::new(ip, route.config.port),
