@@ -159,14 +159,15 @@ pub async fn reseal_all(pool: &PgPool, vault: &Vault) -> anyhow::Result<u64> {
             ciphertext,
         };
         let name = sealed_name(&key_id);
-        let secret = match vault.open(function_id, &name, &sealed) {
-            Ok(secret) => secret,
-            Err(err) => {
-                tracing::error!(%key_id, err = format!("{err:#}"), "cannot reseal a signing key");
-                continue;
-            }
+        let Some(fresh) = vault.reseal(
+            function_id,
+            &name,
+            &sealed,
+            &format!("signing key {key_id}"),
+        )?
+        else {
+            continue;
         };
-        let fresh = vault.seal(function_id, &name, &secret)?;
         let updated = sqlx::query(
             "UPDATE function_signing_keys SET master_key_id = $2, nonce = $3, ciphertext = $4 \
              WHERE id = $1 AND nonce = $5 AND revoked_at IS NULL",

@@ -207,6 +207,25 @@ impl Vault {
             .map_err(|_| anyhow::anyhow!("the ciphertext does not authenticate"))?;
         String::from_utf8(plain).context("the secret is not UTF-8")
     }
+
+    /// `sealed` opened and sealed again under the primary key, for the
+    /// reseal of a key rotation; `None` (logged, naming `what`) when it
+    /// cannot be opened: it is left as it is.
+    pub fn reseal(
+        &self,
+        function_id: i64,
+        name: &str,
+        sealed: &Sealed,
+        what: &str,
+    ) -> anyhow::Result<Option<Sealed>> {
+        match self.open(function_id, name, sealed) {
+            Ok(value) => self.seal(function_id, name, &value).map(Some),
+            Err(err) => {
+                tracing::error!(function_id, what, err = format!("{err:#}"), "cannot reseal");
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Seals again, under the primary key, every secret sealed under another
@@ -227,14 +246,10 @@ pub async fn reseal_all(pool: &sqlx::PgPool, vault: &Vault) -> anyhow::Result<u6
             nonce,
             ciphertext,
         };
-        let value = match vault.open(function_id, &name, &sealed) {
-            Ok(value) => value,
-            Err(err) => {
-                tracing::error!(function_id, secret = %name, err = format!("{err:#}"), "cannot reseal a secret");
-                continue;
-            }
+        let Some(fresh) = vault.reseal(function_id, &name, &sealed, &format!("secret {name}"))?
+        else {
+            continue;
         };
-        let fresh = vault.seal(function_id, &name, &value)?;
         // Only if nobody changed it meanwhile.
         let updated = sqlx::query(
             "UPDATE function_secrets SET key_id = $3, nonce = $4, ciphertext = $5 \
@@ -301,6 +316,11 @@ mod tests {
             rotated.seal(1, "A", "v").unwrap().key_id,
             rotated.primary_id()
         );
+        let resealed = rotated.reseal(1, "A", &sealed, "A").unwrap().unwrap();
+        assert_eq!(resealed.key_id, rotated.primary_id());
+        assert_eq!(rotated.open(1, "A", &resealed).unwrap(), "v");
+        // What cannot be opened is left as it is.
+        assert_eq!(rotated.reseal(2, "A", &sealed, "A").unwrap(), None);
         // Without the old line, the old secret cannot be opened.
         std::fs::write(&path, "ab".repeat(32)).unwrap();
         let err = Vault::load(&path)
