@@ -222,7 +222,8 @@ echo "setup-host: network $net ($subnet on $bridge) isolated by nftables table $
 # (`sysctl -w`, and a file in /etc/sysctl.d to keep it). Per instance the
 # host holds a conmon process and the function's (pids), a few open files
 # in conmon and in the Podman service (nofile), a session keyring from runc
-# (kernel keys, owned by root), a bridge port and a neighbour entry, and a
+# (kernel keys, owned by root), a bridge port (and a place in the receive
+# backlog when the bridge floods a broadcast) and a neighbour entry, and a
 # conntrack entry per open connection; inotify instances are taken by
 # conmon and Podman's event watchers. Containers initialized ahead
 # (CPUB_INITIALIZED_AHEAD) hold the same, but the function's processes.
@@ -244,6 +245,11 @@ check kernel.keys.root_maxkeys "$(sysval kernel.keys.root_maxkeys)" $(( n * 2 + 
 check kernel.keys.root_maxbytes "$(sysval kernel.keys.root_maxbytes)" $(( n * 50 + 25000 )) "the keyrings' bytes"
 check net.ipv4.neigh.default.gc_thresh3 "$(sysval net.ipv4.neigh.default.gc_thresh3)" $(( n + 256 )) "a neighbour entry per instance on the bridge"
 check net.ipv4.neigh.default.gc_thresh2 "$(sysval net.ipv4.neigh.default.gc_thresh2)" $(( n + 128 )) "a neighbour entry per instance on the bridge"
+# A broadcast on the bridge (an ARP request for an instance's address) is
+# queued once per port on one CPU's receive backlog, newest port first:
+# beyond the backlog the ports added first miss it, and their instances
+# answer no new connection (seen at 1,000 live with the default 1,000).
+check net.core.netdev_max_backlog "$(sysval net.core.netdev_max_backlog)" $(( n * 2 )) "a broadcast on the bridge is queued once per port"
 if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
   check net.netfilter.nf_conntrack_max "$(sysval net.netfilter.nf_conntrack_max)" $(( n * 64 )) "connections to and from instances"
 fi

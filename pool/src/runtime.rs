@@ -126,6 +126,35 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> Result<(), PoolError>;
 }
 
+/// The kernel's `net.core.netdev_max_backlog` must exceed the function
+/// bridge's ports: a broadcast (an ARP request for an instance's address)
+/// is queued once per port on one CPU's backlog, newest port first, so
+/// beyond the backlog the ports added first miss it and their instances
+/// never answer a first connection (seen at 1,000 live with the default
+/// 1,000; `scripts/setup-host.sh` checks it too).
+fn backlog_needed(ports: u32) -> u32 {
+    ports.saturating_mul(2)
+}
+
+fn warn_if_backlog_short(ports: u32) {
+    let path = "/proc/sys/net/core/netdev_max_backlog";
+    let Some(have) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let need = backlog_needed(ports);
+    if have < need {
+        tracing::warn!(
+            netdev_max_backlog = have,
+            needed = need,
+            "with more live instances than net.core.netdev_max_backlog, those started first stop \
+             answering new connections (ARP requests are dropped): sysctl -w net.core.netdev_max_backlog={need}"
+        );
+    }
+}
+
 /// Longest a started container's network may take to answer a connect
 /// (an accept, or a refusal while the process is not listening yet: a
 /// bridge answers either within a millisecond).
@@ -134,7 +163,9 @@ const NETWORK_CHECK: Duration = Duration::from_millis(500);
 /// Whether `addr` answers a TCP connect, by an accept or a refusal, within
 /// [`NETWORK_CHECK`]. A container initialized ahead and started later must
 /// (`density.sh` at 1,000 live saw some whose address answered nothing, not
-/// even ARP: without this check their start waited out the start timeout).
+/// even ARP, with a receive backlog shorter than the bridge's ports: see
+/// [`backlog_needed`]; without this check their start waited out the start
+/// timeout).
 async fn network_answers(addr: SocketAddr) -> Result<(), String> {
     match tokio::time::timeout(NETWORK_CHECK, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
@@ -200,6 +231,9 @@ impl PodmanRuntime {
                 Some(sum.unwrap_or(0).saturating_add(n))
             });
         tracing::info!(network, subnets = ?subnets, addresses = ?addresses, "function network");
+        if let Some(ports) = addresses.map(|a| a.min(crate::node::BRIDGE_PORTS)) {
+            warn_if_backlog_short(ports);
+        }
         let freezer = match Freezer::host() {
             Some(f) => match f.check().await {
                 Ok(()) => Some(f),
