@@ -303,7 +303,8 @@ pub struct Deleted {
     pub revision: i64,
 }
 
-/// Deletes a function and its deployments (and their crash rows), or
+/// Deletes a function and its deployments (and their crash rows and log
+/// lines), or
 /// `None` if there was no such function.
 pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted>, sqlx::Error> {
     let mut tx = pool.begin().await?;
@@ -320,6 +321,11 @@ pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
+    // Its log lines have no foreign key (migration 0009).
+    sqlx::query("DELETE FROM function_logs WHERE function_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM functions WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

@@ -21,6 +21,7 @@ pub mod history;
 pub mod login_limit;
 pub mod logs;
 pub mod metrics;
+pub mod pgcopy;
 pub mod revision;
 pub mod routes;
 pub mod runtimes;

@@ -1234,6 +1234,43 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
             .await
             .unwrap();
     assert_eq!(usage, 0);
+    // One batch, two groups: one of a deployment the function does not
+    // have (counted, not stored); the time kept to the microsecond.
+    let reply = app
+        .send(post(serde_json::json!({"node": "edge-1", "groups": [
+            {"function": "talky", "deployment_id": deployment, "instance": "ab",
+             "lines": [{"at_ns": now_ns, "stream": "stdout", "line": "kept"}]},
+            {"function": "talky", "deployment_id": deployment + 1000, "instance": "ab",
+             "lines": [{"at_ns": now_ns, "stream": "stdout", "line": "lost"}]},
+        ]})))
+        .await;
+    assert_eq!(
+        reply.json::<LogIngest>(),
+        LogIngest {
+            stored: 1,
+            unknown: 1
+        }
+    );
+    let (at, line): (chrono::DateTime<chrono::Utc>, String) =
+        sqlx::query_as("SELECT at, line FROM function_logs WHERE function_id = $1")
+            .bind(function)
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(line, "kept");
+    assert_eq!(at.timestamp_micros(), now_ns.div_euclid(1000));
+    // The lines have no foreign key (migration 0009): the function's
+    // deletion takes them.
+    containerpub_control::db::delete_function(db, "talky")
+        .await
+        .unwrap()
+        .expect("deleted");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM function_logs WHERE function_id = $1")
+        .bind(function)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }
 
 /// Issue 10, signing keys: the secret answered once, stored sealed (never

@@ -25,6 +25,7 @@ use sqlx::PgPool;
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
+use crate::pgcopy::{self, field, field_opt};
 use crate::routes::check_name;
 use crate::state::AppState;
 
@@ -98,29 +99,8 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
     Ok(())
 }
 
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
-
-/// The start of a binary COPY stream: signature, flags, no extension.
-const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-/// The end of a binary COPY stream.
-const COPY_BINARY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
 /// Columns of a row of `COPY_STATEMENT`.
 const COPY_COLUMNS: i16 = 18;
-
-/// One binary COPY field: its length, then its bytes.
-fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-    // A string of an 8 MiB body is far below i32::MAX.
-    out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn field_opt(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => field(out, s.as_bytes()),
-        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-    }
-}
 
 /// One binary COPY row for `r` (`at_us` checked by the caller); text
 /// columns go as their UTF-8 bytes, numbers big-endian, `at` as
@@ -128,8 +108,8 @@ fn field_opt(out: &mut Vec<u8>, s: Option<&str>) {
 fn copy_row(out: &mut Vec<u8>, node: &str, r: &ExecutionRecordRef<'_>) {
     // Validated: every duration and byte count fits an i64.
     let int8 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX).to_be_bytes();
-    out.extend_from_slice(&COPY_COLUMNS.to_be_bytes());
-    field(out, &(r.at_us - PG_EPOCH_US).to_be_bytes());
+    pgcopy::row(out, COPY_COLUMNS);
+    pgcopy::timestamp_us(out, r.at_us);
     field(out, node.as_bytes());
     field(out, r.function.as_str().as_bytes());
     field(out, &r.deployment_id.to_be_bytes());
@@ -202,8 +182,8 @@ pub async fn ingest(
     let oldest = (now - TimeDelta::days(i64::from(retention_days()))).timestamp_micros();
     let newest = (now + MAX_AHEAD).timestamp_micros();
     // About 200 bytes a row in the binary form.
-    let mut rows = Vec::with_capacity(COPY_BINARY_HEADER.len() + batch.records.len() * 200 + 2);
-    rows.extend_from_slice(COPY_BINARY_HEADER);
+    let mut rows = Vec::with_capacity(pgcopy::HEADER.len() + batch.records.len() * 200 + 2);
+    rows.extend_from_slice(pgcopy::HEADER);
     // The days of the records (one or two in practice).
     let mut days: Vec<i64> = Vec::new();
     let mut skipped = 0u64;
@@ -228,7 +208,7 @@ pub async fn ingest(
         copy_row(&mut rows, node, r);
         kept += 1;
     }
-    rows.extend_from_slice(COPY_BINARY_TRAILER);
+    rows.extend_from_slice(pgcopy::TRAILER);
     let days: Vec<NaiveDate> = days
         .into_iter()
         .filter_map(|d| DateTime::from_timestamp_micros(d * US_PER_DAY))
