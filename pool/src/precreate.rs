@@ -48,6 +48,31 @@ pub(crate) struct Precreator {
     in_flight: tokio::sync::watch::Sender<usize>,
     /// Counts finished creations (a start waits for one in flight).
     created: tokio::sync::watch::Sender<u64>,
+    /// The runtime's starts: a creation ahead waits for a pause in them
+    /// (see [`Precreator::yield_to_starts`]).
+    starts: tokio::sync::watch::Sender<Starts>,
+    /// Starts waiting for a creation of this pool (then none yields).
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// The starts in progress, and when the last one ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct Starts {
+    running: usize,
+    last_end: Option<Instant>,
+}
+
+/// A start in progress ([`Precreator::start_begins`]); its end when
+/// dropped.
+pub(crate) struct StartInProgress(Arc<Precreator>);
+
+impl Drop for StartInProgress {
+    fn drop(&mut self) {
+        self.0.starts.send_modify(|s| {
+            s.running = s.running.saturating_sub(1);
+            s.last_end = Some(Instant::now());
+        });
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,7 +132,45 @@ impl Precreator {
             state: Mutex::new(State::default()),
             in_flight: tokio::sync::watch::Sender::new(0),
             created: tokio::sync::watch::Sender::new(0),
+            starts: tokio::sync::watch::Sender::new(Starts::default()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// Marks a start of the runtime in progress until the value is dropped.
+    pub(crate) fn start_begins(self: &Arc<Self>) -> StartInProgress {
+        self.starts.send_modify(|s| s.running += 1);
+        StartInProgress(Arc::clone(self))
+    }
+
+    /// Waits until no start has run for [`START_QUIET`], at most
+    /// [`MAX_YIELD`]: Podman serves a burst of cold starts first, and the
+    /// creations ahead (a `create` and an `init` take several times a
+    /// start, and compete with it for Podman and the cores) follow it.
+    /// Not while a start waits for one of this pool's creations, nor once
+    /// closed.
+    async fn yield_to_starts(&self) {
+        use std::sync::atomic::Ordering;
+        let until = tokio::time::Instant::now() + MAX_YIELD;
+        let mut starts = self.starts.subscribe();
+        loop {
+            let Starts { running, last_end } = *starts.borrow_and_update();
+            if self.waiting.load(Ordering::Relaxed) > 0 || self.lock().closed {
+                return;
+            }
+            let quiet_at = match (running, last_end) {
+                (0, None) => return,
+                (0, Some(end)) => Some(tokio::time::Instant::from_std(end + START_QUIET)),
+                _ => None,
+            };
+            let now = tokio::time::Instant::now();
+            if quiet_at.is_some_and(|at| at <= now) || now >= until {
+                return;
+            }
+            let wake = quiet_at.map_or(until, |at| at.min(until));
+            // A change (a start begins or ends, or `close`) looks again.
+            let _ = tokio::time::timeout_at(wake, starts.changed()).await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -193,10 +256,15 @@ impl Precreator {
         // Subscribed before looking: a creation that ends in between is seen.
         let mut done = self.created.subscribe();
         if pending(self) {
+            use std::sync::atomic::Ordering;
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            // The creation may be yielding to other starts: not to this one.
+            self.starts.send_modify(|_| {});
             let _ = tokio::time::timeout(WAIT_IN_FLIGHT, async {
                 while done.changed().await.is_ok() && pending(self) {}
             })
             .await;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         self.take(function, key)
     }
@@ -275,6 +343,8 @@ impl Precreator {
         let ready: Vec<String> = {
             let mut state = self.lock();
             state.closed = true;
+            // Creations yielding to starts stop waiting.
+            self.starts.send_modify(|_| {});
             state
                 .slots
                 .drain()
@@ -311,25 +381,11 @@ impl Precreator {
         let me = Arc::clone(self);
         self.track(async move {
             let spec = spec::container_spec(&route, &node, &me.network);
-            let created = match me.podman.create_container(&spec).await {
-                Ok(id) if init => match me.podman.init_container(&id).await {
-                    Ok(()) => {
-                        // Without it the start inspects as usual.
-                        let address = me
-                            .podman
-                            .inspect_container(&id, &me.network)
-                            .await
-                            .ok()
-                            .and_then(|s| s.ip);
-                        Ok((id, address))
-                    }
-                    Err(err) => {
-                        me.remove_now(&id).await;
-                        Err(err)
-                    }
-                },
-                other => other.map(|id| (id, None)),
-            };
+            me.yield_to_starts().await;
+            if me.lock().closed {
+                return;
+            }
+            let created = me.create_ahead(&spec, init).await;
             let orphan = {
                 let mut state = me.lock();
                 let closed = state.closed;
@@ -363,6 +419,32 @@ impl Precreator {
                 me.remove_now(&id).await;
             }
         });
+    }
+
+    /// Creates a container of `spec` (and `podman init`s it when `init`:
+    /// its address is read then, so the start needs no inspect), yielding
+    /// to starts before each step.
+    async fn create_ahead(
+        &self,
+        spec: &ContainerSpec,
+        init: bool,
+    ) -> Result<(String, Option<std::net::IpAddr>), crate::podman::PodmanError> {
+        let id = self.podman.create_container(spec).await?;
+        if !init {
+            return Ok((id, None));
+        }
+        self.yield_to_starts().await;
+        if let Err(err) = self.podman.init_container(&id).await {
+            self.remove_now(&id).await;
+            return Err(err);
+        }
+        let address = self
+            .podman
+            .inspect_container(&id, &self.network)
+            .await
+            .ok()
+            .and_then(|s| s.ip);
+        Ok((id, address))
     }
 
     fn spawn_remove(self: &Arc<Self>, id: String) {
@@ -407,6 +489,12 @@ impl Precreator {
         }
     }
 }
+
+/// How long no start must have run before a creation ahead begins.
+const START_QUIET: Duration = Duration::from_millis(100);
+/// Longest a creation ahead yields to starts (a steady stream of them
+/// would otherwise leave every function without its container ahead).
+const MAX_YIELD: Duration = Duration::from_secs(2);
 
 /// Bound on one removal (the pool's next start removes what is left).
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);

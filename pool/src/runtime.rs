@@ -394,6 +394,8 @@ impl ContainerRuntime for PodmanRuntime {
     async fn start(&self, route: &Route, node: &str) -> Result<Started, PoolError> {
         let spec = spec::container_spec(route, node, &self.network);
         let t0 = Instant::now();
+        // Until it returns, creations ahead (its own successor's too) wait.
+        let _starting = self.precreate.as_ref().map(Precreator::start_begins);
         let mut ahead = match &self.precreate {
             Some(p) => {
                 p.take_waiting(&route.function, &precreate::spec_key(&spec))

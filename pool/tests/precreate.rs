@@ -486,6 +486,46 @@ async fn initialized_containers_go_to_the_functions_started_last() {
     assert!(rows.is_empty(), "no orphan containers: {rows:?}");
 }
 
+/// A start's successor, like every creation ahead, waits until no start
+/// has run for 100 ms: a burst of cold starts gets Podman first (before,
+/// the successor's `create` and `init` ran beside the start that took its
+/// container, and beside the next ones).
+#[tokio::test]
+async fn creations_ahead_wait_for_the_starts_to_end() {
+    let podman = podman();
+    build_image(&podman).await;
+    let node = node("yield");
+    let _cleanup = Cleanup(node.clone());
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
+    let route = route("pre-yield", 1, "a");
+    runtime.prepare(std::slice::from_ref(&route), &node);
+    let first = wait_ahead(&podman, &runtime, "a container ahead", |m| m.len() == 1).await;
+    let started = runtime.start(&route, &node).await.unwrap();
+    let returned = chrono::Utc::now();
+    assert_eq!(started.id, first[&route.function].0, "took its container");
+    let next = wait_ahead(&podman, &runtime, "its successor", |m| {
+        m.get(&route.function)
+            .is_some_and(|(id, _)| *id != started.id)
+    })
+    .await;
+    let successor = podman
+        .inspect_container(&next[&route.function].0, NETWORK)
+        .await
+        .unwrap();
+    let created: chrono::DateTime<chrono::Utc> = successor.raw["Created"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no creation time: {}", successor.raw["Created"]));
+    assert!(
+        created > returned + chrono::TimeDelta::milliseconds(50),
+        "the successor was created at {created}, the start returned at {returned}"
+    );
+    runtime.remove(&started.id).await.unwrap();
+    runtime.shutdown().await;
+    let rows = containers(&podman, &node).await;
+    assert!(rows.is_empty(), "no orphan containers: {rows:?}");
+}
+
 /// Deletes the host end of container `id`'s veth (its `eth0` goes with
 /// it): its address then answers nothing, not even ARP.
 fn cut_network(podman_raw: &serde_json::Value) {
