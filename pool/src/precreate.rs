@@ -256,15 +256,23 @@ impl Precreator {
         // Subscribed before looking: a creation that ends in between is seen.
         let mut done = self.created.subscribe();
         if pending(self) {
-            use std::sync::atomic::Ordering;
-            self.waiting.fetch_add(1, Ordering::Relaxed);
+            /// Counts a waiting start until dropped (also when the start
+            /// is cancelled mid-wait).
+            struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _waiting = Waiting(&self.waiting);
             // The creation may be yielding to other starts: not to this one.
             self.starts.send_modify(|_| {});
             let _ = tokio::time::timeout(WAIT_IN_FLIGHT, async {
                 while done.changed().await.is_ok() && pending(self) {}
             })
             .await;
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
         }
         self.take(function, key)
     }
@@ -421,9 +429,9 @@ impl Precreator {
         });
     }
 
-    /// Creates a container of `spec` (and `podman init`s it when `init`:
-    /// its address is read then, so the start needs no inspect), yielding
-    /// to starts before each step.
+    /// Creates a container of `spec` (and `podman init`s it when `init`,
+    /// after yielding to starts again: its address is read then, so the
+    /// start needs no inspect).
     async fn create_ahead(
         &self,
         spec: &ContainerSpec,

@@ -459,12 +459,10 @@ impl ContainerRuntime for PodmanRuntime {
             // Read after its `init`: the address is the one it runs with.
             // (An exit right after the start is seen by the pool's wait for
             // readiness: its `died` event, or its polling.)
-            Some(ip) => {
-                Ok(Started {
-                    id: id.clone(),
-                    addr: SocketAddr::new(ip, route.config.port),
-                })
-            }
+            Some(ip) => Ok(Started {
+                id: id.clone(),
+                addr: SocketAddr::new(ip, route.config.port),
+            }),
             None => self.address(route, &id).await,
         };
         match &started {
