@@ -144,6 +144,24 @@ async fn assert_frozen(podman: &Podman, id: &str, frozen: bool) {
     assert_eq!(freezer.is_frozen(cgroup).unwrap(), frozen, "{cgroup}");
 }
 
+/// Waits (5 s at most) until the kernel says container `id` is frozen: the
+/// pool marks an instance paused before its freeze is done (a resume
+/// meanwhile thaws after it), and under load the freeze (an inspect for
+/// the cgroup, then the write and the wait for `frozen 1`) takes a while.
+async fn wait_frozen(podman: &Podman, id: &str) {
+    let state = podman.inspect_container(id, NETWORK).await.unwrap();
+    let cgroup = state.raw["State"]["CgroupPath"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let freezer = containerpub_podman::Freezer::host().expect("a cgroup freezer");
+    wait_until("the kernel froze it", || {
+        freezer.is_frozen(&cgroup).unwrap_or(false)
+    })
+    .await;
+    assert_frozen(podman, id, true).await;
+}
+
 /// A frozen instance accepts a connection (the kernel does) but never
 /// answers.
 async fn assert_no_answer(addr: std::net::SocketAddr) {
@@ -201,7 +219,7 @@ async fn pool_life_cycle_on_podman() {
             .any(|i| i.state == InstanceState::Paused)
     })
     .await;
-    assert_frozen(&podman, &id, true).await;
+    wait_frozen(&podman, &id).await;
     assert_no_answer(addr).await;
     let resumed = pool.lease(&r).await.unwrap();
     assert_eq!(resumed.start_kind(), StartKind::Paused);
@@ -222,6 +240,7 @@ async fn pool_life_cycle_on_podman() {
             .any(|i| i.state == InstanceState::Paused)
     })
     .await;
+    wait_frozen(&podman, &id).await;
     pool.shutdown().await;
     assert_frozen(&podman, &id, true).await;
     let pool = Pool::podman(podman.clone(), config, &routes).await.unwrap();
