@@ -719,17 +719,35 @@ async fn containers_created_ahead_serve_cold_calls_and_never_leak() {
     // A redeploy: the old deployment's container ahead goes without ever
     // running, the new deployment gets its own.
     stack.deploy("hello", name, "");
+    // Settled: one instance of the new deployment running and one container
+    // ahead initialized, the same one a second later. (A start in flight
+    // shows its own new container as `created`, then `initialized`, before
+    // `running`: under CI load one was taken for the container ahead.)
+    let settled = || {
+        let all = stack.containers_by_state(Some(name));
+        let running: Vec<&(String, String)> = all
+            .iter()
+            .filter(|(_, s)| !containerpub_e2e::is_ahead(s))
+            .collect();
+        let ahead: Vec<&(String, String)> = all
+            .iter()
+            .filter(|(_, s)| containerpub_e2e::is_ahead(s))
+            .collect();
+        (running.len() == 1
+            && running[0].1 == "running"
+            && deployment_of(&running[0].0) != v1
+            && ahead.len() == 1
+            && ahead[0].1 == "initialized"
+            && deployment_of(&ahead[0].0) != v1)
+            .then(|| ahead[0].0.clone())
+    };
     let fresh = eventually(
         Duration::from_secs(30),
         "the new deployment serving, with its container ahead and only it",
         || async {
-            let running = stack.containers(Some(name));
-            let ahead = stack.precreated(Some(name));
-            (running.len() == 1
-                && deployment_of(&running[0]) != v1
-                && ahead.len() == 1
-                && deployment_of(&ahead[0]) != v1)
-                .then(|| ahead[0].clone())
+            let first = settled()?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (settled()? == first).then_some(first)
         },
     )
     .await;
@@ -743,8 +761,9 @@ async fn containers_created_ahead_serve_cold_calls_and_never_leak() {
     stack.stop_proxy();
     assert!(
         container_state(&fresh).is_some_and(|s| containerpub_e2e::is_ahead(&s)),
-        "{:?}",
-        container_state(&fresh)
+        "{:?}\n{}",
+        container_state(&fresh),
+        stack.logs()
     );
     stack.start_proxy().await.unwrap();
     only_precreated(&stack, name, Some(&fresh)).await;
