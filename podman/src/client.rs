@@ -200,22 +200,10 @@ impl Podman {
     /// lock (see [`crate::store`]). A missing image is fine.
     pub(crate) async fn remove_image_unlocked(&self, name: &str) -> Result<(), PodmanError> {
         let path = format!("/images/{}?force=true", encode(name));
-        // Podman 4.3 sometimes fails a removal with `…/userdata/shm: device
-        // or resource busy` after it did remove the container (or on the
-        // way there): one more try settles it, as gone (404) or done.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.call(Method::DELETE, &path, None, &[]).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(()),
-                Err(PodmanError::Api { message, .. })
-                    if tries == 1 && message.contains("device or resource busy") =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
+        match self.call(Method::DELETE, &path, None, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -284,22 +272,10 @@ impl Podman {
     /// Removes network `name` (it must have no containers); a missing one is fine.
     pub async fn remove_network(&self, name: &str) -> Result<(), PodmanError> {
         let path = format!("/networks/{}", encode(name));
-        // Podman 4.3 sometimes fails a removal with `…/userdata/shm: device
-        // or resource busy` after it did remove the container (or on the
-        // way there): one more try settles it, as gone (404) or done.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.call(Method::DELETE, &path, None, &[]).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Ok(()),
-                Err(PodmanError::Api { message, .. })
-                    if tries == 1 && message.contains("device or resource busy") =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
+        match self.call(Method::DELETE, &path, None, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
