@@ -8,7 +8,7 @@
 set -euo pipefail
 
 need=()
-for bin in podman:podman runc:runc busybox:busybox-static nft:nftables curl:curl promtool:prometheus; do
+for bin in podman:podman runc:runc busybox:busybox-static nft:nftables ip:iproute2 curl:curl promtool:prometheus; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

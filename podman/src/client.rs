@@ -269,6 +269,17 @@ impl Podman {
             .unwrap_or_default())
     }
 
+    /// The host interface of network `name` (its bridge, `podman2`, say);
+    /// `None` for a network without one (macvlan).
+    pub async fn network_interface(&self, name: &str) -> Result<Option<String>, PodmanError> {
+        let path = format!("/networks/{}/json", encode(name));
+        let v = self.call_json(Method::GET, &path, None).await?;
+        Ok(v.get("network_interface")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned))
+    }
+
     /// Removes network `name` (it must have no containers); a missing one is fine.
     pub async fn remove_network(&self, name: &str) -> Result<(), PodmanError> {
         let path = format!("/networks/{}", encode(name));

@@ -101,3 +101,39 @@ pub fn build_containers_of(pid: u32) -> Vec<String> {
     }
     found
 }
+
+/// Removes, when dropped (a test that panicked too), every container
+/// labelled `key=value`: a failing test leaves nothing behind for the
+/// next run's leak check.
+#[derive(Debug)]
+pub struct RemoveLabelled {
+    filter: String,
+}
+
+impl RemoveLabelled {
+    /// Containers labelled `key=value`.
+    pub fn new(key: &str, value: &str) -> Self {
+        Self {
+            filter: format!("label={key}={value}"),
+        }
+    }
+}
+
+impl Drop for RemoveLabelled {
+    fn drop(&mut self) {
+        let Ok(out) = std::process::Command::new("podman")
+            .args(["ps", "-aq", "--filter", &self.filter])
+            .output()
+        else {
+            return;
+        };
+        let out = String::from_utf8_lossy(&out.stdout);
+        let ids: Vec<&str> = out.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("podman")
+                .args(["rm", "-f", "-t", "0"])
+                .args(&ids)
+                .output();
+        }
+    }
+}

@@ -31,6 +31,7 @@ pub mod labels {
 }
 
 mod adopt;
+mod bridge;
 pub mod budget;
 mod deploy;
 mod evict;

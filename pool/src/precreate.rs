@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::podman::ContainerSpec;
 use containerpub_wire::api::Route;
 
+use crate::bridge::Bridge;
 use crate::podman::Podman;
 use crate::runtime::short;
 use crate::spec;
@@ -53,6 +54,8 @@ pub(crate) struct Precreator {
     starts: tokio::sync::watch::Sender<Starts>,
     /// Starts waiting for a creation of this pool (then none yields).
     waiting: std::sync::atomic::AtomicUsize,
+    /// The network's bridge: an initialization may create it (`bridge`).
+    bridge: Option<Arc<Bridge>>,
 }
 
 /// The starts in progress, and when the last one ended.
@@ -124,7 +127,12 @@ pub(crate) fn spec_key(spec: &ContainerSpec) -> ContainerSpec {
 }
 
 impl Precreator {
-    pub(crate) fn new(podman: Podman, network: String, init_cap: usize) -> Arc<Self> {
+    pub(crate) fn new(
+        podman: Podman,
+        network: String,
+        init_cap: usize,
+        bridge: Option<Arc<Bridge>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             podman,
             network,
@@ -134,6 +142,7 @@ impl Precreator {
             created: tokio::sync::watch::Sender::new(0),
             starts: tokio::sync::watch::Sender::new(Starts::default()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            bridge,
         })
     }
 
@@ -445,6 +454,9 @@ impl Precreator {
         if let Err(err) = self.podman.init_container(&id).await {
             self.remove_now(&id).await;
             return Err(err);
+        }
+        if let Some(b) = &self.bridge {
+            b.pin().await;
         }
         let address = self
             .podman

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use containerpub_podman::freezer::{FREEZE_DEADLINE, Freezer};
 
+use crate::bridge::Bridge;
 use crate::podman::{Podman, PodmanError};
 use crate::precreate::{self, Precreator};
 use crate::{PoolError, labels, spec};
@@ -195,6 +196,9 @@ pub struct PodmanRuntime {
     freezer: Option<Freezer>,
     /// What the freezer needs of each instance.
     frozen: Arc<Mutex<FreezeBook>>,
+    /// The network's bridge, its address pinned after each start (see
+    /// `bridge`); `None` for a network without one.
+    bridge: Option<Arc<Bridge>>,
 }
 
 /// Per container: its cgroup (Podman's `State.CgroupPath`, read when it
@@ -246,11 +250,21 @@ impl PodmanRuntime {
             None => None,
         };
         tracing::info!(freezer = ?freezer.as_ref().map(Freezer::version), "pause and resume");
+        let bridge = podman
+            .network_interface(network)
+            .await?
+            .and_then(|name| Bridge::new(&name))
+            .map(Arc::new);
+        if let Some(b) = &bridge {
+            // Instances adopted from an earlier proxy keep theirs.
+            b.pin().await;
+        }
         Ok(Self {
             precreate: Some(Precreator::new(
                 podman.clone(),
                 network.to_owned(),
                 crate::node::DEFAULT_INITIALIZED_AHEAD as usize,
+                bridge.clone(),
             )),
             podman,
             network: network.to_owned(),
@@ -258,6 +272,7 @@ impl PodmanRuntime {
             initialized_ahead: crate::node::DEFAULT_INITIALIZED_AHEAD,
             freezer,
             frozen: Arc::default(),
+            bridge,
         })
     }
 
@@ -324,6 +339,7 @@ impl PodmanRuntime {
                 self.podman.clone(),
                 self.network.clone(),
                 n as usize,
+                self.bridge.clone(),
             ));
         }
         self.initialized_ahead = n;
@@ -455,6 +471,9 @@ impl ContainerRuntime for PodmanRuntime {
             }
             break (id, created, "none", None);
         };
+        if let Some(b) = &self.bridge {
+            b.pin().await;
+        }
         let running = t0.elapsed();
         let started = match known {
             // Read after its `init`: the address is the one it runs with.

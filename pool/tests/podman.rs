@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerpub_pool::health::wait_ready;
+use containerpub_pool::podman::testing::RemoveLabelled;
 use containerpub_pool::spec::{self, USERNS_SIZE};
 use containerpub_pool::{
     ContainerRuntime, InstanceState, NETWORK, PodmanRuntime, Pool, PoolConfig, RuntimeEvent,
@@ -70,6 +71,7 @@ async fn instance_runs_with_isolation_defaults() {
     build_image(&podman).await;
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let node = node("isolation");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let started = runtime.start(&route("iso"), &node).await.unwrap();
     wait_ready(started.addr, None, Duration::from_secs(10))
         .await
@@ -182,6 +184,7 @@ async fn pool_life_cycle_on_podman() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("pool");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let config = PoolConfig {
         node: node.clone(),
         start_timeout: Duration::from_secs(10),
@@ -288,6 +291,7 @@ async fn a_dying_container_is_reported_by_the_event_stream() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("events");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let follow = {
@@ -351,6 +355,7 @@ async fn functions_reach_neither_host_services_nor_each_other() {
     build_image(&podman).await;
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let node = node("network");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let a = runtime.start(&route("neta"), &node).await.unwrap();
     let b = runtime.start(&route("netb"), &node).await.unwrap();
     wait_ready(a.addr, None, Duration::from_secs(10))
@@ -494,6 +499,7 @@ async fn instances_get_disjoint_host_id_ranges() {
     build_image(&podman).await;
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let node = node("userns");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let (a, b) = (route("idsa"), route("idsb"));
     // Two instances of each of two functions, created concurrently.
     let started = tokio::join!(
@@ -600,6 +606,7 @@ async fn userns_instances_are_removed_without_error() {
     build_image(&podman).await;
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let node = node("userns-rm");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let r = route("idsrm");
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -641,6 +648,7 @@ async fn a_container_podman_paused_is_adopted_resumed_and_removed_through_podman
     let podman = podman();
     build_image(&podman).await;
     let node = node("podman-paused");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let r = route("podpaused");
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let mut ids = Vec::new();
@@ -681,4 +689,55 @@ async fn a_container_podman_paused_is_adopted_resumed_and_removed_through_podman
         fresh.remove(&s.id).await.unwrap();
     }
     assert!(fresh.list_owned(&node).await.unwrap().is_empty());
+}
+
+/// The bridge's address, and whether user space set it (`NET_ADDR_SET`).
+fn bridge_address(bridge: &str) -> (String, bool) {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{bridge}/{f}"))
+            .unwrap_or_else(|e| panic!("/sys/class/net/{bridge}/{f}: {e}"))
+            .trim()
+            .to_owned()
+    };
+    (read("address"), read("addr_assign_type") == "3")
+}
+
+/// Linux gives a bridge the lowest address of its ports unless one was
+/// set: a container leaving or joining changed it, and instances sent to
+/// the old one (a stream stopped for 20 s when another container was
+/// removed). The runtime pins it; it stays while containers come and go.
+#[tokio::test]
+async fn the_bridge_keeps_its_address_while_containers_come_and_go() {
+    let podman = podman();
+    build_image(&podman).await;
+    let runtime = PodmanRuntime::new(podman.clone(), NETWORK)
+        .await
+        .unwrap()
+        .without_precreation();
+    let node = node("bridge");
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
+    let bridge = podman
+        .network_interface(NETWORK)
+        .await
+        .unwrap()
+        .expect("the function network has a bridge");
+    let route = route("bridge");
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(runtime.start(&route, &node).await.unwrap().id);
+    }
+    let (first, pinned) = bridge_address(&bridge);
+    assert!(pinned, "{bridge} still takes its lowest port's address");
+    // Each leaves in turn (the one that lent the address among them), new
+    // ones join; one always stays, so the bridge itself stays.
+    for _ in 0..4 {
+        let gone = live.remove(0);
+        runtime.remove(&gone).await.unwrap();
+        assert_eq!(bridge_address(&bridge), (first.clone(), true));
+        live.push(runtime.start(&route, &node).await.unwrap().id);
+        assert_eq!(bridge_address(&bridge), (first.clone(), true));
+    }
+    for id in live {
+        runtime.remove(&id).await.unwrap();
+    }
 }

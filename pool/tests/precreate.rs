@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use containerpub_pool::podman::testing::RemoveLabelled;
 use containerpub_pool::podman::{DEFAULT_SOCKET, Podman};
 use containerpub_pool::{
     ContainerRuntime, NETWORK, PodmanRuntime, Pool, PoolConfig, StartKind, labels,
@@ -43,29 +44,6 @@ fn route(name: &str, deployment_id: i64, env: &str) -> Route {
 
 fn node(test: &str) -> String {
     format!("test-pre-{test}-{}", std::process::id())
-}
-
-/// Removes every container of its node when dropped, so a failing test
-/// leaves nothing behind either.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let filter = format!("label={}={}", labels::NODE, self.0);
-        if let Ok(out) = std::process::Command::new("podman")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        {
-            let out = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = out.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("podman")
-                    .args(["rm", "-f", "-t", "0"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
 }
 
 /// A container of `node`: (id, Podman state, deployment label).
@@ -146,7 +124,7 @@ async fn precreated_containers_never_leak() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("leak");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let config = PoolConfig {
         node: node.clone(),
         start_timeout: Duration::from_secs(10),
@@ -290,7 +268,7 @@ async fn a_container_ahead_serves_only_its_own_spec_with_the_same_isolation() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("spec");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let v1 = route("pre-spec", 1, "a");
     runtime.prepare(std::slice::from_ref(&v1), &node);
@@ -414,7 +392,7 @@ async fn initialized_containers_go_to_the_functions_started_last() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("cap");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let plain = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK)
         .await
@@ -495,7 +473,7 @@ async fn creations_ahead_wait_for_the_starts_to_end() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("yield");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let route = route("pre-yield", 1, "a");
     runtime.prepare(std::slice::from_ref(&route), &node);
@@ -581,7 +559,7 @@ async fn an_initialized_container_whose_network_is_gone_is_replaced() {
     let podman = podman();
     build_image(&podman).await;
     let node = node("cut");
-    let _cleanup = Cleanup(node.clone());
+    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
     let runtime = PodmanRuntime::new(podman.clone(), NETWORK).await.unwrap();
     let v1 = route("pre-cut", 1, "a");
     runtime.prepare(std::slice::from_ref(&v1), &node);
