@@ -53,6 +53,11 @@ pub struct ContainerSpec {
     /// Network namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<Namespace>,
+    /// IPC namespace. [`NamespaceMode::None`]: a private one without
+    /// Podman's `/dev/shm` (a tmpfs Podman mounts on the host per container;
+    /// give the container one in [`ContainerSpec::mounts`] instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipcns: Option<Namespace>,
     /// Networks joined, by name.
     #[serde(rename = "Networks", skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<String, NetworkOptions>,
@@ -135,7 +140,7 @@ pub struct PidsLimit {
     pub limit: u64,
 }
 
-/// A namespace setting (`userns`, `netns`).
+/// A namespace setting (`userns`, `netns`, `ipcns`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Namespace {
     pub nsmode: NamespaceMode,
@@ -159,7 +164,7 @@ pub enum NamespaceMode {
     Auto,
     /// Network namespace on a bridge network.
     Bridge,
-    /// Network namespace with only `lo`.
+    /// Network namespace with only `lo`; IPC namespace without `/dev/shm`.
     None,
 }
 
@@ -218,6 +223,7 @@ mod tests {
                 auto_userns_opts: Some(AutoUserNsOptions { size: 65_536 }),
             }),
             netns: Some(Namespace::new(NamespaceMode::Bridge)),
+            ipcns: Some(Namespace::new(NamespaceMode::None)),
             networks: [("net".to_owned(), NetworkOptions::default())].into(),
             stop_timeout: Some(2),
             log_configuration: Some(LogConfiguration {
@@ -250,6 +256,7 @@ mod tests {
                 "userns": { "nsmode": "auto" },
                 "idmappings": { "AutoUserNs": true, "AutoUserNsOpts": { "Size": 65_536 } },
                 "netns": { "nsmode": "bridge" },
+                "ipcns": { "nsmode": "none" },
                 "Networks": { "net": {} },
                 "stop_timeout": 2,
                 "log_configuration": { "driver": "k8s-file", "size": 1024 },

@@ -63,10 +63,10 @@ fn isolated() -> ContainerSpec {
         cap_drop: vec!["ALL".into()],
         no_new_privileges: true,
         read_only_rootfs: true,
-        mounts: vec![Mount::tmpfs(
-            "/tmp",
-            &["rw", "nosuid", "nodev", "noexec", "size=64m"],
-        )],
+        mounts: vec![
+            Mount::tmpfs("/tmp", &["rw", "nosuid", "nodev", "noexec", "size=64m"]),
+            Mount::tmpfs("/dev/shm", &["rw", "nosuid", "nodev", "size=8m"]),
+        ],
         resource_limits: Some(ResourceLimits {
             memory: Some(MemoryLimits {
                 limit: 80 << 20,
@@ -84,6 +84,7 @@ fn isolated() -> ContainerSpec {
             auto_userns_opts: Some(AutoUserNsOptions { size: USERNS_SIZE }),
         }),
         netns: Some(Namespace::new(NamespaceMode::Bridge)),
+        ipcns: Some(Namespace::new(NamespaceMode::None)),
         networks: BTreeMap::from([(NETWORK.to_owned(), NetworkOptions::default())]),
         stop_timeout: Some(2),
         log_configuration: None,
@@ -126,9 +127,18 @@ fn status_field(status: &str, key: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Each setting of `want` next to what the inspect document `got` and the
-/// process's `/proc/<pid>/status` report.
-fn checks(want: &ContainerSpec, got: &Value, proc_status: &str) -> Vec<Check> {
+/// What Podman and the kernel said of a running container: the inspect
+/// document, the process's `/proc/<pid>/status`, and whether the host's
+/// mount table holds Podman's `/dev/shm` of the container.
+struct Seen {
+    inspect: Value,
+    status: String,
+    host_shm: bool,
+}
+
+/// Each setting of `want` next to what was `seen`.
+fn checks(want: &ContainerSpec, seen: &Seen) -> Vec<Check> {
+    let (got, proc_status) = (&seen.inspect, seen.status.as_str());
     let host = &got["HostConfig"];
     let limits = want.resource_limits.clone().unwrap_or_default();
     let memory = limits.memory.expect("memory limit");
@@ -250,6 +260,22 @@ fn checks(want: &ContainerSpec, got: &Value, proc_status: &str) -> Vec<Check> {
             got: uid_map,
         },
         Check {
+            what: "ipcns none, a tmpfs /dev/shm: none mounted on the host, the container's own \
+                   (/proc/self/mountinfo, HostConfig.Tmpfs)",
+            want: json!([
+                want.ipcns.as_ref().map(|n| n.nsmode),
+                want.mounts.get(1).map(|m| m.options.join(","))
+            ]),
+            got: json!([
+                (!seen.host_shm).then_some(NamespaceMode::None),
+                host["Tmpfs"]["/dev/shm"].as_str().and_then(|o| want
+                    .mounts
+                    .get(1)
+                    .map(|m| m.options.join(","))
+                    .filter(|w| o.starts_with(w.as_str())))
+            ]),
+        },
+        Check {
             what: "netns (HostConfig.NetworkMode)",
             want: json!("bridge"),
             got: host["NetworkMode"].clone(),
@@ -273,10 +299,7 @@ fn checks(want: &ContainerSpec, got: &Value, proc_status: &str) -> Vec<Check> {
 
 /// Creates and starts a container from `spec`; returns its id (also when
 /// the start failed, so it is removed) and what Podman and the kernel say.
-async fn run(
-    podman: &Podman,
-    spec: &ContainerSpec,
-) -> (Option<String>, Result<(Value, String), String>) {
+async fn run(podman: &Podman, spec: &ContainerSpec) -> (Option<String>, Result<Seen, String>) {
     let id = match podman.create_container(spec).await {
         Ok(id) => id,
         Err(e) => return (None, Err(format!("create {}: {e}", spec.name))),
@@ -287,9 +310,16 @@ async fn run(
         Ok::<_, containerpub_podman::PodmanError>(state)
     }
     .await;
+    let host_shm = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.contains(&format!("{id}/userdata/shm")))
+        .unwrap_or(false);
     let seen = match seen {
         Ok(state) => std::fs::read_to_string(format!("/proc/{}/status", state.pid))
-            .map(|status| (state.raw, status))
+            .map(|status| Seen {
+                inspect: state.raw,
+                status,
+                host_shm,
+            })
             .map_err(|e| format!("/proc/{}/status of {}: {e}", state.pid, spec.name)),
         Err(e) => Err(format!("start/inspect {}: {e}", spec.name)),
     };
@@ -308,17 +338,17 @@ async fn podman_reports_back_every_setting_of_the_spec() {
         podman.remove_container(&id).await.expect("removal");
     }
 
-    let (inspect, status) = isolated_seen.expect("isolated container");
-    assert_eq!(inspect["Name"], json!(want.name));
-    assert_eq!(inspect["ImageName"], json!(want.image));
-    let applied = checks(&want, &inspect, &status);
+    let seen = isolated_seen.expect("isolated container");
+    assert_eq!(seen.inspect["Name"], json!(want.name));
+    assert_eq!(seen.inspect["ImageName"], json!(want.image));
+    let applied = checks(&want, &seen);
     let wrong = listed(applied.iter().filter(|c| c.want != c.got));
     assert!(wrong.is_empty(), "Podman did not apply:\n{wrong}");
 
     // The control: the same comparisons against a container without the
     // settings must each fail, or they prove nothing.
-    let (inspect, status) = control_seen.expect("control container");
-    let checks_control = checks(&want, &inspect, &status);
+    let seen = control_seen.expect("control container");
+    let checks_control = checks(&want, &seen);
     let passed = listed(checks_control.iter().filter(|c| c.want == c.got));
     assert!(
         passed.is_empty(),

@@ -120,6 +120,28 @@ async fn instance_runs_with_isolation_defaults() {
             "0000000000000000",
             "empty bounding set"
         );
+        // /dev/shm: a tmpfs of the container's own, writable by the
+        // function's user, and no mount for it on the host (Podman's own
+        // per container made every mountinfo read of runc slower).
+        let inside = std::fs::read_to_string(format!("/proc/{}/mountinfo", state.pid)).unwrap();
+        assert!(
+            inside
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some("/dev/shm") && l.contains(" - tmpfs ")),
+            "/dev/shm is a tmpfs inside:\n{inside}"
+        );
+        let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !host_mounts.contains(&format!("{}/userdata/shm", state.id)),
+            "no host mount for the container's /dev/shm"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let shm = std::fs::metadata(format!("/proc/{}/root/dev/shm", state.pid)).unwrap();
+        assert_eq!(
+            shm.permissions().mode() & 0o7777,
+            0o1777,
+            "/dev/shm for every user"
+        );
         // User 65534 inside its own user namespace: a high host uid.
         let range = own_id_range(state.pid).unwrap();
         assert!(range.uid_start > 65_534, "mapped above the host's own ids");
