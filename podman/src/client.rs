@@ -269,11 +269,15 @@ impl Podman {
             .unwrap_or_default())
     }
 
-    /// The host interface of network `name` (its bridge, `podman2`, say);
-    /// `None` for a network without one (macvlan).
-    pub async fn network_interface(&self, name: &str) -> Result<Option<String>, PodmanError> {
+    /// The bridge of network `name` (`podman2`, say); `None` for a network
+    /// of another driver (a macvlan network's interface is the host's
+    /// parent device, never to be touched).
+    pub async fn network_bridge(&self, name: &str) -> Result<Option<String>, PodmanError> {
         let path = format!("/networks/{}/json", encode(name));
         let v = self.call_json(Method::GET, &path, None).await?;
+        if v.get("driver").and_then(Value::as_str) != Some("bridge") {
+            return Ok(None);
+        }
         Ok(v.get("network_interface")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())

@@ -15,21 +15,32 @@
 //! initialization (the moments one may have created it): when the kernel
 //! still chooses the address, it is set to the one the bridge has (no
 //! entry anywhere changes), after which the kernel keeps it. A check is one
-//! read of a sysfs file; the setting (`ip link set`) happens once per
-//! bridge.
+//! read of a sysfs file; the setting (`ip link set`, one at a time, the
+//! address read right before it) happens once per bridge.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// `addr_assign_type` of an address set by user space (`NET_ADDR_SET`).
 const ADDR_SET: &str = "3";
+/// After a failed pin, starts do not try again before this (each try forks
+/// `ip` on the start's path).
+const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// The bridge of the function network.
 #[derive(Debug)]
 pub(crate) struct Bridge {
     name: String,
-    /// A failure to pin was logged (once, not on every start).
-    warned: AtomicBool,
+    /// One pin at a time: two starts of a new bridge must not set two
+    /// addresses read at different moments.
+    pinning: tokio::sync::Mutex<Pinning>,
+}
+
+#[derive(Debug, Default)]
+struct Pinning {
+    /// The last failure to pin, and whether it was logged as a warning.
+    failed_at: Option<Instant>,
+    warned: bool,
 }
 
 impl Bridge {
@@ -45,7 +56,7 @@ impl Bridge {
             && name != "..";
         plain.then(|| Self {
             name: name.to_owned(),
-            warned: AtomicBool::new(false),
+            pinning: tokio::sync::Mutex::new(Pinning::default()),
         })
     }
 
@@ -65,6 +76,14 @@ impl Bridge {
         if self.pinned() != Some(false) {
             return;
         }
+        let mut state = self.pinning.lock().await;
+        // Another start may have pinned it meanwhile; the address is read
+        // only now, right before it is set.
+        if self.pinned() != Some(false)
+            || state.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER)
+        {
+            return;
+        }
         let Ok(mac) = std::fs::read_to_string(self.sys("address")) else {
             return;
         };
@@ -76,18 +95,29 @@ impl Bridge {
             .await;
         let failure = match out {
             Ok(o) if o.status.success() => {
-                tracing::info!(bridge = %self.name, %mac, "bridge address pinned");
+                let ifindex = std::fs::read_to_string(self.sys("ifindex")).unwrap_or_default();
+                tracing::info!(bridge = %self.name, ifindex = ifindex.trim(), %mac, "bridge address pinned");
+                state.failed_at = None;
                 return;
             }
             Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
             Err(e) => format!("running ip: {e}"),
         };
-        if !self.warned.swap(true, Ordering::Relaxed) {
+        if self.pinned().is_none() {
+            // Removed with its last container meanwhile: the next start's
+            // bridge is a new one.
+            return;
+        }
+        state.failed_at = Some(Instant::now());
+        if std::mem::replace(&mut state.warned, true) {
+            tracing::debug!(bridge = %self.name, error = %failure, "cannot pin the bridge's address");
+        } else {
             tracing::warn!(
                 bridge = %self.name,
                 error = %failure,
                 "cannot pin the bridge's address: instances may lose the host for seconds when \
-                 containers join or leave (ip link set dev {} address {mac})",
+                 containers join or leave (ip link set dev {} address {mac}); tried again at most \
+                 once a minute",
                 self.name
             );
         }
@@ -113,6 +143,7 @@ mod tests {
         let b = Bridge::new("cpub-nonesuch").unwrap();
         assert_eq!(b.pinned(), None);
         b.pin().await;
-        assert!(!b.warned.load(Ordering::Relaxed));
+        let state = b.pinning.lock().await;
+        assert!(state.failed_at.is_none() && !state.warned);
     }
 }

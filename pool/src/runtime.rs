@@ -251,7 +251,7 @@ impl PodmanRuntime {
         };
         tracing::info!(freezer = ?freezer.as_ref().map(Freezer::version), "pause and resume");
         let bridge = podman
-            .network_interface(network)
+            .network_bridge(network)
             .await?
             .and_then(|name| Bridge::new(&name))
             .map(Arc::new);

@@ -69,9 +69,9 @@ pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec
         // /dev/shm is a tmpfs of the container's own mount namespace, not
         // Podman's per-container mount on the host (`ipcns` below): every
         // host mount makes each `runc` and Podman call that reads
-        // /proc/self/mountinfo slower, and at 1,000 instances that read
-        // took 28 ms of a cold start (ARCHITECTURE.md, "Containers
-        // initialized ahead"). Its pages count against the memory limit.
+        // /proc/self/mountinfo slower (at 1,000 containers one read of it
+        // cost 28 ms of system time: ARCHITECTURE.md, "Mounts on the
+        // host"). Its pages count against the memory limit.
         mounts: vec![
             Mount::tmpfs("/tmp", TMP_OPTIONS),
             Mount::tmpfs("/dev/shm", TMP_OPTIONS),

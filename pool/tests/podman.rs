@@ -724,42 +724,118 @@ fn bridge_address(bridge: &str) -> (String, bool) {
     (read("address"), read("addr_assign_type") == "3")
 }
 
+/// A network of one test's own (its bridge created by the test's first
+/// container, so nothing else pinned it), removed when dropped: declared
+/// before the containers' `RemoveLabelled`, so dropped after it.
+struct OwnNetwork(String);
+
+impl OwnNetwork {
+    async fn create(podman: &Podman, test: &str, subnet: &str) -> Self {
+        let name = format!("cpub-{test}-{}", std::process::id());
+        let _ = podman.remove_network(&name).await;
+        podman
+            .ensure_network_with(&name, Some(subnet))
+            .await
+            .unwrap();
+        Self(name)
+    }
+}
+
+impl Drop for OwnNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .args(["network", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// A runtime on a network of the test's own whose bridge does not exist
+/// yet, the test's node, and the bridge's name; the containers go, then
+/// the network, when the value is dropped.
+struct OwnBridge {
+    runtime: PodmanRuntime,
+    node: String,
+    bridge: String,
+    _containers: RemoveLabelled,
+    _network: OwnNetwork,
+}
+
+async fn own_bridge(test: &str, subnet: &str) -> OwnBridge {
+    let podman = podman();
+    build_image(&podman).await;
+    let network = OwnNetwork::create(&podman, test, subnet).await;
+    let runtime = PodmanRuntime::on_network(podman.clone(), &network.0, None)
+        .await
+        .unwrap();
+    let node = node(test);
+    let bridge = podman
+        .network_bridge(&network.0)
+        .await
+        .unwrap()
+        .expect("the network has a bridge");
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
+        "{bridge} exists before the test's first container"
+    );
+    OwnBridge {
+        runtime,
+        _containers: RemoveLabelled::new(labels::NODE, &node),
+        node,
+        bridge,
+        _network: network,
+    }
+}
+
 /// Linux gives a bridge the lowest address of its ports unless one was
 /// set: a container leaving or joining changed it, and instances sent to
 /// the old one (a stream stopped for 20 s when another container was
-/// removed). The runtime pins it; it stays while containers come and go.
+/// removed). The runtime pins it at a start; it stays while containers
+/// come and go.
 #[tokio::test]
 async fn the_bridge_keeps_its_address_while_containers_come_and_go() {
-    let podman = podman();
-    build_image(&podman).await;
-    let runtime = PodmanRuntime::new(podman.clone(), NETWORK)
-        .await
-        .unwrap()
-        .without_precreation();
-    let node = node("bridge");
-    let _cleanup = RemoveLabelled::new(labels::NODE, &node);
-    let bridge = podman
-        .network_interface(NETWORK)
-        .await
-        .unwrap()
-        .expect("the function network has a bridge");
+    let own = own_bridge("br-start", "10.97.0.0/24").await;
+    let (bridge, node) = (&own.bridge, &own.node);
+    let runtime = own.runtime.clone().without_precreation();
     let route = route("bridge");
     let mut live = Vec::new();
     for _ in 0..3 {
-        live.push(runtime.start(&route, &node).await.unwrap().id);
+        live.push(runtime.start(&route, node).await.unwrap().id);
     }
-    let (first, pinned) = bridge_address(&bridge);
+    let (first, pinned) = bridge_address(bridge);
     assert!(pinned, "{bridge} still takes its lowest port's address");
     // Each leaves in turn (the one that lent the address among them), new
     // ones join; one always stays, so the bridge itself stays.
     for _ in 0..4 {
         let gone = live.remove(0);
         runtime.remove(&gone).await.unwrap();
-        assert_eq!(bridge_address(&bridge), (first.clone(), true));
-        live.push(runtime.start(&route, &node).await.unwrap().id);
-        assert_eq!(bridge_address(&bridge), (first.clone(), true));
+        assert_eq!(bridge_address(bridge), (first.clone(), true));
+        live.push(runtime.start(&route, node).await.unwrap().id);
+        assert_eq!(bridge_address(bridge), (first.clone(), true));
     }
     for id in live {
         runtime.remove(&id).await.unwrap();
     }
+}
+
+/// A container initialized ahead creates the bridge before any start: the
+/// initialization pins it too.
+#[tokio::test]
+async fn a_bridge_made_by_an_initialization_ahead_is_pinned() {
+    let own = own_bridge("br-init", "10.97.1.0/24").await;
+    let (runtime, bridge) = (&own.runtime, &own.bridge);
+    runtime.prepare(&[route("bridge-init")], &own.node);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while runtime.precreated().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container ahead within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, pinned) = bridge_address(bridge);
+    runtime.shutdown().await;
+    assert!(
+        pinned,
+        "{bridge}, made by an init, still takes its lowest port's address"
+    );
 }
