@@ -982,10 +982,11 @@ async fn role_endpoint_matrix() {
         );
     }
     // A refused upload can be recorded twice for one CLI command: the
-    // control plane answers 403 before it reads the body, and the CLI's
-    // HTTP client sends the request again when the connection closes under
-    // it (seen in CI: vera's refused deploy, two ids 3.5 ms apart). Such
-    // repeats of the CLI's (ids not the test's) are counted once.
+    // control plane answers 403 before it reads the body, the connection
+    // closes under the upload, and the CLI then asks again with an empty
+    // body to learn the refusal (`Client::refusal_of_upload`; seen in CI:
+    // vera's refused deploy, two ids 3.5 ms apart). Such repeats of the
+    // CLI's (ids not the test's) are counted once.
     let mut refused = std::collections::BTreeSet::new();
     let entries: Vec<&Value> = entries
         .into_iter()
