@@ -321,8 +321,8 @@ pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
-    // Its log lines have no foreign key (migration 0009).
-    sqlx::query("DELETE FROM function_logs WHERE function_id = $1")
+    // Its log chunks have no foreign key (migrations 0009, 0010).
+    sqlx::query("DELETE FROM function_log_chunks WHERE function_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -1,9 +1,10 @@
-//! Retention of function logs: lines older than `--log-retention-days` go
-//! (a sweep every minute), and a function never keeps more than
-//! `--log-retention-bytes` (checked after every stored batch from the
-//! usage row kept with each insert: past the limit, its oldest lines go
-//! until it holds 90 % of it, so a busy function is not trimmed on every
-//! batch). The handlers are in `routes/logs.rs`.
+//! Retention of function logs, a chunk (one batch's lines of one instance,
+//! migration 0010) at a time: chunks whose newest line is older than
+//! `--log-retention-days` go (a sweep every minute), and a function never
+//! keeps more than `--log-retention-bytes` (checked after every stored
+//! batch from the usage row kept with each insert: past the limit, its
+//! oldest chunks go until it holds at most 90 % of it, so a busy function
+//! is not trimmed on every batch). The handlers are in `routes/logs.rs`.
 
 use std::time::Duration;
 
@@ -17,9 +18,9 @@ pub const ENV_LOG_RETENTION_BYTES: &str = "CPUB_LOG_RETENTION_BYTES";
 
 /// How often lines past their age are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Rows removed per statement (a long sweep does not hold one huge
+/// Chunks removed per statement (a long sweep does not hold one huge
 /// transaction).
-const SWEEP_CHUNK: i64 = 10_000;
+const SWEEP_CHUNKS: i64 = 1_000;
 
 /// The flags of log retention (flattened into `cpub-control`'s).
 #[derive(Debug, Clone, clap::Args)]
@@ -85,47 +86,48 @@ pub async fn sweep_forever(db: PgPool, retention: Retention, shutdown: Cancellat
     }
 }
 
-/// Removes every line older than `days`; returns how many.
+/// Removes every chunk whose newest line is older than `days`; returns how
+/// many lines went.
 pub async fn sweep(db: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
-        let (n,): (i64,) = sqlx::query_as(
+        let (chunks, lines): (i64, i64) = sqlx::query_as(
             "WITH del AS ( \
-               DELETE FROM function_logs WHERE id IN ( \
-                 SELECT id FROM function_logs \
-                 WHERE at < now() - make_interval(days => $1) LIMIT $2) \
-               RETURNING function_id, bytes), \
-             agg AS (SELECT function_id, count(*) AS n, sum(bytes)::bigint AS b \
+               DELETE FROM function_log_chunks WHERE (function_id, first_id) IN ( \
+                 SELECT function_id, first_id FROM function_log_chunks \
+                 WHERE max_at < now() - make_interval(days => $1) LIMIT $2) \
+               RETURNING function_id, n, bytes), \
+             agg AS (SELECT function_id, count(*) AS c, sum(n) AS n, sum(bytes)::bigint AS b \
                      FROM del GROUP BY function_id), \
              up AS (UPDATE function_log_usage u SET bytes = greatest(u.bytes - agg.b, 0) \
                     FROM agg WHERE u.function_id = agg.function_id) \
-             SELECT coalesce(sum(n), 0)::bigint FROM agg",
+             SELECT coalesce(sum(c), 0)::bigint, coalesce(sum(n), 0)::bigint FROM agg",
         )
         .bind(i32::try_from(days).unwrap_or(i32::MAX))
-        .bind(SWEEP_CHUNK)
+        .bind(SWEEP_CHUNKS)
         .fetch_one(db)
         .await?;
-        total += u64::try_from(n).unwrap_or(0);
-        if n < SWEEP_CHUNK {
+        total += u64::try_from(lines).unwrap_or(0);
+        if chunks < SWEEP_CHUNKS {
             return Ok(total);
         }
     }
 }
 
-/// Removes the oldest lines of `function_id` until it holds at most 90 %
+/// Removes the oldest chunks of `function_id` until it holds at most 90 %
 /// of `max_bytes`; returns the bytes removed.
 pub async fn trim(db: &PgPool, function_id: i64, max_bytes: u64) -> Result<u64, sqlx::Error> {
     let target = i64::try_from(max_bytes / 10 * 9).unwrap_or(i64::MAX);
     let (removed,): (i64,) = sqlx::query_as(
         "WITH usage AS (SELECT bytes FROM function_log_usage WHERE function_id = $1), \
          cut AS ( \
-           SELECT min(id) AS id FROM ( \
-             SELECT id, sum(bytes) OVER (ORDER BY id) AS cum FROM function_logs \
-             WHERE function_id = $1) t \
+           SELECT min(first_id) AS id FROM ( \
+             SELECT first_id, sum(bytes) OVER (ORDER BY first_id) AS cum \
+             FROM function_log_chunks WHERE function_id = $1) t \
            WHERE t.cum >= (SELECT bytes FROM usage) - $2 \
              AND (SELECT bytes FROM usage) > $2), \
-         del AS (DELETE FROM function_logs \
-                 WHERE function_id = $1 AND id <= (SELECT id FROM cut) \
+         del AS (DELETE FROM function_log_chunks \
+                 WHERE function_id = $1 AND first_id <= (SELECT id FROM cut) \
                  RETURNING bytes), \
          sum AS (SELECT coalesce(sum(bytes), 0)::bigint AS b FROM del), \
          up AS (UPDATE function_log_usage SET bytes = greatest(bytes - (SELECT b FROM sum), 0) \
@@ -140,7 +142,7 @@ pub async fn trim(db: &PgPool, function_id: i64, max_bytes: u64) -> Result<u64, 
         tracing::debug!(
             function_id,
             bytes = removed,
-            "oldest log lines removed (byte limit)"
+            "oldest log chunks removed (byte limit)"
         );
     }
     Ok(u64::try_from(removed).unwrap_or(0))

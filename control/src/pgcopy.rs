@@ -1,8 +1,10 @@
 //! PostgreSQL's binary COPY format (`COPY … FROM STDIN (FORMAT binary)`),
 //! written by hand for the two bulk ingests (execution records, function
-//! log lines): a row is its field count, then each field as its length and
-//! its bytes, numbers big-endian. No allocation, formatting or escaping per
-//! field here, and no text parsing in PostgreSQL.
+//! log chunks): a row is its field count, then each field as its length and
+//! its bytes, numbers big-endian; a one-dimensional array is a field of its
+//! own header and elements (`array_recv`'s format). No allocation,
+//! formatting or escaping per field here, and no text parsing in
+//! PostgreSQL.
 
 /// The start of a binary COPY stream: signature, flags, no extension.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -35,7 +37,73 @@ pub fn field_opt(out: &mut Vec<u8>, s: Option<&str>) {
 
 /// A `timestamptz` field from microseconds since the Unix epoch.
 pub fn timestamp_us(out: &mut Vec<u8>, unix_us: i64) {
-    field(out, &unix_us.saturating_sub(PG_EPOCH_US).to_be_bytes());
+    field(out, &timestamp_bytes(unix_us));
+}
+
+/// A `timestamptz`'s binary form from microseconds since the Unix epoch.
+pub fn timestamp_bytes(unix_us: i64) -> [u8; 8] {
+    unix_us.saturating_sub(PG_EPOCH_US).to_be_bytes()
+}
+
+/// Element type of a `text[]`.
+pub const TEXT_OID: u32 = 25;
+/// Element type of a `timestamptz[]`.
+pub const TIMESTAMPTZ_OID: u32 = 1184;
+
+/// A one-dimensional array field being written: [`Array::start`], then
+/// [`Array::push`] per element, then [`Array::finish`], which fills in the
+/// field's length, the element count and whether any was NULL.
+#[must_use = "an array field is only complete after finish"]
+pub struct Array {
+    start: usize,
+    count: i32,
+    nulls: bool,
+}
+
+impl Array {
+    /// Starts an array field of elements of type `oid`.
+    pub fn start(out: &mut Vec<u8>, oid: u32) -> Self {
+        let start = out.len();
+        // field length, ndim, has-null flag, element type, size, lower bound
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&oid.to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&1i32.to_be_bytes());
+        Self {
+            start,
+            count: 0,
+            nulls: false,
+        }
+    }
+
+    /// One element (its binary form), or NULL.
+    pub fn push(&mut self, out: &mut Vec<u8>, element: Option<&[u8]>) {
+        match element {
+            Some(bytes) => field(out, bytes),
+            None => {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+                self.nulls = true;
+            }
+        }
+        self.count += 1;
+    }
+
+    pub fn finish(self, out: &mut Vec<u8>) {
+        let s = self.start;
+        if self.count == 0 {
+            // An empty array has no dimensions.
+            out.truncate(s + 16);
+            out[s + 4..s + 8].copy_from_slice(&0i32.to_be_bytes());
+        } else {
+            out[s + 8..s + 12].copy_from_slice(&i32::from(self.nulls).to_be_bytes());
+            out[s + 16..s + 20].copy_from_slice(&self.count.to_be_bytes());
+        }
+        // A field comes from a body of at most a few tens of MiB.
+        let len = (out.len() - s - 4) as i32;
+        out[s..s + 4].copy_from_slice(&len.to_be_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -43,19 +111,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_are_length_prefixed_and_null_is_minus_one() {
+    fn fields_are_length_prefixed() {
         let mut out = Vec::new();
-        row(&mut out, 3);
+        row(&mut out, 2);
         field(&mut out, b"ab");
-        field_opt(&mut out, None);
         timestamp_us(&mut out, PG_EPOCH_US + 1);
         assert_eq!(
             out,
             [
-                &[0, 3][..],
+                &[0, 2][..],
+                &[0, 0, 0, 2, b'a', b'b'],
+                &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1],
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn arrays_carry_their_count_nulls_and_length() {
+        let mut out = Vec::new();
+        let mut a = Array::start(&mut out, TEXT_OID);
+        a.push(&mut out, Some(b"ab"));
+        a.push(&mut out, None);
+        a.finish(&mut out);
+        let empty_at = out.len();
+        Array::start(&mut out, TEXT_OID).finish(&mut out);
+        assert_eq!(
+            out[..empty_at],
+            [
+                &30i32.to_be_bytes()[..],
+                &1i32.to_be_bytes(),
+                &1i32.to_be_bytes(),
+                &25u32.to_be_bytes(),
+                &2i32.to_be_bytes(),
+                &1i32.to_be_bytes(),
                 &[0, 0, 0, 2, b'a', b'b'],
                 &[0xff, 0xff, 0xff, 0xff],
-                &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1],
+            ]
+            .concat()
+        );
+        assert_eq!(
+            out[empty_at..],
+            [
+                &12i32.to_be_bytes()[..],
+                &0i32.to_be_bytes(),
+                &0i32.to_be_bytes(),
+                &25u32.to_be_bytes(),
             ]
             .concat()
         );

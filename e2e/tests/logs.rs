@@ -463,7 +463,7 @@ async fn a_function_printing_10k_lines_per_second() {
         let db = db.clone();
         async move {
             let (n,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM function_logs l JOIN functions f ON f.id = l.function_id \
+                "SELECT count(*) FROM function_log_lines l JOIN functions f ON f.id = l.function_id \
                  WHERE f.name = 'logs-loud' AND l.line LIKE 'loud%'",
             )
             .fetch_one(&db)

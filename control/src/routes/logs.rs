@@ -21,8 +21,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use containerpub_wire::logs::{
-    LogBatch, LogIngest, LogLine, LogPage, LogQuery, LogStream, MAX_BATCH_LINES, MAX_QUERY_LINES,
-    MAX_WAIT_S, clean_line, is_clean,
+    LogBatch, LogEntry, LogGroup, LogIngest, LogLine, LogPage, LogQuery, LogStream,
+    MAX_BATCH_LINES, MAX_QUERY_LINES, MAX_WAIT_S, clean_line, is_clean,
 };
 use containerpub_wire::request_id;
 use tokio::sync::watch;
@@ -34,11 +34,12 @@ use crate::routes::check_name;
 use crate::routes::watch::query_error;
 use crate::state::AppState;
 
-/// A batch's rows, in `COPY_COLUMNS` fields each.
-const COPY_STATEMENT: &str = "COPY function_logs \
-     (function_id, version, node, instance, stream, at, request_id, line, bytes) \
+/// A batch's chunks (one per group), in `COPY_COLUMNS` fields each.
+const COPY_STATEMENT: &str = "COPY function_log_chunks \
+     (function_id, first_id, n, version, node, instance, min_at, max_at, bytes, \
+      request_ids, ats, streams, line_request_ids, lines) \
      FROM STDIN (FORMAT binary)";
-const COPY_COLUMNS: i16 = 9;
+const COPY_COLUMNS: i16 = 14;
 
 /// Key of the advisory lock every batch takes (ASCII "cpublogs").
 const INGEST_LOCK: i64 = 0x6370_7562_6c6f_6773;
@@ -125,44 +126,51 @@ pub async fn ingest(
     .bind(&deployments)
     .fetch_all(&mut *tx)
     .await?;
-    let mut copy_rows = Vec::with_capacity(pgcopy::HEADER.len() + total * 160 + 2);
+    // The groups stored (of known deployments), with their function and
+    // version; then ids for all their lines at once, under the lock.
+    let stored_groups: Vec<(&LogGroup, i64, i32)> = batch
+        .groups
+        .iter()
+        .filter(|g| !g.lines.is_empty())
+        .filter_map(|group| {
+            let (_, _, function_id, version) = known
+                .iter()
+                .find(|(n, d, _, _)| *n == group.function && *d == group.deployment_id)?;
+            Some((group, *function_id, *version))
+        })
+        .collect();
+    let stored_lines: usize = stored_groups.iter().map(|(g, _, _)| g.lines.len()).sum();
+    let mut next_id = 0i64;
+    if stored_lines > 0 {
+        let (last,): (i64,) = sqlx::query_as(
+            "SELECT setval('function_log_ids', nextval('function_log_ids') + $1 - 1)",
+        )
+        .bind(stored_lines as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        next_id = last - stored_lines as i64 + 1;
+    }
+    let mut copy_rows = Vec::with_capacity(pgcopy::HEADER.len() + stored_lines * 120 + 2);
     copy_rows.extend_from_slice(pgcopy::HEADER);
     // Per function: lines and bytes stored.
     let mut added: Vec<(i64, i64, i64)> = Vec::new();
-    for group in &batch.groups {
-        let Some((_, _, function_id, version)) = known
-            .iter()
-            .find(|(n, d, _, _)| *n == group.function && *d == group.deployment_id)
-        else {
-            continue;
-        };
-        let mut bytes = 0i64;
-        for entry in &group.lines {
-            let line = if is_clean(&entry.line) {
-                Cow::Borrowed(entry.line.as_str())
-            } else {
-                Cow::Owned(clean_line(entry.line.as_bytes()))
-            };
-            // A clean line is bounded (`MAX_LINE_BYTES`): far below i32.
-            let row_bytes = line.len() as i32 + ROW_OVERHEAD_BYTES;
-            bytes += i64::from(row_bytes);
-            pgcopy::row(&mut copy_rows, COPY_COLUMNS);
-            pgcopy::field(&mut copy_rows, &function_id.to_be_bytes());
-            pgcopy::field(&mut copy_rows, &version.to_be_bytes());
-            pgcopy::field(&mut copy_rows, batch.node.as_bytes());
-            pgcopy::field(&mut copy_rows, group.instance.as_bytes());
-            pgcopy::field(&mut copy_rows, entry.stream.as_str().as_bytes());
-            pgcopy::timestamp_us(&mut copy_rows, entry.at_ns.div_euclid(1000));
-            pgcopy::field_opt(&mut copy_rows, entry.request_id.as_deref());
-            pgcopy::field(&mut copy_rows, line.as_bytes());
-            pgcopy::field(&mut copy_rows, &row_bytes.to_be_bytes());
-        }
-        match added.iter_mut().find(|(f, _, _)| f == function_id) {
+    for (group, function_id, version) in stored_groups {
+        let n = group.lines.len();
+        let bytes = write_chunk(
+            &mut copy_rows,
+            &batch.node,
+            group,
+            function_id,
+            version,
+            next_id,
+        );
+        next_id += n as i64;
+        match added.iter_mut().find(|(f, _, _)| *f == function_id) {
             Some((_, lines, b)) => {
-                *lines += group.lines.len() as i64;
+                *lines += n as i64;
                 *b += bytes;
             }
-            None => added.push((*function_id, group.lines.len() as i64, bytes)),
+            None => added.push((function_id, n as i64, bytes)),
         }
     }
     copy_rows.extend_from_slice(pgcopy::TRAILER);
@@ -211,35 +219,219 @@ pub async fn ingest(
     Ok(Json(answer))
 }
 
-type LineRow = (
+/// Writes `group`'s lines as one chunk row of the COPY (lines cleaned
+/// again, ids from `first_id` on); returns the bytes they count against
+/// the function's limit.
+fn write_chunk(
+    out: &mut Vec<u8>,
+    node: &str,
+    group: &LogGroup,
+    function_id: i64,
+    version: i32,
+    first_id: i64,
+) -> i64 {
+    let lines: Vec<Cow<'_, str>> = group
+        .lines
+        .iter()
+        .map(|entry| {
+            if is_clean(&entry.line) {
+                Cow::Borrowed(entry.line.as_str())
+            } else {
+                Cow::Owned(clean_line(entry.line.as_bytes()))
+            }
+        })
+        .collect();
+    let bytes: i64 = lines
+        .iter()
+        .map(|l| l.len() as i64 + i64::from(ROW_OVERHEAD_BYTES))
+        .sum();
+    let at_us = |e: &LogEntry| e.at_ns.div_euclid(1000);
+    let min_at = group.lines.iter().map(at_us).min().unwrap_or(0);
+    let max_at = group.lines.iter().map(at_us).max().unwrap_or(0);
+    let mut request_ids: Vec<&str> = group
+        .lines
+        .iter()
+        .filter_map(|e| e.request_id.as_deref())
+        .collect();
+    request_ids.sort_unstable();
+    request_ids.dedup();
+    pgcopy::row(out, COPY_COLUMNS);
+    pgcopy::field(out, &function_id.to_be_bytes());
+    pgcopy::field(out, &first_id.to_be_bytes());
+    // At most MAX_BATCH_LINES lines.
+    pgcopy::field(out, &(group.lines.len() as i32).to_be_bytes());
+    pgcopy::field(out, &version.to_be_bytes());
+    pgcopy::field(out, node.as_bytes());
+    pgcopy::field(out, group.instance.as_bytes());
+    pgcopy::timestamp_us(out, min_at);
+    pgcopy::timestamp_us(out, max_at);
+    pgcopy::field(out, &bytes.to_be_bytes());
+    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
+    for id in request_ids {
+        a.push(out, Some(id.as_bytes()));
+    }
+    a.finish(out);
+    let mut a = pgcopy::Array::start(out, pgcopy::TIMESTAMPTZ_OID);
+    for entry in &group.lines {
+        a.push(out, Some(&pgcopy::timestamp_bytes(at_us(entry))));
+    }
+    a.finish(out);
+    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
+    for entry in &group.lines {
+        a.push(out, Some(entry.stream.as_str().as_bytes()));
+    }
+    a.finish(out);
+    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
+    for entry in &group.lines {
+        a.push(out, entry.request_id.as_deref().map(str::as_bytes));
+    }
+    a.finish(out);
+    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
+    for line in &lines {
+        a.push(out, Some(line.as_bytes()));
+    }
+    a.finish(out);
+    bytes
+}
+
+/// The chunks a query may read, in id order (`ASC`) or newest first
+/// (`DESC`): of the function, holding ids after `$2` and starting before
+/// `$3`, of version `$4`, an instance starting with `$5`, holding request
+/// id `$6` and a line at or after `$7`. Every chunk it names holds a line
+/// that passes the line filters, save the one holding the cursor and one
+/// that matches `$6` and `$7` on different lines.
+macro_rules! chunks_query {
+    ($order:literal) => {
+        concat!(
+            "SELECT first_id, n, bytes FROM function_log_chunks \
+             WHERE function_id = $1 AND first_id + n - 1 > $2 AND first_id < $3 \
+               AND ($4::int IS NULL OR version = $4) \
+               AND ($5::text IS NULL OR starts_with(instance, $5)) \
+               AND ($6::text IS NULL OR $6 = ANY(request_ids)) \
+               AND ($7::timestamptz IS NULL OR max_at >= $7) \
+             ORDER BY first_id ",
+            $order,
+            " LIMIT 64"
+        )
+    };
+}
+const CHUNKS_FORWARD: &str = chunks_query!("ASC");
+const CHUNKS_NEWEST: &str = chunks_query!("DESC");
+/// The lines of chunks chosen by one of the above.
+const CHUNK_LINES: &str = "SELECT first_id, version, node, instance, ats, streams, \
+     line_request_ids, lines FROM function_log_chunks \
+     WHERE function_id = $1 AND first_id = ANY($2)";
+/// Bytes of chunks (line bytes + 64 a line) a query reads at a time: a
+/// query's memory stays bounded however large the chunks it passes over.
+const READ_BYTES: i64 = 4 << 20;
+
+type ChunkLines = (
     i64,
-    DateTime<Utc>,
     i32,
     String,
     String,
-    String,
-    Option<String>,
-    String,
+    Vec<DateTime<Utc>>,
+    Vec<String>,
+    Vec<Option<String>>,
+    Vec<String>,
 );
 
-/// Lines after a cursor, oldest first (also `since_s` without a cursor).
-const FORWARD: &str = "SELECT id, at, version, node, instance, stream, request_id, line \
-     FROM function_logs \
-     WHERE function_id = $1 AND id > $2 \
-       AND ($3::int IS NULL OR version = $3) \
-       AND ($4::text IS NULL OR starts_with(instance, $4)) \
-       AND ($5::text IS NULL OR request_id = $5) \
-       AND ($6::float8 IS NULL OR at >= now() - make_interval(secs => $6)) \
-     ORDER BY id LIMIT $7";
-/// The newest lines (no cursor, no `since_s`), newest first.
-const NEWEST: &str = "SELECT id, at, version, node, instance, stream, request_id, line \
-     FROM function_logs \
-     WHERE function_id = $1 AND id > $2 \
-       AND ($3::int IS NULL OR version = $3) \
-       AND ($4::text IS NULL OR starts_with(instance, $4)) \
-       AND ($5::text IS NULL OR request_id = $5) \
-       AND ($6::float8 IS NULL OR at >= now() - make_interval(secs => $6)) \
-     ORDER BY id DESC LIMIT $7";
+/// What a query asks for, validated.
+struct Filter<'a> {
+    function_id: i64,
+    after: i64,
+    version: Option<i32>,
+    instance: Option<String>,
+    request_id: Option<&'a str>,
+    since: Option<DateTime<Utc>>,
+    limit: usize,
+    newest: bool,
+}
+
+/// The lines `f` asks for, oldest first: the first `limit` after the
+/// cursor, or the newest `limit`. Reads chunks a few MiB at a time, in
+/// order, until it has `limit` lines or none are left.
+async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
+    let mut lines = Vec::new();
+    // Chunks already read: ids up to `after` (forward), from `before` on
+    // (newest first).
+    let (mut after, mut before) = (f.after, i64::MAX);
+    while lines.len() < f.limit {
+        let chunks: Vec<(i64, i32, i64)> = sqlx::query_as(if f.newest {
+            CHUNKS_NEWEST
+        } else {
+            CHUNKS_FORWARD
+        })
+        .bind(f.function_id)
+        .bind(after)
+        .bind(before)
+        .bind(f.version)
+        .bind(f.instance.as_deref())
+        .bind(f.request_id)
+        .bind(f.since)
+        .fetch_all(db)
+        .await?;
+        let Some(first) = chunks.first() else { break };
+        let mut take = vec![first.0];
+        let mut bytes = first.2;
+        for (id, _, b) in &chunks[1..] {
+            bytes += b;
+            if bytes > READ_BYTES {
+                break;
+            }
+            take.push(*id);
+        }
+        let mut read: Vec<ChunkLines> = sqlx::query_as(CHUNK_LINES)
+            .bind(f.function_id)
+            .bind(&take)
+            .fetch_all(db)
+            .await?;
+        read.sort_unstable_by_key(|c| c.0);
+        if f.newest {
+            read.reverse();
+        }
+        for (first_id, version, node, instance, ats, streams, request_ids, texts) in read {
+            let n = texts.len() as i64;
+            if f.newest {
+                before = first_id;
+            } else {
+                after = first_id + n - 1;
+            }
+            let chunk = ats.into_iter().zip(streams).zip(request_ids).zip(texts);
+            let mut from_chunk = chunk
+                .enumerate()
+                .map(|(i, (((at, stream), request_id), line))| LogLine {
+                    id: first_id + i as i64,
+                    at,
+                    version,
+                    node: node.clone(),
+                    instance: instance.clone(),
+                    stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
+                    request_id,
+                    line,
+                })
+                .filter(|l| {
+                    l.id > f.after
+                        && f.request_id
+                            .is_none_or(|id| l.request_id.as_deref() == Some(id))
+                        && f.since.is_none_or(|since| l.at >= since)
+                })
+                .collect::<Vec<_>>();
+            if f.newest {
+                from_chunk.reverse();
+            }
+            let room = f.limit - lines.len();
+            lines.extend(from_chunk.into_iter().take(room));
+            if lines.len() >= f.limit {
+                break;
+            }
+        }
+    }
+    if f.newest {
+        lines.reverse();
+    }
+    Ok(lines)
+}
 
 /// `GET /api/v1/functions/{name}/logs`.
 pub async fn query(
@@ -298,41 +490,47 @@ pub async fn query(
     let Some((function_id,)) = function_id else {
         return Err(Error::NotFound(format!("function {name:?} not found")));
     };
-    let newest = q.after.is_none() && q.since_s.is_none();
+    let since: Option<DateTime<Utc>> = match q.since_s {
+        Some(s) => Some(
+            sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
+                .bind(s as f64)
+                .fetch_one(&state.db)
+                .await?,
+        ),
+        None => None,
+    };
+    let filter = Filter {
+        function_id,
+        after: q.after.unwrap_or(0),
+        version: q.version,
+        instance: q.instance.as_deref().map(str::to_ascii_lowercase),
+        request_id: q.request_id.as_deref(),
+        since,
+        limit: limit as usize,
+        newest: q.after.is_none() && q.since_s.is_none(),
+    };
     let deadline = tokio::time::Instant::now() + wait;
     let mut stored = STORED.subscribe();
     loop {
         stored.mark_unchanged();
-        let mut rows: Vec<LineRow> = sqlx::query_as(if newest { NEWEST } else { FORWARD })
-            .bind(function_id)
-            .bind(q.after.unwrap_or(0))
-            .bind(q.version)
-            .bind(q.instance.as_deref().map(str::to_ascii_lowercase))
-            .bind(q.request_id.as_deref())
-            .bind(q.since_s.map(|s| s as f64))
-            .bind(i64::from(limit))
-            .fetch_all(&state.db)
-            .await?;
-        if newest {
-            rows.reverse();
-        }
+        let lines = read_lines(&state.db, &filter).await?;
         let waiting = q.after.is_some() && !wait.is_zero();
-        if !rows.is_empty() || !waiting || tokio::time::Instant::now() >= deadline {
-            let next = match (rows.last(), q.after) {
-                (Some(last), _) => last.0,
+        if !lines.is_empty() || !waiting || tokio::time::Instant::now() >= deadline {
+            let next = match (lines.last(), q.after) {
+                (Some(last), _) => last.id,
                 (None, Some(after)) => after,
                 // Nothing yet: follow from the newest line of the function.
                 (None, None) => {
-                    let (max,): (i64,) = sqlx::query_as(
-                        "SELECT coalesce(max(id), 0) FROM function_logs WHERE function_id = $1",
+                    let last: Option<(i64,)> = sqlx::query_as(
+                        "SELECT first_id + n - 1 FROM function_log_chunks \
+                         WHERE function_id = $1 ORDER BY first_id DESC LIMIT 1",
                     )
                     .bind(function_id)
-                    .fetch_one(&state.db)
+                    .fetch_optional(&state.db)
                     .await?;
-                    max
+                    last.map_or(0, |(id,)| id)
                 }
             };
-            let lines = rows.into_iter().map(to_line).collect();
             return Ok(Json(LogPage { lines, next }));
         }
         tokio::select! {
@@ -347,19 +545,5 @@ pub async fn query(
                 next: q.after.unwrap_or(0),
             }));
         }
-    }
-}
-
-fn to_line(row: LineRow) -> LogLine {
-    let (id, at, version, node, instance, stream, request_id, line) = row;
-    LogLine {
-        id,
-        at,
-        version,
-        node,
-        instance,
-        stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
-        request_id,
-        line,
     }
 }
