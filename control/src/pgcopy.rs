@@ -27,14 +27,6 @@ pub fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// A text field, or NULL.
-pub fn field_opt(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => field(out, s.as_bytes()),
-        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-    }
-}
-
 /// A `timestamptz` field from microseconds since the Unix epoch.
 pub fn timestamp_us(out: &mut Vec<u8>, unix_us: i64) {
     field(out, &timestamp_bytes(unix_us));
@@ -45,6 +37,10 @@ pub fn timestamp_bytes(unix_us: i64) -> [u8; 8] {
     unix_us.saturating_sub(PG_EPOCH_US).to_be_bytes()
 }
 
+/// Element type of a `smallint[]`.
+pub const INT2_OID: u32 = 21;
+/// Element type of a `bigint[]`.
+pub const INT8_OID: u32 = 20;
 /// Element type of a `text[]`.
 pub const TEXT_OID: u32 = 25;
 /// Element type of a `timestamptz[]`.

@@ -224,17 +224,17 @@ async fn records_land_in_their_day_and_old_ones_are_skipped() {
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let r: IngestResult = serde_json::from_slice(&body).unwrap();
     assert_eq!((r.stored, r.skipped), (2, 2));
-    // Each row in its own day's partition.
+    // Each record in a chunk of its own day, in that day's partition.
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT tableoid::regclass::text, to_char(at AT TIME ZONE 'UTC', 'YYYYMMDD') \
-         FROM executions WHERE function = 'days' ORDER BY at",
+        "SELECT c.tableoid::regclass::text, to_char(r.at AT TIME ZONE 'UTC', 'YYYYMMDD') \
+         FROM execution_chunks c, unnest(c.ats) r(at) WHERE c.function = 'days' ORDER BY r.at",
     )
     .fetch_all(app.db())
     .await
     .unwrap();
     assert_eq!(rows.len(), 2);
     for (partition, day) in &rows {
-        assert_eq!(partition, &format!("executions_p{day}"));
+        assert_eq!(partition, &format!("execution_chunks_p{day}"));
     }
     assert_ne!(rows[0].1, rows[1].1);
 }
@@ -252,7 +252,7 @@ async fn a_partition_dropped_behind_the_cache_is_made_again() {
     // Today's partition goes behind the control plane's back (it remembers
     // it exists).
     let (partition,): (String,) = sqlx::query_as(
-        "SELECT tableoid::regclass::text FROM executions WHERE function = 'gone' LIMIT 1",
+        "SELECT tableoid::regclass::text FROM execution_chunks WHERE function = 'gone' LIMIT 1",
     )
     .fetch_one(app.db())
     .await

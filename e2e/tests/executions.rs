@@ -293,11 +293,12 @@ async fn every_call_is_recorded_and_shown() {
         .unwrap();
     assert_eq!(n, 1);
     // Today's partition exists.
-    let (parts,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM pg_inherits WHERE inhparent = 'executions'::regclass")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let (parts,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'execution_chunks'::regclass",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
     assert!(parts >= 1);
 
     // A function that crashes at start: a start failure in `cpub status`
@@ -416,7 +417,7 @@ async fn every_call_is_recorded_and_shown() {
     // Retention: a partition older than the retention (7 days) goes when
     // the control plane starts (and hourly); today's stays.
     sqlx::raw_sql(
-        "CREATE TABLE executions_p20000101 PARTITION OF executions \
+        "CREATE TABLE execution_chunks_p20000101 PARTITION OF execution_chunks \
          FOR VALUES FROM ('2000-01-01 00:00:00+00') TO ('2000-01-02 00:00:00+00')",
     )
     .execute(&db)
@@ -427,7 +428,7 @@ async fn every_call_is_recorded_and_shown() {
     let partitions = || async {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'executions'::regclass",
+             WHERE i.inhparent = 'execution_chunks'::regclass",
         )
         .fetch_all(&db)
         .await
@@ -440,7 +441,7 @@ async fn every_call_is_recorded_and_shown() {
         || async {
             (!partitions()
                 .await
-                .contains(&"executions_p20000101".to_owned()))
+                .contains(&"execution_chunks_p20000101".to_owned()))
             .then_some(())
         },
     )

@@ -1,5 +1,7 @@
 //! Execution records: `POST /api/v1/executions` (a proxy's batch, written
-//! with a binary COPY into the day-partitioned `executions` table, migration 0006),
+//! with a binary COPY into the day-partitioned `execution_chunks` table, a
+//! row per function deployment and day with the records in arrays,
+//! migrations 0006 and 0011; the view `executions` shows a row per record),
 //! `GET /api/v1/functions/{name}/executions` (the newest calls, filtered by
 //! status and time), and the partitions' upkeep: a day's partition is
 //! created when a record of that day arrives, and `retain` drops those past
@@ -25,7 +27,7 @@ use sqlx::PgPool;
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
-use crate::pgcopy::{self, field, field_opt};
+use crate::pgcopy::{self, field};
 use crate::routes::check_name;
 use crate::state::AppState;
 
@@ -71,7 +73,7 @@ fn known() -> &'static Mutex<HashSet<NaiveDate>> {
 }
 
 fn partition_name(day: NaiveDate) -> String {
-    format!("executions_p{}", day.format("%Y%m%d"))
+    format!("execution_chunks_p{}", day.format("%Y%m%d"))
 }
 
 /// Creates the partition of `day` unless it exists. Serialised by an
@@ -83,7 +85,7 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
     let next = day + TimeDelta::days(1);
     // Names and bounds are built from a date only: no input reaches the SQL.
     let sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} PARTITION OF executions \
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF execution_chunks \
          FOR VALUES FROM ('{} 00:00:00+00') TO ('{} 00:00:00+00')",
         partition_name(day),
         day.format("%Y-%m-%d"),
@@ -100,43 +102,78 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
 }
 
 /// Columns of a row of `COPY_STATEMENT`.
-const COPY_COLUMNS: i16 = 18;
+const COPY_COLUMNS: i16 = 21;
 
-/// One binary COPY row for `r` (`at_us` checked by the caller); text
-/// columns go as their UTF-8 bytes, numbers big-endian, `at` as
-/// microseconds since 2000-01-01 (a `timestamptz`'s binary form).
-fn copy_row(out: &mut Vec<u8>, node: &str, r: &ExecutionRecordRef<'_>) {
-    // Validated: every duration and byte count fits an i64.
-    let int8 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX).to_be_bytes();
+/// One binary COPY row of `execution_chunks` for `records` (of one function
+/// deployment and day, `at_us` checked by the caller): the chunk's columns,
+/// then one array per field, an element per record. Text goes as its UTF-8
+/// bytes, numbers big-endian, times as microseconds since 2000-01-01 (a
+/// `timestamptz`'s binary form).
+fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]) {
+    use pgcopy::{Array, INT2_OID, INT8_OID, TEXT_OID, TIMESTAMPTZ_OID};
+    let Some(first) = records.first() else { return };
+    let min_at = records.iter().map(|r| r.at_us).min().unwrap_or(first.at_us);
+    let max_at = records.iter().map(|r| r.at_us).max().unwrap_or(first.at_us);
     pgcopy::row(out, COPY_COLUMNS);
-    pgcopy::timestamp_us(out, r.at_us);
     field(out, node.as_bytes());
-    field(out, r.function.as_str().as_bytes());
-    field(out, &r.deployment_id.to_be_bytes());
-    field(out, &r.version.to_be_bytes());
-    field_opt(out, r.instance.as_ref().map(Text::as_str));
-    field(out, r.request_id.as_str().as_bytes());
-    field_opt(out, r.trace_id.as_ref().map(Text::as_str));
-    field(out, r.method.as_str().as_bytes());
-    // Validated: at most 999.
-    field(out, &(r.status as i16).to_be_bytes());
-    field_opt(out, r.start.map(StartKind::as_str));
-    for v in [
-        r.queue_us,
-        r.start_us,
-        r.upstream_us,
-        r.total_us,
-        r.bytes_in,
-        r.bytes_out,
-    ] {
-        field(out, &int8(v));
+    field(out, first.function.as_str().as_bytes());
+    field(out, &first.deployment_id.to_be_bytes());
+    field(out, &first.version.to_be_bytes());
+    // At most MAX_BATCH_RECORDS.
+    field(out, &(records.len() as i32).to_be_bytes());
+    pgcopy::timestamp_us(out, min_at);
+    pgcopy::timestamp_us(out, max_at);
+    fn text(
+        out: &mut Vec<u8>,
+        records: &[&ExecutionRecordRef<'_>],
+        pick: impl for<'a> Fn(&'a ExecutionRecordRef<'_>) -> Option<&'a str>,
+    ) {
+        let mut a = Array::start(out, TEXT_OID);
+        for r in records {
+            a.push(out, pick(r).map(str::as_bytes));
+        }
+        a.finish(out);
     }
-    field_opt(out, r.rejection.as_ref().map(Text::as_str));
+    let mut a = Array::start(out, TIMESTAMPTZ_OID);
+    for r in records {
+        a.push(out, Some(&pgcopy::timestamp_bytes(r.at_us)));
+    }
+    a.finish(out);
+    text(out, records, |r| r.instance.as_ref().map(Text::as_str));
+    text(out, records, |r| Some(r.request_id.as_str()));
+    text(out, records, |r| r.trace_id.as_ref().map(Text::as_str));
+    text(out, records, |r| Some(r.method.as_str()));
+    let mut a = Array::start(out, INT2_OID);
+    for r in records {
+        // Validated: at most 999.
+        a.push(out, Some(&(r.status as i16).to_be_bytes()));
+    }
+    a.finish(out);
+    text(out, records, |r| r.start.map(StartKind::as_str));
+    let fields: [fn(&ExecutionRecordRef<'_>) -> u64; 6] = [
+        |r| r.queue_us,
+        |r| r.start_us,
+        |r| r.upstream_us,
+        |r| r.total_us,
+        |r| r.bytes_in,
+        |r| r.bytes_out,
+    ];
+    for pick in fields {
+        let mut a = Array::start(out, INT8_OID);
+        for r in records {
+            // Validated: every duration and byte count fits an i64.
+            let v = i64::try_from(pick(r)).unwrap_or(i64::MAX);
+            a.push(out, Some(&v.to_be_bytes()));
+        }
+        a.finish(out);
+    }
+    text(out, records, |r| r.rejection.as_ref().map(Text::as_str));
 }
 
-const COPY_STATEMENT: &str = "COPY executions (at, node, function, deployment_id, version, \
-     instance, request_id, trace_id, method, status, start_kind, queue_us, start_us, \
-     upstream_us, total_us, bytes_in, bytes_out, rejection) FROM STDIN (FORMAT binary)";
+const COPY_STATEMENT: &str = "COPY execution_chunks (node, function, deployment_id, version, \
+     n, min_at, max_at, ats, instances, request_ids, trace_ids, methods, statuses, \
+     start_kinds, queue_us, start_us, upstream_us, total_us, bytes_in, bytes_out, rejections) \
+     FROM STDIN (FORMAT binary)";
 
 /// Microseconds in a day.
 const US_PER_DAY: i64 = 86_400_000_000;
@@ -181,10 +218,10 @@ pub async fn ingest(
     let now = Utc::now();
     let oldest = (now - TimeDelta::days(i64::from(retention_days()))).timestamp_micros();
     let newest = (now + MAX_AHEAD).timestamp_micros();
-    // About 200 bytes a row in the binary form.
-    let mut rows = Vec::with_capacity(pgcopy::HEADER.len() + batch.records.len() * 200 + 2);
-    rows.extend_from_slice(pgcopy::HEADER);
-    // The days of the records (one or two in practice).
+    // The records kept, by function deployment and day (a chunk each; a
+    // few per batch in practice).
+    type Key<'k> = (&'k str, i64, i32, i64);
+    let mut chunks: Vec<(Key<'_>, Vec<&ExecutionRecordRef<'_>>)> = Vec::new();
     let mut days: Vec<i64> = Vec::new();
     let mut skipped = 0u64;
     let mut kept = 0u64;
@@ -205,8 +242,18 @@ pub async fn ingest(
         if !days.contains(&day) {
             days.push(day);
         }
-        copy_row(&mut rows, node, r);
+        let key = (r.function.as_str(), r.deployment_id, r.version, day);
+        match chunks.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, records)) => records.push(r),
+            None => chunks.push((key, vec![r])),
+        }
         kept += 1;
+    }
+    // About 130 bytes a record in the binary form.
+    let mut rows = Vec::with_capacity(pgcopy::HEADER.len() + kept as usize * 130 + 2);
+    rows.extend_from_slice(pgcopy::HEADER);
+    for (_, records) in &chunks {
+        copy_chunk(&mut rows, node, records);
     }
     rows.extend_from_slice(pgcopy::TRAILER);
     let days: Vec<NaiveDate> = days
@@ -274,15 +321,13 @@ async fn store(
         tx.rollback().await?;
         return Ok(None);
     }
-    let stored = if kept == 0 {
-        0
-    } else {
+    if kept > 0 {
         let mut copy = tx.copy_in_raw(COPY_STATEMENT).await?;
         copy.send(rows).await?;
-        copy.finish().await?
-    };
+        copy.finish().await?;
+    }
     tx.commit().await?;
-    Ok(Some(stored))
+    Ok(Some(kept))
 }
 
 /// PostgreSQL's "no partition of relation … found for row".
@@ -298,14 +343,14 @@ pub async fn retain(db: &PgPool) -> Result<u64> {
     let keep_from = Utc::now().date_naive() - TimeDelta::days(i64::from(retention_days()));
     let names: Vec<(String,)> = sqlx::query_as(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-         WHERE i.inhparent = 'executions'::regclass",
+         WHERE i.inhparent = 'execution_chunks'::regclass",
     )
     .fetch_all(db)
     .await?;
     let mut dropped = 0;
     for (name,) in names {
         let Some(day) = name
-            .strip_prefix("executions_p")
+            .strip_prefix("execution_chunks_p")
             .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
         else {
             continue;
@@ -313,7 +358,7 @@ pub async fn retain(db: &PgPool) -> Result<u64> {
         if day >= keep_from {
             continue;
         }
-        // The name was checked to be executions_pYYYYMMDD above.
+        // The name was checked to be execution_chunks_pYYYYMMDD above.
         let sql = format!("DROP TABLE IF EXISTS {}", partition_name(day));
         let mut tx = db.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cpub_execution_partitions'))")
@@ -415,7 +460,8 @@ pub async fn list(
                 e.method, e.status, e.start_kind, e.queue_us, e.start_us, e.upstream_us, \
                 e.total_us, e.bytes_in, e.bytes_out, e.rejection \
          FROM executions e \
-         WHERE e.function = $1 AND e.at >= $2 AND e.status BETWEEN $3 AND $4 \
+         WHERE e.function = $1 AND e.chunk_max_at >= $2 AND e.at >= $2 \
+           AND e.status BETWEEN $3 AND $4 \
            AND e.deployment_id IN (SELECT id FROM deployments WHERE function_id = $5) \
          ORDER BY e.at DESC LIMIT $6",
     )
@@ -480,8 +526,18 @@ mod tests {
         out
     }
 
+    /// The elements of a one-dimensional array field (None: NULL).
+    fn elements(field: &[u8]) -> Vec<Option<Vec<u8>>> {
+        let int = |at: usize| i32::from_be_bytes(field[at..at + 4].try_into().unwrap());
+        assert_eq!(int(0), 1, "one dimension");
+        let n = int(12);
+        let mut row = n.to_be_bytes().to_vec()[2..].to_vec();
+        row.extend_from_slice(&field[20..]);
+        fields(&row)
+    }
+
     #[test]
-    fn copy_rows_are_binary_and_raw() {
+    fn copy_chunks_are_binary_and_raw() {
         let r = ExecutionRecord {
             at_us: 1_700_000_000_123_456,
             function: "f".into(),
@@ -501,24 +557,48 @@ mod tests {
             bytes_out: 6,
             rejection: None,
         };
+        let mut later = r.clone();
+        later.at_us += 10;
+        later.instance = Some("abc".into());
+        later.status = 503;
+        later.total_us = 40;
+        let (r, later) = (r.borrowed(), later.borrowed());
         let mut out = Vec::new();
-        copy_row(&mut out, "n\t1", &r.borrowed());
+        copy_chunk(&mut out, "n\t1", &[&later, &r]);
         let f = fields(&out);
         assert_eq!(f.len(), COPY_COLUMNS as usize);
-        let i64_of =
-            |v: &Option<Vec<u8>>| i64::from_be_bytes(v.clone().unwrap().try_into().unwrap());
-        // 2023-11-14T22:13:20.123456Z since 2000-01-01.
-        assert_eq!(i64_of(&f[0]), 1_700_000_000_123_456 - 946_684_800_000_000);
+        let i64_of = |v: &[u8]| i64::from_be_bytes(v.try_into().unwrap());
+        let f: Vec<Vec<u8>> = f.into_iter().map(|v| v.expect("no NULL column")).collect();
         // Text goes raw: no escapes in the binary form.
-        assert_eq!(f[1].as_deref(), Some(&b"n\t1"[..]));
-        assert_eq!(f[2].as_deref(), Some(&b"f"[..]));
-        assert_eq!(i64_of(&f[3]), 1);
-        assert_eq!(f[4].as_deref(), Some(&2i32.to_be_bytes()[..]));
-        assert_eq!((&f[5], &f[7], &f[17]), (&None, &None, &None));
-        assert_eq!(f[8].as_deref(), Some(&b"G\\T\""[..]));
-        assert_eq!(f[9].as_deref(), Some(&200i16.to_be_bytes()[..]));
-        assert_eq!(f[10].as_deref(), Some(&b"warm"[..]));
-        let numbers: Vec<i64> = f[11..17].iter().map(i64_of).collect();
-        assert_eq!(numbers, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(f[0], b"n\t1");
+        assert_eq!(f[1], b"f");
+        assert_eq!(i64_of(&f[2]), 1);
+        assert_eq!(f[3], 2i32.to_be_bytes());
+        assert_eq!(f[4], 2i32.to_be_bytes());
+        // 2023-11-14T22:13:20.123456Z since 2000-01-01: the first and the
+        // last time of the chunk.
+        let pg = 1_700_000_000_123_456 - 946_684_800_000_000;
+        assert_eq!((i64_of(&f[5]), i64_of(&f[6])), (pg, pg + 10));
+        let times: Vec<i64> = elements(&f[7])
+            .iter()
+            .map(|e| i64_of(e.as_ref().unwrap()))
+            .collect();
+        assert_eq!(times, [pg + 10, pg], "in the order sent");
+        assert_eq!(elements(&f[8]), [Some(b"abc".to_vec()), None]);
+        assert_eq!(elements(&f[11]), vec![Some(b"G\\T\"".to_vec()); 2]);
+        assert_eq!(
+            elements(&f[12]),
+            [
+                Some(503i16.to_be_bytes().to_vec()),
+                Some(200i16.to_be_bytes().to_vec())
+            ]
+        );
+        assert_eq!(elements(&f[13]), vec![Some(b"warm".to_vec()); 2]);
+        let totals: Vec<i64> = elements(&f[17])
+            .iter()
+            .map(|e| i64_of(e.as_ref().unwrap()))
+            .collect();
+        assert_eq!(totals, [40, 4]);
+        assert_eq!(elements(&f[20]), [None, None]);
     }
 }

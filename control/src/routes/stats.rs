@@ -52,7 +52,7 @@ const SQL: &str = "SELECT {bucket} AS bucket, count(*) AS calls, \
        (avg(queue_us) FILTER (WHERE start_kind IS NOT NULL))::float8 AS queue_us, \
        max(queue_us) AS queue_max_us \
      FROM executions \
-     WHERE function = $1 AND at >= $2 \
+     WHERE function = $1 AND chunk_max_at >= $2 AND at >= $2 \
        AND deployment_id IN (SELECT id FROM deployments WHERE function_id = $3) \
      GROUP BY 1 ORDER BY 1";
 

@@ -119,7 +119,8 @@ pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Jso
                     count(*) FILTER (WHERE x.status >= 500 OR x.status < 100) AS errors \
              FROM executions x JOIN deployments xd ON xd.id = x.deployment_id \
              JOIN functions xf ON xf.id = xd.function_id AND xf.name = x.function \
-             WHERE x.at >= now() - interval '5 minutes' \
+             WHERE x.chunk_max_at >= now() - interval '5 minutes' \
+               AND x.at >= now() - interval '5 minutes' \
              GROUP BY x.function) e ON e.function = f.name \
          ORDER BY f.name",
     )
