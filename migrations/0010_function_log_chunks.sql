@@ -14,7 +14,9 @@ CREATE TABLE function_log_chunks (
     function_id BIGINT NOT NULL,
     -- the id of the chunk's first line: its lines are first_id .. first_id + n - 1
     first_id    BIGINT NOT NULL,
-    n           INTEGER NOT NULL CHECK (n >= 1),
+    -- at most a batch (wire::logs::MAX_BATCH_LINES): a query's lower
+    -- bound on first_id counts on it
+    n           INTEGER NOT NULL CHECK (n BETWEEN 1 AND 10000),
     version     INTEGER NOT NULL,
     node        TEXT NOT NULL CHECK (length(node) BETWEEN 1 AND 253),
     -- short container id; empty for platform lines of no one instance
@@ -36,14 +38,23 @@ CREATE TABLE function_log_chunks (
     CHECK (cardinality(ats) = n AND cardinality(streams) = n
            AND cardinality(line_request_ids) = n AND cardinality(lines) = n)
 );
-ALTER TABLE function_log_chunks
-    ALTER COLUMN ats SET COMPRESSION lz4,
-    ALTER COLUMN streams SET COMPRESSION lz4,
-    ALTER COLUMN line_request_ids SET COMPRESSION lz4,
-    ALTER COLUMN lines SET COMPRESSION lz4,
-    ALTER COLUMN request_ids SET COMPRESSION lz4;
+-- lz4 where the server has it (Debian's and most builds), else the default
+-- (pglz: a few times the CPU, measured in docs/BENCHMARKS.md).
+DO $$
+BEGIN
+    ALTER TABLE function_log_chunks
+        ALTER COLUMN ats SET COMPRESSION lz4,
+        ALTER COLUMN streams SET COMPRESSION lz4,
+        ALTER COLUMN line_request_ids SET COMPRESSION lz4,
+        ALTER COLUMN lines SET COMPRESSION lz4,
+        ALTER COLUMN request_ids SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'no lz4 in this server: log chunks compressed with pglz';
+END $$;
 -- the age sweep
 CREATE INDEX function_log_chunks_max_at ON function_log_chunks (max_at);
+-- `cpub logs --request-id` (`request_ids @> ARRAY[id]`)
+CREATE INDEX function_log_chunks_request_ids ON function_log_chunks USING gin (request_ids);
 
 -- Line ids, drawn a batch at a time.
 CREATE SEQUENCE function_log_ids AS BIGINT;

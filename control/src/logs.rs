@@ -4,7 +4,7 @@
 //! keeps more than `--log-retention-bytes` (checked after every stored
 //! batch from the usage row kept with each insert: past the limit, its
 //! oldest chunks go until it holds at most 90 % of it, so a busy function
-//! is not trimmed on every batch). The handlers are in `routes/logs.rs`.
+//! is not trimmed on every batch; its newest chunk always stays). The handlers are in `routes/logs.rs`.
 
 use std::time::Duration;
 
@@ -115,7 +115,9 @@ pub async fn sweep(db: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
 }
 
 /// Removes the oldest chunks of `function_id` until it holds at most 90 %
-/// of `max_bytes`; returns the bytes removed.
+/// of `max_bytes`, never its newest chunk (which alone may hold more: a
+/// batch is up to 16 MiB, the limit at least 64 KiB); returns the bytes
+/// removed.
 pub async fn trim(db: &PgPool, function_id: i64, max_bytes: u64) -> Result<u64, sqlx::Error> {
     let target = i64::try_from(max_bytes / 10 * 9).unwrap_or(i64::MAX);
     let (removed,): (i64,) = sqlx::query_as(
@@ -126,8 +128,10 @@ pub async fn trim(db: &PgPool, function_id: i64, max_bytes: u64) -> Result<u64, 
              FROM function_log_chunks WHERE function_id = $1) t \
            WHERE t.cum >= (SELECT bytes FROM usage) - $2 \
              AND (SELECT bytes FROM usage) > $2), \
+         newest AS (SELECT max(first_id) AS id FROM function_log_chunks WHERE function_id = $1), \
          del AS (DELETE FROM function_log_chunks \
                  WHERE function_id = $1 AND first_id <= (SELECT id FROM cut) \
+                   AND first_id < (SELECT id FROM newest) \
                  RETURNING bytes), \
          sum AS (SELECT coalesce(sum(bytes), 0)::bigint AS b FROM del), \
          up AS (UPDATE function_log_usage SET bytes = greatest(bytes - (SELECT b FROM sum), 0) \

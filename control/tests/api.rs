@@ -1224,6 +1224,13 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
             .await
             .unwrap();
     assert_eq!(usage, 4 + 64);
+    // The newest chunk stays, even alone over the limit.
+    assert_eq!(
+        containerpub_control::logs::trim(db, function, 1)
+            .await
+            .unwrap(),
+        0
+    );
     sqlx::query(
         "UPDATE function_log_chunks SET min_at = min_at - interval '8 days', \
          max_at = max_at - interval '8 days', \

@@ -152,6 +152,53 @@ async fn records_are_stored_as_sent_and_a_resent_batch_once() {
     let r: IngestResult = serde_json::from_slice(&body).unwrap();
     assert_eq!((r.stored, r.duplicate), (0, true));
     assert_eq!(count(app.db(), "exact").await, 2);
+
+    // Older calls: the listing's window (a minute back, growing) reaches
+    // them, and a page is the newest records within `since`.
+    let mut older = Vec::new();
+    for (i, ago_s) in [(2, 20 * 60), (3, 3 * 3600)] {
+        let mut r = record(i, "exact", did);
+        r.at_us = now_us() - ago_s * 1_000_000;
+        older.push(r);
+    }
+    let (status, _) = app
+        .ingest(&ExecutionBatch {
+            node: "node-b".into(),
+            batch: "boot-2".into(),
+            records: older.clone(),
+        })
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let app = &app;
+    let list = |query: &'static str| async move {
+        let (status, body) = app
+            .send(
+                "GET",
+                &format!("/api/v1/functions/exact/executions?{query}"),
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<Vec<ExecutionInfo>>(&body)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record.request_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list("since=1h").await,
+        ["rid-with.dots_and-dashes", "req-0", "req-2"]
+    );
+    assert_eq!(
+        list("since=6h").await,
+        ["rid-with.dots_and-dashes", "req-0", "req-2", "req-3"]
+    );
+    assert_eq!(list("since=6h&limit=1").await, ["rid-with.dots_and-dashes"]);
+    assert_eq!(
+        list("since=6h&limit=3").await,
+        ["rid-with.dots_and-dashes", "req-0", "req-2"]
+    );
+    assert_eq!(list("since=6h&status=2xx").await, ["req-2", "req-3"]);
 }
 
 #[tokio::test]

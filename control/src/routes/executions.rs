@@ -11,7 +11,7 @@
 //! a crash: proxies use one. A record is shown only while its deployment
 //! belongs to the function it names.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -221,7 +221,8 @@ pub async fn ingest(
     // The records kept, by function deployment and day (a chunk each; a
     // few per batch in practice).
     type Key<'k> = (&'k str, i64, i32, i64);
-    let mut chunks: Vec<(Key<'_>, Vec<&ExecutionRecordRef<'_>>)> = Vec::new();
+    let mut chunks: Vec<Vec<&ExecutionRecordRef<'_>>> = Vec::new();
+    let mut chunk_of: HashMap<Key<'_>, usize> = HashMap::new();
     let mut days: Vec<i64> = Vec::new();
     let mut skipped = 0u64;
     let mut kept = 0u64;
@@ -243,16 +244,18 @@ pub async fn ingest(
             days.push(day);
         }
         let key = (r.function.as_str(), r.deployment_id, r.version, day);
-        match chunks.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, records)) => records.push(r),
-            None => chunks.push((key, vec![r])),
+        let next = chunks.len();
+        let at = *chunk_of.entry(key).or_insert(next);
+        if at == next {
+            chunks.push(Vec::new());
         }
+        chunks[at].push(r);
         kept += 1;
     }
     // About 130 bytes a record in the binary form.
     let mut rows = Vec::with_capacity(pgcopy::HEADER.len() + kept as usize * 130 + 2);
     rows.extend_from_slice(pgcopy::HEADER);
-    for (_, records) in &chunks {
+    for records in &chunks {
         copy_chunk(&mut rows, node, records);
     }
     rows.extend_from_slice(pgcopy::TRAILER);
@@ -455,24 +458,38 @@ pub async fn list(
             format!("must be 1 to {}", wire::MAX_LIST_LIMIT),
         ));
     }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT e.at, e.node, e.deployment_id, e.version, e.instance, e.request_id, e.trace_id, \
-                e.method, e.status, e.start_kind, e.queue_us, e.start_us, e.upstream_us, \
-                e.total_us, e.bytes_in, e.bytes_out, e.rejection \
-         FROM executions e \
-         WHERE e.function = $1 AND e.chunk_max_at >= $2 AND e.at >= $2 \
-           AND e.status BETWEEN $3 AND $4 \
-           AND e.deployment_id IN (SELECT id FROM deployments WHERE function_id = $5) \
-         ORDER BY e.at DESC LIMIT $6",
-    )
-    .bind(&name)
-    .bind(since)
-    .bind(lo as i16)
-    .bind(hi as i16)
-    .bind(id)
-    .bind(i64::from(limit))
-    .fetch_all(&state.db)
-    .await?;
+    // The newest `limit` records since `since`, found in a window that
+    // starts a minute back and grows 8-fold until it holds `limit` of them
+    // or reaches `since`: the rows in `[from, …)` are exactly those of the
+    // chunks whose newest record is at or after `from`, so a full page from
+    // a window is the page, and a busy function's days of chunks are not
+    // opened for the newest hundred calls.
+    let mut window = TimeDelta::minutes(1);
+    let rows = loop {
+        let from = (Utc::now() - window).max(since);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT e.at, e.node, e.deployment_id, e.version, e.instance, e.request_id, \
+                    e.trace_id, e.method, e.status, e.start_kind, e.queue_us, e.start_us, \
+                    e.upstream_us, e.total_us, e.bytes_in, e.bytes_out, e.rejection \
+             FROM executions e \
+             WHERE e.function = $1 AND e.chunk_max_at >= $2 AND e.at >= $2 \
+               AND e.status BETWEEN $3 AND $4 \
+               AND e.deployment_id IN (SELECT id FROM deployments WHERE function_id = $5) \
+             ORDER BY e.at DESC LIMIT $6",
+        )
+        .bind(&name)
+        .bind(from)
+        .bind(lo as i16)
+        .bind(hi as i16)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&state.db)
+        .await?;
+        if rows.len() >= limit as usize || from <= since {
+            break rows;
+        }
+        window = window * 8;
+    };
     let u = |v: i64| u64::try_from(v).unwrap_or(0);
     let out = rows
         .into_iter()

@@ -299,15 +299,20 @@ fn write_chunk(
 /// `$3`, of version `$4`, an instance starting with `$5`, holding request
 /// id `$6` and a line at or after `$7`. Every chunk it names holds a line
 /// that passes the line filters, save the one holding the cursor and one
-/// that matches `$6` and `$7` on different lines.
+/// that matches `$6` and `$7` on different lines. `$8` is `$2` less the
+/// most lines a chunk holds (`MAX_BATCH_LINES`, a check of migration
+/// 0010): a bound on `first_id` itself, so that a follower's query starts
+/// in the primary key at its cursor instead of at the function's oldest
+/// chunk.
 macro_rules! chunks_query {
     ($order:literal) => {
         concat!(
             "SELECT first_id, n, bytes FROM function_log_chunks \
-             WHERE function_id = $1 AND first_id + n - 1 > $2 AND first_id < $3 \
+             WHERE function_id = $1 AND first_id > $8 AND first_id + n - 1 > $2 \
+               AND first_id < $3 \
                AND ($4::int IS NULL OR version = $4) \
                AND ($5::text IS NULL OR starts_with(instance, $5)) \
-               AND ($6::text IS NULL OR $6 = ANY(request_ids)) \
+               AND ($6::text IS NULL OR request_ids @> ARRAY[$6::text]) \
                AND ($7::timestamptz IS NULL OR max_at >= $7) \
              ORDER BY first_id ",
             $order,
@@ -369,6 +374,7 @@ async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
         .bind(f.instance.as_deref())
         .bind(f.request_id)
         .bind(f.since)
+        .bind(after.saturating_sub(MAX_BATCH_LINES as i64))
         .fetch_all(db)
         .await?;
         let Some(first) = chunks.first() else { break };
