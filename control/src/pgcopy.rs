@@ -46,11 +46,25 @@ pub const TEXT_OID: u32 = 25;
 /// Element type of a `timestamptz[]`.
 pub const TIMESTAMPTZ_OID: u32 = 1184;
 
+/// A one-dimensional array field of `elements` (each its binary form, or
+/// NULL) of type `oid`.
+pub fn array<B: AsRef<[u8]>>(
+    out: &mut Vec<u8>,
+    oid: u32,
+    elements: impl IntoIterator<Item = Option<B>>,
+) {
+    let mut a = Array::start(out, oid);
+    for e in elements {
+        a.push(out, e.as_ref().map(AsRef::as_ref));
+    }
+    a.finish(out);
+}
+
 /// A one-dimensional array field being written: [`Array::start`], then
 /// [`Array::push`] per element, then [`Array::finish`], which fills in the
 /// field's length, the element count and whether any was NULL.
 #[must_use = "an array field is only complete after finish"]
-pub struct Array {
+struct Array {
     start: usize,
     count: i32,
     nulls: bool,
@@ -58,7 +72,7 @@ pub struct Array {
 
 impl Array {
     /// Starts an array field of elements of type `oid`.
-    pub fn start(out: &mut Vec<u8>, oid: u32) -> Self {
+    fn start(out: &mut Vec<u8>, oid: u32) -> Self {
         let start = out.len();
         // field length, ndim, has-null flag, element type, size, lower bound
         out.extend_from_slice(&[0; 4]);
@@ -75,7 +89,7 @@ impl Array {
     }
 
     /// One element (its binary form), or NULL.
-    pub fn push(&mut self, out: &mut Vec<u8>, element: Option<&[u8]>) {
+    fn push(&mut self, out: &mut Vec<u8>, element: Option<&[u8]>) {
         match element {
             Some(bytes) => field(out, bytes),
             None => {
@@ -86,7 +100,7 @@ impl Array {
         self.count += 1;
     }
 
-    pub fn finish(self, out: &mut Vec<u8>) {
+    fn finish(self, out: &mut Vec<u8>) {
         let s = self.start;
         if self.count == 0 {
             // An empty array has no dimensions.
@@ -126,12 +140,9 @@ mod tests {
     #[test]
     fn arrays_carry_their_count_nulls_and_length() {
         let mut out = Vec::new();
-        let mut a = Array::start(&mut out, TEXT_OID);
-        a.push(&mut out, Some(b"ab"));
-        a.push(&mut out, None);
-        a.finish(&mut out);
+        array(&mut out, TEXT_OID, [Some(b"ab"), None]);
         let empty_at = out.len();
-        Array::start(&mut out, TEXT_OID).finish(&mut out);
+        array(&mut out, TEXT_OID, None::<Option<&[u8]>>);
         assert_eq!(
             out[..empty_at],
             [

@@ -110,7 +110,7 @@ const COPY_COLUMNS: i16 = 21;
 /// bytes, numbers big-endian, times as microseconds since 2000-01-01 (a
 /// `timestamptz`'s binary form).
 fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]) {
-    use pgcopy::{Array, INT2_OID, INT8_OID, TEXT_OID, TIMESTAMPTZ_OID};
+    use pgcopy::{INT2_OID, INT8_OID, TEXT_OID, TIMESTAMPTZ_OID, array};
     let Some(first) = records.first() else { return };
     let min_at = records.iter().map(|r| r.at_us).min().unwrap_or(first.at_us);
     let max_at = records.iter().map(|r| r.at_us).max().unwrap_or(first.at_us);
@@ -123,33 +123,34 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
     field(out, &(records.len() as i32).to_be_bytes());
     pgcopy::timestamp_us(out, min_at);
     pgcopy::timestamp_us(out, max_at);
-    fn text(
-        out: &mut Vec<u8>,
-        records: &[&ExecutionRecordRef<'_>],
-        pick: impl for<'a> Fn(&'a ExecutionRecordRef<'_>) -> Option<&'a str>,
-    ) {
-        let mut a = Array::start(out, TEXT_OID);
-        for r in records {
-            a.push(out, pick(r).map(str::as_bytes));
-        }
-        a.finish(out);
-    }
-    let mut a = Array::start(out, TIMESTAMPTZ_OID);
-    for r in records {
-        a.push(out, Some(&pgcopy::timestamp_bytes(r.at_us)));
-    }
-    a.finish(out);
-    text(out, records, |r| r.instance.as_ref().map(Text::as_str));
-    text(out, records, |r| Some(r.request_id.as_str()));
-    text(out, records, |r| r.trace_id.as_ref().map(Text::as_str));
-    text(out, records, |r| Some(r.method.as_str()));
-    let mut a = Array::start(out, INT2_OID);
-    for r in records {
-        // Validated: at most 999.
-        a.push(out, Some(&(r.status as i16).to_be_bytes()));
-    }
-    a.finish(out);
-    text(out, records, |r| r.start.map(StartKind::as_str));
+    let text = |out: &mut Vec<u8>,
+                pick: for<'a> fn(&'a ExecutionRecordRef<'_>) -> Option<&'a str>| {
+        array(
+            out,
+            TEXT_OID,
+            records.iter().map(|r| pick(r).map(str::as_bytes)),
+        );
+    };
+    array(
+        out,
+        TIMESTAMPTZ_OID,
+        records
+            .iter()
+            .map(|r| Some(pgcopy::timestamp_bytes(r.at_us))),
+    );
+    text(out, |r| r.instance.as_ref().map(Text::as_str));
+    text(out, |r| Some(r.request_id.as_str()));
+    text(out, |r| r.trace_id.as_ref().map(Text::as_str));
+    text(out, |r| Some(r.method.as_str()));
+    // Validated: at most 999.
+    array(
+        out,
+        INT2_OID,
+        records
+            .iter()
+            .map(|r| Some((r.status as i16).to_be_bytes())),
+    );
+    text(out, |r| r.start.map(StartKind::as_str));
     let fields: [fn(&ExecutionRecordRef<'_>) -> u64; 6] = [
         |r| r.queue_us,
         |r| r.start_us,
@@ -159,15 +160,13 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
         |r| r.bytes_out,
     ];
     for pick in fields {
-        let mut a = Array::start(out, INT8_OID);
-        for r in records {
-            // Validated: every duration and byte count fits an i64.
-            let v = i64::try_from(pick(r)).unwrap_or(i64::MAX);
-            a.push(out, Some(&v.to_be_bytes()));
-        }
-        a.finish(out);
+        // Validated: every duration and byte count fits an i64.
+        let int8 = |r: &&ExecutionRecordRef<'_>| {
+            Some(i64::try_from(pick(r)).unwrap_or(i64::MAX).to_be_bytes())
+        };
+        array(out, INT8_OID, records.iter().map(int8));
     }
-    text(out, records, |r| r.rejection.as_ref().map(Text::as_str));
+    text(out, |r| r.rejection.as_ref().map(Text::as_str));
 }
 
 const COPY_STATEMENT: &str = "COPY execution_chunks (node, function, deployment_id, version, \

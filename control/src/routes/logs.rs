@@ -266,31 +266,29 @@ fn write_chunk(
     pgcopy::timestamp_us(out, min_at);
     pgcopy::timestamp_us(out, max_at);
     pgcopy::field(out, &bytes.to_be_bytes());
-    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
-    for id in request_ids {
-        a.push(out, Some(id.as_bytes()));
-    }
-    a.finish(out);
-    let mut a = pgcopy::Array::start(out, pgcopy::TIMESTAMPTZ_OID);
-    for entry in &group.lines {
-        a.push(out, Some(&pgcopy::timestamp_bytes(at_us(entry))));
-    }
-    a.finish(out);
-    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
-    for entry in &group.lines {
-        a.push(out, Some(entry.stream.as_str().as_bytes()));
-    }
-    a.finish(out);
-    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
-    for entry in &group.lines {
-        a.push(out, entry.request_id.as_deref().map(str::as_bytes));
-    }
-    a.finish(out);
-    let mut a = pgcopy::Array::start(out, pgcopy::TEXT_OID);
-    for line in &lines {
-        a.push(out, Some(line.as_bytes()));
-    }
-    a.finish(out);
+    use pgcopy::{TEXT_OID, TIMESTAMPTZ_OID, array};
+    array(
+        out,
+        TEXT_OID,
+        request_ids.iter().map(|id| Some(id.as_bytes())),
+    );
+    let entries = || group.lines.iter();
+    array(
+        out,
+        TIMESTAMPTZ_OID,
+        entries().map(|e| Some(pgcopy::timestamp_bytes(at_us(e)))),
+    );
+    array(
+        out,
+        TEXT_OID,
+        entries().map(|e| Some(e.stream.as_str().as_bytes())),
+    );
+    array(
+        out,
+        TEXT_OID,
+        entries().map(|e| e.request_id.as_deref().map(str::as_bytes)),
+    );
+    array(out, TEXT_OID, lines.iter().map(|l| Some(l.as_bytes())));
     bytes
 }
 
@@ -307,7 +305,7 @@ fn write_chunk(
 macro_rules! chunks_query {
     ($order:literal) => {
         concat!(
-            "SELECT first_id, n, bytes FROM function_log_chunks \
+            "SELECT first_id, bytes FROM function_log_chunks \
              WHERE function_id = $1 AND first_id > $8 AND first_id + n - 1 > $2 \
                AND first_id < $3 \
                AND ($4::int IS NULL OR version = $4) \
@@ -362,7 +360,7 @@ async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
     // (newest first).
     let (mut after, mut before) = (f.after, i64::MAX);
     while lines.len() < f.limit {
-        let chunks: Vec<(i64, i32, i64)> = sqlx::query_as(if f.newest {
+        let chunks: Vec<(i64, i64)> = sqlx::query_as(if f.newest {
             CHUNKS_NEWEST
         } else {
             CHUNKS_FORWARD
@@ -379,8 +377,8 @@ async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
         .await?;
         let Some(first) = chunks.first() else { break };
         let mut take = vec![first.0];
-        let mut bytes = first.2;
-        for (id, _, b) in &chunks[1..] {
+        let mut bytes = first.1;
+        for (id, b) in &chunks[1..] {
             bytes += b;
             if bytes > READ_BYTES {
                 break;
@@ -496,15 +494,10 @@ pub async fn query(
     let Some((function_id,)) = function_id else {
         return Err(Error::NotFound(format!("function {name:?} not found")));
     };
-    let since: Option<DateTime<Utc>> = match q.since_s {
-        Some(s) => Some(
-            sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
-                .bind(s as f64)
-                .fetch_one(&state.db)
-                .await?,
-        ),
-        None => None,
-    };
+    // Bounded to ten years above.
+    let since = q
+        .since_s
+        .map(|s| Utc::now() - chrono::TimeDelta::seconds(s as i64));
     let filter = Filter {
         function_id,
         after: q.after.unwrap_or(0),
