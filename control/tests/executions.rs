@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use containerpub_wire::executions::{
     ExecutionBatch, ExecutionInfo, ExecutionRecord, IngestResult, MAX_BATCH_RECORDS, StartKind,
+    binary,
 };
 use http_body_util::BodyExt;
 use sqlx::PgPool;
@@ -22,12 +23,22 @@ use support::{TOKEN, TestApp, app};
 /// What these tests ask of the application.
 impl TestApp {
     async fn send(&self, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        self.send_as(method, uri, "application/json", body).await
+    }
+
+    async fn send_as(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Vec<u8>) {
         let request = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::HOST, "control.test")
             .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, content_type)
             .body(Body::from(body))
             .unwrap();
         let response = self.router.clone().oneshot(request).await.unwrap();
@@ -45,9 +56,28 @@ impl TestApp {
         .await
     }
 
+    /// Posts `batch` in the binary form (what proxies send).
+    async fn ingest_binary(&self, batch: &ExecutionBatch) -> (StatusCode, Vec<u8>) {
+        self.send_as(
+            "POST",
+            "/api/v1/executions",
+            binary::CONTENT_TYPE,
+            encode(batch),
+        )
+        .await
+    }
+
     fn db(&self) -> &PgPool {
         &self.state.db
     }
+}
+
+fn encode(batch: &ExecutionBatch) -> Vec<u8> {
+    let mut enc = binary::Encoder::default();
+    for r in &batch.records {
+        assert!(enc.push(&r.borrowed()));
+    }
+    enc.finish(&batch.node, &batch.batch)
 }
 
 fn now_us() -> i64 {
@@ -249,6 +279,114 @@ async fn a_full_batch_is_stored_whole_and_a_bad_one_not_at_all() {
     let (status, _) = app.ingest(&bad).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(count(app.db(), "bad").await, 100);
+}
+
+#[tokio::test]
+async fn binary_batches_are_stored_as_json_ones_and_bad_ones_not_at_all() {
+    let app = app().await;
+    let mut records: Vec<ExecutionRecord> = (0..300)
+        .map(|i| {
+            record(
+                i,
+                if i % 2 == 0 { "bin-a" } else { "bin-b" },
+                20 + (i % 2) as i64,
+            )
+        })
+        .collect();
+    records[7].instance = None;
+    records[7].trace_id = None;
+    records[7].start = None;
+    records[7].rejection = Some("queue_full".into());
+    records[7].status = 429;
+    let batch = ExecutionBatch {
+        node: "node-c".into(),
+        batch: "boot-20".into(),
+        records: records.clone(),
+    };
+    let (status, body) = app.ingest_binary(&batch).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let r: IngestResult = serde_json::from_slice(&body).unwrap();
+    assert_eq!((r.stored, r.duplicate), (300, false));
+    // The same batch id again, as JSON: one batch, stored once.
+    let (status, body) = app.ingest(&batch).await;
+    assert_eq!(status, StatusCode::OK);
+    let r: IngestResult = serde_json::from_slice(&body).unwrap();
+    assert_eq!((r.stored, r.duplicate), (0, true));
+    // Every field as sent, read back through the view.
+    type Row = (
+        String,
+        i64,
+        Option<String>,
+        String,
+        Option<String>,
+        i16,
+        Option<String>,
+        i64,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+            "SELECT function, deployment_id, instance, request_id, trace_id, status, start_kind, \
+             total_us, rejection FROM executions WHERE node = 'node-c' ORDER BY request_id COLLATE \"C\"",
+        )
+        .fetch_all(app.db())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 300);
+    let mut sent = records.clone();
+    sent.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    for (row, r) in rows.iter().zip(&sent) {
+        assert_eq!(row.0, r.function);
+        assert_eq!(row.1, r.deployment_id);
+        assert_eq!(row.2, r.instance);
+        assert_eq!(row.3, r.request_id);
+        assert_eq!(row.4, r.trace_id);
+        assert_eq!(row.5, r.status as i16);
+        assert_eq!(row.6.as_deref(), r.start.map(StartKind::as_str));
+        assert_eq!(row.7, r.total_us as i64);
+        assert_eq!(row.8, r.rejection);
+    }
+
+    // A body cut short, or with a bad field: 400 naming where, nothing
+    // stored, the batch id not used up.
+    let mut bad = ExecutionBatch {
+        node: "node-c".into(),
+        batch: "boot-21".into(),
+        records: (0..50).map(|i| record(i, "bin-bad", 30)).collect(),
+    };
+    let whole = encode(&bad);
+    let (status, body) = app
+        .send_as(
+            "POST",
+            "/api/v1/executions",
+            binary::CONTENT_TYPE,
+            whole[..whole.len() - 3].to_vec(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["field"], "body.records[49].bytes_out", "{e}");
+    bad.records[49].method = "G ET".into();
+    let (status, body) = app.ingest_binary(&bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["field"], "records[49].method", "{e}");
+    // JSON sent as binary: refused by name.
+    let (status, body) = app
+        .send_as(
+            "POST",
+            "/api/v1/executions",
+            binary::CONTENT_TYPE,
+            serde_json::to_vec(&bad).unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["field"], "body.magic", "{e}");
+    assert_eq!(count(app.db(), "bin-bad").await, 0);
+    bad.records[49].method = "GET".into();
+    let (status, _) = app.ingest_binary(&bad).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(count(app.db(), "bin-bad").await, 50);
 }
 
 #[tokio::test]

@@ -9,8 +9,10 @@
 //! the shipper on the background runtime. When the channel is full the
 //! batch is dropped and counted — the data path never waits.
 //!
-//! The shipper encodes records as JSON bodies of up to
-//! [`POST_RECORDS`] records, each with a batch id unique to this process
+//! The shipper encodes records into binary bodies
+//! (`containerpub_wire::executions::binary`: the control plane decodes
+//! them for a fraction of what JSON cost it) of up to [`POST_RECORDS`]
+//! records, each with a batch id unique to this process
 //! (the control plane stores a batch once, so a resend after a lost answer
 //! adds nothing), and posts them oldest first. While the control plane is
 //! unreachable, bodies wait in memory (up to `memory_bytes`), then in spool
@@ -22,6 +24,7 @@
 //! the record's whole way from a call to the control plane — the data
 //! path's side and the shipper share the batch, the metrics and the queue.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -31,7 +34,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use containerpub_pool::StartKind;
 use containerpub_wire::executions as wire;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
@@ -49,8 +51,11 @@ pub const POST_RECORDS: usize = 5_000;
 const POST_EVERY: Duration = Duration::from_millis(500);
 /// Pause after a failed post before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// Spool file suffix.
-const SPOOL_SUFFIX: &str = ".json";
+/// Spool file suffix (binary bodies).
+const SPOOL_SUFFIX: &str = ".bin";
+/// Suffix of the JSON bodies proxies spooled before the binary form (sent
+/// as they are).
+const SPOOL_SUFFIX_JSON: &str = ".json";
 
 /// What the data path records of one call (its route entry is passed
 /// beside it to [`push`]).
@@ -306,148 +311,118 @@ pub struct Settings {
     pub spool_bytes: u64,
 }
 
-/// The wire form of a record, borrowed (field names as
-/// `containerpub_wire::executions::ExecutionRecord`, which a test checks).
-#[derive(Serialize)]
-struct Out<'a> {
-    at_us: i64,
-    function: &'a str,
-    deployment_id: i64,
-    version: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    instance: Option<&'a str>,
-    request_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trace_id: Option<&'a str>,
-    method: &'a str,
-    status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    start: Option<&'static str>,
-    queue_us: u64,
-    start_us: u64,
-    upstream_us: u64,
-    total_us: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rejection: Option<&'static str>,
-}
-
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Appends the JSON of `raw` (a call of `entry`'s function) to `out`.
-fn encode_record(entry: &Entry, raw: &Raw, out: &mut Vec<u8>) {
+fn text(s: &str) -> wire::Text<'_> {
+    wire::Text(Cow::Borrowed(s))
+}
+
+/// The wire form of `raw` (a call of `entry`'s function), borrowed.
+fn record<'a>(entry: &'a Entry, raw: &'a Raw) -> wire::ExecutionRecordRef<'a> {
     let at_us = raw
         .at
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let trace = raw
-        .trace_id
-        .as_ref()
-        .and_then(|t| std::str::from_utf8(t).ok());
     let request_id = if raw.request_id.is_empty() {
         "-"
     } else {
         &raw.request_id
     };
-    let record = Out {
+    wire::ExecutionRecordRef {
         at_us,
-        function: &entry.route.function,
+        function: text(&entry.route.function),
         deployment_id: entry.route.deployment_id,
         version: entry.route.version,
-        instance: raw.instance.as_ref().map(ShortId::as_str),
-        request_id,
-        trace_id: trace,
-        method: raw.method.as_str(),
+        instance: raw.instance.as_ref().map(|i| text(i.as_str())),
+        request_id: text(request_id),
+        trace_id: raw
+            .trace_id
+            .as_ref()
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .map(text),
+        method: text(raw.method.as_str()),
         status: raw.status,
-        start: raw.start.map(|k| k.as_str()),
+        start: raw.start.map(wire_start),
         queue_us: us(raw.queue).min(86_400_000_000),
         start_us: us(raw.start_time).min(86_400_000_000),
         upstream_us: us(raw.upstream).min(86_400_000_000),
         total_us: us(raw.total).min(86_400_000_000),
         bytes_in: raw.bytes_in.min(i64::MAX as u64),
         bytes_out: raw.bytes_out.min(i64::MAX as u64),
-        rejection: raw.rejection.map(Rejection::as_str),
-    };
-    // Serializing plain strings and numbers into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, &record);
+        rejection: raw.rejection.map(|r| text(r.as_str())),
+    }
+}
+
+fn wire_start(kind: StartKind) -> wire::StartKind {
+    match kind {
+        StartKind::Cold => wire::StartKind::Cold,
+        StartKind::Paused => wire::StartKind::Paused,
+        StartKind::Warm => wire::StartKind::Warm,
+    }
 }
 
 /// One encoded body waiting to be posted.
 struct Body {
     seq: u64,
     records: u64,
-    json: Vec<u8>,
+    bytes: Vec<u8>,
 }
 
-/// Encodes records into bodies of up to [`POST_RECORDS`].
+// A body fits a batch the control plane accepts.
+const _: () = assert!(POST_RECORDS <= wire::MAX_BATCH_RECORDS);
+
+/// Encodes records into binary bodies of up to [`POST_RECORDS`].
 struct Encoder {
-    node_json: String,
+    node: String,
     boot: String,
     next_seq: u64,
-    json: Vec<u8>,
-    records: u64,
+    batch: wire::binary::Encoder,
 }
 
 impl Encoder {
     fn new(node: &str, boot: String, next_seq: u64) -> Self {
-        let node_json = serde_json::to_string(node).unwrap_or_else(|_| "\"\"".into());
         Self {
-            node_json,
+            node: node.to_owned(),
             boot,
             next_seq,
-            json: Vec::new(),
-            records: 0,
+            batch: wire::binary::Encoder::default(),
         }
     }
 
     fn add(&mut self, entry: &Entry, raw: &Raw) -> Option<Body> {
-        if self.records == 0 {
-            self.json.clear();
-            self.json.extend_from_slice(b"{\"node\":");
-            self.json.extend_from_slice(self.node_json.as_bytes());
-            self.json.extend_from_slice(
-                format!(
-                    ",\"batch\":\"{}-{}\",\"records\":[",
-                    self.boot, self.next_seq
-                )
-                .as_bytes(),
-            );
-        } else {
-            self.json.push(b',');
-        }
-        encode_record(entry, raw, &mut self.json);
-        self.records += 1;
-        (self.records as usize >= POST_RECORDS)
+        self.batch.push(&record(entry, raw));
+        (self.batch.len() >= POST_RECORDS)
             .then(|| self.finish())
             .flatten()
     }
 
     fn finish(&mut self) -> Option<Body> {
-        if self.records == 0 {
+        if self.batch.is_empty() {
             return None;
         }
-        self.json.extend_from_slice(b"]}");
+        let records = self.batch.len() as u64;
+        let id = format!("{}-{}", self.boot, self.next_seq);
         let body = Body {
             seq: self.next_seq,
-            records: self.records,
-            json: std::mem::take(&mut self.json),
+            records,
+            bytes: self.batch.finish(&self.node, &id),
         };
         self.next_seq += 1;
-        self.records = 0;
         Some(body)
     }
 }
 
 /// A spool file: its body's sequence, path, records (estimated for files
-/// an earlier run left) and bytes.
+/// an earlier run left), bytes, and whether it holds JSON (an earlier
+/// version's).
 struct SpoolFile {
     seq: u64,
     path: PathBuf,
     records: u64,
     bytes: u64,
+    json: bool,
 }
 
 /// Bodies waiting: oldest first, in spool files then in memory.
@@ -514,21 +489,26 @@ fn scan_spool(dir: &Path) -> (VecDeque<SpoolFile>, u64, u64) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(seq) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(SPOOL_SUFFIX))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(name) = name.to_str() else { continue };
+            let (stem, json) = match name.strip_suffix(SPOOL_SUFFIX) {
+                Some(stem) => (stem, false),
+                None => match name.strip_suffix(SPOOL_SUFFIX_JSON) {
+                    Some(stem) => (stem, true),
+                    None => continue,
+                },
+            };
+            let Ok(seq) = stem.parse::<u64>() else {
                 continue;
             };
             let bytes = entry.metadata().map_or(0, |m| m.len());
             // The count is not known without reading it: estimate for the
-            // gauge (about 300 bytes a record).
+            // gauge (about 300 bytes a record in JSON, 110 binary).
             files.push(SpoolFile {
                 seq,
                 path: entry.path(),
-                records: bytes / 300,
+                records: bytes / if json { 300 } else { 110 },
                 bytes,
+                json,
             });
         }
     }
@@ -578,14 +558,14 @@ fn enqueue(shared: &Shared, body: Body) {
     let mut spill = Vec::new();
     {
         let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        q.memory_bytes += body.json.len() as u64;
+        q.memory_bytes += body.bytes.len() as u64;
         q.memory.push_back(body);
         // Keep at least the newest body in memory.
         while q.memory_bytes > settings.memory_bytes && q.memory.len() > 1 {
             let Some(old) = q.memory.pop_front() else {
                 break;
             };
-            q.memory_bytes -= old.json.len() as u64;
+            q.memory_bytes -= old.bytes.len() as u64;
             spill.push(old);
         }
     }
@@ -599,7 +579,7 @@ fn enqueue(shared: &Shared, body: Body) {
 /// Writes a body to a spool file, or drops it when the spool is full.
 fn spool(shared: &Shared, body: Body) {
     let settings = &shared.settings;
-    let len = body.json.len() as u64;
+    let len = body.bytes.len() as u64;
     let room = {
         let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.spool_bytes + len <= settings.spool_bytes
@@ -611,7 +591,7 @@ fn spool(shared: &Shared, body: Body) {
         && std::fs::create_dir_all(&settings.spool_dir).is_ok()
         && containerpub_util::fs::write_atomic(
             &path,
-            &body.json,
+            &body.bytes,
             containerpub_util::fs::Modes::PRIVATE,
         )
         .map_err(|e| warn!(path = %path.display(), error = %e, "cannot spool execution records"))
@@ -629,6 +609,7 @@ fn spool(shared: &Shared, body: Body) {
                 path,
                 records: body.records,
                 bytes: len,
+                json: false,
             },
         );
     } else {
@@ -643,9 +624,10 @@ fn spool(shared: &Shared, body: Body) {
     }
 }
 
-/// What to send next: the oldest spool file, else the oldest body in memory.
+/// What to send next: the oldest spool file (sequence, path, records,
+/// JSON or not), else the oldest body in memory.
 enum Next {
-    File(u64, PathBuf, u64),
+    File(u64, PathBuf, u64, bool),
     Memory(u64, u64, Vec<u8>),
 }
 
@@ -667,33 +649,38 @@ async fn send_loop(shared: Arc<Shared>) {
         let next = {
             let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(f) = q.spool.front() {
-                Some(Next::File(f.seq, f.path.clone(), f.records))
+                Some(Next::File(f.seq, f.path.clone(), f.records, f.json))
             } else {
                 q.memory
                     .front()
-                    .map(|b| Next::Memory(b.seq, b.records, b.json.clone()))
+                    .map(|b| Next::Memory(b.seq, b.records, b.bytes.clone()))
             }
         };
         let Some(next) = next else {
             shared.ready.notified().await;
             continue;
         };
-        let (seq, records, json) = match &next {
-            Next::File(seq, path, records) => match tokio::fs::read(path).await {
-                Ok(json) => (*seq, *records, json),
+        let (seq, records, body, json) = match &next {
+            Next::File(seq, path, records, json) => match tokio::fs::read(path).await {
+                Ok(body) => (*seq, *records, body, *json),
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "unreadable spool file dropped");
                     remove_front(&shared, &next).await;
                     continue;
                 }
             },
-            Next::Memory(seq, records, json) => (*seq, *records, json.clone()),
+            Next::Memory(seq, records, body) => (*seq, *records, body.clone(), false),
+        };
+        let content_type = if json {
+            "application/json"
+        } else {
+            wire::binary::CONTENT_TYPE
         };
         let sent = client
             .post(&url)
             .bearer_auth(&shared.settings.token)
-            .header("content-type", "application/json")
-            .body(json)
+            .header("content-type", content_type)
+            .body(body)
             .send()
             .await;
         match sent {
@@ -768,7 +755,7 @@ async fn remove_front(shared: &Shared, next: &Next) {
                 if q.memory.front().is_some_and(|b| b.seq == *seq)
                     && let Some(b) = q.memory.pop_front()
                 {
-                    q.memory_bytes -= b.json.len() as u64;
+                    q.memory_bytes -= b.bytes.len() as u64;
                 }
                 None
             }
@@ -831,7 +818,6 @@ pub fn dropped() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use containerpub_wire::executions::ExecutionBatch;
 
     fn entry() -> Arc<Entry> {
         let manifest =
@@ -889,23 +875,41 @@ mod tests {
         assert!(enc.add(&entry(), &r).is_none());
         let body = enc.finish().unwrap();
         assert_eq!((body.seq, body.records), (1, 4));
-        let batch: ExecutionBatch = serde_json::from_slice(&body.json).unwrap();
-        assert_eq!(batch.node, "node-1");
-        assert_eq!(batch.batch, "boot-1");
+        let batch = wire::binary::decode(&body.bytes).unwrap();
+        assert_eq!(batch.node.as_str(), "node-1");
+        assert_eq!(batch.batch.as_str(), "boot-1");
         assert_eq!(batch.records.len(), 4);
         for r in &batch.records {
             r.validate().unwrap();
         }
         let first = &batch.records[0];
-        assert_eq!(first.instance.as_deref(), Some("0123456789ab"));
+        assert_eq!(first.function.as_str(), "rec");
+        assert_eq!(
+            first.instance.as_ref().map(wire::Text::as_str),
+            Some("0123456789ab")
+        );
+        assert_eq!(
+            first.trace_id.as_ref().map(wire::Text::as_str),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(first.request_id.as_str(), "rid-0");
+        assert_eq!(first.method.as_str(), "POST");
         assert_eq!(first.start, Some(wire::StartKind::Cold));
         assert_eq!((first.deployment_id, first.version), (7, 3));
         assert_eq!(first.at_us, 1_700_000_000_000_000);
         assert_eq!(first.total_us, 201_000);
         let last = &batch.records[3];
-        assert_eq!(last.rejection.as_deref(), Some("queue_full"));
-        assert_eq!(last.method, "?");
-        assert_eq!(last.request_id, "-");
+        assert_eq!(
+            last.rejection.as_ref().map(wire::Text::as_str),
+            Some("queue_full")
+        );
+        assert_eq!(
+            (last.instance.as_ref(), last.trace_id.as_ref()),
+            (None, None)
+        );
+        assert_eq!((last.start, last.status), (None, 429));
+        assert_eq!(last.method.as_str(), "?");
+        assert_eq!(last.request_id.as_str(), "-");
         // The next body has the next id.
         enc.add(&entry(), &raw(10));
         assert_eq!(enc.finish().unwrap().seq, 2);
@@ -970,13 +974,16 @@ mod tests {
     #[test]
     fn spool_files_are_found_in_order() {
         let dir = tempfile_dir();
+        // An earlier version's JSON files are sent too, in order.
         std::fs::write(dir.join("00000000000000000002.json"), b"{}").unwrap();
-        std::fs::write(dir.join("00000000000000000010.json"), b"{}").unwrap();
+        std::fs::write(dir.join("00000000000000000010.bin"), b"CPX1").unwrap();
+        std::fs::write(dir.join("00000000000000000003.bin"), b"CPX1").unwrap();
         std::fs::write(dir.join("junk.json"), b"{}").unwrap();
-        std::fs::write(dir.join("00000000000000000001.json.tmp"), b"{}").unwrap();
+        std::fs::write(dir.join("00000000000000000001.bin.tmp"), b"{}").unwrap();
         let (files, bytes, max) = scan_spool(&dir);
-        assert_eq!(files.iter().map(|f| f.seq).collect::<Vec<_>>(), [2, 10]);
-        assert_eq!((bytes, max), (4, 10));
+        let found: Vec<(u64, bool)> = files.iter().map(|f| (f.seq, f.json)).collect();
+        assert_eq!(found, [(2, true), (3, false), (10, false)]);
+        assert_eq!((bytes, max), (10, 10));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

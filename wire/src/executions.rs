@@ -2,12 +2,15 @@
 //! `POST /api/v1/executions` (one record per call of a function), the
 //! queries and answers of `GET /api/v1/functions/{name}/executions`,
 //! `…/stats` and `GET /api/v1/status`, and the rules both sides apply to
-//! them (limits, status filters, `--since` durations).
+//! them (limits, status filters, `--since` durations). A batch travels as
+//! JSON or in the binary form of [`binary`].
 
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+pub mod binary;
 
 /// Most records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 10_000;

@@ -1,4 +1,6 @@
-//! Execution records: `POST /api/v1/executions` (a proxy's batch, written
+//! Execution records: `POST /api/v1/executions` (a proxy's batch, as JSON
+//! or in the binary form of `containerpub_wire::executions::binary` by its
+//! `content-type`, written
 //! with a binary COPY into the day-partitioned `execution_chunks` table, a
 //! row per function deployment and day with the records in arrays,
 //! migrations 0006 and 0011; the view `executions` shows a row per record),
@@ -18,6 +20,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use containerpub_wire::executions::{
     self as wire, ExecutionBatchRef, ExecutionInfo, ExecutionRecord, ExecutionRecordRef,
@@ -181,6 +184,7 @@ const US_PER_DAY: i64 = 86_400_000_000;
 pub async fn ingest(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IngestResult>> {
     caller.require(Action::ReportExecutions, None)?;
@@ -190,9 +194,22 @@ pub async fn ingest(
             format!("a batch is at most {} bytes", wire::MAX_BATCH_BYTES),
         ));
     }
-    // Strings stay borrowed from `body`.
-    let batch: ExecutionBatchRef<'_> = serde_json::from_slice(&body)
-        .map_err(|e| Error::bad_request("body", format!("not an execution batch: {e}")))?;
+    // Strings stay borrowed from `body`. Anything not binary is JSON (what
+    // proxies sent before the binary form, and their spool files).
+    let binary = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == wire::binary::CONTENT_TYPE.as_bytes());
+    let batch: ExecutionBatchRef<'_> = if binary {
+        wire::binary::decode(&body).map_err(|e| {
+            Error::bad_request(
+                format!("body.{}", e.field),
+                format!("not a binary execution batch: {}", e.problem),
+            )
+        })?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::bad_request("body", format!("not an execution batch: {e}")))?
+    };
     let node = batch.node.as_str();
     containerpub_wire::validate_node_name(node).map_err(|m| Error::bad_request("node", m))?;
     caller.require_node_name(Some(node))?;
