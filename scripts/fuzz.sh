@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the proxy's coverage-guided fuzz targets (proxy/fuzz, cargo-fuzz
 # layout) for SECONDS each (default 60): request head + framing, answer
-# head, the chunked decoder, invocation paths, and the whole data path end
-# to end. The properties are those of proxy/tests/support/oracle.rs (no
-# panic; the proxy, httparse, fnhttp, hyper and a strict RFC 9112 reference
-# agree on where each message ends).
+# head, the chunked decoder, invocation paths, the whole data path end to
+# end, and the binary execution batch the shipper sends. The HTTP
+# properties are those of proxy/tests/support/oracle.rs (no panic; the
+# proxy, httparse, fnhttp, hyper and a strict RFC 9112 reference agree on
+# where each message ends); the batch's are in its target (no panic, what
+# decodes encodes back to the same batch).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
@@ -21,7 +23,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(request_head response_head chunked path end_to_end)
+    targets=(request_head response_head chunked path end_to_end execution_batch)
 fi
 export CARGO_TARGET_DIR=${CARGO_FUZZ_TARGET_DIR:-/var/tmp/containerpub-fuzz-target}
 export RUSTC_BOOTSTRAP=1

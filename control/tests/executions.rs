@@ -422,6 +422,27 @@ async fn records_land_in_their_day_and_old_ones_are_skipped() {
         assert_eq!(partition, &format!("execution_chunks_p{day}"));
     }
     assert_ne!(rows[0].1, rows[1].1);
+    // No planner statistics for any array column, of the parent and the
+    // new partitions alike (migration 0012, `ensure_partition`), and
+    // statistics for the scalar ones.
+    let targets: Vec<(String, String, bool, i32)> = sqlx::query_as(
+        "SELECT a.attrelid::regclass::text, a.attname::text, t.typcategory = 'A', \
+         coalesce(a.attstattarget::int, -1) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+         WHERE a.attrelid::regclass::text LIKE 'execution_chunks%' AND a.attnum > 0 \
+         AND NOT a.attisdropped",
+    )
+    .fetch_all(app.db())
+    .await
+    .unwrap();
+    let arrays: Vec<&(String, String, bool, i32)> = targets.iter().filter(|t| t.2).collect();
+    assert_eq!(arrays.len(), 14 * 3, "{targets:?}");
+    for (table, column, array, target) in &targets {
+        assert_eq!(
+            *target == 0,
+            *array,
+            "{table}.{column}: statistics target {target}"
+        );
+    }
 }
 
 #[tokio::test]
