@@ -51,6 +51,9 @@ pub const POST_RECORDS: usize = 5_000;
 const POST_EVERY: Duration = Duration::from_millis(500);
 /// Pause after a failed post before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long bodies go as JSON after the control plane refused the binary
+/// form (a version from before it) before the binary form is tried again.
+const JSON_FOR: Duration = Duration::from_secs(600);
 /// Spool file suffix (binary bodies).
 const SPOOL_SUFFIX: &str = ".bin";
 /// Suffix of the JSON bodies proxies spooled before the binary form (sent
@@ -645,6 +648,9 @@ async fn send_loop(shared: Arc<Shared>) {
     };
     let url = format!("{}/api/v1/executions", shared.settings.control_url);
     let mut was_down = false;
+    // Until when bodies go as JSON (the control plane does not know the
+    // binary form).
+    let mut json_until: Option<tokio::time::Instant> = None;
     loop {
         let next = {
             let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -671,10 +677,29 @@ async fn send_loop(shared: Arc<Shared>) {
             },
             Next::Memory(seq, records, body) => (*seq, *records, body.clone(), false),
         };
-        let content_type = if json {
-            "application/json"
+        let as_json = json_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        let (body, content_type) = if json {
+            (body, "application/json")
+        } else if as_json {
+            match wire::binary::decode(&body) {
+                Ok(batch) => (
+                    serde_json::to_vec(&batch.to_batch()).unwrap_or_default(),
+                    "application/json",
+                ),
+                // Not for a body this process encoded, but a spool file
+                // may be damaged.
+                Err(e) => {
+                    warn!(error = %e, records, "damaged execution records dropped");
+                    metrics()
+                        .dropped
+                        .with_label_values(&["refused"])
+                        .inc_by(records);
+                    remove_front(&shared, &next).await;
+                    continue;
+                }
+            }
         } else {
-            wire::binary::CONTENT_TYPE
+            (body, wire::binary::CONTENT_TYPE)
         };
         let sent = client
             .post(&url)
@@ -705,13 +730,15 @@ async fn send_loop(shared: Arc<Shared>) {
                     && r.status().as_u16() != 429 =>
             {
                 let status = r.status();
-                let text: String = r
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect();
+                let text = r.text().await.unwrap_or_default();
+                if content_type == wire::binary::CONTENT_TYPE && refused_as_json(status, &text) {
+                    // A control plane from before the binary form read the
+                    // body as JSON: send it (and the next ones) as JSON.
+                    info!("the control plane does not take binary execution batches: sending JSON");
+                    json_until = Some(tokio::time::Instant::now() + JSON_FOR);
+                    continue;
+                }
+                let text: String = text.chars().take(300).collect();
                 warn!(%status, body = %text, records, "execution records refused by the control plane, dropped");
                 metrics()
                     .dropped
@@ -733,6 +760,17 @@ async fn send_loop(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// Whether a refusal of a binary body is a control plane reading it as
+/// JSON (one from before the binary form: 400, the whole body at fault, as
+/// `not an execution batch: …`); a control plane that knows the form names
+/// `body.<field>` or a record.
+fn refused_as_json(status: reqwest::StatusCode, answer: &str) -> bool {
+    status == reqwest::StatusCode::BAD_REQUEST
+        && serde_json::from_str::<containerpub_wire::api::ApiError>(answer).is_ok_and(|r| {
+            r.field.as_deref() == Some("body") && r.error.starts_with("not an execution batch")
+        })
 }
 
 /// Takes the body just sent (or dropped) off the queue.
@@ -914,6 +952,36 @@ mod tests {
         enc.add(&entry(), &raw(10));
         assert_eq!(enc.finish().unwrap().seq, 2);
         assert!(enc.finish().is_none());
+    }
+
+    #[test]
+    fn an_older_control_plane_reading_binary_as_json_is_told_apart() {
+        let bad = reqwest::StatusCode::BAD_REQUEST;
+        // What a control plane from before the binary form answers.
+        let old = r#"{"error":"not an execution batch: expected value at line 1 column 1","field":"body"}"#;
+        assert!(refused_as_json(bad, old));
+        // What one that knows the form answers for a damaged body or a bad
+        // record: refused, not retried as JSON.
+        let damaged = r#"{"error":"not a binary execution batch: the body ends inside it","field":"body.records[3].method"}"#;
+        let record =
+            r#"{"error":"must be 1 to 64 visible ASCII characters","field":"records[3].method"}"#;
+        assert!(!refused_as_json(bad, damaged));
+        assert!(!refused_as_json(bad, record));
+        assert!(!refused_as_json(
+            reqwest::StatusCode::PAYLOAD_TOO_LARGE,
+            old
+        ));
+        assert!(!refused_as_json(bad, "not json"));
+        // A body of this encoder, sent as JSON instead: the same batch.
+        let mut enc = Encoder::new("node-1", "boot".into(), 1);
+        enc.add(&entry(), &raw(1));
+        let body = enc.finish().unwrap();
+        let json =
+            serde_json::to_vec(&wire::binary::decode(&body.bytes).unwrap().to_batch()).unwrap();
+        let batch: wire::ExecutionBatch = serde_json::from_slice(&json).unwrap();
+        assert_eq!(batch.batch, "boot-1");
+        assert_eq!(batch.records[0].request_id, "rid-1");
+        batch.records[0].validate().unwrap();
     }
 
     #[test]

@@ -205,7 +205,46 @@ pub struct ExecutionBatchRef<'a> {
     pub records: Vec<ExecutionRecordRef<'a>>,
 }
 
+impl ExecutionBatchRef<'_> {
+    /// The batch owned, as its JSON form is built ([`ExecutionBatch`]).
+    pub fn to_batch(&self) -> ExecutionBatch {
+        ExecutionBatch {
+            node: self.node.as_str().to_owned(),
+            batch: self.batch.as_str().to_owned(),
+            records: self
+                .records
+                .iter()
+                .map(ExecutionRecordRef::to_record)
+                .collect(),
+        }
+    }
+}
+
 impl ExecutionRecordRef<'_> {
+    /// The record owned.
+    pub fn to_record(&self) -> ExecutionRecord {
+        let owned = |t: &Text<'_>| t.as_str().to_owned();
+        ExecutionRecord {
+            at_us: self.at_us,
+            function: owned(&self.function),
+            deployment_id: self.deployment_id,
+            version: self.version,
+            instance: self.instance.as_ref().map(owned),
+            request_id: owned(&self.request_id),
+            trace_id: self.trace_id.as_ref().map(owned),
+            method: owned(&self.method),
+            status: self.status,
+            start: self.start,
+            queue_us: self.queue_us,
+            start_us: self.start_us,
+            upstream_us: self.upstream_us,
+            total_us: self.total_us,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            rejection: self.rejection.as_ref().map(owned),
+        }
+    }
+
     /// Checks every field; the error names the field at fault.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         crate::validate_function_name(self.function.as_str())
