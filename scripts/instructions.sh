@@ -13,6 +13,11 @@
 # for one under callgrind on the same address, and for each of the two:
 # 500 warm-up calls, counters zeroed, REQUESTS calls at 8 connections, dump.
 # At the end the function is deleted and the normal proxy restarted.
+#
+#   CPUB_INSTR_PROXY_BIN   the cpub-proxy run under callgrind (default: this
+#                          tree's release build), e.g. an older commit's
+#   CPUB_INSTR_PROXY_ENV   extra settings for it, space-separated
+#                          (`CPUB_EXECUTIONS=off`: the call without records)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-20000}
@@ -88,10 +93,12 @@ nginx_pid=$!
 step "cpub-proxy under callgrind on $proxy_listen"
 proxy_pid=$(cat "$home/run/proxy.pid")
 mapfile -t proxy_env < <(tr '\0' '\n' <"/proc/$proxy_pid/environ" | grep '^CPUB_')
+read -r -a extra_env <<<"${CPUB_INSTR_PROXY_ENV:-}"
+proxy_env+=("${extra_env[@]}")
 kill "$proxy_pid"
 while kill -0 "$proxy_pid" 2>/dev/null; do sleep 0.1; done
 env "${proxy_env[@]}" valgrind --tool=callgrind --callgrind-out-file="$out/proxy.out" \
-  "$bin/cpub-proxy" >"$out/proxy-vg.log" 2>&1 &
+  "${CPUB_INSTR_PROXY_BIN:-$bin/cpub-proxy}" >"$out/proxy-vg.log" 2>&1 &
 proxy_vg=$!
 echo "$proxy_vg" >"$home/run/proxy.pid"
 
