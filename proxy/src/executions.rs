@@ -3,7 +3,8 @@
 //! PostgreSQL.
 //!
 //! The data path only fills a [`Raw`] record (no allocation: the request id
-//! moves in, the route entry is an `Arc`, the rest is inline) and pushes it
+//! is copied in or, past 32 bytes, moves in ([`RecordId`]), the route entry
+//! is an `Arc`, the rest is inline) and pushes it
 //! onto its worker thread's local batch; a full batch, or every 250 ms the
 //! worker's flush tick ([`flush_local`]), goes through a bounded channel to
 //! the shipper on the background runtime. When the channel is full the
@@ -65,7 +66,7 @@ const SPOOL_SUFFIX_JSON: &str = ".json";
 pub struct Raw {
     pub at: SystemTime,
     pub instance: Option<ShortId>,
-    pub request_id: String,
+    pub request_id: RecordId,
     pub trace_id: Option<[u8; wire::TRACE_ID_LEN]>,
     pub method: Method,
     pub status: u16,
@@ -103,6 +104,41 @@ impl Batch {
 
     fn len(&self) -> usize {
         self.records.len()
+    }
+}
+
+/// A call's request id in its record: inline when it is at most 32 bytes
+/// (the ids the proxy makes), so that the call's `String` is freed on its
+/// worker thread, whose allocator cache then serves the next call's id (a
+/// `String` moved into the record was freed on the shipper's thread, and
+/// the worker's next allocation took malloc's slow path); a longer id a
+/// caller sent moves in.
+pub enum RecordId {
+    Inline([u8; 32], u8),
+    Owned(String),
+}
+
+impl RecordId {
+    /// Copies a short id, takes a long one (leaving `id` empty).
+    pub fn new(id: &mut String) -> Self {
+        let mut inline = [0u8; 32];
+        match inline.get_mut(..id.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(id.as_bytes());
+                Self::Inline(inline, id.len() as u8)
+            }
+            None => Self::Owned(std::mem::take(id)),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Inline(bytes, n) => {
+                // A copy of a whole `str`: always UTF-8.
+                std::str::from_utf8(bytes.get(..usize::from(*n)).unwrap_or_default()).unwrap_or("")
+            }
+            Self::Owned(s) => s,
+        }
     }
 }
 
@@ -328,10 +364,9 @@ fn record<'a>(entry: &'a Entry, raw: &'a Raw) -> wire::ExecutionRecordRef<'a> {
         .at
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let request_id = if raw.request_id.is_empty() {
-        "-"
-    } else {
-        &raw.request_id
+    let request_id = match raw.request_id.as_str() {
+        "" => "-",
+        id => id,
     };
     wire::ExecutionRecordRef {
         at_us,
@@ -881,7 +916,7 @@ mod tests {
         Raw {
             at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + i),
             instance: Some(ShortId::new("0123456789abcdef")),
-            request_id: format!("rid-{i}"),
+            request_id: RecordId::new(&mut format!("rid-{i}")),
             trace_id: Some(*b"4bf92f3577b34da6a3ce929d0e0e4736"),
             method: Method::new(b"POST"),
             status: 200,
@@ -909,7 +944,7 @@ mod tests {
         r.status = 429;
         r.rejection = Some(Rejection::QueueFull);
         r.method = Method::new(b"");
-        r.request_id = String::new();
+        r.request_id = RecordId::new(&mut String::new());
         assert!(enc.add(&entry(), &r).is_none());
         let body = enc.finish().unwrap();
         assert_eq!((body.seq, body.records), (1, 4));
@@ -1025,6 +1060,23 @@ mod tests {
         assert_eq!(parse(bad), None);
         let two = b"GET / HTTP/1.1\r\nhost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b7-01\r\n\r\n";
         assert_eq!(parse(two), None);
+    }
+
+    #[test]
+    fn request_ids_of_up_to_32_bytes_are_copied_and_longer_ones_moved() {
+        let mut short = "0123456789abcdef0123456789abcdef".to_string();
+        let id = RecordId::new(&mut short);
+        assert!(matches!(id, RecordId::Inline(..)));
+        assert_eq!(
+            (id.as_str(), short.len()),
+            ("0123456789abcdef0123456789abcdef", 32)
+        );
+        let mut long = format!("{short}x");
+        let id = RecordId::new(&mut long);
+        assert!(matches!(id, RecordId::Owned(_)));
+        assert_eq!((id.as_str().len(), long.len()), (33, 0));
+        assert_eq!(RecordId::new(&mut String::new()).as_str(), "");
+        assert_eq!(RecordId::new(&mut "é-ü".to_string()).as_str(), "é-ü");
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Call {
                     .checked_sub(total)
                     .unwrap_or(std::time::UNIX_EPOCH),
                 instance: lease.map(|l| crate::executions::ShortId::new(l.instance_id())),
-                request_id: std::mem::take(&mut self.request_id),
+                request_id: crate::executions::RecordId::new(&mut self.request_id),
                 trace_id: self.trace_id,
                 method: self.method,
                 status: self.status,

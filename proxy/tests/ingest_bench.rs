@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use containerpub_pool::StartKind;
-use containerpub_proxy::executions::{self, Method, Raw, Settings, ShortId};
+use containerpub_proxy::executions::{self, Method, Raw, RecordId, Settings, ShortId};
 use containerpub_proxy::routes::Entry;
 
 const TOKEN: &str = "ingest-bench-token-0123456789abcdef";
@@ -119,7 +119,7 @@ fn raw(i: u64) -> Raw {
         at: SystemTime::now(),
         instance: (!rejected)
             .then(|| ShortId::new(["0123456789ab", "fedcba987654"][(i % 2) as usize])),
-        request_id: containerpub_wire::request_id::generate(),
+        request_id: RecordId::new(&mut containerpub_wire::request_id::generate()),
         trace_id: (!i.is_multiple_of(4)).then_some(trace),
         method: Method::new(if i.is_multiple_of(3) { b"POST" } else { b"GET" }),
         status: if rejected {
