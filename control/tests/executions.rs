@@ -303,7 +303,15 @@ async fn binary_batches_are_stored_as_json_ones_and_bad_ones_not_at_all() {
         batch: "boot-20".into(),
         records: records.clone(),
     };
-    let (status, body) = app.ingest_binary(&batch).await;
+    // The media type in another case, with a parameter: still binary.
+    let (status, body) = app
+        .send_as(
+            "POST",
+            "/api/v1/executions",
+            "Application/VND.containerpub.executions-v1 ; q=1",
+            encode(&batch),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let r: IngestResult = serde_json::from_slice(&body).unwrap();
     assert_eq!((r.stored, r.duplicate), (300, false));
@@ -370,6 +378,28 @@ async fn binary_batches_are_stored_as_json_ones_and_bad_ones_not_at_all() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(e["field"], "records[49].method", "{e}");
+    // Binary sent as JSON: the answer the proxy takes for a control plane
+    // without the binary form (`refused_as_json` in
+    // proxy/src/executions.rs: 400, field `body`, "not an execution
+    // batch…"), as an older control plane gives it.
+    let (status, body) = app
+        .send_as(
+            "POST",
+            "/api/v1/executions",
+            "application/json",
+            encode(&bad),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["field"], "body", "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not an execution batch"),
+        "{e}"
+    );
     // JSON sent as binary: refused by name.
     let (status, body) = app
         .send_as(

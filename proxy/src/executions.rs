@@ -17,8 +17,10 @@
 //! (the control plane stores a batch once, so a resend after a lost answer
 //! adds nothing), and posts them oldest first. While the control plane is
 //! unreachable, bodies wait in memory (up to `memory_bytes`), then in spool
-//! files in `<state-dir>/executions/` (up to `spool_bytes`; they are sent by
-//! the next proxy too, after a restart); what does not fit is dropped and
+//! files in `<state-dir>/executions/` (up to `spool_bytes`; written as JSON,
+//! so that they are sent by the next proxy too, after a restart or a
+//! rollback to a version before the binary form); what does not fit is
+//! dropped and
 //! counted in `cpub_execution_records_dropped_total{reason}`.
 //!
 //! Longer than most files (about 700 lines of code, 300 of tests): it is
@@ -55,11 +57,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long bodies go as JSON after the control plane refused the binary
 /// form (a version from before it) before the binary form is tried again.
 const JSON_FOR: Duration = Duration::from_secs(600);
-/// Spool file suffix (binary bodies).
-const SPOOL_SUFFIX: &str = ".bin";
-/// Suffix of the JSON bodies proxies spooled before the binary form (sent
-/// as they are).
-const SPOOL_SUFFIX_JSON: &str = ".json";
+/// Spool file suffix. Spooled bodies are JSON, as before the binary form:
+/// an older proxy (after a rollback) still sends them.
+const SPOOL_SUFFIX: &str = ".json";
 
 /// What the data path records of one call (its route entry is passed
 /// beside it to [`push`]).
@@ -453,14 +453,12 @@ impl Encoder {
 }
 
 /// A spool file: its body's sequence, path, records (estimated for files
-/// an earlier run left), bytes, and whether it holds JSON (an earlier
-/// version's).
+/// an earlier run left) and bytes.
 struct SpoolFile {
     seq: u64,
     path: PathBuf,
     records: u64,
     bytes: u64,
-    json: bool,
 }
 
 /// Bodies waiting: oldest first, in spool files then in memory.
@@ -527,26 +525,21 @@ fn scan_spool(dir: &Path) -> (VecDeque<SpoolFile>, u64, u64) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let (stem, json) = match name.strip_suffix(SPOOL_SUFFIX) {
-                Some(stem) => (stem, false),
-                None => match name.strip_suffix(SPOOL_SUFFIX_JSON) {
-                    Some(stem) => (stem, true),
-                    None => continue,
-                },
-            };
-            let Ok(seq) = stem.parse::<u64>() else {
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SPOOL_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
             let bytes = entry.metadata().map_or(0, |m| m.len());
             // The count is not known without reading it: estimate for the
-            // gauge (about 300 bytes a record in JSON, 110 binary).
+            // gauge (about 300 bytes a record).
             files.push(SpoolFile {
                 seq,
                 path: entry.path(),
-                records: bytes / if json { 300 } else { 110 },
+                records: bytes / 300,
                 bytes,
-                json,
             });
         }
     }
@@ -617,7 +610,20 @@ fn enqueue(shared: &Shared, body: Body) {
 /// Writes a body to a spool file, or drops it when the spool is full.
 fn spool(shared: &Shared, body: Body) {
     let settings = &shared.settings;
-    let len = body.bytes.len() as u64;
+    // As JSON (only while the control plane is away, so its cost does not
+    // matter): a proxy of an earlier version, after a rollback, sends it.
+    let Some(json) = as_json(&body.bytes) else {
+        metrics()
+            .dropped
+            .with_label_values(&["refused"])
+            .inc_by(body.records);
+        warn!(
+            records = body.records,
+            "execution records dropped: cannot encode them as JSON"
+        );
+        return;
+    };
+    let len = json.len() as u64;
     let room = {
         let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.spool_bytes + len <= settings.spool_bytes
@@ -627,13 +633,11 @@ fn spool(shared: &Shared, body: Body) {
         .join(format!("{:020}{SPOOL_SUFFIX}", body.seq));
     let written = room
         && std::fs::create_dir_all(&settings.spool_dir).is_ok()
-        && containerpub_util::fs::write_atomic(
-            &path,
-            &body.bytes,
-            containerpub_util::fs::Modes::PRIVATE,
-        )
-        .map_err(|e| warn!(path = %path.display(), error = %e, "cannot spool execution records"))
-        .is_ok();
+        && containerpub_util::fs::write_atomic(&path, &json, containerpub_util::fs::Modes::PRIVATE)
+            .map_err(
+                |e| warn!(path = %path.display(), error = %e, "cannot spool execution records"),
+            )
+            .is_ok();
     if written {
         let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.spool_bytes += len;
@@ -647,7 +651,6 @@ fn spool(shared: &Shared, body: Body) {
                 path,
                 records: body.records,
                 bytes: len,
-                json: false,
             },
         );
     } else {
@@ -662,10 +665,10 @@ fn spool(shared: &Shared, body: Body) {
     }
 }
 
-/// What to send next: the oldest spool file (sequence, path, records,
-/// JSON or not), else the oldest body in memory.
+/// What to send next: the oldest spool file (JSON), else the oldest body
+/// in memory (binary).
 enum Next {
-    File(u64, PathBuf, u64, bool),
+    File(u64, PathBuf, u64),
     Memory(u64, u64, Vec<u8>),
 }
 
@@ -690,41 +693,41 @@ async fn send_loop(shared: Arc<Shared>) {
         let next = {
             let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(f) = q.spool.front() {
-                Some(Next::File(f.seq, f.path.clone(), f.records, f.json))
+                Some(Next::File(f.seq, f.path.clone(), f.records))
             } else {
                 q.memory
                     .front()
                     .map(|b| Next::Memory(b.seq, b.records, b.bytes.clone()))
             }
         };
-        let Some(next) = next else {
+        let Some(mut next) = next else {
             shared.ready.notified().await;
             continue;
         };
-        let (seq, records, body, json) = match &next {
-            Next::File(seq, path, records, json) => match tokio::fs::read(path).await {
-                Ok(body) => (*seq, *records, body, *json),
+        let (seq, records, body, json) = match &mut next {
+            Next::File(seq, path, records) => match tokio::fs::read(&*path).await {
+                Ok(body) => (*seq, *records, body, true),
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "unreadable spool file dropped");
                     remove_front(&shared, &next).await;
                     continue;
                 }
             },
-            Next::Memory(seq, records, body) => (*seq, *records, body.clone(), false),
+            // The queue keeps its copy until the body is sent.
+            Next::Memory(seq, records, body) => (*seq, *records, std::mem::take(body), false),
         };
-        let as_json = json_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        let json_only = json_until.is_some_and(|t| tokio::time::Instant::now() < t);
         let (body, content_type) = if json {
             (body, "application/json")
-        } else if as_json {
-            match wire::binary::decode(&body) {
-                Ok(batch) => (
-                    serde_json::to_vec(&batch.to_batch()).unwrap_or_default(),
-                    "application/json",
-                ),
-                // Not for a body this process encoded, but a spool file
-                // may be damaged.
-                Err(e) => {
-                    warn!(error = %e, records, "damaged execution records dropped");
+        } else if json_only {
+            match as_json(&body) {
+                Some(json) => (json, "application/json"),
+                // Not for a body this process encoded.
+                None => {
+                    warn!(
+                        records,
+                        "execution records dropped: cannot encode them as JSON"
+                    );
                     metrics()
                         .dropped
                         .with_label_values(&["refused"])
@@ -795,6 +798,12 @@ async fn send_loop(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// A binary body (this process's encoding) as JSON.
+fn as_json(binary: &[u8]) -> Option<Vec<u8>> {
+    let batch = wire::binary::decode(binary).ok()?;
+    serde_json::to_vec(&batch.to_batch()).ok()
 }
 
 /// Whether a refusal of a binary body is a control plane reading it as
@@ -1094,16 +1103,14 @@ mod tests {
     #[test]
     fn spool_files_are_found_in_order() {
         let dir = tempfile_dir();
-        // An earlier version's JSON files are sent too, in order.
         std::fs::write(dir.join("00000000000000000002.json"), b"{}").unwrap();
-        std::fs::write(dir.join("00000000000000000010.bin"), b"CPX1").unwrap();
-        std::fs::write(dir.join("00000000000000000003.bin"), b"CPX1").unwrap();
+        std::fs::write(dir.join("00000000000000000010.json"), b"{}").unwrap();
         std::fs::write(dir.join("junk.json"), b"{}").unwrap();
-        std::fs::write(dir.join("00000000000000000001.bin.tmp"), b"{}").unwrap();
+        std::fs::write(dir.join("00000000000000000003.bin"), b"CPX1").unwrap();
+        std::fs::write(dir.join("00000000000000000001.json.tmp"), b"{}").unwrap();
         let (files, bytes, max) = scan_spool(&dir);
-        let found: Vec<(u64, bool)> = files.iter().map(|f| (f.seq, f.json)).collect();
-        assert_eq!(found, [(2, true), (3, false), (10, false)]);
-        assert_eq!((bytes, max), (10, 10));
+        assert_eq!(files.iter().map(|f| f.seq).collect::<Vec<_>>(), [2, 10]);
+        assert_eq!((bytes, max), (4, 10));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -127,10 +127,18 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cpub_execution_partitions'))")
         .execute(&mut *tx)
         .await?;
-    sqlx::query(&sql).execute(&mut *tx).await?;
-    sqlx::query(&no_array_statistics(&partition_name(day)))
-        .execute(&mut *tx)
+    // Only a partition made here gets the ALTER: it locks the table, and a
+    // VACUUM of an existing one would hold every ingest up behind it.
+    let (missing,): (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NULL")
+        .bind(partition_name(day))
+        .fetch_one(&mut *tx)
         .await?;
+    if missing {
+        sqlx::query(&sql).execute(&mut *tx).await?;
+        sqlx::query(&no_array_statistics(&partition_name(day)))
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     known().lock().expect("partitions lock").insert(day);
     Ok(())
@@ -227,10 +235,13 @@ pub async fn ingest(
         ));
     }
     // Strings stay borrowed from `body`. Anything not binary is JSON (what
-    // proxies sent before the binary form, and their spool files).
+    // proxies sent before the binary form, and spool files).
+    // A media type is case-insensitive and may carry parameters.
     let binary = headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == wire::binary::CONTENT_TYPE.as_bytes());
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(wire::binary::CONTENT_TYPE));
     let batch: ExecutionBatchRef<'_> = if binary {
         wire::binary::decode(&body).map_err(|e| {
             Error::bad_request(

@@ -1,7 +1,7 @@
 //! The binary form of an execution batch: what a proxy posts to
 //! `POST /api/v1/executions` with `content-type:` [`CONTENT_TYPE`]. The
 //! control plane accepts it beside the JSON form ([`super::ExecutionBatch`],
-//! still what older proxies and their spool files send) and decodes both
+//! still what older proxies and every spool file send) and decodes both
 //! into the same [`ExecutionBatchRef`], strings borrowed from the body.
 //!
 //! Why a second form: decoding JSON was about 70 % of the control plane's
@@ -40,6 +40,9 @@ use super::{ExecutionBatchRef, ExecutionRecordRef, MAX_BATCH_RECORDS, StartKind,
 pub const CONTENT_TYPE: &str = "application/vnd.containerpub.executions-v1";
 /// The first bytes of a binary batch.
 pub const MAGIC: &[u8; 4] = b"CPX1";
+// A table index (one entry at most per record) fits its u16.
+const _: () = assert!(MAX_BATCH_RECORDS < u16::MAX as usize);
+
 /// Bytes of the shortest record (every string empty).
 const MIN_RECORD: usize = 2 + 8 + 4 + 2 + 1 + 6 * 8 + 1;
 /// Bytes of the shortest function table entry.
