@@ -803,7 +803,7 @@ async fn send_loop(shared: Arc<Shared>) {
 /// A binary body (this process's encoding) as JSON.
 fn as_json(binary: &[u8]) -> Option<Vec<u8>> {
     let batch = wire::binary::decode(binary).ok()?;
-    serde_json::to_vec(&batch.to_batch()).ok()
+    serde_json::to_vec(&batch).ok()
 }
 
 /// Whether a refusal of a binary body is a control plane reading it as
@@ -1020,8 +1020,7 @@ mod tests {
         let mut enc = Encoder::new("node-1", "boot".into(), 1);
         enc.add(&entry(), &raw(1));
         let body = enc.finish().unwrap();
-        let json =
-            serde_json::to_vec(&wire::binary::decode(&body.bytes).unwrap().to_batch()).unwrap();
+        let json = as_json(&body.bytes).unwrap();
         let batch: wire::ExecutionBatch = serde_json::from_slice(&json).unwrap();
         assert_eq!(batch.batch, "boot-1");
         assert_eq!(batch.records[0].request_id, "rid-1");

@@ -137,6 +137,12 @@ impl Text<'_> {
     }
 }
 
+impl Serialize for Text<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -163,8 +169,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 }
 
 /// [`ExecutionRecord`] as the control plane decodes it: the same fields
-/// and rules, its strings borrowed from the body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// and rules, its strings borrowed from the body (and the same JSON, which
+/// a proxy sends when the control plane does not take the binary form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutionRecordRef<'a> {
     pub at_us: i64,
@@ -172,16 +179,16 @@ pub struct ExecutionRecordRef<'a> {
     pub function: Text<'a>,
     pub deployment_id: i64,
     pub version: i32,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub instance: Option<Text<'a>>,
     #[serde(borrow)]
     pub request_id: Text<'a>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<Text<'a>>,
     #[serde(borrow)]
     pub method: Text<'a>,
     pub status: u16,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<StartKind>,
     pub queue_us: u64,
     pub start_us: u64,
@@ -189,12 +196,12 @@ pub struct ExecutionRecordRef<'a> {
     pub total_us: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<Text<'a>>,
 }
 
 /// [`ExecutionBatch`] as the control plane decodes it (strings borrowed).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutionBatchRef<'a> {
     #[serde(borrow)]
@@ -205,46 +212,7 @@ pub struct ExecutionBatchRef<'a> {
     pub records: Vec<ExecutionRecordRef<'a>>,
 }
 
-impl ExecutionBatchRef<'_> {
-    /// The batch owned, as its JSON form is built ([`ExecutionBatch`]).
-    pub fn to_batch(&self) -> ExecutionBatch {
-        ExecutionBatch {
-            node: self.node.as_str().to_owned(),
-            batch: self.batch.as_str().to_owned(),
-            records: self
-                .records
-                .iter()
-                .map(ExecutionRecordRef::to_record)
-                .collect(),
-        }
-    }
-}
-
 impl ExecutionRecordRef<'_> {
-    /// The record owned.
-    pub fn to_record(&self) -> ExecutionRecord {
-        let owned = |t: &Text<'_>| t.as_str().to_owned();
-        ExecutionRecord {
-            at_us: self.at_us,
-            function: owned(&self.function),
-            deployment_id: self.deployment_id,
-            version: self.version,
-            instance: self.instance.as_ref().map(owned),
-            request_id: owned(&self.request_id),
-            trace_id: self.trace_id.as_ref().map(owned),
-            method: owned(&self.method),
-            status: self.status,
-            start: self.start,
-            queue_us: self.queue_us,
-            start_us: self.start_us,
-            upstream_us: self.upstream_us,
-            total_us: self.total_us,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            rejection: self.rejection.as_ref().map(owned),
-        }
-    }
-
     /// Checks every field; the error names the field at fault.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         crate::validate_function_name(self.function.as_str())
