@@ -613,14 +613,7 @@ fn spool(shared: &Shared, body: Body) {
     // As JSON (only while the control plane is away, so its cost does not
     // matter): a proxy of an earlier version, after a rollback, sends it.
     let Some(json) = as_json(&body.bytes) else {
-        metrics()
-            .dropped
-            .with_label_values(&["refused"])
-            .inc_by(body.records);
-        warn!(
-            records = body.records,
-            "execution records dropped: cannot encode them as JSON"
-        );
+        drop_records("refused", body.records, "cannot encode them as JSON");
         return;
     };
     let len = json.len() as u64;
@@ -654,15 +647,17 @@ fn spool(shared: &Shared, body: Body) {
             },
         );
     } else {
-        metrics()
-            .dropped
-            .with_label_values(&["spool_full"])
-            .inc_by(body.records);
-        warn!(
-            records = body.records,
-            "execution records dropped: the spool is full"
-        );
+        drop_records("spool_full", body.records, "the spool is full");
     }
+}
+
+/// Counts `records` as dropped for `reason` and logs why.
+fn drop_records(reason: &'static str, records: u64, why: &str) {
+    metrics()
+        .dropped
+        .with_label_values(&[reason])
+        .inc_by(records);
+    warn!(records, "execution records dropped: {why}");
 }
 
 /// What to send next: the oldest spool file (JSON), else the oldest body
@@ -724,14 +719,7 @@ async fn send_loop(shared: Arc<Shared>) {
                 Some(json) => (json, "application/json"),
                 // Not for a body this process encoded.
                 None => {
-                    warn!(
-                        records,
-                        "execution records dropped: cannot encode them as JSON"
-                    );
-                    metrics()
-                        .dropped
-                        .with_label_values(&["refused"])
-                        .inc_by(records);
+                    drop_records("refused", records, "cannot encode them as JSON");
                     remove_front(&shared, &next).await;
                     continue;
                 }
