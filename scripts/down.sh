@@ -43,5 +43,5 @@ fi
 if [ -f "$home/run/pg-dir" ]; then
   CPUB_PG_DIR=$(cat "$home/run/pg-dir") bash scripts/pg.sh stop && echo "stopped PostgreSQL"
 fi
-pkill -f '^podman system service' 2>/dev/null && echo "stopped the Podman API service" || true
+pkill -f "^podman (--runtime [^ ]+ )?system service --time=0 unix://${CPUB_PODMAN_SOCKET:-/run/podman/podman.sock}\$" 2>/dev/null && echo "stopped the Podman API service" || true
 exit $status

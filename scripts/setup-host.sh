@@ -53,12 +53,48 @@ for f in /etc/subuid /etc/subgid; do
 done
 echo "setup-host: user namespaces from $(grep '^containers:' /etc/subuid | head -1) (subuid), $(grep '^containers:' /etc/subgid | head -1) (subgid); builds from $(grep '^cpub-build:' /etc/subuid | head -1)"
 
+# The OCI runtime of a Podman service, from its /info.
+runtime_path_of() {
+  curl -fsS --unix-socket "$1" http://d/v4.0.0/libpod/info 2>/dev/null \
+    | grep -o '"ociRuntime":{[^}]*}' | grep -o '"path":"[^"]*"' | cut -d'"' -f4
+}
+# Stops the Podman service listening on $1 (containers keep running: each
+# has its conmon); fails when its process cannot be found.
+stop_service() {
+  local pid
+  pid=$(ss -xlpn "src $1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+  [ -n "$pid" ] || return 1
+  kill "$pid"
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+}
+
+# The instances' service runs runc behind scripts/cpub-runc, which starts a
+# container runc created without runc's pass over the host's mount table
+# (its header; docs/BENCHMARKS.md, "Starts without runc's mount table").
+# Installed as a copy: the service outlives the clone it was started from.
+instance_runtime=/usr/local/lib/containerpub/cpub-runc
+if ! cmp -s "$(dirname "$0")/cpub-runc" "$instance_runtime" 2>/dev/null; then
+  install -D -m 0755 "$(dirname "$0")/cpub-runc" "$instance_runtime"
+fi
 sock=${CPUB_PODMAN_SOCKET:-/run/podman/podman.sock}
+if curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 \
+  && [ "$(runtime_path_of "$sock" || true)" != "$instance_runtime" ]; then
+  # Set up before this runtime existed: restart it. Running containers keep
+  # running (and keep the runtime they were created with).
+  echo "setup-host: restarting the Podman service on $sock with the runtime $instance_runtime"
+  stop_service "$sock" || {
+    echo "setup-host: the Podman service on $sock does not use $instance_runtime and its process was not found: stop it and run setup-host.sh again" >&2
+    exit 1
+  }
+fi
 if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   mkdir -p "$(dirname "$sock")" /var/log/containerpub
   # From /: conmon inherits the service's working directory and fails every
   # container start once that directory is deleted (a removed clone, say).
-  (cd / && exec nohup podman system service --time=0 "unix://$sock" >/var/log/containerpub/podman-service.log 2>&1) &
+  (cd / && exec nohup podman --runtime "$instance_runtime" system service --time=0 "unix://$sock" >/var/log/containerpub/podman-service.log 2>&1) &
   for _ in $(seq 1 100); do
     curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.1
@@ -99,31 +135,20 @@ if ! cmp -s "$(dirname "$0")/cpub-build-runc" "$build_runtime" 2>/dev/null; then
   install -D -m 0755 "$(dirname "$0")/cpub-build-runc" "$build_runtime"
 fi
 build_sock=${CPUB_BUILD_PODMAN_SOCKET:-/run/podman/cpub-build.sock}
-# The runtime's path and the storage driver of the running build service.
-build_runtime_path() {
-  curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info 2>/dev/null \
-    | grep -o '"ociRuntime":{[^}]*}' | grep -o '"path":"[^"]*"' | cut -d'"' -f4
-}
+# The storage driver of the running build service.
 build_driver() {
   curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info \
     | grep -o '"graphDriverName":"[^"]*"' | cut -d'"' -f4
 }
 if curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 \
-  && [ "$(build_runtime_path || true)" != "$build_runtime" ]; then
+  && [ "$(runtime_path_of "$build_sock" || true)" != "$build_runtime" ]; then
   # A build service set up before this runtime existed: restart it (a build
   # running on it fails and says so; its cgroup is reaped by cpub-control).
-  old_pid=$(ss -xlpn "src $build_sock" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
-  if [ -n "$old_pid" ]; then
-    echo "setup-host: restarting the build service (pid $old_pid) with the runtime $build_runtime"
-    kill "$old_pid"
-    for _ in $(seq 1 100); do
-      kill -0 "$old_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-  else
+  echo "setup-host: restarting the build service with the runtime $build_runtime"
+  stop_service "$build_sock" || {
     echo "setup-host: the build service on $build_sock does not use $build_runtime and its process was not found: stop it and run setup-host.sh again" >&2
     exit 1
-  fi
+  }
 fi
 if ! curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1; then
   mkdir -p "$(dirname "$build_sock")" /var/log/containerpub
@@ -139,7 +164,7 @@ if [ "$build_driver" != vfs ]; then
   echo "setup-host: the build service on $build_sock uses the $build_driver storage driver, not vfs (started with another configuration?)" >&2
   exit 1
 fi
-build_rt=$(build_runtime_path || true)
+build_rt=$(runtime_path_of "$build_sock" || true)
 if [ "$build_rt" != "$build_runtime" ]; then
   echo "setup-host: the build service on $build_sock runs $build_rt, not $build_runtime" >&2
   exit 1
@@ -253,7 +278,7 @@ check net.core.netdev_max_backlog "$(sysval net.core.netdev_max_backlog)" $(( n 
 if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
   check net.netfilter.nf_conntrack_max "$(sysval net.netfilter.nf_conntrack_max)" $(( n * 64 )) "connections to and from instances"
 fi
-service_pid=$(pgrep -f "podman system service --time=0 unix://$sock" | head -1 || true)
+service_pid=$(ss -xlpn "src $sock" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
 if [ -n "$service_pid" ] && [ -r "/proc/$service_pid/limits" ]; then
   nofile=$(awk '/Max open files/ {print $4}' "/proc/$service_pid/limits")
   if [ "$nofile" != unlimited ] && [ "$nofile" -lt $(( n * 8 + 1024 )) ]; then
