@@ -420,7 +420,9 @@ impl ContainerRuntime for PodmanRuntime {
             }
             None => None,
         };
-        let (id, created, ahead_kind, known) = loop {
+        // `podman_done`: when Podman's `start` returned (then come the first
+        // connect to a container initialized ahead, and the bridge's pin).
+        let (id, created, ahead_kind, known, podman_done) = loop {
             if let Some(container) = ahead.take() {
                 let created = t0.elapsed();
                 let kind = if container.initialized {
@@ -430,11 +432,14 @@ impl ContainerRuntime for PodmanRuntime {
                 };
                 match self.podman.start_container(&container.id).await {
                     Ok(()) => {
+                        let podman_done = t0.elapsed();
                         let Some(ip) = container.address else {
-                            break (container.id, created, kind, None);
+                            break (container.id, created, kind, None, podman_done);
                         };
                         match network_answers(SocketAddr::new(ip, route.config.port)).await {
-                            Ok(()) => break (container.id, created, kind, Some(ip)),
+                            Ok(()) => {
+                                break (container.id, created, kind, Some(ip), podman_done);
+                            }
                             Err(reason) => {
                                 tracing::warn!(
                                     function = %route.function,
@@ -469,7 +474,7 @@ impl ContainerRuntime for PodmanRuntime {
                 self.remove_failed(&id).await;
                 return Err(err.into());
             }
-            break (id, created, "none", None);
+            break (id, created, "none", None, t0.elapsed());
         };
         if let Some(b) = &self.bridge {
             b.pin().await;
@@ -494,6 +499,7 @@ impl ContainerRuntime for PodmanRuntime {
                     ahead = ahead_kind,
                     create_us = us(created),
                     start_us = us(running - created),
+                    podman_us = us(podman_done - created),
                     inspect_us = us(t0.elapsed() - running),
                     "container started"
                 );

@@ -67,7 +67,10 @@ fn a_created_container_is_started_through_its_fifo() {
     assert!(!fifo.exists());
     // A second start finds no fifo and is runc's to answer.
     let again = run(root.path(), &["start", ID]);
-    assert_eq!(String::from_utf8_lossy(&again.stdout), format!("start {ID}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        format!("start {ID}\n")
+    );
 }
 
 #[test]
