@@ -19,17 +19,23 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # crun fails on this kernel's cgroup v1 hybrid layout; runc with explicit
-# ulimits works (PITFALLS.md).
+# ulimits works (PITFALLS.md). Podman tells runc to log its errors as JSON
+# only for runtimes it knows by name: the list adds the two wrappers of runc
+# below (cpub-runc, cpub-build-runc), so their errors read like runc's.
+# Rewritten when it differs; the Podman services started below are
+# restarted then (they read it once).
 mkdir -p /etc/containers
 conf=/etc/containers/containers.conf
-if ! grep -q '# containerpub' "$conf" 2>/dev/null; then
-  cat > "$conf" <<'CONF'
-# containerpub: written by scripts/setup-host.sh
+conf_text='# containerpub: written by scripts/setup-host.sh
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
 [engine]
 runtime = "runc"
-CONF
+runtime_supports_json = ["crun", "runc", "kata", "runsc", "krun", "cpub-runc", "cpub-build-runc"]'
+conf_changed=0
+if [ "$(cat "$conf" 2>/dev/null || true)" != "$conf_text" ]; then
+  printf '%s\n' "$conf_text" > "$conf"
+  conf_changed=1
 fi
 
 # User namespaces: every function instance gets its own range of host ids
@@ -58,17 +64,30 @@ runtime_path_of() {
   curl -fsS --unix-socket "$1" http://d/v4.0.0/libpod/info 2>/dev/null \
     | grep -o '"ociRuntime":{[^}]*}' | grep -o '"path":"[^"]*"' | cut -d'"' -f4
 }
+# The pid of the podman process listening on $1 (not a socket-activating
+# systemd holding it too).
+service_pid_of() {
+  ss -xlpn "src $1" 2>/dev/null | grep -o '"podman",pid=[0-9]*' | head -1 | cut -d= -f2 || true
+}
 # Stops the Podman service listening on $1 (containers keep running: each
-# has its conmon); fails when its process cannot be found.
+# has its conmon); fails when its process cannot be found or outlives 10 s.
 stop_service() {
   local pid
-  pid=$(ss -xlpn "src $1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+  pid=$(service_pid_of "$1")
   [ -n "$pid" ] || return 1
   kill "$pid"
   for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
+    kill -0 "$pid" 2>/dev/null || return 0
     sleep 0.1
   done
+  return 1
+}
+# Whether the service on $1 must be restarted to run $2 with this
+# containers.conf: it answers, and runs another runtime or predates the file.
+needs_restart() {
+  local path
+  path=$(runtime_path_of "$1" || true)
+  [ -n "$path" ] && { [ "$path" != "$2" ] || [ "$conf_changed" = 1 ]; }
 }
 
 # The instances' service runs runc behind scripts/cpub-runc, which starts a
@@ -80,13 +99,12 @@ if ! cmp -s "$(dirname "$0")/cpub-runc" "$instance_runtime" 2>/dev/null; then
   install -D -m 0755 "$(dirname "$0")/cpub-runc" "$instance_runtime"
 fi
 sock=${CPUB_PODMAN_SOCKET:-/run/podman/podman.sock}
-if curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 \
-  && [ "$(runtime_path_of "$sock" || true)" != "$instance_runtime" ]; then
-  # Set up before this runtime existed: restart it. Running containers keep
-  # running (and keep the runtime they were created with).
+if needs_restart "$sock" "$instance_runtime"; then
+  # Set up before this runtime or this containers.conf: restart it. Running
+  # containers keep running (and the runtime they were created with).
   echo "setup-host: restarting the Podman service on $sock with the runtime $instance_runtime"
   stop_service "$sock" || {
-    echo "setup-host: the Podman service on $sock does not use $instance_runtime and its process was not found: stop it and run setup-host.sh again" >&2
+    echo "setup-host: the Podman service on $sock could not be stopped (its podman process not found, or still running): stop it and run setup-host.sh again" >&2
     exit 1
   }
 fi
@@ -101,7 +119,13 @@ if ! curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   done
   curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null || { echo "setup-host: podman API socket did not come up" >&2; exit 1; }
 fi
-echo "setup-host: podman $(podman --version | awk '{print $3}') API on $sock"
+instance_rt=$(runtime_path_of "$sock" || true)
+if [ "$instance_rt" != "$instance_runtime" ]; then
+  # Another service on the socket (systemd's podman.socket starts one
+  # without --runtime): instances work, their starts go through runc.
+  echo "setup-host: WARNING the Podman service on $sock runs '$instance_rt', not $instance_runtime: starts of containers initialized ahead go through runc, slower with many instances (stop that service, e.g. systemctl disable --now podman.socket, and run setup-host.sh again)" >&2
+fi
+echo "setup-host: podman $(podman --version | awk '{print $3}') API on $sock (runtime ${instance_rt:-unknown})"
 
 # The build service: a second rootful Podman API with a store of its own.
 # Podman 4.3 builds correct images in a user namespace only on a store that
@@ -140,13 +164,13 @@ build_driver() {
   curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info \
     | grep -o '"graphDriverName":"[^"]*"' | cut -d'"' -f4
 }
-if curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 \
-  && [ "$(runtime_path_of "$build_sock" || true)" != "$build_runtime" ]; then
-  # A build service set up before this runtime existed: restart it (a build
-  # running on it fails and says so; its cgroup is reaped by cpub-control).
+if needs_restart "$build_sock" "$build_runtime"; then
+  # A build service set up before this runtime or this containers.conf:
+  # restart it (a build running on it fails and says so; its cgroup is
+  # reaped by cpub-control).
   echo "setup-host: restarting the build service with the runtime $build_runtime"
   stop_service "$build_sock" || {
-    echo "setup-host: the build service on $build_sock does not use $build_runtime and its process was not found: stop it and run setup-host.sh again" >&2
+    echo "setup-host: the build service on $build_sock could not be stopped (its podman process not found, or still running): stop it and run setup-host.sh again" >&2
     exit 1
   }
 fi
@@ -278,7 +302,7 @@ check net.core.netdev_max_backlog "$(sysval net.core.netdev_max_backlog)" $(( n 
 if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
   check net.netfilter.nf_conntrack_max "$(sysval net.netfilter.nf_conntrack_max)" $(( n * 64 )) "connections to and from instances"
 fi
-service_pid=$(ss -xlpn "src $sock" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+service_pid=$(service_pid_of "$sock")
 if [ -n "$service_pid" ] && [ -r "/proc/$service_pid/limits" ]; then
   nofile=$(awk '/Max open files/ {print $4}' "/proc/$service_pid/limits")
   if [ "$nofile" != unlimited ] && [ "$nofile" -lt $(( n * 8 + 1024 )) ]; then
