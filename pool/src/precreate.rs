@@ -9,7 +9,10 @@
 //! runc's waiting init process (about 4 MB, measured in ARCHITECTURE.md),
 //! so at most `init_cap` are initialized; when a cold start's successor
 //! finds them all in use, the one whose function had its last cold start
-//! longest ago (or never) is replaced by a merely created container.
+//! longest ago (or never) is replaced by a merely created container. Each
+//! initialized one is touched (a connect its kernel refuses) after its
+//! `init` and every 20 s, so that the host has its address resolved and
+//! the bridge knows its port when it starts ([`keep_reachable`]).
 //!
 //! Rules that keep it safe:
 //! - a slot holds the exact container spec (every field but the name) it
@@ -133,7 +136,7 @@ impl Precreator {
         init_cap: usize,
         bridge: Option<Arc<Bridge>>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let me = Arc::new(Self {
             podman,
             network,
             init_cap,
@@ -143,7 +146,24 @@ impl Precreator {
             starts: tokio::sync::watch::Sender::new(Starts::default()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             bridge,
-        })
+        });
+        tokio::spawn(keep_reachable(Arc::downgrade(&me)));
+        me
+    }
+
+    /// Where the containers initialized ahead answer (refuse) connects.
+    fn initialized_addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.lock()
+            .slots
+            .values()
+            .filter_map(|slot| {
+                let ahead = slot.ready.as_ref().filter(|a| a.initialized)?;
+                Some(std::net::SocketAddr::new(
+                    ahead.address?,
+                    slot.route.config.port,
+                ))
+            })
+            .collect()
     }
 
     /// Marks a start of the runtime in progress until the value is dropped.
@@ -402,7 +422,7 @@ impl Precreator {
             if me.lock().closed {
                 return;
             }
-            let created = me.create_ahead(&spec, init).await;
+            let created = me.create_ahead(&spec, init, route.config.port).await;
             let orphan = {
                 let mut state = me.lock();
                 let closed = state.closed;
@@ -440,11 +460,12 @@ impl Precreator {
 
     /// Creates a container of `spec` (and `podman init`s it when `init`,
     /// after yielding to starts again: its address is read then, so the
-    /// start needs no inspect).
+    /// start needs no inspect, and touched on `port`, see [`touch`]).
     async fn create_ahead(
         &self,
         spec: &ContainerSpec,
         init: bool,
+        port: u16,
     ) -> Result<(String, Option<std::net::IpAddr>), crate::podman::PodmanError> {
         let id = self.podman.create_container(spec).await?;
         if !init {
@@ -464,6 +485,9 @@ impl Precreator {
             .await
             .ok()
             .and_then(|s| s.ip);
+        if let Some(ip) = address {
+            touch(std::net::SocketAddr::new(ip, port)).await;
+        }
         Ok((id, address))
     }
 
@@ -511,6 +535,40 @@ impl Precreator {
 }
 
 /// How long no start must have run before a creation ahead begins.
+/// How often each container initialized ahead is touched (see
+/// [`keep_reachable`]): within the kernel's 60 s before it collects a stale
+/// neighbour entry and the bridge's 300 s before it forgets a port.
+const KEEP_REACHABLE_EVERY: Duration = Duration::from_secs(20);
+
+/// A connect to a container initialized ahead, which its kernel refuses
+/// (nothing listens before the start): the host resolves and keeps its
+/// address, the bridge learns its port from the answer. A first connect
+/// at the start would otherwise wait for an ARP request flooded to every
+/// port of the bridge, milliseconds with a thousand instances
+/// (docs/BENCHMARKS.md, "Starts without runc's mount table").
+async fn touch(addr: std::net::SocketAddr) {
+    let connect = tokio::net::TcpStream::connect(addr);
+    match tokio::time::timeout(Duration::from_millis(500), connect).await {
+        Ok(Ok(_)) | Ok(Err(_)) => {}
+        Err(_) => tracing::debug!(%addr, "a container initialized ahead did not answer a touch"),
+    }
+}
+
+/// Touches the containers initialized ahead every [`KEEP_REACHABLE_EVERY`]
+/// until the pool is gone or closed.
+async fn keep_reachable(pool: std::sync::Weak<Precreator>) {
+    loop {
+        tokio::time::sleep(KEEP_REACHABLE_EVERY).await;
+        let addresses = match pool.upgrade() {
+            Some(p) if !p.lock().closed => p.initialized_addresses(),
+            _ => return,
+        };
+        for addr in addresses {
+            touch(addr).await;
+        }
+    }
+}
+
 const START_QUIET: Duration = Duration::from_millis(100);
 /// Longest a creation ahead yields to starts (a steady stream of them
 /// would otherwise leave every function without its container ahead).

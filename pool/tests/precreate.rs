@@ -425,6 +425,31 @@ async fn initialized_containers_go_to_the_functions_started_last() {
     } else {
         (&routes[1], &routes[0])
     };
+    // Touched once initialized: the host knows its hardware address before
+    // any start (no ARP request flooded to the bridge's ports at the start).
+    let ip = podman
+        .inspect_container(&first[&initialized.function].0, NETWORK)
+        .await
+        .unwrap()
+        .ip
+        .expect("an initialized container has its address");
+    // (Within 5 s: the periodic touch, every 20 s, must not be what did it.)
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("ip")
+            .args(["neigh", "show", &ip.to_string()])
+            .output()
+            .unwrap();
+        let neigh = String::from_utf8_lossy(&out.stdout).into_owned();
+        if neigh.contains("lladdr") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the host did not resolve {ip} within 5 s: {neigh:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The function whose container was only created starts: its successor
     // is initialized, and the other's initialized container gives way.
