@@ -534,7 +534,6 @@ impl Precreator {
     }
 }
 
-/// How long no start must have run before a creation ahead begins.
 /// How often each container initialized ahead is touched (see
 /// [`keep_reachable`]): within the kernel's 60 s before it collects a stale
 /// neighbour entry and the bridge's 300 s before it forgets a port.
@@ -547,10 +546,8 @@ const KEEP_REACHABLE_EVERY: Duration = Duration::from_secs(20);
 /// port of the bridge, milliseconds with a thousand instances
 /// (docs/BENCHMARKS.md, "Starts without runc's mount table").
 async fn touch(addr: std::net::SocketAddr) {
-    let connect = tokio::net::TcpStream::connect(addr);
-    match tokio::time::timeout(Duration::from_millis(500), connect).await {
-        Ok(Ok(_)) | Ok(Err(_)) => {}
-        Err(_) => tracing::debug!(%addr, "a container initialized ahead did not answer a touch"),
+    if let Err(reason) = crate::runtime::network_answers(addr).await {
+        tracing::debug!(%reason, "a container initialized ahead did not answer a touch");
     }
 }
 
@@ -569,6 +566,7 @@ async fn keep_reachable(pool: std::sync::Weak<Precreator>) {
     }
 }
 
+/// How long no start must have run before a creation ahead begins.
 const START_QUIET: Duration = Duration::from_millis(100);
 /// Longest a creation ahead yields to starts (a steady stream of them
 /// would otherwise leave every function without its container ahead).

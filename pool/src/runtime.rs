@@ -168,7 +168,7 @@ const NETWORK_CHECK: Duration = Duration::from_secs(2);
 /// even ARP, with a receive backlog shorter than the bridge's ports: see
 /// [`backlog_needed`]; without this check their start waited out the start
 /// timeout).
-async fn network_answers(addr: SocketAddr) -> Result<(), String> {
+pub(crate) async fn network_answers(addr: SocketAddr) -> Result<(), String> {
     match tokio::time::timeout(NETWORK_CHECK, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
