@@ -3,15 +3,18 @@
 //! as a response ends. Open loop: workers take the next request index from a
 //! shared counter; request `i` is due at `t0 + i / rate` and its latency runs
 //! from that time, so a request that waited for a free connection shows the
-//! wait (no coordinated omission).
+//! wait (no coordinated omission). Each open-loop worker waits for that time
+//! on its own timerfd ([`crate::pacer`]): tokio's millisecond timer would
+//! add up to a millisecond of the generator's own to every latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 
 use crate::conn::{Connections, Failure, Outcome};
+use crate::pacer::Pacer;
 use crate::plan::{MAX_CONNECTIONS, Mode, Plan};
 use crate::progress::{Counters, ProgressLine};
 use crate::report::{OpenLoop, Report, Stats};
@@ -78,6 +81,10 @@ async fn worker(shared: Arc<Shared>, id: u64) -> Stats {
     let mut conns = Connections::default();
     let mut rng = Rng::new(plan.seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let body_len = plan.request.body.len() as u64;
+    let mut pacer = matches!(plan.mode, Mode::Open { .. }).then(Pacer::new);
+    if pacer.as_ref().is_some_and(|p| !p.is_precise()) {
+        stats.coarse_timers += 1;
+    }
     loop {
         let index = shared.next.fetch_add(1, Ordering::Relaxed);
         if plan.requests.is_some_and(|limit| index >= limit) {
@@ -90,11 +97,8 @@ async fn worker(shared: Arc<Shared>, id: u64) -> Stats {
                 if intended >= shared.stop_at {
                     break;
                 }
-                let now = Instant::now();
-                if intended > now {
-                    sleep_until(intended).await;
-                } else if now - intended > LATE_AFTER {
-                    stats.late += 1;
+                if let Some(pacer) = &mut pacer {
+                    pacer.sleep_until(intended).await;
                 }
                 intended
             }
@@ -105,6 +109,13 @@ async fn worker(shared: Arc<Shared>, id: u64) -> Stats {
         let targets = plan.targets.targets();
         let target = &targets[plan.targets.sampler().sample(&mut rng)];
         stats.sent += 1;
+        if plan.mode != Mode::Closed {
+            let lag = start.elapsed();
+            stats.send_lag(lag);
+            if lag > LATE_AFTER {
+                stats.late += 1;
+            }
+        }
         let outcome = conns
             .attempt(target, &plan.request, Instant::now() + plan.timeout)
             .await;
@@ -130,6 +141,8 @@ fn build_report(plan: &Plan, stats: Stats, elapsed: Duration, bound: Duration) -
                 scheduled,
                 sent: stats.sent,
                 late: stats.late,
+                send_lag_ms: stats.send_lag_ms(),
+                coarse_timers: stats.coarse_timers,
                 dropped: scheduled.saturating_sub(stats.sent),
             })
         }

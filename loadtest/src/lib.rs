@@ -21,6 +21,7 @@ mod conn;
 mod duration;
 mod engine;
 mod error;
+mod pacer;
 mod plan;
 mod progress;
 mod report;

@@ -183,6 +183,9 @@ async fn open_loop_achieves_about_the_rate() {
     assert!(report.requests <= 200, "{report:#?}");
     assert!(report.throughput_rps <= 300.0, "{report:#?}");
     assert_eq!(report.errors.total, 0);
+    // Every worker paced on a timerfd of its own.
+    assert_eq!(open.coarse_timers, 0, "{open:?}");
+    assert!(open.send_lag_ms.p50 > 0.0, "{open:?}");
 }
 
 #[tokio::test]
@@ -203,6 +206,9 @@ async fn open_loop_latency_runs_from_the_intended_send_time() {
     // 0–500 ms; p90 therefore sits well above a fast response.
     assert!(report.latency_ms.p90 >= 100.0, "{report:#?}");
     assert!(open.late >= 10, "{open:?}");
+    // The wait for the connection is send lag too, and part of latency.
+    assert!(open.send_lag_ms.max >= 400.0, "{open:?}");
+    assert!(report.latency_ms.max >= open.send_lag_ms.max, "{report:#?}");
 }
 
 #[tokio::test]
@@ -355,7 +361,19 @@ async fn json_report_has_the_documented_keys() {
     );
     assert_eq!(
         keys(&json["open_loop"]),
-        ["dropped", "late", "scheduled", "sent", "target_rate"]
+        [
+            "coarse_timers",
+            "dropped",
+            "late",
+            "scheduled",
+            "send_lag_ms",
+            "sent",
+            "target_rate"
+        ]
+    );
+    assert_eq!(
+        keys(&json["open_loop"]["send_lag_ms"]),
+        ["max", "mean", "min", "p50", "p90", "p99", "p99_9"]
     );
     assert_eq!(json["status"]["200"], 10);
     assert_eq!(json["mode"], "open");

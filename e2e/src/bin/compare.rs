@@ -221,6 +221,13 @@ fn figures(args: &Args) -> Vec<Figure> {
         f(format!("open {r:.0}/s achieved req/s"), |t| {
             t.open.throughput_rps
         }),
+        // The generator's own: intended send time to send (all targets pay it).
+        f(format!("open {r:.0}/s send lag p50 ms"), |t| {
+            t.open.open_loop.map_or(f64::NAN, |o| o.send_lag_ms.p50)
+        }),
+        f(format!("open {r:.0}/s send lag p99 ms"), |t| {
+            t.open.open_loop.map_or(f64::NAN, |o| o.send_lag_ms.p99)
+        }),
         f(format!("wrk c={c} req/s"), |t| {
             t.wrk.as_ref().map_or(f64::NAN, |w| w.rps)
         }),
@@ -1061,12 +1068,13 @@ async fn run(stack: &mut Stack, args: &Args, machine: Value) -> Result<()> {
             };
             let r = load(url, headers, &allow, &server, args).await?;
             eprintln!(
-                "round {round} {:<10} closed {:>8.0} req/s p99 {:>6.3} ms | open p99 {:>6.3} ms ({:.0} req/s) | wrk {} req/s | errors {}",
+                "round {round} {:<10} closed {:>8.0} req/s p99 {:>6.3} ms | open p99 {:>6.3} ms ({:.0} req/s, send lag p99 {:.3} ms) | wrk {} req/s | errors {}",
                 kind.name(),
                 r.closed.throughput_rps,
                 r.closed.latency_ms.p99,
                 r.open.latency_ms.p99,
                 r.open.throughput_rps,
+                r.open.open_loop.map_or(f64::NAN, |o| o.send_lag_ms.p99),
                 r.wrk
                     .as_ref()
                     .map_or("-".into(), |w| format!("{:.0}", w.rps)),
