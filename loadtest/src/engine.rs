@@ -20,7 +20,7 @@ use crate::progress::{Counters, ProgressLine};
 use crate::report::{OpenLoop, Report, Stats};
 use crate::sampler::Rng;
 
-/// A request picked up this long after its intended time counts as late.
+/// A request sent this long after its intended time counts as late.
 const LATE_AFTER: Duration = Duration::from_millis(1);
 /// Pause after a failed connect in closed loop, so a dead target is not spun on.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
@@ -82,9 +82,6 @@ async fn worker(shared: Arc<Shared>, id: u64) -> Stats {
     let mut rng = Rng::new(plan.seed ^ id.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let body_len = plan.request.body.len() as u64;
     let mut pacer = matches!(plan.mode, Mode::Open { .. }).then(Pacer::new);
-    if pacer.as_ref().is_some_and(|p| !p.is_precise()) {
-        stats.coarse_timers += 1;
-    }
     loop {
         let index = shared.next.fetch_add(1, Ordering::Relaxed);
         if plan.requests.is_some_and(|limit| index >= limit) {
@@ -126,6 +123,9 @@ async fn worker(shared: Arc<Shared>, id: u64) -> Stats {
         }
     }
     stats.connects = conns.opened;
+    if pacer.is_some_and(|p| !p.is_precise()) {
+        stats.coarse_timers += 1;
+    }
     stats
 }
 

@@ -140,6 +140,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // One connection per worker, and in open loop a timerfd per worker too.
+    let needed = match plan.mode {
+        Mode::Closed => plan.connections,
+        Mode::Open { .. } => 2 * plan.connections,
+    } as u64
+        + 64;
+    let limit = raise_open_files_limit();
+    if limit.is_some_and(|l| l < needed) {
+        eprintln!(
+            "cpub-loadtest: warning: {} connections need about {needed} open files; the limit is {} \
+             (raise it with `ulimit -n`)",
+            plan.connections,
+            limit.unwrap_or_default()
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -157,6 +172,24 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_ERRORS);
     }
     ExitCode::SUCCESS
+}
+
+/// Raises this process's soft open-files limit to its hard limit (Rust's
+/// runtime leaves it at the shell's, often 1024) and returns the soft
+/// limit in force; `None` when unlimited.
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return limit.maximum;
+        }
+    }
+    limit.current
 }
 
 fn print(report: &Report, json: bool) {

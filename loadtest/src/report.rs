@@ -73,16 +73,16 @@ pub struct OpenLoop {
     /// Requests actually sent.
     pub sent: u64,
     /// Sent more than 1 ms after their intended time: every connection was
-    /// busy, or the generator was short of CPU (their latency includes that
-    /// wait).
+    /// busy, the generator was short of CPU, or its worker paced on tokio's
+    /// timer (`coarse_timers`); their latency includes that wait.
     pub late: u64,
     /// From each request's intended send time to its send: the generator's
     /// own timer and scheduling, plus any wait for a free connection. Every
     /// latency includes it; a precise generator keeps its p50 to tens of µs.
     #[serde(default)]
     pub send_lag_ms: Latency,
-    /// Workers that found no timerfd and paced on tokio's millisecond timer
-    /// (0 normally).
+    /// Workers that got no timerfd, or whose timerfd failed, and paced on
+    /// tokio's millisecond timer (0 normally).
     #[serde(default)]
     pub coarse_timers: u64,
     /// Never sent: the run ended while every connection was still busy.

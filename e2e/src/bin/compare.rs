@@ -1182,10 +1182,12 @@ async fn run(stack: &mut Stack, args: &Args, machine: Value) -> Result<()> {
             let pid = stack.proxy_pid().context("proxy pid")?;
             let r = load(&proxy_url, &[], &allow, &[pid], args).await?;
             eprintln!(
-                "records round {round} {:<3} closed {:>8.0} req/s p99 {:>6.3} ms | errors {}",
+                "records round {round} {:<3} closed {:>8.0} req/s p99 {:>6.3} ms | open p99 {:>6.3} ms (send lag p99 {:.3} ms) | errors {}",
                 if on { "on" } else { "off" },
                 r.closed.throughput_rps,
                 r.closed.latency_ms.p99,
+                r.open.latency_ms.p99,
+                r.open.open_loop.map_or(f64::NAN, |o| o.send_lag_ms.p99),
                 r.closed.errors.total + r.open.errors.total
             );
             records.push((on, r));
