@@ -12,7 +12,9 @@
 # Bounded: the driver stops starting after DENSITY_DEADLINE_S (default 600)
 # and the whole run is killed after DENSITY_DEADLINE_S + 300 s. Every
 # container, the network and the image it made are removed on exit, also on
-# failure or Ctrl-C. Other users of Podman are left alone.
+# failure or Ctrl-C. Other users of Podman are left alone. One run at a
+# time: a second waits for the first to finish, its cleanup included
+# (DENSITY_LOCK, default /run/lock/cpub-density.lock).
 # Usage: scripts/density.sh   (root, Podman set up by scripts/setup-host.sh)
 set -euo pipefail
 
@@ -29,6 +31,17 @@ export DENSITY_IMAGE=localhost/cpub-density-hello:$$
 case "$DENSITY_N$DENSITY_EXTRA$DENSITY_DEADLINE_S" in (*[!0-9]*) echo "density: DENSITY_N, DENSITY_EXTRA and DENSITY_DEADLINE_S are numbers" >&2; exit 64;; esac
 export DENSITY_PROBES=${DENSITY_PROBES:-10}
 if [ "$((DENSITY_N + 2 * DENSITY_PROBES))" -gt 1024 ]; then echo "density: DENSITY_N + 2 × DENSITY_PROBES is at most 1024 (one bridge)" >&2; exit 64; fi
+
+# One run at a time, its cleanup included: a second run beside the removal of
+# the first one's 1,000 containers filled the bridge ("Exchange full") and
+# measured a loaded machine. The lock is held until this script exits, after
+# its cleanup (the EXIT trap runs with fd 9 still open).
+lock=${DENSITY_LOCK:-/run/lock/cpub-density.lock}
+exec 9>"$lock"
+if ! flock -n 9; then
+  echo "density: another run (or its cleanup) holds $lock; waiting up to 20 min"
+  flock -w 1200 9 || { echo "density: $lock still held after 20 min" >&2; exit 75; }
+fi
 
 cleanup() {
   for node in "$DENSITY_NODE" "$DENSITY_NODE-probe"; do
