@@ -420,6 +420,72 @@ async fn binary_batches_are_stored_as_json_ones_and_bad_ones_not_at_all() {
 }
 
 #[tokio::test]
+async fn a_trace_id_equal_to_the_request_id_is_stored_once() {
+    let app = app().await;
+    let same = "0af7651916cd43dd8448eb211c80319c";
+    let mut records: Vec<ExecutionRecord> = (0..3).map(|i| record(i, "traced", 40)).collect();
+    // The proxy made both ids: the trace id is the request id.
+    records[0].request_id = same.into();
+    records[0].trace_id = Some(same.into());
+    // The caller's own traceparent: a trace id of its own.
+    records[1].request_id = "4bf92f3577b34da6a3ce929d0e0e4737".into();
+    // No trace id at all.
+    records[2].trace_id = None;
+    let batch = ExecutionBatch {
+        node: "node-t".into(),
+        batch: "boot-40".into(),
+        records: records.clone(),
+    };
+    for (i, (status, body)) in [app.ingest(&batch).await, {
+        let mut again = batch.clone();
+        again.batch = "boot-41".into();
+        again.node = "node-u".into();
+        app.ingest_binary(&again).await
+    }]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "post {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    for node in ["node-t", "node-u"] {
+        // Stored: '' for the first, the second's own, NULL for the third.
+        let (stored,): (Vec<Option<String>>,) =
+            sqlx::query_as("SELECT trace_ids FROM execution_chunks WHERE node = $1")
+                .bind(node)
+                .fetch_one(app.db())
+                .await
+                .unwrap();
+        assert_eq!(
+            stored,
+            [
+                Some(String::new()),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+                None
+            ],
+            "{node}"
+        );
+        // Read through the view: every trace id as sent.
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT request_id, trace_id FROM executions WHERE node = $1 ORDER BY at",
+        )
+        .bind(node)
+        .fetch_all(app.db())
+        .await
+        .unwrap();
+        let sent: Vec<(String, Option<String>)> = records
+            .iter()
+            .map(|r| (r.request_id.clone(), r.trace_id.clone()))
+            .collect();
+        assert_eq!(rows, sent, "{node}");
+    }
+}
+
+#[tokio::test]
 async fn records_land_in_their_day_and_old_ones_are_skipped() {
     let app = app().await;
     let day_us: i64 = 86_400_000_000;

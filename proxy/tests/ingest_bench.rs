@@ -104,22 +104,29 @@ fn entry(function: &str, deployment_id: i64) -> Arc<Entry> {
 }
 
 /// A call's record as the data path fills it: most warm 200s with a trace,
-/// some cold starts, 404s and queue rejections.
+/// some cold starts, 404s and queue rejections. As on the data path, a
+/// call's trace id is its request id (the proxy made both), except for one
+/// call in eight, whose caller sent a `traceparent` of its own.
 fn raw(i: u64) -> Raw {
+    let mut request_id = containerpub_wire::request_id::generate();
     let mut trace = [0u8; 32];
-    let hex = format!(
-        "{:016x}{:016x}",
-        i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        i | 1
-    );
-    trace.copy_from_slice(hex.as_bytes());
+    if i % 8 == 5 {
+        let hex = format!(
+            "{:016x}{:016x}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            i | 1
+        );
+        trace.copy_from_slice(hex.as_bytes());
+    } else {
+        trace.copy_from_slice(&request_id.as_bytes()[..32]);
+    }
     let cold = i.is_multiple_of(100);
     let rejected = i % 500 == 7;
     Raw {
         at: SystemTime::now(),
         instance: (!rejected)
             .then(|| ShortId::new(["0123456789ab", "fedcba987654"][(i % 2) as usize])),
-        request_id: RecordId::new(&mut containerpub_wire::request_id::generate()),
+        request_id: RecordId::new(&mut request_id),
         trace_id: (!i.is_multiple_of(4)).then_some(trace),
         method: Method::new(if i.is_multiple_of(3) { b"POST" } else { b"GET" }),
         status: if rejected {

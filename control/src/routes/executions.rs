@@ -151,7 +151,8 @@ const COPY_COLUMNS: i16 = 21;
 /// deployment and day, `at_us` checked by the caller): the chunk's columns,
 /// then one array per field, an element per record. Text goes as its UTF-8
 /// bytes, numbers big-endian, times as microseconds since 2000-01-01 (a
-/// `timestamptz`'s binary form).
+/// `timestamptz`'s binary form); a trace id that is the record's request id
+/// goes as ''.
 fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]) {
     use pgcopy::{INT2_OID, INT8_OID, TEXT_OID, TIMESTAMPTZ_OID, array};
     let Some(first) = records.first() else { return };
@@ -183,7 +184,17 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
     );
     text(out, |r| r.instance.as_ref().map(Text::as_str));
     text(out, |r| Some(r.request_id.as_str()));
-    text(out, |r| r.trace_id.as_ref().map(Text::as_str));
+    // A trace id equal to the request id (the proxy made both) as '': the
+    // view `executions` shows the request id there (migration 0013).
+    text(out, |r| {
+        r.trace_id.as_ref().map(|t| {
+            if t.as_str() == r.request_id.as_str() {
+                ""
+            } else {
+                t.as_str()
+            }
+        })
+    });
     text(out, |r| Some(r.method.as_str()));
     // Validated: at most 999.
     array(
