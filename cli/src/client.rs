@@ -1,5 +1,8 @@
 //! HTTP client for the control plane's `/api/v1` API, and the errors (with a
 //! hint for the user) that its answers turn into.
+//!
+//! Over 600 lines with its unit tests: about 570 of code (a method per API
+//! call, each a request and the error hints for its answers) and 100 of tests.
 
 mod access;
 

@@ -16,6 +16,11 @@
 //! (bounded by [`MAX_TOTAL_NAME_BYTES`]), whatever the archive holds.
 //!
 //! Synchronous: run it in `spawn_blocking`.
+//!
+//! Over 600 lines: about 880 of code and 640 of unit tests. The checks above
+//! are one pass over one stream (the raw header scan, the tar reader and the
+//! limits share its state), and each hostile archive of the tests is built
+//! next to the rule it breaks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -10,6 +10,9 @@
 //! fail, saying so, and never pass untested. The others build nothing and run
 //! without Podman: `cargo test -p containerpub-control --test api -- --skip
 //! with_podman`.
+//!
+//! Over 600 lines: seventeen handler tests sharing one router and
+//! database set-up (a fresh database each) and its request helpers.
 
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,10 @@
 //! helpers, raw `podman run` / libpod API starts to compare a cold start
 //! with, the cold-start and resume measurement on a stack, and small
 //! statistics. Loopback and container addresses only.
+//!
+//! Over 600 lines: the cold-start bench (`ColdBench`, about 200 lines) and
+//! the raw starts it is measured against are used together by both
+//! benchmark binaries; no unit tests.
 
 use std::net::IpAddr;
 use std::process::Command;

@@ -8,6 +8,10 @@
 //! (`scripts/setup-host.sh`), the workspace binaries built
 //! (`cargo build --workspace --bins`) and the examples built
 //! (`examples/build.sh`). `scripts/test.sh` does all of that.
+//!
+//! Over 600 lines: `Stack` (about 420 lines) starts, drives and tears down
+//! the whole stack for every e2e test, and the helpers below it read what
+//! those tests check (containers, headers, metrics, bundles).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

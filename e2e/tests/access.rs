@@ -17,7 +17,7 @@
 //!   matrix's coverage check (every route of control's router has a row)
 //!   reads the routes right and reports a route without a row.
 //!
-//! Long: the matrix is one table of 48 endpoint rows × 5 callers, and both
+//! Over 600 lines: the matrix is one table of 48 endpoint rows × 5 callers, and both
 //! tests walk one stack each through a story whose steps depend on the
 //! previous ones (splitting them would start a stack, and build, per step).
 

@@ -4,6 +4,9 @@
 //! redeploy under load, and containers created ahead of need (never
 //! leaked). Each test has its own stack (node) and function names. No
 //! assertion is on a duration: this machine's timings swing 2×.
+//!
+//! Over 600 lines: ten tests, one pool behaviour each on a stack of its
+//! own, sharing the helpers at the top.
 
 use std::process::Command;
 use std::sync::Arc;

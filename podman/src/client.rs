@@ -5,6 +5,9 @@
 //! Calls share a small pool of kept-alive connections; the event stream and
 //! builds get their own (`connection.rs`). Every request is sent in origin
 //! form, so Podman serves the libpod API, not its Docker-compatible one.
+//!
+//! Over 600 lines: a method per libpod call the project makes (about 620
+//! lines, each a request and the decoding of its answer) and 45 of tests.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

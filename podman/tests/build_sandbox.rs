@@ -5,6 +5,9 @@
 //!
 //! Needs both Podman API sockets (the instances' and the build service's)
 //! and busybox-static (scripts/setup-host.sh).
+//!
+//! Over 600 lines: ten tests of one sandbox, sharing its sockets and base
+//! image set-up.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

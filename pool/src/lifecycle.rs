@@ -3,6 +3,11 @@
 //! instance, crash streaks and their start hold, and scale-up for waiting
 //! calls. Every container operation runs in a task of its own, so a caller
 //! that goes away cannot leave a container behind.
+//!
+//! Over 600 lines: one `impl Inner` of the life-cycle transitions, which
+//! call one another (a start records its crash, an expiry pauses or
+//! removes, a death removes the instance and starts another while
+//! `min_instances` asks for one); its tests are in `tests/policy.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

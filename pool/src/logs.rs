@@ -27,7 +27,7 @@
 //! Tailers run on a thread of their own (`cpub-logs`), away from the call
 //! path and the pool's tasks. The queue's lock is taken once per chunk read.
 //!
-//! Longer than ~600 lines because about 300 of them are the unit tests of
+//! Over 600 lines because about 300 of them are the unit tests of
 //! the record parser, the line assembly under hostile output, attribution
 //! and the rate limit, which read best next to that code; the parts (call
 //! journal, queue, assembler, tailer) share private types.

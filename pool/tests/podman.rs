@@ -1,6 +1,9 @@
 //! The pool on real Podman: isolation defaults proved on a running container
 //! (user namespaces included, read from the host's side), cold then warm
 //! leases, and no container left behind.
+//!
+//! Over 600 lines: nine tests on real Podman sharing one set-up of the
+//! socket, image and network, and the host-side readings of a container.
 
 use std::sync::Arc;
 use std::time::Duration;

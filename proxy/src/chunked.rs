@@ -17,6 +17,9 @@
 //! the input, never touched byte by byte.
 //!
 //! Nothing here does I/O; `engine/` drives it.
+//!
+//! Over 600 lines with its unit tests: about 540 of code and 280 of tests
+//! (each refusal of the grammar above, and decoding split at every byte).
 #![cfg_attr(
     not(test),
     deny(

@@ -2,6 +2,8 @@
 //! proxy's shared state, the answers it writes itself, how pool failures
 //! map to them, `server-timing`, and the per-call record that counts every
 //! call in the metrics when it ends.
+//!
+//! Over 600 lines with its unit tests: about 320 of code and 300 of tests.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
 use std::sync::Arc;

@@ -2,6 +2,10 @@
 //! current-thread runtime and a `LocalSet`, as `server.rs` runs it) with a
 //! real pool on a test runtime, in front of a scripted upstream, driven by
 //! raw TCP clients so that framing is checked byte for byte.
+//!
+//! Over 600 lines: 43 tests of one data path over a harness of about 680
+//! lines (a scripted upstream that records what it received, a raw client
+//! that checks framing byte for byte), which they all share.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -4,6 +4,10 @@
 //! `…/stats` and `GET /api/v1/status`, and the rules both sides apply to
 //! them (limits, status filters, `--since` durations). A batch travels as
 //! JSON or in the binary form of [`binary`].
+//!
+//! Over 600 lines with its unit tests: about 530 of code (the record, the
+//! views' types and their rules, shared by proxy, control and CLI) and 160
+//! of tests.
 
 use std::borrow::Cow;
 

@@ -1,5 +1,8 @@
 //! The bundle manifest `cpub.toml`: parsing with unknown keys rejected,
 //! defaults, and validation whose errors name the offending field.
+//!
+//! Over 600 lines with its unit tests: about 450 of code and 190 of tests
+//! of the refusals.
 
 use std::collections::BTreeMap;
 

@@ -12,6 +12,9 @@
 //! Any API token may post records, as any may follow the routes or report
 //! a crash: proxies use one. A record is shown only while its deployment
 //! belongs to the function it names.
+//!
+//! Over 600 lines with its unit tests: about 590 of code (ingest, its COPY
+//! rows, the partitions' upkeep, the list) and 100 of tests of the COPY rows.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};

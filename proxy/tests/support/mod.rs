@@ -13,6 +13,10 @@
 //! proxy meant to forward (count, methods, targets, bodies), with nothing
 //! left over, so the instance can never see a different message boundary
 //! than the proxy assumed.
+//!
+//! Over 600 lines: the recording instance, the proxy worker and the
+//! fnhttp reading belong to one check; the parts that stand alone
+//! (`strict.rs`, `oracle.rs`) are files of their own.
 
 #![allow(dead_code)]
 
