@@ -37,10 +37,10 @@ bash scripts/check-headers.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test -p containerpub-e2e --locked --test crate_graph  # which crate may depend on which, no cycles
 
-step "Prometheus alert rules (promtool: check, and a unit test per alert)"
+step "Prometheus alert rules (promtool: check, and a unit test per alert) and the dashboard's queries"
 promtool check rules monitoring/prometheus/alerts.yml
 (cd monitoring/prometheus && promtool test rules alerts_test.yml)
-python3 -m json.tool monitoring/grafana/containerpub.json >/dev/null
+bash scripts/check-dashboard.sh  # JSON, a query in every panel, every query parses as PromQL
 
 step "build binaries used by the end-to-end tests"
 cargo build --workspace --bins --locked

@@ -15,6 +15,7 @@ use containerpub_wire::api::Route;
 use tokio::time::Instant;
 
 use crate::instance::InstanceState;
+use crate::metrics::METRICS;
 use crate::pool::Inner;
 use crate::runtime::short;
 use crate::set::InstanceSet;
@@ -36,6 +37,7 @@ pub(crate) struct FunctionSlot {
 
 impl FunctionSlot {
     fn new(name: &str) -> Self {
+        METRICS.init_function(name);
         Self {
             name: name.to_owned(),
             active: ArcSwapOption::empty(),

@@ -70,6 +70,26 @@ const TIME_BUCKETS: &[f64] = &[
     30.0,
 ];
 
+/// The reasons of `cpub_pool_start_failures_total`.
+pub const START_FAILURE_REASONS: [&str; 3] = ["capacity", "runtime", "not_ready"];
+
+impl PoolMetrics {
+    /// Creates `function`'s failure series at 0 (failed starts and resumes,
+    /// crashes, start failures by reason), so that they exist before the
+    /// first failure: Prometheus' `increase()` cannot see the first
+    /// increment of a series that appears at 1, and an alert on a
+    /// function's first failures would miss them.
+    pub fn init_function(&self, function: &str) {
+        for kind in ["cold", "paused"] {
+            self.starts.with_label_values(&[function, kind, "error"]);
+        }
+        self.crashes.with_label_values(&[function]);
+        for reason in START_FAILURE_REASONS {
+            self.start_failures.with_label_values(&[function, reason]);
+        }
+    }
+}
+
 pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
     PoolMetrics {
     starts: register_int_counter_vec!(
@@ -167,3 +187,60 @@ pub static METRICS: LazyLock<PoolMetrics> = LazyLock::new(|| {
     .expect("register cpub_keep_warm_total"),
 }
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The samples of `name` for `function` in a scrape of the default
+    /// registry, as (labels, value).
+    fn samples(name: &str, function: &str) -> Vec<(Vec<(String, String)>, f64)> {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "function" && l.value() == function)
+            })
+            .map(|m| {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                    .collect();
+                (labels, m.get_counter().get_value())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_function_has_its_failure_series_at_zero_before_any_failure() {
+        let function = "metrics-unit-fn";
+        assert!(samples("cpub_pool_start_failures_total", function).is_empty());
+        METRICS.init_function(function);
+        let failures = samples("cpub_pool_start_failures_total", function);
+        assert_eq!(failures.len(), START_FAILURE_REASONS.len(), "{failures:?}");
+        for reason in START_FAILURE_REASONS {
+            assert!(
+                failures.iter().any(|(labels, v)| *v == 0.0
+                    && labels.contains(&("reason".to_owned(), reason.to_owned()))),
+                "{reason}: {failures:?}"
+            );
+        }
+        assert_eq!(
+            samples("cpub_pool_instance_crashes_total", function)
+                .iter()
+                .map(|(_, v)| *v)
+                .collect::<Vec<_>>(),
+            [0.0]
+        );
+        let starts = samples("cpub_cold_starts_total", function);
+        assert_eq!(starts.len(), 2, "{starts:?}");
+        assert!(
+            starts.iter().all(|(labels, v)| *v == 0.0
+                && labels.contains(&("result".to_owned(), "error".to_owned())))
+        );
+    }
+}

@@ -32,8 +32,9 @@ const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Entry {
     pub route: Route,
     pub metrics: FunctionMetrics,
-    /// The function's way into the pool: set by [`Routes::resolve_handles`]
-    /// after the pool synced the table (else at the entry's first call).
+    /// The function's way into the pool: set by [`Routes::install`] before
+    /// the entry is published (by [`Routes::resolve_handles`] at start-up;
+    /// else at the entry's first call).
     /// A lease through it touches only this function's pool state.
     pub pool_handle: OnceLock<FunctionHandle>,
 }
@@ -125,9 +126,29 @@ impl Routes {
 
     /// Replaces the table with `table`; the metric series of functions no
     /// longer routed are dropped. One writer at a time (the watcher).
+    /// Entries of functions new to the table resolve their pool handle at
+    /// their first call: [`Routes::install`] is what the watcher uses.
     pub fn replace(&self, table: &RouteTable) {
+        self.swap(table, None);
+    }
+
+    /// Syncs `pool` with `table` (deploys switch, removed functions go),
+    /// then publishes `table` with every entry's pool handle resolved, so
+    /// that no call resolves one: a call never takes the pool's function
+    /// map lock nor creates a function's instance set.
+    pub fn install(&self, table: &RouteTable, pool: &Pool) {
+        pool.sync(&table.routes);
+        self.swap(table, Some(pool));
+    }
+
+    fn swap(&self, table: &RouteTable, pool: Option<&Pool>) {
         let previous = self.current.load_full();
         let next = Snapshot::from_table(table, Some(&previous));
+        if let Some(pool) = pool {
+            for entry in next.routes.values() {
+                entry.pool_handle(pool);
+            }
+        }
         let gone: Vec<&String> = previous
             .routes
             .keys()
@@ -319,9 +340,7 @@ impl Watcher {
         if table.revision == old {
             return;
         }
-        self.routes.replace(&table);
-        self.pool.sync(&table.routes);
-        self.routes.resolve_handles(&self.pool);
+        self.routes.install(&table, &self.pool);
         info!(
             from = old,
             to = table.revision,
@@ -493,6 +512,21 @@ mod tests {
         let kept = after.pool_handle.get().expect("carried over");
         assert_eq!(kept.function(), "routes-h");
         assert!(kept.lease().await.is_ok(), "serves through the deploy");
+
+        // A function new to the table is published with its handle: its
+        // first call resolves nothing.
+        let grown = RouteTable {
+            revision: 3,
+            routes: vec![route("routes-h", 2), route("routes-new", 1)],
+        };
+        routes.install(&grown, &pool);
+        let new = routes.get("routes-new").unwrap();
+        let handle = new
+            .pool_handle
+            .get()
+            .expect("resolved before it was published");
+        assert_eq!(handle.function(), "routes-new");
+        assert!(handle.lease().await.is_ok());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! accept loop (on the caller's runtime) hands every new connection to the
 //! worker with the fewest open connections; the connection then stays on
 //! that thread with its upstream connections (`upstream.rs`), so the data
-//! path (`engine/`) takes no lock and wakes no other thread. (Letting every worker
-//! accept on the shared socket sent all of a load test's connections to one
-//! thread.)
+//! path (`engine/`) takes no lock shared with other threads and wakes no
+//! other thread, but for two bounded exceptions (ARCHITECTURE.md,
+//! "Threads"): the pool's idle-timer touch and the replay check of a signed
+//! call. (Letting every worker accept on the shared socket sent all of a
+//! load test's connections to one thread.)
 //!
 //! Shutdown: when `shutdown` resolves, accepting stops, the workers ask
 //! every open connection to finish its current exchange and close, and wait
