@@ -196,7 +196,7 @@ pub async fn deploy(
                 Activation::Activated { revision } => {
                     tracing::info!(function = %name, version = new.version, revision, ms, "deployment active");
                     say("==> waiting for the proxies to serve it\n".into());
-                    crate::watchers::await_proxies(&state, revision).await;
+                    state.watchers.await_proxies(revision).await;
                     say(format!("==> version {} of {name} is active\n", new.version));
                     let (state, name) = (state.clone(), name.clone());
                     tokio::spawn(async move { crate::history::retain(&state, &name).await });

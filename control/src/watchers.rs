@@ -68,23 +68,24 @@ impl Watchers {
             }
         }
     }
+
+    /// Waits (bounded by [`APPLY_TIMEOUT`]) until live proxies serve
+    /// `revision`; a slow one is logged, not an error: the change is
+    /// committed and it will catch up.
+    pub async fn await_proxies(&self, revision: i64) {
+        let behind = self.wait_applied(revision, APPLY_TIMEOUT).await;
+        if !behind.is_empty() {
+            tracing::warn!(
+                revision,
+                ?behind,
+                "proxies have not applied the new routes yet"
+            );
+        }
+    }
 }
 
 /// How long a deploy or delete waits for proxies to apply its routes.
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Waits (bounded) until live proxies serve `revision`; a slow one is logged,
-/// not an error: the change is committed and it will catch up.
-pub async fn await_proxies(state: &crate::state::AppState, revision: i64) {
-    let behind = state.watchers.wait_applied(revision, APPLY_TIMEOUT).await;
-    if !behind.is_empty() {
-        tracing::warn!(
-            revision,
-            ?behind,
-            "proxies have not applied the new routes yet"
-        );
-    }
-}
 
 #[cfg(test)]
 mod tests {

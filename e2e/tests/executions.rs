@@ -4,8 +4,14 @@
 //! stats` and `cpub status` show; the ingest endpoint refuses hostile
 //! batches and stores a batch sent twice once; the control plane's
 //! `/metrics` counts requests; every metric the shipped dashboard and alert
-//! rules use exists on a live scrape; and no record is lost while the
+//! rules use exists on a live scrape; the control plane's access log has
+//! one structured line per API request; and no record is lost while the
 //! control plane is down for 30 s under load (the proxy spools them).
+//!
+//! Over 600 lines: `every_call_is_recorded_and_shown` walks one stack
+//! through every view of the records in turn (each step reads what the
+//! ones before stored; a stack per step would build and start it again),
+//! and the outage test needs its own stack.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -177,6 +183,40 @@ async fn every_call_is_recorded_and_shown() {
             .sum::<u64>(),
         21
     );
+    let total = &stats["total"];
+    let ms = |k: &str| total[k].as_f64().unwrap_or_else(|| panic!("{k}: {total}"));
+    assert!(
+        ms("p50_ms") <= ms("p95_ms") && ms("p95_ms") <= ms("p99_ms"),
+        "{total}"
+    );
+    let share = total["cold_start_share"].as_f64().unwrap();
+    assert!((share - 1.0 / 21.0).abs() < 1e-9, "{total}");
+    assert_eq!(total["paused_starts"], 0, "{total}");
+    assert_eq!(total["rejected"], 0, "{total}");
+    // Every call found a free slot or started the instance: queue times
+    // are there and small.
+    assert!(
+        ms("queue_mean_ms") >= 0.0 && ms("queue_max_ms") >= ms("queue_mean_ms"),
+        "{total}"
+    );
+    let hours = json(&stack.cpub_ok(&[
+        "stats", &name, "--since", "1h", "--by", "hour", "-o", "json",
+    ]));
+    let hours = hours["rows"].as_array().unwrap();
+    assert!((1..=2).contains(&hours.len()), "{hours:?}");
+    assert_eq!(
+        hours
+            .iter()
+            .map(|r| r["calls"].as_u64().unwrap())
+            .sum::<u64>(),
+        21
+    );
+    assert!(
+        hours
+            .iter()
+            .all(|r| r["from"].as_str().unwrap().contains(":00:00")),
+        "rows start on the hour: {hours:?}"
+    );
     let table = stack.cpub_ok(&["stats", &name]);
     assert!(table.contains("21"), "{table}");
     let out = stack.cpub(&["stats", &name, "--by", "week"]);
@@ -342,6 +382,17 @@ async fn every_call_is_recorded_and_shown() {
     .await;
     assert_eq!(calls[0]["status"], 502, "{calls}");
     assert_eq!(calls[0]["rejection"], "start_failed", "{calls}");
+    // The status filter finds the 502, and only that.
+    let fives = json(&stack.cpub_ok(&["executions", &crashing, "--status", "5xx", "-o", "json"]));
+    let fives = fives.as_array().unwrap();
+    assert_eq!(fives.len(), calls.as_array().unwrap().len(), "{fives:?}");
+    assert!(fives.iter().all(|c| c["status"] == 502), "{fives:?}");
+    let out = stack.cpub_ok(&["executions", &crashing, "--status", "2xx", "-o", "json"]);
+    assert_eq!(json(&out), serde_json::json!([]));
+    let stats = json(&stack.cpub_ok(&["stats", &crashing, "-o", "json"]));
+    assert_eq!(stats["total"]["status_5xx"], fives.len(), "{stats}");
+    assert_eq!(stats["total"]["rejected"], fives.len(), "{stats}");
+    assert_eq!(stats["total"]["status_2xx"], 0, "{stats}");
 
     // The control plane's metrics, and every metric the dashboard and the
     // rules use on a live scrape (proxy or control plane).
@@ -480,6 +531,90 @@ fn chrono_now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64
+}
+
+/// The control plane's access log (`CPUB_LOG_FORMAT=json`): one line per
+/// API request, target `cpub_access`, with the request id (the caller's),
+/// method, path, route template, status and time; refusals included.
+#[tokio::test]
+async fn the_control_plane_logs_every_api_request_once() {
+    let stack = Stack::start(&[("CPUB_LOG_FORMAT", "json")])
+        .await
+        .expect("stack");
+    let client = reqwest::Client::new();
+    let control = stack.control_url();
+    let send = |path: &str, id: &str, token: bool| {
+        let mut request = client
+            .get(format!("{control}{path}"))
+            .header("x-request-id", id);
+        if token {
+            request = request.bearer_auth(&stack.token);
+        }
+        request.send()
+    };
+    let ok = send("/api/v1/functions", "access-e2e-ok", true)
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-request-id"], "access-e2e-ok");
+    let denied = send("/api/v1/functions", "access-e2e-denied", false)
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    let missing = send("/api/v1/functions/no-such-fn", "access-e2e-404", true)
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let cases = [
+        (
+            "access-e2e-ok",
+            "/api/v1/functions",
+            "/api/v1/functions",
+            200,
+        ),
+        (
+            "access-e2e-denied",
+            "/api/v1/functions",
+            "/api/v1/functions",
+            401,
+        ),
+        (
+            "access-e2e-404",
+            "/api/v1/functions/no-such-fn",
+            "/api/v1/functions/{name}",
+            404,
+        ),
+    ];
+    let lines = eventually(Duration::from_secs(10), "three access lines", || {
+        let logs = stack.logs();
+        async move {
+            let control = logs.split("--- cpub-proxy ---").next().unwrap_or_default();
+            let access: Vec<Value> = control
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["target"] == "cpub_access")
+                .filter(|v| {
+                    v["span"]["id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("access-e2e-"))
+                })
+                .collect();
+            (access.len() >= cases.len()).then_some(access)
+        }
+    })
+    .await;
+    for (id, path, route, status) in cases {
+        let mine: Vec<&Value> = lines.iter().filter(|v| v["span"]["id"] == id).collect();
+        assert_eq!(mine.len(), 1, "{id}: {lines:?}");
+        let line = mine[0];
+        assert_eq!(line["span"]["method"], "GET", "{line}");
+        assert_eq!(line["span"]["path"], path, "{line}");
+        assert_eq!(line["fields"]["route"], route, "{line}");
+        assert_eq!(line["fields"]["status"], status, "{line}");
+        assert!(line["fields"]["ms"].is_u64(), "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
 //! Idle tracking with moka: one entry per instance whose time-to-idle is
 //! the function's `idle_pause_s` while it runs and the rest of
-//! `idle_stop_s` while it is paused. A released lease reads the entry
-//! (resetting its timer), at most every 250 ms per instance by a coarse
-//! clock (`instance.rs`); expiry sends the instance id to the pool, which
-//! pauses or removes the instance. moka has no threads of its own: the
+//! `idle_stop_s` while it is paused. A released lease does not touch the
+//! cache (a `get` may run moka's upkeep, under its lock, on the caller's
+//! thread): it notes the time of use in the instance (`Instance::note_use`,
+//! a coarse clock); expiry sends the instance id to the pool, which sets a
+//! new timer for what is left when the instance was used since, else
+//! pauses or removes it. moka has no threads of its own: the
 //! pool's timer calls `run_pending` every `TICK`. Depends on `instance` and
 //! `set` only (not on `pool`).
 
@@ -29,16 +31,6 @@ struct PerEntry;
 
 impl Expiry<String, IdleFor> for PerEntry {
     fn expire_after_create(&self, _: &String, v: &IdleFor, _: Instant) -> Option<Duration> {
-        Some(v.0)
-    }
-    fn expire_after_read(
-        &self,
-        _: &String,
-        v: &IdleFor,
-        _: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
         Some(v.0)
     }
     fn expire_after_update(
@@ -83,9 +75,10 @@ impl IdleTracker {
             .insert(instance.id.clone(), IdleFor(Duration::from_secs(idle)));
     }
 
-    /// The instance was used: its idle timer starts over.
-    pub(crate) fn touch(&self, id: &str) {
-        let _ = self.cache.get(id);
+    /// Sets the idle timer of an instance to `left` (what remains of its
+    /// idle time after a use since the timer was set).
+    pub(crate) fn track_for(&self, instance: &Instance, left: Duration) {
+        self.cache.insert(instance.id.clone(), IdleFor(left));
     }
 
     pub(crate) fn forget(&self, id: &str) {

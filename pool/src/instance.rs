@@ -107,10 +107,9 @@ pub(crate) fn tick_coarse_clock() {
     COARSE_MS.fetch_max(now_ms, Ordering::Relaxed);
 }
 
-/// A busy instance's idle timer is restarted at most this often (as the
-/// coarse clock tells): moka does its housekeeping on the caller's thread,
-/// so a read per call would put that work on the request path. Idle times
-/// are whole seconds.
+/// A busy instance's last use is written at most this often (as the coarse
+/// clock tells), so that calls on several threads do not all write the
+/// instance's cache line. Idle times are whole seconds.
 const TOUCH_EVERY_MS: u64 = 250;
 
 impl Instance {
@@ -196,16 +195,30 @@ impl Instance {
             .fetch_max(COARSE_MS.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
-    /// Whether the idle timer is due for a restart (at most every
-    /// `TOUCH_EVERY_MS`); claims the restart when it is.
-    pub(crate) fn touch_due(&self) -> bool {
+    /// Notes a use (a released lease): the coarse time, written at most
+    /// every `TOUCH_EVERY_MS`. Nothing else: the idle timer reads it when
+    /// it fires (`idle_left`), so a call never runs the idle cache's upkeep.
+    pub(crate) fn note_use(&self) {
         let now_ms = COARSE_MS.load(Ordering::Relaxed);
         let last = self.touched_ms.load(Ordering::Relaxed);
-        now_ms.saturating_sub(last) >= TOUCH_EVERY_MS
-            && self
-                .touched_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        if now_ms.saturating_sub(last) >= TOUCH_EVERY_MS {
+            // Lost to another thread's write of the same time: as good.
+            let _ = self.touched_ms.compare_exchange(
+                last,
+                now_ms,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// How much of `idle` is left since the instance's last use (as the
+    /// coarse clock tells), or `None` when it has been idle that long.
+    pub(crate) fn idle_left(&self, idle: Duration) -> Option<Duration> {
+        let now_ms = COARSE_MS.load(Ordering::Relaxed);
+        let since = now_ms.saturating_sub(self.touched_ms.load(Ordering::Relaxed));
+        let idle_ms = idle.as_millis() as u64;
+        (since < idle_ms).then(|| Duration::from_millis(idle_ms - since))
     }
 }
 

@@ -143,13 +143,9 @@ impl Drop for Lease {
         }
         self.instance.release_slot();
         self.set.in_flight_gauge.dec();
-        // The idle timer starts over when a call ends (at most every
-        // TOUCH_EVERY_MS per instance).
-        if self.instance.touch_due()
-            && let Some(inner) = self.set.pool.upgrade()
-        {
-            inner.idle.touch(&self.instance.id);
-        }
+        // The idle time counts from the end of the last call: noted here,
+        // read when the instance's idle timer fires.
+        self.instance.note_use();
         // Pairs with the fence in `wait_for_slot`: either the waiter sees the
         // freed slot, or this sees the waiter. Saves Notify's lock when idle.
         std::sync::atomic::fence(Ordering::SeqCst);

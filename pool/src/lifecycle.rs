@@ -454,6 +454,13 @@ impl Inner {
         let min = set.min_instances() as usize;
         match instance.state() {
             InstanceState::Ready => {
+                // Used since the timer was set: it runs on for what is left
+                // of the idle time after that use.
+                let idle = Duration::from_secs(set.route.config.scaling.idle_pause_s);
+                if let Some(left) = instance.idle_left(idle) {
+                    self.idle.track_for(&instance, left);
+                    return;
+                }
                 if instance.in_flight() > 0 || set.live() <= min {
                     self.idle.track(&set, &instance);
                     return;

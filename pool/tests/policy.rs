@@ -509,6 +509,39 @@ async fn idle_instances_pause_then_resume_on_a_call_then_stop() {
     assert!(pool.instances().is_empty(), "scaled to zero");
 }
 
+/// An instance called again and again (each call short, the gaps shorter
+/// than `idle_pause_s`) is never paused, however long that goes on; it is
+/// paused once the calls stop. A released lease only notes the time of use
+/// in the instance; the idle timer, when it fires, reads it and runs on.
+#[tokio::test]
+async fn an_instance_in_use_is_not_paused_until_its_calls_stop() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let r = route_with(
+        "steady",
+        1,
+        "idle_pause_s = 1\nidle_stop_s = 30\nkeep_warm = false",
+    );
+    let id = pool.lease(&r).await.unwrap().instance_id().to_owned();
+    // Three and a half idle periods of calls 300 ms apart.
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    while tokio::time::Instant::now() < until {
+        let lease = pool.lease(&r).await.unwrap();
+        assert_eq!(lease.instance_id(), id);
+        assert_eq!(lease.start_kind(), StartKind::Warm, "paused while in use");
+        drop(lease);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(fake.paused().is_empty(), "{:?}", fake.paused());
+    eventually(
+        Duration::from_secs(4),
+        "paused once the calls stopped",
+        || async { !fake.paused().is_empty() },
+    )
+    .await;
+    assert_eq!(fake.paused(), [id]);
+}
+
 /// A call that claims an instance while its freeze is still in flight is
 /// served after the freeze and a resume, in that order: a thaw never lands
 /// before the freeze it must undo (review of 1a84ba0: with the cgroup

@@ -4,10 +4,10 @@
 //! worker with the fewest open connections; the connection then stays on
 //! that thread with its upstream connections (`upstream.rs`), so the data
 //! path (`engine/`) takes no lock shared with other threads and wakes no
-//! other thread, but for two bounded exceptions (ARCHITECTURE.md,
-//! "Threads"): the pool's idle-timer touch and the replay check of a signed
-//! call. (Letting every worker accept on the shared socket sent all of a
-//! load test's connections to one thread.)
+//! other thread, but for one bounded exception (ARCHITECTURE.md,
+//! "Threads"): the replay check of a signed call. (Letting every worker
+//! accept on the shared socket sent all of a load test's connections to one
+//! thread.)
 //!
 //! Shutdown: when `shutdown` resolves, accepting stops, the workers ask
 //! every open connection to finish its current exchange and close, and wait

@@ -72,7 +72,7 @@ pub async fn create<C: CredentialRoutes>(
     let (info, secret, revision) =
         credentials::create::<C>(&state.db, &state.vault, &name, label, Some(user_id)).await?;
     C::log_created(&name, &info);
-    crate::watchers::await_proxies(&state, revision).await;
+    state.watchers.await_proxies(revision).await;
     Ok(json(StatusCode::CREATED, C::created(info, secret)))
 }
 
@@ -101,6 +101,6 @@ pub async fn revoke<C: CredentialRoutes>(
     let id = C::parse_id(id)?;
     let revision = credentials::revoke::<C>(&state.db, &name, &id).await?;
     C::log_revoked(&name, &id);
-    crate::watchers::await_proxies(&state, revision).await;
+    state.watchers.await_proxies(revision).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -66,7 +66,7 @@ pub async fn delete(
         .await?
         .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
     tracing::info!(function = %name, versions = deleted.versions.len(), "function deleted");
-    crate::watchers::await_proxies(&state, deleted.revision).await;
+    state.watchers.await_proxies(deleted.revision).await;
     let mut images: Vec<String> = deleted
         .versions
         .iter()

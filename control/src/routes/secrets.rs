@@ -38,7 +38,7 @@ pub async fn set(
     validate_secret_value(&request.value).map_err(|m| Error::bad_request("value", m))?;
     let revision = access::set_secret(&state.db, &state.vault, &name, &key, &request.value).await?;
     tracing::info!(function = %name, secret = %key, "secret set");
-    crate::watchers::await_proxies(&state, revision).await;
+    state.watchers.await_proxies(revision).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -64,6 +64,6 @@ pub async fn unset(
     check_key(&key)?;
     let revision = access::unset_secret(&state.db, &name, &key).await?;
     tracing::info!(function = %name, secret = %key, "secret removed");
-    crate::watchers::await_proxies(&state, revision).await;
+    state.watchers.await_proxies(revision).await;
     Ok(StatusCode::NO_CONTENT)
 }

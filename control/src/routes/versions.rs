@@ -53,7 +53,7 @@ pub async fn rollback(
 /// Waits until the proxies serve the new version, applies retention in the
 /// background, and answers 201 with the version.
 pub(crate) async fn finish(state: AppState, name: &str, derived: Derived) -> Response {
-    crate::watchers::await_proxies(&state, derived.revision).await;
+    state.watchers.await_proxies(derived.revision).await;
     let name = name.to_owned();
     tokio::spawn(async move { history::retain(&state, &name).await });
     json(StatusCode::CREATED, derived.info)
