@@ -293,34 +293,8 @@ impl Podman {
                 })?;
         let stream = tokio_util::io::ReaderStream::new(file).map_ok(Frame::data);
         let body = StreamBody::new(stream).boxed();
-        let ulimits = serde_json::json!([
-            format!("nofile={0}:{0}", limits.nofile),
-            format!("nproc={0}:{0}", limits.pids),
-        ])
-        .to_string();
-        let dropcaps = serde_json::to_string(DROPPED_CAPS).unwrap_or_default();
-        let userns = if limits.userns_size > 0 {
-            let options = serde_json::json!({
-                "AutoUserNs": true,
-                "AutoUserNsOpts": {"Size": limits.userns_size},
-            });
-            format!("&idmappingoptions={}", encode(&options.to_string()))
-        } else {
-            String::new()
-        };
-        let path = format!(
-            "/build?t={}&dockerfile={}&rm=true&forcerm=true&layers=false\
-             &isolation=oci&pullpolicy=never&networkmode=NetworkDisabled&dropcaps={}\
-             &memory={mem}&memswap={mem}&cpuperiod=100000&cpuquota={quota}\
-             &ulimits={}&cgroupparent={}{userns}",
-            encode(tag),
-            encode(containerfile),
-            encode(&dropcaps),
-            encode(&ulimits),
-            encode(&cgroup.parent_param()),
-            mem = limits.memory_bytes,
-            quota = limits.millicpus.saturating_mul(100).max(1000),
-        );
+        let query = BuildQuery::new(tag, containerfile, limits, cgroup.parent_param());
+        let path = format!("/build?{}", query.encode()?);
         let req = Request::builder()
             .method(Method::POST)
             // Origin-form on purpose: Podman 4.3 tells libpod requests from
@@ -750,9 +724,142 @@ pub async fn reap_orphaned_builds() -> usize {
     names.len()
 }
 
+/// The query of libpod's `POST /build`: every parameter named once, in a
+/// type, as the container spec is (`spec.rs`): a misspelt key is a compile
+/// error here, where Podman would ignore it (no pull, no network, the
+/// limits). JSON-valued parameters are JSON text, as libpod reads them.
+#[derive(Debug, serde::Serialize)]
+struct BuildQuery<'a> {
+    t: &'a str,
+    dockerfile: &'a str,
+    rm: bool,
+    forcerm: bool,
+    layers: bool,
+    isolation: &'static str,
+    pullpolicy: &'static str,
+    networkmode: &'static str,
+    dropcaps: String,
+    memory: u64,
+    memswap: u64,
+    cpuperiod: u64,
+    cpuquota: u64,
+    ulimits: String,
+    cgroupparent: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idmappingoptions: Option<String>,
+}
+
+impl<'a> BuildQuery<'a> {
+    fn new(
+        tag: &'a str,
+        containerfile: &'a str,
+        limits: &BuildLimits,
+        cgroupparent: String,
+    ) -> Self {
+        let ulimits = serde_json::json!([
+            format!("nofile={0}:{0}", limits.nofile),
+            format!("nproc={0}:{0}", limits.pids),
+        ]);
+        let idmappingoptions = (limits.userns_size > 0).then(|| {
+            serde_json::json!({
+                "AutoUserNs": true,
+                "AutoUserNsOpts": {"Size": limits.userns_size},
+            })
+            .to_string()
+        });
+        BuildQuery {
+            t: tag,
+            dockerfile: containerfile,
+            rm: true,
+            forcerm: true,
+            layers: false,
+            isolation: "oci",
+            pullpolicy: "never",
+            networkmode: "NetworkDisabled",
+            dropcaps: serde_json::json!(DROPPED_CAPS).to_string(),
+            memory: limits.memory_bytes,
+            memswap: limits.memory_bytes,
+            cpuperiod: 100_000,
+            cpuquota: limits.millicpus.saturating_mul(100).max(1000),
+            ulimits: ulimits.to_string(),
+            cgroupparent,
+            idmappingoptions,
+        }
+    }
+
+    fn encode(&self) -> Result<String, PodmanError> {
+        serde_urlencoded::to_string(self)
+            .map_err(|e| PodmanError::Transport(format!("encoding the build query: {e}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_query_names_every_setting_once() {
+        let limits = BuildLimits {
+            memory_bytes: 512 << 20,
+            millicpus: 500,
+            pids: 64,
+            nofile: 1024,
+            userns_size: 65536,
+            ..BuildLimits::default()
+        };
+        let query = BuildQuery::new(
+            "localhost/cpub-f:3",
+            "Containerfile",
+            &limits,
+            "/b1/run".into(),
+        );
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(&query.encode().unwrap()).unwrap();
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "t",
+                "dockerfile",
+                "rm",
+                "forcerm",
+                "layers",
+                "isolation",
+                "pullpolicy",
+                "networkmode",
+                "dropcaps",
+                "memory",
+                "memswap",
+                "cpuperiod",
+                "cpuquota",
+                "ulimits",
+                "cgroupparent",
+                "idmappingoptions"
+            ]
+        );
+        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).unwrap().1.as_str();
+        assert_eq!(get("t"), "localhost/cpub-f:3");
+        assert_eq!(
+            (get("pullpolicy"), get("networkmode")),
+            ("never", "NetworkDisabled")
+        );
+        assert_eq!((get("memory"), get("memswap")), ("536870912", "536870912"));
+        assert_eq!((get("cpuperiod"), get("cpuquota")), ("100000", "50000"));
+        assert_eq!(get("ulimits"), r#"["nofile=1024:1024","nproc=64:64"]"#);
+        let caps: Vec<String> = serde_json::from_str(get("dropcaps")).unwrap();
+        assert_eq!(caps, DROPPED_CAPS);
+        let ids: Value = serde_json::from_str(get("idmappingoptions")).unwrap();
+        assert_eq!(ids["AutoUserNsOpts"]["Size"], 65536);
+        // No user namespace asked: no id mapping options at all.
+        let plain = BuildLimits {
+            userns_size: 0,
+            ..limits
+        };
+        let query = BuildQuery::new("t", "Containerfile", &plain, String::new())
+            .encode()
+            .unwrap();
+        assert!(!query.contains("idmappingoptions"), "{query}");
+    }
 
     #[test]
     fn log_tail_keeps_the_end_in_bounded_memory() {
