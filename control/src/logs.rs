@@ -5,6 +5,9 @@
 //! batch from the usage row kept with each insert: past the limit, its
 //! oldest chunks go until it holds at most 90 % of it, so a busy function
 //! is not trimmed on every batch; its newest chunk always stays). The handlers are in `routes/logs.rs`.
+//! The same sweep forgets the ids of batches stored more than
+//! [`BATCH_ID_KEEP`] ago (migration 0014: they only guard against a proxy
+//! sending a batch again after its answer was lost).
 
 use std::time::Duration;
 
@@ -21,6 +24,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Chunks removed per statement (a long sweep does not hold one huge
 /// transaction).
 const SWEEP_CHUNKS: i64 = 1_000;
+
+/// How long a stored batch's id is kept against a second copy. A proxy
+/// sends a batch again within seconds (back-off at most 10 s) while its
+/// process lives, and ids are unique per process: a day covers a retry
+/// after a day-long control-plane outage that began right after the first
+/// copy was stored. Ids are not kept as long as the lines (7 days by
+/// default): a busy node ships up to 10 batches a second.
+pub const BATCH_ID_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// The flags of log retention (flattened into `cpub-control`'s).
 #[derive(Debug, Clone, clap::Args)]
@@ -79,6 +90,9 @@ pub async fn sweep_forever(db: PgPool, retention: Retention, shutdown: Cancellat
             Ok(n) => tracing::info!(lines = n, days = retention.days, "old log lines removed"),
             Err(err) => tracing::warn!(%err, "removing old log lines"),
         }
+        if let Err(err) = prune_batch_ids(&db, BATCH_ID_KEEP).await {
+            tracing::warn!(%err, "removing old log batch ids");
+        }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_EVERY) => {}
             () = shutdown.cancelled() => return,
@@ -109,6 +123,29 @@ pub async fn sweep(db: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
         .await?;
         total += u64::try_from(lines).unwrap_or(0);
         if chunks < SWEEP_CHUNKS {
+            return Ok(total);
+        }
+    }
+}
+
+/// Forgets the ids of batches stored more than `older_than` ago (a
+/// thousand rows per statement); returns how many went.
+pub async fn prune_batch_ids(db: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
+    let secs = older_than.as_secs_f64();
+    let mut total = 0;
+    loop {
+        let gone = sqlx::query(
+            "DELETE FROM log_batches WHERE (node, batch) IN ( \
+               SELECT node, batch FROM log_batches \
+               WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(secs)
+        .bind(SWEEP_CHUNKS)
+        .execute(db)
+        .await?
+        .rows_affected();
+        total += gone;
+        if gone < SWEEP_CHUNKS as u64 {
             return Ok(total);
         }
     }

@@ -1058,6 +1058,99 @@ async fn keys_and_secrets_reach_the_route_table_and_nothing_else() {
     );
 }
 
+/// A log batch sent again with the same id (its first answer was lost) is
+/// stored once; batches without an id (proxies from before it) are stored
+/// as they come; a bad id is refused; ids are forgotten by age (issue 11).
+#[tokio::test]
+async fn a_log_batch_sent_again_is_stored_once() {
+    use containerpub_wire::logs::{LogIngest, LogPage};
+    let app = app().await;
+    let db = &app.state.db;
+    let owner = first_user(db).await;
+    let function = insert_function(db, "twice", owner, 1).await;
+    let deployment =
+        insert_deployment(db, function, 1, &serde_json::json!({}), "failed", None).await;
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let body = |batch: Option<&str>, text: &str| {
+        let mut b = serde_json::json!({"node": "edge-1", "groups": [
+            {"function": "twice", "deployment_id": deployment, "instance": "ab",
+             "lines": [{"at_ns": now_ns, "stream": "stdout", "line": text}]}
+        ]});
+        if let Some(id) = batch {
+            b["batch"] = serde_json::json!(id);
+        }
+        json_request("POST", "/api/v1/logs", b.to_string())
+    };
+    let first = app.send(body(Some("boot1-1"), "once")).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.error());
+    assert_eq!(
+        first.json::<LogIngest>(),
+        LogIngest {
+            stored: 1,
+            unknown: 0,
+            duplicate: false
+        }
+    );
+    // The same batch again, and at the same time twice more.
+    let again = app.send(body(Some("boot1-1"), "once")).await;
+    assert_eq!(
+        again.json::<LogIngest>(),
+        LogIngest {
+            stored: 0,
+            unknown: 0,
+            duplicate: true
+        }
+    );
+    let (a, b) = tokio::join!(
+        app.send(body(Some("boot1-2"), "raced")),
+        app.send(body(Some("boot1-2"), "raced"))
+    );
+    let (a, b): (LogIngest, LogIngest) = (a.json(), b.json());
+    assert_eq!(a.stored + b.stored, 1, "{a:?} {b:?}");
+    assert!(a.duplicate != b.duplicate, "{a:?} {b:?}");
+    // Another node may use the same id; old proxies send none.
+    let other = serde_json::json!({"node": "edge-2", "batch": "boot1-1", "groups": [
+        {"function": "twice", "deployment_id": deployment, "instance": "ab",
+         "lines": [{"at_ns": now_ns, "stream": "stdout", "line": "other node"}]}
+    ]});
+    let other = app
+        .send(json_request("POST", "/api/v1/logs", other.to_string()))
+        .await;
+    assert_eq!(other.json::<LogIngest>().stored, 1);
+    for _ in 0..2 {
+        let old = app.send(body(None, "no id")).await;
+        assert_eq!(old.json::<LogIngest>().stored, 1);
+    }
+    let page: LogPage = app.get("/api/v1/functions/twice/logs").await.json();
+    let texts: Vec<&str> = page.lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(texts, ["once", "raced", "other node", "no id", "no id"]);
+    // Hostile ids: refused, naming the field, nothing stored.
+    let huge = "x".repeat(100_000);
+    for bad in ["", "a b", "../x", "é", huge.as_str()] {
+        let reply = app.send(body(Some(bad), "bad")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad:.20}");
+        assert_eq!(reply.error().field.as_deref(), Some("batch"));
+    }
+    // Ids are forgotten by age, not before.
+    sqlx::query("UPDATE log_batches SET at = now() - interval '2 days' WHERE batch = 'boot1-1'")
+        .execute(db)
+        .await
+        .unwrap();
+    let keep = containerpub_control::logs::BATCH_ID_KEEP;
+    assert_eq!(
+        containerpub_control::logs::prune_batch_ids(db, keep)
+            .await
+            .unwrap(),
+        2,
+        "both nodes' boot1-1"
+    );
+    let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM log_batches")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "boot1-2 stays");
+}
+
 /// `POST /api/v1/logs` checks every line, stores it with its version, and
 /// `GET /functions/{name}/logs` filters, pages and long-polls; the byte
 /// limit and the age sweep remove the oldest lines (issue 11).
@@ -1124,7 +1217,8 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
         reply.json::<LogIngest>(),
         LogIngest {
             stored: 3,
-            unknown: 0
+            unknown: 0,
+            duplicate: false
         }
     );
     let reply = app
@@ -1138,7 +1232,8 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
         reply.json::<LogIngest>(),
         LogIngest {
             stored: 0,
-            unknown: 1
+            unknown: 1,
+            duplicate: false
         }
     );
     let page: LogPage = app.get("/api/v1/functions/talky/logs").await.json();
@@ -1162,6 +1257,10 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
         .get("/api/v1/functions/talky/logs?instance=ABCDEF&limit=2")
         .await
         .json();
+    assert!(
+        page.lines.iter().all(|l| l.function == "talky"),
+        "every line names its function"
+    );
     assert_eq!(by_instance.lines.len(), 2, "prefix, any case; newest two");
     assert_eq!(by_instance.lines[1].line, "3 lines dropped: x");
     for (query, field) in [
@@ -1264,7 +1363,8 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
         reply.json::<LogIngest>(),
         LogIngest {
             stored: 1,
-            unknown: 1
+            unknown: 1,
+            duplicate: false
         }
     );
     let (at, line): (chrono::DateTime<chrono::Utc>, String) =

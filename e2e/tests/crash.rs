@@ -1,8 +1,9 @@
 //! End-to-end tests of failure and clean-up on real Podman: a function that
 //! crashes at start fails its callers fast with the reason, backs off, is
-//! removed and shows in `cpub describe`; a deleted function leaves nothing
-//! behind (containers, images, artifacts, rows), even when its instance was
-//! paused.
+//! removed and shows in `cpub describe`; a function that never becomes
+//! ready shows in `cpub status` as a `not_ready` start failure; a deleted
+//! function leaves nothing behind (containers, images, artifacts, rows),
+//! even when its instance was paused.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,6 +28,29 @@ fn crashing_bundle(name: &str) -> tempfile::TempDir {
         format!(
             "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n\
              [resources]\nmemory_mb = 32\n[scaling]\nconcurrency = 1\nmax_instances = 10\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// A `runtime = "container"` bundle whose process lives on and never
+/// listens (busybox's `sleep`): its starts end at the start timeout.
+fn silent_bundle(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+        .expect("/bin/busybox (busybox-static, see scripts/setup-host.sh)");
+    std::fs::write(
+        dir.path().join("Containerfile"),
+        "FROM scratch\nCOPY busybox /busybox\n\
+         ENTRYPOINT [\"/busybox\", \"sleep\", \"3600\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cpub.toml"),
+        format!(
+            "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n\
+             [resources]\nmemory_mb = 32\n[scaling]\nconcurrency = 1\nmax_instances = 2\n"
         ),
     )
     .unwrap();
@@ -158,6 +182,133 @@ async fn a_crashing_function_fails_fast_says_why_backs_off_and_shows_in_describe
     );
     stack.cpub_ok(&["delete", name]);
     assert!(images_of(name).is_empty(), "{:?}", images_of(name));
+}
+
+#[tokio::test]
+async fn a_function_that_never_becomes_ready_shows_in_cpub_status_as_not_ready() {
+    // A short start timeout, so the start fails before the call's queue
+    // timeout (10 s).
+    let stack = Stack::start_with(&[], &[("CPUB_START_TIMEOUT_S", "2")])
+        .await
+        .unwrap();
+    let name = format!("never-ready-{}", std::process::id());
+    let _cleanup = RemoveImages::of(&[&name]);
+    let bundle = silent_bundle(&name);
+    stack.cpub_ok(&["deploy", bundle.path().to_str().unwrap()]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (status, body) = call(&client, &format!("{}/fn/{name}/", stack.proxy_url())).await;
+    assert_eq!(status, 502, "{body}\n{}", stack.logs());
+
+    // The node's next report brings it to `cpub status` (every 5 s).
+    let failure = eventually(
+        Duration::from_secs(20),
+        "the failed start in cpub status",
+        || {
+            let out = stack.cpub(&["status", "-o", "json"]);
+            let name = name.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                v["start_failures"]
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["function"] == name.as_str())
+                    .cloned()
+            }
+        },
+    )
+    .await;
+    assert_eq!(failure["reason"], "not_ready", "{failure}");
+    assert_eq!(failure["node"], stack.node.as_str(), "{failure}");
+    assert!(
+        failure["count"].as_i64().is_some_and(|n| n >= 1),
+        "{failure}"
+    );
+    assert_eq!(
+        failure["counts"]["not_ready"], failure["count"],
+        "{failure}"
+    );
+    assert!(failure["exit_code"].is_null(), "{failure}");
+    let message = failure["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not ready within 2000 ms"), "{failure}");
+    let table = stack.cpub_ok(&["status"]);
+    assert!(
+        table.contains("start failures") && table.contains(&name) && table.contains("not_ready"),
+        "{table}"
+    );
+    // Not a crash: nothing in `function_crashes`.
+    let crashes: Vec<serde_json::Value> = stack
+        .api()
+        .get(format!(
+            "{}/api/v1/functions/{name}/crashes",
+            stack.control_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(crashes.is_empty(), "{crashes:?}");
+
+    // A node report is checked and what is kept bounded: a bad reason is a
+    // 400 naming it; a long message is cut to one line; a function that
+    // does not exist and a failure older than an hour are not shown.
+    let report = format!("{}/api/v1/nodes/e2e-other/status", stack.control_url());
+    let entry = |function: &str, reason: &str, message: &str, age_ms: u64| {
+        serde_json::json!({"function": function, "counts": {reason: 7},
+            "last": {"reason": reason, "message": message, "age_ms": age_ms}})
+    };
+    let r = stack
+        .api()
+        .post(&report)
+        .json(&serde_json::json!({"instances": [],
+            "start_failures": [entry(&name, "Not Ready", "m", 0)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["field"], "start_failures[0].counts", "{e}");
+    let long = format!("engine said:\n\x1b[31m{}", "x".repeat(100_000));
+    let r = stack
+        .api()
+        .post(&report)
+        .json(&serde_json::json!({"instances": [], "start_failures": [
+            entry(&name, "runtime", &long, 0),
+            entry("no-such-function", "runtime", "m", 0),
+            entry(&name, "capacity", "old", u64::MAX),
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+    let out = stack.cpub_ok(&["status", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows: Vec<&serde_json::Value> = v["start_failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["node"] == "e2e-other")
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&rows[0]["function"], &rows[0]["reason"], &rows[0]["count"]),
+        (
+            &serde_json::json!(name),
+            &serde_json::json!("runtime"),
+            &serde_json::json!(7)
+        )
+    );
+    let message = rows[0]["message"].as_str().unwrap();
+    assert!(message.starts_with("engine said: "), "{message}");
+    assert!(
+        message.len() <= 256 && !message.chars().any(char::is_control),
+        "{message}"
+    );
+    stack.cpub_ok(&["delete", &name]);
 }
 
 /// Files under `dir`, recursively.

@@ -15,9 +15,14 @@ const RULES: &[(&str, Option<&[&str]>)] = &[
     ("containerpub-util", Some(&[])),
     // The Podman REST client.
     ("containerpub-podman", Some(&["containerpub-wire"])),
+    // The pool writes its log offsets atomically (`util::fs`).
     (
         "containerpub-pool",
-        Some(&["containerpub-wire", "containerpub-podman"]),
+        Some(&[
+            "containerpub-wire",
+            "containerpub-util",
+            "containerpub-podman",
+        ]),
     ),
     // The control plane builds and removes images through Podman, never
     // through the pool (scheduling, leases, metrics are the proxy's).

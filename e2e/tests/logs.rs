@@ -4,7 +4,9 @@
 //! counts what it drops (metric and a "N lines dropped" line), lines printed
 //! during a call of a `concurrency = 1` instance carry its request id, the
 //! function gets a `traceparent`, and hostile output (a 100 KB line, binary
-//! bytes, escapes, no final newline) comes out bounded and harmless.
+//! bytes, escapes, no final newline) comes out bounded and harmless, and
+//! lines printed across a proxy restart are all stored (once after a
+//! graceful stop).
 //! Uses `examples/chatty` (built by examples/build.sh).
 
 use std::io::BufRead as _;
@@ -239,6 +241,90 @@ async fn lines_over_the_rate_limit_are_counted_and_reported() {
         &[("function", "logs-rate")],
     );
     assert!(captured.is_some_and(|c| c >= 2000.0), "{captured:?}");
+}
+
+/// How many times each of `seq 1 of N` … `seq N of N` (tag `tag`) was
+/// stored, once all N were.
+async fn sequence_counts(stack: &Stack, name: &str, tag: &str, n: usize) -> Vec<usize> {
+    eventually(
+        Duration::from_secs(30),
+        "every numbered line is stored",
+        || {
+            let lines = logs(stack, name, &["--tail", "5000"]);
+            let mut counts = vec![0usize; n + 1];
+            for l in &lines {
+                assert_eq!(l.function, name, "{l:?}");
+                let Some(rest) = l.line.strip_prefix(&format!("{tag} ")) else {
+                    continue;
+                };
+                let i: usize = rest
+                    .split(' ')
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or_else(|| panic!("a numbered line: {}", l.line));
+                counts[i] += 1;
+            }
+            async move { counts[1..].iter().all(|c| *c > 0).then_some(counts) }
+        },
+    )
+    .await
+}
+
+/// Lines a function prints while the proxy restarts — queued in the old
+/// proxy's memory, or printed while no proxy ran — are shipped by the next
+/// one: each exactly once after a graceful stop (SIGTERM), at least once
+/// after a kill (issue 11).
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_printed_across_proxy_restarts_are_all_stored() {
+    let _images = RemoveImages::of(&["logs-restart"]);
+    let mut stack = Stack::start(&[]).await.expect("stack");
+    // No idle pause: the instance prints on its own between calls.
+    let url = stack.deploy(
+        "chatty",
+        "logs-restart",
+        "\n[scaling]\nidle_pause_s = 300\nidle_stop_s = 600\n",
+    );
+    let (lps, secs) = (100usize, 6usize);
+    for (tag, graceful) in [("term", true), ("kill", false)] {
+        let r = reqwest::get(format!("{url}spam?lps={lps}&secs={secs}&tag={tag}"))
+            .await
+            .expect("spam");
+        assert_eq!(r.status(), 200, "{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if graceful {
+            assert!(
+                stack.terminate_proxy(Duration::from_secs(30)),
+                "the proxy stops on SIGTERM"
+            );
+        } else {
+            stack.stop_proxy();
+        }
+        // Printed while no proxy runs.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stack.restart_proxy_with(&[]).await.expect("proxy again");
+        let counts = sequence_counts(&stack, "logs-restart", tag, lps * secs).await;
+        let twice: Vec<usize> = (1..counts.len()).filter(|i| counts[*i] > 1).collect();
+        eprintln!(
+            "{tag}: {} lines, {} stored more than once",
+            lps * secs,
+            twice.len()
+        );
+        if graceful {
+            assert!(twice.is_empty(), "stored twice after SIGTERM: {twice:?}");
+        } else {
+            // A kill may resend what was acknowledged in the last second
+            // before it (the offset is saved once a second).
+            assert!(twice.len() <= 2 * lps, "{} stored twice", twice.len());
+        }
+    }
+    // Nothing was dropped on the way.
+    let metrics = stack.metrics().await.expect("metrics");
+    let dropped = metric_sum(
+        &metrics,
+        "cpub_log_lines_dropped_total",
+        &[("function", "logs-restart")],
+    );
+    assert!(dropped.is_none_or(|d| d == 0.0), "{dropped:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -278,6 +278,7 @@ async fn main() {
         rate_lines_per_s: 10_000_000,
         burst_lines: 10_000_000,
         buffer_bytes: 1 << 30,
+        offsets_dir: None,
     })
     .expect("log hub");
     let expected = (lps * secs) as usize;

@@ -232,6 +232,7 @@ impl Inner {
                             .start_failures
                             .with_label_values(&[function, "capacity"])
                             .inc();
+                        self.start_failed(function, "capacity", &err);
                         Failure::Capacity(err.to_string())
                     }
                     err => {
@@ -244,6 +245,7 @@ impl Inner {
                             .start_failures
                             .with_label_values(&[function, reason])
                             .inc();
+                        self.start_failed(function, reason, &err);
                         Failure::Start(err.to_string())
                     }
                 };

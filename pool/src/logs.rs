@@ -27,16 +27,27 @@
 //! Tailers run on a thread of their own (`cpub-logs`), away from the call
 //! path and the pool's tasks. The queue's lock is taken once per chunk read.
 //!
-//! Over 600 lines because about 300 of them are the unit tests of
-//! the record parser, the line assembly under hostile output, attribution
-//! and the rate limit, which read best next to that code; the parts (call
-//! journal, queue, assembler, tailer) share private types.
+//! **Restarts.** Every queued line carries where its file may be read again
+//! from once it is shipped ([`Source`]); the shipper hands back what the
+//! control plane acknowledged ([`LogHub::acknowledge`]) and [`offsets`]
+//! saves it per container under the proxy's state directory. An adopted
+//! instance is read from there, so lines printed while no proxy ran, or
+//! still queued when the last one stopped, are shipped by the next one.
+//!
+//! Over 600 lines because about 420 of them are the unit tests of
+//! the record parser, the line assembly under hostile output, attribution,
+//! the rate limit, resuming from a saved offset and the graceful stop,
+//! which read best next to that code; the parts (call journal, queue with
+//! its acknowledgements and graceful stop, assembler, tailer) share private
+//! types (`Queue`, `Marked`, `Pending`). The offsets' storage is apart, in
+//! `logs/offsets.rs`.
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +58,11 @@ use tokio::sync::Notify;
 
 use crate::runtime::{ContainerRuntime, short};
 
+pub mod offsets;
+
+use offsets::Offsets;
+pub use offsets::Position;
+
 /// Settings of log capture.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -56,6 +72,10 @@ pub struct LogConfig {
     pub burst_lines: u32,
     /// Most bytes of lines waiting to be shipped (all functions).
     pub buffer_bytes: usize,
+    /// Where each container's shipped offset is saved (the proxy's
+    /// `<state-dir>/log-offsets`); `None`: not saved, adopted instances are
+    /// read from the end of their file.
+    pub offsets_dir: Option<PathBuf>,
 }
 
 impl Default for LogConfig {
@@ -64,6 +84,7 @@ impl Default for LogConfig {
             rate_lines_per_s: 10_000,
             burst_lines: 50_000,
             buffer_bytes: 64 << 20,
+            offsets_dir: None,
         }
     }
 }
@@ -101,7 +122,7 @@ static METRICS: LazyLock<LogMetrics> = LazyLock::new(|| {
     .expect("register cpub_log_lines_total"),
     dropped: register_int_counter_vec!(
         "cpub_log_lines_dropped_total",
-        "Lines of function output not shipped: rate_limit, buffer_full, rejected (by the control plane).",
+        "Lines of function output not shipped: rate_limit, buffer_full, rejected (by the control plane), shutdown (queued at a graceful stop and not readable again).",
         &["function", "reason"]
     )
     .expect("register cpub_log_lines_dropped_total"),
@@ -121,6 +142,24 @@ pub struct Captured {
     /// Short container id; empty for platform lines.
     pub instance: Arc<str>,
     pub entry: LogEntry,
+    /// Where the instance's file may be read again from once this line is
+    /// shipped; `None` for platform lines and when offsets are not kept.
+    pub source: Option<Source>,
+}
+
+/// A line's place in its container's log file.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The full container id.
+    pub container: Arc<str>,
+    pub at: Position,
+}
+
+/// A line and where reading may resume once it is shipped (see
+/// [`Assembler::mark`]).
+struct Marked {
+    entry: LogEntry,
+    mark: u64,
 }
 
 /// The calls an instance served, for attribution of its lines (only kept
@@ -216,6 +255,12 @@ pub struct LogHub {
     /// The `cpub-logs` thread's runtime.
     tailers: tokio::runtime::Handle,
     stop: tokio_util::sync::CancellationToken,
+    /// Shipped offsets per container, when kept.
+    offsets: Option<Arc<Offsets>>,
+    /// Lines [`LogHub::take`]n and not yet acknowledged or refused.
+    outstanding: AtomicUsize,
+    /// Of those, per function, the lines no later proxy can read again.
+    in_flight: Mutex<FxHashMap<Arc<str>, u64>>,
 }
 
 impl std::fmt::Debug for LogHub {
@@ -233,9 +278,9 @@ pub(crate) struct Follow {
     pub(crate) deployment_id: i64,
     /// The instance's call journal when it serves one call at a time.
     pub(crate) journal: Option<Arc<CallJournal>>,
-    /// Start at the end of the file (an adopted instance, whose earlier
-    /// lines a previous proxy shipped).
-    pub(crate) from_end: bool,
+    /// An instance that ran before this proxy (adopted): read from the
+    /// offset the previous proxy saved, else from the end of its file.
+    pub(crate) adopted: bool,
 }
 
 impl LogHub {
@@ -251,6 +296,25 @@ impl LogHub {
             .name("cpub-logs".into())
             .spawn(move || runtime.block_on(stopped.cancelled()))?;
         LazyLock::force(&METRICS);
+        let offsets = config
+            .offsets_dir
+            .clone()
+            .map(|dir| Arc::new(Offsets::new(dir)));
+        if let Some(offsets) = &offsets {
+            // Saves moved offsets, each container's at most once a second.
+            let offsets = Arc::clone(offsets);
+            let stopped = stop.clone();
+            handle.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(offsets::SAVE_EVERY) => {}
+                        () = stopped.cancelled() => return,
+                    }
+                    let o = Arc::clone(&offsets);
+                    let _ = tokio::task::spawn_blocking(move || o.save(false)).await;
+                }
+            });
+        }
         Ok(Arc::new(Self {
             config,
             queue: Mutex::default(),
@@ -258,6 +322,9 @@ impl LogHub {
             followed: Mutex::default(),
             tailers: handle,
             stop,
+            offsets,
+            outstanding: AtomicUsize::new(0),
+            in_flight: Mutex::default(),
         }))
     }
 
@@ -290,7 +357,7 @@ impl LogHub {
             let id = follow.id.clone();
             let stop = hub.stop.clone();
             tokio::select! {
-                () = tail_container(&hub, runtime.as_ref(), &follow) => {}
+                () = tail_container(&hub, runtime.as_ref(), &follow, hub.offsets.as_ref()) => {}
                 () = stop.cancelled() => {}
             }
             if let Some(journal) = &follow.journal {
@@ -309,13 +376,13 @@ impl LogHub {
             function: Arc::from(function),
             deployment_id: 0,
             journal: None,
-            from_end: false,
+            adopted: false,
         };
         let hub = Arc::clone(self);
         self.tailers.spawn(async move {
             let stop = hub.stop.clone();
             tokio::select! {
-                () = tail(&hub, &path, &follow) => {}
+                () = tail(&hub, &path, &follow, None) => {}
                 () = stop.cancelled() => {}
             }
         });
@@ -326,14 +393,30 @@ impl LogHub {
         self.followed.lock().expect("followed lock").len()
     }
 
-    /// Queues lines of one instance, within the function's rate and the
-    /// buffer; counts the rest.
+    /// Removes the offset files of containers this proxy does not follow
+    /// (gone while no proxy ran) once the adopted instances are followed.
+    pub(crate) fn prune_offsets(&self) {
+        let Some(offsets) = &self.offsets else { return };
+        let followed = self.followed.lock().expect("followed lock").clone();
+        let removed = offsets.prune(|id| followed.contains(id));
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "log offsets of containers gone while no proxy ran removed"
+            );
+        }
+    }
+
+    /// Queues lines of one instance (read from the file `source` names:
+    /// container and inode), within the function's rate and the buffer;
+    /// counts the rest.
     fn push(
         &self,
         function: &Arc<str>,
         deployment_id: i64,
         instance: &Arc<str>,
-        entries: Vec<LogEntry>,
+        source: Option<(&Arc<str>, u64)>,
+        entries: Vec<Marked>,
     ) {
         if entries.is_empty() {
             return;
@@ -361,7 +444,7 @@ impl LogHub {
                 .min(burst);
             budget.refilled = now;
             budget.deployment_id = deployment_id;
-            for entry in entries {
+            for Marked { entry, mark } in entries {
                 if budget.tokens < 1.0 {
                     over_rate += 1;
                     continue;
@@ -378,6 +461,10 @@ impl LogHub {
                     deployment_id,
                     instance: Arc::clone(instance),
                     entry,
+                    source: source.map(|(container, ino)| Source {
+                        container: Arc::clone(container),
+                        at: Position { ino, offset: mark },
+                    }),
                 });
             }
             budget.dropped_rate += over_rate;
@@ -422,8 +509,8 @@ impl LogHub {
     /// they were captured, after a "N lines dropped" line for each function
     /// that lost some since the last batch.
     pub fn take(&self, max_lines: usize, max_bytes: usize) -> Vec<Captured> {
-        let mut q = self.queue.lock().expect("log queue lock");
-        let q = &mut *q;
+        let mut guard = self.queue.lock().expect("log queue lock");
+        let q = &mut *guard;
         let mut out = Vec::new();
         let at_ns = now_ns();
         let rate = self.config.rate_lines_per_s;
@@ -449,6 +536,7 @@ impl LogHub {
                             request_id: None,
                             line: format!("{n} lines dropped: {why}"),
                         },
+                        source: None,
                     });
                 }
             }
@@ -469,15 +557,118 @@ impl LogHub {
             out.extend(q.lines.pop_front());
         }
         METRICS.queued_bytes.set(q.bytes as i64);
+        drop(guard);
+        let mut in_flight = self.in_flight.lock().expect("in flight lock");
+        in_flight.clear();
+        for c in out.iter().filter(|c| !self.readable_again(c)) {
+            *in_flight.entry(Arc::clone(&c.function)).or_default() += 1;
+        }
+        self.outstanding.fetch_add(out.len(), Ordering::Relaxed);
         out
     }
 
-    /// Lines the control plane refused for good (counted, not retried).
-    pub fn count_rejected(&self, function: &str, lines: u64) {
-        METRICS
-            .dropped
-            .with_label_values(&[function, "rejected"])
-            .inc_by(lines);
+    /// Whether a later proxy reads `line` again if it is not shipped: a
+    /// line of function output whose container's offset is kept. (Platform
+    /// lines report drops already counted.)
+    fn readable_again(&self, line: &Captured) -> bool {
+        line.entry.stream == LogStream::System
+            || line.source.as_ref().is_some_and(|s| {
+                self.offsets
+                    .as_ref()
+                    .is_some_and(|o| o.is_kept(&s.container))
+            })
+    }
+
+    /// The control plane stored (or knowingly dropped) `lines`, a batch
+    /// [`LogHub::take`] gave: their containers' files need not be read again
+    /// up to them.
+    pub fn acknowledge(&self, lines: &[Captured]) {
+        self.in_flight.lock().expect("in flight lock").clear();
+        let _ = self
+            .outstanding
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(lines.len()))
+            });
+        let Some(offsets) = &self.offsets else { return };
+        // A container's lines are in reading order: its last one counts.
+        let mut last: FxHashMap<&str, Position> = FxHashMap::default();
+        for source in lines.iter().filter_map(|c| c.source.as_ref()) {
+            last.insert(&source.container, source.at);
+        }
+        for (container, at) in last {
+            offsets.acknowledge(container, at);
+        }
+    }
+
+    /// The control plane refused `lines` for good: counted
+    /// (`reason="rejected"`), not retried, and not read again after a
+    /// restart (they would be refused again).
+    pub fn reject(&self, lines: &[Captured]) {
+        let mut per_function: FxHashMap<&str, u64> = FxHashMap::default();
+        for c in lines {
+            *per_function.entry(&c.function).or_default() += 1;
+        }
+        for (function, n) in per_function {
+            METRICS
+                .dropped
+                .with_label_values(&[function, "rejected"])
+                .inc_by(n);
+        }
+        self.acknowledge(lines);
+    }
+
+    /// Whether nothing waits to be shipped or acknowledged.
+    fn is_idle(&self) -> bool {
+        let q = self.queue.lock().expect("log queue lock");
+        q.lines.is_empty()
+            && q.budgets
+                .values()
+                .all(|b| b.dropped_rate + b.dropped_buffer == 0)
+            && self.outstanding.load(Ordering::Relaxed) == 0
+    }
+
+    /// A graceful stop: stops the tailers, waits up to `timeout` for what
+    /// is queued to be shipped and acknowledged (the shipper keeps going),
+    /// then saves every container's acknowledged offset. Lines still not
+    /// acknowledged are read again by the next proxy when their container's
+    /// offset is kept; the others are counted
+    /// (`cpub_log_lines_dropped_total{reason="shutdown"}`). Returns how many
+    /// lines are left for the next proxy and how many were dropped.
+    pub async fn flush(&self, timeout: Duration) -> (u64, u64) {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (mut again, mut lost) = (0u64, 0u64);
+        let mut dropped: FxHashMap<Arc<str>, u64> =
+            std::mem::take(&mut *self.in_flight.lock().expect("in flight lock"));
+        again += (self.outstanding.swap(0, Ordering::Relaxed) as u64)
+            .saturating_sub(dropped.values().sum());
+        {
+            let mut q = self.queue.lock().expect("log queue lock");
+            for c in std::mem::take(&mut q.lines) {
+                if self.readable_again(&c) {
+                    again += 1;
+                } else {
+                    *dropped.entry(Arc::clone(&c.function)).or_default() += 1;
+                }
+            }
+            q.bytes = 0;
+            METRICS.queued_bytes.set(0);
+        }
+        for (function, n) in dropped {
+            lost += n;
+            METRICS
+                .dropped
+                .with_label_values(&[&function, "shutdown"])
+                .inc_by(n);
+        }
+        if let Some(offsets) = &self.offsets {
+            let offsets = Arc::clone(offsets);
+            let _ = tokio::task::spawn_blocking(move || offsets.save(true)).await;
+        }
+        (again, lost)
     }
 }
 
@@ -524,14 +715,19 @@ struct Pending {
     cut: usize,
     at_ns: i64,
     since: Option<std::time::Instant>,
+    /// File offsets: the start of its first record, the end of its last.
+    start: u64,
+    end: u64,
 }
 
 impl Pending {
-    fn add(&mut self, at_ns: i64, bytes: &[u8]) {
+    fn add(&mut self, at_ns: i64, bytes: &[u8], start: u64, end: u64) {
         if self.since.is_none() {
             self.at_ns = at_ns;
             self.since = Some(std::time::Instant::now());
+            self.start = start;
         }
+        self.end = end;
         let room = MAX_LINE_BYTES.saturating_sub(self.bytes.len());
         let keep = bytes.len().min(room);
         self.bytes
@@ -560,9 +756,40 @@ struct Assembler {
     journal: Option<Arc<CallJournal>>,
     /// Skip up to the first record end (reading started mid-file).
     resync: bool,
+    /// File offset of the start of the record being read.
+    next_start: u64,
 }
 
 impl Assembler {
+    fn new(journal: Option<Arc<CallJournal>>) -> Self {
+        Self {
+            stdout: Pending::default(),
+            stderr: Pending::default(),
+            carry: Vec::new(),
+            journal,
+            resync: false,
+            next_start: 0,
+        }
+    }
+
+    /// Where reading may resume once a line of `stream` whose last record
+    /// ends at `end` is shipped: there, or at the start of the other
+    /// stream's unfinished line when that began earlier (read again, it
+    /// would also bring back the lines finished meanwhile: duplicates,
+    /// never a loss).
+    fn mark(&self, stream: LogStream, end: u64) -> u64 {
+        let other = if stream == LogStream::Stderr {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        if other.since.is_some() {
+            other.start.min(end)
+        } else {
+            end
+        }
+    }
+
     fn pending(&mut self, stream: LogStream) -> &mut Pending {
         if stream == LogStream::Stderr {
             &mut self.stderr
@@ -580,12 +807,16 @@ impl Assembler {
         }
     }
 
-    /// Feeds bytes read from the file; returns the finished lines.
-    fn feed(&mut self, chunk: &[u8], out: &mut Vec<LogEntry>) {
+    /// Feeds bytes read from the file at offset `base`; returns the
+    /// finished lines.
+    fn feed(&mut self, chunk: &[u8], base: u64, out: &mut Vec<Marked>) {
         let mut rest = chunk;
+        let mut at = base;
         while let Some(end) = rest.iter().position(|b| *b == b'\n') {
             let (head, tail) = rest.split_at(end);
             rest = tail.get(1..).unwrap_or_default();
+            at += end as u64 + 1;
+            let start = std::mem::replace(&mut self.next_start, at);
             if self.resync {
                 self.resync = false;
                 self.carry.clear();
@@ -602,9 +833,13 @@ impl Assembler {
                 continue;
             };
             let pending = self.pending(stream);
-            pending.add(at_ns, &bytes);
-            if !partial && let Some((at, line)) = pending.finish() {
-                out.push(self.entry(stream, at, line));
+            pending.add(at_ns, &bytes, start, at);
+            if !partial && let Some((at_ns, line)) = pending.finish() {
+                let mark = self.mark(stream, at);
+                out.push(Marked {
+                    entry: self.entry(stream, at_ns, line),
+                    mark,
+                });
             }
         }
         // A record is at most conmon's buffer plus its head: a longer run
@@ -619,24 +854,34 @@ impl Assembler {
 
     /// Sends lines whose end has not come for [`PARTIAL_FLUSH`] (or all,
     /// when the file is done).
-    fn flush_stale(&mut self, all: bool, out: &mut Vec<LogEntry>) {
+    fn flush_stale(&mut self, all: bool, out: &mut Vec<Marked>) {
         for stream in [LogStream::Stdout, LogStream::Stderr] {
             let pending = self.pending(stream);
+            let end = pending.end;
             if pending
                 .since
                 .is_some_and(|s| all || s.elapsed() >= PARTIAL_FLUSH)
                 && let Some((at, line)) = pending.finish()
             {
-                out.push(self.entry(stream, at, line));
+                let mark = self.mark(stream, end);
+                out.push(Marked {
+                    entry: self.entry(stream, at, line),
+                    mark,
+                });
             }
         }
     }
 }
 
 /// Follows one instance's log file until the container is gone.
-async fn tail_container(hub: &LogHub, runtime: &dyn ContainerRuntime, follow: &Follow) {
+async fn tail_container(
+    hub: &LogHub,
+    runtime: &dyn ContainerRuntime,
+    follow: &Follow,
+    offsets: Option<&Arc<Offsets>>,
+) {
     match runtime.log_path(&follow.id).await {
-        Ok(Some(path)) => tail(hub, &path, follow).await,
+        Ok(Some(path)) => tail(hub, &path, follow, offsets).await,
         Ok(None) => {}
         Err(err) => {
             tracing::debug!(container = short(&follow.id), %err, "no log file to follow");
@@ -644,17 +889,44 @@ async fn tail_container(hub: &LogHub, runtime: &dyn ContainerRuntime, follow: &F
     }
 }
 
-/// Follows a k8s-file log at `path` until it is removed.
-async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
+/// Where to start reading container `id`'s file (inode `ino`, `len`
+/// bytes). A new instance: at its start. An adopted one: at the offset the
+/// previous proxy saved for this inode; at the start when the saved one is
+/// of another inode or beyond the end (conmon rotated the file while no
+/// proxy ran: all of the new file is unshipped, the old one's unread end is
+/// gone with it); at the end when nothing was saved (a proxy that did not
+/// keep offsets, or capture was off: its lines were shipped or never
+/// captured).
+fn start_at(id: &str, ino: u64, len: u64, adopted: bool, offsets: Option<&Offsets>) -> u64 {
+    if !adopted {
+        return 0;
+    }
+    let Some(offsets) = offsets else { return len };
+    match offsets.load(id) {
+        Some(saved) if saved.ino == ino && saved.offset <= len => saved.offset,
+        Some(saved) => {
+            tracing::info!(
+                container = short(id),
+                saved_ino = saved.ino,
+                ino,
+                saved_offset = saved.offset,
+                len,
+                "the log file is not the one its offset was saved for (rotated while no proxy followed it): read from its start"
+            );
+            0
+        }
+        None => len,
+    }
+}
+
+/// Follows a k8s-file log at `path` until it is removed; with `offsets`,
+/// from the saved offset of an adopted instance, keeping it up to date and
+/// removing it when the file goes.
+async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<Offsets>>) {
     let instance: Arc<str> = Arc::from(short(&follow.id));
-    let mut asm = Assembler {
-        stdout: Pending::default(),
-        stderr: Pending::default(),
-        carry: Vec::new(),
-        journal: follow.journal.clone(),
-        resync: false,
-    };
-    let mut file = match open(path, follow.from_end) {
+    let container: Arc<str> = Arc::from(follow.id.as_str());
+    let mut asm = Assembler::new(follow.journal.clone());
+    let mut file = match open(path) {
         Ok(Some(f)) => f,
         Ok(None) => return,
         Err(err) => {
@@ -662,8 +934,37 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
             return;
         }
     };
+    let len = file.0.metadata().map_or(0, |m| m.len());
+    let start = match offsets {
+        Some(offsets) => {
+            let (o, id, ino, adopted) = (
+                Arc::clone(offsets),
+                Arc::clone(&container),
+                file.1,
+                follow.adopted,
+            );
+            tokio::task::spawn_blocking(move || {
+                let start = start_at(&id, ino, len, adopted, Some(&o));
+                o.register(&id, Position { ino, offset: start });
+                start
+            })
+            .await
+            .unwrap_or(len)
+        }
+        None => start_at(&follow.id, file.1, len, follow.adopted, None),
+    };
+    if start > 0
+        && let Err(err) = file.0.seek(SeekFrom::Start(start))
+    {
+        tracing::warn!(container = short(&follow.id), %err, "cannot seek in the log file");
+        return;
+    }
     // Started mid-file: skip to the next record unless at a record's end.
-    asm.resync = follow.from_end && !at_record_end(&file.0);
+    asm.resync = !record_ends_at(&file.0, start);
+    asm.next_start = start;
+    let mut pos = start;
+    let gone;
+    let source = |ino: u64| offsets.map(|_| (&container, ino));
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut quiet = POLL_MIN;
     let mut out = Vec::new();
@@ -676,11 +977,13 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
             }
         };
         if n > 0 {
-            asm.feed(chunk.get(..n).unwrap_or_default(), &mut out);
+            asm.feed(chunk.get(..n).unwrap_or_default(), pos, &mut out);
+            pos += n as u64;
             hub.push(
                 &follow.function,
                 follow.deployment_id,
                 &instance,
+                source(file.1),
                 std::mem::take(&mut out),
             );
             quiet = POLL_MIN;
@@ -693,12 +996,17 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
             Ok(_) => {
                 // Rotated (conmon renamed a new file over it): the old one
                 // is read to its end above; go on with the new one.
-                match open(path, false) {
+                match open(path) {
                     Ok(Some(f)) => {
                         file = f;
+                        pos = 0;
+                        asm.next_start = 0;
                         continue;
                     }
-                    _ => break,
+                    _ => {
+                        gone = true;
+                        break;
+                    }
                 }
             }
             Err(_) => {
@@ -707,8 +1015,10 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
                     if n == 0 {
                         break;
                     }
-                    asm.feed(chunk.get(..n).unwrap_or_default(), &mut out);
+                    asm.feed(chunk.get(..n).unwrap_or_default(), pos, &mut out);
+                    pos += n as u64;
                 }
+                gone = true;
                 break;
             }
         }
@@ -717,6 +1027,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
             &follow.function,
             follow.deployment_id,
             &instance,
+            source(file.1),
             std::mem::take(&mut out),
         );
         if let Some(journal) = &follow.journal {
@@ -726,30 +1037,37 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow) {
         quiet = (quiet * 2).min(POLL_MAX);
     }
     asm.flush_stale(true, &mut out);
-    hub.push(&follow.function, follow.deployment_id, &instance, out);
+    hub.push(
+        &follow.function,
+        follow.deployment_id,
+        &instance,
+        source(file.1),
+        out,
+    );
+    if gone && let Some(offsets) = offsets {
+        // No proxy will adopt the container: nothing to resume.
+        let (o, id) = (Arc::clone(offsets), Arc::clone(&container));
+        let _ = tokio::task::spawn_blocking(move || o.forget(&id)).await;
+    }
     tracing::debug!(container = short(&follow.id), "log file done");
 }
 
 /// The file and its inode, or `None` when it does not exist (yet).
-fn open(path: &Path, from_end: bool) -> std::io::Result<Option<(std::fs::File, u64)>> {
-    let mut file = match std::fs::File::open(path) {
+fn open(path: &Path) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let ino = file.metadata()?.ino();
-    if from_end {
-        file.seek(SeekFrom::End(0))?;
-    }
     Ok(Some((file, ino)))
 }
 
-/// Whether the byte before the file's end is a newline (or it is empty).
-fn at_record_end(file: &std::fs::File) -> bool {
-    use std::os::unix::fs::FileExt;
-    let len = file.metadata().map_or(0, |m| m.len());
+/// Whether a record ends just before `offset` (the byte before it is a
+/// newline, or it is the file's start).
+fn record_ends_at(file: &std::fs::File, offset: u64) -> bool {
     let mut last = [0u8; 1];
-    len == 0 || (file.read_at(&mut last, len - 1).is_ok() && last[0] == b'\n')
+    offset == 0 || (file.read_at(&mut last, offset - 1).is_ok() && last[0] == b'\n')
 }
 
 /// Where a Podman container's `k8s-file` log is (`HostConfig.LogConfig.Path`).
@@ -787,18 +1105,19 @@ mod tests {
 
     fn lines(asm: &mut Assembler, input: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
-        asm.feed(input, &mut out);
-        out.into_iter().map(|e| e.line).collect()
+        asm.feed(input, 0, &mut out);
+        out.into_iter().map(|e| e.entry.line).collect()
     }
 
     fn assembler() -> Assembler {
-        Assembler {
-            stdout: Pending::default(),
-            stderr: Pending::default(),
-            carry: Vec::new(),
-            journal: None,
-            resync: false,
-        }
+        Assembler::new(None)
+    }
+
+    fn marked(entries: Vec<LogEntry>) -> Vec<Marked> {
+        entries
+            .into_iter()
+            .map(|entry| Marked { entry, mark: 0 })
+            .collect()
     }
 
     const T: &str = "2026-11-29T21:47:38.396301304+00:00";
@@ -835,7 +1154,7 @@ mod tests {
         assert!(lines(&mut asm, format!("{T} stdout P no newline\n").as_bytes()).is_empty());
         let mut out = Vec::new();
         asm.flush_stale(true, &mut out);
-        assert_eq!(out[0].line, "no newline");
+        assert_eq!(out[0].entry.line, "no newline");
         // Garbage without newlines does not grow the carry without bound.
         for _ in 0..10 {
             assert!(lines(&mut asm, &vec![b'z'; 100_000]).is_empty());
@@ -878,6 +1197,7 @@ mod tests {
             rate_lines_per_s: 10,
             burst_lines: 10,
             buffer_bytes: 1 << 20,
+            offsets_dir: None,
         })
         .unwrap();
         let f: Arc<str> = Arc::from("logs-unit-rate");
@@ -890,7 +1210,7 @@ mod tests {
                 line: format!("line {n}"),
             })
             .collect();
-        hub.push(&f, 7, &i, entries);
+        hub.push(&f, 7, &i, None, marked(entries));
         hub.wait().await;
         let got = hub.take(100, 1 << 20);
         let text: Vec<&str> = got.iter().map(|c| c.entry.line.as_str()).collect();
@@ -919,6 +1239,7 @@ mod tests {
             rate_lines_per_s: 1000,
             burst_lines: 1000,
             buffer_bytes: 10 * (LINE_OVERHEAD + 6),
+            offsets_dir: None,
         })
         .unwrap();
         let f: Arc<str> = Arc::from("logs-unit-buffer");
@@ -931,7 +1252,7 @@ mod tests {
                 line: format!("line{n:02}"),
             })
             .collect();
-        hub.push(&f, 1, &i, entries);
+        hub.push(&f, 1, &i, None, marked(entries));
         let got = hub.take(5, 1 << 20);
         assert_eq!(
             got[0].entry.line,
@@ -941,6 +1262,238 @@ mod tests {
         let rest = hub.take(100, 1 << 20);
         assert_eq!(rest.len(), 6, "10 were kept in all");
         hub.close();
+    }
+
+    #[test]
+    fn a_line_marks_where_reading_may_resume() {
+        let mut asm = assembler();
+        let r1 = format!("{T} stdout F one\n");
+        let r2 = format!("{T} stdout P ab\n");
+        let r3 = format!("{T} stderr F err\n");
+        let r4 = format!("{T} stdout F cd\n");
+        let input = format!("{r1}{r2}{r3}{r4}");
+        let mut out = Vec::new();
+        // Read from offset 1000 of the file, in two pieces.
+        let (a, b) = input.as_bytes().split_at(r1.len() + 5);
+        asm.next_start = 1000;
+        asm.feed(a, 1000, &mut out);
+        asm.feed(b, 1000 + a.len() as u64, &mut out);
+        let got: Vec<(&str, u64)> = out
+            .iter()
+            .map(|m| (m.entry.line.as_str(), m.mark - 1000))
+            .collect();
+        let (l1, l2, l3) = (r1.len() as u64, r2.len() as u64, r3.len() as u64);
+        assert_eq!(
+            got,
+            [
+                ("one", l1),
+                // stdout's "ab" began before "err" ended: resume there.
+                ("err", l1),
+                ("abcd", input.len() as u64)
+            ]
+        );
+        assert!(l1 + l2 + l3 < input.len() as u64);
+    }
+
+    const CTR: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn follow(adopted: bool) -> Follow {
+        Follow {
+            id: CTR.into(),
+            function: Arc::from("logs-unit-resume"),
+            deployment_id: 1,
+            journal: None,
+            adopted,
+        }
+    }
+
+    fn hub_with_offsets(dir: &Path) -> Arc<LogHub> {
+        LogHub::new(LogConfig {
+            offsets_dir: Some(dir.to_path_buf()),
+            ..LogConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// Follows `path` as container [`CTR`] on `hub` until the file goes.
+    fn spawn_tail(hub: &Arc<LogHub>, path: &Path, adopted: bool) -> tokio::task::JoinHandle<()> {
+        let (hub, path) = (Arc::clone(hub), path.to_path_buf());
+        tokio::spawn(async move {
+            let offsets = hub.offsets.clone();
+            tail(&hub, &path, &follow(adopted), offsets.as_ref()).await;
+        })
+    }
+
+    /// Takes lines until `n` came (5 s at most), then checks no more come.
+    async fn take_exactly(hub: &LogHub, n: usize) -> Vec<Captured> {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while got.len() < n {
+                hub.wait().await;
+                got.extend(hub.take(100, 1 << 20));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} lines expected, got {}", got.len()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(hub.take(100, 1 << 20).is_empty(), "more than {n} lines");
+        got
+    }
+
+    fn texts(lines: &[Captured]) -> Vec<&str> {
+        lines.iter().map(|c| c.entry.line.as_str()).collect()
+    }
+
+    fn append(path: &Path, lines: &[&str]) {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{T} stdout F {l}").unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_adopted_instance_resumes_after_the_acknowledged_lines() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        let dir = root.path().join(offsets::DIR_NAME);
+        append(&log, &["one", "two", "three"]);
+        // The first proxy: a new instance, read from its start; the control
+        // plane acknowledged two lines when it stopped.
+        let hub = hub_with_offsets(&dir);
+        let task = spawn_tail(&hub, &log, false);
+        let got = take_exactly(&hub, 3).await;
+        assert_eq!(texts(&got), ["one", "two", "three"]);
+        hub.acknowledge(&got[..2]);
+        let (again, lost) = hub.flush(Duration::from_millis(50)).await;
+        assert_eq!((again, lost), (1, 0), "the third is read again");
+        task.abort();
+        let ino = std::fs::metadata(&log).unwrap().ino();
+        let saved = Offsets::new(dir.clone()).load(CTR).unwrap();
+        let two = format!("{T} stdout F one\n{T} stdout F two\n").len() as u64;
+        assert_eq!(saved, Position { ino, offset: two });
+        // Printed while no proxy ran.
+        append(&log, &["four"]);
+        // The next proxy adopts it: the unacknowledged line and the new one,
+        // each once.
+        let hub = hub_with_offsets(&dir);
+        let task = spawn_tail(&hub, &log, true);
+        let got = take_exactly(&hub, 2).await;
+        assert_eq!(texts(&got), ["three", "four"]);
+        hub.acknowledge(&got);
+        hub.offsets.as_ref().unwrap().save(true);
+        let len = std::fs::metadata(&log).unwrap().len();
+        assert_eq!(
+            Offsets::new(dir.clone()).load(CTR),
+            Some(Position { ino, offset: len })
+        );
+        // The container goes: its offset file too.
+        std::fs::remove_file(&log).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the tailer ends with its file")
+            .unwrap();
+        assert!(!dir.join(CTR).exists(), "offset file removed");
+        hub.close();
+    }
+
+    #[tokio::test]
+    async fn without_a_usable_offset_an_adopted_instance_starts_at_the_end_or_the_start() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        let dir = root.path().join(offsets::DIR_NAME);
+        append(&log, &["old"]);
+        let ino = std::fs::metadata(&log).unwrap().ino();
+        std::fs::create_dir_all(&dir).unwrap();
+        // Nothing saved, or a corrupt file (a warning): from the end.
+        for content in [None, Some("{\"container\": 12"), Some("\u{0}\u{ff}")] {
+            if let Some(content) = content {
+                std::fs::write(dir.join(CTR), content).unwrap();
+            }
+            let hub = hub_with_offsets(&dir);
+            let task = spawn_tail(&hub, &log, true);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            append(&log, &["new"]);
+            let got = take_exactly(&hub, 1).await;
+            assert_eq!(texts(&got), ["new"], "{content:?}");
+            task.abort();
+            hub.close();
+            let _ = std::fs::remove_file(dir.join(CTR));
+        }
+        // Saved for another inode (rotated while no proxy ran), or beyond
+        // the end: the whole file.
+        for (saved_ino, offset) in [(ino + 1, 0), (ino, 1u64 << 40)] {
+            std::fs::write(
+                dir.join(CTR),
+                format!("{{\"container\":\"{CTR}\",\"ino\":{saved_ino},\"offset\":{offset}}}"),
+            )
+            .unwrap();
+            let hub = hub_with_offsets(&dir);
+            let task = spawn_tail(&hub, &log, true);
+            let got = take_exactly(&hub, 4).await;
+            assert_eq!(texts(&got), ["old", "new", "new", "new"]);
+            task.abort();
+            hub.close();
+        }
+        // An offset inside a record: reading resumes at the next one.
+        std::fs::write(
+            dir.join(CTR),
+            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5}}"),
+        )
+        .unwrap();
+        let hub = hub_with_offsets(&dir);
+        let task = spawn_tail(&hub, &log, true);
+        let got = take_exactly(&hub, 3).await;
+        assert_eq!(texts(&got), ["new", "new", "new"]);
+        task.abort();
+        hub.close();
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_counts_only_lines_no_proxy_can_read_again() {
+        let root = tempfile::tempdir().unwrap();
+        let hub = hub_with_offsets(&root.path().join(offsets::DIR_NAME));
+        let f: Arc<str> = Arc::from("logs-unit-shutdown");
+        let i: Arc<str> = Arc::from("abc");
+        let kept: Arc<str> = Arc::from(CTR);
+        hub.offsets
+            .as_ref()
+            .unwrap()
+            .register(&kept, Position { ino: 1, offset: 0 });
+        let entries = |n: usize| {
+            marked(
+                (0..n)
+                    .map(|n| LogEntry {
+                        at_ns: n as i64,
+                        stream: LogStream::Stdout,
+                        request_id: None,
+                        line: format!("line {n}"),
+                    })
+                    .collect(),
+            )
+        };
+        // Readable again (its container's offset is kept) and not.
+        hub.push(&f, 1, &i, Some((&kept, 1)), entries(3));
+        hub.push(&f, 1, &i, None, entries(2));
+        let gone: Arc<str> = Arc::from("fedcba");
+        hub.push(&f, 1, &i, Some((&gone, 1)), entries(1));
+        // One of each in flight, taken by the shipper.
+        assert_eq!(hub.take(1, 1 << 20).len(), 1);
+        let before = METRICS
+            .dropped
+            .with_label_values(&["logs-unit-shutdown", "shutdown"])
+            .get();
+        let (again, lost) = hub.flush(Duration::from_millis(50)).await;
+        assert_eq!((again, lost), (3, 3));
+        let after = METRICS
+            .dropped
+            .with_label_values(&["logs-unit-shutdown", "shutdown"])
+            .get();
+        assert_eq!(after - before, 3);
     }
 
     #[test]

@@ -77,9 +77,10 @@ impl Inner {
     }
 
     /// Follows the output of `instance` of `set` when logs are captured:
-    /// from the start of its log file, or from its end for an instance
-    /// that ran before (adopted).
-    pub(crate) fn follow_logs(&self, set: &InstanceSet, instance: &Instance, from_end: bool) {
+    /// from the start of its log file, or, for an instance that ran before
+    /// (`adopted`), from where the previous proxy's shipping stopped
+    /// (`crate::logs::offsets`).
+    pub(crate) fn follow_logs(&self, set: &InstanceSet, instance: &Instance, adopted: bool) {
         let Some(hub) = self.logs.get() else { return };
         let journal =
             (set.route.config.scaling.concurrency == 1).then(|| Arc::clone(&instance.calls));
@@ -90,7 +91,7 @@ impl Inner {
                 function: Arc::from(set.route.function.as_str()),
                 deployment_id: set.route.deployment_id,
                 journal,
-                from_end,
+                adopted,
             },
         );
     }
@@ -299,7 +300,9 @@ impl Pool {
 
     /// Turns log capture on: every instance started from now on is
     /// followed from its first line; those running already (adopted) from
-    /// now. Once per pool; the shipper drains the returned hub.
+    /// the offset the previous proxy saved (from now when none was), and
+    /// the offsets of containers gone meanwhile are removed. Once per pool;
+    /// the shipper drains the returned hub.
     pub fn capture_logs(
         &self,
         config: crate::logs::LogConfig,
@@ -311,6 +314,7 @@ impl Pool {
                 self.inner.follow_logs(&set, i, true);
             }
         }
+        hub.prune_offsets();
         Ok(hub)
     }
 

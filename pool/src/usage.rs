@@ -3,19 +3,27 @@
 //! `cpub_keep_warm_total{function,result}` metric they also bump), the
 //! instances that died (function, container id and Podman's `OOMKilled`,
 //! so the node report can attribute the kernel's OOM kills of containers
-//! already gone), and the crash count of `cpub_pool_instance_crashes_total`.
+//! already gone), the crash count of `cpub_pool_instance_crashes_total`,
+//! and the failed starts other than crashes (issue 11: the counts of
+//! `cpub_pool_start_failures_total{function,reason}` and the last one's
+//! reason, message and time).
 //!
 //! Bounded: one entry per function that had an event, pruned to the
 //! functions the pool still routes on every [`Pool::function_counters`]
-//! (`crate::pool::Pool`); the deaths not yet taken are at most
+//! (`crate::pool::Pool`); a failure's message is cut to
+//! [`MAX_MESSAGE_BYTES`]; the deaths not yet taken are at most
 //! [`MAX_DEATHS`] (the oldest go first).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::Duration;
 
+use containerpub_wire::start_failures::{MAX_MESSAGE_BYTES, clean_message};
 use rustc_hash::FxHashMap;
+use tokio::time::Instant;
 
-use crate::metrics::METRICS;
+use crate::PoolError;
+use crate::metrics::{METRICS, START_FAILURE_REASONS};
 use crate::pool::Inner;
 
 /// Deaths kept until someone takes them.
@@ -72,6 +80,34 @@ pub struct FunctionCounters {
     pub keep_warm_misses: u64,
     /// Instances of the function that died (`cpub_pool_instance_crashes_total`).
     pub restarts: u64,
+    /// Failed starts other than crashes; `None` when the function had none
+    /// since it was routed here.
+    pub start_failures: Option<StartFailures>,
+}
+
+/// A function's failed starts other than crashes (a readiness probe that
+/// timed out, the engine failing, no room on the node).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StartFailures {
+    /// By reason (`START_FAILURE_REASONS` of `crate::metrics`), since the
+    /// proxy started: the values of `cpub_pool_start_failures_total`;
+    /// reasons at 0 are left out.
+    pub counts: Vec<(&'static str, u64)>,
+    /// The last one's reason,
+    pub reason: &'static str,
+    /// its message (one line of at most `MAX_MESSAGE_BYTES`, without the
+    /// function's name),
+    pub message: String,
+    /// and how long ago it happened.
+    pub age: Duration,
+}
+
+/// The last failed start of a function.
+#[derive(Debug)]
+struct LastFailure {
+    reason: &'static str,
+    message: String,
+    at: Instant,
 }
 
 /// The counters (see the module header).
@@ -79,6 +115,7 @@ pub struct FunctionCounters {
 pub(crate) struct Counters {
     by_function: Mutex<FxHashMap<String, Counts>>,
     deaths: Mutex<VecDeque<Death>>,
+    last_failures: Mutex<FxHashMap<String, LastFailure>>,
 }
 
 impl Inner {
@@ -111,6 +148,25 @@ impl Inner {
         });
     }
 
+    /// A start of `function` failed for `reason` (a label of
+    /// `cpub_pool_start_failures_total`, which the caller bumps) with `err`.
+    pub(crate) fn start_failed(&self, function: &str, reason: &'static str, err: &PoolError) {
+        let text = err.to_string();
+        let prefix = format!("function {function}: ");
+        let text = text.strip_prefix(&prefix).unwrap_or(&text);
+        let message = clean_message(text);
+        debug_assert!(message.len() <= MAX_MESSAGE_BYTES);
+        let mut all = self.counters.last_failures.lock().expect("failures lock");
+        all.insert(
+            function.to_owned(),
+            LastFailure {
+                reason,
+                message,
+                at: Instant::now(),
+            },
+        );
+    }
+
     /// The deaths since the last call.
     pub(crate) fn take_deaths(&self) -> Vec<Death> {
         let mut deaths = self.counters.deaths.lock().expect("deaths lock");
@@ -123,6 +179,7 @@ impl Inner {
             let functions = self.functions.lock().expect("functions lock");
             functions.values().cloned().collect()
         };
+        let mut failures = self.counters.last_failures.lock().expect("failures lock");
         let mut all = self.counters.by_function.lock().expect("counters lock");
         let mut out = Vec::with_capacity(slots.len());
         for slot in &slots {
@@ -130,6 +187,22 @@ impl Inner {
                 continue;
             };
             let counts = all.get(&slot.name).copied().unwrap_or_default();
+            let start_failures = failures.get(&slot.name).map(|last| StartFailures {
+                counts: START_FAILURE_REASONS
+                    .iter()
+                    .map(|&r| {
+                        let n = METRICS
+                            .start_failures
+                            .with_label_values(&[slot.name.as_str(), r])
+                            .get();
+                        (r, n)
+                    })
+                    .filter(|&(_, n)| n > 0)
+                    .collect(),
+                reason: last.reason,
+                message: last.message.clone(),
+                age: last.at.elapsed(),
+            });
             out.push(FunctionCounters {
                 function: slot.name.clone(),
                 keep_warm: self.keep_warm.enabled(&set),
@@ -137,9 +210,11 @@ impl Inner {
                 keep_warm_hits: counts.hits,
                 keep_warm_misses: counts.misses,
                 restarts: METRICS.crashes.with_label_values(&[&slot.name]).get(),
+                start_failures,
             });
         }
         all.retain(|f, _| out.iter().any(|c| &c.function == f));
+        failures.retain(|f, _| out.iter().any(|c| &c.function == f));
         out
     }
 }

@@ -1,17 +1,20 @@
 //! Node capacity against the fake runtime (issue 15): start failures that
-//! are capacity problems, the node budget and eviction, keep-warm. Tests
-//! wait with `eventually`, never for a fixed time.
+//! are capacity problems (and every failed start's reason, counted for the
+//! node report), the node budget and eviction, keep-warm. Tests wait with
+//! `eventually`, never for a fixed time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use containerpub_pool::testing::{FakeRuntime, eventually};
+use containerpub_pool::usage::StartFailures;
 use containerpub_pool::{
     BudgetConfig, ContainerRuntime, InstanceState, NodeConfig, Pool, PoolConfig, PoolError,
     StartKind,
 };
 use containerpub_wire::Manifest;
 use containerpub_wire::api::Route;
+use containerpub_wire::start_failures::MAX_MESSAGE_BYTES;
 
 /// Longest wait for something the pool does in the background.
 const WITHIN: Duration = Duration::from_secs(5);
@@ -143,6 +146,79 @@ async fn an_engine_out_of_addresses_is_no_capacity_and_other_failures_stay_start
         pool.instances().is_empty()
     })
     .await;
+}
+
+/// `function`'s failed starts other than crashes, as the node report reads them.
+fn start_failures_of(pool: &Pool, function: &str) -> Option<StartFailures> {
+    pool.function_counters()
+        .into_iter()
+        .find(|c| c.function == function)
+        .expect("a routed function has counters")
+        .start_failures
+}
+
+#[tokio::test]
+async fn failed_starts_are_counted_by_reason_and_the_last_one_kept_for_the_node_report() {
+    let fake = fake().await;
+    // A name of its own: the counts are the process-wide metric's.
+    let r = route("failure-kinds");
+    let pool = pool(&fake, std::slice::from_ref(&r)).await;
+    assert_eq!(start_failures_of(&pool, "failure-kinds"), None);
+
+    fake.fail_starts_with(Some("IPAM error: failed to find free IP in range"));
+    assert!(pool.lease(&r).await.is_err());
+    let f = start_failures_of(&pool, "failure-kinds").expect("a capacity failure");
+    assert_eq!(f.counts, [("capacity", 1)]);
+    assert_eq!(f.reason, "capacity");
+    assert!(f.message.contains("IPAM error"), "{f:?}");
+    assert!(
+        !f.message.starts_with("function failure-kinds"),
+        "the function's name is not repeated: {f:?}"
+    );
+
+    // An engine error, long and over several lines: one bounded line.
+    let long = format!("runc: exec failed\n{}", "x".repeat(5000));
+    fake.fail_starts_with(Some(&long));
+    assert!(pool.lease(&r).await.is_err());
+    fake.fail_starts_with(None);
+    let f = start_failures_of(&pool, "failure-kinds").expect("a runtime failure");
+    assert_eq!(f.counts, [("capacity", 1), ("runtime", 1)]);
+    assert_eq!(f.reason, "runtime");
+    assert!(f.message.contains("runc: exec failed"), "{f:?}");
+    assert!(f.message.len() <= MAX_MESSAGE_BYTES, "{}", f.message.len());
+    assert!(!f.message.contains('\n'), "{f:?}");
+
+    // A start that fails otherwise (the probe, say): `not_ready`.
+    fake.fail_starts(true);
+    assert!(pool.lease(&r).await.is_err());
+    fake.fail_starts(false);
+    let f = start_failures_of(&pool, "failure-kinds").expect("a not_ready failure");
+    assert_eq!(
+        f.counts,
+        [("capacity", 1), ("runtime", 1), ("not_ready", 1)]
+    );
+    assert_eq!(f.reason, "not_ready");
+    assert_eq!(f.message, "instance failed to start: image missing");
+    assert!(f.age < WITHIN, "{f:?}");
+
+    // A start that works changes nothing; a function no longer routed is
+    // forgotten.
+    drop(pool.lease(&r).await.unwrap());
+    assert_eq!(
+        start_failures_of(&pool, "failure-kinds").map(|f| f.reason),
+        Some("not_ready")
+    );
+    let other = route("failure-kinds-other");
+    pool.sync(std::slice::from_ref(&other));
+    eventually(WITHIN, "the function forgotten", || async {
+        pool.function_counters()
+            .iter()
+            .all(|c| c.function != "failure-kinds")
+    })
+    .await;
+    pool.sync(std::slice::from_ref(&r));
+    assert_eq!(start_failures_of(&pool, "failure-kinds"), None);
+    pool.remove_all().await;
 }
 
 /// Idle pause after 1 s, stop after an hour: instances stay paused.

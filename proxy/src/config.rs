@@ -78,7 +78,9 @@ pub struct Config {
     #[arg(long = "node-token", alias = "token", env = ENV_NODE_TOKEN, hide_env_values = true, value_name = "TOKEN")]
     pub token: String,
 
-    /// Directory of the local route snapshot (`routes.json`).
+    /// Directory of the proxy's state: the route snapshot (`routes.json`),
+    /// the execution-record spool (`executions/`) and the log offsets
+    /// (`log-offsets/`).
     #[arg(long, env = ENV_STATE_DIR, default_value = "/var/lib/containerpub/proxy", value_name = "DIR")]
     pub state_dir: PathBuf,
 

@@ -6,18 +6,29 @@
 //!
 //! A batch that cannot be delivered is kept and sent again (back-off 0.5 s
 //! doubling to 10 s) while the pool's queue keeps filling up to its bound;
-//! past that, lines are dropped and counted there. A batch the control
-//! plane refuses (4xx) is dropped and its lines counted
+//! past that, lines are dropped and counted there. Each batch carries an
+//! id (`<boot id>-<sequence>`), so a batch sent again after its answer was
+//! lost (a timeout) is stored once; a control plane from before ids refuses
+//! the field, and batches then go without one for ten minutes. A batch the control plane refuses (4xx)
+//! is dropped and its lines counted
 //! (`cpub_log_lines_dropped_total{reason="rejected"}`); the answer says how
 //! many lines belonged to functions that no longer exist.
+//!
+//! What the control plane answered (stored, or refused for good) is handed
+//! back to the hub ([`LogHub::acknowledge`]), which moves each container's
+//! saved offset past those lines: a proxy that stops (or dies) with lines
+//! queued leaves them for the next one to read again from the files. At a
+//! graceful stop [`shutdown`] gives the shipper a few seconds to empty the
+//! queue and saves the offsets.
 
+use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use containerpub_pool::logs::{Captured, LogConfig, LogHub};
+use containerpub_pool::logs::{Captured, LogConfig, LogHub, offsets};
 use containerpub_wire::logs::{INGEST_PATH, LogBatch, LogGroup, LogIngest, MAX_BATCH_LINES};
 use prometheus::{IntCounterVec, register_int_counter_vec};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub const ENV_LOG_RATE: &str = "CPUB_LOG_RATE_LINES";
 pub const ENV_LOG_BURST: &str = "CPUB_LOG_BURST_LINES";
@@ -29,6 +40,9 @@ const BATCH_BYTES: usize = 4 << 20;
 const LINGER: Duration = Duration::from_millis(100);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// After a control plane refused a batch id, batches go without one this
+/// long before the proxy tries again (it may have been upgraded).
+const WITHOUT_IDS_FOR: Duration = Duration::from_secs(600);
 
 /// The flags of log capture (flattened into `cpub-proxy`'s).
 #[derive(Debug, Clone, clap::Args)]
@@ -47,12 +61,14 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
-    /// The capture settings, or `None` when capture is off.
-    pub fn config(&self) -> Option<LogConfig> {
+    /// The capture settings, or `None` when capture is off; offsets are
+    /// kept in `<state_dir>/log-offsets`.
+    pub fn config(&self, state_dir: &Path) -> Option<LogConfig> {
         (self.log_rate_lines > 0).then(|| LogConfig {
             rate_lines_per_s: self.log_rate_lines,
             burst_lines: self.log_burst_lines.max(1),
             buffer_bytes: (self.log_buffer_mb.max(1) as usize) << 20,
+            offsets_dir: Some(state_dir.join(offsets::DIR_NAME)),
         })
     }
 }
@@ -80,6 +96,10 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
         }
     };
     let url = format!("{control_url}{INGEST_PATH}");
+    let boot = containerpub_wire::request_id::generate();
+    let mut seq = 0u64;
+    // Until then batches go without an id: the control plane predates them.
+    let mut no_ids_until: Option<tokio::time::Instant> = None;
     loop {
         hub.wait().await;
         tokio::time::sleep(LINGER).await;
@@ -87,7 +107,11 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
         if lines.is_empty() {
             continue;
         }
-        let body = to_wire(&node, &lines);
+        seq += 1;
+        let mut body = to_wire(&node, &lines);
+        if no_ids_until.is_none_or(|t| tokio::time::Instant::now() >= t) {
+            body.batch = Some(batch_id(&boot, seq));
+        }
         let mut pause = RETRY_FIRST;
         loop {
             match client
@@ -99,13 +123,18 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
             {
                 Ok(r) if r.status().is_success() => {
                     BATCHES.with_label_values(&["ok"]).inc();
-                    if let Ok(answer) = r.json::<LogIngest>().await
-                        && answer.unknown > 0
-                    {
-                        debug!(
-                            lines = answer.unknown,
-                            "log lines of removed functions dropped"
-                        );
+                    hub.acknowledge(&lines);
+                    match r.json::<LogIngest>().await {
+                        Ok(answer) if answer.duplicate => {
+                            debug!(lines = lines.len(), "log batch had been stored before");
+                        }
+                        Ok(answer) if answer.unknown > 0 => {
+                            debug!(
+                                lines = answer.unknown,
+                                "log lines of removed functions dropped"
+                            );
+                        }
+                        _ => {}
                     }
                     break;
                 }
@@ -119,9 +148,15 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
                         .chars()
                         .take(200)
                         .collect();
-                    for group in &body.groups {
-                        hub.count_rejected(&group.function, group.lines.len() as u64);
+                    if body.batch.is_some() && refused_the_batch_id(status, &text) {
+                        // A control plane from before batch ids: send this
+                        // batch (and the next ones for a while) without.
+                        info!("the control plane does not take log batch ids: sending none");
+                        no_ids_until = Some(tokio::time::Instant::now() + WITHOUT_IDS_FOR);
+                        body.batch = None;
+                        continue;
                     }
+                    hub.reject(&lines);
                     warn!(%status, body = %text, lines = lines.len(), "log batch refused; dropped");
                     break;
                 }
@@ -137,6 +172,44 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_MAX);
         }
+    }
+}
+
+/// Whether a refusal is a control plane from before batch ids reading one
+/// (400, the whole body at fault: ``not a log batch: unknown field `batch`…``).
+fn refused_the_batch_id(status: reqwest::StatusCode, answer: &str) -> bool {
+    status == reqwest::StatusCode::BAD_REQUEST
+        && serde_json::from_str::<containerpub_wire::api::ApiError>(answer).is_ok_and(|r| {
+            r.field.as_deref() == Some("body")
+                && r.error.starts_with("not a log batch")
+                && r.error.contains("unknown field `batch`")
+        })
+}
+
+/// A batch's id: this process's boot id (a random request id: letters,
+/// digits and `-`) and the batch's number, at most 128 bytes.
+fn batch_id(boot: &str, seq: u64) -> String {
+    let id = format!("{boot}-{seq}");
+    if containerpub_wire::logs::is_valid_batch_id(&id) {
+        id
+    } else {
+        // Never with the generator of today; still an id the control plane takes.
+        format!("b-{seq}")
+    }
+}
+
+/// On the way out (after the workers stopped): gives the shipper up to
+/// `timeout` to send what is queued, then saves every container's
+/// acknowledged offset; what is left is read again by the next proxy, or
+/// counted (`reason="shutdown"`) when it cannot be.
+pub async fn shutdown(hub: &LogHub, timeout: Duration) {
+    let (again, lost) = hub.flush(timeout).await;
+    if again > 0 || lost > 0 {
+        info!(
+            lines_for_next_proxy = again,
+            lines_dropped = lost,
+            "log lines not shipped before the stop"
+        );
     }
 }
 
@@ -162,6 +235,7 @@ pub fn to_wire(node: &str, lines: &[Captured]) -> LogBatch {
     }
     LogBatch {
         node: node.to_owned(),
+        batch: None,
         groups,
     }
 }
@@ -183,6 +257,7 @@ mod tests {
                 request_id: None,
                 line: line.into(),
             },
+            source: None,
         }
     }
 
@@ -205,5 +280,34 @@ mod tests {
             shape,
             [("f", "a", 2), ("f", "b", 1), ("g", "b", 1), ("f", "a", 1)]
         );
+    }
+
+    #[test]
+    fn an_old_control_plane_refusing_the_batch_id_is_recognised() {
+        // What a control plane from before batch ids answers (200 bytes at
+        // most are read).
+        let old = r#"{"error":"not a log batch: unknown field `batch`, expected `node` or `groups` at line 1 column 25","field":"body"}"#;
+        let bad = reqwest::StatusCode::BAD_REQUEST;
+        assert!(refused_the_batch_id(bad, old));
+        assert!(!refused_the_batch_id(reqwest::StatusCode::FORBIDDEN, old));
+        let new = r#"{"error":"must be 1 to 128 letters, digits and '-'","field":"batch"}"#;
+        assert!(!refused_the_batch_id(bad, new));
+        let other = r#"{"error":"not a log batch: missing field `node`","field":"body"}"#;
+        assert!(!refused_the_batch_id(bad, other));
+        assert!(!refused_the_batch_id(bad, "<html>"));
+    }
+
+    #[test]
+    fn batch_ids_are_unique_per_batch_and_valid() {
+        let boot = containerpub_wire::request_id::generate();
+        let (a, b) = (batch_id(&boot, 1), batch_id(&boot, 2));
+        assert_ne!(a, b);
+        assert!(containerpub_wire::logs::is_valid_batch_id(&a), "{a}");
+        assert_ne!(boot, containerpub_wire::request_id::generate());
+        assert_eq!(batch_id("bad boot/", 3), "b-3");
+        assert!(containerpub_wire::logs::is_valid_batch_id(&batch_id(
+            &"x".repeat(200),
+            u64::MAX
+        )));
     }
 }

@@ -36,6 +36,9 @@ const POOL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for the execution records still queued to be sent on the
 /// way out (what is left goes to the spool).
 const EXECUTIONS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for the log lines still queued to be shipped on the way out
+/// (what is left is read again from the files by the next proxy).
+const LOGS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn main() {
     let config = match Config::try_parse() {
@@ -95,7 +98,7 @@ fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    if let Some(log_config) = config.logs.config() {
+    if let Some(log_config) = config.logs.config(&config.state_dir) {
         match pool.capture_logs(log_config) {
             Ok(hub) => {
                 background.spawn(containerpub_proxy::logs::ship(
@@ -204,7 +207,15 @@ fn run(config: Config) -> i32 {
         return 1;
     }
 
-    background.block_on(executions::shutdown(EXECUTIONS_SHUTDOWN_TIMEOUT));
+    // Both at once: each has its own deadline.
+    let log_hub = pool.logs();
+    background.block_on(async {
+        tokio::join!(executions::shutdown(EXECUTIONS_SHUTDOWN_TIMEOUT), async {
+            if let Some(hub) = &log_hub {
+                containerpub_proxy::logs::shutdown(hub, LOGS_SHUTDOWN_TIMEOUT).await;
+            }
+        });
+    });
     info!("proxy stopped, stopping the pool (instances stay for the next proxy)");
     // The timer must be created inside the runtime, hence the async block.
     let stopped = background

@@ -2,9 +2,14 @@
 //! from their cgroups into per-function metrics, and reports the instances
 //! (function, state, calls in flight) and per-function figures
 //! ([`containerpub_wire::usage::FunctionReport`]: CPU seconds, memory in
-//! use, limit and peak, OOM kills, restarts, keep-warm hits and misses) to
-//! the control plane (`POST /api/v1/nodes/{node}/status`) for `cpub
-//! status`, `cpub stats` and `cpub describe`.
+//! use, limit and peak, OOM kills, restarts, keep-warm hits and misses) and
+//! the failed starts other than crashes of each function that had one
+//! ([`containerpub_wire::start_failures`]: counts by reason, the last
+//! one's reason, message and age) to the control plane (`POST
+//! /api/v1/nodes/{node}/status`) for `cpub status`, `cpub stats` and `cpub
+//! describe`. A control plane from before the failures refuses a report
+//! that has them (it refuses unknown keys): the reports then go without
+//! them for [`WITHOUT_FAILURES_FOR`].
 //!
 //! Metrics (per function, summed over its instances on this node):
 //! `cpub_instance_memory_bytes`, `cpub_instance_memory_limit_bytes`,
@@ -29,13 +34,18 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use containerpub_pool::Pool;
+use containerpub_wire::api::ApiError;
 use containerpub_wire::executions::{InstanceReport, NodeReport};
+use containerpub_wire::start_failures::{FunctionStartFailures, LastStartFailure};
 use containerpub_wire::usage::FunctionReport;
 use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts};
-use tracing::debug;
+use tracing::{debug, info};
 
 /// How often the instances are read and reported.
 pub const EVERY: Duration = Duration::from_secs(5);
+/// How long reports go without their start failures after a control plane
+/// refused them (one from before them); then they are tried again.
+pub const WITHOUT_FAILURES_FOR: Duration = Duration::from_secs(600);
 
 struct Metrics {
     memory: IntGaugeVec,
@@ -267,8 +277,23 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
     }
     // Every routed function, and any other with an instance (one that is
     // being removed).
-    let mut functions: Vec<FunctionReport> = pool
-        .function_counters()
+    let counters = pool.function_counters();
+    let start_failures = counters
+        .iter()
+        .filter_map(|c| {
+            let f = c.start_failures.as_ref()?;
+            Some(FunctionStartFailures {
+                function: c.function.clone(),
+                counts: f.counts.iter().map(|&(r, n)| (r.to_owned(), n)).collect(),
+                last: LastStartFailure {
+                    reason: f.reason.to_owned(),
+                    message: f.message.clone(),
+                    age_ms: u64::try_from(f.age.as_millis()).unwrap_or(u64::MAX),
+                },
+            })
+        })
+        .collect();
+    let mut functions: Vec<FunctionReport> = counters
         .into_iter()
         .map(|c| FunctionReport {
             function: c.function,
@@ -315,7 +340,19 @@ fn sample(pool: &Pool, seen: &mut Seen) -> NodeReport {
             .collect(),
         functions,
         keep_warm_window_s: Some(pool.node().keep_warm.window.as_secs()),
+        start_failures,
     }
+}
+
+/// Whether a refusal of a report is a control plane from before the start
+/// failures (400, the whole body at fault, serde naming the unknown key).
+fn refused_start_failures(status: reqwest::StatusCode, answer: &str) -> bool {
+    status == reqwest::StatusCode::BAD_REQUEST
+        && serde_json::from_str::<ApiError>(answer).is_ok_and(|r| {
+            r.field.as_deref() == Some("body")
+                && r.error.starts_with("not a node report")
+                && r.error.contains("`start_failures`")
+        })
 }
 
 /// Reads and reports forever.
@@ -335,20 +372,39 @@ pub async fn run(pool: Pool, control_url: String, token: String, node: String) {
     };
     let url = format!("{control_url}/api/v1/nodes/{node}/status");
     let mut seen = Seen::default();
+    let mut without_failures_until: Option<Instant> = None;
     let mut every = tokio::time::interval(EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let report = sample(&pool, &mut seen);
-        match client
-            .post(&url)
-            .bearer_auth(&token)
-            .json(&report)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => debug!(status = %r.status(), "node report refused"),
+        let mut report = sample(&pool, &mut seen);
+        if without_failures_until.is_some_and(|t| Instant::now() < t) {
+            report.start_failures.clear();
+        }
+        let post = |report: &NodeReport| client.post(&url).bearer_auth(&token).json(report).send();
+        let sent = match post(&report).await {
+            Ok(r)
+                if r.status() == reqwest::StatusCode::BAD_REQUEST
+                    && !report.start_failures.is_empty() =>
+            {
+                let status = r.status();
+                let answer = r.text().await.unwrap_or_default();
+                if refused_start_failures(status, &answer) {
+                    info!(
+                        "the control plane does not take start failures in node reports: sending them without"
+                    );
+                    without_failures_until = Some(Instant::now() + WITHOUT_FAILURES_FOR);
+                    report.start_failures.clear();
+                    post(&report).await.map(|r| r.status())
+                } else {
+                    Ok(status)
+                }
+            }
+            other => other.map(|r| r.status()),
+        };
+        match sent {
+            Ok(status) if status.is_success() => {}
+            Ok(status) => debug!(%status, "node report refused"),
             Err(e) => debug!(error = %e, "node report not delivered"),
         }
     }
@@ -357,6 +413,83 @@ pub async fn run(pool: Pool, control_url: String, token: String, node: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The node report as a control plane from before the start failures
+    /// reads it (its keys, unknown ones refused).
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct OldNodeReport {
+        instances: Vec<InstanceReport>,
+        #[serde(default)]
+        functions: Vec<FunctionReport>,
+        #[serde(default)]
+        keep_warm_window_s: Option<u64>,
+    }
+
+    /// What such a control plane answers (`routes::status::report`).
+    fn old_control_answer(body: &[u8]) -> Option<String> {
+        let e = serde_json::from_slice::<OldNodeReport>(body).err()?;
+        Some(
+            serde_json::to_string(&ApiError {
+                error: format!("not a node report: {e}"),
+                field: Some("body".into()),
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_old_control_plane_refusing_start_failures_is_told_apart() {
+        let mut report = NodeReport {
+            instances: Vec::new(),
+            functions: vec![FunctionReport {
+                function: "f".into(),
+                ..FunctionReport::default()
+            }],
+            keep_warm_window_s: Some(60),
+            start_failures: Vec::new(),
+        };
+        // Without failures the old control plane takes the report as is.
+        assert_eq!(
+            old_control_answer(&serde_json::to_vec(&report).unwrap()),
+            None
+        );
+        report.start_failures.push(FunctionStartFailures {
+            function: "f".into(),
+            counts: [("not_ready".to_owned(), 1)].into(),
+            last: LastStartFailure {
+                reason: "not_ready".into(),
+                message: "not ready within 2000 ms".into(),
+                age_ms: 10,
+            },
+        });
+        let answer = old_control_answer(&serde_json::to_vec(&report).unwrap())
+            .expect("an old control plane refuses the failures");
+        assert!(
+            refused_start_failures(reqwest::StatusCode::BAD_REQUEST, &answer),
+            "{answer}"
+        );
+        // Other refusals are not this one.
+        assert!(!refused_start_failures(
+            reqwest::StatusCode::PAYLOAD_TOO_LARGE,
+            &answer
+        ));
+        let other = r#"{"error":"function name must be 1 to 63 characters, got 0","field":"start_failures[0].function"}"#;
+        assert!(!refused_start_failures(
+            reqwest::StatusCode::BAD_REQUEST,
+            other
+        ));
+        let other = r#"{"error":"not a node report: unknown field `zone`","field":"body"}"#;
+        assert!(!refused_start_failures(
+            reqwest::StatusCode::BAD_REQUEST,
+            other
+        ));
+        assert!(!refused_start_failures(
+            reqwest::StatusCode::BAD_REQUEST,
+            "not json"
+        ));
+    }
 
     #[test]
     fn cgroup_v1_and_v2_files_are_read() {

@@ -5,8 +5,8 @@
 //! them (limits, status filters, `--since` durations). A batch travels as
 //! JSON or in the binary form of [`binary`].
 //!
-//! Over 600 lines with its unit tests: about 530 of code (the record, the
-//! views' types and their rules, shared by proxy, control and CLI) and 160
+//! Over 600 lines with its unit tests: about 570 of code (the record, the
+//! views' types and their rules, shared by proxy, control and CLI) and 230
 //! of tests.
 
 use std::borrow::Cow;
@@ -511,17 +511,60 @@ pub struct NodeReport {
     /// The node's keep-warm window in seconds.
     #[serde(default)]
     pub keep_warm_window_s: Option<u64>,
+    /// Failed starts other than crashes, per function that had one (issue
+    /// 11; `crate::start_failures`). Left out when empty, so that a
+    /// control plane from before it (which refuses unknown keys) takes the
+    /// reports of a node without failures; for the others the proxy sends
+    /// the report without it once such a control plane refused it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_failures: Vec<crate::start_failures::FunctionStartFailures>,
 }
 
-/// A recent start failure (crash) a proxy reported.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A recent start failure: a crash a proxy reported (`reason` `crash`,
+/// from `function_crashes`), or the last failed start of another kind
+/// (`not_ready`, `runtime`, `capacity`) in a node's report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartFailure {
     pub function: String,
     pub node: String,
+    /// `crash`, or one of `crate::start_failures::REASONS` (absent in the
+    /// answers of a control plane from before it, where every row is a
+    /// crash).
+    #[serde(default = "crash_reason")]
+    pub reason: String,
+    /// What went wrong, on one line: the pool's message for the other
+    /// kinds; for a crash none (its output is in `cpub describe`).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// How many times: crashes counted by the control plane, the others
+    /// since the node's proxy started (0 in older answers: see [`Self::times`]).
+    #[serde(default)]
+    pub count: i64,
+    /// For the other kinds, the node's failed starts of the function by
+    /// reason, since its proxy started (`count` is the one of `reason`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counts: std::collections::BTreeMap<String, i64>,
+    /// A crash's exit code (none for the other kinds).
     pub exit_code: Option<i32>,
+    /// Whether it happened while the instance started (always, for the
+    /// other kinds).
     pub during_start: bool,
+    /// The crash count (kept for older clients; 0 for the other kinds).
     pub crashes: i64,
+    /// When the last one happened.
     pub at: DateTime<Utc>,
+}
+
+fn crash_reason() -> String {
+    crate::start_failures::CRASH.to_owned()
+}
+
+impl StartFailure {
+    /// How many times it happened, also in an older control plane's
+    /// answer (which has only `crashes`).
+    pub fn times(&self) -> i64 {
+        self.count.max(self.crashes)
+    }
 }
 
 /// `GET /api/v1/status`.
@@ -695,5 +738,76 @@ mod tests {
         ] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn node_reports_with_and_without_start_failures_read_both_ways() {
+        // An older proxy's report: no failures.
+        let old = r#"{"instances":[{"function":"f","deployment_id":1,"id":"abc","state":"ready","in_flight":0}],
+            "functions":[],"keep_warm_window_s":60}"#;
+        let read: NodeReport = serde_json::from_str(old).unwrap();
+        assert!(read.start_failures.is_empty());
+        // Without failures, the key is left out: a control plane that
+        // refuses unknown keys takes the report.
+        let text = serde_json::to_string(&read).unwrap();
+        assert!(!text.contains("start_failures"), "{text}");
+        // With them, they travel.
+        let mut with = read;
+        with.start_failures
+            .push(crate::start_failures::FunctionStartFailures {
+                function: "f".into(),
+                counts: [("not_ready".to_owned(), 2)].into(),
+                last: crate::start_failures::LastStartFailure {
+                    reason: "not_ready".into(),
+                    message: "not ready within 2000 ms".into(),
+                    age_ms: 1200,
+                },
+            });
+        let text = serde_json::to_string(&with).unwrap();
+        let back: NodeReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.start_failures, with.start_failures);
+    }
+
+    /// `StartFailure` as clients from before the other kinds read it.
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct OldStartFailure {
+        function: String,
+        node: String,
+        exit_code: Option<i32>,
+        during_start: bool,
+        crashes: i64,
+        at: DateTime<Utc>,
+    }
+
+    #[test]
+    fn status_rows_read_both_ways() {
+        // An older control plane's row (a crash).
+        let old = r#"{"function":"boom","node":"n1","exit_code":3,"during_start":true,
+            "crashes":4,"at":"2026-01-02T03:04:05Z"}"#;
+        let row: StartFailure = serde_json::from_str(old).unwrap();
+        assert_eq!(row.reason, "crash");
+        assert_eq!((row.count, row.times()), (0, 4));
+        assert_eq!(row.message, None);
+        assert!(row.counts.is_empty());
+        // A new row of another kind, read by an older client.
+        let new = StartFailure {
+            function: "slow".into(),
+            node: "n1".into(),
+            reason: "not_ready".into(),
+            message: Some("not ready within 2000 ms".into()),
+            count: 2,
+            counts: [("not_ready".to_owned(), 2)].into(),
+            exit_code: None,
+            during_start: true,
+            crashes: 0,
+            at: "2026-01-02T03:04:06Z".parse().unwrap(),
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        let older: OldStartFailure = serde_json::from_str(&text).unwrap();
+        assert_eq!((older.function.as_str(), older.crashes), ("slow", 0));
+        let back: StartFailure = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, new);
+        assert_eq!(back.times(), 2);
     }
 }

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod private;
 pub mod request_id;
 pub mod signing;
+pub mod start_failures;
 pub mod usage;
 
 pub use manifest::{Manifest, ManifestError};

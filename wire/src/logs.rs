@@ -15,6 +15,8 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 pub const MAX_BATCH_LINES: usize = 10_000;
 /// Largest batch body the control plane reads, in bytes.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Longest batch id, in bytes.
+pub const MAX_BATCH_ID_BYTES: usize = 128;
 /// Most lines one query answers.
 pub const MAX_QUERY_LINES: u32 = 5_000;
 /// Longest long poll of a follow (`wait_s`).
@@ -54,6 +56,12 @@ impl LogStream {
 #[serde(deny_unknown_fields)]
 pub struct LogBatch {
     pub node: String,
+    /// Unique per proxy process and batch (`<boot id>-<sequence>`: 1 to
+    /// [`MAX_BATCH_ID_BYTES`] letters, digits and `-`), so that a batch sent
+    /// again after its answer was lost is stored once. Proxies from before
+    /// it send none; their batches are not deduplicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
     /// Lines grouped by the instance that printed them, in printing order.
     pub groups: Vec<LogGroup>,
 }
@@ -91,6 +99,17 @@ pub struct LogIngest {
     pub stored: u64,
     /// Lines of functions or deployments that no longer exist.
     pub unknown: u64,
+    /// The batch (its `batch` id) had been stored before: nothing was
+    /// stored this time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// Whether `id` is a well-formed batch id (see [`LogBatch::batch`]).
+pub fn is_valid_batch_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_BATCH_ID_BYTES
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// `GET /api/v1/functions/{name}/logs`: which lines.
@@ -126,6 +145,10 @@ pub struct LogLine {
     /// Cursor: lines of a function are numbered in the order they were
     /// stored.
     pub id: i64,
+    /// The function that printed it (empty from a control plane that
+    /// predates the field).
+    #[serde(default)]
+    pub function: String,
     pub at: DateTime<Utc>,
     pub version: i32,
     pub node: String,
@@ -202,6 +225,44 @@ mod tests {
         let mut accents = vec![b'a'; MAX_LINE_BYTES - 1];
         accents.extend_from_slice("é".as_bytes());
         assert!(clean_line(&accents).ends_with("\u{fffd} […1 more bytes cut]"));
+    }
+
+    #[test]
+    fn batch_ids_are_optional_and_checked() {
+        let old: LogBatch = serde_json::from_str(r#"{"node":"n","groups":[]}"#).unwrap();
+        assert_eq!(old.batch, None);
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("batch"), "{text}");
+        let new: LogBatch =
+            serde_json::from_str(r#"{"node":"n","batch":"abc-1","groups":[]}"#).unwrap();
+        assert_eq!(new.batch.as_deref(), Some("abc-1"));
+        assert!(is_valid_batch_id("0123abcd-42"));
+        for bad in [
+            "",
+            "a b",
+            "a/../b",
+            "é",
+            &"x".repeat(MAX_BATCH_ID_BYTES + 1),
+        ] {
+            assert!(!is_valid_batch_id(bad), "{bad:?}");
+        }
+        assert!(is_valid_batch_id(&"x".repeat(MAX_BATCH_ID_BYTES)));
+        // An answer from a control plane without deduplication.
+        let answer: LogIngest = serde_json::from_str(r#"{"stored":1,"unknown":0}"#).unwrap();
+        assert!(!answer.duplicate);
+    }
+
+    #[test]
+    fn a_line_names_its_function_and_old_answers_still_parse() {
+        let old = r#"{"id":1,"at":"2026-11-29T21:47:38Z","version":1,"node":"n","instance":"ab","stream":"stdout","line":"x"}"#;
+        let line: LogLine = serde_json::from_str(old).unwrap();
+        assert_eq!(line.function, "");
+        let line = LogLine {
+            function: "talky".into(),
+            ..line
+        };
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.contains(r#""function":"talky""#), "{text}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! instances printed, oldest first. Without `--since` the newest `--tail`
 //! lines; with `-f` it then waits for new ones (a long poll on the control
 //! plane, which answers as soon as a line is stored) until interrupted.
-//! `--output json` prints one JSON object per line (`LogLine`).
+//! `--output json` prints one JSON object per line (`LogLine`, with the
+//! function's name in `function`).
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -99,7 +100,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             };
             loop {
                 let page = client.logs(&args.name, &query).await.with_context(what)?;
-                print_lines(&page.lines, args.output)?;
+                print_lines(&args.name, &page.lines, args.output)?;
                 if page.lines.len() < MAX_QUERY_LINES as usize {
                     break page.next;
                 }
@@ -113,7 +114,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 ..filter.clone()
             };
             let page = client.logs(&args.name, &query).await.with_context(what)?;
-            print_lines(&page.lines, args.output)?;
+            print_lines(&args.name, &page.lines, args.output)?;
             page.next
         }
     };
@@ -131,7 +132,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         match client.logs(&args.name, &query).await {
             Ok(page) => {
                 failures = 0;
-                print_lines(&page.lines, args.output)?;
+                print_lines(&args.name, &page.lines, args.output)?;
                 cursor = page.next;
             }
             Err(err) => {
@@ -148,11 +149,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     }
 }
 
-fn print_lines(lines: &[LogLine], output: Output) -> Result<()> {
+/// Prints `lines` of function `name` (a control plane that predates the
+/// lines' `function` field leaves it empty: the JSON form names `name`).
+fn print_lines(name: &str, lines: &[LogLine], output: Output) -> Result<()> {
     let mut out = std::io::stdout().lock();
     for line in lines {
         match output {
             Output::Json => {
+                let named;
+                let line = if line.function.is_empty() {
+                    named = LogLine {
+                        function: name.to_owned(),
+                        ..line.clone()
+                    };
+                    &named
+                } else {
+                    line
+                };
                 serde_json::to_writer(&mut out, line).context("cannot print JSON")?;
                 writeln!(out)?;
             }
@@ -214,6 +227,7 @@ mod tests {
     fn a_hostile_line_is_shown_harmless() {
         let line = LogLine {
             id: 1,
+            function: "f".into(),
             at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
             version: 2,
             node: "n".into(),

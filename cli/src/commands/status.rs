@@ -1,6 +1,8 @@
 //! `cpub status`: the platform at a glance — the route revision, the proxies
 //! and the revision each serves, the functions with their instances by state
-//! and calls of the last 5 minutes, and recent start failures.
+//! and calls of the last 5 minutes, and the start failures of the last
+//! hour: crashes and failed starts of the other kinds (`not_ready`,
+//! `runtime`, `capacity`), newest first.
 
 use anyhow::{Context as _, Result};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -78,20 +80,59 @@ pub fn text(s: &PlatformStatus) -> String {
         out.push_str("\nno start failures in the last hour\n");
     } else {
         let mut failures = Table::new();
-        failures
-            .load_preset(UTF8_FULL_CONDENSED)
-            .set_header(["FUNCTION", "NODE", "EXIT", "AT START", "CRASHES", "LAST"]);
+        failures.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "FUNCTION", "NODE", "REASON", "COUNT", "EXIT", "LAST", "MESSAGE",
+        ]);
         for c in &s.start_failures {
             failures.add_row([
                 c.function.clone(),
                 c.node.clone(),
+                c.reason.clone(),
+                c.times().to_string(),
                 c.exit_code.map_or_else(|| "-".into(), |v| v.to_string()),
-                c.during_start.to_string(),
-                c.crashes.to_string(),
                 c.at.format(TIME_FORMAT).to_string(),
+                c.message.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         out.push_str(&format!("\nstart failures (last hour)\n{failures}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_failures_of_every_kind_show_with_their_reason_and_count() {
+        // An older control plane's answer: crashes only, without reason,
+        // message or count.
+        let old = r#"{"route_revision":3,"proxies":[],"functions":[],"start_failures":[
+            {"function":"boom","node":"n1","exit_code":3,"during_start":true,"crashes":4,
+             "at":"2026-01-02T03:04:05Z"}]}"#;
+        let s: PlatformStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(s.start_failures[0].reason, "crash");
+        assert_eq!(s.start_failures[0].times(), 4);
+        let t = text(&s);
+        assert!(
+            t.contains("crash") && t.contains('4') && t.contains("boom"),
+            "{t}"
+        );
+
+        let new = r#"{"route_revision":3,"proxies":[],"functions":[],"start_failures":[
+            {"function":"slow","node":"n1","reason":"not_ready","message":"not ready within 2000 ms",
+             "count":2,"counts":{"not_ready":2,"capacity":1},"exit_code":null,
+             "during_start":true,"crashes":0,"at":"2026-01-02T03:04:06Z"}]}"#;
+        let s: PlatformStatus = serde_json::from_str(new).unwrap();
+        let t = text(&s);
+        for part in [
+            "REASON",
+            "not_ready",
+            "slow",
+            "not ready within 2000 ms",
+            "2",
+        ] {
+            assert!(t.contains(part), "{part}: {t}");
+        }
+    }
 }

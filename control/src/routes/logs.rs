@@ -22,7 +22,8 @@ use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use containerpub_wire::logs::{
     LogBatch, LogEntry, LogGroup, LogIngest, LogLine, LogPage, LogQuery, LogStream,
-    MAX_BATCH_LINES, MAX_QUERY_LINES, MAX_WAIT_S, clean_line, is_clean,
+    MAX_BATCH_ID_BYTES, MAX_BATCH_LINES, MAX_QUERY_LINES, MAX_WAIT_S, clean_line, is_clean,
+    is_valid_batch_id,
 };
 use containerpub_wire::request_id;
 use tokio::sync::watch;
@@ -67,6 +68,14 @@ pub async fn ingest(
     containerpub_wire::validate_node_name(&batch.node)
         .map_err(|m| Error::bad_request("node", m))?;
     caller.require_node_name(Some(&batch.node))?;
+    if let Some(id) = &batch.batch
+        && !is_valid_batch_id(id)
+    {
+        return Err(Error::bad_request(
+            "batch",
+            format!("must be 1 to {MAX_BATCH_ID_BYTES} letters, digits and '-'"),
+        ));
+    }
     let total: usize = batch.groups.iter().map(|g| g.lines.len()).sum();
     if total > MAX_BATCH_LINES {
         return Err(Error::too_large(
@@ -107,6 +116,27 @@ pub async fn ingest(
     named.dedup();
     let (names, deployments): (Vec<&str>, Vec<i64>) = named.into_iter().unzip();
     let mut tx = state.db.begin().await?;
+    // A batch sent again (its answer was lost) is stored once: its id's row
+    // commits with its lines (a second copy in flight waits for the first
+    // on the primary key, then finds it).
+    if let Some(id) = &batch.batch {
+        let fresh = sqlx::query(
+            "INSERT INTO log_batches (node, batch) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&batch.node)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if fresh == 0 {
+            tx.rollback().await?;
+            tracing::debug!(node = %batch.node, batch = %id, "log batch received again, not stored twice");
+            return Ok(Json(LogIngest {
+                duplicate: true,
+                ..LogIngest::default()
+            }));
+        }
+    }
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(INGEST_LOCK)
         .execute(&mut *tx)
@@ -212,6 +242,7 @@ pub async fn ingest(
     let answer = LogIngest {
         stored,
         unknown: (total as u64).saturating_sub(stored),
+        duplicate: false,
     };
     if answer.unknown > 0 {
         tracing::debug!(node = %batch.node, unknown = answer.unknown, "log lines of unknown functions dropped");
@@ -341,6 +372,7 @@ type ChunkLines = (
 
 /// What a query asks for, validated.
 struct Filter<'a> {
+    function: &'a str,
     function_id: i64,
     after: i64,
     version: Option<i32>,
@@ -406,6 +438,7 @@ async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
                 .enumerate()
                 .map(|(i, (((at, stream), request_id), line))| LogLine {
                     id: first_id + i as i64,
+                    function: f.function.to_owned(),
                     at,
                     version,
                     node: node.clone(),
@@ -499,6 +532,7 @@ pub async fn query(
         .since_s
         .map(|s| Utc::now() - chrono::TimeDelta::seconds(s as i64));
     let filter = Filter {
+        function: &name,
         function_id,
         after: q.after.unwrap_or(0),
         version: q.version,

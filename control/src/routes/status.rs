@@ -2,11 +2,21 @@
 //! route revision, the proxies following the routes and the revision each
 //! serves, every function with its instances by state (as the proxies last
 //! reported them) and its calls of the last 5 minutes, and the start
-//! failures reported in the last hour. `POST /api/v1/nodes/{node}/status`
-//! is how a proxy reports its instances (every few seconds; kept in memory:
-//! a control plane that restarts knows them again within one report).
+//! failures of the last hour: the crashes the proxies reported
+//! (`function_crashes`) and, from the node reports, each function's last
+//! failed start of another kind (`not_ready`, `runtime`, `capacity`) with
+//! its count, newest first, at most [`MAX_START_FAILURES`].
+//! `POST /api/v1/nodes/{node}/status` is how a proxy reports its
+//! instances and failed starts (every few seconds; kept in memory: a
+//! control plane that restarts knows them again within one report, since
+//! a node's failures count from its proxy's start).
+//!
+//! Bounded: one report per node heard from in the last 10 minutes, and of
+//! its failed starts only the [`MAX_START_FAILURES`] newest of the last
+//! hour (an older one could never be shown: the node's newer ones come
+//! first), messages cut to `MAX_MESSAGE_BYTES` and made one line.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +28,7 @@ use chrono::{DateTime, Utc};
 use containerpub_wire::executions::{
     FunctionStatus, MAX_REPORTED_INSTANCES, NodeReport, PlatformStatus, ProxyStatus, StartFailure,
 };
+use containerpub_wire::start_failures::{self as failures, FunctionStartFailures};
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
@@ -27,8 +38,23 @@ use crate::state::AppState;
 const REPORT_FRESH: Duration = Duration::from_secs(60);
 /// Largest node report body.
 const MAX_REPORT_BYTES: usize = 16 * 1024 * 1024;
+/// A node report is forgotten after this long.
+const REPORT_FORGET: Duration = Duration::from_secs(600);
+/// Most start failures `GET /status` answers (crashes and others).
+pub const MAX_START_FAILURES: usize = 50;
+/// Start failures older than this are not shown.
+const FAILURES_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
-type Reports = Mutex<HashMap<String, (Instant, NodeReport)>>;
+/// A node's latest report, and when it came.
+struct NodeEntry {
+    at: Instant,
+    /// Its instances and figures (`start_failures` moved to `failures`).
+    report: NodeReport,
+    /// Its newest failed starts other than crashes, ready to show.
+    failures: Vec<StartFailure>,
+}
+
+type Reports = Mutex<HashMap<String, NodeEntry>>;
 
 fn reports() -> &'static Reports {
     static R: OnceLock<Reports> = OnceLock::new();
@@ -46,7 +72,7 @@ pub async fn report(caller: Caller, Path(node): Path<String>, body: Bytes) -> Re
             format!("a node report is at most {MAX_REPORT_BYTES} bytes"),
         ));
     }
-    let report: NodeReport = serde_json::from_slice(&body)
+    let mut report: NodeReport = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_request("body", format!("not a node report: {e}")))?;
     if report.instances.len() > MAX_REPORTED_INSTANCES {
         return Err(Error::too_large(
@@ -80,11 +106,104 @@ pub async fn report(caller: Caller, Path(node): Path<String>, body: Bytes) -> Re
         }
     }
     super::usage::validate(&report.functions)?;
+    if report.start_failures.len() > failures::MAX_FUNCTIONS {
+        return Err(Error::too_large(
+            "start_failures",
+            format!("at most {} functions", failures::MAX_FUNCTIONS),
+        ));
+    }
+    failures::validate(&report.start_failures).map_err(|(f, m)| Error::bad_request(f, m))?;
     super::usage::record(&node, report.keep_warm_window_s, &report.functions);
+    let failures = newest_failures(
+        &node,
+        std::mem::take(&mut report.start_failures),
+        Utc::now(),
+    );
     let mut all = reports().lock().expect("reports lock");
-    all.retain(|_, (at, _)| at.elapsed() < REPORT_FRESH * 10);
-    all.insert(node, (Instant::now(), report));
+    all.retain(|_, e| e.at.elapsed() < REPORT_FORGET);
+    all.insert(
+        node,
+        NodeEntry {
+            at: Instant::now(),
+            report,
+            failures,
+        },
+    );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The [`MAX_START_FAILURES`] newest of a node's failed starts (checked by
+/// `failures::validate`) that happened within the hour before `now`, as
+/// status rows, newest first.
+fn newest_failures(
+    node: &str,
+    reported: Vec<FunctionStartFailures>,
+    now: DateTime<Utc>,
+) -> Vec<StartFailure> {
+    let since = now - FAILURES_WINDOW;
+    let mut rows: Vec<(DateTime<Utc>, FunctionStartFailures)> = reported
+        .into_iter()
+        .filter_map(|f| {
+            let ago = chrono::TimeDelta::try_milliseconds(i64::try_from(f.last.age_ms).ok()?)?;
+            let at = now.checked_sub_signed(ago).filter(|at| *at >= since)?;
+            Some((at, f))
+        })
+        .collect();
+    // Newest first; the order of equal times fixed.
+    let order = |a: &(DateTime<Utc>, FunctionStartFailures),
+                 b: &(DateTime<Utc>, FunctionStartFailures)| {
+        b.0.cmp(&a.0).then_with(|| a.1.function.cmp(&b.1.function))
+    };
+    if rows.len() > MAX_START_FAILURES {
+        rows.select_nth_unstable_by(MAX_START_FAILURES - 1, order);
+        rows.truncate(MAX_START_FAILURES);
+    }
+    rows.sort_unstable_by(order);
+    rows.into_iter()
+        .map(|(at, f)| {
+            let counts: BTreeMap<String, i64> = f
+                .counts
+                .into_iter()
+                .map(|(r, n)| (r, i64::try_from(n).unwrap_or(i64::MAX)))
+                .collect();
+            StartFailure {
+                function: f.function,
+                node: node.to_owned(),
+                count: counts.get(&f.last.reason).copied().unwrap_or(0).max(1),
+                counts,
+                message: Some(failures::clean_message(&f.last.message)),
+                reason: f.last.reason,
+                exit_code: None,
+                during_start: true,
+                crashes: 0,
+                at,
+            }
+        })
+        .collect()
+}
+
+/// The crashes and the other failed starts in one list: those of
+/// functions in `known` since `since`, newest first, at most
+/// [`MAX_START_FAILURES`].
+fn merge_failures(
+    crashes: Vec<StartFailure>,
+    others: impl IntoIterator<Item = StartFailure>,
+    known: &HashSet<&str>,
+    since: DateTime<Utc>,
+) -> Vec<StartFailure> {
+    let mut all: Vec<StartFailure> = crashes
+        .into_iter()
+        .chain(others)
+        .filter(|f| f.at >= since && known.contains(f.function.as_str()))
+        .collect();
+    all.sort_by(|a, b| {
+        b.at.cmp(&a.at)
+            .then_with(|| a.function.cmp(&b.function))
+            .then_with(|| a.node.cmp(&b.node))
+            .then_with(|| a.reason.cmp(&b.reason))
+    });
+    all.truncate(MAX_START_FAILURES);
+    all
 }
 
 #[derive(sqlx::FromRow)]
@@ -136,12 +255,18 @@ pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Jso
 
     let mut by_function: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
     let mut per_node: HashMap<String, u64> = HashMap::new();
+    let mut others: Vec<StartFailure> = Vec::new();
     {
         let all = reports().lock().expect("reports lock");
-        for (node, (at, report)) in all.iter() {
-            if at.elapsed() >= REPORT_FRESH {
+        for (node, entry) in all.iter() {
+            if entry.at.elapsed() >= REPORT_FORGET {
                 continue;
             }
+            others.extend(entry.failures.iter().cloned());
+            if entry.at.elapsed() >= REPORT_FRESH {
+                continue;
+            }
+            let report = &entry.report;
             per_node.insert(node.clone(), report.instances.len() as u64);
             for inst in &report.instances {
                 *by_function
@@ -163,6 +288,23 @@ pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Jso
             seen_s_ago: ago.as_secs(),
         })
         .collect();
+    let crashes = crashes
+        .into_iter()
+        .map(|c| StartFailure {
+            function: c.function,
+            node: c.node,
+            reason: failures::CRASH.to_owned(),
+            message: None,
+            count: c.crashes,
+            counts: BTreeMap::new(),
+            exit_code: c.exit_code,
+            during_start: c.during_start,
+            crashes: c.crashes,
+            at: c.at,
+        })
+        .collect();
+    let known: HashSet<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+    let start_failures = merge_failures(crashes, others, &known, Utc::now() - FAILURES_WINDOW);
     let functions = functions
         .into_iter()
         .map(|f| FunctionStatus {
@@ -173,21 +315,145 @@ pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Jso
             errors_5m: u64::try_from(f.errors).unwrap_or(0),
         })
         .collect();
-    let start_failures = crashes
-        .into_iter()
-        .map(|c| StartFailure {
-            function: c.function,
-            node: c.node,
-            exit_code: c.exit_code,
-            during_start: c.during_start,
-            crashes: c.crashes,
-            at: c.at,
-        })
-        .collect();
     Ok(Json(PlatformStatus {
         route_revision,
         proxies,
         functions,
         start_failures,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerpub_wire::start_failures::LastStartFailure;
+
+    fn now() -> DateTime<Utc> {
+        "2026-06-01T12:00:00Z".parse().unwrap()
+    }
+
+    fn reported(function: &str, reason: &str, age_ms: u64) -> FunctionStartFailures {
+        FunctionStartFailures {
+            function: function.into(),
+            counts: [(reason.to_owned(), 3), ("capacity".to_owned(), 1)].into(),
+            last: LastStartFailure {
+                reason: reason.into(),
+                message: format!("{reason}\nsecond line"),
+                age_ms,
+            },
+        }
+    }
+
+    fn crash(function: &str, node: &str, secs_ago: i64) -> StartFailure {
+        StartFailure {
+            function: function.into(),
+            node: node.into(),
+            reason: failures::CRASH.into(),
+            message: None,
+            count: 2,
+            counts: BTreeMap::new(),
+            exit_code: Some(3),
+            during_start: true,
+            crashes: 2,
+            at: now() - chrono::TimeDelta::seconds(secs_ago),
+        }
+    }
+
+    #[test]
+    fn a_nodes_failures_become_rows_dated_by_their_age() {
+        let rows = newest_failures(
+            "n1",
+            vec![
+                reported("old", "not_ready", 2 * 3600 * 1000),
+                reported("slow", "not_ready", 5_000),
+                reported("full", "capacity", 1_000),
+                // Hostile ages: too far back for any clock, or the whole range.
+                reported("far", "runtime", u64::MAX),
+                reported("far", "runtime", i64::MAX as u64),
+            ],
+            now(),
+        );
+        let names: Vec<_> = rows.iter().map(|r| r.function.as_str()).collect();
+        assert_eq!(names, ["full", "slow"], "newest first, old ones dropped");
+        let slow = &rows[1];
+        assert_eq!(slow.node, "n1");
+        assert_eq!(slow.reason, "not_ready");
+        assert_eq!(slow.count, 3);
+        assert_eq!(slow.counts.get("capacity"), Some(&1));
+        assert_eq!(slow.at, now() - chrono::TimeDelta::seconds(5));
+        assert_eq!(slow.message.as_deref(), Some("not_ready second line"));
+        assert_eq!((slow.exit_code, slow.crashes), (None, 0));
+        assert!(slow.during_start);
+        // `count` is the last reason's (at least the last one itself).
+        let mut odd = reported("odd", "runtime", 0);
+        odd.counts.clear();
+        assert_eq!(newest_failures("n1", vec![odd], now())[0].count, 1);
+    }
+
+    #[test]
+    fn a_node_keeps_only_its_newest_failures() {
+        let many: Vec<_> = (0..(3 * MAX_START_FAILURES as u64))
+            .map(|i| {
+                let mut f = reported("f", "not_ready", i * 1000);
+                f.last.message = "m".repeat(10_000);
+                f
+            })
+            .collect();
+        let rows = newest_failures("n1", many, now());
+        assert_eq!(rows.len(), MAX_START_FAILURES);
+        assert_eq!(rows[0].at, now());
+        assert_eq!(
+            rows[MAX_START_FAILURES - 1].at,
+            now() - chrono::TimeDelta::seconds(MAX_START_FAILURES as i64 - 1)
+        );
+        assert!(rows.iter().all(|r| {
+            r.message
+                .as_ref()
+                .is_some_and(|m| m.len() <= failures::MAX_MESSAGE_BYTES)
+        }));
+    }
+
+    #[test]
+    fn crashes_and_other_failures_merge_newest_first_within_bounds() {
+        let others = newest_failures(
+            "n2",
+            vec![
+                reported("slow", "not_ready", 10_000),
+                reported("full", "capacity", 30_000),
+                reported("gone", "runtime", 0),
+            ],
+            now(),
+        );
+        let known: HashSet<&str> = ["slow", "full", "boom"].into();
+        let since = now() - FAILURES_WINDOW;
+        let merged = merge_failures(
+            vec![crash("boom", "n1", 20), crash("boom", "n3", 4000)],
+            others,
+            &known,
+            since,
+        );
+        let seen: Vec<_> = merged
+            .iter()
+            .map(|f| (f.function.as_str(), f.node.as_str(), f.reason.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("slow", "n2", "not_ready"),
+                ("boom", "n1", "crash"),
+                ("full", "n2", "capacity"),
+            ],
+            "newest first; an unknown function and a crash over an hour old left out"
+        );
+
+        // Bounded, the newest kept whatever their kind.
+        let crashes: Vec<_> = (0..MAX_START_FAILURES as i64)
+            .map(|i| crash("boom", "n1", 100 + i))
+            .collect();
+        let others = newest_failures("n2", vec![reported("slow", "not_ready", 1)], now());
+        let merged = merge_failures(crashes, others, &known, since);
+        assert_eq!(merged.len(), MAX_START_FAILURES);
+        assert_eq!(merged[0].reason, "not_ready");
+        assert!(merged.windows(2).all(|w| w[0].at >= w[1].at));
+    }
 }

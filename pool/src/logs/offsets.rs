@@ -1,0 +1,387 @@
+//! Where each followed container's log file has been shipped up to: the
+//! byte offset (and the file's inode) after the last line the control
+//! plane acknowledged, kept in memory per container and saved in
+//! `<state-dir>/log-offsets/<container id>` so that the next proxy resumes
+//! an adopted instance's file there instead of at its end (lines printed
+//! while no proxy ran, or queued in memory when it stopped, are read
+//! again).
+//!
+//! **Write rate.** A container's file is written when its tailer starts
+//! (so a proxy that dies at once still finds it), then at most once per
+//! [`SAVE_EVERY`] when acknowledgements moved it, and once more at a
+//! graceful shutdown (`LogHub::flush`). Each write is the project's atomic
+//! replacement (`containerpub_util::fs::write_atomic`): a file is never
+//! seen half-written. A proxy killed without a shutdown may therefore
+//! resume up to a second of acknowledged lines early: they are shipped
+//! again (duplicates, never losses).
+//!
+//! **Hostile files.** A file is read only if it is at most
+//! [`MAX_FILE_BYTES`], is JSON of exactly this shape and names its own
+//! container; anything else is ignored with a warning (the tailer then
+//! starts as if there were no file). Container ids are only used as file
+//! names when they are 1 to 64 lowercase hex digits.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use containerpub_util::fs::{Modes, write_atomic};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+/// Subdirectory of the proxy's state directory.
+pub const DIR_NAME: &str = "log-offsets";
+/// A container's file is written at most this often (besides its first
+/// write and the shutdown's).
+pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Largest offset file read.
+const MAX_FILE_BYTES: u64 = 4096;
+
+/// A place in a log file: read up to `offset` bytes of the file with inode
+/// `ino`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    pub ino: u64,
+    pub offset: u64,
+}
+
+/// The file's content.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Saved {
+    container: String,
+    ino: u64,
+    offset: u64,
+}
+
+struct Entry {
+    /// After the last acknowledged line.
+    acked: Position,
+    /// What the file holds.
+    saved: Option<Position>,
+    last_write: Option<Instant>,
+}
+
+/// The offsets of the containers this node follows.
+pub struct Offsets {
+    dir: PathBuf,
+    entries: Mutex<FxHashMap<Arc<str>, Entry>>,
+    /// Held while files are written or removed: two writers never put an
+    /// older offset over a newer one, and a write never brings back the
+    /// file of a container that is gone.
+    io: Mutex<()>,
+}
+
+impl std::fmt::Debug for Offsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offsets")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `id` may name a file: a container id, 1 to 64 lowercase hex
+/// digits.
+fn is_container_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Offsets {
+    /// Offsets kept in `dir` (created on the first write).
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            entries: Mutex::default(),
+            io: Mutex::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: &str) -> Option<PathBuf> {
+        is_container_id(id).then(|| self.dir.join(id))
+    }
+
+    /// What the previous proxy saved for container `id`: `None` when there
+    /// is no file, or it is not one this code wrote (with a warning).
+    pub fn load(&self, id: &str) -> Option<Position> {
+        let path = self.path(id)?;
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
+                return None;
+            }
+        };
+        let mut text = Vec::new();
+        if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut text) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
+            return None;
+        }
+        if text.len() as u64 > MAX_FILE_BYTES {
+            tracing::warn!(path = %path.display(), max_bytes = MAX_FILE_BYTES, "log offset file too large; ignored");
+            return None;
+        }
+        match serde_json::from_slice::<Saved>(&text) {
+            Ok(saved) if saved.container == id => Some(Position {
+                ino: saved.ino,
+                offset: saved.offset,
+            }),
+            Ok(saved) => {
+                tracing::warn!(path = %path.display(), names = %saved.container.escape_debug(), "log offset file of another container; ignored");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "corrupt log offset file; ignored");
+                None
+            }
+        }
+    }
+
+    /// Starts keeping container `id`'s offset at `at` and writes its file
+    /// now (blocking: call off the async threads).
+    pub fn register(&self, id: &Arc<str>, at: Position) {
+        if !is_container_id(id) {
+            return;
+        }
+        self.entries.lock().expect("offsets lock").insert(
+            Arc::clone(id),
+            Entry {
+                acked: at,
+                saved: None,
+                last_write: None,
+            },
+        );
+        self.save(true);
+    }
+
+    /// Lines up to `at` of container `id` were acknowledged (nothing when
+    /// it is not kept, e.g. gone).
+    pub fn acknowledge(&self, id: &str, at: Position) {
+        let mut entries = self.entries.lock().expect("offsets lock");
+        if let Some(entry) = entries.get_mut(id) {
+            // The same file only moves forward; a new inode is the file
+            // conmon rotated in, read after the old one.
+            if entry.acked.ino != at.ino || entry.acked.offset < at.offset {
+                entry.acked = at;
+            }
+        }
+    }
+
+    /// Whether container `id`'s offset is kept (its lines can be read
+    /// again by the next proxy).
+    pub fn is_kept(&self, id: &str) -> bool {
+        self.entries.lock().expect("offsets lock").contains_key(id)
+    }
+
+    /// Writes the files whose acknowledged offset moved: those not written
+    /// for [`SAVE_EVERY`], or all of them with `all`. Blocking. Returns how
+    /// many were written.
+    pub fn save(&self, all: bool) -> usize {
+        let _io = self.io.lock().expect("offsets io lock");
+        let now = Instant::now();
+        let due: Vec<(Arc<str>, Position)> = self
+            .entries
+            .lock()
+            .expect("offsets lock")
+            .iter()
+            .filter(|(_, e)| {
+                e.saved != Some(e.acked)
+                    && (all
+                        || e.last_write
+                            .is_none_or(|t| now.duration_since(t) >= SAVE_EVERY))
+            })
+            .map(|(id, e)| (Arc::clone(id), e.acked))
+            .collect();
+        let mut written = 0;
+        for (id, at) in due {
+            let Some(path) = self.path(&id) else { continue };
+            let body = serde_json::to_vec(&Saved {
+                container: id.to_string(),
+                ino: at.ino,
+                offset: at.offset,
+            })
+            .unwrap_or_default();
+            let result = write_atomic(&path, &body, Modes::PRIVATE);
+            let mut entries = self.entries.lock().expect("offsets lock");
+            let Some(entry) = entries.get_mut(&id) else {
+                continue;
+            };
+            entry.last_write = Some(now);
+            match result {
+                Ok(()) => {
+                    entry.saved = Some(at);
+                    written += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save a log offset (lines may be shipped twice after a restart)");
+                }
+            }
+        }
+        written
+    }
+
+    /// Container `id` is gone: its offset and file too. Blocking.
+    pub fn forget(&self, id: &str) {
+        let _io = self.io.lock().expect("offsets io lock");
+        self.entries.lock().expect("offsets lock").remove(id);
+        if let Some(path) = self.path(id) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a log offset file");
+                }
+            }
+        }
+    }
+
+    /// Removes the files of containers `keep` refuses (gone while no proxy
+    /// ran) and temporary files a crash left. Blocking; returns how many
+    /// went.
+    pub fn prune(&self, keep: impl Fn(&str) -> bool) -> usize {
+        let _io = self.io.lock().expect("offsets io lock");
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale = if is_container_id(name) {
+                !keep(name)
+            } else {
+                // `write_atomic`'s temporary files: `.<id>.<random>.tmp`.
+                name.starts_with('.') && name.ends_with(".tmp")
+            };
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn offsets() -> (tempfile::TempDir, Offsets) {
+        let root = tempfile::tempdir().unwrap();
+        let offsets = Offsets::new(root.path().join(DIR_NAME));
+        (root, offsets)
+    }
+
+    #[test]
+    fn an_offset_round_trips_and_is_saved_at_most_once_a_second() {
+        let (_root, offsets) = offsets();
+        let id: Arc<str> = Arc::from(ID);
+        assert_eq!(offsets.load(ID), None, "no file yet");
+        offsets.register(&id, Position { ino: 7, offset: 0 });
+        assert_eq!(offsets.load(ID), Some(Position { ino: 7, offset: 0 }));
+        offsets.acknowledge(
+            ID,
+            Position {
+                ino: 7,
+                offset: 100,
+            },
+        );
+        assert_eq!(offsets.save(false), 0, "written less than a second ago");
+        assert_eq!(offsets.load(ID), Some(Position { ino: 7, offset: 0 }));
+        // An older acknowledgement of the same file never moves it back.
+        offsets.acknowledge(ID, Position { ino: 7, offset: 50 });
+        assert_eq!(offsets.save(true), 1);
+        assert_eq!(
+            offsets.load(ID),
+            Some(Position {
+                ino: 7,
+                offset: 100
+            })
+        );
+        assert_eq!(offsets.save(true), 0, "nothing moved");
+        // A rotated file (new inode) starts lower.
+        offsets.acknowledge(ID, Position { ino: 8, offset: 10 });
+        std::thread::sleep(SAVE_EVERY);
+        assert_eq!(offsets.save(false), 1);
+        assert_eq!(offsets.load(ID), Some(Position { ino: 8, offset: 10 }));
+        // Gone: the file too, and a late acknowledgement brings nothing back.
+        offsets.forget(ID);
+        offsets.acknowledge(ID, Position { ino: 8, offset: 20 });
+        assert_eq!(offsets.save(true), 0);
+        assert_eq!(offsets.load(ID), None);
+        assert!(!offsets.is_kept(ID));
+    }
+
+    #[test]
+    fn hostile_offset_files_are_ignored_without_a_panic() {
+        let (_root, offsets) = offsets();
+        std::fs::create_dir_all(offsets.dir()).unwrap();
+        let path = offsets.dir().join(ID);
+        let other = ID.replace('0', "f");
+        for (content, why) in [
+            (b"".to_vec(), "empty"),
+            (b"{\"ino\":1,".to_vec(), "cut"),
+            (vec![0xff, 0xfe, 0x00], "binary"),
+            (
+                b"{\"container\":\"x\",\"ino\":-1,\"offset\":0}".to_vec(),
+                "negative",
+            ),
+            (
+                b"{\"container\":\"x\",\"ino\":1,\"offset\":99999999999999999999999}".to_vec(),
+                "huge",
+            ),
+            (
+                format!("{{\"container\":\"{other}\",\"ino\":1,\"offset\":2}}").into_bytes(),
+                "another container's",
+            ),
+            (
+                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"x\":1}}").into_bytes(),
+                "unknown field",
+            ),
+            (vec![b' '; 10_000], "too large"),
+        ] {
+            std::fs::write(&path, &content).unwrap();
+            assert_eq!(offsets.load(ID), None, "{why}");
+        }
+        // A directory in its place, a name that is no container id.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert_eq!(offsets.load(ID), None);
+        assert_eq!(offsets.load("../etc/passwd"), None);
+        offsets.register(&Arc::from("../../x"), Position { ino: 1, offset: 1 });
+        assert!(!offsets.is_kept("../../x"));
+        // The good form is read.
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(
+            &path,
+            format!("{{\"container\":\"{ID}\",\"ino\":3,\"offset\":4}}"),
+        )
+        .unwrap();
+        assert_eq!(offsets.load(ID), Some(Position { ino: 3, offset: 4 }));
+    }
+
+    #[test]
+    fn pruning_removes_files_of_containers_gone_and_temporary_files() {
+        let (_root, offsets) = offsets();
+        let kept: Arc<str> = Arc::from(ID);
+        let gone: Arc<str> = Arc::from("abc");
+        offsets.register(&kept, Position { ino: 1, offset: 1 });
+        offsets.register(&gone, Position { ino: 1, offset: 1 });
+        std::fs::write(offsets.dir().join(".abc.x1y2.tmp"), "x").unwrap();
+        std::fs::write(offsets.dir().join("README"), "not ours").unwrap();
+        assert_eq!(offsets.prune(|id| id == ID), 2);
+        let mut left: Vec<String> = std::fs::read_dir(offsets.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [ID, "README"]);
+    }
+}
