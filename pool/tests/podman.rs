@@ -308,6 +308,27 @@ async fn pool_life_cycle_on_podman() {
     assert!(left.is_empty(), "no orphan containers: {left:?}");
 }
 
+/// The `died` event of container `id` on `rx`, if it comes `within`;
+/// `Ok(None)` when the stream ended. Other tests' containers die meanwhile,
+/// and the stream may carry their deaths too (seen: Podman 4.3 matched
+/// another node's container; the pool ignores ids it does not hold).
+async fn death_of(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<RuntimeEvent>,
+    id: &str,
+    within: Duration,
+) -> Result<Option<String>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Some(RuntimeEvent::Died { id: died }) if died == id => return Some(died),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await
+}
+
 /// Podman's event stream reports a container's death to the runtime at
 /// once (dfe849d matched only `died`, which Podman 4.3 called `die` on the
 /// absolute-form requests the client then sent: the pool never saw one).
@@ -323,34 +344,42 @@ async fn a_dying_container_is_reported_by_the_event_stream() {
         let node = node.clone();
         tokio::spawn(async move { runtime.events(&node, &tx).await })
     };
-    // The stream only reports what happens after it is open.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let managed = format!("{}=true", labels::MANAGED);
     let owner = format!("{}={node}", labels::NODE);
-    let run = std::process::Command::new("podman")
-        .args(["run", "-d", "--label", &managed, "--label", &owner, IMAGE])
-        .args(["/bin/busybox", "sh", "-c", "sleep 0.3; exit 3"])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let id = String::from_utf8_lossy(&run.stdout).trim().to_owned();
-    // Other tests' containers die meanwhile, and the stream may carry their
-    // deaths too (seen: Podman 4.3 matched another node's container; the
-    // pool ignores ids it does not hold): wait for this one's.
-    let event = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match rx.recv().await {
-                Some(RuntimeEvent::Died { id: died }) if died == id => return Some(died),
-                Some(_) => {}
-                None => return None,
-            }
+    let run = |script: &str| {
+        let run = std::process::Command::new("podman")
+            .args(["run", "-d", "--label", &managed, "--label", &owner, IMAGE])
+            .args(["/bin/busybox", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8_lossy(&run.stdout).trim().to_owned()
+    };
+    // The stream only reports what happens after it is open, and does not
+    // say when it is: probe containers that exit at once are run until the
+    // death of one comes through; every later death does.
+    let opened = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = run("exit 0");
+        let event = death_of(&mut rx, &probe, Duration::from_secs(2)).await;
+        let _ = std::process::Command::new("podman")
+            .args(["rm", "-f", &probe])
+            .output();
+        match event {
+            Ok(Some(_)) => break,
+            Ok(None) => panic!("the event stream ended: {:?}", follow.await),
+            Err(_) => assert!(
+                tokio::time::Instant::now() < opened,
+                "the event stream reported no probe's death within 30 s"
+            ),
         }
-    })
-    .await;
+    }
+    let id = run("sleep 0.3; exit 3");
+    let event = death_of(&mut rx, &id, Duration::from_secs(10)).await;
     follow.abort();
     let _ = std::process::Command::new("podman")
         .args(["rm", "-f", &id])

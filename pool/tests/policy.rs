@@ -367,7 +367,9 @@ async fn aborted_calls_release_their_slots_and_cannot_leak_containers() {
         let (pool, r) = (pool.clone(), r.clone());
         async move { pool.lease(&r).await.map(drop) }
     });
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Queued for the start it asked for (this runtime has one thread: the
+    // call waits in the queue until the test yields again).
+    wait_until_queued(&pool, &r, 1).await;
     call.abort();
     eventually(WITHIN, "the aborted call's start finishes", || async {
         !pool.instances().is_empty()

@@ -24,6 +24,9 @@ use containerpub_wire::Manifest;
 use containerpub_wire::api::{Route, RouteTable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "support/tcp.rs"]
+mod tcp;
+
 /// Bound on every client read and write.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The route's `resources.timeout_ms` (room for a 3 MB answer on a
@@ -994,10 +997,14 @@ fn chunked_body_growing_over_the_limit_is_refused() {
     assert!(r.error().contains("limit"));
     c.expect_closed();
 
-    // The body crosses the limit while it streams to the instance.
+    // The body crosses the limit while it streams to the instance: the
+    // rest is sent once the proxy has taken the first part and connected
+    // to the instance (its first and only connection but the probe's).
     let mut c = h.connect();
     c.send(&[head.as_bytes(), &chunk(512)].concat());
-    std::thread::sleep(Duration::from_millis(100));
+    tcp::wait_until(IO_TIMEOUT, "the proxy connects to the instance", || {
+        tcp::connected_to(h.upstream.addr)
+    });
     c.send(&[&chunk(600)[..], b"0\r\n\r\n"].concat());
     let r = c.response();
     assert_eq!(r.status, 413);
@@ -1406,9 +1413,20 @@ type Script = dyn Fn(&RawRequest) -> RawAction + Send + Sync;
 
 struct RawUpstream {
     addr: SocketAddr,
+    log: Arc<RawLog>,
+}
+
+/// What a raw instance's connections did, logged as they do it.
+#[derive(Default)]
+struct RawLog {
     /// Every byte received, per connection in accept order.
-    received: Arc<Mutex<Vec<Vec<u8>>>>,
-    requests: Arc<Mutex<Vec<RawRequest>>>,
+    received: Mutex<Vec<Vec<u8>>>,
+    requests: Mutex<Vec<RawRequest>>,
+    /// Requests (readiness probes left out) whose action is carried out,
+    /// late bytes included.
+    acted: AtomicUsize,
+    /// Connections whose thread is done (closed by either side).
+    ended: Mutex<HashSet<usize>>,
 }
 
 /// The length, method and path of a whole request at the start of `buf`.
@@ -1438,34 +1456,33 @@ impl RawUpstream {
     fn start(script: impl Fn(&RawRequest) -> RawAction + Send + Sync + 'static) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(RawLog::default());
         let script: Arc<Script> = Arc::new(script);
-        let (rx, rq) = (Arc::clone(&received), Arc::clone(&requests));
+        let shared = Arc::clone(&log);
         std::thread::spawn(move || {
             for (conn, tcp) in listener.incoming().enumerate() {
                 let Ok(tcp) = tcp else { continue };
-                rx.lock().unwrap().push(Vec::new());
-                let (rx, rq, script) = (Arc::clone(&rx), Arc::clone(&rq), Arc::clone(&script));
-                std::thread::spawn(move || raw_connection(tcp, conn, &*script, &rx, &rq));
+                shared.received.lock().unwrap().push(Vec::new());
+                let (log, script) = (Arc::clone(&shared), Arc::clone(&script));
+                std::thread::spawn(move || {
+                    raw_connection(tcp, conn, &*script, &log);
+                    log.ended.lock().unwrap().insert(conn);
+                });
             }
         });
-        Self {
-            addr,
-            received,
-            requests,
-        }
+        Self { addr, log }
     }
 
     /// Requests received, readiness probes left out.
     fn requests(&self) -> Vec<RawRequest> {
-        self.requests.lock().unwrap().clone()
+        self.log.requests.lock().unwrap().clone()
     }
 
     /// Every byte received on connections other than readiness probes.
     fn bytes(&self) -> Vec<u8> {
         let probe = format!("GET {HEALTH} ");
-        self.received
+        self.log
+            .received
             .lock()
             .unwrap()
             .iter()
@@ -1473,6 +1490,33 @@ impl RawUpstream {
             .flatten()
             .copied()
             .collect()
+    }
+
+    /// Waits until every request received is acted on, late bytes
+    /// written, and all the instance wrote is in the proxy's kernel.
+    fn settle(&self) {
+        tcp::wait_until(Duration::from_secs(5), "the instance acted", || {
+            self.log.acted.load(Ordering::SeqCst) == self.requests().len()
+                && tcp::delivered(self.addr)
+        });
+    }
+
+    /// Waits until every connection that carried more than a readiness
+    /// probe is closed: [`RawUpstream::bytes`] is then all it will get.
+    fn wait_closed(&self) {
+        let probe = format!("GET {HEALTH} ");
+        tcp::wait_until(
+            Duration::from_secs(5),
+            "the instance's connections closed",
+            || {
+                let received = self.log.received.lock().unwrap();
+                let ended = self.log.ended.lock().unwrap();
+                received
+                    .iter()
+                    .enumerate()
+                    .all(|(conn, b)| b.starts_with(probe.as_bytes()) || ended.contains(&conn))
+            },
+        );
     }
 
     /// A proxy in front of this instance.
@@ -1488,13 +1532,7 @@ impl RawUpstream {
     }
 }
 
-fn raw_connection(
-    mut tcp: TcpStream,
-    conn: usize,
-    script: &Script,
-    received: &Mutex<Vec<Vec<u8>>>,
-    requests: &Mutex<Vec<RawRequest>>,
-) {
+fn raw_connection(mut tcp: TcpStream, conn: usize, script: &Script, log: &RawLog) {
     let mut buf = Vec::new();
     for nth in 0.. {
         let (len, method, path) = loop {
@@ -1506,7 +1544,7 @@ fn raw_connection(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            received.lock().unwrap()[conn].extend_from_slice(&chunk[..n]);
+            log.received.lock().unwrap()[conn].extend_from_slice(&chunk[..n]);
             buf.extend_from_slice(&chunk[..n]);
         };
         let req = RawRequest {
@@ -1516,11 +1554,12 @@ fn raw_connection(
             path,
             raw: buf.drain(..len).collect(),
         };
-        let action = if req.path == HEALTH {
+        let probe = req.path == HEALTH;
+        let action = if probe {
             RawAction::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec())
         } else {
             let action = script(&req);
-            requests.lock().unwrap().push(req);
+            log.requests.lock().unwrap().push(req);
             action
         };
         let ok = match action {
@@ -1533,6 +1572,9 @@ fn raw_connection(
             }
             RawAction::Close => false,
         };
+        if !probe {
+            log.acted.fetch_add(1, Ordering::SeqCst);
+        }
         if !ok {
             return;
         }
@@ -1585,12 +1627,14 @@ fn trailer_with_a_bare_lf_is_refused_and_never_reaches_the_instance() {
     // connection that closes, never a whole request.
     let mut c = h.connect();
     c.send(&reproducer[..69]);
-    std::thread::sleep(Duration::from_millis(100));
+    tcp::wait_until(IO_TIMEOUT, "the head reached the instance", || {
+        raw.bytes().windows(4).any(|w| w == b"\r\n\r\n")
+    });
     c.send(&reproducer[69..]);
     let r = c.response();
     assert_eq!(r.status, 400, "{r:?}");
     c.expect_closed();
-    std::thread::sleep(Duration::from_millis(50));
+    raw.wait_closed();
     assert!(raw.requests().is_empty());
     let got = String::from_utf8(raw.bytes()).unwrap();
     assert!(
@@ -1861,7 +1905,9 @@ fn bytes_after_an_answer_close_the_upstream_connection() {
                 c.response()
             };
             assert!(matches!(r.status, 200 | 204 | 304), "{path}: {r:?}");
-            std::thread::sleep(Duration::from_millis(100));
+            // The stray bytes (30 ms late on a reused connection) are at
+            // the proxy's end before the next call.
+            raw.settle();
             c.send(get("/fn/t/next").as_bytes());
             let r = c.response();
             assert_eq!(r.body, b"good", "round {round}, after {path}: {r:?}");
@@ -2070,9 +2116,12 @@ fn bodiless_answers_reach_the_client_without_framing_fields() {
 fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let was_reset = Arc::clone(&reset);
     std::thread::spawn(move || {
         for tcp in listener.incoming() {
             let Ok(mut tcp) = tcp else { continue };
+            let reset = Arc::clone(&was_reset);
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 loop {
@@ -2094,6 +2143,8 @@ fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
                             b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                         );
                         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                        drop(tcp);
+                        reset.store(true, Ordering::SeqCst);
                         return;
                     }
                     if tcp
@@ -2115,11 +2166,16 @@ fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
     };
     let mut c = h.connect();
     c.send(b"POST /fn/t/big HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n");
-    // The instance has answered and reset the connection by now.
-    std::thread::sleep(Duration::from_millis(300));
+    // The body leaves once the instance has answered and reset the
+    // connection, and the reset has closed the proxy's end.
+    tcp::wait_until(IO_TIMEOUT, "the instance reset the connection", || {
+        reset.load(Ordering::SeqCst) && !tcp::connected_to(addr)
+    });
     let _ = c.tcp.write_all(&[b'a'; 900]);
     let r = c.response();
-    assert!(matches!(r.status, 413 | 502), "{r:?}");
+    // The body write fails on the reset connection (the 413 went with
+    // it): 502, and the instance stays.
+    assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(h.starts(), 1);
     let (_, r) = h.call(&get("/fn/t/next"));
     assert_eq!(r.status, 200);

@@ -204,8 +204,8 @@ fn run(h: &Harness, v: &Vector) -> Result<(), String> {
             break;
         }
     }
-    // The instance thread logs what it reads as it reads it.
-    std::thread::sleep(Duration::from_millis(5));
+    // Everything the proxy sent is in the instance's log.
+    h.instance.settle();
     let upstream = h.instance.since(&mark);
     let seen = Seen {
         statuses,
@@ -540,8 +540,10 @@ fn issue8_bytes_after_a_complete_answer_never_reach_the_next_caller() {
         let mut c = h.connect();
         c.send(format!("{method} /fn/t{path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
         let first = c.answer(method == "HEAD");
-        // Past the late segment, but well within the pool's 1 s.
-        std::thread::sleep(Duration::from_millis(150));
+        // The bytes after the answer (30 ms late for `Script::Late`) have
+        // reached the proxy's end of the pooled connection, well within
+        // the pool's 1 s.
+        h.instance.settle();
         for next in 0..3 {
             let mut c = h.connect();
             let want = format!("/next{path}-{next}");
@@ -647,7 +649,7 @@ fn issue8_chunk_extensions_and_trailers_do_not_bypass_the_body_limit() {
         let mut c = h.connect();
         c.send(&bytes);
         let a = c.answer(false).expect("an answer");
-        std::thread::sleep(Duration::from_millis(5));
+        h.instance.settle();
         let got: usize = h
             .instance
             .since(&mark)
@@ -927,7 +929,7 @@ fn issue8_chunked_bodies_are_reframed_without_extensions_or_framing_trailers() {
         let mut c = h.connect();
         c.send(&post(body));
         let a = c.answer(false).expect("an answer");
-        std::thread::sleep(Duration::from_millis(5));
+        h.instance.settle();
         let got = h.instance.since(&mark).concat();
         if a.status == 400 {
             assert!(got.is_empty(), "{}", show(&got));

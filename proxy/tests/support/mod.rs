@@ -22,6 +22,7 @@
 
 pub mod oracle;
 pub mod strict;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -234,11 +235,19 @@ pub struct ConnLog {
     pub requests: Vec<Req>,
     /// The live parser refused the bytes (malformed, not merely cut).
     pub error: Option<String>,
+    /// The peer's address.
+    peer: Option<SocketAddr>,
+    /// The last `InstanceState::settles` at which the connection had
+    /// nothing unread (everything before logged); `u64::MAX` once closed.
+    drained: u64,
+    /// `Instance::settle`'s own connection.
+    marker: bool,
 }
 
 impl ConnLog {
+    /// A readiness probe's or `Instance::settle`'s connection.
     fn is_probe(&self) -> bool {
-        self.bytes.starts_with(format!("GET {HEALTH} ").as_bytes())
+        self.marker || self.bytes.starts_with(format!("GET {HEALTH} ").as_bytes())
     }
 }
 
@@ -249,7 +258,15 @@ pub struct InstanceState {
     /// Close each connection after one answer (then every upstream
     /// connection holds one forwarded request: the fuzz target's choice).
     pub close_every: bool,
+    /// Late writes (`Script::Late`) not yet made.
+    pub late_pending: usize,
+    /// `Instance::settle` calls so far.
+    pub settles: u64,
 }
+
+/// How long a connection's thread waits for bytes before it reports that
+/// it has read everything (see `Instance::settle`).
+const DRAIN_POLL: Duration = Duration::from_millis(2);
 
 pub struct Instance {
     pub addr: SocketAddr,
@@ -264,7 +281,22 @@ struct Tee {
 }
 
 impl Read for Tee {
+    /// Waits for bytes, `DRAIN_POLL` at a time (the socket's read
+    /// timeout): each wait that ends with none reports the connection
+    /// drained to `Instance::settle`.
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+        loop {
+            match self.tcp.peek(&mut [0u8; 1]) {
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => {
+                    let mut s = self.state.lock().unwrap();
+                    s.conns[self.conn].drained = s.settles;
+                }
+                Err(e) if e.kind() == Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         let n = self.tcp.read(buf)?;
         self.state.lock().unwrap().conns[self.conn]
             .bytes
@@ -280,15 +312,23 @@ impl Instance {
         let state = Arc::new(Mutex::new(InstanceState::default()));
         let shared = Arc::clone(&state);
         std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                let Ok(tcp) = tcp else { continue };
+            loop {
+                let Ok((tcp, peer)) = listener.accept() else {
+                    continue;
+                };
                 let state = Arc::clone(&shared);
                 let conn = {
                     let mut s = state.lock().unwrap();
-                    s.conns.push(ConnLog::default());
+                    s.conns.push(ConnLog {
+                        peer: Some(peer),
+                        ..ConnLog::default()
+                    });
                     s.conns.len() - 1
                 };
-                std::thread::spawn(move || instance_conn(tcp, conn, state));
+                std::thread::spawn(move || {
+                    instance_conn(tcp, conn, Arc::clone(&state));
+                    state.lock().unwrap().conns[conn].drained = u64::MAX;
+                });
             }
         });
         Self { addr, state }
@@ -337,6 +377,29 @@ impl Instance {
             .collect()
     }
 
+    /// Waits (5 s at most) until the log holds every byte that reached
+    /// the instance before the call, and its late writes are made. A
+    /// connection of its own, once accepted, shows that every connection
+    /// before it is (accepts are in order); each connection then reports
+    /// that it found nothing more to read, or closes.
+    pub fn settle(&self) {
+        let round = {
+            let mut s = self.state.lock().unwrap();
+            s.settles += 1;
+            s.settles
+        };
+        let marker = TcpStream::connect(self.addr).unwrap();
+        let me = Some(marker.local_addr().unwrap());
+        tcp::wait_until(Duration::from_secs(5), "the instance settled", || {
+            let mut s = self.state.lock().unwrap();
+            let Some(mine) = s.conns.iter_mut().find(|c| c.peer == me) else {
+                return false;
+            };
+            mine.marker = true;
+            s.late_pending == 0 && s.conns.iter().all(|c| c.drained >= round)
+        });
+    }
+
     /// Every non-probe connection's log.
     pub fn conns(&self) -> Vec<ConnLog> {
         let s = self.state.lock().unwrap();
@@ -346,6 +409,7 @@ impl Instance {
 
 fn instance_conn(tcp: TcpStream, conn: usize, state: Arc<Mutex<InstanceState>>) {
     let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(DRAIN_POLL)).unwrap();
     let mut out = tcp.try_clone().unwrap();
     let tee = Tee {
         tcp,
@@ -382,11 +446,16 @@ fn instance_conn(tcp: TcpStream, conn: usize, state: Arc<Mutex<InstanceState>>) 
         let written = match (q.path.as_str(), script) {
             (_, Some(Script::Raw(bytes))) => out.write_all(&bytes),
             (_, Some(Script::Late(bytes, pause, more))) => {
+                // Counted before the answer leaves, so that whoever has
+                // the answer sees the late write pending.
+                state.lock().unwrap().late_pending += 1;
                 let sent = out.write_all(&bytes);
                 let mut late = out.try_clone().unwrap();
+                let state = Arc::clone(&state);
                 std::thread::spawn(move || {
                     std::thread::sleep(pause);
                     let _ = late.write_all(&more);
+                    state.lock().unwrap().late_pending -= 1;
                 });
                 sent
             }
