@@ -291,11 +291,24 @@ async fn lines_printed_across_proxy_restarts_are_all_stored() {
             .expect("spam");
         assert_eq!(r.status(), 200, "{}", stack.logs());
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        // What the proxy about to stop dropped so far (rate limit, full
+        // buffer, refused batches) is in its own metrics: read them now.
+        let metrics = stack.metrics().await.expect("metrics");
+        let dropped = metric_sum(
+            &metrics,
+            "cpub_log_lines_dropped_total",
+            &[("function", "logs-restart")],
+        );
+        assert!(dropped.is_none_or(|d| d == 0.0), "{tag}: {dropped:?}");
         if graceful {
             assert!(
                 stack.terminate_proxy(Duration::from_secs(30)),
                 "the proxy stops on SIGTERM"
             );
+            // What its stop dropped it says on its way out (not in metrics;
+            // the first stop of this stack).
+            let dropped = shutdown_drops(&stack.logs());
+            assert_eq!(dropped, 0, "{tag}: lines dropped at the stop");
         } else {
             stack.stop_proxy();
         }
@@ -317,7 +330,7 @@ async fn lines_printed_across_proxy_restarts_are_all_stored() {
             assert!(twice.len() <= 2 * lps, "{} stored twice", twice.len());
         }
     }
-    // Nothing was dropped on the way.
+    // The last proxy (after the kill) dropped nothing either.
     let metrics = stack.metrics().await.expect("metrics");
     let dropped = metric_sum(
         &metrics,
@@ -325,6 +338,21 @@ async fn lines_printed_across_proxy_restarts_are_all_stored() {
         &[("function", "logs-restart")],
     );
     assert!(dropped.is_none_or(|d| d == 0.0), "{dropped:?}");
+}
+
+/// The `lines_dropped` a stopping proxy logged, summed, in its plain
+/// (`lines_dropped=3`) or JSON (`"lines_dropped":3`) form.
+fn shutdown_drops(log: &str) -> u64 {
+    log.match_indices("lines_dropped")
+        .filter_map(|(at, key)| {
+            let rest = log.get(at + key.len()..)?;
+            let rest = rest
+                .strip_prefix('=')
+                .or_else(|| rest.strip_prefix("\":"))?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]

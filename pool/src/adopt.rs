@@ -1,6 +1,9 @@
 //! Adoption at start-up: the running or paused containers this node owns
 //! whose deployment is routed join the pool (running ones must pass a
-//! readiness probe); every other container the node owns is removed.
+//! readiness probe); every other container the node owns is removed, after
+//! the log lines the previous proxy had not shipped are read from its file
+//! when logs are captured (`LogHub::open_before_removal`: opened before,
+//! read to its end after).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,10 +34,28 @@ impl Inner {
                 }
                 None => {
                     tracing::info!(container = short(&c.id), function = %c.function, state = %c.state, "removing a container this node does not serve");
+                    // Its output since the last shipped line goes with it
+                    // otherwise (a crash's too): opened first, read after.
+                    let unread = match self.logs.get() {
+                        Some(hub) => {
+                            let deployment_id = c.deployment.parse().unwrap_or(0);
+                            hub.open_before_removal(
+                                self.runtime.as_ref(),
+                                &c.id,
+                                &c.function,
+                                deployment_id,
+                            )
+                            .await
+                        }
+                        None => None,
+                    };
                     // One container Podman cannot remove must not keep the
                     // proxy from starting (each restart would fail alike).
                     if let Err(err) = self.runtime.remove(&c.id).await {
                         tracing::warn!(container = short(&c.id), %err, "cannot remove a container this node does not serve; left as it is");
+                    }
+                    if let Some(unread) = unread {
+                        unread.finish().await;
                     }
                 }
             }

@@ -11,9 +11,10 @@
 //! stream, with figures). It keeps the file open, so when the pool removes
 //! the container (scale to zero, a crash, a deploy) the lines written up to
 //! the end are still read from the unlinked file; when conmon rotates it
-//! (the container's log size limit) the old file is read to its end before
-//! the new one is opened. Reads poll: right away while there is more, then
-//! every 25 ms growing to 250 ms while nothing comes.
+//! (the container's log size limit) the old file is read to its end — once
+//! more after the new one is seen — before the new one is opened. Reads
+//! poll: right away while there is more, then every 25 ms growing to 250 ms
+//! while nothing comes.
 //!
 //! **Bounds.** A line is cut at [`MAX_LINE_BYTES`] (a note says how much
 //! went), a line without its end is sent after 1 s, bytes that are not
@@ -34,10 +35,10 @@
 //! instance is read from there, so lines printed while no proxy ran, or
 //! still queued when the last one stopped, are shipped by the next one.
 //!
-//! Over 600 lines because about 420 of them are the unit tests of
+//! Over 600 lines because about 500 of them are the unit tests of
 //! the record parser, the line assembly under hostile output, attribution,
-//! the rate limit, resuming from a saved offset and the graceful stop,
-//! which read best next to that code; the parts (call journal, queue with
+//! the rate limit, resuming from a saved offset, rotation and the graceful
+//! stop, which read best next to that code; the parts (call journal, queue with
 //! its acknowledgements and graceful stop, assembler, tailer) share private
 //! types (`Queue`, `Marked`, `Pending`). The offsets' storage is apart, in
 //! `logs/offsets.rs`.
@@ -259,8 +260,16 @@ pub struct LogHub {
     offsets: Option<Arc<Offsets>>,
     /// Lines [`LogHub::take`]n and not yet acknowledged or refused.
     outstanding: AtomicUsize,
-    /// Of those, per function, the lines no later proxy can read again.
-    in_flight: Mutex<FxHashMap<Arc<str>, u64>>,
+    /// Those lines' functions and sources (judged readable again or not at
+    /// the stop: a rotation meanwhile changes the answer).
+    in_flight: Mutex<Vec<InFlight>>,
+}
+
+/// A line the shipper holds: whose, and where it was read.
+struct InFlight {
+    function: Arc<str>,
+    system: bool,
+    source: Option<(Arc<str>, u64)>,
 }
 
 impl std::fmt::Debug for LogHub {
@@ -405,6 +414,53 @@ impl LogHub {
                 "log offsets of containers gone while no proxy ran removed"
             );
         }
+    }
+
+    /// Before a container that ran before this proxy is removed without
+    /// being adopted (it exited, or failed its readiness probe): opens its
+    /// log file at the offset the previous proxy saved, so that once it is
+    /// removed ([`RemovedLog::finish`]) the rest — its last output, a
+    /// crash's too — is read from the open file to its end and queued, not
+    /// lost with it. Without a saved offset the file is opened at its end,
+    /// as an adopted instance's is (that proxy shipped its lines or did not
+    /// capture them): only what comes until the removal is read. `None`
+    /// when there is no file.
+    pub(crate) async fn open_before_removal(
+        self: &Arc<Self>,
+        runtime: &dyn ContainerRuntime,
+        id: &str,
+        function: &str,
+        deployment_id: i64,
+    ) -> Option<RemovedLog> {
+        let offsets = Arc::clone(self.offsets.as_ref()?);
+        let path = match runtime.log_path(id).await {
+            Ok(path) => path?,
+            Err(err) => {
+                tracing::debug!(container = short(id), %err, "no log file to read before removal");
+                return None;
+            }
+        };
+        let id = id.to_owned();
+        let file = tokio::task::spawn_blocking(move || {
+            let mut file = open(&path).ok()??;
+            let len = file.0.metadata().map_or(0, |m| m.len());
+            let start = start_at(&id, file.1, len, true, Some(&offsets));
+            file.0
+                .seek(SeekFrom::Start(start))
+                .is_ok()
+                .then_some((id, file.0, start))
+        })
+        .await
+        .ok()??;
+        let (id, file, start) = file;
+        Some(RemovedLog {
+            hub: Arc::clone(self),
+            id,
+            function: Arc::from(function),
+            deployment_id,
+            file,
+            start,
+        })
     }
 
     /// Queues lines of one instance (read from the file `source` names:
@@ -560,22 +616,31 @@ impl LogHub {
         drop(guard);
         let mut in_flight = self.in_flight.lock().expect("in flight lock");
         in_flight.clear();
-        for c in out.iter().filter(|c| !self.readable_again(c)) {
-            *in_flight.entry(Arc::clone(&c.function)).or_default() += 1;
-        }
+        in_flight.extend(out.iter().map(|c| {
+            InFlight {
+                function: Arc::clone(&c.function),
+                system: c.entry.stream == LogStream::System,
+                source: c
+                    .source
+                    .as_ref()
+                    .map(|s| (Arc::clone(&s.container), s.at.ino)),
+            }
+        }));
         self.outstanding.fetch_add(out.len(), Ordering::Relaxed);
         out
     }
 
-    /// Whether a later proxy reads `line` again if it is not shipped: a
-    /// line of function output whose container's offset is kept. (Platform
-    /// lines report drops already counted.)
-    fn readable_again(&self, line: &Captured) -> bool {
-        line.entry.stream == LogStream::System
-            || line.source.as_ref().is_some_and(|s| {
+    /// Whether a later proxy reads a line again if it is not shipped: a
+    /// line of function output whose container's offset is kept, read from
+    /// the file conmon writes now (`source`: container and inode). Not one
+    /// of a file conmon rotated away: the next proxy reads the current file
+    /// only. (Platform lines, `system`, report drops already counted.)
+    fn readable_again(&self, system: bool, source: Option<(&str, u64)>) -> bool {
+        system
+            || source.is_some_and(|(container, ino)| {
                 self.offsets
                     .as_ref()
-                    .is_some_and(|o| o.is_kept(&s.container))
+                    .is_some_and(|o| o.readable_again(container, ino))
             })
     }
 
@@ -627,28 +692,45 @@ impl LogHub {
             && self.outstanding.load(Ordering::Relaxed) == 0
     }
 
-    /// A graceful stop: stops the tailers, waits up to `timeout` for what
-    /// is queued to be shipped and acknowledged (the shipper keeps going),
-    /// then saves every container's acknowledged offset. Lines still not
-    /// acknowledged are read again by the next proxy when their container's
-    /// offset is kept; the others are counted
+    /// A graceful stop: waits up to `timeout` for what is queued to be
+    /// shipped and acknowledged (the shipper keeps going, and so do the
+    /// tailers: a container removed meanwhile is still read to its end),
+    /// then stops the tailers and saves every container's acknowledged
+    /// offset. Lines still not acknowledged are read again by the next
+    /// proxy when their container's offset is kept and they come from its
+    /// current file; the others are counted
     /// (`cpub_log_lines_dropped_total{reason="shutdown"}`). Returns how many
-    /// lines are left for the next proxy and how many were dropped.
+    /// lines are left for the next proxy and how many were dropped. The
+    /// caller stops whatever removes or starts containers first (the
+    /// proxy: the pool's background work and the route watcher).
     pub async fn flush(&self, timeout: Duration) -> (u64, u64) {
-        self.stop.cancel();
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.stop.cancel();
         let (mut again, mut lost) = (0u64, 0u64);
-        let mut dropped: FxHashMap<Arc<str>, u64> =
-            std::mem::take(&mut *self.in_flight.lock().expect("in flight lock"));
-        again += (self.outstanding.swap(0, Ordering::Relaxed) as u64)
-            .saturating_sub(dropped.values().sum());
+        let mut dropped: FxHashMap<Arc<str>, u64> = FxHashMap::default();
+        let in_flight = std::mem::take(&mut *self.in_flight.lock().expect("in flight lock"));
+        let outstanding = self.outstanding.swap(0, Ordering::Relaxed);
+        // What the shipper holds is the last batch taken (when it was not
+        // acknowledged yet): judged now, after the tailers stopped.
+        let mut in_flight_lost = 0u64;
+        if outstanding > 0 {
+            for line in &in_flight {
+                let source = line.source.as_ref().map(|(c, ino)| (&**c, *ino));
+                if !self.readable_again(line.system, source) {
+                    in_flight_lost += 1;
+                    *dropped.entry(Arc::clone(&line.function)).or_default() += 1;
+                }
+            }
+        }
+        again += (outstanding as u64).saturating_sub(in_flight_lost);
         {
             let mut q = self.queue.lock().expect("log queue lock");
             for c in std::mem::take(&mut q.lines) {
-                if self.readable_again(&c) {
+                let source = c.source.as_ref().map(|s| (&*s.container, s.at.ino));
+                if self.readable_again(c.entry.stream == LogStream::System, source) {
                     again += 1;
                 } else {
                     *dropped.entry(Arc::clone(&c.function)).or_default() += 1;
@@ -669,6 +751,51 @@ impl LogHub {
             let _ = tokio::task::spawn_blocking(move || offsets.save(true)).await;
         }
         (again, lost)
+    }
+}
+
+/// The log file of a container about to be removed, open at the offset
+/// the previous proxy saved ([`LogHub::open_before_removal`]).
+pub(crate) struct RemovedLog {
+    hub: Arc<LogHub>,
+    id: String,
+    function: Arc<str>,
+    deployment_id: i64,
+    file: std::fs::File,
+    start: u64,
+}
+
+impl RemovedLog {
+    /// Once the container is removed: reads the file to its end and queues
+    /// its lines. They carry no source: no proxy reads them again, so a
+    /// stop before they are shipped counts them (`shutdown`). Returns how
+    /// many lines were queued.
+    pub(crate) async fn finish(self) -> usize {
+        tokio::task::spawn_blocking(move || {
+            let Self {
+                hub,
+                id,
+                function,
+                deployment_id,
+                mut file,
+                start,
+            } = self;
+            let mut asm = Assembler::new(None);
+            asm.resync = !record_ends_at(&file, start);
+            asm.next_start = start;
+            let (mut pos, mut chunk, mut out) = (start, vec![0u8; READ_CHUNK], Vec::new());
+            read_rest(&mut file, &mut asm, &mut pos, &mut chunk, &mut out);
+            asm.flush_stale(true, &mut out);
+            let n = out.len();
+            let instance: Arc<str> = Arc::from(short(&id));
+            hub.push(&function, deployment_id, &instance, None, out);
+            if n > 0 {
+                tracing::info!(container = short(&id), %function, lines = n, "log lines of a container not adopted read at its removal");
+            }
+            n
+        })
+        .await
+        .unwrap_or(0)
     }
 }
 
@@ -991,33 +1118,26 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
             continue;
         }
         // At the end of what was written: rotated or removed?
-        match std::fs::metadata(path) {
-            Ok(m) if m.ino() == file.1 => {}
-            Ok(_) => {
-                // Rotated (conmon renamed a new file over it): the old one
-                // is read to its end above; go on with the new one.
-                match open(path) {
-                    Ok(Some(f)) => {
-                        file = f;
-                        pos = 0;
-                        asm.next_start = 0;
-                        continue;
-                    }
-                    _ => {
-                        gone = true;
-                        break;
-                    }
+        match at_end(path, &mut file, &mut asm, &mut pos, &mut chunk, &mut out) {
+            AtEnd::Same => {}
+            AtEnd::Rotated(next) => {
+                // The old file's last lines are its own (its inode).
+                hub.push(
+                    &follow.function,
+                    follow.deployment_id,
+                    &instance,
+                    source(file.1),
+                    std::mem::take(&mut out),
+                );
+                file = next;
+                pos = 0;
+                asm.next_start = 0;
+                if let Some(offsets) = offsets {
+                    offsets.rotated(&container, file.1);
                 }
+                continue;
             }
-            Err(_) => {
-                // Removed with its container: read what came last, then stop.
-                while let Ok(n) = file.0.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    asm.feed(chunk.get(..n).unwrap_or_default(), pos, &mut out);
-                    pos += n as u64;
-                }
+            AtEnd::Gone => {
                 gone = true;
                 break;
             }
@@ -1050,6 +1170,63 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         let _ = tokio::task::spawn_blocking(move || o.forget(&id)).await;
     }
     tracing::debug!(container = short(&follow.id), "log file done");
+}
+
+/// What the path of a log file read to its end names now.
+enum AtEnd {
+    /// The same file: wait for more.
+    Same,
+    /// Another file (conmon rotated the log): the old one was read to its
+    /// end; go on with this one.
+    Rotated((std::fs::File, u64)),
+    /// Nothing (the container was removed): the old one was read to its end.
+    Gone,
+}
+
+/// Called when a read of `file` found its end: whether `path` still names
+/// it. When it names another file or none, `file` is first read to its end
+/// again: conmon may have written its last records between the read that
+/// found the end and this look, then renamed a new file over it (or the
+/// container went).
+fn at_end(
+    path: &Path,
+    file: &mut (std::fs::File, u64),
+    asm: &mut Assembler,
+    pos: &mut u64,
+    chunk: &mut [u8],
+    out: &mut Vec<Marked>,
+) -> AtEnd {
+    if std::fs::metadata(path).is_ok_and(|m| m.ino() == file.1) {
+        return AtEnd::Same;
+    }
+    read_rest(&mut file.0, asm, pos, chunk, out);
+    match open(path) {
+        Ok(Some(next)) if next.1 != file.1 => AtEnd::Rotated(next),
+        // Back to the same inode between the two looks: nothing changed.
+        Ok(Some(_)) => AtEnd::Same,
+        _ => AtEnd::Gone,
+    }
+}
+
+/// Reads `file` from `pos` to its end into `asm`.
+fn read_rest(
+    file: &mut std::fs::File,
+    asm: &mut Assembler,
+    pos: &mut u64,
+    chunk: &mut [u8],
+    out: &mut Vec<Marked>,
+) {
+    loop {
+        match file.read(chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                asm.feed(chunk.get(..n).unwrap_or_default(), *pos, out);
+                *pos += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
 }
 
 /// The file and its inode, or `None` when it does not exist (yet).
@@ -1453,6 +1630,19 @@ mod tests {
         hub.close();
     }
 
+    fn numbered(n: usize) -> Vec<Marked> {
+        marked(
+            (0..n)
+                .map(|n| LogEntry {
+                    at_ns: n as i64,
+                    stream: LogStream::Stdout,
+                    request_id: None,
+                    line: format!("line {n}"),
+                })
+                .collect(),
+        )
+    }
+
     #[tokio::test]
     async fn a_graceful_stop_counts_only_lines_no_proxy_can_read_again() {
         let root = tempfile::tempdir().unwrap();
@@ -1460,40 +1650,114 @@ mod tests {
         let f: Arc<str> = Arc::from("logs-unit-shutdown");
         let i: Arc<str> = Arc::from("abc");
         let kept: Arc<str> = Arc::from(CTR);
-        hub.offsets
-            .as_ref()
-            .unwrap()
-            .register(&kept, Position { ino: 1, offset: 0 });
-        let entries = |n: usize| {
-            marked(
-                (0..n)
-                    .map(|n| LogEntry {
-                        at_ns: n as i64,
-                        stream: LogStream::Stdout,
-                        request_id: None,
-                        line: format!("line {n}"),
-                    })
-                    .collect(),
-            )
-        };
-        // Readable again (its container's offset is kept) and not.
-        hub.push(&f, 1, &i, Some((&kept, 1)), entries(3));
-        hub.push(&f, 1, &i, None, entries(2));
+        let offsets = hub.offsets.as_ref().unwrap();
+        offsets.register(&kept, Position { ino: 1, offset: 0 });
         let gone: Arc<str> = Arc::from("fedcba");
-        hub.push(&f, 1, &i, Some((&gone, 1)), entries(1));
-        // One of each in flight, taken by the shipper.
-        assert_eq!(hub.take(1, 1 << 20).len(), 1);
+        // In flight (taken by the shipper, not acknowledged): one of each
+        // kind. Lines of the file conmon writes now (inode 1, rotated away
+        // below), of no file, of a container gone, of the next file (2).
+        hub.push(&f, 1, &i, Some((&kept, 1)), numbered(2));
+        hub.push(&f, 1, &i, None, numbered(1));
+        hub.push(&f, 1, &i, Some((&gone, 1)), numbered(1));
+        hub.push(&f, 1, &i, Some((&kept, 2)), numbered(1));
+        assert_eq!(hub.take(100, 1 << 20).len(), 5);
+        // Queued: the same kinds.
+        hub.push(&f, 1, &i, Some((&kept, 1)), numbered(1));
+        hub.push(&f, 1, &i, None, numbered(2));
+        hub.push(&f, 1, &i, Some((&gone, 1)), numbered(1));
+        hub.push(&f, 1, &i, Some((&kept, 2)), numbered(3));
+        // Conmon rotated the file: the tailer went on with inode 2; what is
+        // left of inode 1 is not read again by the next proxy (it reads the
+        // current file, from its start).
+        offsets.rotated(CTR, 2);
         let before = METRICS
             .dropped
             .with_label_values(&["logs-unit-shutdown", "shutdown"])
             .get();
         let (again, lost) = hub.flush(Duration::from_millis(50)).await;
-        assert_eq!((again, lost), (3, 3));
+        // Again: inode 2's, 1 in flight and 3 queued. Lost: in flight 2 of
+        // inode 1, 1 of no file, 1 of the container gone; queued 1, 2, 1.
+        assert_eq!((again, lost), (4, 8));
         let after = METRICS
             .dropped
             .with_label_values(&["logs-unit-shutdown", "shutdown"])
             .get();
-        assert_eq!(after - before, 3);
+        assert_eq!(after - before, 8);
+    }
+
+    #[test]
+    fn lines_written_just_before_a_rotation_are_read_from_the_old_file() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        append(&log, &["one"]);
+        let mut file = open(&log).unwrap().unwrap();
+        let (mut asm, mut pos, mut chunk, mut out) =
+            (assembler(), 0u64, vec![0u8; 1024], Vec::new());
+        read_rest(&mut file.0, &mut asm, &mut pos, &mut chunk, &mut out);
+        // The tailer's read found the end; before it looks at the path,
+        // conmon writes its last records and renames a new file over it.
+        append(&log, &["two", "three"]);
+        let rotated = root.path().join("new.log");
+        append(&rotated, &["four"]);
+        std::fs::rename(&rotated, &log).unwrap();
+        let AtEnd::Rotated(next) =
+            at_end(&log, &mut file, &mut asm, &mut pos, &mut chunk, &mut out)
+        else {
+            panic!("the rotation is seen");
+        };
+        let got: Vec<&str> = out.iter().map(|m| m.entry.line.as_str()).collect();
+        assert_eq!(got, ["one", "two", "three"]);
+        assert_eq!(next.1, std::fs::metadata(&log).unwrap().ino());
+        // And a removal: the old file's last lines too.
+        let mut file = next;
+        let (mut pos, mut out) = (0u64, Vec::new());
+        read_rest(&mut file.0, &mut asm, &mut pos, &mut chunk, &mut out);
+        append(&log, &["five"]);
+        std::fs::remove_file(&log).unwrap();
+        assert!(matches!(
+            at_end(&log, &mut file, &mut asm, &mut pos, &mut chunk, &mut out),
+            AtEnd::Gone
+        ));
+        let got: Vec<&str> = out.iter().map(|m| m.entry.line.as_str()).collect();
+        assert_eq!(got, ["four", "five"]);
+    }
+
+    #[tokio::test]
+    async fn a_container_removed_while_the_logs_flush_is_read_to_its_end_and_counted() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        append(&log, &["one", "two", "three"]);
+        let hub = hub_with_offsets(&root.path().join(offsets::DIR_NAME));
+        // Followed as `LogHub::follow` does: on the hub's thread, until the
+        // hub stops.
+        let (h, path) = (Arc::clone(&hub), log.clone());
+        hub.tailers.spawn(async move {
+            let stop = h.stop.clone();
+            let (offsets, follow) = (h.offsets.clone(), follow(false));
+            tokio::select! {
+                () = tail(&h, &path, &follow, offsets.as_ref()) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while hub.queue.lock().unwrap().lines.len() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("three lines queued");
+        // No shipper: the flush waits its whole time. Meanwhile the
+        // container prints a last line and is removed.
+        let remover = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            append(&log, &["last words"]);
+            std::fs::remove_file(&log).unwrap();
+        });
+        let (again, lost) = hub.flush(Duration::from_millis(1500)).await;
+        remover.await.unwrap();
+        // Its file and offset are gone: no proxy reads any of them again,
+        // and the last line was read too.
+        assert_eq!((again, lost), (0, 4));
     }
 
     #[test]

@@ -154,6 +154,20 @@ impl Pool {
         Self::with_runtime_on(runtime, config, NodeConfig::default(), routes).await
     }
 
+    /// [`Pool::podman_on`] capturing logs from the start ([`Pool::with_runtime_logs`]).
+    pub async fn podman_with_logs(
+        podman: Podman,
+        config: PoolConfig,
+        node: NodeConfig,
+        routes: &[Route],
+        logs: Option<Arc<crate::logs::LogHub>>,
+    ) -> Result<Pool, PoolError> {
+        let runtime = PodmanRuntime::on_network(podman, &node.network, Some(&node.subnet))
+            .await?
+            .with_initialized_ahead(node.initialized_ahead);
+        Self::with_runtime_logs(Arc::new(runtime), config, node, routes, logs).await
+    }
+
     /// A pool on any runtime with the node's settings. Spawns the pool's
     /// background tasks (idle timer, runtime events) on the current
     /// runtime. An instance budget above the network's addresses is
@@ -161,8 +175,24 @@ impl Pool {
     pub async fn with_runtime_on(
         runtime: Arc<dyn ContainerRuntime>,
         config: PoolConfig,
+        node: NodeConfig,
+        routes: &[Route],
+    ) -> Result<Pool, PoolError> {
+        Self::with_runtime_logs(runtime, config, node, routes, None).await
+    }
+
+    /// [`Pool::with_runtime_on`] capturing logs into `logs` from the start
+    /// (what [`Pool::capture_logs`] does later, and more): a container
+    /// adoption removes (exited, not ready, not routed) has its lines after
+    /// the saved offset read first, adopted instances are followed from
+    /// theirs, and the instances the first route sync starts from their
+    /// first line.
+    pub async fn with_runtime_logs(
+        runtime: Arc<dyn ContainerRuntime>,
+        config: PoolConfig,
         mut node: NodeConfig,
         routes: &[Route],
+        logs: Option<Arc<crate::logs::LogHub>>,
     ) -> Result<Pool, PoolError> {
         if let Some(addresses) = runtime.address_capacity()
             && addresses < node.budget.max_instances
@@ -195,8 +225,12 @@ impl Pool {
             logs: std::sync::OnceLock::new(),
             counters: crate::usage::Counters::default(),
         });
+        if let Some(hub) = logs {
+            let _ = inner.logs.set(hub);
+        }
         inner.adopt(routes).await?;
         let pool = Pool { inner };
+        pool.follow_adopted();
         pool.spawn_background(idle_rx);
         pool.sync(routes);
         Ok(pool)
@@ -309,13 +343,22 @@ impl Pool {
     ) -> std::io::Result<Arc<crate::logs::LogHub>> {
         let hub = crate::logs::LogHub::new(config)?;
         let hub = Arc::clone(self.inner.logs.get_or_init(|| hub));
+        self.follow_adopted();
+        Ok(hub)
+    }
+
+    /// With log capture on: follows every instance listed now as adopted
+    /// (from its saved offset) and removes the offsets of containers gone.
+    fn follow_adopted(&self) {
+        let Some(hub) = self.inner.logs.get() else {
+            return;
+        };
         for set in self.inner.all_sets() {
             for i in set.instances().iter() {
                 self.inner.follow_logs(&set, i, true);
             }
         }
         hub.prune_offsets();
-        Ok(hub)
     }
 
     /// The log capture, when on.
@@ -340,6 +383,14 @@ impl Pool {
             }
             posted.await;
         }
+    }
+
+    /// Stops the background tasks that remove or start instances on their
+    /// own (the idle timer, the runtime events: idle expiry, crashes), so
+    /// the log capture can flush with nothing removed under it
+    /// (`LogHub::flush`); [`Pool::shutdown`] does this too.
+    pub fn stop_background(&self) {
+        self.inner.stopped.cancel();
     }
 
     /// Stops the background tasks and removes the containers created ahead

@@ -61,6 +61,8 @@ pub struct FakeRuntime {
     resumed: Mutex<Vec<String>>,
     /// Containers that exited, with how.
     exited: Mutex<HashMap<String, Exit>>,
+    /// Log files of containers, removed with them.
+    log_paths: Mutex<HashMap<String, std::path::PathBuf>>,
     events: broadcast::Sender<RuntimeEvent>,
 }
 
@@ -111,6 +113,7 @@ impl FakeRuntime {
             paused: Mutex::default(),
             resumed: Mutex::default(),
             exited: Mutex::default(),
+            log_paths: Mutex::default(),
             events: broadcast::channel(64).0,
         }
     }
@@ -137,6 +140,15 @@ impl FakeRuntime {
     pub fn with_leftovers(mut self, leftovers: Vec<Owned>) -> Self {
         self.leftovers = leftovers;
         self
+    }
+
+    /// Container `id`'s k8s-file log is `path` (as Podman's `log_path`);
+    /// removing the container removes the file, as Podman does.
+    pub fn set_log_path(&self, id: &str, path: std::path::PathBuf) {
+        self.log_paths
+            .lock()
+            .expect("log paths lock")
+            .insert(id.to_owned(), path);
     }
 
     /// The address of instances, when they all share one.
@@ -288,7 +300,20 @@ impl ContainerRuntime for FakeRuntime {
             .lock()
             .expect("removed lock")
             .push(id.to_owned());
+        let log = self.log_paths.lock().expect("log paths lock").remove(id);
+        if let Some(path) = log {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(())
+    }
+
+    async fn log_path(&self, id: &str) -> Result<Option<std::path::PathBuf>, PoolError> {
+        Ok(self
+            .log_paths
+            .lock()
+            .expect("log paths lock")
+            .get(id)
+            .cloned())
     }
 
     async fn list_owned(&self, _node: &str) -> Result<Vec<Owned>, PoolError> {

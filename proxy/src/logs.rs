@@ -9,10 +9,14 @@
 //! past that, lines are dropped and counted there. Each batch carries an
 //! id (`<boot id>-<sequence>`), so a batch sent again after its answer was
 //! lost (a timeout) is stored once; a control plane from before ids refuses
-//! the field, and batches then go without one for ten minutes. A batch the control plane refuses (4xx)
-//! is dropped and its lines counted
-//! (`cpub_log_lines_dropped_total{reason="rejected"}`); the answer says how
-//! many lines belonged to functions that no longer exist.
+//! the field, and batches then go without one for ten minutes. A batch
+//! whose content the control plane refuses (400 or 422: it would be refused
+//! again) is dropped and its lines counted
+//! (`cpub_log_lines_dropped_total{reason="rejected"}`); every other status
+//! (401/403 while a token is rotated, 404/413 from an ingress, 408, 429,
+//! 5xx) and a 2xx whose body is not the control plane's answer are sent
+//! again ([`verdict`]). The answer says how many lines belonged to
+//! functions that no longer exist.
 //!
 //! What the control plane answered (stored, or refused for good) is handed
 //! back to the hub ([`LogHub::acknowledge`]), which moves each container's
@@ -114,40 +118,38 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
         }
         let mut pause = RETRY_FIRST;
         loop {
-            match client
+            let answer = match client
                 .post(&url)
                 .bearer_auth(&token)
                 .json(&body)
                 .send()
                 .await
             {
-                Ok(r) if r.status().is_success() => {
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.bytes().await.unwrap_or_default();
+                    verdict(status, &text)
+                }
+                Err(e) => {
+                    debug!(error = %e, "log batch not delivered; trying again");
+                    Verdict::Again
+                }
+            };
+            match answer {
+                Verdict::Stored(answer) => {
                     BATCHES.with_label_values(&["ok"]).inc();
                     hub.acknowledge(&lines);
-                    match r.json::<LogIngest>().await {
-                        Ok(answer) if answer.duplicate => {
-                            debug!(lines = lines.len(), "log batch had been stored before");
-                        }
-                        Ok(answer) if answer.unknown > 0 => {
-                            debug!(
-                                lines = answer.unknown,
-                                "log lines of removed functions dropped"
-                            );
-                        }
-                        _ => {}
+                    if answer.duplicate {
+                        debug!(lines = lines.len(), "log batch had been stored before");
+                    } else if answer.unknown > 0 {
+                        debug!(
+                            lines = answer.unknown,
+                            "log lines of removed functions dropped"
+                        );
                     }
                     break;
                 }
-                Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                    BATCHES.with_label_values(&["rejected"]).inc();
-                    let status = r.status();
-                    let text: String = r
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect();
+                Verdict::Refused(status, text) => {
                     if body.batch.is_some() && refused_the_batch_id(status, &text) {
                         // A control plane from before batch ids: send this
                         // batch (and the next ones for a while) without.
@@ -156,23 +158,57 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
                         body.batch = None;
                         continue;
                     }
+                    BATCHES.with_label_values(&["rejected"]).inc();
                     hub.reject(&lines);
                     warn!(%status, body = %text, lines = lines.len(), "log batch refused; dropped");
                     break;
                 }
-                Ok(r) => {
+                Verdict::Again => {
                     BATCHES.with_label_values(&["error"]).inc();
-                    debug!(status = %r.status(), "log batch not taken; trying again");
-                }
-                Err(e) => {
-                    BATCHES.with_label_values(&["error"]).inc();
-                    debug!(error = %e, "log batch not delivered; trying again");
                 }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_MAX);
         }
     }
+}
+
+/// What to do with a batch after the control plane's answer.
+#[derive(Debug)]
+enum Verdict {
+    /// Stored (or known already): acknowledged.
+    Stored(LogIngest),
+    /// Its content is refused for good (the status and the answer's first
+    /// 200 characters): dropped and counted.
+    Refused(reqwest::StatusCode, String),
+    /// Not taken this time: sent again after the back-off.
+    Again,
+}
+
+/// Reads the control plane's answer to a batch. Only 400 and 422 say the
+/// batch itself will never be taken (the control plane answers 400 to a
+/// line or field it refuses; 422 is the same from a proxy in front of it).
+/// Every other status is sent again: 401/403 (a token being rotated), 404
+/// (an ingress or a control plane being deployed), 408, 413 (an ingress's
+/// body limit, fixed by its operator), 429 and 5xx. A 2xx counts only when
+/// its body is the control plane's `LogIngest` (anything else, a captive
+/// portal or a misrouted ingress, did not store it).
+fn verdict(status: reqwest::StatusCode, body: &[u8]) -> Verdict {
+    if status.is_success() {
+        return match serde_json::from_slice::<LogIngest>(body) {
+            Ok(answer) => Verdict::Stored(answer),
+            Err(e) => {
+                debug!(%status, error = %e, "log batch answered without a LogIngest; trying again");
+                Verdict::Again
+            }
+        };
+    }
+    if matches!(status.as_u16(), 400 | 422) {
+        let text = String::from_utf8_lossy(body).chars().take(200).collect();
+        return Verdict::Refused(status, text);
+    }
+    debug!(%status, "log batch not taken; trying again");
+    Verdict::Again
 }
 
 /// Whether a refusal is a control plane from before batch ids reading one
@@ -295,6 +331,154 @@ mod tests {
         let other = r#"{"error":"not a log batch: missing field `node`","field":"body"}"#;
         assert!(!refused_the_batch_id(bad, other));
         assert!(!refused_the_batch_id(bad, "<html>"));
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_content_drops_a_batch_and_only_an_ingest_answer_acknowledges_it() {
+        use reqwest::StatusCode;
+        let ingest = br#"{"stored":3,"unknown":0}"#;
+        for code in [401, 403, 404, 405, 408, 409, 413, 429, 500, 502, 503] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(verdict(status, b"{}"), Verdict::Again),
+                "{code} is sent again"
+            );
+        }
+        for code in [400, 422] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                matches!(verdict(status, b"bad line"), Verdict::Refused(s, ref t) if s == status && t == "bad line"),
+                "{code} drops the batch"
+            );
+        }
+        assert!(matches!(
+            verdict(StatusCode::OK, ingest),
+            Verdict::Stored(LogIngest { stored: 3, .. })
+        ));
+        for body in [&b"<html>welcome</html>"[..], b"", b"{}", b"[1]"] {
+            assert!(
+                matches!(verdict(StatusCode::OK, body), Verdict::Again),
+                "{body:?}"
+            );
+        }
+        assert!(matches!(
+            verdict(StatusCode::NO_CONTENT, b""),
+            Verdict::Again
+        ));
+    }
+
+    /// Answers each request with the next of `answers` (status and body),
+    /// then with the last one; returns the URL and the bodies received.
+    async fn scripted_control_plane(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&bodies);
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                // The head, then Content-Length bytes of body.
+                let body = loop {
+                    let Ok(read) = stream.read(&mut buf).await else {
+                        break None;
+                    };
+                    if read == 0 {
+                        break None;
+                    }
+                    request.extend_from_slice(&buf[..read]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break Some(text[end + 4..].to_owned());
+                    }
+                };
+                let Some(body) = body else { continue };
+                seen.lock().unwrap().push(body);
+                let (status, text) = answers[n.min(answers.len() - 1)];
+                n += 1;
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, bodies)
+    }
+
+    fn rejected_lines(function: &str) -> f64 {
+        prometheus::gather()
+            .iter()
+            .filter(|m| m.name() == "cpub_log_lines_dropped_total")
+            .flat_map(|m| m.get_metric().iter())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "function" && l.value() == function)
+                    && m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "reason" && l.value() == "rejected")
+            })
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_for_auth_or_size_or_answered_by_something_else_is_sent_again() {
+        let function = "ship-unit-retry";
+        let (url, bodies) = scripted_control_plane(vec![
+            (401, r#"{"error":"token expired"}"#),
+            (413, "<html>too large</html>"),
+            (200, "<html>welcome</html>"),
+            (200, r#"{"stored":2,"unknown":0}"#),
+        ])
+        .await;
+        let log = std::env::temp_dir().join(format!("cpub-ship-unit-{}.log", std::process::id()));
+        let t = "2026-11-29T21:47:38.396301304+00:00";
+        std::fs::write(&log, format!("{t} stdout F one\n{t} stdout F two\n")).unwrap();
+        let hub = LogHub::new(LogConfig::default()).unwrap();
+        hub.follow_file(log.clone(), "abc", function);
+        let shipper = tokio::spawn(ship(Arc::clone(&hub), url, "t".into(), "n1".into()));
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while bodies.lock().unwrap().len() < 4 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the batch is sent four times");
+        // Acknowledged by the last answer: nothing in flight, nothing lost.
+        assert_eq!(hub.flush(Duration::from_secs(5)).await, (0, 0));
+        shipper.abort();
+        let bodies = bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 4, "sent until stored, then no more");
+        let batches: Vec<LogBatch> = bodies
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        assert!(batches[0].batch.is_some());
+        assert!(
+            batches.iter().all(|b| b.batch == batches[0].batch),
+            "the same batch each time"
+        );
+        assert_eq!(rejected_lines(function), 0.0);
+        let _ = std::fs::remove_file(
+            std::env::temp_dir().join(format!("cpub-ship-unit-{}.log", std::process::id())),
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use containerpub_pool::logs::LogHub;
 use containerpub_pool::{Podman, Pool, PoolConfig};
 use containerpub_wire::api::NodeName;
 use tracing::{error, info, warn};
@@ -86,11 +87,22 @@ fn run(config: Config) -> i32 {
     };
     let podman = Podman::new(config.podman_socket.clone());
     metrics::init();
-    let pool = match background.block_on(Pool::podman_on(
+    // Log capture starts before the pool: adoption reads the unshipped
+    // lines of the containers it removes.
+    let log_hub = config
+        .logs
+        .config(&config.state_dir)
+        .and_then(|log_config| {
+            LogHub::new(log_config)
+                .inspect_err(|e| warn!(error = %e, "log capture off: cannot start its thread"))
+                .ok()
+        });
+    let pool = match background.block_on(Pool::podman_with_logs(
         podman,
         pool_config,
         config.node_config(),
         &snapshot.routes,
+        log_hub.clone(),
     )) {
         Ok(pool) => pool,
         Err(e) => {
@@ -98,18 +110,13 @@ fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    if let Some(log_config) = config.logs.config(&config.state_dir) {
-        match pool.capture_logs(log_config) {
-            Ok(hub) => {
-                background.spawn(containerpub_proxy::logs::ship(
-                    hub,
-                    config.control_url.clone(),
-                    config.token.clone(),
-                    config.node().to_owned(),
-                ));
-            }
-            Err(e) => warn!(error = %e, "log capture off: cannot start its thread"),
-        }
+    if let Some(hub) = &log_hub {
+        background.spawn(containerpub_proxy::logs::ship(
+            Arc::clone(hub),
+            config.control_url.clone(),
+            config.token.clone(),
+            config.node().to_owned(),
+        ));
     }
     background.block_on(async {
         pool.sync(&snapshot.routes);
@@ -138,7 +145,7 @@ fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    background.spawn(watcher.run());
+    let watching = background.spawn(watcher.run());
     background.spawn(crashes::report(
         pool.clone(),
         config.control_url.clone(),
@@ -207,8 +214,15 @@ fn run(config: Config) -> i32 {
         return 1;
     }
 
+    // Nothing removes or starts instances any more before the logs are
+    // flushed: no route sync (a deploy drains and removes), no idle expiry,
+    // no crash handling. A container removed during the flush would take
+    // its queued lines (counted as read again) and its unread tail with it;
+    // one started would not be followed. The tailers themselves run until
+    // the flush's end (`LogHub::flush`).
+    watching.abort();
+    pool.stop_background();
     // Both at once: each has its own deadline.
-    let log_hub = pool.logs();
     background.block_on(async {
         tokio::join!(executions::shutdown(EXECUTIONS_SHUTDOWN_TIMEOUT), async {
             if let Some(hub) = &log_hub {

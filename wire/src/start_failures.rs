@@ -68,13 +68,27 @@ pub fn validate_reason(reason: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `c` is a Unicode format character that can make a terminal
+/// show text other than what it is: the bidirectional embeddings,
+/// overrides and isolates (U+202A–U+202E, U+2066–U+2069), the zero-width
+/// space, joiners and marks (U+200B–U+200F) and the byte order mark
+/// (U+FEFF).
+fn is_deceptive_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// A message safe to keep and show on one line: at most
 /// [`MAX_MESSAGE_BYTES`] bytes (cut at a character boundary, `…` marks the
-/// cut) and every control character (newlines too) a space.
+/// cut), every control character (newlines too) and every bidirectional or
+/// zero-width format character a space.
 pub fn clean_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_BYTES));
     for c in message.chars() {
-        let c = if c.is_control() { ' ' } else { c };
+        let c = if c.is_control() || is_deceptive_format(c) {
+            ' '
+        } else {
+            c
+        };
         if out.len() + c.len_utf8() > MAX_MESSAGE_BYTES {
             // Room for the mark: drop characters until it fits.
             while out.len() + '…'.len_utf8() > MAX_MESSAGE_BYTES {
@@ -89,8 +103,9 @@ pub fn clean_message(message: &str) -> String {
 }
 
 /// Checks a node report's `start_failures`; the error is the field at
-/// fault (`start_failures[i].…`) and what is wrong. Messages are not
-/// checked here: whoever keeps one passes it through [`clean_message`].
+/// fault (`start_failures[i].…`) and what is wrong. A function is listed
+/// once (a node has one entry per function). Messages are not checked
+/// here: whoever keeps one passes it through [`clean_message`].
 pub fn validate(list: &[FunctionStartFailures]) -> Result<(), (String, String)> {
     if list.len() > MAX_FUNCTIONS {
         return Err((
@@ -98,9 +113,16 @@ pub fn validate(list: &[FunctionStartFailures]) -> Result<(), (String, String)> 
             format!("at most {MAX_FUNCTIONS} functions"),
         ));
     }
+    let mut seen = std::collections::BTreeSet::new();
     for (i, f) in list.iter().enumerate() {
         crate::validate_function_name(&f.function)
             .map_err(|m| (format!("start_failures[{i}].function"), m))?;
+        if !seen.insert(f.function.as_str()) {
+            return Err((
+                format!("start_failures[{i}].function"),
+                format!("function {:?} is listed twice", f.function),
+            ));
+        }
         if f.counts.len() > MAX_REASONS {
             return Err((
                 format!("start_failures[{i}].counts"),
@@ -147,9 +169,46 @@ mod tests {
     }
 
     #[test]
+    fn bidi_and_zero_width_characters_are_replaced() {
+        // "exit 0" shown where "0 tixe" is: an override reverses the rest.
+        assert_eq!(clean_message("ok\u{202E}0 tixe"), "ok 0 tixe");
+        for c in ('\u{200B}'..='\u{200F}')
+            .chain('\u{202A}'..='\u{202E}')
+            .chain('\u{2066}'..='\u{2069}')
+            .chain(['\u{FEFF}'])
+        {
+            assert_eq!(
+                clean_message(&format!("a{c}b")),
+                "a b",
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        // Other text outside ASCII is kept.
+        assert_eq!(clean_message("prêt — 準備"), "prêt — 準備");
+    }
+
+    #[test]
+    fn a_function_listed_twice_is_refused() {
+        let mut again = entry();
+        again.last.reason = "runtime".into();
+        let other = FunctionStartFailures {
+            function: "other".into(),
+            ..entry()
+        };
+        let (field, message) = validate(&[entry(), other, again]).unwrap_err();
+        assert_eq!(field, "start_failures[2].function");
+        assert!(message.contains("listed twice"), "{message}");
+    }
+
+    #[test]
     fn reports_are_checked_field_by_field() {
         assert_eq!(validate(&[entry()]), Ok(()));
-        let field = |f: FunctionStartFailures| validate(&[entry(), f]).unwrap_err().0;
+        let first = FunctionStartFailures {
+            function: "first".into(),
+            ..entry()
+        };
+        let field = |f: FunctionStartFailures| validate(&[first.clone(), f]).unwrap_err().0;
         let mut bad = entry();
         bad.function = "Bad Name".into();
         assert_eq!(field(bad), "start_failures[1].function");

@@ -61,19 +61,8 @@ fn reports() -> &'static Reports {
     R.get_or_init(Mutex::default)
 }
 
-/// `POST /api/v1/nodes/{node}/status`.
-pub async fn report(caller: Caller, Path(node): Path<String>, body: Bytes) -> Result<StatusCode> {
-    caller.require(Action::ReportExecutions, None)?;
-    containerpub_wire::validate_node_name(&node).map_err(|m| Error::bad_request("node", m))?;
-    caller.require_node_name(Some(&node))?;
-    if body.len() > MAX_REPORT_BYTES {
-        return Err(Error::too_large(
-            "body",
-            format!("a node report is at most {MAX_REPORT_BYTES} bytes"),
-        ));
-    }
-    let mut report: NodeReport = serde_json::from_slice(&body)
-        .map_err(|e| Error::bad_request("body", format!("not a node report: {e}")))?;
+/// Checks a node report's lists and fields (400 or 413 naming the field).
+fn check_report(report: &NodeReport) -> Result<()> {
     if report.instances.len() > MAX_REPORTED_INSTANCES {
         return Err(Error::too_large(
             "instances",
@@ -113,6 +102,23 @@ pub async fn report(caller: Caller, Path(node): Path<String>, body: Bytes) -> Re
         ));
     }
     failures::validate(&report.start_failures).map_err(|(f, m)| Error::bad_request(f, m))?;
+    Ok(())
+}
+
+/// `POST /api/v1/nodes/{node}/status`.
+pub async fn report(caller: Caller, Path(node): Path<String>, body: Bytes) -> Result<StatusCode> {
+    caller.require(Action::ReportExecutions, None)?;
+    containerpub_wire::validate_node_name(&node).map_err(|m| Error::bad_request("node", m))?;
+    caller.require_node_name(Some(&node))?;
+    if body.len() > MAX_REPORT_BYTES {
+        return Err(Error::too_large(
+            "body",
+            format!("a node report is at most {MAX_REPORT_BYTES} bytes"),
+        ));
+    }
+    let mut report: NodeReport = serde_json::from_slice(&body)
+        .map_err(|e| Error::bad_request("body", format!("not a node report: {e}")))?;
+    check_report(&report)?;
     super::usage::record(&node, report.keep_warm_window_s, &report.functions);
     let failures = newest_failures(
         &node,
@@ -357,6 +363,41 @@ mod tests {
             crashes: 2,
             at: now() - chrono::TimeDelta::seconds(secs_ago),
         }
+    }
+
+    #[test]
+    fn a_report_listing_a_function_twice_is_refused_naming_the_field() {
+        let report = |start_failures| NodeReport {
+            instances: Vec::new(),
+            functions: Vec::new(),
+            keep_warm_window_s: None,
+            start_failures,
+        };
+        assert!(check_report(&report(vec![reported("a", "not_ready", 1)])).is_ok());
+        let twice = report(vec![
+            reported("a", "not_ready", 1),
+            reported("b", "runtime", 1),
+            reported("a", "capacity", 1),
+        ]);
+        match check_report(&twice) {
+            Err(e @ Error::BadRequest { .. }) => {
+                assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+                let Error::BadRequest { field, message } = e else {
+                    unreachable!()
+                };
+                assert_eq!(field.as_deref(), Some("start_failures[2].function"));
+                assert!(message.contains("listed twice"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_message_loses_its_bidi_and_zero_width_characters() {
+        let mut f = reported("a", "runtime", 1);
+        f.last.message = "image\u{202E}gnp.exe\u{200B}\u{2066}x\u{FEFF}".into();
+        let rows = newest_failures("n1", vec![f], now());
+        assert_eq!(rows[0].message.as_deref(), Some("image gnp.exe  x "));
     }
 
     #[test]

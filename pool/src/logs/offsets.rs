@@ -7,19 +7,21 @@
 //! again).
 //!
 //! **Write rate.** A container's file is written when its tailer starts
-//! (so a proxy that dies at once still finds it), then at most once per
-//! [`SAVE_EVERY`] when acknowledgements moved it, and once more at a
-//! graceful shutdown (`LogHub::flush`). Each write is the project's atomic
-//! replacement (`containerpub_util::fs::write_atomic`): a file is never
-//! seen half-written. A proxy killed without a shutdown may therefore
+//! (that file alone, so a proxy that dies at once still finds it; a burst
+//! of cold starts does not rewrite every other moved offset), then at most
+//! once per [`SAVE_EVERY`] when acknowledgements moved it, and once more at
+//! a graceful shutdown (`LogHub::flush`). Each write is the project's
+//! atomic replacement (`containerpub_util::fs::write_atomic`): a file is
+//! never seen half-written. A proxy killed without a shutdown may therefore
 //! resume up to a second of acknowledged lines early: they are shipped
 //! again (duplicates, never losses).
 //!
-//! **Hostile files.** A file is read only if it is at most
-//! [`MAX_FILE_BYTES`], is JSON of exactly this shape and names its own
-//! container; anything else is ignored with a warning (the tailer then
-//! starts as if there were no file). Container ids are only used as file
-//! names when they are 1 to 64 lowercase hex digits.
+//! **Hostile files.** A file is read only if it is a regular file (opened
+//! with `O_NOFOLLOW | O_NONBLOCK`: a symbolic link is not followed, a FIFO
+//! does not block the thread), at most [`MAX_FILE_BYTES`], JSON of exactly
+//! this shape and names its own container; anything else is ignored with a
+//! warning (the tailer then starts as if there were no file). Container ids
+//! are only used as file names when they are 1 to 64 lowercase hex digits.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,9 @@ struct Saved {
 struct Entry {
     /// After the last acknowledged line.
     acked: Position,
+    /// The inode of the file the tailer reads now (conmon's current file):
+    /// a next proxy reads only that one again.
+    current: u64,
     /// What the file holds.
     saved: Option<Position>,
     last_write: Option<Instant>,
@@ -110,7 +115,7 @@ impl Offsets {
     /// is no file, or it is not one this code wrote (with a warning).
     pub fn load(&self, id: &str) -> Option<Position> {
         let path = self.path(id)?;
-        let file = match std::fs::File::open(&path) {
+        let file = match open_regular(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -144,7 +149,8 @@ impl Offsets {
     }
 
     /// Starts keeping container `id`'s offset at `at` and writes its file
-    /// now (blocking: call off the async threads).
+    /// now — that file only: the others wait for their turn (blocking: call
+    /// off the async threads).
     pub fn register(&self, id: &Arc<str>, at: Position) {
         if !is_container_id(id) {
             return;
@@ -153,11 +159,12 @@ impl Offsets {
             Arc::clone(id),
             Entry {
                 acked: at,
+                current: at.ino,
                 saved: None,
                 last_write: None,
             },
         );
-        self.save(true);
+        self.write(|entry_id, _| entry_id == &**id);
     }
 
     /// Lines up to `at` of container `id` were acknowledged (nothing when
@@ -173,16 +180,48 @@ impl Offsets {
         }
     }
 
+    /// The tailer of container `id` went on to the file with inode `ino`
+    /// (conmon rotated the log): the old file's lines are no longer read
+    /// again by a next proxy, which starts with the current file.
+    pub fn rotated(&self, id: &str, ino: u64) {
+        if let Some(entry) = self.entries.lock().expect("offsets lock").get_mut(id) {
+            entry.current = ino;
+        }
+    }
+
     /// Whether container `id`'s offset is kept (its lines can be read
     /// again by the next proxy).
     pub fn is_kept(&self, id: &str) -> bool {
         self.entries.lock().expect("offsets lock").contains_key(id)
     }
 
+    /// Whether a line read from inode `ino` of container `id`'s log is
+    /// read again by the next proxy if it is not shipped: its offset is
+    /// kept and `ino` is still the container's current file (a rotated-away
+    /// file is gone for the next proxy).
+    pub fn readable_again(&self, id: &str, ino: u64) -> bool {
+        self.entries
+            .lock()
+            .expect("offsets lock")
+            .get(id)
+            .is_some_and(|e| e.current == ino)
+    }
+
     /// Writes the files whose acknowledged offset moved: those not written
     /// for [`SAVE_EVERY`], or all of them with `all`. Blocking. Returns how
     /// many were written.
     pub fn save(&self, all: bool) -> usize {
+        let now = Instant::now();
+        self.write(|_, e| {
+            all || e
+                .last_write
+                .is_none_or(|t| now.duration_since(t) >= SAVE_EVERY)
+        })
+    }
+
+    /// Writes the files of the entries `due` picks whose acknowledged
+    /// offset is not the one saved. Blocking. Returns how many were written.
+    fn write(&self, due: impl Fn(&str, &Entry) -> bool) -> usize {
         let _io = self.io.lock().expect("offsets io lock");
         let now = Instant::now();
         let due: Vec<(Arc<str>, Position)> = self
@@ -190,12 +229,7 @@ impl Offsets {
             .lock()
             .expect("offsets lock")
             .iter()
-            .filter(|(_, e)| {
-                e.saved != Some(e.acked)
-                    && (all
-                        || e.last_write
-                            .is_none_or(|t| now.duration_since(t) >= SAVE_EVERY))
-            })
+            .filter(|(id, e)| e.saved != Some(e.acked) && due(id, e))
             .map(|(id, e)| (Arc::clone(id), e.acked))
             .collect();
         let mut written = 0;
@@ -267,6 +301,25 @@ impl Offsets {
     }
 }
 
+/// Opens `path` for reading only if it is a regular file: a symbolic link
+/// is not followed (`O_NOFOLLOW`: the open fails) and a FIFO or device does
+/// not block the open (`O_NONBLOCK`) and is then refused.
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,13 +382,19 @@ mod tests {
             (b"".to_vec(), "empty"),
             (b"{\"ino\":1,".to_vec(), "cut"),
             (vec![0xff, 0xfe, 0x00], "binary"),
+            // Its own container: only the numbers are at fault.
             (
-                b"{\"container\":\"x\",\"ino\":-1,\"offset\":0}".to_vec(),
+                format!("{{\"container\":\"{ID}\",\"ino\":-1,\"offset\":0}}").into_bytes(),
                 "negative",
             ),
             (
-                b"{\"container\":\"x\",\"ino\":1,\"offset\":99999999999999999999999}".to_vec(),
+                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":99999999999999999999999}}")
+                    .into_bytes(),
                 "huge",
+            ),
+            (
+                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":1.5}}").into_bytes(),
+                "fractional",
             ),
             (
                 format!("{{\"container\":\"{other}\",\"ino\":1,\"offset\":2}}").into_bytes(),
@@ -365,6 +424,71 @@ mod tests {
         )
         .unwrap();
         assert_eq!(offsets.load(ID), Some(Position { ino: 3, offset: 4 }));
+        // The same numbers as above, each alone: the shape is right, so
+        // the refusals above were the numbers'.
+        for (ino, offset) in [("1", "0"), ("1", "18446744073709551615")] {
+            std::fs::write(
+                &path,
+                format!("{{\"container\":\"{ID}\",\"ino\":{ino},\"offset\":{offset}}}"),
+            )
+            .unwrap();
+            assert!(offsets.load(ID).is_some(), "{ino} {offset}");
+        }
+    }
+
+    #[test]
+    fn a_link_or_a_fifo_in_place_of_an_offset_file_is_refused_at_once() {
+        let (root, offsets) = offsets();
+        std::fs::create_dir_all(offsets.dir()).unwrap();
+        let path = offsets.dir().join(ID);
+        // A symbolic link to a good file elsewhere: not followed.
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::write(
+            &elsewhere,
+            format!("{{\"container\":\"{ID}\",\"ino\":3,\"offset\":4}}"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert_eq!(offsets.load(ID), None, "a symbolic link");
+        std::fs::remove_file(&path).unwrap();
+        // A FIFO nobody writes: opening it must not block.
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let offsets = Arc::new(offsets);
+        let reader = Arc::clone(&offsets);
+        std::thread::spawn(move || {
+            let _ = tx.send(reader.load(ID));
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("reading a FIFO offset file blocked");
+        assert_eq!(got, None, "a FIFO");
+        // A write replaces it with a regular file, read again.
+        let id: Arc<str> = Arc::from(ID);
+        offsets.register(&id, Position { ino: 5, offset: 6 });
+        assert_eq!(offsets.load(ID), Some(Position { ino: 5, offset: 6 }));
+    }
+
+    #[test]
+    fn registering_a_container_writes_its_file_only() {
+        let (_root, offsets) = offsets();
+        let a: Arc<str> = Arc::from(ID);
+        let b: Arc<str> = Arc::from("abc");
+        offsets.register(&a, Position { ino: 1, offset: 0 });
+        offsets.acknowledge(ID, Position { ino: 1, offset: 10 });
+        offsets.register(&b, Position { ino: 2, offset: 0 });
+        assert_eq!(offsets.load("abc"), Some(Position { ino: 2, offset: 0 }));
+        assert_eq!(
+            offsets.load(ID),
+            Some(Position { ino: 1, offset: 0 }),
+            "another container's start does not write this one's file"
+        );
+        assert_eq!(offsets.save(true), 1, "its move is still due");
+        assert_eq!(offsets.load(ID), Some(Position { ino: 1, offset: 10 }));
     }
 
     #[test]
