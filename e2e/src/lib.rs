@@ -843,6 +843,29 @@ pub fn bundle(example: &str, name: &str, extra_manifest: &str) -> tempfile::Temp
     dir
 }
 
+/// A public `runtime = "container"` bundle of busybox-static (installed by
+/// scripts/setup-host.sh) whose image runs `entrypoint` (a JSON array, e.g.
+/// `["/busybox", "sleep", "3600"]`), with `extra_manifest` appended to its
+/// `cpub.toml`: functions that crash, hang or misbehave on purpose.
+pub fn busybox_bundle(name: &str, entrypoint: &str, extra_manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+        .expect("/bin/busybox (busybox-static, see scripts/setup-host.sh)");
+    std::fs::write(
+        dir.path().join("Containerfile"),
+        format!("FROM scratch\nCOPY busybox /busybox\nENTRYPOINT {entrypoint}\n"),
+    )
+    .expect("write Containerfile");
+    std::fs::write(
+        dir.path().join("cpub.toml"),
+        format!(
+            "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n{extra_manifest}"
+        ),
+    )
+    .expect("write manifest");
+    dir
+}
+
 fn copy_dir(src: &Path, dst: &Path) {
     for entry in std::fs::read_dir(src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
         let entry = entry.expect("dir entry");

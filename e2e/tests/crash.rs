@@ -9,52 +9,28 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use containerpub_e2e::{RemoveImages, Stack, container_state, eventually, metric_sum};
+use containerpub_e2e::{
+    RemoveImages, Stack, busybox_bundle, container_state, eventually, metric_sum,
+};
 
 /// A `runtime = "container"` bundle whose process prints `boom` and exits
-/// with code 3 (busybox-static, installed by scripts/setup-host.sh).
+/// with code 3.
 fn crashing_bundle(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-        .expect("/bin/busybox (busybox-static, see scripts/setup-host.sh)");
-    std::fs::write(
-        dir.path().join("Containerfile"),
-        "FROM scratch\nCOPY busybox /busybox\n\
-         ENTRYPOINT [\"/busybox\", \"sh\", \"-c\", \"echo starting; echo boom; exit 3\"]\n",
+    busybox_bundle(
+        name,
+        r#"["/busybox", "sh", "-c", "echo starting; echo boom; exit 3"]"#,
+        "[resources]\nmemory_mb = 32\n[scaling]\nconcurrency = 1\nmax_instances = 10\n",
     )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("cpub.toml"),
-        format!(
-            "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n\
-             [resources]\nmemory_mb = 32\n[scaling]\nconcurrency = 1\nmax_instances = 10\n"
-        ),
-    )
-    .unwrap();
-    dir
 }
 
 /// A `runtime = "container"` bundle whose process lives on and never
 /// listens (busybox's `sleep`): its starts end at the start timeout.
 fn silent_bundle(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-        .expect("/bin/busybox (busybox-static, see scripts/setup-host.sh)");
-    std::fs::write(
-        dir.path().join("Containerfile"),
-        "FROM scratch\nCOPY busybox /busybox\n\
-         ENTRYPOINT [\"/busybox\", \"sleep\", \"3600\"]\n",
+    busybox_bundle(
+        name,
+        r#"["/busybox", "sleep", "3600"]"#,
+        "[resources]\nmemory_mb = 32\n[scaling]\nconcurrency = 1\nmax_instances = 2\n",
     )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("cpub.toml"),
-        format!(
-            "name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n\
-             [resources]\nmemory_mb = 32\n[scaling]\nconcurrency = 1\nmax_instances = 2\n"
-        ),
-    )
-    .unwrap();
-    dir
 }
 
 async fn call(client: &reqwest::Client, url: &str) -> (u16, String) {
@@ -272,6 +248,20 @@ async fn a_function_that_never_becomes_ready_shows_in_cpub_status_as_not_ready()
     assert_eq!(r.status(), 400);
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["field"], "start_failures[0].counts", "{e}");
+    // A function listed twice in one report: refused, naming the entry.
+    let r = stack
+        .api()
+        .post(&report)
+        .json(&serde_json::json!({"instances": [], "start_failures": [
+            entry(&name, "runtime", "m", 0),
+            entry(&name, "capacity", "m", 0),
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["field"], "start_failures[1].function", "{e}");
     let long = format!("engine said:\n\x1b[31m{}", "x".repeat(100_000));
     let r = stack
         .api()
@@ -279,6 +269,17 @@ async fn a_function_that_never_becomes_ready_shows_in_cpub_status_as_not_ready()
         .json(&serde_json::json!({"instances": [], "start_failures": [
             entry(&name, "runtime", &long, 0),
             entry("no-such-function", "runtime", "m", 0),
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+    // Another node's failure of the same function, older than the hour.
+    let old_report = format!("{}/api/v1/nodes/e2e-old/status", stack.control_url());
+    let r = stack
+        .api()
+        .post(&old_report)
+        .json(&serde_json::json!({"instances": [], "start_failures": [
             entry(&name, "capacity", "old", u64::MAX),
         ]}))
         .send()
@@ -287,9 +288,12 @@ async fn a_function_that_never_becomes_ready_shows_in_cpub_status_as_not_ready()
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
     let out = stack.cpub_ok(&["status", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let rows: Vec<&serde_json::Value> = v["start_failures"]
-        .as_array()
-        .unwrap()
+    let failures = v["start_failures"].as_array().unwrap();
+    assert!(
+        !failures.iter().any(|f| f["node"] == "e2e-old"),
+        "a failure older than the hour is not shown: {failures:?}"
+    );
+    let rows: Vec<&serde_json::Value> = failures
         .iter()
         .filter(|f| f["node"] == "e2e-other")
         .collect();

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use containerpub_e2e::{Stack, eventually, metric_sum, repo_root};
+use containerpub_e2e::{Stack, busybox_bundle, eventually, metric_sum, repo_root};
 use serde_json::Value;
 
 fn json(out: &str) -> Value {
@@ -507,23 +507,9 @@ async fn every_call_is_recorded_and_shown() {
 }
 
 /// A `runtime = "container"` bundle whose process prints `boom` and exits
-/// with code 3 (busybox-static, installed by scripts/setup-host.sh).
+/// with code 3.
 fn crashing_bundle(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-        .expect("/bin/busybox (busybox-static, see scripts/setup-host.sh)");
-    std::fs::write(
-        dir.path().join("Containerfile"),
-        "FROM scratch\nCOPY busybox /busybox\n\
-         ENTRYPOINT [\"/busybox\", \"sh\", \"-c\", \"echo boom; exit 3\"]\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("cpub.toml"),
-        format!("name = \"{name}\"\nruntime = \"container\"\nvisibility = \"public\"\n"),
-    )
-    .unwrap();
-    dir
+    busybox_bundle(name, r#"["/busybox", "sh", "-c", "echo boom; exit 3"]"#, "")
 }
 
 fn chrono_now_us() -> i64 {
