@@ -1092,6 +1092,16 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
     let mut pos = start;
     let gone;
     let source = |ino: u64| offsets.map(|_| (&container, ino));
+    // Hands the records read from the file of inode `ino` to the hub.
+    let push = |ino: u64, records: Vec<_>| {
+        hub.push(
+            &follow.function,
+            follow.deployment_id,
+            &instance,
+            source(ino),
+            records,
+        );
+    };
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut quiet = POLL_MIN;
     let mut out = Vec::new();
@@ -1106,13 +1116,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         if n > 0 {
             asm.feed(chunk.get(..n).unwrap_or_default(), pos, &mut out);
             pos += n as u64;
-            hub.push(
-                &follow.function,
-                follow.deployment_id,
-                &instance,
-                source(file.1),
-                std::mem::take(&mut out),
-            );
+            push(file.1, std::mem::take(&mut out));
             quiet = POLL_MIN;
             tokio::task::yield_now().await;
             continue;
@@ -1122,13 +1126,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
             AtEnd::Same => {}
             AtEnd::Rotated(next) => {
                 // The old file's last lines are its own (its inode).
-                hub.push(
-                    &follow.function,
-                    follow.deployment_id,
-                    &instance,
-                    source(file.1),
-                    std::mem::take(&mut out),
-                );
+                push(file.1, std::mem::take(&mut out));
                 file = next;
                 pos = 0;
                 asm.next_start = 0;
@@ -1143,13 +1141,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
             }
         }
         asm.flush_stale(false, &mut out);
-        hub.push(
-            &follow.function,
-            follow.deployment_id,
-            &instance,
-            source(file.1),
-            std::mem::take(&mut out),
-        );
+        push(file.1, std::mem::take(&mut out));
         if let Some(journal) = &follow.journal {
             journal.forget_old();
         }
@@ -1157,13 +1149,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         quiet = (quiet * 2).min(POLL_MAX);
     }
     asm.flush_stale(true, &mut out);
-    hub.push(
-        &follow.function,
-        follow.deployment_id,
-        &instance,
-        source(file.1),
-        out,
-    );
+    push(file.1, out);
     if gone && let Some(offsets) = offsets {
         // No proxy will adopt the container: nothing to resume.
         let (o, id) = (Arc::clone(offsets), Arc::clone(&container));
