@@ -15,7 +15,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -293,7 +293,17 @@ impl Stack {
     }
 
     fn spawn(&self, name: &'static str, envs: Vec<(String, String)>) -> Result<Proc> {
-        let log = self.dir.path().join(format!("{name}.log"));
+        self.spawn_logged(name, name, envs)
+    }
+
+    /// Starts the binary `name` with its output in `DIR/<log>.log`.
+    fn spawn_logged(
+        &self,
+        name: &'static str,
+        log: &str,
+        envs: Vec<(String, String)>,
+    ) -> Result<Proc> {
+        let log = self.dir.path().join(format!("{log}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -381,12 +391,43 @@ impl Stack {
 
     /// Starts (or restarts) cpub-proxy.
     pub async fn start_proxy(&mut self) -> Result<()> {
+        let env = self.proxy_env(self.proxy_addr, self.admin_addr);
+        self.proxy = Some(self.spawn("cpub-proxy", env)?);
+        self.wait_healthy("proxy", self.proxy_addr).await
+    }
+
+    /// Starts another cpub-proxy with this stack's settings (its state
+    /// directory and node) on ports of its own, waits up to `within` for it
+    /// to exit and returns its exit status (`None`: still running, then
+    /// killed) with what it printed.
+    pub fn run_second_proxy(&self, within: Duration) -> Result<(Option<ExitStatus>, String)> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut p = self.spawn_logged(
+            "cpub-proxy",
+            "cpub-proxy-second",
+            self.proxy_env(listen, admin),
+        )?;
+        let until = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = p.child.try_wait()? {
+                break Some(status);
+            }
+            if Instant::now() >= until {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        p.kill();
+        Ok((status, std::fs::read_to_string(&p.log).unwrap_or_default()))
+    }
+
+    /// cpub-proxy's settings for this stack, listening on `listen` and
+    /// `admin`.
+    fn proxy_env(&self, listen: SocketAddr, admin: SocketAddr) -> Vec<(String, String)> {
         let env = vec![
-            ("CPUB_PROXY_LISTEN".into(), self.proxy_addr.to_string()),
-            (
-                "CPUB_PROXY_ADMIN_LISTEN".into(),
-                self.admin_addr.to_string(),
-            ),
+            ("CPUB_PROXY_LISTEN".into(), listen.to_string()),
+            ("CPUB_PROXY_ADMIN_LISTEN".into(), admin.to_string()),
             ("CPUB_URL".into(), self.control_url()),
             ("CPUB_NODE_TOKEN".into(), self.node_token.clone()),
             (
@@ -396,12 +437,9 @@ impl Stack {
             ("CPUB_NODE".into(), self.node.clone()),
             ("CPUB_PROXY_THREADS".into(), PROXY_THREADS.to_string()),
         ];
-        let env = env
-            .into_iter()
+        env.into_iter()
             .chain(self.proxy_env.iter().cloned())
-            .collect();
-        self.proxy = Some(self.spawn("cpub-proxy", env)?);
-        self.wait_healthy("proxy", self.proxy_addr).await
+            .collect()
     }
 
     /// Stops cpub-proxy and starts it again with `env` added (settings

@@ -1,7 +1,7 @@
 //! End-to-end tests on the real stack (PostgreSQL, Podman, cpub-control,
 //! cpub-proxy, cpub): the life of a function from deploy to delete, the
-//! function contract, refused uploads, and serving while the control plane
-//! is down.
+//! function contract, refused uploads, serving while the control plane
+//! is down, and one proxy per state directory.
 
 use std::time::Duration;
 
@@ -300,4 +300,38 @@ async fn functions_keep_answering_without_the_control_plane() {
         || async { (get(&url).await.0 == 404).then_some(()) },
     )
     .await;
+}
+
+/// A second cpub-proxy started by mistake with the running one's state
+/// directory (and node) stops before it touches anything: it does not adopt
+/// (and remove) the running proxy's instances, and says who holds the
+/// directory.
+#[tokio::test]
+async fn a_second_proxy_on_the_same_state_directory_stops_and_touches_nothing() {
+    let stack = Stack::start(&[]).await.unwrap();
+    let name = "hello-one-proxy";
+    let dir = bundle("hello", name, "");
+    stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
+    let url = format!("{}/fn/{name}/", stack.proxy_url());
+    eventually(Duration::from_secs(15), "function routed", || async {
+        (get(&url).await.0 == 200).then_some(())
+    })
+    .await;
+    let before = stack.containers(Some(name));
+    assert_eq!(before.len(), 1, "one instance after the call: {before:?}");
+
+    let (status, output) = stack.run_second_proxy(Duration::from_secs(10)).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the second proxy kept running:\n{output}"));
+    assert_eq!(status.code(), Some(1), "{output}");
+    let holder = format!("(pid {})", stack.proxy_pid().unwrap());
+    assert!(
+        output.contains("held by another process") && output.contains(&holder),
+        "the refusal names the holder {holder}:\n{output}"
+    );
+
+    assert_eq!(stack.containers(Some(name)), before, "instances untouched");
+    let (status, body, headers) = get(&url).await;
+    assert_eq!((status, body.as_str()), (200, "hello from ContainerPub\n"));
+    // Warm, or paused if its idle time ran out meanwhile: not a new one.
+    assert_ne!(start_kind(&headers), "cold", "the same instance answers");
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use containerpub_pool::logs::LogHub;
 use containerpub_pool::{Podman, Pool, PoolConfig};
+use containerpub_util::fs::{DirLock, Modes};
 use containerpub_wire::api::NodeName;
 use tracing::{error, info, warn};
 
@@ -64,6 +65,16 @@ fn main() {
 
 /// Runs the proxy; returns the process exit code.
 fn run(config: Config) -> i32 {
+    // One proxy per state directory, taken before anything else: a second
+    // one would adopt (and remove) the first one's containers and rewrite
+    // its log offsets and record spool before failing to bind.
+    let _state = match DirLock::hold(&config.state_dir, Modes::PRIVATE) {
+        Ok(lock) => lock,
+        Err(e) => {
+            error!(error = %e, "cannot take the state directory; is another cpub-proxy running with it?");
+            return 1;
+        }
+    };
     let background = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("cpub-bg")

@@ -1,9 +1,10 @@
 //! Replacing a file atomically: readers see the old content or the new,
-//! never a part, also after a crash.
+//! never a part, also after a crash; and holding a directory for one
+//! process ([`DirLock`]).
 
-use std::fs::{DirBuilder, File, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::fs::{DirBuilder, File, OpenOptions, Permissions, TryLockError};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Modes of the file and of the directories [`write_atomic`] creates.
@@ -62,6 +63,70 @@ pub fn write_atomic(path: &Path, bytes: &[u8], modes: Modes) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+/// Name of the lock file [`DirLock::hold`] keeps in its directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// An exclusive hold on a directory for as long as the value lives (an
+/// advisory `flock` on `DIR/lock`, which the kernel lets go when the
+/// process ends, also by SIGKILL). The file holds the holder's process id,
+/// for the message of the next one that tries.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Why [`DirLock::hold`] did not get the directory.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{path} is held by another process{}", holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    Held { path: String, holder: Option<u32> },
+    #[error("cannot lock {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl DirLock {
+    /// Takes `dir` (created when missing, `modes.dir`) for this process, or
+    /// says which process has it. Never waits.
+    pub fn hold(dir: &Path, modes: Modes) -> Result<Self, LockError> {
+        let path = dir.join(LOCK_FILE);
+        let io_err = |source| LockError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(modes.dir)
+            .create(dir)
+            .map_err(io_err)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false) // the holder's pid stays readable until it is ours
+            .mode(modes.file)
+            .custom_flags(libc::O_NOFOLLOW) // a link planted there is refused
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = (&file).take(32).read_to_string(&mut text);
+                return Err(LockError::Held {
+                    path: path.display().to_string(),
+                    holder: text.trim().parse().ok(),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(io_err)?;
+        Ok(Self { _file: file })
+    }
 }
 
 #[cfg(test)]
@@ -126,5 +191,45 @@ mod tests {
         // No file name at all.
         let err = write_atomic(Path::new("/"), b"x", Modes::PUBLIC).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_held_directory_names_its_holder_and_is_free_again_after_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        let first = DirLock::hold(&dir, Modes::PRIVATE).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        // A second hold (another open file description, as another process
+        // would have) is refused and names the holder.
+        let err = DirLock::hold(&dir, Modes::PRIVATE).unwrap_err();
+        match &err {
+            LockError::Held { path, holder } => {
+                assert!(path.ends_with("state/lock"), "{path}");
+                assert_eq!(*holder, Some(std::process::id()));
+            }
+            other => panic!("expected Held, got {other:?}"),
+        }
+        assert!(
+            err.to_string()
+                .contains(&format!("(pid {})", std::process::id()))
+        );
+        drop(first);
+        let _again = DirLock::hold(&dir, Modes::PRIVATE).unwrap();
+    }
+
+    #[test]
+    fn a_link_at_the_lock_file_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::write(&elsewhere, "kept").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join(LOCK_FILE)).unwrap();
+        let err = DirLock::hold(&dir, Modes::PRIVATE).unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err:?}");
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "kept");
     }
 }
