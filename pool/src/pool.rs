@@ -63,7 +63,7 @@ pub(crate) struct Inner {
     /// Crashes not yet taken by [`Pool::next_crashes`], latest per function.
     pub(crate) crash_outbox: Mutex<FxHashMap<String, CrashReport>>,
     pub(crate) crash_posted: Notify,
-    /// Log capture, once [`Pool::capture_logs`] turned it on.
+    /// Log capture, when the pool was made with a log hub.
     pub(crate) logs: std::sync::OnceLock<Arc<crate::logs::LogHub>>,
     /// Per-function counters for the node report (`crate::usage`).
     pub(crate) counters: crate::usage::Counters,
@@ -181,12 +181,11 @@ impl Pool {
         Self::with_runtime_logs(runtime, config, node, routes, None).await
     }
 
-    /// [`Pool::with_runtime_on`] capturing logs into `logs` from the start
-    /// (what [`Pool::capture_logs`] does later, and more): a container
-    /// adoption removes (exited, not ready, not routed) has its lines after
-    /// the saved offset read first, adopted instances are followed from
-    /// theirs, and the instances the first route sync starts from their
-    /// first line.
+    /// [`Pool::with_runtime_on`] capturing logs into `logs` from the start:
+    /// a container adoption removes (exited, not ready, not routed) has its
+    /// lines after the saved offset read first, adopted instances are
+    /// followed from theirs, and the instances the first route sync starts
+    /// from their first line.
     pub async fn with_runtime_logs(
         runtime: Arc<dyn ContainerRuntime>,
         config: PoolConfig,
@@ -330,21 +329,6 @@ impl Pool {
     /// `crate::usage::MAX_DEATHS`).
     pub fn take_deaths(&self) -> Vec<crate::usage::Death> {
         self.inner.take_deaths()
-    }
-
-    /// Turns log capture on: every instance started from now on is
-    /// followed from its first line; those running already (adopted) from
-    /// the offset the previous proxy saved (from now when none was), and
-    /// the offsets of containers gone meanwhile are removed. Once per pool;
-    /// the shipper drains the returned hub.
-    pub fn capture_logs(
-        &self,
-        config: crate::logs::LogConfig,
-    ) -> std::io::Result<Arc<crate::logs::LogHub>> {
-        let hub = crate::logs::LogHub::new(config)?;
-        let hub = Arc::clone(self.inner.logs.get_or_init(|| hub));
-        self.follow_adopted();
-        Ok(hub)
     }
 
     /// With log capture on: follows every instance listed now as adopted
