@@ -691,6 +691,22 @@ async fn no_record_is_lost_while_the_control_plane_is_down() {
         metric_sum(&m, "cpub_execution_records_dropped_total", &[]),
         Some(0.0)
     );
+    // The proxy said so once when the outage began and once when it
+    // ended, not at each of its thirty tries.
+    let logs = stack.logs();
+    let lines = |what: &str| {
+        logs.lines()
+            .filter(|l| l.contains(what) && l.contains("execution records"))
+            .count()
+    };
+    let (began, ended) = (
+        lines("cannot deliver to the control plane"),
+        lines("delivering to the control plane again"),
+    );
+    assert!(
+        (1..=2).contains(&began) && ended >= 1,
+        "outage told {began} times, its end {ended} times:\n{logs}"
+    );
     eprintln!(
         "{} calls, all recorded; spool peaked at {} bytes",
         sent.len(),

@@ -15,8 +15,11 @@
 //! them for a fraction of what JSON cost it) of up to [`POST_RECORDS`]
 //! records, each with a batch id unique to this process
 //! (the control plane stores a batch once, so a resend after a lost answer
-//! adds nothing), and posts them oldest first. While the control plane is
-//! unreachable, bodies wait in memory (up to `memory_bytes`), then in spool
+//! adds nothing), and posts them oldest first. Only a 400 or 422 drops a
+//! body; any other answer, or a 2xx without the control plane's answer,
+//! sends it again (`crate::ingest`, the log shipper's rule too). While the
+//! control plane is unreachable, bodies wait in memory (up to
+//! `memory_bytes`), then in spool
 //! files in `<state-dir>/executions/` (up to `spool_bytes`; written as JSON,
 //! so that they are sent by the next proxy too, after a restart or a
 //! rollback to a version before the binary form); what does not fit is
@@ -41,6 +44,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::h1::{self, Field};
+use crate::ingest::{self, Outage, Verdict, verdict};
 use crate::metrics::Rejection;
 use crate::routes::Entry;
 
@@ -680,7 +684,7 @@ async fn send_loop(shared: Arc<Shared>) {
         }
     };
     let url = format!("{}/api/v1/executions", shared.settings.control_url);
-    let mut was_down = false;
+    let mut outage = Outage::new("execution records");
     // Until when bodies go as JSON (the control plane does not know the
     // binary form).
     let mut json_until: Option<tokio::time::Instant> = None;
@@ -734,29 +738,22 @@ async fn send_loop(shared: Arc<Shared>) {
             .body(body)
             .send()
             .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                let stored = r
-                    .json::<wire::IngestResult>()
-                    .await
-                    .map_or(records, |i| i.stored);
-                metrics().sent.inc_by(stored);
-                if was_down {
-                    info!(
-                        "control plane reachable again, sending the execution records that waited"
-                    );
-                    was_down = false;
-                }
+        let answer = match sent {
+            Ok(r) => {
+                let status = r.status();
+                let text = r.bytes().await.unwrap_or_default();
+                verdict::<Stored>(status, &text)
+            }
+            Err(e) => Verdict::Again(format!("not delivered: {e}")),
+        };
+        match answer {
+            Verdict::Stored(answer) => {
+                metrics().sent.inc_by(answer.stored);
+                outage.delivered();
                 debug!(seq, records, "execution records sent");
                 remove_front(&shared, &next).await;
             }
-            Ok(r)
-                if r.status().is_client_error()
-                    && r.status().as_u16() != 401
-                    && r.status().as_u16() != 429 =>
-            {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
+            Verdict::Refused(status, text) => {
                 if content_type == wire::binary::CONTENT_TYPE && refused_as_json(status, &text) {
                     // A control plane from before the binary form read the
                     // body as JSON: send it (and the next ones) as JSON.
@@ -764,7 +761,7 @@ async fn send_loop(shared: Arc<Shared>) {
                     json_until = Some(tokio::time::Instant::now() + JSON_FOR);
                     continue;
                 }
-                let text: String = text.chars().take(300).collect();
+                let text = ingest::excerpt(&text);
                 warn!(%status, body = %text, records, "execution records refused by the control plane, dropped");
                 metrics()
                     .dropped
@@ -772,20 +769,21 @@ async fn send_loop(shared: Arc<Shared>) {
                     .inc_by(records);
                 remove_front(&shared, &next).await;
             }
-            other => {
-                if !was_down {
-                    match other {
-                        Ok(r) => {
-                            warn!(status = %r.status(), "cannot send execution records, keeping them")
-                        }
-                        Err(e) => warn!(error = %e, "cannot send execution records, keeping them"),
-                    }
-                    was_down = true;
+            Verdict::Again(why) => {
+                if !outage.failed(&why) {
+                    debug!(why, "execution records not taken; trying again");
                 }
                 tokio::time::sleep(RETRY_AFTER).await;
             }
         }
     }
+}
+
+/// The part of the control plane's answer (`wire::IngestResult`) the
+/// shipper reads; a 2xx without it stored nothing (see `crate::ingest`).
+#[derive(Debug, serde::Deserialize)]
+struct Stored {
+    stored: u64,
 }
 
 /// A binary body (this process's encoding) as JSON.

@@ -10,6 +10,7 @@ pub mod crashes;
 pub mod engine;
 pub mod executions;
 pub mod h1;
+pub mod ingest;
 pub mod logs;
 pub mod metrics;
 pub mod node_status;

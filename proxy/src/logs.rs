@@ -15,8 +15,9 @@
 //! (`cpub_log_lines_dropped_total{reason="rejected"}`); every other status
 //! (401/403 while a token is rotated, 404/413 from an ingress, 408, 429,
 //! 5xx) and a 2xx whose body is not the control plane's answer are sent
-//! again ([`verdict`]). The answer says how many lines belonged to
-//! functions that no longer exist.
+//! again (the rule of `crate::ingest`, which the execution records follow
+//! too). The answer says how many lines belonged to functions that no
+//! longer exist.
 //!
 //! What the control plane answered (stored, or refused for good) is handed
 //! back to the hub ([`LogHub::acknowledge`]), which moves each container's
@@ -29,6 +30,7 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use crate::ingest::{self, Outage, Verdict, verdict};
 use containerpub_pool::logs::{Captured, LogConfig, LogHub, offsets};
 use containerpub_wire::logs::{INGEST_PATH, LogBatch, LogGroup, LogIngest, MAX_BATCH_LINES};
 use prometheus::{IntCounterVec, register_int_counter_vec};
@@ -104,6 +106,7 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
     let mut seq = 0u64;
     // Until then batches go without an id: the control plane predates them.
     let mut no_ids_until: Option<tokio::time::Instant> = None;
+    let mut outage = Outage::new("log lines");
     loop {
         hub.wait().await;
         tokio::time::sleep(LINGER).await;
@@ -128,16 +131,14 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
                 Ok(r) => {
                     let status = r.status();
                     let text = r.bytes().await.unwrap_or_default();
-                    verdict(status, &text)
+                    verdict::<LogIngest>(status, &text)
                 }
-                Err(e) => {
-                    debug!(error = %e, "log batch not delivered; trying again");
-                    Verdict::Again
-                }
+                Err(e) => Verdict::Again(format!("not delivered: {e}")),
             };
             match answer {
                 Verdict::Stored(answer) => {
                     BATCHES.with_label_values(&["ok"]).inc();
+                    outage.delivered();
                     hub.acknowledge(&lines);
                     if answer.duplicate {
                         debug!(lines = lines.len(), "log batch had been stored before");
@@ -160,55 +161,21 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
                     }
                     BATCHES.with_label_values(&["rejected"]).inc();
                     hub.reject(&lines);
+                    let text = ingest::excerpt(&text);
                     warn!(%status, body = %text, lines = lines.len(), "log batch refused; dropped");
                     break;
                 }
-                Verdict::Again => {
+                Verdict::Again(why) => {
                     BATCHES.with_label_values(&["error"]).inc();
+                    if !outage.failed(&why) {
+                        debug!(why, "log batch not taken; trying again");
+                    }
                 }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(RETRY_MAX);
         }
     }
-}
-
-/// What to do with a batch after the control plane's answer.
-#[derive(Debug)]
-enum Verdict {
-    /// Stored (or known already): acknowledged.
-    Stored(LogIngest),
-    /// Its content is refused for good (the status and the answer's first
-    /// 200 characters): dropped and counted.
-    Refused(reqwest::StatusCode, String),
-    /// Not taken this time: sent again after the back-off.
-    Again,
-}
-
-/// Reads the control plane's answer to a batch. Only 400 and 422 say the
-/// batch itself will never be taken (the control plane answers 400 to a
-/// line or field it refuses; 422 is the same from a proxy in front of it).
-/// Every other status is sent again: 401/403 (a token being rotated), 404
-/// (an ingress or a control plane being deployed), 408, 413 (an ingress's
-/// body limit, fixed by its operator), 429 and 5xx. A 2xx counts only when
-/// its body is the control plane's `LogIngest` (anything else, a captive
-/// portal or a misrouted ingress, did not store it).
-fn verdict(status: reqwest::StatusCode, body: &[u8]) -> Verdict {
-    if status.is_success() {
-        return match serde_json::from_slice::<LogIngest>(body) {
-            Ok(answer) => Verdict::Stored(answer),
-            Err(e) => {
-                debug!(%status, error = %e, "log batch answered without a LogIngest; trying again");
-                Verdict::Again
-            }
-        };
-    }
-    if matches!(status.as_u16(), 400 | 422) {
-        let text = String::from_utf8_lossy(body).chars().take(200).collect();
-        return Verdict::Refused(status, text);
-    }
-    debug!(%status, "log batch not taken; trying again");
-    Verdict::Again
 }
 
 /// Whether a refusal is a control plane from before batch ids reading one
@@ -331,40 +298,6 @@ mod tests {
         let other = r#"{"error":"not a log batch: missing field `node`","field":"body"}"#;
         assert!(!refused_the_batch_id(bad, other));
         assert!(!refused_the_batch_id(bad, "<html>"));
-    }
-
-    #[test]
-    fn only_a_refusal_of_the_content_drops_a_batch_and_only_an_ingest_answer_acknowledges_it() {
-        use reqwest::StatusCode;
-        let ingest = br#"{"stored":3,"unknown":0}"#;
-        for code in [401, 403, 404, 405, 408, 409, 413, 429, 500, 502, 503] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(
-                matches!(verdict(status, b"{}"), Verdict::Again),
-                "{code} is sent again"
-            );
-        }
-        for code in [400, 422] {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert!(
-                matches!(verdict(status, b"bad line"), Verdict::Refused(s, ref t) if s == status && t == "bad line"),
-                "{code} drops the batch"
-            );
-        }
-        assert!(matches!(
-            verdict(StatusCode::OK, ingest),
-            Verdict::Stored(LogIngest { stored: 3, .. })
-        ));
-        for body in [&b"<html>welcome</html>"[..], b"", b"{}", b"[1]"] {
-            assert!(
-                matches!(verdict(StatusCode::OK, body), Verdict::Again),
-                "{body:?}"
-            );
-        }
-        assert!(matches!(
-            verdict(StatusCode::NO_CONTENT, b""),
-            Verdict::Again
-        ));
     }
 
     /// Answers each request with the next of `answers` (status and body),
