@@ -58,3 +58,7 @@ if [ -n "$left" ]; then
   echo "containers leaked by tests:"; echo "$left"; exit 1
 fi
 echo "none"
+
+step "disk taken by the builds (CI machines have little to spare)"
+du -sh "$CARGO_TARGET_DIR" "${CARGO_FUZZ_TARGET_DIR:-/var/tmp/containerpub-fuzz-target}" 2>/dev/null || true
+df -h / | tail -n 1
