@@ -689,13 +689,21 @@ impl Drop for RemoveImages {
             return;
         };
         let listed = String::from_utf8_lossy(&out.stdout);
-        for image in listed.lines().filter(|l| {
-            self.0
-                .iter()
-                .any(|f| l.starts_with(&format!("localhost/cpub-fn-{f}:")))
-        }) {
-            let _ = Command::new("podman").args(["rmi", "-f", image]).output();
-        }
+        let images: Vec<String> = listed
+            .lines()
+            .filter(|l| {
+                self.0
+                    .iter()
+                    .any(|f| l.starts_with(&format!("localhost/cpub-fn-{f}:")))
+            })
+            .map(str::to_owned)
+            .collect();
+        // Under the store's lock: another test's control plane may be
+        // loading an image that reuses one of these images' layers.
+        containerpub_podman::testing::remove_images_cli(
+            &containerpub_podman::testing::podman(),
+            &images,
+        );
     }
 }
 

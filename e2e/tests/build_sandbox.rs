@@ -32,29 +32,16 @@ struct Images(Vec<String>);
 
 impl Drop for Images {
     fn drop(&mut self) {
-        // By name (a listing can fail while other tests remove images),
-        // retried: concurrent Podman operations can make a removal fail.
-        let podman = |args: &[&str]| {
-            std::process::Command::new("podman")
-                .args(args)
-                .output()
-                .ok()
-                .and_then(|o| o.status.code())
-        };
-        for function in &self.0 {
-            for version in 1..=3 {
-                let tag = format!("localhost/cpub-fn-{function}:v{version}");
-                for _ in 0..5 {
-                    // `image exists`: 0 yes, 1 no, other codes are errors.
-                    if podman(&["image", "exists", &tag]) == Some(1)
-                        || podman(&["rmi", "-f", &tag]) == Some(0)
-                    {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
+        // By name (a listing can fail while other tests remove images).
+        let tags: Vec<String> = self
+            .0
+            .iter()
+            .flat_map(|f| (1..=3).map(move |v| format!("localhost/cpub-fn-{f}:v{v}")))
+            .collect();
+        containerpub_podman::testing::remove_images_cli(
+            &containerpub_podman::testing::podman(),
+            &tags,
+        );
     }
 }
 

@@ -90,6 +90,25 @@ impl Podman {
         }
     }
 
+    /// The store held exclusively, waiting up to `wait` (blocking the
+    /// thread: for code outside the async world, the test fixtures' image
+    /// clean-up with the Podman CLI).
+    pub(crate) fn exclusive_blocking(&self, wait: Duration) -> Result<File, PodmanError> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            if let Some(file) = self.try_exclusive()? {
+                return Ok(file);
+            }
+            if std::time::Instant::now() >= until {
+                return Err(PodmanError::StoreBusy {
+                    image: "(images removed with the Podman CLI)".into(),
+                    waited: wait,
+                });
+            }
+            std::thread::sleep(RETRY);
+        }
+    }
+
     /// Removes image `name` (absent is fine), waiting up to
     /// [`REMOVAL_WAIT`] for the images being made in this store.
     pub async fn remove_image(&self, name: &str) -> Result<(), PodmanError> {

@@ -58,6 +58,47 @@ pub async fn ensure_busybox_image(podman: &Podman, tag: &str) {
     assert!(out.ok, "building {tag} failed: {}", out.log);
 }
 
+/// Removes `images` from the store of `store` (its socket) with the
+/// Podman CLI (absent ones are fine; each is tried a few times, as
+/// concurrent Podman operations can make a removal fail), holding the
+/// store's exclusive lock as [`Podman::remove_image`] does: a removal that
+/// bypassed it, while a control plane of another test loaded an image,
+/// deleted a layer the load was reusing (`layer not known`, seen in CI).
+/// For a test's `Drop`: never panics, gives up after
+/// [`crate::store::REMOVAL_WAIT`] and says so.
+pub fn remove_images_cli(store: &Podman, images: &[String]) {
+    if images.is_empty() {
+        return;
+    }
+    let _exclusive = match store.exclusive_blocking(crate::store::REMOVAL_WAIT) {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("not removing test images {images:?}: {err}");
+            return;
+        }
+    };
+    let url = format!("unix://{}", store.socket().display());
+    let podman = |args: &[&str]| {
+        std::process::Command::new("podman")
+            .args(["--url", &url])
+            .args(args)
+            .output()
+            .ok()
+            .and_then(|o| o.status.code())
+    };
+    for image in images {
+        for _ in 0..5 {
+            // `image exists`: 0 yes, 1 no, other codes are errors.
+            if podman(&["image", "exists", image]) == Some(1)
+                || podman(&["rmi", "-f", image]) == Some(0)
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
 /// The build service's socket (scripts/setup-host.sh): `CPUB_BUILD_PODMAN_SOCKET`,
 /// as cpub-control reads it, or the default.
 pub fn build_socket() -> String {

@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use containerpub_podman::testing::{build_containers_of, build_socket};
+use containerpub_podman::testing::{build_containers_of, build_socket, remove_images_cli};
 use containerpub_podman::{BuildLimits, BuildOutput, BuildStop};
 use containerpub_podman::{DEFAULT_SOCKET, Podman};
 
@@ -455,14 +455,10 @@ struct Images(Vec<String>);
 
 impl Drop for Images {
     fn drop(&mut self) {
-        for tag in &self.0 {
-            for url in [format!("unix://{}", build_socket()), String::new()] {
-                let mut cmd = std::process::Command::new("podman");
-                if !url.is_empty() {
-                    cmd.args(["--url", &url]);
-                }
-                let _ = cmd.args(["rmi", "-f", tag]).output();
-            }
+        // Each store under its lock: other tests here load and build
+        // images in both.
+        for store in [podman(), instances_podman()] {
+            remove_images_cli(&store, &self.0);
         }
     }
 }
@@ -680,7 +676,8 @@ async fn removals_wait_for_the_builds_holding_the_store() {
         fresh_tag("cpub-test-held"),
         format!("localhost/{}:2", unique("cpub-test-held")),
     );
-    let _images = Images(vec![first.clone(), second.clone()]);
+    let third = format!("localhost/{}:3", unique("cpub-test-held"));
+    let _images = Images(vec![first.clone(), second.clone(), third.clone()]);
     let build = |tag: String| {
         let (podman, ctx) = (podman.clone(), ctx.clone());
         async move {
@@ -710,6 +707,26 @@ async fn removals_wait_for_the_builds_holding_the_store() {
     drop(hold);
     waiting.await.unwrap().unwrap();
     assert!(!podman.image_exists(&first).await.unwrap());
+
+    // So does the tests' removal with the Podman CLI (`remove_images_cli`,
+    // what the e2e tests' clean-up runs): while the store is held it waits.
+    build(third.clone()).await;
+    let hold = podman.hold_store().await.unwrap();
+    let cli = std::thread::spawn({
+        let (podman, third) = (podman.clone(), third.clone());
+        move || remove_images_cli(&podman, &[third])
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !cli.is_finished(),
+        "the CLI removal did not wait for the hold"
+    );
+    assert!(podman.image_exists(&third).await.unwrap());
+    drop(hold);
+    tokio::task::spawn_blocking(move || cli.join().unwrap())
+        .await
+        .unwrap();
+    assert!(!podman.image_exists(&third).await.unwrap());
 
     // A written-down removal is done by the next build to end.
     build(first.clone()).await;

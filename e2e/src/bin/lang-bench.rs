@@ -17,7 +17,6 @@
 //!   against one warm function of each kind, alternating kinds, for
 //!   `--load-rounds` rounds of `--duration` each, after a warm-up.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -87,11 +86,14 @@ async fn first_call(client: &reqwest::Client, url: &str) -> Result<Duration> {
 }
 
 fn remove_images(names: &[String]) {
-    for name in names {
-        let _ = Command::new("podman")
-            .args(["rmi", "-f", &format!("localhost/cpub-fn-{name}:v1")])
-            .output();
-    }
+    let images: Vec<String> = names
+        .iter()
+        .map(|name| format!("localhost/cpub-fn-{name}:v1"))
+        .collect();
+    containerpub_podman::testing::remove_images_cli(
+        &containerpub_podman::testing::podman(),
+        &images,
+    );
 }
 
 #[tokio::main]
