@@ -93,6 +93,7 @@ impl Podman {
     /// The store held exclusively, waiting up to `wait` (blocking the
     /// thread: for code outside the async world, the test fixtures' image
     /// clean-up with the Podman CLI).
+    #[cfg(feature = "test-util")]
     pub(crate) fn exclusive_blocking(&self, wait: Duration) -> Result<File, PodmanError> {
         let until = std::time::Instant::now() + wait;
         loop {
