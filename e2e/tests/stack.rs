@@ -19,6 +19,19 @@ async fn get(url: &str) -> (u16, String, reqwest::header::HeaderMap) {
     (status, r.text().await.unwrap(), headers)
 }
 
+/// Deploys examples/hello as `name` and waits until the proxy routes it;
+/// returns its URL.
+async fn deploy_hello(stack: &Stack, name: &str) -> String {
+    let dir = bundle("hello", name, "");
+    stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
+    let url = format!("{}/fn/{name}/", stack.proxy_url());
+    eventually(Duration::from_secs(15), "function routed", || async {
+        (get(&url).await.0 == 200).then_some(())
+    })
+    .await;
+    url
+}
+
 fn start_kind(headers: &reqwest::header::HeaderMap) -> String {
     let timing = headers
         .get("server-timing")
@@ -264,13 +277,7 @@ async fn refused_uploads_name_what_was_wrong() {
 async fn functions_keep_answering_without_the_control_plane() {
     let mut stack = Stack::start(&[]).await.unwrap();
     let name = "hello-offline";
-    let dir = bundle("hello", name, "");
-    stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
-    let url = format!("{}/fn/{name}/", stack.proxy_url());
-    eventually(Duration::from_secs(15), "function routed", || async {
-        (get(&url).await.0 == 200).then_some(())
-    })
-    .await;
+    let url = deploy_hello(&stack, name).await;
 
     stack.stop_control();
     let (status, body, _) = get(&url).await;
@@ -310,13 +317,7 @@ async fn functions_keep_answering_without_the_control_plane() {
 async fn a_second_proxy_on_the_same_state_directory_stops_and_touches_nothing() {
     let stack = Stack::start(&[]).await.unwrap();
     let name = "hello-one-proxy";
-    let dir = bundle("hello", name, "");
-    stack.cpub_ok(&["deploy", dir.path().to_str().unwrap()]);
-    let url = format!("{}/fn/{name}/", stack.proxy_url());
-    eventually(Duration::from_secs(15), "function routed", || async {
-        (get(&url).await.0 == 200).then_some(())
-    })
-    .await;
+    let url = deploy_hello(&stack, name).await;
     let before = stack.containers(Some(name));
     assert_eq!(before.len(), 1, "one instance after the call: {before:?}");
 
