@@ -754,6 +754,7 @@ async fn send_loop(shared: Arc<Shared>) {
                 remove_front(&shared, &next).await;
             }
             Verdict::Refused(status, text) => {
+                outage.delivered(); // it answered: reachable again
                 if content_type == wire::binary::CONTENT_TYPE && refused_as_json(status, &text) {
                     // A control plane from before the binary form read the
                     // body as JSON: send it (and the next ones) as JSON.

@@ -12,9 +12,14 @@
 //!   token being rotated, or a wrong one an operator will fix), 404 (an
 //!   ingress, or a control plane being deployed), 408, 413 (an ingress's
 //!   body limit, fixed by its operator), 429, 5xx, and no answer at all.
+//!   A refusal that never ends (a token of another node, a URL without the
+//!   control plane) keeps batches until the shipper's bound (the log
+//!   buffer; the records' memory, then their spool), past which they are
+//!   dropped and counted as for any outage, with the warning below.
 //!
 //! [`Outage`] says so in the proxy's log once per run of failures, and
-//! once more when a batch goes through again.
+//! once more when the control plane answers again (a batch stored, or
+//! refused for good).
 
 use std::time::Instant;
 

@@ -151,6 +151,7 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
                     break;
                 }
                 Verdict::Refused(status, text) => {
+                    outage.delivered(); // it answered: reachable again
                     if body.batch.is_some() && refused_the_batch_id(status, &text) {
                         // A control plane from before batch ids: send this
                         // batch (and the next ones for a while) without.

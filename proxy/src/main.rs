@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 use containerpub_pool::logs::LogHub;
 use containerpub_pool::{Podman, Pool, PoolConfig};
-use containerpub_util::fs::{DirLock, Modes};
+use containerpub_util::fs::{DirLock, LockError, Modes};
 use containerpub_wire::api::NodeName;
 use tracing::{error, info, warn};
 
@@ -68,10 +68,16 @@ fn run(config: Config) -> i32 {
     // One proxy per state directory, taken before anything else: a second
     // one would adopt (and remove) the first one's containers and rewrite
     // its log offsets and record spool before failing to bind.
+    // A directory it cannot create or lock stops it too: without it no
+    // snapshot, record spool or log offset would survive a restart.
     let _state = match DirLock::hold(&config.state_dir, Modes::PRIVATE) {
         Ok(lock) => lock,
+        Err(e @ LockError::Held { .. }) => {
+            error!(error = %e, "another cpub-proxy runs with this state directory (--state-dir)");
+            return 1;
+        }
         Err(e) => {
-            error!(error = %e, "cannot take the state directory; is another cpub-proxy running with it?");
+            error!(error = %e, "cannot create or lock the state directory (--state-dir)");
             return 1;
         }
     };
