@@ -43,7 +43,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::h1::{self, Field};
-use crate::ingest::{self, Outage, Verdict, verdict};
+use crate::ingest::{self, Outage, Verdict, verdict_of};
 use crate::metrics::Rejection;
 use crate::routes::Entry;
 
@@ -738,15 +738,7 @@ async fn send_loop(shared: Arc<Shared>) {
             .body(body)
             .send()
             .await;
-        let answer = match sent {
-            Ok(r) => {
-                let status = r.status();
-                let text = r.bytes().await.unwrap_or_default();
-                verdict::<Stored>(status, &text)
-            }
-            Err(e) => Verdict::Again(format!("not delivered: {e}")),
-        };
-        match answer {
+        match verdict_of::<Stored>(sent).await {
             Verdict::Stored(answer) => {
                 metrics().sent.inc_by(answer.stored);
                 outage.delivered();

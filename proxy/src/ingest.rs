@@ -61,6 +61,21 @@ pub fn verdict<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Verdict<
     Verdict::Again(format!("answered {status}: {}", excerpt(&text)))
 }
 
+/// [`verdict`] of what a post of a batch came to: its answer, or no
+/// answer at all (sent again).
+pub async fn verdict_of<T: DeserializeOwned>(
+    sent: reqwest::Result<reqwest::Response>,
+) -> Verdict<T> {
+    match sent {
+        Ok(r) => {
+            let status = r.status();
+            let body = r.bytes().await.unwrap_or_default();
+            verdict(status, &body)
+        }
+        Err(e) => Verdict::Again(format!("not delivered: {e}")),
+    }
+}
+
 /// Whether `status` refuses a batch's content for good (400, 422).
 pub fn refused_for_good(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 422)

@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use crate::ingest::{self, Outage, Verdict, verdict};
+use crate::ingest::{self, Outage, Verdict, verdict_of};
 use containerpub_pool::logs::{Captured, LogConfig, LogHub, offsets};
 use containerpub_wire::logs::{INGEST_PATH, LogBatch, LogGroup, LogIngest, MAX_BATCH_LINES};
 use prometheus::{IntCounterVec, register_int_counter_vec};
@@ -121,21 +121,13 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
         }
         let mut pause = RETRY_FIRST;
         loop {
-            let answer = match client
+            let sent = client
                 .post(&url)
                 .bearer_auth(&token)
                 .json(&body)
                 .send()
-                .await
-            {
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.bytes().await.unwrap_or_default();
-                    verdict::<LogIngest>(status, &text)
-                }
-                Err(e) => Verdict::Again(format!("not delivered: {e}")),
-            };
-            match answer {
+                .await;
+            match verdict_of::<LogIngest>(sent).await {
                 Verdict::Stored(answer) => {
                     BATCHES.with_label_values(&["ok"]).inc();
                     outage.delivered();
