@@ -2,9 +2,9 @@
 //! written by hand for the two bulk ingests (execution records, function
 //! log chunks): a row is its field count, then each field as its length and
 //! its bytes, numbers big-endian; a one-dimensional array is a field of its
-//! own header and elements (`array_recv`'s format). No allocation,
-//! formatting or escaping per field here, and no text parsing in
-//! PostgreSQL.
+//! own header and elements (`array_recv`'s format); a [`Spaced`] field is
+//! a text of many values, each after a space (migration 0015's fields of an
+//! execution chunk). No allocation or escaping per field here.
 
 /// The start of a binary COPY stream: signature, flags, no extension.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -116,6 +116,51 @@ impl Array {
     }
 }
 
+/// A text field of many values, each after one space, a NULL as nothing
+/// (` a  c` for a, NULL, c): [`Spaced::start`], then [`Spaced::push`] or
+/// [`Spaced::number`] per value, then [`Spaced::finish`], which fills in
+/// the field's length. PostgreSQL receives it as one text, where an array
+/// costs it a receive call per element; `execution_chunk_field` (migration
+/// 0015) splits it again. A value must hold no space.
+#[must_use = "a field is only complete after finish"]
+pub struct Spaced {
+    start: usize,
+}
+
+impl Spaced {
+    /// Starts the field.
+    pub fn start(out: &mut Vec<u8>) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        Self { start }
+    }
+
+    /// One value, or NULL.
+    pub fn push(&mut self, out: &mut Vec<u8>, value: Option<&[u8]>) {
+        debug_assert!(
+            value.is_none_or(|v| !v.contains(&b' ')),
+            "a spaced value holds a space"
+        );
+        out.push(b' ');
+        if let Some(v) = value {
+            out.extend_from_slice(v);
+        }
+    }
+
+    /// One number, in decimal.
+    pub fn number(&mut self, out: &mut Vec<u8>, value: i64) {
+        out.push(b' ');
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// Ends the field.
+    pub fn finish(self, out: &mut [u8]) {
+        // A field comes from a body of at most a few tens of MiB.
+        let len = (out.len() - self.start - 4) as i32;
+        out[self.start..self.start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +212,22 @@ mod tests {
             ]
             .concat()
         );
+    }
+
+    #[test]
+    fn spaced_fields_put_a_space_before_each_value() {
+        let mut out = Vec::new();
+        let mut f = Spaced::start(&mut out);
+        f.push(&mut out, Some(b"a"));
+        f.push(&mut out, None);
+        f.number(&mut out, -12);
+        f.push(&mut out, Some(b""));
+        f.finish(&mut out);
+        let one_null_at = out.len();
+        let mut f = Spaced::start(&mut out);
+        f.push(&mut out, None);
+        f.finish(&mut out);
+        assert_eq!(out[..one_null_at], *b"\0\0\0\x08 a  -12 ");
+        assert_eq!(out[one_null_at..], *b"\0\0\0\x01 ");
     }
 }

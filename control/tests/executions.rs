@@ -4,7 +4,11 @@
 //! `tests/support`, shared with `tests/api.rs`; no Podman). What the binary
 //! COPY writes is read back through `GET …/executions` and SQL: every field
 //! as sent, a full batch whole, a resent batch once, a refused batch not at
-//! all.
+//! all; and the chunks stored before migration 0015 read the same after it.
+//!
+//! Over 600 lines: one test per way a batch is stored or refused, each with
+//! the records it needs; splitting them would split the `TestApp` helpers
+//! they share.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -453,17 +457,18 @@ async fn a_trace_id_equal_to_the_request_id_is_stored_once() {
         );
     }
     for node in ["node-t", "node-u"] {
-        // Stored: '' for the first, the second's own, NULL for the third.
-        let (stored,): (Vec<Option<String>>,) =
-            sqlx::query_as("SELECT trace_ids FROM execution_chunks WHERE node = $1")
-                .bind(node)
-                .fetch_one(app.db())
-                .await
-                .unwrap();
+        // Stored: '=' for the first, the second's own, NULL for the third.
+        let (stored,): (Vec<Option<String>>,) = sqlx::query_as(
+            "SELECT execution_chunk_field(trace_ids) FROM execution_chunks WHERE node = $1",
+        )
+        .bind(node)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
         assert_eq!(
             stored,
             [
-                Some(String::new()),
+                Some("=".to_owned()),
                 Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
                 None
             ],
@@ -507,8 +512,10 @@ async fn records_land_in_their_day_and_old_ones_are_skipped() {
     assert_eq!((r.stored, r.skipped), (2, 2));
     // Each record in a chunk of its own day, in that day's partition.
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT c.tableoid::regclass::text, to_char(r.at AT TIME ZONE 'UTC', 'YYYYMMDD') \
-         FROM execution_chunks c, unnest(c.ats) r(at) WHERE c.function = 'days' ORDER BY r.at",
+        "SELECT c.tableoid::regclass::text, \
+                to_char((c.min_at + r.off * interval '1 microsecond') AT TIME ZONE 'UTC', 'YYYYMMDD') \
+         FROM execution_chunks c, unnest(execution_chunk_field(c.at_offsets_us)::bigint[]) r(off) \
+         WHERE c.function = 'days' ORDER BY 2",
     )
     .fetch_all(app.db())
     .await
@@ -518,24 +525,25 @@ async fn records_land_in_their_day_and_old_ones_are_skipped() {
         assert_eq!(partition, &format!("execution_chunks_p{day}"));
     }
     assert_ne!(rows[0].1, rows[1].1);
-    // No planner statistics for any array column, of the parent and the
-    // new partitions alike (migration 0012, `ensure_partition`), and
-    // statistics for the scalar ones.
-    let targets: Vec<(String, String, bool, i32)> = sqlx::query_as(
-        "SELECT a.attrelid::regclass::text, a.attname::text, t.typcategory = 'A', \
-         coalesce(a.attstattarget::int, -1) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+    // No planner statistics for any field column, of the parent and the
+    // new partitions alike (migrations 0012 and 0015, `ensure_partition`),
+    // and statistics for the scalar ones.
+    let targets: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT a.attrelid::regclass::text, a.attname::text, \
+         coalesce(a.attstattarget::int, -1) FROM pg_attribute a \
          WHERE a.attrelid::regclass::text LIKE 'execution_chunks%' AND a.attnum > 0 \
          AND NOT a.attisdropped",
     )
     .fetch_all(app.db())
     .await
     .unwrap();
-    let arrays: Vec<&(String, String, bool, i32)> = targets.iter().filter(|t| t.2).collect();
-    assert_eq!(arrays.len(), 14 * 3, "{targets:?}");
-    for (table, column, array, target) in &targets {
+    let fields = &containerpub_control::routes::executions::FIELD_COLUMNS;
+    let without: Vec<&(String, String, i32)> = targets.iter().filter(|t| t.2 == 0).collect();
+    assert_eq!(without.len(), fields.len() * 3, "{targets:?}");
+    for (table, column, target) in &targets {
         assert_eq!(
             *target == 0,
-            *array,
+            fields.contains(&column.as_str()),
             "{table}.{column}: statistics target {target}"
         );
     }
@@ -568,4 +576,90 @@ async fn a_partition_dropped_behind_the_cache_is_made_again() {
     let r: IngestResult = serde_json::from_slice(&body).unwrap();
     assert_eq!((r.stored, r.duplicate), (10, false));
     assert_eq!(count(app.db(), "gone").await, 10);
+}
+
+/// Chunks as migration 0011 stored them (a record's fields in arrays): two
+/// days' partitions, NULLs in every column that takes them, a trace id
+/// stored as '' (migration 0013), the largest `total_us`, a chunk of one.
+const CHUNKS_AS_ARRAYS: &str = r#"
+CREATE TABLE execution_chunks_p20261201 PARTITION OF execution_chunks
+    FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2026-12-02 00:00:00+00');
+CREATE TABLE execution_chunks_p20261130 PARTITION OF execution_chunks
+    FOR VALUES FROM ('2026-11-30 00:00:00+00') TO ('2026-12-01 00:00:00+00');
+INSERT INTO execution_chunks VALUES
+('n1', 'f', 1, 1, 3, '2026-12-01 10:00:00.000001+00', '2026-12-01 10:00:00.5+00',
+ ARRAY['2026-12-01 10:00:00.5+00', '2026-12-01 10:00:00.000001+00',
+       '2026-12-01 10:00:00.25+00']::timestamptz[],
+ ARRAY['abc', NULL, 'x-y'], ARRAY['r1', 'r2', 'r3'],
+ ARRAY['', NULL, '4bf92f3577b34da6a3ce929d0e0e4736'], ARRAY['GET', 'POST', 'G\T"'],
+ ARRAY[200, 0, 503]::smallint[], ARRAY['warm', NULL, 'cold'], ARRAY[1, 2, 3]::bigint[],
+ ARRAY[4, 5, 6]::bigint[], ARRAY[7, 8, 9]::bigint[],
+ ARRAY[10, 11, 9223372036854775807]::bigint[], ARRAY[0, 0, 0]::bigint[],
+ ARRAY[13, 13, 13]::bigint[], ARRAY[NULL, 'queue_full', NULL]),
+('n1', 'f', 1, 1, 1, '2026-11-30 23:59:59.999999+00', '2026-11-30 23:59:59.999999+00',
+ ARRAY['2026-11-30 23:59:59.999999+00']::timestamptz[], ARRAY[NULL]::text[], ARRAY['only'],
+ ARRAY[NULL]::text[], ARRAY['GET'], ARRAY[200]::smallint[], ARRAY[NULL]::text[],
+ ARRAY[0]::bigint[], ARRAY[0]::bigint[], ARRAY[0]::bigint[], ARRAY[0]::bigint[],
+ ARRAY[0]::bigint[], ARRAY[0]::bigint[], ARRAY[NULL]::text[]);
+"#;
+
+#[tokio::test]
+async fn chunks_stored_as_arrays_read_the_same_after_migration_0015() {
+    let db = support::TestDb::create().await;
+    // The migrations before 0015, from a copy of their files.
+    let before_0015 = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < "0015" {
+            std::fs::copy(&path, before_0015.path().join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(before_0015.path())
+        .await
+        .unwrap()
+        .run(&db.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(CHUNKS_AS_ARRAYS)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let view = "SELECT e::text FROM executions e ORDER BY at";
+    let before: Vec<String> = sqlx::query_scalar(view).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(before.len(), 4);
+    containerpub_control::db::MIGRATOR
+        .run(&db.pool)
+        .await
+        .unwrap();
+    let after: Vec<String> = sqlx::query_scalar(view).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(after, before);
+    // Stored in the new form, compressed with lz4 in the old partitions.
+    let stored: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT at_offsets_us, trace_ids, rejections FROM execution_chunks ORDER BY min_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        stored,
+        [
+            s(" 0", " ", " "),
+            s(
+                " 499999 0 249999",
+                " =  4bf92f3577b34da6a3ce929d0e0e4736",
+                "  queue_full "
+            )
+        ]
+    );
+    let methods: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT attcompression::text FROM pg_attribute \
+         WHERE attrelid::regclass::text LIKE 'execution_chunks%' AND attname = 'request_ids'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(methods, ["l"]);
 }

@@ -2,8 +2,9 @@
 //! or in the binary form of `containerpub_wire::executions::binary` by its
 //! `content-type`, written
 //! with a binary COPY into the day-partitioned `execution_chunks` table, a
-//! row per function deployment and day with the records in arrays,
-//! migrations 0006 and 0011; the view `executions` shows a row per record),
+//! row per function deployment and day with the records' values in a text
+//! per field, migrations 0006, 0011 and 0015; the view `executions` shows a
+//! row per record),
 //! `GET /api/v1/functions/{name}/executions` (the newest calls, filtered by
 //! status and time), and the partitions' upkeep: a day's partition is
 //! created when a record of that day arrives, and `retain` drops those past
@@ -33,7 +34,7 @@ use sqlx::PgPool;
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
-use crate::pgcopy::{self, field};
+use crate::pgcopy::{self, Spaced, field};
 use crate::routes::check_name;
 use crate::state::AppState;
 
@@ -82,9 +83,9 @@ fn partition_name(day: NaiveDate) -> String {
     format!("execution_chunks_p{}", day.format("%Y%m%d"))
 }
 
-/// The array columns of `execution_chunks`.
-pub const ARRAY_COLUMNS: [&str; 14] = [
-    "ats",
+/// The field columns of `execution_chunks` (a value per record each).
+pub const FIELD_COLUMNS: [&str; 14] = [
+    "at_offsets_us",
     "instances",
     "request_ids",
     "trace_ids",
@@ -100,11 +101,12 @@ pub const ARRAY_COLUMNS: [&str; 14] = [
     "rejections",
 ];
 
-/// `ALTER TABLE` of a partition: no planner statistics for its arrays, as
-/// migration 0012 sets on the parent (a new partition does not inherit
-/// it; ANALYZE of the arrays was almost half of PostgreSQL's ingest CPU).
-fn no_array_statistics(table: &str) -> String {
-    let columns: Vec<String> = ARRAY_COLUMNS
+/// `ALTER TABLE` of a partition: no planner statistics for its fields, as
+/// migrations 0012 and 0015 set on the parent (a new partition does not
+/// inherit it; ANALYZE of the fields, then arrays, was almost half of
+/// PostgreSQL's ingest CPU).
+fn no_field_statistics(table: &str) -> String {
+    let columns: Vec<String> = FIELD_COLUMNS
         .iter()
         .map(|c| format!("ALTER COLUMN {c} SET STATISTICS 0"))
         .collect();
@@ -138,7 +140,7 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
         .await?;
     if missing {
         sqlx::query(&sql).execute(&mut *tx).await?;
-        sqlx::query(&no_array_statistics(&partition_name(day)))
+        sqlx::query(&no_field_statistics(&partition_name(day)))
             .execute(&mut *tx)
             .await?;
     }
@@ -152,12 +154,11 @@ const COPY_COLUMNS: i16 = 21;
 
 /// One binary COPY row of `execution_chunks` for `records` (of one function
 /// deployment and day, `at_us` checked by the caller): the chunk's columns,
-/// then one array per field, an element per record. Text goes as its UTF-8
-/// bytes, numbers big-endian, times as microseconds since 2000-01-01 (a
-/// `timestamptz`'s binary form); a trace id that is the record's request id
-/// goes as ''.
+/// then one text per field with a value per record (migration 0015's form,
+/// `pgcopy::Spaced`): validated strings as they are (visible ASCII, no
+/// space), numbers in decimal, a time as microseconds after the chunk's
+/// first, a trace id that is the record's request id as '='.
 fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]) {
-    use pgcopy::{INT2_OID, INT8_OID, TEXT_OID, TIMESTAMPTZ_OID, array};
     let Some(first) = records.first() else { return };
     let min_at = records.iter().map(|r| r.at_us).min().unwrap_or(first.at_us);
     let max_at = records.iter().map(|r| r.at_us).max().unwrap_or(first.at_us);
@@ -172,27 +173,28 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
     pgcopy::timestamp_us(out, max_at);
     let text = |out: &mut Vec<u8>,
                 pick: for<'a> fn(&'a ExecutionRecordRef<'_>) -> Option<&'a str>| {
-        array(
-            out,
-            TEXT_OID,
-            records.iter().map(|r| pick(r).map(str::as_bytes)),
-        );
+        let mut f = Spaced::start(out);
+        for r in records {
+            f.push(out, pick(r).map(str::as_bytes));
+        }
+        f.finish(out);
     };
-    array(
-        out,
-        TIMESTAMPTZ_OID,
-        records
-            .iter()
-            .map(|r| Some(pgcopy::timestamp_bytes(r.at_us))),
-    );
+    let number = |out: &mut Vec<u8>, pick: &dyn Fn(&ExecutionRecordRef<'_>) -> i64| {
+        let mut f = Spaced::start(out);
+        for r in records {
+            f.number(out, pick(r));
+        }
+        f.finish(out);
+    };
+    number(out, &|r| r.at_us - min_at);
     text(out, |r| r.instance.as_ref().map(Text::as_str));
     text(out, |r| Some(r.request_id.as_str()));
-    // A trace id equal to the request id (the proxy made both) as '': the
-    // view `executions` shows the request id there (migration 0013).
+    // A trace id equal to the request id (the proxy made both) as '=': the
+    // view `executions` shows the request id there.
     text(out, |r| {
         r.trace_id.as_ref().map(|t| {
             if t.as_str() == r.request_id.as_str() {
-                ""
+                "="
             } else {
                 t.as_str()
             }
@@ -200,13 +202,7 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
     });
     text(out, |r| Some(r.method.as_str()));
     // Validated: at most 999.
-    array(
-        out,
-        INT2_OID,
-        records
-            .iter()
-            .map(|r| Some((r.status as i16).to_be_bytes())),
-    );
+    number(out, &|r| i64::from(r.status));
     text(out, |r| r.start.map(StartKind::as_str));
     let fields: [fn(&ExecutionRecordRef<'_>) -> u64; 6] = [
         |r| r.queue_us,
@@ -218,16 +214,13 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
     ];
     for pick in fields {
         // Validated: every duration and byte count fits an i64.
-        let int8 = |r: &&ExecutionRecordRef<'_>| {
-            Some(i64::try_from(pick(r)).unwrap_or(i64::MAX).to_be_bytes())
-        };
-        array(out, INT8_OID, records.iter().map(int8));
+        number(out, &|r| i64::try_from(pick(r)).unwrap_or(i64::MAX));
     }
     text(out, |r| r.rejection.as_ref().map(Text::as_str));
 }
 
 const COPY_STATEMENT: &str = "COPY execution_chunks (node, function, deployment_id, version, \
-     n, min_at, max_at, ats, instances, request_ids, trace_ids, methods, statuses, \
+     n, min_at, max_at, at_offsets_us, instances, request_ids, trace_ids, methods, statuses, \
      start_kinds, queue_us, start_us, upstream_us, total_us, bytes_in, bytes_out, rejections) \
      FROM STDIN (FORMAT binary)";
 
@@ -325,7 +318,7 @@ pub async fn ingest(
         chunks[at].push(r);
         kept += 1;
     }
-    // About 130 bytes a record in the binary form.
+    // About 100 bytes a record in the fields' text.
     let mut rows = Vec::with_capacity(pgcopy::HEADER.len() + kept as usize * 130 + 2);
     rows.extend_from_slice(pgcopy::HEADER);
     for records in &chunks {
@@ -616,14 +609,16 @@ mod tests {
         out
     }
 
-    /// The elements of a one-dimensional array field (None: NULL).
-    fn elements(field: &[u8]) -> Vec<Option<Vec<u8>>> {
-        let int = |at: usize| i32::from_be_bytes(field[at..at + 4].try_into().unwrap());
-        assert_eq!(int(0), 1, "one dimension");
-        let n = int(12);
-        let mut row = n.to_be_bytes().to_vec()[2..].to_vec();
-        row.extend_from_slice(&field[20..]);
-        fields(&row)
+    /// The values of a spaced text field (None: NULL), as
+    /// `execution_chunk_field` splits it.
+    fn values(field: &[u8]) -> Vec<Option<String>> {
+        let text = std::str::from_utf8(field).unwrap();
+        let rest = text
+            .strip_prefix(' ')
+            .expect("a space before the first value");
+        rest.split(' ')
+            .map(|v| (!v.is_empty()).then(|| v.to_owned()))
+            .collect()
     }
 
     #[test]
@@ -650,6 +645,7 @@ mod tests {
         let mut later = r.clone();
         later.at_us += 10;
         later.instance = Some("abc".into());
+        later.trace_id = Some("r".into());
         later.status = 503;
         later.total_us = 40;
         let (r, later) = (r.borrowed(), later.borrowed());
@@ -669,26 +665,18 @@ mod tests {
         // last time of the chunk.
         let pg = 1_700_000_000_123_456 - 946_684_800_000_000;
         assert_eq!((i64_of(&f[5]), i64_of(&f[6])), (pg, pg + 10));
-        let times: Vec<i64> = elements(&f[7])
-            .iter()
-            .map(|e| i64_of(e.as_ref().unwrap()))
-            .collect();
-        assert_eq!(times, [pg + 10, pg], "in the order sent");
-        assert_eq!(elements(&f[8]), [Some(b"abc".to_vec()), None]);
-        assert_eq!(elements(&f[11]), vec![Some(b"G\\T\"".to_vec()); 2]);
-        assert_eq!(
-            elements(&f[12]),
-            [
-                Some(503i16.to_be_bytes().to_vec()),
-                Some(200i16.to_be_bytes().to_vec())
-            ]
-        );
-        assert_eq!(elements(&f[13]), vec![Some(b"warm".to_vec()); 2]);
-        let totals: Vec<i64> = elements(&f[17])
-            .iter()
-            .map(|e| i64_of(e.as_ref().unwrap()))
-            .collect();
-        assert_eq!(totals, [40, 4]);
-        assert_eq!(elements(&f[20]), [None, None]);
+        let some = |v: &[&str]| v.iter().map(|v| Some((*v).to_owned())).collect::<Vec<_>>();
+        // Microseconds after the chunk's first, in the order sent.
+        assert_eq!(values(&f[7]), some(&["10", "0"]));
+        assert_eq!(values(&f[8]), [Some("abc".to_owned()), None]);
+        assert_eq!(values(&f[9]), some(&["r", "r"]));
+        assert_eq!(values(&f[10]), [Some("=".to_owned()), None]);
+        assert_eq!(values(&f[11]), some(&["G\\T\"", "G\\T\""]));
+        assert_eq!(values(&f[12]), some(&["503", "200"]));
+        assert_eq!(values(&f[13]), some(&["warm", "warm"]));
+        assert_eq!(values(&f[14]), some(&["1", "1"]));
+        assert_eq!(values(&f[17]), some(&["40", "4"]));
+        assert_eq!(values(&f[19]), some(&["6", "6"]));
+        assert_eq!(values(&f[20]), [None, None]);
     }
 }
