@@ -319,7 +319,7 @@ pub async fn ingest(
         kept += 1;
     }
     // About 100 bytes a record in the fields' text.
-    let mut rows = Vec::with_capacity(pgcopy::HEADER.len() + kept as usize * 130 + 2);
+    let mut rows = Vec::with_capacity(pgcopy::HEADER.len() + kept as usize * 100 + 2);
     rows.extend_from_slice(pgcopy::HEADER);
     for records in &chunks {
         copy_chunk(&mut rows, node, records);
