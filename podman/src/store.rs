@@ -19,7 +19,7 @@
 //!   (the end of every build and move tries), in any process using the
 //!   store, so no image is left behind because its process went away.
 //!   A build of a name whose removal waits takes it back
-//!   ([`Podman::take_back_removal`]): done after the build, it would remove
+//!   (`Podman::take_back_removal`): done after the build, it would remove
 //!   the new image.
 //!
 //! The lock is a `flock(2)` on a file, so it binds every process on the host
