@@ -210,7 +210,6 @@ impl Podman {
         let deadline = tokio::time::Instant::now() + timeout;
         // No image leaves this store while the build makes its own.
         let hold = self.hold_store().await?;
-        let earlier = self.take_back_removal(tag).await;
         let cgroup = BuildCgroup::create(limits.pids).map_err(|source| PodmanError::Sandbox {
             what: "creating the build's cgroup (is cpub-control root on the Podman host?)",
             source,
@@ -249,9 +248,6 @@ impl Podman {
         let exists = match checked {
             Ok(exists) => exists,
             Err(err) => {
-                if let Some(earlier) = &earlier {
-                    self.remove_replaced(tag, earlier, false).await;
-                }
                 self.remove_pending().await;
                 return Err(err);
             }
@@ -266,9 +262,6 @@ impl Podman {
             run.ok = false;
             run.tail
                 .push_str("error: build reported success but the image is missing\n");
-        }
-        if let Some(earlier) = &earlier {
-            self.remove_replaced(tag, earlier, run.ok).await;
         }
         self.remove_pending().await;
         Ok(BuildOutput {

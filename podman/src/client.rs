@@ -199,43 +199,6 @@ impl Podman {
         }
     }
 
-    /// The id of image `name`, `None` when there is no such image.
-    pub async fn image_id(&self, name: &str) -> Result<Option<String>, PodmanError> {
-        let path = format!("/images/{}/json", encode(name));
-        match self.call_json(Method::GET, &path, None).await {
-            Ok(v) => match v.get("Id").and_then(Value::as_str) {
-                Some(id) if !id.is_empty() => Ok(Some(id.to_owned())),
-                _ => Err(PodmanError::Decode(format!("{path}: no Id"))),
-            },
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The names (`RepoTags`) of image `id_or_name`, `None` when there is
-    /// no such image.
-    pub(crate) async fn image_names(
-        &self,
-        id_or_name: &str,
-    ) -> Result<Option<Vec<String>>, PodmanError> {
-        let path = format!("/images/{}/json", encode(id_or_name));
-        match self.call_json(Method::GET, &path, None).await {
-            Ok(v) => Ok(Some(
-                v.get("RepoTags")
-                    .and_then(Value::as_array)
-                    .map(|tags| {
-                        tags.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            )),
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Removes an image and any container still using it, without the store
     /// lock (see [`crate::store`]). A missing image is fine.
     pub(crate) async fn remove_image_unlocked(&self, name: &str) -> Result<(), PodmanError> {

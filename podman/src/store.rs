@@ -18,9 +18,6 @@
 //!   in `<socket>.pending/` and done by whoever next finds the store idle
 //!   (the end of every build and move tries), in any process using the
 //!   store, so no image is left behind because its process went away.
-//!   A build of a name whose removal waits takes it back
-//!   (`Podman::take_back_removal`): done after the build, it would remove
-//!   the new image.
 //!
 //! The lock is a `flock(2)` on a file, so it binds every process on the host
 //! that uses the same socket (several control planes in the e2e tests), and
@@ -37,11 +34,6 @@ use crate::client::{Podman, PodmanError, encode};
 pub const REMOVAL_WAIT: Duration = Duration::from_secs(120);
 /// How often a waiting removal tries the lock again.
 const RETRY: Duration = Duration::from_millis(25);
-
-/// Prefix of a written-down removal of an image by id, done only while the
-/// image has no name (a build moved its name to a new image). No image
-/// name starts with it.
-const UNNAMED: &str = "unnamed ";
 
 /// A shared hold on a store: no image is removed from it while this lives.
 #[derive(Debug)]
@@ -155,53 +147,6 @@ impl Podman {
         }
     }
 
-    /// A build of `name` starts, holding the store: a removal of an earlier
-    /// image of that name still written down is taken back, since it would
-    /// take the new one when done (the name moves to it, or it is the very
-    /// same image when the build comes from the cache). A function deleted
-    /// and made again builds `cpub-fn-<name>:v1` again; its first build's
-    /// removal may still wait for the store to be idle. Returns the earlier
-    /// image's id, so that [`Podman::remove_replaced`] can remove it once
-    /// the name has moved away from it.
-    pub(crate) async fn take_back_removal(&self, name: &str) -> Option<String> {
-        let marker = self.pending_dir().join(encode(name));
-        if !marker.exists() {
-            return None;
-        }
-        let id = match self.image_id(name).await {
-            Ok(id) => id,
-            Err(err) => {
-                tracing::warn!(%err, image = name, "could not look up an image whose removal is taken back");
-                None
-            }
-        };
-        if let Err(err) = std::fs::remove_file(&marker) {
-            tracing::warn!(%err, path = %marker.display(), "could not take back an image removal");
-        }
-        id
-    }
-
-    /// After a build of `name` (`built`: it made its image) that took back
-    /// the removal of the earlier image `earlier` (an id, from
-    /// [`Podman::take_back_removal`]): if the name still names that image,
-    /// the removal is written down again unless the build made it (from the
-    /// cache: wanted again); if the name moved to another image, the
-    /// earlier one is left without a name and is removed as soon as the
-    /// store is idle, unless something named it again by then.
-    pub(crate) async fn remove_replaced(&self, name: &str, earlier: &str, built: bool) {
-        match self.image_id(name).await {
-            Ok(Some(now)) if now == earlier => {
-                if !built {
-                    self.remove_when_idle(name).await;
-                }
-            }
-            Ok(_) => self.remove_when_idle(&format!("{UNNAMED}{earlier}")).await,
-            Err(err) => {
-                tracing::warn!(%err, image = name, earlier, "could not tell whether a build replaced an image; the earlier one stays");
-            }
-        }
-    }
-
     /// Images whose removal is written down and not done yet.
     pub fn pending_removals(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.pending_dir()) else {
@@ -230,11 +175,7 @@ impl Podman {
             }
         };
         for name in self.pending_removals() {
-            let removed = match name.strip_prefix(UNNAMED) {
-                Some(id) => self.remove_unnamed_unlocked(id).await,
-                None => self.remove_image_unlocked(&name).await,
-            };
-            match removed {
+            match self.remove_image_unlocked(&name).await {
                 Ok(()) => {
                     let _ = std::fs::remove_file(self.pending_dir().join(encode(&name)));
                 }
@@ -242,23 +183,6 @@ impl Podman {
                     tracing::warn!(%err, image = %name, "could not remove an image; will try again")
                 }
             }
-        }
-    }
-
-    /// Removes image `id` if it has no name (absent is fine). Runs under
-    /// the exclusive lock: no build can name it meanwhile.
-    async fn remove_unnamed_unlocked(&self, id: &str) -> Result<(), PodmanError> {
-        match self.image_names(id).await? {
-            Some(names) if names.is_empty() => self.remove_image_unlocked(id).await,
-            Some(names) => {
-                tracing::info!(
-                    image = id,
-                    ?names,
-                    "an image replaced by a build was named again; kept"
-                );
-                Ok(())
-            }
-            None => Ok(()),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! Needs both Podman API sockets (the instances' and the build service's)
 //! and busybox-static (scripts/setup-host.sh).
 //!
-//! Over 600 lines: eleven tests of one sandbox, sharing its sockets and base
+//! Over 600 lines: ten tests of one sandbox, sharing its sockets and base
 //! image set-up.
 
 use std::os::unix::fs::MetadataExt;
@@ -743,71 +743,4 @@ async fn removals_wait_for_the_builds_holding_the_store() {
     podman.move_image(&second, &instances).await.unwrap();
     assert!(!podman.image_exists(&second).await.unwrap());
     instances.remove_image(&second).await.unwrap();
-}
-
-/// A function deleted and made again builds the same tag again, while the
-/// removal of its first image may still wait for the store to be idle:
-/// that removal must not take the new image (it did: the rebuild's end
-/// found the store idle and removed the tag it had just made, and the move
-/// to the instances' store failed), and an earlier image the name moved
-/// away from is removed all the same.
-#[tokio::test]
-async fn a_rebuilt_tag_survives_the_removal_written_down_for_its_earlier_image() {
-    let _serial = SERIAL.lock().await;
-    let podman = podman();
-    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = context(
-        one.path(),
-        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
-    );
-    let other = context(
-        two.path(),
-        "FROM scratch\nCOPY busybox /bin/other\nENTRYPOINT [\"/bin/other\"]\n",
-    );
-    let tag = fresh_tag("cpub-test-again");
-    let _images = Images(vec![tag.clone()]);
-    let build = |ctx: std::path::PathBuf| {
-        let (podman, tag) = (podman.clone(), tag.clone());
-        async move {
-            let out = build_image(&podman, &ctx, &tag, &sandbox(), 120).await;
-            assert!(out.ok, "{}", out.log);
-        }
-    };
-    let written_down = || async {
-        let hold = podman.hold_store().await.unwrap();
-        podman.remove_when_idle(&tag).await;
-        assert!(podman.pending_removals().contains(&tag));
-        drop(hold);
-    };
-
-    // The same build again (from the cache: the same image).
-    build(first.clone()).await;
-    written_down().await;
-    build(first.clone()).await;
-    assert!(
-        podman.image_exists(&tag).await.unwrap(),
-        "the removal of the earlier image took the rebuilt one"
-    );
-    let ours = |earlier: &str| {
-        podman
-            .pending_removals()
-            .into_iter()
-            .filter(|n| n == &tag || n.ends_with(earlier))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(ours(&tag), Vec::<String>::new());
-
-    // Another build under the same name: the earlier image loses the name
-    // and goes.
-    let earlier = podman.image_id(&tag).await.unwrap().unwrap();
-    written_down().await;
-    build(other).await;
-    let now = podman.image_id(&tag).await.unwrap().unwrap();
-    assert_ne!(now, earlier);
-    assert_eq!(
-        podman.image_id(&earlier).await.unwrap(),
-        None,
-        "the earlier image stayed"
-    );
-    assert_eq!(ours(&earlier), Vec::<String>::new());
 }
