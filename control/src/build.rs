@@ -20,8 +20,19 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most build output kept in the database (the tail is kept).
 pub const MAX_BUILD_LOG_BYTES: usize = 1 << 20;
 
-/// Podman image reference of a function version.
-pub fn image_tag(function: &str, version: i32) -> String {
+/// Podman image reference of a deployment: built once. A function deleted
+/// and made again starts at version 1 again, and a removal of the earlier
+/// `v1`, written down until the build store is idle (`containerpub_podman`'s
+/// `remove_when_idle`) or run by a build of the deleted function that
+/// ends late, would take the new one: the deployment's id (never reused)
+/// keeps the names apart.
+pub fn image_tag(function: &str, version: i32, deployment_id: i64) -> String {
+    format!("localhost/cpub-fn-{function}:v{version}-d{deployment_id}")
+}
+
+/// The reference [`image_tag`] gave before it carried the deployment's id:
+/// images of versions built then are still removed with their function.
+pub fn legacy_image_tag(function: &str, version: i32) -> String {
     format!("localhost/cpub-fn-{function}:v{version}")
 }
 
@@ -151,6 +162,7 @@ mod tests {
 
     #[test]
     fn tags() {
-        assert_eq!(image_tag("hello", 3), "localhost/cpub-fn-hello:v3");
+        assert_eq!(image_tag("hello", 3, 17), "localhost/cpub-fn-hello:v3-d17");
+        assert_eq!(legacy_image_tag("hello", 3), "localhost/cpub-fn-hello:v3");
     }
 }

@@ -291,8 +291,9 @@ pub async fn mark_failed(
 /// What deleting a function removed from the database.
 #[derive(Debug)]
 pub struct Deleted {
-    /// Versions it had (so their images can be removed).
-    pub versions: Vec<i32>,
+    /// Versions it had with their deployment ids (so their images can be
+    /// removed, also those of failed builds, which no row names).
+    pub versions: Vec<(i32, i64)>,
     /// Images its rows referenced (a rollback row may keep an image whose
     /// own version was removed by retention).
     pub images: Vec<String>,
@@ -315,8 +316,9 @@ pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted
     let Some(id) = id else {
         return Ok(None);
     };
-    let rows: Vec<(i32, String, Option<String>)> = sqlx::query_as(
-        "SELECT version, artifact, image FROM deployments WHERE function_id = $1 ORDER BY version",
+    let rows: Vec<(i32, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT version, id, artifact, image FROM deployments WHERE function_id = $1 \
+         ORDER BY version",
     )
     .bind(id)
     .fetch_all(&mut *tx)
@@ -332,11 +334,11 @@ pub async fn delete_function(pool: &PgPool, name: &str) -> Result<Option<Deleted
         .await?;
     let revision = bump_revision(&mut tx).await?;
     tx.commit().await?;
-    let versions = rows.iter().map(|(v, _, _)| *v).collect();
-    let mut images: Vec<String> = rows.iter().filter_map(|(_, _, i)| i.clone()).collect();
+    let versions = rows.iter().map(|(v, id, _, _)| (*v, *id)).collect();
+    let mut images: Vec<String> = rows.iter().filter_map(|(_, _, _, i)| i.clone()).collect();
     images.sort();
     images.dedup();
-    let mut artifacts: Vec<String> = rows.into_iter().map(|(_, a, _)| a).collect();
+    let mut artifacts: Vec<String> = rows.into_iter().map(|(_, _, a, _)| a).collect();
     artifacts.sort();
     artifacts.dedup();
     Ok(Some(Deleted {

@@ -598,7 +598,7 @@ async fn deploy_build_fail_and_delete_with_podman() {
     let v1: DeploymentInfo = reply.json();
     assert_eq!((v1.version, v1.status), (1, DeploymentStatus::Active));
     let image = v1.image.clone().unwrap();
-    assert_eq!(image, format!("localhost/cpub-fn-{name}:v1"));
+    assert_eq!(image, format!("localhost/cpub-fn-{name}:v1-d{}", v1.id));
     assert!(podman.image_exists(&image).await.unwrap());
     let digest = v1.digest.strip_prefix("sha256:").unwrap();
     assert!(
@@ -666,7 +666,10 @@ async fn deploy_build_fail_and_delete_with_podman() {
     assert_eq!(table.routes.len(), 1);
     assert_eq!(
         (table.routes[0].version, table.routes[0].image.as_str()),
-        (3, format!("localhost/cpub-fn-{name}:v3").as_str())
+        (
+            3,
+            format!("localhost/cpub-fn-{name}:v3-d{}", v3.id).as_str()
+        )
     );
 
     let reply = app
@@ -683,7 +686,7 @@ async fn deploy_build_fail_and_delete_with_podman() {
     );
     assert!(
         !podman
-            .image_exists(&format!("localhost/cpub-fn-{name}:v3"))
+            .image_exists(&format!("localhost/cpub-fn-{name}:v3-d{}", v3.id))
             .await
             .unwrap(),
         "v3 image removed"
@@ -700,6 +703,27 @@ async fn deploy_build_fail_and_delete_with_podman() {
             .count(),
         0
     );
+
+    // Made again, the function starts at version 1 again, under an image
+    // name of its own: a removal of the first v1's image still waiting
+    // for the build store (or a late build of the deleted function) never
+    // names the new one.
+    let reply = app.deploy(&name, bundle).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let again: DeploymentInfo = reply.json();
+    assert_eq!((again.version, again.status), (1, DeploymentStatus::Active));
+    let image_again = again.image.clone().unwrap();
+    assert_ne!(image_again, image);
+    assert!(podman.image_exists(&image_again).await.unwrap());
+    let reply = app
+        .send(
+            authed(Request::delete(format!("/api/v1/functions/{name}")))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(!podman.image_exists(&image_again).await.unwrap());
 }
 
 /// 64-bit x86-64 ELF header with one PT_LOAD and no PT_INTERP.

@@ -682,13 +682,28 @@ impl RemoveImages {
 
 impl Drop for RemoveImages {
     fn drop(&mut self) {
-        let Ok(out) = Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-        else {
+        // Listed (a name carries its deployment's id); `podman images` can
+        // fail while other tests hold Podman's locks, so a few tries.
+        let mut listed = None;
+        for _ in 0..5 {
+            match Command::new("podman")
+                .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+                .output()
+            {
+                Ok(out) if out.status.success() => {
+                    listed = Some(String::from_utf8_lossy(&out.stdout).into_owned());
+                    break;
+                }
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+        let Some(listed) = listed else {
+            eprintln!(
+                "RemoveImages: podman images failed; images of {:?} left",
+                self.0
+            );
             return;
         };
-        let listed = String::from_utf8_lossy(&out.stdout);
         let images: Vec<String> = listed
             .lines()
             .filter(|l| {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use containerpub_e2e::{Stack, container_ip, eventually, targz};
+use containerpub_e2e::{RemoveImages, Stack, container_ip, eventually, targz};
 use containerpub_podman::testing::{build_containers_of, build_socket};
 use containerpub_wire::api::{ApiError, DeploymentInfo, DeploymentStatus};
 
@@ -24,25 +24,6 @@ use containerpub_wire::api::{ApiError, DeploymentInfo, DeploymentStatus};
 /// images with the function's name in the tag).
 fn unique(base: &str) -> String {
     format!("{base}-{}", std::process::id())
-}
-
-/// Removes every image of the named functions when dropped, also when the
-/// test fails (the stack removes containers, not images).
-struct Images(Vec<String>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        // By name (a listing can fail while other tests remove images).
-        let tags: Vec<String> = self
-            .0
-            .iter()
-            .flat_map(|f| (1..=3).map(move |v| format!("localhost/cpub-fn-{f}:v{v}")))
-            .collect();
-        containerpub_podman::testing::remove_images_cli(
-            &containerpub_podman::testing::podman(),
-            &tags,
-        );
-    }
 }
 
 fn busybox() -> Vec<u8> {
@@ -159,7 +140,7 @@ async fn a_hostile_build_reaches_nothing_on_the_host() {
     // Another function, running: a busybox httpd the proxy reaches.
     let target = &unique("sbx-target");
     let name = &unique("sbx-hostile");
-    let _images = Images(vec![target.clone(), name.clone()]);
+    let _images = RemoveImages::of(&[&target, &name]);
     let containerfile = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n\
         CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n";
     let (status, body) = deploy(
@@ -273,7 +254,7 @@ fn build_range() -> (u64, u64) {
 async fn root_in_a_build_is_not_root_on_the_host_and_the_image_serves() {
     let stack = Stack::start(&[]).await.unwrap();
     let name = &unique("sbx-userns");
-    let _images = Images(vec![name.clone()]);
+    let _images = RemoveImages::of(&[&name]);
     // The step writes what it is, as root inside, into the image it builds;
     // the function then serves that file.
     let script = "mkdir -p /www; { echo uid_map=$(cat /proc/self/uid_map); echo gid_map=$(cat /proc/self/gid_map); \
@@ -343,7 +324,7 @@ async fn root_in_a_build_is_not_root_on_the_host_and_the_image_serves() {
 async fn a_run_step_from_a_base_image_writes_to_its_root_as_an_unprivileged_host_id() {
     let stack = Stack::start(&[]).await.unwrap();
     let name = &unique("sbx-userns-base");
-    let _images = Images(vec![name.clone()]);
+    let _images = RemoveImages::of(&[&name]);
     let program = "import os\n\
         os.mkdir('/www')\n\
         m = open('/proc/self/uid_map').read().split()\n\
@@ -402,7 +383,7 @@ async fn containerfiles_cannot_start_from_another_functions_image() {
     let stack = Stack::start(&[]).await.unwrap();
     let victim = &unique("sbx-victim");
     let thief = &unique("sbx-thief");
-    let _images = Images(vec![victim.clone(), thief.clone()]);
+    let _images = RemoveImages::of(&[&victim, &thief]);
     let (status, body) = deploy(
         &stack,
         victim,
@@ -458,7 +439,7 @@ async fn a_build_past_the_time_limit_fails_and_leaves_nothing_running() {
         run_step(&format!("echo sleeping; /bin/busybox sleep {secs}"))
     );
     let name = &unique("sbx-slow");
-    let _images = Images(vec![name.clone()]);
+    let _images = RemoveImages::of(&[&name]);
     let started = Instant::now();
     let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
     let took = started.elapsed();
@@ -530,7 +511,7 @@ async fn a_build_printing_hundreds_of_mb_keeps_the_control_plane_small() {
         ))
     );
     let name = &unique("sbx-loud");
-    let _images = Images(vec![name.clone()]);
+    let _images = RemoveImages::of(&[&name]);
     let started = Instant::now();
     let (status, body) = deploy(&stack, name, bundle(name, &containerfile, &[])).await;
     let took = started.elapsed();

@@ -70,7 +70,12 @@ pub async fn delete(
     let mut images: Vec<String> = deleted
         .versions
         .iter()
-        .map(|v| build::image_tag(&name, *v))
+        .flat_map(|&(v, id)| {
+            [
+                build::image_tag(&name, v, id),
+                build::legacy_image_tag(&name, v),
+            ]
+        })
         .collect();
     images.extend(deleted.images);
     images.sort();
