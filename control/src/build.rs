@@ -20,12 +20,14 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most build output kept in the database (the tail is kept).
 pub const MAX_BUILD_LOG_BYTES: usize = 1 << 20;
 
-/// Podman image reference of a deployment: built once. A function deleted
-/// and made again starts at version 1 again, and a removal of the earlier
-/// `v1`, written down until the build store is idle (`containerpub_podman`'s
-/// `remove_when_idle`) or run by a build of the deleted function that
-/// ends late, would take the new one: the deployment's id (never reused)
-/// keeps the names apart.
+/// Podman image reference of a deployment: built once per database. A
+/// function deleted and made again starts at version 1 again, and a
+/// removal of the earlier `v1`, written down until the build store is idle
+/// (`containerpub_podman`'s `remove_when_idle`) or run by a build of the
+/// deleted function that ends late, would take the new one: the
+/// deployment's id (never reused in a database) keeps the names apart.
+/// Control planes with databases of their own that share one Podman can
+/// still build the same name (same function, version and id), as before.
 pub fn image_tag(function: &str, version: i32, deployment_id: i64) -> String {
     format!("localhost/cpub-fn-{function}:v{version}-d{deployment_id}")
 }

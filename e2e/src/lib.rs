@@ -792,7 +792,7 @@ pub fn container_ip(id: &str) -> Option<std::net::IpAddr> {
         .or_else(|| nets.values().find_map(pick))
 }
 
-/// The image name a container runs (`localhost/cpub-fn-NAME:vN`).
+/// The image name a container runs (`localhost/cpub-fn-NAME:vN-dID`).
 pub fn container_image(id: &str) -> Option<String> {
     let v = inspect(id)?;
     v["ImageName"]

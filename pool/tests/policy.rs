@@ -46,7 +46,7 @@ fn route_with(name: &str, deployment_id: i64, scaling: &str) -> Route {
         function: name.into(),
         deployment_id,
         version: 1,
-        // Each build has an image of its own (`cpub-fn-NAME:vN`); only
+        // Each build has an image of its own (`cpub-fn-NAME:vN-dID`); only
         // rollbacks and config changes share one.
         image: format!("img-{deployment_id}"),
         config: Manifest::parse(&text).unwrap(),

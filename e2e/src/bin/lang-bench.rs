@@ -85,17 +85,6 @@ async fn first_call(client: &reqwest::Client, url: &str) -> Result<Duration> {
     Ok(took)
 }
 
-fn remove_images(names: &[String]) {
-    let images: Vec<String> = names
-        .iter()
-        .map(|name| format!("localhost/cpub-fn-{name}:v1"))
-        .collect();
-    containerpub_podman::testing::remove_images_cli(
-        &containerpub_podman::testing::podman(),
-        &images,
-    );
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -110,7 +99,7 @@ async fn main() -> Result<()> {
     for name in &names {
         let _ = stack.cpub(&["delete", name]);
     }
-    remove_images(&names);
+    drop(containerpub_e2e::RemoveImages::of(&names));
     result
 }
 
