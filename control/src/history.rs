@@ -26,6 +26,7 @@ use containerpub_wire::api::{
 };
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::build;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::gc;
@@ -410,12 +411,12 @@ pub async fn prune_rows(db: &PgPool, name: &str, keep: u32) -> Result<Pruned> {
         }
         None => None,
     };
-    let doomed: Vec<(i32, Option<String>, String)> = sqlx::query_as(
+    let doomed: Vec<(i32, i64, Option<String>, String)> = sqlx::query_as(
         "DELETE FROM deployments WHERE function_id = $1 AND status IN ('superseded', 'failed') \
            AND id IS DISTINCT FROM $2 AND version IS DISTINCT FROM $3 \
            AND version NOT IN (SELECT version FROM deployments WHERE function_id = $1 \
                                ORDER BY version DESC LIMIT $4) \
-         RETURNING version, image, artifact",
+         RETURNING version, id, image, artifact",
     )
     .bind(function)
     .bind(active_id)
@@ -424,11 +425,19 @@ pub async fn prune_rows(db: &PgPool, name: &str, keep: u32) -> Result<Pruned> {
     .fetch_all(&mut *tx)
     .await?;
     let mut pruned = Pruned::default();
-    for (version, image, artifact) in doomed {
+    for (version, id, image, artifact) in doomed {
         pruned.versions.push(version);
         pruned.artifacts.push(artifact);
-        if let Some(image) = image {
-            pruned.images.push(image);
+        match image {
+            Some(image) => pruned.images.push(image),
+            // A failed version names no image, but its build may have made
+            // one before failing (moved to the instances' store, then not
+            // activated: a control plane that died in between, a move past
+            // its time limit): by the names its build gave it.
+            None => {
+                pruned.images.push(build::image_tag(name, version, id));
+                pruned.images.push(build::legacy_image_tag(name, version));
+            }
         }
     }
     pruned.versions.sort_unstable();

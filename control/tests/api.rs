@@ -672,6 +672,21 @@ async fn deploy_build_fail_and_delete_with_podman() {
         )
     );
 
+    // Retention beyond one version: v1 stays (the rollback target), v2
+    // goes, and with it, by the names its build gave it, the image a build
+    // that failed after making it would have left (its row names none).
+    let pruned = containerpub_control::history::prune_rows(&app.state.db, &name, 1)
+        .await
+        .unwrap();
+    assert_eq!(pruned.versions, [2]);
+    assert_eq!(
+        pruned.images,
+        [
+            format!("localhost/cpub-fn-{name}:v2"),
+            format!("localhost/cpub-fn-{name}:v2-d{}", v2.id)
+        ]
+    );
+
     let reply = app
         .send(
             authed(Request::delete(format!("/api/v1/functions/{name}")))
