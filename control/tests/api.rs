@@ -87,6 +87,15 @@ impl TestApp {
         .unwrap();
         self.send(request).await
     }
+
+    async fn delete_function(&self, name: &str) -> Reply {
+        self.send(
+            authed(Request::delete(format!("/api/v1/functions/{name}")))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
 }
 
 fn authed(builder: axum::http::request::Builder) -> axum::http::request::Builder {
@@ -687,13 +696,7 @@ async fn deploy_build_fail_and_delete_with_podman() {
         ]
     );
 
-    let reply = app
-        .send(
-            authed(Request::delete(format!("/api/v1/functions/{name}")))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let reply = app.delete_function(&name).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert!(
         !podman.image_exists(&image).await.unwrap(),
@@ -730,13 +733,7 @@ async fn deploy_build_fail_and_delete_with_podman() {
     let image_again = again.image.clone().unwrap();
     assert_ne!(image_again, image);
     assert!(podman.image_exists(&image_again).await.unwrap());
-    let reply = app
-        .send(
-            authed(Request::delete(format!("/api/v1/functions/{name}")))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let reply = app.delete_function(&name).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert!(!podman.image_exists(&image_again).await.unwrap());
 }
