@@ -433,11 +433,10 @@ pub async fn prune_rows(db: &PgPool, name: &str, keep: u32) -> Result<Pruned> {
             // A failed version names no image, but its build may have made
             // one before failing (moved to the instances' store, then not
             // activated: a control plane that died in between, a move past
-            // its time limit): by the names its build gave it.
-            None => {
-                pruned.images.push(build::image_tag(name, version, id));
-                pruned.images.push(build::legacy_image_tag(name, version));
-            }
+            // its time limit): by the name its build gave it. Not by the
+            // name builds gave before it carried the deployment's id: that
+            // one may be another control plane's sharing this Podman.
+            None => pruned.images.push(build::image_tag(name, version, id)),
         }
     }
     pruned.versions.sort_unstable();
