@@ -3,7 +3,8 @@
 //!
 //! The rule: an artifact file (`<data>/artifacts/sha256/<hex>.tar.gz`,
 //! shared by every deployment of the same bytes) or an image
-//! (`localhost/cpub-fn-<name>:v<version>-d<deployment id>`, built once) is
+//! (`localhost/cpub-fn-<name>:v<version>-d<deployment id>`, built once per
+//! database) is
 //! kept while a deployment row
 //! references it, so every version a function still lists can be rolled
 //! back to or rebuilt; deployments go with their function or by the
