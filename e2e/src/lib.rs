@@ -155,6 +155,16 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Whether it exited because its address was taken. Another process
+    /// on that port may have answered for it meanwhile (its `/healthz`,
+    /// then a request it cannot read), so the stack's own error may not
+    /// say so.
+    fn lost_its_port(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+            && std::fs::read_to_string(&self.log)
+                .is_ok_and(|log| log.contains("Address already in use"))
+    }
 }
 
 impl Drop for Proc {
@@ -254,9 +264,19 @@ impl Stack {
                 },
                 Err(err) => Err(err),
             };
+            let lost_a_port = started.is_err() && {
+                // A process that failed to bind exits within moments.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                [&mut stack.control, &mut stack.proxy]
+                    .into_iter()
+                    .flatten()
+                    .any(Proc::lost_its_port)
+            };
             match started {
                 Err(err)
-                    if attempt < 3 && format!("{err:#}").contains("Address already in use") =>
+                    if attempt < 3
+                        && (lost_a_port
+                            || format!("{err:#}").contains("Address already in use")) =>
                 {
                     stack.stop_proxy();
                     stack.stop_control();
