@@ -4,7 +4,8 @@
 //! `tests/support`, shared with `tests/api.rs`; no Podman). What the binary
 //! COPY writes is read back through `GET …/executions` and SQL: every field
 //! as sent, a full batch whole, a resent batch once, a refused batch not at
-//! all; and the chunks stored before migration 0015 read the same after it.
+//! all; the chunks stored before migration 0015 read the same after it; and
+//! `GET /status` and `…/stats` count what the view `executions` shows.
 //!
 //! Over 600 lines: one test per way a batch is stored or refused, each with
 //! the records it needs; splitting them would split the `TestApp` helpers
@@ -110,6 +111,36 @@ fn record(i: usize, function: &str, deployment_id: i64) -> ExecutionRecord {
     }
 }
 
+/// A function row and an active deployment of it (so the listing, the
+/// status and the stats count its records); the deployment's id.
+async fn real_function(app: &TestApp, name: &str) -> i64 {
+    sqlx::query("INSERT INTO functions (name, owner_id) SELECT $1, min(id) FROM users")
+        .bind(name)
+        .execute(app.db())
+        .await
+        .unwrap();
+    let (fid,): (i64,) = sqlx::query_as("SELECT id FROM functions WHERE name = $1")
+        .bind(name)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    let (did,): (i64,) = sqlx::query_as(
+        "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
+         VALUES ($1, 1, 'sha256:0', '/nonexistent', '{}', 'active') RETURNING id",
+    )
+    .bind(fid)
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    sqlx::query("UPDATE functions SET active_deployment_id = $1 WHERE id = $2")
+        .bind(did)
+        .bind(fid)
+        .execute(app.db())
+        .await
+        .unwrap();
+    did
+}
+
 async fn count(db: &PgPool, function: &str) -> i64 {
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM executions WHERE function = $1")
         .bind(function)
@@ -123,22 +154,7 @@ async fn count(db: &PgPool, function: &str) -> i64 {
 async fn records_are_stored_as_sent_and_a_resent_batch_once() {
     let app = app().await;
     // A real function, so the listing shows its records.
-    sqlx::query("INSERT INTO functions (name, owner_id) SELECT 'exact', min(id) FROM users")
-        .execute(app.db())
-        .await
-        .unwrap();
-    let (fid,): (i64,) = sqlx::query_as("SELECT id FROM functions WHERE name = 'exact'")
-        .fetch_one(app.db())
-        .await
-        .unwrap();
-    let (did,): (i64,) = sqlx::query_as(
-        "INSERT INTO deployments (function_id, version, digest, artifact, config, status) \
-         VALUES ($1, 1, 'sha256:0', '/nonexistent', '{}', 'active') RETURNING id",
-    )
-    .bind(fid)
-    .fetch_one(app.db())
-    .await
-    .unwrap();
+    let did = real_function(&app, "exact").await;
     // Every field that has a NULL, an escape in JSON or an edge value.
     let mut odd = record(0, "exact", did);
     odd.at_us = now_us() - 5_000_000 + 7;
@@ -685,4 +701,200 @@ async fn chunks_stored_as_arrays_read_the_same_after_migration_0015() {
     .await
     .unwrap();
     assert_eq!(settings, ["l"]);
+}
+
+/// `cpub status` counts a chunk wholly in its five minutes by the chunk's
+/// `n` and `errors` (migration 0016) and splits the others (one straddling
+/// the window's start, one stored without `errors` as before 0016); `cpub
+/// stats` reads the narrower view `execution_outcomes` in one pass. Both
+/// must show what the view `executions` shows.
+#[tokio::test]
+async fn status_and_stats_count_what_the_view_executions_shows() {
+    let app = app().await;
+    let did = real_function(&app, "counted").await;
+    let now = now_us();
+    let minute: i64 = 60_000_000;
+    let statuses = [200u16, 503, 0, 404, 999, 500, 302, 99, 100];
+    let mut n = 0;
+    let mut records = |ago: &[i64]| -> Vec<ExecutionRecord> {
+        ago.iter()
+            .map(|ago| {
+                n += 1;
+                let mut r = record(n, "counted", did);
+                r.at_us = now - ago;
+                r.status = statuses[n % statuses.len()];
+                r.total_us = 100 + (n as u64 * 7919) % 1000;
+                if n % 4 == 0 {
+                    r.start = Some(StartKind::Cold);
+                    r.start_us = 10_000 + n as u64;
+                }
+                r
+            })
+            .collect()
+    };
+    // One chunk from 8 minutes ago to 2 minutes ago: it straddles the
+    // window's start (unless midnight UTC falls between, which splits it
+    // by day).
+    let straddling = records(&[8 * minute, 7 * minute, 6 * minute, 3 * minute, 2 * minute]);
+    let inside = records(&(0..20).map(|i| minute + i * 1_000).collect::<Vec<_>>());
+    let before_0016 = records(&[90_000_000, 80_000_000, 70_000_000, 60_000_000]);
+    for (i, records) in [straddling, inside, before_0016].into_iter().enumerate() {
+        let batch = ExecutionBatch {
+            node: "node-s".into(),
+            batch: format!("counted-{i}"),
+            records,
+        };
+        let (status, body) = app.ingest_binary(&batch).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+    // Each chunk knows its errors, counted as the status does.
+    let (wrong,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM execution_chunks c WHERE c.function = 'counted' AND c.errors IS \
+         DISTINCT FROM (SELECT count(*) FROM unnest(execution_chunk_field(c.statuses)::int[]) s \
+         WHERE s >= 500 OR s < 100)",
+    )
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    assert_eq!(wrong, 0);
+    // The last chunk as a control plane before migration 0016 stored it.
+    let cleared = sqlx::query(
+        "UPDATE execution_chunks SET errors = NULL WHERE function = 'counted' AND n = 4",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    assert_eq!(cleared.rows_affected(), 1);
+    let (straddles,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM execution_chunks WHERE function = 'counted' \
+         AND min_at < now() - interval '5 minutes' AND max_at >= now() - interval '5 minutes'",
+    )
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    let day: i64 = 86_400_000_000;
+    let midnight_between = (now - 8 * minute).div_euclid(day) != (now - 2 * minute).div_euclid(day);
+    assert_eq!(straddles, if midnight_between { 0 } else { 1 });
+
+    // What the view shows for the last five minutes (the records are a
+    // minute or more away from its start).
+    let (calls, errors): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status >= 500 OR status < 100) FROM executions \
+         WHERE function = 'counted' AND at >= now() - interval '5 minutes'",
+    )
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    assert_eq!(calls, 2 + 20 + 4);
+    assert!(errors > 0 && errors < calls, "{errors} of {calls}");
+    let (code, body) = app.send("GET", "/api/v1/status", Vec::new()).await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let counted = status["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "counted")
+        .expect("the function in the status");
+    assert_eq!(counted["calls_5m"], calls, "{counted}");
+    assert_eq!(counted["errors_5m"], errors, "{counted}");
+    assert_eq!(counted["active_version"], 1);
+
+    // The stats of the last hour by minute, against the same figures
+    // computed over the view `executions`.
+    let (code, body) = app
+        .send(
+            "GET",
+            "/api/v1/functions/counted/stats?since=1h&by=minute",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// The figures of the stats, computed over the view `executions`.
+    #[derive(sqlx::FromRow)]
+    struct Figures {
+        bucket: Option<chrono::DateTime<chrono::Utc>>,
+        calls: i64,
+        s5: i64,
+        s0: i64,
+        s3: i64,
+        p50: Option<f64>,
+        p99: Option<f64>,
+        cold: i64,
+        cold_us: Option<f64>,
+    }
+    let figures = "count(*) AS calls, \
+         count(*) FILTER (WHERE status BETWEEN 500 AND 599) AS s5, \
+         count(*) FILTER (WHERE status < 200 OR status > 599) AS s0, \
+         count(*) FILTER (WHERE status BETWEEN 300 AND 399) AS s3, \
+         percentile_cont(0.5) WITHIN GROUP (ORDER BY total_us) AS p50, \
+         percentile_cont(0.99) WITHIN GROUP (ORDER BY total_us) AS p99, \
+         count(*) FILTER (WHERE start_kind = 'cold') AS cold, \
+         (avg(start_us) FILTER (WHERE start_kind = 'cold'))::float8 AS cold_us";
+    let check = |row: &serde_json::Value, f: &Figures| {
+        let ms = |us: Option<f64>| us.map(|v| (v / 1000.0 * 1000.0).round() / 1000.0);
+        assert_eq!(row["calls"], f.calls, "{row}");
+        assert_eq!(row["status_5xx"], f.s5, "{row}");
+        assert_eq!(row["no_answer"], f.s0, "{row}");
+        assert_eq!(row["status_3xx"], f.s3, "{row}");
+        assert_eq!(row["p50_ms"].as_f64(), ms(f.p50), "{row}");
+        assert_eq!(row["p99_ms"].as_f64(), ms(f.p99), "{row}");
+        assert_eq!(row["cold_starts"], f.cold, "{row}");
+        assert_eq!(row["cold_start_ms"].as_f64(), ms(f.cold_us), "{row}");
+    };
+    let total: Figures = sqlx::query_as(&format!(
+        "SELECT NULL::timestamptz AS bucket, {figures} FROM executions \
+         WHERE function = 'counted'"
+    ))
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    assert_eq!(total.calls, 29);
+    check(&stats["total"], &total);
+    let by_minute: Vec<Figures> = sqlx::query_as(&format!(
+        "SELECT date_trunc('minute', at) AS bucket, {figures} FROM executions \
+         WHERE function = 'counted' GROUP BY 1 ORDER BY 1"
+    ))
+    .fetch_all(app.db())
+    .await
+    .unwrap();
+    let rows = stats["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), by_minute.len(), "{stats}");
+    assert!(rows.len() >= 6, "{stats}");
+    for (row, m) in rows.iter().zip(&by_minute) {
+        let from: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(row["from"].clone()).unwrap();
+        assert_eq!(Some(from), m.bucket);
+        check(row, m);
+    }
+    // Without `by`: the same total and no rows; a function without records:
+    // zeros.
+    let (_, body) = app
+        .send(
+            "GET",
+            "/api/v1/functions/counted/stats?since=1h",
+            Vec::new(),
+        )
+        .await;
+    let mut alone: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    // Each request's window starts an hour before it.
+    assert_eq!(alone["total"]["from"], alone["since"]);
+    alone["total"]["from"] = stats["total"]["from"].clone();
+    assert_eq!(alone["total"], stats["total"]);
+    assert_eq!(alone["rows"], serde_json::json!([]));
+    real_function(&app, "quiet").await;
+    let (code, body) = app
+        .send(
+            "GET",
+            "/api/v1/functions/quiet/stats?since=1h&by=minute",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let quiet: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(quiet["total"]["calls"], 0, "{quiet}");
+    assert_eq!(quiet["total"]["p99_ms"], serde_json::Value::Null, "{quiet}");
+    assert_eq!(quiet["rows"], serde_json::json!([]));
+    assert_eq!(quiet["total"]["from"], quiet["since"]);
 }

@@ -150,14 +150,26 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
 }
 
 /// Columns of a row of `COPY_STATEMENT`.
-const COPY_COLUMNS: i16 = 21;
+const COPY_COLUMNS: i16 = 22;
+
+/// Whether a call counts as an error in `cpub status`: an answer of 500 or
+/// more, or none (below 100). A chunk stores how many of its records do
+/// (`errors`, migration 0016), and `status.rs` counts the records it splits
+/// by the same rule (`STATUS_ERROR_SQL`).
+pub(crate) fn is_status_error(status: u16) -> bool {
+    !(100..500).contains(&status)
+}
+
+/// `is_status_error` in SQL, of a column `status`.
+pub(crate) const STATUS_ERROR_SQL: &str = "(status >= 500 OR status < 100)";
 
 /// One binary COPY row of `execution_chunks` for `records` (of one function
 /// deployment and day, `at_us` checked by the caller): the chunk's columns,
 /// then one text per field with a value per record (migration 0015's form,
 /// `pgcopy::Spaced`): validated strings as they are (visible ASCII, no
 /// space), numbers in decimal, a time as microseconds after the chunk's
-/// first, a trace id that is the record's request id as '='.
+/// first, a trace id that is the record's request id as '='; last, how
+/// many records are errors (`is_status_error`).
 fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]) {
     let Some(first) = records.first() else { return };
     let min_at = records.iter().map(|r| r.at_us).min().unwrap_or(first.at_us);
@@ -217,12 +229,15 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
         number(out, &|r| i64::try_from(pick(r)).unwrap_or(i64::MAX));
     }
     text(out, |r| r.rejection.as_ref().map(Text::as_str));
+    let errors = records.iter().filter(|r| is_status_error(r.status)).count();
+    // At most MAX_BATCH_RECORDS.
+    field(out, &(errors as i32).to_be_bytes());
 }
 
 const COPY_STATEMENT: &str = "COPY execution_chunks (node, function, deployment_id, version, \
      n, min_at, max_at, at_offsets_us, instances, request_ids, trace_ids, methods, statuses, \
-     start_kinds, queue_us, start_us, upstream_us, total_us, bytes_in, bytes_out, rejections) \
-     FROM STDIN (FORMAT binary)";
+     start_kinds, queue_us, start_us, upstream_us, total_us, bytes_in, bytes_out, rejections, \
+     errors) FROM STDIN (FORMAT binary)";
 
 /// Microseconds in a day.
 const US_PER_DAY: i64 = 86_400_000_000;
@@ -678,5 +693,17 @@ mod tests {
         assert_eq!(values(&f[17]), some(&["40", "4"]));
         assert_eq!(values(&f[19]), some(&["6", "6"]));
         assert_eq!(values(&f[20]), [None, None]);
+        // One error of two: the 503.
+        assert_eq!(f[21], 1i32.to_be_bytes());
+    }
+
+    #[test]
+    fn errors_are_answers_from_500_and_no_answer() {
+        for (status, error) in [(0, true), (99, true), (100, false), (200, false)] {
+            assert_eq!(is_status_error(status), error, "{status}");
+        }
+        for (status, error) in [(499, false), (500, true), (599, true), (999, true)] {
+            assert_eq!(is_status_error(status), error, "{status}");
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! first), messages cut to `MAX_MESSAGE_BYTES` and made one line.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -32,6 +32,7 @@ use containerpub_wire::start_failures::{self as failures, FunctionStartFailures}
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
+use crate::routes::executions::STATUS_ERROR_SQL;
 use crate::state::AppState;
 
 /// A node report older than this is not shown.
@@ -230,27 +231,52 @@ struct CrashRow {
     at: DateTime<Utc>,
 }
 
-/// `GET /api/v1/status`.
-pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Json<PlatformStatus>> {
-    caller.require(Action::ReadFunctions, None)?;
-    let route_revision = *state.revision.borrow();
-    let functions: Vec<FunctionRow> = sqlx::query_as(
+/// Each function, its active version, and its calls and errors (see
+/// `executions::is_status_error`) of the last five minutes. A chunk of
+/// records wholly in the window counts by its `n` and `errors` (migration
+/// 0016); only a chunk that straddles the window's start, or one stored
+/// without `errors` (before that migration), is split into its records, so
+/// the cost follows the number of chunks, not of calls. A chunk's records
+/// are of one UTC day, so one that ends in the window began less than a day
+/// before its start: that bound keeps older days' partitions out of the
+/// plan. A record counts for its function only if its deployment is of the
+/// function of that name now (not of a deleted one of the same name).
+static FUNCTIONS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "SELECT f.name, d.version AS active_version, \
                 coalesce(e.calls, 0) AS calls, coalesce(e.errors, 0) AS errors \
          FROM functions f \
          LEFT JOIN deployments d ON d.id = f.active_deployment_id \
          LEFT JOIN ( \
-             SELECT x.function, count(*) AS calls, \
-                    count(*) FILTER (WHERE x.status >= 500 OR x.status < 100) AS errors \
-             FROM executions x JOIN deployments xd ON xd.id = x.deployment_id \
+             SELECT x.function, sum(x.calls)::bigint AS calls, sum(x.errors)::bigint AS errors \
+             FROM ( \
+                 SELECT c.function, c.deployment_id, c.n AS calls, c.errors \
+                 FROM execution_chunks c \
+                 WHERE c.min_at >= {start} AND c.errors IS NOT NULL \
+                 UNION ALL \
+                 SELECT o.function, o.deployment_id, count(*), \
+                        count(*) FILTER (WHERE {error}) \
+                 FROM execution_outcomes o \
+                 WHERE o.chunk_max_at >= {start} \
+                   AND o.chunk_min_at > {start} - interval '1 day' \
+                   AND (o.chunk_min_at < {start} OR o.chunk_errors IS NULL) \
+                   AND o.at >= {start} \
+                 GROUP BY o.function, o.deployment_id \
+             ) x JOIN deployments xd ON xd.id = x.deployment_id \
              JOIN functions xf ON xf.id = xd.function_id AND xf.name = x.function \
-             WHERE x.chunk_max_at >= now() - interval '5 minutes' \
-               AND x.at >= now() - interval '5 minutes' \
              GROUP BY x.function) e ON e.function = f.name \
          ORDER BY f.name",
+        error = STATUS_ERROR_SQL,
+        // One time for the whole statement: `now()` is the transaction's.
+        start = "(now() - interval '5 minutes')",
     )
-    .fetch_all(&state.db)
-    .await?;
+});
+
+/// `GET /api/v1/status`.
+pub async fn status(State(state): State<AppState>, caller: Caller) -> Result<Json<PlatformStatus>> {
+    caller.require(Action::ReadFunctions, None)?;
+    let route_revision = *state.revision.borrow();
+    let functions: Vec<FunctionRow> = sqlx::query_as(&FUNCTIONS_SQL).fetch_all(&state.db).await?;
     let crashes: Vec<CrashRow> = sqlx::query_as(
         "SELECT f.name AS function, c.node, c.exit_code, c.during_start, c.crashes, c.at \
          FROM function_crashes c JOIN functions f ON f.id = c.function_id \
