@@ -654,7 +654,11 @@ async fn chunks_stored_as_arrays_read_the_same_after_migration_0015() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let view = "SELECT e::text FROM executions e ORDER BY at";
+    // The view's columns of migration 0015 (0016 adds `chunk_errors`).
+    let view = "SELECT (at, node, function, deployment_id, version, instance, request_id, \
+                trace_id, method, status, start_kind, queue_us, start_us, upstream_us, \
+                total_us, bytes_in, bytes_out, rejection, chunk_max_at)::text \
+                FROM executions ORDER BY at";
     let before: Vec<String> = sqlx::query_scalar(view).fetch_all(&db.pool).await.unwrap();
     assert_eq!(before.len(), 2004);
     containerpub_control::db::MIGRATOR
@@ -663,6 +667,14 @@ async fn chunks_stored_as_arrays_read_the_same_after_migration_0015() {
         .unwrap();
     let after: Vec<String> = sqlx::query_scalar(view).fetch_all(&db.pool).await.unwrap();
     assert_eq!(after, before);
+    // Chunks stored before 0016 have no count of errors (the status splits
+    // them).
+    let (counted,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM execution_chunks WHERE errors IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(counted, 0);
     // Stored in the new form.
     let stored: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT at_offsets_us, trace_ids, rejections FROM execution_chunks \
@@ -714,33 +726,62 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
     let did = real_function(&app, "counted").await;
     let now = now_us();
     let minute: i64 = 60_000_000;
-    let statuses = [200u16, 503, 0, 404, 999, 500, 302, 99, 100];
     let mut n = 0;
-    let mut records = |ago: &[i64]| -> Vec<ExecutionRecord> {
-        ago.iter()
-            .map(|ago| {
+    let mut records = |calls: &[(i64, u16)]| -> Vec<ExecutionRecord> {
+        calls
+            .iter()
+            .map(|&(ago, status)| {
                 n += 1;
                 let mut r = record(n, "counted", did);
                 r.at_us = now - ago;
-                r.status = statuses[n % statuses.len()];
+                r.status = status;
                 r.total_us = 100 + (n as u64 * 7919) % 1000;
-                if n % 4 == 0 {
-                    r.start = Some(StartKind::Cold);
-                    r.start_us = 10_000 + n as u64;
+                r.queue_us = n as u64 * 3;
+                match n % 4 {
+                    0 => {
+                        r.start = Some(StartKind::Cold);
+                        r.start_us = 10_000 + n as u64;
+                    }
+                    1 => r.start = Some(StartKind::Paused),
+                    2 => {
+                        r.start = None;
+                        r.rejection = Some("queue_full".into());
+                    }
+                    _ => {}
                 }
                 r
             })
             .collect()
     };
-    // One chunk from 8 minutes ago to 2 minutes ago: it straddles the
-    // window's start (unless midnight UTC falls between, which splits it
-    // by day).
-    let straddling = records(&[8 * minute, 7 * minute, 6 * minute, 3 * minute, 2 * minute]);
-    let inside = records(&(0..20).map(|i| minute + i * 1_000).collect::<Vec<_>>());
-    let before_0016 = records(&[90_000_000, 80_000_000, 70_000_000, 60_000_000]);
+    // From 8 minutes ago to 2 minutes ago: a chunk that straddles the
+    // status's window (and the stats' of 4 minutes), errors of both kinds
+    // on both sides (unless midnight UTC falls between, which splits it by
+    // day).
+    let straddling = records(&[
+        (8 * minute, 0),
+        (7 * minute, 503),
+        (6 * minute, 200),
+        (3 * minute, 99),
+        (5 * minute / 2, 0),
+        (2 * minute, 404),
+        (2 * minute - 1_000, 500),
+    ]);
+    let cycle = [200u16, 503, 0, 404, 999, 500, 302, 99, 100];
+    let inside = records(
+        &(0..20)
+            .map(|i| (minute + i * 1_000, cycle[i as usize % cycle.len()]))
+            .collect::<Vec<_>>(),
+    );
+    let before_0016 = records(&[
+        (90_000_000, 502),
+        (80_000_000, 200),
+        (70_000_000, 0),
+        (60_000_000, 201),
+    ]);
+    // A node per batch: the chunks of each are told apart by it.
     for (i, records) in [straddling, inside, before_0016].into_iter().enumerate() {
         let batch = ExecutionBatch {
-            node: "node-s".into(),
+            node: format!("node-s{i}"),
             batch: format!("counted-{i}"),
             records,
         };
@@ -757,14 +798,12 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
     .await
     .unwrap();
     assert_eq!(wrong, 0);
-    // The last chunk as a control plane before migration 0016 stored it.
-    let cleared = sqlx::query(
-        "UPDATE execution_chunks SET errors = NULL WHERE function = 'counted' AND n = 4",
-    )
-    .execute(app.db())
-    .await
-    .unwrap();
-    assert_eq!(cleared.rows_affected(), 1);
+    // The last batch as a control plane before migration 0016 stored it.
+    let cleared = sqlx::query("UPDATE execution_chunks SET errors = NULL WHERE node = 'node-s2'")
+        .execute(app.db())
+        .await
+        .unwrap();
+    assert!(cleared.rows_affected() >= 1);
     let (straddles,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM execution_chunks WHERE function = 'counted' \
          AND min_at < now() - interval '5 minutes' AND max_at >= now() - interval '5 minutes'",
@@ -773,8 +812,9 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
     .await
     .unwrap();
     let day: i64 = 86_400_000_000;
-    let midnight_between = (now - 8 * minute).div_euclid(day) != (now - 2 * minute).div_euclid(day);
-    assert_eq!(straddles, if midnight_between { 0 } else { 1 });
+    if now.rem_euclid(day) > 9 * minute {
+        assert_eq!(straddles, 1);
+    }
 
     // What the view shows for the last five minutes (the records are a
     // minute or more away from its start).
@@ -785,7 +825,7 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
     .fetch_one(app.db())
     .await
     .unwrap();
-    assert_eq!(calls, 2 + 20 + 4);
+    assert_eq!(calls, 4 + 20 + 4);
     assert!(errors > 0 && errors < calls, "{errors} of {calls}");
     let (code, body) = app.send("GET", "/api/v1/status", Vec::new()).await;
     assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
@@ -800,74 +840,151 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
     assert_eq!(counted["errors_5m"], errors, "{counted}");
     assert_eq!(counted["active_version"], 1);
 
-    // The stats of the last hour by minute, against the same figures
+    // The stats by minute, of the last hour and of the last 4 minutes (a
+    // window that cuts through the first chunk), against the same figures
     // computed over the view `executions`.
-    let (code, body) = app
-        .send(
-            "GET",
-            "/api/v1/functions/counted/stats?since=1h&by=minute",
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
     /// The figures of the stats, computed over the view `executions`.
     #[derive(sqlx::FromRow)]
     struct Figures {
         bucket: Option<chrono::DateTime<chrono::Utc>>,
         calls: i64,
+        s2: i64,
+        s3: i64,
+        s4: i64,
         s5: i64,
         s0: i64,
-        s3: i64,
+        rejected: i64,
         p50: Option<f64>,
+        p95: Option<f64>,
         p99: Option<f64>,
         cold: i64,
+        paused: i64,
         cold_us: Option<f64>,
+        queue_us: Option<f64>,
+        queue_max: Option<i64>,
     }
     let figures = "count(*) AS calls, \
+         count(*) FILTER (WHERE status BETWEEN 200 AND 299) AS s2, \
+         count(*) FILTER (WHERE status BETWEEN 300 AND 399) AS s3, \
+         count(*) FILTER (WHERE status BETWEEN 400 AND 499) AS s4, \
          count(*) FILTER (WHERE status BETWEEN 500 AND 599) AS s5, \
          count(*) FILTER (WHERE status < 200 OR status > 599) AS s0, \
-         count(*) FILTER (WHERE status BETWEEN 300 AND 399) AS s3, \
+         count(*) FILTER (WHERE rejection IS NOT NULL) AS rejected, \
          percentile_cont(0.5) WITHIN GROUP (ORDER BY total_us) AS p50, \
+         percentile_cont(0.95) WITHIN GROUP (ORDER BY total_us) AS p95, \
          percentile_cont(0.99) WITHIN GROUP (ORDER BY total_us) AS p99, \
          count(*) FILTER (WHERE start_kind = 'cold') AS cold, \
-         (avg(start_us) FILTER (WHERE start_kind = 'cold'))::float8 AS cold_us";
+         count(*) FILTER (WHERE start_kind = 'paused') AS paused, \
+         (avg(start_us) FILTER (WHERE start_kind = 'cold'))::float8 AS cold_us, \
+         (avg(queue_us) FILTER (WHERE start_kind IS NOT NULL))::float8 AS queue_us, \
+         max(queue_us) AS queue_max";
     let check = |row: &serde_json::Value, f: &Figures| {
         let ms = |us: Option<f64>| us.map(|v| (v / 1000.0 * 1000.0).round() / 1000.0);
-        assert_eq!(row["calls"], f.calls, "{row}");
-        assert_eq!(row["status_5xx"], f.s5, "{row}");
-        assert_eq!(row["no_answer"], f.s0, "{row}");
-        assert_eq!(row["status_3xx"], f.s3, "{row}");
-        assert_eq!(row["p50_ms"].as_f64(), ms(f.p50), "{row}");
-        assert_eq!(row["p99_ms"].as_f64(), ms(f.p99), "{row}");
-        assert_eq!(row["cold_starts"], f.cold, "{row}");
-        assert_eq!(row["cold_start_ms"].as_f64(), ms(f.cold_us), "{row}");
+        let counts = [
+            ("calls", f.calls),
+            ("status_2xx", f.s2),
+            ("status_3xx", f.s3),
+            ("status_4xx", f.s4),
+            ("status_5xx", f.s5),
+            ("no_answer", f.s0),
+            ("rejected", f.rejected),
+            ("cold_starts", f.cold),
+            ("paused_starts", f.paused),
+        ];
+        for (name, count) in counts {
+            assert_eq!(row[name], count, "{name}: {row}");
+        }
+        let times = [
+            ("p50_ms", f.p50),
+            ("p95_ms", f.p95),
+            ("p99_ms", f.p99),
+            ("cold_start_ms", f.cold_us),
+            ("queue_mean_ms", f.queue_us),
+            ("queue_max_ms", f.queue_max.map(|v| v as f64)),
+        ];
+        for (name, us) in times {
+            assert_eq!(row[name].as_f64(), ms(us), "{name}: {row}");
+        }
     };
-    let total: Figures = sqlx::query_as(&format!(
-        "SELECT NULL::timestamptz AS bucket, {figures} FROM executions \
-         WHERE function = 'counted'"
-    ))
-    .fetch_one(app.db())
-    .await
-    .unwrap();
-    assert_eq!(total.calls, 29);
-    check(&stats["total"], &total);
-    let by_minute: Vec<Figures> = sqlx::query_as(&format!(
-        "SELECT date_trunc('minute', at) AS bucket, {figures} FROM executions \
-         WHERE function = 'counted' GROUP BY 1 ORDER BY 1"
-    ))
-    .fetch_all(app.db())
-    .await
-    .unwrap();
-    let rows = stats["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), by_minute.len(), "{stats}");
-    assert!(rows.len() >= 6, "{stats}");
-    for (row, m) in rows.iter().zip(&by_minute) {
-        let from: chrono::DateTime<chrono::Utc> =
-            serde_json::from_value(row["from"].clone()).unwrap();
-        assert_eq!(Some(from), m.bucket);
-        check(row, m);
+    let mut stats = serde_json::Value::Null;
+    for (since, interval, calls) in [("1h", "1 hour", 31), ("4m", "4 minutes", 28)] {
+        let uri = format!("/api/v1/functions/counted/stats?since={since}&by=minute");
+        let (code, body) = app.send("GET", &uri, Vec::new()).await;
+        assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let window = format!(
+            "FROM executions WHERE function = 'counted' AND at >= now() - interval '{interval}'"
+        );
+        let total: Figures = sqlx::query_as(&format!(
+            "SELECT NULL::timestamptz AS bucket, {figures} {window}"
+        ))
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+        assert_eq!(total.calls, calls);
+        check(&got["total"], &total);
+        let by_minute: Vec<Figures> = sqlx::query_as(&format!(
+            "SELECT date_trunc('minute', at) AS bucket, {figures} {window} GROUP BY 1 ORDER BY 1"
+        ))
+        .fetch_all(app.db())
+        .await
+        .unwrap();
+        let rows = got["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), by_minute.len(), "{got}");
+        assert!(rows.len() >= 3, "{got}");
+        for (row, m) in rows.iter().zip(&by_minute) {
+            let from: chrono::DateTime<chrono::Utc> =
+                serde_json::from_value(row["from"].clone()).unwrap();
+            assert_eq!(Some(from), m.bucket);
+            check(row, m);
+        }
+        if since == "1h" {
+            stats = got;
+        }
     }
+    // `--status 5xx` lists what the view holds, and skips chunks that
+    // stored no error without splitting them: a chunk made to say it has
+    // none (it has) loses its 5xx from that list, not its 4xx from theirs.
+    let listed = |filter: &'static str| {
+        let app = &app;
+        async move {
+            let uri = format!("/api/v1/functions/counted/executions?status={filter}&since=1h");
+            let (code, body) = app.send("GET", &uri, Vec::new()).await;
+            assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            let list: Vec<ExecutionInfo> = serde_json::from_slice(&body).unwrap();
+            list.len() as i64
+        }
+    };
+    let in_view = |lo: i16, hi: i16, node: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let (count,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM execution_chunks c, \
+                 unnest(execution_chunk_field(c.statuses)::smallint[]) s \
+                 WHERE c.function = 'counted' AND s BETWEEN $1 AND $2 \
+                 AND ($3::text IS NULL OR c.node = $3)",
+            )
+            .bind(lo)
+            .bind(hi)
+            .bind(node)
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+            count
+        }
+    };
+    let (fives, fours) = (in_view(500, 599, None).await, in_view(400, 499, None).await);
+    assert!(fives > 0 && fours > 0);
+    assert_eq!(listed("5xx").await, fives);
+    assert_eq!(listed("4xx").await, fours);
+    let inside_fives = in_view(500, 599, Some("node-s1")).await;
+    assert!(inside_fives > 0);
+    sqlx::query("UPDATE execution_chunks SET errors = 0 WHERE node = 'node-s1'")
+        .execute(app.db())
+        .await
+        .unwrap();
+    assert_eq!(listed("5xx").await, fives - inside_fives);
+    assert_eq!(listed("4xx").await, fours);
     // Without `by`: the same total and no rows; a function without records:
     // zeros.
     let (_, body) = app

@@ -532,6 +532,10 @@ pub async fn list(
             .map_err(|m| Error::bad_request("status", m))?
             .range(),
     };
+    // Only statuses that count as errors (`--status 5xx`, `503`): a chunk
+    // that stored no error (migration 0016) holds none of them and is not
+    // split.
+    let only_errors = (lo..=hi).all(is_status_error);
     let limit = q.limit.unwrap_or(wire::DEFAULT_LIST_LIMIT);
     if limit == 0 || limit > wire::MAX_LIST_LIMIT {
         return Err(Error::bad_request(
@@ -555,6 +559,7 @@ pub async fn list(
              FROM executions e \
              WHERE e.function = $1 AND e.chunk_max_at >= $2 AND e.at >= $2 \
                AND e.status BETWEEN $3 AND $4 \
+               AND (NOT $7 OR e.chunk_errors IS DISTINCT FROM 0) \
                AND e.deployment_id IN (SELECT id FROM deployments WHERE function_id = $5) \
              ORDER BY e.at DESC LIMIT $6",
         )
@@ -564,6 +569,7 @@ pub async fn list(
         .bind(hi as i16)
         .bind(id)
         .bind(i64::from(limit))
+        .bind(only_errors)
         .fetch_all(&state.db)
         .await?;
         if rows.len() >= limit as usize || from <= since {

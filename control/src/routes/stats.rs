@@ -41,7 +41,9 @@ struct Row {
 /// replaced by fixed expressions (never input). It reads the view
 /// `execution_outcomes`, which splits only the fields used here (migration
 /// 0016); a chunk's records are of one UTC day, so one that ends after
-/// `$2` began less than a day before it.
+/// `$2` began less than 24 hours before it (a bound for partition pruning;
+/// not `1 day`, which is 23 hours on a daylight-saving day of the session's
+/// time zone).
 const SQL: &str = "SELECT {bucket} AS bucket, count(*) AS calls, \
        count(*) FILTER (WHERE status BETWEEN 200 AND 299) AS s2, \
        count(*) FILTER (WHERE status BETWEEN 300 AND 399) AS s3, \
@@ -59,7 +61,7 @@ const SQL: &str = "SELECT {bucket} AS bucket, count(*) AS calls, \
        max(queue_us) AS queue_max_us \
      FROM execution_outcomes \
      WHERE function = $1 AND chunk_max_at >= $2 AND at >= $2 \
-       AND chunk_min_at > $2 - interval '1 day' \
+       AND chunk_min_at > $2 - interval '24 hours' \
        AND deployment_id IN (SELECT id FROM deployments WHERE function_id = $3) \
      GROUP BY GROUPING SETS ({sets}) ORDER BY 1 NULLS FIRST";
 

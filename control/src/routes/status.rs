@@ -236,10 +236,11 @@ struct CrashRow {
 /// records wholly in the window counts by its `n` and `errors` (migration
 /// 0016); only a chunk that straddles the window's start, or one stored
 /// without `errors` (before that migration), is split into its records, so
-/// the cost follows the number of chunks, not of calls. A chunk's records
-/// are of one UTC day, so one that ends in the window began less than a day
-/// before its start: that bound keeps older days' partitions out of the
-/// plan. A record counts for its function only if its deployment is of the
+/// the cost follows the number of chunks in the window (found by the index
+/// on `max_at`), not of calls. A chunk's records are of one UTC day, so one
+/// that ends in the window began less than 24 hours before its start: that
+/// bound keeps older days' partitions from being scanned (pruned when the
+/// query starts). A record counts for its function only if its deployment is of the
 /// function of that name now (not of a deleted one of the same name).
 static FUNCTIONS_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -252,13 +253,14 @@ static FUNCTIONS_SQL: LazyLock<String> = LazyLock::new(|| {
              FROM ( \
                  SELECT c.function, c.deployment_id, c.n AS calls, c.errors \
                  FROM execution_chunks c \
-                 WHERE c.min_at >= {start} AND c.errors IS NOT NULL \
+                 WHERE c.max_at >= {start} AND c.min_at >= {start} \
+                   AND c.errors IS NOT NULL \
                  UNION ALL \
                  SELECT o.function, o.deployment_id, count(*), \
                         count(*) FILTER (WHERE {error}) \
                  FROM execution_outcomes o \
                  WHERE o.chunk_max_at >= {start} \
-                   AND o.chunk_min_at > {start} - interval '1 day' \
+                   AND o.chunk_min_at > {start} - interval '24 hours' \
                    AND (o.chunk_min_at < {start} OR o.chunk_errors IS NULL) \
                    AND o.at >= {start} \
                  GROUP BY o.function, o.deployment_id \
