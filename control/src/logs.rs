@@ -1,15 +1,25 @@
-//! Retention of function logs, a chunk (one batch's lines of one instance,
-//! migration 0010) at a time: chunks whose newest line is older than
+//! Storage rules of function logs beside the handlers (`routes/logs.rs`).
+//!
+//! Lines read again from their file are stored once
+//! ([`drop_stored_before`], migration 0017).
+//!
+//! Retention, a chunk (one batch's lines of one instance, migration 0010)
+//! at a time: chunks whose newest line is older than
 //! `--log-retention-days` go (a sweep every minute), and a function never
 //! keeps more than `--log-retention-bytes` (checked after every stored
 //! batch from the usage row kept with each insert: past the limit, its
 //! oldest chunks go until it holds at most 90 % of it, so a busy function
-//! is not trimmed on every batch; its newest chunk always stays). The handlers are in `routes/logs.rs`.
-//! The same sweep forgets the ids of batches stored more than
-//! [`BATCH_ID_KEEP`] ago (migration 0014: they only guard against a proxy
-//! sending a batch again after its answer was lost).
+//! is not trimmed on every batch; its newest chunk always stays). The same
+//! sweep forgets the ids of batches stored more than [`BATCH_ID_KEEP`] ago
+//! (migration 0014: they only guard against a proxy sending a batch again
+//! after its answer was lost), and the places of log files no line came
+//! from for as long as lines are kept (migration 0017: they guard against
+//! lines read again after a proxy was killed).
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use containerpub_wire::logs::{LogBatch, LogGroup, LogStream};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +103,9 @@ pub async fn sweep_forever(db: PgPool, retention: Retention, shutdown: Cancellat
         if let Err(err) = prune_batch_ids(&db, BATCH_ID_KEEP).await {
             tracing::warn!(%err, "removing old log batch ids");
         }
+        if let Err(err) = prune_positions(&db, retention.days).await {
+            tracing::warn!(%err, "removing old log file positions");
+        }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_EVERY) => {}
             () = shutdown.cancelled() => return,
@@ -140,6 +153,127 @@ pub async fn prune_batch_ids(db: &PgPool, older_than: Duration) -> Result<u64, s
                WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
         )
         .bind(secs)
+        .bind(SWEEP_CHUNKS)
+        .execute(db)
+        .await?
+        .rows_affected();
+        total += gone;
+        if gone < SWEEP_CHUNKS as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Drops the lines of `batch` stored before: a line whose end in its file
+/// (`LogEntry::end`, of the group's `file`) is at or before the end of the
+/// last line of its stream stored from that file (migration 0017: a proxy
+/// killed before it saved how far it shipped leaves the next one to read
+/// those lines again), or of an earlier line of the batch. A stream's lines
+/// come in file order, each ending after the one before (the streams'
+/// lines interleave: a line held back unfinished on one ends before lines
+/// of the other stored meanwhile). Then keeps the new ends. Lines without
+/// a place (older proxies, platform lines) are all kept. Under the ingest
+/// lock: batches from one file are never checked at once. Returns how many
+/// lines were dropped.
+pub(crate) async fn drop_stored_before(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &mut LogBatch,
+) -> Result<u64, sqlx::Error> {
+    /// Instance, file and stream.
+    type Key = (String, String, &'static str);
+    let with_place = |g: &LogGroup| !g.instance.is_empty() && g.file.is_some();
+    if !batch.groups.iter().any(with_place) {
+        return Ok(0);
+    }
+    let mut instances: Vec<&str> = Vec::new();
+    let mut files: Vec<&str> = Vec::new();
+    for g in batch.groups.iter().filter(|g| with_place(g)) {
+        instances.push(&g.instance);
+        files.push(g.file.as_deref().unwrap_or_default());
+    }
+    let stored: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT p.instance, p.file, p.stream, p.end_offset FROM log_positions p \
+         JOIN (SELECT DISTINCT * FROM unnest($2::text[], $3::text[])) AS f(instance, file) \
+           ON p.instance = f.instance AND p.file = f.file \
+         WHERE p.node = $1",
+    )
+    .bind(&batch.node)
+    .bind(&instances)
+    .bind(&files)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut last: HashMap<Key, i64> = HashMap::new();
+    for (instance, file, stream, end) in stored {
+        if let Some(stream) = LogStream::parse(&stream) {
+            last.insert((instance, file, stream.as_str()), end);
+        }
+    }
+    let mut moved: HashMap<Key, i64> = HashMap::new();
+    let mut dropped = 0u64;
+    for group in &mut batch.groups {
+        let Some(file) = group.file.clone().filter(|_| !group.instance.is_empty()) else {
+            continue;
+        };
+        let before = group.lines.len();
+        let instance = &group.instance;
+        group.lines.retain(|line| {
+            // Checked: at most i64::MAX.
+            let Some(end) = line.end.and_then(|e| i64::try_from(e).ok()) else {
+                return true;
+            };
+            let key = (instance.clone(), file.clone(), line.stream.as_str());
+            let end_before = last.get(&key).copied().unwrap_or(-1);
+            if end <= end_before {
+                return false;
+            }
+            last.insert(key.clone(), end);
+            moved.insert(key, end);
+            true
+        });
+        dropped += (before - group.lines.len()) as u64;
+    }
+    if !moved.is_empty() {
+        let mut instances = Vec::with_capacity(moved.len());
+        let mut files = Vec::with_capacity(moved.len());
+        let mut streams = Vec::with_capacity(moved.len());
+        let mut ends = Vec::with_capacity(moved.len());
+        for ((instance, file, stream), end) in moved {
+            instances.push(instance);
+            files.push(file);
+            streams.push(stream);
+            ends.push(end);
+        }
+        sqlx::query(
+            "INSERT INTO log_positions (node, instance, file, stream, end_offset) \
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) \
+             ON CONFLICT (node, instance, file, stream) DO UPDATE \
+             SET end_offset = greatest(log_positions.end_offset, EXCLUDED.end_offset), at = now()",
+        )
+        .bind(&batch.node)
+        .bind(&instances)
+        .bind(&files)
+        .bind(&streams)
+        .bind(&ends)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if dropped > 0 {
+        tracing::debug!(node = %batch.node, lines = dropped, "log lines read again not stored twice");
+    }
+    Ok(dropped)
+}
+
+/// Forgets the places of log files no line came from for `days` (a
+/// thousand rows per statement); returns how many went.
+pub async fn prune_positions(db: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let gone = sqlx::query(
+            "DELETE FROM log_positions WHERE (node, instance, file, stream) IN ( \
+               SELECT node, instance, file, stream FROM log_positions \
+               WHERE at < now() - make_interval(days => $1) LIMIT $2)",
+        )
+        .bind(i32::try_from(days).unwrap_or(i32::MAX))
         .bind(SWEEP_CHUNKS)
         .execute(db)
         .await?

@@ -1121,7 +1121,8 @@ async fn a_log_batch_sent_again_is_stored_once() {
         LogIngest {
             stored: 1,
             unknown: 0,
-            duplicate: false
+            duplicate: false,
+            repeated: 0
         }
     );
     // The same batch again, and at the same time twice more.
@@ -1131,7 +1132,8 @@ async fn a_log_batch_sent_again_is_stored_once() {
         LogIngest {
             stored: 0,
             unknown: 0,
-            duplicate: true
+            duplicate: true,
+            repeated: 0
         }
     );
     let (a, b) = tokio::join!(
@@ -1182,6 +1184,199 @@ async fn a_log_batch_sent_again_is_stored_once() {
         .await
         .unwrap();
     assert_eq!(left, 1, "boot1-2 stays");
+}
+
+/// Lines read again from their file (a proxy killed before it saved how
+/// far it shipped) are stored once: the control plane keeps, per node,
+/// instance, file and stream, where the last line stored ends (migration
+/// 0017). The streams interleave: a line held back unfinished on one ends
+/// before lines of the other. Lines without a place (older proxies) are
+/// all stored; another file, instance or node is its own; hostile places
+/// are refused; places are forgotten by age (issue 11).
+#[tokio::test]
+async fn lines_read_again_from_their_file_are_stored_once() {
+    use containerpub_wire::logs::{LogIngest, LogPage};
+    let app = app().await;
+    let db = &app.state.db;
+    let owner = first_user(db).await;
+    let function = insert_function(db, "again", owner, 1).await;
+    let deployment =
+        insert_deployment(db, function, 1, &serde_json::json!({}), "failed", None).await;
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    // Posts one group of lines: (stream, end) each, their text naming the
+    // node, instance, file and end.
+    let post = |node: &'static str,
+                instance: &'static str,
+                file: Option<&'static str>,
+                lines: Vec<(&'static str, u64)>| {
+        let lines: Vec<serde_json::Value> = lines
+            .into_iter()
+            .map(|(stream, end)| {
+                let mut l = serde_json::json!({"at_ns": now_ns + end as i64, "stream": stream,
+                                               "line": format!("{node} {instance} {file:?} {stream} {end}")});
+                if file.is_some() {
+                    l["end"] = serde_json::json!(end);
+                }
+                l
+            })
+            .collect();
+        let mut group = serde_json::json!({"function": "again", "deployment_id": deployment,
+                                           "instance": instance, "lines": lines});
+        if let Some(file) = file {
+            group["file"] = serde_json::json!(file);
+        }
+        let body = serde_json::json!({"node": node, "groups": [group]});
+        let app = &app;
+        async move {
+            let reply = app
+                .send(json_request("POST", "/api/v1/logs", body.to_string()))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.error());
+            reply.json::<LogIngest>()
+        }
+    };
+    let out = |from: u64, to: u64| (from..=to).map(|n| ("stdout", 10 * n)).collect::<Vec<_>>();
+    let stored = |stored: u64, repeated: u64| LogIngest {
+        stored,
+        unknown: 0,
+        duplicate: false,
+        repeated,
+    };
+    assert_eq!(post("n1", "ab", Some("7-1"), out(1, 5)).await, stored(5, 0));
+    // A proxy after a kill reads 3..8 again: 6..8 are new.
+    assert_eq!(post("n1", "ab", Some("7-1"), out(3, 8)).await, stored(3, 3));
+    assert_eq!(post("n1", "ab", Some("7-1"), out(1, 8)).await, stored(0, 8));
+    // Another file (the same inode after a rotation), instance or node:
+    // lines of their own.
+    assert_eq!(post("n1", "ab", Some("7-2"), out(1, 2)).await, stored(2, 0));
+    assert_eq!(post("n1", "cd", Some("7-1"), out(1, 2)).await, stored(2, 0));
+    assert_eq!(post("n2", "ab", Some("7-1"), out(1, 2)).await, stored(2, 0));
+    // Without a place: stored as they come.
+    assert_eq!(post("n1", "ab", None, out(1, 2)).await, stored(2, 0));
+    assert_eq!(post("n1", "ab", None, out(1, 2)).await, stored(2, 0));
+    let page: LogPage = app
+        .get("/api/v1/functions/again/logs?limit=100")
+        .await
+        .json();
+    let of_file: Vec<&str> = page
+        .lines
+        .iter()
+        .map(|l| l.line.as_str())
+        .filter(|l| l.starts_with("n1 ab Some(\"7-1\")"))
+        .collect();
+    let expected: Vec<String> = (1..=8)
+        .map(|n| format!("n1 ab Some(\"7-1\") stdout {}", 10 * n))
+        .collect();
+    assert_eq!(of_file, expected, "each line once, in order");
+    assert_eq!(page.lines.len(), 8 + 2 + 2 + 2 + 4);
+    // The streams interleave: stdout's unfinished line (ending at 100)
+    // goes after stderr's finished one (ending at 150), in this batch and
+    // in a later one; then both again (a proxy after a kill), and within a
+    // batch a line that does not end after its stream's one before.
+    let file = Some("9-1");
+    assert_eq!(
+        post(
+            "n3",
+            "ef",
+            file,
+            vec![("stderr", 150), ("stdout", 100), ("stderr", 180)]
+        )
+        .await,
+        stored(3, 0)
+    );
+    assert_eq!(
+        post("n3", "ef", file, vec![("stderr", 200), ("stdout", 120)]).await,
+        stored(2, 0)
+    );
+    assert_eq!(
+        post(
+            "n3",
+            "ef",
+            file,
+            vec![
+                ("stdout", 100),
+                ("stderr", 150),
+                ("stdout", 120),
+                ("stdout", 130)
+            ]
+        )
+        .await,
+        stored(1, 3)
+    );
+    assert_eq!(
+        post(
+            "n3",
+            "ef",
+            file,
+            vec![
+                ("stdout", 140),
+                ("stdout", 140),
+                ("stdout", 135),
+                ("stdout", 150)
+            ]
+        )
+        .await,
+        stored(2, 2)
+    );
+    // Hostile places: refused, naming the field, nothing stored.
+    let long = "1".repeat(65);
+    for (file, end, field) in [
+        (
+            serde_json::json!("7 1"),
+            serde_json::json!(1),
+            "groups[0].file",
+        ),
+        (
+            serde_json::json!(""),
+            serde_json::json!(1),
+            "groups[0].file",
+        ),
+        (
+            serde_json::json!(long),
+            serde_json::json!(1),
+            "groups[0].file",
+        ),
+        (
+            serde_json::json!("7-1"),
+            serde_json::json!(u64::MAX),
+            "groups[0].lines[0].end",
+        ),
+        (serde_json::json!(7), serde_json::json!(1), "body"),
+        (serde_json::json!("7-1"), serde_json::json!(-1), "body"),
+    ] {
+        let body = serde_json::json!({"node": "n1", "groups": [
+            {"function": "again", "deployment_id": deployment, "instance": "ab", "file": file,
+             "lines": [{"at_ns": now_ns, "stream": "stdout", "line": "bad", "end": end}]}]});
+        let reply = app
+            .send(json_request("POST", "/api/v1/logs", body.to_string()))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(reply.error().field.as_deref(), Some(field), "{body}");
+    }
+    let page: LogPage = app
+        .get("/api/v1/functions/again/logs?limit=100")
+        .await
+        .json();
+    assert!(page.lines.iter().all(|l| l.line != "bad"));
+    // Places are forgotten by age (with the lines' retention), not before.
+    sqlx::query("UPDATE log_positions SET at = now() - interval '8 days' WHERE node = 'n2'")
+        .execute(db)
+        .await
+        .unwrap();
+    assert_eq!(
+        containerpub_control::logs::prune_positions(db, 7)
+            .await
+            .unwrap(),
+        1
+    );
+    let (left,): (i64,) = sqlx::query_as("SELECT count(*) FROM log_positions")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 5,
+        "n1 ab 7-1 and 7-2, n1 cd 7-1, n3 ef 9-1 stdout and stderr"
+    );
 }
 
 /// `POST /api/v1/logs` checks every line, stores it with its version, and
@@ -1251,7 +1446,8 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
         LogIngest {
             stored: 3,
             unknown: 0,
-            duplicate: false
+            duplicate: false,
+            repeated: 0
         }
     );
     let reply = app
@@ -1266,7 +1462,8 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
         LogIngest {
             stored: 0,
             unknown: 1,
-            duplicate: false
+            duplicate: false,
+            repeated: 0
         }
     );
     let page: LogPage = app.get("/api/v1/functions/talky/logs").await.json();
@@ -1397,7 +1594,8 @@ async fn log_batches_are_checked_stored_queried_and_trimmed() {
         LogIngest {
             stored: 1,
             unknown: 1,
-            duplicate: false
+            duplicate: false,
+            repeated: 0
         }
     );
     let (at, line): (chrono::DateTime<chrono::Utc>, String) =

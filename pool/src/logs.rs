@@ -146,6 +146,10 @@ pub struct Captured {
     /// Where the instance's file may be read again from once this line is
     /// shipped; `None` for platform lines and when offsets are not kept.
     pub source: Option<Source>,
+    /// Which file the line was read from ([`file_identity`]; with the
+    /// line's `entry.end`, its place there: the control plane stores a line
+    /// read again once); `None` for platform lines.
+    pub file: Option<Arc<str>>,
 }
 
 /// A line's place in its container's log file.
@@ -471,6 +475,7 @@ impl LogHub {
         function: &Arc<str>,
         deployment_id: i64,
         instance: &Arc<str>,
+        file: Option<&Arc<str>>,
         source: Option<(&Arc<str>, u64)>,
         entries: Vec<Marked>,
     ) {
@@ -521,6 +526,7 @@ impl LogHub {
                         container: Arc::clone(container),
                         at: Position { ino, offset: mark },
                     }),
+                    file: file.cloned(),
                 });
             }
             budget.dropped_rate += over_rate;
@@ -591,8 +597,10 @@ impl LogHub {
                             stream: LogStream::System,
                             request_id: None,
                             line: format!("{n} lines dropped: {why}"),
+                            end: None,
                         },
                         source: None,
+                        file: None,
                     });
                 }
             }
@@ -768,8 +776,10 @@ pub(crate) struct RemovedLog {
 impl RemovedLog {
     /// Once the container is removed: reads the file to its end and queues
     /// its lines. They carry no source: no proxy reads them again, so a
-    /// stop before they are shipped counts them (`shutdown`). Returns how
-    /// many lines were queued.
+    /// stop before they are shipped counts them (`shutdown`); they carry
+    /// their place in the file, so lines the proxy before shipped past its
+    /// saved offset are not stored twice. Returns how many lines were
+    /// queued.
     pub(crate) async fn finish(self) -> usize {
         tokio::task::spawn_blocking(move || {
             let Self {
@@ -788,7 +798,11 @@ impl RemovedLog {
             asm.flush_stale(true, &mut out);
             let n = out.len();
             let instance: Arc<str> = Arc::from(short(&id));
-            hub.push(&function, deployment_id, &instance, None, out);
+            let identity = file
+                .metadata()
+                .ok()
+                .and_then(|m| file_identity(&file, m.ino()));
+            hub.push(&function, deployment_id, &instance, identity.as_ref(), None, out);
             if n > 0 {
                 tracing::info!(container = short(&id), %function, lines = n, "log lines of a container not adopted read at its removal");
             }
@@ -925,12 +939,14 @@ impl Assembler {
         }
     }
 
-    fn entry(&self, stream: LogStream, at_ns: i64, line: String) -> LogEntry {
+    /// A finished line whose last record ends at file offset `end`.
+    fn entry(&self, stream: LogStream, at_ns: i64, line: String, end: u64) -> LogEntry {
         LogEntry {
             at_ns,
             stream,
             request_id: self.journal.as_ref().and_then(|j| j.find(at_ns)),
             line,
+            end: Some(end),
         }
     }
 
@@ -964,7 +980,7 @@ impl Assembler {
             if !partial && let Some((at_ns, line)) = pending.finish() {
                 let mark = self.mark(stream, at);
                 out.push(Marked {
-                    entry: self.entry(stream, at_ns, line),
+                    entry: self.entry(stream, at_ns, line, at),
                     mark,
                 });
             }
@@ -992,7 +1008,7 @@ impl Assembler {
             {
                 let mark = self.mark(stream, end);
                 out.push(Marked {
-                    entry: self.entry(stream, at, line),
+                    entry: self.entry(stream, at, line, end),
                     mark,
                 });
             }
@@ -1092,14 +1108,32 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
     let mut pos = start;
     let gone;
     let source = |ino: u64| offsets.map(|_| (&container, ino));
-    // Hands the records read from the file of inode `ino` to the hub.
-    let push = |ino: u64, records: Vec<_>| {
+    // The identity of the file read last (`file_identity`), by inode.
+    let identity: std::sync::Mutex<Option<(u64, Arc<str>)>> = Default::default();
+    // Hands the lines read from `file` to the hub.
+    let push = |file: &(std::fs::File, u64), lines: Vec<Marked>| {
+        if lines.is_empty() {
+            return;
+        }
+        let ino = file.1;
+        let id = {
+            let mut known = identity.lock().expect("file identity lock");
+            match &*known {
+                Some((i, id)) if *i == ino => Some(Arc::clone(id)),
+                _ => {
+                    let id = file_identity(&file.0, ino);
+                    *known = id.as_ref().map(|id| (ino, Arc::clone(id)));
+                    id
+                }
+            }
+        };
         hub.push(
             &follow.function,
             follow.deployment_id,
             &instance,
+            id.as_ref(),
             source(ino),
-            records,
+            lines,
         );
     };
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -1116,7 +1150,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         if n > 0 {
             asm.feed(chunk.get(..n).unwrap_or_default(), pos, &mut out);
             pos += n as u64;
-            push(file.1, std::mem::take(&mut out));
+            push(&file, std::mem::take(&mut out));
             quiet = POLL_MIN;
             tokio::task::yield_now().await;
             continue;
@@ -1125,8 +1159,11 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         match at_end(path, &mut file, &mut asm, &mut pos, &mut chunk, &mut out) {
             AtEnd::Same => {}
             AtEnd::Rotated(next) => {
-                // The old file's last lines are its own (its inode).
-                push(file.1, std::mem::take(&mut out));
+                // The old file's last lines are its own, an unfinished one
+                // too (its end is a place in the old file: carried into
+                // the new one it would name a place there).
+                asm.flush_stale(true, &mut out);
+                push(&file, std::mem::take(&mut out));
                 file = next;
                 pos = 0;
                 asm.next_start = 0;
@@ -1141,7 +1178,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
             }
         }
         asm.flush_stale(false, &mut out);
-        push(file.1, std::mem::take(&mut out));
+        push(&file, std::mem::take(&mut out));
         if let Some(journal) = &follow.journal {
             journal.forget_old();
         }
@@ -1149,13 +1186,37 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         quiet = (quiet * 2).min(POLL_MAX);
     }
     asm.flush_stale(true, &mut out);
-    push(file.1, out);
+    push(&file, out);
     if gone && let Some(offsets) = offsets {
         // No proxy will adopt the container: nothing to resume.
         let (o, id) = (Arc::clone(offsets), Arc::clone(&container));
         let _ = tokio::task::spawn_blocking(move || o.forget(&id)).await;
     }
     tracing::debug!(container = short(&follow.id), "log file done");
+}
+
+/// Which file of a container's log this is, for the control plane
+/// ([`Captured::file`]): its inode and the digits of its first record's
+/// time (`<ino>-<digits>`, at most 64 bytes). The inode alone does not
+/// tell files apart: conmon's rotation frees the old file's, and a later
+/// file often gets it again. `None` before the first record's time is
+/// written (no line yet) or when it has no digits.
+pub(crate) fn file_identity(file: &std::fs::File, ino: u64) -> Option<Arc<str>> {
+    let mut head = [0u8; 48];
+    let n = file.read_at(&mut head, 0).ok()?;
+    let head = head.get(..n)?;
+    let time = head.split(|b| *b == b' ').next()?;
+    // The time must end within what was read (a space follows it).
+    if time.len() == head.len() {
+        return None;
+    }
+    let digits: String = time
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| char::from(*b))
+        .take(40)
+        .collect();
+    (!digits.is_empty()).then(|| Arc::from(format!("{ino}-{digits}")))
 }
 
 /// What the path of a log file read to its end names now.
@@ -1371,9 +1432,10 @@ mod tests {
                 stream: LogStream::Stdout,
                 request_id: None,
                 line: format!("line {n}"),
+                end: None,
             })
             .collect();
-        hub.push(&f, 7, &i, None, marked(entries));
+        hub.push(&f, 7, &i, None, None, marked(entries));
         hub.wait().await;
         let got = hub.take(100, 1 << 20);
         let text: Vec<&str> = got.iter().map(|c| c.entry.line.as_str()).collect();
@@ -1413,9 +1475,10 @@ mod tests {
                 stream: LogStream::Stderr,
                 request_id: None,
                 line: format!("line{n:02}"),
+                end: None,
             })
             .collect();
-        hub.push(&f, 1, &i, None, marked(entries));
+        hub.push(&f, 1, &i, None, None, marked(entries));
         let got = hub.take(5, 1 << 20);
         assert_eq!(
             got[0].entry.line,
@@ -1456,6 +1519,27 @@ mod tests {
             ]
         );
         assert!(l1 + l2 + l3 < input.len() as u64);
+        // Each line knows where its last record ends: "err" and "abcd"
+        // read again from err's mark (where "ab" began) end where they did.
+        let ends: Vec<Option<u64>> = out.iter().map(|m| m.entry.end).collect();
+        let (e1, e3, e4) = (1000 + l1, 1000 + l1 + l2 + l3, 1000 + input.len() as u64);
+        assert_eq!(ends, [Some(e1), Some(e3), Some(e4)]);
+        let mut again = assembler();
+        again.next_start = 1000 + l1;
+        let mut out = Vec::new();
+        again.feed(&input.as_bytes()[l1 as usize..], 1000 + l1, &mut out);
+        let got: Vec<(&str, Option<u64>)> = out
+            .iter()
+            .map(|m| (m.entry.line.as_str(), m.entry.end))
+            .collect();
+        assert_eq!(got, [("err", Some(e3)), ("abcd", Some(e4))]);
+        // A line sent without its end (after `PARTIAL_FLUSH`) ends where
+        // its last record read so far does.
+        let mut partial = assembler();
+        let mut out = Vec::new();
+        partial.feed(r2.as_bytes(), 0, &mut out);
+        partial.flush_stale(true, &mut out);
+        assert_eq!(out[0].entry.end, Some(r2.len() as u64));
     }
 
     const CTR: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -1624,6 +1708,7 @@ mod tests {
                     stream: LogStream::Stdout,
                     request_id: None,
                     line: format!("line {n}"),
+                    end: None,
                 })
                 .collect(),
         )
@@ -1642,16 +1727,16 @@ mod tests {
         // In flight (taken by the shipper, not acknowledged): one of each
         // kind. Lines of the file conmon writes now (inode 1, rotated away
         // below), of no file, of a container gone, of the next file (2).
-        hub.push(&f, 1, &i, Some((&kept, 1)), numbered(2));
-        hub.push(&f, 1, &i, None, numbered(1));
-        hub.push(&f, 1, &i, Some((&gone, 1)), numbered(1));
-        hub.push(&f, 1, &i, Some((&kept, 2)), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&kept, 1)), numbered(2));
+        hub.push(&f, 1, &i, None, None, numbered(1));
+        hub.push(&f, 1, &i, None, Some((&gone, 1)), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&kept, 2)), numbered(1));
         assert_eq!(hub.take(100, 1 << 20).len(), 5);
         // Queued: the same kinds.
-        hub.push(&f, 1, &i, Some((&kept, 1)), numbered(1));
-        hub.push(&f, 1, &i, None, numbered(2));
-        hub.push(&f, 1, &i, Some((&gone, 1)), numbered(1));
-        hub.push(&f, 1, &i, Some((&kept, 2)), numbered(3));
+        hub.push(&f, 1, &i, None, Some((&kept, 1)), numbered(1));
+        hub.push(&f, 1, &i, None, None, numbered(2));
+        hub.push(&f, 1, &i, None, Some((&gone, 1)), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&kept, 2)), numbered(3));
         // Conmon rotated the file: the tailer went on with inode 2; what is
         // left of inode 1 is not read again by the next proxy (it reads the
         // current file, from its start).
@@ -1706,6 +1791,66 @@ mod tests {
         ));
         let got: Vec<&str> = out.iter().map(|m| m.entry.line.as_str()).collect();
         assert_eq!(got, ["four", "five"]);
+    }
+
+    #[test]
+    fn a_file_is_named_by_its_inode_and_first_records_time() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        std::fs::write(&log, "").unwrap();
+        let file = std::fs::File::open(&log).unwrap();
+        assert_eq!(file_identity(&file, 7), None, "no record yet");
+        std::fs::write(&log, "2026-11-29T21:47:38.396301304+00:00").unwrap();
+        assert_eq!(file_identity(&file, 7), None, "its time not ended yet");
+        std::fs::write(&log, "").unwrap();
+        append(&log, &["one"]);
+        let a = file_identity(&file, 7).unwrap();
+        assert_eq!(&*a, "7-202611292147383963013040000");
+        // The same inode number, another file (after a rotation freed it).
+        std::fs::write(&log, "2026-11-29T21:50:00.000000001+00:00 stdout F x\n").unwrap();
+        let b = file_identity(&file, 7).unwrap();
+        assert_ne!(a, b);
+        assert!(containerpub_wire::logs::is_valid_file_id(&a));
+        std::fs::write(&log, "garbage without digits\n").unwrap();
+        assert_eq!(file_identity(&file, 7), None);
+    }
+
+    #[tokio::test]
+    async fn lines_name_their_file_and_an_unfinished_one_stays_with_the_old_file() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        // A finished line, then the first part of one on stdout.
+        append(&log, &["one"]);
+        let part = format!("{T} stdout P par\n");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            f.write_all(part.as_bytes()).unwrap();
+        }
+        let old_len = std::fs::metadata(&log).unwrap().len();
+        let hub = LogHub::new(LogConfig::default()).unwrap();
+        let tailer = spawn_tail(&hub, &log, false);
+        let first = take_exactly(&hub, 1).await;
+        assert_eq!(texts(&first), ["one"]);
+        // Rotated: the rest of that line never comes in the old file.
+        let rotated = root.path().join("new.log");
+        std::fs::write(
+            &rotated,
+            "2026-11-29T22:00:00.000000001+00:00 stdout F two\n",
+        )
+        .unwrap();
+        std::fs::rename(&rotated, &log).unwrap();
+        let rest = take_exactly(&hub, 2).await;
+        assert_eq!(texts(&rest), ["par", "two"]);
+        let old = first[0].file.clone().expect("named");
+        assert_eq!(rest[0].file.as_deref(), Some(&*old), "the old file's");
+        assert_eq!(rest[0].entry.end, Some(old_len));
+        let new = rest[1].file.clone().expect("named");
+        assert_ne!(new, old);
+        assert!(new.ends_with("-202611292200000000000010000"), "{new}");
+        std::fs::remove_file(&log).unwrap();
+        tailer.await.unwrap();
+        hub.close();
     }
 
     #[tokio::test]

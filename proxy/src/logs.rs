@@ -9,7 +9,11 @@
 //! past that, lines are dropped and counted there. Each batch carries an
 //! id (`<boot id>-<sequence>`), so a batch sent again after its answer was
 //! lost (a timeout) is stored once; a control plane from before ids refuses
-//! the field, and batches then go without one for ten minutes. A batch
+//! the field, and batches then go without one for ten minutes. Each group
+//! names the file its lines were read from (its inode and first record's
+//! time) and each line where it ends there, so lines read again after a kill (the offset saved before
+//! it is up to a second old) are stored once; a control plane from before
+//! them refuses the fields, and batches then go without for ten minutes. A batch
 //! whose content the control plane refuses (400 or 422: it would be refused
 //! again) is dropped and its lines counted
 //! (`cpub_log_lines_dropped_total{reason="rejected"}`); every other status
@@ -46,8 +50,9 @@ const BATCH_BYTES: usize = 4 << 20;
 const LINGER: Duration = Duration::from_millis(100);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
-/// After a control plane refused a batch id, batches go without one this
-/// long before the proxy tries again (it may have been upgraded).
+/// After a control plane refused a batch id (or the lines' places in their
+/// files), batches go without this long before the proxy tries again (it
+/// may have been upgraded).
 const WITHOUT_IDS_FOR: Duration = Duration::from_secs(600);
 
 /// The flags of log capture (flattened into `cpub-proxy`'s).
@@ -104,8 +109,10 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
     let url = format!("{control_url}{INGEST_PATH}");
     let boot = containerpub_wire::request_id::generate();
     let mut seq = 0u64;
-    // Until then batches go without an id: the control plane predates them.
+    // Until then batches go without an id, or without the lines' places in
+    // their files: the control plane predates them.
     let mut no_ids_until: Option<tokio::time::Instant> = None;
+    let mut no_positions_until: Option<tokio::time::Instant> = None;
     let mut outage = Outage::new("log lines");
     loop {
         hub.wait().await;
@@ -118,6 +125,9 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
         let mut body = to_wire(&node, &lines);
         if no_ids_until.is_none_or(|t| tokio::time::Instant::now() >= t) {
             body.batch = Some(batch_id(&boot, seq));
+        }
+        if no_positions_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            without_positions(&mut body);
         }
         let mut pause = RETRY_FIRST;
         loop {
@@ -134,6 +144,11 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
                     hub.acknowledge(&lines);
                     if answer.duplicate {
                         debug!(lines = lines.len(), "log batch had been stored before");
+                    } else if answer.repeated > 0 {
+                        debug!(
+                            lines = answer.repeated,
+                            "log lines read again were stored before"
+                        );
                     } else if answer.unknown > 0 {
                         debug!(
                             lines = answer.unknown,
@@ -150,6 +165,14 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
                         info!("the control plane does not take log batch ids: sending none");
                         no_ids_until = Some(tokio::time::Instant::now() + WITHOUT_IDS_FOR);
                         body.batch = None;
+                        continue;
+                    }
+                    if has_positions(&body) && refused_positions(status, &text) {
+                        // One from before the lines' places: send them
+                        // without (a kill may then store lines twice).
+                        info!("the control plane does not take log line positions: sending none");
+                        no_positions_until = Some(tokio::time::Instant::now() + WITHOUT_IDS_FOR);
+                        without_positions(&mut body);
                         continue;
                     }
                     BATCHES.with_label_values(&["rejected"]).inc();
@@ -174,12 +197,44 @@ pub async fn ship(hub: Arc<LogHub>, control_url: String, token: String, node: St
 /// Whether a refusal is a control plane from before batch ids reading one
 /// (400, the whole body at fault: ``not a log batch: unknown field `batch`…``).
 fn refused_the_batch_id(status: reqwest::StatusCode, answer: &str) -> bool {
+    refused_field(status, answer, &["batch"])
+}
+
+/// Whether a refusal is a control plane from before lines' places in their
+/// file reading them (``unknown field `file`…``, or `end`).
+fn refused_positions(status: reqwest::StatusCode, answer: &str) -> bool {
+    refused_field(status, answer, &["file", "end"])
+}
+
+/// Whether `batch` names a line's place in its file.
+fn has_positions(batch: &LogBatch) -> bool {
+    batch
+        .groups
+        .iter()
+        .any(|g| g.file.is_some() || g.lines.iter().any(|l| l.end.is_some()))
+}
+
+/// A 400 for the whole body naming one of `fields` as unknown.
+fn refused_field(status: reqwest::StatusCode, answer: &str, fields: &[&str]) -> bool {
     status == reqwest::StatusCode::BAD_REQUEST
         && serde_json::from_str::<containerpub_wire::api::ApiError>(answer).is_ok_and(|r| {
             r.field.as_deref() == Some("body")
                 && r.error.starts_with("not a log batch")
-                && r.error.contains("unknown field `batch`")
+                && fields
+                    .iter()
+                    .any(|f| r.error.contains(&format!("unknown field `{f}`")))
         })
+}
+
+/// `batch` without the lines' places in their files (for a control plane
+/// from before them).
+fn without_positions(batch: &mut LogBatch) {
+    for group in &mut batch.groups {
+        group.file = None;
+        for line in &mut group.lines {
+            line.end = None;
+        }
+    }
 }
 
 /// A batch's id: this process's boot id (a random request id: letters,
@@ -209,7 +264,8 @@ pub async fn shutdown(hub: &LogHub, timeout: Duration) {
     }
 }
 
-/// The wire form: consecutive lines of one instance in one group.
+/// The wire form: consecutive lines of one instance (and file) in one
+/// group.
 pub fn to_wire(node: &str, lines: &[Captured]) -> LogBatch {
     let mut groups: Vec<LogGroup> = Vec::new();
     for c in lines {
@@ -217,7 +273,8 @@ pub fn to_wire(node: &str, lines: &[Captured]) -> LogBatch {
             Some(g)
                 if g.deployment_id == c.deployment_id
                     && g.instance == *c.instance
-                    && g.function == *c.function =>
+                    && g.function == *c.function
+                    && g.file.as_deref() == c.file.as_deref() =>
             {
                 g.lines.push(c.entry.clone());
             }
@@ -225,6 +282,7 @@ pub fn to_wire(node: &str, lines: &[Captured]) -> LogBatch {
                 function: c.function.to_string(),
                 deployment_id: c.deployment_id,
                 instance: c.instance.to_string(),
+                file: c.file.as_deref().map(str::to_owned),
                 lines: vec![c.entry.clone()],
             }),
         }
@@ -238,6 +296,8 @@ pub fn to_wire(node: &str, lines: &[Captured]) -> LogBatch {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
     use containerpub_wire::logs::{LogEntry, LogStream};
 
     use super::*;
@@ -252,8 +312,10 @@ mod tests {
                 stream: LogStream::Stdout,
                 request_id: None,
                 line: line.into(),
+                end: None,
             },
             source: None,
+            file: None,
         }
     }
 
@@ -276,6 +338,42 @@ mod tests {
             shape,
             [("f", "a", 2), ("f", "b", 1), ("g", "b", 1), ("f", "a", 1)]
         );
+    }
+
+    #[test]
+    fn lines_of_another_file_start_a_group_that_names_it() {
+        let mut lines = [
+            captured("f", "a", "1"),
+            captured("f", "a", "2"),
+            captured("f", "a", "3"),
+            captured("f", "a", "4"),
+        ];
+        lines[0].file = Some(Arc::from("7-1"));
+        lines[1].file = Some(Arc::from("7-1"));
+        lines[2].file = Some(Arc::from("7-2"));
+        lines[1].entry.end = Some(20);
+        let mut batch = to_wire("n", &lines);
+        let shape: Vec<(Option<&str>, usize)> = batch
+            .groups
+            .iter()
+            .map(|g| (g.file.as_deref(), g.lines.len()))
+            .collect();
+        assert_eq!(shape, [(Some("7-1"), 2), (Some("7-2"), 1), (None, 1)]);
+        assert!(has_positions(&batch));
+        assert_eq!(batch.groups[0].lines[1].end, Some(20));
+        without_positions(&mut batch);
+        assert!(batch.groups.iter().all(|g| g.file.is_none()));
+        assert!(!has_positions(&batch));
+        assert!(batch.groups[0].lines.iter().all(|l| l.end.is_none()));
+        // What a control plane before them answers to either field.
+        let bad = reqwest::StatusCode::BAD_REQUEST;
+        let file = r#"{"error":"not a log batch: unknown field `file`, expected one of `function`, `deployment_id`, `instance`, `lines` at line 1 column 80","field":"body"}"#;
+        let end = r#"{"error":"not a log batch: unknown field `end`, expected one of `at_ns`, `stream`, `request_id`, `line` at line 1 column 99","field":"body"}"#;
+        assert!(refused_positions(bad, file) && refused_positions(bad, end));
+        assert!(!refused_positions(reqwest::StatusCode::FORBIDDEN, file));
+        assert!(!refused_the_batch_id(bad, file));
+        let batch_id = r#"{"error":"not a log batch: unknown field `batch`, expected `node` or `groups` at line 1 column 25","field":"body"}"#;
+        assert!(!refused_positions(bad, batch_id));
     }
 
     #[test]
@@ -405,6 +503,59 @@ mod tests {
         let _ = std::fs::remove_file(
             std::env::temp_dir().join(format!("cpub-ship-unit-{}.log", std::process::id())),
         );
+    }
+
+    #[tokio::test]
+    async fn lines_name_their_place_unless_the_control_plane_refuses_it() {
+        let function = "ship-unit-positions";
+        let (url, bodies) = scripted_control_plane(vec![
+            (
+                400,
+                r#"{"error":"not a log batch: unknown field `file`, expected one of `function`, `deployment_id`, `instance`, `lines` at line 1 column 80","field":"body"}"#,
+            ),
+            (200, r#"{"stored":2,"unknown":0}"#),
+        ])
+        .await;
+        let log = std::env::temp_dir().join(format!("cpub-ship-pos-{}.log", std::process::id()));
+        let t = "2026-11-29T21:47:38.396301304+00:00";
+        let (one, two) = (format!("{t} stdout F one\n"), format!("{t} stdout F two\n"));
+        std::fs::write(&log, format!("{one}{two}")).unwrap();
+        let ino = std::fs::metadata(&log).unwrap().ino();
+        // The inode and the digits of the first record's time.
+        let file = format!("{ino}-202611292147383963013040000");
+        let hub = LogHub::new(LogConfig::default()).unwrap();
+        hub.follow_file(log.clone(), "abc", function);
+        let shipper = tokio::spawn(ship(Arc::clone(&hub), url, "t".into(), "n1".into()));
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while bodies.lock().unwrap().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the batch is sent twice");
+        assert_eq!(hub.flush(Duration::from_secs(5)).await, (0, 0));
+        shipper.abort();
+        let batches: Vec<LogBatch> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        assert_eq!(batches.len(), 2);
+        // First naming the file and where each line ends in it...
+        let first = &batches[0].groups[0];
+        assert_eq!(first.file.as_deref(), Some(file.as_str()));
+        let ends: Vec<Option<u64>> = first.lines.iter().map(|l| l.end).collect();
+        let (a, b) = (one.len() as u64, (one.len() + two.len()) as u64);
+        assert_eq!(ends, [Some(a), Some(b)]);
+        // ...then, refused, the same lines and id without them.
+        let second = &batches[1];
+        assert_eq!(second.batch, batches[0].batch);
+        assert_eq!(second.groups[0].file, None);
+        assert!(second.groups[0].lines.iter().all(|l| l.end.is_none()));
+        assert_eq!(second.groups[0].lines.len(), 2);
+        assert_eq!(rejected_lines(function), 0.0);
+        let _ = std::fs::remove_file(&log);
     }
 
     #[test]

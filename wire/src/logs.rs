@@ -75,6 +75,19 @@ pub struct LogGroup {
     /// The container's short id (12 hex digits); empty for platform lines
     /// that belong to no one instance.
     pub instance: String,
+    /// Which log file the lines were read from, as the proxy names it (1
+    /// to [`MAX_FILE_ID_BYTES`] letters, digits and `-`: its inode and its
+    /// first record's time); with each line's [`LogEntry::end`] and
+    /// stream, where the line is in that file. The control plane keeps,
+    /// per node, instance, file and stream, the end of the last line it
+    /// stored and stores none that ends at or before it again: a proxy
+    /// killed before it saved how far it shipped reads those lines again
+    /// (a stream's lines come in file order, each ending after the one
+    /// before). Proxies from before it send none; a control plane from
+    /// before it refuses the field, and the proxy then sends none for a
+    /// while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     pub lines: Vec<LogEntry>,
 }
 
@@ -90,6 +103,11 @@ pub struct LogEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     pub line: String,
+    /// The file offset just after the line's last record (at most
+    /// `i64::MAX`; see [`LogGroup::file`]): the same line read again has
+    /// the same end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u64>,
 }
 
 /// What the control plane did with a batch.
@@ -103,6 +121,25 @@ pub struct LogIngest {
     /// stored this time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// Lines not stored because they were stored before (at or before the
+    /// end of the last line stored from their file and stream, see
+    /// [`LogGroup::file`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeated: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Longest [`LogGroup::file`].
+pub const MAX_FILE_ID_BYTES: usize = 64;
+
+/// Whether `id` is a well-formed file id (see [`LogGroup::file`]).
+pub fn is_valid_file_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_FILE_ID_BYTES
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Whether `id` is a well-formed batch id (see [`LogBatch::batch`]).

@@ -9,7 +9,11 @@
 //! functions or deployments that no longer exist are counted and dropped.
 //! A batch takes one transaction-scoped advisory lock before its ids are
 //! drawn, so ids are committed in order and a follower's cursor (`after`)
-//! never skips a line that commits late. Retention is in `crate::logs`.
+//! never skips a line that commits late; under it, lines a proxy read
+//! again from their file (killed before it saved how far it shipped) are
+//! dropped by their place there (`crate::logs::drop_stored_before`,
+//! migration 0017).
+//! Retention is in `crate::logs`.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -22,8 +26,8 @@ use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use containerpub_wire::logs::{
     LogBatch, LogEntry, LogGroup, LogIngest, LogLine, LogPage, LogQuery, LogStream,
-    MAX_BATCH_ID_BYTES, MAX_BATCH_LINES, MAX_QUERY_LINES, MAX_WAIT_S, clean_line, is_clean,
-    is_valid_batch_id,
+    MAX_BATCH_ID_BYTES, MAX_BATCH_LINES, MAX_FILE_ID_BYTES, MAX_QUERY_LINES, MAX_WAIT_S,
+    clean_line, is_clean, is_valid_batch_id, is_valid_file_id,
 };
 use containerpub_wire::request_id;
 use tokio::sync::watch;
@@ -63,7 +67,7 @@ pub async fn ingest(
     body: Bytes,
 ) -> Result<Json<LogIngest>> {
     caller.require(Action::ShipLogs, None)?;
-    let batch: LogBatch = serde_json::from_slice(&body)
+    let mut batch: LogBatch = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_request("body", format!("not a log batch: {e}")))?;
     containerpub_wire::validate_node_name(&batch.node)
         .map_err(|m| Error::bad_request("node", m))?;
@@ -92,6 +96,12 @@ pub async fn ingest(
                 "must be a container id (at most 64 hex digits) or empty",
             ));
         }
+        if group.file.as_deref().is_some_and(|f| !is_valid_file_id(f)) {
+            return Err(Error::bad_request(
+                format!("groups[{g}].file"),
+                format!("must be 1 to {MAX_FILE_ID_BYTES} letters, digits and '-'"),
+            ));
+        }
         for (l, entry) in group.lines.iter().enumerate() {
             if let Some(id) = &entry.request_id
                 && !request_id::is_valid(id.as_bytes())
@@ -101,20 +111,17 @@ pub async fn ingest(
                     "not a valid request id",
                 ));
             }
+            if entry.end.is_some_and(|end| i64::try_from(end).is_err()) {
+                return Err(Error::bad_request(
+                    format!("groups[{g}].lines[{l}].end"),
+                    "must be at most 9223372036854775807",
+                ));
+            }
         }
     }
     if total == 0 {
         return Ok(Json(LogIngest::default()));
     }
-    // The deployments the batch names, each once.
-    let mut named: Vec<(&str, i64)> = batch
-        .groups
-        .iter()
-        .map(|g| (g.function.as_str(), g.deployment_id))
-        .collect();
-    named.sort_unstable();
-    named.dedup();
-    let (names, deployments): (Vec<&str>, Vec<i64>) = named.into_iter().unzip();
     let mut tx = state.db.begin().await?;
     // A batch sent again (its answer was lost) is stored once: its id's row
     // commits with its lines (a second copy in flight waits for the first
@@ -141,6 +148,16 @@ pub async fn ingest(
         .bind(INGEST_LOCK)
         .execute(&mut *tx)
         .await?;
+    let repeated = crate::logs::drop_stored_before(&mut tx, &mut batch).await?;
+    // The deployments the batch names, each once.
+    let mut named: Vec<(&str, i64)> = batch
+        .groups
+        .iter()
+        .map(|g| (g.function.as_str(), g.deployment_id))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let (names, deployments): (Vec<&str>, Vec<i64>) = named.into_iter().unzip();
     // Resolved once per batch, the functions' rows held until the commit
     // (a deletion, which takes them `FOR UPDATE` and deletes their lines,
     // waits): what a foreign key checked on every row before migration
@@ -241,8 +258,9 @@ pub async fn ingest(
     let stored = u64::try_from(stored).unwrap_or(0);
     let answer = LogIngest {
         stored,
-        unknown: (total as u64).saturating_sub(stored),
+        unknown: (total as u64).saturating_sub(stored + repeated),
         duplicate: false,
+        repeated,
     };
     if answer.unknown > 0 {
         tracing::debug!(node = %batch.node, unknown = answer.unknown, "log lines of unknown functions dropped");
