@@ -10,9 +10,10 @@
 -- of its stream is not stored again: a stream's lines come in file order,
 -- while the two streams' lines interleave (a line held back unfinished on
 -- one ends before lines of the other stored meanwhile). Written in the
--- batch's transaction, under the log ingest lock; rows are refreshed with
--- every batch from their file and removed by the log retention sweep when
--- older than the lines' retention (`control/src/logs.rs`).
+-- batch's transaction, under the log ingest lock; a row's time is set when
+-- a batch moves it, and the log retention sweep removes rows older than
+-- the lines' retention (`control/src/logs.rs`; a later kill may then store
+-- a stream's lines twice, as before).
 CREATE TABLE log_positions (
     node       TEXT NOT NULL,
     instance   TEXT NOT NULL,

@@ -144,19 +144,28 @@ pub async fn sweep(db: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
 /// Forgets the ids of batches stored more than `older_than` ago (a
 /// thousand rows per statement); returns how many went.
 pub async fn prune_batch_ids(db: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
+    delete_old(
+        db,
+        "DELETE FROM log_batches WHERE (node, batch) IN ( \
+           SELECT node, batch FROM log_batches \
+           WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+        older_than,
+    )
+    .await
+}
+
+/// Runs `delete` (rows older than `$1` seconds, at most `$2` of them) until
+/// it removes fewer than [`SWEEP_CHUNKS`]; returns how many went.
+async fn delete_old(db: &PgPool, delete: &str, older_than: Duration) -> Result<u64, sqlx::Error> {
     let secs = older_than.as_secs_f64();
     let mut total = 0;
     loop {
-        let gone = sqlx::query(
-            "DELETE FROM log_batches WHERE (node, batch) IN ( \
-               SELECT node, batch FROM log_batches \
-               WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(secs)
-        .bind(SWEEP_CHUNKS)
-        .execute(db)
-        .await?
-        .rows_affected();
+        let gone = sqlx::query(delete)
+            .bind(secs)
+            .bind(SWEEP_CHUNKS)
+            .execute(db)
+            .await?
+            .rows_affected();
         total += gone;
         if gone < SWEEP_CHUNKS as u64 {
             return Ok(total);
@@ -266,23 +275,14 @@ pub(crate) async fn drop_stored_before(
 /// Forgets the places of log files no line came from for `days` (a
 /// thousand rows per statement); returns how many went.
 pub async fn prune_positions(db: &PgPool, days: u32) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
-    loop {
-        let gone = sqlx::query(
-            "DELETE FROM log_positions WHERE (node, instance, file, stream) IN ( \
-               SELECT node, instance, file, stream FROM log_positions \
-               WHERE at < now() - make_interval(days => $1) LIMIT $2)",
-        )
-        .bind(i32::try_from(days).unwrap_or(i32::MAX))
-        .bind(SWEEP_CHUNKS)
-        .execute(db)
-        .await?
-        .rows_affected();
-        total += gone;
-        if gone < SWEEP_CHUNKS as u64 {
-            return Ok(total);
-        }
-    }
+    delete_old(
+        db,
+        "DELETE FROM log_positions WHERE (node, instance, file, stream) IN ( \
+           SELECT node, instance, file, stream FROM log_positions \
+           WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+        Duration::from_secs(u64::from(days) * 86_400),
+    )
+    .await
 }
 
 /// Removes the oldest chunks of `function_id` until it holds at most 90 %

@@ -5,9 +5,12 @@
 //! during a call of a `concurrency = 1` instance carry its request id, the
 //! function gets a `traceparent`, and hostile output (a 100 KB line, binary
 //! bytes, escapes, no final newline) comes out bounded and harmless, and
-//! lines printed across a proxy restart are all stored (once after a
-//! graceful stop).
+//! lines printed across a proxy restart are all stored once (after a
+//! graceful stop and after a kill).
 //! Uses `examples/chatty` (built by examples/build.sh).
+//!
+//! Over 600 lines: one test per promise of the issue, each with the stack
+//! and the function it needs; they share the helpers at the top.
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};

@@ -1167,6 +1167,12 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
                 file = next;
                 pos = 0;
                 asm.next_start = 0;
+                // Nothing of the old file's reading carries over: not a
+                // record it left unfinished, and not its name (the new
+                // file's inode may be one a file before it had).
+                asm.carry.clear();
+                asm.resync = false;
+                *identity.lock().expect("file identity lock") = None;
                 if let Some(offsets) = offsets {
                     offsets.rotated(&container, file.1);
                 }
