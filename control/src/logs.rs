@@ -188,8 +188,8 @@ pub(crate) async fn drop_stored_before(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch: &mut LogBatch,
 ) -> Result<u64, sqlx::Error> {
-    /// Instance, file and stream.
-    type Key = (String, String, &'static str);
+    /// Instance, file and stream, borrowed from the batch or the rows read.
+    type Key<'a> = (&'a str, &'a str, &'static str);
     let with_place = |g: &LogGroup| !g.instance.is_empty() && g.file.is_some();
     if !batch.groups.iter().any(with_place) {
         return Ok(0);
@@ -212,34 +212,40 @@ pub(crate) async fn drop_stored_before(
     .fetch_all(&mut **tx)
     .await?;
     let mut last: HashMap<Key, i64> = HashMap::new();
-    for (instance, file, stream, end) in stored {
-        if let Some(stream) = LogStream::parse(&stream) {
-            last.insert((instance, file, stream.as_str()), end);
+    for (instance, file, stream, end) in &stored {
+        if let Some(stream) = LogStream::parse(stream) {
+            last.insert((instance, file, stream.as_str()), *end);
         }
     }
     let mut moved: HashMap<Key, i64> = HashMap::new();
     let mut dropped = 0u64;
-    for group in &mut batch.groups {
-        let Some(file) = group.file.clone().filter(|_| !group.instance.is_empty()) else {
+    for LogGroup {
+        instance,
+        file,
+        lines,
+        ..
+    } in &mut batch.groups
+    {
+        let (instance, file): (&String, &Option<String>) = (instance, file);
+        let Some(file) = file.as_deref().filter(|_| !instance.is_empty()) else {
             continue;
         };
-        let before = group.lines.len();
-        let instance = &group.instance;
-        group.lines.retain(|line| {
+        let before = lines.len();
+        lines.retain(|line| {
             // Checked: at most i64::MAX.
             let Some(end) = line.end.and_then(|e| i64::try_from(e).ok()) else {
                 return true;
             };
-            let key = (instance.clone(), file.clone(), line.stream.as_str());
+            let key = (instance.as_str(), file, line.stream.as_str());
             let end_before = last.get(&key).copied().unwrap_or(-1);
             if end <= end_before {
                 return false;
             }
-            last.insert(key.clone(), end);
+            last.insert(key, end);
             moved.insert(key, end);
             true
         });
-        dropped += (before - group.lines.len()) as u64;
+        dropped += (before - lines.len()) as u64;
     }
     if !moved.is_empty() {
         let mut instances = Vec::with_capacity(moved.len());

@@ -448,7 +448,8 @@ impl LogHub {
         let file = tokio::task::spawn_blocking(move || {
             let mut file = open(&path).ok()??;
             let len = file.0.metadata().map_or(0, |m| m.len());
-            let start = start_at(&id, file.1, len, true, Some(&offsets));
+            let name = file_identity(&file.0, file.1);
+            let start = start_at(&id, (file.1, name.as_deref()), len, true, Some(&offsets));
             file.0
                 .seek(SeekFrom::Start(start))
                 .is_ok()
@@ -1033,26 +1034,44 @@ async fn tail_container(
 }
 
 /// Where to start reading container `id`'s file (inode `ino`, `len`
-/// bytes). A new instance: at its start. An adopted one: at the offset the
-/// previous proxy saved for this inode; at the start when the saved one is
-/// of another inode or beyond the end (conmon rotated the file while no
-/// proxy ran: all of the new file is unshipped, the old one's unread end is
-/// gone with it); at the end when nothing was saved (a proxy that did not
-/// keep offsets, or capture was off: its lines were shipped or never
-/// captured).
-fn start_at(id: &str, ino: u64, len: u64, adopted: bool, offsets: Option<&Offsets>) -> u64 {
+/// bytes, named `file` when it has a record: [`file_identity`]). A new
+/// instance: at its start. An adopted one: at the offset the previous
+/// proxy saved for this file; at the start when the saved one is of
+/// another file (another inode, or the same inode under another name: a
+/// number conmon's rotation freed and a later file got) or beyond the end
+/// (conmon rotated the file while no proxy ran: all of the new file is
+/// unshipped, the old one's unread end is gone with it); at the end when
+/// nothing was saved (a proxy that did not keep offsets, or capture was
+/// off: its lines were shipped or never captured). A saved offset without
+/// a name (saved before the file had a whole record, or by an older
+/// proxy) is matched by the inode alone.
+fn start_at(
+    id: &str,
+    (ino, file): (u64, Option<&str>),
+    len: u64,
+    adopted: bool,
+    offsets: Option<&Offsets>,
+) -> u64 {
     if !adopted {
         return 0;
     }
     let Some(offsets) = offsets else { return len };
     match offsets.load(id) {
-        Some(saved) if saved.ino == ino && saved.offset <= len => saved.offset,
+        Some(saved)
+            if saved.at.ino == ino
+                && saved.at.offset <= len
+                && saved.file.as_deref().is_none_or(|name| Some(name) == file) =>
+        {
+            saved.at.offset
+        }
         Some(saved) => {
             tracing::info!(
                 container = short(id),
-                saved_ino = saved.ino,
+                saved_ino = saved.at.ino,
+                saved_file = ?saved.file,
                 ino,
-                saved_offset = saved.offset,
+                file = ?file,
+                saved_offset = saved.at.offset,
                 len,
                 "the log file is not the one its offset was saved for (rotated while no proxy followed it): read from its start"
             );
@@ -1078,23 +1097,29 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         }
     };
     let len = file.0.metadata().map_or(0, |m| m.len());
+    // The name of the file read now (`file_identity`), once it has one;
+    // forgotten at a rotation (the new file's inode may be one a file
+    // before it had).
+    let named: std::sync::Mutex<Option<Arc<str>>> =
+        std::sync::Mutex::new(file_identity(&file.0, file.1));
     let start = match offsets {
         Some(offsets) => {
-            let (o, id, ino, adopted) = (
+            let (o, id, ino, name, adopted) = (
                 Arc::clone(offsets),
                 Arc::clone(&container),
                 file.1,
+                named.lock().expect("file name lock").clone(),
                 follow.adopted,
             );
             tokio::task::spawn_blocking(move || {
-                let start = start_at(&id, ino, len, adopted, Some(&o));
-                o.register(&id, Position { ino, offset: start });
+                let start = start_at(&id, (ino, name.as_deref()), len, adopted, Some(&o));
+                o.register(&id, Position { ino, offset: start }, name);
                 start
             })
             .await
             .unwrap_or(len)
         }
-        None => start_at(&follow.id, file.1, len, follow.adopted, None),
+        None => start_at(&follow.id, (file.1, None), len, follow.adopted, None),
     };
     if start > 0
         && let Err(err) = file.0.seek(SeekFrom::Start(start))
@@ -1108,8 +1133,6 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
     let mut pos = start;
     let gone;
     let source = |ino: u64| offsets.map(|_| (&container, ino));
-    // The identity of the file read last (`file_identity`), by inode.
-    let identity: std::sync::Mutex<Option<(u64, Arc<str>)>> = Default::default();
     // Hands the lines read from `file` to the hub.
     let push = |file: &(std::fs::File, u64), lines: Vec<Marked>| {
         if lines.is_empty() {
@@ -1117,15 +1140,14 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         }
         let ino = file.1;
         let id = {
-            let mut known = identity.lock().expect("file identity lock");
-            match &*known {
-                Some((i, id)) if *i == ino => Some(Arc::clone(id)),
-                _ => {
-                    let id = file_identity(&file.0, ino);
-                    *known = id.as_ref().map(|id| (ino, Arc::clone(id)));
-                    id
+            let mut known = named.lock().expect("file name lock");
+            if known.is_none() {
+                *known = file_identity(&file.0, ino);
+                if let (Some(offsets), Some(name)) = (offsets, known.as_ref()) {
+                    offsets.named(&container, ino, name);
                 }
             }
+            known.clone()
         };
         hub.push(
             &follow.function,
@@ -1172,7 +1194,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
                 // file's inode may be one a file before it had).
                 asm.carry.clear();
                 asm.resync = false;
-                *identity.lock().expect("file identity lock") = None;
+                *named.lock().expect("file name lock") = None;
                 if let Some(offsets) = offsets {
                     offsets.rotated(&container, file.1);
                 }
@@ -1628,7 +1650,13 @@ mod tests {
         let ino = std::fs::metadata(&log).unwrap().ino();
         let saved = Offsets::new(dir.clone()).load(CTR).unwrap();
         let two = format!("{T} stdout F one\n{T} stdout F two\n").len() as u64;
-        assert_eq!(saved, Position { ino, offset: two });
+        assert_eq!(saved.at, Position { ino, offset: two });
+        let name = file_identity(&std::fs::File::open(&log).unwrap(), ino).unwrap();
+        assert_eq!(
+            saved.file.as_deref(),
+            Some(&*name),
+            "saved with its file's name"
+        );
         // Printed while no proxy ran.
         append(&log, &["four"]);
         // The next proxy adopts it: the unacknowledged line and the new one,
@@ -1641,7 +1669,7 @@ mod tests {
         hub.offsets.as_ref().unwrap().save(true);
         let len = std::fs::metadata(&log).unwrap().len();
         assert_eq!(
-            Offsets::new(dir.clone()).load(CTR),
+            Offsets::new(dir.clone()).load(CTR).map(|s| s.at),
             Some(Position { ino, offset: len })
         );
         // The container goes: its offset file too.
@@ -1677,25 +1705,36 @@ mod tests {
             hub.close();
             let _ = std::fs::remove_file(dir.join(CTR));
         }
-        // Saved for another inode (rotated while no proxy ran), or beyond
-        // the end: the whole file.
-        for (saved_ino, offset) in [(ino + 1, 0), (ino, 1u64 << 40)] {
+        // Saved for another inode (rotated while no proxy ran), beyond the
+        // end, or for the same inode under another name (a later file got
+        // the number conmon's rotation freed): the whole file.
+        let name = file_identity(&std::fs::File::open(&log).unwrap(), ino).unwrap();
+        let first = format!("{T} stdout F old\n").len();
+        for (saved_ino, offset, file) in [
+            (ino + 1, 0, String::new()),
+            (ino, 1u64 << 40, String::new()),
+            (ino, first as u64, format!(",\"file\":\"{ino}-1\"")),
+            (ino, first as u64, format!(",\"file\":\"{name}x\"")),
+        ] {
             std::fs::write(
                 dir.join(CTR),
-                format!("{{\"container\":\"{CTR}\",\"ino\":{saved_ino},\"offset\":{offset}}}"),
+                format!(
+                    "{{\"container\":\"{CTR}\",\"ino\":{saved_ino},\"offset\":{offset}{file}}}"
+                ),
             )
             .unwrap();
             let hub = hub_with_offsets(&dir);
             let task = spawn_tail(&hub, &log, true);
             let got = take_exactly(&hub, 4).await;
-            assert_eq!(texts(&got), ["old", "new", "new", "new"]);
+            assert_eq!(texts(&got), ["old", "new", "new", "new"], "{file}");
             task.abort();
             hub.close();
         }
-        // An offset inside a record: reading resumes at the next one.
+        // An offset inside a record of the file it names: reading resumes
+        // at the next one.
         std::fs::write(
             dir.join(CTR),
-            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5}}"),
+            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5,\"file\":\"{name}\"}}"),
         )
         .unwrap();
         let hub = hub_with_offsets(&dir);
@@ -1728,7 +1767,7 @@ mod tests {
         let i: Arc<str> = Arc::from("abc");
         let kept: Arc<str> = Arc::from(CTR);
         let offsets = hub.offsets.as_ref().unwrap();
-        offsets.register(&kept, Position { ino: 1, offset: 0 });
+        offsets.register(&kept, Position { ino: 1, offset: 0 }, None);
         let gone: Arc<str> = Arc::from("fedcba");
         // In flight (taken by the shipper, not acknowledged): one of each
         // kind. Lines of the file conmon writes now (inode 1, rotated away

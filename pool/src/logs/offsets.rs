@@ -1,6 +1,7 @@
 //! Where each followed container's log file has been shipped up to: the
-//! byte offset (and the file's inode) after the last line the control
-//! plane acknowledged, kept in memory per container and saved in
+//! byte offset (and the file's inode and, once it has a record, its name:
+//! `super::file_identity`) after the last line the control plane
+//! acknowledged, kept in memory per container and saved in
 //! `<state-dir>/log-offsets/<container id>` so that the next proxy resumes
 //! an adopted instance's file there instead of at its end (lines printed
 //! while no proxy ran, or queued in memory when it stopped, are read
@@ -22,6 +23,10 @@
 //! this shape and names its own container; anything else is ignored with a
 //! warning (the tailer then starts as if there were no file). Container ids
 //! are only used as file names when they are 1 to 64 lowercase hex digits.
+//!
+//! Over 600 lines (about 380 lines of code and docs, 260 of tests): the
+//! tests of hostile files, names and write rates belong beside the one
+//! type they hold to.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -49,14 +54,31 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// What a previous proxy saved for a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub at: Position,
+    /// The name of the file `at` is in (`super::file_identity`): the inode
+    /// alone does not tell files apart, since conmon's rotation frees
+    /// inode numbers a later file gets. `None` when it was not known yet
+    /// (no whole record in the file) or the proxy that saved it did not
+    /// write names.
+    pub file: Option<String>,
+}
+
 /// The file's content.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Saved {
+struct OnDisk {
     container: String,
     ino: u64,
     offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
 }
+
+/// A file's name, once known, with the inode it was read from.
+type Named = Option<(u64, Arc<str>)>;
 
 struct Entry {
     /// After the last acknowledged line.
@@ -64,9 +86,28 @@ struct Entry {
     /// The inode of the file the tailer reads now (conmon's current file):
     /// a next proxy reads only that one again.
     current: u64,
+    /// The current file's name, once the tailer knows it.
+    named: Named,
     /// What the file holds.
-    saved: Option<Position>,
+    saved: Option<(Position, Option<Arc<str>>)>,
     last_write: Option<Instant>,
+}
+
+impl Entry {
+    /// The name of the file `acked` is in, when known.
+    fn acked_file(&self) -> Option<&Arc<str>> {
+        match &self.named {
+            Some((ino, name)) if *ino == self.acked.ino => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Whether the file holds what is kept.
+    fn is_saved(&self) -> bool {
+        self.saved
+            .as_ref()
+            .is_some_and(|(at, file)| *at == self.acked && file.as_ref() == self.acked_file())
+    }
 }
 
 /// The offsets of the containers this node follows.
@@ -113,7 +154,7 @@ impl Offsets {
 
     /// What the previous proxy saved for container `id`: `None` when there
     /// is no file, or it is not one this code wrote (with a warning).
-    pub fn load(&self, id: &str) -> Option<Position> {
+    pub fn load(&self, id: &str) -> Option<Saved> {
         let path = self.path(id)?;
         let file = match open_regular(&path) {
             Ok(file) => file,
@@ -132,10 +173,13 @@ impl Offsets {
             tracing::warn!(path = %path.display(), max_bytes = MAX_FILE_BYTES, "log offset file too large; ignored");
             return None;
         }
-        match serde_json::from_slice::<Saved>(&text) {
-            Ok(saved) if saved.container == id => Some(Position {
-                ino: saved.ino,
-                offset: saved.offset,
+        match serde_json::from_slice::<OnDisk>(&text) {
+            Ok(saved) if saved.container == id => Some(Saved {
+                at: Position {
+                    ino: saved.ino,
+                    offset: saved.offset,
+                },
+                file: saved.file,
             }),
             Ok(saved) => {
                 tracing::warn!(path = %path.display(), names = %saved.container.escape_debug(), "log offset file of another container; ignored");
@@ -148,10 +192,10 @@ impl Offsets {
         }
     }
 
-    /// Starts keeping container `id`'s offset at `at` and writes its file
-    /// now — that file only: the others wait for their turn (blocking: call
-    /// off the async threads).
-    pub fn register(&self, id: &Arc<str>, at: Position) {
+    /// Starts keeping container `id`'s offset at `at` (in the file named
+    /// `file`, when known) and writes its file now — that file only: the
+    /// others wait for their turn (blocking: call off the async threads).
+    pub fn register(&self, id: &Arc<str>, at: Position, file: Option<Arc<str>>) {
         if !is_container_id(id) {
             return;
         }
@@ -160,6 +204,7 @@ impl Offsets {
             Entry {
                 acked: at,
                 current: at.ino,
+                named: file.map(|name| (at.ino, name)),
                 saved: None,
                 last_write: None,
             },
@@ -186,6 +231,18 @@ impl Offsets {
     pub fn rotated(&self, id: &str, ino: u64) {
         if let Some(entry) = self.entries.lock().expect("offsets lock").get_mut(id) {
             entry.current = ino;
+            entry.named = None;
+        }
+    }
+
+    /// The tailer of container `id` learned the name of its current file
+    /// (inode `ino`; a name for another file than the current one is not
+    /// kept): saved with the offset from then on.
+    pub fn named(&self, id: &str, ino: u64, file: &Arc<str>) {
+        if let Some(entry) = self.entries.lock().expect("offsets lock").get_mut(id)
+            && entry.current == ino
+        {
+            entry.named = Some((ino, Arc::clone(file)));
         }
     }
 
@@ -224,21 +281,22 @@ impl Offsets {
     fn write(&self, due: impl Fn(&str, &Entry) -> bool) -> usize {
         let _io = self.io.lock().expect("offsets io lock");
         let now = Instant::now();
-        let due: Vec<(Arc<str>, Position)> = self
+        let due: Vec<(Arc<str>, Position, Option<Arc<str>>)> = self
             .entries
             .lock()
             .expect("offsets lock")
             .iter()
-            .filter(|(id, e)| e.saved != Some(e.acked) && due(id, e))
-            .map(|(id, e)| (Arc::clone(id), e.acked))
+            .filter(|(id, e)| !e.is_saved() && due(id, e))
+            .map(|(id, e)| (Arc::clone(id), e.acked, e.acked_file().cloned()))
             .collect();
         let mut written = 0;
-        for (id, at) in due {
+        for (id, at, file) in due {
             let Some(path) = self.path(&id) else { continue };
-            let body = serde_json::to_vec(&Saved {
+            let body = serde_json::to_vec(&OnDisk {
                 container: id.to_string(),
                 ino: at.ino,
                 offset: at.offset,
+                file: file.as_deref().map(str::to_owned),
             })
             .unwrap_or_default();
             let result = write_atomic(&path, &body, Modes::PRIVATE);
@@ -249,7 +307,7 @@ impl Offsets {
             entry.last_write = Some(now);
             match result {
                 Ok(()) => {
-                    entry.saved = Some(at);
+                    entry.saved = Some((at, file));
                     written += 1;
                 }
                 Err(e) => {
@@ -336,9 +394,12 @@ mod tests {
     fn an_offset_round_trips_and_is_saved_at_most_once_a_second() {
         let (_root, offsets) = offsets();
         let id: Arc<str> = Arc::from(ID);
-        assert_eq!(offsets.load(ID), None, "no file yet");
-        offsets.register(&id, Position { ino: 7, offset: 0 });
-        assert_eq!(offsets.load(ID), Some(Position { ino: 7, offset: 0 }));
+        assert_eq!(offsets.load(ID).map(|s| s.at), None, "no file yet");
+        offsets.register(&id, Position { ino: 7, offset: 0 }, None);
+        assert_eq!(
+            offsets.load(ID).map(|s| s.at),
+            Some(Position { ino: 7, offset: 0 })
+        );
         offsets.acknowledge(
             ID,
             Position {
@@ -347,12 +408,15 @@ mod tests {
             },
         );
         assert_eq!(offsets.save(false), 0, "written less than a second ago");
-        assert_eq!(offsets.load(ID), Some(Position { ino: 7, offset: 0 }));
+        assert_eq!(
+            offsets.load(ID).map(|s| s.at),
+            Some(Position { ino: 7, offset: 0 })
+        );
         // An older acknowledgement of the same file never moves it back.
         offsets.acknowledge(ID, Position { ino: 7, offset: 50 });
         assert_eq!(offsets.save(true), 1);
         assert_eq!(
-            offsets.load(ID),
+            offsets.load(ID).map(|s| s.at),
             Some(Position {
                 ino: 7,
                 offset: 100
@@ -363,13 +427,61 @@ mod tests {
         offsets.acknowledge(ID, Position { ino: 8, offset: 10 });
         std::thread::sleep(SAVE_EVERY);
         assert_eq!(offsets.save(false), 1);
-        assert_eq!(offsets.load(ID), Some(Position { ino: 8, offset: 10 }));
+        assert_eq!(
+            offsets.load(ID).map(|s| s.at),
+            Some(Position { ino: 8, offset: 10 })
+        );
         // Gone: the file too, and a late acknowledgement brings nothing back.
         offsets.forget(ID);
         offsets.acknowledge(ID, Position { ino: 8, offset: 20 });
         assert_eq!(offsets.save(true), 0);
-        assert_eq!(offsets.load(ID), None);
+        assert_eq!(offsets.load(ID).map(|s| s.at), None);
         assert!(!offsets.is_kept(ID));
+    }
+
+    #[test]
+    fn a_file_name_is_saved_with_an_offset_in_that_file_only() {
+        let (_root, offsets) = offsets();
+        let id: Arc<str> = Arc::from(ID);
+        let saved = |ino, offset, file: Option<&str>| {
+            Some(Saved {
+                at: Position { ino, offset },
+                file: file.map(str::to_owned),
+            })
+        };
+        // Registered before the file had a whole record: no name.
+        offsets.register(&id, Position { ino: 7, offset: 0 }, None);
+        assert_eq!(offsets.load(ID), saved(7, 0, None));
+        // Named later: written again, though the offset did not move.
+        offsets.named(ID, 7, &Arc::from("7-1"));
+        assert_eq!(offsets.save(true), 1);
+        assert_eq!(offsets.load(ID), saved(7, 0, Some("7-1")));
+        // A name for a file that is not the current one is not kept.
+        offsets.named(ID, 9, &Arc::from("9-1"));
+        assert_eq!(offsets.save(true), 0);
+        // Rotated: the new file's name goes with offsets in the new file
+        // only.
+        offsets.rotated(ID, 8);
+        offsets.named(ID, 8, &Arc::from("8-2"));
+        assert_eq!(
+            offsets.save(true),
+            1,
+            "the old file's offset loses its name"
+        );
+        assert_eq!(offsets.load(ID), saved(7, 0, None));
+        offsets.acknowledge(ID, Position { ino: 8, offset: 10 });
+        assert_eq!(offsets.save(true), 1);
+        assert_eq!(offsets.load(ID), saved(8, 10, Some("8-2")));
+        // Registered with a name (an adopted file with records).
+        offsets.register(&id, Position { ino: 8, offset: 4 }, Some(Arc::from("8-2")));
+        assert_eq!(offsets.load(ID), saved(8, 4, Some("8-2")));
+        // A file written by an older proxy, without a name: no name.
+        std::fs::write(
+            offsets.dir().join(ID),
+            format!("{{\"container\":\"{ID}\",\"ino\":3,\"offset\":4}}"),
+        )
+        .unwrap();
+        assert_eq!(offsets.load(ID), saved(3, 4, None));
     }
 
     #[test]
@@ -404,17 +516,22 @@ mod tests {
                 format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"x\":1}}").into_bytes(),
                 "unknown field",
             ),
+            (
+                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":3}}")
+                    .into_bytes(),
+                "a name that is no string",
+            ),
             (vec![b' '; 10_000], "too large"),
         ] {
             std::fs::write(&path, &content).unwrap();
-            assert_eq!(offsets.load(ID), None, "{why}");
+            assert_eq!(offsets.load(ID).map(|s| s.at), None, "{why}");
         }
         // A directory in its place, a name that is no container id.
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
-        assert_eq!(offsets.load(ID), None);
+        assert_eq!(offsets.load(ID).map(|s| s.at), None);
         assert_eq!(offsets.load("../etc/passwd"), None);
-        offsets.register(&Arc::from("../../x"), Position { ino: 1, offset: 1 });
+        offsets.register(&Arc::from("../../x"), Position { ino: 1, offset: 1 }, None);
         assert!(!offsets.is_kept("../../x"));
         // The good form is read.
         std::fs::remove_dir(&path).unwrap();
@@ -423,7 +540,10 @@ mod tests {
             format!("{{\"container\":\"{ID}\",\"ino\":3,\"offset\":4}}"),
         )
         .unwrap();
-        assert_eq!(offsets.load(ID), Some(Position { ino: 3, offset: 4 }));
+        assert_eq!(
+            offsets.load(ID).map(|s| s.at),
+            Some(Position { ino: 3, offset: 4 })
+        );
         // The same numbers as above, each alone: the shape is right, so
         // the refusals above were the numbers'.
         for (ino, offset) in [("1", "0"), ("1", "18446744073709551615")] {
@@ -432,7 +552,7 @@ mod tests {
                 format!("{{\"container\":\"{ID}\",\"ino\":{ino},\"offset\":{offset}}}"),
             )
             .unwrap();
-            assert!(offsets.load(ID).is_some(), "{ino} {offset}");
+            assert!(offsets.load(ID).map(|s| s.at).is_some(), "{ino} {offset}");
         }
     }
 
@@ -449,7 +569,7 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
-        assert_eq!(offsets.load(ID), None, "a symbolic link");
+        assert_eq!(offsets.load(ID).map(|s| s.at), None, "a symbolic link");
         std::fs::remove_file(&path).unwrap();
         // A FIFO nobody writes: opening it must not block.
         let made = std::process::Command::new("mkfifo")
@@ -469,8 +589,11 @@ mod tests {
         assert_eq!(got, None, "a FIFO");
         // A write replaces it with a regular file, read again.
         let id: Arc<str> = Arc::from(ID);
-        offsets.register(&id, Position { ino: 5, offset: 6 });
-        assert_eq!(offsets.load(ID), Some(Position { ino: 5, offset: 6 }));
+        offsets.register(&id, Position { ino: 5, offset: 6 }, None);
+        assert_eq!(
+            offsets.load(ID).map(|s| s.at),
+            Some(Position { ino: 5, offset: 6 })
+        );
     }
 
     #[test]
@@ -478,17 +601,23 @@ mod tests {
         let (_root, offsets) = offsets();
         let a: Arc<str> = Arc::from(ID);
         let b: Arc<str> = Arc::from("abc");
-        offsets.register(&a, Position { ino: 1, offset: 0 });
+        offsets.register(&a, Position { ino: 1, offset: 0 }, None);
         offsets.acknowledge(ID, Position { ino: 1, offset: 10 });
-        offsets.register(&b, Position { ino: 2, offset: 0 });
-        assert_eq!(offsets.load("abc"), Some(Position { ino: 2, offset: 0 }));
+        offsets.register(&b, Position { ino: 2, offset: 0 }, None);
         assert_eq!(
-            offsets.load(ID),
+            offsets.load("abc").map(|s| s.at),
+            Some(Position { ino: 2, offset: 0 })
+        );
+        assert_eq!(
+            offsets.load(ID).map(|s| s.at),
             Some(Position { ino: 1, offset: 0 }),
             "another container's start does not write this one's file"
         );
         assert_eq!(offsets.save(true), 1, "its move is still due");
-        assert_eq!(offsets.load(ID), Some(Position { ino: 1, offset: 10 }));
+        assert_eq!(
+            offsets.load(ID).map(|s| s.at),
+            Some(Position { ino: 1, offset: 10 })
+        );
     }
 
     #[test]
@@ -496,8 +625,8 @@ mod tests {
         let (_root, offsets) = offsets();
         let kept: Arc<str> = Arc::from(ID);
         let gone: Arc<str> = Arc::from("abc");
-        offsets.register(&kept, Position { ino: 1, offset: 1 });
-        offsets.register(&gone, Position { ino: 1, offset: 1 });
+        offsets.register(&kept, Position { ino: 1, offset: 1 }, None);
+        offsets.register(&gone, Position { ino: 1, offset: 1 }, None);
         std::fs::write(offsets.dir().join(".abc.x1y2.tmp"), "x").unwrap();
         std::fs::write(offsets.dir().join("README"), "not ours").unwrap();
         assert_eq!(offsets.prune(|id| id == ID), 2);
