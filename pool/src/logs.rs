@@ -664,13 +664,16 @@ impl LogHub {
                 Some(n.saturating_sub(lines.len()))
             });
         let Some(offsets) = &self.offsets else { return };
-        // A container's lines are in reading order: its last one counts.
-        let mut last: FxHashMap<&str, Position> = FxHashMap::default();
-        for source in lines.iter().filter_map(|c| c.source.as_ref()) {
-            last.insert(&source.container, source.at);
+        // A container's lines are in reading order: its last one counts,
+        // with the name of the file it was read from.
+        let mut last: FxHashMap<&str, (Position, Option<&Arc<str>>)> = FxHashMap::default();
+        for c in lines {
+            if let Some(source) = &c.source {
+                last.insert(&source.container, (source.at, c.file.as_ref()));
+            }
         }
-        for (container, at) in last {
-            offsets.acknowledge(container, at);
+        for (container, (at, file)) in last {
+            offsets.acknowledge(container, at, file);
         }
     }
 
@@ -1143,9 +1146,6 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
             let mut known = named.lock().expect("file name lock");
             if known.is_none() {
                 *known = file_identity(&file.0, ino);
-                if let (Some(offsets), Some(name)) = (offsets, known.as_ref()) {
-                    offsets.named(&container, ino, name);
-                }
             }
             known.clone()
         };
@@ -1709,34 +1709,42 @@ mod tests {
         // end, or for the same inode under another name (a later file got
         // the number conmon's rotation freed): the whole file.
         let name = file_identity(&std::fs::File::open(&log).unwrap(), ino).unwrap();
-        let first = format!("{T} stdout F old\n").len();
+        let first = format!("{T} stdout F old\n").len() as u64;
+        // As this proxy saves: the offset file, and the name beside it.
+        let save = |ino: u64, offset: u64, file: Option<&str>| {
+            let at = format!("\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":{offset}");
+            std::fs::write(dir.join(CTR), format!("{{{at}}}")).unwrap();
+            let names = dir.join(offsets::NAMES_DIR);
+            std::fs::create_dir_all(&names).unwrap();
+            match file {
+                Some(file) => {
+                    let named = format!("{{{at},\"file\":\"{file}\"}}");
+                    std::fs::write(names.join(CTR), named).unwrap();
+                }
+                None => {
+                    let _ = std::fs::remove_file(names.join(CTR));
+                }
+            }
+        };
+        let other = format!("{ino}-1");
+        let renamed = format!("{name}x");
         for (saved_ino, offset, file) in [
-            (ino + 1, 0, String::new()),
-            (ino, 1u64 << 40, String::new()),
-            (ino, first as u64, format!(",\"file\":\"{ino}-1\"")),
-            (ino, first as u64, format!(",\"file\":\"{name}x\"")),
+            (ino + 1, 0, None),
+            (ino, 1u64 << 40, None),
+            (ino, first, Some(other.as_str())),
+            (ino, first, Some(renamed.as_str())),
         ] {
-            std::fs::write(
-                dir.join(CTR),
-                format!(
-                    "{{\"container\":\"{CTR}\",\"ino\":{saved_ino},\"offset\":{offset}{file}}}"
-                ),
-            )
-            .unwrap();
+            save(saved_ino, offset, file);
             let hub = hub_with_offsets(&dir);
             let task = spawn_tail(&hub, &log, true);
             let got = take_exactly(&hub, 4).await;
-            assert_eq!(texts(&got), ["old", "new", "new", "new"], "{file}");
+            assert_eq!(texts(&got), ["old", "new", "new", "new"], "{file:?}");
             task.abort();
             hub.close();
         }
         // An offset inside a record of the file it names: reading resumes
         // at the next one.
-        std::fs::write(
-            dir.join(CTR),
-            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5,\"file\":\"{name}\"}}"),
-        )
-        .unwrap();
+        save(ino, 5, Some(&name));
         let hub = hub_with_offsets(&dir);
         let task = spawn_tail(&hub, &log, true);
         let got = take_exactly(&hub, 3).await;

@@ -1,30 +1,43 @@
 //! Where each followed container's log file has been shipped up to: the
-//! byte offset (and the file's inode and, once it has a record, its name:
-//! `super::file_identity`) after the last line the control plane
+//! byte offset and the file's inode after the last line the control plane
 //! acknowledged, kept in memory per container and saved in
-//! `<state-dir>/log-offsets/<container id>` so that the next proxy resumes
+//! `<state-dir>/log-offsets/<container id>`, so that the next proxy resumes
 //! an adopted instance's file there instead of at its end (lines printed
 //! while no proxy ran, or queued in memory when it stopped, are read
 //! again).
 //!
-//! **Write rate.** A container's file is written when its tailer starts
-//! (that file alone, so a proxy that dies at once still finds it; a burst
-//! of cold starts does not rewrite every other moved offset), then at most
-//! once per [`SAVE_EVERY`] when acknowledgements moved it, and once more at
-//! a graceful shutdown (`LogHub::flush`). Each write is the project's
-//! atomic replacement (`containerpub_util::fs::write_atomic`): a file is
-//! never seen half-written. A proxy killed without a shutdown may therefore
-//! resume up to a second of acknowledged lines early: they are shipped
-//! again (duplicates, never losses).
+//! **Names.** The inode alone does not tell files apart: conmon's rotation
+//! frees inode numbers that a later file gets, so after rotations while no
+//! proxy ran an inode-only offset could start the next proxy mid-file in
+//! another file. Each acknowledged line carries the name of the file it
+//! was read from (`super::file_identity`: inode and first record's time),
+//! and the offset is saved with it in a second file,
+//! `<state-dir>/log-offsets/names/<container id>` (`{container, ino,
+//! offset, file}`), read only when its inode and offset are those of the
+//! first. The first file keeps exactly the shape older proxies read
+//! (`{container, ino, offset}`, unknown fields refused): a proxy rolled
+//! back to one of them still resumes where this one stopped, by inode.
+//!
+//! **Write rate.** A container's files are written when its tailer starts
+//! (its files alone, so a proxy that dies at once still finds them; a
+//! burst of cold starts does not rewrite every other moved offset), then at
+//! most once per [`SAVE_EVERY`] when acknowledgements moved it, and once
+//! more at a graceful shutdown (`LogHub::flush`). Each write is the
+//! project's atomic replacement (`containerpub_util::fs::write_atomic`): a
+//! file is never seen half-written (a kill between the two files leaves
+//! them disagreeing: the name is then not used). A proxy killed without a
+//! shutdown may therefore resume up to a second of acknowledged lines
+//! early: they are shipped again (duplicates, never losses).
 //!
 //! **Hostile files.** A file is read only if it is a regular file (opened
 //! with `O_NOFOLLOW | O_NONBLOCK`: a symbolic link is not followed, a FIFO
 //! does not block the thread), at most [`MAX_FILE_BYTES`], JSON of exactly
-//! this shape and names its own container; anything else is ignored with a
-//! warning (the tailer then starts as if there were no file). Container ids
-//! are only used as file names when they are 1 to 64 lowercase hex digits.
+//! its shape and names its own container; anything else is ignored with a
+//! warning (the tailer then starts as if there were no file, or no name).
+//! Container ids are only used as file names when they are 1 to 64
+//! lowercase hex digits.
 //!
-//! Over 600 lines (about 380 lines of code and docs, 260 of tests): the
+//! Over 600 lines (about 420 lines of code and docs, 330 of tests): the
 //! tests of hostile files, names and write rates belong beside the one
 //! type they hold to.
 
@@ -35,10 +48,14 @@ use std::time::{Duration, Instant};
 
 use containerpub_util::fs::{Modes, write_atomic};
 use rustc_hash::FxHashMap;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Subdirectory of the proxy's state directory.
 pub const DIR_NAME: &str = "log-offsets";
+/// Subdirectory of [`DIR_NAME`] holding the offsets with their files'
+/// names (not a container id: older proxies' pruning leaves it alone).
+pub const NAMES_DIR: &str = "names";
 /// A container's file is written at most this often (besides its first
 /// write and the shutdown's).
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -58,56 +75,44 @@ pub struct Position {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {
     pub at: Position,
-    /// The name of the file `at` is in (`super::file_identity`): the inode
-    /// alone does not tell files apart, since conmon's rotation frees
-    /// inode numbers a later file gets. `None` when it was not known yet
-    /// (no whole record in the file) or the proxy that saved it did not
-    /// write names.
+    /// The name of the file `at` is in (`super::file_identity`). `None`
+    /// when it was not known (no line acknowledged from a file with a
+    /// whole record), saved by an older proxy, or the names file does not
+    /// agree with the offset file.
     pub file: Option<String>,
 }
 
-/// The file's content.
+/// The offset file's content: the shape every proxy since offsets reads.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OnDisk {
     container: String,
     ino: u64,
     offset: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
 }
 
-/// A file's name, once known, with the inode it was read from.
-type Named = Option<(u64, Arc<str>)>;
+/// The names file's content.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamedOnDisk {
+    container: String,
+    ino: u64,
+    offset: u64,
+    file: String,
+}
+
+/// An offset and the name of its file, when known.
+type Place = (Position, Option<Arc<str>>);
 
 struct Entry {
-    /// After the last acknowledged line.
-    acked: Position,
+    /// After the last acknowledged line, in the file of that name.
+    acked: Place,
     /// The inode of the file the tailer reads now (conmon's current file):
     /// a next proxy reads only that one again.
     current: u64,
-    /// The current file's name, once the tailer knows it.
-    named: Named,
-    /// What the file holds.
-    saved: Option<(Position, Option<Arc<str>>)>,
+    /// What the files hold.
+    saved: Option<Place>,
     last_write: Option<Instant>,
-}
-
-impl Entry {
-    /// The name of the file `acked` is in, when known.
-    fn acked_file(&self) -> Option<&Arc<str>> {
-        match &self.named {
-            Some((ino, name)) if *ino == self.acked.ino => Some(name),
-            _ => None,
-        }
-    }
-
-    /// Whether the file holds what is kept.
-    fn is_saved(&self) -> bool {
-        self.saved
-            .as_ref()
-            .is_some_and(|(at, file)| *at == self.acked && file.as_ref() == self.acked_file())
-    }
 }
 
 /// The offsets of the containers this node follows.
@@ -152,48 +157,33 @@ impl Offsets {
         is_container_id(id).then(|| self.dir.join(id))
     }
 
+    fn names_path(&self, id: &str) -> Option<PathBuf> {
+        is_container_id(id).then(|| self.dir.join(NAMES_DIR).join(id))
+    }
+
     /// What the previous proxy saved for container `id`: `None` when there
-    /// is no file, or it is not one this code wrote (with a warning).
+    /// is no offset file, or it is not one this code wrote (with a
+    /// warning); the name only when the names file agrees with it.
     pub fn load(&self, id: &str) -> Option<Saved> {
-        let path = self.path(id)?;
-        let file = match open_regular(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
-                return None;
-            }
+        let saved: OnDisk = read_json(&self.path(id)?)?;
+        if saved.container != id {
+            tracing::warn!(dir = %self.dir.display(), names = %saved.container.escape_debug(), "log offset file of another container; ignored");
+            return None;
+        }
+        let at = Position {
+            ino: saved.ino,
+            offset: saved.offset,
         };
-        let mut text = Vec::new();
-        if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut text) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
-            return None;
-        }
-        if text.len() as u64 > MAX_FILE_BYTES {
-            tracing::warn!(path = %path.display(), max_bytes = MAX_FILE_BYTES, "log offset file too large; ignored");
-            return None;
-        }
-        match serde_json::from_slice::<OnDisk>(&text) {
-            Ok(saved) if saved.container == id => Some(Saved {
-                at: Position {
-                    ino: saved.ino,
-                    offset: saved.offset,
-                },
-                file: saved.file,
-            }),
-            Ok(saved) => {
-                tracing::warn!(path = %path.display(), names = %saved.container.escape_debug(), "log offset file of another container; ignored");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "corrupt log offset file; ignored");
-                None
-            }
-        }
+        let file = self
+            .names_path(id)
+            .and_then(|path| read_json::<NamedOnDisk>(&path))
+            .filter(|n| n.container == id && n.ino == at.ino && n.offset == at.offset)
+            .map(|n| n.file);
+        Some(Saved { at, file })
     }
 
     /// Starts keeping container `id`'s offset at `at` (in the file named
-    /// `file`, when known) and writes its file now — that file only: the
+    /// `file`, when known) and writes its files now — its files only: the
     /// others wait for their turn (blocking: call off the async threads).
     pub fn register(&self, id: &Arc<str>, at: Position, file: Option<Arc<str>>) {
         if !is_container_id(id) {
@@ -202,9 +192,8 @@ impl Offsets {
         self.entries.lock().expect("offsets lock").insert(
             Arc::clone(id),
             Entry {
-                acked: at,
+                acked: (at, file),
                 current: at.ino,
-                named: file.map(|name| (at.ino, name)),
                 saved: None,
                 last_write: None,
             },
@@ -212,15 +201,18 @@ impl Offsets {
         self.write(|entry_id, _| entry_id == &**id);
     }
 
-    /// Lines up to `at` of container `id` were acknowledged (nothing when
-    /// it is not kept, e.g. gone).
-    pub fn acknowledge(&self, id: &str, at: Position) {
+    /// Lines up to `at` of container `id`, read from the file named
+    /// `file`, were acknowledged (nothing when it is not kept, e.g. gone).
+    pub fn acknowledge(&self, id: &str, at: Position, file: Option<&Arc<str>>) {
         let mut entries = self.entries.lock().expect("offsets lock");
         if let Some(entry) = entries.get_mut(id) {
-            // The same file only moves forward; a new inode is the file
-            // conmon rotated in, read after the old one.
-            if entry.acked.ino != at.ino || entry.acked.offset < at.offset {
-                entry.acked = at;
+            let (acked, acked_file) = &entry.acked;
+            // The same file (inode and name) only moves forward; another
+            // is one conmon rotated in, read after the one before (its
+            // inode may be the same: a number the rotation freed).
+            let same_file = acked.ino == at.ino && acked_file.as_ref() == file;
+            if !same_file || acked.offset < at.offset {
+                entry.acked = (at, file.cloned());
             }
         }
     }
@@ -231,18 +223,6 @@ impl Offsets {
     pub fn rotated(&self, id: &str, ino: u64) {
         if let Some(entry) = self.entries.lock().expect("offsets lock").get_mut(id) {
             entry.current = ino;
-            entry.named = None;
-        }
-    }
-
-    /// The tailer of container `id` learned the name of its current file
-    /// (inode `ino`; a name for another file than the current one is not
-    /// kept): saved with the offset from then on.
-    pub fn named(&self, id: &str, ino: u64, file: &Arc<str>) {
-        if let Some(entry) = self.entries.lock().expect("offsets lock").get_mut(id)
-            && entry.current == ino
-        {
-            entry.named = Some((ino, Arc::clone(file)));
         }
     }
 
@@ -266,7 +246,7 @@ impl Offsets {
 
     /// Writes the files whose acknowledged offset moved: those not written
     /// for [`SAVE_EVERY`], or all of them with `all`. Blocking. Returns how
-    /// many were written.
+    /// many containers' files were written.
     pub fn save(&self, all: bool) -> usize {
         let now = Instant::now();
         self.write(|_, e| {
@@ -277,29 +257,48 @@ impl Offsets {
     }
 
     /// Writes the files of the entries `due` picks whose acknowledged
-    /// offset is not the one saved. Blocking. Returns how many were written.
+    /// place is not the one saved: the offset file, then the names file
+    /// (or its removal when the name is not known). Blocking. Returns how
+    /// many containers' files were written.
     fn write(&self, due: impl Fn(&str, &Entry) -> bool) -> usize {
         let _io = self.io.lock().expect("offsets io lock");
         let now = Instant::now();
-        let due: Vec<(Arc<str>, Position, Option<Arc<str>>)> = self
+        let due: Vec<(Arc<str>, Place)> = self
             .entries
             .lock()
             .expect("offsets lock")
             .iter()
-            .filter(|(id, e)| !e.is_saved() && due(id, e))
-            .map(|(id, e)| (Arc::clone(id), e.acked, e.acked_file().cloned()))
+            .filter(|(id, e)| e.saved.as_ref() != Some(&e.acked) && due(id, e))
+            .map(|(id, e)| (Arc::clone(id), e.acked.clone()))
             .collect();
         let mut written = 0;
-        for (id, at, file) in due {
-            let Some(path) = self.path(&id) else { continue };
+        for (id, (at, file)) in due {
+            let (Some(path), Some(names)) = (self.path(&id), self.names_path(&id)) else {
+                continue;
+            };
             let body = serde_json::to_vec(&OnDisk {
                 container: id.to_string(),
                 ino: at.ino,
                 offset: at.offset,
-                file: file.as_deref().map(str::to_owned),
             })
             .unwrap_or_default();
-            let result = write_atomic(&path, &body, Modes::PRIVATE);
+            let mut result = write_atomic(&path, &body, Modes::PRIVATE);
+            if result.is_ok() {
+                result = match &file {
+                    Some(name) => {
+                        let body = serde_json::to_vec(&NamedOnDisk {
+                            container: id.to_string(),
+                            ino: at.ino,
+                            offset: at.offset,
+                            file: name.to_string(),
+                        })
+                        .unwrap_or_default();
+                        std::fs::create_dir_all(self.dir.join(NAMES_DIR))
+                            .and_then(|()| write_atomic(&names, &body, Modes::PRIVATE))
+                    }
+                    None => remove(&names),
+                };
+            }
             let mut entries = self.entries.lock().expect("offsets lock");
             let Some(entry) = entries.get_mut(&id) else {
                 continue;
@@ -318,45 +317,77 @@ impl Offsets {
         written
     }
 
-    /// Container `id` is gone: its offset and file too. Blocking.
+    /// Container `id` is gone: its offset and files too. Blocking.
     pub fn forget(&self, id: &str) {
         let _io = self.io.lock().expect("offsets io lock");
         self.entries.lock().expect("offsets lock").remove(id);
-        if let Some(path) = self.path(id) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a log offset file");
-                }
+        for path in [self.path(id), self.names_path(id)].into_iter().flatten() {
+            if let Err(e) = remove(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a log offset file");
             }
         }
     }
 
     /// Removes the files of containers `keep` refuses (gone while no proxy
-    /// ran) and temporary files a crash left. Blocking; returns how many
-    /// went.
+    /// ran) and temporary files a crash left, in both directories.
+    /// Blocking; returns how many went.
     pub fn prune(&self, keep: impl Fn(&str) -> bool) -> usize {
         let _io = self.io.lock().expect("offsets io lock");
-        let Ok(dir) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
         let mut removed = 0;
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let stale = if is_container_id(name) {
-                !keep(name)
-            } else {
-                // `write_atomic`'s temporary files: `.<id>.<random>.tmp`.
-                name.starts_with('.') && name.ends_with(".tmp")
+        for dir in [self.dir.clone(), self.dir.join(NAMES_DIR)] {
+            let Ok(dir) = std::fs::read_dir(&dir) else {
+                continue;
             };
-            if stale && std::fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let stale = if is_container_id(name) {
+                    !keep(name)
+                } else {
+                    // `write_atomic`'s temporary files: `.<id>.<random>.tmp`.
+                    name.starts_with('.') && name.ends_with(".tmp")
+                };
+                if stale && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
             }
         }
         removed
     }
+}
+
+/// Removes `path`; already gone is fine.
+fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `path` as JSON of `T`'s shape: `None` when there is no file, or it
+/// is not a regular file, is too large or is not that JSON (with a
+/// warning).
+fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let file = match open_regular(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
+            return None;
+        }
+    };
+    let mut text = Vec::new();
+    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut text) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
+        return None;
+    }
+    if text.len() as u64 > MAX_FILE_BYTES {
+        tracing::warn!(path = %path.display(), max_bytes = MAX_FILE_BYTES, "log offset file too large; ignored");
+        return None;
+    }
+    serde_json::from_slice(&text)
+        .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "corrupt log offset file; ignored"))
+        .ok()
 }
 
 /// Opens `path` for reading only if it is a regular file: a symbolic link
@@ -406,6 +437,7 @@ mod tests {
                 ino: 7,
                 offset: 100,
             },
+            None,
         );
         assert_eq!(offsets.save(false), 0, "written less than a second ago");
         assert_eq!(
@@ -413,7 +445,7 @@ mod tests {
             Some(Position { ino: 7, offset: 0 })
         );
         // An older acknowledgement of the same file never moves it back.
-        offsets.acknowledge(ID, Position { ino: 7, offset: 50 });
+        offsets.acknowledge(ID, Position { ino: 7, offset: 50 }, None);
         assert_eq!(offsets.save(true), 1);
         assert_eq!(
             offsets.load(ID).map(|s| s.at),
@@ -424,7 +456,7 @@ mod tests {
         );
         assert_eq!(offsets.save(true), 0, "nothing moved");
         // A rotated file (new inode) starts lower.
-        offsets.acknowledge(ID, Position { ino: 8, offset: 10 });
+        offsets.acknowledge(ID, Position { ino: 8, offset: 10 }, None);
         std::thread::sleep(SAVE_EVERY);
         assert_eq!(offsets.save(false), 1);
         assert_eq!(
@@ -433,14 +465,14 @@ mod tests {
         );
         // Gone: the file too, and a late acknowledgement brings nothing back.
         offsets.forget(ID);
-        offsets.acknowledge(ID, Position { ino: 8, offset: 20 });
+        offsets.acknowledge(ID, Position { ino: 8, offset: 20 }, None);
         assert_eq!(offsets.save(true), 0);
         assert_eq!(offsets.load(ID).map(|s| s.at), None);
         assert!(!offsets.is_kept(ID));
     }
 
     #[test]
-    fn a_file_name_is_saved_with_an_offset_in_that_file_only() {
+    fn an_offset_is_saved_with_the_name_of_its_file() {
         let (_root, offsets) = offsets();
         let id: Arc<str> = Arc::from(ID);
         let saved = |ino, offset, file: Option<&str>| {
@@ -449,39 +481,65 @@ mod tests {
                 file: file.map(str::to_owned),
             })
         };
+        let name = |n: &str| Some(Arc::<str>::from(n));
         // Registered before the file had a whole record: no name.
         offsets.register(&id, Position { ino: 7, offset: 0 }, None);
         assert_eq!(offsets.load(ID), saved(7, 0, None));
-        // Named later: written again, though the offset did not move.
-        offsets.named(ID, 7, &Arc::from("7-1"));
+        // Its lines name it.
+        offsets.acknowledge(ID, Position { ino: 7, offset: 90 }, name("7-1").as_ref());
         assert_eq!(offsets.save(true), 1);
-        assert_eq!(offsets.load(ID), saved(7, 0, Some("7-1")));
-        // A name for a file that is not the current one is not kept.
-        offsets.named(ID, 9, &Arc::from("9-1"));
-        assert_eq!(offsets.save(true), 0);
-        // Rotated: the new file's name goes with offsets in the new file
-        // only.
+        assert_eq!(offsets.load(ID), saved(7, 90, Some("7-1")));
+        // Rotated: lines of the old file acknowledged after the rotation
+        // keep the old file's name.
         offsets.rotated(ID, 8);
-        offsets.named(ID, 8, &Arc::from("8-2"));
-        assert_eq!(
-            offsets.save(true),
-            1,
-            "the old file's offset loses its name"
+        offsets.acknowledge(
+            ID,
+            Position {
+                ino: 7,
+                offset: 100,
+            },
+            name("7-1").as_ref(),
         );
-        assert_eq!(offsets.load(ID), saved(7, 0, None));
-        offsets.acknowledge(ID, Position { ino: 8, offset: 10 });
         assert_eq!(offsets.save(true), 1);
-        assert_eq!(offsets.load(ID), saved(8, 10, Some("8-2")));
-        // Registered with a name (an adopted file with records).
-        offsets.register(&id, Position { ino: 8, offset: 4 }, Some(Arc::from("8-2")));
-        assert_eq!(offsets.load(ID), saved(8, 4, Some("8-2")));
-        // A file written by an older proxy, without a name: no name.
+        assert_eq!(offsets.load(ID), saved(7, 100, Some("7-1")));
+        // The same inode under another name is another file (the number
+        // the rotation freed, given to a later file): its offset is taken
+        // even when lower, with its name.
+        offsets.rotated(ID, 7);
+        offsets.acknowledge(ID, Position { ino: 7, offset: 30 }, name("7-3").as_ref());
+        assert_eq!(offsets.save(true), 1);
+        assert_eq!(offsets.load(ID), saved(7, 30, Some("7-3")));
+        // ... and within it only moves forward.
+        offsets.acknowledge(ID, Position { ino: 7, offset: 20 }, name("7-3").as_ref());
+        assert_eq!(offsets.save(true), 0);
+        // The offset file keeps the shape older proxies read: a rolled-back
+        // proxy resumes by inode.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Older {
+            container: String,
+            ino: u64,
+            offset: u64,
+        }
+        let older: Older =
+            serde_json::from_slice(&std::fs::read(offsets.dir().join(ID)).unwrap()).unwrap();
+        assert_eq!((older.ino, older.offset), (7, 30));
+        // A names file that does not agree with the offset file (an older
+        // proxy moved the offset, or a kill came between the two writes)
+        // gives no name.
         std::fs::write(
             offsets.dir().join(ID),
-            format!("{{\"container\":\"{ID}\",\"ino\":3,\"offset\":4}}"),
+            format!("{{\"container\":\"{ID}\",\"ino\":7,\"offset\":31}}"),
         )
         .unwrap();
-        assert_eq!(offsets.load(ID), saved(3, 4, None));
+        assert_eq!(offsets.load(ID), saved(7, 31, None));
+        // Registered with a name; then without one: the names file goes.
+        offsets.register(&id, Position { ino: 9, offset: 4 }, name("9-2"));
+        assert_eq!(offsets.load(ID), saved(9, 4, Some("9-2")));
+        offsets.register(&id, Position { ino: 9, offset: 4 }, None);
+        assert_eq!(offsets.load(ID), saved(9, 4, None));
+        assert!(!offsets.dir().join(NAMES_DIR).join(ID).exists());
     }
 
     #[test]
@@ -517,15 +575,57 @@ mod tests {
                 "unknown field",
             ),
             (
-                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":3}}")
+                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":\"1-2\"}}")
                     .into_bytes(),
-                "a name that is no string",
+                "a name in the offset file (older proxies refuse it)",
             ),
             (vec![b' '; 10_000], "too large"),
         ] {
             std::fs::write(&path, &content).unwrap();
             assert_eq!(offsets.load(ID).map(|s| s.at), None, "{why}");
         }
+        // A hostile names file: the offset is read, without a name.
+        std::fs::write(
+            &path,
+            format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2}}"),
+        )
+        .unwrap();
+        let names = offsets.dir().join(NAMES_DIR);
+        std::fs::create_dir_all(&names).unwrap();
+        for (content, why) in [
+            (b"{\"file\":".to_vec(), "cut"),
+            (vec![0xff, 0x00], "binary"),
+            (
+                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":3}}")
+                    .into_bytes(),
+                "a name that is no string",
+            ),
+            (
+                format!("{{\"container\":\"{other}\",\"ino\":1,\"offset\":2,\"file\":\"1-2\"}}")
+                    .into_bytes(),
+                "another container's",
+            ),
+            (vec![b' '; 10_000], "too large"),
+        ] {
+            std::fs::write(names.join(ID), &content).unwrap();
+            let got = offsets.load(ID).unwrap();
+            assert_eq!(
+                (got.at, got.file),
+                (Position { ino: 1, offset: 2 }, None),
+                "{why}"
+            );
+        }
+        std::fs::write(
+            names.join(ID),
+            format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":\"1-2\"}}"),
+        )
+        .unwrap();
+        assert_eq!(
+            offsets.load(ID).unwrap().file.as_deref(),
+            Some("1-2"),
+            "the good form"
+        );
+        std::fs::remove_file(names.join(ID)).unwrap();
         // A directory in its place, a name that is no container id.
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
@@ -602,7 +702,7 @@ mod tests {
         let a: Arc<str> = Arc::from(ID);
         let b: Arc<str> = Arc::from("abc");
         offsets.register(&a, Position { ino: 1, offset: 0 }, None);
-        offsets.acknowledge(ID, Position { ino: 1, offset: 10 });
+        offsets.acknowledge(ID, Position { ino: 1, offset: 10 }, None);
         offsets.register(&b, Position { ino: 2, offset: 0 }, None);
         assert_eq!(
             offsets.load("abc").map(|s| s.at),
@@ -625,16 +725,26 @@ mod tests {
         let (_root, offsets) = offsets();
         let kept: Arc<str> = Arc::from(ID);
         let gone: Arc<str> = Arc::from("abc");
-        offsets.register(&kept, Position { ino: 1, offset: 1 }, None);
-        offsets.register(&gone, Position { ino: 1, offset: 1 }, None);
+        let name = Some(Arc::<str>::from("1-1"));
+        offsets.register(&kept, Position { ino: 1, offset: 1 }, name.clone());
+        offsets.register(&gone, Position { ino: 1, offset: 1 }, name);
         std::fs::write(offsets.dir().join(".abc.x1y2.tmp"), "x").unwrap();
         std::fs::write(offsets.dir().join("README"), "not ours").unwrap();
-        assert_eq!(offsets.prune(|id| id == ID), 2);
-        let mut left: Vec<String> = std::fs::read_dir(offsets.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, [ID, "README"]);
+        std::fs::write(offsets.dir().join(NAMES_DIR).join(".abc.x.tmp"), "x").unwrap();
+        assert_eq!(offsets.prune(|id| id == ID), 4);
+        let listing = |dir: PathBuf| {
+            let mut left: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            left
+        };
+        assert_eq!(listing(offsets.dir().to_owned()), [ID, "README", NAMES_DIR]);
+        assert_eq!(listing(offsets.dir().join(NAMES_DIR)), [ID]);
+        // A container forgotten: both its files go.
+        offsets.forget(ID);
+        assert_eq!(listing(offsets.dir().to_owned()), ["README", NAMES_DIR]);
+        assert!(listing(offsets.dir().join(NAMES_DIR)).is_empty());
     }
 }
