@@ -61,8 +61,8 @@ use crate::runtime::{ContainerRuntime, short};
 
 pub mod offsets;
 
-use offsets::Offsets;
 pub use offsets::Position;
+use offsets::{Offsets, SavedName};
 
 /// Settings of log capture.
 #[derive(Debug, Clone)]
@@ -1063,7 +1063,11 @@ fn start_at(
         Some(saved)
             if saved.at.ino == ino
                 && saved.at.offset <= len
-                && saved.file.as_deref().is_none_or(|name| Some(name) == file) =>
+                && match &saved.file {
+                    SavedName::Absent => true,
+                    SavedName::Known(name) => Some(name.as_str()) == file,
+                    SavedName::Unsure => false,
+                } =>
         {
             saved.at.offset
         }
@@ -1076,7 +1080,7 @@ fn start_at(
                 file = ?file,
                 saved_offset = saved.at.offset,
                 len,
-                "the log file is not the one its offset was saved for (rotated while no proxy followed it): read from its start"
+                "the log file is not known to be the one its offset was saved for (rotated while no proxy followed it, or its name was not saved): read from its start"
             );
             0
         }
@@ -1279,7 +1283,13 @@ fn at_end(
         Ok(Some(next)) if next.1 != file.1 => AtEnd::Rotated(next),
         // Back to the same inode between the two looks: nothing changed.
         Ok(Some(_)) => AtEnd::Same,
-        _ => AtEnd::Gone,
+        Ok(None) => AtEnd::Gone,
+        // Not "gone" (out of file descriptors, a permission): the container
+        // may still run, so its offset is kept and the next look retries.
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "cannot open the log file again; retrying");
+            AtEnd::Same
+        }
     }
 }
 
@@ -1653,8 +1663,8 @@ mod tests {
         assert_eq!(saved.at, Position { ino, offset: two });
         let name = file_identity(&std::fs::File::open(&log).unwrap(), ino).unwrap();
         assert_eq!(
-            saved.file.as_deref(),
-            Some(&*name),
+            saved.file,
+            SavedName::Known(name.to_string()),
             "saved with its file's name"
         );
         // Printed while no proxy ran.
@@ -1729,7 +1739,7 @@ mod tests {
         let other = format!("{ino}-1");
         let renamed = format!("{name}x");
         for (saved_ino, offset, file) in [
-            (ino + 1, 0, None),
+            (ino + 1, first, None),
             (ino, 1u64 << 40, None),
             (ino, first, Some(other.as_str())),
             (ino, first, Some(renamed.as_str())),
@@ -1742,6 +1752,20 @@ mod tests {
             task.abort();
             hub.close();
         }
+        // A names file that does not agree with the offset file (a kill
+        // between the two writes): which file is not known, the whole file.
+        save(ino, 5, Some(&name));
+        std::fs::write(
+            dir.join(CTR),
+            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":{first}}}"),
+        )
+        .unwrap();
+        let hub = hub_with_offsets(&dir);
+        let task = spawn_tail(&hub, &log, true);
+        let got = take_exactly(&hub, 4).await;
+        assert_eq!(texts(&got), ["old", "new", "new", "new"], "disagreeing");
+        task.abort();
+        hub.close();
         // An offset inside a record of the file it names: reading resumes
         // at the next one.
         save(ino, 5, Some(&name));

@@ -13,10 +13,14 @@
 //! was read from (`super::file_identity`: inode and first record's time),
 //! and the offset is saved with it in a second file,
 //! `<state-dir>/log-offsets/names/<container id>` (`{container, ino,
-//! offset, file}`), read only when its inode and offset are those of the
-//! first. The first file keeps exactly the shape older proxies read
-//! (`{container, ino, offset}`, unknown fields refused): a proxy rolled
-//! back to one of them still resumes where this one stopped, by inode.
+//! offset, file}`), written first. The first file keeps exactly the shape
+//! older proxies read (`{container, ino, offset}`, unknown fields
+//! refused): a proxy rolled back to one of them still resumes where this
+//! one stopped, by inode. Reading: no names file means an offset saved
+//! without a name (an older proxy, or a file with no whole record yet),
+//! matched by inode; a names file that agrees with the offset names its
+//! file; one that does not, or cannot be read, means the file is not
+//! known, and it is read from its start ([`SavedName`]).
 //!
 //! **Write rate.** A container's files are written when its tailer starts
 //! (its files alone, so a proxy that dies at once still finds them; a
@@ -25,7 +29,7 @@
 //! more at a graceful shutdown (`LogHub::flush`). Each write is the
 //! project's atomic replacement (`containerpub_util::fs::write_atomic`): a
 //! file is never seen half-written (a kill between the two files leaves
-//! them disagreeing: the name is then not used). A proxy killed without a
+//! them disagreeing: the file is then read from its start). A proxy killed without a
 //! shutdown may therefore resume up to a second of acknowledged lines
 //! early: they are shipped again (duplicates, never losses).
 //!
@@ -37,7 +41,7 @@
 //! Container ids are only used as file names when they are 1 to 64
 //! lowercase hex digits.
 //!
-//! Over 600 lines (about 420 lines of code and docs, 330 of tests): the
+//! Over 600 lines (about 450 lines of code and docs, 350 of tests): the
 //! tests of hostile files, names and write rates belong beside the one
 //! type they hold to.
 
@@ -75,20 +79,36 @@ pub struct Position {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Saved {
     pub at: Position,
-    /// The name of the file `at` is in (`super::file_identity`). `None`
-    /// when it was not known (no line acknowledged from a file with a
-    /// whole record), saved by an older proxy, or the names file does not
-    /// agree with the offset file.
-    pub file: Option<String>,
+    /// Which file `at` is in.
+    pub file: SavedName,
 }
 
-/// The offset file's content: the shape every proxy since offsets reads.
+/// The name saved with an offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SavedName {
+    /// No names file: saved by an older proxy, or at the start of a file
+    /// with no whole record yet. The offset is matched by its inode.
+    Absent,
+    /// The name of the file (`super::file_identity`).
+    Known(String),
+    /// A names file that does not agree with the offset file or cannot be
+    /// read (a kill or a failed write between the two, an older proxy
+    /// moved the offset since): which file the offset is in is not known,
+    /// so the file is read from its start (repeats, never losses).
+    Unsure,
+}
+
+/// The offset file's content: the shape every proxy since offsets reads
+/// (writing `file` in it would make older proxies refuse it). A `file`
+/// found in it (written by 0cdb4be, which had no names file) is read.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OnDisk {
     container: String,
     ino: u64,
     offset: u64,
+    #[serde(default, skip_serializing)]
+    file: Option<String>,
 }
 
 /// The names file's content.
@@ -163,9 +183,9 @@ impl Offsets {
 
     /// What the previous proxy saved for container `id`: `None` when there
     /// is no offset file, or it is not one this code wrote (with a
-    /// warning); the name only when the names file agrees with it.
+    /// warning); the name as the names file gives it ([`SavedName`]).
     pub fn load(&self, id: &str) -> Option<Saved> {
-        let saved: OnDisk = read_json(&self.path(id)?)?;
+        let saved: OnDisk = read_json(&self.path(id)?).ok()??;
         if saved.container != id {
             tracing::warn!(dir = %self.dir.display(), names = %saved.container.escape_debug(), "log offset file of another container; ignored");
             return None;
@@ -174,11 +194,19 @@ impl Offsets {
             ino: saved.ino,
             offset: saved.offset,
         };
-        let file = self
-            .names_path(id)
-            .and_then(|path| read_json::<NamedOnDisk>(&path))
-            .filter(|n| n.container == id && n.ino == at.ino && n.offset == at.offset)
-            .map(|n| n.file);
+        let file = match (
+            saved.file,
+            self.names_path(id).map(|p| read_json::<NamedOnDisk>(&p)),
+        ) {
+            (Some(file), _) => SavedName::Known(file),
+            (None, Some(Ok(None))) => SavedName::Absent,
+            (None, Some(Ok(Some(n))))
+                if n.container == id && n.ino == at.ino && n.offset == at.offset =>
+            {
+                SavedName::Known(n.file)
+            }
+            _ => SavedName::Unsure,
+        };
         Some(Saved { at, file })
     }
 
@@ -257,9 +285,11 @@ impl Offsets {
     }
 
     /// Writes the files of the entries `due` picks whose acknowledged
-    /// place is not the one saved: the offset file, then the names file
-    /// (or its removal when the name is not known). Blocking. Returns how
-    /// many containers' files were written.
+    /// place is not the one saved: the names file first (or its removal
+    /// when the name is not known), then, if that went well, the offset
+    /// file (a failure leaves the pair as it was; a kill between the two
+    /// leaves them disagreeing, read as [`SavedName::Unsure`]). Blocking.
+    /// Returns how many containers' files were written.
     fn write(&self, due: impl Fn(&str, &Entry) -> bool) -> usize {
         let _io = self.io.lock().expect("offsets io lock");
         let now = Instant::now();
@@ -276,29 +306,29 @@ impl Offsets {
             let (Some(path), Some(names)) = (self.path(&id), self.names_path(&id)) else {
                 continue;
             };
-            let body = serde_json::to_vec(&OnDisk {
-                container: id.to_string(),
-                ino: at.ino,
-                offset: at.offset,
-            })
-            .unwrap_or_default();
-            let mut result = write_atomic(&path, &body, Modes::PRIVATE);
-            if result.is_ok() {
-                result = match &file {
-                    Some(name) => {
-                        let body = serde_json::to_vec(&NamedOnDisk {
-                            container: id.to_string(),
-                            ino: at.ino,
-                            offset: at.offset,
-                            file: name.to_string(),
-                        })
-                        .unwrap_or_default();
-                        std::fs::create_dir_all(self.dir.join(NAMES_DIR))
-                            .and_then(|()| write_atomic(&names, &body, Modes::PRIVATE))
-                    }
-                    None => remove(&names),
-                };
+            let result = match &file {
+                Some(name) => {
+                    let body = serde_json::to_vec(&NamedOnDisk {
+                        container: id.to_string(),
+                        ino: at.ino,
+                        offset: at.offset,
+                        file: name.to_string(),
+                    })
+                    .unwrap_or_default();
+                    write_atomic(&names, &body, Modes::PRIVATE)
+                }
+                None => remove(&names),
             }
+            .and_then(|()| {
+                let body = serde_json::to_vec(&OnDisk {
+                    container: id.to_string(),
+                    ino: at.ino,
+                    offset: at.offset,
+                    file: None,
+                })
+                .unwrap_or_default();
+                write_atomic(&path, &body, Modes::PRIVATE)
+            });
             let mut entries = self.entries.lock().expect("offsets lock");
             let Some(entry) = entries.get_mut(&id) else {
                 continue;
@@ -310,7 +340,7 @@ impl Offsets {
                     written += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot save a log offset (lines may be shipped twice after a restart)");
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save a log offset (the next proxy may ship lines twice)");
                 }
             }
         }
@@ -364,30 +394,34 @@ fn remove(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Reads `path` as JSON of `T`'s shape: `None` when there is no file, or it
-/// is not a regular file, is too large or is not that JSON (with a
-/// warning).
-fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
+/// A file that is there but cannot be used (said in a warning).
+struct Unusable;
+
+/// Reads `path` as JSON of `T`'s shape: `Ok(None)` when there is no file;
+/// [`Unusable`] when it is not a regular file, is too large or is not that
+/// JSON.
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Unusable> {
     let file = match open_regular(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
-            return None;
+            return Err(Unusable);
         }
     };
     let mut text = Vec::new();
     if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut text) {
         tracing::warn!(path = %path.display(), error = %e, "cannot read a log offset file; ignored");
-        return None;
+        return Err(Unusable);
     }
     if text.len() as u64 > MAX_FILE_BYTES {
         tracing::warn!(path = %path.display(), max_bytes = MAX_FILE_BYTES, "log offset file too large; ignored");
-        return None;
+        return Err(Unusable);
     }
-    serde_json::from_slice(&text)
-        .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "corrupt log offset file; ignored"))
-        .ok()
+    serde_json::from_slice(&text).map(Some).map_err(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "corrupt log offset file; ignored");
+        Unusable
+    })
 }
 
 /// Opens `path` for reading only if it is a regular file: a symbolic link
@@ -478,7 +512,7 @@ mod tests {
         let saved = |ino, offset, file: Option<&str>| {
             Some(Saved {
                 at: Position { ino, offset },
-                file: file.map(str::to_owned),
+                file: file.map_or(SavedName::Absent, |f| SavedName::Known(f.to_owned())),
             })
         };
         let name = |n: &str| Some(Arc::<str>::from(n));
@@ -526,14 +560,22 @@ mod tests {
             serde_json::from_slice(&std::fs::read(offsets.dir().join(ID)).unwrap()).unwrap();
         assert_eq!((older.ino, older.offset), (7, 30));
         // A names file that does not agree with the offset file (an older
-        // proxy moved the offset, or a kill came between the two writes)
-        // gives no name.
+        // proxy moved the offset, or a kill came between the two writes):
+        // which file is not known.
         std::fs::write(
             offsets.dir().join(ID),
             format!("{{\"container\":\"{ID}\",\"ino\":7,\"offset\":31}}"),
         )
         .unwrap();
-        assert_eq!(offsets.load(ID), saved(7, 31, None));
+        assert_eq!(offsets.load(ID).unwrap().file, SavedName::Unsure);
+        // An offset file with its name inside (as 0cdb4be wrote it) names
+        // its file.
+        std::fs::write(
+            offsets.dir().join(ID),
+            format!("{{\"container\":\"{ID}\",\"ino\":7,\"offset\":31,\"file\":\"7-9\"}}"),
+        )
+        .unwrap();
+        assert_eq!(offsets.load(ID), saved(7, 31, Some("7-9")));
         // Registered with a name; then without one: the names file goes.
         offsets.register(&id, Position { ino: 9, offset: 4 }, name("9-2"));
         assert_eq!(offsets.load(ID), saved(9, 4, Some("9-2")));
@@ -575,9 +617,9 @@ mod tests {
                 "unknown field",
             ),
             (
-                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":\"1-2\"}}")
+                format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":[]}}")
                     .into_bytes(),
-                "a name in the offset file (older proxies refuse it)",
+                "a name that is no string",
             ),
             (vec![b' '; 10_000], "too large"),
         ] {
@@ -611,7 +653,7 @@ mod tests {
             let got = offsets.load(ID).unwrap();
             assert_eq!(
                 (got.at, got.file),
-                (Position { ino: 1, offset: 2 }, None),
+                (Position { ino: 1, offset: 2 }, SavedName::Unsure),
                 "{why}"
             );
         }
@@ -621,8 +663,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            offsets.load(ID).unwrap().file.as_deref(),
-            Some("1-2"),
+            offsets.load(ID).unwrap().file,
+            SavedName::Known("1-2".into()),
             "the good form"
         );
         std::fs::remove_file(names.join(ID)).unwrap();
