@@ -1047,7 +1047,8 @@ async fn tail_container(
 /// nothing was saved (a proxy that did not keep offsets, or capture was
 /// off: its lines were shipped or never captured). A saved offset without
 /// a name (saved before the file had a whole record, or by an older
-/// proxy) is matched by the inode alone.
+/// proxy: [`SavedName::Absent`]) is matched by the inode alone; one whose
+/// file is not known ([`SavedName::Unsure`]) reads the file from its start.
 fn start_at(
     id: &str,
     (ino, file): (u64, Option<&str>),
@@ -1164,6 +1165,8 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
     };
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut quiet = POLL_MIN;
+    // Warned that a look failed for want of resources (once until one works).
+    let mut short_of_resources = false;
     let mut out = Vec::new();
     loop {
         let n = match file.0.read(&mut chunk) {
@@ -1183,7 +1186,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         }
         // At the end of what was written: rotated or removed?
         match at_end(path, &mut file, &mut asm, &mut pos, &mut chunk, &mut out) {
-            AtEnd::Same => {}
+            AtEnd::Same => short_of_resources = false,
             AtEnd::Rotated(next) => {
                 // The old file's last lines are its own, an unfinished one
                 // too (its end is a place in the old file: carried into
@@ -1207,6 +1210,12 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
             AtEnd::Gone => {
                 gone = true;
                 break;
+            }
+            AtEnd::Retry(err) => {
+                if !short_of_resources {
+                    tracing::warn!(container = short(&follow.id), %err, "cannot open the log file again to look for a rotation; retrying");
+                    short_of_resources = true;
+                }
             }
         }
         asm.flush_stale(false, &mut out);
@@ -1260,6 +1269,9 @@ enum AtEnd {
     Rotated((std::fs::File, u64)),
     /// Nothing (the container was removed): the old one was read to its end.
     Gone,
+    /// The path could not be opened for want of resources (file
+    /// descriptors, memory): look again later.
+    Retry(std::io::Error),
 }
 
 /// Called when a read of `file` found its end: whether `path` still names
@@ -1283,13 +1295,18 @@ fn at_end(
         Ok(Some(next)) if next.1 != file.1 => AtEnd::Rotated(next),
         // Back to the same inode between the two looks: nothing changed.
         Ok(Some(_)) => AtEnd::Same,
-        Ok(None) => AtEnd::Gone,
-        // Not "gone" (out of file descriptors, a permission): the container
-        // may still run, so its offset is kept and the next look retries.
-        Err(err) => {
-            tracing::warn!(path = %path.display(), %err, "cannot open the log file again; retrying");
-            AtEnd::Same
+        // Out of file descriptors or memory: the file may still be there,
+        // so its offset is kept and the next look retries.
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+            ) =>
+        {
+            AtEnd::Retry(err)
         }
+        // Removed, or its directory is (or any lasting error): done.
+        Ok(None) | Err(_) => AtEnd::Gone,
     }
 }
 

@@ -16,11 +16,12 @@
 //! offset, file}`), written first. The first file keeps exactly the shape
 //! older proxies read (`{container, ino, offset}`, unknown fields
 //! refused): a proxy rolled back to one of them still resumes where this
-//! one stopped, by inode. Reading: no names file means an offset saved
-//! without a name (an older proxy, or a file with no whole record yet),
-//! matched by inode; a names file that agrees with the offset names its
-//! file; one that does not, or cannot be read, means the file is not
-//! known, and it is read from its start ([`SavedName`]).
+//! one stopped, by inode. Reading: no names file (an older proxy), or one
+//! that agrees with the offset and holds no name (a file with no whole
+//! record yet), means the offset is matched by inode; a names file that
+//! agrees and holds a name names the file; one that does not agree, or
+//! cannot be read, means the file is not known, and it is read from its
+//! start ([`SavedName`]).
 //!
 //! **Write rate.** A container's files are written when its tailer starts
 //! (its files alone, so a proxy that dies at once still finds them; a
@@ -37,11 +38,13 @@
 //! with `O_NOFOLLOW | O_NONBLOCK`: a symbolic link is not followed, a FIFO
 //! does not block the thread), at most [`MAX_FILE_BYTES`], JSON of exactly
 //! its shape and names its own container; anything else is ignored with a
-//! warning (the tailer then starts as if there were no file, or no name).
+//! warning: an unusable offset file as if there were none (the tailer
+//! starts at the end), an unusable names file as a file not known (read
+//! from its start).
 //! Container ids are only used as file names when they are 1 to 64
 //! lowercase hex digits.
 //!
-//! Over 600 lines (about 450 lines of code and docs, 350 of tests): the
+//! Over 600 lines (about 450 lines of code and docs, 380 of tests): the
 //! tests of hostile files, names and write rates belong beside the one
 //! type they hold to.
 
@@ -86,21 +89,25 @@ pub struct Saved {
 /// The name saved with an offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SavedName {
-    /// No names file: saved by an older proxy, or at the start of a file
-    /// with no whole record yet. The offset is matched by its inode.
+    /// No name: no names file (saved by an older proxy), or one that
+    /// agrees with the offset and says none (the file had no whole record
+    /// yet). The offset is matched by its inode.
     Absent,
     /// The name of the file (`super::file_identity`).
     Known(String),
     /// A names file that does not agree with the offset file or cannot be
     /// read (a kill or a failed write between the two, an older proxy
-    /// moved the offset since): which file the offset is in is not known,
-    /// so the file is read from its start (repeats, never losses).
+    /// moved the offset since), or a name inside the offset file (as
+    /// 0cdb4be wrote it, which could pair an old file's offset with a later
+    /// file's name): which file the offset is in is not known, so the file
+    /// is read from its start (repeats, never losses).
     Unsure,
 }
 
 /// The offset file's content: the shape every proxy since offsets reads
 /// (writing `file` in it would make older proxies refuse it). A `file`
-/// found in it (written by 0cdb4be, which had no names file) is read.
+/// found in it (written by 0cdb4be, which had no names file) is accepted
+/// as [`SavedName::Unsure`].
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OnDisk {
@@ -118,7 +125,8 @@ struct NamedOnDisk {
     container: String,
     ino: u64,
     offset: u64,
-    file: String,
+    /// `null`: saved before the file had a whole record.
+    file: Option<String>,
 }
 
 /// An offset and the name of its file, when known.
@@ -198,12 +206,14 @@ impl Offsets {
             saved.file,
             self.names_path(id).map(|p| read_json::<NamedOnDisk>(&p)),
         ) {
-            (Some(file), _) => SavedName::Known(file),
+            // Written by 0cdb4be, which could pair an old file's offset
+            // with a later file's name.
+            (Some(_), _) => SavedName::Unsure,
             (None, Some(Ok(None))) => SavedName::Absent,
             (None, Some(Ok(Some(n))))
                 if n.container == id && n.ino == at.ino && n.offset == at.offset =>
             {
-                SavedName::Known(n.file)
+                n.file.map_or(SavedName::Absent, SavedName::Known)
             }
             _ => SavedName::Unsure,
         };
@@ -285,7 +295,7 @@ impl Offsets {
     }
 
     /// Writes the files of the entries `due` picks whose acknowledged
-    /// place is not the one saved: the names file first (or its removal
+    /// place is not the one saved: the names file first (its `file` null
     /// when the name is not known), then, if that went well, the offset
     /// file (a failure leaves the pair as it was; a kill between the two
     /// leaves them disagreeing, read as [`SavedName::Unsure`]). Blocking.
@@ -306,20 +316,14 @@ impl Offsets {
             let (Some(path), Some(names)) = (self.path(&id), self.names_path(&id)) else {
                 continue;
             };
-            let result = match &file {
-                Some(name) => {
-                    let body = serde_json::to_vec(&NamedOnDisk {
-                        container: id.to_string(),
-                        ino: at.ino,
-                        offset: at.offset,
-                        file: name.to_string(),
-                    })
-                    .unwrap_or_default();
-                    write_atomic(&names, &body, Modes::PRIVATE)
-                }
-                None => remove(&names),
-            }
-            .and_then(|()| {
+            let body = serde_json::to_vec(&NamedOnDisk {
+                container: id.to_string(),
+                ino: at.ino,
+                offset: at.offset,
+                file: file.as_deref().map(str::to_owned),
+            })
+            .unwrap_or_default();
+            let result = write_atomic(&names, &body, Modes::PRIVATE).and_then(|()| {
                 let body = serde_json::to_vec(&OnDisk {
                     container: id.to_string(),
                     ino: at.ino,
@@ -568,20 +572,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(offsets.load(ID).unwrap().file, SavedName::Unsure);
-        // An offset file with its name inside (as 0cdb4be wrote it) names
-        // its file.
+        // An offset file with its name inside (as 0cdb4be wrote it, which
+        // could pair an old file's offset with a later file's name): not
+        // trusted.
         std::fs::write(
             offsets.dir().join(ID),
             format!("{{\"container\":\"{ID}\",\"ino\":7,\"offset\":31,\"file\":\"7-9\"}}"),
         )
         .unwrap();
-        assert_eq!(offsets.load(ID), saved(7, 31, Some("7-9")));
-        // Registered with a name; then without one: the names file goes.
+        assert_eq!(offsets.load(ID).unwrap().file, SavedName::Unsure);
+        // Registered with a name; then without one: the names file says
+        // none (it is not removed: a kill after a removal would leave a
+        // named file's offset matched by inode alone).
         offsets.register(&id, Position { ino: 9, offset: 4 }, name("9-2"));
         assert_eq!(offsets.load(ID), saved(9, 4, Some("9-2")));
-        offsets.register(&id, Position { ino: 9, offset: 4 }, None);
-        assert_eq!(offsets.load(ID), saved(9, 4, None));
-        assert!(!offsets.dir().join(NAMES_DIR).join(ID).exists());
+        offsets.register(&id, Position { ino: 9, offset: 0 }, None);
+        assert_eq!(offsets.load(ID), saved(9, 0, None));
+        assert!(offsets.dir().join(NAMES_DIR).join(ID).is_file());
+        // The names file is written first, the offset only after it: when
+        // the names file cannot be written, the offset file keeps the place
+        // before (the pair agrees).
+        let names = offsets.dir().join(NAMES_DIR).join(ID);
+        std::fs::remove_file(&names).unwrap();
+        std::fs::create_dir(&names).unwrap();
+        offsets.acknowledge(ID, Position { ino: 9, offset: 50 }, name("9-4").as_ref());
+        assert_eq!(offsets.save(true), 0, "not written");
+        let Some(Saved { at, .. }) = offsets.load(ID) else {
+            panic!("the offset file is gone");
+        };
+        assert_eq!(at, Position { ino: 9, offset: 0 });
+        std::fs::remove_dir(&names).unwrap();
+        assert_eq!(offsets.save(true), 1);
+        assert_eq!(offsets.load(ID), saved(9, 50, Some("9-4")));
     }
 
     #[test]
@@ -626,7 +648,7 @@ mod tests {
             std::fs::write(&path, &content).unwrap();
             assert_eq!(offsets.load(ID).map(|s| s.at), None, "{why}");
         }
-        // A hostile names file: the offset is read, without a name.
+        // A hostile names file: the offset is read, its file not known.
         std::fs::write(
             &path,
             format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2}}"),
@@ -657,6 +679,24 @@ mod tests {
                 "{why}"
             );
         }
+        // A link to a good names file, or a directory, in its place.
+        let good = format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":\"1-2\"}}");
+        let elsewhere = offsets.dir().join("elsewhere");
+        std::fs::write(&elsewhere, &good).unwrap();
+        std::fs::remove_file(names.join(ID)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, names.join(ID)).unwrap();
+        assert_eq!(offsets.load(ID).unwrap().file, SavedName::Unsure, "a link");
+        std::fs::remove_file(names.join(ID)).unwrap();
+        std::fs::create_dir(names.join(ID)).unwrap();
+        assert_eq!(
+            offsets.load(ID).unwrap().file,
+            SavedName::Unsure,
+            "a directory"
+        );
+        std::fs::remove_dir(names.join(ID)).unwrap();
+        std::fs::remove_file(&elsewhere).unwrap();
+        // No names file: saved by an older proxy, matched by inode.
+        assert_eq!(offsets.load(ID).unwrap().file, SavedName::Absent);
         std::fs::write(
             names.join(ID),
             format!("{{\"container\":\"{ID}\",\"ino\":1,\"offset\":2,\"file\":\"1-2\"}}"),
