@@ -1205,10 +1205,16 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
                 if let Some(offsets) = offsets {
                     offsets.rotated(&container, file.1);
                 }
+                short_of_resources = false;
                 continue;
             }
             AtEnd::Gone => {
                 gone = true;
+                break;
+            }
+            AtEnd::Lost(err) => {
+                tracing::warn!(container = short(&follow.id), path = %path.display(), %err, "cannot look at the log file any more: no longer followed by this proxy (its offset is kept for the next one)");
+                gone = false;
                 break;
             }
             AtEnd::Retry(err) => {
@@ -1272,6 +1278,10 @@ enum AtEnd {
     /// The path could not be opened for want of resources (file
     /// descriptors, memory): look again later.
     Retry(std::io::Error),
+    /// The path cannot be looked at for another reason: stop following it,
+    /// but keep its offset (the container may still run: the next proxy
+    /// reads on from there; if it is gone, the next start prunes it).
+    Lost(std::io::Error),
 }
 
 /// Called when a read of `file` found its end: whether `path` still names
@@ -1287,10 +1297,17 @@ fn at_end(
     chunk: &mut [u8],
     out: &mut Vec<Marked>,
 ) -> AtEnd {
-    if std::fs::metadata(path).is_ok_and(|m| m.ino() == file.1) {
+    let now = std::fs::metadata(path);
+    if now.as_ref().is_ok_and(|m| m.ino() == file.1) {
         return AtEnd::Same;
     }
     read_rest(&mut file.0, asm, pos, chunk, out);
+    // conmon renames a new file over the old one: the path is never
+    // missing during a rotation, so missing means removed (and an open
+    // would fail for want of a descriptor before it looked).
+    if now.is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return AtEnd::Gone;
+    }
     match open(path) {
         Ok(Some(next)) if next.1 != file.1 => AtEnd::Rotated(next),
         // Back to the same inode between the two looks: nothing changed.
@@ -1305,8 +1322,10 @@ fn at_end(
         {
             AtEnd::Retry(err)
         }
-        // Removed, or its directory is (or any lasting error): done.
-        Ok(None) | Err(_) => AtEnd::Gone,
+        Ok(None) => AtEnd::Gone,
+        // Anything else (a permission, a stale handle): the container may
+        // still run, and nothing here will change it.
+        Err(err) => AtEnd::Lost(err),
     }
 }
 
@@ -1737,7 +1756,8 @@ mod tests {
         // the number conmon's rotation freed): the whole file.
         let name = file_identity(&std::fs::File::open(&log).unwrap(), ino).unwrap();
         let first = format!("{T} stdout F old\n").len() as u64;
-        // As this proxy saves: the offset file, and the name beside it.
+        // The offset file, and the name beside it (`None`: no names file,
+        // as an older proxy saved).
         let save = |ino: u64, offset: u64, file: Option<&str>| {
             let at = format!("\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":{offset}");
             std::fs::write(dir.join(CTR), format!("{{{at}}}")).unwrap();
@@ -1769,23 +1789,43 @@ mod tests {
             task.abort();
             hub.close();
         }
-        // A names file that does not agree with the offset file (a kill
-        // between the two writes): which file is not known, the whole file.
-        save(ino, 5, Some(&name));
-        std::fs::write(
-            dir.join(CTR),
-            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":{first}}}"),
-        )
-        .unwrap();
+        let names = dir.join(offsets::NAMES_DIR).join(CTR);
+        // A names file that agrees and holds no name (as this proxy saves
+        // a file with no record yet), for another inode: the whole file.
+        save(ino + 1, first, None);
+        let null = format!(
+            "{{\"container\":\"{CTR}\",\"ino\":{},\"offset\":{first},\"file\":null}}",
+            ino + 1
+        );
+        std::fs::write(&names, null).unwrap();
+        let hub = hub_with_offsets(&dir);
+        let task = spawn_tail(&hub, &log, true);
+        let got = take_exactly(&hub, 4).await;
+        assert_eq!(
+            texts(&got),
+            ["old", "new", "new", "new"],
+            "null, another inode"
+        );
+        task.abort();
+        hub.close();
+        // A names file that does not agree with the offset file and holds
+        // no name: which file is not known, the whole file.
+        save(ino, first, None);
+        let null = format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5,\"file\":null}}");
+        std::fs::write(&names, null).unwrap();
         let hub = hub_with_offsets(&dir);
         let task = spawn_tail(&hub, &log, true);
         let got = take_exactly(&hub, 4).await;
         assert_eq!(texts(&got), ["old", "new", "new", "new"], "disagreeing");
         task.abort();
         hub.close();
-        // An offset inside a record of the file it names: reading resumes
-        // at the next one.
-        save(ino, 5, Some(&name));
+        // A names file ahead of the offset file (a kill between the two
+        // writes) with its file's name, its offset inside a record:
+        // reading resumes at the next record.
+        save(ino, first, None);
+        let ahead =
+            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5,\"file\":\"{name}\"}}");
+        std::fs::write(&names, ahead).unwrap();
         let hub = hub_with_offsets(&dir);
         let task = spawn_tail(&hub, &log, true);
         let got = take_exactly(&hub, 3).await;

@@ -19,9 +19,9 @@
 //! one stopped, by inode. Reading: no names file (an older proxy), or one
 //! that agrees with the offset and holds no name (a file with no whole
 //! record yet), means the offset is matched by inode; a names file that
-//! agrees and holds a name names the file; one that does not agree, or
-//! cannot be read, means the file is not known, and it is read from its
-//! start ([`SavedName`]).
+//! holds a name gives the place and its file (even when the offset file
+//! says another: it is written first); one that cannot be read means the
+//! file is not known, and it is read from its start ([`SavedName`]).
 //!
 //! **Write rate.** A container's files are written when its tailer starts
 //! (its files alone, so a proxy that dies at once still finds them; a
@@ -30,7 +30,7 @@
 //! more at a graceful shutdown (`LogHub::flush`). Each write is the
 //! project's atomic replacement (`containerpub_util::fs::write_atomic`): a
 //! file is never seen half-written (a kill between the two files leaves
-//! them disagreeing: the file is then read from its start). A proxy killed without a
+//! the names file ahead, which reading follows). A proxy killed without a
 //! shutdown may therefore resume up to a second of acknowledged lines
 //! early: they are shipped again (duplicates, never losses).
 //!
@@ -44,7 +44,7 @@
 //! Container ids are only used as file names when they are 1 to 64
 //! lowercase hex digits.
 //!
-//! Over 600 lines (about 450 lines of code and docs, 380 of tests): the
+//! Over 600 lines (about 480 lines of code and docs, 400 of tests): the
 //! tests of hostile files, names and write rates belong beside the one
 //! type they hold to.
 
@@ -95,12 +95,12 @@ pub enum SavedName {
     Absent,
     /// The name of the file (`super::file_identity`).
     Known(String),
-    /// A names file that does not agree with the offset file or cannot be
-    /// read (a kill or a failed write between the two, an older proxy
-    /// moved the offset since), or a name inside the offset file (as
-    /// 0cdb4be wrote it, which could pair an old file's offset with a later
-    /// file's name): which file the offset is in is not known, so the file
-    /// is read from its start (repeats, never losses).
+    /// A names file that cannot be read, or disagrees with the offset file
+    /// and holds no name, or a name inside the offset file (as 0cdb4be
+    /// wrote it, which could pair an old file's offset with a later file's
+    /// name): which file the offset is in is not known, so the file is
+    /// read from its start (lines read again, which the control plane
+    /// drops; a long file may meet the rate limit, counted).
     Unsure,
 }
 
@@ -191,7 +191,12 @@ impl Offsets {
 
     /// What the previous proxy saved for container `id`: `None` when there
     /// is no offset file, or it is not one this code wrote (with a
-    /// warning); the name as the names file gives it ([`SavedName`]).
+    /// warning); the name as the names file gives it ([`SavedName`]). A
+    /// names file with a name gives its own place even when the offset
+    /// file says another (a kill or a failed write between the two, or an
+    /// older proxy moved the offset since): a place acknowledged in the
+    /// file it names, resumed only in that file, so at worst lines are
+    /// read again.
     pub fn load(&self, id: &str) -> Option<Saved> {
         let saved: OnDisk = read_json(&self.path(id)?).ok()??;
         if saved.container != id {
@@ -202,22 +207,47 @@ impl Offsets {
             ino: saved.ino,
             offset: saved.offset,
         };
-        let file = match (
-            saved.file,
-            self.names_path(id).map(|p| read_json::<NamedOnDisk>(&p)),
-        ) {
-            // Written by 0cdb4be, which could pair an old file's offset
-            // with a later file's name.
-            (Some(_), _) => SavedName::Unsure,
-            (None, Some(Ok(None))) => SavedName::Absent,
-            (None, Some(Ok(Some(n))))
-                if n.container == id && n.ino == at.ino && n.offset == at.offset =>
-            {
-                n.file.map_or(SavedName::Absent, SavedName::Known)
-            }
-            _ => SavedName::Unsure,
-        };
-        Some(Saved { at, file })
+        Some(
+            match (
+                saved.file,
+                self.names_path(id).map(|p| read_json::<NamedOnDisk>(&p)),
+            ) {
+                // Written by 0cdb4be, which could pair an old file's offset
+                // with a later file's name.
+                (Some(_), _) => Saved {
+                    at,
+                    file: SavedName::Unsure,
+                },
+                (None, Some(Ok(None))) => Saved {
+                    at,
+                    file: SavedName::Absent,
+                },
+                (None, Some(Ok(Some(n)))) if n.container == id => {
+                    let named = Position {
+                        ino: n.ino,
+                        offset: n.offset,
+                    };
+                    match n.file {
+                        Some(name) => Saved {
+                            at: named,
+                            file: SavedName::Known(name),
+                        },
+                        None if named == at => Saved {
+                            at,
+                            file: SavedName::Absent,
+                        },
+                        None => Saved {
+                            at,
+                            file: SavedName::Unsure,
+                        },
+                    }
+                }
+                _ => Saved {
+                    at,
+                    file: SavedName::Unsure,
+                },
+            },
+        )
     }
 
     /// Starts keeping container `id`'s offset at `at` (in the file named
@@ -297,9 +327,10 @@ impl Offsets {
     /// Writes the files of the entries `due` picks whose acknowledged
     /// place is not the one saved: the names file first (its `file` null
     /// when the name is not known), then, if that went well, the offset
-    /// file (a failure leaves the pair as it was; a kill between the two
-    /// leaves them disagreeing, read as [`SavedName::Unsure`]). Blocking.
-    /// Returns how many containers' files were written.
+    /// file (a failed names write leaves the pair as it was; a kill or a
+    /// failed offset write between the two leaves the names file ahead,
+    /// which [`Offsets::load`] follows). Blocking. Returns how many
+    /// containers' files were written.
     fn write(&self, due: impl Fn(&str, &Entry) -> bool) -> usize {
         let _io = self.io.lock().expect("offsets io lock");
         let now = Instant::now();
@@ -554,7 +585,6 @@ mod tests {
         // proxy resumes by inode.
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        #[allow(dead_code)]
         struct Older {
             container: String,
             ino: u64,
@@ -562,16 +592,29 @@ mod tests {
         }
         let older: Older =
             serde_json::from_slice(&std::fs::read(offsets.dir().join(ID)).unwrap()).unwrap();
-        assert_eq!((older.ino, older.offset), (7, 30));
+        assert_eq!((&*older.container, older.ino, older.offset), (ID, 7, 30));
         // A names file that does not agree with the offset file (an older
         // proxy moved the offset, or a kill came between the two writes):
-        // which file is not known.
+        // its own place, in the file it names.
         std::fs::write(
             offsets.dir().join(ID),
             format!("{{\"container\":\"{ID}\",\"ino\":7,\"offset\":31}}"),
         )
         .unwrap();
-        assert_eq!(offsets.load(ID).unwrap().file, SavedName::Unsure);
+        assert_eq!(offsets.load(ID), saved(7, 30, Some("7-3")));
+        // ... and without a name: which file is not known.
+        std::fs::write(
+            offsets.dir().join(NAMES_DIR).join(ID),
+            format!("{{\"container\":\"{ID}\",\"ino\":7,\"offset\":30,\"file\":null}}"),
+        )
+        .unwrap();
+        assert_eq!(
+            offsets.load(ID),
+            Some(Saved {
+                at: Position { ino: 7, offset: 31 },
+                file: SavedName::Unsure
+            })
+        );
         // An offset file with its name inside (as 0cdb4be wrote it, which
         // could pair an old file's offset with a later file's name): not
         // trusted.
