@@ -1665,6 +1665,17 @@ mod tests {
         lines.iter().map(|c| c.entry.line.as_str()).collect()
     }
 
+    /// The `n` lines a proxy with offsets in `dir` reads from `log` when it
+    /// adopts the instance.
+    async fn adopted_reads(dir: &Path, log: &Path, n: usize) -> Vec<String> {
+        let hub = hub_with_offsets(dir);
+        let task = spawn_tail(&hub, log, true);
+        let got = take_exactly(&hub, n).await;
+        task.abort();
+        hub.close();
+        texts(&got).into_iter().map(str::to_owned).collect()
+    }
+
     fn append(path: &Path, lines: &[&str]) {
         use std::io::Write as _;
         let mut f = std::fs::OpenOptions::new()
@@ -1782,12 +1793,11 @@ mod tests {
             (ino, first, Some(renamed.as_str())),
         ] {
             save(saved_ino, offset, file);
-            let hub = hub_with_offsets(&dir);
-            let task = spawn_tail(&hub, &log, true);
-            let got = take_exactly(&hub, 4).await;
-            assert_eq!(texts(&got), ["old", "new", "new", "new"], "{file:?}");
-            task.abort();
-            hub.close();
+            assert_eq!(
+                adopted_reads(&dir, &log, 4).await,
+                ["old", "new", "new", "new"],
+                "{file:?}"
+            );
         }
         let names = dir.join(offsets::NAMES_DIR).join(CTR);
         // A names file that agrees and holds no name (as this proxy saves
@@ -1798,27 +1808,21 @@ mod tests {
             ino + 1
         );
         std::fs::write(&names, null).unwrap();
-        let hub = hub_with_offsets(&dir);
-        let task = spawn_tail(&hub, &log, true);
-        let got = take_exactly(&hub, 4).await;
         assert_eq!(
-            texts(&got),
+            adopted_reads(&dir, &log, 4).await,
             ["old", "new", "new", "new"],
             "null, another inode"
         );
-        task.abort();
-        hub.close();
         // A names file that does not agree with the offset file and holds
         // no name: which file is not known, the whole file.
         save(ino, first, None);
         let null = format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5,\"file\":null}}");
         std::fs::write(&names, null).unwrap();
-        let hub = hub_with_offsets(&dir);
-        let task = spawn_tail(&hub, &log, true);
-        let got = take_exactly(&hub, 4).await;
-        assert_eq!(texts(&got), ["old", "new", "new", "new"], "disagreeing");
-        task.abort();
-        hub.close();
+        assert_eq!(
+            adopted_reads(&dir, &log, 4).await,
+            ["old", "new", "new", "new"],
+            "disagreeing"
+        );
         // A names file ahead of the offset file (a kill between the two
         // writes) with its file's name, its offset inside a record:
         // reading resumes at the next record.
@@ -1826,12 +1830,7 @@ mod tests {
         let ahead =
             format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5,\"file\":\"{name}\"}}");
         std::fs::write(&names, ahead).unwrap();
-        let hub = hub_with_offsets(&dir);
-        let task = spawn_tail(&hub, &log, true);
-        let got = take_exactly(&hub, 3).await;
-        assert_eq!(texts(&got), ["new", "new", "new"]);
-        task.abort();
-        hub.close();
+        assert_eq!(adopted_reads(&dir, &log, 3).await, ["new", "new", "new"]);
     }
 
     fn numbered(n: usize) -> Vec<Marked> {
