@@ -1165,8 +1165,8 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
     };
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut quiet = POLL_MIN;
-    // Warned that a look failed for want of resources (once until one works).
-    let mut short_of_resources = false;
+    // Warned that the log could not be opened again (once until a look works).
+    let mut warned_open = false;
     let mut out = Vec::new();
     loop {
         let n = match file.0.read(&mut chunk) {
@@ -1186,7 +1186,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         }
         // At the end of what was written: rotated or removed?
         match at_end(path, &mut file, &mut asm, &mut pos, &mut chunk, &mut out) {
-            AtEnd::Same => short_of_resources = false,
+            AtEnd::Same => warned_open = false,
             AtEnd::Rotated(next) => {
                 // The old file's last lines are its own, an unfinished one
                 // too (its end is a place in the old file: carried into
@@ -1205,22 +1205,17 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
                 if let Some(offsets) = offsets {
                     offsets.rotated(&container, file.1);
                 }
-                short_of_resources = false;
+                warned_open = false;
                 continue;
             }
             AtEnd::Gone => {
                 gone = true;
                 break;
             }
-            AtEnd::Lost(err) => {
-                tracing::warn!(container = short(&follow.id), path = %path.display(), %err, "cannot look at the log file any more: no longer followed by this proxy (its offset is kept for the next one)");
-                gone = false;
-                break;
-            }
             AtEnd::Retry(err) => {
-                if !short_of_resources {
-                    tracing::warn!(container = short(&follow.id), %err, "cannot open the log file again to look for a rotation; retrying");
-                    short_of_resources = true;
+                if !warned_open {
+                    tracing::warn!(container = short(&follow.id), path = %path.display(), %err, "cannot open the log file again to look for a rotation; retrying");
+                    warned_open = true;
                 }
             }
         }
@@ -1246,8 +1241,11 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
 /// ([`Captured::file`]): its inode and the digits of its first record's
 /// time (`<ino>-<digits>`, at most 64 bytes). The inode alone does not
 /// tell files apart: conmon's rotation frees the old file's, and a later
-/// file often gets it again. `None` before the first record's time is
-/// written (no line yet) or when it has no digits.
+/// file often gets it again. Two files with the same inode and the same
+/// first time (to the nanosecond) would need conmon to rotate more than
+/// once within one read of the function's output (up to 8 KiB stamped
+/// with one time), which the 32 MiB rotation rules out. `None` before the
+/// first record's time is written (no line yet) or when it has no digits.
 pub(crate) fn file_identity(file: &std::fs::File, ino: u64) -> Option<Arc<str>> {
     let mut head = [0u8; 48];
     let n = file.read_at(&mut head, 0).ok()?;
@@ -1275,13 +1273,10 @@ enum AtEnd {
     Rotated((std::fs::File, u64)),
     /// Nothing (the container was removed): the old one was read to its end.
     Gone,
-    /// The path could not be opened for want of resources (file
-    /// descriptors, memory): look again later.
+    /// The path is there (or was at the last look) but could not be
+    /// opened (descriptors or memory short, a permission): look again
+    /// later, keeping the offset (the container may still run).
     Retry(std::io::Error),
-    /// The path cannot be looked at for another reason: stop following it,
-    /// but keep its offset (the container may still run: the next proxy
-    /// reads on from there; if it is gone, the next start prunes it).
-    Lost(std::io::Error),
 }
 
 /// Called when a read of `file` found its end: whether `path` still names
@@ -1312,20 +1307,11 @@ fn at_end(
         Ok(Some(next)) if next.1 != file.1 => AtEnd::Rotated(next),
         // Back to the same inode between the two looks: nothing changed.
         Ok(Some(_)) => AtEnd::Same,
-        // Out of file descriptors or memory: the file may still be there,
-        // so its offset is kept and the next look retries.
-        Err(err)
-            if matches!(
-                err.raw_os_error(),
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
-            ) =>
-        {
-            AtEnd::Retry(err)
-        }
         Ok(None) => AtEnd::Gone,
-        // Anything else (a permission, a stale handle): the container may
-        // still run, and nothing here will change it.
-        Err(err) => AtEnd::Lost(err),
+        // The path was there when looked at: the container may still run,
+        // so its offset is kept and the next look retries (a removal makes
+        // the path missing, which ends the tailer then).
+        Err(err) => AtEnd::Retry(err),
     }
 }
 
@@ -1824,12 +1810,17 @@ mod tests {
             "disagreeing"
         );
         // A names file ahead of the offset file (a kill between the two
-        // writes) with its file's name, its offset inside a record:
-        // reading resumes at the next record.
-        save(ino, first, None);
-        let ahead =
-            format!("{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":5,\"file\":\"{name}\"}}");
+        // writes) with its file's name: reading resumes at its place (the
+        // offset file's would give the first line too).
+        save(ino, 0, None);
+        let ahead = format!(
+            "{{\"container\":\"{CTR}\",\"ino\":{ino},\"offset\":{first},\"file\":\"{name}\"}}"
+        );
         std::fs::write(&names, ahead).unwrap();
+        assert_eq!(adopted_reads(&dir, &log, 3).await, ["new", "new", "new"]);
+        // An offset inside a record of the file it names: reading resumes
+        // at the next one.
+        save(ino, 5, Some(&name));
         assert_eq!(adopted_reads(&dir, &log, 3).await, ["new", "new", "new"]);
     }
 

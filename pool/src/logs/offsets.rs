@@ -20,8 +20,11 @@
 //! that agrees with the offset and holds no name (a file with no whole
 //! record yet), means the offset is matched by inode; a names file that
 //! holds a name gives the place and its file (even when the offset file
-//! says another: it is written first); one that cannot be read means the
-//! file is not known, and it is read from its start ([`SavedName`]).
+//! says another: it is written first, and any place it names was
+//! acknowledged in that file); one that cannot be read or is another
+//! container's, one that disagrees and holds no name, or a name inside the
+//! offset file (0cdb4be's form) means the file is not known, and it is
+//! read from its start ([`SavedName`]).
 //!
 //! **Write rate.** A container's files are written when its tailer starts
 //! (its files alone, so a proxy that dies at once still finds them; a
@@ -240,6 +243,13 @@ impl Offsets {
                             at,
                             file: SavedName::Unsure,
                         },
+                    }
+                }
+                (None, Some(Ok(Some(n)))) => {
+                    tracing::warn!(dir = %self.dir.display(), names = %n.container.escape_debug(), "log offset names file of another container; its file is not known");
+                    Saved {
+                        at,
+                        file: SavedName::Unsure,
                     }
                 }
                 _ => Saved {
