@@ -62,7 +62,7 @@ use crate::runtime::{ContainerRuntime, short};
 pub mod offsets;
 
 pub use offsets::Position;
-use offsets::{Offsets, SavedName};
+use offsets::{FileRead, Offsets, SavedName};
 
 /// Settings of log capture.
 #[derive(Debug, Clone)]
@@ -158,6 +158,8 @@ pub struct Source {
     /// The full container id.
     pub container: Arc<str>,
     pub at: Position,
+    /// The tailer's rotations before it read the line's file.
+    pub rotation: u32,
 }
 
 /// A line and where reading may resume once it is shipped (see
@@ -273,7 +275,7 @@ pub struct LogHub {
 struct InFlight {
     function: Arc<str>,
     system: bool,
-    source: Option<(Arc<str>, u64)>,
+    source: Option<(Arc<str>, FileRead)>,
 }
 
 impl std::fmt::Debug for LogHub {
@@ -477,7 +479,7 @@ impl LogHub {
         deployment_id: i64,
         instance: &Arc<str>,
         file: Option<&Arc<str>>,
-        source: Option<(&Arc<str>, u64)>,
+        source: Option<(&Arc<str>, FileRead)>,
         entries: Vec<Marked>,
     ) {
         if entries.is_empty() {
@@ -523,9 +525,13 @@ impl LogHub {
                     deployment_id,
                     instance: Arc::clone(instance),
                     entry,
-                    source: source.map(|(container, ino)| Source {
+                    source: source.map(|(container, read)| Source {
                         container: Arc::clone(container),
-                        at: Position { ino, offset: mark },
+                        at: Position {
+                            ino: read.ino,
+                            offset: mark,
+                        },
+                        rotation: read.rotation,
                     }),
                     file: file.cloned(),
                 });
@@ -625,15 +631,18 @@ impl LogHub {
         drop(guard);
         let mut in_flight = self.in_flight.lock().expect("in flight lock");
         in_flight.clear();
-        in_flight.extend(out.iter().map(|c| {
-            InFlight {
-                function: Arc::clone(&c.function),
-                system: c.entry.stream == LogStream::System,
-                source: c
-                    .source
-                    .as_ref()
-                    .map(|s| (Arc::clone(&s.container), s.at.ino)),
-            }
+        in_flight.extend(out.iter().map(|c| InFlight {
+            function: Arc::clone(&c.function),
+            system: c.entry.stream == LogStream::System,
+            source: c.source.as_ref().map(|s| {
+                (
+                    Arc::clone(&s.container),
+                    FileRead {
+                        ino: s.at.ino,
+                        rotation: s.rotation,
+                    },
+                )
+            }),
         }));
         self.outstanding.fetch_add(out.len(), Ordering::Relaxed);
         out
@@ -641,15 +650,16 @@ impl LogHub {
 
     /// Whether a later proxy reads a line again if it is not shipped: a
     /// line of function output whose container's offset is kept, read from
-    /// the file conmon writes now (`source`: container and inode). Not one
-    /// of a file conmon rotated away: the next proxy reads the current file
-    /// only. (Platform lines, `system`, report drops already counted.)
-    fn readable_again(&self, system: bool, source: Option<(&str, u64)>) -> bool {
+    /// the file conmon writes now (`source`: container and file). Not one
+    /// of a file conmon rotated away, even when the current file has its
+    /// inode: the next proxy reads the current file only. (Platform lines,
+    /// `system`, report drops already counted.)
+    fn readable_again(&self, system: bool, source: Option<(&str, FileRead)>) -> bool {
         system
-            || source.is_some_and(|(container, ino)| {
+            || source.is_some_and(|(container, file)| {
                 self.offsets
                     .as_ref()
-                    .is_some_and(|o| o.readable_again(container, ino))
+                    .is_some_and(|o| o.readable_again(container, file))
             })
     }
 
@@ -730,7 +740,7 @@ impl LogHub {
         let mut in_flight_lost = 0u64;
         if outstanding > 0 {
             for line in &in_flight {
-                let source = line.source.as_ref().map(|(c, ino)| (&**c, *ino));
+                let source = line.source.as_ref().map(|(c, file)| (&**c, *file));
                 if !self.readable_again(line.system, source) {
                     in_flight_lost += 1;
                     *dropped.entry(Arc::clone(&line.function)).or_default() += 1;
@@ -741,7 +751,13 @@ impl LogHub {
         {
             let mut q = self.queue.lock().expect("log queue lock");
             for c in std::mem::take(&mut q.lines) {
-                let source = c.source.as_ref().map(|s| (&*s.container, s.at.ino));
+                let source = c.source.as_ref().map(|s| {
+                    let file = FileRead {
+                        ino: s.at.ino,
+                        rotation: s.rotation,
+                    };
+                    (&*s.container, file)
+                });
                 if self.readable_again(c.entry.stream == LogStream::System, source) {
                     again += 1;
                 } else {
@@ -1140,7 +1156,15 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
     asm.next_start = start;
     let mut pos = start;
     let gone;
-    let source = |ino: u64| offsets.map(|_| (&container, ino));
+    // Rotations gone through (`Offsets::rotated`): with the inode, which
+    // file a line was read from.
+    let rotation = std::sync::atomic::AtomicU32::new(0);
+    let source = |ino: u64| {
+        offsets.map(|_| {
+            let rotation = rotation.load(Ordering::Relaxed);
+            (&container, FileRead { ino, rotation })
+        })
+    };
     // Hands the lines read from `file` to the hub.
     let push = |file: &(std::fs::File, u64), lines: Vec<Marked>| {
         if lines.is_empty() {
@@ -1203,7 +1227,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
                 asm.resync = false;
                 *named.lock().expect("file name lock") = None;
                 if let Some(offsets) = offsets {
-                    offsets.rotated(&container, file.1);
+                    rotation.store(offsets.rotated(&container, file.1), Ordering::Relaxed);
                 }
                 warned_open = false;
                 continue;
@@ -1848,36 +1872,52 @@ mod tests {
         let offsets = hub.offsets.as_ref().unwrap();
         offsets.register(&kept, Position { ino: 1, offset: 0 }, None);
         let gone: Arc<str> = Arc::from("fedcba");
+        // A container whose log was rotated twice: its current file got the
+        // inode (5) of the file before the last.
+        let reused: Arc<str> = Arc::from("5555");
+        offsets.register(&reused, Position { ino: 5, offset: 0 }, None);
+        let read = |ino, rotation| FileRead { ino, rotation };
         // In flight (taken by the shipper, not acknowledged): one of each
         // kind. Lines of the file conmon writes now (inode 1, rotated away
-        // below), of no file, of a container gone, of the next file (2).
-        hub.push(&f, 1, &i, None, Some((&kept, 1)), numbered(2));
+        // below), of no file, of a container gone, of the next file (2);
+        // of the first file with inode 5 (rotated away) and of the third.
+        hub.push(&f, 1, &i, None, Some((&kept, read(1, 0))), numbered(2));
         hub.push(&f, 1, &i, None, None, numbered(1));
-        hub.push(&f, 1, &i, None, Some((&gone, 1)), numbered(1));
-        hub.push(&f, 1, &i, None, Some((&kept, 2)), numbered(1));
-        assert_eq!(hub.take(100, 1 << 20).len(), 5);
+        hub.push(&f, 1, &i, None, Some((&gone, read(1, 0))), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&kept, read(2, 1))), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&reused, read(5, 0))), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&reused, read(5, 2))), numbered(2));
+        assert_eq!(hub.take(100, 1 << 20).len(), 8);
         // Queued: the same kinds.
-        hub.push(&f, 1, &i, None, Some((&kept, 1)), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&kept, read(1, 0))), numbered(1));
         hub.push(&f, 1, &i, None, None, numbered(2));
-        hub.push(&f, 1, &i, None, Some((&gone, 1)), numbered(1));
-        hub.push(&f, 1, &i, None, Some((&kept, 2)), numbered(3));
+        hub.push(&f, 1, &i, None, Some((&gone, read(1, 0))), numbered(1));
+        hub.push(&f, 1, &i, None, Some((&kept, read(2, 1))), numbered(3));
+        hub.push(&f, 1, &i, None, Some((&reused, read(5, 0))), numbered(3));
+        hub.push(&f, 1, &i, None, Some((&reused, read(5, 2))), numbered(1));
         // Conmon rotated the file: the tailer went on with inode 2; what is
         // left of inode 1 is not read again by the next proxy (it reads the
         // current file, from its start).
-        offsets.rotated(CTR, 2);
+        assert_eq!(offsets.rotated(CTR, 2), 1);
+        // Twice, and the current file has the first one's inode again: the
+        // first one's lines are not read again either.
+        assert_eq!(offsets.rotated(&reused, 6), 1);
+        assert_eq!(offsets.rotated(&reused, 5), 2);
         let before = METRICS
             .dropped
             .with_label_values(&["logs-unit-shutdown", "shutdown"])
             .get();
         let (again, lost) = hub.flush(Duration::from_millis(50)).await;
-        // Again: inode 2's, 1 in flight and 3 queued. Lost: in flight 2 of
-        // inode 1, 1 of no file, 1 of the container gone; queued 1, 2, 1.
-        assert_eq!((again, lost), (4, 8));
+        // Again: inode 2's, 1 in flight and 3 queued; the third file of
+        // inode 5, 2 in flight and 1 queued. Lost: in flight 2 of inode 1,
+        // 1 of no file, 1 of the container gone, 1 of the first file of
+        // inode 5; queued 1, 2, 1, 3.
+        assert_eq!((again, lost), (7, 12));
         let after = METRICS
             .dropped
             .with_label_values(&["logs-unit-shutdown", "shutdown"])
             .get();
-        assert_eq!(after - before, 8);
+        assert_eq!(after - before, 12);
     }
 
     #[test]

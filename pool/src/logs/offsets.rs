@@ -135,12 +135,21 @@ struct NamedOnDisk {
 /// An offset and the name of its file, when known.
 type Place = (Position, Option<Arc<str>>);
 
+/// The file of a container's log a line was read from: its inode and how
+/// many rotations the tailer had gone through (an inode alone can name two
+/// files: a rotation frees a number a later file may get).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRead {
+    pub ino: u64,
+    pub rotation: u32,
+}
+
 struct Entry {
     /// After the last acknowledged line, in the file of that name.
     acked: Place,
-    /// The inode of the file the tailer reads now (conmon's current file):
-    /// a next proxy reads only that one again.
-    current: u64,
+    /// The file the tailer reads now (conmon's current file): a next
+    /// proxy reads only that one again.
+    current: FileRead,
     /// What the files hold.
     saved: Option<Place>,
     last_write: Option<Instant>,
@@ -210,54 +219,32 @@ impl Offsets {
             ino: saved.ino,
             offset: saved.offset,
         };
-        Some(
-            match (
-                saved.file,
-                self.names_path(id).map(|p| read_json::<NamedOnDisk>(&p)),
-            ) {
-                // Written by 0cdb4be, which could pair an old file's offset
-                // with a later file's name.
-                (Some(_), _) => Saved {
-                    at,
-                    file: SavedName::Unsure,
-                },
-                (None, Some(Ok(None))) => Saved {
-                    at,
-                    file: SavedName::Absent,
-                },
-                (None, Some(Ok(Some(n)))) if n.container == id => {
-                    let named = Position {
-                        ino: n.ino,
-                        offset: n.offset,
-                    };
-                    match n.file {
-                        Some(name) => Saved {
-                            at: named,
-                            file: SavedName::Known(name),
-                        },
-                        None if named == at => Saved {
-                            at,
-                            file: SavedName::Absent,
-                        },
-                        None => Saved {
-                            at,
-                            file: SavedName::Unsure,
-                        },
-                    }
+        let (at, file) = match (
+            saved.file,
+            self.names_path(id).map(|p| read_json::<NamedOnDisk>(&p)),
+        ) {
+            (None, Some(Ok(None))) => (at, SavedName::Absent),
+            (None, Some(Ok(Some(n)))) if n.container == id => {
+                let named = Position {
+                    ino: n.ino,
+                    offset: n.offset,
+                };
+                match n.file {
+                    Some(name) => (named, SavedName::Known(name)),
+                    None if named == at => (at, SavedName::Absent),
+                    None => (at, SavedName::Unsure),
                 }
-                (None, Some(Ok(Some(n)))) => {
-                    tracing::warn!(dir = %self.dir.display(), names = %n.container.escape_debug(), "log offset names file of another container; its file is not known");
-                    Saved {
-                        at,
-                        file: SavedName::Unsure,
-                    }
-                }
-                _ => Saved {
-                    at,
-                    file: SavedName::Unsure,
-                },
-            },
-        )
+            }
+            (None, Some(Ok(Some(n)))) => {
+                tracing::warn!(dir = %self.dir.display(), names = %n.container.escape_debug(), "log offset names file of another container; its file is not known");
+                (at, SavedName::Unsure)
+            }
+            // A name inside the offset file (written by 0cdb4be, which
+            // could pair an old file's offset with a later file's name), or
+            // a names file that cannot be read.
+            _ => (at, SavedName::Unsure),
+        };
+        Some(Saved { at, file })
     }
 
     /// Starts keeping container `id`'s offset at `at` (in the file named
@@ -271,7 +258,10 @@ impl Offsets {
             Arc::clone(id),
             Entry {
                 acked: (at, file),
-                current: at.ino,
+                current: FileRead {
+                    ino: at.ino,
+                    rotation: 0,
+                },
                 saved: None,
                 last_write: None,
             },
@@ -297,11 +287,19 @@ impl Offsets {
 
     /// The tailer of container `id` went on to the file with inode `ino`
     /// (conmon rotated the log): the old file's lines are no longer read
-    /// again by a next proxy, which starts with the current file.
-    pub fn rotated(&self, id: &str, ino: u64) {
-        if let Some(entry) = self.entries.lock().expect("offsets lock").get_mut(id) {
-            entry.current = ino;
-        }
+    /// again by a next proxy, which starts with the current file. Returns
+    /// the rotations seen since [`Offsets::register`] (what the tailer's
+    /// lines of that file carry; 0 when the container is not kept).
+    pub fn rotated(&self, id: &str, ino: u64) -> u32 {
+        let mut entries = self.entries.lock().expect("offsets lock");
+        let Some(entry) = entries.get_mut(id) else {
+            return 0;
+        };
+        entry.current = FileRead {
+            ino,
+            rotation: entry.current.rotation.wrapping_add(1),
+        };
+        entry.current.rotation
     }
 
     /// Whether container `id`'s offset is kept (its lines can be read
@@ -310,16 +308,16 @@ impl Offsets {
         self.entries.lock().expect("offsets lock").contains_key(id)
     }
 
-    /// Whether a line read from inode `ino` of container `id`'s log is
-    /// read again by the next proxy if it is not shipped: its offset is
-    /// kept and `ino` is still the container's current file (a rotated-away
-    /// file is gone for the next proxy).
-    pub fn readable_again(&self, id: &str, ino: u64) -> bool {
+    /// Whether a line read from `file` of container `id`'s log is read
+    /// again by the next proxy if it is not shipped: its offset is kept and
+    /// `file` is still the container's current file (a rotated-away file is
+    /// gone for the next proxy, even when the current one has its inode).
+    pub fn readable_again(&self, id: &str, file: FileRead) -> bool {
         self.entries
             .lock()
             .expect("offsets lock")
             .get(id)
-            .is_some_and(|e| e.current == ino)
+            .is_some_and(|e| e.current == file)
     }
 
     /// Writes the files whose acknowledged offset moved: those not written
