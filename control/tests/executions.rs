@@ -141,6 +141,17 @@ async fn real_function(app: &TestApp, name: &str) -> i64 {
     did
 }
 
+/// The records in each chunk row of `function`, most first.
+async fn chunk_sizes(db: &PgPool, function: &str) -> Vec<i32> {
+    let sizes: Vec<(i32,)> =
+        sqlx::query_as("SELECT n FROM execution_chunks WHERE function = $1 ORDER BY n DESC")
+            .bind(function)
+            .fetch_all(db)
+            .await
+            .unwrap();
+    sizes.into_iter().map(|(n,)| n).collect()
+}
+
 async fn count(db: &PgPool, function: &str) -> i64 {
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM executions WHERE function = $1")
         .bind(function)
@@ -273,6 +284,21 @@ async fn a_full_batch_is_stored_whole_and_a_bad_one_not_at_all() {
             .await
             .unwrap();
     assert_eq!(distinct, MAX_BATCH_RECORDS as i64);
+    // A chunk row holds up to 5,000 records, also when the records of two
+    // functions alternate.
+    assert_eq!(chunk_sizes(app.db(), "many").await, [5_000, 5_000]);
+    let mixed = ExecutionBatch {
+        node: "node-b".into(),
+        batch: "boot-mixed".into(),
+        records: (0..7_000)
+            .map(|i| record(i, if i % 7 == 3 { "mixed-b" } else { "mixed-a" }, 9))
+            .collect(),
+    };
+    let (status, body) = app.ingest_binary(&mixed).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(chunk_sizes(app.db(), "mixed-a").await, [5_000, 1_000]);
+    assert_eq!(chunk_sizes(app.db(), "mixed-b").await, [1_000]);
+    assert_eq!(count(app.db(), "mixed-a").await, 6_000);
 
     // One more record than a batch holds: refused, nothing stored.
     let mut over = batch.clone();
@@ -296,6 +322,15 @@ async fn a_full_batch_is_stored_whole_and_a_bad_one_not_at_all() {
     assert_eq!(e["field"], "records[99].trace_id", "{e}");
     assert_eq!(count(app.db(), "bad").await, 0);
     bad.records[99].trace_id = None;
+    // A function name that is not one, after records with a good one: the
+    // name is checked though the record before had a valid one.
+    bad.records[50].function = "Not A Name".into();
+    let (status, body) = app.ingest_binary(&bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["field"], "records[50].function", "{e}");
+    assert_eq!(count(app.db(), "bad").await, 0);
+    bad.records[50].function = "bad".into();
     let (status, _) = app.ingest(&bad).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(count(app.db(), "bad").await, 100);

@@ -51,8 +51,10 @@ use crate::routes::Entry;
 const LOCAL_BATCH: usize = 256;
 /// Batches the channel to the shipper holds.
 const CHANNEL_BATCHES: usize = 1024;
-/// Most records in one posted body.
-pub const POST_RECORDS: usize = 5_000;
+/// Most records in one posted body: as many as a batch may hold. Each body
+/// costs the control plane and PostgreSQL about 2 ms besides its records
+/// (docs/BENCHMARKS.md), so under load fewer, larger bodies cost less.
+pub const POST_RECORDS: usize = wire::MAX_BATCH_RECORDS;
 /// Longest a record waits before its body is posted.
 const POST_EVERY: Duration = Duration::from_millis(500);
 /// Pause after a failed post before the next try.
@@ -881,12 +883,17 @@ mod tests {
     use super::*;
 
     fn entry() -> Arc<Entry> {
-        let manifest =
-            containerpub_wire::Manifest::parse("name = \"rec\"\nruntime = \"container\"\n")
-                .unwrap();
+        entry_named("rec")
+    }
+
+    fn entry_named(name: &str) -> Arc<Entry> {
+        let manifest = containerpub_wire::Manifest::parse(&format!(
+            "name = \"{name}\"\nruntime = \"container\"\n"
+        ))
+        .unwrap();
         Arc::new(Entry {
             route: containerpub_wire::api::Route {
-                function: "rec".into(),
+                function: name.into(),
                 deployment_id: 7,
                 version: 3,
                 image: "img".into(),
@@ -895,7 +902,7 @@ mod tests {
                 secrets: Vec::new(),
                 signing_keys: Vec::new(),
             },
-            metrics: crate::metrics::FunctionMetrics::new("rec"),
+            metrics: crate::metrics::FunctionMetrics::new(name),
             pool_handle: Default::default(),
         })
     }
@@ -1030,6 +1037,40 @@ mod tests {
         }
         assert_eq!(bodies, 2);
         assert_eq!(enc.finish().unwrap().records, 1);
+    }
+
+    #[test]
+    fn a_full_body_of_the_longest_records_fits_a_batch_as_json_too() {
+        // Spooled bodies are JSON: one the control plane refused as too
+        // large (413) would be sent again and again, holding up the rest.
+        let entry = entry_named(&format!("f{}", "9".repeat(62)));
+        let mut enc = Encoder::new(&"n".repeat(255), "b".repeat(128), u64::MAX - 1);
+        let mut body = None;
+        for i in 0..POST_RECORDS as u64 {
+            let mut longest = raw(i);
+            longest.request_id =
+                RecordId::new(&mut "/".repeat(containerpub_wire::request_id::MAX_LEN));
+            longest.method = Method::new(&[b'"'; 16]);
+            longest.status = u16::MAX;
+            longest.start = Some(StartKind::Paused);
+            longest.queue = Duration::MAX;
+            longest.start_time = Duration::MAX;
+            longest.upstream = Duration::MAX;
+            longest.total = Duration::MAX;
+            longest.bytes_in = u64::MAX;
+            longest.bytes_out = u64::MAX;
+            longest.rejection = Rejection::ALL.into_iter().max_by_key(|r| r.as_str().len());
+            body = enc.add(&entry, &longest);
+        }
+        let body = body.expect("a full body");
+        assert_eq!(body.records, POST_RECORDS as u64);
+        let json = as_json(&body.bytes).expect("the body decodes");
+        assert!(
+            json.len() <= wire::MAX_BATCH_BYTES,
+            "{} bytes of JSON",
+            json.len()
+        );
+        assert!(body.bytes.len() <= wire::MAX_BATCH_BYTES);
     }
 
     #[test]

@@ -219,8 +219,20 @@ pub struct ExecutionBatchRef<'a> {
 impl ExecutionRecordRef<'_> {
     /// Checks every field; the error names the field at fault.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        crate::validate_function_name(self.function.as_str())
-            .map_err(|m| ("function", m.to_string()))?;
+        self.validate_given(None)
+    }
+
+    /// [`Self::validate`], without checking the function's name again when
+    /// it is `valid_function`, a name found valid before (a batch's records
+    /// share a few names: the control plane checks each once in a row).
+    pub fn validate_given(
+        &self,
+        valid_function: Option<&str>,
+    ) -> Result<(), (&'static str, String)> {
+        if valid_function != Some(self.function.as_str()) {
+            crate::validate_function_name(self.function.as_str())
+                .map_err(|m| ("function", m.to_string()))?;
+        }
         if self.deployment_id <= 0 || self.version <= 0 {
             return Err((
                 "deployment_id",
