@@ -557,6 +557,12 @@ async fn records_land_in_their_day_and_old_ones_are_skipped() {
         batch: "days-1".into(),
         records: vec![yesterday, ancient, future, today],
     };
+    let mut not_a_time = batch.clone();
+    not_a_time.records[2].at_us = i64::MAX;
+    let (status, body) = app.ingest_binary(&not_a_time).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["field"], "records[2].at_us", "{e}");
     let (status, body) = app.ingest(&batch).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let r: IngestResult = serde_json::from_slice(&body).unwrap();

@@ -2055,6 +2055,76 @@ mod tests {
         assert_eq!((again, lost), (0, 4));
     }
 
+    #[tokio::test]
+    async fn a_graceful_stop_after_a_rotation_counts_the_old_files_lines_only() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        append(&log, &["one", "two"]);
+        let hub = hub_with_offsets(&root.path().join(offsets::DIR_NAME));
+        let (h, path) = (Arc::clone(&hub), log.clone());
+        hub.tailers.spawn(async move {
+            let stop = h.stop.clone();
+            let (offsets, follow) = (h.offsets.clone(), follow(false));
+            tokio::select! {
+                () = tail(&h, &path, &follow, offsets.as_ref()) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+        let queued = |n: usize| {
+            let hub = Arc::clone(&hub);
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    while hub.queue.lock().unwrap().lines.len() < n {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{n} lines queued"));
+            }
+        };
+        queued(2).await;
+        // Conmon rotates: a new file renamed over the old one.
+        let next = root.path().join("next.log");
+        std::fs::write(&next, format!("{T} stdout F three\n")).unwrap();
+        std::fs::rename(&next, &log).unwrap();
+        queued(3).await;
+        // No shipper: all three are still queued at the stop. The next
+        // proxy reads the current file again, not the one rotated away.
+        let (again, lost) = hub.flush(Duration::from_millis(100)).await;
+        assert_eq!((again, lost), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_log_path_that_cannot_be_opened_for_a_while_is_retried_and_its_offset_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let log = root.path().join("ctr.log");
+        append(&log, &["one"]);
+        let hub = hub_with_offsets(&root.path().join(offsets::DIR_NAME));
+        let tailer = spawn_tail(&hub, &log, false);
+        assert_eq!(texts(&take_exactly(&hub, 1).await), ["one"]);
+        // The path is there but cannot be opened (a link to itself: ELOOP;
+        // as root, a permission cannot be refused).
+        let looped = root.path().join("looped");
+        std::os::unix::fs::symlink("ctr.log", &looped).unwrap();
+        std::fs::rename(&looped, &log).unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!tailer.is_finished(), "the tailer waits for its log");
+        let offsets = hub.offsets.as_ref().unwrap();
+        assert!(offsets.is_kept(CTR), "the offset is kept");
+        // Openable again, as a new file: followed from its start.
+        let next = root.path().join("next.log");
+        std::fs::write(&next, format!("{T} stdout F two\n")).unwrap();
+        std::fs::rename(&next, &log).unwrap();
+        assert_eq!(texts(&take_exactly(&hub, 1).await), ["two"]);
+        assert!(offsets.is_kept(CTR));
+        std::fs::remove_file(&log).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), tailer)
+            .await
+            .expect("the tailer ends when its log is removed")
+            .unwrap();
+        assert!(!offsets.is_kept(CTR), "a removed container's offset goes");
+    }
+
     #[test]
     fn the_log_path_comes_from_inspect() {
         let v = serde_json::json!({"HostConfig": {"LogConfig": {"Type": "k8s-file", "Path": "/x/ctr.log"}}});

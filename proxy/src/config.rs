@@ -112,7 +112,7 @@ pub struct Config {
     #[arg(long, env = ENV_EXECUTIONS_MEMORY_MB, default_value_t = 64, value_name = "MIB")]
     pub executions_memory_mb: u64,
 
-    /// MiB of execution records spooled to `<state-dir>/executions/` after that (0: none).
+    /// MiB of execution records spooled to `<state-dir>/executions/` after that (0: none; else at least 8, one whole batch).
     #[arg(long, env = ENV_EXECUTIONS_SPOOL_MB, default_value_t = 1024, value_name = "MIB")]
     pub executions_spool_mb: u64,
     #[command(flatten)]
@@ -289,6 +289,19 @@ impl Config {
                 ));
             }
         }
+        // A spool must hold one whole body: any smaller and every body
+        // that leaves memory is dropped.
+        let body_mb = containerpub_wire::executions::MAX_BATCH_BYTES.div_ceil(1024 * 1024) as u64;
+        if (1..body_mb).contains(&self.executions_spool_mb) {
+            return Err(bad(
+                "executions-spool-mb",
+                ENV_EXECUTIONS_SPOOL_MB,
+                format!(
+                    "must be 0 (no spool) or at least {body_mb} (one whole batch), got {}",
+                    self.executions_spool_mb
+                ),
+            ));
+        }
         if self.node_memory_mb.is_none() {
             self.node_memory_mb = Some(host_memory_mb().unwrap_or(u64::MAX));
         }
@@ -423,6 +436,15 @@ mod tests {
         );
         let err = parse(&["--token", "t", "--node-memory-mb", "1"]).unwrap_err();
         assert!(err.setting.contains("--node-memory-mb"), "{err}");
+        let err = parse(&["--token", "t", "--executions-spool-mb", "7"]).unwrap_err();
+        assert!(
+            err.setting.contains("CPUB_EXECUTIONS_SPOOL_MB") && err.message.contains("at least 8"),
+            "{err}"
+        );
+        for fine in ["0", "8"] {
+            let c = parse(&["--token", "t", "--executions-spool-mb", fine]).unwrap();
+            assert_eq!(c.executions_spool_mb.to_string(), fine);
+        }
     }
 
     #[test]

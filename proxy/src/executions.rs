@@ -887,6 +887,10 @@ mod tests {
     }
 
     fn entry_named(name: &str) -> Arc<Entry> {
+        entry_of(name, 7, 3)
+    }
+
+    fn entry_of(name: &str, deployment_id: i64, version: i32) -> Arc<Entry> {
         let manifest = containerpub_wire::Manifest::parse(&format!(
             "name = \"{name}\"\nruntime = \"container\"\n"
         ))
@@ -894,8 +898,8 @@ mod tests {
         Arc::new(Entry {
             route: containerpub_wire::api::Route {
                 function: name.into(),
-                deployment_id: 7,
-                version: 3,
+                deployment_id,
+                version,
                 image: "img".into(),
                 config: manifest,
                 keys: Vec::new(),
@@ -1043,7 +1047,7 @@ mod tests {
     fn a_full_body_of_the_longest_records_fits_a_batch_as_json_too() {
         // Spooled bodies are JSON: one the control plane refused as too
         // large (413) would be sent again and again, holding up the rest.
-        let entry = entry_named(&format!("f{}", "9".repeat(62)));
+        let entry = entry_of(&format!("f{}", "9".repeat(62)), i64::MIN, i32::MIN);
         let mut enc = Encoder::new(&"n".repeat(255), "b".repeat(128), u64::MAX - 1);
         let mut body = None;
         for i in 0..POST_RECORDS as u64 {
@@ -1059,6 +1063,7 @@ mod tests {
             longest.total = Duration::MAX;
             longest.bytes_in = u64::MAX;
             longest.bytes_out = u64::MAX;
+            longest.at = UNIX_EPOCH + Duration::from_micros(i64::MAX as u64);
             longest.rejection = Rejection::ALL.into_iter().max_by_key(|r| r.as_str().len());
             body = enc.add(&entry, &longest);
         }
