@@ -1655,6 +1655,31 @@ mod tests {
         })
     }
 
+    /// Follows `path` as container [`CTR`] as `LogHub::follow` does: on the
+    /// hub's tasks, until the hub stops.
+    fn follow_until_stop(hub: &Arc<LogHub>, path: &Path) {
+        let (h, path) = (Arc::clone(hub), path.to_path_buf());
+        hub.tailers.spawn(async move {
+            let stop = h.stop.clone();
+            let (offsets, follow) = (h.offsets.clone(), follow(false));
+            tokio::select! {
+                () = tail(&h, &path, &follow, offsets.as_ref()) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// Waits (5 s at most) until `n` lines are queued.
+    async fn queued(hub: &LogHub, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while hub.queue.lock().unwrap().lines.len() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} lines queued"));
+    }
+
     /// Takes lines until `n` came (5 s at most), then checks no more come.
     async fn take_exactly(hub: &LogHub, n: usize) -> Vec<Captured> {
         let mut got = Vec::new();
@@ -2023,24 +2048,8 @@ mod tests {
         let log = root.path().join("ctr.log");
         append(&log, &["one", "two", "three"]);
         let hub = hub_with_offsets(&root.path().join(offsets::DIR_NAME));
-        // Followed as `LogHub::follow` does: on the hub's thread, until the
-        // hub stops.
-        let (h, path) = (Arc::clone(&hub), log.clone());
-        hub.tailers.spawn(async move {
-            let stop = h.stop.clone();
-            let (offsets, follow) = (h.offsets.clone(), follow(false));
-            tokio::select! {
-                () = tail(&h, &path, &follow, offsets.as_ref()) => {}
-                () = stop.cancelled() => {}
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while hub.queue.lock().unwrap().lines.len() < 3 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("three lines queued");
+        follow_until_stop(&hub, &log);
+        queued(&hub, 3).await;
         // No shipper: the flush waits its whole time. Meanwhile the
         // container prints a last line and is removed.
         let remover = tokio::spawn(async move {
@@ -2061,33 +2070,13 @@ mod tests {
         let log = root.path().join("ctr.log");
         append(&log, &["one", "two"]);
         let hub = hub_with_offsets(&root.path().join(offsets::DIR_NAME));
-        let (h, path) = (Arc::clone(&hub), log.clone());
-        hub.tailers.spawn(async move {
-            let stop = h.stop.clone();
-            let (offsets, follow) = (h.offsets.clone(), follow(false));
-            tokio::select! {
-                () = tail(&h, &path, &follow, offsets.as_ref()) => {}
-                () = stop.cancelled() => {}
-            }
-        });
-        let queued = |n: usize| {
-            let hub = Arc::clone(&hub);
-            async move {
-                tokio::time::timeout(Duration::from_secs(5), async {
-                    while hub.queue.lock().unwrap().lines.len() < n {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| panic!("{n} lines queued"));
-            }
-        };
-        queued(2).await;
+        follow_until_stop(&hub, &log);
+        queued(&hub, 2).await;
         // Conmon rotates: a new file renamed over the old one.
         let next = root.path().join("next.log");
         std::fs::write(&next, format!("{T} stdout F three\n")).unwrap();
         std::fs::rename(&next, &log).unwrap();
-        queued(3).await;
+        queued(&hub, 3).await;
         // No shipper: all three are still queued at the stop. The next
         // proxy reads the current file again, not the one rotated away.
         let (again, lost) = hub.flush(Duration::from_millis(100)).await;
