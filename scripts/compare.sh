@@ -4,9 +4,10 @@
 # resume, and memory under idle keep-alive connections.
 #   bash scripts/compare.sh [--rounds N] [--json FILE] [--duration SECS] [--no-wrk] ...
 # (all flags: bash scripts/compare.sh --help). Takes ~1 min per round.
-# Installs what is missing (nginx, wrk), starts Podman's API socket and the
-# local PostgreSQL, builds the release binaries, raises the open-files limit
-# (cpub-proxy and nginx inherit it) and runs the `compare` binary.
+# Installs what is missing (nginx, wrk), starts Podman's API socket and a
+# PostgreSQL cluster of its own (fsync on, as the stack's; left running, as
+# the test cluster is), builds the release binaries, raises the open-files
+# limit (cpub-proxy and nginx inherit it) and runs the `compare` binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/containerpub-target}
@@ -27,7 +28,10 @@ fi
 step "host setup (podman, runc, API socket)"
 bash scripts/setup-host.sh >&2
 step "PostgreSQL"
-CPUB_TEST_DATABASE_URL=$(bash scripts/pg.sh start)
+# A cluster of its own that flushes to disk as the stack's does (the test
+# cluster does not): execution records' cost includes their WAL's flush.
+CPUB_TEST_DATABASE_URL=$(CPUB_PG_DIR=${COMPARE_PG_DIR:-/var/tmp/containerpub-pg-compare} \
+  CPUB_PG_PORT=${COMPARE_PG_PORT:-25434} CPUB_PG_FSYNC=on bash scripts/pg.sh start)
 export CPUB_TEST_DATABASE_URL
 
 step "example functions"

@@ -23,7 +23,10 @@ shift
 [ $# -ge 1 ] || { echo "usage: $0 ROUNDS LABEL=CONTROL_BIN..." >&2; exit 64; }
 pgdir=${INGEST_PG_DIR:-/var/tmp/ingest-bench-pg}
 pgport=${INGEST_PG_PORT:-25491}
-url=$(CPUB_PG_DIR=$pgdir CPUB_PG_PORT=$pgport CPUB_PG_CREATEDB=0 bash "$here/scripts/pg.sh" start)
+# Without flushing by default, as every figure of docs/BENCHMARKS.md made
+# with this script (INGEST_PG_FSYNC=on for the stack's setting).
+url=$(CPUB_PG_DIR=$pgdir CPUB_PG_PORT=$pgport CPUB_PG_CREATEDB=0 CPUB_PG_FSYNC=${INGEST_PG_FSYNC:-off} \
+  bash "$here/scripts/pg.sh" start)
 postmaster=$(head -n 1 "$pgdir/postmaster.pid")
 driver=${INGEST_DRIVER:-}
 if [ -z "$driver" ]; then

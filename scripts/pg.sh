@@ -8,7 +8,15 @@
 #   CPUB_PG_CREATEDB  1 (default, the test cluster: the tests make a database
 #                     per test) gives the role `cpub` CREATEDB; 0 (scripts/up.sh,
 #                     the stack) does not
-# A cluster already running in the directory is reused on the port it runs on.
+#   CPUB_PG_FSYNC     on|off: whether the server flushes to disk (WAL, data
+#                     files). Default off for the test cluster (CREATEDB=1:
+#                     its databases are made and thrown away by the tests),
+#                     on for the stack (CREATEDB=0): with fsync off, a crash
+#                     of the machine or a power loss can corrupt the whole
+#                     cluster, not only lose its last transactions.
+# A cluster already running in the directory is reused on the port it runs
+# on; one running with fsync off where on is asked for is restarted with it
+# on (its clients reconnect), never the other way round.
 #
 # Locked down (and an older cluster made with `--auth=trust` is migrated on
 # the next `start`: pg_hba.conf rewritten, password set, configuration
@@ -30,6 +38,8 @@ pwfile=$dir/cpub-password
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -x "$bin/initdb" ] || { echo "pg.sh: no PostgreSQL server binaries under /usr/lib/postgresql" >&2; exit 1; }
 case "$createdb" in 0|1) ;; *) echo "pg.sh: CPUB_PG_CREATEDB must be 0 or 1" >&2; exit 64 ;; esac
+fsync=${CPUB_PG_FSYNC:-$([ "$createdb" = 1 ] && echo off || echo on)}
+case "$fsync" in on|off) ;; *) echo "pg.sh: CPUB_PG_FSYNC must be on or off" >&2; exit 64 ;; esac
 root() { [ "$(id -u)" = 0 ]; }
 # The port a running cluster in $dir listens on (line 4 of postmaster.pid).
 running_port() { [ -s "$dir/postmaster.pid" ] && sed -n 4p "$dir/postmaster.pid"; }
@@ -84,15 +94,20 @@ local   all       all                     scram-sha-256
 host    all       all       127.0.0.1/32  scram-sha-256
 host    all       all       ::1/128       scram-sha-256
 HBA
+  # On the command line: it wins over any configuration file.
+  options() { echo "-p $1 -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200 -c fsync=$fsync -c password_encryption=scram-sha-256"; }
   if ! as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
-    as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200 -c fsync=off -c password_encryption=scram-sha-256" start >/dev/null
+    as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 -o "$(options "$port")" start >/dev/null
   elif [ "$changed" = 1 ]; then
     as_pg "$bin/pg_ctl" -D "$dir" reload >/dev/null
   fi
   port=$(running_port) || true
   port=${port:-${CPUB_PG_PORT:-25432}}
   psql_() { as_pg "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
+  if [ "$fsync" = on ] && [ "$(psql_ -c "show fsync")" != on ]; then
+    echo "pg.sh: restarting the cluster in $dir with fsync on (it ran with fsync off: a crash of the machine could corrupt it)" >&2
+    as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 -m fast -o "$(options "$port")" restart >/dev/null
+  fi
   if [ "$(psql_ -c "show password_encryption")" != scram-sha-256 ]; then
     psql_ -c "alter system set password_encryption = 'scram-sha-256'" -c "select pg_reload_conf()" >/dev/null
   fi

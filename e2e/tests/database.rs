@@ -5,7 +5,9 @@
 //! the test cluster the suite runs against, on a fresh stack-mode cluster
 //! (`CPUB_PG_CREATEDB=0`, as `scripts/up.sh` makes it) and on a cluster
 //! made the old way (`initdb --auth=trust`, password `cpub`), which
-//! `pg.sh start` must migrate. Needs root (to act as `nobody`) and `psql`.
+//! `pg.sh start` must migrate. The stack's cluster flushes to disk (fsync
+//! on), also when it was running without. Needs root (to act as `nobody`)
+//! and `psql`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,25 @@ fn psql_as(
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
+}
+
+/// A server setting (`show NAME`), asked as the superuser over the socket.
+fn setting(dir: &Path, port: u16, name: &str) -> String {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--", "psql", "-w", "-qtA"])
+        .args(["-h", dir.to_str().unwrap(), "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres"])
+        .args(["-c", &format!("show {name}")])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runuser psql");
+    assert!(
+        out.status.success(),
+        "show {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn assert_root() {
@@ -166,6 +187,7 @@ impl Cluster {
             .env("CPUB_PG_DIR", &self.dir)
             .env("CPUB_PG_PORT", self.port.to_string())
             .env("CPUB_PG_CREATEDB", if createdb { "1" } else { "0" })
+            .env_remove("CPUB_PG_FSYNC")
             .output()
             .expect("pg.sh");
         assert!(
@@ -212,31 +234,42 @@ impl Drop for Cluster {
 /// The cluster this test suite runs against (`scripts/test.sh` starts it
 /// with `pg.sh start`).
 #[test]
-fn the_test_cluster_refuses_unprivileged_local_users() {
+fn the_test_cluster_refuses_unprivileged_local_users_and_does_not_flush() {
     assert_root();
     let dir = std::env::var_os("CPUB_PG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp/containerpub-pg"));
-    assert_locked_down(&test_database_url(), &dir, true);
+    let url = test_database_url();
+    assert_locked_down(&url, &dir, true);
+    // Throwaway databases: no flushing (unless someone asked for it).
+    if std::env::var_os("CPUB_PG_FSYNC").is_none() {
+        assert_eq!(
+            setting(&dir, parse(&url).port, "fsync"),
+            "off",
+            "the test cluster flushes: was it started with CPUB_PG_FSYNC=on?"
+        );
+    }
 }
 
 /// What `scripts/up.sh` makes on a fresh machine: no CREATEDB either.
 #[test]
-fn a_fresh_stack_cluster_is_locked_down() {
+fn a_fresh_stack_cluster_is_locked_down_and_flushes() {
     assert_root();
     let cluster = Cluster::new();
     let url = cluster.pg_sh("start", false);
     assert_locked_down(&url, &cluster.dir, false);
+    assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
     // Idempotent: a second start keeps the password and the lock.
     assert_eq!(cluster.pg_sh("start", false), url);
     assert_eq!(cluster.pg_sh("url", false), url);
     assert_locked_down(&url, &cluster.dir, false);
+    assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
 }
 
 /// A cluster made by the old `pg.sh` (everyone in as superuser, no
 /// password) is migrated by the next `pg.sh start`, while it runs.
 #[test]
-fn an_old_trust_cluster_is_migrated_on_start() {
+fn an_old_trust_cluster_is_migrated_on_start_and_flushes_in_stack_mode() {
     assert_root();
     let cluster = Cluster::new();
     std::fs::create_dir_all(&cluster.dir).unwrap();
@@ -276,7 +309,14 @@ fn an_old_trust_cluster_is_migrated_on_start() {
 
     let url = cluster.pg_sh("start", true);
     assert_locked_down(&url, &cluster.dir, true);
-    // Stack mode takes CREATEDB away from an existing role.
+    // Test mode leaves a running cluster's flushing as it is.
+    assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "off");
+    // Stack mode takes CREATEDB away from an existing role, and restarts
+    // a cluster running with fsync off with it on (on the same port).
     let url = cluster.pg_sh("start", false);
     assert_locked_down(&url, &cluster.dir, false);
+    assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
+    // Never the other way round: test mode keeps it on.
+    assert_eq!(cluster.pg_sh("start", true), url);
+    assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
 }

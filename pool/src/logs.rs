@@ -162,6 +162,16 @@ pub struct Source {
     pub rotation: u32,
 }
 
+impl Source {
+    /// The file the line was read from.
+    fn file(&self) -> FileRead {
+        FileRead {
+            ino: self.at.ino,
+            rotation: self.rotation,
+        }
+    }
+}
+
 /// A line and where reading may resume once it is shipped (see
 /// [`Assembler::mark`]).
 struct Marked {
@@ -631,18 +641,15 @@ impl LogHub {
         drop(guard);
         let mut in_flight = self.in_flight.lock().expect("in flight lock");
         in_flight.clear();
-        in_flight.extend(out.iter().map(|c| InFlight {
-            function: Arc::clone(&c.function),
-            system: c.entry.stream == LogStream::System,
-            source: c.source.as_ref().map(|s| {
-                (
-                    Arc::clone(&s.container),
-                    FileRead {
-                        ino: s.at.ino,
-                        rotation: s.rotation,
-                    },
-                )
-            }),
+        in_flight.extend(out.iter().map(|c| {
+            InFlight {
+                function: Arc::clone(&c.function),
+                system: c.entry.stream == LogStream::System,
+                source: c
+                    .source
+                    .as_ref()
+                    .map(|s| (Arc::clone(&s.container), s.file())),
+            }
         }));
         self.outstanding.fetch_add(out.len(), Ordering::Relaxed);
         out
@@ -751,13 +758,7 @@ impl LogHub {
         {
             let mut q = self.queue.lock().expect("log queue lock");
             for c in std::mem::take(&mut q.lines) {
-                let source = c.source.as_ref().map(|s| {
-                    let file = FileRead {
-                        ino: s.at.ino,
-                        rotation: s.rotation,
-                    };
-                    (&*s.container, file)
-                });
+                let source = c.source.as_ref().map(|s| (&*s.container, s.file()));
                 if self.readable_again(c.entry.stream == LogStream::System, source) {
                     again += 1;
                 } else {
