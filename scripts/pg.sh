@@ -15,8 +15,11 @@
 #                     of the machine or a power loss can corrupt the whole
 #                     cluster, not only lose its last transactions.
 # A cluster already running in the directory is reused on the port it runs
-# on; one running with fsync off where on is asked for is restarted with it
-# on (its clients reconnect), never the other way round.
+# on. One running with fsync off where on is asked for (by default or by
+# CPUB_PG_FSYNC) is stopped, its files flushed (`initdb --sync-only`: what
+# it wrote without flushing is made durable first, as PostgreSQL's
+# documentation of fsync asks) and started with fsync on; its clients
+# reconnect. From on to off only when CPUB_PG_FSYNC=off says so.
 #
 # Locked down (and an older cluster made with `--auth=trust` is migrated on
 # the next `start`: pg_hba.conf rewritten, password set, configuration
@@ -66,7 +69,10 @@ start)
   if [ ! -s "$dir/PG_VERSION" ]; then
     mkdir -p "$dir"
     root && chown postgres:postgres "$dir"
-    as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=peer --auth-host=scram-sha-256 -E UTF8 >/dev/null
+    # Data checksums: a page damaged on disk is reported when read, not
+    # served (a cluster made without them keeps running without).
+    as_pg "$bin/initdb" -D "$dir" -U postgres --auth-local=peer --auth-host=scram-sha-256 -E UTF8 \
+      --data-checksums >/dev/null
   fi
   if [ ! -s "$pwfile" ]; then
     # Made once; `ln` is atomic, so two starts at once agree on one password.
@@ -103,10 +109,15 @@ HBA
   fi
   port=$(running_port) || true
   port=${port:-${CPUB_PG_PORT:-25432}}
-  psql_() { as_pg "$bin/psql" -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
-  if [ "$fsync" = on ] && [ "$(psql_ -c "show fsync")" != on ]; then
-    echo "pg.sh: restarting the cluster in $dir with fsync on (it ran with fsync off: a crash of the machine could corrupt it)" >&2
-    as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 -m fast -o "$(options "$port")" restart >/dev/null
+  # -X: no ~/.psqlrc of the postgres user changes what psql prints.
+  psql_() { as_pg "$bin/psql" -X -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA "$@"; }
+  running_fsync=$(psql_ -c "show fsync")
+  case "$running_fsync" in on|off) ;; *) echo "pg.sh: 'show fsync' answered '$running_fsync'" >&2; exit 1 ;; esac
+  if [ "$running_fsync" != "$fsync" ] && { [ "$fsync" = on ] || [ -n "${CPUB_PG_FSYNC:-}" ]; }; then
+    echo "pg.sh: restarting the cluster in $dir with fsync $fsync (it ran with fsync $running_fsync)" >&2
+    as_pg "$bin/pg_ctl" -D "$dir" -w -t 60 -m fast stop >/dev/null
+    if [ "$fsync" = on ]; then as_pg "$bin/initdb" --sync-only -D "$dir" >/dev/null; fi
+    as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 -o "$(options "$port")" start >/dev/null
   fi
   if [ "$(psql_ -c "show password_encryption")" != scram-sha-256 ]; then
     psql_ -c "alter system set password_encryption = 'scram-sha-256'" -c "select pg_reload_conf()" >/dev/null

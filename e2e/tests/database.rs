@@ -6,7 +6,7 @@
 //! (`CPUB_PG_CREATEDB=0`, as `scripts/up.sh` makes it) and on a cluster
 //! made the old way (`initdb --auth=trust`, password `cpub`), which
 //! `pg.sh start` must migrate. The stack's cluster flushes to disk (fsync
-//! on), also when it was running without. Needs root (to act as `nobody`)
+//! on), also when it was running without; a new cluster has data checksums. Needs root (to act as `nobody`)
 //! and `psql`.
 
 use std::os::unix::fs::PermissionsExt;
@@ -84,6 +84,13 @@ fn setting(dir: &Path, port: u16, name: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The cluster's server process (first line of `postmaster.pid`): another
+/// one after a restart.
+fn postmaster(dir: &Path) -> String {
+    let pid = std::fs::read_to_string(dir.join("postmaster.pid")).expect("postmaster.pid");
+    pid.lines().next().unwrap_or_default().to_owned()
 }
 
 fn assert_root() {
@@ -181,15 +188,22 @@ impl Cluster {
     }
 
     fn pg_sh(&self, command: &str, createdb: bool) -> String {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/pg.sh"))
+        self.pg_sh_fsync(command, createdb, None)
+    }
+
+    /// `pg.sh` with `CPUB_PG_FSYNC` set to `fsync`, or unset.
+    fn pg_sh_fsync(&self, command: &str, createdb: bool, fsync: Option<&str>) -> String {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo_root().join("scripts/pg.sh"))
             .arg(command)
             .env("CPUB_PG_DIR", &self.dir)
             .env("CPUB_PG_PORT", self.port.to_string())
             .env("CPUB_PG_CREATEDB", if createdb { "1" } else { "0" })
-            .env_remove("CPUB_PG_FSYNC")
-            .output()
-            .expect("pg.sh");
+            .env_remove("CPUB_PG_FSYNC");
+        if let Some(fsync) = fsync {
+            cmd.env("CPUB_PG_FSYNC", fsync);
+        }
+        let out = cmd.output().expect("pg.sh");
         assert!(
             out.status.success(),
             "pg.sh {command}: {}",
@@ -241,14 +255,14 @@ fn the_test_cluster_refuses_unprivileged_local_users_and_does_not_flush() {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/containerpub-pg"));
     let url = test_database_url();
     assert_locked_down(&url, &dir, true);
-    // Throwaway databases: no flushing (unless someone asked for it).
-    if std::env::var_os("CPUB_PG_FSYNC").is_none() {
-        assert_eq!(
-            setting(&dir, parse(&url).port, "fsync"),
-            "off",
-            "the test cluster flushes: was it started with CPUB_PG_FSYNC=on?"
-        );
-    }
+    // Throwaway databases: no flushing, unless someone asked for it.
+    let asked = std::env::var("CPUB_PG_FSYNC").unwrap_or_else(|_| "off".into());
+    assert_eq!(
+        setting(&dir, parse(&url).port, "fsync"),
+        asked,
+        "the test cluster's fsync is not what CPUB_PG_FSYNC (default off) asks: \
+         start it again with `bash scripts/pg.sh stop; bash scripts/pg.sh start`"
+    );
 }
 
 /// What `scripts/up.sh` makes on a fresh machine: no CREATEDB either.
@@ -259,11 +273,14 @@ fn a_fresh_stack_cluster_is_locked_down_and_flushes() {
     let url = cluster.pg_sh("start", false);
     assert_locked_down(&url, &cluster.dir, false);
     assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
-    // Idempotent: a second start keeps the password and the lock.
+    assert_eq!(setting(&cluster.dir, cluster.port, "data_checksums"), "on");
+    let server = postmaster(&cluster.dir);
+    // Idempotent: a second start keeps the password, the lock and the
+    // server.
     assert_eq!(cluster.pg_sh("start", false), url);
     assert_eq!(cluster.pg_sh("url", false), url);
     assert_locked_down(&url, &cluster.dir, false);
-    assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
+    assert_eq!(postmaster(&cluster.dir), server, "restarted for nothing");
 }
 
 /// A cluster made by the old `pg.sh` (everyone in as superuser, no
@@ -307,16 +324,25 @@ fn an_old_trust_cluster_is_migrated_on_start_and_flushes_in_stack_mode() {
     // The hole, before: nobody gets in as the superuser.
     assert!(psql_as("nobody", "127.0.0.1", cluster.port, "postgres", None).is_ok());
 
+    let server = postmaster(&cluster.dir);
     let url = cluster.pg_sh("start", true);
     assert_locked_down(&url, &cluster.dir, true);
     // Test mode leaves a running cluster's flushing as it is.
     assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "off");
+    assert_eq!(postmaster(&cluster.dir), server);
     // Stack mode takes CREATEDB away from an existing role, and restarts
     // a cluster running with fsync off with it on (on the same port).
     let url = cluster.pg_sh("start", false);
     assert_locked_down(&url, &cluster.dir, false);
     assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
-    // Never the other way round: test mode keeps it on.
+    let restarted = postmaster(&cluster.dir);
+    assert_ne!(restarted, server);
+    // Not the other way round by default: test mode keeps it on.
     assert_eq!(cluster.pg_sh("start", true), url);
     assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "on");
+    assert_eq!(postmaster(&cluster.dir), restarted);
+    // Asked for by name, it is (a benchmark's reused cluster).
+    assert_eq!(cluster.pg_sh_fsync("start", true, Some("off")), url);
+    assert_eq!(setting(&cluster.dir, cluster.port, "fsync"), "off");
+    assert_ne!(postmaster(&cluster.dir), restarted);
 }
