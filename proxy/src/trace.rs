@@ -64,8 +64,9 @@ pub fn pick(incoming: Option<&[u8]>, request_id: &str) -> String {
         out.push_str(&fresh_id());
     }
     out.push('-');
+    // The random-looking half of a new id (`request_id::generate`).
     let parent = fresh_id();
-    match parent.get(..16) {
+    match parent.get(16..) {
         Some(p) if p.bytes().any(|b| b != b'0') => out.push_str(p),
         _ => out.push_str("0000000000000001"),
     }

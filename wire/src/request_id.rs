@@ -38,8 +38,14 @@ const BLOCK: u64 = 1 << 16;
 /// A new id: 32 lowercase hex digits, unique per process (a counter, taken
 /// by each thread in blocks so that threads share no cache line per call)
 /// and different across processes (mixed with keys from the process's
-/// random hash keys and the start time). Not a secret: the mixing is not
-/// cryptographic.
+/// random hash keys and the start time). The right half looks random: a
+/// new `traceparent`'s trace id is this id, and a sampler that keeps a
+/// ratio of traces decides by its rightmost bits (OpenTelemetry's
+/// `TraceIdRatioBased` by the rightmost 64 in most languages, W3C Trace
+/// Context level 2 by the rightmost 56). The left half is the counter
+/// mixed with a key: the ids of a batch of records share most of it, which
+/// is what lets their chunk's request ids compress. Not a secret: the
+/// mixing is not cryptographic.
 #[inline]
 pub fn generate() -> String {
     static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
@@ -70,8 +76,11 @@ pub fn generate() -> String {
         next.set((n + 1, end));
         n
     });
-    // `low` is a bijection of the counter, so ids never repeat.
-    hex32(fmix64(n ^ k0), n ^ k1)
+    // Each half is a bijection of the counter (`fmix64` is invertible:
+    // xor-shifts and products with odd numbers), so ids never repeat. The
+    // halves were the other way round until 2026-12-02: a sampler by the
+    // rightmost bits kept all or none of a thread's block of 65,536 ids.
+    hex32(n ^ k1, fmix64(n ^ k0))
 }
 
 /// MurmurHash3's 64-bit finaliser: every input bit moves every output bit.
@@ -181,6 +190,29 @@ mod tests {
             }
         }
         assert_eq!(all.len(), 20_000);
+    }
+
+    /// A sampler keeping a tenth of the ids by their rightmost 64 or 56
+    /// bits (as a number below a tenth of its range) keeps about a tenth
+    /// of one thread's 65,536 ids: 6,554 expected, 77 the standard
+    /// deviation.
+    #[test]
+    fn a_sampler_by_the_rightmost_bits_keeps_its_ratio() {
+        let ids: Vec<String> = std::thread::spawn(|| (0..65_536).map(|_| generate()).collect())
+            .join()
+            .unwrap();
+        for bits in [64, 56] {
+            let range = u64::MAX >> (64 - bits);
+            let kept = ids
+                .iter()
+                .map(|id| u64::from_str_radix(&id[16..], 16).unwrap() & range)
+                .filter(|&v| v < range / 10)
+                .count();
+            assert!(
+                (6_169..=6_939).contains(&kept),
+                "{kept} of 65,536 ids kept by a sampler of a tenth by the rightmost {bits} bits"
+            );
+        }
     }
 
     #[test]
