@@ -45,13 +45,28 @@ fn psql_as(
     user: &str,
     password: Option<&str>,
 ) -> Result<String, String> {
+    psql(
+        os_user,
+        (host, port, "cpub"),
+        user,
+        password,
+        "select current_user || ' ' || rolsuper || ' ' || rolcreatedb from pg_roles where rolname = current_user",
+    )
+}
+
+/// `sql` by `psql` run as OS user `os_user` against `(host, port,
+/// database)` as the role `user`.
+fn psql(
+    os_user: &str,
+    (host, port, database): (&str, u16, &str),
+    user: &str,
+    password: Option<&str>,
+    sql: &str,
+) -> Result<String, String> {
     let mut cmd = Command::new("runuser");
-    cmd.args(["-u", os_user, "--", "psql", "-w", "-qtA"])
-        .args(["-h", host, "-p", &port.to_string(), "-U", user, "-d", "cpub"])
-        .args([
-            "-c",
-            "select current_user || ' ' || rolsuper || ' ' || rolcreatedb from pg_roles where rolname = current_user",
-        ])
+    cmd.args(["-u", os_user, "--", "psql", "-X", "-w", "-qtA"])
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(["-U", user, "-d", database, "-c", sql])
         .env_remove("PGPASSWORD")
         .env("PGCONNECT_TIMEOUT", "10")
         .current_dir("/")
@@ -69,21 +84,15 @@ fn psql_as(
 
 /// A server setting (`show NAME`), asked as the superuser over the socket.
 fn setting(dir: &Path, port: u16, name: &str) -> String {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--", "psql", "-w", "-qtA"])
-        .args(["-h", dir.to_str().unwrap(), "-p", &port.to_string()])
-        .args(["-U", "postgres", "-d", "postgres"])
-        .args(["-c", &format!("show {name}")])
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .expect("runuser psql");
-    assert!(
-        out.status.success(),
-        "show {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let socket = dir.to_str().unwrap();
+    psql(
+        "postgres",
+        (socket, port, "postgres"),
+        "postgres",
+        None,
+        &format!("show {name}"),
+    )
+    .unwrap_or_else(|e| panic!("show {name}: {e}"))
 }
 
 /// The cluster's server process (first line of `postmaster.pid`): another
