@@ -6,8 +6,8 @@
 //! (`CPUB_PG_CREATEDB=0`, as `scripts/up.sh` makes it) and on a cluster
 //! made the old way (`initdb --auth=trust`, password `cpub`), which
 //! `pg.sh start` must migrate. The stack's cluster flushes to disk (fsync
-//! on), also when it was running without; a new cluster has data checksums. Needs root (to act as `nobody`)
-//! and `psql`.
+//! on), also when it was running without; a new cluster has data
+//! checksums. Needs root (to act as `nobody`) and `psql`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
