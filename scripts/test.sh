@@ -28,6 +28,21 @@ export CPUB_TEST_DATABASE_URL
 # The URL holds the role's password: show it without.
 echo "$CPUB_TEST_DATABASE_URL" | sed 's|//\([^:/@]*\):[^@]*@|//\1:***@|'
 
+step "images in Podman's stores before the tests"
+# A test removes the images it built (e2e: the Stack's drop, RemoveImages);
+# what is new after the tests, other than the fixtures kept on purpose, is
+# a leak. Untagged leftovers piled up by the hundred once, and Podman 4.3
+# lists a store at about 0.4 s per image it holds: every `podman images`
+# then took minutes.
+images_before=$(mktemp)
+trap 'rm -f "$images_before"' EXIT
+store_images() {  # every image id of the instances' and the build store
+  podman images -q --no-trunc
+  podman --url "unix://${CPUB_BUILD_PODMAN_SOCKET:-/run/podman/cpub-build.sock}" images -q --no-trunc
+}
+store_images | sort -u > "$images_before"
+wc -l < "$images_before"
+
 step "example functions (static binaries)"
 bash examples/build.sh
 
@@ -56,6 +71,24 @@ step "no container left behind by the tests"
 left=$(podman ps -a --filter label=cpub.managed=true --format '{{.ID}} {{index .Labels "cpub.node"}}' | awk '$2 ~ /^(e2e|test)-/')
 if [ -n "$left" ]; then
   echo "containers leaked by tests:"; echo "$left"; exit 1
+fi
+echo "none"
+
+step "no image left behind by the tests"
+# The fixtures built once and reused (podman/src/testing.rs, pool/tests/precreate.rs).
+kept=$(for fixture in localhost/cpub-test-busybox:1 localhost/cpub-test-precreate:1; do
+  podman images -q --no-trunc --filter "reference=$fixture"
+done)
+left=$(store_images | sort -u | comm -23 - "$images_before" | grep -vxF -f <(echo "$kept"; echo) || true)
+if [ -n "$left" ]; then
+  echo "images left by tests:"
+  for id in $left; do
+    podman image inspect --format '{{.Id}} {{.NamesHistory}} {{.Created}}' "$id" 2>/dev/null \
+      || podman --url "unix://${CPUB_BUILD_PODMAN_SOCKET:-/run/podman/cpub-build.sock}" \
+        image inspect --format '{{.Id}} {{.NamesHistory}} {{.Created}} (build store)' "$id" 2>/dev/null \
+      || echo "$id"
+  done
+  exit 1
 fi
 echo "none"
 

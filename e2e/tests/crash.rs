@@ -6,11 +6,10 @@
 //! even when its instance was paused.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use containerpub_e2e::{
-    RemoveImages, Stack, busybox_bundle, container_state, eventually, metric_sum,
+    RemoveImages, Stack, busybox_bundle, container_state, eventually, function_images, metric_sum,
 };
 
 /// A `runtime = "container"` bundle whose process prints `boom` and exits
@@ -157,7 +156,8 @@ async fn a_crashing_function_fails_fast_says_why_backs_off_and_shows_in_describe
         "{described}"
     );
     stack.cpub_ok(&["delete", name]);
-    assert!(images_of(name).is_empty(), "{:?}", images_of(name));
+    let images = function_images(name).unwrap();
+    assert!(images.is_empty(), "{images:?}");
 }
 
 #[tokio::test]
@@ -332,29 +332,6 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Podman images whose name starts with `localhost/cpub-fn-<name>:`.
-/// (`podman images` can fail while other tests hold Podman's locks: tried
-/// a few times, and a failure is never read as "no images".)
-fn images_of(name: &str) -> Vec<String> {
-    let mut last_error = String::new();
-    for _ in 0..5 {
-        let out = Command::new("podman")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
-            .output()
-            .expect("podman images");
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.starts_with(&format!("localhost/cpub-fn-{name}:")))
-                .map(str::to_owned)
-                .collect();
-        }
-        last_error = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    panic!("podman images failed: {last_error}");
-}
-
 #[tokio::test]
 async fn deleting_a_function_with_a_paused_instance_leaves_nothing_behind() {
     let stack = Stack::start(&[]).await.unwrap();
@@ -370,7 +347,7 @@ async fn deleting_a_function_with_a_paused_instance_leaves_nothing_behind() {
     let client = reqwest::Client::new();
     let (status, body) = call(&client, &url).await;
     assert_eq!(status, 200, "{body}\n{}", stack.logs());
-    let images = images_of(name);
+    let images = function_images(name).unwrap();
     assert_eq!(images.len(), 2, "{images:?}");
     let artifacts_dir = stack.dir.path().join("control").join("artifacts");
     assert_eq!(files_under(&artifacts_dir).len(), 2, "two bundles stored");
@@ -394,10 +371,10 @@ async fn deleting_a_function_with_a_paused_instance_leaves_nothing_behind() {
         "the paused container is gone when delete answers"
     );
     assert!(stack.containers(Some(name)).is_empty());
+    let images = function_images(name).unwrap();
     assert!(
-        images_of(name).is_empty(),
-        "images left: {:?}\n{}",
-        images_of(name),
+        images.is_empty(),
+        "images left: {images:?}\n{}",
         stack.logs()
     );
     assert!(
