@@ -20,22 +20,48 @@ const MOVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most build output kept in the database (the tail is kept).
 pub const MAX_BUILD_LOG_BYTES: usize = 1 << 20;
 
-/// Podman image reference of a deployment: built once per database. A
-/// function deleted and made again starts at version 1 again, and a
-/// removal of the earlier `v1`, written down until the build store is idle
-/// (`containerpub_podman`'s `remove_when_idle`) or run by a build of the
-/// deleted function that ends late, would take the new one: the
-/// deployment's id (never reused in a database) keeps the names apart.
-/// Control planes with databases of their own that share one Podman can
-/// still build the same name (same function, version and id), as before.
-pub fn image_tag(function: &str, version: i32, deployment_id: i64) -> String {
-    format!("localhost/cpub-fn-{function}:v{version}-d{deployment_id}")
+/// How this database names the images its builds make:
+/// `localhost/cpub-fn-<function>:v<version>-d<deployment id>-<token>`, the
+/// token being the database's own random name (migration
+/// `0018_image_token.sql`), read once at start.
+///
+/// A name is made once in a database (the deployment's id is never reused
+/// there): a function deleted and made again starts at version 1 again, and
+/// a removal of the earlier `v1`, written down until the build store is
+/// idle (`containerpub_podman`'s `remove_when_idle`) or run by a build of
+/// the deleted function that ends late, never takes the new one. The token
+/// keeps databases apart, whose ids all start at 1: without it a later
+/// database's build took an earlier one's tag (its instances then ran the
+/// other's code) and left the earlier image in the store untagged.
+#[derive(Clone, Debug)]
+pub struct ImageNames {
+    token: std::sync::Arc<str>,
 }
 
-/// The reference [`image_tag`] gave before it carried the deployment's id:
-/// images of versions built then are still removed with their function.
-pub fn legacy_image_tag(function: &str, version: i32) -> String {
-    format!("localhost/cpub-fn-{function}:v{version}")
+impl ImageNames {
+    /// The names of the database of `db`.
+    pub async fn load(db: &sqlx::PgPool) -> Result<Self, sqlx::Error> {
+        let token: String = sqlx::query_scalar("SELECT token FROM image_token")
+            .fetch_one(db)
+            .await?;
+        Ok(Self::with_token(&token))
+    }
+
+    /// Names with a given token (tests).
+    pub fn with_token(token: &str) -> Self {
+        Self {
+            token: token.into(),
+        }
+    }
+
+    /// The image reference of deployment `deployment_id` (version `version`
+    /// of `function`).
+    pub fn tag(&self, function: &str, version: i32, deployment_id: i64) -> String {
+        format!(
+            "localhost/cpub-fn-{function}:v{version}-d{deployment_id}-{}",
+            self.token
+        )
+    }
 }
 
 /// How a build ended.
@@ -164,7 +190,10 @@ mod tests {
 
     #[test]
     fn tags() {
-        assert_eq!(image_tag("hello", 3, 17), "localhost/cpub-fn-hello:v3-d17");
-        assert_eq!(legacy_image_tag("hello", 3), "localhost/cpub-fn-hello:v3");
+        let names = ImageNames::with_token("0123456789ab");
+        assert_eq!(
+            names.tag("hello", 3, 17),
+            "localhost/cpub-fn-hello:v3-d17-0123456789ab"
+        );
     }
 }

@@ -157,7 +157,7 @@ pub async fn deploy(
         db::mark_failed(&state.db, new.deployment_id, log).await?;
         return Err(err);
     }
-    let tag = build::image_tag(&name, new.version, new.deployment_id);
+    let tag = state.images.tag(&name, new.version, new.deployment_id);
     tracing::info!(function = %name, version = new.version, %digest, user = %caller.name(), "building");
     let live = state.builds.begin(new.deployment_id);
     let say = |text: String| live.build().push(&text);

@@ -3,9 +3,9 @@
 //!
 //! The rule: an artifact file (`<data>/artifacts/sha256/<hex>.tar.gz`,
 //! shared by every deployment of the same bytes) or an image
-//! (`localhost/cpub-fn-<name>:v<version>-d<deployment id>`, built once per
-//! database) is
-//! kept while a deployment row
+//! (`localhost/cpub-fn-<name>:v<version>-d<deployment id>-<token>`, see
+//! `build::ImageNames`: built once, and named apart from any other
+//! database's) is kept while a deployment row
 //! references it, so every version a function still lists can be rolled
 //! back to or rebuilt; deployments go with their function or by the
 //! retention rule (`history`), which calls into this module. Deleting a

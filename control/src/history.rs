@@ -394,7 +394,12 @@ pub struct Pruned {
 /// Deletes the rows of `name` beyond the newest `keep` versions, except the
 /// active one, the default rollback target and rows being built; returns
 /// what they leave unreferenced.
-pub async fn prune_rows(db: &PgPool, name: &str, keep: u32) -> Result<Pruned> {
+pub async fn prune_rows(
+    db: &PgPool,
+    images: &build::ImageNames,
+    name: &str,
+    keep: u32,
+) -> Result<Pruned> {
     let mut tx = db.begin().await?;
     let Some((function, active_id)): Option<(i64, Option<i64>)> =
         sqlx::query_as("SELECT id, active_deployment_id FROM functions WHERE name = $1 FOR UPDATE")
@@ -433,10 +438,8 @@ pub async fn prune_rows(db: &PgPool, name: &str, keep: u32) -> Result<Pruned> {
             // A failed version names no image, but its build may have made
             // one before failing (moved to the instances' store, then not
             // activated: a control plane that died in between, a move past
-            // its time limit): by the name its build gave it. Not by the
-            // name builds gave before it carried the deployment's id: that
-            // one may be another control plane's sharing this Podman.
-            None => pruned.images.push(build::image_tag(name, version, id)),
+            // its time limit): by the name its build gave it.
+            None => pruned.images.push(images.tag(name, version, id)),
         }
     }
     pruned.versions.sort_unstable();
@@ -465,7 +468,7 @@ pub async fn prune_rows(db: &PgPool, name: &str, keep: u32) -> Result<Pruned> {
 /// next activation.
 pub async fn retain(state: &AppState, name: &str) {
     let keep = state.settings.keep_versions;
-    let pruned = match prune_rows(&state.db, name, keep).await {
+    let pruned = match prune_rows(&state.db, &state.images, name, keep).await {
         Ok(p) => p,
         Err(err) => {
             tracing::warn!(function = %name, %err, "retention failed");

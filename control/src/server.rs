@@ -24,6 +24,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     db::migrate(&pool).await.context("applying migrations")?;
+    let images = crate::build::ImageNames::load(&pool)
+        .await
+        .context("reading the database's image token")?;
     let secrets = auth::bootstrap(
         &pool,
         settings.admin_password.as_deref(),
@@ -97,6 +100,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         login_limits: Arc::default(),
         builds: Arc::default(),
+        images,
     };
     {
         let mut out = std::io::stdout().lock();

@@ -27,4 +27,6 @@ pub struct AppState {
     pub login_limits: Arc<crate::login_limit::LoginLimiter>,
     /// Output of the builds running here, for followers.
     pub builds: Arc<crate::builds::LiveBuilds>,
+    /// The names of the images this database's builds make.
+    pub images: crate::build::ImageNames,
 }

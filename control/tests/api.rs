@@ -607,7 +607,16 @@ async fn deploy_build_fail_and_delete_with_podman() {
     let v1: DeploymentInfo = reply.json();
     assert_eq!((v1.version, v1.status), (1, DeploymentStatus::Active));
     let image = v1.image.clone().unwrap();
-    assert_eq!(image, format!("localhost/cpub-fn-{name}:v1-d{}", v1.id));
+    let token: String = sqlx::query_scalar("SELECT token FROM image_token")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(
+        token.len() == 12 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let tag = |version: i32, id: i64| format!("localhost/cpub-fn-{name}:v{version}-d{id}-{token}");
+    assert_eq!(image, tag(1, v1.id));
     assert!(podman.image_exists(&image).await.unwrap());
     let digest = v1.digest.strip_prefix("sha256:").unwrap();
     assert!(
@@ -675,23 +684,18 @@ async fn deploy_build_fail_and_delete_with_podman() {
     assert_eq!(table.routes.len(), 1);
     assert_eq!(
         (table.routes[0].version, table.routes[0].image.as_str()),
-        (
-            3,
-            format!("localhost/cpub-fn-{name}:v3-d{}", v3.id).as_str()
-        )
+        (3, tag(3, v3.id).as_str())
     );
 
     // Retention beyond one version: v1 stays (the rollback target), v2
     // goes, and with it, by the name its build gave it, the image a build
     // that failed after making it would have left (its row names none).
-    let pruned = containerpub_control::history::prune_rows(&app.state.db, &name, 1)
-        .await
-        .unwrap();
+    let pruned =
+        containerpub_control::history::prune_rows(&app.state.db, &app.state.images, &name, 1)
+            .await
+            .unwrap();
     assert_eq!(pruned.versions, [2]);
-    assert_eq!(
-        pruned.images,
-        [format!("localhost/cpub-fn-{name}:v2-d{}", v2.id)]
-    );
+    assert_eq!(pruned.images, [tag(2, v2.id)]);
 
     let reply = app.delete_function(&name).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
@@ -700,10 +704,7 @@ async fn deploy_build_fail_and_delete_with_podman() {
         "v1 image removed"
     );
     assert!(
-        !podman
-            .image_exists(&format!("localhost/cpub-fn-{name}:v3-d{}", v3.id))
-            .await
-            .unwrap(),
+        !podman.image_exists(&tag(3, v3.id)).await.unwrap(),
         "v3 image removed"
     );
     assert_eq!(
@@ -753,6 +754,72 @@ fn fake_static_elf() -> Vec<u8> {
 
 /// Over a real socket: HTTP/1.1 without `Host` (or with two) is a 400;
 /// with one `Host`, or HTTP/1.0 without, the request is served.
+/// Two control planes with databases of their own, sharing one Podman
+/// (versions and deployment ids start at 1 in each): the same function
+/// deployed in both is built into two images, each plane's route names its
+/// own, and deleting it in one leaves the other's image. Before the tags
+/// carried the database's token, the second build took the first one's tag
+/// (the first plane's instances then ran the second's code), the first image
+/// stayed in the store untagged, and the first plane's delete removed the
+/// second's image.
+#[tokio::test]
+async fn databases_sharing_one_podman_keep_their_images_apart() {
+    let podman = require_podman().await;
+    let (a, b) = (app().await, app().await);
+    let name = format!("t{}", random_hex(4));
+    let bundle = |text: &[u8]| {
+        tar_gz(&[
+            ("cpub.toml", container_toml(&name).as_bytes()),
+            (
+                "Containerfile",
+                b"FROM scratch\nCOPY hello.txt /hello.txt\n",
+            ),
+            ("hello.txt", text),
+        ])
+    };
+    let mut images = Vec::new();
+    for (app, text) in [(&a, b"a\n"), (&b, b"b\n")] {
+        let reply = app.deploy(&name, bundle(text)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let info: DeploymentInfo = reply.json();
+        assert_eq!(info.version, 1);
+        images.push(info.image.unwrap());
+    }
+    assert_ne!(images[0], images[1], "one tag for two databases' images");
+    let id = |image: &str| {
+        let out = std::process::Command::new("podman")
+            .arg("--url")
+            .arg(format!("unix://{}", podman_socket().display()))
+            .args(["image", "inspect", "--format", "{{.Id}}", image])
+            .output()
+            .expect("podman image inspect");
+        assert!(out.status.success(), "{image} is gone");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (id_a, id_b) = (id(&images[0]), id(&images[1]));
+    assert_ne!(id_a, id_b, "both images are in the store, each its own");
+    for (app, image) in [(&a, &images[0]), (&b, &images[1])] {
+        let table: RouteTable = app.get("/api/v1/routes?since=0").await.json();
+        assert_eq!(table.routes[0].image, *image);
+    }
+    assert_eq!(
+        a.delete_function(&name).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(!podman.image_exists(&images[0]).await.unwrap());
+    assert_eq!(id(&images[1]), id_b, "the other database's image stays");
+    assert_eq!(
+        b.delete_function(&name).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(!podman.image_exists(&images[1]).await.unwrap());
+}
+
 #[tokio::test]
 async fn http11_without_host_is_refused_over_a_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

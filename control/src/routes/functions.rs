@@ -8,9 +8,9 @@ use containerpub_wire::api::FunctionInfo;
 use crate::auth::{Action, Caller};
 use crate::db::{self, FunctionRow};
 use crate::error::{Error, Result};
+use crate::gc;
 use crate::routes::check_name;
 use crate::state::AppState;
-use crate::{build, gc};
 
 fn info(row: FunctionRow, public_url: &str) -> FunctionInfo {
     FunctionInfo {
@@ -67,15 +67,12 @@ pub async fn delete(
         .ok_or_else(|| Error::NotFound(format!("function {name:?} not found")))?;
     tracing::info!(function = %name, versions = deleted.versions.len(), "function deleted");
     state.watchers.await_proxies(deleted.revision).await;
+    // The images the rows named, and each version's name as its build gave
+    // it: a failed version names none, but its build may have made one.
     let mut images: Vec<String> = deleted
         .versions
         .iter()
-        .flat_map(|&(v, id)| {
-            [
-                build::image_tag(&name, v, id),
-                build::legacy_image_tag(&name, v),
-            ]
-        })
+        .map(|&(v, id)| state.images.tag(&name, v, id))
         .collect();
     images.extend(deleted.images);
     images.sort();

@@ -198,6 +198,9 @@ pub async fn app_with(max_upload_bytes: u64) -> TestApp {
         shutdown,
         login_limits: Arc::default(),
         builds: Arc::default(),
+        images: containerpub_control::build::ImageNames::load(&db.pool)
+            .await
+            .expect("the database's image token"),
     };
     TestApp {
         router: routes::router(state.clone()),
