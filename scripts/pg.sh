@@ -47,7 +47,17 @@ root() { [ "$(id -u)" = 0 ]; }
 # The port a running cluster in $dir listens on (line 4 of postmaster.pid).
 running_port() { [ -s "$dir/postmaster.pid" ] && sed -n 4p "$dir/postmaster.pid"; }
 # PostgreSQL refuses to run as root: run it as the postgres user when we are root.
-as_pg() { if root; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Without fd 9 (the lock below): a server started here would hold it for good.
+as_pg() { if root; then runuser -u postgres -- "$@" 9>&-; else "$@" 9>&-; fi; }
+# start and stop take turns, also across processes (up.sh and test.sh in two
+# shells): two at once on a stopped cluster raced, two `initdb` or two
+# `pg_ctl start`, and one failed. The lock file sits beside the data
+# directory, which initdb wants empty.
+take_turn() {
+  mkdir -p "$(dirname "$dir")"
+  exec 9>>"${dir%/}.lock"
+  flock -w 300 9 || { echo "pg.sh: waited 300 s for ${dir%/}.lock (another pg.sh start or stop)" >&2; exit 1; }
+}
 url() {
   [ -s "$pwfile" ] || { echo "pg.sh: no $pwfile yet: run scripts/pg.sh start" >&2; exit 1; }
   echo "postgres://cpub:$(cat "$pwfile")@127.0.0.1:$1/cpub"
@@ -66,6 +76,7 @@ put_conf() {
 
 case "${1:-start}" in
 start)
+  take_turn
   if [ ! -s "$dir/PG_VERSION" ]; then
     mkdir -p "$dir"
     root && chown postgres:postgres "$dir"
@@ -140,6 +151,7 @@ SQL
   url "$port"
   ;;
 stop)
+  take_turn
   if [ -s "$dir/PG_VERSION" ]; then as_pg "$bin/pg_ctl" -D "$dir" -m fast stop >/dev/null 2>&1 || true; fi
   ;;
 url) p=$(running_port) || true; url "${p:-$port}" ;;

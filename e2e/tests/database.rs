@@ -202,6 +202,15 @@ impl Cluster {
 
     /// `pg.sh` with `CPUB_PG_FSYNC` set to `fsync`, or unset.
     fn pg_sh_fsync(&self, command: &str, createdb: bool, fsync: Option<&str>) -> String {
+        let out = self
+            .pg_sh_command(command, createdb, fsync)
+            .output()
+            .expect("pg.sh");
+        pg_sh_output(command, out)
+    }
+
+    /// The command of `pg.sh <command>` on this cluster.
+    fn pg_sh_command(&self, command: &str, createdb: bool, fsync: Option<&str>) -> Command {
         let mut cmd = Command::new("bash");
         cmd.arg(repo_root().join("scripts/pg.sh"))
             .arg(command)
@@ -212,13 +221,7 @@ impl Cluster {
         if let Some(fsync) = fsync {
             cmd.env("CPUB_PG_FSYNC", fsync);
         }
-        let out = cmd.output().expect("pg.sh");
-        assert!(
-            out.status.success(),
-            "pg.sh {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        cmd
     }
 
     /// Runs a server binary (`initdb`, `pg_ctl`, `psql`) as postgres.
@@ -243,6 +246,16 @@ impl Cluster {
     }
 }
 
+/// What a `pg.sh` run printed, once it succeeded.
+fn pg_sh_output(command: &str, out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "pg.sh {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Command::new("bash")
@@ -251,6 +264,7 @@ impl Drop for Cluster {
             .env("CPUB_PG_DIR", &self.dir)
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("lock"));
     }
 }
 
@@ -290,6 +304,33 @@ fn a_fresh_stack_cluster_is_locked_down_and_flushes() {
     assert_eq!(cluster.pg_sh("url", false), url);
     assert_locked_down(&url, &cluster.dir, false);
     assert_eq!(postmaster(&cluster.dir), server, "restarted for nothing");
+}
+
+/// Starts at once (`scripts/up.sh` and `scripts/test.sh` in two shells, or
+/// two test runs, on a machine where the cluster is not running) take turns
+/// (a lock beside the data directory): each succeeds and prints the same
+/// URL, and one server runs. Without the lock, two `initdb` or two
+/// `pg_ctl start` raced, and one run failed.
+#[test]
+fn starts_at_once_take_turns() {
+    assert_root();
+    let cluster = Cluster::new();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            cluster
+                .pg_sh_command("start", false, None)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("pg.sh start")
+        })
+        .collect();
+    let urls: Vec<String> = runs
+        .into_iter()
+        .map(|run| pg_sh_output("start", run.wait_with_output().expect("pg.sh start")))
+        .collect();
+    assert!(urls.iter().all(|u| *u == urls[0]), "{urls:?}");
+    assert_locked_down(&urls[0], &cluster.dir, false);
 }
 
 /// A cluster made by the old `pg.sh` (everyone in as superuser, no
