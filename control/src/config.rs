@@ -26,6 +26,8 @@ pub const ENV_BUILD_USERNS_SIZE: &str = "CPUB_BUILD_USERNS_SIZE";
 pub const ENV_BOOTSTRAP_TOKEN: &str = "CPUB_BOOTSTRAP_TOKEN";
 pub const ENV_ADMIN_PASSWORD: &str = "CPUB_ADMIN_PASSWORD";
 pub const ENV_KEEP_VERSIONS: &str = "CPUB_KEEP_VERSIONS";
+pub const ENV_READ_CONCURRENCY: &str = "CPUB_READ_CONCURRENCY";
+pub const ENV_READ_TIMEOUT_S: &str = "CPUB_READ_TIMEOUT_S";
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -102,6 +104,15 @@ pub struct Config {
     /// one `cpub rollback` would go to.
     #[arg(long, env = ENV_KEEP_VERSIONS, default_value_t = 10)]
     pub keep_versions: u32,
+    /// Most reads of execution records and logs (`cpub stats`, `cpub
+    /// executions`, `cpub logs`) that run at once, at most half the
+    /// database pool; another waits up to 2 s, then gets 429.
+    #[arg(long, env = ENV_READ_CONCURRENCY, default_value_t = 4)]
+    pub read_concurrency: u64,
+    /// Longest one query of such a read runs before PostgreSQL stops it
+    /// (the caller is told to ask for a shorter window).
+    #[arg(long, env = ENV_READ_TIMEOUT_S, default_value_t = 30)]
+    pub read_timeout_s: u64,
 }
 
 /// A configuration problem; `setting` names the flag and its variable.
@@ -137,6 +148,8 @@ pub struct Settings {
     pub logs: crate::logs::Retention,
     /// Versions kept per function (`history::retain`), at least 1.
     pub keep_versions: u32,
+    /// Reads of records and logs for callers (`crate::reads`).
+    pub reads: crate::reads::ReadLimits,
 }
 
 /// The build sandbox: limits of each image build, the base images a
@@ -240,11 +253,37 @@ impl Config {
                 ENV_BUILD_MAX_OUTPUT_BYTES,
                 self.build_max_output_bytes,
             ),
+            (
+                "read-concurrency",
+                ENV_READ_CONCURRENCY,
+                self.read_concurrency,
+            ),
+            ("read-timeout-s", ENV_READ_TIMEOUT_S, self.read_timeout_s),
         ];
         for (flag, env, value) in positive {
             if value == 0 {
                 return Err(err(flag, env, "must be greater than 0"));
             }
+        }
+        let half_pool = u64::from(crate::db::MAX_CONNECTIONS / 2);
+        if self.read_concurrency > half_pool {
+            return Err(err(
+                "read-concurrency",
+                ENV_READ_CONCURRENCY,
+                format!(
+                    "must be at most {half_pool} (half the {} database connections: the rest \
+                     serve deploys, route watches and the proxies' batches), got {}",
+                    crate::db::MAX_CONNECTIONS,
+                    self.read_concurrency
+                ),
+            ));
+        }
+        if self.read_timeout_s > 3600 {
+            return Err(err(
+                "read-timeout-s",
+                ENV_READ_TIMEOUT_S,
+                format!("must be at most 3600, got {}", self.read_timeout_s),
+            ));
         }
         if !(self.build_cpus.is_finite() && self.build_cpus >= 0.01 && self.build_cpus <= 1024.0) {
             return Err(err(
@@ -329,6 +368,10 @@ impl Config {
             bootstrap_token: self.bootstrap_token,
             admin_password: self.admin_password,
             keep_versions: self.keep_versions,
+            reads: crate::reads::ReadLimits {
+                concurrency: self.read_concurrency as usize,
+                timeout: Duration::from_secs(self.read_timeout_s),
+            },
         })
     }
 }
@@ -374,6 +417,8 @@ mod tests {
         );
         assert!(s.build.base_images.is_empty());
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
+        assert_eq!(s.reads.concurrency, 4);
+        assert_eq!(s.reads.timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -407,5 +452,16 @@ mod tests {
         assert!(e.setting.contains("CPUB_BOOTSTRAP_TOKEN"), "{e}");
         let e = parse(&["--database-url", "postgres://x", "--data-dir", "rel"]).unwrap_err();
         assert!(e.setting.contains("data-dir"), "{e}");
+        // Reads of records and logs keep half the database pool for the rest.
+        let e = parse(&["--database-url", "postgres://x", "--read-concurrency", "9"]).unwrap_err();
+        assert!(e.setting.contains("CPUB_READ_CONCURRENCY"), "{e}");
+        assert!(e.message.contains("at most 8"), "{e}");
+        let s = parse(&["--database-url", "postgres://x", "--read-concurrency", "8"]).unwrap();
+        assert_eq!(s.reads.concurrency, 8);
+        for bad in ["0", "3601"] {
+            let e =
+                parse(&["--database-url", "postgres://x", "--read-timeout-s", bad]).unwrap_err();
+            assert!(e.setting.contains("CPUB_READ_TIMEOUT_S"), "{bad}: {e}");
+        }
     }
 }

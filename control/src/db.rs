@@ -15,10 +15,13 @@ pub const ROUTES_CHANNEL: &str = "cpub_routes";
 /// Every migration in `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Connections of the control plane's pool.
+pub const MAX_CONNECTIONS: u32 = 16;
+
 /// Opens the pool (failing fast when the database is unreachable).
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await

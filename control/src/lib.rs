@@ -22,6 +22,7 @@ pub mod login_limit;
 pub mod logs;
 pub mod metrics;
 pub mod pgcopy;
+pub mod reads;
 pub mod revision;
 pub mod routes;
 pub mod runtimes;

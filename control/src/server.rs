@@ -90,6 +90,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    let reads = Arc::new(crate::reads::Reads::new(settings.reads));
     let state = AppState {
         db: pool.clone(),
         podman: Podman::new(&settings.podman_socket),
@@ -101,6 +102,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         login_limits: Arc::default(),
         builds: Arc::default(),
         images,
+        reads,
     };
     {
         let mut out = std::io::stdout().lock();

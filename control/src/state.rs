@@ -29,4 +29,6 @@ pub struct AppState {
     pub builds: Arc<crate::builds::LiveBuilds>,
     /// The names of the images this database's builds make.
     pub images: crate::build::ImageNames,
+    /// Permits and limits of the reads of records and logs.
+    pub reads: Arc<crate::reads::Reads>,
 }

@@ -1056,3 +1056,88 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
     assert_eq!(quiet["rows"], serde_json::json!([]));
     assert_eq!(quiet["total"]["from"], quiet["since"]);
 }
+
+/// Reads of records for callers are bounded (`containerpub_control::reads`):
+/// a window whose records take longer than the read time limit is stopped
+/// by PostgreSQL and the caller is told to ask for a shorter one (stats, and
+/// an error listing that must open every chunk); the permit is given back;
+/// and when every permit is held, a caller gets 429 instead of a database
+/// connection.
+#[tokio::test]
+async fn reads_past_their_time_limit_or_beyond_the_permits_are_refused() {
+    let app = support::app_with_reads(
+        64 * 1024,
+        containerpub_control::reads::ReadLimits {
+            concurrency: 1,
+            timeout: std::time::Duration::from_millis(100),
+        },
+    )
+    .await;
+    let did = real_function(&app, "heavy").await;
+    // One record through the ingest (it makes the day's partition), then
+    // 80 chunks of 5,000 records beside it by SQL, with no count of errors
+    // (as before migration 0016), so an error listing opens each of them.
+    let batch = ExecutionBatch {
+        node: "node-a".into(),
+        batch: "boot-1".into(),
+        records: vec![record(0, "heavy", did)],
+    };
+    let (status, body) = app.ingest(&batch).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    sqlx::query(
+        "INSERT INTO execution_chunks \
+         SELECT c.node, c.function, c.deployment_id, c.version, 5000, c.min_at, c.min_at, \
+                f.offsets, f.instances, f.ids, f.ids, f.methods, f.statuses, f.kinds, f.us, \
+                f.us, f.us, f.us, f.us, f.us, f.rejections, NULL \
+         FROM execution_chunks c, generate_series(1, 80), \
+              (SELECT string_agg(' 0', '') AS offsets, string_agg(' 0123456789ab', '') AS instances, \
+                      string_agg(' r' || i, '') AS ids, string_agg(' GET', '') AS methods, \
+                      string_agg(' 200', '') AS statuses, string_agg(' warm', '') AS kinds, \
+                      string_agg(' ' || (i % 997), '') AS us, string_agg(' ', '') AS rejections \
+               FROM generate_series(1, 5000) i) f \
+         WHERE c.function = 'heavy'",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    assert_eq!(count(app.db(), "heavy").await, 400_001);
+
+    for uri in [
+        "/api/v1/functions/heavy/stats?since=1h",
+        "/api/v1/functions/heavy/executions?since=1h&status=5xx",
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body) = app.send("GET", uri, Vec::new()).await;
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {error}");
+        assert_eq!(error["field"], "since", "{error}");
+        let message = error["error"].as_str().unwrap();
+        assert!(
+            message.contains("longer than the control plane's limit of 0.1 s")
+                && message.contains("CPUB_READ_TIMEOUT_S"),
+            "{message}"
+        );
+        // Stopped at the limit, not read to the end (the whole read takes
+        // seconds; the bound is loose for slow machines).
+        assert!(
+            started.elapsed().as_secs_f64() < 5.0,
+            "{uri}: {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Every permit held (the only one, here): refused, not queued for a
+    // database connection; given back, the next read runs.
+    let held = app.state.reads.begin(app.db()).await.unwrap();
+    let (status, body) = app
+        .send("GET", "/api/v1/functions/heavy/stats?since=1s", Vec::new())
+        .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("CPUB_READ_CONCURRENCY"), "{body}");
+    drop(held);
+    let (status, body) = app
+        .send("GET", "/api/v1/functions/heavy/stats?since=1s", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}

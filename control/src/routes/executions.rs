@@ -571,6 +571,7 @@ pub async fn list(
     // a window is the page, and a busy function's days of chunks are not
     // opened for the newest hundred calls.
     let mut window = TimeDelta::minutes(1);
+    let mut read = state.reads.begin(&state.db).await?;
     let rows = loop {
         let from = (Utc::now() - window).max(since);
         let rows: Vec<Row> = sqlx::query_as(
@@ -591,13 +592,15 @@ pub async fn list(
         .bind(id)
         .bind(i64::from(limit))
         .bind(only_errors)
-        .fetch_all(&state.db)
-        .await?;
+        .fetch_all(&mut *read.tx)
+        .await
+        .map_err(|e| read.explain(e))?;
         if rows.len() >= limit as usize || from <= since {
             break rows;
         }
         window = window * 8;
     };
+    drop(read);
     let u = |v: i64| u64::try_from(v).unwrap_or(0);
     let out = rows
         .into_iter()

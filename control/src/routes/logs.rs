@@ -13,7 +13,10 @@
 //! again from their file (killed before it saved how far it shipped) are
 //! dropped by their place there (`crate::logs::drop_stored_before`,
 //! migration 0017).
-//! Retention is in `crate::logs`.
+//! Retention is in `crate::logs`; reads run under `crate::reads`' limits.
+//!
+//! Over 600 lines: the ingest and the query share the chunk layout and its
+//! SQL, which a split would put in a third file both import.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -404,7 +407,7 @@ struct Filter<'a> {
 /// The lines `f` asks for, oldest first: the first `limit` after the
 /// cursor, or the newest `limit`. Reads chunks a few MiB at a time, in
 /// order, until it has `limit` lines or none are left.
-async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
+async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter<'_>) -> sqlx::Result<Vec<LogLine>> {
     let mut lines = Vec::new();
     // Chunks already read: ids up to `after` (forward), from `before` on
     // (newest first).
@@ -423,7 +426,7 @@ async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
         .bind(f.request_id)
         .bind(f.since)
         .bind(after.saturating_sub(MAX_BATCH_LINES as i64))
-        .fetch_all(db)
+        .fetch_all(&mut *db)
         .await?;
         let Some(first) = chunks.first() else { break };
         let mut take = vec![first.0];
@@ -438,7 +441,7 @@ async fn read_lines(db: &sqlx::PgPool, f: &Filter<'_>) -> Result<Vec<LogLine>> {
         let mut read: Vec<ChunkLines> = sqlx::query_as(CHUNK_LINES)
             .bind(f.function_id)
             .bind(&take)
-            .fetch_all(db)
+            .fetch_all(&mut *db)
             .await?;
         read.sort_unstable_by_key(|c| c.0);
         if f.newest {
@@ -564,7 +567,12 @@ pub async fn query(
     let mut stored = STORED.subscribe();
     loop {
         stored.mark_unchanged();
-        let lines = read_lines(&state.db, &filter).await?;
+        // A read of its own each time: none is held while it waits.
+        let mut read = state.reads.begin(&state.db).await?;
+        let lines = read_lines(&mut read.tx, &filter)
+            .await
+            .map_err(|e| read.explain(e))?;
+        drop(read);
         let waiting = q.after.is_some() && !wait.is_zero();
         if !lines.is_empty() || !waiting || tokio::time::Instant::now() >= deadline {
             let next = match (lines.last(), q.after) {

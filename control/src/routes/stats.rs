@@ -128,12 +128,15 @@ pub async fn stats(
             .replace("{bucket}", expr)
             .replace("{sets}", &format!("(), ({expr})")),
     };
+    let mut read = state.reads.begin(&state.db).await?;
     let found: Vec<Row> = sqlx::query_as(&sql)
         .bind(&name)
         .bind(since)
         .bind(id)
-        .fetch_all(&state.db)
-        .await?;
+        .fetch_all(&mut *read.tx)
+        .await
+        .map_err(|e| read.explain(e))?;
+    drop(read);
     let mut total = StatsRow {
         from: since,
         ..StatsRow::default()

@@ -156,6 +156,21 @@ pub async fn app() -> TestApp {
 }
 
 pub async fn app_with(max_upload_bytes: u64) -> TestApp {
+    app_with_reads(
+        max_upload_bytes,
+        containerpub_control::reads::ReadLimits {
+            concurrency: 4,
+            timeout: Duration::from_secs(30),
+        },
+    )
+    .await
+}
+
+/// With the given limits of the reads of records and logs.
+pub async fn app_with_reads(
+    max_upload_bytes: u64,
+    reads: containerpub_control::reads::ReadLimits,
+) -> TestApp {
     let db = TestDb::create().await;
     db::migrate(&db.pool).await.expect("migrations");
     auth::bootstrap(&db.pool, Some(PASSWORD), Some(TOKEN))
@@ -179,12 +194,14 @@ pub async fn app_with(max_upload_bytes: u64) -> TestApp {
         admin_password: None,
         logs: Default::default(),
         keep_versions: 10,
+        reads,
     };
     std::fs::create_dir_all(settings.artifacts_dir()).unwrap();
     std::fs::create_dir_all(settings.tmp_dir()).unwrap();
     let shutdown = CancellationToken::new();
     let (tx, rx) = watch::channel(db::current_revision(&db.pool).await.unwrap());
     tokio::spawn(revision::follow(db.pool.clone(), tx, shutdown.clone()));
+    let reads = Arc::new(containerpub_control::reads::Reads::new(settings.reads));
     let state = AppState {
         db: db.pool.clone(),
         settings: Arc::new(settings),
@@ -201,6 +218,7 @@ pub async fn app_with(max_upload_bytes: u64) -> TestApp {
         images: containerpub_control::build::ImageNames::load(&db.pool)
             .await
             .expect("the database's image token"),
+        reads,
     };
     TestApp {
         router: routes::router(state.clone()),

@@ -1,0 +1,117 @@
+//! Reads of execution records and function logs on behalf of a caller
+//! (`cpub stats`, `cpub executions`, `cpub logs`): their cost grows with
+//! the window asked for, about 1.9 s of one PostgreSQL backend per million
+//! records a stats window holds (2 million: 3.5–4.2 s here), so a day of a
+//! busy function is minutes. Unbounded, a few of them at once took all the
+//! control plane's 16 database connections: deploys, route watches and the
+//! proxies' record and log batches then waited, and failed after the
+//! pool's 10 s.
+//!
+//! So such a read takes a permit first (at most `concurrency` at once; a
+//! caller who finds none within [`QUEUE_WAIT`] gets 429 with Retry-After),
+//! and runs in a read-only transaction whose statements PostgreSQL stops
+//! after `timeout` (`statement_timeout`): the caller gets 400 naming the
+//! window (`since`) and the limit, and the backend is free again. A read
+//! that waits between queries (`cpub logs -f`) holds neither while it waits.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::config::{ENV_READ_CONCURRENCY, ENV_READ_TIMEOUT_S};
+use crate::error::{Error, Result};
+
+/// Longest a read waits for a permit before it is refused.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// SQLSTATE `query_canceled`: what a statement stopped by
+/// `statement_timeout` fails with.
+const QUERY_CANCELED: &str = "57014";
+
+/// How many reads run at once, and how long a statement of one may run.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+/// The permits of the reads, shared by the handlers.
+#[derive(Debug)]
+pub struct Reads {
+    permits: Semaphore,
+    limits: ReadLimits,
+}
+
+/// A read under way: its permit and its transaction (rolled back when
+/// dropped: it only reads).
+pub struct Read<'a> {
+    pub tx: Transaction<'static, Postgres>,
+    limits: ReadLimits,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Reads {
+    pub fn new(limits: ReadLimits) -> Self {
+        Self {
+            permits: Semaphore::new(limits.concurrency),
+            limits,
+        }
+    }
+
+    /// A permit and a read-only transaction with the statement time limit,
+    /// or 429 when `concurrency` reads keep every permit for [`QUEUE_WAIT`].
+    pub async fn begin(&self, db: &PgPool) -> Result<Read<'_>> {
+        let permit = match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Err(Error::TooManyRequests {
+                    message: format!(
+                        "{} reads of execution records or logs are running, the most the \
+                         control plane runs at once ({ENV_READ_CONCURRENCY}); try again shortly",
+                        self.limits.concurrency
+                    ),
+                    retry_after_s: 1,
+                });
+            }
+        };
+        let mut tx = db.begin().await?;
+        // SET takes no parameters: a number formatted here.
+        let ms = self.limits.timeout.as_millis().max(1);
+        sqlx::query("SET TRANSACTION READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
+            .execute(&mut *tx)
+            .await?;
+        Ok(Read {
+            tx,
+            limits: self.limits,
+            _permit: permit,
+        })
+    }
+}
+
+impl Read<'_> {
+    /// `err` as the caller should see it: a statement stopped at the time
+    /// limit is the window's size, said so; anything else as usual.
+    pub fn explain(&self, err: sqlx::Error) -> Error {
+        let canceled = err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == QUERY_CANCELED);
+        if canceled {
+            Error::bad_request(
+                "since",
+                format!(
+                    "reading the records or logs of this window took longer than the control \
+                     plane's limit of {} s ({ENV_READ_TIMEOUT_S}) and was stopped: ask for a \
+                     shorter window (--since) or narrower filters",
+                    self.limits.timeout.as_secs_f64()
+                ),
+            )
+        } else {
+            err.into()
+        }
+    }
+}
