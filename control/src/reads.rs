@@ -2,10 +2,10 @@
 //! (`cpub stats`, `cpub executions`, `cpub logs`): their cost grows with
 //! the window asked for, about 1.9 s of one PostgreSQL backend per million
 //! records a stats window holds (2 million: 3.5–4.2 s here), so a day of a
-//! busy function is minutes. Unbounded, a few of them at once took all the
-//! control plane's 16 database connections: deploys, route watches and the
-//! proxies' record and log batches then waited, and failed after the
-//! pool's 10 s.
+//! busy function is minutes. Each holds one of the control plane's 16
+//! database connections for its whole run: unbounded, enough of them at
+//! once leave none for deploys, route watches and the proxies' record and
+//! log batches, which wait and fail after the pool's 10 s.
 //!
 //! So such a read takes a permit first (at most `concurrency` at once; a
 //! caller who finds none within [`QUEUE_WAIT`] gets 429 with Retry-After),
