@@ -110,8 +110,9 @@ pub struct Config {
     #[arg(long, env = ENV_READ_CONCURRENCY, default_value_t = 4)]
     pub read_concurrency: u64,
     /// Longest one query of such a read runs before PostgreSQL stops it
-    /// (the caller is told to ask for a shorter window).
-    #[arg(long, env = ENV_READ_TIMEOUT_S, default_value_t = 30)]
+    /// (the caller is told to ask for a shorter window). Below the CLI's
+    /// 30-s deadline, so `cpub` gets the answer instead of hanging up.
+    #[arg(long, env = ENV_READ_TIMEOUT_S, default_value_t = 20)]
     pub read_timeout_s: u64,
 }
 
@@ -418,7 +419,7 @@ mod tests {
         assert!(s.build.base_images.is_empty());
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
         assert_eq!(s.reads.concurrency, 4);
-        assert_eq!(s.reads.timeout, Duration::from_secs(30));
+        assert_eq!(s.reads.timeout, Duration::from_secs(20));
     }
 
     #[test]

@@ -11,13 +11,22 @@
 //! caller who finds none within [`QUEUE_WAIT`] gets 429 with Retry-After),
 //! and runs in a read-only transaction whose statements PostgreSQL stops
 //! after `timeout` (`statement_timeout`): the caller gets 400 naming the
-//! window (`since`) and the limit, and the backend is free again. A read
-//! that waits between queries (`cpub logs -f`) holds neither while it waits.
+//! window and the limit, and the backend is free again. A read that waits
+//! between queries (`cpub logs -f`) holds neither while it waits.
+//!
+//! A read runs in a task of its own ([`detached`]), which a caller who
+//! hangs up does not stop half-way: dropped, the read would give its permit
+//! back at once while its query ran on in PostgreSQL, and its connection
+//! would stay busy (sqlx waits for the query's end before the connection
+//! goes back to the pool), so hanging up and asking again could run more
+//! than `concurrency` reads at once. Run to its end, it holds its permit
+//! as long as its connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{ENV_READ_CONCURRENCY, ENV_READ_TIMEOUT_S};
 use crate::error::{Error, Result};
@@ -39,30 +48,36 @@ pub struct ReadLimits {
 /// The permits of the reads, shared by the handlers.
 #[derive(Debug)]
 pub struct Reads {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     limits: ReadLimits,
 }
 
 /// A read under way: its permit and its transaction (rolled back when
 /// dropped: it only reads).
-pub struct Read<'a> {
-    pub tx: Transaction<'static, Postgres>,
+pub struct Read {
+    tx: Transaction<'static, Postgres>,
     limits: ReadLimits,
-    _permit: SemaphorePermit<'a>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Reads {
     pub fn new(limits: ReadLimits) -> Self {
         Self {
-            permits: Semaphore::new(limits.concurrency),
+            permits: Arc::new(Semaphore::new(limits.concurrency)),
             limits,
         }
     }
 
+    /// Permits free now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
     /// A permit and a read-only transaction with the statement time limit,
     /// or 429 when `concurrency` reads keep every permit for [`QUEUE_WAIT`].
-    pub async fn begin(&self, db: &PgPool) -> Result<Read<'_>> {
-        let permit = match tokio::time::timeout(QUEUE_WAIT, self.permits.acquire()).await {
+    pub async fn begin(&self, db: &PgPool) -> Result<Read> {
+        let permits = Arc::clone(&self.permits);
+        let permit = match tokio::time::timeout(QUEUE_WAIT, permits.acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             _ => {
                 return Err(Error::TooManyRequests {
@@ -92,17 +107,23 @@ impl Reads {
     }
 }
 
-impl Read<'_> {
+impl Read {
+    /// The connection to run the read's queries on.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
     /// `err` as the caller should see it: a statement stopped at the time
-    /// limit is the window's size, said so; anything else as usual.
-    pub fn explain(&self, err: sqlx::Error) -> Error {
+    /// limit is the window's size, said so and blamed on `field` (the
+    /// window's parameter); anything else as usual.
+    pub fn explain(&self, err: sqlx::Error, field: &str) -> Error {
         let canceled = err
             .as_database_error()
             .and_then(|e| e.code())
             .is_some_and(|code| code == QUERY_CANCELED);
         if canceled {
             Error::bad_request(
-                "since",
+                field,
                 format!(
                     "reading the records or logs of this window took longer than the control \
                      plane's limit of {} s ({ENV_READ_TIMEOUT_S}) and was stopped: ask for a \
@@ -114,4 +135,14 @@ impl Read<'_> {
             err.into()
         }
     }
+}
+
+/// Runs `read` (a read from [`Reads::begin`] to its end) in a task of its
+/// own, which a caller who hangs up does not stop.
+pub async fn detached<T: Send + 'static>(
+    read: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(read)
+        .await
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("a read's task")))?
 }

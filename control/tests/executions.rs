@@ -1140,4 +1140,43 @@ async fn reads_past_their_time_limit_or_beyond_the_permits_are_refused() {
         .send("GET", "/api/v1/functions/heavy/stats?since=1s", Vec::new())
         .await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+
+    // A caller who hangs up while its read runs: the query runs on until
+    // PostgreSQL ends it, so the permit is not given back when the request
+    // goes, only once the rollback has run on that connection.
+    let reads = &app.state.reads;
+    eventually_true(|| reads.available() == 1, "the permit given back").await;
+    // Boxed, so that dropping it drops the request (a caller hanging up).
+    let mut request =
+        Box::pin(app.send("GET", "/api/v1/functions/heavy/stats?since=1h", Vec::new()));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reads.available() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the read never began"
+        );
+        tokio::select! {
+            (status, _) = &mut request => panic!("answered ({status}) before the hang-up"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+        }
+    }
+    drop(request);
+    assert_eq!(reads.available(), 0, "the permit went with the caller");
+    eventually_true(
+        || reads.available() == 1,
+        "the permit given back after the rollback",
+    )
+    .await;
+}
+
+/// Waits up to 10 s for `done`.
+async fn eventually_true(done: impl Fn() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

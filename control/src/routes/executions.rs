@@ -35,6 +35,7 @@ use sqlx::PgPool;
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
 use crate::pgcopy::{self, Spaced, field};
+use crate::reads;
 use crate::routes::check_name;
 use crate::state::AppState;
 
@@ -570,12 +571,14 @@ pub async fn list(
     // chunks whose newest record is at or after `from`, so a full page from
     // a window is the page, and a busy function's days of chunks are not
     // opened for the newest hundred calls.
-    let mut window = TimeDelta::minutes(1);
-    let mut read = state.reads.begin(&state.db).await?;
-    let rows = loop {
-        let from = (Utc::now() - window).max(since);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT e.at, e.node, e.deployment_id, e.version, e.instance, e.request_id, \
+    let (reads, db, function) = (state.reads.clone(), state.db.clone(), name.clone());
+    let rows = reads::detached(async move {
+        let mut read = reads.begin(&db).await?;
+        let mut window = TimeDelta::minutes(1);
+        loop {
+            let from = (Utc::now() - window).max(since);
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT e.at, e.node, e.deployment_id, e.version, e.instance, e.request_id, \
                     e.trace_id, e.method, e.status, e.start_kind, e.queue_us, e.start_us, \
                     e.upstream_us, e.total_us, e.bytes_in, e.bytes_out, e.rejection \
              FROM executions e \
@@ -584,23 +587,24 @@ pub async fn list(
                AND (NOT $7 OR e.chunk_errors IS DISTINCT FROM 0) \
                AND e.deployment_id IN (SELECT id FROM deployments WHERE function_id = $5) \
              ORDER BY e.at DESC LIMIT $6",
-        )
-        .bind(&name)
-        .bind(from)
-        .bind(lo as i16)
-        .bind(hi as i16)
-        .bind(id)
-        .bind(i64::from(limit))
-        .bind(only_errors)
-        .fetch_all(&mut *read.tx)
-        .await
-        .map_err(|e| read.explain(e))?;
-        if rows.len() >= limit as usize || from <= since {
-            break rows;
+            )
+            .bind(&function)
+            .bind(from)
+            .bind(lo as i16)
+            .bind(hi as i16)
+            .bind(id)
+            .bind(i64::from(limit))
+            .bind(only_errors)
+            .fetch_all(read.conn())
+            .await
+            .map_err(|e| read.explain(e, "since"))?;
+            if rows.len() >= limit as usize || from <= since {
+                return Ok::<_, Error>(rows);
+            }
+            window = window * 8;
         }
-        window = window * 8;
-    };
-    drop(read);
+    })
+    .await?;
     let u = |v: i64| u64::try_from(v).unwrap_or(0);
     let out = rows
         .into_iter()

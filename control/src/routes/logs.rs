@@ -38,6 +38,7 @@ use tokio::sync::watch;
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
 use crate::pgcopy;
+use crate::reads;
 use crate::routes::check_name;
 use crate::routes::watch::query_error;
 use crate::state::AppState;
@@ -392,13 +393,13 @@ type ChunkLines = (
 );
 
 /// What a query asks for, validated.
-struct Filter<'a> {
-    function: &'a str,
+struct Filter {
+    function: String,
     function_id: i64,
     after: i64,
     version: Option<i32>,
     instance: Option<String>,
-    request_id: Option<&'a str>,
+    request_id: Option<String>,
     since: Option<DateTime<Utc>>,
     limit: usize,
     newest: bool,
@@ -407,7 +408,7 @@ struct Filter<'a> {
 /// The lines `f` asks for, oldest first: the first `limit` after the
 /// cursor, or the newest `limit`. Reads chunks a few MiB at a time, in
 /// order, until it has `limit` lines or none are left.
-async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter<'_>) -> sqlx::Result<Vec<LogLine>> {
+async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter) -> sqlx::Result<Vec<LogLine>> {
     let mut lines = Vec::new();
     // Chunks already read: ids up to `after` (forward), from `before` on
     // (newest first).
@@ -423,7 +424,7 @@ async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter<'_>) -> sqlx::Result
         .bind(before)
         .bind(f.version)
         .bind(f.instance.as_deref())
-        .bind(f.request_id)
+        .bind(f.request_id.as_deref())
         .bind(f.since)
         .bind(after.saturating_sub(MAX_BATCH_LINES as i64))
         .fetch_all(&mut *db)
@@ -459,7 +460,7 @@ async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter<'_>) -> sqlx::Result
                 .enumerate()
                 .map(|(i, (((at, stream), request_id), line))| LogLine {
                     id: first_id + i as i64,
-                    function: f.function.to_owned(),
+                    function: f.function.clone(),
                     at,
                     version,
                     node: node.clone(),
@@ -471,6 +472,7 @@ async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter<'_>) -> sqlx::Result
                 .filter(|l| {
                     l.id > f.after
                         && f.request_id
+                            .as_deref()
                             .is_none_or(|id| l.request_id.as_deref() == Some(id))
                         && f.since.is_none_or(|since| l.at >= since)
                 })
@@ -552,28 +554,40 @@ pub async fn query(
     let since = q
         .since_s
         .map(|s| Utc::now() - chrono::TimeDelta::seconds(s as i64));
-    let filter = Filter {
-        function: &name,
+    let filter = std::sync::Arc::new(Filter {
+        function: name.clone(),
         function_id,
         after: q.after.unwrap_or(0),
         version: q.version,
         instance: q.instance.as_deref().map(str::to_ascii_lowercase),
-        request_id: q.request_id.as_deref(),
+        request_id: q.request_id.clone(),
         since,
         limit: limit as usize,
         newest: q.after.is_none() && q.since_s.is_none(),
-    };
+    });
     let deadline = tokio::time::Instant::now() + wait;
+    let waiting = q.after.is_some() && !wait.is_zero();
     let mut stored = STORED.subscribe();
     loop {
         stored.mark_unchanged();
-        // A read of its own each time: none is held while it waits.
-        let mut read = state.reads.begin(&state.db).await?;
-        let lines = read_lines(&mut read.tx, &filter)
-            .await
-            .map_err(|e| read.explain(e))?;
-        drop(read);
-        let waiting = q.after.is_some() && !wait.is_zero();
+        // A read of its own each time, none held while it waits; a follower
+        // with time left that finds every permit taken waits on.
+        let (reads, db, f) = (state.reads.clone(), state.db.clone(), filter.clone());
+        let read = reads::detached(async move {
+            let mut read = reads.begin(&db).await?;
+            read_lines(read.conn(), &f)
+                .await
+                .map_err(|e| read.explain(e, "since_s"))
+        });
+        let lines = match read.await {
+            Ok(lines) => lines,
+            Err(Error::TooManyRequests { .. })
+                if waiting && tokio::time::Instant::now() < deadline =>
+            {
+                Vec::new()
+            }
+            Err(err) => return Err(err),
+        };
         if !lines.is_empty() || !waiting || tokio::time::Instant::now() >= deadline {
             let next = match (lines.last(), q.after) {
                 (Some(last), _) => last.id,

@@ -12,6 +12,7 @@ use containerpub_wire::executions::{Stats, StatsQuery, StatsRow};
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
+use crate::reads;
 use crate::routes::executions::{function_id, since_start};
 use crate::state::AppState;
 
@@ -128,15 +129,18 @@ pub async fn stats(
             .replace("{bucket}", expr)
             .replace("{sets}", &format!("(), ({expr})")),
     };
-    let mut read = state.reads.begin(&state.db).await?;
-    let found: Vec<Row> = sqlx::query_as(&sql)
-        .bind(&name)
-        .bind(since)
-        .bind(id)
-        .fetch_all(&mut *read.tx)
-        .await
-        .map_err(|e| read.explain(e))?;
-    drop(read);
+    let (reads, db, function) = (state.reads.clone(), state.db.clone(), name.clone());
+    let found: Vec<Row> = reads::detached(async move {
+        let mut read = reads.begin(&db).await?;
+        sqlx::query_as(&sql)
+            .bind(&function)
+            .bind(since)
+            .bind(id)
+            .fetch_all(read.conn())
+            .await
+            .map_err(|e| read.explain(e, "since"))
+    })
+    .await?;
     let mut total = StatsRow {
         from: since,
         ..StatsRow::default()
