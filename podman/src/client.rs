@@ -103,6 +103,9 @@ pub struct ContainerSummary {
     pub names: Vec<String>,
     #[serde(rename = "State", default)]
     pub state: String,
+    /// The image as named when the container was made.
+    #[serde(rename = "Image", default)]
+    pub image: String,
     #[serde(rename = "Labels", default)]
     pub labels: Option<BTreeMap<String, String>>,
 }

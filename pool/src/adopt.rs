@@ -25,9 +25,14 @@ impl Inner {
     pub(crate) async fn adopt(self: &Arc<Self>, routes: &[Route]) -> Result<(), PoolError> {
         let owned = self.runtime.list_owned(&self.config.node).await?;
         for c in owned {
-            let route = routes
-                .iter()
-                .find(|r| r.function == c.function && r.deployment_id.to_string() == c.deployment);
+            // The image too: deployment ids start at 1 in every database,
+            // so after a reinstall a container of the old database's `x`
+            // deployment 1 would otherwise serve the new one's.
+            let route = routes.iter().find(|r| {
+                r.function == c.function
+                    && r.deployment_id.to_string() == c.deployment
+                    && r.image == c.image
+            });
             match self.try_adopt(&c, route).await {
                 Some(state) => {
                     tracing::info!(container = short(&c.id), function = %c.function, state = state.as_str(), "adopted a running instance");

@@ -35,6 +35,8 @@ pub struct Owned {
     pub id: String,
     pub function: String,
     pub deployment: String,
+    /// The image it was made from, as named then.
+    pub image: String,
     /// Podman's state: `running`, `paused`, `exited`, …
     pub state: String,
     /// Address on the function network, when attached.
@@ -585,6 +587,7 @@ impl ContainerRuntime for PodmanRuntime {
                 id: c.id,
                 function: labels.get(labels::FUNCTION).cloned().unwrap_or_default(),
                 deployment: labels.get(labels::DEPLOYMENT).cloned().unwrap_or_default(),
+                image: c.image,
                 state,
                 ip,
             });

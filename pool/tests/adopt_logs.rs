@@ -22,6 +22,7 @@ fn exited(id: &str) -> Owned {
         id: id.into(),
         function: "adopt-logs".into(),
         deployment: "7".into(),
+        image: "localhost/cpub-fn-adopt-logs:v1-d7-0123456789ab".into(),
         state: "exited".into(),
         ip: None,
     }

@@ -46,7 +46,7 @@ fn route_with(name: &str, deployment_id: i64, scaling: &str) -> Route {
         function: name.into(),
         deployment_id,
         version: 1,
-        // Each build has an image of its own (`cpub-fn-NAME:vN-dID`); only
+        // Each build has an image of its own (`cpub-fn-NAME:vN-dID-TOKEN`); only
         // rollbacks and config changes share one.
         image: format!("img-{deployment_id}"),
         config: Manifest::parse(&text).unwrap(),
@@ -95,6 +95,7 @@ fn owned(id: &str, function: &str, deployment: &str, state: &str) -> Owned {
         id: id.into(),
         function: function.into(),
         deployment: deployment.into(),
+        image: format!("img-{deployment}"),
         state: state.into(),
         ip: Some([127, 0, 0, 1].into()),
     }
@@ -102,10 +103,14 @@ fn owned(id: &str, function: &str, deployment: &str, state: &str) -> Owned {
 
 #[tokio::test]
 async fn removes_unknown_leftovers_and_adopts_known_ones() {
+    // Deployment 1 of another database (a reinstall): its image differs.
+    let mut other_database = owned("other-database", "f", "1", "running");
+    other_database.image = "img-1-of-another-database".into();
     let fake = fake_with(vec![
         owned("ghost", "gone-fn", "1", "running"),
         owned("old-version", "f", "0", "running"),
         owned("exited", "f", "1", "exited"),
+        other_database,
         owned("keep", "f", "1", "running"),
     ])
     .await;
@@ -115,7 +120,10 @@ async fn removes_unknown_leftovers_and_adopts_known_ones() {
     let pool = pool_on(&fake, std::slice::from_ref(&known)).await;
     let mut removed = fake.removed();
     removed.sort();
-    assert_eq!(removed, ["exited", "ghost", "old-version"]);
+    assert_eq!(
+        removed,
+        ["exited", "ghost", "old-version", "other-database"]
+    );
     let lease = pool.lease(&known).await.unwrap();
     assert_eq!(lease.instance_id(), "keep");
     assert_eq!(lease.start_kind(), StartKind::Warm);
