@@ -51,12 +51,14 @@ running_port() { [ -s "$dir/postmaster.pid" ] && sed -n 4p "$dir/postmaster.pid"
 as_pg() { if root; then runuser -u postgres -- "$@" 9>&-; else "$@" 9>&-; fi; }
 # start and stop take turns, also across processes (up.sh and test.sh in two
 # shells): two at once on a stopped cluster raced, two `initdb` or two
-# `pg_ctl start`, and one failed. The lock file sits beside the data
-# directory, which initdb wants empty.
+# `pg_ctl start`, and one failed. The lock is the data directory itself
+# (flock on it): one lock whatever path names it, no file beside it in a
+# directory others may write (/var/tmp), and only its owner and root may
+# open it (mode 0700).
 take_turn() {
-  mkdir -p "$(dirname "$dir")"
-  exec 9>>"${dir%/}.lock"
-  flock -w 300 9 || { echo "pg.sh: waited 300 s for ${dir%/}.lock (another pg.sh start or stop)" >&2; exit 1; }
+  if [ ! -d "$dir" ]; then mkdir -p "$dir"; chmod 700 "$dir"; fi
+  exec 9<"$dir"
+  flock -w 300 9 || { echo "pg.sh: waited 300 s for the lock on $dir (another pg.sh start or stop)" >&2; exit 1; }
 }
 url() {
   [ -s "$pwfile" ] || { echo "pg.sh: no $pwfile yet: run scripts/pg.sh start" >&2; exit 1; }
@@ -151,7 +153,7 @@ SQL
   url "$port"
   ;;
 stop)
-  take_turn
+  if [ -d "$dir" ]; then take_turn; fi
   if [ -s "$dir/PG_VERSION" ]; then as_pg "$bin/pg_ctl" -D "$dir" -m fast stop >/dev/null 2>&1 || true; fi
   ;;
 url) p=$(running_port) || true; url "${p:-$port}" ;;

@@ -264,7 +264,6 @@ impl Drop for Cluster {
             .env("CPUB_PG_DIR", &self.dir)
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(self.dir.with_extension("lock"));
     }
 }
 
@@ -308,7 +307,7 @@ fn a_fresh_stack_cluster_is_locked_down_and_flushes() {
 
 /// Starts at once (`scripts/up.sh` and `scripts/test.sh` in two shells, or
 /// two test runs, on a machine where the cluster is not running) take turns
-/// (a lock beside the data directory): each succeeds and prints the same
+/// (a lock on the data directory): each succeeds and prints the same
 /// URL, and one server runs. Without the lock, two `initdb` or two
 /// `pg_ctl start` raced, and one run failed.
 #[test]
