@@ -742,11 +742,11 @@ impl Drop for RemoveImages {
 }
 
 /// The images of function `name` in the instances' store
-/// (`localhost/cpub-fn-<name>:<tag>`; a tag carries the deployment's id),
-/// or why they could not be listed. `podman images` can fail while other
-/// tests hold Podman's locks: tried a few times, and a failure is never
-/// read as "no images". Listed by reference: a listing of the whole store
-/// costs Podman 4.3 about 0.4 s per image it holds.
+/// (`localhost/cpub-fn-<name>:<tag>`; a tag carries the deployment's id and
+/// the database's token), or why they could not be listed. `podman images`
+/// can fail while other tests hold Podman's locks: tried a few times, and a
+/// failure is never read as "no images". Listed by reference: a listing of
+/// the whole store costs Podman 4.3 about 0.4 s per image it holds.
 pub fn function_images(name: &str) -> Result<Vec<String>, String> {
     let prefix = format!("localhost/cpub-fn-{name}:");
     let mut last_error = String::new();
@@ -839,7 +839,7 @@ pub fn container_ip(id: &str) -> Option<std::net::IpAddr> {
         .or_else(|| nets.values().find_map(pick))
 }
 
-/// The image name a container runs (`localhost/cpub-fn-NAME:vN-dID`).
+/// The image name a container runs (`localhost/cpub-fn-NAME:vN-dID-TOKEN`).
 pub fn container_image(id: &str) -> Option<String> {
     let v = inspect(id)?;
     v["ImageName"]

@@ -20,7 +20,7 @@ use serde::Serialize;
 pub struct ContainerSpec {
     /// Container name (unique on the host).
     pub name: String,
-    /// Image reference, e.g. `localhost/cpub-fn-x:v1-d7`.
+    /// Image reference, e.g. `localhost/cpub-fn-x:v1-d7-0123456789ab`.
     pub image: String,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
