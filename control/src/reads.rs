@@ -137,8 +137,10 @@ impl Read {
     }
 }
 
-/// Runs `read` (a read from [`Reads::begin`] to its end) in a task of its
-/// own, which a caller who hangs up does not stop.
+/// Runs `read` (the queries of a [`Read`] the handler began, to their end)
+/// in a task of its own, which a caller who hangs up does not stop. The
+/// permit is taken before, in the handler: a caller who hangs up while
+/// queued for one takes none.
 pub async fn detached<T: Send + 'static>(
     read: impl Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {

@@ -5,7 +5,9 @@
 //! COPY writes is read back through `GET …/executions` and SQL: every field
 //! as sent, a full batch whole, a resent batch once, a refused batch not at
 //! all; the chunks stored before migration 0015 read the same after it; and
-//! `GET /status` and `…/stats` count what the view `executions` shows.
+//! `GET /status` and `…/stats` count what the view `executions` shows; and
+//! the reads callers ask for are bounded (a time limit, permits, a caller
+//! who hangs up).
 //!
 //! Over 600 lines: one test per way a batch is stored or refused, each with
 //! the records it needs; splitting them would split the `TestApp` helpers
@@ -1073,34 +1075,7 @@ async fn reads_past_their_time_limit_or_beyond_the_permits_are_refused() {
         },
     )
     .await;
-    let did = real_function(&app, "heavy").await;
-    // One record through the ingest (it makes the day's partition), then
-    // 80 chunks of 5,000 records beside it by SQL, with no count of errors
-    // (as before migration 0016), so an error listing opens each of them.
-    let batch = ExecutionBatch {
-        node: "node-a".into(),
-        batch: "boot-1".into(),
-        records: vec![record(0, "heavy", did)],
-    };
-    let (status, body) = app.ingest(&batch).await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    sqlx::query(
-        "INSERT INTO execution_chunks \
-         SELECT c.node, c.function, c.deployment_id, c.version, 5000, c.min_at, c.min_at, \
-                f.offsets, f.instances, f.ids, f.ids, f.methods, f.statuses, f.kinds, f.us, \
-                f.us, f.us, f.us, f.us, f.us, f.rejections, NULL \
-         FROM execution_chunks c, generate_series(1, 80), \
-              (SELECT string_agg(' 0', '') AS offsets, string_agg(' 0123456789ab', '') AS instances, \
-                      string_agg(' r' || i, '') AS ids, string_agg(' GET', '') AS methods, \
-                      string_agg(' 200', '') AS statuses, string_agg(' warm', '') AS kinds, \
-                      string_agg(' ' || (i % 997), '') AS us, string_agg(' ', '') AS rejections \
-               FROM generate_series(1, 5000) i) f \
-         WHERE c.function = 'heavy'",
-    )
-    .execute(app.db())
-    .await
-    .unwrap();
-    assert_eq!(count(app.db(), "heavy").await, 400_001);
+    heavy_function(&app).await;
 
     for uri in [
         "/api/v1/functions/heavy/stats?since=1h",
@@ -1140,33 +1115,82 @@ async fn reads_past_their_time_limit_or_beyond_the_permits_are_refused() {
         .send("GET", "/api/v1/functions/heavy/stats?since=1s", Vec::new())
         .await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
 
-    // A caller who hangs up while its read runs: the query runs on until
-    // PostgreSQL ends it, so the permit is not given back when the request
-    // goes, only once the rollback has run on that connection.
+/// A caller who hangs up while its read runs: the read runs on to its end
+/// and keeps its permit until then; given back when the request went, it
+/// would let a caller who hangs up and asks again run more reads at once
+/// than the permits, each holding a connection while its query ran on.
+#[tokio::test]
+async fn a_caller_who_hangs_up_leaves_the_permit_taken_until_the_read_ends() {
+    let app = support::app_with_reads(
+        64 * 1024,
+        containerpub_control::reads::ReadLimits {
+            concurrency: 1,
+            timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .await;
+    heavy_function(&app).await;
     let reads = &app.state.reads;
-    eventually_true(|| reads.available() == 1, "the permit given back").await;
     // Boxed, so that dropping it drops the request (a caller hanging up).
     let mut request =
         Box::pin(app.send("GET", "/api/v1/functions/heavy/stats?since=1h", Vec::new()));
+    // Hung up once PostgreSQL runs the stats query (about 0.8 s; the
+    // request is polled meanwhile, so it gets that far).
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                   AND query LIKE '%execution_outcomes%' AND pid <> pg_backend_pid()";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while reads.available() != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the read never began"
-        );
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the read never ran");
         tokio::select! {
             (status, _) = &mut request => panic!("answered ({status}) before the hang-up"),
-            () = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+            n = sqlx::query_scalar::<_, i64>(running).fetch_one(app.db()) => {
+                if n.unwrap() > 0 {
+                    break;
+                }
+            }
         }
     }
     drop(request);
     assert_eq!(reads.available(), 0, "the permit went with the caller");
     eventually_true(
         || reads.available() == 1,
-        "the permit given back after the rollback",
+        "the permit given back once the read ended",
     )
     .await;
+}
+
+/// Function `heavy` with 400,001 records: one through the ingest (it makes
+/// the day's partition), then 80 chunks of 5,000 records beside it by SQL,
+/// with no count of errors (as before migration 0016), so an error listing
+/// opens each of them. Stats over them take about 0.8 s here.
+async fn heavy_function(app: &TestApp) {
+    let did = real_function(app, "heavy").await;
+    let batch = ExecutionBatch {
+        node: "node-a".into(),
+        batch: "boot-1".into(),
+        records: vec![record(0, "heavy", did)],
+    };
+    let (status, body) = app.ingest(&batch).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    sqlx::query(
+        "INSERT INTO execution_chunks \
+         SELECT c.node, c.function, c.deployment_id, c.version, 5000, c.min_at, c.min_at, \
+                f.offsets, f.instances, f.ids, f.ids, f.methods, f.statuses, f.kinds, f.us, \
+                f.us, f.us, f.us, f.us, f.us, f.rejections, NULL \
+         FROM execution_chunks c, generate_series(1, 80), \
+              (SELECT string_agg(' 0', '') AS offsets, string_agg(' 0123456789ab', '') AS instances, \
+                      string_agg(' r' || i, '') AS ids, string_agg(' GET', '') AS methods, \
+                      string_agg(' 200', '') AS statuses, string_agg(' warm', '') AS kinds, \
+                      string_agg(' ' || (i % 997), '') AS us, string_agg(' ', '') AS rejections \
+               FROM generate_series(1, 5000) i) f \
+         WHERE c.function = 'heavy'",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    assert_eq!(count(app.db(), "heavy").await, 400_001);
 }
 
 /// Waits up to 10 s for `done`.

@@ -571,9 +571,10 @@ pub async fn list(
     // chunks whose newest record is at or after `from`, so a full page from
     // a window is the page, and a busy function's days of chunks are not
     // opened for the newest hundred calls.
-    let (reads, db, function) = (state.reads.clone(), state.db.clone(), name.clone());
+    // The permit here, the read in a task of its own (as in `stats`).
+    let mut read = state.reads.begin(&state.db).await?;
+    let function = name.clone();
     let rows = reads::detached(async move {
-        let mut read = reads.begin(&db).await?;
         let mut window = TimeDelta::minutes(1);
         loop {
             let from = (Utc::now() - window).max(since);

@@ -572,15 +572,17 @@ pub async fn query(
         stored.mark_unchanged();
         // A read of its own each time, none held while it waits; a follower
         // with time left that finds every permit taken waits on.
-        let (reads, db, f) = (state.reads.clone(), state.db.clone(), filter.clone());
-        let read = reads::detached(async move {
-            let mut read = reads.begin(&db).await?;
-            read_lines(read.conn(), &f)
-                .await
-                .map_err(|e| read.explain(e, "since_s"))
-        });
-        let lines = match read.await {
-            Ok(lines) => lines,
+        // The permit here, the read in a task of its own (as in `stats`).
+        let lines = match state.reads.begin(&state.db).await {
+            Ok(mut read) => {
+                let f = filter.clone();
+                reads::detached(async move {
+                    read_lines(read.conn(), &f)
+                        .await
+                        .map_err(|e| read.explain(e, "since_s"))
+                })
+                .await?
+            }
             Err(Error::TooManyRequests { .. })
                 if waiting && tokio::time::Instant::now() < deadline =>
             {

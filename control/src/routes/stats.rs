@@ -129,9 +129,11 @@ pub async fn stats(
             .replace("{bucket}", expr)
             .replace("{sets}", &format!("(), ({expr})")),
     };
-    let (reads, db, function) = (state.reads.clone(), state.db.clone(), name.clone());
+    // The permit here (a caller who hangs up while queued takes none), the
+    // read in a task of its own (one who hangs up later does not stop it).
+    let mut read = state.reads.begin(&state.db).await?;
+    let function = name.clone();
     let found: Vec<Row> = reads::detached(async move {
-        let mut read = reads.begin(&db).await?;
         sqlx::query_as(&sql)
             .bind(&function)
             .bind(since)
