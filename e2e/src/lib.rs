@@ -143,6 +143,18 @@ fn free_port() -> u16 {
     unreachable!("the loop only ends by returning")
 }
 
+/// The process listening on 127.0.0.1:`port`, as `ss` tells (`None` when
+/// it cannot tell).
+fn listener_pid(port: u16) -> Option<u32> {
+    let out = Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = &text[text.find("pid=")? + 4..];
+    rest[..rest.find(',')?].parse().ok()
+}
+
 /// A running process that is killed when dropped.
 struct Proc {
     name: &'static str,
@@ -344,16 +356,28 @@ impl Stack {
         let until = Instant::now() + Duration::from_secs(30);
         let client = reqwest::Client::new();
         loop {
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
             let proc = if which == "control" {
                 self.control.as_mut()
             } else {
                 self.proxy.as_mut()
             };
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                // Another test's stack may have the port and answer (seen:
+                // a proxy that could not listen, and the test's calls then
+                // went to another stack's proxy): only ours will do.
+                if let Some(p) = &proc
+                    && let Some(owner) = listener_pid(addr.port())
+                    && owner != p.child.id()
+                {
+                    bail!(
+                        "{which}: Address already in use: port {} is held by process {owner}",
+                        addr.port()
+                    );
+                }
+                return Ok(());
+            }
             if let Some(p) = proc
                 && let Ok(Some(status)) = p.child.try_wait()
             {
@@ -1009,6 +1033,18 @@ pub fn targz(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The check that a stack's process holds its own port: `ss` names
+    /// this process for a port it listens on, and no process for a port
+    /// nobody listens on.
+    #[test]
+    fn the_listener_of_a_port_is_found() {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listener_pid(port), Some(std::process::id()));
+        drop(listener);
+        assert_eq!(listener_pid(port), None);
+    }
 
     #[test]
     fn passwords_stay_out_of_argv_and_messages() {
