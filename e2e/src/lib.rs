@@ -177,7 +177,31 @@ impl Proc {
             && std::fs::read_to_string(&self.log)
                 .is_ok_and(|log| log.contains("Address already in use"))
     }
+
+    /// Prints whether it still runs and the end of its log (for a failed
+    /// test: the log lives in the stack's directory, gone after the drop).
+    fn report(&mut self) {
+        let state = match self.child.try_wait() {
+            Ok(None) => "running".to_owned(),
+            Ok(Some(status)) => format!("exited: {status}"),
+            Err(err) => format!("unknown: {err}"),
+        };
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(REPORTED_LOG_LINES)..];
+        eprintln!(
+            "--- {} (pid {}, {state}), last {} of {} log lines:\n{}",
+            self.name,
+            self.child.id(),
+            tail.len(),
+            lines.len(),
+            tail.join("\n")
+        );
+    }
 }
+
+/// Log lines of each process a failed test's stack prints.
+const REPORTED_LOG_LINES: usize = 80;
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -670,6 +694,14 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for proc in [self.control.as_mut(), self.proxy.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                proc.report();
+            }
+        }
         let proxy_ran = self.proxy.take().is_some();
         self.control.take();
         // Leave nothing behind, whatever the test did. A create the killed
