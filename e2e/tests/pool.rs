@@ -602,6 +602,33 @@ async fn a_restarted_proxy_adopts_its_containers_and_removes_strangers() {
     assert_eq!(stack.containers(None), [x]);
 }
 
+/// `cpub scale` keeps the running instance (its deployment label stays v1's
+/// id); a restarted proxy adopts it for v2, whose image and everything but
+/// the counts are v1's, instead of removing it and starting cold.
+#[tokio::test]
+async fn a_restarted_proxy_adopts_the_instances_scale_kept() {
+    let mut stack = Stack::start(&[]).await.unwrap();
+    let name = "pool-adopt-scaled";
+    let url = stack.deploy("hello", name, "\n[scaling]\nmin_instances = 1\n");
+    let x = only_container(&stack, name).await;
+    let said = stack.cpub_ok(&["scale", name, "--max", "3"]);
+    assert!(said.contains("v2 active"), "{said}");
+    assert_eq!(stack.containers(Some(name)), std::slice::from_ref(&x));
+
+    stack.stop_proxy();
+    stack.start_proxy().await.unwrap();
+    let client = reqwest::Client::new();
+    let (status, body, headers) = get(&client, &url).await;
+    assert_eq!((status, body.as_str()), (200, HELLO), "{}", stack.logs());
+    assert_eq!(start_kind(&headers), "warm", "adopted, not started");
+    assert_eq!(
+        stack.containers(Some(name)),
+        [x],
+        "the instance scale kept\n{}",
+        stack.logs()
+    );
+}
+
 #[tokio::test]
 async fn a_redeploy_under_load_fails_no_call() {
     let stack = Stack::start(&[]).await.unwrap();

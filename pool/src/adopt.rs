@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerpub_wire::api::Route;
+use containerpub_wire::api::{Route, instances_digest};
 
 use crate::instance::{Instance, InstanceState, StartKind};
 use crate::pool::Inner;
@@ -19,20 +19,26 @@ use crate::{PoolError, health};
 /// Readiness budget for an adopted container at start-up.
 const ADOPT_PROBE: Duration = Duration::from_secs(2);
 
+/// Whether `c` may serve `route` as it is. The image too: deployment ids
+/// start at 1 in every database, so after a reinstall a container of the
+/// old database's `x` deployment 1 would otherwise serve the new one's. A
+/// container of an earlier deployment serves when only the counts changed
+/// since (`cpub scale` keeps running instances, and so does adoption): its
+/// `cpub.instances` label is the route's digest.
+fn serves(route: &Route, c: &Owned) -> bool {
+    route.function == c.function
+        && route.image == c.image
+        && (route.deployment_id.to_string() == c.deployment
+            || c.instances.as_deref() == Some(&*instances_digest(&route.config)))
+}
+
 impl Inner {
     /// Adopts running or paused containers of known deployments; removes
     /// every other container this node owns.
     pub(crate) async fn adopt(self: &Arc<Self>, routes: &[Route]) -> Result<(), PoolError> {
         let owned = self.runtime.list_owned(&self.config.node).await?;
         for c in owned {
-            // The image too: deployment ids start at 1 in every database,
-            // so after a reinstall a container of the old database's `x`
-            // deployment 1 would otherwise serve the new one's.
-            let route = routes.iter().find(|r| {
-                r.function == c.function
-                    && r.deployment_id.to_string() == c.deployment
-                    && r.image == c.image
-            });
+            let route = routes.iter().find(|r| serves(r, &c));
             match self.try_adopt(&c, route).await {
                 Some(state) => {
                     tracing::info!(container = short(&c.id), function = %c.function, state = state.as_str(), "adopted a running instance");

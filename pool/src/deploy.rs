@@ -99,7 +99,9 @@ impl Inner {
             self.ensure_min(&set);
             return slot;
         };
-        if active.serving() == route.deployment_id {
+        // The image too: after a database was reinstalled under a running
+        // proxy, its deployment 1 is not the old database's.
+        if active.serving() == route.deployment_id && active.route.image == route.image {
             drop(functions);
             self.ensure_min(&active);
             return slot;
@@ -121,10 +123,9 @@ impl Inner {
             return slot;
         }
         let mut pending = slot.pending();
-        if pending
-            .as_ref()
-            .is_some_and(|p| p.route.deployment_id == route.deployment_id)
-        {
+        if pending.as_ref().is_some_and(|p| {
+            p.route.deployment_id == route.deployment_id && p.route.image == route.image
+        }) {
             return Arc::clone(&slot);
         }
         // A new deployment: warm it up, keep serving the old one meanwhile.
@@ -174,7 +175,11 @@ impl Inner {
             .entry(route.function.clone())
             .or_insert_with(|| Arc::new(FunctionSlot::new(&route.function)));
         match slot.active.load_full() {
-            Some(active) if active.serving() == route.deployment_id => active,
+            Some(active)
+                if active.serving() == route.deployment_id && active.route.image == route.image =>
+            {
+                active
+            }
             old => {
                 let set = Arc::new(InstanceSet::new(route.clone(), Arc::downgrade(self)));
                 slot.active.store(Some(Arc::clone(&set)));

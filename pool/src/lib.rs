@@ -28,6 +28,10 @@ pub mod labels {
     pub const FUNCTION: &str = "cpub.function";
     /// Deployment id.
     pub const DEPLOYMENT: &str = "cpub.deployment";
+    /// `containerpub_wire::api::instances_digest` of the deployment's
+    /// manifest: a later deployment of the same image and digest (`cpub
+    /// scale`) adopts the container at a restart.
+    pub const INSTANCES: &str = "cpub.instances";
 }
 
 mod adopt;

@@ -37,6 +37,8 @@ pub struct Owned {
     pub deployment: String,
     /// The image it was made from, as named then.
     pub image: String,
+    /// Its `cpub.instances` label (none on containers of proxies before it).
+    pub instances: Option<String>,
     /// Podman's state: `running`, `paused`, `exited`, …
     pub state: String,
     /// Address on the function network, when attached.
@@ -588,6 +590,7 @@ impl ContainerRuntime for PodmanRuntime {
                 function: labels.get(labels::FUNCTION).cloned().unwrap_or_default(),
                 deployment: labels.get(labels::DEPLOYMENT).cloned().unwrap_or_default(),
                 image: c.image,
+                instances: labels.get(labels::INSTANCES).cloned(),
                 state,
                 ip,
             });

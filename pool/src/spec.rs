@@ -60,6 +60,10 @@ pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec
                 labels::DEPLOYMENT.to_owned(),
                 route.deployment_id.to_string(),
             ),
+            (
+                labels::INSTANCES.to_owned(),
+                containerpub_wire::api::instances_digest(cfg),
+            ),
         ]),
         env,
         user: Some(FUNCTION_USER.to_owned()),
@@ -173,6 +177,10 @@ mod tests {
         assert_eq!(s.env["A"], "from-secret", "a secret overrides the manifest");
         assert_eq!(s.env["S"], "s3");
         assert_eq!(s.labels["cpub.deployment"], "7");
+        assert_eq!(
+            s.labels["cpub.instances"],
+            containerpub_wire::api::instances_digest(&route.config)
+        );
         assert_eq!(s.labels["cpub.node"], "n1");
         assert!(s.networks.contains_key("cpub"));
         assert_eq!(s.userns, Some(Namespace::new(NamespaceMode::Auto)));

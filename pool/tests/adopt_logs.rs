@@ -23,6 +23,7 @@ fn exited(id: &str) -> Owned {
         function: "adopt-logs".into(),
         deployment: "7".into(),
         image: "localhost/cpub-fn-adopt-logs:v1-d7-0123456789ab".into(),
+        instances: None,
         state: "exited".into(),
         ip: None,
     }

@@ -15,7 +15,7 @@ use containerpub_pool::{
     StartKind,
 };
 use containerpub_wire::Manifest;
-use containerpub_wire::api::Route;
+use containerpub_wire::api::{Route, instances_digest};
 use tokio::time::Instant;
 
 /// Longest wait for something the pool does in the background.
@@ -96,6 +96,7 @@ fn owned(id: &str, function: &str, deployment: &str, state: &str) -> Owned {
         function: function.into(),
         deployment: deployment.into(),
         image: format!("img-{deployment}"),
+        instances: None,
         state: state.into(),
         ip: Some([127, 0, 0, 1].into()),
     }
@@ -126,6 +127,42 @@ async fn removes_unknown_leftovers_and_adopts_known_ones() {
     );
     let lease = pool.lease(&known).await.unwrap();
     assert_eq!(lease.instance_id(), "keep");
+    assert_eq!(lease.start_kind(), StartKind::Warm);
+    assert_eq!(fake.starts(), 0, "adopted, not started");
+}
+
+/// `cpub scale` keeps the running instances, labelled with the deployment
+/// they were made for: a restarted proxy adopts them for the later
+/// deployment when its image and everything but the counts are the same,
+/// and removes them when anything else changed.
+#[tokio::test]
+async fn a_restart_adopts_instances_of_an_earlier_deployment_with_only_other_counts() {
+    // The instances answer on the fake's port: every route names it.
+    let fake = FakeRuntime::new().await;
+    let port = fake.addr().unwrap().port();
+    let mut earlier = route("f", 1, 4, 3);
+    earlier.config.port = port;
+    let mut later = route("f", 2, 8, 5);
+    later.config.port = port;
+    later.image = earlier.image.clone();
+    let mut scaled = owned("scaled", "f", "1", "running");
+    scaled.instances = Some(instances_digest(&earlier.config));
+    let mut other_memory = earlier.config.clone();
+    other_memory.resources.memory_mb += 64;
+    let mut resized = owned("resized", "f", "1", "running");
+    resized.instances = Some(instances_digest(&other_memory));
+    // Of an older proxy: no digest, so the deployment id must match.
+    let unlabelled = owned("unlabelled", "f", "1", "running");
+    let fake = Arc::new(
+        fake.with_start_delay(Duration::from_millis(30))
+            .with_leftovers(vec![scaled, resized, unlabelled]),
+    );
+    let pool = pool_on(&fake, std::slice::from_ref(&later)).await;
+    let mut removed = fake.removed();
+    removed.sort();
+    assert_eq!(removed, ["resized", "unlabelled"]);
+    let lease = pool.lease(&later).await.unwrap();
+    assert_eq!(lease.instance_id(), "scaled");
     assert_eq!(lease.start_kind(), StartKind::Warm);
     assert_eq!(fake.starts(), 0, "adopted, not started");
 }
@@ -656,6 +693,27 @@ async fn redeploy_warms_the_new_version_before_draining_the_old() {
     })
     .await;
     assert_eq!(fake.removed(), [old_id]);
+}
+
+/// A database reinstalled under a running proxy numbers its deployments
+/// from 1 again: a route with the id the pool serves but another image is
+/// a new deployment, whose instances replace the old image's.
+#[tokio::test]
+async fn the_same_deployment_id_on_another_image_replaces_the_instances() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let old = route("f", 1, 4, 3);
+    let old_id = pool.lease(&old).await.unwrap().instance_id().to_owned();
+    let mut new = route("f", 1, 4, 3);
+    new.image = "img-1-of-a-new-database".into();
+    pool.sync(std::slice::from_ref(&new));
+    eventually(WITHIN, "the old image's instance is removed", || async {
+        fake.removed() == [old_id.clone()]
+    })
+    .await;
+    let lease = pool.lease(&new).await.unwrap();
+    assert_ne!(lease.instance_id(), old_id);
+    assert_eq!(pool.instances().len(), 1, "{:?}", pool.instances());
 }
 
 #[tokio::test]

@@ -445,6 +445,25 @@ pub fn same_instances(old: &Manifest, new: &Manifest) -> bool {
     probe == *old
 }
 
+/// Names what [`same_instances`] compares, for a label on each instance: 16
+/// hex digits of the SHA-256 of the manifest's JSON with the three counts
+/// zeroed. A restarted proxy adopts a container of an earlier deployment
+/// whose digest is the route's (`cpub scale` keeps running instances, whose
+/// deployment label stays the earlier id). Equal manifests give equal
+/// digests within one version of this crate; a version that serialises
+/// differently only makes digests differ (no adoption by digest), never
+/// match wrongly.
+pub fn instances_digest(manifest: &Manifest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut probe = manifest.clone();
+    probe.scaling.min_instances = 0;
+    probe.scaling.max_instances = 0;
+    probe.scaling.concurrency = 0;
+    let json = serde_json::to_vec(&probe).expect("a manifest serialises");
+    let hex = crate::signing::hex_lower(&Sha256::digest(json).into());
+    String::from_utf8_lossy(&hex[..16]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,5 +535,37 @@ mod tests {
         }
         let long = format!("node={}", "x".repeat(64));
         assert!(parse(&long).unwrap_err().contains("1 to 63"));
+    }
+
+    /// The digest is equal exactly where `same_instances` holds: the three
+    /// counts change nothing, every other field does.
+    #[test]
+    fn the_instances_digest_follows_same_instances() {
+        let base = Manifest::parse(
+            "name = \"f\"\nruntime = \"binary\"\nentrypoint = \"f\"\n[env]\nA = \"1\"\n",
+        )
+        .unwrap();
+        let digest = instances_digest(&base);
+        assert_eq!(digest.len(), 16);
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
+        let mut scaled = base.clone();
+        scaled.scaling.min_instances = 2;
+        scaled.scaling.max_instances = 7;
+        scaled.scaling.concurrency = 3;
+        assert!(same_instances(&base, &scaled));
+        assert_eq!(instances_digest(&scaled), digest);
+        let changes: [fn(&mut Manifest); 5] = [
+            |m| m.resources.memory_mb += 1,
+            |m| m.resources.cpu /= 2.0,
+            |m| drop(m.env.insert("A".into(), "2".into())),
+            |m| m.port += 1,
+            |m| m.scaling.idle_pause_s += 1,
+        ];
+        for change in changes {
+            let mut other = base.clone();
+            change(&mut other);
+            assert!(!same_instances(&base, &other));
+            assert_ne!(instances_digest(&other), digest, "{other:?}");
+        }
     }
 }
