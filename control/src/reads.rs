@@ -23,7 +23,7 @@
 //! as long as its connection.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -57,6 +57,9 @@ pub struct Reads {
 pub struct Read {
     tx: Transaction<'static, Postgres>,
     limits: ReadLimits,
+    /// When the transaction began: a cancelled statement is the time
+    /// limit's only when the read ran that long.
+    began: Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -91,6 +94,7 @@ impl Reads {
             }
         };
         let mut tx = db.begin().await?;
+        let began = Instant::now();
         // SET takes no parameters: a number formatted here.
         let ms = self.limits.timeout.as_millis().max(1);
         sqlx::query("SET TRANSACTION READ ONLY")
@@ -102,6 +106,7 @@ impl Reads {
         Ok(Read {
             tx,
             limits: self.limits,
+            began,
             _permit: permit,
         })
     }
@@ -115,13 +120,22 @@ impl Read {
 
     /// `err` as the caller should see it: a statement stopped at the time
     /// limit is the window's size, said so and blamed on `field` (the
-    /// window's parameter); anything else as usual.
+    /// window's parameter); one cancelled sooner was cancelled on the
+    /// server (`pg_cancel_backend` by an operator, a shutdown): 503, try
+    /// again. The elapsed time tells them apart, not the message, which
+    /// the server's `lc_messages` may translate. Anything else as usual.
     pub fn explain(&self, err: sqlx::Error, field: &str) -> Error {
         let canceled = err
             .as_database_error()
             .and_then(|e| e.code())
             .is_some_and(|code| code == QUERY_CANCELED);
-        if canceled {
+        if canceled && self.began.elapsed() < self.limits.timeout {
+            Error::Unavailable(
+                "the database server cancelled this read before the control plane's time \
+                 limit (an operator or a shutdown); try again"
+                    .into(),
+            )
+        } else if canceled {
             Error::bad_request(
                 field,
                 format!(

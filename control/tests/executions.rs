@@ -1139,7 +1139,8 @@ async fn a_caller_who_hangs_up_leaves_the_permit_taken_until_the_read_ends() {
     // Hung up once PostgreSQL runs the stats query (about 0.8 s; the
     // request is polled meanwhile, so it gets that far).
     let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-                   AND query LIKE '%execution_outcomes%' AND pid <> pg_backend_pid()";
+                   AND query LIKE '%execution_outcomes%' AND datname = current_database() \
+                   AND pid <> pg_backend_pid()";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         assert!(tokio::time::Instant::now() < deadline, "the read never ran");
@@ -1159,6 +1160,39 @@ async fn a_caller_who_hangs_up_leaves_the_permit_taken_until_the_read_ends() {
         "the permit given back once the read ended",
     )
     .await;
+}
+
+/// A read the database server cancels before the time limit (an operator's
+/// `pg_cancel_backend`, a shutdown) is not blamed on the window: 503, try
+/// again.
+#[tokio::test]
+async fn a_read_cancelled_on_the_server_is_not_called_too_large() {
+    let app = support::app_with_reads(
+        64 * 1024,
+        containerpub_control::reads::ReadLimits {
+            concurrency: 1,
+            timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .await;
+    heavy_function(&app).await;
+    let mut request =
+        Box::pin(app.send("GET", "/api/v1/functions/heavy/stats?since=1h", Vec::new()));
+    let cancel = "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
+                  WHERE state = 'active' AND query LIKE '%execution_outcomes%' \
+                  AND datname = current_database() AND pid <> pg_backend_pid()";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (status, body) = loop {
+        assert!(tokio::time::Instant::now() < deadline, "the read never ran");
+        tokio::select! {
+            answer = &mut request => break answer,
+            _ = sqlx::query_scalar::<_, i64>(cancel).fetch_one(app.db()) => {}
+        }
+    };
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("cancelled this read"), "{body}");
+    assert!(!body.contains("since"), "not the window's fault: {body}");
 }
 
 /// Function `heavy` with 400,001 records: one through the ingest (it makes

@@ -183,6 +183,16 @@ async fn lines_outlive_their_instance_and_follow_shows_them_within_a_second() {
     assert!(!out.status.success());
     let out = stack.cpub(&["logs", "no-such-function"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // The function deleted: the follower stops with the reason, it does
+    // not poll on forever.
+    stack.cpub_ok(&["delete", "logs-zero"]);
+    let mut follower = follower;
+    let status = eventually(Duration::from_secs(30), "the follower stops", || {
+        let status = follower.child.try_wait().expect("follower status");
+        async move { status }
+    })
+    .await;
+    assert!(!status.success(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -135,6 +135,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 print_lines(&args.name, &page.lines, args.output)?;
                 cursor = page.next;
             }
+            Err(err) if refused_for_good(&err) => return Err(err.context(what())),
             Err(err) => {
                 failures += 1;
                 if failures == 1 {
@@ -147,6 +148,18 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             }
         }
     }
+}
+
+/// Whether a follower should stop on `err`: the control plane refused the
+/// read for a reason that asking again does not change (the function was
+/// deleted, the token revoked, the query refused). A 408, 429 (every read
+/// permit taken), 5xx or an unreachable control plane pass: it tries again.
+fn refused_for_good(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<crate::client::ApiFailure>())
+        .any(|failure| {
+            failure.status.is_client_error() && !matches!(failure.status.as_u16(), 408 | 429)
+        })
 }
 
 /// Prints `lines` of function `name` (a control plane that predates the
@@ -210,6 +223,25 @@ fn text_line(line: &LogLine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follower_stops_only_on_refusals_that_asking_again_keeps() {
+        let answered = |status: u16| {
+            anyhow::Error::new(crate::client::ApiFailure {
+                status: reqwest::StatusCode::from_u16(status).unwrap(),
+                error: "x".into(),
+                field: None,
+            })
+            .context("cannot read the logs of f")
+        };
+        for status in [400, 401, 403, 404] {
+            assert!(refused_for_good(&answered(status)), "{status}");
+        }
+        for status in [408, 429, 500, 502, 503] {
+            assert!(!refused_for_good(&answered(status)), "{status}");
+        }
+        assert!(!refused_for_good(&anyhow::anyhow!("connection refused")));
+    }
 
     #[test]
     fn ages_parse() {
