@@ -17,6 +17,7 @@ pub mod deploy;
 pub mod elf;
 pub mod error;
 pub mod gc;
+pub mod histogram;
 pub mod history;
 pub mod login_limit;
 pub mod logs;

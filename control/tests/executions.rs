@@ -937,10 +937,16 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
         for (name, count) in counts {
             assert_eq!(row[name], count, "{name}: {row}");
         }
+        // Percentiles come from the total times' buckets (16 per power of
+        // two, `histogram.rs`): within 1/16 of percentile_cont's.
+        for (name, us) in [("p50_ms", f.p50), ("p95_ms", f.p95), ("p99_ms", f.p99)] {
+            let (got, exact) = (row[name].as_f64().unwrap(), us.unwrap() / 1000.0);
+            assert!(
+                (got - exact).abs() <= exact / 16.0 + 0.001,
+                "{name}: {got} against {exact}: {row}"
+            );
+        }
         let times = [
-            ("p50_ms", f.p50),
-            ("p95_ms", f.p95),
-            ("p99_ms", f.p99),
             ("cold_start_ms", f.cold_us),
             ("queue_mean_ms", f.queue_us),
             ("queue_max_ms", f.queue_max.map(|v| v as f64)),
@@ -1193,6 +1199,112 @@ async fn a_read_cancelled_on_the_server_is_not_called_too_large() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("cancelled this read"), "{body}");
     assert!(!body.contains("since"), "not the window's fault: {body}");
+}
+
+/// `histogram::bucket` and the SQL function the stats use for split records
+/// (migration 0019) put every value in the same bucket.
+#[tokio::test]
+async fn the_sql_buckets_are_the_rust_ones() {
+    let app = app().await;
+    let mut values: Vec<i64> = (0..2_100).collect();
+    for shift in 0..63 {
+        let p = 1i64 << shift;
+        values.extend([p - 1, p, p + 1, p + p / 3]);
+    }
+    values.extend([i64::MAX - 1, i64::MAX, 900_000_000, 123_456_789_012]);
+    let got: Vec<(i64, i32)> =
+        sqlx::query_as("SELECT v, execution_total_bucket(v) FROM unnest($1::bigint[]) AS v")
+            .bind(&values)
+            .fetch_all(app.db())
+            .await
+            .unwrap();
+    assert_eq!(got.len(), values.len());
+    for (v, b) in got {
+        let want = containerpub_control::histogram::bucket(v as u64);
+        assert_eq!(b, i32::from(want), "{v}");
+    }
+}
+
+/// A window's stats add up the figures stored with the chunks it holds
+/// whole, and split the records of chunks stored without them (by a control
+/// plane from before migration 0019) into the same figures.
+#[tokio::test]
+async fn stats_add_up_the_chunks_figures_and_split_chunks_without() {
+    let app = app().await;
+    let did = real_function(&app, "summed").await;
+    let mut records: Vec<ExecutionRecord> = (0..50).map(|i| record(i, "summed", did)).collect();
+    for (i, r) in records.iter_mut().enumerate() {
+        r.at_us -= 600_000_000;
+        r.total_us = 1_000 + 40 * i as u64;
+        if i % 10 == 0 {
+            r.status = 503;
+            r.start = Some(StartKind::Cold);
+            r.start_us = 20_000;
+        }
+    }
+    let batch = ExecutionBatch {
+        node: "node-a".into(),
+        batch: "summed-1".into(),
+        records,
+    };
+    let (status, body) = app.ingest(&batch).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let stats = || async {
+        let (code, body) = app
+            .send("GET", "/api/v1/functions/summed/stats?since=1h", Vec::new())
+            .await;
+        assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let mut stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        // The window's start: now, an hour ago.
+        stats["total"].as_object_mut().unwrap().remove("from");
+        stats["total"].clone()
+    };
+    let stored = stats().await;
+    assert_eq!(
+        (
+            &stored["calls"],
+            &stored["status_2xx"],
+            &stored["status_5xx"]
+        ),
+        (
+            &serde_json::json!(50),
+            &serde_json::json!(45),
+            &serde_json::json!(5)
+        ),
+        "{stored}"
+    );
+    assert_eq!(stored["cold_starts"], 5, "{stored}");
+    assert_eq!(stored["cold_start_ms"], 20.0, "{stored}");
+    // Exact: 1,000 + 40 × 24.5 µs; the buckets are 64 µs wide here.
+    let p50 = stored["p50_ms"].as_f64().unwrap();
+    assert!((p50 - 1.98).abs() <= 1.98 / 16.0, "{stored}");
+
+    // The stored figures are what the stats read: changed, they show.
+    sqlx::query(
+        "UPDATE execution_chunks SET n = n + 1000, n_2xx = n_2xx + 1000 \
+         WHERE function = 'summed'",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    let changed = stats().await;
+    assert_eq!(
+        (&changed["calls"], &changed["status_2xx"]),
+        (&serde_json::json!(1050), &serde_json::json!(1045)),
+        "{changed}"
+    );
+    // Without figures the records are split: the same stats as stored.
+    sqlx::query(
+        "UPDATE execution_chunks SET n = n - 1000, n_2xx = NULL, n_3xx = NULL, \
+         n_4xx = NULL, n_5xx = NULL, n_no_answer = NULL, n_rejected = NULL, n_cold = NULL, \
+         n_paused = NULL, n_started = NULL, cold_us_sum = NULL, queue_us_sum = NULL, \
+         queue_us_max = NULL, total_buckets = NULL, total_counts = NULL \
+         WHERE function = 'summed'",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    assert_eq!(stats().await, stored);
 }
 
 /// Function `heavy` with 400,001 records: one through the ingest (it makes

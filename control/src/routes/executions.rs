@@ -34,6 +34,7 @@ use sqlx::PgPool;
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
+use crate::histogram;
 use crate::pgcopy::{self, Spaced, field};
 use crate::reads;
 use crate::routes::check_name;
@@ -150,8 +151,9 @@ async fn ensure_partition(db: &PgPool, day: NaiveDate) -> Result<()> {
     Ok(())
 }
 
-/// Columns of a row of `COPY_STATEMENT`.
-const COPY_COLUMNS: i16 = 22;
+/// Columns of a row of `COPY_STATEMENT`: the records' 22, then the
+/// figures' 14.
+const COPY_COLUMNS: i16 = 36;
 
 /// Whether a call counts as an error in `cpub status`: an answer of 500 or
 /// more, or none (below 100). A chunk stores how many of its records do
@@ -233,12 +235,93 @@ fn copy_chunk(out: &mut Vec<u8>, node: &str, records: &[&ExecutionRecordRef<'_>]
     let errors = records.iter().filter(|r| is_status_error(r.status)).count();
     // At most MAX_BATCH_RECORDS.
     field(out, &(errors as i32).to_be_bytes());
+    Figures::of(records).copy(out);
+}
+
+/// What `cpub stats` needs of a chunk (migration 0019), counted as it is
+/// written: the stats add these up for the chunks a window holds whole.
+struct Figures {
+    /// 2xx, 3xx, 4xx, 5xx, no answer (below 200 or above 599), refused,
+    /// cold, paused, with a start kind.
+    counts: [i32; 9],
+    cold_us_sum: f64,
+    queue_us_sum: f64,
+    queue_us_max: u64,
+    /// Records per total-time bucket (`histogram::bucket`).
+    buckets: Box<[u32; histogram::BUCKETS]>,
+}
+
+impl Figures {
+    fn of(records: &[&ExecutionRecordRef<'_>]) -> Self {
+        let mut f = Self {
+            counts: [0; 9],
+            cold_us_sum: 0.0,
+            queue_us_sum: 0.0,
+            queue_us_max: 0,
+            buckets: Box::new([0; histogram::BUCKETS]),
+        };
+        for r in records {
+            let class = match r.status {
+                200..=299 => 0,
+                300..=399 => 1,
+                400..=499 => 2,
+                500..=599 => 3,
+                _ => 4,
+            };
+            f.counts[class] += 1;
+            f.counts[5] += i32::from(r.rejection.is_some());
+            match r.start {
+                Some(StartKind::Cold) => {
+                    f.counts[6] += 1;
+                    f.cold_us_sum += r.start_us as f64;
+                }
+                Some(StartKind::Paused) => f.counts[7] += 1,
+                _ => {}
+            }
+            if r.start.is_some() {
+                f.counts[8] += 1;
+                f.queue_us_sum += r.queue_us as f64;
+            }
+            f.queue_us_max = f.queue_us_max.max(r.queue_us);
+            f.buckets[usize::from(histogram::bucket(r.total_us))] += 1;
+        }
+        f
+    }
+
+    /// The fields of `FIGURE_COLUMNS`, in order.
+    fn copy(&self, out: &mut Vec<u8>) {
+        for count in self.counts {
+            field(out, &count.to_be_bytes());
+        }
+        field(out, &self.cold_us_sum.to_be_bytes());
+        field(out, &self.queue_us_sum.to_be_bytes());
+        // Validated: fits an i64.
+        field(
+            out,
+            &i64::try_from(self.queue_us_max)
+                .unwrap_or(i64::MAX)
+                .to_be_bytes(),
+        );
+        let counted = || self.buckets.iter().enumerate().filter(|&(_, &n)| n > 0);
+        let mut f = Spaced::start(out);
+        for (b, _) in counted() {
+            f.number(out, b as i64);
+        }
+        f.finish(out);
+        let mut f = Spaced::start(out);
+        for (_, &n) in counted() {
+            f.number(out, i64::from(n));
+        }
+        f.finish(out);
+    }
 }
 
 const COPY_STATEMENT: &str = "COPY execution_chunks (node, function, deployment_id, version, \
      n, min_at, max_at, at_offsets_us, instances, request_ids, trace_ids, methods, statuses, \
      start_kinds, queue_us, start_us, upstream_us, total_us, bytes_in, bytes_out, rejections, \
-     errors) FROM STDIN (FORMAT binary)";
+     errors, n_2xx, n_3xx, n_4xx, n_5xx, n_no_answer, n_rejected, n_cold, n_paused, n_started, \
+     cold_us_sum, queue_us_sum, queue_us_max, total_buckets, total_counts) \
+     FROM STDIN (FORMAT binary)";
 
 /// Most records in one chunk row: a proxy's body holds up to
 /// `MAX_BATCH_RECORDS`, a chunk row half that (what `cpub executions` and

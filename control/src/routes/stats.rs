@@ -5,6 +5,8 @@
 //! function's CPU, memory, OOM kills and restarts as its nodes last
 //! reported them (`resources`, `super::usage`; not bound by `since`).
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
@@ -12,9 +14,9 @@ use containerpub_wire::executions::{Stats, StatsQuery, StatsRow};
 
 use crate::auth::{Action, Caller};
 use crate::error::{Error, Result};
-use crate::reads;
 use crate::routes::executions::{function_id, since_start};
 use crate::state::AppState;
+use crate::{histogram, reads};
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -27,9 +29,6 @@ struct Row {
     s5: i64,
     s0: i64,
     rejected: i64,
-    p50: Option<f64>,
-    p95: Option<f64>,
-    p99: Option<f64>,
     cold: i64,
     paused: i64,
     cold_us: Option<f64>,
@@ -37,40 +36,115 @@ struct Row {
     queue_max_us: Option<i64>,
 }
 
-/// The figures, for the whole window and, with `by`, per bucket, in one
-/// pass over the records (`GROUPING SETS`); `{bucket}` and `{sets}` are
-/// replaced by fixed expressions (never input). It reads the view
-/// `execution_outcomes`, which splits only the fields used here (migration
-/// 0016); a chunk's records are of one UTC day, so one that ends after
-/// `$2` began less than 24 hours before it (a bound for partition pruning;
-/// not `1 day`, which is 23 hours on a daylight-saving day of the session's
-/// time zone).
-const SQL: &str = "SELECT {bucket} AS bucket, count(*) AS calls, \
-       count(*) FILTER (WHERE status BETWEEN 200 AND 299) AS s2, \
-       count(*) FILTER (WHERE status BETWEEN 300 AND 399) AS s3, \
-       count(*) FILTER (WHERE status BETWEEN 400 AND 499) AS s4, \
-       count(*) FILTER (WHERE status BETWEEN 500 AND 599) AS s5, \
-       count(*) FILTER (WHERE status < 200 OR status > 599) AS s0, \
-       count(*) FILTER (WHERE rejection IS NOT NULL) AS rejected, \
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY total_us) AS p50, \
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY total_us) AS p95, \
-       percentile_cont(0.99) WITHIN GROUP (ORDER BY total_us) AS p99, \
-       count(*) FILTER (WHERE start_kind = 'cold') AS cold, \
-       count(*) FILTER (WHERE start_kind = 'paused') AS paused, \
-       (avg(start_us) FILTER (WHERE start_kind = 'cold'))::float8 AS cold_us, \
-       (avg(queue_us) FILTER (WHERE start_kind IS NOT NULL))::float8 AS queue_us, \
-       max(queue_us) AS queue_max_us \
-     FROM execution_outcomes \
-     WHERE function = $1 AND chunk_max_at >= $2 AND at >= $2 \
-       AND chunk_min_at > $2 - interval '24 hours' \
-       AND deployment_id IN (SELECT id FROM deployments WHERE function_id = $3) \
-     GROUP BY GROUPING SETS ({sets}) ORDER BY 1 NULLS FIRST";
+/// Records of a bucket (NULL: of the whole window) whose total time fell in
+/// histogram bucket `b`.
+#[derive(sqlx::FromRow)]
+struct Counted {
+    bucket: Option<DateTime<Utc>>,
+    b: i32,
+    n: i64,
+}
+
+/// The chunks of the window: of the function's deployments (`$3`), ending
+/// at or after `$2`; a chunk's records are of one UTC day, so one that ends
+/// after `$2` began less than 24 hours before it (a bound for partition
+/// pruning; not `1 day`, which is 23 hours on a daylight-saving day of the
+/// session's time zone). `{p}` is the prefix of the chunk's columns.
+const CHUNKS: &str = "function = $1 AND {p}max_at >= $2 \
+     AND {p}min_at > $2 - interval '24 hours' \
+     AND deployment_id IN (SELECT id FROM deployments WHERE function_id = $3)";
+
+/// The chunks whose stored figures answer for them (migration 0019): wholly
+/// in the window and in one bucket (`{same}`). The records of the others
+/// are split (the view `execution_outcomes`).
+const WHOLE: &str = "({p}min_at >= $2 AND {figures} AND {same})";
+
+/// The figures, for the whole window and, with `by`, per bucket
+/// (`GROUPING SETS`): the stored figures of whole chunks and the records of
+/// the others added up. `{…}` are replaced by fixed expressions (never
+/// input).
+const SQL: &str = "SELECT {outer_bucket} AS bucket, \
+       coalesce(sum(calls), 0)::bigint AS calls, coalesce(sum(s2), 0)::bigint AS s2, \
+       coalesce(sum(s3), 0)::bigint AS s3, coalesce(sum(s4), 0)::bigint AS s4, \
+       coalesce(sum(s5), 0)::bigint AS s5, coalesce(sum(s0), 0)::bigint AS s0, \
+       coalesce(sum(rejected), 0)::bigint AS rejected, \
+       coalesce(sum(cold), 0)::bigint AS cold, coalesce(sum(paused), 0)::bigint AS paused, \
+       (sum(cold_us) / nullif(sum(cold), 0))::float8 AS cold_us, \
+       (sum(queue_us) / nullif(sum(started), 0))::float8 AS queue_us, \
+       max(queue_max) AS queue_max_us \
+     FROM ( \
+       SELECT {bucket_min} AS bucket, n::bigint AS calls, n_2xx AS s2, n_3xx AS s3, \
+              n_4xx AS s4, n_5xx AS s5, n_no_answer AS s0, n_rejected AS rejected, \
+              n_cold AS cold, n_paused AS paused, n_started AS started, \
+              cold_us_sum AS cold_us, queue_us_sum AS queue_us, queue_us_max AS queue_max \
+       FROM execution_chunks WHERE {chunks} AND {whole} \
+       UNION ALL \
+       SELECT {bucket_at}, 1, (status BETWEEN 200 AND 299)::int, \
+              (status BETWEEN 300 AND 399)::int, (status BETWEEN 400 AND 499)::int, \
+              (status BETWEEN 500 AND 599)::int, (status < 200 OR status > 599)::int, \
+              (rejection IS NOT NULL)::int, (start_kind = 'cold')::int, \
+              (start_kind = 'paused')::int, (start_kind IS NOT NULL)::int, \
+              CASE WHEN start_kind = 'cold' THEN start_us END::float8, \
+              CASE WHEN start_kind IS NOT NULL THEN queue_us END::float8, queue_us \
+       FROM execution_outcomes WHERE {outcomes} AND at >= $2 AND NOT {whole_outcomes} \
+     ) x GROUP BY GROUPING SETS ({sets}) ORDER BY 1 NULLS FIRST";
+
+/// The total times' histogram, for the whole window and per bucket, from
+/// the same chunks and records as `SQL`.
+const HISTOGRAM_SQL: &str = "SELECT {outer_bucket} AS bucket, b, sum(n)::bigint AS n FROM ( \
+       SELECT {bucket_min} AS bucket, h.b, h.n \
+       FROM execution_chunks, \
+            unnest(execution_chunk_field(total_buckets)::integer[], \
+                   execution_chunk_field(total_counts)::bigint[]) AS h(b, n) \
+       WHERE {chunks} AND {whole} \
+       UNION ALL \
+       SELECT {bucket_at}, execution_total_bucket(total_us), 1 \
+       FROM execution_outcomes WHERE {outcomes} AND at >= $2 AND NOT {whole_outcomes} \
+     ) x GROUP BY GROUPING SETS ({histogram_sets}) ORDER BY 1 NULLS FIRST, 2";
+
+/// `sql` with its `{…}` filled in for buckets of `unit` (`minute`, `hour`;
+/// `None`: the whole window only).
+fn statement(sql: &str, unit: Option<&str>) -> String {
+    let trunc = |column: &str| match unit {
+        Some(unit) => format!("date_trunc('{unit}', {column})"),
+        None => "NULL::timestamptz".to_owned(),
+    };
+    let whole = |p: &str, figures: &str| {
+        let same = match unit {
+            Some(_) => format!(
+                "{} = {}",
+                trunc(&format!("{p}min_at")),
+                trunc(&format!("{p}max_at"))
+            ),
+            None => "true".to_owned(),
+        };
+        WHOLE
+            .replace("{p}", p)
+            .replace("{figures}", figures)
+            .replace("{same}", &same)
+    };
+    // Without buckets, the whole window is the only grouping set, and its
+    // bucket NULL.
+    let (outer_bucket, sets, histogram_sets) = match unit {
+        Some(_) => ("bucket", "(), (bucket)", "(b), (bucket, b)"),
+        None => ("NULL::timestamptz", "()", "(b)"),
+    };
+    sql.replace("{chunks}", &CHUNKS.replace("{p}", ""))
+        .replace("{outcomes}", &CHUNKS.replace("{p}", "chunk_"))
+        .replace("{whole}", &whole("", "n_2xx IS NOT NULL"))
+        .replace("{whole_outcomes}", &whole("chunk_", "chunk_figures"))
+        .replace("{bucket_min}", &trunc("min_at"))
+        .replace("{bucket_at}", &trunc("at"))
+        .replace("{outer_bucket}", outer_bucket)
+        .replace("{sets}", sets)
+        .replace("{histogram_sets}", histogram_sets)
+}
 
 fn ms(us: Option<f64>) -> Option<f64> {
     us.map(|v| (v / 1000.0 * 1000.0).round() / 1000.0)
 }
 
-fn to_row(r: Row, since: DateTime<Utc>) -> StatsRow {
+fn to_row(r: Row, since: DateTime<Utc>, counted: &[(u16, u64)]) -> StatsRow {
     let n = |v: i64| u64::try_from(v).unwrap_or(0);
     let calls = n(r.calls);
     StatsRow {
@@ -82,9 +156,9 @@ fn to_row(r: Row, since: DateTime<Utc>) -> StatsRow {
         status_5xx: n(r.s5),
         no_answer: n(r.s0),
         rejected: n(r.rejected),
-        p50_ms: ms(r.p50),
-        p95_ms: ms(r.p95),
-        p99_ms: ms(r.p99),
+        p50_ms: ms(histogram::quantile(counted, 0.5)),
+        p95_ms: ms(histogram::quantile(counted, 0.95)),
+        p99_ms: ms(histogram::quantile(counted, 0.99)),
         cold_starts: n(r.cold),
         paused_starts: n(r.paused),
         cold_start_share: if calls == 0 {
@@ -108,10 +182,9 @@ pub async fn stats(
     caller.require(Action::ReadFunctions, None)?;
     let id = function_id(&state.db, &name).await?;
     let since = since_start(q.since.as_deref())?;
-    let bucket = match q.by.as_deref() {
+    let unit = match q.by.as_deref() {
         None => None,
-        Some("minute") => Some("date_trunc('minute', at)"),
-        Some("hour") => Some("date_trunc('hour', at)"),
+        Some(unit @ ("minute" | "hour")) => Some(unit),
         Some(other) => {
             return Err(Error::bad_request(
                 "by",
@@ -119,40 +192,47 @@ pub async fn stats(
             ));
         }
     };
-    // The whole window is the grouping set (), whose bucket is NULL; a
-    // bucket of records is never NULL (every record has a time).
-    let sql = match bucket {
-        None => SQL
-            .replace("{bucket}", "NULL::timestamptz")
-            .replace("{sets}", "()"),
-        Some(expr) => SQL
-            .replace("{bucket}", expr)
-            .replace("{sets}", &format!("(), ({expr})")),
-    };
+    let (sql, histogram_sql) = (statement(SQL, unit), statement(HISTOGRAM_SQL, unit));
     // The permit here (a caller who hangs up while queued takes none), the
     // read in a task of its own (one who hangs up later does not stop it).
     let mut read = state.reads.begin(&state.db).await?;
     let function = name.clone();
-    let found: Vec<Row> = reads::detached(async move {
-        sqlx::query_as(&sql)
+    let (found, counted): (Vec<Row>, Vec<Counted>) = reads::detached(async move {
+        let found = sqlx::query_as(&sql)
             .bind(&function)
             .bind(since)
             .bind(id)
             .fetch_all(read.conn())
             .await
-            .map_err(|e| read.explain(e, "since"))
+            .map_err(|e| read.explain(e, "since"))?;
+        let counted = sqlx::query_as(&histogram_sql)
+            .bind(&function)
+            .bind(since)
+            .bind(id)
+            .fetch_all(read.conn())
+            .await
+            .map_err(|e| read.explain(e, "since"))?;
+        Ok((found, counted))
     })
     .await?;
+    // Ordered by bucket, then histogram bucket: each run is one row's.
+    let mut histograms: HashMap<Option<DateTime<Utc>>, Vec<(u16, u64)>> = HashMap::new();
+    for c in counted {
+        if let (Ok(b), Ok(n)) = (u16::try_from(c.b), u64::try_from(c.n)) {
+            histograms.entry(c.bucket).or_default().push((b, n));
+        }
+    }
     let mut total = StatsRow {
         from: since,
         ..StatsRow::default()
     };
     let mut rows = Vec::new();
     for row in found {
+        let counted = histograms.get(&row.bucket).map_or(&[][..], Vec::as_slice);
         if row.bucket.is_none() {
-            total = to_row(row, since);
+            total = to_row(row, since, counted);
         } else {
-            rows.push(to_row(row, since));
+            rows.push(to_row(row, since, counted));
         }
     }
     let usage = super::usage::of_function(&name);
