@@ -195,6 +195,50 @@ async fn lines_outlive_their_instance_and_follow_shows_them_within_a_second() {
     assert!(!status.success(), "{status}");
 }
 
+/// `cpub scale` keeps the running instance and moves it to the new version:
+/// what it prints afterwards is that version's (the control plane drops
+/// lines of deployments it no longer has, and retention removes the old
+/// one after ten more versions).
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_of_an_instance_scale_kept_carry_the_version_it_serves() {
+    let _images = RemoveImages::of(&["logs-scaled"]);
+    let stack = Stack::start(&[]).await.expect("stack");
+    let url = stack.deploy("chatty", "logs-scaled", "\n[scaling]\nmin_instances = 1\n");
+    let client = reqwest::Client::new();
+    let call = |tag: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let r = client
+                .get(format!("{url}print?n=1&tag={tag}"))
+                .send()
+                .await
+                .expect("call");
+            assert_eq!(r.status(), 200);
+        }
+    };
+    call("before").await;
+    let said = stack.cpub_ok(&["scale", "logs-scaled", "--max", "3"]);
+    assert!(said.contains("v2 active"), "{said}");
+    call("after").await;
+    let lines = eventually(Duration::from_secs(10), "both lines stored", || {
+        let lines = logs(&stack, "logs-scaled", &["--tail", "1000"]);
+        async move {
+            let texts: Vec<String> = lines.iter().map(|l| l.line.clone()).collect();
+            (texts.contains(&"before 1".to_owned()) && texts.contains(&"after 1".to_owned()))
+                .then_some(lines)
+        }
+    })
+    .await;
+    let version = |text: &str| lines.iter().find(|l| l.line == text).map(|l| l.version);
+    assert_eq!(version("before 1"), Some(1));
+    assert_eq!(version("after 1"), Some(2), "{:?}", texts(&lines));
+    assert_eq!(
+        stack.containers(Some("logs-scaled")).len(),
+        1,
+        "kept, not replaced"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_over_the_rate_limit_are_counted_and_reported() {
     let _images = RemoveImages::of(&["logs-rate"]);

@@ -1,6 +1,8 @@
 //! Adoption at start-up: the running or paused containers this node owns
-//! whose deployment is routed join the pool (running ones must pass a
-//! readiness probe); every other container the node owns is removed, after
+//! that may serve a route as they are (its function and image, and its
+//! deployment or `cpub.instances` digest: [`serves`]) join the pool
+//! (running ones must pass a readiness probe); every other container the
+//! node owns is removed, after
 //! the log lines the previous proxy had not shipped are read from its file
 //! when logs are captured (`LogHub::open_before_removal`: opened before,
 //! read to its end after).
@@ -29,7 +31,7 @@ fn serves(route: &Route, c: &Owned) -> bool {
     route.function == c.function
         && route.image == c.image
         && (route.deployment_id.to_string() == c.deployment
-            || c.instances.as_deref() == Some(&*instances_digest(&route.config)))
+            || c.instances.as_deref() == Some(&*instances_digest(route)))
 }
 
 impl Inner {

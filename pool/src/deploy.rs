@@ -103,6 +103,9 @@ impl Inner {
         // proxy, its deployment 1 is not the old database's.
         if active.serving() == route.deployment_id && active.route.image == route.image {
             drop(functions);
+            // A secret set or unset: the instances started from now on get
+            // it (the running ones keep theirs until a deploy).
+            active.follow_secrets(route);
             self.ensure_min(&active);
             return slot;
         }

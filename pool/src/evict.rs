@@ -94,7 +94,7 @@ impl Inner {
             }
             // Never below min_instances (the count may have changed since
             // the candidates were listed).
-            let min = c.set.route.config.scaling.min_instances as usize;
+            let min = c.set.min_instances() as usize;
             if c.set.live() <= min {
                 continue;
             }
@@ -163,7 +163,7 @@ impl Inner {
                 if set.retired.load(Ordering::Acquire) {
                     continue;
                 }
-                let min = set.route.config.scaling.min_instances as usize;
+                let min = set.min_instances() as usize;
                 let instances = set.instances();
                 let live = instances
                     .iter()

@@ -103,7 +103,7 @@ impl Lease {
     /// call at a time and whose logs are captured, the lines it prints
     /// until the lease is dropped carry `request_id` (`logs.rs`).
     pub fn note_call(&mut self, request_id: &str) {
-        if self.set.route.config.scaling.concurrency == 1 && !self.journaled {
+        if self.set.concurrency() == 1 && !self.journaled {
             self.journaled = self.instance.calls.begin(request_id);
         }
     }

@@ -145,7 +145,7 @@ impl Inner {
     /// caller that goes away cannot leave a container behind.
     async fn run_start(self: &Arc<Self>, set: &Arc<InstanceSet>) {
         set.publish();
-        let route = &set.route;
+        let route = &set.start_route();
         let function = route.function.as_str();
         let began = Instant::now();
         // A call waits for this start and nothing else could serve it.

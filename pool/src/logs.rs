@@ -300,7 +300,11 @@ impl std::fmt::Debug for LogHub {
 pub(crate) struct Follow {
     pub(crate) id: String,
     pub(crate) function: Arc<str>,
-    pub(crate) deployment_id: i64,
+    /// The deployment its set serves (`InstanceSet::serving`), read as each
+    /// line is shipped: `cpub scale` moves running instances to a later
+    /// deployment, and the control plane drops lines of deployments it no
+    /// longer has.
+    pub(crate) deployment: Arc<std::sync::atomic::AtomicI64>,
     /// The instance's call journal when it serves one call at a time.
     pub(crate) journal: Option<Arc<CallJournal>>,
     /// An instance that ran before this proxy (adopted): read from the
@@ -399,7 +403,7 @@ impl LogHub {
         let follow = Follow {
             id: id.to_owned(),
             function: Arc::from(function),
-            deployment_id: 0,
+            deployment: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             journal: None,
             adopted: false,
         };
@@ -1181,7 +1185,7 @@ async fn tail(hub: &LogHub, path: &Path, follow: &Follow, offsets: Option<&Arc<O
         };
         hub.push(
             &follow.function,
-            follow.deployment_id,
+            follow.deployment.load(std::sync::atomic::Ordering::Acquire),
             &instance,
             id.as_ref(),
             source(ino),
@@ -1633,7 +1637,7 @@ mod tests {
         Follow {
             id: CTR.into(),
             function: Arc::from("logs-unit-resume"),
-            deployment_id: 1,
+            deployment: Arc::new(std::sync::atomic::AtomicI64::new(1)),
             journal: None,
             adopted,
         }

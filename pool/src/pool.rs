@@ -82,14 +82,13 @@ impl Inner {
     /// (`crate::logs::offsets`).
     pub(crate) fn follow_logs(&self, set: &InstanceSet, instance: &Instance, adopted: bool) {
         let Some(hub) = self.logs.get() else { return };
-        let journal =
-            (set.route.config.scaling.concurrency == 1).then(|| Arc::clone(&instance.calls));
+        let journal = (set.concurrency() == 1).then(|| Arc::clone(&instance.calls));
         hub.follow(
             Arc::clone(&self.runtime),
             crate::logs::Follow {
                 id: instance.id.clone(),
                 function: Arc::from(set.route.function.as_str()),
-                deployment_id: set.route.deployment_id,
+                deployment: set.serving_handle(),
                 journal,
                 adopted,
             },

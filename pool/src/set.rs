@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use containerpub_wire::api::Route;
+use containerpub_wire::private::SecretVar;
 use prometheus::{Histogram, IntGauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -33,8 +34,13 @@ pub(crate) struct InstanceSet {
     max: AtomicU32,
     concurrency: AtomicU32,
     /// The deployment the set serves: `route`'s, or a later one that
-    /// differs only in `[scaling]` (issue 13: `cpub scale`).
-    serving: AtomicI64,
+    /// differs only in `[scaling]` (issue 13: `cpub scale`). Shared with
+    /// the log followers of its instances, whose lines carry it.
+    serving: Arc<AtomicI64>,
+    /// The function's secrets as the latest route names them: a secret
+    /// set or unset changes the route, not the deployment, and instances
+    /// started after it get it (README, "Secrets").
+    secrets: ArcSwap<Vec<SecretVar>>,
     /// The list, read on every lease without a lock; replaced (under
     /// `edit`) when an instance joins or leaves.
     instances: ArcSwap<Vec<Arc<Instance>>>,
@@ -80,7 +86,8 @@ impl InstanceSet {
             min: AtomicU32::new(route.config.scaling.min_instances),
             max: AtomicU32::new(route.config.scaling.max_instances),
             concurrency: AtomicU32::new(route.config.scaling.concurrency),
-            serving: AtomicI64::new(route.deployment_id),
+            serving: Arc::new(AtomicI64::new(route.deployment_id)),
+            secrets: ArcSwap::from_pointee(route.secrets.clone()),
             route,
             instances: ArcSwap::from_pointee(Vec::new()),
             edit: Mutex::new(()),
@@ -127,6 +134,35 @@ impl InstanceSet {
         self.max.store(s.max_instances, Ordering::Relaxed);
         self.concurrency.store(s.concurrency, Ordering::Relaxed);
         self.serving.store(route.deployment_id, Ordering::Release);
+        self.follow_secrets(route);
+    }
+
+    /// Takes `route`'s secrets (a later route of the deployment the set
+    /// serves) for the instances started from now on.
+    pub(crate) fn follow_secrets(&self, route: &Route) {
+        if **self.secrets.load() != route.secrets {
+            self.secrets.store(Arc::new(route.secrets.clone()));
+        }
+    }
+
+    /// The route a new instance starts from: the set's, with the
+    /// deployment it serves, the counts in force and the latest secrets
+    /// (so its labels name what it is: `spec.rs`).
+    pub(crate) fn start_route(&self) -> Route {
+        let mut route = self.route.clone();
+        route.deployment_id = self.serving();
+        let s = &mut route.config.scaling;
+        s.min_instances = self.min_instances();
+        s.max_instances = self.max_instances();
+        s.concurrency = self.concurrency();
+        route.secrets = (**self.secrets.load()).clone();
+        route
+    }
+
+    /// The deployment the set serves, as its instances' log followers read
+    /// it when they ship a line.
+    pub(crate) fn serving_handle(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.serving)
     }
 
     /// The current list (a snapshot: it does not change under the caller).

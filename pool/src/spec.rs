@@ -62,7 +62,7 @@ pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec
             ),
             (
                 labels::INSTANCES.to_owned(),
-                containerpub_wire::api::instances_digest(cfg),
+                containerpub_wire::api::instances_digest(route),
             ),
         ]),
         env,
@@ -179,7 +179,7 @@ mod tests {
         assert_eq!(s.labels["cpub.deployment"], "7");
         assert_eq!(
             s.labels["cpub.instances"],
-            containerpub_wire::api::instances_digest(&route.config)
+            containerpub_wire::api::instances_digest(&route)
         );
         assert_eq!(s.labels["cpub.node"], "n1");
         assert!(s.networks.contains_key("cpub"));

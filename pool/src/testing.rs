@@ -56,6 +56,8 @@ pub struct FakeRuntime {
     crash_starts: AtomicBool,
     silent_deaths: AtomicBool,
     starts: AtomicUsize,
+    /// The routes of the starts that succeeded, in order.
+    started: Mutex<Vec<Route>>,
     removed: Mutex<Vec<String>>,
     paused: Mutex<Vec<String>>,
     resumed: Mutex<Vec<String>>,
@@ -109,6 +111,7 @@ impl FakeRuntime {
             crash_starts: AtomicBool::new(false),
             silent_deaths: AtomicBool::new(false),
             starts: AtomicUsize::new(0),
+            started: Mutex::default(),
             removed: Mutex::default(),
             paused: Mutex::default(),
             resumed: Mutex::default(),
@@ -206,6 +209,12 @@ impl FakeRuntime {
         self.starts.load(Ordering::SeqCst)
     }
 
+    /// The route each start that made a container was given (what its
+    /// spec, labels and environment came from), in order.
+    pub fn started_routes(&self) -> Vec<Route> {
+        self.started.lock().expect("started lock").clone()
+    }
+
     pub fn removed(&self) -> Vec<String> {
         self.removed.lock().expect("removed lock").clone()
     }
@@ -262,6 +271,10 @@ impl ContainerRuntime for FakeRuntime {
             });
         }
         let n = self.starts.fetch_add(1, Ordering::SeqCst);
+        self.started
+            .lock()
+            .expect("started lock")
+            .push(route.clone());
         let id = format!("{}-{}-{n}", route.function, route.deployment_id);
         if self.crash_starts.load(Ordering::SeqCst) {
             self.set_exit(

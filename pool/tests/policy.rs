@@ -16,6 +16,7 @@ use containerpub_pool::{
 };
 use containerpub_wire::Manifest;
 use containerpub_wire::api::{Route, instances_digest};
+use containerpub_wire::private::{SecretValue, SecretVar};
 use tokio::time::Instant;
 
 /// Longest wait for something the pool does in the background.
@@ -146,9 +147,9 @@ async fn a_restart_adopts_instances_of_an_earlier_deployment_with_only_other_cou
     later.config.port = port;
     later.image = earlier.image.clone();
     let mut scaled = owned("scaled", "f", "1", "running");
-    scaled.instances = Some(instances_digest(&earlier.config));
-    let mut other_memory = earlier.config.clone();
-    other_memory.resources.memory_mb += 64;
+    scaled.instances = Some(instances_digest(&earlier));
+    let mut other_memory = earlier.clone();
+    other_memory.config.resources.memory_mb += 64;
     let mut resized = owned("resized", "f", "1", "running");
     resized.instances = Some(instances_digest(&other_memory));
     // Of an older proxy: no digest, so the deployment id must match.
@@ -161,6 +162,20 @@ async fn a_restart_adopts_instances_of_an_earlier_deployment_with_only_other_cou
     let mut removed = fake.removed();
     removed.sort();
     assert_eq!(removed, ["resized", "unlabelled"]);
+    // A secret set since: the instance started without it is removed.
+    let fake_secret = FakeRuntime::new().await;
+    let mut without = later.clone();
+    without.config.port = fake_secret.addr().unwrap().port();
+    let mut before_secret = owned("before-secret", "f", "1", "running");
+    before_secret.instances = Some(instances_digest(&without));
+    let mut secret = without.clone();
+    secret.secrets.push(SecretVar {
+        name: "TOKEN".into(),
+        value: SecretValue("rotated".into()),
+    });
+    let fake_secret = Arc::new(fake_secret.with_leftovers(vec![before_secret]));
+    let _other = pool_on(&fake_secret, std::slice::from_ref(&secret)).await;
+    assert_eq!(fake_secret.removed(), ["before-secret"]);
     let lease = pool.lease(&later).await.unwrap();
     assert_eq!(lease.instance_id(), "scaled");
     assert_eq!(lease.start_kind(), StartKind::Warm);
@@ -693,6 +708,50 @@ async fn redeploy_warms_the_new_version_before_draining_the_old() {
     })
     .await;
     assert_eq!(fake.removed(), [old_id]);
+}
+
+/// An instance starts from the route in force: after a secret change (the
+/// same deployment) with the new secret, after `cpub scale` (a later
+/// deployment, kept in place) with that deployment and its counts, which
+/// its labels and its log lines then name.
+#[tokio::test]
+async fn instances_start_from_the_secrets_and_counts_in_force() {
+    let fake = fake().await;
+    let pool = pool(&fake).await;
+    let v1 = route("f", 1, 1, 4);
+    pool.sync(std::slice::from_ref(&v1));
+    let first = pool.lease(&v1).await.unwrap();
+    // `cpub secret set f TOKEN`: a new route of the same deployment.
+    let mut with_secret = v1.clone();
+    with_secret.secrets.push(SecretVar {
+        name: "TOKEN".into(),
+        value: SecretValue("s3".into()),
+    });
+    pool.sync(std::slice::from_ref(&with_secret));
+    let second = pool.lease(&with_secret).await.unwrap();
+    // `cpub scale f --concurrency 1 --max 5`: version 2 on the same image.
+    let mut v2 = route("f", 2, 1, 5);
+    v2.image = v1.image.clone();
+    v2.secrets = with_secret.secrets.clone();
+    pool.sync(std::slice::from_ref(&v2));
+    let third = pool.lease(&v2).await.unwrap();
+    let started = fake.started_routes();
+    assert_eq!(started.len(), 3, "one instance per held lease");
+    assert!(started[0].secrets.is_empty());
+    assert_eq!(
+        started[1].secrets, with_secret.secrets,
+        "the secret set since"
+    );
+    assert_eq!(started[1].deployment_id, 1);
+    assert_eq!(started[2].deployment_id, 2, "the deployment it serves");
+    assert_eq!(started[2].config.scaling.max_instances, 5);
+    assert_eq!(started[2].secrets, with_secret.secrets);
+    assert_eq!(
+        instances_digest(&started[2]),
+        instances_digest(&v2),
+        "a restart adopts it for v2"
+    );
+    drop((first, second, third));
 }
 
 /// A database reinstalled under a running proxy numbers its deployments

@@ -445,21 +445,28 @@ pub fn same_instances(old: &Manifest, new: &Manifest) -> bool {
     probe == *old
 }
 
-/// Names what [`same_instances`] compares, for a label on each instance: 16
-/// hex digits of the SHA-256 of the manifest's JSON with the three counts
-/// zeroed. A restarted proxy adopts a container of an earlier deployment
-/// whose digest is the route's (`cpub scale` keeps running instances, whose
-/// deployment label stays the earlier id). Equal manifests give equal
-/// digests within one version of this crate; a version that serialises
-/// differently only makes digests differ (no adoption by digest), never
-/// match wrongly.
-pub fn instances_digest(manifest: &Manifest) -> String {
+/// Names what an instance of `route` is made of besides its image, for a
+/// label on each instance: 16 hex digits of the SHA-256 of the JSON of the
+/// manifest with the three counts zeroed (what [`same_instances`] compares)
+/// and of the secrets by name (they are in its environment too). A
+/// restarted proxy adopts a container of an earlier deployment whose
+/// digest is the route's (`cpub scale` keeps running instances, whose
+/// deployment label stays the earlier id); one started before a secret
+/// changed has another digest. Equal routes give equal digests within one
+/// version of this crate; a version that serialises differently only makes
+/// digests differ (no adoption by digest), never match wrongly.
+pub fn instances_digest(route: &Route) -> String {
     use sha2::{Digest, Sha256};
-    let mut probe = manifest.clone();
+    let mut probe = route.config.clone();
     probe.scaling.min_instances = 0;
     probe.scaling.max_instances = 0;
     probe.scaling.concurrency = 0;
-    let json = serde_json::to_vec(&probe).expect("a manifest serialises");
+    let secrets: std::collections::BTreeMap<&str, &str> = route
+        .secrets
+        .iter()
+        .map(|s| (s.name.as_str(), s.value.0.as_str()))
+        .collect();
+    let json = serde_json::to_vec(&(probe, secrets)).expect("a manifest serialises");
     let hex = crate::signing::hex_lower(&Sha256::digest(json).into());
     String::from_utf8_lossy(&hex[..16]).into_owned()
 }
@@ -541,30 +548,48 @@ mod tests {
     /// counts change nothing, every other field does.
     #[test]
     fn the_instances_digest_follows_same_instances() {
-        let base = Manifest::parse(
-            "name = \"f\"\nruntime = \"binary\"\nentrypoint = \"f\"\n[env]\nA = \"1\"\n",
-        )
-        .unwrap();
+        use crate::private::{SecretValue, SecretVar};
+        let secret = |name: &str, value: &str| SecretVar {
+            name: name.into(),
+            value: SecretValue(value.into()),
+        };
+        let base = Route {
+            function: "f".into(),
+            deployment_id: 1,
+            version: 1,
+            image: "img".into(),
+            config: Manifest::parse(
+                "name = \"f\"\nruntime = \"binary\"\nentrypoint = \"f\"\n[env]\nA = \"1\"\n",
+            )
+            .unwrap(),
+            keys: Vec::new(),
+            secrets: vec![secret("S", "1"), secret("T", "2")],
+            signing_keys: Vec::new(),
+        };
         let digest = instances_digest(&base);
         assert_eq!(digest.len(), 16);
         assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
+        // The counts, the deployment, the secrets' order: the same.
         let mut scaled = base.clone();
-        scaled.scaling.min_instances = 2;
-        scaled.scaling.max_instances = 7;
-        scaled.scaling.concurrency = 3;
-        assert!(same_instances(&base, &scaled));
+        scaled.deployment_id = 2;
+        scaled.config.scaling.min_instances = 2;
+        scaled.config.scaling.max_instances = 7;
+        scaled.config.scaling.concurrency = 3;
+        scaled.secrets.reverse();
+        assert!(same_instances(&base.config, &scaled.config));
         assert_eq!(instances_digest(&scaled), digest);
-        let changes: [fn(&mut Manifest); 5] = [
-            |m| m.resources.memory_mb += 1,
-            |m| m.resources.cpu /= 2.0,
-            |m| drop(m.env.insert("A".into(), "2".into())),
-            |m| m.port += 1,
-            |m| m.scaling.idle_pause_s += 1,
+        let changes: [fn(&mut Route); 7] = [
+            |r| r.config.resources.memory_mb += 1,
+            |r| r.config.resources.cpu /= 2.0,
+            |r| drop(r.config.env.insert("A".into(), "2".into())),
+            |r| r.config.port += 1,
+            |r| r.config.scaling.idle_pause_s += 1,
+            |r| r.secrets[0].value = SecretValue("rotated".into()),
+            |r| drop(r.secrets.pop()),
         ];
         for change in changes {
             let mut other = base.clone();
             change(&mut other);
-            assert!(!same_instances(&base, &other));
             assert_ne!(instances_digest(&other), digest, "{other:?}");
         }
     }
