@@ -38,6 +38,9 @@ pub struct ApiFailure {
     pub status: StatusCode,
     pub error: String,
     pub field: Option<String>,
+    /// The body was the control plane's error form (`{"error": …}`), not a
+    /// page of something in front of it (a proxy, a load balancer).
+    pub from_api: bool,
 }
 
 impl fmt::Display for ApiFailure {
@@ -62,6 +65,7 @@ impl ApiFailure {
                 status,
                 error: api.error,
                 field: api.field,
+                from_api: true,
             },
             Err(_) => {
                 let text = body.trim();
@@ -74,6 +78,7 @@ impl ApiFailure {
                     status,
                     error,
                     field: None,
+                    from_api: false,
                 }
             }
         }
@@ -531,11 +536,13 @@ impl Client {
                     status,
                     error: api.error,
                     field: api.field,
+                    from_api: true,
                 },
                 Err(err) => ApiFailure {
                     status,
                     error: format!("unexpected deploy answer ({err}): {}", text.trim()),
                     field: None,
+                    from_api: false,
                 },
             };
             return Err(failure.into());
@@ -578,6 +585,7 @@ mod tests {
             status: StatusCode::BAD_REQUEST,
             error: "must be between 1 and 1000, got 0".into(),
             field: Some("scaling.max_instances".into()),
+            from_api: true,
         };
         assert_eq!(
             failure.to_string(),
@@ -662,6 +670,7 @@ mod tests {
             status: StatusCode::UNAUTHORIZED,
             error: "invalid token".into(),
             field: None,
+            from_api: true,
         })
         .context("listing functions");
         assert!(hint_for(&err).unwrap().contains("cpub login"));

@@ -35,8 +35,12 @@ use crate::error::{Error, Result};
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 /// SQLSTATE `query_canceled`: what a statement stopped by
-/// `statement_timeout` fails with.
+/// `statement_timeout` fails with (and one cancelled by an operator).
 const QUERY_CANCELED: &str = "57014";
+
+/// SQLSTATEs of a backend the server ends: `admin_shutdown`,
+/// `crash_shutdown`, `cannot_connect_now`.
+const SERVER_ENDED: [&str; 3] = ["57P01", "57P02", "57P03"];
 
 /// How many reads run at once, and how long a statement of one may run.
 #[derive(Debug, Clone, Copy)]
@@ -57,8 +61,9 @@ pub struct Reads {
 pub struct Read {
     tx: Transaction<'static, Postgres>,
     limits: ReadLimits,
-    /// When the transaction began: a cancelled statement is the time
-    /// limit's only when the read ran that long.
+    /// When the read last took its connection (about when its statement
+    /// began): a cancelled statement is the time limit's only when it ran
+    /// that long.
     began: Instant,
     _permit: OwnedSemaphorePermit,
 }
@@ -113,40 +118,46 @@ impl Reads {
 }
 
 impl Read {
-    /// The connection to run the read's queries on.
+    /// The connection to run the read's next queries on.
     pub fn conn(&mut self) -> &mut PgConnection {
+        self.began = Instant::now();
         &mut self.tx
     }
 
     /// `err` as the caller should see it: a statement stopped at the time
     /// limit is the window's size, said so and blamed on `field` (the
-    /// window's parameter); one cancelled sooner was cancelled on the
-    /// server (`pg_cancel_backend` by an operator, a shutdown): 503, try
-    /// again. The elapsed time tells them apart, not the message, which
-    /// the server's `lc_messages` may translate. Anything else as usual.
-    pub fn explain(&self, err: sqlx::Error, field: &str) -> Error {
-        let canceled = err
-            .as_database_error()
-            .and_then(|e| e.code())
-            .is_some_and(|code| code == QUERY_CANCELED);
-        if canceled && self.began.elapsed() < self.limits.timeout {
-            Error::Unavailable(
-                "the database server cancelled this read before the control plane's time \
-                 limit (an operator or a shutdown); try again"
-                    .into(),
-            )
-        } else if canceled {
-            Error::bad_request(
+    /// window's parameter; `None`: the read has no window to blame, such as
+    /// a follower's next lines, and the database was slow: 503, try again).
+    /// A statement cancelled sooner (an operator's `pg_cancel_backend`), or
+    /// a backend the server ended (a shutdown), is 503 too. The elapsed
+    /// time tells a cancel from the time limit, not the message, which the
+    /// server's `lc_messages` may translate. Anything else as usual.
+    pub fn explain(&self, err: sqlx::Error, field: Option<&str>) -> Error {
+        let code = err.as_database_error().and_then(|e| e.code());
+        let canceled = code.as_deref() == Some(QUERY_CANCELED);
+        let ended = code.as_deref().is_some_and(|c| SERVER_ENDED.contains(&c));
+        let limit = self.limits.timeout.as_secs_f64();
+        match field {
+            _ if ended || (canceled && self.began.elapsed() < self.limits.timeout) => {
+                Error::Unavailable(
+                    "the database server cancelled or ended this read (an operator, or a \
+                     restart); try again"
+                        .into(),
+                )
+            }
+            Some(field) if canceled => Error::bad_request(
                 field,
                 format!(
                     "reading the records or logs of this window took longer than the control \
-                     plane's limit of {} s ({ENV_READ_TIMEOUT_S}) and was stopped: ask for a \
-                     shorter window (--since) or narrower filters",
-                    self.limits.timeout.as_secs_f64()
+                     plane's limit of {limit} s ({ENV_READ_TIMEOUT_S}) and was stopped: ask for \
+                     a shorter window (--since) or narrower filters"
                 ),
-            )
-        } else {
-            err.into()
+            ),
+            None if canceled => Error::Unavailable(format!(
+                "this read took longer than the control plane's limit of {limit} s \
+                 ({ENV_READ_TIMEOUT_S}) and was stopped: the database is slow or busy; try again"
+            )),
+            _ => err.into(),
         }
     }
 }

@@ -1197,8 +1197,73 @@ async fn a_read_cancelled_on_the_server_is_not_called_too_large() {
     };
     let body = String::from_utf8_lossy(&body);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(body.contains("cancelled this read"), "{body}");
+    assert!(body.contains("cancelled or ended this read"), "{body}");
     assert!(!body.contains("since"), "not the window's fault: {body}");
+}
+
+/// How a read's failures are answered: past the time limit, 400 naming the
+/// window, or 503 when the read has no window to blame (a follower's next
+/// lines); a backend the server ends (a shutdown, an operator's
+/// `pg_terminate_backend`), 503.
+#[tokio::test]
+async fn a_reads_failures_name_what_to_do() {
+    use containerpub_control::error::Error;
+    let app = support::app_with_reads(
+        64 * 1024,
+        containerpub_control::reads::ReadLimits {
+            concurrency: 2,
+            timeout: std::time::Duration::from_millis(100),
+        },
+    )
+    .await;
+    let reads = &app.state.reads;
+    let mut read = reads.begin(app.db()).await.unwrap();
+    let err = sqlx::query("SELECT pg_sleep(2)")
+        .execute(read.conn())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        read.explain(err, Some("since")),
+        Error::BadRequest { field: Some(f), .. } if f == "since"
+    ));
+    let mut read = reads.begin(app.db()).await.unwrap();
+    let err = sqlx::query("SELECT pg_sleep(2)")
+        .execute(read.conn())
+        .await
+        .unwrap_err();
+    match read.explain(err, None) {
+        Error::Unavailable(m) => assert!(m.contains("try again"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Ended by the server half-way.
+    let app2 = support::app_with_reads(
+        64 * 1024,
+        containerpub_control::reads::ReadLimits {
+            concurrency: 1,
+            timeout: std::time::Duration::from_secs(30),
+        },
+    )
+    .await;
+    let mut read = app2.state.reads.begin(app2.db()).await.unwrap();
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(read.conn())
+        .await
+        .unwrap();
+    let sleeping = sqlx::query("SELECT pg_sleep(10)").execute(read.conn());
+    let terminate = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(app2.db())
+            .await
+            .unwrap();
+    };
+    let (slept, ()) = tokio::join!(sleeping, terminate);
+    let err = slept.unwrap_err();
+    match read.explain(err, Some("since")) {
+        Error::Unavailable(m) => assert!(m.contains("ended this read"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// `histogram::bucket` and the SQL function the stats use for split records

@@ -150,15 +150,19 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     }
 }
 
-/// Whether a follower should stop on `err`: the control plane refused the
-/// read for a reason that asking again does not change (the function was
-/// deleted, the token revoked, the query refused). A 408, 429 (every read
-/// permit taken), 5xx or an unreachable control plane pass: it tries again.
+/// Whether a follower should stop on `err`: the control plane itself (its
+/// JSON error form) refused the read for a reason that asking again does
+/// not change (the function was deleted, the token revoked, the query
+/// refused). A 408, 429 (every read permit taken), 5xx, an unreachable
+/// control plane or a 4xx page of something in front of it (a proxy while
+/// the control plane restarts) pass: it tries again.
 fn refused_for_good(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|cause| cause.downcast_ref::<crate::client::ApiFailure>())
         .any(|failure| {
-            failure.status.is_client_error() && !matches!(failure.status.as_u16(), 408 | 429)
+            failure.from_api
+                && failure.status.is_client_error()
+                && !matches!(failure.status.as_u16(), 408 | 429)
         })
 }
 
@@ -226,19 +230,22 @@ mod tests {
 
     #[test]
     fn a_follower_stops_only_on_refusals_that_asking_again_keeps() {
-        let answered = |status: u16| {
+        let answered = |status: u16, from_api: bool| {
             anyhow::Error::new(crate::client::ApiFailure {
                 status: reqwest::StatusCode::from_u16(status).unwrap(),
                 error: "x".into(),
                 field: None,
+                from_api,
             })
             .context("cannot read the logs of f")
         };
         for status in [400, 401, 403, 404] {
-            assert!(refused_for_good(&answered(status)), "{status}");
+            assert!(refused_for_good(&answered(status, true)), "{status}");
+            // A page of a proxy in front: tried again.
+            assert!(!refused_for_good(&answered(status, false)), "{status}");
         }
         for status in [408, 429, 500, 502, 503] {
-            assert!(!refused_for_good(&answered(status)), "{status}");
+            assert!(!refused_for_good(&answered(status, true)), "{status}");
         }
         assert!(!refused_for_good(&anyhow::anyhow!("connection refused")));
     }

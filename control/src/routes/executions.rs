@@ -681,7 +681,7 @@ pub async fn list(
             .bind(only_errors)
             .fetch_all(read.conn())
             .await
-            .map_err(|e| read.explain(e, "since"))?;
+            .map_err(|e| read.explain(e, Some("since")))?;
             if rows.len() >= limit as usize || from <= since {
                 return Ok::<_, Error>(rows);
             }

@@ -573,13 +573,16 @@ pub async fn query(
         // A read of its own each time, none held while it waits; a follower
         // with time left that finds every permit taken waits on.
         // The permit here, the read in a task of its own (as in `stats`).
+        // Only `since_s` is a window the caller chose: the next lines of a
+        // follower, or the newest, have none to blame.
+        let window = q.since_s.is_some().then_some("since_s");
         let lines = match state.reads.begin(&state.db).await {
             Ok(mut read) => {
                 let f = filter.clone();
                 reads::detached(async move {
                     read_lines(read.conn(), &f)
                         .await
-                        .map_err(|e| read.explain(e, "since_s"))
+                        .map_err(|e| read.explain(e, window))
                 })
                 .await?
             }

@@ -204,14 +204,14 @@ pub async fn stats(
             .bind(id)
             .fetch_all(read.conn())
             .await
-            .map_err(|e| read.explain(e, "since"))?;
+            .map_err(|e| read.explain(e, Some("since")))?;
         let counted = sqlx::query_as(&histogram_sql)
             .bind(&function)
             .bind(since)
             .bind(id)
             .fetch_all(read.conn())
             .await
-            .map_err(|e| read.explain(e, "since"))?;
+            .map_err(|e| read.explain(e, Some("since")))?;
         Ok((found, counted))
     })
     .await?;
