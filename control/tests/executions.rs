@@ -1073,14 +1073,7 @@ async fn status_and_stats_count_what_the_view_executions_shows() {
 /// connection.
 #[tokio::test]
 async fn reads_past_their_time_limit_or_beyond_the_permits_are_refused() {
-    let app = support::app_with_reads(
-        64 * 1024,
-        containerpub_control::reads::ReadLimits {
-            concurrency: 1,
-            timeout: std::time::Duration::from_millis(100),
-        },
-    )
-    .await;
+    let app = app_limited(1, std::time::Duration::from_millis(100)).await;
     heavy_function(&app).await;
 
     for uri in [
@@ -1129,14 +1122,7 @@ async fn reads_past_their_time_limit_or_beyond_the_permits_are_refused() {
 /// than the permits, each holding a connection while its query ran on.
 #[tokio::test]
 async fn a_caller_who_hangs_up_leaves_the_permit_taken_until_the_read_ends() {
-    let app = support::app_with_reads(
-        64 * 1024,
-        containerpub_control::reads::ReadLimits {
-            concurrency: 1,
-            timeout: std::time::Duration::from_secs(30),
-        },
-    )
-    .await;
+    let app = app_limited(1, std::time::Duration::from_secs(30)).await;
     heavy_function(&app).await;
     let reads = &app.state.reads;
     // Boxed, so that dropping it drops the request (a caller hanging up).
@@ -1173,14 +1159,7 @@ async fn a_caller_who_hangs_up_leaves_the_permit_taken_until_the_read_ends() {
 /// again.
 #[tokio::test]
 async fn a_read_cancelled_on_the_server_is_not_called_too_large() {
-    let app = support::app_with_reads(
-        64 * 1024,
-        containerpub_control::reads::ReadLimits {
-            concurrency: 1,
-            timeout: std::time::Duration::from_secs(30),
-        },
-    )
-    .await;
+    let app = app_limited(1, std::time::Duration::from_secs(30)).await;
     heavy_function(&app).await;
     let mut request =
         Box::pin(app.send("GET", "/api/v1/functions/heavy/stats?since=1h", Vec::new()));
@@ -1208,14 +1187,7 @@ async fn a_read_cancelled_on_the_server_is_not_called_too_large() {
 #[tokio::test]
 async fn a_reads_failures_name_what_to_do() {
     use containerpub_control::error::Error;
-    let app = support::app_with_reads(
-        64 * 1024,
-        containerpub_control::reads::ReadLimits {
-            concurrency: 2,
-            timeout: std::time::Duration::from_millis(100),
-        },
-    )
-    .await;
+    let app = app_limited(2, std::time::Duration::from_millis(100)).await;
     let reads = &app.state.reads;
     let mut read = reads.begin(app.db()).await.unwrap();
     let err = sqlx::query("SELECT pg_sleep(2)")
@@ -1236,14 +1208,7 @@ async fn a_reads_failures_name_what_to_do() {
         other => panic!("{other:?}"),
     }
     // Ended by the server half-way.
-    let app2 = support::app_with_reads(
-        64 * 1024,
-        containerpub_control::reads::ReadLimits {
-            concurrency: 1,
-            timeout: std::time::Duration::from_secs(30),
-        },
-    )
-    .await;
+    let app2 = app_limited(1, std::time::Duration::from_secs(30)).await;
     let mut read = app2.state.reads.begin(app2.db()).await.unwrap();
     let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
         .fetch_one(read.conn())
@@ -1370,6 +1335,19 @@ async fn stats_add_up_the_chunks_figures_and_split_chunks_without() {
     .await
     .unwrap();
     assert_eq!(stats().await, stored);
+}
+
+/// An app whose reads run `concurrency` at once, each statement at most
+/// `timeout`.
+async fn app_limited(concurrency: usize, timeout: std::time::Duration) -> TestApp {
+    support::app_with_reads(
+        64 * 1024,
+        containerpub_control::reads::ReadLimits {
+            concurrency,
+            timeout,
+        },
+    )
+    .await
 }
 
 /// Function `heavy` with 400,001 records: one through the ingest (it makes

@@ -198,21 +198,19 @@ pub async fn stats(
     let mut read = state.reads.begin(&state.db).await?;
     let function = name.clone();
     let (found, counted): (Vec<Row>, Vec<Counted>) = reads::detached(async move {
-        let found = sqlx::query_as(&sql)
-            .bind(&function)
-            .bind(since)
-            .bind(id)
-            .fetch_all(read.conn())
-            .await
-            .map_err(|e| read.explain(e, Some("since")))?;
-        let counted = sqlx::query_as(&histogram_sql)
-            .bind(&function)
-            .bind(since)
-            .bind(id)
-            .fetch_all(read.conn())
-            .await
-            .map_err(|e| read.explain(e, Some("since")))?;
-        Ok((found, counted))
+        // Both statements take the same parameters.
+        macro_rules! fetch {
+            ($sql:expr) => {
+                sqlx::query_as($sql)
+                    .bind(&function)
+                    .bind(since)
+                    .bind(id)
+                    .fetch_all(read.conn())
+                    .await
+                    .map_err(|e| read.explain(e, Some("since")))?
+            };
+        }
+        Ok((fetch!(&sql), fetch!(&histogram_sql)))
     })
     .await?;
     // Ordered by bucket, then histogram bucket: each run is one row's.
