@@ -1,8 +1,9 @@
 //! Reads of execution records and function logs on behalf of a caller
 //! (`cpub stats`, `cpub executions`, `cpub logs`): their cost grows with
-//! the window asked for, about 1.9 s of one PostgreSQL backend per million
-//! records a stats window holds (2 million: 3.5–4.2 s here), so a day of a
-//! busy function is minutes. Each holds one of the control plane's 16
+//! the records they split, about 1.9–2.5 s of one PostgreSQL backend per
+//! million (stats split only chunks cut at the window's edges or stored
+//! without figures, migration 0019), so a day of a busy function is
+//! minutes. Each holds one of the control plane's 16
 //! database connections for its whole run: unbounded, enough of them at
 //! once leave none for deploys, route watches and the proxies' record and
 //! log batches, which wait and fail after the pool's 10 s.
@@ -102,7 +103,9 @@ impl Reads {
         let began = Instant::now();
         // SET takes no parameters: a number formatted here.
         let ms = self.limits.timeout.as_millis().max(1);
-        sqlx::query("SET TRANSACTION READ ONLY")
+        // One snapshot for all its statements (a stats read's parts, a
+        // list's growing windows).
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await?;
         sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))

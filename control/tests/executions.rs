@@ -1131,7 +1131,7 @@ async fn a_caller_who_hangs_up_leaves_the_permit_taken_until_the_read_ends() {
     // Hung up once PostgreSQL runs the stats query (about 0.8 s; the
     // request is polled meanwhile, so it gets that far).
     let running = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-                   AND query LIKE '%execution_outcomes%' AND datname = current_database() \
+                   AND query LIKE '/* cpub stats */%' AND datname = current_database() \
                    AND pid <> pg_backend_pid()";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -1164,7 +1164,7 @@ async fn a_read_cancelled_on_the_server_is_not_called_too_large() {
     let mut request =
         Box::pin(app.send("GET", "/api/v1/functions/heavy/stats?since=1h", Vec::new()));
     let cancel = "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
-                  WHERE state = 'active' AND query LIKE '%execution_outcomes%' \
+                  WHERE state = 'active' AND query LIKE '/* cpub stats */%' \
                   AND datname = current_database() AND pid <> pg_backend_pid()";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let (status, body) = loop {

@@ -21,17 +21,23 @@ use crate::{PoolError, health};
 /// Readiness budget for an adopted container at start-up.
 const ADOPT_PROBE: Duration = Duration::from_secs(2);
 
-/// Whether `c` may serve `route` as it is. The image too: deployment ids
-/// start at 1 in every database, so after a reinstall a container of the
-/// old database's `x` deployment 1 would otherwise serve the new one's. A
+/// Whether `c` may serve `route` as it is: its function and image (deployment
+/// ids start at 1 in every database, so after a reinstall a container of
+/// the old database's `x` deployment 1 would otherwise serve the new
+/// one's), and its `cpub.instances` label equal to the route's digest: a
 /// container of an earlier deployment serves when only the counts changed
-/// since (`cpub scale` keeps running instances, and so does adoption): its
-/// `cpub.instances` label is the route's digest.
+/// since (`cpub scale` keeps running instances, and so does adoption), one
+/// of the same deployment does not when a secret changed since. A container
+/// without the label (of a proxy from before it) serves its own deployment.
 fn serves(route: &Route, c: &Owned) -> bool {
     route.function == c.function
         && route.image == c.image
-        && (route.deployment_id.to_string() == c.deployment
-            || c.instances.as_deref() == Some(&*instances_digest(route)))
+        && match c.instances.as_deref() {
+            // The digest decides: a secret set since the container started
+            // leaves its deployment id as it was.
+            Some(digest) => digest == instances_digest(route),
+            None => route.deployment_id.to_string() == c.deployment,
+        }
 }
 
 impl Inner {

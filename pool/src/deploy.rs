@@ -126,9 +126,11 @@ impl Inner {
             return slot;
         }
         let mut pending = slot.pending();
-        if pending.as_ref().is_some_and(|p| {
+        if let Some(p) = pending.as_ref().filter(|p| {
             p.route.deployment_id == route.deployment_id && p.route.image == route.image
         }) {
+            // A secret set while the deploy warms up.
+            p.follow_secrets(route);
             return Arc::clone(&slot);
         }
         // A new deployment: warm it up, keep serving the old one meanwhile.

@@ -166,7 +166,9 @@ async fn a_restart_adopts_instances_of_an_earlier_deployment_with_only_other_cou
     let fake_secret = FakeRuntime::new().await;
     let mut without = later.clone();
     without.config.port = fake_secret.addr().unwrap().port();
-    let mut before_secret = owned("before-secret", "f", "1", "running");
+    // Of the very deployment the route names: the digest decides.
+    let mut before_secret = owned("before-secret", "f", "2", "running");
+    before_secret.image = without.image.clone();
     before_secret.instances = Some(instances_digest(&without));
     let mut secret = without.clone();
     secret.secrets.push(SecretVar {

@@ -408,7 +408,9 @@ struct Filter {
 /// The lines `f` asks for, oldest first: the first `limit` after the
 /// cursor, or the newest `limit`. Reads chunks a few MiB at a time, in
 /// order, until it has `limit` lines or none are left.
-async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter) -> sqlx::Result<Vec<LogLine>> {
+/// Each statement takes the read's connection anew (`Read::conn`), so a
+/// cancel is told from the time limit by that statement's time.
+async fn read_lines(read: &mut reads::Read, f: &Filter) -> sqlx::Result<Vec<LogLine>> {
     let mut lines = Vec::new();
     // Chunks already read: ids up to `after` (forward), from `before` on
     // (newest first).
@@ -427,7 +429,7 @@ async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter) -> sqlx::Result<Vec
         .bind(f.request_id.as_deref())
         .bind(f.since)
         .bind(after.saturating_sub(MAX_BATCH_LINES as i64))
-        .fetch_all(&mut *db)
+        .fetch_all(read.conn())
         .await?;
         let Some(first) = chunks.first() else { break };
         let mut take = vec![first.0];
@@ -442,7 +444,7 @@ async fn read_lines(db: &mut sqlx::PgConnection, f: &Filter) -> sqlx::Result<Vec
         let mut read: Vec<ChunkLines> = sqlx::query_as(CHUNK_LINES)
             .bind(f.function_id)
             .bind(&take)
-            .fetch_all(&mut *db)
+            .fetch_all(read.conn())
             .await?;
         read.sort_unstable_by_key(|c| c.0);
         if f.newest {
@@ -573,14 +575,14 @@ pub async fn query(
         // A read of its own each time, none held while it waits; a follower
         // with time left that finds every permit taken waits on.
         // The permit here, the read in a task of its own (as in `stats`).
-        // Only `since_s` is a window the caller chose: the next lines of a
-        // follower, or the newest, have none to blame.
-        let window = q.since_s.is_some().then_some("since_s");
+        // A follower's next lines have no window to blame (503: try again);
+        // any other read is asked for a shorter window or narrower filters.
+        let window = q.after.is_none().then_some("since_s");
         let lines = match state.reads.begin(&state.db).await {
             Ok(mut read) => {
                 let f = filter.clone();
                 reads::detached(async move {
-                    read_lines(read.conn(), &f)
+                    read_lines(&mut read, &f)
                         .await
                         .map_err(|e| read.explain(e, window))
                 })
