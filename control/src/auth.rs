@@ -24,6 +24,7 @@ use std::sync::LazyLock;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -535,6 +536,50 @@ pub async fn caller_for_token(pool: &PgPool, token: &str) -> Result<Option<Calle
     let Some(row) = row else {
         return Ok(None);
     };
+    let caller = caller_of(&row)?;
+    let table_update = if row.kind == "node" {
+        "UPDATE node_credentials SET last_used_at = now() WHERE id = $1"
+    } else {
+        "UPDATE api_tokens SET last_used_at = now() WHERE id = $1"
+    };
+    if row.stale {
+        sqlx::query(table_update).bind(row.id).execute(pool).await?;
+    }
+    Ok(Some(caller))
+}
+
+/// The caller as the request's bearer token says now: a 401 when the
+/// token was revoked, replaced or expired, or its user removed, since the
+/// request was let in. For an answer given long after that check: the
+/// route watch's long poll answers with every function's secrets up to a
+/// minute later, and a credential revoked meanwhile must not receive them.
+pub async fn recheck(pool: &PgPool, headers: &HeaderMap) -> Result<Caller> {
+    caller_for_token(pool, bearer(headers)?)
+        .await?
+        .ok_or_else(|| Error::Unauthorized("invalid or revoked API token".into()))
+}
+
+/// The token of an `Authorization: Bearer <token>` header, or the 401
+/// saying what is missing.
+fn bearer(headers: &HeaderMap) -> Result<&str> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            Error::Unauthorized("missing Authorization: Bearer <token> header".into())
+        })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::Unauthorized("Authorization header must be \"Bearer <token>\"".into())
+        })
+}
+
+/// The caller a token row names, or the 401 of an expired token.
+fn caller_of(row: &TokenRow) -> Result<Caller> {
     if row.expired {
         let at = row
             .expires_at
@@ -546,31 +591,25 @@ pub async fn caller_for_token(pool: &PgPool, token: &str) -> Result<Option<Calle
             row.token_name, row.name
         )));
     }
-    let table_update = if row.kind == "node" {
-        "UPDATE node_credentials SET last_used_at = now() WHERE id = $1"
-    } else {
-        "UPDATE api_tokens SET last_used_at = now() WHERE id = $1"
-    };
-    if row.stale {
-        sqlx::query(table_update).bind(row.id).execute(pool).await?;
-    }
     let principal = if row.kind == "node" {
-        Principal::Node { node: row.name }
+        Principal::Node {
+            node: row.name.clone(),
+        }
     } else {
         let parse = |text: &str| {
             Role::parse(text).map_err(|e| Error::Internal(anyhow::anyhow!("stored role: {e}")))
         };
         Principal::User {
             id: row.user_id.unwrap_or_default(),
-            username: row.name,
+            username: row.name.clone(),
             role: parse(row.role.as_deref().unwrap_or_default())?,
             scope: row.role_scope.as_deref().map(parse).transpose()?,
         }
     };
-    Ok(Some(Caller {
+    Ok(Caller {
         principal,
         token_id: row.id,
-    }))
+    })
 }
 
 /// Middleware: `Authorization: Bearer <token>` or 401. The caller goes into
@@ -581,24 +620,7 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Result<Response> {
-    let header = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            Error::Unauthorized("missing Authorization: Bearer <token> header".into())
-        })?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Error::Unauthorized("Authorization header must be \"Bearer <token>\"".into())
-        })?;
-    let caller = caller_for_token(&state.db, token)
-        .await?
-        .ok_or_else(|| Error::Unauthorized("invalid or revoked API token".into()))?;
+    let caller = recheck(&state.db, request.headers()).await?;
     request.extensions_mut().insert(caller.clone());
     let mut response = next.run(request).await;
     response.extensions_mut().insert(caller);

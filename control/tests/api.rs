@@ -559,6 +559,66 @@ async fn routes_long_poll() {
     );
 }
 
+/// The route table carries every function's secrets: a node credential
+/// revoked or replaced while its long poll waits gets a 401 when the poll
+/// ends, not the table (before, a rotation of the secrets after the
+/// revocation woke the poll and handed it the new values).
+#[tokio::test]
+async fn a_credential_revoked_while_its_poll_waits_gets_no_table() {
+    let app = app().await;
+    for replace in [false, true] {
+        let created = app
+            .send(
+                authed(Request::post(
+                    "/api/v1/nodes/edge-1/credential?replace=true",
+                ))
+                .body(Body::empty())
+                .unwrap(),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        let node_token = created.json::<serde_json::Value>()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let since = app.route_table().await.revision;
+        let poll = |token: String| {
+            let router = app.router.clone();
+            async move {
+                let request = Request::get(format!(
+                    "/api/v1/routes?since={since}&wait_s=30&node=edge-1"
+                ))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::HOST, "control.test")
+                .body(Body::empty())
+                .unwrap();
+                router.oneshot(request).await.unwrap().status()
+            }
+        };
+        let waiting = tokio::spawn(poll(node_token.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the poll waits for a change");
+        let gone = if replace {
+            Request::post("/api/v1/nodes/edge-1/credential?replace=true")
+        } else {
+            Request::delete("/api/v1/nodes/edge-1")
+        };
+        let reply = app.send(authed(gone).body(Body::empty()).unwrap()).await;
+        assert!(reply.status.is_success(), "{}", reply.status);
+        // The rotation that followed: the poll wakes.
+        let mut tx = app.db.pool.begin().await.unwrap();
+        db::bump_revision(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "replace={replace}");
+        // And a new poll with the old credential is refused at once.
+        assert_eq!(poll(node_token).await, StatusCode::UNAUTHORIZED);
+    }
+}
+
 #[tokio::test]
 async fn concurrent_deploys_get_distinct_versions() {
     let app = app().await;

@@ -7,9 +7,10 @@ use std::error::Error as _;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use containerpub_wire::api::{RouteTable, WatchQuery};
 
-use crate::auth::{Action, Caller};
+use crate::auth::{self, Action, Caller};
 use crate::db;
 use crate::error::{Error, Result};
 use crate::state::AppState;
@@ -41,6 +42,7 @@ pub fn query_error(rejection: &QueryRejection) -> Error {
 pub async fn routes(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     query: std::result::Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Json<RouteTable>> {
     caller.require(Action::WatchRoutes, None)?;
@@ -57,6 +59,12 @@ pub async fn routes(
             () = tokio::time::sleep(query.wait()) => {}
             () = state.shutdown.cancelled() => {}
         }
+        // The table holds every function's secrets: a credential revoked
+        // (or a user removed, or demoted) while this poll waited gets a
+        // 401, not the table a rotation of those secrets made.
+        let now = auth::recheck(&state.db, &headers).await?;
+        now.require(Action::WatchRoutes, None)?;
+        now.require_node_name(query.node.as_ref().map(|n| n.as_str()))?;
     }
     Ok(Json(db::route_table(&state.db, &state.vault).await?))
 }
