@@ -65,9 +65,14 @@ runtime_path_of() {
     | grep -o '"ociRuntime":{[^}]*}' | grep -o '"path":"[^"]*"' | cut -d'"' -f4
 }
 # The pid of the podman process listening on $1 (not a socket-activating
-# systemd holding it too).
+# systemd holding it too). `ss` lists the sockets of this network namespace
+# only; the build service runs in one of its own (below), found by the
+# command line this script starts it with.
 service_pid_of() {
-  ss -xlpn "src $1" 2>/dev/null | grep -o '"podman",pid=[0-9]*' | head -1 | cut -d= -f2 || true
+  local pid
+  pid=$(ss -xlpn "src $1" 2>/dev/null | grep -o '"podman",pid=[0-9]*' | head -1 | cut -d= -f2 || true)
+  [ -n "$pid" ] || pid=$(pgrep -o -f -- "^podman .* system service --time=0 unix://$1\$" || true)
+  echo "$pid"
 }
 # Stops the Podman service listening on $1 (containers keep running: each
 # has its conmon); fails when its process cannot be found or outlives 10 s.
@@ -164,7 +169,15 @@ build_driver() {
   curl -fsS --unix-socket "$build_sock" http://d/v4.0.0/libpod/info \
     | grep -o '"graphDriverName":"[^"]*"' | cut -d'"' -f4
 }
-if needs_restart "$build_sock" "$build_runtime"; then
+# Whether the build service on $1 runs in this script's (the host's)
+# network namespace:
+# one started before it got a namespace of its own (below).
+in_host_netns() {
+  local pid
+  pid=$(service_pid_of "$1")
+  [ -n "$pid" ] && [ "$(readlink "/proc/$pid/ns/net")" = "$(readlink /proc/$$/ns/net)" ]
+}
+if needs_restart "$build_sock" "$build_runtime" || in_host_netns "$build_sock"; then
   # A build service set up before this runtime or this containers.conf:
   # restart it (a build running on it fails and says so; its cgroup is
   # reaped by cpub-control).
@@ -176,7 +189,14 @@ if needs_restart "$build_sock" "$build_runtime"; then
 fi
 if ! curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1; then
   mkdir -p "$(dirname "$build_sock")" /var/log/containerpub
-  (cd / && CONTAINERS_STORAGE_CONF="$build_conf" exec nohup podman --runtime "$build_runtime" --tmpdir /run/libpod-cpub-build system service --time=0 "unix://$build_sock" >/var/log/containerpub/podman-build-service.log 2>&1) &
+  # In a network namespace of its own with nothing but a loopback that is
+  # down: the service fetches `ADD <url>` itself, outside any RUN step's
+  # sandbox, and in the host's namespace that reached every service of the
+  # host and its network (control/src/containerfile.rs refuses URLs too;
+  # this holds whatever a Containerfile makes Buildah fetch). It needs no
+  # network: images come from local stores, RUN steps get none, and its
+  # API is a Unix socket.
+  (cd / && CONTAINERS_STORAGE_CONF="$build_conf" exec nohup unshare --net podman --runtime "$build_runtime" --tmpdir /run/libpod-cpub-build system service --time=0 "unix://$build_sock" >/var/log/containerpub/podman-build-service.log 2>&1) &
   for _ in $(seq 1 100); do
     curl -fsS --unix-socket "$build_sock" http://d/_ping >/dev/null 2>&1 && break
     sleep 0.1
@@ -193,7 +213,11 @@ if [ "$build_rt" != "$build_runtime" ]; then
   echo "setup-host: the build service on $build_sock runs $build_rt, not $build_runtime" >&2
   exit 1
 fi
-echo "setup-host: podman build API on $build_sock (vfs store, runtime $build_runtime)"
+if in_host_netns "$build_sock"; then
+  echo "setup-host: the build service on $build_sock runs in the host's network namespace" >&2
+  exit 1
+fi
+echo "setup-host: podman build API on $build_sock (vfs store, runtime $build_runtime, no network)"
 
 # The function network, and the firewall that keeps functions away from the
 # host's services and from each other (PITFALLS: a bridge, even --internal,

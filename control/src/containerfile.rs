@@ -6,10 +6,19 @@
 //! directories).
 //!
 //! The parser follows the Dockerfile rules that decide where an instruction
-//! starts: parser directives (`# escape=`), comment lines, line
-//! continuations (also across comment and empty lines). It reads more
-//! strictly than Buildah when in doubt (a heredoc body line that looks like
-//! an instruction is checked as one).
+//! starts: comment lines, line continuations (also across comment and empty
+//! lines). It reads more strictly than Buildah when in doubt (a heredoc body
+//! line that looks like an instruction is checked as one), and refuses what
+//! Buildah (openshift/imagebuilder) would read otherwise than this check:
+//! the `# escape=` directive (imagebuilder honours it only before any other
+//! directive), a byte-order mark, control characters and whitespace other
+//! than spaces and tabs (a continuation is `\` then spaces and tabs only,
+//! as imagebuilder's rule), and in `COPY`/`ADD` variables, backslashes,
+//! quotes in options and any option but `--chown`, `--chmod` and `--from`
+//! (imagebuilder expands variables and removes escapes and quotes before it
+//! reads the words, so `ADD $URL` or `COPY --fr\om=image` would pass a
+//! literal check). The build service has no network of its own either
+//! (scripts/setup-host.sh), so a URL this check missed could not be fetched.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -29,53 +38,69 @@ struct Instruction {
     args: String,
 }
 
-/// Splits a Containerfile into instructions.
-fn instructions(text: &str) -> Vec<Instruction> {
-    let mut escape = '\\';
+/// Characters Buildah and this check could read differently: refused
+/// anywhere in the file, naming the line.
+fn check_characters(text: &str) -> Result<(), String> {
+    for (i, line) in text.lines().enumerate() {
+        for c in line.chars() {
+            let why = if c == '\u{feff}' {
+                "a byte-order mark"
+            } else if c.is_control() && c != '\t' {
+                "a control character"
+            } else if c.is_whitespace() && c != ' ' && c != '\t' {
+                "whitespace other than spaces and tabs"
+            } else {
+                continue;
+            };
+            return Err(format!(
+                "line {}: {why} (U+{:04X}) is not allowed in a Containerfile",
+                i + 1,
+                u32::from(c)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Splits a Containerfile into instructions; refuses the escape directive.
+fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
+    check_characters(text)?;
     let mut out = Vec::new();
     let mut current: Option<Instruction> = None;
-    let mut directives_allowed = true;
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
-        let trimmed = raw.trim_start();
-        if current.is_none() && directives_allowed {
-            if let Some((key, value)) = trimmed.strip_prefix('#').and_then(|r| r.split_once('=')) {
-                let key = key.trim().to_ascii_lowercase();
-                if key == "escape" {
-                    if let Some(c) = value.trim().chars().next() {
-                        escape = c;
-                    }
-                    continue;
-                }
-                if key == "syntax" || key == "check" {
-                    continue;
-                }
+        let trimmed = raw.trim_start_matches([' ', '\t']);
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            if let Some((key, _)) = comment.split_once('=')
+                && key.trim_matches([' ', '\t']).eq_ignore_ascii_case("escape")
+            {
+                return Err(format!(
+                    "line {line_no}: the escape directive is not allowed; continue lines with \\"
+                ));
             }
-            directives_allowed = false;
-        }
-        if trimmed.starts_with('#') {
             continue; // comment, also inside a continuation
         }
-        if trimmed.trim().is_empty() {
+        if trimmed.is_empty() {
             continue;
         }
-        let content = raw.trim_end();
-        let (part, continues) = match content.strip_suffix(escape) {
+        // A continuation is the escape character then spaces and tabs only.
+        let content = raw.trim_end_matches([' ', '\t']);
+        let (part, continues) = match content.strip_suffix('\\') {
             Some(p) => (p, true),
             None => (content, false),
         };
         match current.as_mut() {
             Some(inst) => {
                 inst.args.push(' ');
-                inst.args.push_str(part.trim());
+                inst.args.push_str(part.trim_matches([' ', '\t']));
             }
             None => {
-                let part = part.trim_start();
-                let (keyword, args) = part.split_once(char::is_whitespace).unwrap_or((part, ""));
+                let part = part.trim_start_matches([' ', '\t']);
+                let (keyword, args) = part.split_once([' ', '\t']).unwrap_or((part, ""));
                 current = Some(Instruction {
                     line: line_no,
                     keyword: keyword.to_ascii_uppercase(),
-                    args: args.trim().to_owned(),
+                    args: args.trim_matches([' ', '\t']).to_owned(),
                 });
             }
         }
@@ -86,7 +111,7 @@ fn instructions(text: &str) -> Vec<Instruction> {
     if let Some(inst) = current.take() {
         out.push(inst);
     }
-    out
+    Ok(out)
 }
 
 /// Leading `--flag[=value]` words of an instruction, and the rest.
@@ -115,7 +140,7 @@ pub fn check(text: &str, allowed_bases: &[String]) -> Result<(), String> {
             inst.line, inst.keyword, inst.args
         ))
     };
-    for inst in instructions(text) {
+    for inst in instructions(text)? {
         match inst.keyword.as_str() {
             "FROM" => {
                 let (_flags, rest) = flags(&inst.args);
@@ -137,6 +162,16 @@ pub fn check(text: &str, allowed_bases: &[String]) -> Result<(), String> {
                         "variables are not allowed in FROM; name the base image".into(),
                     );
                 }
+                if let Some(name) = &name
+                    && !is_stage_name(name)
+                {
+                    return refuse(
+                        &inst,
+                        format!(
+                            "stage name {name:?} must start with a letter and hold only letters, digits, `_`, `.` and `-`"
+                        ),
+                    );
+                }
                 let earlier = stages.iter().any(|s| s == &image.to_ascii_lowercase());
                 if !(image == "scratch" || earlier || allowed_bases.iter().any(|b| b == image)) {
                     return refuse(
@@ -150,12 +185,36 @@ pub fn check(text: &str, allowed_bases: &[String]) -> Result<(), String> {
                 stages.push(name.unwrap_or_default());
             }
             "COPY" | "ADD" => {
+                let keyword = inst.keyword.as_str();
+                if inst.args.contains('$') {
+                    return refuse(
+                        &inst,
+                        format!("variables are not allowed in {keyword}; write the paths out"),
+                    );
+                }
+                if inst.args.contains('\\') {
+                    return refuse(&inst, format!("backslashes are not allowed in {keyword}"));
+                }
                 let (flags, rest) = flags(&inst.args);
                 for flag in flags {
+                    let known = ["--chown=", "--chmod=", "--from="]
+                        .iter()
+                        .any(|k| flag.starts_with(k));
+                    let plain = flag.bytes().all(|b| {
+                        b.is_ascii_alphanumeric()
+                            || matches!(b, b'-' | b'=' | b'_' | b'.' | b':' | b'/')
+                    });
+                    if !(known && plain) {
+                        return refuse(
+                            &inst,
+                            format!(
+                                "{keyword} option {flag} is not allowed (only --chown=, --chmod= and --from= an earlier stage, without quotes)"
+                            ),
+                        );
+                    }
                     let Some(from) = flag.strip_prefix("--from=") else {
                         continue;
                     };
-                    let from = from.trim_matches('"');
                     let index_ok = from.parse::<usize>().is_ok_and(|i| i < stages.len());
                     let name_ok =
                         !from.is_empty() && stages.iter().any(|s| *s == from.to_ascii_lowercase());
@@ -193,13 +252,29 @@ pub fn check(text: &str, allowed_bases: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether ADD's sources name a URL, read as Buildah reads them: with the
+/// quotes taken out (`h"ttp:/"/x` is `http://x` to it; the JSON form's
+/// quotes go the same way).
 fn has_url(sources: &str) -> bool {
-    sources
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '[' || c == ',')
+    let unquoted: String = sources
+        .chars()
+        .filter(|c| !matches!(c, '"' | '\''))
+        .collect();
+    unquoted
+        .split(|c: char| c.is_whitespace() || c == '[' || c == ',')
         .any(|w| {
             let w = w.to_ascii_lowercase();
             w.contains("://") || w.starts_with("git@")
         })
+}
+
+/// A stage name as Docker allows it: Buildah would take anything else for
+/// an image to look up (`AS localhost/cpub-fn-x` then `FROM
+/// localhost/cpub-fn-x`).
+fn is_stage_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Reads `name` from an uncompressed build context tar (following one
@@ -263,7 +338,7 @@ mod tests {
     fn scratch_and_earlier_stages_are_fine() {
         check("FROM scratch\nCOPY a /a\n", &[]).unwrap();
         check(
-            "# syntax=docker/dockerfile:1\n# escape=`\nFROM scratch AS Build\nCOPY a /a\nRUN [\"/a\"]\nFROM build\nFROM scratch\nCOPY --from=build /a /b\nCOPY --from=1 /a /c\n",
+            "# syntax=docker/dockerfile:1\nFROM scratch AS Build\nCOPY a /a\nRUN [\"/a\"]\nFROM build\nFROM scratch\nCOPY --from=build /a /b\nCOPY --from=1 --chown=65534:65534 --chmod=0755 /a /c\r\nCOPY [\"a b\", \"/d/\"]\n",
             &[],
         )
         .unwrap();
@@ -299,8 +374,8 @@ mod tests {
             "{msg}"
         );
         let msg =
-            refused("# escape=`\nFROM scratch\nRUN echo `\nFROM localhost/x\nFROM localhost/y\n");
-        assert!(msg.starts_with("line 5:"), "{msg}");
+            refused("FROM scratch\nRUN echo \\ \t \n\n# c\n  FROM localhost/x\nFROM localhost/y\n");
+        assert!(msg.starts_with("line 6:"), "{msg}");
         assert!(refused("COPY a b\n").contains("no FROM"));
         assert!(refused("FROM scratch AS a b\n").contains("expected"));
     }
@@ -329,5 +404,72 @@ mod tests {
             &[],
         )
         .unwrap();
+    }
+
+    /// What Buildah expands, unescapes or unquotes before it reads the
+    /// words cannot pass for something else (review helper-63).
+    #[test]
+    fn variables_escapes_and_quotes_cannot_disguise_a_url_or_an_image() {
+        for (text, why) in [
+            ("ARG U=http://127.0.0.1:5432/\nADD $U /loot", "variables"),
+            ("ADD ${U} /loot", "variables"),
+            ("ADD http:/\\/169.254.169.254/latest/ /m", "backslashes"),
+            ("ADD [\"http:\\/\\/127.0.0.1/\", \"/m\"]", "backslashes"),
+            ("ADD h\"ttp:/\"/127.0.0.1/ /m", "URL"),
+            ("ADD 'http://127.0.0.1/' /m", "URL"),
+            (
+                "COPY --fr\\om=localhost/cpub-fn-x:v1 / /loot",
+                "backslashes",
+            ),
+            (
+                "COPY --fr${E}om=localhost/cpub-fn-x:v1 / /loot",
+                "variables",
+            ),
+            ("COPY --fr\"om\"=localhost/cpub-fn-x:v1 / /loot", "option"),
+            ("COPY --from=\"localhost/cpub-fn-x:v1\" / /loot", "option"),
+            ("COPY --link / /x", "option --link"),
+            ("ADD --checksum=sha256:00 a /a", "option --checksum"),
+        ] {
+            let msg = refused(&format!("FROM scratch\n{text}\n"));
+            assert!(msg.contains(why), "{text}: {msg}");
+        }
+        // A stage name Buildah would look up as an image.
+        let msg = refused("FROM scratch AS localhost/cpub-fn-x:v1\nFROM localhost/cpub-fn-x:v1\n");
+        assert!(
+            msg.starts_with("line 1:") && msg.contains("stage name"),
+            "{msg}"
+        );
+    }
+
+    /// Lines split as imagebuilder splits them: no escape directive, no
+    /// byte-order mark, a continuation ends in `\` and spaces or tabs only
+    /// (a form feed or a no-break space after it would have continued the
+    /// line for this check and not for Buildah, hiding the next one).
+    #[test]
+    fn what_could_split_lines_differently_is_refused() {
+        let hidden = "FROM scratch\nWORKDIR /w `\nADD http://127.0.0.1:8080/ /x\n";
+        let msg = refused(&format!("# syntax=x\n# escape=`\n{hidden}"));
+        assert!(
+            msg.starts_with("line 2:") && msg.contains("escape"),
+            "{msg}"
+        );
+        assert!(refused(&format!("#escape = `\n{hidden}")).contains("escape"));
+        let msg = refused("\u{feff}# escape=`\nFROM scratch\n");
+        assert!(msg.contains("byte-order mark"), "{msg}");
+        for end in ["\u{c}", "\u{a0}", "\u{b}", "\u{2028}"] {
+            let text = format!("FROM scratch\nWORKDIR /w \\{end}\nADD http://127.0.0.1/ /x\n");
+            let msg = refused(&text);
+            assert!(msg.starts_with("line 2:"), "{end:?}: {msg}");
+        }
+        // A carriage return ends a line only before a line feed (as for
+        // imagebuilder's scanner); alone it is refused.
+        let msg = refused("FROM scratch\rADD http://127.0.0.1/ /x\n");
+        assert!(msg.contains("control character (U+000D)"), "{msg}");
+        // Spaces and tabs after the backslash continue the line for both:
+        // the ADD is a word of WORKDIR to Buildah too.
+        let text = "FROM scratch\nWORKDIR /w \\ \t\nADD http://127.0.0.1/ /x\n";
+        let read = instructions(text).unwrap();
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert_eq!(read[1].args, "/w ADD http://127.0.0.1/ /x");
     }
 }
