@@ -39,6 +39,12 @@ pub struct ContainerSpec {
     /// The image's root file system mounted read-only.
     #[serde(rename = "read_only_filesystem", skip_serializing_if = "is_false")]
     pub read_only_rootfs: bool,
+    /// What becomes of the image's `VOLUME`s. Podman's default makes each an
+    /// anonymous volume on the host's disk, writable whatever
+    /// `read_only_filesystem` says and bounded by no limit of the
+    /// container's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_volume_mode: Option<ImageVolumeMode>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     /// cgroup limits (OCI `LinuxResources`).
@@ -67,6 +73,18 @@ pub struct ContainerSpec {
     /// Where conmon writes the output (`--log-driver`, `--log-opt max-size`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_configuration: Option<LogConfiguration>,
+}
+
+/// SpecGenerator `image_volume_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageVolumeMode {
+    /// An anonymous volume on the host per `VOLUME` (Podman's default).
+    Anonymous,
+    /// A tmpfs per `VOLUME` (its pages count against the memory limit).
+    Tmpfs,
+    /// No mount: the path stays part of the image's root file system.
+    Ignore,
 }
 
 /// The container's log (SpecGenerator `log_configuration`).
@@ -208,6 +226,7 @@ mod tests {
             cap_drop: vec!["ALL".into()],
             no_new_privileges: true,
             read_only_rootfs: true,
+            image_volume_mode: Some(ImageVolumeMode::Ignore),
             mounts: vec![Mount::tmpfs("/tmp", &["rw", "size=1m"])],
             resource_limits: Some(ResourceLimits {
                 memory: Some(MemoryLimits { limit: 5, swap: 5 }),
@@ -242,6 +261,7 @@ mod tests {
                 "cap_drop": ["ALL"],
                 "no_new_privileges": true,
                 "read_only_filesystem": true,
+                "image_volume_mode": "ignore",
                 "mounts": [{
                     "destination": "/tmp",
                     "type": "tmpfs",

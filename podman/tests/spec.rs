@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use containerpub_podman::Podman;
 use containerpub_podman::spec::{
-    AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, MemoryLimits, Mount, Namespace,
-    NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
+    AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, ImageVolumeMode, MemoryLimits, Mount,
+    Namespace, NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
 };
 use serde_json::{Value, json};
 use support::{IMAGE, build_image, podman};
@@ -49,11 +49,39 @@ fn labels(kind: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// [`IMAGE`] with a `VOLUME` at [`VOLUME`]: what `image_volume_mode`
+/// decides about.
+fn volume_image() -> String {
+    format!("localhost/cpub-test-spec-volume:{}", std::process::id())
+}
+const VOLUME: &str = "/data";
+
+/// Builds [`volume_image`] from [`IMAGE`] on the same store.
+async fn build_volume_image(podman: &Podman) {
+    let dir = tempfile::tempdir().unwrap();
+    let tar_path = dir.path().join("ctx.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    let containerfile = format!("FROM {IMAGE}\nVOLUME {VOLUME}\n");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(containerfile.len() as u64);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "Containerfile", containerfile.as_bytes())
+        .unwrap();
+    builder.finish().unwrap();
+    drop(builder);
+    let out = podman
+        .build_image(&tar_path, "Containerfile", &volume_image())
+        .await
+        .unwrap();
+    assert!(out.ok, "building {}: {}", volume_image(), out.log);
+}
+
 /// Every field set, with values that differ from Podman's defaults.
 fn isolated() -> ContainerSpec {
     ContainerSpec {
         name: format!("cpub-test-spec-isolated-{}", std::process::id()),
-        image: IMAGE.into(),
+        image: volume_image(),
         labels: labels("isolated"),
         env: BTreeMap::from([
             ("PORT".to_owned(), "8080".to_owned()),
@@ -63,6 +91,7 @@ fn isolated() -> ContainerSpec {
         cap_drop: vec!["ALL".into()],
         no_new_privileges: true,
         read_only_rootfs: true,
+        image_volume_mode: Some(ImageVolumeMode::Ignore),
         mounts: vec![
             Mount::tmpfs("/tmp", &["rw", "nosuid", "nodev", "noexec", "size=64m"]),
             Mount::tmpfs("/dev/shm", &["rw", "nosuid", "nodev", "size=8m"]),
@@ -97,7 +126,7 @@ fn isolated() -> ContainerSpec {
 fn control() -> ContainerSpec {
     ContainerSpec {
         name: format!("cpub-test-spec-control-{}", std::process::id()),
-        image: IMAGE.into(),
+        image: volume_image(),
         labels: labels("control"),
         mounts: vec![Mount::tmpfs("/tmp", &["rw"])],
         netns: Some(Namespace::new(NamespaceMode::None)),
@@ -190,6 +219,15 @@ fn checks(want: &ContainerSpec, seen: &Seen) -> Vec<Check> {
             what: "no_new_privileges (kernel NoNewPrivs)",
             want: json!(if want.no_new_privileges { "1" } else { "0" }),
             got: status_field(proc_status, "NoNewPrivs:"),
+        },
+        Check {
+            what: "image_volume_mode ignore (no mount at the image's VOLUME)",
+            want: json!(want.image_volume_mode == Some(ImageVolumeMode::Ignore)),
+            got: json!(
+                !got["Mounts"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["Destination"] == json!(VOLUME)))
+            ),
         },
         Check {
             what: "read_only_filesystem (HostConfig.ReadonlyRootfs)",
@@ -330,6 +368,7 @@ async fn run(podman: &Podman, spec: &ContainerSpec) -> (Option<String>, Result<S
 async fn podman_reports_back_every_setting_of_the_spec() {
     let podman = podman();
     build_image(&podman).await;
+    build_volume_image(&podman).await;
     podman.ensure_network(NETWORK).await.unwrap();
     let (want, plain) = (isolated(), control());
     let (isolated_id, isolated_seen) = run(&podman, &want).await;
@@ -337,6 +376,7 @@ async fn podman_reports_back_every_setting_of_the_spec() {
     for id in [isolated_id, control_id].into_iter().flatten() {
         podman.remove_container(&id).await.expect("removal");
     }
+    let _ = podman.remove_image(&volume_image()).await;
 
     let seen = isolated_seen.expect("isolated container");
     assert_eq!(seen.inspect["Name"], json!(want.name));

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use containerpub_podman::spec::{
-    AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, LogConfiguration, MemoryLimits, Mount,
-    Namespace, NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
+    AutoUserNsOptions, ContainerSpec, CpuLimits, IdMappings, ImageVolumeMode, LogConfiguration,
+    MemoryLimits, Mount, Namespace, NamespaceMode, NetworkOptions, PidsLimit, ResourceLimits,
 };
 use containerpub_wire::api::Route;
 
@@ -70,6 +70,11 @@ pub fn container_spec(route: &Route, node: &str, network: &str) -> ContainerSpec
         cap_drop: vec!["ALL".to_owned()],
         no_new_privileges: true,
         read_only_rootfs: true,
+        // An image's `VOLUME` stays part of its read-only root: Podman's
+        // default made each an anonymous volume on the host's disk that
+        // the function could fill past every limit it has (review
+        // helper-63).
+        image_volume_mode: Some(ImageVolumeMode::Ignore),
         // /dev/shm is a tmpfs of the container's own mount namespace, not
         // Podman's per-container mount on the host (`ipcns` below): every
         // host mount makes each `runc` and Podman call that reads
@@ -167,6 +172,7 @@ mod tests {
         assert_eq!(s.cap_drop, ["ALL"]);
         assert!(s.no_new_privileges);
         assert!(s.read_only_rootfs);
+        assert_eq!(s.image_volume_mode, Some(ImageVolumeMode::Ignore));
         assert_eq!(s.user.as_deref(), Some("65534:65534"));
         let limits = s.resource_limits.as_ref().unwrap();
         let memory = limits.memory.as_ref().unwrap();
