@@ -759,7 +759,11 @@ pub fn normalize(path: &str) -> Result<String, String> {
 }
 
 /// Resolves a symlink target relative to the link's directory; the result
-/// must stay inside the bundle.
+/// must stay inside the bundle. `..` may only lead the target: those climb
+/// the link's own directories, which are real ones (no entry lies below a
+/// symlink), and the names after them are checked on the result. A `..`
+/// after a name would undo, on paper, a name the kernel may resolve
+/// through a symlink (`d -> .` makes `d/../x` the bundle's parent's `x`).
 fn symlink_target(link: &str, target: &str) -> Result<String, String> {
     if target.is_empty() {
         return Err("symlink has an empty target".into());
@@ -769,15 +773,24 @@ fn symlink_target(link: &str, target: &str) -> Result<String, String> {
     }
     let mut parts: Vec<&str> = link.split('/').collect();
     parts.pop();
+    let mut named = false;
     for part in target.split('/') {
         match part {
             "" | "." => {}
+            ".." if named => {
+                return Err(format!(
+                    "symlink target {target:?} has `..` after a name; write it as a path without going back"
+                ));
+            }
             ".." => {
                 if parts.pop().is_none() {
                     return Err(format!("symlink target {target:?} leaves the bundle"));
                 }
             }
-            p => parts.push(p),
+            p => {
+                named = true;
+                parts.push(p);
+            }
         }
     }
     Ok(parts.join("/"))
@@ -1214,6 +1227,18 @@ pub(crate) mod tests {
         ]);
         assert_eq!(field, "d/x");
         assert!(msg.contains("through the symlink"), "{msg}");
+        // Nor a target that goes back after a name: with `d -> .` the kernel
+        // reads `d/../etc/shadow` as the bundle's parent's (review helper-63;
+        // lexically it was `etc/shadow`, inside).
+        for target in ["d/../etc/shadow", "d/d/../../etc/shadow", "./x/.."] {
+            let (field, msg) = rejected(&[
+                T::File("cpub.toml", CONTAINER_TOML),
+                T::Symlink("d", "."),
+                T::Symlink("l", target),
+            ]);
+            assert_eq!(field, "l", "{target}");
+            assert!(msg.contains("`..` after a name"), "{target}: {msg}");
+        }
         let (field, _) = rejected(&[T::Hardlink("h", "../outside")]);
         assert_eq!(field, "h");
         let (field, msg) = rejected(&[T::Hardlink("h", "not-there")]);
