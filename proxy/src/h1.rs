@@ -17,7 +17,8 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-/// Largest message head accepted, request or response.
+/// Largest message head accepted, request or response, whether it arrives
+/// in pieces or whole in one read (a read buffer can hold more).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields accepted in one head.
 pub const MAX_HEADERS: usize = 128;
@@ -205,6 +206,7 @@ pub fn parse_request(
     match parsed {
         httparse::Status::Partial if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
         httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(head_len) if head_len > MAX_HEAD => Err(HeadError::TooLarge),
         httparse::Status::Complete(head_len) => {
             let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version)
             else {
@@ -236,6 +238,7 @@ pub fn parse_response(
     match parsed {
         httparse::Status::Partial if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
         httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(head_len) if head_len > MAX_HEAD => Err(HeadError::TooLarge),
         httparse::Status::Complete(head_len) => {
             let (Some(status), Some(minor)) = (resp.code, resp.version) else {
                 return Err(HeadError::Invalid("malformed status line"));
@@ -555,6 +558,13 @@ pub enum Name {
     Traceparent,
     XForwardedFor,
     XForwardedProto,
+    /// What a proxy says about the client (RFC 7239, and the de facto
+    /// `x-real-ip`, `x-forwarded-host`, `x-forwarded-port`): only the
+    /// proxy may say it, so a client's is never sent on.
+    Forwarded,
+    XRealIp,
+    XForwardedHost,
+    XForwardedPort,
     Other,
 }
 
@@ -568,6 +578,8 @@ fn classify(name: &[u8]) -> Name {
         6 if is(b"expect") => Name::Expect,
         7 if is(b"upgrade") => Name::Upgrade,
         7 if is(b"trailer") => Name::Trailer,
+        9 if is(b"forwarded") => Name::Forwarded,
+        9 if is(b"x-real-ip") => Name::XRealIp,
         10 if is(b"connection") => Name::Connection,
         10 if is(b"keep-alive") => Name::KeepAlive,
         11 if is(b"traceparent") => Name::Traceparent,
@@ -575,6 +587,8 @@ fn classify(name: &[u8]) -> Name {
         14 if is(b"content-length") => Name::ContentLength,
         15 if is(b"x-forwarded-for") => Name::XForwardedFor,
         16 if is(b"proxy-connection") => Name::ProxyConnection,
+        16 if is(b"x-forwarded-host") => Name::XForwardedHost,
+        16 if is(b"x-forwarded-port") => Name::XForwardedPort,
         17 if is(b"transfer-encoding") => Name::TransferEncoding,
         17 if is(b"x-forwarded-proto") => Name::XForwardedProto,
         _ => Name::Other,
@@ -688,7 +702,9 @@ pub struct Forwarding<'a> {
 /// (a chunked body keeps the codings before `chunked`, and is re-framed
 /// without trailers, so `trailer` goes), `x-request-id`, `x-forwarded-for`
 /// (the client's address appended to the incoming values) and
-/// `x-forwarded-proto`.
+/// `x-forwarded-proto`. What else a proxy would say about the client
+/// (`forwarded`, `x-real-ip`, `x-forwarded-host`, `x-forwarded-port`) is
+/// dropped: a client's own would fool a function that trusts it.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -731,7 +747,14 @@ pub fn write_request_head(
         if kind.is_hop_by_hop()
             || matches!(
                 kind,
-                Name::Expect | Name::XRequestId | Name::Traceparent | Name::XForwardedProto
+                Name::Expect
+                    | Name::XRequestId
+                    | Name::Traceparent
+                    | Name::XForwardedProto
+                    | Name::Forwarded
+                    | Name::XRealIp
+                    | Name::XForwardedHost
+                    | Name::XForwardedPort
             )
             // `Transfer_Encoding`: a server that maps `_` to `-` would
             // frame by it (dropped, as nginx does by default).
@@ -1035,6 +1058,11 @@ mod tests {
             (b"X-Request-ID", Name::XRequestId),
             (b"x-forwarded-for", Name::XForwardedFor),
             (b"X-Forwarded-Proto", Name::XForwardedProto),
+            (b"Forwarded", Name::Forwarded),
+            (b"x-real-ip", Name::XRealIp),
+            (b"X-Forwarded-Host", Name::XForwardedHost),
+            (b"x-forwarded-PORT", Name::XForwardedPort),
+            (b"x-forwarded-hosts", Name::Other),
             (b"content-type", Name::Other),
             (b"connectionx", Name::Other),
             (b"tf", Name::Other),
@@ -1064,6 +1092,40 @@ mod tests {
         let mut huge = b"GET / HTTP/1.1\r\nx: ".to_vec();
         huge.resize(MAX_HEAD + 10, b'a');
         assert_eq!(parse_request(&huge, &mut f), Err(HeadError::TooLarge));
+    }
+
+    /// `start`, then one field padded so that the head is `len` bytes.
+    fn head_of_len(start: &[u8], len: usize) -> Vec<u8> {
+        let mut head = [start, b"x-pad: "].concat();
+        head.resize(len - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    }
+
+    /// Security review of the proxy: the head limit holds for a head that
+    /// arrives whole in one read too (a read buffer can hold 256 KiB), for
+    /// requests (431) and for answers (502). (Old code checked only heads
+    /// still incomplete, and took a whole one of any length.)
+    #[test]
+    fn whole_heads_over_the_limit_are_refused() {
+        let mut f = Vec::new();
+        let request = b"GET / HTTP/1.1\r\nhost: a\r\n";
+        let at_limit = head_of_len(request, MAX_HEAD);
+        let line = parse_request(&at_limit, &mut f).unwrap().unwrap();
+        assert_eq!(line.head_len, MAX_HEAD);
+        for len in [MAX_HEAD + 1, 200 * 1024] {
+            let over = head_of_len(request, len);
+            assert_eq!(parse_request(&over, &mut f), Err(HeadError::TooLarge));
+            assert_eq!(HeadError::TooLarge.status(), 431);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n";
+        let at_limit = head_of_len(answer, MAX_HEAD);
+        let line = parse_response(&at_limit, &mut f).unwrap().unwrap();
+        assert_eq!(line.head_len, MAX_HEAD);
+        for len in [MAX_HEAD + 1, 200 * 1024] {
+            let over = [&head_of_len(answer, len)[..], b"body"].concat();
+            assert_eq!(parse_response(&over, &mut f), Err(HeadError::TooLarge));
+        }
     }
 
     #[test]
@@ -1185,7 +1247,8 @@ mod tests {
         let raw = b"POST /fn/f/x?y=1 HTTP/1.0\r\nHost: h\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
 Keep-Alive: timeout=5\r\nTE: trailers\r\nUpgrade: websocket\r\nExpect: 100-continue\r\n\
 X-Request-Id: evil\r\nX-Forwarded-For: 192.0.2.7\r\nx-forwarded-for: 198.51.100.1\r\n\
-X-Forwarded-Proto: https\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
+X-Forwarded-Proto: https\r\nForwarded: for=192.0.2.9;host=evil\r\nX-Real-IP: 192.0.2.9\r\n\
+X-Forwarded-Host: evil\r\nX-Forwarded-Port: 8443\r\nContent-Length: 3\r\nX-Kept: yes\r\n\r\n";
         let (line, fields) = request(raw);
         let mut out = Vec::new();
         let fwd = Forwarding {

@@ -3,7 +3,7 @@
 //! real pool on a test runtime, in front of a scripted upstream, driven by
 //! raw TCP clients so that framing is checked byte for byte.
 //!
-//! Over 600 lines: 43 tests of one data path over a harness of about 680
+//! Over 600 lines: 46 tests of one data path over a harness of about 680
 //! lines (a scripted upstream that records what it received, a raw client
 //! that checks framing byte for byte), which they all share.
 
@@ -2180,6 +2180,118 @@ fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
     let (_, r) = h.call(&get("/fn/t/next"));
     assert_eq!(r.status, 200);
     assert_eq!(h.starts(), 1, "the instance was kept: no second start");
+}
+
+/// Security review of the proxy: a handler that fails and closes without
+/// answering (Go's net/http on a panic, Python's http.server on an
+/// exception) after the whole request was written to a fresh connection is
+/// a 502 for that call only; the instance stays. (Old code marked it failed
+/// whenever the request fitted the first write, so any caller could loop
+/// such a call to take instances out, cutting every other call on them.)
+#[test]
+fn an_instance_that_closes_without_answering_a_whole_request_is_not_marked_failed() {
+    let raw = RawUpstream::start(|req| match req.path.as_str() {
+        "/die" => RawAction::Close,
+        _ => send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+    });
+    let h = raw.proxy();
+    for request in [
+        get("/fn/t/die"),
+        "POST /fn/t/die HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello".to_owned(),
+    ] {
+        let (mut c, r) = h.call(&request);
+        assert_eq!(r.status, 502, "{request:?}: {r:?}");
+        assert_eq!(r.error(), "function connection failed");
+        c.expect_closed();
+        let (_, r) = h.call(&get("/fn/t/next"));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(h.starts(), 1, "the instance was kept: no second start");
+    }
+}
+
+/// Security review of the proxy: a client that goes away while its call
+/// waits for an instance has its connection closed when the `100 Continue`
+/// it asked for cannot be written; the instance never gets the request.
+/// (Old code ignored the failed write and sent the head on.)
+#[test]
+fn a_client_gone_before_its_100_continue_is_not_forwarded() {
+    let raw = RawUpstream::start(|_| {
+        send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+    });
+    let runtime =
+        Arc::new(FakeRuntime::serving(raw.addr).with_start_delay(Duration::from_millis(300)));
+    let proxy = start_proxy(Arc::clone(&runtime));
+    let h = Harness {
+        addr: proxy,
+        upstream: Upstream::start(),
+        runtime,
+    };
+    let mut c = h.connect();
+    let client_port = c.tcp.local_addr().unwrap().port();
+    c.send(
+        b"POST /fn/t/u HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+    );
+    // The head reached the proxy and the proxy read it (it now waits for
+    // the instance to start); then the client resets its connection.
+    tcp::wait_until(IO_TIMEOUT, "the proxy read the head", || {
+        let socks = tcp::sockets_of(h.addr);
+        let sent = socks
+            .iter()
+            .any(|s| s.local_port == client_port && s.tx_queue == 0);
+        let read = socks
+            .iter()
+            .any(|s| s.remote_port == client_port && s.rx_queue == 0);
+        sent && read
+    });
+    socket2::SockRef::from(&c.tcp)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    // A call after it, on the instance the first one waited for; then
+    // every connection the instance got is closed (its answers say so).
+    let (_, r) = h.call(&get("/fn/t/next"));
+    assert_eq!(r.status, 200, "{r:?}");
+    raw.wait_closed();
+    let got = String::from_utf8_lossy(&raw.bytes()).into_owned();
+    assert!(!got.contains("POST"), "the request was forwarded: {got:?}");
+    assert_eq!(h.starts(), 1);
+}
+
+/// Security review of the proxy: what a proxy says about the client
+/// (`forwarded`, `x-real-ip`, `x-forwarded-host`, `x-forwarded-port`) is
+/// not taken from the client: a function that trusts them (a reset link
+/// built from `x-forwarded-host`) could be fooled. `x-forwarded-for` is
+/// extended and `x-forwarded-proto` replaced, as before. (Old code passed
+/// the four on unchanged.)
+#[test]
+fn client_forwarding_fields_do_not_reach_the_instance() {
+    let h = Harness::new();
+    let mut c = h.connect();
+    c.send(
+        b"GET /fn/t/echo/f HTTP/1.1\r\nhost: example.test\r\nForwarded: for=1.2.3.4;host=evil.test\r\n\
+          X-Real-IP: 1.2.3.4\r\nx-forwarded-host: evil.test\r\nX-FORWARDED-PORT: 8443\r\n\
+          x-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: https\r\nx-forwarded-hosts: kept\r\n\r\n",
+    );
+    let r = c.response();
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = h.upstream.last();
+    for name in [
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-forwarded-port",
+    ] {
+        assert!(
+            seen.values(name).is_empty(),
+            "{name} was forwarded:\n{}",
+            seen.head_text()
+        );
+    }
+    assert_eq!(seen.values("host"), ["example.test"]);
+    assert_eq!(seen.values("x-forwarded-for"), ["192.0.2.1, 127.0.0.1"]);
+    assert_eq!(seen.values("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.values("x-forwarded-hosts"), ["kept"]);
+    assert!(!seen.head_text().contains("evil"), "{}", seen.head_text());
 }
 
 /// A start that fails in the engine never shows the engine's text to the

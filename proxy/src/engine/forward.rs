@@ -11,8 +11,9 @@
 //!   body is whole in memory only; any other request gets 502 (it may have
 //!   been acted on);
 //! - a fresh connection that breaks before the request's head was taken
-//!   marks the instance failed; one that breaks while the body is being
-//!   sent does not (an instance answering early and closing);
+//!   marks the instance failed; one that breaks after it does not, while
+//!   the body is being sent (an instance answering early and closing) or
+//!   before an answer (a handler that failed on this request);
 //! - the function's timeout runs from here to the end of the answer (504
 //!   while no answer head came).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
@@ -50,7 +51,8 @@ pub(super) struct Answered {
 pub(super) enum NoAnswer {
     /// Answer the client with this, then close its connection.
     Reply(Reply),
-    /// The client went away while sending its body.
+    /// The client went away (while sending its body, or before its
+    /// `100 Continue` could be written): close its connection.
     ClientGone,
 }
 
@@ -105,12 +107,9 @@ impl Conn {
         let used = line.head_len.saturating_add(taken).min(self.buf.len());
         self.buf.drain(..used);
         self.consumed = 0;
-        if req.sem.expect_continue && !body.done() {
-            let _ = timed(
-                &mut self.timer,
-                self.tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"),
-            )
-            .await;
+        if req.sem.expect_continue && !body.done() && !self.send_continue().await {
+            debug!(peer = %self.peer, "client left before its 100 Continue");
+            return Err(NoAnswer::ClientGone);
         }
         // An idempotent request whose body is all in `out` can be sent
         // again.
@@ -160,15 +159,15 @@ impl Conn {
                 },
             };
             let sent = timed(&mut self.timer, up.write_all(&out)).await;
-            // The head went out: a body write that fails now is the
-            // instance answering early and closing (a 413 of its own, a 401
-            // before reading), not a sign that it is broken.
-            let mut head_delivered = false;
+            // Once the head went out, whatever fails is no sign of a broken
+            // instance: a body write that fails is the instance answering
+            // early and closing (a 413 of its own, a 401 before reading),
+            // and a close without an answer is a handler that failed on
+            // this request (Go's net/http on a panic): marking the instance
+            // failed for it would let any caller take instances out.
+            let head_delivered = sent.is_ok();
             let sent = match sent {
-                Ok(()) if !body.done() => {
-                    head_delivered = true;
-                    self.stream_body(&mut body, &mut up).await
-                }
+                Ok(()) if !body.done() => self.stream_body(&mut body, &mut up).await,
                 Ok(()) => Ok(()),
                 Err(e) => Err(StreamError::Upstream(e)),
             };
@@ -227,8 +226,9 @@ impl Conn {
                     {
                         // A fresh connection that broke before the request's
                         // head was taken: the instance is broken, keep it
-                        // from further calls. (One that dies later is taken
-                        // out by Podman's death event.)
+                        // from further calls. (One that breaks later, with or
+                        // without an answer, is left alone: an instance that
+                        // died is taken out by Podman's death event.)
                         debug!(function = %call.function(), instance = %lease.instance_id(), error = %f, "instance failed mid-call");
                         lease.mark_failed();
                     }

@@ -20,6 +20,8 @@ pub struct Sock {
     /// (Nagle's algorithm holds a small write while an earlier one waits
     /// for the peer's delayed acknowledgement).
     pub tx_queue: u32,
+    /// Bytes received and not yet read by the application.
+    pub rx_queue: u32,
 }
 
 /// `/proc/net/tcp`'s `st` of an established connection.
@@ -43,6 +45,7 @@ pub fn sockets_of(addr: SocketAddr) -> Vec<Sock> {
                 remote_port: port_of(fields.get(2)?)?,
                 state: u8::from_str_radix(fields.get(3)?, 16).ok()?,
                 tx_queue: u32::from_str_radix(fields.get(4)?.split_once(':')?.0, 16).ok()?,
+                rx_queue: u32::from_str_radix(fields.get(4)?.split_once(':')?.1, 16).ok()?,
             })
         })
         .filter(|s| s.local_port == port || s.remote_port == port)
