@@ -12,6 +12,18 @@
 //! the row is written there once it answered: a client that goes away
 //! neither cancels a mutating call half-way nor skips its row. A row that
 //! cannot be written is logged as an error (the call has happened).
+//!
+//! The table is kept forever, so nothing a stranger sends may grow it: a
+//! call that presented no valid credential (no token, or a bad, revoked or
+//! expired one: the middleware's 401; a login body that names no user) gets
+//! no row, only its count in `cpub_control_http_requests_total` by status
+//! (`routes::request_span`, which the `CpubAuthFailureSpike` alert reads).
+//! Callers with a valid token are recorded whatever their answer (a 403
+//! included), and so are logins that name a user (their 401s and 429s:
+//! 20 attempts a minute per address, `login_limit`). Every text a row holds
+//! is cut to [`MAX_TEXT_BYTES`] at a character boundary, ending in a marker
+//! that says how long it was ([`bounded`]): a path may be as long as hyper
+//! lets a request line be (tens of KiB).
 
 use std::net::SocketAddr;
 
@@ -77,6 +89,28 @@ fn telemetry(route: &str) -> bool {
     matches!(route, "/executions" | "/nodes/{node}/status" | "/logs")
 }
 
+/// Longest text, in bytes, the audit layer writes into a column (target,
+/// function, error, action, actor, source, request id), marker included.
+pub const MAX_TEXT_BYTES: usize = 512;
+
+/// `text` as a row holds it: whole up to [`MAX_TEXT_BYTES`], else cut at a
+/// character boundary and ended with `… [cut from N bytes]`, so the row is
+/// still at most that long and says it is not the whole text.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text.to_owned();
+    }
+    let marker = format!("… [cut from {} bytes]", text.len());
+    let mut end = MAX_TEXT_BYTES - marker.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + marker.len());
+    out.push_str(&text[..end]);
+    out.push_str(&marker);
+    out
+}
+
 fn mutating(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -103,7 +137,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     }
     let method = request.method().clone();
     // The whole path: inside `nest("/api/v1", …)` the URI lost its prefix.
-    let target = request
+    let path = request
         .extensions()
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().path(), |uri| uri.path())
@@ -115,7 +149,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     let action = match request.extensions().get::<MatchedPath>() {
         Some(route) => action_name(&method, route.as_str())
             .map_or_else(|| format!("{method} {}", route.as_str()), str::to_owned),
-        None => format!("{method} {target}"),
+        None => format!("{method} {path}"),
     };
     let (mut parts, body) = request.into_parts();
     let function = RawPathParams::from_request_parts(&mut parts, &())
@@ -125,9 +159,11 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
             params
                 .iter()
                 .find(|(k, _)| *k == "name")
-                .map(|(_, v)| v.to_owned())
+                .map(|(_, v)| bounded(v))
         })
-        .filter(|_| target.contains("/functions/"));
+        .filter(|_| path.contains("/functions/"));
+    let target = bounded(&path);
+    drop(path);
     let request = Request::from_parts(parts, body);
     let source = request
         .extensions()
@@ -145,31 +181,33 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         let (actor_kind, actor, role) = if let Some(caller) = response.extensions().get::<Caller>()
         {
             match &caller.principal {
-                Principal::User { username, .. } => ("user", Some(username.clone()), caller.role()),
-                Principal::Node { node } => ("node", Some(node.clone()), None),
+                Principal::User { username, .. } => ("user", bounded(username), caller.role()),
+                Principal::Node { node } => ("node", bounded(node), None),
             }
         } else if let Some(actor) = response.extensions().get::<Actor>() {
-            ("user", Some(actor.name.clone()), actor.role)
+            ("user", bounded(&actor.name), actor.role)
         } else {
-            ("anonymous", None, None)
+            // No valid credential: counted by its status in
+            // `cpub_control_http_requests_total`, never a row (see above).
+            return response;
         };
         if routine && actor_kind == "node" && response.status().is_success() {
             return response;
         }
         let row = Row {
             actor_kind,
-            actor,
+            actor: Some(actor),
             role,
-            action,
+            action: bounded(&action),
             target,
             function,
             status: i32::from(response.status().as_u16()),
             error: response
                 .extensions()
                 .get::<ErrorMessage>()
-                .map(|m| m.0.clone()),
-            source,
-            request_id,
+                .map(|m| bounded(&m.0)),
+            source: source.as_deref().map(bounded),
+            request_id: bounded(&request_id),
         };
         if let Err(err) = insert(&db, &row).await {
             tracing::error!(error = %err, ?row, "could not write the audit log row");
@@ -234,5 +272,26 @@ mod tests {
         assert!(telemetry("/api/v1/logs") && !telemetry("/api/v1/functions/{name}/crashes"));
         assert!(mutating(&Method::POST) && mutating(&Method::DELETE) && mutating(&Method::PATCH));
         assert!(!mutating(&Method::GET) && !mutating(&Method::HEAD));
+    }
+
+    #[test]
+    fn texts_are_cut_at_a_character_boundary_with_a_marker() {
+        let short = "/api/v1/functions/hello";
+        assert_eq!(bounded(short), short);
+        let exact = "a".repeat(MAX_TEXT_BYTES);
+        assert_eq!(bounded(&exact), exact);
+        for long in [
+            "a".repeat(MAX_TEXT_BYTES + 1),
+            "é".repeat(40_000),
+            "€".repeat(20_000),
+            format!("x{}", "😀".repeat(20_000)),
+        ] {
+            let cut = bounded(&long);
+            assert!(cut.len() <= MAX_TEXT_BYTES, "{} bytes", cut.len());
+            assert!(cut.len() > MAX_TEXT_BYTES - 64, "{} bytes", cut.len());
+            let marker = format!("… [cut from {} bytes]", long.len());
+            let kept = cut.strip_suffix(&marker).expect("the marker");
+            assert!(long.starts_with(kept), "{cut}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! bootstrap, the revision follower, the listener, graceful shutdown.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use containerpub_podman::Podman;
@@ -19,6 +21,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::fs::create_dir_all(&dir)
             .await
             .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // What a killed run left behind (uploads, 64 MiB by default; build
+    // contexts, 512 MiB). Another control plane may share the data
+    // directory (nothing locks it), so only what no deploy could still be
+    // using goes.
+    let tmp_dir = settings.tmp_dir();
+    let idle = stale_tmp_age(settings.build_timeout);
+    match tokio::task::spawn_blocking(move || sweep_tmp_dir(&tmp_dir, idle)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(count = n, "removed uploads and build contexts left behind"),
+        Ok(Err(err)) => tracing::warn!(%err, "sweeping the temporary directory"),
+        Err(err) => tracing::warn!(%err, "sweeping the temporary directory"),
     }
     let pool = db::connect(&settings.database_url)
         .await
@@ -134,6 +148,77 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = log_sweeper.await;
     pool.close().await;
     Ok(())
+}
+
+/// How long an entry of the temporary directory stays unwritten before
+/// [`sweep_tmp_dir`] takes it for left behind: twice the build timeout (the
+/// rule `db::fail_stale_builds` applies to builds), at least an hour. An
+/// upload being received is written as it arrives; a build context is
+/// written before its build and removed when the build ends.
+pub fn stale_tmp_age(build_timeout: Duration) -> Duration {
+    (build_timeout * 2).max(Duration::from_secs(3600))
+}
+
+/// Removes what the deploy pipeline leaves in `dir` (`settings.tmp_dir()`)
+/// when the control plane is killed: `upload-*.tar.gz` files and `deploy-*`
+/// directories (`deploy::receive`, `deploy::deploy`), once nothing in them
+/// was modified for `idle`, so a deploy another control plane on the same
+/// data directory is running keeps its files. Nothing else there is
+/// touched, and symbolic links are never followed. Returns how many
+/// entries went; an entry that cannot be removed is logged and skipped.
+pub fn sweep_tmp_dir(dir: &Path, idle: Duration) -> std::io::Result<usize> {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let ours = (kind.is_file() && name.starts_with("upload-") && name.ends_with(".tar.gz"))
+            || (kind.is_dir() && name.starts_with("deploy-"));
+        if !ours {
+            continue;
+        }
+        let newest = match newest_modification(&path) {
+            Ok(t) => t,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), %err, "reading a left-behind entry");
+                continue;
+            }
+        };
+        // A time in the future reads as just written.
+        if now.duration_since(newest).unwrap_or_default() < idle {
+            continue;
+        }
+        let result = if kind.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), %err, "removing a left-behind entry")
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The latest modification time of `path` and, for a directory, of
+/// everything under it (links not followed).
+fn newest_modification(path: &Path) -> std::io::Result<SystemTime> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let mut newest = meta.modified()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            newest = newest.max(newest_modification(&entry?.path())?);
+        }
+    }
+    Ok(newest)
 }
 
 async fn wait_for_signal() {

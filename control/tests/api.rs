@@ -1949,3 +1949,305 @@ async fn signing_keys_reach_the_route_table_sealed_at_rest() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.error().field.as_deref(), Some("key_id"));
 }
+
+/// The value of the metric line that starts with `series` (name and
+/// labels) in `GET /metrics`, 0 when the series is not there yet.
+async fn metric_value(app: &TestApp, series: &str) -> u64 {
+    let reply = app
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    String::from_utf8_lossy(&reply.body)
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().expect("a counter"))
+}
+
+/// Audit rows: (actor_kind, actor, role, target, function, status, error).
+type AuditRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    i32,
+    Option<String>,
+);
+
+async fn audit_rows(db: &PgPool) -> Vec<AuditRow> {
+    sqlx::query_as(
+        "SELECT actor_kind, actor, role, target, function, status, error \
+         FROM audit_log ORDER BY id",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn audit_rows_are_bounded_and_calls_without_a_valid_credential_get_none() {
+    use containerpub_control::audit::MAX_TEXT_BYTES;
+    use rand::Rng;
+    let app = app().await;
+    let db = &app.state.db;
+    let long: String = rand::thread_rng()
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(60 * 1024)
+        .map(char::from)
+        .collect();
+    let path = format!("/api/v1/users/{long}");
+    let cut = |text: &str| {
+        assert!(text.len() <= MAX_TEXT_BYTES, "{} bytes", text.len());
+        text.contains("… [cut from ")
+    };
+
+    // An admin's call on a 60-KiB path: one row, its texts cut.
+    let reply = app
+        .send(
+            authed(Request::delete(path.as_str()))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert!(reply.status.is_client_error(), "{}", reply.status);
+    let rows = audit_rows(db).await;
+    assert_eq!(rows.len(), 1, "the admin's call is recorded");
+    let (kind, actor, _, target, _, status, error) = &rows[0];
+    assert_eq!((kind.as_str(), actor.as_deref()), ("user", Some("admin")));
+    assert_eq!(i32::from(reply.status.as_u16()), *status);
+    assert!(cut(target), "{target}");
+    assert!(target.starts_with("/api/v1/users/") && path.starts_with(&target[..400]));
+    assert!(error.as_deref().is_some_and(|e| e.len() <= MAX_TEXT_BYTES));
+    // The function's name is cut at a character boundary (é is 2 bytes).
+    let name = "%C3%A9".repeat(10_000);
+    let reply = app.delete_function(&name).await;
+    assert!(reply.status.is_client_error(), "{}", reply.status);
+    let rows = audit_rows(db).await;
+    assert_eq!(rows.len(), 2, "{:?}", reply.error());
+    let (_, _, _, target, function, _, error) = &rows[1];
+    assert!(cut(target));
+    let function = function.as_deref().expect("the function");
+    assert!(cut(function) && function.starts_with("éééé"), "{function}");
+    assert!(error.as_deref().is_none_or(|e| e.len() <= MAX_TEXT_BYTES));
+
+    // Without a token, or with a bad one: a 401, counted, and no row.
+    let series = r#"cpub_control_http_requests_total{method="DELETE",route="other",status="401"}"#;
+    let counted = metric_value(&app, series).await;
+    for token in [None, Some("Bearer cpub_0000"), Some("Basic YWRtaW46eA==")] {
+        let mut request = Request::delete(path.as_str());
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, token);
+        }
+        let reply = app.send(request.body(Body::empty()).unwrap()).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{token:?}");
+    }
+    assert_eq!(
+        audit_rows(db).await.len(),
+        2,
+        "no row without a valid token"
+    );
+    assert!(
+        metric_value(&app, series).await >= counted + 3,
+        "the refusals are counted in {series}"
+    );
+    // A login body that names nobody: no row either.
+    let reply = app
+        .send(
+            Request::post("/api/v1/auth/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(long.clone()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(audit_rows(db).await.len(), 2);
+
+    // A valid token refused (403) is still recorded, and a failed login.
+    let reply = app
+        .send(json_request(
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"narrow","role_scope":"viewer"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let viewer: containerpub_wire::access::CreatedToken = reply.json();
+    let reply = app
+        .send(
+            Request::delete(path.as_str())
+                .header(header::AUTHORIZATION, format!("Bearer {}", viewer.token))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let reply = app
+        .send(
+            Request::post("/api/v1/auth/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(r#"{"username":"admin","password":"nope"}"#))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let rows = audit_rows(db).await;
+    assert_eq!(rows.len(), 5, "token.create, the 403 and the login");
+    let (kind, actor, role, target, _, status, error) = &rows[3];
+    assert_eq!(
+        (kind.as_str(), actor.as_deref(), role.as_deref(), *status),
+        ("user", Some("admin"), Some("viewer"), 403)
+    );
+    assert!(cut(target));
+    assert!(error.as_deref().is_some_and(|e| e.contains("viewer")));
+    assert_eq!((rows[4].1.as_deref(), rows[4].5), (Some("admin"), 401));
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM audit_log WHERE actor_kind = 'anonymous'"
+        )
+        .fetch_one(db)
+        .await
+        .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_token_cannot_outlive_the_token_that_creates_it() {
+    use containerpub_wire::access::CreatedToken;
+    let app = app().await;
+    let create = |token: String, body: &'static str| {
+        Request::post("/api/v1/tokens")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    // The bootstrap token never expires: it may give any expiry, or none.
+    let reply = app
+        .send(create(TOKEN.into(), r#"{"name":"short","expires":"1h"}"#))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let short: CreatedToken = reply.json();
+    let short_expiry = short.info.expires_at.expect("an expiry");
+    let reply = app
+        .send(create(TOKEN.into(), r#"{"name":"lasting"}"#))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.json::<CreatedToken>().info.expires_at, None);
+    let tokens = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_tokens")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap()
+    };
+    let before = tokens().await;
+
+    // A token that expires in an hour mints nothing later, nor lasting.
+    for body in [
+        r#"{"name":"forever"}"#,
+        r#"{"name":"month","expires":"30d"}"#,
+        r#"{"name":"late","expires":"61m"}"#,
+    ] {
+        let reply = app.send(create(short.token.clone(), body)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+        let error = reply.error();
+        assert_eq!(error.field.as_deref(), Some("expires"), "{body}");
+        assert!(
+            error.error.contains("cannot outlive") && error.error.contains("expires at"),
+            "{}",
+            error.error
+        );
+    }
+    assert_eq!(tokens().await, before, "nothing was created");
+    // Within its own lifetime: created as asked.
+    let reply = app
+        .send(create(
+            short.token.clone(),
+            r#"{"name":"shorter","expires":"30m"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let shorter: CreatedToken = reply.json();
+    let expiry = shorter.info.expires_at.expect("an expiry");
+    assert!(expiry <= short_expiry);
+    let left = expiry - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::minutes(29) && left <= chrono::Duration::minutes(30),
+        "{left}"
+    );
+    // And what it minted is bound the same way.
+    let reply = app
+        .send(create(shorter.token.clone(), r#"{"name":"again"}"#))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn left_behind_uploads_and_build_contexts_are_swept_and_nothing_else() {
+    use containerpub_control::server::{stale_tmp_age, sweep_tmp_dir};
+    use std::time::SystemTime;
+    // No database: the directory alone (`settings.tmp_dir()` at start).
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("tmp");
+    std::fs::create_dir(&dir).unwrap();
+    let idle = stale_tmp_age(Duration::from_secs(120));
+    assert_eq!(idle, Duration::from_secs(3600), "at least an hour");
+    assert_eq!(
+        stale_tmp_age(Duration::from_secs(7200)),
+        Duration::from_secs(4 * 3600)
+    );
+    let old = SystemTime::now() - Duration::from_secs(2 * 3600);
+    let age = |path: &std::path::Path| {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    };
+    let file = |name: &str, stale: bool| {
+        let path = dir.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        if stale {
+            age(&path);
+        }
+    };
+    // Left behind: an upload and a build context, unwritten for 2 hours.
+    file("upload-abc123.tar.gz", true);
+    std::fs::create_dir(dir.join("deploy-abc123")).unwrap();
+    file("deploy-abc123/context.tar", true);
+    age(&dir.join("deploy-abc123"));
+    // In use (another control plane on the same data directory): kept.
+    file("upload-new.tar.gz", false);
+    std::fs::create_dir(dir.join("deploy-busy")).unwrap();
+    file("deploy-busy/context.tar", false);
+    age(&dir.join("deploy-busy"));
+    // Not the control plane's: kept, however old.
+    file("notes.txt", true);
+    file("upload-abc.zip", true);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious"), b"x").unwrap();
+    age(outside.path());
+    std::os::unix::fs::symlink(outside.path(), dir.join("deploy-link")).unwrap();
+
+    assert_eq!(sweep_tmp_dir(&dir, idle).unwrap(), 2);
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "deploy-busy",
+            "deploy-link",
+            "notes.txt",
+            "upload-abc.zip",
+            "upload-new.tar.gz"
+        ]
+    );
+    assert!(outside.path().join("precious").exists());
+    assert_eq!(sweep_tmp_dir(&dir, idle).unwrap(), 0);
+    // With no idle time required, whatever is the control plane's goes.
+    assert_eq!(sweep_tmp_dir(&dir, Duration::ZERO).unwrap(), 2);
+    assert!(!dir.join("deploy-busy").exists() && !dir.join("upload-new.tar.gz").exists());
+    assert!(dir.join("deploy-link").exists() && outside.path().join("precious").exists());
+}

@@ -5,7 +5,12 @@
 //!
 //! Any user manages its own tokens; admins list (`all`) and revoke anyone's.
 //! A new token's scope can only narrow: it is at most the calling token's
-//! effective role, so a narrowed token cannot mint a wider one.
+//! effective role, so a narrowed token cannot mint a wider one. Nor can it
+//! outlive the calling token: a token that expires may only create tokens
+//! that expire no later than itself ([`within_caller_expiry`]); asking for
+//! a later expiry, or for none, is a 400 naming `expires` and the latest
+//! time allowed. Refused, not cut short: a script that asked for `30d`
+//! would not otherwise learn that its token dies tomorrow.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -33,6 +38,9 @@ type TokenRow = (
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
 );
+
+/// A token's expiry; `None`: it never expires.
+type Expiry = Option<DateTime<Utc>>;
 
 /// The select list of [`TokenRow`], for `concat!`.
 macro_rules! token_select {
@@ -131,16 +139,29 @@ pub async fn create(
         None if Some(effective) != caller_user_role(&caller) => Some(effective),
         None => None,
     };
+    // The new token's expiry and the calling token's, by the database's
+    // clock (the one that decides expiry, `auth::caller_for_token`).
+    let expiries: Option<(Expiry, Expiry, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT now() + make_interval(secs => $2), expires_at, now() \
+         FROM api_tokens WHERE id = $1",
+    )
+    .bind(caller.token_id)
+    .bind(expires_s)
+    .fetch_optional(&state.db)
+    .await?;
+    let (expires_at, caller_expires_at, now) =
+        expiries.ok_or_else(|| Error::Unauthorized("invalid or revoked API token".into()))?;
+    within_caller_expiry(expires_at, caller_expires_at, now)?;
     let token = auth::new_token();
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO api_tokens (user_id, token_hash, kind, name, role_scope, expires_at) \
-         VALUES ($1, $2, 'token', $3, $4, now() + make_interval(secs => $5)) RETURNING id",
+         VALUES ($1, $2, 'token', $3, $4, $5) RETURNING id",
     )
     .bind(user_id)
     .bind(auth::token_hash(&token))
     .bind(&name)
     .bind(scope.map(Role::as_str))
-    .bind(expires_s)
+    .bind(expires_at)
     .fetch_one(&state.db)
     .await?;
     let row: TokenRow = sqlx::query_as(concat!(token_select!(), " WHERE t.id = $1"))
@@ -150,6 +171,39 @@ pub async fn create(
     tracing::info!(user = %username, token = id, %name, scope = ?scope, "token created");
     let info = token_info(row, &caller)?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
+}
+
+/// A new token expiring at `expires_at` may be created by a token
+/// expiring at `caller_expires_at`, at `now`: a token that expires creates
+/// none that outlives it, so a leaked short-lived token cannot mint a
+/// lasting one (what it minted before its revocation still works, but
+/// only until it would have expired itself). The 400 names `expires` and
+/// what is allowed.
+fn within_caller_expiry(
+    expires_at: Expiry,
+    caller_expires_at: Expiry,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let Some(limit) = caller_expires_at else {
+        return Ok(());
+    };
+    if expires_at.is_some_and(|at| at <= limit) {
+        return Ok(());
+    }
+    let left = (limit - now).num_seconds().max(0);
+    let asked = expires_at.map_or_else(
+        || "no expiry".to_owned(),
+        |at| format!("an expiry at {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+    );
+    Err(Error::bad_request(
+        "expires",
+        format!(
+            "a token cannot outlive the token that creates it: this one expires at {} \
+             (in {left} s), and {asked} was asked; ask for \"expires\": \"{left}s\" or less, \
+             or create it with a token that does not expire (`cpub login`)",
+            limit.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+    ))
 }
 
 fn caller_user_role(caller: &Caller) -> Option<Role> {
