@@ -1169,8 +1169,21 @@ async fn tokens_nodes_and_logins() {
         "",
     );
     assert!(err.contains("can only narrow"), "{err}");
-    // A narrowed token mints nothing wider than itself.
-    let minted = cli_ok(&stack, &scoped, &["token", "create", "--name", "child"], "");
+    // A narrowed token mints nothing wider than itself, nor anything that
+    // outlives it (it expires in 30 days).
+    let err = cli_err(
+        &stack,
+        &scoped,
+        &["token", "create", "--name", "forever"],
+        "",
+    );
+    assert!(err.contains("expires"), "{err}");
+    let minted = cli_ok(
+        &stack,
+        &scoped,
+        &["token", "create", "--name", "child", "--expires", "1d"],
+        "",
+    );
     assert!(cli_ok(&stack, minted.trim(), &["user", "whoami"], "").contains("scoped to viewer"));
     let err = cli_err(
         &stack,
