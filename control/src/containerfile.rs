@@ -62,17 +62,40 @@ fn check_characters(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Splits a Containerfile into instructions; refuses the escape directive.
+/// Splits a Containerfile into instructions as imagebuilder's `Parse`
+/// does; refuses the escape directive. An instruction's first line loses
+/// its leading blanks; a continuation line is appended as it is, without
+/// its `\` and the blanks after it, with nothing put between (so `COP\`
+/// then `Y --from=x` is `COPY --from=x`, and a line of only `\` makes the
+/// next line the instruction); comment and blank lines inside a
+/// continuation are skipped; the keyword is split off the whole line.
 fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
     check_characters(text)?;
+    let blank = [' ', '\t'];
+    // `\` then blanks to the end: the continuation rule.
+    let continued = |line: &str| {
+        line.trim_end_matches(blank)
+            .strip_suffix('\\')
+            .map(str::to_owned)
+    };
     let mut out = Vec::new();
-    let mut current: Option<Instruction> = None;
+    // The instruction being read: its first line and its text so far.
+    let mut current: Option<(usize, String)> = None;
+    let finish = |line_no: usize, text: &str, out: &mut Vec<Instruction>| {
+        let text = text.trim_matches(blank);
+        let (keyword, args) = text.split_once(blank).unwrap_or((text, ""));
+        out.push(Instruction {
+            line: line_no,
+            keyword: keyword.to_ascii_uppercase(),
+            args: args.trim_matches(blank).to_owned(),
+        });
+    };
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
-        let trimmed = raw.trim_start_matches([' ', '\t']);
+        let trimmed = raw.trim_start_matches(blank);
         if let Some(comment) = trimmed.strip_prefix('#') {
             if let Some((key, _)) = comment.split_once('=')
-                && key.trim_matches([' ', '\t']).eq_ignore_ascii_case("escape")
+                && key.trim_matches(blank).eq_ignore_ascii_case("escape")
             {
                 return Err(format!(
                     "line {line_no}: the escape directive is not allowed; continue lines with \\"
@@ -80,36 +103,36 @@ fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
             }
             continue; // comment, also inside a continuation
         }
-        if trimmed.is_empty() {
-            continue;
-        }
-        // A continuation is the escape character then spaces and tabs only.
-        let content = raw.trim_end_matches([' ', '\t']);
-        let (part, continues) = match content.strip_suffix('\\') {
-            Some(p) => (p, true),
-            None => (content, false),
-        };
-        match current.as_mut() {
-            Some(inst) => {
-                inst.args.push(' ');
-                inst.args.push_str(part.trim_matches([' ', '\t']));
-            }
+        match current.take() {
             None => {
-                let part = part.trim_start_matches([' ', '\t']);
-                let (keyword, args) = part.split_once([' ', '\t']).unwrap_or((part, ""));
-                current = Some(Instruction {
-                    line: line_no,
-                    keyword: keyword.to_ascii_uppercase(),
-                    args: args.trim_matches([' ', '\t']).to_owned(),
-                });
+                if trimmed.is_empty() {
+                    continue;
+                }
+                match continued(trimmed) {
+                    Some(part) => current = Some((line_no, part)),
+                    None => finish(line_no, trimmed, &mut out),
+                }
             }
-        }
-        if !continues && let Some(inst) = current.take() {
-            out.push(inst);
+            Some((start, mut text)) => {
+                if trimmed.is_empty() {
+                    current = Some((start, text));
+                    continue;
+                }
+                match continued(raw) {
+                    Some(part) => {
+                        text.push_str(&part);
+                        current = Some((start, text));
+                    }
+                    None => {
+                        text.push_str(raw);
+                        finish(start, &text, &mut out);
+                    }
+                }
+            }
         }
     }
-    if let Some(inst) = current.take() {
-        out.push(inst);
+    if let Some((start, text)) = current {
+        finish(start, &text, &mut out);
     }
     Ok(out)
 }
@@ -148,9 +171,7 @@ pub fn check(text: &str, allowed_bases: &[String]) -> Result<(), String> {
                 let image = words.next().unwrap_or("");
                 let name = match (words.next(), words.next(), words.next()) {
                     (None, ..) => None,
-                    (Some(a), Some(n), None) if a.eq_ignore_ascii_case("as") => {
-                        Some(n.to_ascii_lowercase())
-                    }
+                    (Some(a), Some(n), None) if a.eq_ignore_ascii_case("as") => Some(n.to_owned()),
                     _ => return refuse(&inst, "expected `FROM <image> [AS <name>]`".into()),
                 };
                 if image.is_empty() {
@@ -168,11 +189,14 @@ pub fn check(text: &str, allowed_bases: &[String]) -> Result<(), String> {
                     return refuse(
                         &inst,
                         format!(
-                            "stage name {name:?} must start with a letter and hold only letters, digits, `_`, `.` and `-`"
+                            "stage name {name:?} must start with a lowercase letter and hold only lowercase letters, digits, `_`, `.` and `-`"
                         ),
                     );
                 }
-                let earlier = stages.iter().any(|s| s == &image.to_ascii_lowercase());
+                // Names compare exactly: Buildah's stage lookups are
+                // case-sensitive, and a name it does not find as a stage
+                // it looks up as an image, by a short id's prefix too.
+                let earlier = stages.iter().any(|s| s == image);
                 if !(image == "scratch" || earlier || allowed_bases.iter().any(|b| b == image)) {
                     return refuse(
                         &inst,
@@ -215,9 +239,17 @@ pub fn check(text: &str, allowed_bases: &[String]) -> Result<(), String> {
                     let Some(from) = flag.strip_prefix("--from=") else {
                         continue;
                     };
-                    let index_ok = from.parse::<usize>().is_ok_and(|i| i < stages.len());
-                    let name_ok =
-                        !from.is_empty() && stages.iter().any(|s| *s == from.to_ascii_lowercase());
+                    // A stage before this one (Buildah takes no other; its
+                    // own name or a later one it looks up as an image), by
+                    // its exact name or its index as Buildah spells it
+                    // (`1`, not `01`).
+                    let earlier = stages
+                        .get(..stages.len().saturating_sub(1))
+                        .unwrap_or_default();
+                    let index_ok = from
+                        .parse::<usize>()
+                        .is_ok_and(|i| i < earlier.len() && from == i.to_string());
+                    let name_ok = !from.is_empty() && earlier.iter().any(|s| s == from);
                     if !(index_ok || name_ok) {
                         return refuse(
                             &inst,
@@ -273,8 +305,10 @@ fn has_url(sources: &str) -> bool {
 /// localhost/cpub-fn-x`).
 fn is_stage_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 /// Reads `name` from an uncompressed build context tar (following one
@@ -338,7 +372,7 @@ mod tests {
     fn scratch_and_earlier_stages_are_fine() {
         check("FROM scratch\nCOPY a /a\n", &[]).unwrap();
         check(
-            "# syntax=docker/dockerfile:1\nFROM scratch AS Build\nCOPY a /a\nRUN [\"/a\"]\nFROM build\nFROM scratch\nCOPY --from=build /a /b\nCOPY --from=1 --chown=65534:65534 --chmod=0755 /a /c\r\nCOPY [\"a b\", \"/d/\"]\n",
+            "# syntax=docker/dockerfile:1\nFROM scratch AS build\nCOPY a /a\nRUN [\"/a\"]\nFROM build\nFROM scratch\nCOPY --from=build /a /b\nCOPY --from=1 --chown=65534:65534 --chmod=0755 /a /c\r\nCOPY [\"a b\", \"/d/\"]\n",
             &[],
         )
         .unwrap();
@@ -433,6 +467,23 @@ mod tests {
             let msg = refused(&format!("FROM scratch\n{text}\n"));
             assert!(msg.contains(why), "{text}: {msg}");
         }
+        // Stage references Buildah would look up as an image (by a short
+        // id's prefix too): the stage itself, another case, `01` for 1
+        // (review helper-66).
+        for text in [
+            "FROM scratch AS a\nCOPY --from=a / /loot",
+            "FROM scratch\nCOPY --from=0 / /loot",
+            "FROM scratch AS b\nFROM scratch\nCOPY --from=01 / /loot",
+            "FROM scratch AS b\nFROM scratch\nCOPY --from=B / /loot",
+        ] {
+            let msg = refused(&format!("{text}\n"));
+            assert!(msg.contains("not an earlier stage"), "{text}: {msg}");
+        }
+        let msg = refused("FROM scratch AS A0\nFROM a0\n");
+        assert!(
+            msg.starts_with("line 1:") && msg.contains("lowercase"),
+            "{msg}"
+        );
         // A stage name Buildah would look up as an image.
         let msg = refused("FROM scratch AS localhost/cpub-fn-x:v1\nFROM localhost/cpub-fn-x:v1\n");
         assert!(
@@ -461,6 +512,29 @@ mod tests {
             let msg = refused(&text);
             assert!(msg.starts_with("line 2:"), "{end:?}: {msg}");
         }
+        // Continuations are joined with nothing between, the keyword split
+        // off the whole: `COP\` + `Y` is COPY, a lone `\` makes the next
+        // line the instruction (review helper-66: both hid the line).
+        for text in [
+            "FROM scratch\nCOP\\\nY --from=localhost/cpub-fn-x:v1 / /loot\n",
+            "FROM scratch\n\\\nCOPY --from=localhost/cpub-fn-x:v1 / /loot\n",
+            "FROM scratch\n  \\ \n# c\n\nCOPY --from=localhost/cpub-fn-x:v1 / /loot\n",
+        ] {
+            let msg = refused(text);
+            assert!(
+                msg.starts_with("line 2:") && msg.contains("not an earlier stage"),
+                "{text:?}: {msg}"
+            );
+        }
+        let msg = refused("FROM scratch\nAD\\\nD \"http:/\\\n/127.0.0.1/\" /x\n");
+        assert!(msg.starts_with("line 2:") && msg.contains("URL"), "{msg}");
+        let msg = refused("FROM scratch\nAD\\\nD \"http:/\\  \n/127.0.0.1/\" /x\n");
+        assert!(msg.starts_with("line 2:") && msg.contains("URL"), "{msg}");
+        let read = instructions("FROM scratch\nAD\\\nD \"http:/\\\n/127.0.0.1/\" /x\n").unwrap();
+        assert_eq!(
+            (read[1].keyword.as_str(), read[1].args.as_str()),
+            ("ADD", "\"http://127.0.0.1/\" /x")
+        );
         // A carriage return ends a line only before a line feed (as for
         // imagebuilder's scanner); alone it is refused.
         let msg = refused("FROM scratch\rADD http://127.0.0.1/ /x\n");

@@ -59,14 +59,19 @@ pub async fn routes(
             () = tokio::time::sleep(query.wait()) => {}
             () = state.shutdown.cancelled() => {}
         }
+    }
+    let table = db::route_table(&state.db, &state.vault).await?;
+    if query.since.is_some() {
         // The table holds every function's secrets: a credential revoked
         // (or a user removed, or demoted) while this poll waited gets a
-        // 401, not the table a rotation of those secrets made.
+        // 401, not the table a rotation of those secrets made. Checked
+        // after the table is read, so a revocation that committed before
+        // the read is seen.
         let now = auth::recheck(&state.db, &headers).await?;
         now.require(Action::WatchRoutes, None)?;
         now.require_node_name(query.node.as_ref().map(|n| n.as_str()))?;
     }
-    Ok(Json(db::route_table(&state.db, &state.vault).await?))
+    Ok(Json(table))
 }
 
 #[cfg(test)]
