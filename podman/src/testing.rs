@@ -36,26 +36,34 @@ pub async fn ensure_busybox_image(podman: &Podman, tag: &str) {
         return;
     }
     let dir = tempfile::tempdir().expect("temporary directory");
-    let tar_path = dir.path().join("ctx.tar");
-    let mut builder =
-        tar::Builder::new(std::fs::File::create(&tar_path).expect("build context file"));
-    builder
-        .append_path_with_name(Path::new("/bin/busybox"), "busybox")
-        .expect("adding /bin/busybox (installed by scripts/setup-host.sh)");
-    let containerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/tmp\"]\n";
-    let mut header = tar::Header::new_gnu();
-    header.set_size(containerfile.len() as u64);
-    header.set_mode(0o644);
-    builder
-        .append_data(&mut header, "Containerfile", &containerfile[..])
-        .expect("adding the Containerfile");
-    builder.finish().expect("writing the build context");
-    drop(builder);
+    let tar_path = busybox_context(
+        dir.path(),
+        "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/tmp\"]\n",
+    );
     let out = podman
         .build_image(&tar_path, "Containerfile", tag)
         .await
         .expect("building the test image");
     assert!(out.ok, "building {tag} failed: {}", out.log);
+}
+
+/// A build context in `dir` (`ctx.tar`, returned): /bin/busybox as
+/// `busybox` and `containerfile` as `Containerfile`.
+pub fn busybox_context(dir: &Path, containerfile: &str) -> std::path::PathBuf {
+    let tar_path = dir.join("ctx.tar");
+    let mut builder =
+        tar::Builder::new(std::fs::File::create(&tar_path).expect("build context file"));
+    builder
+        .append_path_with_name(Path::new("/bin/busybox"), "busybox")
+        .expect("adding /bin/busybox (installed by scripts/setup-host.sh)");
+    let mut header = tar::Header::new_gnu();
+    header.set_size(containerfile.len() as u64);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "Containerfile", containerfile.as_bytes())
+        .expect("adding the Containerfile");
+    builder.finish().expect("writing the build context");
+    tar_path
 }
 
 /// Removes `images` from the store of `store` (its socket) with the

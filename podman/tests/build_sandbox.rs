@@ -45,19 +45,7 @@ fn unique(prefix: &str) -> String {
 
 /// A context with /bin/busybox and the given Containerfile.
 fn context(dir: &Path, containerfile: &str) -> std::path::PathBuf {
-    let tar_path = dir.join("ctx.tar");
-    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
-    builder
-        .append_path_with_name(Path::new("/bin/busybox"), "busybox")
-        .unwrap();
-    let mut header = tar::Header::new_gnu();
-    header.set_size(containerfile.len() as u64);
-    header.set_mode(0o644);
-    builder
-        .append_data(&mut header, "Containerfile", containerfile.as_bytes())
-        .unwrap();
-    builder.finish().unwrap();
-    tar_path
+    containerpub_podman::testing::busybox_context(dir, containerfile)
 }
 
 /// Host processes whose command line contains `needle`.

@@ -59,17 +59,10 @@ const VOLUME: &str = "/data";
 /// Builds [`volume_image`] from [`IMAGE`] on the same store.
 async fn build_volume_image(podman: &Podman) {
     let dir = tempfile::tempdir().unwrap();
-    let tar_path = dir.path().join("ctx.tar");
-    let mut builder = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
-    let containerfile = format!("FROM {IMAGE}\nVOLUME {VOLUME}\n");
-    let mut header = tar::Header::new_gnu();
-    header.set_size(containerfile.len() as u64);
-    header.set_mode(0o644);
-    builder
-        .append_data(&mut header, "Containerfile", containerfile.as_bytes())
-        .unwrap();
-    builder.finish().unwrap();
-    drop(builder);
+    let tar_path = containerpub_podman::testing::busybox_context(
+        dir.path(),
+        &format!("FROM {IMAGE}\nVOLUME {VOLUME}\n"),
+    );
     let out = podman
         .build_image(&tar_path, "Containerfile", &volume_image())
         .await

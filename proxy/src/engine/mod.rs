@@ -173,18 +173,7 @@ pub async fn serve_connection(
     worker: Rc<Worker>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let mut conn = Conn {
-        tcp,
-        peer,
-        client_ip: peer.ip().to_string(),
-        buf: Buf::none(),
-        fields: Vec::new(),
-        ufields: Vec::new(),
-        timing: Vec::new(),
-        consumed: 0,
-        timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
-        idle: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
-    };
+    let mut conn = Conn::new(tcp, peer);
     loop {
         match conn.next_request(&worker).await {
             Next::Request(line) => {
@@ -211,6 +200,23 @@ pub async fn serve_connection(
 }
 
 impl Conn {
+    /// A new client connection: no buffer until its first bytes, both
+    /// timers at the head's read limit.
+    fn new(tcp: TcpStream, peer: SocketAddr) -> Self {
+        Self {
+            tcp,
+            peer,
+            client_ip: peer.ip().to_string(),
+            buf: Buf::none(),
+            fields: Vec::new(),
+            ufields: Vec::new(),
+            timing: Vec::new(),
+            consumed: 0,
+            timer: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+            idle: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
+        }
+    }
+
     async fn next_request(&mut self, worker: &Worker) -> Next {
         let now = tokio::time::Instant::now();
         if self.idle.deadline() < now + HEADER_READ_TIMEOUT / 2 {
@@ -403,19 +409,9 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        let mut conn = Conn {
-            tcp,
-            peer,
-            client_ip: peer.ip().to_string(),
-            buf: Buf::none(),
-            fields: Vec::new(),
-            ufields: Vec::new(),
-            timing: Vec::new(),
-            consumed: 0,
-            // The previous call's deadline, past.
-            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            idle: Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT)),
-        };
+        let mut conn = Conn::new(tcp, peer);
+        // The previous call's deadline, past.
+        conn.timer = Box::pin(tokio::time::sleep(Duration::ZERO));
         assert!(conn.timer.deadline() <= tokio::time::Instant::now());
         let continued = b"HTTP/1.1 100 Continue\r\n\r\n";
         let reader = tokio::spawn(async move {
