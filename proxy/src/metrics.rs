@@ -93,6 +93,8 @@ pub enum Rejection {
     UnknownFunction,
     /// Request body over the function's limit.
     BodyTooLarge,
+    /// Request body not received within the function's timeout (408).
+    BodyTimeout,
     /// The function's queue of waiting calls is full.
     QueueFull,
     /// No instance became free within the queue timeout.
@@ -115,10 +117,11 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::NotFound,
         Self::UnknownFunction,
         Self::BodyTooLarge,
+        Self::BodyTimeout,
         Self::QueueFull,
         Self::QueueTimeout,
         Self::StartFailed,
@@ -135,6 +138,7 @@ impl Rejection {
             Self::NotFound => "not_found",
             Self::UnknownFunction => "unknown_function",
             Self::BodyTooLarge => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
             Self::QueueFull => "queue_full",
             Self::QueueTimeout => "queue_timeout",
             Self::StartFailed => "start_failed",

@@ -3,16 +3,19 @@
 //! (`/healthz`; `/metrics` is on the admin listener, `crate::admin`) and refusals are answered here, the function is
 //! looked up in the route table, a private function's key is checked
 //! (`crate::access`), its limits are applied (`CONNECT`, a
-//! `content-length` over `max_body_bytes`) and an instance is leased — in
-//! `lease`, the one place the data path asks the pool for an instance.
+//! `content-length` over `max_body_bytes`), the body is read (whole up to
+//! `BODY_AHEAD`, 1 MiB, or that much of it: a slow sender holds no
+//! instance) and an instance is leased — in `lease`, the one place the
+//! data path asks the pool for an instance.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use containerpub_pool::{Lease, PoolError};
 use tracing::debug;
 
-use super::{Conn, Worker};
+use super::body::RequestBody;
+use super::{Conn, Fail, Worker, read_more};
 use crate::h1::{self, Framing, OwnAnswer, RequestLine, Semantics};
 use crate::metrics::{self, Rejection};
 use crate::path::{self, PathError};
@@ -56,6 +59,22 @@ pub(super) async fn lease(proxy: &Proxy, entry: &Entry) -> Result<Lease, PoolErr
     }
 }
 
+/// Of a request body, what is read before the call is leased an instance:
+/// the whole body up to this size, this much of a larger one. A client that
+/// sends its body slowly holds no instance meanwhile, only its connection
+/// and what it sent; while streamed, a body would hold its instance for up
+/// to the function's whole timeout.
+pub(super) const BODY_AHEAD: usize = 1 << 20;
+
+/// Why a request body could not be read before the lease.
+enum Ahead {
+    /// Answer with this and close (a malformed chunked body, one over the
+    /// limit, one not sent within the function's timeout).
+    Reply(Reply),
+    /// The client went away: close without an answer.
+    Gone,
+}
+
 impl Conn {
     /// Admits the request whose head is `line`: answers it when the proxy
     /// does so itself, or leases an instance for it.
@@ -66,7 +85,7 @@ impl Conn {
         line: &RequestLine,
     ) -> Admission {
         let received_at = Instant::now();
-        let sem = match h1::request_semantics(&self.buf, line.minor, &self.fields) {
+        let mut sem = match h1::request_semantics(&self.buf, line.minor, &self.fields) {
             Ok(sem) => sem,
             Err(e) => {
                 metrics::record_rejection(Rejection::BadRequest);
@@ -236,6 +255,21 @@ impl Conn {
             }
         }
 
+        if has_body
+            && let Err(ahead) = self
+                .read_body_ahead(line, &mut sem, limit, call.timeout())
+                .await
+        {
+            return Admission::Answered(match ahead {
+                Ahead::Reply(reply) => self.answer_call(call, &reply, true, head_only).await,
+                Ahead::Gone => {
+                    debug!(peer = %self.peer, "client left while sending its body");
+                    drop(call);
+                    false
+                }
+            });
+        }
+
         match lease(proxy, &entry).await {
             Ok(mut lease) => {
                 lease.note_call(&call.request_id);
@@ -257,5 +291,62 @@ impl Conn {
             head_only,
             idempotent,
         })
+    }
+
+    /// Reads the body of the request whose head is `line` into the read
+    /// buffer until it is whole there, or its first `BODY_AHEAD` bytes are,
+    /// under the function's `timeout`; a chunked body is checked on the way
+    /// (malformed, or over `limit`: refused before any instance). The
+    /// `100 Continue` a client asked for is sent before the first read, and
+    /// `sem` then no longer asks for it. A body that came with its head
+    /// costs no read and no timer.
+    async fn read_body_ahead(
+        &mut self,
+        line: &RequestLine,
+        sem: &mut Semantics,
+        limit: u64,
+        timeout: Duration,
+    ) -> Result<(), Ahead> {
+        let mut probe = RequestBody::new(sem.framing, limit);
+        // Body bytes in the buffer the probe has taken.
+        let mut scanned = 0usize;
+        let mut reading = false;
+        loop {
+            let rest = self
+                .buf
+                .get(line.head_len.saturating_add(scanned)..)
+                .unwrap_or_default();
+            let taken = probe.scan(rest).map_err(|e| Ahead::Reply(e.reply(limit)))?;
+            scanned = scanned.saturating_add(taken);
+            if probe.done() || scanned >= BODY_AHEAD {
+                return Ok(());
+            }
+            if !reading {
+                reading = true;
+                if sem.expect_continue {
+                    if !self.send_continue().await {
+                        return Err(Ahead::Gone);
+                    }
+                    sem.expect_continue = false;
+                }
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + timeout);
+            }
+            match read_more(&mut self.tcp, &mut self.buf, &mut self.timer).await {
+                Ok(_) => {}
+                Err(Fail::Timeout) => {
+                    return Err(Ahead::Reply(Reply::rejected(
+                        Rejection::BodyTimeout,
+                        408,
+                        format!(
+                            "request body not received within the function's timeout of {} ms",
+                            timeout.as_millis()
+                        ),
+                    )));
+                }
+                Err(Fail::Eof | Fail::Io(_)) => return Err(Ahead::Gone),
+            }
+        }
     }
 }

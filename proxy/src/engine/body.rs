@@ -178,6 +178,21 @@ impl RequestBody {
     pub(super) fn relay(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BodyError> {
         self.progress.relay(input, out, false).map_err(body_error)
     }
+
+    /// Follows the body through `input` without relaying it (a chunked one
+    /// checked as `relay` would); returns how many bytes of `input` it
+    /// took. What a chunk line left unfinished is not taken: it comes again
+    /// with the bytes after it.
+    pub(super) fn scan(&mut self, input: &[u8]) -> Result<usize, BodyError> {
+        if self.is_chunked() {
+            self.progress
+                .chunked
+                .decode(input, |_| {})
+                .map_err(body_error)
+        } else {
+            self.take(input)
+        }
+    }
 }
 
 fn body_error(e: ChunkError) -> BodyError {

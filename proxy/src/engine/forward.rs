@@ -1,7 +1,8 @@
 //! Forwarding: a request on its way to the leased instance and the
 //! instance's answer head back. The head for the instance is written
-//! straight into a buffer with the body bytes that came with it and leaves
-//! in one write; the rest of the body follows as it comes (a chunked one
+//! straight into a buffer with the body bytes in the read buffer (all of a
+//! body up to 1 MiB, which admission read before the lease) and leaves in
+//! one write; the rest of a larger body follows as it comes (a chunked one
 //! re-framed). The connection is a pooled one to the instance or a fresh
 //! one, and these rules decide what happens when it fails:
 //! - a connect failure marks the instance failed; the call is tried once
@@ -99,6 +100,7 @@ impl Conn {
                 upgrade: req.sem.upgrade,
             },
         );
+        let head_len = out.len();
         let here = self.buf.get(line.head_len..).unwrap_or_default();
         let mut body = RequestBody::new(req.sem.framing, limit);
         let taken = body
@@ -158,14 +160,16 @@ impl Conn {
                     }
                 },
             };
-            let sent = timed(&mut self.timer, up.write_all(&out)).await;
+            let (written, sent) = write_counted(&mut up, &mut self.timer, &out).await;
             // Once the head went out, whatever fails is no sign of a broken
             // instance: a body write that fails is the instance answering
             // early and closing (a 413 of its own, a 401 before reading),
             // and a close without an answer is a handler that failed on
             // this request (Go's net/http on a panic): marking the instance
-            // failed for it would let any caller take instances out.
-            let head_delivered = sent.is_ok();
+            // failed for it would let any caller take instances out. The
+            // body read ahead of the lease leaves with the head, so the
+            // head counts as sent once its bytes were taken.
+            let head_delivered = written >= head_len;
             let sent = match sent {
                 Ok(()) if !body.done() => self.stream_body(&mut body, &mut up).await,
                 Ok(()) => Ok(()),
@@ -294,6 +298,24 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Writes all of `bytes` before `timer` fires; returns how many were
+/// written, as far as it came when it failed.
+async fn write_counted(
+    up: &mut TcpStream,
+    timer: &mut Pin<Box<Sleep>>,
+    bytes: &[u8],
+) -> (usize, Result<(), Fail>) {
+    let mut written = 0;
+    while let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) {
+        match timed(timer, up.write(rest)).await {
+            Ok(0) => return (written, Err(Fail::Io(std::io::ErrorKind::WriteZero.into()))),
+            Ok(n) => written += n,
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
 }
 
 fn connection_failed() -> NoAnswer {
