@@ -1012,8 +1012,13 @@ fn a_body_sent_slowly_holds_no_instance() {
                 .iter()
                 .any(|s| s.remote_port == port && s.rx_queue == 0)
         });
+        let meanwhile = Instant::now();
         let (_, r) = h.call(&get("/fn/t/echo/meanwhile"));
         assert_eq!(r.status, 200, "{head}: {r:?}");
+        assert!(
+            meanwhile.elapsed() < Duration::from_millis(TIMEOUT_MS),
+            "answered without waiting for the slow call's timeout"
+        );
         assert_eq!(h.upstream.last().path, "/echo/meanwhile");
         slow.send(rest);
         let r = slow.response();
@@ -1023,6 +1028,87 @@ fn a_body_sent_slowly_holds_no_instance() {
         assert_eq!(seen.body, body, "{head}");
     }
     assert_eq!(h.starts(), 1);
+}
+
+/// A request pipelined after a body that came over several reads (read
+/// ahead of the lease) is a request of its own, never part of the body:
+/// after a `content-length` body, and after a chunked one with a trailer.
+#[test]
+fn a_request_pipelined_after_a_body_read_ahead_is_its_own() {
+    let h = Harness::new();
+    for (head, first, rest, body) in [
+        (
+            "content-length: 10",
+            &b"hel"[..],
+            &b"lo worl"[..],
+            &b"hello worl"[..],
+        ),
+        (
+            "transfer-encoding: chunked",
+            b"5\r\nhel",
+            b"lo\r\n0\r\nx-t: y\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let mut c = h.connect();
+        let port = c.tcp.local_addr().unwrap().port();
+        c.send(format!("POST /fn/t/echo/1 HTTP/1.1\r\nhost: x\r\n{head}\r\n\r\n").as_bytes());
+        c.send(first);
+        tcp::wait_until(IO_TIMEOUT, "the proxy read the first part", || {
+            tcp::sockets_of(h.addr)
+                .iter()
+                .any(|s| s.remote_port == port && s.rx_queue == 0)
+        });
+        c.send(&[rest, get("/fn/t/echo/2").as_bytes()].concat());
+        let first = c.response();
+        assert_eq!(first.status, 200, "{head}: {first:?}");
+        let seen = h.upstream.last();
+        assert_eq!(
+            (seen.path.as_str(), seen.body.as_slice()),
+            ("/echo/1", body),
+            "{head}"
+        );
+        let second = c.response();
+        assert_eq!(second.status, 200, "{head}: {second:?}");
+        let seen = h.upstream.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            ("GET", "/echo/2"),
+            "{head}"
+        );
+        assert!(seen.body.is_empty());
+    }
+}
+
+/// A chunked body of 1-byte chunks, over the read ahead in its encoded
+/// size: the first MiB leaves with the head, the rest streams (decoded at
+/// most 64 KiB a pass), and the instance gets every byte in order.
+#[test]
+fn a_body_of_tiny_chunks_over_the_read_ahead_arrives_whole() {
+    const N: usize = 400_000;
+    let h = Harness::routing(route_with(N, ""));
+    let data: Vec<u8> = (0..N).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut body = Vec::with_capacity(N * 6 + 5);
+    for b in &data {
+        body.extend_from_slice(b"1\r\n");
+        body.push(*b);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    assert!(body.len() > 2 * AHEAD);
+    let mut c = h.connect();
+    c.send(b"POST /fn/t/echo/tiny HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n");
+    c.send(&body);
+    let r = c.response();
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = h.upstream.last();
+    assert_eq!(seen.path, "/echo/tiny");
+    let got = parse_chunked(&seen.body).expect("a whole chunked body");
+    assert!(
+        got.data == data,
+        "{} bytes of {N} arrived, or out of order",
+        got.data.len()
+    );
 }
 
 /// A body not sent within the function's timeout is answered 408 by the

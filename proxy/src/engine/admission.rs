@@ -9,6 +9,7 @@
 //! data path asks the pool for an instance.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use containerpub_pool::{Lease, PoolError};
@@ -65,6 +66,43 @@ pub(super) async fn lease(proxy: &Proxy, entry: &Entry) -> Result<Lease, PoolErr
 /// and what it sent; while streamed, a body would hold its instance for up
 /// to the function's whole timeout.
 pub(super) const BODY_AHEAD: usize = 1 << 20;
+
+/// Most bytes of read buffers the process's connections may hold while
+/// they read bodies ahead of their lease (each about 1–2 MiB at most, for
+/// the function's timeout); past it, a body streams after the lease, as
+/// one over 1 MiB does. Clients that send bodies slowly from many
+/// connections then hold instances again, not the node's memory.
+const AHEAD_BUDGET: usize = 256 << 20;
+
+/// Bytes of read buffers held by bodies being read ahead, all connections.
+static AHEAD_HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// A connection's share of `AHEAD_HELD`, given back when dropped.
+#[derive(Default)]
+struct Held(usize);
+
+impl Held {
+    /// Whether another read ahead may hold more of the budget.
+    fn room() -> bool {
+        AHEAD_HELD.load(Ordering::Relaxed) < AHEAD_BUDGET
+    }
+
+    /// Counts `bytes` held by this connection from now on.
+    fn set(&mut self, bytes: usize) {
+        if bytes > self.0 {
+            AHEAD_HELD.fetch_add(bytes - self.0, Ordering::Relaxed);
+        } else {
+            AHEAD_HELD.fetch_sub(self.0 - bytes, Ordering::Relaxed);
+        }
+        self.0 = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
 
 /// Why a request body could not be read before the lease.
 enum Ahead {
@@ -299,7 +337,8 @@ impl Conn {
     /// (malformed, or over `limit`: refused before any instance). The
     /// `100 Continue` a client asked for is sent before the first read, and
     /// `sem` then no longer asks for it. A body that came with its head
-    /// costs no read and no timer.
+    /// costs no read and no timer. While `AHEAD_BUDGET` is spent, it reads
+    /// no further: the rest streams after the lease.
     async fn read_body_ahead(
         &mut self,
         line: &RequestLine,
@@ -311,6 +350,7 @@ impl Conn {
         // Body bytes in the buffer the probe has taken.
         let mut scanned = 0usize;
         let mut reading = false;
+        let mut held = Held::default();
         loop {
             let rest = self
                 .buf
@@ -318,7 +358,7 @@ impl Conn {
                 .unwrap_or_default();
             let taken = probe.scan(rest).map_err(|e| Ahead::Reply(e.reply(limit)))?;
             scanned = scanned.saturating_add(taken);
-            if probe.done() || scanned >= BODY_AHEAD {
+            if probe.done() || scanned >= BODY_AHEAD || !Held::room() {
                 return Ok(());
             }
             if !reading {
@@ -333,7 +373,9 @@ impl Conn {
                     .as_mut()
                     .reset(tokio::time::Instant::now() + timeout);
             }
-            match read_more(&mut self.tcp, &mut self.buf, &mut self.timer).await {
+            let read = read_more(&mut self.tcp, &mut self.buf, &mut self.timer).await;
+            held.set(self.buf.capacity());
+            match read {
                 Ok(_) => {}
                 Err(Fail::Timeout) => {
                     return Err(Ahead::Reply(Reply::rejected(
@@ -348,5 +390,28 @@ impl Conn {
                 Err(Fail::Eof | Fail::Io(_)) => return Err(Ahead::Gone),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_ahead_buffers_count_in_the_budget_until_dropped() {
+        // No other test of this binary reads a body ahead.
+        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 0);
+        let mut held = Held::default();
+        held.set(1 << 20);
+        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 1 << 20);
+        assert!(Held::room());
+        held.set(AHEAD_BUDGET);
+        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), AHEAD_BUDGET);
+        assert!(!Held::room(), "the budget is spent");
+        held.set(2 << 20);
+        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 2 << 20);
+        drop(held);
+        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 0);
+        assert!(Held::room());
     }
 }

@@ -181,8 +181,9 @@ impl RequestBody {
 
     /// Follows the body through `input` without relaying it (a chunked one
     /// checked as `relay` would); returns how many bytes of `input` it
-    /// took. What a chunk line left unfinished is not taken: it comes again
-    /// with the bytes after it.
+    /// took: all of them until the body ends (the decoder keeps an
+    /// unfinished chunk line in its own state), so the next call gets only
+    /// the bytes after them.
     pub(super) fn scan(&mut self, input: &[u8]) -> Result<usize, BodyError> {
         if self.is_chunked() {
             self.progress

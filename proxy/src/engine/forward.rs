@@ -11,10 +11,10 @@
 //!   it) is replaced by a fresh one once, for an idempotent request whose
 //!   body is whole in memory only; any other request gets 502 (it may have
 //!   been acted on);
-//! - a fresh connection that breaks before the request's head was taken
-//!   marks the instance failed; one that breaks after it does not, while
-//!   the body is being sent (an instance answering early and closing) or
-//!   before an answer (a handler that failed on this request);
+//! - a fresh connection that breaks before it took any byte of the request
+//!   marks the instance failed; one that breaks later does not, in the head
+//!   or the body (an instance refusing early and closing) or before an
+//!   answer (a handler that failed on this request);
 //! - the function's timeout runs from here to the end of the answer (504
 //!   while no answer head came).
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
@@ -35,6 +35,9 @@ use crate::h1::{self, Field, Forwarding, HeadError, RequestLine, StatusLine};
 use crate::metrics::UpstreamError;
 use crate::service::{Proxy, Reply, pool_reply};
 use crate::upstream::{self, Buf};
+
+/// Most bytes of a streamed chunked body decoded in one pass.
+const CHUNKED_PASS: usize = 64 * 1024;
 
 /// The instance's answer head, on the connection that carries the rest.
 pub(super) struct Answered {
@@ -100,7 +103,6 @@ impl Conn {
                 upgrade: req.sem.upgrade,
             },
         );
-        let head_len = out.len();
         let here = self.buf.get(line.head_len..).unwrap_or_default();
         let mut body = RequestBody::new(req.sem.framing, limit);
         let taken = body
@@ -166,10 +168,11 @@ impl Conn {
             // early and closing (a 413 of its own, a 401 before reading),
             // and a close without an answer is a handler that failed on
             // this request (Go's net/http on a panic): marking the instance
-            // failed for it would let any caller take instances out. The
-            // body read ahead of the lease leaves with the head, so the
-            // head counts as sent once its bytes were taken.
-            let head_delivered = written >= head_len;
+            // failed for it would let any caller take instances out. Only
+            // a connection that took nothing at all is a broken instance's:
+            // once some of the head was taken, the instance may have read
+            // enough to refuse it (a head over its own limit) and close.
+            let took_some = written > 0;
             let sent = match sent {
                 Ok(()) if !body.done() => self.stream_body(&mut body, &mut up).await,
                 Ok(()) => Ok(()),
@@ -225,12 +228,12 @@ impl Conn {
                 HeadFailure::Io(f) => {
                     call.count_upstream_error(UpstreamError::Reset);
                     if !reused
-                        && !head_delivered
+                        && !took_some
                         && let Some(lease) = &call.lease
                     {
-                        // A fresh connection that broke before the request's
-                        // head was taken: the instance is broken, keep it
-                        // from further calls. (One that breaks later, with or
+                        // A fresh connection that broke before it took a
+                        // byte: the instance is broken, keep it from
+                        // further calls. (One that breaks later, with or
                         // without an answer, is left alone: an instance that
                         // died is taken out by Podman's death event.)
                         debug!(function = %call.function(), instance = %lease.instance_id(), error = %f, "instance failed mid-call");
@@ -268,8 +271,15 @@ impl Conn {
                 // leaves from the read buffer (one vectored write).
                 frames.clear();
                 parts.clear();
+                // At most `CHUNKED_PASS` bytes a pass: a piece of
+                // bookkeeping per chunk (1-byte chunks: about 14 times the
+                // input) stays small however much one read brought.
+                let input = self
+                    .buf
+                    .get(..self.buf.len().min(CHUNKED_PASS))
+                    .unwrap_or_default();
                 let taken = body
-                    .relay_parts(&self.buf, &mut frames, &mut parts)
+                    .relay_parts(input, &mut frames, &mut parts)
                     .map_err(StreamError::Body)?;
                 let mut slices: Vec<IoSlice<'_>> = parts
                     .iter()
