@@ -504,6 +504,17 @@ impl Harness {
         Self::start(true)
     }
 
+    /// A proxy routing `route` to instances that are all the server at
+    /// `addr` (the harness's own upstream is unused).
+    fn in_front_of(addr: SocketAddr, route: Route) -> Self {
+        let runtime = Arc::new(FakeRuntime::serving(addr));
+        Self {
+            addr: start_proxy_routing(Arc::clone(&runtime), route),
+            upstream: Upstream::start(),
+            runtime,
+        }
+    }
+
     /// Function `t` as `route` says.
     fn routing(route: Route) -> Self {
         Self::start_routing(false, route)
@@ -541,6 +552,26 @@ impl Harness {
             tcp,
             buf: Vec::new(),
         }
+    }
+
+    /// Waits until the proxy has read everything `c` sent.
+    fn wait_read(&self, c: &Client, what: &str) {
+        let port = c.tcp.local_addr().unwrap().port();
+        tcp::wait_until(IO_TIMEOUT, what, || {
+            tcp::sockets_of(self.addr)
+                .iter()
+                .any(|s| s.remote_port == port && s.rx_queue == 0)
+        });
+    }
+
+    /// A new connection on which a POST to `path` with the `framing` field
+    /// and the first bytes of its body were sent and read by the proxy.
+    fn post_begun(&self, path: &str, framing: &str, first: &[u8]) -> Client {
+        let mut c = self.connect();
+        c.send(format!("POST {path} HTTP/1.1\r\nhost: x\r\n{framing}\r\n\r\n").as_bytes());
+        c.send(first);
+        self.wait_read(&c, "the proxy read the head and the first body bytes");
+        c
     }
 
     /// One request on a new connection, and its answer.
@@ -979,6 +1010,11 @@ fn expect_100_continue_gets_an_interim_answer_before_the_body() {
     );
 }
 
+/// A `content-length` body in two parts, and what the instance gets:
+/// framing field, first part, rest, body.
+const LENGTH_BODY_IN_TWO: (&str, &[u8], &[u8], &[u8]) =
+    ("content-length: 10", b"hel", b"lo worl", b"hello worl");
+
 /// A client that sends its body slowly holds no instance meanwhile: the
 /// proxy reads a body (up to 1 MiB) before it leases one. Here the
 /// function has one instance serving one call at a time; a call made
@@ -990,12 +1026,7 @@ fn expect_100_continue_gets_an_interim_answer_before_the_body() {
 fn a_body_sent_slowly_holds_no_instance() {
     let h = Harness::routing(route_with(MAX_BODY, "max_instances = 1\nconcurrency = 1\n"));
     for (head, first, rest, body) in [
-        (
-            "content-length: 10",
-            &b"hel"[..],
-            &b"lo worl"[..],
-            &b"hello worl"[..],
-        ),
+        LENGTH_BODY_IN_TWO,
         (
             "transfer-encoding: chunked",
             b"5\r\nhel",
@@ -1003,15 +1034,7 @@ fn a_body_sent_slowly_holds_no_instance() {
             b"5\r\nhello\r\n4\r\n wor\r\n0\r\n\r\n",
         ),
     ] {
-        let mut slow = h.connect();
-        let port = slow.tcp.local_addr().unwrap().port();
-        slow.send(format!("POST /fn/t/echo/slow HTTP/1.1\r\nhost: x\r\n{head}\r\n\r\n").as_bytes());
-        slow.send(first);
-        tcp::wait_until(IO_TIMEOUT, "the proxy read the head", || {
-            tcp::sockets_of(h.addr)
-                .iter()
-                .any(|s| s.remote_port == port && s.rx_queue == 0)
-        });
+        let mut slow = h.post_begun("/fn/t/echo/slow", head, first);
         let meanwhile = Instant::now();
         let (_, r) = h.call(&get("/fn/t/echo/meanwhile"));
         assert_eq!(r.status, 200, "{head}: {r:?}");
@@ -1037,12 +1060,7 @@ fn a_body_sent_slowly_holds_no_instance() {
 fn a_request_pipelined_after_a_body_read_ahead_is_its_own() {
     let h = Harness::new();
     for (head, first, rest, body) in [
-        (
-            "content-length: 10",
-            &b"hel"[..],
-            &b"lo worl"[..],
-            &b"hello worl"[..],
-        ),
+        LENGTH_BODY_IN_TWO,
         (
             "transfer-encoding: chunked",
             b"5\r\nhel",
@@ -1050,33 +1068,26 @@ fn a_request_pipelined_after_a_body_read_ahead_is_its_own() {
             b"5\r\nhello\r\n0\r\n\r\n",
         ),
     ] {
-        let mut c = h.connect();
-        let port = c.tcp.local_addr().unwrap().port();
-        c.send(format!("POST /fn/t/echo/1 HTTP/1.1\r\nhost: x\r\n{head}\r\n\r\n").as_bytes());
-        c.send(first);
-        tcp::wait_until(IO_TIMEOUT, "the proxy read the first part", || {
-            tcp::sockets_of(h.addr)
-                .iter()
-                .any(|s| s.remote_port == port && s.rx_queue == 0)
-        });
+        let mut c = h.post_begun("/fn/t/echo/1", head, first);
         c.send(&[rest, get("/fn/t/echo/2").as_bytes()].concat());
         let first = c.response();
         assert_eq!(first.status, 200, "{head}: {first:?}");
-        let seen = h.upstream.last();
-        assert_eq!(
-            (seen.path.as_str(), seen.body.as_slice()),
-            ("/echo/1", body),
-            "{head}"
-        );
         let second = c.response();
         assert_eq!(second.status, 200, "{head}: {second:?}");
-        let seen = h.upstream.last();
+        let seen = h.upstream.requests();
+        let [.., one, two] = seen.as_slice() else {
+            panic!("{head}: {seen:?}")
+        };
         assert_eq!(
-            (seen.method.as_str(), seen.path.as_str()),
-            ("GET", "/echo/2"),
+            (one.method.as_str(), one.path.as_str(), one.body.as_slice()),
+            ("POST", "/echo/1", body),
             "{head}"
         );
-        assert!(seen.body.is_empty());
+        assert_eq!(
+            (two.method.as_str(), two.path.as_str(), two.body.as_slice()),
+            ("GET", "/echo/2", &b""[..]),
+            "{head}"
+        );
     }
 }
 
@@ -1122,9 +1133,7 @@ fn a_body_not_sent_in_time_is_408_before_any_instance() {
         ("content-length: 10", &b"hel"[..]),
         ("transfer-encoding: chunked", b"5\r\nhel"),
     ] {
-        let mut c = h.connect();
-        c.send(format!("POST /fn/t/x HTTP/1.1\r\nhost: x\r\n{head}\r\n\r\n").as_bytes());
-        c.send(first);
+        let mut c = h.post_begun("/fn/t/x", head, first);
         let r = c.response();
         assert_eq!(r.status, 408, "{head}: {r:?}");
         assert_eq!(
@@ -1190,13 +1199,8 @@ fn chunked_body_growing_over_the_limit_is_refused() {
     // The body crosses the limit while the proxy reads it ahead of the
     // lease: refused before any instance.
     let mut c = h.connect();
-    let port = c.tcp.local_addr().unwrap().port();
     c.send(&[head.as_bytes(), &chunk(512)].concat());
-    tcp::wait_until(IO_TIMEOUT, "the proxy read the first part", || {
-        tcp::sockets_of(h.addr)
-            .iter()
-            .any(|s| s.remote_port == port && s.rx_queue == 0)
-    });
+    h.wait_read(&c, "the proxy read the first part");
     c.send(&[&chunk(600)[..], b"0\r\n\r\n"].concat());
     let r = c.response();
     assert_eq!(r.status, 413);
@@ -1734,14 +1738,7 @@ impl RawUpstream {
 
     /// A proxy in front of this instance, routing `route`.
     fn proxy_routing(&self, route: Route) -> Harness {
-        let runtime = Arc::new(FakeRuntime::serving(self.addr));
-        let addr = start_proxy_routing(Arc::clone(&runtime), route);
-        Harness {
-            addr,
-            // Unused: this instance is the raw one.
-            upstream: Upstream::start(),
-            runtime,
-        }
+        Harness::in_front_of(self.addr, route)
     }
 }
 
@@ -1839,13 +1836,8 @@ fn trailer_with_a_bare_lf_is_refused_and_never_reaches_the_instance() {
     // The head first, the body later: the proxy reads the body before it
     // leases an instance, and the instance gets nothing.
     let mut c = h.connect();
-    let port = c.tcp.local_addr().unwrap().port();
     c.send(&reproducer[..69]);
-    tcp::wait_until(IO_TIMEOUT, "the proxy read the head", || {
-        tcp::sockets_of(h.addr)
-            .iter()
-            .any(|s| s.remote_port == port && s.rx_queue == 0)
-    });
+    h.wait_read(&c, "the proxy read the head");
     c.send(&reproducer[69..]);
     let r = c.response();
     assert_eq!(r.status, 400, "{r:?}");
@@ -2431,13 +2423,7 @@ fn early_refuser(
 #[test]
 fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
     let (addr, reset) = early_refuser(AHEAD, false);
-    let runtime = Arc::new(FakeRuntime::serving(addr));
-    let proxy = start_proxy_routing(Arc::clone(&runtime), route_with(2 * AHEAD, ""));
-    let h = Harness {
-        addr: proxy,
-        upstream: Upstream::start(),
-        runtime,
-    };
+    let h = Harness::in_front_of(addr, route_with(2 * AHEAD, ""));
     let mut c = h.connect();
     // The proxy reads `AHEAD` bytes of the body before it leases an
     // instance, and sends them with the head; the rest follows as it comes.
@@ -2471,13 +2457,7 @@ fn an_instance_that_answers_early_and_closes_is_not_marked_failed() {
 #[test]
 fn an_instance_that_refuses_on_the_head_is_not_marked_failed() {
     let (addr, reset) = early_refuser(0, true);
-    let runtime = Arc::new(FakeRuntime::serving(addr));
-    let proxy = start_proxy_routing(Arc::clone(&runtime), route_with(2 * AHEAD, ""));
-    let h = Harness {
-        addr: proxy,
-        upstream: Upstream::start(),
-        runtime,
-    };
+    let h = Harness::in_front_of(addr, route_with(2 * AHEAD, ""));
     let mut c = h.connect();
     c.send(
         format!("POST /fn/t/big HTTP/1.1\r\nHost: x\r\nContent-Length: {AHEAD}\r\n\r\n").as_bytes(),
