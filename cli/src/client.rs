@@ -665,6 +665,22 @@ mod tests {
     }
 
     #[test]
+    fn a_login_answer_without_an_expiry_still_reads() {
+        // From a control plane whose login tokens never expired.
+        let old: LoginResponse = serde_json::from_str(r#"{"token":"cpub_x","username":"a"}"#)
+            .expect("an answer without expires_at");
+        assert_eq!(old.expires_at, None);
+        let new: LoginResponse = serde_json::from_str(
+            r#"{"token":"cpub_x","username":"a","expires_at":"2030-01-02T03:04:05Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            new.expires_at.map(|at| at.to_rfc3339()),
+            Some("2030-01-02T03:04:05+00:00".to_owned())
+        );
+    }
+
+    #[test]
     fn unauthorized_hints_at_login() {
         let err = anyhow::Error::new(ApiFailure {
             status: StatusCode::UNAUTHORIZED,

@@ -1,6 +1,7 @@
 //! Who is calling and what they may do: argon2 password hashes, random
 //! bearer tokens stored only as sha256 hashes (users' API tokens and
-//! proxies' node credentials), first-start bootstrap of `admin`, the
+//! proxies' node credentials), login tokens that expire (and stop at a
+//! password change), first-start bootstrap of `admin`, the
 //! middleware that resolves the bearer token of every `/api/v1` route but
 //! login into a [`Caller`], and the one authorization rule,
 //! [`Caller::require`], that every handler calls.
@@ -370,10 +371,22 @@ static DUMMY_HASH: LazyLock<String> =
     LazyLock::new(|| hash_password("not a real password").expect("argon2 of a constant"));
 
 /// A user whose password matched.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoggedIn {
     pub user_id: i64,
     pub role: Role,
+    /// The stored hash the password matched: a login token is issued only
+    /// while it is still the user's ([`issue_login_token`]).
+    password_hash: String,
+}
+
+impl std::fmt::Debug for LoggedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedIn")
+            .field("user_id", &self.user_id)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks credentials; `None` for an unknown user and a wrong password alike.
@@ -390,9 +403,10 @@ pub async fn check_login(
     let password = password.to_owned();
     let found = row.is_some();
     let (id, phc, role) = row.unwrap_or((0, String::new(), String::new()));
-    let ok = tokio::task::spawn_blocking(move || {
-        let phc = if found { phc } else { DUMMY_HASH.clone() };
-        verify_password(&password, &phc) && found
+    let (ok, phc) = tokio::task::spawn_blocking(move || {
+        let checked = if found { &phc } else { &*DUMMY_HASH };
+        let ok = verify_password(&password, checked) && found;
+        (ok, phc)
     })
     .await
     .map_err(|e| anyhow::anyhow!("password check task: {e}"))?;
@@ -400,19 +414,83 @@ pub async fn check_login(
         return Ok(None);
     }
     let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("users.role: {e}"))?;
-    Ok(Some(LoggedIn { user_id: id, role }))
+    Ok(Some(LoggedIn {
+        user_id: id,
+        role,
+        password_hash: phc,
+    }))
 }
 
-/// Creates and stores a new token for a user; returns the token (shown once).
-pub async fn issue_token(pool: &PgPool, user_id: i64, kind: &str) -> Result<String> {
+/// The kind (`api_tokens.kind`) of the tokens logins issue: the ones a
+/// password change revokes.
+pub const LOGIN_KIND: &str = "login";
+
+/// A login's new token, shown once, and when it expires.
+#[derive(Debug)]
+pub struct LoginToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Creates and stores the token of a login, expiring `lifetime` from now
+/// by the database's clock (the one [`caller_for_token`] checks expiry
+/// with). `None` when the user's password changed (or the user went)
+/// since [`check_login`]: the row is read `FOR SHARE`, so a login that
+/// raced a password change either finishes before the change (which then
+/// revokes its token) or sees the new hash and issues nothing.
+pub async fn issue_login_token(
+    pool: &PgPool,
+    user: &LoggedIn,
+    lifetime: std::time::Duration,
+) -> Result<Option<LoginToken>> {
     let token = new_token();
-    sqlx::query("INSERT INTO api_tokens (user_id, token_hash, kind, name) VALUES ($1, $2, $3, $3)")
-        .bind(user_id)
-        .bind(token_hash(&token))
-        .bind(kind)
-        .execute(pool)
-        .await?;
-    Ok(token)
+    let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "INSERT INTO api_tokens (user_id, token_hash, kind, name, expires_at) \
+         SELECT id, $2, $3, $3, now() + make_interval(secs => $4) FROM users \
+         WHERE id = $1 AND password_hash = $5 FOR SHARE \
+         RETURNING expires_at",
+    )
+    .bind(user.user_id)
+    .bind(token_hash(&token))
+    .bind(LOGIN_KIND)
+    .bind(lifetime.as_secs_f64())
+    .bind(&user.password_hash)
+    .fetch_optional(pool)
+    .await?;
+    Ok(expires_at.map(|expires_at| LoginToken { token, expires_at }))
+}
+
+/// Gives the login tokens issued before logins expired (stored without an
+/// expiry) the expiry they would have had: `lifetime` after their login.
+/// Run at start; those older than `lifetime` stop working at once. Returns
+/// how many were changed.
+pub async fn expire_old_login_tokens(pool: &PgPool, lifetime: std::time::Duration) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE api_tokens SET expires_at = created_at + make_interval(secs => $2) \
+         WHERE kind = $1 AND expires_at IS NULL",
+    )
+    .bind(LOGIN_KIND)
+    .bind(lifetime.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// When the token `token_id` (a user's, in `api_tokens`) expires (`None`:
+/// never) and the database's time now: what a token may create is bound
+/// by its own expiry (`routes::tokens::within_caller_expiry`), on the clock
+/// that decides expiry. A 401 when the token went since the call was let
+/// in.
+pub async fn token_expiry(
+    pool: &PgPool,
+    token_id: i64,
+) -> Result<(Option<DateTime<Utc>>, DateTime<Utc>)> {
+    let row: Option<(Option<DateTime<Utc>>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT expires_at, now() FROM api_tokens WHERE id = $1")
+            .bind(token_id)
+            .fetch_optional(pool)
+            .await?;
+    row.ok_or_else(|| Error::Unauthorized("invalid or revoked API token".into()))
 }
 
 /// Secrets generated at first start, to be printed once on stdout.
@@ -509,6 +587,8 @@ struct TokenRow {
     role: Option<String>,
     role_scope: Option<String>,
     token_name: String,
+    /// `api_tokens.kind` (`bootstrap`, `login`, `token`), `node` for a node.
+    token_kind: String,
     expires_at: Option<DateTime<Utc>>,
     expired: bool,
     stale: bool,
@@ -521,12 +601,12 @@ struct TokenRow {
 pub async fn caller_for_token(pool: &PgPool, token: &str) -> Result<Option<Caller>> {
     let row: Option<TokenRow> = sqlx::query_as(
         "SELECT 'user' AS kind, t.id, u.id AS user_id, u.username AS name, u.role, \
-                t.role_scope, t.name AS token_name, t.expires_at, \
+                t.role_scope, t.name AS token_name, t.kind AS token_kind, t.expires_at, \
                 (t.expires_at IS NOT NULL AND t.expires_at <= now()) AS expired, \
                 (t.last_used_at IS NULL OR t.last_used_at < now() - interval '60 seconds') AS stale \
          FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 \
          UNION ALL \
-         SELECT 'node', n.id, NULL, n.node, NULL, NULL, n.node, NULL, FALSE, \
+         SELECT 'node', n.id, NULL, n.node, NULL, NULL, n.node, 'node', NULL, FALSE, \
                 (n.last_used_at IS NULL OR n.last_used_at < now() - interval '60 seconds') \
          FROM node_credentials n WHERE n.token_hash = $1",
     )
@@ -585,11 +665,19 @@ fn caller_of(row: &TokenRow) -> Result<Caller> {
             .expires_at
             .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
             .unwrap_or_default();
-        return Err(Error::Unauthorized(format!(
-            "API token {:?} of user {} expired at {at}; create a new one (`cpub token create`) \
-             or log in again",
-            row.token_name, row.name
-        )));
+        return Err(Error::Unauthorized(if row.token_kind == LOGIN_KIND {
+            format!(
+                "the login of user {} expired at {at} (a login's token works for a limited \
+                 time); log in again (`cpub login -u {}`)",
+                row.name, row.name
+            )
+        } else {
+            format!(
+                "API token {:?} of user {} expired at {at}; log in again (`cpub login`) and \
+                 create a new one (`cpub token create`)",
+                row.token_name, row.name
+            )
+        }));
     }
     let principal = if row.kind == "node" {
         Principal::Node {

@@ -28,12 +28,22 @@ pub const ENV_ADMIN_PASSWORD: &str = "CPUB_ADMIN_PASSWORD";
 pub const ENV_KEEP_VERSIONS: &str = "CPUB_KEEP_VERSIONS";
 pub const ENV_READ_CONCURRENCY: &str = "CPUB_READ_CONCURRENCY";
 pub const ENV_READ_TIMEOUT_S: &str = "CPUB_READ_TIMEOUT_S";
+pub const ENV_LOGIN_TOKEN_LIFETIME: &str = "CPUB_LOGIN_TOKEN_LIFETIME";
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
 /// Shortest accepted `CPUB_BOOTSTRAP_TOKEN`.
 pub const MIN_BOOTSTRAP_TOKEN_LEN: usize = 16;
+
+/// How long a login's token works unless configured otherwise.
+pub const DEFAULT_LOGIN_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// Shortest accepted `CPUB_LOGIN_TOKEN_LIFETIME`: below it a session ends
+/// in the middle of a deploy's build or a followed log.
+pub const MIN_LOGIN_TOKEN_LIFETIME: Duration = Duration::from_secs(3_600);
+/// Longest accepted `CPUB_LOGIN_TOKEN_LIFETIME`: a session of more than a
+/// year is a token that never expires in all but name.
+pub const MAX_LOGIN_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
 /// The control plane's settings.
 #[derive(Debug, Clone, Parser)]
@@ -114,6 +124,11 @@ pub struct Config {
     /// 30-s deadline, so `cpub` gets the answer instead of hanging up.
     #[arg(long, env = ENV_READ_TIMEOUT_S, default_value_t = 20)]
     pub read_timeout_s: u64,
+    /// How long the token of a login (`POST /api/v1/auth/login`, `cpub
+    /// login`) works: a whole number and a unit (`12h`, `30d`, `2w`), from
+    /// 1 hour to 365 days. A token's expiry is fixed when it is issued.
+    #[arg(long, env = ENV_LOGIN_TOKEN_LIFETIME, default_value = "30d")]
+    pub login_token_lifetime: String,
 }
 
 /// A configuration problem; `setting` names the flag and its variable.
@@ -151,6 +166,9 @@ pub struct Settings {
     pub keep_versions: u32,
     /// Reads of records and logs for callers (`crate::reads`).
     pub reads: crate::reads::ReadLimits,
+    /// How long a login's token works (`auth::issue_login_token`), within
+    /// [`MIN_LOGIN_TOKEN_LIFETIME`] and [`MAX_LOGIN_TOKEN_LIFETIME`].
+    pub login_token_lifetime: Duration,
 }
 
 /// The build sandbox: limits of each image build, the base images a
@@ -340,8 +358,10 @@ impl Config {
                 "must not be empty",
             ));
         }
+        let login_token_lifetime = login_token_lifetime(&self.login_token_lifetime)?;
         let logs = self.logs.validate()?;
         Ok(Settings {
+            login_token_lifetime,
             logs,
             listen: self.listen,
             database_url,
@@ -375,6 +395,19 @@ impl Config {
             },
         })
     }
+}
+
+/// `--login-token-lifetime`: the `30d` syntax of `cpub token create
+/// --expires`, within the bounds.
+fn login_token_lifetime(text: &str) -> Result<Duration, ConfigError> {
+    let setting = |message: String| err("login-token-lifetime", ENV_LOGIN_TOKEN_LIFETIME, message);
+    let lifetime = containerpub_wire::access::parse_duration(text).map_err(setting)?;
+    if !(MIN_LOGIN_TOKEN_LIFETIME..=MAX_LOGIN_TOKEN_LIFETIME).contains(&lifetime) {
+        return Err(setting(format!(
+            "must be from 1h to 365d (a login's token must expire, and within a year), got {text:?}"
+        )));
+    }
+    Ok(lifetime)
 }
 
 impl Settings {
@@ -420,6 +453,40 @@ mod tests {
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
         assert_eq!(s.reads.concurrency, 4);
         assert_eq!(s.reads.timeout, Duration::from_secs(20));
+        assert_eq!(s.login_token_lifetime, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn login_token_lifetime_is_bounded() {
+        let lifetime = |value: &str| {
+            parse(&[
+                "--database-url",
+                "postgres://x",
+                "--login-token-lifetime",
+                value,
+            ])
+        };
+        for (value, secs) in [
+            ("1h", 3_600),
+            ("12h", 43_200),
+            ("2w", 14 * 86_400),
+            ("365d", 365 * 86_400),
+        ] {
+            assert_eq!(
+                lifetime(value).unwrap().login_token_lifetime,
+                Duration::from_secs(secs),
+                "{value}"
+            );
+        }
+        for bad in ["0", "0d", "59m", "366d", "100w", "30", "forever", ""] {
+            let e = lifetime(bad).unwrap_err();
+            assert!(
+                e.setting.contains("CPUB_LOGIN_TOKEN_LIFETIME")
+                    && e.setting.contains("--login-token-lifetime"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(lifetime("366d").unwrap_err().message.contains("365d"));
     }
 
     #[test]

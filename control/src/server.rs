@@ -48,6 +48,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )
     .await
     .context("bootstrapping the admin user")?;
+    let old_logins = auth::expire_old_login_tokens(&pool, settings.login_token_lifetime)
+        .await
+        .context("giving login tokens from before login expiry an expiry")?;
+    if old_logins > 0 {
+        tracing::info!(
+            count = old_logins,
+            "login tokens issued without an expiry now expire after CPUB_LOGIN_TOKEN_LIFETIME \
+             from their login"
+        );
+    }
     let vault = vault::Vault::open_or_create(&settings.master_key_path())
         .context("opening the master key file")?;
     match vault::reseal_all(&pool, &vault).await {

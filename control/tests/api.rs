@@ -11,7 +11,7 @@
 //! without Podman: `cargo test -p containerpub-control --test api -- --skip
 //! with_podman`.
 //!
-//! Over 600 lines: seventeen handler tests sharing one router and
+//! Over 600 lines: handler tests sharing one router and
 //! database set-up (a fresh database each) and its request helpers.
 
 use std::time::{Duration, Instant};
@@ -288,7 +288,9 @@ async fn login_gives_a_working_token_and_wrong_credentials_get_401() {
         )))
         .await;
     assert_eq!(ok.status, StatusCode::OK);
-    let LoginResponse { token, username } = ok.json();
+    let LoginResponse {
+        token, username, ..
+    } = ok.json();
     assert_eq!(username, "admin");
     let request = Request::get("/api/v1/functions")
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
@@ -2180,6 +2182,438 @@ async fn a_token_cannot_outlive_the_token_that_creates_it() {
         .send(create(shorter.token.clone(), r#"{"name":"again"}"#))
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+/// `POST /api/v1/auth/login` as `username`: the answer, as JSON.
+async fn log_in(app: &TestApp, username: &str, password: &str) -> serde_json::Value {
+    let body = serde_json::json!({"username": username, "password": password});
+    let reply = app
+        .send(
+            Request::post("/api/v1/auth/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "login {username}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+/// A `method` request to `uri` with `token` as its bearer token and a
+/// JSON `body` (empty: none).
+fn bearer(method: &str, uri: &str, token: &str, body: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+/// `at` is `lifetime` after a time between `before` and `after` (a second
+/// either side for the clocks of the test and of PostgreSQL).
+fn assert_within(
+    at: chrono::DateTime<chrono::Utc>,
+    before: chrono::DateTime<chrono::Utc>,
+    after: chrono::DateTime<chrono::Utc>,
+    lifetime: chrono::TimeDelta,
+) {
+    let second = chrono::TimeDelta::seconds(1);
+    assert!(
+        at >= before + lifetime - second && at <= after + lifetime + second,
+        "{at} is not {lifetime} after a time from {before} to {after}"
+    );
+}
+
+/// When the token `token` expires, as stored.
+async fn stored_expiry(db: &PgPool, token: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("SELECT expires_at FROM api_tokens WHERE token_hash = $1")
+        .bind(auth::token_hash(token))
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_login_token_expires_and_mints_nothing_that_outlives_it() {
+    let app = app().await;
+    let before = chrono::Utc::now();
+    let answer = log_in(&app, "admin", PASSWORD).await;
+    let after = chrono::Utc::now();
+    let token = answer["token"].as_str().expect("a token").to_owned();
+    // The answer says when it expires: 30 days (the default) after the
+    // login.
+    let expires_at: chrono::DateTime<chrono::Utc> = answer["expires_at"]
+        .as_str()
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("no expires_at in the login answer: {answer}"));
+    assert_eq!(stored_expiry(&app.state.db, &token).await, Some(expires_at));
+    assert_within(expires_at, before, after, chrono::TimeDelta::days(30));
+
+    // What it creates expires no later than itself.
+    for body in [r#"{"name":"ci"}"#, r#"{"name":"ci","expires":"31d"}"#] {
+        let reply = app
+            .send(bearer("POST", "/api/v1/tokens", &token, body))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}");
+        let error = reply.error();
+        assert_eq!(error.field.as_deref(), Some("expires"), "{body}");
+        assert!(
+            error.error.contains("cannot outlive") && error.error.contains("your password"),
+            "{}",
+            error.error
+        );
+    }
+    let reply = app
+        .send(bearer(
+            "POST",
+            "/api/v1/tokens",
+            &token,
+            r#"{"name":"ci","expires":"7d"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+
+    // The user's password lifts the bound (a login with it could make such
+    // a token); a wrong one is a 403 and counts as a failed login.
+    let wrong = r#"{"name":"lasting","password":"not the password"}"#;
+    let reply = app
+        .send(bearer("POST", "/api/v1/tokens", &token, wrong))
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.error().error, "the current password is wrong");
+    let right = serde_json::json!({"name": "lasting", "password": PASSWORD}).to_string();
+    let reply = app
+        .send(bearer("POST", "/api/v1/tokens", &token, &right))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let lasting: containerpub_wire::access::CreatedToken = reply.json();
+    assert_eq!(lasting.info.expires_at, None);
+    assert_eq!(stored_expiry(&app.state.db, &lasting.token).await, None);
+
+    // Once past its expiry (set back here rather than waited for), it is
+    // refused with a message that says to log in again.
+    sqlx::query(
+        "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE token_hash = $1",
+    )
+    .bind(auth::token_hash(&token))
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let reply = app
+        .send(bearer("GET", "/api/v1/functions", &token, ""))
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let error = reply.error().error;
+    assert!(
+        error.contains("the login of user admin expired at")
+            && error.contains("log in again (`cpub login -u admin`)"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_login_token_lifetime_is_the_setting_and_older_logins_get_one_at_start() {
+    let lifetime = Duration::from_secs(2 * 3600);
+    let app = app_with_settings(|settings| settings.login_token_lifetime = lifetime).await;
+    let db = &app.state.db;
+    let before = chrono::Utc::now();
+    let answer: LoginResponse = serde_json::from_value(log_in(&app, "admin", PASSWORD).await)
+        .expect("the CLI's form of the answer");
+    let expires_at = answer.expires_at.expect("an expiry");
+    assert_within(
+        expires_at,
+        before,
+        chrono::Utc::now(),
+        chrono::TimeDelta::hours(2),
+    );
+
+    // Tokens of logins from before login tokens expired: no expiry stored.
+    let admin = first_user(db).await;
+    let insert = |name: &'static str, kind: &'static str, age: &'static str| async move {
+        let token = auth::new_token();
+        sqlx::query(
+            "INSERT INTO api_tokens (user_id, token_hash, kind, name, created_at) \
+             VALUES ($1, $2, $3, $4, now() - $5::interval)",
+        )
+        .bind(admin)
+        .bind(auth::token_hash(&token))
+        .bind(kind)
+        .bind(name)
+        .bind(age)
+        .execute(db)
+        .await
+        .unwrap();
+        token
+    };
+    let old = insert("login", "login", "40 days").await;
+    let recent = insert("login", "login", "1 day").await;
+    let made = insert("ci", "token", "40 days").await;
+    let thirty_days = Duration::from_secs(30 * 86_400);
+    assert_eq!(
+        auth::expire_old_login_tokens(db, thirty_days)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        auth::expire_old_login_tokens(db, thirty_days)
+            .await
+            .unwrap(),
+        0,
+        "once"
+    );
+    let err = auth::caller_for_token(db, &old).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the login of user admin expired at"),
+        "{err}"
+    );
+    assert!(auth::caller_for_token(db, &recent).await.unwrap().is_some());
+    let (expiry, created): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT expires_at, created_at FROM api_tokens WHERE token_hash = $1")
+            .bind(auth::token_hash(&recent))
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(expiry - created, chrono::TimeDelta::days(30));
+    // Tokens made on purpose, and the bootstrap token, keep theirs (none).
+    assert_eq!(stored_expiry(db, &made).await, None);
+    assert_eq!(stored_expiry(db, TOKEN).await, None);
+    // The login just made keeps its own.
+    assert_eq!(stored_expiry(db, &answer.token).await, Some(expires_at));
+}
+
+#[tokio::test]
+async fn a_password_change_revokes_the_users_logins_but_not_its_api_tokens() {
+    let app = app().await;
+    let reply = app
+        .send(json_request(
+            "POST",
+            "/api/v1/users",
+            r#"{"username":"alice","password":"alice-password-1","role":"developer"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let token = |answer: serde_json::Value| answer["token"].as_str().unwrap().to_owned();
+    let laptop = token(log_in(&app, "alice", "alice-password-1").await);
+    let desktop = token(log_in(&app, "alice", "alice-password-1").await);
+    let reply = app
+        .send(bearer(
+            "POST",
+            "/api/v1/tokens",
+            &laptop,
+            r#"{"name":"ci","expires":"1d"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let ci: serde_json::Value = reply.json();
+    let ci = ci["token"].as_str().unwrap().to_owned();
+    let works = |token: String| {
+        let app = &app;
+        async move {
+            let reply = app.send(bearer("GET", "/api/v1/whoami", &token, "")).await;
+            match reply.status {
+                StatusCode::OK => true,
+                StatusCode::UNAUTHORIZED => false,
+                other => panic!("whoami: {other}"),
+            }
+        }
+    };
+    assert!(works(laptop.clone()).await && works(desktop.clone()).await);
+
+    // Her own change, from the laptop's login: the desktop's login ends,
+    // the calling one and the token she made stay.
+    let reply = app
+        .send(bearer(
+            "PUT",
+            "/api/v1/users/alice/password",
+            &laptop,
+            r#"{"current_password":"alice-password-1","new_password":"alice-password-2"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(!works(desktop.clone()).await, "the other login is revoked");
+    assert!(works(laptop.clone()).await, "the calling login stays");
+    assert!(works(ci.clone()).await, "a token made on purpose stays");
+
+    // An admin's change: every login of hers ends, her token stays, and
+    // the admin's own tokens are untouched.
+    let phone = token(log_in(&app, "alice", "alice-password-2").await);
+    let reply = app
+        .send(json_request(
+            "PUT",
+            "/api/v1/users/alice/password",
+            r#"{"new_password":"alice-password-3"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(!works(laptop).await && !works(phone).await);
+    assert!(works(ci).await);
+    assert!(works(TOKEN.to_owned()).await);
+    let logins: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens t JOIN users u ON u.id = t.user_id \
+         WHERE u.username = 'alice' AND t.kind = 'login'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(logins, 0);
+    // Her new password logs in.
+    log_in(&app, "alice", "alice-password-3").await;
+}
+
+#[tokio::test]
+async fn a_login_racing_a_password_change_gets_no_token() {
+    let app = app().await;
+    let db = &app.state.db;
+    let lifetime = Duration::from_secs(3600);
+    // Checked, then the password changes, then the token is asked for.
+    let checked = auth::check_login(db, "admin", PASSWORD)
+        .await
+        .unwrap()
+        .expect("the password matches");
+    let reply = app
+        .send(json_request(
+            "PUT",
+            "/api/v1/users/admin/password",
+            format!(r#"{{"current_password":"{PASSWORD}","new_password":"another-password"}}"#),
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(
+        auth::issue_login_token(db, &checked, lifetime)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The change holds the user's row, uncommitted, while the token is
+    // asked for: the login waits for it, then sees the new hash.
+    let checked = auth::check_login(db, "admin", "another-password")
+        .await
+        .unwrap()
+        .expect("the password matches");
+    let mut change = db.begin().await.unwrap();
+    sqlx::query("UPDATE users SET password_hash = 'changed' WHERE username = 'admin'")
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    let pool = db.clone();
+    let login =
+        tokio::spawn(async move { auth::issue_login_token(&pool, &checked, lifetime).await });
+    let start = Instant::now();
+    while !login.is_finished() {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the login neither waited nor finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    change.commit().await.unwrap();
+    let issued = login.await.unwrap().unwrap();
+    assert!(
+        issued.is_none(),
+        "a token issued for a password changed meanwhile: {issued:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_a_token_that_never_expires_creates_node_credentials() {
+    let app = app().await;
+    let db = &app.state.db;
+    let create_token = |body: &'static str| {
+        let app = &app;
+        async move {
+            let reply = app
+                .send(bearer("POST", "/api/v1/tokens", TOKEN, body))
+                .await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+            let created: serde_json::Value = reply.json();
+            created["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let short = create_token(r#"{"name":"short","expires":"1h"}"#).await;
+    let login = log_in(&app, "admin", PASSWORD).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let nodes = || async {
+        sqlx::query_scalar::<_, String>("SELECT token_hash FROM node_credentials ORDER BY node")
+            .fetch_all(db)
+            .await
+            .unwrap()
+    };
+    let refused = |reply: Reply, what: &str| {
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{what}");
+        let error = reply.error().error;
+        assert!(
+            error.contains("a node credential never expires")
+                && error.contains("this token expires at")
+                && error.contains("the bootstrap token"),
+            "{what}: {error}"
+        );
+    };
+    for (what, token) in [("a token that expires", &short), ("a login", &login)] {
+        let reply = app
+            .send(bearer("POST", "/api/v1/nodes/edge-1/credential", token, ""))
+            .await;
+        refused(reply, what);
+    }
+    assert!(nodes().await.is_empty(), "nothing was created");
+
+    // The bootstrap token never expires: it creates one.
+    let reply = app
+        .send(bearer("POST", "/api/v1/nodes/edge-1/credential", TOKEN, ""))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let created: serde_json::Value = reply.json();
+    let edge = created["token"].as_str().unwrap().to_owned();
+    let stored = nodes().await;
+    // A replacement is a creation: refused too, and the credential stays.
+    let reply = app
+        .send(bearer(
+            "POST",
+            "/api/v1/nodes/edge-1/credential?replace=true",
+            &short,
+            "",
+        ))
+        .await;
+    refused(reply, "a replacement");
+    assert_eq!(nodes().await, stored);
+    assert!(auth::caller_for_token(db, &edge).await.unwrap().is_some());
+    // Revoking takes nothing that lasts: any admin token may.
+    let reply = app
+        .send(bearer("DELETE", "/api/v1/nodes/edge-1", &short, ""))
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    // A token the bootstrap token made without an expiry creates one too.
+    let lasting = create_token(r#"{"name":"nodes"}"#).await;
+    let reply = app
+        .send(bearer(
+            "POST",
+            "/api/v1/nodes/edge-2/credential",
+            &lasting,
+            "",
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
 }
 
 #[test]

@@ -391,14 +391,15 @@ async fn role_endpoint_matrix() {
         answer.body[0]["id"].as_i64().expect("deployment id")
     };
 
-    // A token of vera's, for the revocation row.
+    // A token of vera's, for the revocation row (within her login's
+    // lifetime: a login's token expires, and mints nothing that outlives it).
     let victim = api
         .call(
             "vera",
             Some(&vera),
             Method::POST,
             "/tokens",
-            Some(json!({"name": "victim"})),
+            Some(json!({"name": "victim", "expires": "1d"})),
         )
         .await;
     assert_eq!(victim.status, StatusCode::CREATED, "{:?}", victim.body);
@@ -576,14 +577,16 @@ async fn role_endpoint_matrix() {
                 Err(node_refusal),
             ],
         ),
+        // Mallory's (added two rows up), not alice's: a password change
+        // revokes the user's logins, and alice's login calls every row.
+        // Her own password: `tokens_nodes_and_logins`.
         (
             Method::PUT,
-            "/users/alice/password".into(),
+            "/users/mallory/password".into(),
             Some(json!({"new_password": "reset-by-admin"})),
             [
                 Ok(204),
-                // Her own: needs the current password.
-                Ok(400),
+                Err("role developer cannot manage users"),
                 Err("role developer cannot manage users"),
                 Err("role viewer cannot manage users"),
                 Err(node_refusal),
@@ -646,7 +649,7 @@ async fn role_endpoint_matrix() {
         (
             Method::POST,
             "/tokens".into(),
-            Some(json!({"name": "matrix"})),
+            Some(json!({"name": "matrix", "expires": "1d"})),
             [Ok(201), Ok(201), Ok(201), Ok(201), Err(node_refusal)],
         ),
         (
@@ -1111,6 +1114,8 @@ async fn tokens_nodes_and_logins() {
         })
         .expect("cpub login");
     assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("the token expires at"), "{said}");
     let carol = std::fs::read_to_string(&config)
         .unwrap()
         .lines()
@@ -1134,7 +1139,7 @@ async fn tokens_nodes_and_logins() {
             "--name",
             "ci",
             "--expires",
-            "30d",
+            "7d",
             "--role-scope",
             "viewer",
         ],
@@ -1170,7 +1175,8 @@ async fn tokens_nodes_and_logins() {
     );
     assert!(err.contains("can only narrow"), "{err}");
     // A narrowed token mints nothing wider than itself, nor anything that
-    // outlives it (it expires in 30 days).
+    // outlives it (it expires in 7 days; carol's login itself in 30, so
+    // it could not ask for more).
     let err = cli_err(
         &stack,
         &scoped,
@@ -1192,6 +1198,40 @@ async fn tokens_nodes_and_logins() {
         "",
     );
     assert!(err.contains("--expires"), "{err}");
+    // A token that outlives her login: her password lifts the bound (read
+    // from standard input here; on a terminal the CLI asks for it). A
+    // wrong one is refused.
+    let err = cli_err(&stack, &carol, &["token", "create", "--name", "bot"], "");
+    assert!(
+        err.contains("cannot outlive") && err.contains("your password"),
+        "{err}"
+    );
+    let err = cli_err(
+        &stack,
+        &carol,
+        &["token", "create", "--name", "bot", "--password-stdin"],
+        "not-her-password\n",
+    );
+    assert!(err.contains("the current password is wrong"), "{err}");
+    let bot = cli_ok(
+        &stack,
+        &carol,
+        &["token", "create", "--name", "bot", "--password-stdin"],
+        "carol-password-1\n",
+    );
+    assert!(
+        cli_ok(&stack, bot.trim(), &["user", "whoami"], "").contains("carol (developer)"),
+        "{bot}"
+    );
+    let listed = cli_ok(&stack, &carol, &["token", "list", "-o", "json"], "");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let bot_row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "bot")
+        .unwrap_or_else(|| panic!("no token bot: {listed}"));
+    assert!(bot_row["expires_at"].is_null(), "{bot_row}");
 
     // The list: names, dates, last use; never a token.
     let listed = cli_ok(&stack, &carol, &["token", "list", "-o", "json"], "");
@@ -1308,7 +1348,9 @@ async fn tokens_nodes_and_logins() {
         "carol (viewer)"
     );
 
-    // Own password: needs the current one.
+    // Own password: needs the current one; the change ends her other
+    // logins, not the one that made it.
+    let other_login = api.token("carol", "carol-password-1").await;
     let err = cli_err(
         &stack,
         &carol,
@@ -1325,6 +1367,14 @@ async fn tokens_nodes_and_logins() {
     assert_eq!(
         api.login("carol", "carol-password-1").await.status,
         StatusCode::UNAUTHORIZED
+    );
+    let answer = api
+        .call("carol", Some(&other_login), Method::GET, "/functions", None)
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{:?}", answer.body);
+    assert_eq!(
+        cli_ok(&stack, &carol, &["user", "whoami"], "").trim(),
+        "carol (viewer)"
     );
     let carol2 = api.token("carol", "carol-password-2").await;
 

@@ -189,7 +189,7 @@ pub struct WhoAmI {
 }
 
 /// `POST /api/v1/tokens`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,6 +200,22 @@ pub struct NewToken {
     /// Narrows the token to this role (at most the user's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_scope: Option<Role>,
+    /// The caller's own password: with it, a token that expires (a
+    /// login's) may create one that outlives it, as a login could.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// Never shows the password.
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("name", &self.name)
+            .field("expires", &self.expires)
+            .field("role_scope", &self.role_scope)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// One API token, never the token itself (`GET /api/v1/tokens`).

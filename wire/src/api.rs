@@ -27,6 +27,10 @@ pub struct LoginRequest {
 pub struct LoginResponse {
     pub token: String,
     pub username: String,
+    /// When the token stops working (`CPUB_LOGIN_TOKEN_LIFETIME` after the
+    /// login); absent from control planes whose logins never expired.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Life cycle of one deployment.

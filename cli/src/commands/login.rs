@@ -1,4 +1,5 @@
-//! `cpub login`: get (or check) an API token and store it with the URL.
+//! `cpub login`: get (or check) an API token and store it with the URL;
+//! says when a login's token expires.
 
 use std::io::{BufRead, Write};
 
@@ -30,7 +31,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         None => bail!("no control-plane URL; pass --url URL (e.g. http://127.0.0.1:7070)"),
     };
 
-    let (token, who) = match args.token {
+    let (token, who, expires_at) = match args.token {
         Some(token) => {
             let token = token.trim().to_owned();
             if token.is_empty() {
@@ -40,7 +41,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 .functions()
                 .await
                 .context("the token was not accepted")?;
-            (token, None)
+            (token, None, None)
         }
         None => {
             let password = if args.password_stdin {
@@ -52,7 +53,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 .login(&args.username, &password)
                 .await
                 .with_context(|| format!("cannot log in as {}", args.username))?;
-            (answer.token, Some(answer.username))
+            (answer.token, Some(answer.username), answer.expires_at)
         }
     };
 
@@ -64,6 +65,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     match who {
         Some(user) => println!("logged in to {url} as {user}"),
         None => println!("token for {url} verified"),
+    }
+    if let Some(at) = expires_at {
+        println!(
+            "the token expires at {}; then log in again",
+            at.format(super::TIME_FORMAT)
+        );
     }
     println!("saved to {}", ctx.config_path.display());
     if std::env::var_os(containerpub_wire::ENV_TOKEN).is_some() {

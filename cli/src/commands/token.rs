@@ -1,12 +1,19 @@
 //! `cpub token create|list|revoke`: the current user's API tokens. A new
 //! token is printed once (only its hash is stored); listing shows names,
-//! dates and scopes, never a token.
+//! dates and scopes, never a token. A token that would outlive the one
+//! in use (a login's expires) needs the user's password: read from
+//! standard input with `--password-stdin`, or asked for on the terminal
+//! when the control plane says so.
+
+use std::io::{self, IsTerminal};
 
 use anyhow::{Context as _, Result};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use containerpub_wire::access::{NewToken, Role, Timestamp, TokenInfo, parse_duration};
 
+use super::login::{prompt_password, read_password_line};
 use super::{Context, Output, TIME_FORMAT, print_json};
+use crate::client::ApiFailure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +34,10 @@ enum Command {
         /// Narrow what the token may do (never beyond your own role).
         #[arg(long)]
         role_scope: Option<Role>,
+        /// Read your password from the first line of standard input: a
+        /// token that outlives the one in use (a login's) needs it.
+        #[arg(long)]
+        password_stdin: bool,
     },
     /// List your tokens (admins: --all for everyone's).
     List {
@@ -40,6 +51,18 @@ enum Command {
     Revoke { id: i64 },
 }
 
+/// Whether the control plane refused a token for outliving the one in use:
+/// a 400 naming `expires`, which the user's password lifts.
+fn needs_password(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<ApiFailure>())
+        .any(|failure| {
+            failure.from_api
+                && failure.status.as_u16() == 400
+                && failure.field.as_deref() == Some("expires")
+        })
+}
+
 fn check_duration(text: &str) -> Result<String, String> {
     parse_duration(text).map(|_| text.to_owned())
 }
@@ -51,15 +74,32 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             name,
             expires,
             role_scope,
+            password_stdin,
         } => {
-            let created = client
-                .create_token(&NewToken {
-                    name,
-                    expires,
-                    role_scope,
-                })
-                .await
-                .context("cannot create a token")?;
+            let mut new = NewToken {
+                name,
+                expires,
+                role_scope,
+                password: None,
+            };
+            if password_stdin {
+                new.password = Some(read_password_line(&mut std::io::stdin().lock())?);
+            }
+            let created = match client.create_token(&new).await {
+                Err(e)
+                    if new.password.is_none()
+                        && needs_password(&e)
+                        && io::stdin().is_terminal() =>
+                {
+                    eprintln!("{e:#}");
+                    new.password = Some(prompt_password(
+                        "Your password (a token that outlives the one in use needs it): ",
+                    )?);
+                    client.create_token(&new).await
+                }
+                created => created,
+            }
+            .context("cannot create a token")?;
             println!("{}", created.token);
             let info = &created.info;
             let expiry = info.expires_at.map_or_else(

@@ -41,7 +41,8 @@ enum Command {
     /// Change a user's role (admins). The last admin cannot be demoted.
     SetRole { name: String, role: Role },
     /// Change a password: your own (asks for the current one), or another
-    /// user's (admins).
+    /// user's (admins). Ends the user's logins (but, for your own, the one
+    /// in use); tokens made with `cpub token create` stay.
     Passwd {
         /// The user [default: the current token's user].
         name: Option<String>,
@@ -144,6 +145,17 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot change the password of {name}"))?;
             println!("password of {name} changed");
+            if own {
+                eprintln!(
+                    "your other logins were ended; tokens made with `cpub token create` stay \
+                     (`cpub token list`)"
+                );
+            } else {
+                eprintln!(
+                    "the logins of {name} were ended; tokens made with `cpub token create` stay \
+                     (`cpub token list --all`)"
+                );
+            }
             Ok(())
         }
         Command::Whoami => {

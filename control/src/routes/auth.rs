@@ -1,5 +1,7 @@
-//! `POST /api/v1/auth/login`: username and password for a new API token,
-//! rate-limited per source address and per user (`crate::login_limit`), and
+//! `POST /api/v1/auth/login`: username and password for a new API token
+//! (kind `login`) that expires after `CPUB_LOGIN_TOKEN_LIFETIME` (the
+//! answer says when), rate-limited per source address and per user
+//! (`crate::login_limit`), and
 //! `GET /api/v1/whoami`: who the presented token belongs to.
 
 use axum::Json;
@@ -63,12 +65,22 @@ async fn try_login(
         return Err(Error::Unauthorized("wrong username or password".into()));
     };
     limits.succeeded(&request.username);
-    let token = auth::issue_token(&state.db, user.user_id, "login").await?;
-    tracing::info!(user = %request.username, role = %user.role, "login");
+    let lifetime = state.settings.login_token_lifetime;
+    let Some(issued) = auth::issue_login_token(&state.db, &user, lifetime).await? else {
+        // The password changed (or the user went) since it was checked.
+        return Err(Error::Unauthorized("wrong username or password".into()));
+    };
+    tracing::info!(
+        user = %request.username,
+        role = %user.role,
+        expires_at = %issued.expires_at,
+        "login"
+    );
     Ok((
         LoginResponse {
-            token,
+            token: issued.token,
             username: request.username,
+            expires_at: Some(issued.expires_at),
         },
         user.role,
     ))

@@ -4,6 +4,13 @@
 //! /api/v1/nodes/{node}`. A proxy presents its node's credential to watch
 //! routes and report crashes, for its own node name only; it can do nothing
 //! else (`crate::auth::Caller::require`).
+//!
+//! A node credential never expires, so a token that expires (a login's,
+//! or one created with `--expires`) may not create one (403): a leaked
+//! short-lived admin token would otherwise mint a lasting credential that
+//! receives every function's secrets on the route watch. Refused rather
+//! than given an expiry: a node whose credential lapsed would stop getting
+//! routes weeks later, far from the call that set it up.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -14,6 +21,7 @@ use containerpub_wire::access::{CreatedNodeCredential, NodeCredentialQuery, Node
 
 use crate::auth::{self, Action, Caller};
 use crate::error::{Error, Result};
+use crate::routes::tokens::within_caller_expiry;
 use crate::routes::watch::query_error;
 use crate::state::AppState;
 
@@ -52,6 +60,17 @@ pub async fn create(
     caller.require(Action::ManageNodes, None)?;
     check_node(&node)?;
     let Query(query) = query.map_err(|e| query_error(&e))?;
+    // A node credential never expires: only a token that never expires
+    // may create one (the rule of `cpub token create`).
+    let (caller_expires_at, now) = auth::token_expiry(&state.db, caller.token_id).await?;
+    within_caller_expiry(None, caller_expires_at, now).map_err(|outlived| {
+        Error::Forbidden(format!(
+            "a node credential never expires, and a credential cannot outlive the token that \
+             creates it: {outlived}; create node credentials with a token that does not \
+             expire (the bootstrap token, CPUB_BOOTSTRAP_TOKEN, or a token it created without \
+             --expires)"
+        ))
+    })?;
     let token = auth::new_node_token();
     let stored = sqlx::query(
         "INSERT INTO node_credentials (node, token_hash, created_by) VALUES ($1, $2, $3) \

@@ -10,7 +10,13 @@
 //! that expire no later than itself ([`within_caller_expiry`]); asking for
 //! a later expiry, or for none, is a 400 naming `expires` and the latest
 //! time allowed. Refused, not cut short: a script that asked for `30d`
-//! would not otherwise learn that its token dies tomorrow.
+//! would not otherwise learn that its token dies tomorrow. A login's
+//! token expires too (`CPUB_LOGIN_TOKEN_LIFETIME`): the user's password in
+//! the request (`password`, checked and counted as a login attempt) lifts
+//! the bound, as a login with it could, so a leaked login token alone
+//! mints nothing that outlives it; without a password, a token that never
+//! expires comes only from one that does not (the bootstrap token, or a
+//! token created without an expiry).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -22,9 +28,9 @@ use containerpub_wire::access::{
     CreatedToken, NewToken, Role, TokenInfo, TokenQuery, parse_duration, validate_token_name,
 };
 
-use crate::auth::{self, Action, Caller};
+use crate::auth::{self, Action, Caller, PeerAddr};
 use crate::error::{Error, Result};
-use crate::routes::users::parse_body;
+use crate::routes::users::{check_own_password, parse_body};
 use crate::routes::watch::query_error;
 use crate::state::AppState;
 
@@ -102,6 +108,7 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    peer: PeerAddr,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedToken>)> {
     caller.require(Action::ManageOwnAccount, None)?;
@@ -111,18 +118,20 @@ pub async fn create(
     } else {
         parse_body(
             &body,
-            r#"{"name": "…", "expires": "30d", "role_scope": "viewer|developer|admin"}"#,
+            r#"{"name": "…", "expires": "30d", "role_scope": "viewer|developer|admin", "password": "…"}"#,
         )?
     };
     let name = new.name.unwrap_or_else(|| "token".to_owned());
     validate_token_name(&name).map_err(|m| Error::bad_request("name", m))?;
-    let expires_s = new
+    let lifetime = new
         .expires
         .as_deref()
         .map(parse_duration)
         .transpose()
         .map_err(|m| Error::bad_request("expires", m))?
-        .map(|d| d.as_secs_f64());
+        .map(chrono::TimeDelta::from_std)
+        .transpose()
+        .map_err(|e| Error::bad_request("expires", e.to_string()))?;
     let effective = caller.role().unwrap_or(Role::Viewer);
     let scope = match new.role_scope {
         Some(scope) if scope > effective => {
@@ -141,17 +150,23 @@ pub async fn create(
     };
     // The new token's expiry and the calling token's, by the database's
     // clock (the one that decides expiry, `auth::caller_for_token`).
-    let expiries: Option<(Expiry, Expiry, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT now() + make_interval(secs => $2), expires_at, now() \
-         FROM api_tokens WHERE id = $1",
-    )
-    .bind(caller.token_id)
-    .bind(expires_s)
-    .fetch_optional(&state.db)
-    .await?;
-    let (expires_at, caller_expires_at, now) =
-        expiries.ok_or_else(|| Error::Unauthorized("invalid or revoked API token".into()))?;
-    within_caller_expiry(expires_at, caller_expires_at, now)?;
+    let (caller_expires_at, now) = auth::token_expiry(&state.db, caller.token_id).await?;
+    let expires_at = lifetime.map(|lifetime| now + lifetime);
+    if let Err(outlived) = within_caller_expiry(expires_at, caller_expires_at, now) {
+        // The user's password lifts the bound: it could log in with it.
+        let Some(password) = new.password.as_deref() else {
+            return Err(Error::bad_request(
+                "expires",
+                format!(
+                    "a token cannot outlive the token that creates it: {outlived}; ask for \
+                     \"expires\": \"{}s\" or less, or confirm with your password \
+                     (\"password\"; `cpub token create` asks for it)",
+                    outlived.left_s
+                ),
+            ));
+        };
+        check_own_password(&state, &peer, username, password).await?;
+    }
     let token = auth::new_token();
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO api_tokens (user_id, token_hash, kind, name, role_scope, expires_at) \
@@ -173,37 +188,57 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info })))
 }
 
-/// A new token expiring at `expires_at` may be created by a token
-/// expiring at `caller_expires_at`, at `now`: a token that expires creates
-/// none that outlives it, so a leaked short-lived token cannot mint a
-/// lasting one (what it minted before its revocation still works, but
-/// only until it would have expired itself). The 400 names `expires` and
-/// what is allowed.
-fn within_caller_expiry(
+/// Why a credential may not be created by the calling token: it would
+/// outlive it. Displays as "this token expires at … (in … s), and … was
+/// asked"; each caller words the rest (what to ask for instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outlived {
+    /// When the calling token expires.
+    pub limit: DateTime<Utc>,
+    /// Seconds it has left (0 once past).
+    pub left_s: i64,
+    /// The expiry asked for (`None`: none).
+    pub asked: Expiry,
+}
+
+impl std::fmt::Display for Outlived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let asked = self.asked.map_or_else(
+            || "no expiry".to_owned(),
+            |at| format!("an expiry at {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+        );
+        write!(
+            f,
+            "this token expires at {} (in {} s), and {asked} was asked",
+            self.limit.format("%Y-%m-%d %H:%M:%S UTC"),
+            self.left_s
+        )
+    }
+}
+
+/// A credential expiring at `expires_at` (`None`: never) may be created by
+/// a token expiring at `caller_expires_at`, at `now`: a token that expires
+/// creates none that outlives it, so a leaked short-lived token cannot
+/// mint a lasting one (what it minted before its revocation still works,
+/// but only until it would have expired itself). The one rule for API
+/// tokens (a 400 on `expires`) and node credentials, which never expire
+/// (a 403, `routes::nodes::create`).
+pub(crate) fn within_caller_expiry(
     expires_at: Expiry,
     caller_expires_at: Expiry,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> std::result::Result<(), Outlived> {
     let Some(limit) = caller_expires_at else {
         return Ok(());
     };
     if expires_at.is_some_and(|at| at <= limit) {
         return Ok(());
     }
-    let left = (limit - now).num_seconds().max(0);
-    let asked = expires_at.map_or_else(
-        || "no expiry".to_owned(),
-        |at| format!("an expiry at {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
-    );
-    Err(Error::bad_request(
-        "expires",
-        format!(
-            "a token cannot outlive the token that creates it: this one expires at {} \
-             (in {left} s), and {asked} was asked; ask for \"expires\": \"{left}s\" or less, \
-             or create it with a token that does not expire (`cpub login`)",
-            limit.format("%Y-%m-%d %H:%M:%S UTC")
-        ),
-    ))
+    Err(Outlived {
+        limit,
+        left_s: (limit - now).num_seconds().max(0),
+        asked: expires_at,
+    })
 }
 
 fn caller_user_role(caller: &Caller) -> Option<Role> {

@@ -6,6 +6,9 @@
 //! removed nor demoted (the admin rows are locked while counting), and a
 //! user who owns functions cannot be removed (delete them first; functions
 //! are never orphaned). Removing a user revokes its tokens (rows cascade).
+//! Changing a password revokes the user's login tokens (kind `login`), in
+//! the same transaction, but the calling token when the user changes its
+//! own; the tokens it created on purpose (`cpub token create`) stay.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -186,6 +189,33 @@ pub async fn set_role(
     Ok(Json(get_user(&state, &username).await?))
 }
 
+/// Checks that `password` is user `username`'s current one, counted by the
+/// login limits as a login attempt from `peer` (429 past them; 403 when it
+/// is wrong): what a user proves again to change its password, or to have
+/// a token that expires create a lasting one (`routes::tokens::create`).
+pub(crate) async fn check_own_password(
+    state: &AppState,
+    peer: &PeerAddr,
+    username: &str,
+    password: &str,
+) -> Result<()> {
+    state
+        .login_limits
+        .attempt(&peer.text(), username)
+        .map_err(|retry_after_s| Error::TooManyRequests {
+            message: format!("too many password attempts; try again in {retry_after_s} s"),
+            retry_after_s,
+        })?;
+    if auth::check_login(&state.db, username, password)
+        .await?
+        .is_none()
+    {
+        state.login_limits.failed(username);
+        return Err(Error::Forbidden("the current password is wrong".to_owned()));
+    }
+    Ok(())
+}
+
 /// A user's own password (with the current one; counted by the login
 /// limits), or anyone's by an admin.
 pub async fn set_password(
@@ -212,32 +242,49 @@ pub async fn set_password(
                 "changing your own password needs the current one",
             )
         })?;
-        let address = peer.text();
-        state
-            .login_limits
-            .attempt(&address, &username)
-            .map_err(|retry_after_s| Error::TooManyRequests {
-                message: format!("too many password attempts; try again in {retry_after_s} s"),
-                retry_after_s,
-            })?;
-        if auth::check_login(&state.db, &username, current)
-            .await?
-            .is_none()
-        {
-            state.login_limits.failed(&username);
-            return Err(Error::Forbidden("the current password is wrong".to_owned()));
-        }
+        check_own_password(&state, &peer, &username, current).await?;
     }
     let phc = auth::hash_password_async(&change.new_password).await?;
-    let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE username = $1")
-        .bind(&username)
-        .bind(phc)
-        .execute(&state.db)
-        .await?
-        .rows_affected();
-    if updated == 0 {
-        return Err(Error::NotFound(format!("user {username:?} not found")));
-    }
-    tracing::info!(user = %username, by = %caller.name(), "password changed");
+    // The calling token stays when it is the user's own (a login token
+    // among them): the call proved the current password with it.
+    let keep = own.then_some(caller.token_id);
+    let mut tx = state.db.begin().await?;
+    let id: Option<i64> =
+        sqlx::query_scalar("UPDATE users SET password_hash = $2 WHERE username = $1 RETURNING id")
+            .bind(&username)
+            .bind(phc)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let id = id.ok_or_else(|| Error::NotFound(format!("user {username:?} not found")))?;
+    let revoked = revoke_logins(&mut tx, id, keep).await?;
+    tx.commit().await?;
+    tracing::info!(
+        user = %username,
+        by = %caller.name(),
+        logins_revoked = revoked,
+        "password changed"
+    );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes (deletes: nothing caches tokens, so the next call with one is a
+/// 401) every login token of user `id` but `keep`; the tokens the user
+/// created (`cpub token create`) and the bootstrap token stay. In the
+/// transaction that changes the password: a login racing the change
+/// either committed its token before (deleted here) or sees the new hash
+/// (`auth::issue_login_token`). Returns how many went.
+async fn revoke_logins(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    keep: Option<i64>,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM api_tokens WHERE user_id = $1 AND kind = $2 AND id IS DISTINCT FROM $3",
+    )
+    .bind(id)
+    .bind(auth::LOGIN_KIND)
+    .bind(keep)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }

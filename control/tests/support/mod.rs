@@ -156,14 +156,7 @@ pub async fn app() -> TestApp {
 }
 
 pub async fn app_with(max_upload_bytes: u64) -> TestApp {
-    app_with_reads(
-        max_upload_bytes,
-        containerpub_control::reads::ReadLimits {
-            concurrency: 4,
-            timeout: Duration::from_secs(30),
-        },
-    )
-    .await
+    app_with_settings(|settings| settings.limits.max_upload_bytes = max_upload_bytes).await
 }
 
 /// With the given limits of the reads of records and logs.
@@ -171,20 +164,29 @@ pub async fn app_with_reads(
     max_upload_bytes: u64,
     reads: containerpub_control::reads::ReadLimits,
 ) -> TestApp {
+    app_with_settings(|settings| {
+        settings.limits.max_upload_bytes = max_upload_bytes;
+        settings.reads = reads;
+    })
+    .await
+}
+
+/// With the test settings as `change` leaves them.
+pub async fn app_with_settings(change: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::create().await;
     db::migrate(&db.pool).await.expect("migrations");
     auth::bootstrap(&db.pool, Some(PASSWORD), Some(TOKEN))
         .await
         .expect("bootstrap");
     let data = tempfile::tempdir().unwrap();
-    let settings = Settings {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: String::new(),
         data_dir: data.path().to_path_buf(),
         podman_socket: podman_socket(),
         public_url: "http://proxy.test".into(),
         limits: Limits {
-            max_upload_bytes,
+            max_upload_bytes: 64 * 1024,
             max_bundle_bytes: 8 << 20,
             max_bundle_files: 100,
         },
@@ -194,8 +196,13 @@ pub async fn app_with_reads(
         admin_password: None,
         logs: Default::default(),
         keep_versions: 10,
-        reads,
+        reads: containerpub_control::reads::ReadLimits {
+            concurrency: 4,
+            timeout: Duration::from_secs(30),
+        },
+        login_token_lifetime: containerpub_control::config::DEFAULT_LOGIN_TOKEN_LIFETIME,
     };
+    change(&mut settings);
     std::fs::create_dir_all(settings.artifacts_dir()).unwrap();
     std::fs::create_dir_all(settings.tmp_dir()).unwrap();
     let shutdown = CancellationToken::new();
