@@ -76,6 +76,22 @@ pub const PROXY_THREADS: usize = 2;
 
 static STACKS: AtomicU32 = AtomicU32::new(0);
 
+/// The bytes of a POST to `path` that holds the instance it is given: its
+/// head and all of its body but the last byte (`b`, which ends it). The
+/// proxy reads a body's first MiB before it leases an instance (a slow
+/// sender holds none), so the body is one byte longer than that: the call
+/// is leased, and its instance waits for the last byte.
+pub fn held_post(path: &str, host: &str) -> Vec<u8> {
+    const AHEAD: usize = 1 << 20;
+    let mut bytes = format!(
+        "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+        AHEAD + 1
+    )
+    .into_bytes();
+    bytes.resize(bytes.len() + AHEAD, b'a');
+    bytes
+}
+
 /// Polls `check` every 50 ms until it returns `Some` or `within` passes.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
 where

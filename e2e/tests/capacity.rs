@@ -42,15 +42,15 @@ async fn the_function_network_is_created_on_the_configured_subnet() {
     assert!(matches!(gone, Ok(Err(_))), "the test network is removed");
 }
 
-/// A call that holds its instance: the head and part of a body, the rest
-/// never sent while it is kept (the function reads the whole body first).
+/// A call that holds its instance: its body but the last byte, never sent
+/// while it is kept (the function reads the whole body first).
 fn hold_call(proxy: std::net::SocketAddr, function: &str) -> std::net::TcpStream {
     use std::io::Write;
     let mut tcp = std::net::TcpStream::connect(proxy).unwrap();
-    write!(
-        tcp,
-        "POST /fn/{function}/ HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\npart"
-    )
+    tcp.write_all(&containerpub_e2e::held_post(
+        &format!("/fn/{function}/"),
+        "x",
+    ))
     .unwrap();
     tcp
 }

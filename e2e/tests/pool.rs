@@ -202,8 +202,8 @@ async fn burst_starts_at_most_ceil_n_over_concurrency_instances() {
     );
 }
 
-/// A POST whose body is sent only in part: the call holds whatever it
-/// leased (or its queue place) until `finish` sends the rest.
+/// A POST whose body is sent but its last byte: the call holds whatever it
+/// leased (or its queue place) until `finish` sends it.
 struct HeldCall {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -212,11 +212,8 @@ struct HeldCall {
 impl HeldCall {
     async fn open(stack: &Stack, path: &str) -> HeldCall {
         let mut stream = TcpStream::connect(stack.proxy_addr).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\na",
-            stack.proxy_addr
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
+        let held = containerpub_e2e::held_post(path, &stack.proxy_addr.to_string());
+        stream.write_all(&held).await.unwrap();
         HeldCall {
             stream,
             buf: Vec::new(),
