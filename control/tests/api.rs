@@ -621,6 +621,126 @@ async fn a_credential_revoked_while_its_poll_waits_gets_no_table() {
     }
 }
 
+/// A token of the admin's, made for a test to revoke: the token and its id.
+async fn revocable_token(app: &TestApp) -> (String, i64) {
+    let created = app
+        .send(json_request(
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"follower"}"#,
+        ))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let created: containerpub_wire::access::CreatedToken = created.json();
+    (created.token, created.info.id)
+}
+
+async fn revoke_token(app: &TestApp, id: i64) {
+    let reply = app
+        .send(json_request("DELETE", &format!("/api/v1/tokens/{id}"), ""))
+        .await;
+    assert!(reply.status.is_success(), "{}", reply.status);
+}
+
+/// A `GET uri` with `token`, run on its own: its status and whole body.
+fn spawn_get(
+    app: &TestApp,
+    uri: String,
+    token: String,
+) -> tokio::task::JoinHandle<(StatusCode, String)> {
+    let router = app.router.clone();
+    tokio::spawn(async move {
+        let request = bearer("GET", &uri, &token, "");
+        let mut request = request;
+        request
+            .headers_mut()
+            .insert(header::HOST, "control.test".parse().unwrap());
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+/// A log follower's token revoked while its poll waits gets a 401, not the
+/// lines stored since. (Old code answered them: a revoked token read up to
+/// 30 s more of a function's output.)
+#[tokio::test]
+async fn a_token_revoked_while_its_log_poll_waits_gets_no_lines() {
+    let app = app().await;
+    let db = &app.state.db;
+    let function = insert_function(db, "quiet", first_user(db).await, 1).await;
+    let deployment =
+        insert_deployment(db, function, 1, &serde_json::json!({}), "failed", None).await;
+    let (token, id) = revocable_token(&app).await;
+    let waiting = spawn_get(
+        &app,
+        "/api/v1/functions/quiet/logs?after=0&wait_s=30".into(),
+        token.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the poll waits for a line");
+    revoke_token(&app, id).await;
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let batch = serde_json::json!({"node": "edge-1", "groups": [{
+        "function": "quiet", "deployment_id": deployment, "instance": "ab",
+        "lines": [{"at_ns": now_ns, "stream": "stdout", "line": "printed after the revocation"}]
+    }]});
+    let reply = app
+        .send(json_request("POST", "/api/v1/logs", batch.to_string()))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(!body.contains("printed after"), "{body}");
+    // The same poll with a valid token gets the line.
+    let page = app
+        .get("/api/v1/functions/quiet/logs?after=0&wait_s=1")
+        .await;
+    assert!(String::from_utf8_lossy(&page.body).contains("printed after the revocation"));
+}
+
+/// A follower of a build running elsewhere whose token is revoked while it
+/// waits does not get the log once the build ends: the stream ends with a
+/// line saying why. (Old code sent the stored log.)
+#[tokio::test]
+async fn a_token_revoked_while_it_follows_a_build_gets_no_log() {
+    let app = app().await;
+    let db = &app.state.db;
+    let function = insert_function(db, "slowbuild", first_user(db).await, 1).await;
+    let build = insert_deployment(db, function, 1, &serde_json::json!({}), "building", None).await;
+    let (token, id) = revocable_token(&app).await;
+    let following = spawn_get(
+        &app,
+        format!("/api/v1/builds/{build}/log?follow=true"),
+        token,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!following.is_finished(), "the follower waits for the build");
+    revoke_token(&app, id).await;
+    sqlx::query(
+        "UPDATE deployments SET status = 'failed', build_log = 'the build printed a secret' \
+         WHERE id = $1",
+    )
+    .bind(build)
+    .execute(db)
+    .await
+    .unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), following)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "the stream had begun");
+    assert!(!body.contains("secret"), "{body}");
+    assert!(
+        body.contains("[follow ended: invalid or revoked API token]"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_deploys_get_distinct_versions() {
     let app = app().await;
@@ -2391,7 +2511,7 @@ async fn the_login_token_lifetime_is_the_setting_and_older_logins_get_one_at_sta
 }
 
 #[tokio::test]
-async fn a_password_change_revokes_the_users_logins_but_not_its_api_tokens() {
+async fn a_password_change_revokes_the_users_logins_and_what_they_made() {
     let app = app().await;
     let reply = app
         .send(json_request(
@@ -2415,6 +2535,38 @@ async fn a_password_change_revokes_the_users_logins_but_not_its_api_tokens() {
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
     let ci: serde_json::Value = reply.json();
     let ci = ci["token"].as_str().unwrap().to_owned();
+    // One made from the desktop's login (as a thief of it would), and a
+    // child of it; one made from the laptop's with her password.
+    let made = |login: &str, body: &str| {
+        let request = bearer("POST", "/api/v1/tokens", login, body);
+        let app = &app;
+        async move {
+            let reply = app.send(request).await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+            reply.json::<serde_json::Value>()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let stolen = made(&desktop, r#"{"name":"stolen","expires":"1d"}"#).await;
+    let stolen_child = made(&stolen, r#"{"name":"child","expires":"1h"}"#).await;
+    let confirmed = made(
+        &laptop,
+        r#"{"name":"lasting","password":"alice-password-1"}"#,
+    )
+    .await;
+    // Her own change needs the current password.
+    let reply = app
+        .send(bearer(
+            "PUT",
+            "/api/v1/users/alice/password",
+            &laptop,
+            r#"{"new_password":"alice-password-2"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.error().field.as_deref(), Some("current_password"));
     let works = |token: String| {
         let app = &app;
         async move {
@@ -2440,11 +2592,17 @@ async fn a_password_change_revokes_the_users_logins_but_not_its_api_tokens() {
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert!(!works(desktop.clone()).await, "the other login is revoked");
+    assert!(
+        !works(stolen).await && !works(stolen_child).await,
+        "what the other login made without the password goes with it"
+    );
     assert!(works(laptop.clone()).await, "the calling login stays");
-    assert!(works(ci.clone()).await, "a token made on purpose stays");
+    assert!(works(ci.clone()).await, "what the calling login made stays");
+    assert!(works(confirmed.clone()).await);
 
-    // An admin's change: every login of hers ends, her token stays, and
-    // the admin's own tokens are untouched.
+    // An admin's change: every login of hers ends, with what they made
+    // without the password; the token made with it stays, and the admin's
+    // own tokens are untouched.
     let phone = token(log_in(&app, "alice", "alice-password-2").await);
     let reply = app
         .send(json_request(
@@ -2455,7 +2613,8 @@ async fn a_password_change_revokes_the_users_logins_but_not_its_api_tokens() {
         .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert!(!works(laptop).await && !works(phone).await);
-    assert!(works(ci).await);
+    assert!(!works(ci).await, "made from the laptop's login");
+    assert!(works(confirmed).await, "made with the password");
     assert!(works(TOKEN.to_owned()).await);
     let logins: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM api_tokens t JOIN users u ON u.id = t.user_id \
@@ -2467,6 +2626,57 @@ async fn a_password_change_revokes_the_users_logins_but_not_its_api_tokens() {
     assert_eq!(logins, 0);
     // Her new password logs in.
     log_in(&app, "alice", "alice-password-3").await;
+}
+
+/// A token asked for with a login's token while a password change holds
+/// the user's row waits for it, and is refused once the change has revoked
+/// the login (a 401), rather than made after the revocation and kept.
+#[tokio::test]
+async fn a_token_made_from_a_login_racing_a_password_change_is_refused() {
+    let app = app().await;
+    let db = &app.state.db;
+    let login = log_in(&app, "admin", PASSWORD).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The change's first steps, as `set_password` takes them: the user's
+    // row updated (and locked) in a transaction not yet committed.
+    let mut change = db.begin().await.unwrap();
+    sqlx::query("UPDATE users SET password_hash = password_hash WHERE username = 'admin'")
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    let router = app.router.clone();
+    let asking = tokio::spawn(async move {
+        let mut request = bearer(
+            "POST",
+            "/api/v1/tokens",
+            &login,
+            r#"{"name":"late","expires":"1h"}"#,
+        );
+        request
+            .headers_mut()
+            .insert(header::HOST, "control.test".parse().unwrap());
+        router.oneshot(request).await.unwrap().status()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!asking.is_finished(), "the request waits for the change");
+    // The change revokes the user's logins and commits.
+    sqlx::query("DELETE FROM api_tokens WHERE kind = 'login'")
+        .execute(&mut *change)
+        .await
+        .unwrap();
+    change.commit().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), asking)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let late: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE name = 'late'")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(late, 0, "no token was made");
 }
 
 #[tokio::test]

@@ -6,20 +6,22 @@
 //! `GET /api/v1/builds/{id}/log[?follow=true]` (its output; with `follow`,
 //! streamed as it happens until the build ends). A build's id is its
 //! deployment's id. The build runs in its own task: neither the deploy
-//! request nor any follower can stop it.
+//! request nor any follower can stop it. A follower's token is checked
+//! again every 5 s while it follows, and before a build finished elsewhere
+//! is sent: one revoked meanwhile ends the stream with a line saying why.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use containerpub_wire::api::DeploymentInfo;
 
-use crate::auth::{Action, Caller};
+use crate::auth::{self, Action, Caller};
 use crate::builds::{LIVE_CAP, LiveBuild};
 use crate::db;
 use crate::deploy::{self, Deployed, Upload};
@@ -32,6 +34,8 @@ use crate::state::AppState;
 const POLL: Duration = Duration::from_millis(500);
 /// Most bytes sent per piece of a followed log.
 const PIECE: usize = 64 * 1024;
+/// How often a follower's token is checked again while it follows.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// `detach=true|false` (absent: false); anything else is a 400 naming it.
 pub(crate) fn detach_query(query: Option<&str>) -> Result<bool> {
@@ -165,6 +169,7 @@ pub async fn get(
 pub async fn log(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
@@ -187,10 +192,10 @@ pub async fn log(
             let chunk = live.read(0, LIVE_CAP);
             return Ok(text(Body::from(with_skip(chunk.skipped, chunk.bytes))));
         }
-        return Ok(text(Body::from_stream(follow_live(state, live))));
+        return Ok(text(Body::from_stream(follow_live(state, headers, live))));
     }
     if status == "building" && follow {
-        return Ok(text(Body::from_stream(follow_row(state, id))));
+        return Ok(text(Body::from_stream(follow_row(state, headers, id))));
     }
     Ok(text(Body::from(stored)))
 }
@@ -204,20 +209,47 @@ fn with_skip(skipped: u64, bytes: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Whether the token of a follower (its request's `headers`) still may
+/// read builds: a follow lasts as long as the build (up to the build
+/// timeout), so a token revoked, expired or demoted meanwhile ends it, with
+/// a last line saying why, instead of reading on.
+async fn still_allowed(state: &AppState, headers: &HeaderMap) -> Option<Bytes> {
+    match auth::recheck(&state.db, headers).await {
+        Ok(caller) if caller.require(Action::ReadFunctions, None).is_ok() => None,
+        Ok(_) => Some(Bytes::from_static(
+            b"\n[follow ended: this token may no longer read builds]\n",
+        )),
+        Err(e) => Some(Bytes::from(format!("\n[follow ended: {e}]\n"))),
+    }
+}
+
+/// Where a follower of a live build stands: the next offset to send, and
+/// when its token was last checked (`None`: the stream has ended).
+type Following = Option<(u64, Instant)>;
+
 /// The live log from the start, piece by piece as it is written, until the
-/// build ends (or the control plane shuts down).
+/// build ends (or the control plane shuts down, or the follower's token
+/// stops being valid: checked every `RECHECK` of following).
 fn follow_live(
     state: AppState,
+    headers: HeaderMap,
     live: Arc<LiveBuild>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    futures_util::stream::unfold(Some(0u64), move |offset| {
-        let (live, shutdown) = (Arc::clone(&live), state.shutdown.clone());
+    let start: Following = Some((0, Instant::now()));
+    futures_util::stream::unfold(start, move |following| {
+        let (live, state, headers) = (Arc::clone(&live), state.clone(), headers.clone());
         async move {
-            let offset = offset?;
+            let (offset, mut checked) = following?;
             loop {
+                if checked.elapsed() >= RECHECK {
+                    if let Some(ended) = still_allowed(&state, &headers).await {
+                        return Some((Ok(ended), None));
+                    }
+                    checked = Instant::now();
+                }
                 let chunk = live.read(offset, PIECE);
                 if !chunk.bytes.is_empty() || chunk.skipped > 0 {
-                    let next = (!chunk.done).then_some(chunk.next);
+                    let next = (!chunk.done).then_some((chunk.next, checked));
                     let bytes = Bytes::from(with_skip(chunk.skipped, chunk.bytes));
                     return Some((Ok(bytes), next));
                 }
@@ -226,7 +258,8 @@ fn follow_live(
                 }
                 tokio::select! {
                     () = live.wait_past(offset) => {}
-                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(RECHECK) => {}
+                    () = state.shutdown.cancelled() => return None,
                 }
             }
         }
@@ -234,13 +267,14 @@ fn follow_live(
 }
 
 /// A build running elsewhere: waits for its row to leave `building`, then
-/// sends the stored log.
+/// sends the stored log if the follower's token still may read it.
 fn follow_row(
     state: AppState,
+    headers: HeaderMap,
     id: i64,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
     futures_util::stream::unfold(true, move |first| {
-        let state = state.clone();
+        let (state, headers) = (state.clone(), headers.clone());
         async move {
             if !first {
                 return None;
@@ -252,7 +286,12 @@ fn follow_row(
                 }
                 match row(&state, id).await {
                     Ok((status, log)) if status != "building" => {
-                        return Some((Ok(Bytes::from(log)), false));
+                        // Read first, checked after: a revocation that
+                        // committed before the read is seen.
+                        let log = still_allowed(&state, &headers)
+                            .await
+                            .unwrap_or_else(|| Bytes::from(log));
+                        return Some((Ok(log), false));
                     }
                     Ok(_) => {}
                     Err(_) => return None,

@@ -1,7 +1,8 @@
 //! Function logs: `POST /api/v1/logs` (a proxy ships a batch of the lines
 //! its instances printed) and `GET /api/v1/functions/{name}/logs` (what
 //! `cpub logs` reads; with `after` and `wait_s` a long poll, so `cpub logs
-//! -f` shows a line as soon as it is stored).
+//! -f` shows a line as soon as it is stored; a poll that waited checks its
+//! token again before it answers lines).
 //!
 //! Any API token may ship lines, as any may report crashes: proxies use
 //! one. Every line is checked again here (cleaned, bounded) and stored with
@@ -26,6 +27,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use containerpub_wire::logs::{
     LogBatch, LogEntry, LogGroup, LogIngest, LogLine, LogPage, LogQuery, LogStream,
@@ -35,7 +37,7 @@ use containerpub_wire::logs::{
 use containerpub_wire::request_id;
 use tokio::sync::watch;
 
-use crate::auth::{Action, Caller};
+use crate::auth::{self, Action, Caller};
 use crate::error::{Error, Result};
 use crate::pgcopy;
 use crate::reads;
@@ -499,6 +501,7 @@ async fn read_lines(read: &mut reads::Read, f: &Filter) -> sqlx::Result<Vec<LogL
 pub async fn query(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(name): Path<String>,
     query: std::result::Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<LogPage>> {
@@ -570,6 +573,7 @@ pub async fn query(
     let deadline = tokio::time::Instant::now() + wait;
     let waiting = q.after.is_some() && !wait.is_zero();
     let mut stored = STORED.subscribe();
+    let mut waited = false;
     loop {
         stored.mark_unchanged();
         // A read of its own each time, none held while it waits; a follower
@@ -596,6 +600,15 @@ pub async fn query(
             Err(err) => return Err(err),
         };
         if !lines.is_empty() || !waiting || tokio::time::Instant::now() >= deadline {
+            if waited && !lines.is_empty() {
+                // A token revoked (or expired, its user removed) while the
+                // poll waited gets a 401, not the lines printed since:
+                // checked after they were read, so a revocation that
+                // committed before the read is seen (as the route watch).
+                auth::recheck(&state.db, &headers)
+                    .await?
+                    .require(Action::ReadFunctions, None)?;
+            }
             let next = match (lines.last(), q.after) {
                 (Some(last), _) => last.id,
                 (None, Some(after)) => after,
@@ -619,6 +632,7 @@ pub async fn query(
             () = tokio::time::sleep_until(deadline) => {}
             () = state.shutdown.cancelled() => {}
         }
+        waited = true;
         if state.shutdown.is_cancelled() {
             return Ok(Json(LogPage {
                 lines: Vec::new(),

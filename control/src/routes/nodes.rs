@@ -67,8 +67,8 @@ pub async fn create(
         Error::Forbidden(format!(
             "a node credential never expires, and a credential cannot outlive the token that \
              creates it: {outlived}; create node credentials with a token that does not \
-             expire (the bootstrap token, CPUB_BOOTSTRAP_TOKEN, or a token it created without \
-             --expires)"
+             expire (the bootstrap token, CPUB_BOOTSTRAP_TOKEN, or a lasting admin token: \
+             `cpub token create --name ops` asks for your password)"
         ))
     })?;
     let token = auth::new_node_token();

@@ -14,9 +14,11 @@
 //! token expires too (`CPUB_LOGIN_TOKEN_LIFETIME`): the user's password in
 //! the request (`password`, checked and counted as a login attempt) lifts
 //! the bound, as a login with it could, so a leaked login token alone
-//! mints nothing that outlives it; without a password, a token that never
+//! mints no token that outlives it; without a password, a token that never
 //! expires comes only from one that does not (the bootstrap token, or a
-//! token created without an expiry).
+//! token created without an expiry). A token made from a login without the
+//! password belongs to that login (`login_id`, migration 0020): it goes
+//! when the login is revoked, by a password change too.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -150,35 +152,65 @@ pub async fn create(
     };
     // The new token's expiry and the calling token's, by the database's
     // clock (the one that decides expiry, `auth::caller_for_token`).
+    // The user's password, when given, is checked; it lifts the expiry
+    // bound (a login with it could make such a token) and makes the token
+    // one of its own rather than its login's.
+    let confirmed = match new.password.as_deref() {
+        Some(password) => {
+            check_own_password(&state, &peer, username, password).await?;
+            true
+        }
+        None => false,
+    };
     let (caller_expires_at, now) = auth::token_expiry(&state.db, caller.token_id).await?;
     let expires_at = lifetime.map(|lifetime| now + lifetime);
-    if let Err(outlived) = within_caller_expiry(expires_at, caller_expires_at, now) {
-        // The user's password lifts the bound: it could log in with it.
-        let Some(password) = new.password.as_deref() else {
-            return Err(Error::bad_request(
-                "expires",
-                format!(
-                    "a token cannot outlive the token that creates it: {outlived}; ask for \
-                     \"expires\": \"{}s\" or less, or confirm with your password \
-                     (\"password\"; `cpub token create` asks for it)",
-                    outlived.left_s
-                ),
-            ));
-        };
-        check_own_password(&state, &peer, username, password).await?;
+    if !confirmed && let Err(outlived) = within_caller_expiry(expires_at, caller_expires_at, now) {
+        return Err(Error::bad_request(
+            "expires",
+            format!(
+                "a token cannot outlive the token that creates it: {outlived}; ask for \
+                 \"expires\": \"{}s\" or less, or confirm with your password \
+                 (\"password\"; `cpub token create` asks for it)",
+                outlived.left_s
+            ),
+        ));
     }
+    // Under the user's row, shared: a password change (which updates it,
+    // then revokes the logins and, by cascade, what they made) either
+    // commits first, and the calling login is found gone (401), or waits
+    // for this token, and revokes it with its login.
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR SHARE")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let calling: Option<(String, Option<i64>)> =
+        sqlx::query_as("SELECT kind, login_id FROM api_tokens WHERE id = $1")
+            .bind(caller.token_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((kind, login_id)) = calling else {
+        return Err(Error::Unauthorized("invalid or revoked API token".into()));
+    };
+    let login_id = match (confirmed, kind.as_str()) {
+        (true, _) => None,
+        (false, auth::LOGIN_KIND) => Some(caller.token_id),
+        (false, _) => login_id,
+    };
     let token = auth::new_token();
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO api_tokens (user_id, token_hash, kind, name, role_scope, expires_at) \
-         VALUES ($1, $2, 'token', $3, $4, $5) RETURNING id",
+        "INSERT INTO api_tokens (user_id, token_hash, kind, name, role_scope, expires_at, login_id) \
+         VALUES ($1, $2, 'token', $3, $4, $5, $6) RETURNING id",
     )
     .bind(user_id)
     .bind(auth::token_hash(&token))
     .bind(&name)
     .bind(scope.map(Role::as_str))
     .bind(expires_at)
-    .fetch_one(&state.db)
+    .bind(login_id)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     let row: TokenRow = sqlx::query_as(concat!(token_select!(), " WHERE t.id = $1"))
         .bind(id)
         .fetch_one(&state.db)

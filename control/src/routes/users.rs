@@ -8,7 +8,9 @@
 //! are never orphaned). Removing a user revokes its tokens (rows cascade).
 //! Changing a password revokes the user's login tokens (kind `login`), in
 //! the same transaction, but the calling token when the user changes its
-//! own; the tokens it created on purpose (`cpub token create`) stay.
+//! own; with them go the tokens they made without the password (by
+//! cascade: `api_tokens.login_id`); the tokens made with the password, or
+//! from a token without a login behind it, stay.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -213,6 +215,7 @@ pub(crate) async fn check_own_password(
         state.login_limits.failed(username);
         return Err(Error::Forbidden("the current password is wrong".to_owned()));
     }
+    state.login_limits.succeeded(username);
     Ok(())
 }
 
@@ -268,11 +271,14 @@ pub async fn set_password(
 }
 
 /// Revokes (deletes: nothing caches tokens, so the next call with one is a
-/// 401) every login token of user `id` but `keep`; the tokens the user
-/// created (`cpub token create`) and the bootstrap token stay. In the
-/// transaction that changes the password: a login racing the change
-/// either committed its token before (deleted here) or sees the new hash
-/// (`auth::issue_login_token`). Returns how many went.
+/// 401) every login token of user `id` but `keep`, and by cascade the
+/// tokens they made without the password (`login_id`); the tokens made
+/// with it, or from a token without a login behind it, and the bootstrap
+/// token stay. In the transaction that changes the password: a login
+/// racing the change either committed its token before (deleted here) or
+/// sees the new hash (`auth::issue_login_token`); a token being made
+/// from a login waits for the change under the user's row or commits
+/// before it (`routes::tokens::create`). Returns how many logins went.
 async fn revoke_logins(
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
