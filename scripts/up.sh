@@ -80,7 +80,7 @@ fi
 wait_http "http://$control_listen/healthz" cpub-control "$home/run/control.pid"
 
 export CPUB_URL=http://$control_listen
-"$bin/cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
+"$bin/cpub" login --url "$CPUB_URL" --token-stdin <<<"$token" >/dev/null
 
 step "cpub-proxy on http://$proxy_listen (node $node)"
 if ! running "$home/run/proxy.pid"; then
@@ -97,7 +97,7 @@ wait_http "http://$proxy_listen/healthz" cpub-proxy "$home/run/proxy.pid"
 step "deploy examples/hello with cpub"
 export CPUB_URL=http://$control_listen
 cpub=$bin_dir/cpub
-"$cpub" login --url "$CPUB_URL" --token "$token" >/dev/null
+"$cpub" login --url "$CPUB_URL" --token-stdin <<<"$token" >/dev/null
 "$cpub" deploy "$root/examples/hello"
 
 step "call hello through the proxy"
@@ -108,7 +108,7 @@ cat <<MSG
 
 ContainerPub is running.
   control plane  http://$control_listen   (API under /api/v1; admin token in $home/token)
-  admin login    $bin/cpub login --url http://$control_listen --token "\$(cat $home/token)"
+  admin login    $bin/cpub login --url http://$control_listen --token-stdin <$home/token
                  (user admin; add users with \`cpub user add NAME --role developer\`)
   proxy          http://$proxy_listen/fn/<name>/   (node $node; credential in $home/run/node-token)
   metrics        http://$admin_listen/metrics   (the proxy's admin listener)

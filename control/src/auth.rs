@@ -465,16 +465,28 @@ pub async fn issue_login_token(
 /// Run at start; those older than `lifetime` stop working at once. Returns
 /// how many were changed.
 pub async fn expire_old_login_tokens(pool: &PgPool, lifetime: std::time::Duration) -> Result<u64> {
-    Ok(sqlx::query(
+    // Under the bootstrap's lock: replicas starting at once take turns.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(BOOTSTRAP_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let changed = sqlx::query(
         "UPDATE api_tokens SET expires_at = created_at + make_interval(secs => $2) \
          WHERE kind = $1 AND expires_at IS NULL",
     )
     .bind(LOGIN_KIND)
     .bind(lifetime.as_secs_f64())
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
-    .rows_affected())
+    .rows_affected();
+    tx.commit().await?;
+    Ok(changed)
 }
+
+/// The advisory lock that serialises the start-up work on users and tokens
+/// across replicas ("cpub" + 1).
+const BOOTSTRAP_LOCK: i64 = 0x6370_7562_0001;
 
 /// When the token `token_id` (a user's, in `api_tokens`) expires (`None`:
 /// never) and the database's time now: what a token may create is bound
@@ -508,11 +520,10 @@ pub async fn bootstrap(
     admin_password: Option<&str>,
     bootstrap_token: Option<&str>,
 ) -> anyhow::Result<Bootstrapped> {
-    const LOCK_KEY: i64 = 0x6370_7562_0001; // "cpub" + 1
     let mut out = Bootstrapped::default();
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(LOCK_KEY)
+        .bind(BOOTSTRAP_LOCK)
         .execute(&mut *tx)
         .await?;
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")

@@ -27,6 +27,20 @@ pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// A transaction at READ COMMITTED whatever the database's default: the
+/// credential changes that rely on a statement seeing what committed while
+/// it waited on a row lock (`routes::users::set_password`,
+/// `routes::tokens::create`) take theirs from here.
+pub async fn begin_read_committed(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Applies pending migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await

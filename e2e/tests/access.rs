@@ -1129,6 +1129,35 @@ async fn tokens_nodes_and_logins() {
         cli_ok(&stack, &carol, &["user", "whoami"], "").trim(),
         "carol (developer)"
     );
+    // An existing token stored from standard input (not the process list),
+    // checked first.
+    let stored = |token: &str| {
+        let config = stack.dir.path().join("carol-token.toml");
+        let out = Command::new(bin("cpub"))
+            .args(["login", "--url", &stack.control_url(), "--token-stdin"])
+            .env("CPUB_CONFIG", &config)
+            .env_remove("CPUB_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(format!("{token}\n").as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("cpub login --token-stdin");
+        (
+            out.status.success(),
+            std::fs::read_to_string(&config).unwrap_or_default(),
+        )
+    };
+    let (ok, file) = stored(&carol);
+    assert!(ok && file.contains(&carol), "{file}");
+    let (ok, _) = stored("cpub_not-a-token");
+    assert!(!ok, "a token the control plane refuses is not stored");
 
     let scoped = cli_ok(
         &stack,

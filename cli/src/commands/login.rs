@@ -20,9 +20,15 @@ pub struct Args {
     /// Read the password from the first line of standard input.
     #[arg(long, conflicts_with = "token")]
     password_stdin: bool,
-    /// Store this existing API token instead of logging in (it is checked first).
+    /// Store this existing API token instead of logging in (it is checked
+    /// first). On the command line it shows in the process list: prefer
+    /// --token-stdin.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Read an existing API token from the first line of standard input
+    /// and store it instead of logging in (it is checked first).
+    #[arg(long, conflicts_with_all = ["token", "password_stdin"])]
+    token_stdin: bool,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
@@ -31,11 +37,21 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         None => bail!("no control-plane URL; pass --url URL (e.g. http://127.0.0.1:7070)"),
     };
 
-    let (token, who, expires_at) = match args.token {
+    let given = if args.token_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the token from standard input")?;
+        Some(line)
+    } else {
+        args.token
+    };
+    let (token, who, expires_at) = match given {
         Some(token) => {
             let token = token.trim().to_owned();
             if token.is_empty() {
-                bail!("--token is empty");
+                bail!("the token is empty");
             }
             Client::new(&url, Some(&token))?
                 .functions()

@@ -179,7 +179,7 @@ pub async fn create(
     // then revokes the logins and, by cascade, what they made) either
     // commits first, and the calling login is found gone (401), or waits
     // for this token, and revokes it with its login.
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin_read_committed(&state.db).await?;
     sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR SHARE")
         .bind(user_id)
         .execute(&mut *tx)

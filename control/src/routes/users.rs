@@ -251,7 +251,7 @@ pub async fn set_password(
     // The calling token stays when it is the user's own (a login token
     // among them): the call proved the current password with it.
     let keep = own.then_some(caller.token_id);
-    let mut tx = state.db.begin().await?;
+    let mut tx = crate::db::begin_read_committed(&state.db).await?;
     let id: Option<i64> =
         sqlx::query_scalar("UPDATE users SET password_hash = $2 WHERE username = $1 RETURNING id")
             .bind(&username)
