@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
 };
 use rustc_hash::FxHashMap;
 
@@ -36,6 +36,10 @@ pub const INVOCATION_DURATION: &str = "cpub_invocation_duration_seconds";
 pub const UPSTREAM_ERRORS: &str = "cpub_upstream_errors_total";
 /// Requests the proxy answered itself instead of forwarding, by reason.
 pub const REJECTIONS: &str = "cpub_proxy_rejections_total";
+/// Bytes of read buffers held by request bodies read before their lease.
+pub const BODY_AHEAD_BYTES: &str = "cpub_proxy_body_ahead_bytes";
+/// Reads of a body ahead of its lease stopped short by the process's budget.
+pub const BODY_AHEAD_BUDGET_SPENT: &str = "cpub_proxy_body_ahead_budget_spent_total";
 
 /// `content-type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -159,6 +163,8 @@ struct Families {
     upstream_errors: IntCounterVec,
     /// One handle per [`Rejection`], in `Rejection::ALL` order.
     rejections: [IntCounter; Rejection::ALL.len()],
+    body_ahead: IntGauge,
+    body_ahead_spent: IntCounter,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
@@ -195,12 +201,24 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         &["reason"],
     )
     .expect("valid metric");
+    let body_ahead = IntGauge::new(
+        BODY_AHEAD_BYTES,
+        "Bytes of read buffers held by request bodies being read before an instance is leased for them.",
+    )
+    .expect("valid metric");
+    let body_ahead_spent = IntCounter::new(
+        BODY_AHEAD_BUDGET_SPENT,
+        "Request bodies read ahead of their lease only in part because the process's read-ahead budget was spent (the rest streamed after the lease).",
+    )
+    .expect("valid metric");
     let registry = prometheus::default_registry();
     for family in [
         Box::new(invocations.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(duration.clone()),
         Box::new(upstream_errors.clone()),
         Box::new(rejections_vec.clone()),
+        Box::new(body_ahead.clone()),
+        Box::new(body_ahead_spent.clone()),
     ] {
         registry
             .register(family)
@@ -212,6 +230,8 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         duration,
         upstream_errors,
         rejections,
+        body_ahead,
+        body_ahead_spent,
     }
 });
 
@@ -326,6 +346,22 @@ pub fn flush_local() {
 /// One request the proxy answered itself.
 pub fn record_rejection(reason: Rejection) {
     FAMILIES.rejections[reason as usize].inc();
+}
+
+/// The gauge of bytes held by bodies read ahead of their lease: the
+/// engine's account of its read-ahead budget, not only its export.
+pub fn body_ahead() -> &'static IntGauge {
+    &FAMILIES.body_ahead
+}
+
+/// One body whose read ahead the budget cut short.
+pub fn record_body_ahead_budget_spent() {
+    FAMILIES.body_ahead_spent.inc();
+}
+
+/// Bodies whose read ahead the budget cut short, so far.
+pub fn body_ahead_budget_spent() -> u64 {
+    FAMILIES.body_ahead_spent.get()
 }
 
 /// Drops the series of a function that is no longer routed, so deleted

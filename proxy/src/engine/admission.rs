@@ -9,7 +9,6 @@
 //! data path asks the pool for an instance.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::string_slice))]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use containerpub_pool::{Lease, PoolError};
@@ -74,25 +73,30 @@ pub(super) const BODY_AHEAD: usize = 1 << 20;
 /// connections then hold instances again, not the node's memory.
 const AHEAD_BUDGET: usize = 256 << 20;
 
-/// Bytes of read buffers held by bodies being read ahead, all connections.
-static AHEAD_HELD: AtomicUsize = AtomicUsize::new(0);
-
-/// A connection's share of `AHEAD_HELD`, given back when dropped.
+/// A connection's share of the bytes held by bodies being read ahead, all
+/// connections (`metrics::body_ahead`, exported as it is kept), given back
+/// when dropped.
 #[derive(Default)]
 struct Held(usize);
 
 impl Held {
+    /// Bytes held by all connections' reads ahead.
+    fn total() -> usize {
+        usize::try_from(metrics::body_ahead().get()).unwrap_or(0)
+    }
+
     /// Whether another read ahead may hold more of the budget.
     fn room() -> bool {
-        AHEAD_HELD.load(Ordering::Relaxed) < AHEAD_BUDGET
+        Held::total() < AHEAD_BUDGET
     }
 
     /// Counts `bytes` held by this connection from now on.
     fn set(&mut self, bytes: usize) {
+        let gauge = metrics::body_ahead();
         if bytes > self.0 {
-            AHEAD_HELD.fetch_add(bytes - self.0, Ordering::Relaxed);
+            gauge.add(i64::try_from(bytes - self.0).unwrap_or(i64::MAX));
         } else {
-            AHEAD_HELD.fetch_sub(self.0 - bytes, Ordering::Relaxed);
+            gauge.sub(i64::try_from(self.0 - bytes).unwrap_or(i64::MAX));
         }
         self.0 = bytes;
     }
@@ -358,7 +362,11 @@ impl Conn {
                 .unwrap_or_default();
             let taken = probe.scan(rest).map_err(|e| Ahead::Reply(e.reply(limit)))?;
             scanned = scanned.saturating_add(taken);
-            if probe.done() || scanned >= BODY_AHEAD || !Held::room() {
+            if probe.done() || scanned >= BODY_AHEAD {
+                return Ok(());
+            }
+            if !Held::room() {
+                metrics::record_body_ahead_budget_spent();
                 return Ok(());
             }
             if !reading {
@@ -397,21 +405,51 @@ impl Conn {
 mod tests {
     use super::*;
 
-    #[test]
-    fn read_ahead_buffers_count_in_the_budget_until_dropped() {
-        // No other test of this binary reads a body ahead.
-        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 0);
+    /// One test for the process-wide budget (no other test of this binary
+    /// reads a body ahead): buffers count in it, exported as they are kept,
+    /// until dropped; while it is spent, a body is not read ahead and that
+    /// is counted.
+    #[tokio::test]
+    async fn read_ahead_buffers_count_in_the_budget_until_dropped() {
+        assert_eq!(Held::total(), 0);
         let mut held = Held::default();
         held.set(1 << 20);
-        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 1 << 20);
+        assert_eq!(Held::total(), 1 << 20);
         assert!(Held::room());
         held.set(AHEAD_BUDGET);
-        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), AHEAD_BUDGET);
+        assert_eq!(Held::total(), AHEAD_BUDGET);
         assert!(!Held::room(), "the budget is spent");
+
+        // A body of 10 bytes with 3 of them come: none is waited for.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (client, accepted) = tokio::join!(
+            tokio::net::TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (_client, (tcp, peer)) = (client.unwrap(), accepted.unwrap());
+        let mut conn = Conn::new(tcp, peer);
+        conn.buf = crate::upstream::Buf::take();
+        conn.buf
+            .extend_from_slice(b"POST /fn/f/ HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nhel");
+        let line = h1::parse_request(&conn.buf, &mut conn.fields)
+            .unwrap()
+            .expect("a whole head");
+        let mut sem = h1::request_semantics(&conn.buf, line.minor, &conn.fields).unwrap();
+        let spent = metrics::body_ahead_budget_spent();
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.read_body_ahead(&line, &mut sem, 1 << 20, Duration::from_secs(30)),
+        )
+        .await
+        .expect("no read is waited for while the budget is spent");
+        assert!(read.is_ok());
+        assert_eq!(metrics::body_ahead_budget_spent(), spent + 1);
+        assert_eq!(Held::total(), AHEAD_BUDGET, "nothing more held");
+
         held.set(2 << 20);
-        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 2 << 20);
+        assert_eq!(Held::total(), 2 << 20);
         drop(held);
-        assert_eq!(AHEAD_HELD.load(Ordering::Relaxed), 0);
+        assert_eq!(Held::total(), 0);
         assert!(Held::room());
     }
 }
