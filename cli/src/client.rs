@@ -43,6 +43,20 @@ pub struct ApiFailure {
     pub from_api: bool,
 }
 
+impl ApiFailure {
+    /// Whether `err` is (or was caused by) the control plane's 400 naming
+    /// `field`: what it answers when a call needs a value it did not get.
+    pub fn names_field(err: &anyhow::Error, field: &str) -> bool {
+        err.chain()
+            .filter_map(|cause| cause.downcast_ref::<Self>())
+            .any(|failure| {
+                failure.from_api
+                    && failure.status.as_u16() == 400
+                    && failure.field.as_deref() == Some(field)
+            })
+    }
+}
+
 impl fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "server answered {}: {}", self.status, self.error)?;

@@ -2324,6 +2324,14 @@ async fn log_in(app: &TestApp, username: &str, password: &str) -> serde_json::Va
     reply.json()
 }
 
+/// The token of a login as `username`.
+async fn login_token(app: &TestApp, username: &str, password: &str) -> String {
+    log_in(app, username, password).await["token"]
+        .as_str()
+        .expect("a token in the login answer")
+        .to_owned()
+}
+
 /// A `method` request to `uri` with `token` as its bearer token and a
 /// JSON `body` (empty: none).
 fn bearer(method: &str, uri: &str, token: &str, body: &str) -> Request<Body> {
@@ -2635,10 +2643,7 @@ async fn a_password_change_revokes_the_users_logins_and_what_they_made() {
 async fn a_token_made_from_a_login_racing_a_password_change_is_refused() {
     let app = app().await;
     let db = &app.state.db;
-    let login = log_in(&app, "admin", PASSWORD).await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let login = login_token(&app, "admin", PASSWORD).await;
     // The change's first steps, as `set_password` takes them: the user's
     // row updated (and locked) in a transaction not yet committed.
     let mut change = db.begin().await.unwrap();
@@ -2744,6 +2749,176 @@ async fn a_login_racing_a_password_change_gets_no_token() {
     );
 }
 
+/// With the admin's login and with another token that expires (`tokens`),
+/// `method uri body` is refused without the admin's own password (a 400
+/// naming `current_password` whose message says `what`), and with a wrong
+/// one (403, counted as a failed login).
+async fn refused_without_admin_password(
+    app: &TestApp,
+    tokens: [&str; 2],
+    (method, uri): (&str, &str),
+    body: &serde_json::Value,
+    what: &str,
+) {
+    for token in tokens {
+        let reply = app
+            .send(bearer(method, uri, token, &body.to_string()))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri}");
+        let error = reply.error();
+        assert_eq!(error.field.as_deref(), Some("current_password"), "{uri}");
+        assert!(
+            error
+                .error
+                .contains(&format!("{what} needs your own password")),
+            "{}",
+            error.error
+        );
+    }
+    let reply = app
+        .send(bearer(
+            method,
+            uri,
+            tokens[0],
+            &with_admin_password(body, "not the password"),
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{uri}");
+}
+
+/// `body` with `current_password`.
+fn with_admin_password(body: &serde_json::Value, password: &str) -> String {
+    let mut body = body.clone();
+    body["current_password"] = password.into();
+    body.to_string()
+}
+
+/// Security review: what an admin does with a token that expires (a
+/// login's) must not outlive it for a thief of that token. Adding a user,
+/// raising a role and setting another user's password need the admin's
+/// own password then (a 400 naming `current_password` without it, a 403
+/// with a wrong one, and nothing changed); lowering a role does not, nor
+/// does any of it from a token that never expires. (Old code let a leaked
+/// login add an admin of the thief's own, who stayed after the login
+/// expired or the victim changed its password.)
+#[tokio::test]
+async fn what_an_admin_login_makes_that_outlives_it_needs_the_admins_password() {
+    let app = app().await;
+    let db = &app.state.db;
+    let login = login_token(&app, "admin", PASSWORD).await;
+    // A token made with an expiry, from a lasting one: it expires too.
+    let reply = app
+        .send(json_request(
+            "POST",
+            "/api/v1/tokens",
+            r#"{"name":"short","expires":"1h"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    let short = reply.json::<serde_json::Value>()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tokens = [login.as_str(), short.as_str()];
+    let role_of = |user: &'static str| async move {
+        sqlx::query_scalar::<_, String>("SELECT role FROM users WHERE username = $1")
+            .bind(user)
+            .fetch_optional(db)
+            .await
+            .unwrap()
+    };
+    let confirmed = |method: &str, uri: &str, body: &serde_json::Value| {
+        app.send(bearer(
+            method,
+            uri,
+            &login,
+            &with_admin_password(body, PASSWORD),
+        ))
+    };
+
+    // Adding a user.
+    let add = ("POST", "/api/v1/users");
+    let eve = serde_json::json!({"username": "eve", "password": "eve-password-1", "role": "admin"});
+    refused_without_admin_password(&app, tokens, add, &eve, "adding a user").await;
+    assert_eq!(role_of("eve").await, None, "no user was added");
+    let reply = confirmed(add.0, add.1, &eve).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    assert_eq!(role_of("eve").await.as_deref(), Some("admin"));
+    let bob = r#"{"username":"bob","password":"bob-password-1","role":"viewer"}"#;
+    let reply = app.send(json_request("POST", "/api/v1/users", bob)).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "a lasting token needs no password"
+    );
+
+    // Roles: lowering needs no password; raising does.
+    let eve_role = ("PUT", "/api/v1/users/eve/role");
+    let reply = app
+        .send(bearer(
+            eve_role.0,
+            eve_role.1,
+            &login,
+            r#"{"role":"viewer"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.error());
+    assert_eq!(role_of("eve").await.as_deref(), Some("viewer"));
+    let raise = serde_json::json!({"role": "developer"});
+    refused_without_admin_password(&app, tokens, eve_role, &raise, "raising a role").await;
+    assert_eq!(role_of("eve").await.as_deref(), Some("viewer"), "unchanged");
+    let reply = confirmed(eve_role.0, eve_role.1, &raise).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.error());
+    assert_eq!(role_of("eve").await.as_deref(), Some("developer"));
+    let reply = app
+        .send(json_request(
+            "PUT",
+            "/api/v1/users/bob/role",
+            r#"{"role":"admin"}"#,
+        ))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "a lasting token needs no password"
+    );
+
+    // Another user's password.
+    let hash_of = || async {
+        sqlx::query_scalar::<_, String>("SELECT password_hash FROM users WHERE username = 'eve'")
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    let before = hash_of().await;
+    let set_eve = ("PUT", "/api/v1/users/eve/password");
+    let set = serde_json::json!({"new_password": "eve-password-2"});
+    refused_without_admin_password(
+        &app,
+        tokens,
+        set_eve,
+        &set,
+        "setting another user's password",
+    )
+    .await;
+    assert_eq!(hash_of().await, before, "unchanged");
+    let reply = confirmed(set_eve.0, set_eve.1, &set).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.error());
+    log_in(&app, "eve", "eve-password-2").await;
+    let reply = app
+        .send(json_request(
+            "PUT",
+            "/api/v1/users/bob/password",
+            r#"{"new_password":"bob-password-2"}"#,
+        ))
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::NO_CONTENT,
+        "a lasting token needs no password"
+    );
+}
+
 #[tokio::test]
 async fn only_a_token_that_never_expires_creates_node_credentials() {
     let app = app().await;
@@ -2760,10 +2935,7 @@ async fn only_a_token_that_never_expires_creates_node_credentials() {
         }
     };
     let short = create_token(r#"{"name":"short","expires":"1h"}"#).await;
-    let login = log_in(&app, "admin", PASSWORD).await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let login = login_token(&app, "admin", PASSWORD).await;
     let nodes = || async {
         sqlx::query_scalar::<_, String>("SELECT token_hash FROM node_credentials ORDER BY node")
             .fetch_all(db)

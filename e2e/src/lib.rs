@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use sqlx::Connection;
 
+/// The password of the stack's bootstrap user `admin`.
+pub const ADMIN_PASSWORD: &str = "e2e-admin-password";
 pub mod bench;
 
 /// URL of the base database of the tests: `CPUB_TEST_DATABASE_URL`, else
@@ -445,7 +447,7 @@ impl Stack {
             ),
             ("CPUB_PUBLIC_URL".into(), self.proxy_url()),
             ("CPUB_BOOTSTRAP_TOKEN".into(), self.token.clone()),
-            ("CPUB_ADMIN_PASSWORD".into(), "e2e-admin-password".into()),
+            ("CPUB_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
         ];
         env.extend(self.control_env.iter().cloned());
         self.control = Some(self.spawn("cpub-control", env)?);

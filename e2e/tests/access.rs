@@ -27,7 +27,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use containerpub_e2e::{RemoveImages, Stack, bin, bundle, eventually};
+use containerpub_e2e::{ADMIN_PASSWORD, RemoveImages, Stack, bin, bundle, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -1059,6 +1059,54 @@ async fn role_endpoint_matrix() {
         err.contains("role viewer cannot read the audit log"),
         "{err}"
     );
+
+    // From an admin's login (a token that expires), adding a user, raising
+    // a role and setting another's password need the admin's own password:
+    // the CLI reads it from the next line of standard input when the
+    // control plane asks for it. Lowering a role needs none.
+    let admin_login = api.token("admin", ADMIN_PASSWORD).await;
+    let with_mine = |first: &str| format!("{first}\n{ADMIN_PASSWORD}\n");
+    let add_erin = [
+        "user",
+        "add",
+        "erin",
+        "--role",
+        "viewer",
+        "--password-stdin",
+    ];
+    let err = cli_err(&stack, &admin_login, &add_erin, "erin-password-1\n");
+    assert!(
+        err.contains("adding a user needs your own password")
+            && err.contains("your own password was asked for on standard input"),
+        "{err}"
+    );
+    cli_ok(
+        &stack,
+        &admin_login,
+        &add_erin,
+        &with_mine("erin-password-1"),
+    );
+    let raise = ["user", "set-role", "erin", "developer", "--password-stdin"];
+    let err = cli_err(&stack, &admin_login, &raise, "");
+    assert!(
+        err.contains("raising a role needs your own password"),
+        "{err}"
+    );
+    cli_ok(&stack, &admin_login, &raise, &format!("{ADMIN_PASSWORD}\n"));
+    cli_ok(
+        &stack,
+        &admin_login,
+        &["user", "set-role", "erin", "viewer"],
+        "",
+    );
+    cli_ok(
+        &stack,
+        &admin_login,
+        &["user", "passwd", "erin", "--password-stdin"],
+        &with_mine("erin-password-2"),
+    );
+    api.token("erin", "erin-password-2").await;
+    cli_ok(&stack, &admin_login, &["user", "remove", "erin"], "");
 }
 
 #[tokio::test]

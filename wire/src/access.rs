@@ -158,6 +158,10 @@ pub struct NewUser {
     pub username: String,
     pub password: String,
     pub role: Role,
+    /// The calling admin's own password: needed when the token in use
+    /// expires (a login's), since the user it adds outlives that token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_password: Option<String>,
 }
 
 /// `PUT /api/v1/users/{name}/role`.
@@ -165,10 +169,16 @@ pub struct NewUser {
 #[serde(deny_unknown_fields)]
 pub struct RoleChange {
     pub role: Role,
+    /// The calling admin's own password: needed when the token in use
+    /// expires (a login's), since the role outlives that token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_password: Option<String>,
 }
 
-/// `PUT /api/v1/users/{name}/password`. A user changing its own password
-/// gives the current one; an admin setting another user's does not.
+/// `PUT /api/v1/users/{name}/password`. `current_password` is the
+/// caller's: a user changing its own password always gives it; an admin
+/// setting another user's gives its own when the token in use expires (a
+/// login's), since the password set outlives that token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {

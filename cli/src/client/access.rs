@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use containerpub_wire::access::{
     AuditEntry, AuditQuery, CreatedNodeCredential, CreatedToken, NewToken, NewUser, NodeInfo,
-    PasswordChange, Role, RoleChange, TokenInfo, UserInfo, WhoAmI,
+    PasswordChange, RoleChange, TokenInfo, UserInfo, WhoAmI,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -57,13 +57,9 @@ impl Client {
     }
 
     /// `PUT /users/{name}/role`.
-    pub async fn set_role(&self, name: &str, role: Role) -> Result<UserInfo> {
-        self.call_json(
-            Method::PUT,
-            &format!("/users/{name}/role"),
-            &RoleChange { role },
-        )
-        .await
+    pub async fn set_role(&self, name: &str, change: &RoleChange) -> Result<UserInfo> {
+        self.call_json(Method::PUT, &format!("/users/{name}/role"), change)
+            .await
     }
 
     /// `PUT /users/{name}/password`.

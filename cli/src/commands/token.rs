@@ -54,13 +54,7 @@ enum Command {
 /// Whether the control plane refused a token for outliving the one in use:
 /// a 400 naming `expires`, which the user's password lifts.
 fn needs_password(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|cause| cause.downcast_ref::<ApiFailure>())
-        .any(|failure| {
-            failure.from_api
-                && failure.status.as_u16() == 400
-                && failure.field.as_deref() == Some("expires")
-        })
+    ApiFailure::names_field(err, "expires")
 }
 
 fn check_duration(text: &str) -> Result<String, String> {

@@ -1,14 +1,22 @@
 //! `cpub user add|list|remove|set-role|passwd|whoami`: users and their
 //! roles (admins), a user's own password, and who the current token is.
+//!
+//! Adding a user, raising a role or setting another user's password with a
+//! token that expires (a login's) needs the admin's own password: when the
+//! control plane asks for it (a 400 naming `current_password`), it is read
+//! from the next line of standard input with `--password-stdin`, or asked
+//! for on the terminal.
 
-use std::io::Read;
+use std::future::Future;
+use std::io::{BufRead, Read};
 
 use anyhow::{Context as _, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use containerpub_wire::access::{NewUser, PasswordChange, Role, UserInfo};
+use containerpub_wire::access::{NewUser, PasswordChange, Role, RoleChange, UserInfo};
 
 use super::login::{prompt_password, read_password_line};
 use super::{Context, Output, TIME_FORMAT, print_json};
+use crate::client::ApiFailure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,7 +34,8 @@ enum Command {
         /// functions) or viewer (reads).
         #[arg(long, default_value = "developer")]
         role: Role,
-        /// Read the password from the first line of standard input.
+        /// Read the password from the first line of standard input (and
+        /// yours from the second, when the token in use expires).
         #[arg(long)]
         password_stdin: bool,
     },
@@ -39,7 +48,14 @@ enum Command {
     /// functions, and for the last admin.
     Remove { name: String },
     /// Change a user's role (admins). The last admin cannot be demoted.
-    SetRole { name: String, role: Role },
+    SetRole {
+        name: String,
+        role: Role,
+        /// Read your own password from standard input (a raise with a
+        /// token that expires needs it) instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Change a password: your own (asks for the current one), or another
     /// user's (admins). Ends the user's logins (but, for your own, the one
     /// in use); tokens made with `cpub token create` stay.
@@ -48,7 +64,7 @@ enum Command {
         name: Option<String>,
         /// Read the passwords from standard input: for your own, the current
         /// one on the first line and the new one on the second; for another
-        /// user's, the new one.
+        /// user's, the new one, then yours when the token in use expires.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -57,26 +73,31 @@ enum Command {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
-    let client = ctx.client()?;
+    let client = &ctx.client()?;
     match args.command {
         Command::Add {
             name,
             role,
             password_stdin,
         } => {
+            let mut stdin = std::io::stdin().lock();
             let (password, generated) = if password_stdin {
-                (read_password_line(&mut std::io::stdin().lock())?, false)
+                (read_password_line(&mut stdin)?, false)
             } else {
                 (random_password()?, true)
             };
-            let user = client
-                .add_user(&NewUser {
+            let own = password_stdin.then_some(&mut stdin as &mut dyn BufRead);
+            let user = with_own_password(own, |current_password| {
+                let new = NewUser {
                     username: name.clone(),
                     password: password.clone(),
                     role,
-                })
-                .await
-                .with_context(|| format!("cannot add user {name}"))?;
+                    current_password,
+                };
+                async move { client.add_user(&new).await }
+            })
+            .await
+            .with_context(|| format!("cannot add user {name}"))?;
             println!("added user {} ({})", user.username, user.role);
             if generated {
                 println!("password: {password}");
@@ -102,11 +123,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             println!("removed user {name}; its tokens no longer work");
             Ok(())
         }
-        Command::SetRole { name, role } => {
-            let user = client
-                .set_role(&name, role)
-                .await
-                .with_context(|| format!("cannot change the role of {name}"))?;
+        Command::SetRole {
+            name,
+            role,
+            password_stdin,
+        } => {
+            let mut stdin = std::io::stdin().lock();
+            let own = password_stdin.then_some(&mut stdin as &mut dyn BufRead);
+            let name = name.as_str();
+            let user = with_own_password(own, |current_password| {
+                let change = RoleChange {
+                    role,
+                    current_password,
+                };
+                async move { client.set_role(name, &change).await }
+            })
+            .await
+            .with_context(|| format!("cannot change the role of {name}"))?;
             println!("user {} is now {}", user.username, user.role);
             Ok(())
         }
@@ -134,16 +167,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             if !password_stdin && read("repeat it: ")? != new_password {
                 bail!("the two new passwords differ");
             }
-            client
-                .set_password(
-                    &name,
-                    &PasswordChange {
-                        current_password,
-                        new_password,
-                    },
-                )
+            let change = |current_password| PasswordChange {
+                current_password,
+                new_password: new_password.clone(),
+            };
+            if own {
+                client.set_password(&name, &change(current_password)).await
+            } else {
+                // Another user's: the admin's own password when asked for.
+                let own = password_stdin.then_some(&mut stdin as &mut dyn BufRead);
+                let name = name.as_str();
+                with_own_password(own, |current| {
+                    let change = change(current);
+                    async move { client.set_password(name, &change).await }
+                })
                 .await
-                .with_context(|| format!("cannot change the password of {name}"))?;
+            }
+            .with_context(|| format!("cannot change the password of {name}"))?;
             println!("password of {name} changed");
             if own {
                 eprintln!(
@@ -170,6 +210,30 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Makes `call` without the caller's own password, and again with it when
+/// the control plane asks for it (a token that expires doing what outlives
+/// it): read from `stdin` when given, else asked for on the terminal.
+async fn with_own_password<T, Fut>(
+    stdin: Option<&mut dyn BufRead>,
+    call: impl Fn(Option<String>) -> Fut,
+) -> Result<T>
+where
+    Fut: Future<Output = Result<T>>,
+{
+    match call(None).await {
+        Err(e) if ApiFailure::names_field(&e, "current_password") => {
+            eprintln!("{e:#}");
+            let password = match stdin {
+                Some(mut stdin) => read_password_line(&mut stdin)
+                    .context("your own password was asked for on standard input")?,
+                None => prompt_password("Your own password: ")?,
+            };
+            call(Some(password)).await
+        }
+        done => done,
     }
 }
 

@@ -11,6 +11,16 @@
 //! own; with them go the tokens they made without the password (by
 //! cascade: `api_tokens.login_id`); the tokens made with the password, or
 //! from a token without a login behind it, stay.
+//!
+//! What an admin sets here outlives the token it uses: a user added, a
+//! role raised or another user's password set would let whoever used a
+//! leaked login token go on after that login expires or the victim changes
+//! its password. So a token that expires (a login's, or one made with an
+//! expiry) does these only with the calling admin's own password in
+//! `current_password` (checked and counted like a login; without it, a 400
+//! naming the field), as `routes::tokens::create` asks it for a token that
+//! would outlive the caller's. Removing a user and lowering a role need no
+//! password: they end access, they do not make any.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -78,15 +88,24 @@ async fn get_user(state: &AppState, username: &str) -> Result<UserInfo> {
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
+    peer: PeerAddr,
     body: Bytes,
 ) -> Result<(StatusCode, Json<UserInfo>)> {
     caller.require(Action::ManageUsers, None)?;
     let new: NewUser = parse_body(
         &body,
-        r#"{"username": "…", "password": "…", "role": "admin|developer|viewer"}"#,
+        r#"{"username": "…", "password": "…", "role": "admin|developer|viewer", "current_password": "…"}"#,
     )?;
     check_username(&new.username)?;
     validate_password(&new.password).map_err(|m| Error::bad_request("password", m))?;
+    confirm_lasting(
+        &state,
+        &caller,
+        &peer,
+        new.current_password.as_deref(),
+        "adding a user",
+    )
+    .await?;
     let phc = auth::hash_password_async(&new.password).await?;
     let inserted = sqlx::query(
         "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) \
@@ -167,25 +186,40 @@ pub async fn remove(
 pub async fn set_role(
     State(state): State<AppState>,
     caller: Caller,
+    peer: PeerAddr,
     Path(username): Path<String>,
     body: Bytes,
 ) -> Result<Json<UserInfo>> {
     caller.require(Action::ManageUsers, None)?;
     check_username(&username)?;
-    let change: RoleChange = parse_body(&body, r#"{"role": "admin|developer|viewer"}"#)?;
+    let change: RoleChange = parse_body(
+        &body,
+        r#"{"role": "admin|developer|viewer", "current_password": "…"}"#,
+    )?;
+    if let Some(password) = change.current_password.as_deref() {
+        confirm_lasting(&state, &caller, &peer, Some(password), "raising a role").await?;
+    }
     let mut tx = state.db.begin().await?;
     if change.role != Role::Admin {
         refuse_last_admin(&mut tx, &username, "demoted").await?;
     }
-    let updated = sqlx::query("UPDATE users SET role = $2 WHERE username = $1")
+    // The row is locked until the commit: the role it had decides whether
+    // this is a raise, which needs the password from a token that expires.
+    let old: Option<String> =
+        sqlx::query_scalar("SELECT role FROM users WHERE username = $1 FOR UPDATE")
+            .bind(&username)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let old = old.ok_or_else(|| Error::NotFound(format!("user {username:?} not found")))?;
+    let old = Role::parse(&old).map_err(|e| anyhow::anyhow!("users.role: {e}"))?;
+    if change.role > old && change.current_password.is_none() {
+        confirm_lasting(&state, &caller, &peer, None, "raising a role").await?;
+    }
+    sqlx::query("UPDATE users SET role = $2 WHERE username = $1")
         .bind(&username)
         .bind(change.role.as_str())
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if updated == 0 {
-        return Err(Error::NotFound(format!("user {username:?} not found")));
-    }
+        .await?;
     tx.commit().await?;
     tracing::info!(user = %username, role = %change.role, by = %caller.name(), "role changed");
     Ok(Json(get_user(&state, &username).await?))
@@ -219,8 +253,38 @@ pub(crate) async fn check_own_password(
     Ok(())
 }
 
+/// Lets the calling admin do `what`, which outlives its token: with
+/// `password`, when it is the caller's own (checked and counted like a
+/// login); without, when the calling token never expires. Otherwise a 400
+/// naming `current_password`, which `cpub user` reads to ask for it.
+async fn confirm_lasting(
+    state: &AppState,
+    caller: &Caller,
+    peer: &PeerAddr,
+    password: Option<&str>,
+    what: &str,
+) -> Result<()> {
+    let (_, username) = caller.user()?;
+    if let Some(password) = password {
+        return check_own_password(state, peer, username, password).await;
+    }
+    match auth::token_expiry(&state.db, caller.token_id).await? {
+        (None, _) => Ok(()),
+        (Some(expires_at), _) => Err(Error::bad_request(
+            "current_password",
+            format!(
+                "{what} needs your own password: the token in use expires ({}) and what it \
+                 does here would not; give \"current_password\" (`cpub user` asks for it), \
+                 or use a token that does not expire",
+                expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        )),
+    }
+}
+
 /// A user's own password (with the current one; counted by the login
-/// limits), or anyone's by an admin.
+/// limits), or anyone's by an admin (with the admin's own password from a
+/// token that expires, `confirm_lasting`).
 pub async fn set_password(
     State(state): State<AppState>,
     caller: Caller,
@@ -246,6 +310,15 @@ pub async fn set_password(
             )
         })?;
         check_own_password(&state, &peer, &username, current).await?;
+    } else {
+        confirm_lasting(
+            &state,
+            &caller,
+            &peer,
+            change.current_password.as_deref(),
+            "setting another user's password",
+        )
+        .await?;
     }
     let phc = auth::hash_password_async(&change.new_password).await?;
     // The calling token stays when it is the user's own (a login token
