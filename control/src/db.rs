@@ -29,7 +29,7 @@ pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
 
 /// A transaction at READ COMMITTED whatever the database's default: the
 /// credential changes that rely on a statement seeing what committed while
-/// it waited on a row lock (`routes::users::set_password`,
+/// it waited on a row lock (`routes::users::set_password`, `set_role`,
 /// `routes::tokens::create`) take theirs from here.
 pub async fn begin_read_committed(
     pool: &PgPool,

@@ -2332,6 +2332,16 @@ async fn login_token(app: &TestApp, username: &str, password: &str) -> String {
         .to_owned()
 }
 
+/// A token made with `by` (`POST /api/v1/tokens` with `body`: 201).
+async fn made_token(app: &TestApp, by: &str, body: &str) -> String {
+    let reply = app.send(bearer("POST", "/api/v1/tokens", by, body)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
+    reply.json::<serde_json::Value>()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A `method` request to `uri` with `token` as its bearer token and a
 /// JSON `body` (empty: none).
 fn bearer(method: &str, uri: &str, token: &str, body: &str) -> Request<Body> {
@@ -2545,21 +2555,10 @@ async fn a_password_change_revokes_the_users_logins_and_what_they_made() {
     let ci = ci["token"].as_str().unwrap().to_owned();
     // One made from the desktop's login (as a thief of it would), and a
     // child of it; one made from the laptop's with her password.
-    let made = |login: &str, body: &str| {
-        let request = bearer("POST", "/api/v1/tokens", login, body);
-        let app = &app;
-        async move {
-            let reply = app.send(request).await;
-            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
-            reply.json::<serde_json::Value>()["token"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    let stolen = made(&desktop, r#"{"name":"stolen","expires":"1d"}"#).await;
-    let stolen_child = made(&stolen, r#"{"name":"child","expires":"1h"}"#).await;
-    let confirmed = made(
+    let stolen = made_token(&app, &desktop, r#"{"name":"stolen","expires":"1d"}"#).await;
+    let stolen_child = made_token(&app, &stolen, r#"{"name":"child","expires":"1h"}"#).await;
+    let confirmed = made_token(
+        &app,
         &laptop,
         r#"{"name":"lasting","password":"alice-password-1"}"#,
     )
@@ -2749,13 +2748,13 @@ async fn a_login_racing_a_password_change_gets_no_token() {
     );
 }
 
-/// With the admin's login and with another token that expires (`tokens`),
-/// `method uri body` is refused without the admin's own password (a 400
+/// With each of `tokens` (the admin's, each expiring), `method uri body`
+/// is refused without the admin's own password (a 400
 /// naming `current_password` whose message says `what`), and with a wrong
 /// one (403, counted as a failed login).
 async fn refused_without_admin_password(
     app: &TestApp,
-    tokens: [&str; 2],
+    tokens: &[&str],
     (method, uri): (&str, &str),
     body: &serde_json::Value,
     what: &str,
@@ -2806,20 +2805,11 @@ async fn what_an_admin_login_makes_that_outlives_it_needs_the_admins_password() 
     let app = app().await;
     let db = &app.state.db;
     let login = login_token(&app, "admin", PASSWORD).await;
-    // A token made with an expiry, from a lasting one: it expires too.
-    let reply = app
-        .send(json_request(
-            "POST",
-            "/api/v1/tokens",
-            r#"{"name":"short","expires":"1h"}"#,
-        ))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
-    let short = reply.json::<serde_json::Value>()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tokens = [login.as_str(), short.as_str()];
+    // A token made with an expiry, from a lasting one: it expires too; and
+    // one made from the login (it belongs to the login).
+    let short = made_token(&app, TOKEN, r#"{"name":"short","expires":"1h"}"#).await;
+    let child = made_token(&app, &login, r#"{"name":"child","expires":"1h"}"#).await;
+    let tokens = &[login.as_str(), short.as_str(), child.as_str()][..];
     let role_of = |user: &'static str| async move {
         sqlx::query_scalar::<_, String>("SELECT role FROM users WHERE username = $1")
             .bind(user)
@@ -2844,6 +2834,8 @@ async fn what_an_admin_login_makes_that_outlives_it_needs_the_admins_password() 
     let reply = confirmed(add.0, add.1, &eve).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.error());
     assert_eq!(role_of("eve").await.as_deref(), Some("admin"));
+    // A name taken is told only after the password (a 400 first, not 409).
+    refused_without_admin_password(&app, tokens, add, &eve, "adding a user").await;
     let bob = r#"{"username":"bob","password":"bob-password-1","role":"viewer"}"#;
     let reply = app.send(json_request("POST", "/api/v1/users", bob)).await;
     assert_eq!(
@@ -2870,6 +2862,14 @@ async fn what_an_admin_login_makes_that_outlives_it_needs_the_admins_password() 
     let reply = confirmed(eve_role.0, eve_role.1, &raise).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.error());
     assert_eq!(role_of("eve").await.as_deref(), Some("developer"));
+    // The attack itself: an admin of the thief's own.
+    let to_admin = serde_json::json!({"role": "admin"});
+    refused_without_admin_password(&app, tokens, eve_role, &to_admin, "raising a role").await;
+    assert_eq!(
+        role_of("eve").await.as_deref(),
+        Some("developer"),
+        "unchanged"
+    );
     let reply = app
         .send(json_request(
             "PUT",
@@ -2917,6 +2917,63 @@ async fn what_an_admin_login_makes_that_outlives_it_needs_the_admins_password() 
         StatusCode::NO_CONTENT,
         "a lasting token needs no password"
     );
+
+    // The route table holds every secret: a token that expires cannot
+    // follow it; a lasting admin token can.
+    for token in tokens {
+        let reply = app.send(bearer("GET", "/api/v1/routes", token, "")).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+        assert!(
+            reply.error().error.contains("cannot watch routes"),
+            "{:?}",
+            reply.error()
+        );
+    }
+    assert_eq!(app.get("/api/v1/routes").await.status, StatusCode::OK);
+
+    // Each confirmation counts like a login: five wrong ones, and the next
+    // is a 429, the right password too.
+    for _ in 0..5 {
+        let reply = app
+            .send(bearer(
+                add.0,
+                add.1,
+                &login,
+                &with_admin_password(&eve, "wrong"),
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    }
+    let reply = confirmed(add.0, add.1, &eve).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Security review: concurrent role changes each ran a query on a second
+/// connection while their transaction held row locks, so enough of them at
+/// once filled the pool with transactions waiting for one more, and every
+/// request of the control plane stalled until the pool's 10 s timeout and
+/// failed (500).
+#[tokio::test]
+async fn concurrent_role_changes_do_not_starve_the_pool() {
+    let app = app().await;
+    let n = 3 * containerpub_control::db::MAX_CONNECTIONS as usize;
+    for i in 0..n {
+        sqlx::query("INSERT INTO users (username, password_hash, role) VALUES ($1, 'x', 'viewer')")
+            .bind(format!("crowd{i}"))
+            .execute(&app.state.db)
+            .await
+            .unwrap();
+    }
+    let replies = futures_util::future::join_all((0..n).map(|i| {
+        app.send(json_request(
+            "PUT",
+            &format!("/api/v1/users/crowd{i}/role"),
+            r#"{"role":"developer"}"#,
+        ))
+    }))
+    .await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
 #[tokio::test]

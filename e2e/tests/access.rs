@@ -1062,10 +1062,18 @@ async fn role_endpoint_matrix() {
 
     // From an admin's login (a token that expires), adding a user, raising
     // a role and setting another's password need the admin's own password:
-    // the CLI reads it from the next line of standard input when the
-    // control plane asks for it. Lowering a role needs none.
+    // with --password-stdin, the line after the command's own. Lowering a
+    // role needs none.
     let admin_login = api.token("admin", ADMIN_PASSWORD).await;
     let with_mine = |first: &str| format!("{first}\n{ADMIN_PASSWORD}\n");
+    let role_of = |name: &str| {
+        let users = cli_ok(&stack, &admin, &["user", "list", "-o", "json"], "");
+        let users: Vec<Value> = serde_json::from_str(&users).unwrap();
+        users
+            .iter()
+            .find(|u| u["username"] == name)
+            .map(|u| u["role"].as_str().unwrap().to_owned())
+    };
     let add_erin = [
         "user",
         "add",
@@ -1077,9 +1085,10 @@ async fn role_endpoint_matrix() {
     let err = cli_err(&stack, &admin_login, &add_erin, "erin-password-1\n");
     assert!(
         err.contains("adding a user needs your own password")
-            && err.contains("your own password was asked for on standard input"),
+            && err.contains("your own password is needed on the next line of standard input"),
         "{err}"
     );
+    assert_eq!(role_of("erin"), None);
     cli_ok(
         &stack,
         &admin_login,
@@ -1092,19 +1101,38 @@ async fn role_endpoint_matrix() {
         err.contains("raising a role needs your own password"),
         "{err}"
     );
+    assert_eq!(role_of("erin").as_deref(), Some("viewer"));
     cli_ok(&stack, &admin_login, &raise, &format!("{ADMIN_PASSWORD}\n"));
+    assert_eq!(role_of("erin").as_deref(), Some("developer"));
     cli_ok(
         &stack,
         &admin_login,
         &["user", "set-role", "erin", "viewer"],
         "",
     );
+    assert_eq!(role_of("erin").as_deref(), Some("viewer"));
+    let passwd_erin = ["user", "passwd", "erin", "--password-stdin"];
+    let err = cli_err(&stack, &admin_login, &passwd_erin, "erin-password-2\n");
+    assert!(
+        err.contains("setting another user's password needs your own password"),
+        "{err}"
+    );
     cli_ok(
         &stack,
         &admin_login,
-        &["user", "passwd", "erin", "--password-stdin"],
+        &passwd_erin,
         &with_mine("erin-password-2"),
     );
+    api.token("erin", "erin-password-2").await;
+    // A line given is always checked: the two lines swapped, from a token
+    // that needs none, change nothing.
+    let err = cli_err(
+        &stack,
+        &admin,
+        &passwd_erin,
+        &format!("{ADMIN_PASSWORD}\nerin-password-3\n"),
+    );
+    assert!(err.contains("the current password is wrong"), "{err}");
     api.token("erin", "erin-password-2").await;
     cli_ok(&stack, &admin_login, &["user", "remove", "erin"], "");
 }

@@ -2,13 +2,14 @@
 //! roles (admins), a user's own password, and who the current token is.
 //!
 //! Adding a user, raising a role or setting another user's password with a
-//! token that expires (a login's) needs the admin's own password: when the
-//! control plane asks for it (a 400 naming `current_password`), it is read
-//! from the next line of standard input with `--password-stdin`, or asked
-//! for on the terminal.
+//! token that expires (a login's) needs the admin's own password. With
+//! `--password-stdin` it is the line after the command's own lines, sent
+//! whenever it is there (and then checked); else it is asked for on the
+//! terminal when the control plane asks for it (a 400 naming
+//! `current_password`).
 
 use std::future::Future;
-use std::io::{BufRead, Read};
+use std::io::{BufRead, IsTerminal, Read};
 
 use anyhow::{Context as _, Result, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -34,8 +35,8 @@ enum Command {
         /// functions) or viewer (reads).
         #[arg(long, default_value = "developer")]
         role: Role,
-        /// Read the password from the first line of standard input (and
-        /// yours from the second, when the token in use expires).
+        /// Read the password from the first line of standard input, and
+        /// yours from the second (needed when the token in use expires).
         #[arg(long)]
         password_stdin: bool,
     },
@@ -51,8 +52,9 @@ enum Command {
     SetRole {
         name: String,
         role: Role,
-        /// Read your own password from standard input (a raise with a
-        /// token that expires needs it) instead of the terminal.
+        /// Read your own password from the first line of standard input
+        /// (a raise with a token that expires needs it) instead of the
+        /// terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -64,7 +66,8 @@ enum Command {
         name: Option<String>,
         /// Read the passwords from standard input: for your own, the current
         /// one on the first line and the new one on the second; for another
-        /// user's, the new one, then yours when the token in use expires.
+        /// user's, the new one, then yours (needed when the token in use
+        /// expires).
         #[arg(long)]
         password_stdin: bool,
     },
@@ -213,9 +216,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     }
 }
 
-/// Makes `call` without the caller's own password, and again with it when
-/// the control plane asks for it (a token that expires doing what outlives
-/// it): read from `stdin` when given, else asked for on the terminal.
+/// Makes `call` with the caller's own password when `stdin` (piped, with
+/// `--password-stdin`) has a line left for it: sent at once, and checked
+/// even where it is not needed, so a line out of order changes nothing.
+/// Otherwise makes it without, and again with the password when the
+/// control plane asks for it (a token that expires doing what outlives
+/// it): the next line of a terminal's `stdin`, or asked for on the
+/// terminal. Piped input that had no line for it is an error then.
 async fn with_own_password<T, Fut>(
     stdin: Option<&mut dyn BufRead>,
     call: impl Fn(Option<String>) -> Fut,
@@ -223,13 +230,34 @@ async fn with_own_password<T, Fut>(
 where
     Fut: Future<Output = Result<T>>,
 {
+    let piped = !std::io::stdin().is_terminal();
+    let mut stdin = stdin;
+    if piped && let Some(input) = stdin.as_mut() {
+        let mut line = String::new();
+        input
+            .read_line(&mut line)
+            .context("cannot read your own password from standard input")?;
+        if !line.is_empty() {
+            let password = line.trim_end_matches(['\r', '\n']).to_owned();
+            if password.is_empty() {
+                bail!("empty line where your own password was expected on standard input");
+            }
+            return call(Some(password)).await;
+        }
+    }
     match call(None).await {
         Err(e) if ApiFailure::names_field(&e, "current_password") => {
-            eprintln!("{e:#}");
             let password = match stdin {
-                Some(mut stdin) => read_password_line(&mut stdin)
-                    .context("your own password was asked for on standard input")?,
-                None => prompt_password("Your own password: ")?,
+                Some(_) if piped => {
+                    return Err(e.context(
+                        "your own password is needed on the next line of standard input",
+                    ));
+                }
+                Some(mut stdin) => read_password_line(&mut stdin)?,
+                None => {
+                    eprintln!("{e:#}");
+                    prompt_password("Your own password: ")?
+                }
             };
             call(Some(password)).await
         }

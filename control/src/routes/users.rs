@@ -196,15 +196,30 @@ pub async fn set_role(
         &body,
         r#"{"role": "admin|developer|viewer", "current_password": "…"}"#,
     )?;
-    if let Some(password) = change.current_password.as_deref() {
-        confirm_lasting(&state, &caller, &peer, Some(password), "raising a role").await?;
-    }
-    let mut tx = state.db.begin().await?;
+    // Decided before the transaction, which must not wait for a second
+    // connection while it holds row locks (concurrent changes would fill
+    // the pool with transactions each waiting for one more). A password
+    // given is checked whatever the change; without one, a token that
+    // expires is refused only a raise.
+    let refusal = match confirm_lasting(
+        &state,
+        &caller,
+        &peer,
+        change.current_password.as_deref(),
+        "raising a role",
+    )
+    .await
+    {
+        Ok(()) => None,
+        Err(needed @ Error::BadRequest { .. }) => Some(needed),
+        Err(e) => return Err(e),
+    };
+    let mut tx = crate::db::begin_read_committed(&state.db).await?;
     if change.role != Role::Admin {
         refuse_last_admin(&mut tx, &username, "demoted").await?;
     }
     // The row is locked until the commit: the role it had decides whether
-    // this is a raise, which needs the password from a token that expires.
+    // this is a raise.
     let old: Option<String> =
         sqlx::query_scalar("SELECT role FROM users WHERE username = $1 FOR UPDATE")
             .bind(&username)
@@ -212,8 +227,10 @@ pub async fn set_role(
             .await?;
     let old = old.ok_or_else(|| Error::NotFound(format!("user {username:?} not found")))?;
     let old = Role::parse(&old).map_err(|e| anyhow::anyhow!("users.role: {e}"))?;
-    if change.role > old && change.current_password.is_none() {
-        confirm_lasting(&state, &caller, &peer, None, "raising a role").await?;
+    if change.role > old
+        && let Some(needed) = refusal
+    {
+        return Err(needed);
     }
     sqlx::query("UPDATE users SET role = $2 WHERE username = $1")
         .bind(&username)
@@ -255,8 +272,9 @@ pub(crate) async fn check_own_password(
 
 /// Lets the calling admin do `what`, which outlives its token: with
 /// `password`, when it is the caller's own (checked and counted like a
-/// login); without, when the calling token never expires. Otherwise a 400
-/// naming `current_password`, which `cpub user` reads to ask for it.
+/// login; else 403, or 429); without, when the calling token never
+/// expires. Otherwise a 400 naming `current_password` (its only 400),
+/// which `cpub user` reads to ask for it.
 async fn confirm_lasting(
     state: &AppState,
     caller: &Caller,

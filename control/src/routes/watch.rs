@@ -1,6 +1,12 @@
 //! `GET /api/v1/routes?since=N&wait_s=S&node=NAME`: the route table for
 //! proxies, as a long poll on the route revision. The query is
 //! `containerpub_wire::api::WatchQuery`, the struct the proxy sends.
+//!
+//! The table holds every function's secrets, opened. Node credentials and
+//! admin tokens that never expire may follow it; a user's token that
+//! expires (a login's, or one created with `--expires`) may not (403): a
+//! leaked admin login would otherwise read every secret, and a proxy is
+//! never set up with a token that stops working weeks later.
 
 use std::error::Error as _;
 
@@ -46,6 +52,15 @@ pub async fn routes(
     query: std::result::Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Json<RouteTable>> {
     caller.require(Action::WatchRoutes, None)?;
+    if caller.user().is_ok()
+        && let (Some(expires_at), _) = auth::token_expiry(&state.db, caller.token_id).await?
+    {
+        return Err(Error::Forbidden(format!(
+            "a token that expires ({}) cannot watch routes: the route table holds every \
+             function's secrets; a proxy uses a node credential (`cpub node-token create`)",
+            expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+        )));
+    }
     let Query(query) = query.map_err(|e| query_error(&e))?;
     caller.require_node_name(query.node.as_ref().map(|n| n.as_str()))?;
     if let (Some(since), Some(node)) = (query.since, &query.node) {
