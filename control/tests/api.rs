@@ -3124,3 +3124,57 @@ fn left_behind_uploads_and_build_contexts_are_swept_and_nothing_else() {
     assert!(!dir.join("deploy-busy").exists() && !dir.join("upload-new.tar.gz").exists());
     assert!(dir.join("deploy-link").exists() && outside.path().join("precious").exists());
 }
+
+/// A build whose outcome could not be written (its control plane lost the
+/// database as it ended) is marked failed while the control plane runs,
+/// once older than the limit, not only at the next start; a build within
+/// the limit is left alone. (Old code swept only at start: such a row stayed
+/// `building` until a restart.)
+#[tokio::test]
+async fn builds_left_building_are_failed_while_the_control_plane_runs() {
+    let app = app().await;
+    let db = &app.state.db;
+    let owner = first_user(db).await;
+    let function = insert_function(db, "stale-build", owner, 2).await;
+    let none = serde_json::json!({});
+    let stale = insert_deployment(db, function, 1, &none, "building", None).await;
+    let fresh = insert_deployment(db, function, 2, &none, "building", None).await;
+    sqlx::query("UPDATE deployments SET created_at = now() - interval '2 hours' WHERE id = $1")
+        .bind(stale)
+        .execute(db)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(containerpub_control::db::fail_stale_builds_forever(
+        db.clone(),
+        Duration::from_secs(3600),
+        Duration::from_millis(50),
+        shutdown.clone(),
+    ));
+    let status = |id: i64| async move {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT status, build_log FROM deployments WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while status(stale).await.0 == "building" {
+        assert!(std::time::Instant::now() < deadline, "never marked failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (state, log) = status(stale).await;
+    assert_eq!(state, "failed");
+    assert!(
+        log.contains("no outcome was recorded within twice the build timeout"),
+        "{log}"
+    );
+    assert_eq!(status(fresh).await.0, "building", "within the limit");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), sweeper)
+        .await
+        .expect("the sweeper stops at shutdown")
+        .unwrap();
+}
