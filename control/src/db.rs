@@ -437,42 +437,17 @@ pub async fn route_table(
     Ok(RouteTable { revision, routes })
 }
 
-/// Marks builds left `building` for longer than `older_than` as failed
-/// (the control plane that ran one died, or lost its database, before it
-/// recorded the outcome). Returns how many.
+/// Marks builds left `building` for longer than `older_than` as failed (a
+/// control plane died mid-build). Returns how many.
 pub async fn fail_stale_builds(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
     let secs = older_than.as_secs_f64();
     Ok(sqlx::query(
         "UPDATE deployments SET status = 'failed', finished_at = now(), \
-                build_log = build_log || 'build abandoned: no outcome was recorded within \
-twice the build timeout (the control plane stopped, or lost its database, during the build)\n' \
+                build_log = build_log || 'build abandoned: the control plane stopped during the build\n' \
          WHERE status = 'building' AND created_at < now() - make_interval(secs => $1)",
     )
     .bind(secs)
     .execute(pool)
     .await?
     .rows_affected())
-}
-
-/// [`fail_stale_builds`] every `every` until `shutdown`, not only at start:
-/// a build whose outcome could not be written (the database unreachable
-/// when it ended) would otherwise stay `building` until the next restart,
-/// shown as in progress and holding its version's place.
-pub async fn fail_stale_builds_forever(
-    pool: PgPool,
-    older_than: Duration,
-    every: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = shutdown.cancelled() => return,
-        }
-        match fail_stale_builds(&pool, older_than).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(count = n, "marked abandoned builds as failed"),
-            Err(err) => tracing::warn!(%err, "marking abandoned builds as failed"),
-        }
-    }
 }

@@ -110,12 +110,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.logs,
         shutdown.clone(),
     ));
-    let stale_builds = tokio::spawn(db::fail_stale_builds_forever(
-        pool.clone(),
-        settings.build_timeout * 2,
-        (settings.build_timeout / 2).clamp(Duration::from_secs(30), Duration::from_secs(300)),
-        shutdown.clone(),
-    ));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -162,7 +156,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = follower.await;
     let _ = retention.await;
     let _ = log_sweeper.await;
-    let _ = stale_builds.await;
     pool.close().await;
     Ok(())
 }
