@@ -2,11 +2,10 @@
 //! roles (admins), a user's own password, and who the current token is.
 //!
 //! Adding a user, raising a role or setting another user's password with a
-//! token that expires (a login's) needs the admin's own password. With
-//! `--password-stdin` it is the line after the command's own lines, sent
-//! whenever it is there (and then checked); else it is asked for on the
-//! terminal when the control plane asks for it (a 400 naming
-//! `current_password`).
+//! token that expires (a login's) needs the admin's own password. When the
+//! control plane asks for it (a 400 naming `current_password`), it is read
+//! from the line after the command's own lines with `--password-stdin`, or
+//! asked for on the terminal.
 
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Read};
@@ -216,13 +215,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     }
 }
 
-/// Makes `call` with the caller's own password when `stdin` (piped, with
-/// `--password-stdin`) has a line left for it: sent at once, and checked
-/// even where it is not needed, so a line out of order changes nothing.
-/// Otherwise makes it without, and again with the password when the
-/// control plane asks for it (a token that expires doing what outlives
-/// it): the next line of a terminal's `stdin`, or asked for on the
-/// terminal. Piped input that had no line for it is an error then.
+/// Makes `call` without the caller's own password, and again with it when
+/// the control plane asks for it (a token that expires doing what outlives
+/// it): the next line of `stdin` when given (`--password-stdin`; nothing
+/// more is read unless asked, so a caller that keeps the pipe open is not
+/// waited on), else asked for on the terminal.
 async fn with_own_password<T, Fut>(
     stdin: Option<&mut dyn BufRead>,
     call: impl Fn(Option<String>) -> Fut,
@@ -230,30 +227,22 @@ async fn with_own_password<T, Fut>(
 where
     Fut: Future<Output = Result<T>>,
 {
-    let piped = !std::io::stdin().is_terminal();
-    let mut stdin = stdin;
-    if piped && let Some(input) = stdin.as_mut() {
-        let mut line = String::new();
-        input
-            .read_line(&mut line)
-            .context("cannot read your own password from standard input")?;
-        if !line.is_empty() {
-            let password = line.trim_end_matches(['\r', '\n']).to_owned();
-            if password.is_empty() {
-                bail!("empty line where your own password was expected on standard input");
-            }
-            return call(Some(password)).await;
-        }
-    }
     match call(None).await {
         Err(e) if ApiFailure::names_field(&e, "current_password") => {
             let password = match stdin {
-                Some(_) if piped => {
-                    return Err(e.context(
-                        "your own password is needed on the next line of standard input",
-                    ));
+                Some(mut stdin) => {
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("{e:#}\nyour own password, on the next line:");
+                    }
+                    match read_password_line(&mut stdin) {
+                        Ok(password) => password,
+                        Err(_) => {
+                            return Err(e.context(
+                                "your own password is needed on the next line of standard input",
+                            ));
+                        }
+                    }
                 }
-                Some(mut stdin) => read_password_line(&mut stdin)?,
                 None => {
                     eprintln!("{e:#}");
                     prompt_password("Your own password: ")?
